@@ -1,0 +1,114 @@
+"""The ``phaselens`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Silent -> decisive transitions of (pruned) LLMs, through the logit lens.")
+console = Console(stderr=True)
+
+ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="embedded name, HF name/dir, .gguf path")
+TaskOpt = typer.Option("capitals", "--task", "-t", help="built-in task, benchmark name (arc-easy, mmlu, ...) or file")
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(2)
+
+
+def _load(model: str, task: str, fmt: Optional[str], limit: Optional[int], seed: int, shots: int, split: Optional[str], device: Optional[str]):
+    from . import ModelError, TaskError, load_model, load_task
+
+    try:
+        t = load_task(task, format=fmt, limit=limit, seed=seed, shots=shots, split=split)  # type: ignore[arg-type]
+        m = load_model(model, device=device)
+    except (ModelError, TaskError) as e:
+        _fail(str(e))
+    return m, t
+
+
+def transition_table(tr) -> Table:
+    trace = tr.trace
+    table = Table(title=tr.summary(), title_justify="left")
+    for col in ("block", "phase", "margin", "95% CI", "accuracy", *[f"OF {s}" for s in trace.slot_labels]):
+        table.add_column(col, justify="right")
+    for j, b in enumerate(trace.blocks):
+        phase = "decisive" if tr.layer is not None and b >= tr.layer else "silent"
+        style = "green" if phase == "decisive" else None
+        table.add_row(
+            str(b), phase, f"{trace.margins[j]:+.3f}", f"[{trace.margin_ci[0][j]:+.2f}, {trace.margin_ci[1][j]:+.2f}]",
+            f"{trace.accuracy[j]:.3f}", *[f"{v:.2f}" for v in trace.option_frequency[j]], style=style,
+        )
+    return table
+
+
+@app.command()
+def transition(
+    model: str = ModelOpt,
+    task: str = TaskOpt,
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="letters | cloze | continuation"),
+    limit: Optional[int] = typer.Option(None, help="random subset of this many items (seeded)"),
+    split: Optional[str] = typer.Option(None, help="benchmark split"),
+    shots: int = typer.Option(0, help="few-shot examples per prompt"),
+    seed: int = typer.Option(0, help="seed for subsets, shuffles and the bootstrap"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
+    html: Optional[Path] = typer.Option(None, help="also write the margin figure to this HTML file"),
+) -> None:
+    """Per-block margin, accuracy and option frequency, and where the decisive phase begins."""
+    from . import transition_point
+
+    m, t = _load(model, task, format, limit, seed, shots, split, device)
+    tr = transition_point(m, t, batch_size=batch_size, seed=seed, progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        sys.stdout.write(tr.to_json() + "\n")
+    else:
+        Console().print(transition_table(tr))
+        if tr.layer is None:
+            console.print(f"[yellow]{tr.reason}[/yellow]")
+    if html:
+        from .plots import save_html
+
+        save_html(tr.plot(), str(html))
+        console.print(f"wrote {html}")
+
+
+@app.command()
+def demo(
+    model: str = ModelOpt,
+    task: str = TaskOpt,
+    out: Path = typer.Option(Path("phaselens-demo.html"), "--out", "-o", help="HTML figure to write"),
+) -> None:
+    """Run the transition on the embedded model and write an HTML figure."""
+    from .plots import save_html
+    from . import transition_point
+
+    m, t = _load(model, task, None, None, 0, 0, None, None)
+    tr = transition_point(m, t, progress=sys.stderr.isatty())
+    Console().print(transition_table(tr))
+    save_html(tr.plot(), str(out))
+    console.print(f"[green]wrote {out.resolve()}[/green] (open it in a browser)")
+
+
+@app.command("tasks")
+def list_tasks() -> None:
+    """List the built-in tasks and the benchmark names."""
+    from .tasks import builtin_tasks
+
+    print(json.dumps({"builtin": builtin_tasks(), "benchmarks": ["arc-easy", "arc-challenge", "mmlu", "mmlu:<subject>", "hellaswag", "hellaswag-full", "truthfulqa"]}, indent=1))
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

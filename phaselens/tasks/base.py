@@ -1,0 +1,213 @@
+"""Multiple-choice items, tasks and the three prompt formats.
+
+A :class:`Task` is a list of :class:`Item` (question, options, answer index) plus the
+format that turns each item into a prompt and one *decision string* per option:
+
+``letters``
+    An MMLU/ARC-style prompt that lists lettered options. With the default
+    :class:`LettersTemplate` the prompt ends in ``"Answer:"`` and the decision tokens
+    are the labels **with a leading space**: ``" A"``, ``" B"``, ... (what a model
+    writes after ``"Answer:"``).
+``cloze``
+    The bare question. The decision token of option ``k`` is the first token of
+    ``" " + options[k]``.
+``continuation``
+    The bare question. Option ``k`` is scored by the summed log-probability of all
+    tokens of ``" " + options[k]`` (lm-evaluation-harness style, per layer).
+
+Tokenization lives in :mod:`phaselens.encoding`; nothing here depends on a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+Format = Literal["letters", "cloze", "continuation"]
+FORMATS: tuple[str, ...] = ("letters", "cloze", "continuation")
+
+
+class TaskError(ValueError):
+    """A task, item or data file is malformed; the message names what and where."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One multiple-choice question.
+
+    Attributes:
+        question: the prompt text (for cloze/continuation, the text the option continues).
+        options: the ``K >= 2`` answer options, in slot order (slot 0 is "A").
+        answer: 0-based index of the correct option.
+        id: a stable identifier used in error messages and outputs.
+    """
+
+    question: str
+    options: tuple[str, ...]
+    answer: int
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        name = self.id or repr(self.question[:60])
+        if not isinstance(self.question, str):
+            raise TaskError(f"item {name}: question must be a string, got {type(self.question).__name__}")
+        opts = tuple(self.options)
+        object.__setattr__(self, "options", opts)
+        if len(opts) < 2:
+            raise TaskError(f"item {name}: needs at least two options, got {len(opts)}")
+        for k, o in enumerate(opts):
+            if not isinstance(o, str) or not o.strip():
+                raise TaskError(f"item {name}: option {k} is empty; every option needs text")
+        if isinstance(self.answer, bool) or not isinstance(self.answer, int):
+            raise TaskError(f"item {name}: answer must be an int index, got {self.answer!r}")
+        if not 0 <= self.answer < len(opts):
+            raise TaskError(
+                f"item {name}: answer index {self.answer} is out of range for {len(opts)} options "
+                f"(valid: 0..{len(opts) - 1})"
+            )
+
+    @property
+    def n_options(self) -> int:
+        return len(self.options)
+
+    def shuffled(self, rng: random.Random) -> "Item":
+        """The same item with its options permuted by ``rng`` (answer index follows)."""
+        order = list(range(len(self.options)))
+        rng.shuffle(order)
+        return Item(self.question, tuple(self.options[j] for j in order), order.index(self.answer), self.id)
+
+
+@dataclass(frozen=True)
+class LettersTemplate:
+    """How a ``letters`` prompt is laid out.
+
+    The default renders::
+
+        Question: What is the capital of France?
+        A. Paris
+        B. Lyon
+        Answer:
+
+    and reads the decision tokens ``label_prefix + label``, i.e. ``" A"``, ``" B"``.
+    """
+
+    question: str = "Question: {question}\n"
+    option: str = "{label}. {option}\n"
+    answer: str = "Answer:"
+    labels: str = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    label_prefix: str = " "
+    header: str = ""
+
+    def render(self, item: Item) -> str:
+        if len(item.options) > len(self.labels):
+            raise TaskError(f"item {item.id}: {len(item.options)} options but only {len(self.labels)} labels")
+        body = self.question.format(question=item.question)
+        for label, opt in zip(self.labels, item.options):
+            body += self.option.format(label=label, option=opt)
+        return body + self.answer
+
+    def decision_strings(self, item: Item) -> list[str]:
+        return [self.label_prefix + label for label in self.labels[: len(item.options)]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named list of items in one format.
+
+    Attributes:
+        name: short name used in outputs (``"capitals"``, ``"arc-easy"``).
+        items: the evaluated items.
+        format: ``"letters"``, ``"cloze"`` or ``"continuation"``.
+        template: the letters layout (``None`` for the other formats).
+        shots: number of solved examples prepended to every prompt.
+        fewshot_pool: items the shots are drawn from (never the evaluated ones).
+        seed: seed for option shuffling, subsets and shot sampling.
+        source: where the items came from (path or description).
+        reformulated: True when a continuation benchmark (ARC, HellaSwag) is asked in
+            the letters format, which is not how lm-evaluation-harness scores it.
+    """
+
+    name: str
+    items: tuple[Item, ...]
+    format: Format = "cloze"
+    template: LettersTemplate | None = None
+    shots: int = 0
+    fewshot_pool: tuple[Item, ...] = ()
+    seed: int = 0
+    source: str = ""
+    reformulated: bool = False
+    _shot_cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "items", tuple(self.items))
+        object.__setattr__(self, "fewshot_pool", tuple(self.fewshot_pool))
+        if self.format not in FORMATS:
+            raise TaskError(f"task {self.name}: unknown format {self.format!r}; choose one of {FORMATS}")
+        if not self.items:
+            raise TaskError(f"task {self.name}: has no items")
+        if self.format == "letters" and self.template is None:
+            object.__setattr__(self, "template", LettersTemplate())
+        if self.shots < 0:
+            raise TaskError(f"task {self.name}: shots must be >= 0, got {self.shots}")
+        if self.shots and len(self.fewshot_pool) < self.shots:
+            raise TaskError(
+                f"task {self.name}: {self.shots} shots asked but only {len(self.fewshot_pool)} "
+                "few-shot examples are available; lower shots"
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def answers(self) -> list[int]:
+        return [it.answer for it in self.items]
+
+    @property
+    def max_options(self) -> int:
+        return max(len(it.options) for it in self.items)
+
+    def with_format(self, format: Format, template: LettersTemplate | None = None) -> "Task":
+        reform = self.reformulated or (format == "letters" and self.format == "continuation")
+        return dataclasses.replace(self, format=format, template=template, reformulated=reform, _shot_cache={})
+
+    # -- prompts ----------------------------------------------------------------
+    def _render_solved(self, item: Item) -> str:
+        if self.format == "letters":
+            assert self.template is not None
+            return self.template.render(item) + self.template.decision_strings(item)[item.answer]
+        return item.question + " " + item.options[item.answer]
+
+    def _prefix(self, index: int) -> str:
+        if not self.shots:
+            return ""
+        if index not in self._shot_cache:
+            rng = random.Random(f"{self.seed}:{index}")
+            shots = rng.sample(list(self.fewshot_pool), self.shots)
+            self._shot_cache[index] = "".join(self._render_solved(s) + "\n\n" for s in shots)
+        return self._shot_cache[index]
+
+    def prompt(self, index: int) -> str:
+        """The text fed to the model for item ``index`` (decision is the next token)."""
+        item = self.items[index]
+        body = self.template.render(item) if self.format == "letters" else item.question  # type: ignore[union-attr]
+        return self._prefix(index) + body
+
+    def decision_strings(self, index: int) -> list[str]:
+        """One string per option whose (first) token(s) the lens reads."""
+        item = self.items[index]
+        if self.format == "letters":
+            return self.template.decision_strings(item)  # type: ignore[union-attr]
+        return [" " + o for o in item.options]
+
+
+def subset(items: Sequence[Item], limit: int | None, seed: int) -> list[Item]:
+    """A seeded random subset of ``limit`` items, kept in their original order."""
+    items = list(items)
+    if limit is None or limit >= len(items):
+        return items
+    if limit <= 0:
+        raise TaskError(f"limit must be positive, got {limit}")
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]

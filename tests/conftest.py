@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny random models (exact, fast) and the two embedded models (real)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import phaselens as pl
+
+CAPITALS = [
+    ("The capital of France is", ["Paris", "London", "Berlin", "Madrid"], 0),
+    ("The capital of Germany is", ["Paris", "London", "Berlin", "Madrid"], 2),
+    ("The capital of Spain, a country in southern Europe, is", ["Paris", "Madrid", "Berlin", "Rome"], 1),
+    ("The capital of Italy is", ["Paris", "Madrid", "Berlin", "Rome"], 3),
+    ("The capital of the United Kingdom is", ["London", "Madrid"], 0),
+    ("Japan's capital city is called", ["Paris", "Tokyo", "Berlin", "Rome", "Cairo"], 1),
+]
+
+
+@pytest.fixture(scope="session")
+def smol() -> pl.Model:
+    return pl.load_model("smollm2-135m", device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def gemma() -> pl.Model:
+    return pl.load_model("gemma3-270m", device="cpu", dtype=torch.float32)
+
+
+def _tiny(config, tokenizer) -> pl.Model:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # larger weights than the init, so margins are not all ~0
+        for p in hf.parameters():
+            if p.dim() == 2:
+                p.mul_(8.0)
+    hf.tokenizer = tokenizer
+    return pl.load_model(hf)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smol) -> pl.Model:
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(vocab_size=smol.tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    return _tiny(cfg, smol.tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(smol) -> pl.Model:
+    """Gemma-3 layout: (1 + w) norms, sliding + full attention, final-logit soft-capping."""
+    from transformers import Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(vocab_size=smol.tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
+                           layer_types=["sliding_attention", "full_attention"] * 2, final_logit_softcapping=5.0)
+    cfg.architectures = ["Gemma3ForCausalLM"]
+    return _tiny(cfg, smol.tokenizer)
+
+
+@pytest.fixture(scope="session")
+def capitals_task() -> pl.Task:
+    return pl.load_task([{"question": q, "options": o, "answer": a, "id": f"cap{i}"} for i, (q, o, a) in enumerate(CAPITALS)])
