@@ -86,6 +86,7 @@ class Model:
     blocks: list[nn.Module] = field(repr=False)
     final_norm: nn.Module = field(repr=False)
     decoder: nn.Module = field(repr=False)
+    unembed: nn.Module = field(repr=False)
     softcap: float | None = None
     returns_tuple: bool = False
     _bridge: Any = field(default=None, repr=False)
@@ -101,11 +102,11 @@ class Model:
     @property
     def W_U(self) -> torch.Tensor:
         """Unembedding ``[V, d]``."""
-        return self.hf.get_output_embeddings().weight
+        return self.unembed.weight
 
     @property
     def b_U(self) -> torch.Tensor | None:
-        return getattr(self.hf.get_output_embeddings(), "bias", None)
+        return getattr(self.unembed, "bias", None)
 
     @property
     def device(self) -> torch.device:
@@ -175,7 +176,13 @@ class Model:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_model(spec: Any, *, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> Model:
+def load_model(
+    spec: Any,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    tokenizer: Any = None,
+) -> Model:
     """Load a model for the logit lens.
 
     Args:
@@ -184,6 +191,8 @@ def load_model(spec: Any, *, device: str | torch.device | None = None, dtype: to
             a loaded ``transformers`` causal LM, a ``TransformerBridge``, or a :class:`Model`.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA if available).
         dtype: default float32 on the CPU, bfloat16 on a GPU.
+        tokenizer: the tokenizer of a ``transformers`` model passed as ``spec`` (default:
+            ``spec.tokenizer`` or the one saved beside its weights).
     """
     if isinstance(spec, Model):
         return spec
@@ -195,7 +204,7 @@ def load_model(spec: Any, *, device: str | torch.device | None = None, dtype: to
         m._bridge = spec
         return m
     if isinstance(spec, nn.Module):
-        tok = getattr(spec, "tokenizer", None)
+        tok = tokenizer or getattr(spec, "tokenizer", None)
         if tok is None:
             path = getattr(spec.config, "_name_or_path", "")
             try:
@@ -204,8 +213,8 @@ def load_model(spec: Any, *, device: str | torch.device | None = None, dtype: to
                 tok = AutoTokenizer.from_pretrained(path)
             except Exception as e:  # noqa: BLE001
                 raise ModelError(
-                    "a transformers model was passed without a tokenizer; attach it as model.tokenizer = "
-                    f"AutoTokenizer.from_pretrained(...) (could not load one from {path!r}: {e})"
+                    "a transformers model was passed without a tokenizer; pass load_model(model, tokenizer=...) "
+                    f"(could not load one from {path!r}: {e})"
                 ) from None
         return _prepare(spec, tok, getattr(spec.config, "_name_or_path", type(spec).__name__) or "model", dev, dt)
     if not isinstance(spec, (str, os.PathLike)):
@@ -361,12 +370,13 @@ def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: t
     hf.eval()
     if getattr(tok, "pad_token_id", None) is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
-    blocks = [_unwrap(b) for b in _getpath(hf, blocks_path)]
+    blocks = list(_getpath(hf, blocks_path))  # bridge wrappers stay: the decoder calls them
     decoder = _getpath(hf, blocks_path.rsplit(".", 1)[0])
     softcap = getattr(hf.config, "final_logit_softcapping", None) or getattr(
         getattr(hf.config, "text_config", None), "final_logit_softcapping", None
     )
-    model = Model(hf, tok, name, blocks, _unwrap(_getpath(hf, norm_path)), decoder, softcap)
+    unembed = _unwrap(hf.get_output_embeddings())
+    model = Model(hf, tok, name, blocks, _unwrap(_getpath(hf, norm_path)), decoder, unembed, softcap)
     _check_readout(model)
     return model
 
