@@ -1,0 +1,134 @@
+"""decision_trace against a plain forward pass of the same Hugging Face model, same batches.
+
+Baselines, timed in the same run:
+  * ``hf.model`` forward: embeddings -> blocks -> final norm, no LM head (the strict baseline:
+    the least a forward pass can do);
+  * ``hf`` forward: the causal LM as users call it (logits at every position).
+The measured path is ``phaselens.decision_trace`` (lens at every block + all metrics and the
+bootstrap), and ``option_logits`` alone. Ratios are printed against both baselines.
+
+    python benchmarks/trace_overhead.py                       # SmolLM2 on the CPU
+    python benchmarks/trace_overhead.py --synthetic llama3-8b --device cuda   # GPU, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import phaselens as pl
+from phaselens.encoding import Encoded, batches, pad
+
+
+def synthetic_model(kind: str, device: str, tokenizer) -> pl.Model:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shapes = {
+        "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                          num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
+        "llama-tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=8, num_attention_heads=8,
+                           num_key_value_heads=4, vocab_size=49152),
+    }[kind]
+    cfg = LlamaConfig(**shapes, max_position_embeddings=8192, tie_word_embeddings=False)
+    cfg._attn_implementation = "sdpa"
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    torch.set_default_dtype(dtype)
+    with torch.device(device):
+        hf = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    for p in hf.parameters():  # keep activations in range: random weights at the init scale
+        p.requires_grad_(False)
+    return pl.load_model(hf, tokenizer=tokenizer)
+
+
+def synthetic_items(n: int, length: int, vocab: int, k: int = 4, seed: int = 0) -> Encoded:
+    g = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(10, vocab, (n, length), generator=g).tolist()
+    opt = torch.randint(10, vocab, (n, k), generator=g)
+    return Encoded("letters", prompts, opt, torch.ones(n, k, dtype=torch.bool), torch.randint(0, k, (n,), generator=g))
+
+
+def timeit(fn, device: str, repeats: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--synthetic", choices=["llama3-8b", "llama-tiny"], help="random-weight model of this shape")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tokenizer", default=None, help="tokenizer directory for --synthetic (default: SmolLM2's)")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--tokens", type=int, default=None, help="prompt length (default 128 CPU, 256 GPU)")
+    ap.add_argument("--batches", type=int, default=None, help="number of batches (default 4)")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    gpu = args.device.startswith("cuda")
+    bs = args.batch_size or (32 if gpu else 16)
+    length = args.tokens or (256 if gpu else 128)
+    nb = args.batches or 4
+
+    if args.synthetic:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else pl.load_model("smollm2-135m").tokenizer
+        model = synthetic_model(args.synthetic, args.device, tok)
+    else:
+        model = pl.load_model(args.model, device=args.device)
+    enc = synthetic_items(bs * nb, length, min(model.W_U.shape[0], 49152))
+    groups = batches([len(p) for p in enc.prompts], bs)
+    padded = [pad([enc.prompts[i] for i in g], 0, model.device) for g in groups]
+    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+
+    def plain_decoder():
+        with torch.inference_mode():
+            for ids, att in padded:
+                model.hf.model(input_ids=ids, attention_mask=att, use_cache=False)
+
+    def plain_causal_lm():
+        with torch.inference_mode():
+            for ids, att in padded:
+                model.hf(input_ids=ids, attention_mask=att, use_cache=False)
+
+    def lens_only():
+        pl.option_logits(model, task, batch_size=bs, encoded=enc)
+
+    import phaselens.trace as tr_mod
+
+    orig = tr_mod.option_logits
+    tr_mod.option_logits = lambda m, t, **kw: orig(m, t, encoded=enc, **kw)
+    try:
+        def full_trace():
+            pl.decision_trace(model, task, batch_size=bs)
+
+        t_dec = timeit(plain_decoder, args.device, args.repeats)
+        t_lm = timeit(plain_causal_lm, args.device, args.repeats)
+        t_lens = timeit(lens_only, args.device, args.repeats)
+        t_trace = timeit(full_trace, args.device, args.repeats)
+    finally:
+        tr_mod.option_logits = orig
+
+    dev_name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"model {model.name}: L={model.n_layers} d={model.d_model} {model.dtype} on {dev_name}")
+    print(f"{nb} batches x {bs} prompts x {length} tokens, median of {args.repeats}")
+    print(f"  baseline hf.model forward (no LM head): {t_dec:8.4f} s")
+    print(f"  baseline hf forward (causal LM logits): {t_lm:8.4f} s")
+    print(f"  option_logits (lens at every block):    {t_lens:8.4f} s  ratio {t_lens / t_dec:5.3f}x decoder, {t_lens / t_lm:5.3f}x causal LM")
+    print(f"  decision_trace (lens + all metrics):    {t_trace:8.4f} s  ratio {t_trace / t_dec:5.3f}x decoder, {t_trace / t_lm:5.3f}x causal LM")
+
+
+if __name__ == "__main__":
+    main()
