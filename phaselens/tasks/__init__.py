@@ -74,7 +74,8 @@ def load_task(
         chosen = set(map(id, items))
         pool = [it for it in loaded.items if id(it) not in chosen]
     reform = fmt == "letters" and loaded.default_format == "continuation"
-    return Task(loaded.name, tuple(items), fmt, template, shots, tuple(pool), seed, loaded.source, reform)
+    return Task(loaded.name, tuple(items), fmt, template, shots, tuple(pool), seed, loaded.source, reform,
+                loaded.cloze_template)
 
 
 def _iter(spec: Any) -> Iterable:

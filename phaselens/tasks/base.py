@@ -127,6 +127,10 @@ class Task:
         source: where the items came from (path or description).
         reformulated: True when a continuation benchmark (ARC, HellaSwag) is asked in
             the letters format, which is not how lm-evaluation-harness scores it.
+        cloze_template: how a ``cloze``/``continuation`` prompt wraps the question
+            (lm-evaluation-harness' layouts: ``"Question: {question}\nAnswer:"`` for ARC and
+            MMLU, ``"Q: {question}\nA:"`` for TruthfulQA, the bare text for HellaSwag and
+            the built-in tasks).
     """
 
     name: str
@@ -138,6 +142,7 @@ class Task:
     seed: int = 0
     source: str = ""
     reformulated: bool = False
+    cloze_template: str = "{question}"
     _shot_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -177,7 +182,7 @@ class Task:
         if self.format == "letters":
             assert self.template is not None
             return self.template.render(item) + self.template.decision_strings(item)[item.answer]
-        return item.question + " " + item.options[item.answer]
+        return self.cloze_template.format(question=item.question) + " " + item.options[item.answer]
 
     def _prefix(self, index: int) -> str:
         if not self.shots:
@@ -191,7 +196,10 @@ class Task:
     def prompt(self, index: int) -> str:
         """The text fed to the model for item ``index`` (decision is the next token)."""
         item = self.items[index]
-        body = self.template.render(item) if self.format == "letters" else item.question  # type: ignore[union-attr]
+        if self.format == "letters":
+            body = self.template.render(item)  # type: ignore[union-attr]
+        else:
+            body = self.cloze_template.format(question=item.question)
         return self._prefix(index) + body
 
     def decision_strings(self, index: int) -> list[str]:

