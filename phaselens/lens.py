@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .encoding import Encoded, batches, encode, pad
-from .runtime import applied, run_decoder
+from .runtime import Replay, applied, merge_taps, run_decoder
 from .tasks.base import Task
 from .view import ModelView, as_view
 
@@ -57,17 +57,21 @@ def option_logits(
     return_hidden: bool = False,
     progress: bool = False,
     encoded: Encoded | None = None,
+    replay: Replay | None = None,
 ) -> OptionLogits:
-    """Run ``task`` through ``model`` (a model, view or spec) and read every surviving block."""
+    """Run ``task`` through ``model`` (a model, view or spec) and read every surviving block.
+
+    ``replay`` (the iterative sweep) reuses stored block inputs of an earlier, identical prefix.
+    """
     view = as_view(model)
     enc = encoded or encode(task, view.base.tokenizer)
     bs = batch_size or default_batch_size(view)
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {bs}")
     if enc.format == "continuation":
-        z = _continuation_scores(view, enc, bs, progress)
+        z = _continuation_scores(view, enc, bs, progress, replay)
         return OptionLogits(z, enc.option_mask, enc.answers, view.kept)
-    return _decision_scores(view, enc, bs, return_hidden, progress)
+    return _decision_scores(view, enc, bs, return_hidden, progress, replay)
 
 
 def _progress(it, total: int, on: bool, desc: str):
@@ -78,19 +82,31 @@ def _progress(it, total: int, on: bool, desc: str):
     return tqdm(it, total=total, desc=desc, leave=False)
 
 
-def _decision_scores(view: ModelView, enc: Encoded, bs: int, return_hidden: bool, progress: bool) -> OptionLogits:
+def _decision_scores(view: ModelView, enc: Encoded, bs: int, return_hidden: bool, progress: bool,
+                     replay: Replay | None = None) -> OptionLogits:
     base, kept = view.base, view.kept
     n = enc.n_items
     z = torch.empty(len(kept), n, enc.n_options)
     hidden = torch.empty(len(kept), n, base.d_model) if return_hidden else None
     pad_id = base.tokenizer.pad_token_id
     groups = batches([len(p) for p in enc.prompts], bs)
-    with torch.inference_mode(), applied(base.blocks, view.plan(), tap_out=_taps(kept, rows := {}), returns_tuple=base.returns_tuple):
+    rows: dict = {}
+    taps = _taps(kept, rows)
+    with torch.inference_mode():
         for idx in _progress(groups, len(groups), progress, f"lens {view.name}"):
             ids, att = pad([enc.prompts[i] for i in idx], pad_id, base.device)
             rows["pos"] = att.sum(1) - 1  # last real token of each row (right padding)
             rows["out"] = []
-            run_decoder(base.decoder, ids, att)
+            plan, t_in, t_out = view.plan(), {}, taps
+            if replay is not None:
+                key = ("lens", tuple(enc.prompts[i][-1] for i in idx), tuple(idx), ids.shape[1])
+                plan, t_in, rec_out, start = replay.plan(plan, key)
+                t_out = merge_taps({b: t for b, t in taps.items() if b >= start}, rec_out)
+                for b in kept:
+                    if b < start:
+                        taps[b](replay.output_of(key, b).to(base.device))
+            with applied(base.blocks, plan, tap_in=t_in, tap_out=t_out, returns_tuple=base.returns_tuple):
+                run_decoder(base.decoder, ids, att)
             h = torch.stack(rows["out"])  # [L, B, d]
             sel = torch.tensor(idx)
             z[:, sel] = base.readout(h, enc.option_ids[sel].to(base.device)).cpu()
@@ -107,7 +123,7 @@ def _taps(kept: list[int], rows: dict) -> dict:
     return {b: tap for b in kept}
 
 
-def _continuation_scores(view: ModelView, enc: Encoded, bs: int, progress: bool) -> torch.Tensor:
+def _continuation_scores(view: ModelView, enc: Encoded, bs: int, progress: bool, replay: Replay | None = None) -> torch.Tensor:
     base, kept = view.base, view.kept
     assert enc.continuations is not None and enc.rows is not None
     seqs = [c + t for c, t in zip(enc.prompts, enc.continuations)]
@@ -128,9 +144,8 @@ def _continuation_scores(view: ModelView, enc: Encoded, bs: int, progress: bool)
 
         return tap
 
-    with torch.inference_mode(), applied(
-        base.blocks, view.plan(), tap_out={b: make_tap(b) for b in kept}, returns_tuple=base.returns_tuple
-    ):
+    taps = {b: make_tap(b) for b in kept}
+    with torch.inference_mode():
         for idx in _progress(groups, len(groups), progress, f"lens {view.name}"):
             ids, att = pad([seqs[i] for i in idx], base.tokenizer.pad_token_id, base.device)
             r, p, tgt = [], [], []
@@ -143,7 +158,16 @@ def _continuation_scores(view: ModelView, enc: Encoded, bs: int, progress: bool)
             dev = base.device
             state.update(r=torch.tensor(r, device=dev), p=torch.tensor(p, device=dev), tgt=torch.tensor(tgt, device=dev))
             state["scores"] = torch.empty(len(kept), len(idx))
-            run_decoder(base.decoder, ids, att)
+            plan, t_in, t_out = view.plan(), {}, taps
+            if replay is not None:
+                key = ("cont", tuple(idx), ids.shape[1])
+                plan, t_in, rec_out, first = replay.plan(plan, key)
+                t_out = merge_taps({b: t for b, t in taps.items() if b >= first}, rec_out)
+                for b in kept:
+                    if b < first:
+                        taps[b](replay.output_of(key, b).to(dev))
+            with applied(base.blocks, plan, tap_in=t_in, tap_out=t_out, returns_tuple=base.returns_tuple):
+                run_decoder(base.decoder, ids, att)
             seq_scores[:, torch.tensor(idx)] = state["scores"]
     z = torch.full((len(kept), enc.n_items, enc.n_options), float("-inf"))
     items = torch.tensor([i for i, _ in enc.rows])

@@ -189,6 +189,7 @@ def decision_trace(
     n_boot: int = N_BOOT,
     seed: int = 0,
     progress: bool = False,
+    replay=None,
 ) -> DecisionTrace:
     """Option-restricted logit lens of every surviving block of ``model`` on ``task``.
 
@@ -205,7 +206,7 @@ def decision_trace(
         model = load_model(model, device=device)
     view = as_view(model)
     t = _resolve_task(task)
-    ol = option_logits(view, t, batch_size=batch_size, progress=progress)
+    ol = option_logits(view, t, batch_size=batch_size, progress=progress, replay=replay)
     z, ans = ol.z, ol.answers
     im = metrics.item_margins(z, ans)
     acc_items = (metrics.predictions(z) == ans[None]).double().T.numpy()  # [N, L]

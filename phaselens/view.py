@@ -8,7 +8,7 @@ for each forward pass. Every phaselens function that takes a model takes a view 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -27,23 +27,48 @@ def spans_of(blocks: tuple[int, ...] | list[int]) -> list[tuple[int, int]]:
     return spans
 
 
+def _linear(w: torch.Tensor):
+    cache: dict = {}
+
+    def op(h: torch.Tensor) -> torch.Tensor:
+        key = (h.device, h.dtype)
+        if key not in cache:
+            cache.clear()
+            cache[key] = w.to(device=h.device, dtype=h.dtype)
+        return h @ cache[key]
+
+    return op
+
+
 @dataclass(eq=False)
 class ModelView:
-    """The dense ``base`` model minus ``removed`` blocks, with ``operators[span]`` (a map
-    ``[..., d] -> [..., d]``) in place of the cut span ``span = (s, e)``.
+    """The dense ``base`` model minus ``removed`` blocks.
 
     Attributes:
+        base: the dense :class:`~phaselens.Model` (its weights are never copied).
+        removed: original indices of the skipped blocks.
+        operators: ``{(s, e): W [d, d]}``: the cut span ``[s, e)`` maps ``h -> h @ W``
+            (a Ghosted-Layers operator or a rival); spans without one are skipped (identity).
+        branch_operators: ``{b: T [d, d]}``: block ``b``'s MLP-branch output is mapped
+            ``m -> m @ T`` (ReplaceMe).
         kept: original indices of the surviving blocks, in order (``n_layers`` of them).
     """
 
     base: Model
     removed: tuple[int, ...] = ()
-    operators: dict[tuple[int, int], Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)
+    operators: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    branch_operators: dict[int, torch.Tensor] = field(default_factory=dict)
     label: str = ""
     method: str | None = None
 
     def __post_init__(self) -> None:
         self.removed = tuple(sorted(self.removed))
+        spans = set(self.spans)
+        for s in self.operators:
+            if tuple(s) not in spans:
+                raise ValueError(f"operator for span {s} but the cut spans are {sorted(spans)}")
+        self._ops = {s: _linear(w) for s, w in self.operators.items()}
+        self._branch = {b: _linear(w) for b, w in self.branch_operators.items()}
 
     @property
     def kept(self) -> list[int]:
@@ -60,17 +85,55 @@ class ModelView:
 
     @property
     def name(self) -> str:
-        return self.label or (self.base.name if not self.removed else f"{self.base.name} -{list(self.removed)}")
+        if self.label:
+            return self.label
+        if not self.removed:
+            return self.base.name
+        rec = f" +{self.method}" if self.method else ""
+        return f"{self.base.name} -{_fmt_blocks(self.removed)}{rec}"
 
     def plan(self) -> Plan:
         replace: dict[int, Any] = {b: identity for b in self.removed}
-        for (s, e), op in self.operators.items():
+        for (s, _e), op in self._ops.items():
             replace[s] = op  # the first block of the span applies the operator, the rest are skipped
-        return Plan(replace)
+        return Plan(replace, {}, dict(self._branch))
+
+    def signature(self) -> dict[int, object]:
+        """Per block index, what the forward does there (to find the first block a change affects)."""
+        sig: dict[int, object] = {b: ("skip",) for b in self.removed}
+        for s, w in self.operators.items():
+            sig[s[0]] = ("op", tuple(s), w)
+        for b, w in self.branch_operators.items():
+            sig[b] = ("branch", sig.get(b), w)
+        return sig
 
     def __repr__(self) -> str:
-        rec = f", recovered={self.method}" if self.operators else ""
+        rec = f", recovered={self.method}" if self.operators or self.branch_operators else ""
         return f"ModelView({self.base.name!r}, removed={list(self.removed)}{rec}, L={self.n_layers})"
+
+
+def _fmt_blocks(blocks: tuple[int, ...]) -> str:
+    return ",".join(f"{s}" if e == s + 1 else f"{s}-{e - 1}" for s, e in spans_of(blocks))
+
+
+def first_change(old: ModelView | None, new: ModelView) -> int:
+    """The first block index at which ``new`` computes something different from ``old``
+    (``0`` when there is no old view, ``L`` when they are the same)."""
+    if old is None or old.base is not new.base:
+        return 0
+    a, b = old.signature(), new.signature()
+    for i in range(new.base.n_layers):
+        if not _same(a.get(i), b.get(i)):
+            return i
+    return new.base.n_layers
+
+
+def _same(x: object, y: object) -> bool:
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        return isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape and bool(torch.equal(x, y))
+    if isinstance(x, tuple) and isinstance(y, tuple):
+        return len(x) == len(y) and all(_same(p, q) for p, q in zip(x, y))
+    return x == y
 
 
 def as_view(model: Any) -> ModelView:
