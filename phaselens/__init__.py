@@ -6,8 +6,24 @@
     >>> t.plot().show()
 """
 
+from .calibration import CalibrationError, heldout_texts, load_calibration
 from .lens import OptionLogits, option_logits
 from .models import EMBEDDED, Model, ModelError, load_model
+from .perplexity import perplexity
+from .pruning import CRITERIA, prune, select_blocks
+from .pruning.iterative import Sweep, SweepStep, iterative_prune, load_sweep
+from .recovery import (
+    METHODS,
+    BoundaryError,
+    Recovered,
+    RecoveryError,
+    SingularFitWarning,
+    boundary_error,
+    fit_recoveries,
+    fit_recovery,
+    load_recovery,
+)
+from .similarity import CKAResult, cka, linear_cka
 from .tasks import Item, LettersTemplate, Task, TaskError, builtin_tasks, load_task
 from .trace import DecisionTrace, Transition, decision_trace, transition_from_trace, transition_point
 from .view import ModelView, as_view
@@ -15,7 +31,12 @@ from .view import ModelView, as_view
 __version__ = "0.1.0"
 
 __all__ = [
+    "CRITERIA",
     "EMBEDDED",
+    "METHODS",
+    "BoundaryError",
+    "CKAResult",
+    "CalibrationError",
     "DecisionTrace",
     "Item",
     "LettersTemplate",
@@ -23,15 +44,33 @@ __all__ = [
     "ModelError",
     "ModelView",
     "OptionLogits",
+    "Recovered",
+    "RecoveryError",
+    "SingularFitWarning",
+    "Sweep",
+    "SweepStep",
     "Task",
     "TaskError",
     "Transition",
     "as_view",
+    "boundary_error",
     "builtin_tasks",
+    "cka",
     "decision_trace",
+    "fit_recoveries",
+    "fit_recovery",
+    "heldout_texts",
+    "iterative_prune",
+    "linear_cka",
+    "load_calibration",
     "load_model",
+    "load_recovery",
+    "load_sweep",
     "load_task",
     "option_logits",
+    "perplexity",
+    "prune",
+    "select_blocks",
     "transition_from_trace",
     "transition_point",
 ]

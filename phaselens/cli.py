@@ -110,5 +110,10 @@ def main() -> None:  # console-script entry point
     app()
 
 
+from .commands import register_all as _register_all  # noqa: E402
+
+_register_all()
+
+
 if __name__ == "__main__":
     main()

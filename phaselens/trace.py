@@ -175,6 +175,12 @@ class Transition:
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Transition":
+        rng = lambda r: None if r is None else range(*r)  # noqa: E731
+        return cls(d["layer"], d["reason"], d["jump_layer"], None if d["ci"] is None else tuple(d["ci"]),
+                   d["ci_undefined"], rng(d["silent"]), rng(d["decisive"]), DecisionTrace.from_dict(d["trace"]))
+
 
 def _resolve_task(task: Any) -> Task:
     return task if isinstance(task, Task) else load_task(task)

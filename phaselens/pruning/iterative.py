@@ -58,10 +58,7 @@ class SweepStep:
 
 
 def transition_from_dict(d: dict[str, Any]) -> Transition:
-    trace = DecisionTrace.from_dict(d["trace"])
-    rng = lambda r: None if r is None else range(*r)  # noqa: E731
-    return Transition(d["layer"], d["reason"], d["jump_layer"], None if d["ci"] is None else tuple(d["ci"]),
-                      d["ci_undefined"], rng(d["silent"]), rng(d["decisive"]), trace)
+    return Transition.from_dict(d)
 
 
 @dataclass

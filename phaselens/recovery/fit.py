@@ -296,6 +296,15 @@ class BoundaryError:
                              "span_end": [e for _, e in self.spans], "mse": self.mse, "relative": self.relative,
                              "n_tokens": self.n_tokens})
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "method": self.method, "spans": [list(s) for s in self.spans], "mse": self.mse.tolist(),
+                "relative": self.relative.tolist(), "per_channel": self.per_channel.tolist(), "n_tokens": self.n_tokens}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BoundaryError":
+        return cls(d["model"], d["method"], [tuple(s) for s in d["spans"]], np.asarray(d["mse"], float),
+                   np.asarray(d["relative"], float), np.asarray(d["per_channel"], float), int(d["n_tokens"]))
+
     def plot(self, **kw):
         from ..plots import boundary_error_channels
 

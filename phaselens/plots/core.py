@@ -8,8 +8,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 if TYPE_CHECKING:
-    from .similarity import CKAResult
-    from .trace import DecisionTrace, Transition
+    from ..similarity import CKAResult
+    from ..trace import DecisionTrace, Transition
 
 SILENT_COLOR = "rgba(120,120,120,0.12)"
 DECISIVE_COLOR = "rgba(44,160,44,0.10)"
