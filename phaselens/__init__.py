@@ -7,9 +7,11 @@
 """
 
 from .calibration import CalibrationError, heldout_texts, load_calibration
+from .interventions import AblationResult, EditedView, NoiseResult, ablate, inject_noise
 from .lens import OptionLogits, option_logits
 from .models import EMBEDDED, Model, ModelError, load_model
 from .perplexity import perplexity
+from .phase_cuts import PhaseCuts, compare_phase_cuts
 from .pruning import CRITERIA, prune, select_blocks
 from .pruning.iterative import Sweep, SweepStep, iterative_prune, load_sweep
 from .recovery import (
@@ -24,6 +26,9 @@ from .recovery import (
     load_recovery,
 )
 from .similarity import CKAResult, cka, linear_cka
+from .results import ResultEntry, ResultsError, load_results, read_results, save_result, save_results
+from .report import build_report
+from .stats import CollapseStudy, transition_vs_collapse
 from .tasks import Item, LettersTemplate, Task, TaskError, builtin_tasks, load_task
 from .trace import DecisionTrace, Transition, decision_trace, transition_from_trace, transition_point
 from .view import ModelView, as_view
@@ -31,6 +36,20 @@ from .view import ModelView, as_view
 __version__ = "0.1.0"
 
 __all__ = [
+    "ResultEntry",
+    "ResultsError",
+    "build_report",
+    "load_results",
+    "read_results",
+    "save_result",
+    "save_results",
+    "AblationResult",
+    "CollapseStudy",
+    "EditedView",
+    "NoiseResult",
+    "ablate",
+    "inject_noise",
+    "transition_vs_collapse",
     "CRITERIA",
     "EMBEDDED",
     "METHODS",
@@ -44,6 +63,7 @@ __all__ = [
     "ModelError",
     "ModelView",
     "OptionLogits",
+    "PhaseCuts",
     "Recovered",
     "RecoveryError",
     "SingularFitWarning",
@@ -56,6 +76,7 @@ __all__ = [
     "boundary_error",
     "builtin_tasks",
     "cka",
+    "compare_phase_cuts",
     "decision_trace",
     "fit_recoveries",
     "fit_recovery",

@@ -62,6 +62,7 @@ def transition(
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
     html: Optional[Path] = typer.Option(None, help="also write the margin figure to this HTML file"),
+    out: Optional[Path] = typer.Option(None, "--out", help="save the result in this results folder (see `phaselens report`)"),
 ) -> None:
     """Per-block margin, accuracy and option frequency, and where the decisive phase begins."""
     from . import transition_point
@@ -79,6 +80,12 @@ def transition(
 
         save_html(tr.plot(), str(html))
         console.print(f"wrote {html}")
+    if out:
+        from .results import save_result, slug
+
+        path = save_result(tr, out, slug("transition", Path(model).name, Path(task).stem), command="transition", model=tr.trace.model, task=tr.trace.task,
+                           format=tr.trace.format, seed=seed, limit=limit, n_items=tr.trace.n_items)
+        console.print(f"saved {path}")
 
 
 @app.command()

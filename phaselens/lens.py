@@ -91,7 +91,7 @@ def _decision_scores(view: ModelView, enc: Encoded, bs: int, return_hidden: bool
     pad_id = base.tokenizer.pad_token_id
     groups = batches([len(p) for p in enc.prompts], bs)
     rows: dict = {}
-    taps = _taps(kept, rows)
+    taps = _taps(_read_at(kept, base.n_layers), rows)
     with torch.inference_mode():
         for idx in _progress(groups, len(groups), progress, f"lens {view.name}"):
             ids, att = pad([enc.prompts[i] for i in idx], pad_id, base.device)
@@ -102,7 +102,7 @@ def _decision_scores(view: ModelView, enc: Encoded, bs: int, return_hidden: bool
                 key = ("lens", tuple(enc.prompts[i][-1] for i in idx), tuple(idx), ids.shape[1])
                 plan, t_in, rec_out, start = replay.plan(plan, key)
                 t_out = merge_taps({b: t for b, t in taps.items() if b >= start}, rec_out)
-                for b in kept:
+                for b in sorted(taps):
                     if b < start:
                         taps[b](replay.output_of(key, b).to(base.device))
             with applied(base.blocks, plan, tap_in=t_in, tap_out=t_out, returns_tuple=base.returns_tuple):
@@ -114,6 +114,13 @@ def _decision_scores(view: ModelView, enc: Encoded, bs: int, return_hidden: bool
                 hidden[:, sel] = h.float().cpu()
     z = z.masked_fill(~enc.option_mask, float("-inf"))
     return OptionLogits(z, enc.option_mask, enc.answers, kept, hidden)
+
+
+def _read_at(kept: list[int], n_blocks: int) -> list[int]:
+    """The block whose output gives each row: the surviving block itself, except that the last row
+    reads the output of block ``L-1`` (skipped or not), so an operator standing in for a cut span at
+    the end of the model is part of the final row, as it is of the model's own output logits."""
+    return kept[:-1] + [n_blocks - 1]
 
 
 def _taps(kept: list[int], rows: dict) -> dict:
@@ -144,7 +151,7 @@ def _continuation_scores(view: ModelView, enc: Encoded, bs: int, progress: bool,
 
         return tap
 
-    taps = {b: make_tap(b) for b in kept}
+    taps = {r: make_tap(b) for b, r in zip(kept, _read_at(kept, base.n_layers))}
     with torch.inference_mode():
         for idx in _progress(groups, len(groups), progress, f"lens {view.name}"):
             ids, att = pad([seqs[i] for i in idx], base.tokenizer.pad_token_id, base.device)
@@ -163,7 +170,7 @@ def _continuation_scores(view: ModelView, enc: Encoded, bs: int, progress: bool,
                 key = ("cont", tuple(idx), ids.shape[1])
                 plan, t_in, rec_out, first = replay.plan(plan, key)
                 t_out = merge_taps({b: t for b, t in taps.items() if b >= first}, rec_out)
-                for b in kept:
+                for b in sorted(taps):
                     if b < first:
                         taps[b](replay.output_of(key, b).to(dev))
             with applied(base.blocks, plan, tap_in=t_in, tap_out=t_out, returns_tuple=base.returns_tuple):

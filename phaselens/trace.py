@@ -86,10 +86,30 @@ class DecisionTrace:
         return df
 
     def plot(self, **kw):
-        """Plotly figure: the margin curve with its bootstrap band."""
-        from .plots import margin_curve
+        """Plotly figure: the margin curve with its bootstrap band (:func:`phaselens.plots.margin_curves`)."""
+        from .plots import margin_curves
 
-        return margin_curve(self, **kw)
+        return margin_curves([self], **kw)
+
+    plot_margin = plot
+
+    def plot_accuracy(self, **kw):
+        """Accuracy per block with bootstrap bands and chance level (:func:`phaselens.plots.accuracy_curves`)."""
+        from .plots import accuracy_curves
+
+        return accuracy_curves([self], **kw)
+
+    def plot_kl(self, **kw):
+        """Bias KL and convergence KL per block (:func:`phaselens.plots.kl_curves`)."""
+        from .plots import kl_curves
+
+        return kl_curves([self], **kw)
+
+    def plot_option_frequency(self, kind: str = "stacked", **kw):
+        """Option frequency per block: ``kind="stacked"``, ``"area"`` or ``"radar"`` (slider over blocks)."""
+        from .plots import option_frequency
+
+        return option_frequency(self, kind, **kw)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -144,9 +164,30 @@ class Transition:
         return df
 
     def plot(self, **kw):
-        from .plots import margin_curve
+        """The margin curve with its bootstrap band, silent and decisive phases shaded, transition marked."""
+        from .plots import margin_curves
 
-        return margin_curve(self.trace, transition=self, **kw)
+        return margin_curves([self], **kw)
+
+    plot_margin = plot
+
+    def plot_accuracy(self, **kw):
+        """Accuracy per block, phases shaded (:func:`phaselens.plots.accuracy_curves`)."""
+        from .plots import accuracy_curves
+
+        return accuracy_curves([self], **kw)
+
+    def plot_kl(self, **kw):
+        """Bias KL and convergence KL per block, phases shaded (:func:`phaselens.plots.kl_curves`)."""
+        from .plots import kl_curves
+
+        return kl_curves([self], **kw)
+
+    def plot_option_frequency(self, kind: str = "stacked", **kw):
+        """Option frequency per block: ``kind="stacked"``, ``"area"`` or ``"radar"`` (slider over blocks)."""
+        from .plots import option_frequency
+
+        return option_frequency(self, kind, **kw)
 
     def summary(self) -> str:
         t = self.trace

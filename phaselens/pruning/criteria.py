@@ -33,8 +33,10 @@ def block_influence(model: Any, calibration: Any = None, *, seq_len: int = 256, 
     """ShortGPT Block Influence ``BI_l = 1 - mean_t cos(h_in_l[t], h_out_l[t])`` of every surviving block
     (keys: original block indices)."""
     view = as_view(model)
-    kept, L = view.kept, view.base.n_layers
-    nxt = {b: (kept[i + 1] if i + 1 < len(kept) else L) for i, b in enumerate(kept)}
+    kept = view.kept
+    # The output of block b is the input of block b + 1 (read before any operator standing in for a
+    # cut span there), so a recovery operator after b is never attributed to b.
+    nxt = {b: b + 1 for b in kept}
     which = sorted(set(kept) | set(nxt.values()))
     sums = dict.fromkeys(kept, 0.0)
     n = 0
@@ -50,15 +52,17 @@ def angular_distances(model: Any, n: int, calibration: Any = None, *, seq_len: i
     """Gromov et al.: ``d(l, n) = mean_t arccos(cos(h_in_l, h_out_{l+n-1})) / pi`` for every run of
     ``n`` consecutive surviving blocks, keyed by the run's first block (original index)."""
     view = as_view(model)
-    kept, L = view.kept, view.base.n_layers
+    kept = view.kept
     if not 1 <= n < len(kept):
         raise ValueError(f"n must be in 1..{len(kept) - 1} for a model with {len(kept)} blocks, got {n}")
-    bounds = kept + [L]
-    sums = {kept[i]: 0.0 for i in range(len(kept) - n + 1)}
+    runs = range(len(kept) - n + 1)
+    end = {i: kept[i + n - 1] + 1 for i in runs}  # input of block l+n-1's successor = output of l+n-1
+    sums = {kept[i]: 0.0 for i in runs}
     count = 0
-    for got in boundaries(view, calibration, which=bounds, seq_len=seq_len, replay=replay):
-        for i in range(len(kept) - n + 1):
-            c = _cos(got[bounds[i]], got[bounds[i + n]]).clamp(-1, 1)
+    which = sorted({kept[i] for i in runs} | set(end.values()))
+    for got in boundaries(view, calibration, which=which, seq_len=seq_len, replay=replay):
+        for i in runs:
+            c = _cos(got[kept[i]], got[end[i]]).clamp(-1, 1)
             sums[kept[i]] += float(torch.arccos(c).sum()) / math.pi
         count += got[kept[0]].shape[0]
     return {b: v / count for b, v in sums.items()}
@@ -66,19 +70,28 @@ def angular_distances(model: Any, n: int, calibration: Any = None, *, seq_len: i
 
 def sleb_scores(model: Any, calibration: Any = None, *, seq_len: int = 128, n_texts: int = 8) -> dict[int, float]:
     """Calibration perplexity of the model with each surviving block removed in turn (SLEB's
-    score; lower = safer to cut). Each candidate recomputes only from its own block on."""
+    score; lower = safer to cut), keyed by original block index.
+
+    The candidates are plain pruned models (``model``'s removed blocks plus one more); recovery
+    operators of a recovered view are not part of them. Perplexity is measured on the first
+    ``n_texts`` calibration passages truncated to ``seq_len`` tokens. Each candidate recomputes
+    only from its own block on (the inputs of the unchanged prefix are replayed).
+    """
     from ..calibration import load_calibration
     from ..perplexity import perplexity
 
     view = as_view(model)
+    if isinstance(n_texts, bool) or not isinstance(n_texts, (int, np.integer)) or n_texts < 1:
+        raise ValueError(f"n_texts must be a positive int, got {n_texts!r}")
+    plain = ModelView(view.base, view.removed)
     texts = load_calibration(calibration)[:n_texts]
     replay = Replay(view.base.n_layers)
-    perplexity(view, texts, seq_len=seq_len, replay=replay)  # records every block's input once
+    perplexity(plain, texts, seq_len=seq_len, replay=replay)  # records every block's input once
     replay.frozen = True
     out = {}
     for b in view.kept:
         replay.begin(b)
-        out[b] = perplexity(_without(view, [b]), texts, seq_len=seq_len, replay=replay)
+        out[b] = perplexity(_without(plain, [b]), texts, seq_len=seq_len, replay=replay)
     return out
 
 

@@ -11,7 +11,9 @@ block whose input changed: the stored inputs of the unchanged prefix are replaye
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import load_calibration
+from ..calibration import heldout_texts, load_calibration
 from ..perplexity import perplexity
 from ..runtime import Replay
 from ..tasks import Task, load_task
@@ -77,9 +79,13 @@ class Sweep:
     n_blocks: int
     chance: float
     steps: list[SweepStep] = field(default_factory=list)
+    start_accuracy: float | None = None  # the dense model's accuracy when the sweep started from a pruned view
 
     @property
     def dense_accuracy(self) -> float:
+        """Final-layer accuracy of the dense model (step 0 unless the sweep started from a pruned view)."""
+        if self.start_accuracy is not None:
+            return self.start_accuracy
         return self.steps[0].accuracy
 
     @property
@@ -112,12 +118,12 @@ class Sweep:
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "task": self.task, "criterion": self.criterion, "recovery": self.recovery,
                 "n_blocks": self.n_blocks, "chance": self.chance, "collapse_ratio": self.collapse_ratio,
-                "steps": [s.to_dict() for s in self.steps]}
+                "start_accuracy": self.start_accuracy, "steps": [s.to_dict() for s in self.steps]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Sweep":
         return cls(d["model"], d["task"], d["criterion"], d["recovery"], d["n_blocks"], d["chance"],
-                   [SweepStep.from_dict(s) for s in d["steps"]])
+                   [SweepStep.from_dict(s) for s in d["steps"]], d.get("start_accuracy"))
 
 
 def _chance(task: Task) -> float:
@@ -155,11 +161,21 @@ def iterative_prune(
     Args:
         criterion: ``"bi"``, ``"angular"`` (n = 1), ``"sleb"`` or ``"random"`` (seeded), recomputed on
             the current pruned model at every step; the block with the lowest score is cut.
-        recovery: ``None`` or a method of :func:`phaselens.fit_recovery` refitted after every cut.
+        recovery: ``None`` or a method of :func:`phaselens.fit_recovery` refitted after every cut (on
+            ``calibration``); ``"replaceme"`` cannot recover a cut at block 0 and raises if the criterion
+            picks it.
         out: a folder; each finished step is written there, and a rerun resumes from it.
         calibration: text the criterion (and recovery) are computed on (default: bundled fit passages).
         perplexity_texts: held-out text for perplexity (default: the bundled held-out passages).
-        reuse_prefix: replay unchanged prefixes instead of recomputing them (same numbers).
+        reuse_prefix: replay unchanged prefixes instead of recomputing them (the same numbers, bit for
+            bit). It keeps every block's input for every batch of the task, the calibration text and
+            the perplexity text: about ``(L + 1) x tokens x d`` values in the model's dtype (about 2 GB for
+            SmolLM2 on the whole bundled corpus); ``False`` trades that memory for time.
+        seed: seeds the bootstrap intervals and the ``"random"`` criterion.
+
+    Returns:
+        a :class:`Sweep`: ``steps[k]`` is the model after ``k`` cuts (trace, transition, accuracy,
+        margin, perplexity, the criterion's scores and the next cut); ``collapse_ratio`` as in DESIGN.md.
     """
     if criterion not in SWEEP_CRITERIA:
         raise ValueError(f"iterative criterion must be one of {SWEEP_CRITERIA}, got {criterion!r}")
@@ -170,15 +186,27 @@ def iterative_prune(
     steps = L - 1 - len(view.removed) if steps is None else steps
     if not 0 <= steps <= L - 1 - len(view.removed):
         raise ValueError(f"steps must be in 0..{L - 1 - len(view.removed)}, got {steps}")
+    if recovery is not None:
+        from ..recovery import METHODS
+
+        if recovery not in METHODS:
+            raise ValueError(f"unknown recovery method {recovery!r}; choose from {METHODS} or None")
+    if view.operators or view.branch_operators:
+        raise ValueError("iterative_prune starts from a dense or plainly pruned model; pass recovery= to refit "
+                         "a recovery after every cut instead of a recovered view")
     cal = load_calibration(calibration)
+    ppl_texts = heldout_texts() if perplexity_texts is None else load_calibration(perplexity_texts)
     args = {"model": base.name, "fingerprint": base.fingerprint, "task": task.name, "format": task.format,
-            "n_items": len(task), "criterion": criterion, "recovery": recovery, "seed": seed, "n_boot": n_boot,
-            "start_removed": list(view.removed)}
+            "n_items": len(task), "items": _digest([[it.question, list(it.options), it.answer] for it in task.items]),
+            "criterion": criterion, "recovery": recovery, "seed": seed, "n_boot": n_boot,
+            "start_removed": list(view.removed), "calibration": _digest(cal), "perplexity_texts": _digest(ppl_texts)}
     sweep = Sweep(base.name, task.name, criterion, recovery, L, _chance(task))
     folder = Path(out) if out is not None else None
     if folder is not None:
         _check_or_write_args(folder, args)
         sweep.steps = _load_steps(folder)
+    if view.removed:  # the collapse threshold is relative to the dense model
+        sweep.start_accuracy = _dense_accuracy(base, task, folder, n_boot, seed)
     replay = Replay(L) if reuse_prefix else None
     sweep.steps = sweep.steps[: steps + 1]
     removed = list(view.removed) if not sweep.steps else list(sweep.steps[-1].removed) + [sweep.steps[-1].next_cut]
@@ -189,7 +217,7 @@ def iterative_prune(
             replay.begin(first_change(prev, cur) if prev is not None else 0)
         trace = decision_trace(cur, task, n_boot=n_boot, seed=seed, replay=replay, progress=progress)
         tr = transition_from_trace(trace, n_boot=n_boot, seed=seed)
-        ppl = perplexity(cur, perplexity_texts, replay=replay)
+        ppl = perplexity(cur, ppl_texts, replay=replay)
         last = cur.n_layers == 1  # the next cut is chosen even after the last step, so a rerun can extend the sweep
         scores = {} if last else _scores(cur, criterion, cal, replay, seed, k)
         cut = None if last else min(scores, key=lambda b: (scores[b], b))
@@ -197,9 +225,7 @@ def iterative_prune(
                          ppl, scores, cut)
         sweep.steps.append(step)
         if folder is not None:
-            tmp = folder / f".step_{k:03d}.json.tmp"
-            tmp.write_text(json.dumps(step.to_dict()))
-            tmp.replace(folder / f"step_{k:03d}.json")  # atomic: a killed run never leaves half a step
+            _write_atomic(folder / f"step_{k:03d}.json", json.dumps(step.to_dict()))
         if cut is not None and k < steps:
             removed = removed + [cut]
         prev = cur
@@ -215,6 +241,20 @@ def _make_view(base, removed: list[int], recovery: str | None, cal: list[str]) -
     return fit_recovery(view, cal, recovery)
 
 
+def _dense_accuracy(base, task: Task, folder: Path | None, n_boot: int, seed: int) -> float:
+    f = folder / "dense.json" if folder is not None else None
+    if f is not None and f.exists():
+        return float(json.loads(f.read_text())["accuracy"])
+    acc = float(decision_trace(base, task, n_boot=n_boot, seed=seed).accuracy[-1])
+    if f is not None:
+        _write_atomic(f, json.dumps({"accuracy": acc}))
+    return acc
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
 def _check_or_write_args(folder: Path, args: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     f = folder / "sweep.json"
@@ -222,9 +262,16 @@ def _check_or_write_args(folder: Path, args: dict) -> None:
         old = json.loads(f.read_text())
         diff = {k: (old.get(k), v) for k, v in args.items() if old.get(k) != v}
         if diff:
-            raise ValueError(f"{folder} holds a sweep run with other arguments {diff}; use another out= folder")
+            raise ValueError(f"{folder} holds a sweep run with other arguments {diff}; use another out= folder "
+                             "(or delete it to start over)")
     else:
-        f.write_text(json.dumps(args, indent=1))
+        _write_atomic(f, json.dumps(args, indent=1))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)  # atomic: a killed run never leaves half a file
 
 
 def _load_steps(folder: Path) -> list[SweepStep]:
@@ -245,4 +292,7 @@ def load_sweep(folder: str | Path) -> Sweep:
         raise ValueError(f"{folder} has no finished steps")
     n_opts = np.isfinite(steps[0].trace.logits[-1]).sum(-1)
     chance = float(np.mean(1.0 / n_opts))
-    return Sweep(args["model"], args["task"], args["criterion"], args["recovery"], steps[0].trace.n_blocks, chance, steps)
+    dense = folder / "dense.json"
+    start_acc = float(json.loads(dense.read_text())["accuracy"]) if dense.exists() else None
+    return Sweep(args["model"], args["task"], args["criterion"], args["recovery"], steps[0].trace.n_blocks, chance, steps,
+                 start_acc)

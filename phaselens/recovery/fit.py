@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from ..calibration import calibration_batches, load_calibration, n_tokens
-from ..runtime import applied, branch_module, run_decoder
+from ..runtime import StopForward, applied, branch_module, run_decoder
 from ..view import ModelView, as_view
-from .solvers import METHODS, solve
+from .solvers import METHODS, SingularFitWarning, solve
 
 #: A fit with fewer calibration tokens than this many times the hidden size warns: an
 #: unconstrained d x d operator would memorise its calibration text.
@@ -65,6 +65,7 @@ def span_stats(
     every span from one pass of the dense base model of ``model`` over the calibration tokens."""
     base = as_view(model).base
     L, d = base.n_layers, base.d_model
+    spans = _check_spans(spans, L)
     texts = load_calibration(calibration)
     dev = base.device
     acc_dev = dev if dev.type == "cuda" else torch.device("cpu")
@@ -82,12 +83,21 @@ def span_stats(
             st.yy_branch = torch.zeros(d, dtype=torch.float64, device=acc_dev)
     need_in = sorted({s for s, _ in spans} | {e for _, e in spans if e < L})
     need_out_last = any(e == L for _, e in spans)
+    last_in = max(need_in, default=-1)
     with torch.inference_mode():
         for ids, att in calibration_batches(base, texts, seq_len=seq_len, batch_size=batch_size):
             mask = att.bool()
             got: dict[Any, torch.Tensor] = {}
-            t_in = {b: (lambda h, _b=b: got.__setitem__(_b, h[mask])) for b in need_in}
-            t_out = {L - 1: (lambda h: got.__setitem__(L, h[mask]))} if need_out_last else {}
+
+            def grab(b: int, stop: bool):
+                def tap(h: torch.Tensor) -> None:
+                    got[b] = h[mask]
+                    if stop:
+                        raise StopForward  # nothing after this block is needed: skip the rest of the pass
+                return tap
+
+            t_in = {b: grab(b, b == last_in and not need_out_last) for b in need_in}
+            t_out = {L - 1: grab(L, False)} if need_out_last else {}
             handles = []
             if branch:
                 for s, _ in spans:
@@ -113,6 +123,20 @@ def span_stats(
                     st.C_branch += M.T @ T
                     st.yy_branch += (T * T).sum(0)
     return stats
+
+
+def _check_spans(spans: Any, L: int) -> list[tuple[int, int]]:
+    """Spans as a list of ``(s, e)`` int pairs with ``0 <= s < e <= L``; a clear error otherwise."""
+    try:
+        out = [(int(s), int(e)) for s, e in spans]
+    except (TypeError, ValueError):
+        raise RecoveryError(f"spans must be a list of (start, end) pairs of block indices, got {spans!r}") from None
+    if not out:
+        raise RecoveryError("no spans given; pass the cut spans, e.g. [(10, 14)] (a view's .spans)")
+    bad = [sp for sp in out if not 0 <= sp[0] < sp[1] <= L]
+    if bad:
+        raise RecoveryError(f"spans {bad} are not half-open block ranges [s, e) with 0 <= s < e <= {L}")
+    return list(dict.fromkeys(out))
 
 
 def _no_plan():
@@ -141,6 +165,8 @@ class Recovered(ModelView):
             return self.operators[span]  # type: ignore[index]
         if self.method == "replaceme" and span[0] - 1 in self.branch_operators:
             return self.branch_operators[span[0] - 1]
+        if span in self.spans and not self.operators and not self.branch_operators:
+            return torch.eye(self.base.d_model, dtype=torch.float32, device=self.base.device)  # plain pruning
         raise KeyError(f"no operator for span {span}; the cut spans are {self.spans}")
 
     def save(self, path: str | Path) -> Path:
@@ -209,39 +235,69 @@ def fit_recoveries(
     lam: float | None = None,
     seq_len: int = 256,
     batch_size: int = 8,
+    stats: dict[tuple[int, int], SpanStats] | None = None,
 ) -> dict[str, Recovered]:
-    """Fit several methods on the same calibration tokens, from one dense pass."""
+    """Fit several methods on the same calibration tokens, from one dense pass.
+
+    Args:
+        pruned: a pruned view (:func:`phaselens.prune`) with at least one cut span.
+        methods: any of :data:`METHODS`.
+        calibration: ``None`` (the bundled fit passages), a text file, or a list of strings.
+        stats: precomputed :func:`span_stats` covering every cut span of ``pruned`` (e.g. one pass shared
+            by several pruned views); ``calibration``/``seq_len``/``batch_size`` are then not used.
+    Returns:
+        ``{method: Recovered}``; each has ``fit_error``, the per-span boundary error on the calibration
+        tokens computed from the statistics (each span on the dense model's input).
+    """
     view = as_view(pruned)
     methods = list(methods)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise RecoveryError(f"unknown recovery method(s) {bad}; choose from {METHODS}")
+    if not methods:
+        raise RecoveryError(f"no recovery method given; choose from {METHODS}")
     if not view.removed:
         raise RecoveryError("the model has no cut spans to recover; prune it first (phaselens.prune)")
-    texts = load_calibration(calibration)
-    n = _check_tokens(view.base, texts, seq_len)
+    if view.operators or view.branch_operators:
+        view = ModelView(view.base, view.removed)  # refit the spans of a recovered view from scratch
     spans = view.spans
-    stats = span_stats(view, spans, texts, branch="replaceme" in methods, seq_len=seq_len, batch_size=batch_size)
+    if "replaceme" in methods and spans[0][0] == 0:
+        raise RecoveryError(f"replaceme needs a block before the cut span {spans[0]}; it cannot recover a cut at block 0")
+    if stats is None:
+        texts = load_calibration(calibration)
+        _check_tokens(view.base, texts, seq_len)
+        stats = span_stats(view, spans, texts, branch="replaceme" in methods, seq_len=seq_len, batch_size=batch_size)
+    else:
+        missing = [sp for sp in spans if sp not in stats]
+        if missing:
+            raise RecoveryError(f"stats= has no statistics for the cut span(s) {missing}; pass span_stats over {spans}")
+        if "replaceme" in methods and any(stats[sp].A_branch is None for sp in spans):
+            raise RecoveryError("replaceme needs span_stats(..., branch=True)")
+    n = stats[spans[0]].n
     out = {}
-    dtype, dev = view.base.dtype, view.base.device
+    dev = view.base.device
     for m in methods:
         ops, br, lams, res, y2 = {}, {}, {}, [], []
-        for sp, st in stats.items():
+        for sp in spans:
+            st = stats[sp]
+            A, C = (st.A_branch, st.C_branch) if m == "replaceme" else (st.A, st.C)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SingularFitWarning)
+                W, lams[sp] = solve(m, A, C, lam)
+            for w in caught:  # say which method and span the fallback concerns
+                warnings.warn(f"{m}, cut span {sp}: {w.message}", w.category, stacklevel=2)
+            # kept in float32 whatever the model's dtype (cast to the activations' dtype when applied)
             if m == "replaceme":
-                W, lams[sp] = solve(m, st.A_branch, st.C_branch, lam)
-                br[sp[0] - 1] = W.to(dev, dtype)
-                res.append(st.residual(W, branch=True))
-            else:
-                W, lams[sp] = solve(m, st.A, st.C, lam)
-                if m != "identity":
-                    ops[sp] = W.to(dev, dtype)
-                res.append(st.residual(W))
+                br[sp[0] - 1] = W.to(dev, torch.float32)
+            elif m != "identity":
+                ops[sp] = W.to(dev, torch.float32)
+            res.append(st.residual(W, branch=m == "replaceme"))
             y2.append(st.yy.sum() / st.A.shape[0])
         rec = Recovered(view.base, view.removed, ops, br, method=m, lam=lams, n_tokens=n)
-        per_channel = (torch.stack(res) / stats[spans[0]].n).cpu().numpy()
+        per_channel = (torch.stack(res) / n).cpu().numpy()
         mse = per_channel.mean(1)
-        rel = mse / (torch.stack(y2).cpu().numpy() / stats[spans[0]].n)
-        rec.fit_error = BoundaryError(rec.name, m, spans, mse, rel, per_channel, stats[spans[0]].n)
+        rel = mse / (torch.stack(y2).cpu().numpy() / n)
+        rec.fit_error = BoundaryError(rec.name, m, spans, mse, rel, per_channel, n)
         out[m] = rec
     return out
 
@@ -262,7 +318,8 @@ def fit_recovery(
         calibration: ``None`` (bundled corpus), a text file, or a list of strings.
         method: ``"ghosted"`` (default), ``"identity"``, ``"scalar"``, ``"diagonal"``,
             ``"symmetric"``, ``"linearpatch"`` or ``"replaceme"``.
-        lam: ridge; default ``1e-8 * tr(X^T X) / d``, raised (with a warning) if singular.
+        lam: ridge; default ``1e-10 * tr(X^T X) / d`` (plain least squares); a singular ``X^T X``
+            falls back to ``1e-4 * tr(X^T X) / d`` with a :class:`SingularFitWarning` giving it.
     """
     if method not in METHODS:
         raise RecoveryError(f"unknown recovery method {method!r}; choose from {METHODS}")
@@ -311,33 +368,80 @@ class BoundaryError:
         return boundary_error_channels([self], **kw)
 
 
-def boundary_error(model: Any, calibration: Any = None, *, seq_len: int = 256, batch_size: int = 8) -> BoundaryError:
-    """Per cut span of ``model`` (a pruned or recovered view): mean squared error between the
-    input of the next surviving block (the output of the span) and the dense model's, over
-    the non-padding calibration tokens."""
+def boundary_error(
+    model: Any,
+    calibration: Any = None,
+    *,
+    inputs: str = "dense",
+    seq_len: int = 256,
+    batch_size: int = 8,
+) -> BoundaryError:
+    """Per cut span ``[s, e)`` of ``model`` (a pruned or recovered view): the mean squared error between
+    what block ``e`` (the next surviving block) receives and what the dense model gives it, over the
+    non-padding calibration tokens (default: the bundled fit passages).
+
+    Args:
+        inputs: ``"dense"`` (default): each span is fed the dense model's input ``h_{s-1}`` and
+            passed through what the view puts in its place (its operator, ReplaceMe's edited block
+            ``s-1``, or nothing): each span's own error, the quantity the fit minimises (equal to
+            ``Recovered.fit_error`` on the fit's tokens). ``"pruned"``: the whole pruned model runs, so
+            a later span also receives the error left by earlier ones (equal to ``"dense"`` for a
+            single span, or for the first span).
+    """
     view = as_view(model)
     base = view.base
     L = base.n_layers
     spans = view.spans
     if not spans:
         raise RecoveryError("the model has no cut spans; boundary error compares a pruned model with its dense base")
+    if inputs not in ("dense", "pruned"):
+        raise RecoveryError(f"inputs must be 'dense' (each span on the dense model's input) or 'pruned' (the whole "
+                            f"pruned model runs), got {inputs!r}")
     texts = load_calibration(calibration)
     d = base.d_model
     sq = torch.zeros(len(spans), d, dtype=torch.float64)
     y2 = torch.zeros(len(spans), dtype=torch.float64)
     n = 0
+    ops, branch = view._ops, view._branch  # the very edits the view's forward applies
     with torch.inference_mode():
         for ids, att in calibration_batches(base, texts, seq_len=seq_len, batch_size=batch_size):
             mask = att.bool()
-            outs: dict[str, dict[int, torch.Tensor]] = {"dense": {}, "pruned": {}}
-            for tag, plan in (("dense", _no_plan()), ("pruned", view.plan())):
-                taps = {e - 1: (lambda h, _e=e, _t=tag: outs[_t].__setitem__(_e, h[mask].double().cpu())) for _, e in spans}
-                with applied(base.blocks, plan, tap_out=taps, returns_tuple=base.returns_tuple):
+            got: dict[Any, torch.Tensor] = {}
+
+            def grab(key: Any):
+                return lambda h: got.__setitem__(key, h[mask])
+
+            dense_out = {e - 1: grab(("y", e)) for _, e in spans}
+            if inputs == "dense":
+                handles = [
+                    branch_module(base.blocks[s - 1]).register_forward_hook(
+                        lambda m, a, out, _s=s: got.__setitem__(("m", _s), out[mask]))
+                    for s, _e in spans if s - 1 in branch
+                ]
+                try:
+                    with applied(base.blocks, _no_plan(), tap_in={s: grab(("x", s)) for s, _ in spans},
+                                 tap_out=dense_out, returns_tuple=base.returns_tuple):
+                        run_decoder(base.decoder, ids, att)
+                finally:
+                    for h in handles:
+                        h.remove()
+                for s, e in spans:
+                    x = got[("x", s)]  # h_{s-1} of the dense model at the real tokens [n, d]
+                    if s - 1 in branch:  # ReplaceMe: block s-1 with its MLP branch m -> m T
+                        m = got[("m", s)]
+                        x = x - m + branch[s - 1](m)
+                    got[("p", e)] = ops[(s, e)](x) if (s, e) in ops else x
+            else:
+                with applied(base.blocks, _no_plan(), tap_out=dense_out, returns_tuple=base.returns_tuple):
+                    run_decoder(base.decoder, ids, att)
+                with applied(base.blocks, view.plan(), tap_out={e - 1: grab(("p", e)) for _, e in spans},
+                             returns_tuple=base.returns_tuple):
                     run_decoder(base.decoder, ids, att)
             for i, (_s, e) in enumerate(spans):
-                diff = outs["pruned"][e] - outs["dense"][e]
+                y = got[("y", e)].double().cpu()
+                diff = got[("p", e)].double().cpu() - y
                 sq[i] += (diff**2).sum(0)
-                y2[i] += (outs["dense"][e] ** 2).mean(1).sum()
+                y2[i] += (y**2).mean(1).sum()
             n += int(mask.sum())
     per_channel = (sq / n).numpy()
     mse = per_channel.mean(1)

@@ -24,7 +24,12 @@ import torch
 
 METHODS: tuple[str, ...] = ("ghosted", "identity", "scalar", "diagonal", "symmetric", "linearpatch", "replaceme")
 #: ``lam=None`` uses ``LAM_SCALE * tr(A) / d``: negligible next to the data, keeps a rank-deficient fit finite.
-LAM_SCALE = 1e-8
+LAM_SCALE = 1e-10
+#: ``A = X^T X`` counts as singular when its smallest eigenvalue is below ``SINGULAR_RTOL * tr(A) / d``
+#: (fewer tokens than channels, duplicated or constant channels).
+SINGULAR_RTOL = 1e-10
+#: The ridge a singular fit falls back to (when ``lam`` was not given): ``LAM_FALLBACK * tr(A) / d``.
+LAM_FALLBACK = 1e-4
 
 
 class SingularFitWarning(UserWarning):
@@ -35,30 +40,62 @@ def default_lam(A: torch.Tensor) -> float:
     return LAM_SCALE * float(torch.trace(A)) / A.shape[0]
 
 
+def is_singular(A: torch.Tensor) -> bool:
+    """True when ``A`` (symmetric PSD, ``d x d``) is numerically rank deficient."""
+    A = A.double()
+    scale = float(torch.trace(A)) / A.shape[0]
+    if not scale > 0:
+        return True
+    return float(torch.linalg.eigvalsh(A)[0]) <= SINGULAR_RTOL * scale
+
+
+def _warn_singular(lam_used: float, scale: float) -> None:
+    warnings.warn(
+        f"the normal equations X^T X are singular (fewer calibration tokens than channels, or duplicated/"
+        f"constant inputs); fell back to ridge with lam={lam_used:.3g} (= {lam_used / scale:.1e} x tr(X^T X)/d). "
+        "Pass more calibration text, or lam= to choose it yourself.",
+        SingularFitWarning,
+        stacklevel=4,
+    )
+
+
+def choose_lam(A: torch.Tensor, lam: float | None = None) -> tuple[float, bool]:
+    """``(lam to use, whether that is a fallback the user must be warned about)`` for ``A = X^T X``.
+
+    ``lam=None``: ``LAM_SCALE * tr(A)/d`` (plain least squares up to float error), or
+    ``LAM_FALLBACK * tr(A)/d`` when ``A`` is singular. A given ``lam`` is used as is, unless it is too
+    small to make a singular ``A`` invertible (``lam=0``): then the fallback is used.
+    """
+    if lam is not None and (isinstance(lam, bool) or not np.isfinite(lam) or lam < 0):
+        raise ValueError(f"lam must be a finite number >= 0 (or None for the default), got {lam!r}")
+    A = A.double()
+    scale = max(float(torch.trace(A)) / A.shape[0], 1e-30)
+    singular = is_singular(A)
+    if lam is None:
+        return (LAM_FALLBACK * scale, True) if singular else (default_lam(A), False)
+    if singular and lam <= SINGULAR_RTOL * scale:
+        return LAM_FALLBACK * scale, True
+    return float(lam), False
+
+
 def ridge_solve(A: torch.Tensor, C: torch.Tensor, lam: float | None = None) -> tuple[torch.Tensor, float]:
-    """``(A + lam I)^-1 C`` in float64 by Cholesky; on failure raise ``lam`` x100 until it succeeds
-    and warn with the value used. Returns ``(W, lam)``."""
+    """``(A + lam I)^-1 C`` in float64 by Cholesky (``lam`` chosen by :func:`choose_lam`). A singular
+    ``A`` falls back to ridge and warns (:class:`SingularFitWarning`) with the value used.
+    Returns ``(W, lam)``."""
     A, C = A.double(), C.double()
     d = A.shape[0]
-    lam0 = default_lam(A) if lam is None else float(lam)
     scale = max(float(torch.trace(A)) / d, 1e-30)
-    lam_used = lam0
+    lam_used, warn = choose_lam(A, lam)
     eye = torch.eye(d, dtype=A.dtype, device=A.device)
     for _ in range(12):
         L, info = torch.linalg.cholesky_ex(A + lam_used * eye)
         if int(info) == 0:
             W = torch.cholesky_solve(C, L)
             if torch.isfinite(W).all():
-                if lam_used != lam0:
-                    warnings.warn(
-                        f"the normal equations X^T X are singular (too few or degenerate calibration tokens); "
-                        f"fell back to ridge with lam={lam_used:.3g} (= {lam_used / scale:.1e} x tr(X^T X)/d). "
-                        "Pass more calibration text, or lam= to choose it yourself.",
-                        SingularFitWarning,
-                        stacklevel=3,
-                    )
+                if warn:
+                    _warn_singular(lam_used, scale)
                 return W, lam_used
-        lam_used = max(lam_used * 100, 1e-10 * scale)
+        lam_used, warn = max(lam_used * 100, LAM_FALLBACK * scale), True
     raise np.linalg.LinAlgError("could not solve the normal equations even with a large ridge; check the calibration data")
 
 
@@ -87,7 +124,9 @@ def solve(method: str, A: torch.Tensor, C: torch.Tensor, lam: float | None = Non
     if method == "diagonal":
         return torch.diag(torch.diagonal(C) / torch.diagonal(A).clamp_min(1e-30)), 0.0
     if method == "symmetric":
-        lam_ = default_lam(A) if lam is None else float(lam)
+        lam_, warn = choose_lam(A, lam)
+        if warn:
+            _warn_singular(lam_, max(float(torch.trace(A)) / d, 1e-30))
         evals, Q = torch.linalg.eigh(A + lam_ * eye)
         S = Q.T @ (C + C.T) @ Q
         W = Q @ (S / (evals[:, None] + evals[None, :]).clamp_min(1e-300)) @ Q.T

@@ -1,0 +1,64 @@
+"""Decision-transition paper, Fig. 8: transition depth against collapse ratio across (model, task)
+pairs (pl.transition_vs_collapse over iterative sweeps run until accuracy collapses).
+
+    python analyses/transition_vs_collapse.py --out /tmp/analyses_out/transition_vs_collapse
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+from _common import pl  # noqa: E402
+
+PAPER = "decision-transition (arXiv 2605.07271), Fig. 8"
+
+
+def main(argv=None) -> None:
+    p = C.parser(__doc__.splitlines()[0], tasks="capitals,languages")
+    C.add_sweep_args(p, max_ratio=0.7)
+    p.add_argument("--criterion", default="bi", help="iterative criterion")
+    p.add_argument("--chunk", type=int, default=3, help="extend each sweep this many cuts at a time until it collapses")
+    run = C.start("transition_vs_collapse", "Transition depth versus collapse ratio", p, argv)
+    a = run.args
+    if not hasattr(pl, "transition_vs_collapse"):
+        raise SystemExit("this phaselens has no transition_vs_collapse yet (phaselens/stats.py)")
+    folders = []
+    for name in a.models:
+        m = run.model(name)
+        cap = C.sweep_steps(m.n_layers, a.max_ratio)
+        for spec in a.tasks:
+            t = run.task(spec)
+            steps = min(cap, a.chunk)
+            while True:
+                sw, folder = run.sweep(m, t, a.criterion, steps)
+                if sw.collapse_ratio is not None or steps >= cap:
+                    break
+                steps = min(cap, steps + a.chunk)
+            folders.append(str(folder))
+    study = pl.transition_vs_collapse(folders)
+    run.csv(study.to_pandas(), "transition_vs_collapse")
+    fig = study.plot()
+    run.figure(fig, "transition_vs_collapse")
+    run.note(study.summary())
+    for q in study.points:
+        run.note(f"- {q.model}, {q.task}: transition block {q.transition} of {q.n_blocks} (fraction {C.fmt(q.fraction)}), collapse "
+                 f"ratio {C.fmt(q.collapse_ratio)}, dense accuracy {C.fmt(q.dense_accuracy)}" + ("" if q.usable else f" - left out: {q.reason}"))
+    ok = None if math.isnan(study.r) else bool(study.r > 0)
+    run.claim(PAPER, "a later transition goes with a later collapse (positive correlation across model-task pairs)",
+              ", ".join(a.models), ", ".join(a.tasks), ok,
+              f"Pearson r {C.fmt(study.r)} (p = {C.fmt(study.p, 3)}) over {study.n} usable pairs; with so few pairs the sign, "
+              f"not the p-value, is what we can read")
+    run.finish(
+        f"For each (model, task): the dense transition (as a fraction of depth, l*/L) and the collapse ratio of an "
+        f"iterative {a.criterion} sweep (the first pruning ratio whose accuracy falls below chance + 0.5 (dense - chance)), "
+        f"sweeps extended {a.chunk} cuts at a time until collapse, at most {a.max_ratio:.0%} of the blocks; Pearson r "
+        f"across the pairs (pl.transition_vs_collapse; pairs with no transition or no collapse are left out and listed).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Pruning commands: ``phaselens prune``, ``phaselens sweep`` and ``phaselens phase-cuts``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..cli import ModelOpt, TaskOpt, _fail, _load, app, console
+
+FormatOpt = typer.Option(None, "--format", "-f", help="letters | cloze | continuation")
+LimitOpt = typer.Option(None, help="random subset of this many items (seeded)")
+SeedOpt = typer.Option(0, help="seed for subsets and the bootstrap")
+CalOpt = typer.Option(None, "--calibration", help="text file (passages separated by blank lines) that criteria and "
+                      "recovery operators are computed on; default: the bundled fit passages")
+HeldOpt = typer.Option(None, "--heldout", help="text file perplexity is measured on; default: the bundled held-out passages")
+JsonOpt = typer.Option(False, "--json", help="print the result as JSON on stdout")
+HtmlOpt = typer.Option(None, "--html", help="also write the figure to this HTML file")
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"{what} must be comma-separated block indices like 3,4,5, got {text!r}")
+        raise  # unreachable
+
+
+def _texts(path: Optional[Path], what: str) -> Optional[list[str]]:
+    if path is None:
+        return None
+    from ..calibration import CalibrationError, load_calibration
+
+    if not path.is_file():
+        _fail(f"{what} file not found: {path}")
+    try:
+        return load_calibration(str(path))
+    except CalibrationError as e:
+        _fail(f"{what}: {e}")
+    return None
+
+
+def _save(result: Any, out: Path, name: str, **prov: Any) -> None:
+    from ..results import save_result
+
+    path = save_result(result, out, name, **prov)
+    console.print(f"saved {path}")
+
+
+def _html(fig: Any, html: Optional[Path]) -> None:
+    if html:
+        from ..plots import save_html
+
+        save_html(fig, str(html))
+        console.print(f"wrote {html}")
+
+
+# -- prune ------------------------------------------------------------------------------------
+
+
+def compare_table(dense, pruned) -> Table:
+    """Per original block: the dense and the pruned model's margin and accuracy side by side."""
+    dt, pt = dense.trace, pruned.trace
+    row = {int(b): j for j, b in enumerate(pt.blocks)}
+    gone = set(range(dt.n_blocks)) - set(row)
+    title = (f"{pt.model} vs dense on {dt.task} ({dt.format}, {dt.n_items} items): transition "
+             f"{dense.layer} -> {pruned.layer}; final margin {dt.margins[-1]:+.3f} -> {pt.margins[-1]:+.3f}, "
+             f"accuracy {dt.accuracy[-1]:.3f} -> {pt.accuracy[-1]:.3f}")
+    table = Table(title=title, title_justify="left")
+    for col in ("block", "dense", "margin", "acc", "pruned", "margin [95% CI]", "acc"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for b in range(dt.n_blocks):
+        dp = "decisive" if dense.layer is not None and b >= dense.layer else "silent"
+        if b in gone:
+            table.add_row(str(b), dp, f"{dt.margins[b]:+.3f}", f"{dt.accuracy[b]:.3f}", "cut", "", "", style="dim")
+            continue
+        j = row[b]
+        pp = "decisive" if pruned.layer is not None and b >= pruned.layer else "silent"
+        table.add_row(str(b), dp, f"{dt.margins[b]:+.3f}", f"{dt.accuracy[b]:.3f}", pp,
+                      f"{pt.margins[j]:+.3f} [{pt.margin_ci[0][j]:+.2f}, {pt.margin_ci[1][j]:+.2f}]", f"{pt.accuracy[j]:.3f}")
+    return table
+
+
+@app.command("prune")
+def prune_cmd(
+    model: str = ModelOpt,
+    task: str = TaskOpt,
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="blocks to cut, comma-separated original indices: 3,4,5"),
+    criterion: Optional[str] = typer.Option(None, "--criterion", "-c", help="bi | angular | sleb | random | silent | decisive"),
+    n: Optional[int] = typer.Option(None, "-n", help="how many blocks the criterion cuts"),
+    recovery: Optional[str] = typer.Option(None, "--recovery", "-r", help="fit a recovery after the cut: ghosted, scalar, ..."),
+    format: Optional[str] = FormatOpt,
+    limit: Optional[int] = LimitOpt,
+    seed: int = SeedOpt,
+    calibration: Optional[Path] = CalOpt,
+    as_json: bool = JsonOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="save both transitions in this results folder"),
+    html: Optional[Path] = HtmlOpt,
+) -> None:
+    """Cut blocks (listed, or chosen by a criterion) and compare the pruned model's transition with the dense one."""
+    from .. import CRITERIA, RecoveryError, fit_recovery, prune, select_blocks, transition_point
+    from ..recovery import METHODS
+
+    if (blocks is None) == (criterion is None):
+        _fail("give either --blocks 3,4,5 or --criterion NAME with -n N")
+    if criterion is not None and criterion not in CRITERIA:
+        _fail(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if criterion is not None and n is None:
+        _fail(f"--criterion {criterion} needs -n (how many blocks to cut)")
+    if recovery is not None and recovery not in METHODS:
+        _fail(f"unknown recovery method {recovery!r}; choose one of {', '.join(METHODS)}")
+    m, t = _load(model, task, format, limit, seed, 0, None, None)
+    cal = _texts(calibration, "calibration")
+    dense = transition_point(m, t, seed=seed)
+    try:
+        if blocks is not None:
+            cut = _ints(blocks, "--blocks")
+        else:
+            cut = select_blocks(m, n, criterion, calibration=cal, task=t, seed=seed, transition=dense)  # type: ignore[arg-type]
+        view = prune(m, cut)
+        if recovery is not None and recovery != "identity":
+            view = fit_recovery(view, cal, recovery)
+    except (ValueError, RecoveryError) as e:
+        _fail(str(e))
+    pruned = transition_point(view, t, seed=seed)
+    if as_json:
+        sys.stdout.write(json.dumps({"removed": sorted(cut), "recovery": recovery, "dense": dense.to_dict(),
+                                     "pruned": pruned.to_dict()}) + "\n")
+    else:
+        Console().print(compare_table(dense, pruned))
+        console.print(f"cut blocks {sorted(cut)}" + (f" ({criterion})" if criterion else "") +
+                      (f", recovered with {recovery}" if recovery else "") + f": {pruned.summary()}")
+    if out:
+        from ..results import slug
+
+        prov = dict(command="prune", model=m.name, task=t.name, format=t.format, seed=seed, limit=limit, removed=sorted(cut),
+                    criterion=criterion, recovery=recovery)
+        _save(dense, out, slug("transition", m.name, t.name, "dense"), **prov)
+        _save(pruned, out, slug("transition", m.name, t.name, "pruned", ",".join(map(str, sorted(cut))), recovery), **prov)
+    if html:
+        from ..plots import margin_curves
+
+        _html(margin_curves({"dense": dense, pruned.trace.model: pruned}, transition=dense), html)
+
+
+# -- sweep ------------------------------------------------------------------------------------
+
+
+def sweep_table(sweep) -> Table:
+    cr = sweep.collapse_ratio
+    title = (f"Iterative pruning of {sweep.model} on {sweep.task} by {sweep.criterion}"
+             f"{f', recovered with {sweep.recovery}' if sweep.recovery else ''}: collapse ratio "
+             f"{'not reached' if cr is None else f'{cr:.0%}'} (accuracy threshold {sweep.threshold:.3f})")
+    table = Table(title=title, title_justify="left")
+    table.add_column("step", justify="right", no_wrap=True)
+    table.add_column("pruned", justify="right", no_wrap=True)
+    table.add_column("removed", justify="right")
+    for col in ("accuracy", "margin", "transition", "perplexity", "cut next"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for s in sweep.steps:
+        style = "red" if s.accuracy < sweep.threshold else None
+        table.add_row(str(s.step), f"{s.ratio:.0%}", ",".join(map(str, s.removed)) or "-", f"{s.accuracy:.3f}",
+                      f"{s.margin:+.3f}", "-" if s.transition.layer is None else str(s.transition.layer),
+                      f"{s.perplexity:.2f}", "-" if s.next_cut is None else str(s.next_cut), style=style)
+    return table
+
+
+@app.command("sweep")
+def sweep_cmd(
+    model: str = ModelOpt,
+    task: str = TaskOpt,
+    criterion: str = typer.Option("bi", "--criterion", "-c", help="bi | angular | sleb | random"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="blocks to cut one at a time (default: all but one)"),
+    recovery: Optional[str] = typer.Option(None, "--recovery", "-r", help="refit this recovery after every cut"),
+    format: Optional[str] = FormatOpt,
+    limit: Optional[int] = LimitOpt,
+    seed: int = SeedOpt,
+    calibration: Optional[Path] = CalOpt,
+    heldout: Optional[Path] = HeldOpt,
+    as_json: bool = JsonOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="results folder: every finished step is written there and a rerun resumes"),
+    html: Optional[Path] = HtmlOpt,
+) -> None:
+    """Cut one block at a time by a criterion recomputed after every cut; per-step accuracy, margin, transition, perplexity."""
+    from ..pruning.iterative import SWEEP_CRITERIA, iterative_prune
+
+    if criterion not in SWEEP_CRITERIA:
+        _fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(SWEEP_CRITERIA)}")
+    m, t = _load(model, task, format, limit, seed, 0, None, None)
+    try:
+        sweep = iterative_prune(m, t, criterion=criterion, steps=steps, recovery=recovery, out=out,
+                                calibration=_texts(calibration, "calibration"), perplexity_texts=_texts(heldout, "held-out"),
+                                seed=seed, progress=not as_json and sys.stderr.isatty())
+    except ValueError as e:
+        _fail(str(e))
+    if as_json:
+        sys.stdout.write(json.dumps(sweep.to_dict()) + "\n")
+    else:
+        Console().print(sweep_table(sweep))
+    if out:
+        from ..results import slug
+
+        _save(sweep, out, slug("sweep", m.name, t.name, criterion, recovery), command="sweep", model=m.name, task=t.name,
+              format=t.format, seed=seed, limit=limit, criterion=criterion, recovery=recovery, steps=steps)
+    _html(sweep.plot() if html else None, html)
+
+
+# -- phase-cuts -------------------------------------------------------------------------------
+
+
+def phase_cuts_table(result) -> Table:
+    """One row per cut x method (random cuts: the mean over seeds with its two-level bootstrap interval)."""
+    df = result.to_pandas(aggregate=True)
+    table = Table(title=f"Phase cuts, n={result.n}: {result.model} on {result.task} ({result.format}, {result.n_items} items)",
+                  title_justify="left")
+    for col in ("cut", "blocks", "method"):
+        table.add_column(col, no_wrap=True)
+    for col in ("final margin [95% CI]", "accuracy [95% CI]", "boundary error (rel.)", "perplexity"):
+        table.add_column(col, justify="right")
+    style = {"dense": "bold", "silent": "red", "decisive": "green", "random": None}
+    for r in df.itertuples():
+        blocks = str(r.blocks) if r.cut != "random" else f"{r.n_seeds:.0f} seeds"
+        table.add_row(r.cut, blocks, r.method, f"{r.final_margin:+.3f} [{r.margin_lo:+.2f}, {r.margin_hi:+.2f}]",
+                      f"{r.accuracy:.3f} [{r.accuracy_lo:.2f}, {r.accuracy_hi:.2f}]",
+                      "-" if r.cut == "dense" else f"{r.boundary_relative:.3g}", f"{r.perplexity:.2f}", style=style[r.cut])
+    return table
+
+
+@app.command("phase-cuts")
+def phase_cuts_cmd(
+    model: str = ModelOpt,
+    task: str = TaskOpt,
+    n: int = typer.Option(..., "-n", help="blocks per cut"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated recovery methods (default: all seven)"),
+    seeds: int = typer.Option(5, "--seeds", help="random control cuts (seeds 0..SEEDS-1)"),
+    placement: str = typer.Option("adjacent", "--placement", help="phase cuts: adjacent | far | center, or SILENT,DECISIVE with block indices (3,adjacent)"),
+    format: Optional[str] = FormatOpt,
+    limit: Optional[int] = LimitOpt,
+    seed: int = SeedOpt,
+    calibration: Optional[Path] = CalOpt,
+    heldout: Optional[Path] = HeldOpt,
+    measure_boundary: bool = typer.Option(False, "--measure-boundary", help="also measure boundary error on the held-out text"),
+    as_json: bool = JsonOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="results folder: finished units are written there and a rerun resumes"),
+    html: Optional[Path] = HtmlOpt,
+) -> None:
+    """Cut n blocks inside the silent phase, inside the decisive phase and at random; recover each cut with each method."""
+    from ..phase_cuts import DEFAULT_METHODS, PhaseCutsError, compare_phase_cuts
+    from ..recovery import RecoveryError
+
+    meths = DEFAULT_METHODS if methods is None else tuple(x.strip() for x in methods.split(",") if x.strip())
+    parts = [int(x) if x.strip().lstrip("-").isdigit() else x.strip() for x in placement.split(",")]
+    if len(parts) not in (1, 2):
+        _fail(f"--placement takes one name for both phases or 'SILENT,DECISIVE' (e.g. 3,adjacent), got {placement!r}")
+    place: Any = parts[0] if len(parts) == 1 else tuple(parts)
+    m, t = _load(model, task, format, limit, seed, 0, None, None)
+    cal, held = _texts(calibration, "calibration"), _texts(heldout, "held-out")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = compare_phase_cuts(m, t, n, methods=meths, seeds=seeds, placement=place, calibration=cal,
+                                     perplexity_texts=held, measure_boundary=measure_boundary, out=out, seed=seed,
+                                     progress=not as_json and sys.stderr.isatty())
+    except (PhaseCutsError, RecoveryError, ValueError) as e:
+        _fail(str(e))
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            console.print(f"[yellow]warning:[/yellow] {w.message}")
+    if as_json:
+        sys.stdout.write(json.dumps(res.to_dict()) + "\n")
+    else:
+        Console().print(phase_cuts_table(res))
+        console.print(res.summary())
+    if out:
+        from ..results import slug
+
+        _save(res, out, slug("phase_cuts", m.name, t.name, f"n{res.n}"), command="phase-cuts", model=m.name, task=t.name,
+              format=t.format, seed=seed, limit=limit, n=res.n, methods=list(meths), seeds=seeds, placement=place)
+    if html:
+        _html(res.plot(), html)
+        curves = html.with_name(html.stem + "-curves" + html.suffix)
+        _html(res.plot_curves(), curves)

@@ -1,0 +1,131 @@
+"""Figures of the phase-cut experiment (:class:`~phaselens.phase_cuts.PhaseCuts`). No computation of metrics here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+if TYPE_CHECKING:
+    from ..phase_cuts import PhaseCuts
+
+CUT_COLORS = {"silent": "#d62728", "decisive": "#2ca02c", "random": "#7f7f7f"}
+METHOD_COLORS = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+def _blocks(bl: Sequence[int]) -> str:
+    bl = list(bl)
+    return f"{bl[0]}" if len(bl) == 1 else f"{bl[0]}-{bl[-1]}"
+
+
+def _who(r: "PhaseCuts") -> str:
+    return f"{r.model} on {r.task} ({r.format}, {r.n_items} items)"
+
+
+def phase_cut_finals(result: "PhaseCuts", *, metric: str = "margin", show_seeds: bool = True) -> go.Figure:
+    """Final-layer margin (or accuracy) with 95% error bars: x = recovery method, one marker series
+    per cut placement (silent, decisive, random mean over seeds); single random seeds as small
+    open markers; the dense model as a dotted line with its interval shaded."""
+    if metric not in ("margin", "accuracy"):
+        raise ValueError(f"metric must be 'margin' or 'accuracy', got {metric!r}")
+    methods = list(result.methods)
+    xi = {m: i for i, m in enumerate(methods)}
+    off = {"silent": -0.22, "decisive": 0.0, "random": 0.22}
+    fig = go.Figure()
+    tr = result.transition.trace
+    dense = result.dense_margin if metric == "margin" else result.dense_accuracy
+    ci = tr.margin_ci if metric == "margin" else tr.accuracy_ci
+    fig.add_hrect(y0=float(ci[0][-1]), y1=float(ci[1][-1]), fillcolor="rgba(0,0,0,0.07)", line_width=0)
+    fig.add_hline(y=dense, line=dict(color="black", dash="dot", width=1),
+                  annotation_text=f"dense: {dense:.3f}", annotation_position="top left")
+    what = "margin" if metric == "margin" else "accuracy"
+    for kind in ("silent", "decisive"):
+        us = [u for u in result.units if u.cut == kind]
+        if not us:
+            continue
+        y = np.array([u.final_margin if metric == "margin" else u.final_accuracy for u in us])
+        lo = np.array([(u.final_margin_ci if metric == "margin" else u.final_accuracy_ci)[0] for u in us])
+        hi = np.array([(u.final_margin_ci if metric == "margin" else u.final_accuracy_ci)[1] for u in us])
+        hover = [f"{kind} cut, blocks {_blocks(u.blocks)}<br>{u.method}<br>final {what} {v:.4f} [{a:.4f}, {b:.4f}]"
+                 f"<br>final margin {u.final_margin:.4f}, accuracy {u.final_accuracy:.4f}<br>boundary error (relative) "
+                 f"{u.boundary_relative:.4g}<br>held-out perplexity {u.perplexity:.3f}<br>N={result.n_items}"
+                 for u, v, a, b in zip(us, y, lo, hi)]
+        fig.add_trace(go.Scatter(x=[xi[u.method] + off[kind] for u in us], y=y, mode="markers",
+                                 marker=dict(size=10, color=CUT_COLORS[kind]),
+                                 error_y=dict(type="data", symmetric=False, array=hi - y, arrayminus=y - lo),
+                                 name=f"{kind} cut (blocks {_blocks(us[0].blocks)})", hovertext=hover, hoverinfo="text"))
+    rand_methods = [m for m in methods if result._random_units(m)]
+    if rand_methods:
+        sums = [result.random_summary(m, metric) for m in rand_methods]
+        y = np.array([s["mean"] for s in sums])
+        lo = np.array([s["lo"] for s in sums])
+        hi = np.array([s["hi"] for s in sums])
+        hover = [f"random cuts ({s['n_seeds']} seeds), mean over seeds<br>{m}<br>final {what} {s['mean']:.4f} "
+                 f"[{s['lo']:.4f}, {s['hi']:.4f}] (seeds and items resampled)<br>range over seeds {s['seed_min']:.4f} to "
+                 f"{s['seed_max']:.4f}<br>N={result.n_items}" for m, s in zip(rand_methods, sums)]
+        fig.add_trace(go.Scatter(x=[xi[m] + off["random"] for m in rand_methods], y=y, mode="markers",
+                                 marker=dict(size=10, color=CUT_COLORS["random"], symbol="diamond"),
+                                 error_y=dict(type="data", symmetric=False, array=hi - y, arrayminus=y - lo),
+                                 name=f"random cuts (mean of {len(result.seeds)} seeds)", hovertext=hover, hoverinfo="text"))
+        if show_seeds:
+            us = [u for u in result.units if u.cut == "random"]
+            ys = [u.final_margin if metric == "margin" else u.final_accuracy for u in us]
+            fig.add_trace(go.Scatter(
+                x=[xi[u.method] + off["random"] + 0.08 for u in us], y=ys, mode="markers",
+                marker=dict(size=5, color=CUT_COLORS["random"], symbol="circle-open"), name="random cut, one seed",
+                hovertext=[f"random cut, seed {u.seed}, blocks {_blocks(u.blocks)}<br>{u.method}<br>final {what} {v:.4f}"
+                           for u, v in zip(us, ys)], hoverinfo="text"))
+    ylab = "final-layer Decision Margin (logits)" if metric == "margin" else "final-layer accuracy"
+    fig.update_layout(
+        title=f"Final-layer {what} after cutting {result.n} blocks, per placement and recovery: {_who(result)}",
+        xaxis=dict(title="recovery method", tickmode="array", tickvals=list(range(len(methods))), ticktext=methods),
+        yaxis_title=f"{ylab}, 95% bootstrap interval", template="plotly_white", hovermode="closest",
+    )
+    return fig
+
+
+def phase_cut_curves(result: "PhaseCuts", *, methods: Sequence[str] | None = None,
+                     seeds: Sequence[int] | None = None) -> go.Figure:
+    """Margin curves on the original block axis: one panel per cut (silent, decisive, and the random
+    cuts of ``seeds``, default the first), each with the dense curve, one curve per method, and the
+    cut blocks shaded."""
+    from plotly.subplots import make_subplots
+
+    methods = list(methods or result.methods)
+    seeds = list(result.seeds[:1] if seeds is None else seeds)
+    panels = [c for c in result.cuts if c.kind != "random"] + [c for s in seeds for c in result.cuts
+                                                              if c.kind == "random" and c.seed == s]
+    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=[f"{c.key} cut: blocks {_blocks(c.blocks)}" for c in panels])
+    dense = result.transition.trace
+    colors = {m: METHOD_COLORS[i % len(METHOD_COLORS)] for i, m in enumerate(result.methods)}
+    for j, c in enumerate(panels, start=1):
+        first = j == 1
+        fig.add_trace(go.Scatter(x=dense.blocks, y=dense.margins, mode="lines", line=dict(color="black", width=2, dash="dot"),
+                                 name="dense", legendgroup="dense", showlegend=first,
+                                 hovertext=[f"dense, block {b}<br>margin {m:.4f}<br>accuracy {a:.3f}<br>N={dense.n_items}"
+                                            for b, m, a in zip(dense.blocks, dense.margins, dense.accuracy)], hoverinfo="text"),
+                      row=1, col=j)
+        for m in methods:
+            us = [u for u in result.units if u.cut == c.kind and u.seed == c.seed and u.method == m]
+            if not us:
+                continue
+            u = us[0]
+            hover = [f"{c.key} cut {_blocks(c.blocks)}, {m}<br>block {b}<br>margin {v:.4f} [{lo:.4f}, {hi:.4f}]<br>"
+                     f"accuracy {a:.3f}<br>N={result.n_items}"
+                     for b, v, lo, hi, a in zip(u.curve_blocks, u.margins, u.margin_ci[0], u.margin_ci[1], u.accuracy)]
+            fig.add_trace(go.Scatter(x=u.curve_blocks, y=u.margins, mode="lines+markers", marker=dict(size=4),
+                                     line=dict(color=colors[m]), name=m, legendgroup=m, showlegend=first,
+                                     hovertext=hover, hoverinfo="text"), row=1, col=j)
+        fig.add_vrect(x0=c.start - 0.5, x1=c.start + c.n - 0.5, fillcolor=CUT_COLORS[c.kind], opacity=0.15, line_width=0,
+                      row=1, col=j)
+        if result.transition.layer is not None:
+            fig.add_vline(x=result.transition.layer - 0.5, line=dict(color="green", dash="dash", width=1), row=1, col=j)
+        fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"), row=1, col=j)
+        fig.update_xaxes(title_text="block (original index)", row=1, col=j)
+    fig.update_yaxes(title_text="Decision Margin (logits)", row=1, col=1)
+    fig.update_layout(title=f"Margin per block after each cut and recovery (shaded: cut blocks; dashed: dense transition "
+                            f"at block {result.transition.layer}): {_who(result)}", template="plotly_white",
+                      hovermode="closest")
+    return fig

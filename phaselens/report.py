@@ -1,0 +1,310 @@
+"""One self-contained HTML page from a results folder (``phaselens report RESULTS -o report.html``).
+
+The page holds every result's figures (Plotly, interactive), its table and the run's provenance
+(model, task, format, seed, phaselens version, date). Plotly's JavaScript is embedded once in the
+page's head, so the page works offline. Figures come from :mod:`phaselens.plots` for the kinds
+this module knows (traces, transitions, sweeps, CKA); for every other registered kind the
+result's own ``plot()`` is used.
+
+A small script at the end of the page records how many figures rendered (a non-empty SVG each)
+and every JavaScript error into the hidden element ``#phaselens-check`` (``data-status`` is
+``"ok"`` or ``"failed"``), so a headless browser can check the page.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .results import ResultEntry, read_results
+
+
+class ReportWarning(UserWarning):
+    """A result could not be drawn or tabulated; the report shows the error in its place."""
+
+
+@dataclass
+class Section:
+    """One part of the page: a heading, a note, figures ``[(caption, figure)]`` and tables ``[(caption, DataFrame)]``."""
+
+    title: str
+    anchor: str
+    note: str = ""
+    figures: list[tuple[str, Any]] = field(default_factory=list)
+    tables: list[tuple[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+MAX_ROWS = 80
+
+
+def _entries(results: Any) -> list[ResultEntry]:
+    if isinstance(results, (str, os.PathLike)):
+        return read_results(results)
+    if isinstance(results, dict):
+        from .results import provenance_of
+
+        return [ResultEntry(k, type(v).__name__, v, provenance_of(v)) for k, v in results.items()]
+    if isinstance(results, (list, tuple)) and all(isinstance(e, ResultEntry) for e in results):
+        return list(results)
+    raise TypeError("results must be a results folder, a {name: result} dict, or a list of ResultEntry")
+
+
+# ----------------------------------------------------------------------------- figures per kind
+def _trace_figures(r: Any) -> list[tuple[str, Any]]:
+    from . import plots
+
+    return [
+        ("Decision Margin per block: mean over items of the correct option's logit minus the best other's; "
+         "band = bootstrap 95% interval over items.", plots.margin_curves([r])),
+        ("Accuracy of the option-restricted readout per block; band = bootstrap 95% interval.", plots.accuracy_curves([r])),
+        ("Bias KL (positional bias against the answer key) and convergence KL (distance to the final block's "
+         "option distribution).", plots.kl_curves([r])),
+        ("Option frequency: the share of items whose top option is each slot, per block.", plots.option_frequency(r, "stacked")),
+        ("The same option frequencies as a radar; the slider picks the block.", plots.option_frequency(r, "radar")),
+    ]
+
+
+def _sweep_figures(r: Any) -> list[tuple[str, Any]]:
+    from . import plots
+
+    return [("Final accuracy and margin after each cut; the collapse ratio is the first ratio below the threshold.",
+             plots.sweep_accuracy(r)),
+            ("Decision Margin per block after each cut (original block axis).", plots.sweep_margins(r))]
+
+
+def _as_figures(out: Any, caption: str) -> list[tuple[str, Any]]:
+    if out is None:
+        return []
+    if isinstance(out, dict):
+        return [(str(k), f) for k, f in out.items()]
+    if isinstance(out, (list, tuple)):
+        return [(caption, f) for f in out]
+    return [(caption, out)]
+
+
+#: kind -> function(result) -> [(caption, figure)]; kinds not listed use ``result.plot()``.
+FIGURES: dict[str, Callable[[Any], list[tuple[str, Any]]]] = {
+    "DecisionTrace": _trace_figures,
+    "Transition": _trace_figures,
+    "Sweep": _sweep_figures,
+}
+
+
+def _table(r: Any) -> Any:
+    kind = type(r).__name__
+    if kind == "CKAResult":  # the full matrix is in the heatmap; tabulate matched blocks
+        import pandas as pd
+
+        b, v = r.matched()
+        return pd.DataFrame({"block": b, "CKA with itself across the two models": v}) if len(b) else None
+    if hasattr(r, "to_pandas"):
+        return r.to_pandas()
+    return None
+
+
+def _summary(r: Any) -> str:
+    s = getattr(r, "summary", None)
+    if callable(s):
+        return str(s())
+    if type(r).__name__ == "CKAResult":
+        kind = "debiased linear CKA" if r.debiased else "linear CKA"
+        return (f"{kind} of {r.model_a} ({len(r.blocks_a)} blocks) against {r.model_b} ({len(r.blocks_b)} blocks) on "
+                f"{r.source or 'inputs'}, {r.positions} positions, n={r.n_samples}.")
+    return ""
+
+
+def _result_section(e: ResultEntry) -> Section:
+    sec = Section(f"{e.name} ({e.kind})", _anchor(e.name))
+    r = e.result
+    try:
+        sec.note = _summary(r)
+    except Exception as ex:  # noqa: BLE001 - shown on the page and warned
+        sec.errors.append(_err("summary", e, ex))
+    try:
+        fn = FIGURES.get(e.kind)
+        if fn is not None:
+            sec.figures = fn(r)
+        elif callable(getattr(r, "plot", None)):
+            sec.figures = _as_figures(r.plot(), "")
+    except Exception as ex:  # noqa: BLE001
+        sec.errors.append(_err("figure", e, ex))
+    try:
+        t = _table(r)
+        if t is not None:
+            sec.tables.append(("table (to_pandas())", t))
+    except Exception as ex:  # noqa: BLE001
+        sec.errors.append(_err("table", e, ex))
+    return sec
+
+
+def _err(what: str, e: ResultEntry, ex: Exception) -> str:
+    msg = f"could not make the {what} of {e.name} ({e.kind}): {type(ex).__name__}: {ex}"
+    warnings.warn(msg, ReportWarning, stacklevel=3)
+    return msg
+
+
+def _comparison_sections(entries: list[ResultEntry]) -> list[Section]:
+    """Overlays across results: every trace on one block axis; every CKA matrix on one colour scale."""
+    from . import plots
+
+    out = []
+    traces = [e for e in entries if e.kind in ("DecisionTrace", "Transition")]
+    if len(traces) >= 2:
+        by = {e.name: e.result for e in traces}
+        sec = Section(f"All {len(traces)} traces on one block axis", "compare-traces",
+                      "Every trace and transition of the folder on the original-block axis (a pruned model has no point "
+                      "at a cut block). Phases shaded from the first dense model's transition.")
+        try:
+            sec.figures = [("Decision Margin per block.", plots.margin_curves(by)),
+                           ("Accuracy per block.", plots.accuracy_curves(by)),
+                           ("Bias KL and convergence KL per block.", plots.kl_curves(by))]
+        except Exception as ex:  # noqa: BLE001
+            sec.errors.append(_err("comparison figure", ResultEntry("traces", "DecisionTrace", None), ex))
+        out.append(sec)
+    ckas = [e for e in entries if e.kind == "CKAResult"]
+    if len(ckas) >= 2:
+        sec = Section(f"All {len(ckas)} CKA matrices on one colour scale", "compare-cka")
+        try:
+            sec.figures = [("CKA per block pair, side by side, one colour scale.",
+                            plots.cka_heatmaps({e.name: e.result for e in ckas}))]
+        except Exception as ex:  # noqa: BLE001
+            sec.errors.append(_err("comparison figure", ResultEntry("cka", "CKAResult", None), ex))
+        out.append(sec)
+    return out
+
+
+# ----------------------------------------------------------------------------- HTML
+def _anchor(name: str) -> str:
+    return "r-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+def _provenance_table(entries: list[ResultEntry]) -> str:
+    cols = ["model", "task", "format", "seed", "n_items", "command"]
+    extra = sorted({k for e in entries for k in e.provenance} - set(cols))
+    head = ["result", "kind", *cols, *extra, "phaselens", "created"]
+    rows = []
+    for e in entries:
+        p = e.provenance
+        cells = [f'<a href="#{_anchor(e.name)}">{html.escape(e.name)}</a>', html.escape(e.kind)]
+        cells += [html.escape(_cell(p.get(k))) for k in (*cols, *extra)]
+        cells += [html.escape(e.phaselens or "?"), html.escape(e.created or "?")]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return ('<table class="prov"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return str(v)
+
+
+def _df_html(df: Any) -> str:
+    from pandas.api.types import is_float_dtype
+
+    n = len(df)
+    shown = df.head(MAX_ROWS)
+    fmt = {c: (lambda v: f"{v:.4g}") for c in shown.columns if is_float_dtype(shown[c].dtype)}
+    body = shown.to_html(index=False, border=0, classes="data", formatters=fmt, na_rep="–", escape=True)
+    more = f"<p class='muted'>first {MAX_ROWS} of {n} rows</p>" if n > MAX_ROWS else ""
+    return body + more
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+main{max-width:1180px;margin:0 auto;padding:24px 32px 64px;background:#fff;box-shadow:0 0 12px rgba(0,0,0,.06)}
+h1{font-size:1.6em;margin:.2em 0}h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em;font-size:1.25em}
+.muted{color:#666;font-size:.9em}.note{background:#f1f7f1;border-left:4px solid #2ca02c;padding:8px 12px;margin:8px 0}
+.error{background:#fdeeee;border-left:4px solid #d62728;padding:8px 12px;margin:8px 0;white-space:pre-wrap}
+figure{margin:18px 0}figcaption{color:#555;font-size:.9em;margin:2px 0 0 4px}
+table{border-collapse:collapse;font-size:.82em;margin:6px 0}td,th{padding:3px 8px;text-align:right;border-bottom:1px solid #eee}
+th{background:#f3f3f3;position:sticky;top:0}tr:nth-child(even) td{background:#fbfbfb}
+table.prov td,table.prov th{text-align:left}details{margin:8px 0}summary{cursor:pointer;color:#1f77b4}
+.tablewrap{max-height:460px;overflow:auto;border:1px solid #eee}nav ul{columns:2;font-size:.92em}
+"""
+
+ERRORS_JS = """window.__phaselensErrors=[];window.addEventListener('error',function(e){window.__phaselensErrors.push(
+String(e.message||e.type)+(e.filename?' @'+e.filename+':'+e.lineno:''));});
+window.addEventListener('unhandledrejection',function(e){window.__phaselensErrors.push('unhandled rejection: '+String(e.reason));});"""
+
+CHECK_JS = """(function(){function check(){var plots=document.querySelectorAll('.js-plotly-plot');var ok=0,empty=[];
+plots.forEach(function(p){var svg=p.querySelector('svg.main-svg');var drawn=svg&&svg.getBoundingClientRect().width>0&&
+p.querySelectorAll('.main-svg .trace, .main-svg .hm, .main-svg image, .main-svg .point').length>0;if(drawn){ok++}else{empty.push(p.id)}});
+var el=document.getElementById('phaselens-check');var expected=+el.getAttribute('data-expected');
+var errs=window.__phaselensErrors||[];var res={expected:expected,figures:plots.length,rendered:ok,empty:empty,errors:errs};
+el.textContent=JSON.stringify(res);el.setAttribute('data-status',(ok===expected&&plots.length===expected&&errs.length===0)?'ok':'failed');}
+if(document.readyState==='complete'){setTimeout(check,50)}else{window.addEventListener('load',function(){setTimeout(check,50)})}})();"""
+
+
+def report_html(results: Any, *, title: str | None = None) -> str:
+    """The report page as a string (see :func:`build_report`)."""
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    from . import __version__
+
+    entries = _entries(results)
+    if not entries:
+        raise ValueError("no results to report")
+    sections = _comparison_sections(entries) + [_result_section(e) for e in entries]
+    models = sorted({str(e.provenance.get("model")) for e in entries if e.provenance.get("model")})
+    tasks = sorted({str(e.provenance.get("task")) for e in entries if e.provenance.get("task")})
+    title = title or "phaselens report" + (f": {', '.join(models[:3])}" if models else "") + (f" on {', '.join(tasks[:3])}" if tasks else "")
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<script>{ERRORS_JS}</script><style>{CSS}</style>",
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body><main>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='muted'>made by phaselens {html.escape(__version__)} on {now}; {len(entries)} result(s). Hover any "
+        "figure for exact values; the legend toggles curves.</p>",
+        "<h2 id='provenance'>Provenance</h2>", _provenance_table(entries),
+        "<nav><ul>" + "".join(f"<li><a href='#{s.anchor}'>{html.escape(s.title)}</a></li>" for s in sections) + "</ul></nav>",
+    ]
+    n_fig = 0
+    for s in sections:
+        parts.append(f"<section><h2 id='{s.anchor}'>{html.escape(s.title)}</h2>")
+        if s.note:
+            parts.append(f"<div class='note'>{html.escape(s.note)}</div>")
+        for msg in s.errors:
+            parts.append(f"<div class='error'>{html.escape(msg)}</div>")
+        for cap, fig in s.figures:
+            n_fig += 1
+            div = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{n_fig}",
+                              config={"displaylogo": False, "responsive": True})
+            parts.append(f"<figure>{div}" + (f"<figcaption>{html.escape(cap)}</figcaption>" if cap else "") + "</figure>")
+        for cap, df in s.tables:
+            parts.append(f"<details{' open' if len(df) <= 40 else ''}><summary>{html.escape(cap)}: {len(df)} rows</summary>"
+                         f"<div class='tablewrap'>{_df_html(df)}</div></details>")
+        parts.append("</section>")
+    parts.append(f"<div id='phaselens-check' hidden data-expected='{n_fig}' data-status='pending'></div>")
+    parts.append(f"<script>{CHECK_JS}</script></main></body></html>")
+    return "\n".join(parts)
+
+
+def build_report(results: Any, path: str | os.PathLike = "report.html", *, title: str | None = None) -> Path:
+    """Write ONE self-contained HTML page for ``results`` and return its path.
+
+    Args:
+        results: a results folder (written by ``--out DIR`` or :func:`phaselens.save_result`), a
+            ``{name: result}`` dict, or a list of :class:`~phaselens.results.ResultEntry`.
+        path: the HTML file to write (written atomically).
+        title: the page title (default: names the models and tasks).
+    """
+    page = report_html(results, title=title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

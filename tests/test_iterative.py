@@ -1,0 +1,208 @@
+"""The iterative pruning sweep: recomputed criterion, resume, prefix reuse, collapse ratio."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import phaselens as pl
+from phaselens.calibration import heldout_texts, load_calibration
+from phaselens.pruning import angular_distances, block_influence
+from phaselens.pruning.iterative import Sweep
+from phaselens.runtime import Replay
+
+CAL = load_calibration()[:4]
+PPL = heldout_texts()[:2]
+KW = {"calibration": CAL, "perplexity_texts": PPL, "n_boot": 20}
+
+
+def _dicts(sweep: Sweep) -> list[dict]:
+    return [s.to_dict() for s in sweep.steps]
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize("criterion,recovery", [("bi", None), ("angular", None), ("random", None), ("bi", "ghosted")])
+def test_prefix_reuse_gives_identical_numbers(name, criterion, recovery, request, capitals_task):
+    model = request.getfixturevalue(name)
+    steps = min(3, model.n_layers - 1)
+    a = pl.iterative_prune(model, capitals_task, criterion=criterion, recovery=recovery, steps=steps, **KW)
+    b = pl.iterative_prune(model, capitals_task, criterion=criterion, recovery=recovery, steps=steps, reuse_prefix=False,
+                           **KW)
+    assert _dicts(a) == _dicts(b)  # bit for bit
+    assert len(a.steps) == steps + 1
+
+
+def test_prefix_reuse_in_the_continuation_format(tiny_llama, capitals_task):
+    task = capitals_task.with_format("continuation")
+    a = pl.iterative_prune(tiny_llama, task, criterion="bi", steps=2, **KW)
+    b = pl.iterative_prune(tiny_llama, task, criterion="bi", steps=2, reuse_prefix=False, **KW)
+    assert _dicts(a) == _dicts(b)
+    ref = pl.decision_trace(pl.prune(tiny_llama, a.steps[2].removed), task, n_boot=20)
+    assert np.array_equal(a.steps[2].trace.logits, ref.logits)
+
+
+def test_sleb_sweep_prefix_reuse(tiny_llama, capitals_task):
+    a = pl.iterative_prune(tiny_llama, capitals_task, criterion="sleb", steps=2, **KW)
+    b = pl.iterative_prune(tiny_llama, capitals_task, criterion="sleb", steps=2, reuse_prefix=False, **KW)
+    assert _dicts(a) == _dicts(b)
+    # the SLEB scores of each step are those of the current pruned model
+    s1 = a.steps[1]
+    ref = pl.pruning.sleb_scores(pl.prune(tiny_llama, s1.removed), CAL)
+    assert s1.scores == pytest.approx(ref, rel=1e-12)
+
+
+def test_each_step_is_the_current_pruned_model(tiny_llama, capitals_task):
+    """Step k: the model with the k blocks cut so far; its trace, perplexity and criterion scores equal those
+    computed from scratch on prune(model, removed); the next cut is the lowest score."""
+    sweep = pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", steps=3, **KW)
+    removed: list[int] = []
+    for k, st in enumerate(sweep.steps):
+        assert st.step == k and st.removed == sorted(removed) and st.ratio == len(removed) / tiny_llama.n_layers
+        view = pl.prune(tiny_llama, removed)
+        tr = pl.decision_trace(view, capitals_task, n_boot=20)
+        assert np.array_equal(st.trace.logits, tr.logits) and st.trace.blocks.tolist() == view.kept
+        assert st.accuracy == tr.accuracy[-1] and st.margin == tr.margins[-1]
+        assert st.transition.layer == pl.transition_from_trace(tr, n_boot=20).layer
+        assert st.perplexity == pl.perplexity(view, PPL)
+        ref = block_influence(view, CAL)
+        assert st.scores == pytest.approx(ref, abs=1e-12)
+        assert st.next_cut == min(ref, key=lambda b: (ref[b], b))
+        removed = removed + [st.next_cut]
+
+
+def test_angular_sweep_uses_single_block_distances(tiny_llama, capitals_task):
+    sweep = pl.iterative_prune(tiny_llama, capitals_task, criterion="angular", steps=1, **KW)
+    assert sweep.steps[1].scores == pytest.approx(angular_distances(pl.prune(tiny_llama, sweep.steps[1].removed), 1, CAL),
+                                                  abs=1e-12)
+
+
+def test_recovered_sweep_refits_after_every_cut(tiny_llama, capitals_task):
+    sweep = pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", recovery="ghosted", steps=2, **KW)
+    st = sweep.steps[2]
+    rec = pl.fit_recovery(pl.prune(tiny_llama, st.removed), CAL)
+    tr = pl.decision_trace(rec, capitals_task, n_boot=20)
+    assert np.array_equal(st.trace.logits, tr.logits)
+    assert st.perplexity == pl.perplexity(rec, PPL)
+
+
+def test_resume_gives_the_same_sweep(tiny_llama, capitals_task, tmp_path):
+    full = pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", steps=4, out=tmp_path / "full", **KW)
+    part = tmp_path / "part"
+    first = pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", steps=2, out=part, **KW)  # "interrupted"
+    assert _dicts(first) == _dicts(full)[:3]
+    assert sorted(p.name for p in part.glob("step_*.json")) == ["step_000.json", "step_001.json", "step_002.json"]
+    resumed = pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", steps=4, out=part, **KW)
+    assert _dicts(resumed) == _dicts(full)
+    # a step file lost mid-write: the rerun recomputes it (and only the missing steps) identically
+    (part / "step_004.json").unlink()
+    (part / "step_003.json").unlink()
+    again = pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", steps=4, out=part, **KW)
+    assert _dicts(again) == _dicts(full)
+    # load_sweep reads the same sweep back
+    back = pl.load_sweep(part)
+    assert _dicts(back) == _dicts(full) and back.collapse_ratio == full.collapse_ratio
+    assert back.chance == pytest.approx(full.chance)
+    # a finished sweep is not recomputed: the step files are read
+    (part / "step_001.json").write_text(json.dumps({**full.steps[1].to_dict(), "perplexity": -1.0}))
+    assert pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", steps=4, out=part, **KW).steps[1].perplexity == -1.0
+
+
+def test_out_folder_with_other_arguments_is_refused(tiny_llama, capitals_task, tmp_path):
+    pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", steps=1, out=tmp_path, **KW)
+    with pytest.raises(ValueError, match="other arguments"):
+        pl.iterative_prune(tiny_llama, capitals_task, criterion="angular", steps=1, out=tmp_path, **KW)
+    with pytest.raises(ValueError, match="other arguments"):
+        pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", steps=1, out=tmp_path,
+                           **{**KW, "calibration": CAL[:3]})
+
+
+def test_collapse_ratio_against_its_definition(tiny_llama, capitals_task):
+    sweep = pl.iterative_prune(tiny_llama, capitals_task, criterion="random", steps=5, **KW)
+    chance = np.mean([1 / len(it.options) for it in capitals_task.items])
+    assert sweep.chance == pytest.approx(chance)
+    dense = pl.decision_trace(tiny_llama, capitals_task, n_boot=20).accuracy[-1]
+    assert sweep.dense_accuracy == dense
+    thr = chance + 0.5 * (dense - chance)
+    assert sweep.threshold == pytest.approx(thr)
+    below = [s.ratio for s in sweep.steps if s.accuracy < thr]
+    assert sweep.collapse_ratio == (min(below) if below else None)
+    df = sweep.to_pandas()
+    assert list(df["ratio"]) == [k / 6 for k in range(6)]
+    # synthetic accuracies: the first ratio below the threshold, not a later recovery
+    accs = [0.9, 0.85, 0.5, 0.8, 0.2, 0.2]
+    for s, a in zip(sweep.steps, accs):
+        s.accuracy = a
+    sweep.chance = 0.25
+    assert sweep.threshold == pytest.approx(0.25 + 0.5 * (0.9 - 0.25))
+    assert sweep.collapse_ratio == pytest.approx(2 / 6)
+    for s in sweep.steps:
+        s.accuracy = 0.9
+    assert sweep.collapse_ratio is None
+
+
+def test_sweep_from_a_pruned_view_keeps_the_dense_reference(tiny_llama, capitals_task, tmp_path):
+    view = pl.prune(tiny_llama, [3])
+    sweep = pl.iterative_prune(view, capitals_task, criterion="bi", steps=1, out=tmp_path, **KW)
+    assert sweep.steps[0].removed == [3] and sweep.steps[0].ratio == 1 / 6
+    assert sweep.dense_accuracy == pl.decision_trace(tiny_llama, capitals_task, n_boot=20).accuracy[-1]
+    assert pl.load_sweep(tmp_path).dense_accuracy == sweep.dense_accuracy
+    assert Sweep.from_dict(sweep.to_dict()).dense_accuracy == sweep.dense_accuracy
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"criterion": "silent"}, "iterative criterion"),
+        ({"steps": 6}, "steps must be"),
+        ({"steps": -1}, "steps must be"),
+        ({"recovery": "magic"}, "unknown recovery"),
+    ],
+)
+def test_iterative_bad_arguments(tiny_llama, capitals_task, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        pl.iterative_prune(tiny_llama, capitals_task, **{**KW, **kw})
+
+
+def test_replay_equals_a_full_forward(tiny_llama):
+    """Replay: a pass that starts at block s from stored inputs gives the numbers of a full pass."""
+    replay = Replay(tiny_llama.n_layers)
+    a = pl.prune(tiny_llama, [1])
+    b = pl.prune(tiny_llama, [1, 4])
+    assert pl.perplexity(a, PPL, replay=replay) == pl.perplexity(a, PPL)
+    replay.begin(4)
+    assert pl.perplexity(b, PPL, replay=replay) == pl.perplexity(b, PPL)
+    replay.begin(2)  # the stored inputs of block 2 are those of b too (blocks before 2 unchanged)
+    c = pl.prune(tiny_llama, [1, 2, 4])
+    assert pl.perplexity(c, PPL, replay=replay) == pl.perplexity(c, PPL)
+
+
+def _count_block_runs(model, fn) -> list[int]:
+    """How many times each block's attention actually ran during ``fn()`` (a replayed or skipped block does not)."""
+    counts = [0] * model.n_layers
+    hooks = [blk.self_attn.register_forward_pre_hook(lambda m, a, _b=b: counts.__setitem__(_b, counts[_b] + 1))
+             for b, blk in enumerate(model.blocks)]
+    try:
+        fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
+
+
+def test_each_step_recomputes_only_from_the_first_changed_block(tiny_llama, capitals_task):
+    one = _count_block_runs(tiny_llama, lambda: pl.iterative_prune(tiny_llama, capitals_task, steps=0, **KW))
+    per_step = one[0]  # forward passes of one step (trace, perplexity, criterion)
+    assert per_step > 0 and one == [per_step] * tiny_llama.n_layers
+    box = {}
+    reuse = _count_block_runs(tiny_llama, lambda: box.setdefault("s", pl.iterative_prune(tiny_llama, capitals_task,
+                                                                                        steps=2, **KW)))
+    c1, c2 = box["s"].steps[0].next_cut, box["s"].steps[1].next_cut
+    full = _count_block_runs(tiny_llama, lambda: pl.iterative_prune(tiny_llama, capitals_task, steps=2,
+                                                                    reuse_prefix=False, **KW))
+    for b in range(tiny_llama.n_layers):
+        in_model = [b != c for c in (None, c1)] + [b not in (c1, c2)]  # is block b present at steps 0, 1, 2
+        assert full[b] == per_step * sum(in_model)
+        starts = (0, c1, c2)  # step k recomputes from the block it changed
+        assert reuse[b] == per_step * sum(p and b >= s for p, s in zip(in_model, starts))

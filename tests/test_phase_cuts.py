@@ -1,0 +1,303 @@
+"""The phase-cut experiment: cut placement, agreement with plain pruning and one-off recoveries,
+Ghosted Layers' boundary error, seeded random controls, resume, tables, figures and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import phaselens as pl
+from phaselens import phase_cuts as pc
+from phaselens.encoding import encode
+from phaselens.metrics import bootstrap_indices
+from phaselens.results import read_result, save_result
+from phaselens.runtime import applied
+
+N = 2
+SEQ = 64
+WORDS = "red blue green cat dog house river stone light music paper glass water fire earth wind north south east west".split()
+RUN = dict(seq_len=SEQ, n_boot=200, seed=0)
+
+
+def _items(n: int = 40) -> list[dict]:
+    rng = np.random.default_rng(0)
+    return [{"question": " ".join(rng.choice(WORDS, 5)), "options": list(rng.choice(WORDS, 4, replace=False)), "answer": 0,
+             "id": f"q{i}"} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def cal() -> list[str]:
+    return pl.load_calibration()[:16]
+
+
+@pytest.fixture(scope="module")
+def held() -> list[str]:
+    return pl.heldout_texts()[:2]
+
+
+@pytest.fixture(scope="module")
+def cut_task(tiny_llama) -> pl.Task:
+    """Word-list items whose answer is the dense tiny model's final-layer choice: the final margin
+    is positive by construction, and earlier blocks disagree (a silent phase)."""
+    items = _items()
+    z = pl.option_logits(tiny_llama, pl.load_task(items)).z
+    task = pl.load_task([{**it, "answer": int(a)} for it, a in zip(items, z[-1].argmax(-1))])
+    tr = pl.transition_point(tiny_llama, task, n_boot=200)
+    assert tr.layer is not None and N <= tr.layer <= tiny_llama.n_layers - N, tr.summary()  # the test's precondition
+    return task
+
+
+@pytest.fixture(scope="module")
+def result(tiny_llama, cut_task, cal, held) -> pc.PhaseCuts:
+    return pl.compare_phase_cuts(tiny_llama, cut_task, N, seeds=3, calibration=cal, perplexity_texts=held, **RUN)
+
+
+def test_cuts_sit_inside_their_phases(result, tiny_llama, cut_task):
+    tr = pl.transition_point(tiny_llama, cut_task, n_boot=200)
+    assert result.transition.layer == tr.layer
+    ls, L = tr.layer, tiny_llama.n_layers
+    s, d = result.cut("silent"), result.cut("decisive")
+    assert s.blocks == list(range(ls - N, ls))  # adjacent: ends right before the transition
+    assert d.blocks == list(range(ls, ls + N))  # adjacent: starts at the transition
+    for kind, c in (("silent", s), ("decisive", d)):
+        for u in result.units:
+            if u.cut == kind:
+                assert u.blocks == c.blocks
+                assert sorted(set(u.curve_blocks) | set(c.blocks)) == list(range(L))
+    view = pl.ModelView(tiny_llama)
+    far = pc.phase_cuts(view, tr, N, placement="far", seeds=[])
+    assert far[0].blocks == [0, 1] and far[1].blocks == list(range(L - N, L))
+    center = pc.phase_cuts(view, tr, 1, placement="center", seeds=[])
+    assert center[0].start == (ls - 1) // 2 and center[1].start == ls + (L - ls - 1) // 2
+    at = pc.phase_cuts(view, tr, 1, placement=(0, ls + 1), seeds=[])  # block indices: the first cut block of each
+    assert at[0].start == 0 and at[1].start == ls + 1
+    with pytest.raises(pc.PhaseCutsError, match="pair"):
+        pc.phase_cuts(view, tr, 1, placement=ls, seeds=[])
+    with pytest.raises(pc.PhaseCutsError, match="do not fit inside the silent phase"):
+        pc.phase_cuts(view, tr, N, placement=(1, "adjacent"), seeds=[])
+
+
+def test_identity_rows_equal_a_plain_prune(result, tiny_llama, cut_task, held):
+    for c in result.cuts:
+        u = result.unit(c.kind, "identity", c.seed)
+        view = pl.prune(tiny_llama, c.blocks)
+        tr = pl.decision_trace(view, cut_task, n_boot=RUN["n_boot"], seed=RUN["seed"])
+        np.testing.assert_array_equal(u.curve_blocks, tr.blocks)
+        np.testing.assert_allclose(u.margins, tr.margins, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(u.margin_ci, tr.margin_ci, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(u.accuracy, tr.accuracy, rtol=0, atol=0)
+        np.testing.assert_allclose(u.item_margins, tr.item_margins[:, -1], rtol=0, atol=1e-5)
+        assert u.perplexity == pytest.approx(pl.perplexity(view, held, seq_len=SEQ), rel=1e-6)
+
+
+def test_units_match_one_off_recoveries(result, tiny_llama, cut_task, cal):
+    c = result.cut("decisive")
+    pruned = pl.prune(tiny_llama, c.blocks)
+    fits = pl.fit_recoveries(pruned, ["ghosted", "symmetric", "replaceme"], cal, seq_len=SEQ)
+    for m, rec in fits.items():
+        u = result.unit("decisive", m)
+        tr = pl.decision_trace(rec, cut_task, n_boot=RUN["n_boot"], seed=RUN["seed"])
+        np.testing.assert_allclose(u.margins, tr.margins, rtol=0, atol=1e-4)
+        assert u.boundary_mse == pytest.approx(float(rec.fit_error.mse[0]), rel=1e-6)
+    # the fitted boundary error (from the statistics) is what a recovered forward measures
+    measured = pl.boundary_error(fits["ghosted"], cal, seq_len=SEQ)
+    assert result.unit("decisive", "ghosted").boundary_mse == pytest.approx(float(measured.mse[0]), rel=1e-3)
+
+
+def test_ghosted_boundary_error_is_smallest_for_every_cut(result):
+    for c in result.cuts:
+        g = result.unit(c.kind, "ghosted", c.seed).boundary_mse
+        for m in pc.WHOLE_STREAM:
+            assert g <= result.unit(c.kind, m, c.seed).boundary_mse * (1 + 1e-9), (c.key, m)
+
+
+def test_trailing_cut_final_row_is_the_model_output(tiny_llama, cut_task, cal):
+    """A cut at the end of the model: the last row of the trace must include the operator, as the logits do."""
+    L = tiny_llama.n_layers
+    rec = pl.fit_recovery(pl.prune(tiny_llama, [L - 2, L - 1]), cal, "ghosted", seq_len=SEQ)
+    z = pl.option_logits(rec, cut_task).z[-1]
+    enc = encode(cut_task, tiny_llama.tokenizer)
+    with torch.inference_mode(), applied(tiny_llama.blocks, rec.plan(), returns_tuple=tiny_llama.returns_tuple):
+        for i in range(5):
+            logits = tiny_llama.hf(input_ids=torch.tensor([enc.prompts[i]])).logits[0, -1]
+            k = int(enc.option_mask[i].sum())
+            np.testing.assert_allclose(z[i, :k].numpy(), logits[enc.option_ids[i, :k]].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_random_cuts_are_contiguous_and_reproducible(result, tiny_llama):
+    L = tiny_llama.n_layers
+    tr = result.transition
+    view = pl.ModelView(tiny_llama)
+    a = pc.phase_cuts(view, tr, N, seeds=range(10))
+    b = pc.phase_cuts(view, tr, N, seeds=[7, 3])
+    ra = {c.seed: c for c in a if c.kind == "random"}
+    for c in b[2:]:
+        assert c == ra[c.seed]
+    for s, c in ra.items():
+        assert c.blocks == list(range(c.start, c.start + N)) and 0 <= c.start <= L - N
+        assert c.start == int(np.random.default_rng(s).integers(0, L - N + 1))
+    assert len({c.start for c in ra.values()}) > 1
+    for s in result.seeds:
+        assert result.cut("random", s).start == ra[s].start
+
+
+def test_replaceme_at_block_0_is_skipped_and_said(result):
+    zero = [c for c in result.cuts if c.start == 0]
+    assert zero, "the tiny model's silent cut starts at block 0"
+    for c in zero:
+        assert {"cut": c.key, "method": "replaceme"} in [{k: s[k] for k in ("cut", "method")} for s in result.skipped]
+        with pytest.raises(KeyError, match="block 0"):
+            result.unit(c.kind, "replaceme", c.seed)
+    assert "replaceme" in result.summary() and "block 0" in result.summary()
+
+
+def test_contrast_and_random_summary_by_hand(result):
+    c = result.contrast("silent", "decisive", "ghosted")
+    diff = result.unit("silent", "ghosted").item_margins - result.unit("decisive", "ghosted").item_margins
+    boot = diff[bootstrap_indices(len(diff), result.n_boot, result.seed)].mean(1)
+    assert c["difference"] == pytest.approx(diff.mean())
+    assert (c["lo"], c["hi"]) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])))
+    r = result.random_summary("identity")
+    M = np.stack([result.unit("random", "identity", s).item_margins for s in result.seeds])
+    assert r["mean"] == pytest.approx(M.mean())
+    assert r["seed_min"] == pytest.approx(M.mean(1).min()) and r["seed_max"] == pytest.approx(M.mean(1).max())
+    rng = np.random.default_rng(result.seed)
+    si = rng.integers(0, M.shape[0], size=(result.n_boot, M.shape[0]))
+    ii = rng.integers(0, M.shape[1], size=(result.n_boot, M.shape[1]))
+    hand = np.array([M[si[b]][:, ii[b]].mean() for b in range(result.n_boot)])
+    assert (r["lo"], r["hi"]) == pytest.approx(tuple(np.quantile(hand, [0.025, 0.975])))
+    d = result.contrast("dense", "silent", "identity", metric="accuracy")
+    assert d["difference"] == pytest.approx(result.dense_accuracy - result.unit("silent", "identity").final_accuracy)
+
+
+def test_tables_figures_and_storage(result, tmp_path):
+    df = result.to_pandas()
+    assert len(df) == 1 + len(result.units)
+    assert {"cut", "seed", "blocks", "method", "final_margin", "margin_lo", "margin_hi", "accuracy", "accuracy_lo",
+            "accuracy_hi", "boundary_mse", "boundary_relative", "perplexity", "transition", "n_items"} <= set(df.columns)
+    u = result.unit("decisive", "ghosted")
+    row = df[(df.cut == "decisive") & (df.method == "ghosted")].iloc[0]
+    assert row.final_margin == u.final_margin and (row.margin_lo, row.margin_hi) == u.final_margin_ci
+    agg = result.to_pandas(aggregate=True)
+    assert (agg.cut == "random").sum() == len(result.methods)
+    rr = agg[(agg.cut == "random") & (agg.method == "ghosted")].iloc[0]
+    assert rr.final_margin == pytest.approx(result.random_summary("ghosted")["mean"])
+    fig = result.plot()
+    assert len(fig.data) >= 3 and "recovery method" in fig.layout.xaxis.title.text
+    curves = result.plot_curves()
+    assert len(curves.data) >= 3 * (1 + len(result.methods) - 1)
+    assert result.plot("accuracy").data
+    path = save_result(result, tmp_path, "pc", model="tiny")
+    back, head = read_result(path)
+    assert head["kind"] == "PhaseCuts"
+    assert back.to_dict() == json.loads(json.dumps(result.to_dict()))
+    assert back.to_pandas().equals(result.to_pandas())
+
+
+def test_resume_gives_identical_results(tiny_llama, cut_task, cal, held, tmp_path, monkeypatch):
+    kw = dict(methods=["identity", "ghosted"], seeds=[1], calibration=cal, perplexity_texts=held, out=tmp_path, **RUN)
+    first = pl.compare_phase_cuts(tiny_llama, cut_task, N, **kw)
+    units = sorted(tmp_path.glob("phase_cuts_unit_*.json"))
+    assert len(units) == len(first.units) == 6
+    units[2].unlink()  # as if the run was killed before this unit
+    again = pl.compare_phase_cuts(tiny_llama, cut_task, N, **kw)
+    assert again.to_dict() == first.to_dict()
+
+    def boom(*a, **k):
+        raise AssertionError("a finished unit was recomputed")
+
+    monkeypatch.setattr(pc, "span_stats", boom)
+    monkeypatch.setattr(pc, "decision_trace", boom)
+    monkeypatch.setattr(pc, "perplexity", boom)
+    assert pl.compare_phase_cuts(tiny_llama, cut_task, N, **kw).to_dict() == first.to_dict()
+    with pytest.raises(pc.PhaseCutsError, match="other arguments"):
+        pl.compare_phase_cuts(tiny_llama, cut_task, N, **{**kw, "placement": "far"})
+
+
+def test_clear_errors(tiny_llama, cut_task, cal, held):
+    L = tiny_llama.n_layers
+    ls = pl.transition_point(tiny_llama, cut_task, n_boot=200).layer
+    too_many = min(ls, L - ls) + 1  # fits one phase, not the other
+    with pytest.raises(pc.PhaseCutsError, match=rf"silent phase is blocks 0-{ls - 1} \({ls} blocks\).*decisive phase"):
+        pl.compare_phase_cuts(tiny_llama, cut_task, too_many, calibration=cal, perplexity_texts=held, **RUN)
+    wrong = pl.load_task([{**it.__dict__, "options": list(it.options), "answer": (it.answer + 1) % it.n_options}
+                          for it in cut_task.items])
+    with pytest.raises(pc.PhaseCutsError, match="no silent -> decisive transition.*final-layer margin"):
+        pl.compare_phase_cuts(tiny_llama, wrong, N, calibration=cal, perplexity_texts=held, **RUN)
+    with pytest.raises(pc.PhaseCutsError, match="dense model"):
+        pl.compare_phase_cuts(pl.prune(tiny_llama, [1]), cut_task, N)
+    with pytest.raises(pc.PhaseCutsError, match="unknown recovery"):
+        pl.compare_phase_cuts(tiny_llama, cut_task, N, methods=["ghosted", "magic"])
+    with pytest.raises(pc.PhaseCutsError, match="n must be"):
+        pl.compare_phase_cuts(tiny_llama, cut_task, 0, calibration=cal, perplexity_texts=held, **RUN)
+
+
+# -- command line (SmolLM2, a few items and passages) ------------------------------------------
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def text_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("texts")
+    (d / "cal.txt").write_text("\n\n".join(pl.load_calibration()[:16]))
+    (d / "held.txt").write_text("\n\n".join(pl.heldout_texts()[:2]))
+    return d / "cal.txt", d / "held.txt"
+
+
+def test_cli_phase_cuts_json_and_out(smol, text_files, tmp_path):
+    from phaselens.cli import app
+
+    cal, held = text_files
+    args = ["phase-cuts", "-m", "smollm2-135m", "-t", "capitals", "--limit", "16", "-n", "1", "--methods", "identity,ghosted",
+            "--seeds", "1", "--calibration", str(cal), "--heldout", str(held), "--out", str(tmp_path)]
+    res = runner.invoke(app, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["n"] == 1 and len(d["units"]) == 3 * 2 and d["transition"]["layer"] is not None
+    saved = list(tmp_path.glob("phase-cuts_smollm2-135m_capitals_n1.json"))
+    assert saved, list(tmp_path.iterdir())
+    obj, head = read_result(saved[0])
+    assert head["provenance"]["command"] == "phase-cuts" and head["provenance"]["model"] == "smollm2-135m"
+    assert obj.to_dict() == d
+    table = runner.invoke(app, args)  # resumes from --out: the same numbers, as a table
+    assert table.exit_code == 0, table.output
+    assert "decisive" in table.stdout and "ghosted" in table.stdout
+    assert "calibration tokens" in table.output
+
+
+def test_cli_phase_cuts_errors(smol, text_files):
+    from phaselens.cli import app
+
+    cal, held = text_files
+    res = runner.invoke(app, ["phase-cuts", "-t", "capitals", "--limit", "16", "-n", "20", "--calibration", str(cal),
+                              "--heldout", str(held)])
+    assert res.exit_code == 2 and "phase" in res.output and "blocks" in res.output
+    res = runner.invoke(app, ["phase-cuts", "-t", "capitals", "-n", "1", "--methods", "ghosted,nope", "--limit", "4"])
+    assert res.exit_code == 2 and "unknown recovery" in res.output
+
+
+def test_cli_prune_and_sweep(smol, text_files, tmp_path):
+    from phaselens.cli import app
+
+    cal, held = text_files
+    res = runner.invoke(app, ["prune", "-t", "capitals", "--limit", "8", "--blocks", "3,4", "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["removed"] == [3, 4] and 3 not in d["pruned"]["trace"]["blocks"] and len(d["dense"]["trace"]["blocks"]) == 30
+    res = runner.invoke(app, ["prune", "-t", "capitals", "--limit", "8", "--criterion", "bi", "-n", "2", "--calibration", str(cal)])
+    assert res.exit_code == 0, res.output
+    assert "cut" in res.stdout and "margin [95% CI]" in res.stdout and "transition" in res.stdout
+    assert runner.invoke(app, ["prune", "-t", "capitals", "--limit", "8"]).exit_code == 2
+    sweep = ["sweep", "-t", "capitals", "--limit", "8", "--criterion", "bi", "--steps", "1", "--calibration", str(cal),
+             "--heldout", str(held), "--out", str(tmp_path)]
+    res = runner.invoke(app, sweep)
+    assert res.exit_code == 0, res.output
+    assert "collapse ratio" in res.stdout and "perplexity" in res.stdout and "cut next" in res.stdout
+    again = runner.invoke(app, sweep + ["--json"])  # resumes: both steps are read back
+    assert again.exit_code == 0, again.output
+    assert len(json.loads(again.stdout)["steps"]) == 2

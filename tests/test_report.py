@@ -1,0 +1,175 @@
+"""Results folders and the HTML report: self-contained, complete, and rendering in a real browser."""
+
+from __future__ import annotations
+
+import html as _html
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+from typer.testing import CliRunner
+
+import phaselens as pl
+from phaselens.cli import app
+from phaselens.report import ReportWarning, build_report, report_html
+from phaselens.results import ResultsError
+from phaselens.trace import transition_from_trace
+
+from test_plots import synthetic_trace
+
+runner = CliRunner()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def browser_check(page, tmp_path) -> dict:
+    """Open ``page`` in headless Chromium; return the report's own check (figures rendered, JS errors)."""
+    exe = _chromium()
+    if exe is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("chromium is not installed in CI (.ci/run must install Debian's chromium package)")
+        pytest.skip("chromium not installed (apt-get install -y chromium); in CI this test fails instead")
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+           f"--user-data-dir={tmp_path / 'chrome-profile'}", "--virtual-time-budget=30000", "--dump-dom", page.as_uri()]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    m = re.search(r'<div id="phaselens-check"[^>]*>(.*?)</div>', res.stdout, re.S)
+    assert m, f"no check element in the dumped DOM (chromium rc={res.returncode}): {res.stderr[-2000:]}"
+    status = re.search(r'data-status="(\w+)"', m.group(0)).group(1)
+    assert m.group(1), f"the check script did not run (status {status})"
+    return {"status": status, **json.loads(_html.unescape(m.group(1)))}
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("results")
+    dense = transition_from_trace(synthetic_trace(L=10, model="toy"), n_boot=100)
+    pruned = transition_from_trace(synthetic_trace(L=10, kept=[0, 1, 2, 3, 4, 8, 9], model="toy -5..7"), n_boot=100)
+    pl.save_result(dense, d, "dense", command="transition", seed=3)
+    pl.save_result(pruned, d, "pruned", command="transition", seed=3)
+    rng = np.random.default_rng(0)
+    pl.save_result(pl.CKAResult(rng.uniform(0, 1, (10, 10)), range(10), range(10), "toy", "toy", "decision", 24, source="toy-task"),
+                   d, "cka_dense")
+    pl.save_result(pl.CKAResult(rng.uniform(0, 1, (10, 7)), range(10), [0, 1, 2, 3, 4, 8, 9], "toy", "toy -5..7", "decision", 24,
+                                source="toy-task"), d, "cka_pruned")
+    (d / "notes.json").write_text('{"not": "a result"}')  # skipped: no kind/data
+    return d
+
+
+def test_results_folder_round_trip_with_provenance(results_dir):
+    entries = pl.read_results(results_dir)
+    assert [e.name for e in entries] == ["cka_dense", "cka_pruned", "dense", "pruned"]
+    dense = next(e for e in entries if e.name == "dense")
+    assert dense.kind == "Transition" and dense.phaselens == pl.__version__ and dense.created[:4].isdigit()
+    # model/task/format/n_items are filled from the result; explicit keys are kept
+    assert dense.provenance == {"model": "toy", "task": "toy-task", "format": "cloze", "seed": 3, "n_items": 24,
+                                "command": "transition"}
+    loaded = pl.load_results(results_dir)
+    orig = transition_from_trace(synthetic_trace(L=10, model="toy"), n_boot=100)
+    np.testing.assert_allclose(loaded["dense"].trace.margins, orig.trace.margins)
+    assert loaded["dense"].layer == orig.layer and loaded["pruned"].trace.blocks.tolist() == [0, 1, 2, 3, 4, 8, 9]
+    cka = next(e for e in entries if e.name == "cka_pruned")
+    assert cka.provenance["model"] == "toy vs toy -5..7" and cka.provenance["task"] == "toy-task"
+
+
+def test_results_errors_are_clear(tmp_path):
+    with pytest.raises(ResultsError, match="not found"):
+        pl.load_results(tmp_path / "nowhere")
+    with pytest.raises(ResultsError, match="holds no phaselens results"):
+        pl.load_results(tmp_path)
+    with pytest.raises(ResultsError, match="not a registered result kind"):
+        pl.save_result(object(), tmp_path)
+    with pytest.raises(ResultsError, match="plain file stem"):
+        pl.save_result(synthetic_trace(), tmp_path, "../escape")
+    (tmp_path / "x.json").write_text(json.dumps({"kind": "NoSuchKind", "data": {}}))
+    with pytest.raises(ResultsError, match="x.json: unknown result kind 'NoSuchKind'"):
+        pl.load_results(tmp_path)
+
+
+def test_report_is_one_self_contained_page(results_dir, tmp_path):
+    path = build_report(results_dir, tmp_path / "report.html")
+    page = path.read_text()
+    assert page.count("plotly.js v") == 1  # Plotly's JavaScript embedded exactly once
+    # nothing is fetched (works offline): no external script or stylesheet
+    assert not re.search(r"<script[^>]+src=", page) and not re.search(r"<link[^>]+href=", page)
+    # figures: 3 comparison + 1 CKA comparison + 5 per transition x 2 + 1 heatmap per CKA x 2
+    assert len(re.findall(r'<div id="fig-\d+"', page)) == 16
+    assert 'data-expected="16"' in page or "data-expected='16'" in page
+    # provenance: model, task, format, seed, phaselens version, date
+    prov = page[page.index("id='provenance'"):page.index("<nav>")]
+    for s in ("toy", "toy-task", "cloze", "<td>3</td>", pl.__version__, "transition"):
+        assert s in prov, s
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", prov)
+    # each transition's summary and table are there
+    loaded = pl.load_results(results_dir)
+    assert _html.escape(loaded["dense"].summary()) in page
+    assert page.count("table (to_pandas())") == 4
+
+
+def test_report_renders_in_headless_chromium(results_dir, tmp_path):
+    page = build_report(results_dir, tmp_path / "report.html")
+    check = browser_check(page, tmp_path)
+    assert check["errors"] == [], check
+    assert check["figures"] == check["expected"] == 16 and check["rendered"] == 16 and check["empty"] == [], check
+    assert check["status"] == "ok"
+
+
+def test_browser_check_catches_errors_and_empty_figures(tmp_path):
+    """The page's own check fails on a JavaScript error (so the test above can fail)."""
+    page = report_html({"t": synthetic_trace(L=4)})
+    bad = page.replace("</main>", "<script>undefinedFunctionCall()</script></main>")
+    p = tmp_path / "bad.html"
+    p.write_text(bad)
+    check = browser_check(p, tmp_path)
+    assert check["status"] == "failed" and any("undefinedFunctionCall" in e for e in check["errors"])
+
+
+class _Custom:
+    """A result kind this module does not know: the report must use its own plot() and to_pandas()."""
+
+    def plot(self):
+        return [go.Figure(go.Bar(x=["a", "b"], y=[1, 2])), go.Figure(go.Scatter(x=[0, 1], y=[3, 4]))]
+
+    def to_pandas(self):
+        return pd.DataFrame({"what": ["a", "b"], "value": [1.5, 2.25]})
+
+    def summary(self):
+        return "custom summary line"
+
+
+class _Broken:
+    def plot(self):
+        raise RuntimeError("cannot draw this")
+
+
+def test_other_kinds_use_their_own_plot_and_failures_are_shown():
+    with pytest.warns(ReportWarning, match="cannot draw this"):
+        page = report_html({"custom": _Custom(), "broken": _Broken()})
+    assert len(re.findall(r'<div id="fig-\d+"', page)) == 2
+    assert "custom summary line" in page and "2.25" in page
+    assert "class='error'" in page and "RuntimeError: cannot draw this" in page
+
+
+def test_cli_transition_out_and_report(smol, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["transition", "-m", "smollm2-135m", "-t", "capitals", "--limit", "6", "--seed", "2",
+                              "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)
+    (entry,) = pl.read_results(out)
+    assert entry.name == "transition_smollm2-135m_capitals" and entry.kind == "Transition"
+    assert entry.provenance["seed"] == 2 and entry.provenance["limit"] == 6 and entry.provenance["command"] == "transition"
+    np.testing.assert_allclose(entry.result.trace.margins, printed["trace"]["margins"])
+    html_path = tmp_path / "r.html"
+    res = runner.invoke(app, ["report", str(out), "-o", str(html_path)])
+    assert res.exit_code == 0, res.output
+    assert "smollm2-135m" in html_path.read_text()[-400_000:]
+    res = runner.invoke(app, ["report", str(tmp_path / "missing"), "-o", str(html_path)])
+    assert res.exit_code == 2 and "not found" in res.output
