@@ -17,8 +17,39 @@ from .view import as_view
 N_BOOT = 1000
 
 
+class _Figures:
+    """Per-block figures of a trace or a transition (the transition adds phase shading)."""
+
+    def plot(self, **kw):
+        """The margin curve with its bootstrap band (:func:`phaselens.plots.margin_curves`); a
+        :class:`Transition` also shades the silent and decisive phases and marks the transition."""
+        from .plots import margin_curves
+
+        return margin_curves([self], **kw)
+
+    plot_margin = plot
+
+    def plot_accuracy(self, **kw):
+        """Accuracy per block with bootstrap bands and chance level (:func:`phaselens.plots.accuracy_curves`)."""
+        from .plots import accuracy_curves
+
+        return accuracy_curves([self], **kw)
+
+    def plot_kl(self, **kw):
+        """Bias KL and convergence KL per block (:func:`phaselens.plots.kl_curves`)."""
+        from .plots import kl_curves
+
+        return kl_curves([self], **kw)
+
+    def plot_option_frequency(self, kind: str = "stacked", **kw):
+        """Option frequency per block: ``kind="stacked"``, ``"area"`` or ``"radar"`` (slider over blocks)."""
+        from .plots import option_frequency
+
+        return option_frequency(self, kind, **kw)
+
+
 @dataclass
-class DecisionTrace:
+class DecisionTrace(_Figures):
     """Decision metrics of one model on one task, per surviving block.
 
     Shapes: ``L`` surviving blocks, ``N`` items, ``K`` option slots.
@@ -85,32 +116,6 @@ class DecisionTrace:
             df[f"of_{lab}"] = self.option_frequency[:, k]
         return df
 
-    def plot(self, **kw):
-        """Plotly figure: the margin curve with its bootstrap band (:func:`phaselens.plots.margin_curves`)."""
-        from .plots import margin_curves
-
-        return margin_curves([self], **kw)
-
-    plot_margin = plot
-
-    def plot_accuracy(self, **kw):
-        """Accuracy per block with bootstrap bands and chance level (:func:`phaselens.plots.accuracy_curves`)."""
-        from .plots import accuracy_curves
-
-        return accuracy_curves([self], **kw)
-
-    def plot_kl(self, **kw):
-        """Bias KL and convergence KL per block (:func:`phaselens.plots.kl_curves`)."""
-        from .plots import kl_curves
-
-        return kl_curves([self], **kw)
-
-    def plot_option_frequency(self, kind: str = "stacked", **kw):
-        """Option frequency per block: ``kind="stacked"``, ``"area"`` or ``"radar"`` (slider over blocks)."""
-        from .plots import option_frequency
-
-        return option_frequency(self, kind, **kw)
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
@@ -128,7 +133,7 @@ class DecisionTrace:
 
 
 @dataclass
-class Transition:
+class Transition(_Figures):
     """Where the decisive phase begins.
 
     Attributes:
@@ -162,32 +167,6 @@ class Transition:
         df = self.trace.to_pandas()
         df["phase"] = ["decisive" if self.layer is not None and b >= self.layer else "silent" for b in df["block"]]
         return df
-
-    def plot(self, **kw):
-        """The margin curve with its bootstrap band, silent and decisive phases shaded, transition marked."""
-        from .plots import margin_curves
-
-        return margin_curves([self], **kw)
-
-    plot_margin = plot
-
-    def plot_accuracy(self, **kw):
-        """Accuracy per block, phases shaded (:func:`phaselens.plots.accuracy_curves`)."""
-        from .plots import accuracy_curves
-
-        return accuracy_curves([self], **kw)
-
-    def plot_kl(self, **kw):
-        """Bias KL and convergence KL per block, phases shaded (:func:`phaselens.plots.kl_curves`)."""
-        from .plots import kl_curves
-
-        return kl_curves([self], **kw)
-
-    def plot_option_frequency(self, kind: str = "stacked", **kw):
-        """Option frequency per block: ``kind="stacked"``, ``"area"`` or ``"radar"`` (slider over blocks)."""
-        from .plots import option_frequency
-
-        return option_frequency(self, kind, **kw)
 
     def summary(self) -> str:
         t = self.trace
