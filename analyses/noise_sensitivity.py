@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     run.csv(pd.concat(rows, ignore_index=True), "noise_by_block")
     run.csv(pd.concat(sens_rows, ignore_index=True), "noise_by_phase")
     run.finish(
-        f"pl.inject_noise: at the output of one block at a time (every {a.stride}th block, plus the transition block and "
+        f"pl.inject_noise: at the output of one block at a time (blocks 0, {a.stride}, {2 * a.stride}, ..., plus the transition block and "
         f"the last block), h <- h + eps * sigma(h) * N(0, I) at every prompt token, eps in {a.eps}, {a.noise_seeds} "
         f"independent draws; the final-layer Decision Margin and accuracy are read downstream. Phase comparison: the mean "
         f"final-margin drop over the perturbed silent blocks minus that over the decisive blocks, with a bootstrap 95% "

@@ -19,7 +19,7 @@ PAPER = "decision-transition (arXiv 2605.07271), Fig. 8"
 
 
 def main(argv=None) -> None:
-    p = C.parser(__doc__.splitlines()[0], tasks="capitals,languages")
+    p = C.parser(__doc__.splitlines()[0], tasks="capitals,languages,arc-easy")
     C.add_sweep_args(p, max_ratio=0.7)
     p.add_argument("--criterion", default="bi", help="iterative criterion")
     p.add_argument("--chunk", type=int, default=3, help="extend each sweep this many cuts at a time until it collapses")
@@ -36,6 +36,10 @@ def main(argv=None) -> None:
             steps = min(cap, a.chunk)
             while True:
                 sw, folder = run.sweep(m, t, a.criterion, steps)
+                if sw.dense_accuracy <= sw.chance:  # no decline to measure: a sweep to the cap would be wasted
+                    run.note(f"- {name}, {t.name}: dense accuracy {C.fmt(sw.dense_accuracy)} is not above chance "
+                             f"{C.fmt(sw.chance)}; sweep stopped after {steps} cuts (this pair has no collapse ratio).")
+                    break
                 if sw.collapse_ratio is not None or steps >= cap:
                     break
                 steps = min(cap, steps + a.chunk)
