@@ -52,7 +52,7 @@ def parser(description: str, *, tasks: str = "capitals", limit: int | None = Non
     p.add_argument("--out", required=True, type=Path, help="folder for figures (HTML), CSV and summary.md")
     p.add_argument("--models", type=_csv(str), default=_csv(str)(models), help="comma-separated model names")
     p.add_argument("--tasks", type=_csv(str), default=_csv(str)(tasks),
-                   help="comma-separated tasks: built-ins (capitals, languages; cloze) or benchmarks "
+                   help="comma-separated tasks: built-ins (capitals, languages, opposites, currencies; cloze) or benchmarks "
                         "(arc-easy, hellaswag, ...; continuation format)")
     p.add_argument("--limit", type=int, default=limit,
                    help=f"items per task (default: all items of a built-in task, {BENCHMARK_LIMIT} of a benchmark)")

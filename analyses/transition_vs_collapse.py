@@ -19,7 +19,7 @@ PAPER = "decision-transition (arXiv 2605.07271), Fig. 8"
 
 
 def main(argv=None) -> None:
-    p = C.parser(__doc__.splitlines()[0], tasks="capitals,languages,arc-easy")
+    p = C.parser(__doc__.splitlines()[0], tasks="capitals,languages,opposites,currencies")
     C.add_sweep_args(p, max_ratio=0.7)
     p.add_argument("--criterion", default="bi", help="iterative criterion")
     p.add_argument("--chunk", type=int, default=3, help="extend each sweep this many cuts at a time until it collapses")
