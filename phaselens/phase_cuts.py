@@ -42,6 +42,7 @@ from .pruning import select_blocks
 from .recovery import METHODS, Recovered, span_stats
 from .recovery.fit import MIN_TOKENS_PER_DIM, BoundaryError, SpanStats, boundary_error
 from .recovery.solvers import solve
+from .resume import check_or_write_args, write_atomic
 from .runtime import Replay
 from .tasks import Task, load_task
 from .trace import N_BOOT, Transition, decision_trace, transition_from_trace
@@ -509,23 +510,8 @@ def _all_stats(base, todo: list[tuple[Cut, str]], texts: list[str], seq_len: int
     return out
 
 
-def _check_folder(folder: Path, args: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    f = folder / f"{_PREFIX}_args.json"
-    if f.exists():
-        old = json.loads(f.read_text())
-        diff = {k: (old.get(k), v) for k, v in args.items() if old.get(k) != v}
-        if diff:
-            raise PhaseCutsError(f"{folder} holds a phase-cut run with other arguments {diff} (stored, asked); "
-                                 "use another out= folder or the same arguments")
-    else:
-        _write(f, args)
-
-
 def _write(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)  # atomic: an interrupted run never leaves half a unit
+    write_atomic(path, json.dumps(doc))
 
 
 def _unit_path(folder: Path, cut: Cut, method: str) -> Path:
@@ -601,7 +587,7 @@ def compare_phase_cuts(
             "perplexity_texts": _digest(ppl_texts), "lam": lam, "seq_len": seq_len, "batch_size": batch_size,
             "n_boot": n_boot, "seed": seed, "measure_boundary": measure_boundary}
     if folder is not None:
-        _check_folder(folder, args)
+        check_or_write_args(folder / f"{_PREFIX}_args.json", args, "a phase-cut run", PhaseCutsError)
     dense_file = folder / f"{_PREFIX}_dense.json" if folder is not None else None
 
     replay = Replay(L) if reuse_prefix else None

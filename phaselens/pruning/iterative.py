@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 
 from ..calibration import heldout_texts, load_calibration
 from ..perplexity import perplexity
+from ..resume import check_or_write_args, write_atomic
 from ..runtime import Replay
 from ..tasks import Task, load_task
 from ..trace import DecisionTrace, Transition, decision_trace, transition_from_trace
@@ -203,7 +203,7 @@ def iterative_prune(
     sweep = Sweep(base.name, task.name, criterion, recovery, L, _chance(task))
     folder = Path(out) if out is not None else None
     if folder is not None:
-        _check_or_write_args(folder, args)
+        check_or_write_args(folder / "sweep.json", args, "a sweep run")
         sweep.steps = _load_steps(folder)
     if view.removed:  # the collapse threshold is relative to the dense model
         sweep.start_accuracy = _dense_accuracy(base, task, folder, n_boot, seed)
@@ -225,7 +225,7 @@ def iterative_prune(
                          ppl, scores, cut)
         sweep.steps.append(step)
         if folder is not None:
-            _write_atomic(folder / f"step_{k:03d}.json", json.dumps(step.to_dict()))
+            write_atomic(folder / f"step_{k:03d}.json", json.dumps(step.to_dict()))
         if cut is not None and k < steps:
             removed = removed + [cut]
         prev = cur
@@ -247,31 +247,12 @@ def _dense_accuracy(base, task: Task, folder: Path | None, n_boot: int, seed: in
         return float(json.loads(f.read_text())["accuracy"])
     acc = float(decision_trace(base, task, n_boot=n_boot, seed=seed).accuracy[-1])
     if f is not None:
-        _write_atomic(f, json.dumps({"accuracy": acc}))
+        write_atomic(f, json.dumps({"accuracy": acc}))
     return acc
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-def _check_or_write_args(folder: Path, args: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    f = folder / "sweep.json"
-    if f.exists():
-        old = json.loads(f.read_text())
-        diff = {k: (old.get(k), v) for k, v in args.items() if old.get(k) != v}
-        if diff:
-            raise ValueError(f"{folder} holds a sweep run with other arguments {diff}; use another out= folder "
-                             "(or delete it to start over)")
-    else:
-        _write_atomic(f, json.dumps(args, indent=1))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)  # atomic: a killed run never leaves half a file
 
 
 def _load_steps(folder: Path) -> list[SweepStep]:

@@ -390,7 +390,6 @@ def boundary_error(
     """
     view = as_view(model)
     base = view.base
-    L = base.n_layers
     spans = view.spans
     if not spans:
         raise RecoveryError("the model has no cut spans; boundary error compares a pruned model with its dense base")
