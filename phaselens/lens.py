@@ -97,14 +97,8 @@ def _decision_scores(view: ModelView, enc: Encoded, bs: int, return_hidden: bool
             ids, att = pad([enc.prompts[i] for i in idx], pad_id, base.device)
             rows["pos"] = att.sum(1) - 1  # last real token of each row (right padding)
             rows["out"] = []
-            plan, t_in, t_out = view.plan(), {}, taps
-            if replay is not None:
-                key = ("lens", tuple(enc.prompts[i][-1] for i in idx), tuple(idx), ids.shape[1])
-                plan, t_in, rec_out, start = replay.plan(plan, key)
-                t_out = merge_taps({b: t for b, t in taps.items() if b >= start}, rec_out)
-                for b in sorted(taps):
-                    if b < start:
-                        taps[b](replay.output_of(key, b).to(base.device))
+            key = ("lens", tuple(enc.prompts[i][-1] for i in idx), tuple(idx), ids.shape[1])
+            plan, t_in, t_out = _plan_and_taps(view, taps, replay, key)
             with applied(base.blocks, plan, tap_in=t_in, tap_out=t_out, returns_tuple=base.returns_tuple):
                 run_decoder(base.decoder, ids, att)
             h = torch.stack(rows["out"])  # [L, B, d]
@@ -114,6 +108,19 @@ def _decision_scores(view: ModelView, enc: Encoded, bs: int, return_hidden: bool
                 hidden[:, sel] = h.float().cpu()
     z = z.masked_fill(~enc.option_mask, float("-inf"))
     return OptionLogits(z, enc.option_mask, enc.answers, kept, hidden)
+
+
+def _plan_and_taps(view: ModelView, taps: dict, replay: Replay | None, key: object) -> tuple:
+    """``(plan, taps in, taps out)`` of one batch. With ``replay``, the stored prefix is replayed: the
+    taps of blocks before the first changed one are fed their stored outputs now, in block order, and
+    the rest run during the forward next to the taps that record the new suffix."""
+    if replay is None:
+        return view.plan(), {}, taps
+    plan, t_in, rec_out, start = replay.plan(view.plan(), key)
+    for b in sorted(taps):
+        if b < start:
+            taps[b](replay.output_of(key, b).to(view.base.device))
+    return plan, t_in, merge_taps({b: t for b, t in taps.items() if b >= start}, rec_out)
 
 
 def _read_at(kept: list[int], n_blocks: int) -> list[int]:
@@ -165,14 +172,7 @@ def _continuation_scores(view: ModelView, enc: Encoded, bs: int, progress: bool,
             dev = base.device
             state.update(r=torch.tensor(r, device=dev), p=torch.tensor(p, device=dev), tgt=torch.tensor(tgt, device=dev))
             state["scores"] = torch.empty(len(kept), len(idx))
-            plan, t_in, t_out = view.plan(), {}, taps
-            if replay is not None:
-                key = ("cont", tuple(idx), ids.shape[1])
-                plan, t_in, rec_out, first = replay.plan(plan, key)
-                t_out = merge_taps({b: t for b, t in taps.items() if b >= first}, rec_out)
-                for b in sorted(taps):
-                    if b < first:
-                        taps[b](replay.output_of(key, b).to(dev))
+            plan, t_in, t_out = _plan_and_taps(view, taps, replay, ("cont", tuple(idx), ids.shape[1]))
             with applied(base.blocks, plan, tap_in=t_in, tap_out=t_out, returns_tuple=base.returns_tuple):
                 run_decoder(base.decoder, ids, att)
             seq_scores[:, torch.tensor(idx)] = state["scores"]

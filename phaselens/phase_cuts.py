@@ -39,9 +39,8 @@ from .calibration import heldout_texts, load_calibration, n_tokens
 from .perplexity import perplexity
 from .phases import transition_index
 from .pruning import select_blocks
-from .recovery import METHODS, Recovered, span_stats
-from .recovery.fit import MIN_TOKENS_PER_DIM, BoundaryError, SpanStats, boundary_error
-from .recovery.solvers import solve
+from .recovery import METHODS, fit_recoveries, span_stats
+from .recovery.fit import MIN_TOKENS_PER_DIM, SpanStats, boundary_error
 from .resume import check_or_write_args, write_atomic
 from .runtime import Replay
 from .tasks import Task, load_task
@@ -472,28 +471,6 @@ def _digest(texts: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _recovered(base, cut: Cut, method: str, st: SpanStats, lam: float | None) -> tuple[Recovered, float]:
-    """The recovered view of ``cut`` with ``method`` from the span's statistics (as :func:`fit_recoveries`)."""
-    sp = cut.span
-    dtype, dev = base.dtype, base.device
-    ops, br = {}, {}
-    if method == "replaceme":
-        W, lam_used = solve(method, st.A_branch, st.C_branch, lam)
-        br[sp[0] - 1] = W.to(dev, dtype)
-        res = st.residual(W, branch=True)
-    else:
-        W, lam_used = solve(method, st.A, st.C, lam)
-        if method != "identity":
-            ops[sp] = W.to(dev, dtype)
-        res = st.residual(W)
-    rec = Recovered(base, tuple(cut.blocks), ops, br, method=method, lam={sp: lam_used}, n_tokens=st.n)
-    per_channel = (res / st.n).cpu().numpy()[None]
-    mse = per_channel.mean(1)
-    rel = mse / (float(st.yy.sum()) / st.A.shape[0] / st.n)
-    rec.fit_error = BoundaryError(rec.name, method, [sp], mse, rel, per_channel, st.n)
-    return rec, float(lam_used)
-
-
 def _all_stats(base, todo: list[tuple[Cut, str]], texts: list[str], seq_len: int, batch_size: int) -> dict[tuple[int, int], SpanStats]:
     """Statistics of every distinct span in ``todo`` from as few dense passes as possible."""
     spans = sorted({c.span for c, _ in todo})
@@ -644,7 +621,8 @@ def compare_phase_cuts(
         if replay is not None and not recorded:
             record_dense(False)
         for c, m in todo:
-            rec, lam_used = _recovered(base, c, m, stats[c.span], lam)
+            rec = fit_recoveries(ModelView(base, tuple(c.blocks)), [m], lam=lam, stats={c.span: stats[c.span]})[m]
+            lam_used = float(rec.lam[c.span])
             if replay is not None:
                 replay.begin(first_change(dense_view, rec))
             trace = decision_trace(rec, t, n_boot=n_boot, seed=seed, replay=replay, progress=progress)
