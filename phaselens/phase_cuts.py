@@ -25,7 +25,6 @@ rerun skips finished units, giving identical results.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from .phases import transition_index
 from .pruning import select_blocks
 from .recovery import METHODS, fit_recoveries, span_stats
 from .recovery.fit import MIN_TOKENS_PER_DIM, SpanStats, boundary_error
-from .resume import check_or_write_args, write_atomic
+from .resume import check_or_write_args, digest, write_atomic
 from .runtime import Replay
 from .tasks import Task, load_task
 from .trace import N_BOOT, Transition, decision_trace, transition_from_trace
@@ -281,8 +280,7 @@ class PhaseCuts:
         vb = self._item_values(b, method_b or method, metric)
         diff = va - vb
         idx = metrics.bootstrap_indices(len(diff), self.n_boot, self.seed)
-        boot = diff[idx].mean(1)
-        lo, hi = np.quantile(boot, [0.025, 0.975])
+        lo, hi = metrics.bootstrap_ci(diff[:, None], idx)[:, 0]
         return {"a": a, "b": b, "method": method, "method_b": method_b or method, "metric": metric,
                 "difference": float(diff.mean()), "lo": float(lo), "hi": float(hi), "n_items": len(diff)}
 
@@ -463,14 +461,6 @@ def _resolve_seeds(seeds: int | Sequence[int]) -> list[int]:
     return out
 
 
-def _digest(texts: list[str]) -> str:
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()[:16]
-
-
 def _all_stats(base, todo: list[tuple[Cut, str]], texts: list[str], seq_len: int, batch_size: int) -> dict[tuple[int, int], SpanStats]:
     """Statistics of every distinct span in ``todo`` from as few dense passes as possible."""
     spans = sorted({c.span for c, _ in todo})
@@ -559,9 +549,9 @@ def compare_phase_cuts(
     ppl_texts = heldout_texts() if perplexity_texts is None else load_calibration(perplexity_texts)
     folder = Path(out) if out is not None else None
     args = {"model": base.name, "fingerprint": base.fingerprint, "task": t.name, "format": t.format, "n_items": len(t),
-            "items": _digest([it.id + "|" + it.question + "|" + "|".join(it.options) + f"|{it.answer}" for it in t.items]),
-            "n": int(n) if isinstance(n, (int, np.integer)) else str(n), "placement": json.loads(json.dumps(placement)), "calibration": _digest(cal),
-            "perplexity_texts": _digest(ppl_texts), "lam": lam, "seq_len": seq_len, "batch_size": batch_size,
+            "items": digest([[it.id, it.question, list(it.options), it.answer] for it in t.items]),
+            "n": int(n) if isinstance(n, (int, np.integer)) else str(n), "placement": json.loads(json.dumps(placement)), "calibration": digest(cal),
+            "perplexity_texts": digest(ppl_texts), "lam": lam, "seq_len": seq_len, "batch_size": batch_size,
             "n_boot": n_boot, "seed": seed, "measure_boundary": measure_boundary}
     if folder is not None:
         check_or_write_args(folder / f"{_PREFIX}_args.json", args, "a phase-cut run", PhaseCutsError)

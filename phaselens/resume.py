@@ -7,6 +7,7 @@ arguments once; a rerun with the same folder continues, one with other arguments
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,3 +32,8 @@ def check_or_write_args(file: Path, args: dict[str, Any], what: str, error: type
                         "use another out= folder, the same arguments, or delete the folder to start over")
     else:
         write_atomic(file, json.dumps(args, indent=1))
+
+
+def digest(obj: Any) -> str:
+    """A short hash of JSON-serialisable ``obj`` (the texts or items a run was made with)."""
+    return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()[:16]

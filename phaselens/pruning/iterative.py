@@ -11,7 +11,6 @@ block whose input changed: the stored inputs of the unchanged prefix are replaye
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import numpy as np
 
 from ..calibration import heldout_texts, load_calibration
 from ..perplexity import perplexity
-from ..resume import check_or_write_args, write_atomic
+from ..resume import check_or_write_args, digest, write_atomic
 from ..runtime import Replay
 from ..tasks import Task, load_task
 from ..trace import DecisionTrace, Transition, decision_trace, transition_from_trace
@@ -197,9 +196,9 @@ def iterative_prune(
     cal = load_calibration(calibration)
     ppl_texts = heldout_texts() if perplexity_texts is None else load_calibration(perplexity_texts)
     args = {"model": base.name, "fingerprint": base.fingerprint, "task": task.name, "format": task.format,
-            "n_items": len(task), "items": _digest([[it.question, list(it.options), it.answer] for it in task.items]),
+            "n_items": len(task), "items": digest([[it.question, list(it.options), it.answer] for it in task.items]),
             "criterion": criterion, "recovery": recovery, "seed": seed, "n_boot": n_boot,
-            "start_removed": list(view.removed), "calibration": _digest(cal), "perplexity_texts": _digest(ppl_texts)}
+            "start_removed": list(view.removed), "calibration": digest(cal), "perplexity_texts": digest(ppl_texts)}
     sweep = Sweep(base.name, task.name, criterion, recovery, L, _chance(task))
     folder = Path(out) if out is not None else None
     if folder is not None:
@@ -249,10 +248,6 @@ def _dense_accuracy(base, task: Task, folder: Path | None, n_boot: int, seed: in
     if f is not None:
         write_atomic(f, json.dumps({"accuracy": acc}))
     return acc
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def _load_steps(folder: Path) -> list[SweepStep]:
