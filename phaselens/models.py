@@ -145,8 +145,11 @@ class Model:
 
     def full_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logit lens over the whole vocabulary: ``[..., d] -> [..., V]`` float32."""
-        x = self.final_norm(h.to(self.dtype))
-        z = (x @ self.W_U.T).float()
+        return self.unembed_logits(self.final_norm(h.to(self.dtype)))
+
+    def unembed_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's head on already-normed states: ``[..., d] -> [..., V]`` float32 (+ b_U, soft-capped)."""
+        z = (x.to(self.dtype) @ self.W_U.T).float()
         if self.b_U is not None:
             z = z + self.b_U.float()
         return self.apply_softcap(z)

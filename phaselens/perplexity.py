@@ -55,10 +55,7 @@ def perplexity(
             rows, cols = valid.nonzero(as_tuple=True)
             for c in range(0, len(rows), _CHUNK):
                 r, t = rows[c : c + _CHUNK], cols[c : c + _CHUNK]
-                z = (h[r, t].to(base.dtype) @ base.W_U.T).float()
-                if base.b_U is not None:
-                    z = z + base.b_U.float()
-                z = base.apply_softcap(z)
+                z = base.unembed_logits(h[r, t])  # the decoder's output is already normed
                 nll += torch.nn.functional.cross_entropy(z, tgt[r, t], reduction="sum").item()
             count += int(valid.sum())
     if count == 0:
