@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from . import metrics
+from .stats import seed_list
 from .encoding import batches, encode, pad
 from .runtime import Plan, Replay, applied, branch_module, identity, run_decoder
 from .tasks import Task, load_task
@@ -467,19 +468,6 @@ def _eps_list(eps: Any) -> list[float]:
     return out
 
 
-def _seed_list(seeds: Any) -> list[int]:
-    if isinstance(seeds, bool):
-        raise InterventionError(f"seeds must be a count or a list of ints, got {seeds!r}")
-    if isinstance(seeds, (int, np.integer)):
-        if seeds < 1:
-            raise InterventionError(f"seeds must be >= 1, got {seeds}")
-        return list(range(int(seeds)))
-    out = [int(s) for s in seeds]
-    if not out or len(set(out)) != len(out):
-        raise InterventionError(f"seeds must be a non-empty list of distinct ints, got {seeds!r}")
-    return out
-
-
 def inject_noise(
     model: Any,
     task: Any,
@@ -508,7 +496,7 @@ def inject_noise(
     """
     view, t = _resolve(model, task)
     blocks = _check_blocks(view, blocks, "inject_noise")
-    eps_l, seed_l = _eps_list(eps), _seed_list(seeds)
+    eps_l, seed_l = _eps_list(eps), seed_list(seeds, minimum=1, error=InterventionError)
     tr = _transition(view, t, transition, batch_size, n_boot, boot_seed)
     runner = _FinalRunner(view, t, batch_size, reuse_prefix, progress)
     answers = runner.enc.answers

@@ -34,6 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import metrics
+from .stats import seed_list
 from .calibration import heldout_texts, load_calibration, n_tokens
 from .perplexity import perplexity
 from .phases import transition_index
@@ -448,19 +449,6 @@ def random_start(n_blocks: int, n: int, seed: int) -> int:
     return int(np.random.default_rng(seed).integers(0, n_blocks - n + 1))
 
 
-def _resolve_seeds(seeds: int | Sequence[int]) -> list[int]:
-    if isinstance(seeds, bool):
-        raise PhaseCutsError(f"seeds must be a count or a list of ints, got {seeds!r}")
-    if isinstance(seeds, (int, np.integer)):
-        if seeds < 0:
-            raise PhaseCutsError(f"seeds must be >= 0, got {seeds}")
-        return list(range(int(seeds)))
-    out = [int(s) for s in seeds]
-    if len(set(out)) != len(out):
-        raise PhaseCutsError(f"seeds {out} repeat a seed; list each once")
-    return out
-
-
 def _all_stats(base, todo: list[tuple[Cut, str]], texts: list[str], seq_len: int, batch_size: int) -> dict[tuple[int, int], SpanStats]:
     """Statistics of every distinct span in ``todo`` from as few dense passes as possible."""
     spans = sorted({c.span for c, _ in todo})
@@ -544,7 +532,7 @@ def compare_phase_cuts(
         raise PhaseCutsError(f"unknown recovery method(s) {bad}; choose from {METHODS}" if bad else "methods is empty")
     if len(set(methods)) != len(methods):
         raise PhaseCutsError(f"methods {methods} repeat a method; list each once")
-    seed_list = _resolve_seeds(seeds)
+    seed_ids = seed_list(seeds, minimum=0, error=PhaseCutsError)
     cal = load_calibration(calibration)
     ppl_texts = heldout_texts() if perplexity_texts is None else load_calibration(perplexity_texts)
     folder = Path(out) if out is not None else None
@@ -569,7 +557,7 @@ def compare_phase_cuts(
         trace = decision_trace(dense_view, t, n_boot=n_boot, seed=seed, replay=replay, progress=progress)
         tr = transition_from_trace(trace, n_boot=n_boot, seed=seed)
         if check:  # fail before the perplexity pass when the cuts cannot be made
-            phase_cuts(dense_view, tr, n, placement=placement, seeds=seed_list)
+            phase_cuts(dense_view, tr, n, placement=placement, seeds=seed_ids)
         ppl = perplexity(dense_view, ppl_texts, seq_len=seq_len, batch_size=batch_size, replay=replay)
         if replay is not None:
             replay.frozen = True  # from here on, replay the dense prefixes and record nothing
@@ -584,7 +572,7 @@ def compare_phase_cuts(
         if dense_file is not None:
             _write(dense_file, {"transition": tr.to_dict(), "perplexity": dense_ppl})
 
-    cuts = phase_cuts(dense_view, tr, n, placement=placement, seeds=seed_list)
+    cuts = phase_cuts(dense_view, tr, n, placement=placement, seeds=seed_ids)
     n = cuts[0].n
     skipped, plan = [], []
     for c in cuts:
@@ -631,7 +619,7 @@ def compare_phase_cuts(
             if folder is not None:
                 _write(_unit_path(folder, c, m), u.to_dict())
     units = [done[(c.key, m)] for c, m in plan]
-    return PhaseCuts(base.name, t.name, t.format, L, n, placement, methods, seed_list, tr, dense_ppl, cuts, units, skipped,
+    return PhaseCuts(base.name, t.name, t.format, L, n, placement, methods, seed_ids, tr, dense_ppl, cuts, units, skipped,
                      n_cal, len(cal), len(ppl_texts), n_boot, seed, _answers_of(t))
 
 

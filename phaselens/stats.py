@@ -31,6 +31,21 @@ class StatsError(ValueError):
     """The inputs of a statistic are malformed; the message says what to pass instead."""
 
 
+def seed_list(seeds: Any, *, minimum: int = 1, error: type[Exception] = ValueError) -> list[int]:
+    """The seeds of a repeated random run: ``seeds`` a count (``range(seeds)``) or a list of distinct ints,
+    at least ``minimum`` of them; anything else raises ``error`` naming what was given."""
+    if isinstance(seeds, bool):
+        raise error(f"seeds must be a count or a list of ints, got {seeds!r}")
+    if isinstance(seeds, (int, np.integer)):
+        if seeds < minimum:
+            raise error(f"seeds must be >= {minimum}, got {seeds}")
+        return list(range(int(seeds)))
+    out = [int(s) for s in seeds]
+    if len(out) < minimum or len(set(out)) != len(out):
+        raise error(f"seeds must be a list of at least {minimum} distinct ints, got {seeds!r}")
+    return out
+
+
 def seed_interval(values: Any, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, lo, hi) over the first axis of ``values [S, ...]`` (one entry per seed): the Student-t
     interval ``mean +- t_{S-1} * sd / sqrt(S)``. NaN bounds for a single seed."""
