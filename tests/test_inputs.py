@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import phaselens as pl
+from phaselens.lens import option_logits
 from phaselens import models
 from phaselens.encoding import encode
 
@@ -96,14 +97,14 @@ def test_bridge_input_reads_the_same_numbers(smol, capitals_task):
     bridge = TransformerBridge.boot_transformers("tiny-llama", hf_model=twins[0], tokenizer=smol.tokenizer, device="cpu")
     m = pl.load_model(bridge)
     assert m.bridge() is bridge and m.n_layers == 3
-    plain = pl.option_logits(pl.load_model(twins[1], tokenizer=bridge.tokenizer), capitals_task).z
-    torch.testing.assert_close(pl.option_logits(m, capitals_task).z, plain, atol=1e-4, rtol=0)
+    plain = option_logits(pl.load_model(twins[1], tokenizer=bridge.tokenizer), capitals_task).z
+    torch.testing.assert_close(option_logits(m, capitals_task).z, plain, atol=1e-4, rtol=0)
 
 
 def test_gguf_path_loads_like_the_embedded_name(smol, capitals_task):
     path = models.embedded_gguf_path("smollm2-135m")
     m = pl.load_model(str(path))
-    torch.testing.assert_close(pl.option_logits(m, capitals_task).z, pl.option_logits(smol, capitals_task).z)
+    torch.testing.assert_close(option_logits(m, capitals_task).z, option_logits(smol, capitals_task).z)
 
 
 def test_cache_written_and_fingerprint_stable(smol):

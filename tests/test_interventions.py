@@ -8,17 +8,11 @@ import torch
 
 import phaselens as pl
 from phaselens import metrics, results
-from phaselens.interventions import (
-    AblationResult,
-    EditedView,
-    InterventionError,
-    NoiseResult,
-    ablate,
-    add_noise,
-    inject_noise,
-    noise_draw,
-)
-from phaselens.runtime import Plan
+from phaselens.ablation import AblationResult, ablate
+from phaselens.errors import InterventionError
+from phaselens.noise import NoiseResult, add_noise, inject_noise, noise_draw
+from phaselens.view import EditedView
+from phaselens.runner import Plan
 
 torch.set_num_threads(1)
 
@@ -253,7 +247,7 @@ def test_ablation_errors(tiny_llama, capitals_task):
 
 def test_edited_view_traces_the_intervention(tiny_llama, capitals_task):
     """EditedView carries a plan through every phaselens function (here decision_trace)."""
-    from phaselens.runtime import identity
+    from phaselens.runner import identity
 
     v = EditedView.of(tiny_llama, Plan(replace={2: identity}))
     a = pl.decision_trace(v, capitals_task, n_boot=10)

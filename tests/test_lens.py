@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import phaselens as pl
+from phaselens.lens import option_logits
 from phaselens.encoding import encode
 
 MODELS = ["tiny_llama", "tiny_gemma", "smol", "gemma"]
@@ -29,7 +30,7 @@ def _own_logits(model: pl.Model, task: pl.Task) -> torch.Tensor:
 def test_last_layer_equals_model_logits(name, fmt, request, capitals_task):
     model = request.getfixturevalue(name)
     task = capitals_task.with_format(fmt)
-    z = pl.option_logits(model, task, batch_size=4).z
+    z = option_logits(model, task, batch_size=4).z
     ref = _own_logits(model, task)
     mask = torch.isfinite(ref)
     assert torch.equal(mask, torch.isfinite(z[-1]))
@@ -40,7 +41,7 @@ def test_every_layer_matches_numpy_lens(tiny_llama, capitals_task):
     """z_l = W_U[o] . RMSNorm(h_l) evaluated by hand in numpy from HF's own hidden states."""
     m = tiny_llama
     enc = encode(capitals_task, m.tokenizer)
-    z = pl.option_logits(m, capitals_task).z.numpy()
+    z = option_logits(m, capitals_task).z.numpy()
     w_norm = m.final_norm.weight.detach().double().numpy()
     eps = m.hf.config.rms_norm_eps
     W = m.W_U.detach().double().numpy()
@@ -61,8 +62,8 @@ def test_padding_invariance(name, fmt, request, capitals_task):
     """A batch of mixed-length prompts gives the per-item values of one prompt at a time."""
     model = request.getfixturevalue(name)
     task = capitals_task.with_format(fmt)
-    one = pl.option_logits(model, task, batch_size=1).z
-    many = pl.option_logits(model, task, batch_size=len(task) * 4).z
+    one = option_logits(model, task, batch_size=1).z
+    many = option_logits(model, task, batch_size=len(task) * 4).z
     torch.testing.assert_close(many, one, atol=1e-4, rtol=0)
 
 
@@ -71,7 +72,7 @@ def test_continuation_equals_direct_loglikelihood(name, request, capitals_task):
     """Last-layer continuation scores = sum of log p(continuation tokens) from plain transformers."""
     model = request.getfixturevalue(name)
     task = capitals_task.with_format("continuation")
-    z = pl.option_logits(model, task, batch_size=3).z[-1]
+    z = option_logits(model, task, batch_size=3).z[-1]
     tok = model.tokenizer
     for i, it in enumerate(task.items):
         ctx = tok(it.question)["input_ids"]
@@ -88,7 +89,7 @@ def test_continuation_intermediate_layers(tiny_llama, capitals_task):
     """Per-layer continuation scores read every block through norm + W_U (checked on block 2)."""
     m = tiny_llama
     task = capitals_task.with_format("continuation")
-    z = pl.option_logits(m, task).z
+    z = option_logits(m, task).z
     it = task.items[0]
     tok = m.tokenizer
     ctx = tok(it.question)["input_ids"]
@@ -101,7 +102,7 @@ def test_continuation_intermediate_layers(tiny_llama, capitals_task):
 
 
 def test_hidden_states_returned(tiny_llama, capitals_task):
-    ol = pl.option_logits(tiny_llama, capitals_task, return_hidden=True)
+    ol = option_logits(tiny_llama, capitals_task, return_hidden=True)
     assert ol.hidden.shape == (tiny_llama.n_layers, len(capitals_task), tiny_llama.d_model)
     z = tiny_llama.readout(ol.hidden, ol_ids := encode(capitals_task, tiny_llama.tokenizer).option_ids)
     assert ol_ids.shape[0] == len(capitals_task)

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 import phaselens as pl
+from phaselens.lens import option_logits
 from phaselens import metrics
 
 
 @pytest.fixture(scope="module")
 def trace_and_z(tiny_llama, capitals_task):
     tr = pl.decision_trace(tiny_llama, capitals_task, n_boot=200, seed=3)
-    z = pl.option_logits(tiny_llama, capitals_task).z.numpy()
+    z = option_logits(tiny_llama, capitals_task).z.numpy()
     return tr, z, np.array(capitals_task.answers), [len(it.options) for it in capitals_task.items]
 
 

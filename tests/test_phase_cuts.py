@@ -11,11 +11,12 @@ import torch
 from typer.testing import CliRunner
 
 import phaselens as pl
-from phaselens import phase_cuts as pc
+from phaselens.lens import option_logits
+from phaselens.experiments import phase_cuts as pc
 from phaselens.encoding import encode
 from phaselens.metrics import bootstrap_indices
-from phaselens.results import read_result, save_result
-from phaselens.runtime import applied
+from phaselens.results import read_record, save_result
+from phaselens.runner import patched as applied
 
 N = 2
 SEQ = 64
@@ -44,7 +45,7 @@ def cut_task(tiny_llama) -> pl.Task:
     """Word-list items whose answer is the dense tiny model's final-layer choice: the final margin
     is positive by construction, and earlier blocks disagree (a silent phase)."""
     items = _items()
-    z = pl.option_logits(tiny_llama, pl.load_task(items)).z
+    z = option_logits(tiny_llama, pl.load_task(items)).z
     task = pl.load_task([{**it, "answer": int(a)} for it, a in zip(items, z[-1].argmax(-1))])
     tr = pl.transition_point(tiny_llama, task, n_boot=200)
     assert tr.layer is not None and N <= tr.layer <= tiny_llama.n_layers - N, tr.summary()  # the test's precondition
@@ -52,7 +53,7 @@ def cut_task(tiny_llama) -> pl.Task:
 
 
 @pytest.fixture(scope="module")
-def result(tiny_llama, cut_task, cal, held) -> pc.PhaseCuts:
+def result(tiny_llama, cut_task, cal, held) -> pl.PhaseCuts:
     return pl.compare_phase_cuts(tiny_llama, cut_task, N, seeds=3, calibration=cal, perplexity_texts=held, **RUN)
 
 
@@ -75,9 +76,9 @@ def test_cuts_sit_inside_their_phases(result, tiny_llama, cut_task):
     assert center[0].start == (ls - 1) // 2 and center[1].start == ls + (L - ls - 1) // 2
     at = pc.phase_cuts(view, tr, 1, placement=(0, ls + 1), seeds=[])  # block indices: the first cut block of each
     assert at[0].start == 0 and at[1].start == ls + 1
-    with pytest.raises(pc.PhaseCutsError, match="pair"):
+    with pytest.raises(pl.PhaseCutsError, match="pair"):
         pc.phase_cuts(view, tr, 1, placement=ls, seeds=[])
-    with pytest.raises(pc.PhaseCutsError, match="do not fit inside the silent phase"):
+    with pytest.raises(pl.PhaseCutsError, match="do not fit inside the silent phase"):
         pc.phase_cuts(view, tr, N, placement=(1, "adjacent"), seeds=[])
 
 
@@ -97,7 +98,7 @@ def test_identity_rows_equal_a_plain_prune(result, tiny_llama, cut_task, held):
 def test_units_match_one_off_recoveries(result, tiny_llama, cut_task, cal):
     c = result.cut("decisive")
     pruned = pl.prune(tiny_llama, c.blocks)
-    fits = pl.fit_recoveries(pruned, ["ghosted", "symmetric", "replaceme"], cal, seq_len=SEQ)
+    fits = pl.fit_recovery(pruned, cal, ["ghosted", "symmetric", "replaceme"], seq_len=SEQ)
     for m, rec in fits.items():
         u = result.unit("decisive", m)
         tr = pl.decision_trace(rec, cut_task, n_boot=RUN["n_boot"], seed=RUN["seed"])
@@ -111,7 +112,7 @@ def test_units_match_one_off_recoveries(result, tiny_llama, cut_task, cal):
 def test_ghosted_boundary_error_is_smallest_for_every_cut(result):
     for c in result.cuts:
         g = result.unit(c.kind, "ghosted", c.seed).boundary_mse
-        for m in pc.WHOLE_STREAM:
+        for m in pl.experiments.WHOLE_STREAM:
             assert g <= result.unit(c.kind, m, c.seed).boundary_mse * (1 + 1e-9), (c.key, m)
 
 
@@ -119,7 +120,7 @@ def test_trailing_cut_final_row_is_the_model_output(tiny_llama, cut_task, cal):
     """A cut at the end of the model: the last row of the trace must include the operator, as the logits do."""
     L = tiny_llama.n_layers
     rec = pl.fit_recovery(pl.prune(tiny_llama, [L - 2, L - 1]), cal, "ghosted", seq_len=SEQ)
-    z = pl.option_logits(rec, cut_task).z[-1]
+    z = option_logits(rec, cut_task).z[-1]
     enc = encode(cut_task, tiny_llama.tokenizer)
     with torch.inference_mode(), applied(tiny_llama.blocks, rec.plan(), returns_tuple=tiny_llama.returns_tuple):
         for i in range(5):
@@ -192,7 +193,7 @@ def test_tables_figures_and_storage(result, tmp_path):
     assert len(curves.data) >= 3 * (1 + len(result.methods) - 1)
     assert result.plot("accuracy").data
     path = save_result(result, tmp_path, "pc", model="tiny")
-    back, head = read_result(path)
+    back, head = read_record(path)
     assert head["kind"] == "PhaseCuts"
     assert back.to_dict() == json.loads(json.dumps(result.to_dict()))
     assert back.to_pandas().equals(result.to_pandas())
@@ -201,7 +202,7 @@ def test_tables_figures_and_storage(result, tmp_path):
 def test_resume_gives_identical_results(tiny_llama, cut_task, cal, held, tmp_path, monkeypatch):
     kw = dict(methods=["identity", "ghosted"], seeds=[1], calibration=cal, perplexity_texts=held, out=tmp_path, **RUN)
     first = pl.compare_phase_cuts(tiny_llama, cut_task, N, **kw)
-    units = sorted(tmp_path.glob("phase_cuts_unit_*.json"))
+    units = sorted((tmp_path / ".phaselens" / "phase_cuts").glob("unit_*.json"))
     assert len(units) == len(first.units) == 6
     units[2].unlink()  # as if the run was killed before this unit
     again = pl.compare_phase_cuts(tiny_llama, cut_task, N, **kw)
@@ -214,7 +215,7 @@ def test_resume_gives_identical_results(tiny_llama, cut_task, cal, held, tmp_pat
     monkeypatch.setattr(pc, "decision_trace", boom)
     monkeypatch.setattr(pc, "perplexity", boom)
     assert pl.compare_phase_cuts(tiny_llama, cut_task, N, **kw).to_dict() == first.to_dict()
-    with pytest.raises(pc.PhaseCutsError, match="other arguments"):
+    with pytest.raises(pl.RunFolderError, match="other arguments"):
         pl.compare_phase_cuts(tiny_llama, cut_task, N, **{**kw, "placement": "far"})
 
 
@@ -222,17 +223,17 @@ def test_clear_errors(tiny_llama, cut_task, cal, held):
     L = tiny_llama.n_layers
     ls = pl.transition_point(tiny_llama, cut_task, n_boot=200).layer
     too_many = min(ls, L - ls) + 1  # fits one phase, not the other
-    with pytest.raises(pc.PhaseCutsError, match=rf"silent phase is blocks 0-{ls - 1} \({ls} blocks\).*decisive phase"):
+    with pytest.raises(pl.PhaseCutsError, match=rf"silent phase is blocks 0-{ls - 1} \({ls} blocks\).*decisive phase"):
         pl.compare_phase_cuts(tiny_llama, cut_task, too_many, calibration=cal, perplexity_texts=held, **RUN)
     wrong = pl.load_task([{**it.__dict__, "options": list(it.options), "answer": (it.answer + 1) % it.n_options}
                           for it in cut_task.items])
-    with pytest.raises(pc.PhaseCutsError, match="no silent -> decisive transition.*final-layer margin"):
+    with pytest.raises(pl.PhaseCutsError, match="no silent -> decisive transition.*final-layer margin"):
         pl.compare_phase_cuts(tiny_llama, wrong, N, calibration=cal, perplexity_texts=held, **RUN)
-    with pytest.raises(pc.PhaseCutsError, match="dense model"):
+    with pytest.raises(pl.PhaseCutsError, match="dense model"):
         pl.compare_phase_cuts(pl.prune(tiny_llama, [1]), cut_task, N)
-    with pytest.raises(pc.PhaseCutsError, match="unknown recovery"):
+    with pytest.raises(pl.PhaseCutsError, match="unknown recovery"):
         pl.compare_phase_cuts(tiny_llama, cut_task, N, methods=["ghosted", "magic"])
-    with pytest.raises(pc.PhaseCutsError, match="n must be"):
+    with pytest.raises(pl.PhaseCutsError, match="n must be"):
         pl.compare_phase_cuts(tiny_llama, cut_task, 0, calibration=cal, perplexity_texts=held, **RUN)
 
 
@@ -261,9 +262,9 @@ def test_cli_phase_cuts_json_and_out(smol, text_files, tmp_path):
     assert d["n"] == 1 and len(d["units"]) == 3 * 2 and d["transition"]["layer"] is not None
     saved = list(tmp_path.glob("phase-cuts_smollm2-135m_capitals_n1.json"))
     assert saved, list(tmp_path.iterdir())
-    obj, head = read_result(saved[0])
+    obj, head = read_record(saved[0])
     assert head["provenance"]["command"] == "phase-cuts" and head["provenance"]["model"] == "smollm2-135m"
-    assert obj.to_dict() == d
+    assert json.loads(obj.to_json()) == d
     table = runner.invoke(app, args)  # resumes from --out: the same numbers, as a table
     assert table.exit_code == 0, table.output
     assert "decisive" in table.stdout and "ghosted" in table.stdout

@@ -9,7 +9,7 @@ import torch
 
 import phaselens as pl
 from phaselens import metrics, plots
-from phaselens.trace import DecisionTrace, transition_from_trace
+from phaselens.trace import DecisionTrace
 
 
 def synthetic_trace(L: int = 8, N: int = 24, K: int = 4, kept: list[int] | None = None, model: str = "toy",
@@ -21,14 +21,9 @@ def synthetic_trace(L: int = 8, N: int = 24, K: int = 4, kept: list[int] | None 
     z[torch.arange(L)[:, None], torch.arange(N)[None], ans[None]] += (torch.arange(L, dtype=torch.float64) - L / 2 + 0.5)[:, None] * 2
     kept = list(range(L)) if kept is None else kept
     z = z[kept]
-    im = metrics.item_margins(z, ans)
-    acc_items = (metrics.predictions(z) == ans[None]).double().T.numpy()
-    idx = metrics.bootstrap_indices(N, 200, seed)
-    return DecisionTrace(model=model, task=task, format="cloze", n_blocks=L, blocks=np.asarray(kept), margins=im.mean(0),
-                         item_margins=im, accuracy=metrics.accuracy(z, ans), option_frequency=metrics.option_frequency(z),
-                         bias_kl=metrics.bias_kl(z, ans), convergence_kl=metrics.convergence_kl(z),
-                         margin_ci=metrics.bootstrap_ci(im, idx), accuracy_ci=metrics.bootstrap_ci(acc_items, idx),
-                         answer_prior=metrics.answer_prior(ans, K), logits=z.numpy(), item_ids=[str(i) for i in range(N)])
+    return DecisionTrace(model=model, task=task, format="cloze", n_blocks=L, blocks=np.asarray(kept), logits=z.float().numpy(),
+                         answers=ans.numpy(), mask=np.ones((N, K), bool), option_chars=np.ones((N, K), int),
+                         item_ids=[str(i) for i in range(N)], n_boot=200, seed=seed)
 
 
 def _lines(fig: go.Figure) -> list:
@@ -40,7 +35,7 @@ def _bands(fig: go.Figure) -> list:
 
 
 def test_margin_curves_dense_and_pruned_share_the_original_block_axis():
-    dense = transition_from_trace(synthetic_trace(), n_boot=200)
+    dense = synthetic_trace().transition(n_boot=200)
     pruned = synthetic_trace(kept=[0, 1, 2, 5, 6, 7], model="toy -3..4")
     fig = plots.margin_curves([dense, pruned])
     (a, b) = _lines(fig)
@@ -68,7 +63,7 @@ def test_margin_curve_hover_has_exact_values_counts_and_model_task():
 
 
 def test_phases_are_shaded_at_the_transition():
-    t = transition_from_trace(synthetic_trace(L=10), n_boot=200)
+    t = synthetic_trace(L=10).transition(n_boot=200)
     assert t.layer is not None
     fig = t.plot()
     rects = [s for s in fig.layout.shapes if s.type == "rect"]
@@ -82,8 +77,8 @@ def test_phases_are_shaded_at_the_transition():
 
 
 def test_auto_transition_comes_from_the_dense_result_and_none_shades_nothing():
-    dense = transition_from_trace(synthetic_trace(L=10), n_boot=200)
-    pruned = transition_from_trace(synthetic_trace(L=10, kept=[0, 1, 2, 3, 4, 5, 9]), n_boot=200)
+    dense = synthetic_trace(L=10).transition(n_boot=200)
+    pruned = synthetic_trace(L=10, kept=[0, 1, 2, 3, 4, 5, 9]).transition(n_boot=200)
     fig = plots.margin_curves({"pruned": pruned, "dense": dense})
     rect = [s for s in fig.layout.shapes if s.type == "rect"][0]
     assert rect.x1 == dense.layer - 0.5
@@ -153,9 +148,9 @@ def test_sweep_steps_become_curves():
     steps = []
     for k, kept in enumerate([list(range(L)), [0, 1, 2, 3, 5, 6, 7], [0, 1, 3, 5, 6, 7]]):
         t = synthetic_trace(L=L, kept=kept)
-        tr = transition_from_trace(t, n_boot=50)
+        tr = t.transition(n_boot=50)
         removed = [b for b in range(L) if b not in kept]
-        steps.append(SweepStep(k, removed, len(removed) / L, t, tr, float(t.accuracy[-1]), float(t.margins[-1]), 10.0, {}, None))
+        steps.append(SweepStep(k, removed, len(removed) / L, tr, 10.0, {}, None))
     sweep = Sweep("toy", "toy-task", "bi", None, L, 0.25, steps)
     fig = plots.margin_curves(sweep)
     assert [t.name for t in _lines(fig)] == ["0 cut (0% pruned)", "1 cut (12% pruned)", "2 cut (25% pruned)"]

@@ -87,7 +87,7 @@ def test_prune_nothing_reproduces_dense_logits_exactly(name, request, capitals_t
     ids = torch.tensor([tokenize(model.tokenizer, TEXTS[:1])[0]])
     with torch.no_grad():
         ref = model.hf(input_ids=ids).logits
-        from phaselens.runtime import applied
+        from phaselens.runner import patched as applied
 
         with applied(model.blocks, view.plan(), returns_tuple=model.returns_tuple):
             got = model.hf(input_ids=ids).logits

@@ -15,9 +15,10 @@ import torch
 
 import phaselens as pl
 from phaselens.calibration import heldout_texts, load_calibration, n_tokens, tokenize
-from phaselens.recovery import SingularFitWarning, hadamard, solve, span_stats
-from phaselens.recovery.fit import RecoveryError
-from phaselens.runtime import applied
+from phaselens.errors import SingularFitWarning
+from phaselens.recovery import hadamard, solve, span_stats
+from phaselens.errors import RecoveryError
+from phaselens.runner import patched as applied
 
 RIVALS = ("identity", "scalar", "diagonal", "symmetric", "linearpatch")  # act on the whole residual stream
 
@@ -83,20 +84,35 @@ def test_rival_solvers_are_the_optimum_of_their_family():
     Wsym = Wsym + np.triu(Wsym, 1).T
     Ws = solve("symmetric", A, C)[0].numpy()
     assert np.allclose(Ws, Ws.T) and _rel(Ws, Wsym) < 1e-6
-    # linearpatch: W = H diag(s) H^T, s fitted per rotated channel
-    H = hadamard(d).numpy()
-    assert np.allclose(H @ H.T, np.eye(d))
-    Xr, Yr = X @ H, Y @ H
-    s = (Xr * Yr).sum(0) / (Xr * Xr).sum(0)
-    assert _rel(solve("linearpatch", A, C)[0].numpy(), H @ np.diag(s) @ H.T) < 1e-10
     assert np.array_equal(solve("identity", A, C)[0].numpy(), np.eye(d))
 
 
-def test_hadamard_for_non_power_of_two_widths():
-    for d in (576, 640, 96):
-        H = hadamard(d)
-        assert H.shape == (d, d)
-        torch.testing.assert_close(H @ H.T, torch.eye(d, dtype=torch.float64))
+@pytest.mark.parametrize("d", [12, 20, 28, 36, 40, 60, 64, 96, 576, 640, 1536])
+def test_hadamard_is_a_full_hadamard_matrix(d):
+    """LinearPatch (and QuaRot) rotate by a full Hadamard matrix of order d, not a block-diagonal one:
+    every entry is +-1/sqrt(d) and the rows are orthonormal."""
+    H = hadamard(d).numpy()
+    assert H.shape == (d, d)
+    np.testing.assert_allclose(np.abs(H) * np.sqrt(d), 1.0, atol=1e-12)
+    np.testing.assert_allclose(H @ H.T, np.eye(d), atol=1e-12)
+
+
+def test_linearpatch_is_the_reference_formula(tiny_llama, tiny_cal):
+    """A transcription of chenxinrui-tsinghua/LinearPatch ``get_scale_params`` (one passage per batch there):
+    per passage, s = mean_t |Y H| / mean_t |X H| per rotated channel (X = input of block s, Y = input of
+    block e), averaged over passages; W = H diag(s) H^T. Activations from plain HF hooks, one passage at a time."""
+    s_, e_ = 2, 4
+    H = hadamard(tiny_llama.d_model).numpy()
+    ratios = []
+    for text in tiny_cal:
+        if len(tokenize(tiny_llama.tokenizer, [text], 256)) == 0:
+            continue
+        acts = _block_inputs(tiny_llama, [text], [s_, e_])
+        XH, YH = acts[s_] @ H, acts[e_] @ H
+        ratios.append(np.abs(YH).mean(0) / np.abs(XH).mean(0))
+    ref = H @ np.diag(np.mean(ratios, 0)) @ H.T
+    rec = pl.fit_recovery(pl.prune(tiny_llama, list(range(s_, e_))), tiny_cal, "linearpatch", batch_size=3)
+    assert _rel(rec.operator((s_, e_)).double().numpy(), ref) < 1e-5
 
 
 # ----------------------------------------------------------------------------- span statistics from real activations
@@ -184,11 +200,11 @@ def test_ghosted_boundary_error_never_above_any_rival(name, request, guarantee_c
     model = request.getfixturevalue(name)
     views = {label: pl.prune(model, cut) for label, cut in CUTS[name].items()}
     spans = [sp for v in views.values() for sp in v.spans]
-    stats = span_stats(model, spans, guarantee_cal, branch=True, seq_len=128)  # one pass for every cut
+    stats = span_stats(model, spans, guarantee_cal, branch=True, linearpatch=True, seq_len=128)  # one pass for every cut
     for label, view in views.items():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            recs = pl.fit_recoveries(view, ("ghosted", *RIVALS, "replaceme"), stats=stats)
+            recs = pl.fit_recovery(view, None, ("ghosted", *RIVALS, "replaceme"), stats=stats)
         # the fit is plain least squares (no ridge fallback) for ghosted; ReplaceMe's branch may be singular
         assert not [w for w in caught if str(w.message).startswith("ghosted")], [str(w.message) for w in caught]
         g = recs["ghosted"].fit_error
@@ -207,7 +223,7 @@ def test_fitted_errors_equal_the_recovered_models_boundary_error(name, request, 
     cal, kw = guarantee_cal[:6], {"seq_len": 128}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        one = pl.fit_recoveries(pl.prune(model, CUTS[name]["middle"]), ("ghosted", "replaceme"), cal, **kw)
+        one = pl.fit_recovery(pl.prune(model, CUTS[name]["middle"]), cal, ("ghosted", "replaceme"), **kw)
         two = pl.fit_recovery(pl.prune(model, CUTS[name]["two-span"]), cal, **kw)
     for rec in one.values():
         run = pl.boundary_error(rec, cal, inputs="pruned", **kw)  # the recovered model itself runs
@@ -284,7 +300,7 @@ def test_replaceme_edits_the_mlp_branch(name, request, tiny_cal):
     """ReplaceMe maps block s-1's MLP-branch output m -> m T (Gemma: the post-feedforward norm's output, the
     term actually added to the residual). Its fitted error equals the recovered model's real boundary error
     only if the branch is the right module."""
-    from phaselens.runtime import branch_module
+    from phaselens.parts import mlp_branch as branch_module
 
     model = request.getfixturevalue(name)
     br = branch_module(model.blocks[1])
@@ -365,7 +381,7 @@ def test_recovery_errors(tiny_llama, tiny_cal):
     with pytest.raises(RecoveryError, match="unknown recovery method"):
         pl.fit_recovery(pl.prune(tiny_llama, [2]), tiny_cal, "magic")
     with pytest.raises(RecoveryError, match="unknown recovery method"):
-        pl.fit_recoveries(pl.prune(tiny_llama, [2]), ["ghosted", "nope"], tiny_cal)
+        pl.fit_recovery(pl.prune(tiny_llama, [2]), tiny_cal, ["ghosted", "nope"])
     with pytest.raises(RecoveryError, match="no cut spans"):
         pl.fit_recovery(tiny_llama, tiny_cal)
     with pytest.raises(RecoveryError, match="no cut spans"):

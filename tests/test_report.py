@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import html as _html
 import json
 import os
@@ -16,10 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 import phaselens as pl
+from phaselens.results import Result, read_results
 from phaselens.cli import app
 from phaselens.report import ReportWarning, build_report, report_html
 from phaselens.results import ResultsError
-from phaselens.trace import transition_from_trace
 
 from test_plots import synthetic_trace
 
@@ -50,8 +52,8 @@ def browser_check(page, tmp_path) -> dict:
 @pytest.fixture(scope="module")
 def results_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("results")
-    dense = transition_from_trace(synthetic_trace(L=10, model="toy"), n_boot=100)
-    pruned = transition_from_trace(synthetic_trace(L=10, kept=[0, 1, 2, 3, 4, 8, 9], model="toy -5..7"), n_boot=100)
+    dense = synthetic_trace(L=10, model="toy").transition(n_boot=100)
+    pruned = synthetic_trace(L=10, kept=[0, 1, 2, 3, 4, 8, 9], model="toy -5..7").transition(n_boot=100)
     pl.save_result(dense, d, "dense", command="transition", seed=3)
     pl.save_result(pruned, d, "pruned", command="transition", seed=3)
     rng = np.random.default_rng(0)
@@ -64,15 +66,15 @@ def results_dir(tmp_path_factory):
 
 
 def test_results_folder_round_trip_with_provenance(results_dir):
-    entries = pl.read_results(results_dir)
+    entries = read_results(results_dir)
     assert [e.name for e in entries] == ["cka_dense", "cka_pruned", "dense", "pruned"]
     dense = next(e for e in entries if e.name == "dense")
     assert dense.kind == "Transition" and dense.phaselens == pl.__version__ and dense.created[:4].isdigit()
     # model/task/format/n_items are filled from the result; explicit keys are kept
-    assert dense.provenance == {"model": "toy", "task": "toy-task", "format": "cloze", "seed": 3, "n_items": 24,
+    assert dense.provenance == {"model": "toy", "task": "toy-task", "format": "cloze", "seed": 3, "n_items": 24, "lens": "logit",
                                 "command": "transition"}
     loaded = pl.load_results(results_dir)
-    orig = transition_from_trace(synthetic_trace(L=10, model="toy"), n_boot=100)
+    orig = synthetic_trace(L=10, model="toy").transition(n_boot=100)
     np.testing.assert_allclose(loaded["dense"].trace.margins, orig.trace.margins)
     assert loaded["dense"].layer == orig.layer and loaded["pruned"].trace.blocks.tolist() == [0, 1, 2, 3, 4, 8, 9]
     cka = next(e for e in entries if e.name == "cka_pruned")
@@ -84,11 +86,12 @@ def test_results_errors_are_clear(tmp_path):
         pl.load_results(tmp_path / "nowhere")
     with pytest.raises(ResultsError, match="holds no phaselens results"):
         pl.load_results(tmp_path)
-    with pytest.raises(ResultsError, match="not a registered result kind"):
+    with pytest.raises(ResultsError, match="object is not a phaselens result"):
         pl.save_result(object(), tmp_path)
     with pytest.raises(ResultsError, match="plain file stem"):
         pl.save_result(synthetic_trace(), tmp_path, "../escape")
-    (tmp_path / "x.json").write_text(json.dumps({"kind": "NoSuchKind", "data": {}}))
+    (tmp_path / "x.json").write_text(json.dumps({"phaselens": pl.__version__, "format": 2, "kind": "NoSuchKind",
+                                                 "data": {"__kind__": "NoSuchKind"}}))
     with pytest.raises(ResultsError, match="x.json: unknown result kind 'NoSuchKind'"):
         pl.load_results(tmp_path)
 
@@ -110,7 +113,7 @@ def test_report_is_one_self_contained_page(results_dir, tmp_path):
     # each transition's summary and table are there
     loaded = pl.load_results(results_dir)
     assert _html.escape(loaded["dense"].summary()) in page
-    assert page.count("table (to_pandas())") == 4
+    assert page.count("<summary>table:") == 4
 
 
 def test_report_renders_in_headless_chromium(results_dir, tmp_path):
@@ -131,11 +134,15 @@ def test_browser_check_catches_errors_and_empty_figures(tmp_path):
     assert check["status"] == "failed" and any("undefinedFunctionCall" in e for e in check["errors"])
 
 
-class _Custom:
-    """A result kind this module does not know: the report must use its own plot() and to_pandas()."""
+@dataclass
+class _Custom(Result):
+    """A result kind the report has never heard of: it must ask the result for its figures, table and summary."""
 
     def plot(self):
-        return [go.Figure(go.Bar(x=["a", "b"], y=[1, 2])), go.Figure(go.Scatter(x=[0, 1], y=[3, 4]))]
+        return go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+
+    def figures(self):
+        return [("bars", self.plot()), ("line", go.Figure(go.Scatter(x=[0, 1], y=[3, 4])))]
 
     def to_pandas(self):
         return pd.DataFrame({"what": ["a", "b"], "value": [1.5, 2.25]})
@@ -144,9 +151,16 @@ class _Custom:
         return "custom summary line"
 
 
-class _Broken:
+@dataclass
+class _Broken(Result):
     def plot(self):
         raise RuntimeError("cannot draw this")
+
+    def to_pandas(self):
+        return pd.DataFrame({"x": [1]})
+
+    def summary(self):
+        return "broken"
 
 
 def test_other_kinds_use_their_own_plot_and_failures_are_shown():
@@ -163,7 +177,7 @@ def test_cli_transition_out_and_report(smol, tmp_path):
                               "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     printed = json.loads(res.stdout)
-    (entry,) = pl.read_results(out)
+    (entry,) = read_results(out)
     assert entry.name == "transition_smollm2-135m_capitals" and entry.kind == "Transition"
     assert entry.provenance["seed"] == 2 and entry.provenance["limit"] == 6 and entry.provenance["command"] == "transition"
     np.testing.assert_allclose(entry.result.trace.margins, printed["trace"]["margins"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import phaselens as pl
+from phaselens.lens import option_logits
 from phaselens.similarity import CKAAccumulator, CKAError, CKAResult, cka, linear_cka
 from phaselens.view import ModelView
 
@@ -219,8 +220,8 @@ def test_dense_vs_pruned_decision_against_hf(tiny_llama, capitals_task, debiased
         want = linear_cka(dense[a], pruned[jb], debiased=debiased)
         assert r.value(a, b) == pytest.approx(want, abs=1e-5), (a, b)
     # the lens path's hidden states give the same matrix
-    ha = pl.option_logits(tiny_llama, capitals_task, return_hidden=True).hidden
-    hb = pl.option_logits(view, capitals_task, return_hidden=True).hidden
+    ha = option_logits(tiny_llama, capitals_task, return_hidden=True).hidden
+    hb = option_logits(view, capitals_task, return_hidden=True).hidden
     ref = CKAAccumulator(debiased=debiased).update(ha, hb).compute()
     np.testing.assert_allclose(r.matrix, ref, atol=1e-6)
 
@@ -312,7 +313,7 @@ def test_smol_pruned_view(smol, capitals_task):
     r = cka(smol, view, task, batch_size=5)
     assert r.matrix.shape == (30, 28) and r.blocks_b == [b for b in range(30) if b not in (10, 11)]
     np.testing.assert_allclose([r.value(b, b) for b in range(10)], 1.0, atol=1e-6)
-    h = pl.option_logits(smol, task, return_hidden=True).hidden
-    hv = pl.option_logits(view, task, return_hidden=True).hidden
+    h = option_logits(smol, task, return_hidden=True).hidden
+    hv = option_logits(view, task, return_hidden=True).hidden
     assert r.value(5, 20) == pytest.approx(linear_cka(h[5], hv[view.kept.index(20)]), abs=1e-5)
     assert r.value(25, 9) == pytest.approx(linear_cka(h[25], h[9]), abs=1e-5)  # blocks before the cut are the dense ones

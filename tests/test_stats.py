@@ -12,28 +12,33 @@ from scipy import stats as sps
 import phaselens as pl
 from phaselens.pruning.iterative import Sweep, SweepStep
 from phaselens.results import load_results, save_result
-from phaselens.stats import CollapseStudy, StatsError, StatsWarning, pearson, seed_interval, transition_vs_collapse
-from phaselens.trace import DecisionTrace, transition_from_trace
+from phaselens.errors import StatsError, StatsWarning
+from phaselens.experiments import CollapseStudy, transition_vs_collapse
+from phaselens.stats import pearson, seed_interval
+from phaselens.trace import DecisionTrace
 
 
 def _trace(margins: list[float], name: str, n: int = 5) -> DecisionTrace:
     """A trace whose per-item margins all equal ``margins`` (so the transition is where they turn positive)."""
     L = len(margins)
-    im = np.tile(np.asarray(margins, float), (n, 1))
     z = np.zeros((L, n, 2))
-    return DecisionTrace(model=name, task="toy", format="cloze", n_blocks=L, blocks=np.arange(L), margins=im.mean(0),
-                         item_margins=im, accuracy=(im > 0).mean(0), option_frequency=np.full((L, 2), 0.5),
-                         bias_kl=np.zeros(L), convergence_kl=np.zeros(L), margin_ci=np.stack([im.mean(0)] * 2),
-                         accuracy_ci=np.zeros((2, L)), answer_prior=np.array([1.0, 0.0]), logits=z)
+    z[:, :, 0] = np.asarray(margins, float)[:, None]  # option 0 (the answer) ahead of option 1 by the margin
+    return DecisionTrace(model=name, task="toy", format="cloze", n_blocks=L, blocks=np.arange(L), logits=z,
+                         answers=np.zeros(n, int), mask=np.ones((n, 2), bool), option_chars=np.ones((n, 2), int))
 
 
 def _sweep(name: str, L: int, layer: int, collapse_step: int | None, task: str = "toy") -> tuple:
     """(Transition with decisive phase from ``layer``, Sweep of L blocks whose accuracy collapses at ``collapse_step``)."""
-    tr = transition_from_trace(_trace([-1.0] * layer + [1.0] * (L - layer), name), n_boot=20)
+    tr = _trace([-1.0] * layer + [1.0] * (L - layer), name).transition(n_boot=20)
     steps = []
     for k in range(L):
         acc = 0.9 if collapse_step is None or k < collapse_step else 0.2
-        steps.append(SweepStep(k, list(range(k)), k / L, tr.trace, tr, acc, 1.0, 10.0, {}, k))
+        z = np.zeros((1, 10, 2))
+        z[0, :, 0] = np.where(np.arange(10) < round(acc * 10), 1.0, -1.0)  # the first acc * 10 items correct
+        step_tr = DecisionTrace(model=name, task=task, format="cloze", n_blocks=L, blocks=np.array([L - 1]), logits=z,
+                                answers=np.zeros(10, int), mask=np.ones((10, 2), bool), option_chars=np.ones((10, 2), int))
+        steps.append(SweepStep(k, list(range(k)), k / L, tr if k == 0 else step_tr.transition(n_boot=20), 10.0, {}, k))
+    steps[0] = SweepStep(0, [], 0.0, tr, 10.0, {}, 0)
     return tr, Sweep(name, task, "bi", None, L, 0.5, steps)
 
 

@@ -6,92 +6,64 @@
     >>> t.plot().show()
 """
 
-from .calibration import CalibrationError, heldout_texts, load_calibration
-from .interventions import AblationResult, EditedView, NoiseResult, ablate, inject_noise
-from .lens import OptionLogits, option_logits
-from .models import EMBEDDED, Model, ModelError, load_model
-from .perplexity import perplexity
-from .phase_cuts import PhaseCuts, compare_phase_cuts
-from .pruning import CRITERIA, prune, select_blocks
-from .pruning.iterative import Sweep, SweepStep, iterative_prune, load_sweep
-from .recovery import (
-    METHODS,
-    BoundaryError,
-    Recovered,
-    RecoveryError,
-    SingularFitWarning,
-    boundary_error,
-    fit_recoveries,
-    fit_recovery,
-    load_recovery,
-)
-from .similarity import CKAResult, cka, linear_cka
-from .results import ResultEntry, ResultsError, load_results, read_results, save_result, save_results
-from .report import build_report
-from .stats import CollapseStudy, transition_vs_collapse
-from .tasks import Item, LettersTemplate, Task, TaskError, builtin_tasks, load_task
-from .trace import DecisionTrace, Transition, decision_trace, transition_from_trace, transition_point
-from .view import ModelView, as_view
+__version__ = "0.2.0"
 
-__version__ = "0.1.0"
+from .ablation import AblationResult, ablate
+from .calibration import heldout_texts, load_calibration
+from .errors import (
+    CalibrationError,
+    CKAError,
+    InterventionError,
+    LensError,
+    ModelError,
+    NonFiniteError,
+    PhaseCutsError,
+    PhaselensError,
+    PruningError,
+    RecoveryError,
+    ReportWarning,
+    ResultsError,
+    RunFolderError,
+    RunnerError,
+    SingularFitWarning,
+    StatsError,
+    StatsWarning,
+    StudyError,
+    TaskError,
+)
+from .experiments import CollapseStudy, PhaseCuts, compare_phase_cuts, transition_vs_collapse
+from .models import EMBEDDED, Model, load_model
+from .noise import NoiseResult, inject_noise
+from .perplexity import perplexity
+from .pruning import CRITERIA, prune, select_blocks
+from .pruning.iterative import Sweep, iterative_prune, load_sweep
+from .recovery import METHODS, BoundaryError, Recovered, boundary_error, fit_recovery, load_recovery
+from .report import build_report
+from .results import Result, load_result, load_results, save_result
+from .similarity import CKAResult, cka
+from .cka import linear_cka
+from .tasks import Item, LettersTemplate, Task, builtin_tasks, load_task
+from .trace import DecisionTrace, Transition, decision_trace, transition_point
+from .types import ModelLike, TaskLike
+from .view import EditedView, ModelView, as_view
 
 __all__ = [
-    "ResultEntry",
-    "ResultsError",
-    "build_report",
-    "load_results",
-    "read_results",
-    "save_result",
-    "save_results",
-    "AblationResult",
-    "CollapseStudy",
-    "EditedView",
-    "NoiseResult",
-    "ablate",
-    "inject_noise",
-    "transition_vs_collapse",
-    "CRITERIA",
-    "EMBEDDED",
-    "METHODS",
-    "BoundaryError",
-    "CKAResult",
-    "CalibrationError",
-    "DecisionTrace",
-    "Item",
-    "LettersTemplate",
-    "Model",
-    "ModelError",
-    "ModelView",
-    "OptionLogits",
-    "PhaseCuts",
-    "Recovered",
-    "RecoveryError",
-    "SingularFitWarning",
-    "Sweep",
-    "SweepStep",
-    "Task",
-    "TaskError",
-    "Transition",
-    "as_view",
-    "boundary_error",
-    "builtin_tasks",
-    "cka",
-    "compare_phase_cuts",
-    "decision_trace",
-    "fit_recoveries",
-    "fit_recovery",
-    "heldout_texts",
-    "iterative_prune",
-    "linear_cka",
-    "load_calibration",
-    "load_model",
-    "load_recovery",
-    "load_sweep",
+    # models and tasks
+    "EMBEDDED", "Item", "LettersTemplate", "Model", "ModelLike", "Task", "TaskLike", "builtin_tasks", "load_model",
     "load_task",
-    "option_logits",
-    "perplexity",
-    "prune",
+    # the decision readout
+    "DecisionTrace", "Transition", "decision_trace", "transition_point",
+    # pruning and recovery
+    "CRITERIA", "METHODS", "BoundaryError", "EditedView", "ModelView", "Recovered", "Sweep", "as_view",
+    "boundary_error", "fit_recovery", "iterative_prune", "load_recovery", "load_sweep", "perplexity", "prune",
     "select_blocks",
-    "transition_from_trace",
-    "transition_point",
+    # controls and experiments
+    "AblationResult", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "ablate", "cka", "compare_phase_cuts",
+    "inject_noise", "linear_cka", "transition_vs_collapse",
+    # results, reports, calibration text
+    "Result", "build_report", "heldout_texts", "load_calibration", "load_result", "load_results", "save_result",
+    # errors and warnings
+    "CKAError", "CalibrationError", "InterventionError", "LensError", "ModelError", "NonFiniteError", "PhaseCutsError",
+    "PhaselensError", "PruningError", "RecoveryError", "ReportWarning", "ResultsError", "RunFolderError", "RunnerError",
+    "SingularFitWarning", "StatsError", "StatsWarning", "StudyError", "TaskError",
 ]

@@ -1,7 +1,7 @@
 """Residual-stream statistics over calibration tokens, from one forward pass per batch.
 
-Everything here streams: batches of calibration text go through the (pruned) model, taps
-read the block inputs/outputs needed, and only reductions are kept (never ``[N, d]``).
+Everything here streams: batches of calibration text go through the (pruned) model, the runner reads
+the block inputs/outputs needed, and callers keep only reductions (never ``[N, d]``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .calibration import calibration_batches, load_calibration
-from .runtime import Replay, applied, merge_taps, run_decoder
+from .calibration import load_calibration, tokenize
+from .runner import PrefixCache, Read, Runner
 from .view import ModelView
 
 #: What :func:`boundaries` yields per batch: ``{b: input of block b [n_tok, d]}`` for the
@@ -25,8 +25,9 @@ def boundaries(
     *,
     which: list[int] | None = None,
     seq_len: int = 256,
-    batch_size: int = 8,
-    replay: Replay | None = None,
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+    cache: PrefixCache | None = None,
 ) -> Iterator[Boundaries]:
     """Yield, batch by batch, the residual stream entering each block index in ``which``
     (default: every block index ``0..L-1`` and ``L`` = the last block's output) at the
@@ -34,26 +35,12 @@ def boundaries(
     base = view.base
     L = base.n_layers
     which = list(range(L + 1)) if which is None else list(which)
-    texts = load_calibration(texts)
-    with torch.inference_mode():
-        for j, (ids, att) in enumerate(calibration_batches(base, texts, seq_len=seq_len, batch_size=batch_size)):
-            mask = att.bool()
-            got: dict[int, torch.Tensor] = {}
-
-            def grab(b: int):
-                return lambda h: got.__setitem__(b, h[mask])
-
-            t_in = {b: grab(b) for b in which if b < L}
-            t_out = {L - 1: grab(L)} if L in which else {}
-            plan = view.plan()
-            if replay is not None:
-                key = ("cal", j, tuple(ids.shape), int(ids[0, 1]))
-                plan, r_in, r_out, start = replay.plan(plan, key)
-                for b in which:
-                    if b <= start and b in replay.store[key]:
-                        got[b] = replay.store[key][b][mask.to(replay.device)].to(base.device)
-                t_in = merge_taps({b: t for b, t in t_in.items() if b not in got}, r_in)
-                t_out = merge_taps({b: t for b, t in t_out.items() if L not in got}, r_out)
-            with applied(base.blocks, plan, tap_in=t_in, tap_out=t_out, returns_tuple=base.returns_tuple):
-                run_decoder(base.decoder, ids, att)
-            yield got
+    seqs = tokenize(base.tokenizer, load_calibration(texts), seq_len)
+    reads = {"x": Read(tuple(b for b in which if b < L), "in", "tokens")}
+    if L in which:
+        reads["y"] = Read((L - 1,), "out", "tokens")
+    for _batch, out in Runner(view, cache=cache).passes(seqs, reads, max_tokens=max_tokens, batch_size=batch_size):
+        got = dict(out["x"])
+        if L in which:
+            got[L] = out["y"][L - 1]
+        yield got

@@ -17,17 +17,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
-import torch
-
-from .encoding import pad
+from .errors import CalibrationError
 
 CORPUS = Path(__file__).parent / "data" / "calibration.jsonl"
-
-
-class CalibrationError(ValueError):
-    """Calibration text is missing, empty or too small; the message says what to pass instead."""
 
 
 def _bundled(split: str) -> list[str]:
@@ -73,19 +67,17 @@ def _iterable(obj: Any) -> Iterable:
         raise CalibrationError(f"calibration must be None, a path or an iterable of strings, not {type(obj).__name__}") from None
 
 
+def check_seq_len(seq_len: Any) -> int:
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 2:
+        raise CalibrationError(f"seq_len must be an int >= 2 (tokens per passage), got {seq_len!r}")
+    return seq_len
+
+
 def tokenize(tokenizer, texts: list[str], seq_len: int = 256) -> list[list[int]]:
-    """Token ids of each passage, truncated to ``seq_len`` tokens."""
+    """Token ids of each passage, truncated to ``seq_len`` tokens (passages of fewer than 2 tokens are dropped)."""
+    check_seq_len(seq_len)
     ids = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=seq_len)["input_ids"]
-    return [s for s in ids if len(s) >= 2]
-
-
-def calibration_batches(
-    model, texts: list[str], *, seq_len: int = 256, batch_size: int = 8
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Right-padded ``(input_ids [B, T], attention_mask [B, T])`` batches on the model's device."""
-    seqs = tokenize(model.tokenizer, texts, seq_len)
-    for j in range(0, len(seqs), batch_size):
-        yield pad(seqs[j : j + batch_size], model.tokenizer.pad_token_id, model.device)
+    return [list(s) for s in ids if len(s) >= 2]
 
 
 def n_tokens(model, texts: list[str], seq_len: int = 256) -> int:

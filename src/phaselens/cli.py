@@ -24,14 +24,30 @@ def _fail(msg: str) -> None:
 
 
 def _load(model: str, task: str, fmt: Optional[str], limit: Optional[int], seed: int, shots: int, split: Optional[str], device: Optional[str]):
-    from . import ModelError, TaskError, load_model, load_task
+    from . import PhaselensError, load_model, load_task
 
     try:
         t = load_task(task, format=fmt, limit=limit, seed=seed, shots=shots, split=split)  # type: ignore[arg-type]
         m = load_model(model, device=device)
-    except (ModelError, TaskError) as e:
+    except PhaselensError as e:
         _fail(str(e))
     return m, t
+
+
+def _texts(path: Optional[Path], what: str) -> Optional[list[str]]:
+    """The passages of a text file given to ``--calibration`` / ``--heldout`` (None: the bundled corpus)."""
+    if path is None:
+        return None
+    from .calibration import load_calibration
+    from .errors import PhaselensError
+
+    if not path.is_file():
+        _fail(f"{what} file not found: {path}")
+    try:
+        return load_calibration(str(path))
+    except PhaselensError as e:
+        _fail(f"{what}: {e}")
+    return None
 
 
 def transition_table(tr) -> Table:

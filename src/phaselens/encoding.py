@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .tasks.base import Task, TaskError
+from .errors import TaskError
+from .tasks.base import Task
 
 
 @dataclass
@@ -105,20 +106,3 @@ def encode(task: Task, tokenizer) -> Encoded:
                 "apart; reword the options or use format='continuation'"
             )
     return Encoded(task.format, [first_ctx[i] for i in range(n)], option_ids, mask, answers)
-
-
-def batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Index batches of similar length (sorted longest first) to keep padding small."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[j : j + batch_size] for j in range(0, len(order), batch_size)]
-
-
-def pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad ``seqs`` into ``(input_ids [B, T], attention_mask [B, T])``."""
-    t = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), t), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-        att[r, : len(s)] = 1
-    return ids.to(device), att.to(device)

@@ -44,13 +44,8 @@ EMBEDDED: dict[str, dict[str, str]] = {
 }
 DEFAULT_MODEL = "smollm2-135m"
 
-# Modules a readout would skip if it went straight from the final norm to W_U (names from
-# TransformerLens' logit_lens): a model carrying one is refused.
-_READOUT_TRANSFORMS = ("project_out", "mlm_head", "prediction_head", "classifier_ln", "hc_head", "sigma_map")
-
-
-class ModelError(ValueError):
-    """The model cannot be loaded or is not fit for the logit lens; the message says why."""
+from .errors import ModelError
+from .parts import find_decoder
 
 
 def cache_dir() -> Path:
@@ -115,6 +110,15 @@ class Model:
     @property
     def dtype(self) -> torch.dtype:
         return self.W_U.dtype
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where the token ids go: the device of the input embedding."""
+        return _module_device(self.hf.get_input_embeddings(), self.device)
+
+    def block_device(self, b: int) -> torch.device:
+        """The device block ``b`` runs on (its weights', or accelerate's execution device when offloaded)."""
+        return _module_device(self.blocks[b], self.device)
 
     @property
     def fingerprint(self) -> str:
@@ -334,65 +338,47 @@ def _load_gguf(
 
 
 # ----------------------------------------------------------------------------- preparation
-_BLOCK_PATHS = ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
-_NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
-
-
-def _getpath(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def _unwrap(mod: nn.Module) -> nn.Module:
-    """The original module inside a TransformerLens bridge wrapper (or the module itself)."""
-    inner = getattr(mod, "_modules", {}).get("_original_component")
-    return inner if inner is not None else mod
+def _module_device(mod: nn.Module, default: torch.device) -> torch.device:
+    hook = getattr(mod, "_hf_hook", None)  # accelerate's offload / device-map hook
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
+    p = next(mod.parameters(), None)
+    return p.device if p is not None and p.device.type != "meta" else default
 
 
 def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
+    from .runner.patches import block_returns_tuple
+
     if tok is None:
         raise ModelError(f"{name}: no tokenizer")
-    for comp in _READOUT_TRANSFORMS:
-        if any(n.split(".")[-1] == comp for n, _ in hf.named_modules()):
-            raise ModelError(
-                f"{name}: its readout is not final norm -> unembedding (it has a {comp!r} module between them), "
-                "so a logit lens through norm and W_U would not be the model's own readout. phaselens refuses it."
-            )
-    blocks_path = next((p for p in _BLOCK_PATHS if isinstance(_getpath(hf, p), nn.ModuleList)), None)
-    norm_path = next((p for p in _NORM_PATHS if _getpath(hf, p) is not None), None)
-    if blocks_path is None or norm_path is None or hf.get_output_embeddings() is None:
-        raise ModelError(
-            f"{name} ({type(hf).__name__}): could not find decoder blocks, a final norm and an unembedding; "
-            "phaselens supports decoder-only causal LMs whose readout is final norm -> unembedding"
-        )
+    blocks, norm, decoder, unembed = find_decoder(hf, name)
     if dev is not None or dt is not None:
         hf.to(device=dev, dtype=dt)
     hf.eval()
     if getattr(tok, "pad_token_id", None) is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)
-    blocks = list(_getpath(hf, blocks_path))  # bridge wrappers stay: the decoder calls them
-    decoder = _getpath(hf, blocks_path.rsplit(".", 1)[0])
     softcap = getattr(hf.config, "final_logit_softcapping", None) or getattr(
         getattr(hf.config, "text_config", None), "final_logit_softcapping", None
     )
-    unembed = _unwrap(hf.get_output_embeddings())
-    model = Model(hf, tok, name, blocks, _unwrap(_getpath(hf, norm_path)), decoder, unembed, softcap)
-    _check_readout(model)
+    model = Model(hf, tok, name, blocks, norm, decoder, unembed, softcap)
+    probe = torch.tensor([[tok.eos_token_id or 1, 5, 17, 42, 7]], device=model.input_device) % model.W_U.shape[0]
+    model.returns_tuple = block_returns_tuple(blocks, decoder, probe)
+    _check_readout(model, probe)
     return model
 
 
-def _check_readout(model: Model) -> None:
+def _check_readout(model: Model, ids: torch.Tensor) -> None:
     """Refuse a model whose last block read through norm -> W_U is not its own output logits."""
-    from .runtime import capture_all_positions
+    from .runner import Batch, Read, Runner
+    from .view import ModelView
 
-    ids = torch.tensor([[model.tokenizer.eos_token_id or 1] + [5, 17, 42, 7]], device=model.device) % model.W_U.shape[0]
-    with torch.no_grad():
-        h_last, logits = capture_all_positions(model, ids)
-        mine = model.full_logits(h_last)
-    ref = logits.float()
+    L = model.n_layers
+    out = Runner(ModelView(model)).forward(Batch([0], ids, torch.ones_like(ids)), {"h": Read((L - 1,), "out", "all")},
+                                           logits=True)
+    with torch.inference_mode():
+        mine = model.full_logits(out["h"][L - 1].to(model.device))
+    ref = out["logits"].float().to(mine.device)
     err = (mine - ref).abs().max().item() / max(ref.std().item(), 1e-6)
     tol = 1e-3 if model.dtype == torch.float32 else 5e-2
     if not err < tol:

@@ -1,8 +1,8 @@
 """Perplexity of a dense, pruned or recovered model on text (the language-modelling control).
 
-Token-level: ``exp( sum of next-token NLL / number of predicted tokens )`` over all
-passages, predicting every token after the first of each (truncated) passage. The
-vocabulary projection is done in chunks of positions, never as a ``[B, T, V]`` tensor.
+Token-level: ``exp( sum of next-token NLL / number of predicted tokens )`` over all passages,
+predicting every token after the first of each (truncated) passage. The vocabulary projection is
+done in chunks of positions, never as a ``[B, T, V]`` tensor.
 """
 
 from __future__ import annotations
@@ -12,20 +12,23 @@ from typing import Any
 
 import torch
 
-from .calibration import calibration_batches, heldout_texts, load_calibration
-from .runtime import Replay, applied, merge_taps
+from .calibration import heldout_texts, load_calibration, tokenize
+from .errors import CalibrationError
+from .runner import Batch, Positions, PrefixCache, Read, Runner
 from .view import as_view
 
 _CHUNK = 1024
 
 
+@torch.inference_mode()
 def perplexity(
     model: Any,
     texts: Any = None,
     *,
     seq_len: int = 256,
-    batch_size: int = 8,
-    replay: Replay | None = None,
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+    cache: PrefixCache | None = None,
 ) -> float:
     """Perplexity of ``model`` (model, view or spec) on ``texts``.
 
@@ -33,6 +36,8 @@ def perplexity(
         texts: ``None`` for the bundled *held-out* passages (never used for fitting),
             ``"calibration"`` for the bundled fit passages, a text-file path or a list of strings.
         seq_len: passages are truncated to this many tokens.
+        batch_size, max_tokens: at most this many passages / padded tokens per pass.
+        cache: replays identical prefixes of earlier passes (:class:`~phaselens.runner.PrefixCache`).
     """
     view = as_view(model)
     base = view.base
@@ -42,22 +47,27 @@ def perplexity(
         passages = load_calibration(None)
     else:
         passages = load_calibration(texts)
-    nll, count = 0.0, 0
-    with torch.inference_mode():
-        for j, (ids, att) in enumerate(calibration_batches(base, passages, seq_len=seq_len, batch_size=batch_size)):
-            plan, t_in, t_out = view.plan(), {}, {}
-            if replay is not None:
-                plan, t_in, t_out, _ = replay.plan(plan, ("ppl", j, tuple(ids.shape), int(ids[0, 1])))
-            with applied(base.blocks, plan, tap_in=t_in, tap_out=merge_taps(t_out), returns_tuple=base.returns_tuple):
-                h = base.decoder(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
-            tgt = ids[:, 1:]
-            valid = att[:, 1:].bool() & att[:, :-1].bool()
-            rows, cols = valid.nonzero(as_tuple=True)
-            for c in range(0, len(rows), _CHUNK):
-                r, t = rows[c : c + _CHUNK], cols[c : c + _CHUNK]
-                z = base.unembed_logits(h[r, t])  # the decoder's output is already normed
-                nll += torch.nn.functional.cross_entropy(z, tgt[r, t], reduction="sum").item()
-            count += int(valid.sum())
-    if count == 0:
-        raise ValueError("no tokens to score: every passage is shorter than two tokens")
-    return math.exp(nll / count)
+    seqs = tokenize(base.tokenizer, passages, seq_len)
+    if not seqs:
+        raise CalibrationError("no tokens to score: every passage is shorter than two tokens")
+    L = base.n_layers
+
+    def reads(batch: Batch) -> dict[str, Read]:
+        valid = batch.mask[:, 1:].bool() & batch.mask[:, :-1].bool()
+        rows, cols = valid.nonzero(as_tuple=True)
+        tgt = batch.ids[rows, cols + 1]
+
+        def nll(b: int, h: torch.Tensor) -> float:
+            tot, t = 0.0, tgt.to(h.device)
+            for c in range(0, len(h), _CHUNK):
+                z = base.full_logits(h[c : c + _CHUNK])
+                tot += torch.nn.functional.cross_entropy(z, t[c : c + _CHUNK], reduction="sum").item()
+            return tot
+
+        return {"nll": Read((L - 1,), "out", Positions(rows, cols), fn=nll)}
+
+    total, count = 0.0, 0
+    for batch, out in Runner(view, cache=cache).passes(seqs, reads, max_tokens=max_tokens, batch_size=batch_size):
+        total += out["nll"][L - 1]
+        count += int((batch.mask[:, 1:].bool() & batch.mask[:, :-1].bool()).sum())
+    return math.exp(total / count)

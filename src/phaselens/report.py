@@ -1,10 +1,9 @@
 """One self-contained HTML page from a results folder (``phaselens report RESULTS -o report.html``).
 
-The page holds every result's figures (Plotly, interactive), its table and the run's provenance
-(model, task, format, seed, phaselens version, date). Plotly's JavaScript is embedded once in the
-page's head, so the page works offline. Figures come from :mod:`phaselens.plots` for the kinds
-this module knows (traces, transitions, sweeps, CKA); for every other registered kind the
-result's own ``plot()`` is used.
+The page holds every result's summary, figures and table, and the run's provenance (model, task, format,
+seed, phaselens version, date), all asked of the result itself (:class:`~phaselens.Result`'s
+``summary()``, ``figures()``, ``table()``; a class's ``overview()`` draws several of its results together).
+Plotly's JavaScript is embedded once in the page's head, so the page works offline.
 
 A small script at the end of the page records how many figures rendered (a non-empty SVG each)
 and every JavaScript error into the hidden element ``#phaselens-check`` (``data-status`` is
@@ -22,11 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import ReportWarning
 from .results import ResultEntry, read_results
-
-
-class ReportWarning(UserWarning):
-    """A result could not be drawn or tabulated; the report shows the error in its place."""
 
 
 @dataclass
@@ -48,99 +44,24 @@ def _entries(results: Any) -> list[ResultEntry]:
     if isinstance(results, (str, os.PathLike)):
         return read_results(results)
     if isinstance(results, dict):
-        from .results import provenance_of
-
-        return [ResultEntry(k, type(v).__name__, v, provenance_of(v)) for k, v in results.items()]
+        return [ResultEntry(k, type(v).__name__, v, v.provenance()) for k, v in results.items()]
     if isinstance(results, (list, tuple)) and all(isinstance(e, ResultEntry) for e in results):
         return list(results)
     raise TypeError("results must be a results folder, a {name: result} dict, or a list of ResultEntry")
 
 
-# ----------------------------------------------------------------------------- figures per kind
-def _trace_figures(r: Any) -> list[tuple[str, Any]]:
-    from . import plots
-
-    return [
-        ("Decision Margin per block: mean over items of the correct option's logit minus the best other's; "
-         "band = bootstrap 95% interval over items.", plots.margin_curves([r])),
-        ("Accuracy of the option-restricted readout per block; band = bootstrap 95% interval.", plots.accuracy_curves([r])),
-        ("Bias KL (positional bias against the answer key) and convergence KL (distance to the final block's "
-         "option distribution).", plots.kl_curves([r])),
-        ("Option frequency: the share of items whose top option is each slot, per block.", plots.option_frequency(r, "stacked")),
-        ("The same option frequencies as a radar; the slider picks the block.", plots.option_frequency(r, "radar")),
-    ]
-
-
-def _sweep_figures(r: Any) -> list[tuple[str, Any]]:
-    from . import plots
-
-    return [("Final accuracy and margin after each cut; the collapse ratio is the first ratio below the threshold.",
-             plots.sweep_accuracy(r)),
-            ("Decision Margin per block after each cut (original block axis).", plots.sweep_margins(r))]
-
-
-def _as_figures(out: Any, caption: str) -> list[tuple[str, Any]]:
-    if out is None:
-        return []
-    if isinstance(out, dict):
-        return [(str(k), f) for k, f in out.items()]
-    if isinstance(out, (list, tuple)):
-        return [(caption, f) for f in out]
-    return [(caption, out)]
-
-
-#: kind -> function(result) -> [(caption, figure)]; kinds not listed use ``result.plot()``.
-FIGURES: dict[str, Callable[[Any], list[tuple[str, Any]]]] = {
-    "DecisionTrace": _trace_figures,
-    "Transition": _trace_figures,
-    "Sweep": _sweep_figures,
-}
-
-
-def _table(r: Any) -> Any:
-    kind = type(r).__name__
-    if kind == "CKAResult":  # the full matrix is in the heatmap; tabulate matched blocks
-        import pandas as pd
-
-        b, v = r.matched()
-        return pd.DataFrame({"block": b, "CKA with itself across the two models": v}) if len(b) else None
-    if hasattr(r, "to_pandas"):
-        return r.to_pandas()
-    return None
-
-
-def _summary(r: Any) -> str:
-    s = getattr(r, "summary", None)
-    if callable(s):
-        return str(s())
-    if type(r).__name__ == "CKAResult":
-        kind = "debiased linear CKA" if r.debiased else "linear CKA"
-        return (f"{kind} of {r.model_a} ({len(r.blocks_a)} blocks) against {r.model_b} ({len(r.blocks_b)} blocks) on "
-                f"{r.source or 'inputs'}, {r.positions} positions, n={r.n_samples}.")
-    return ""
-
-
+# ----------------------------------------------------------------------------- sections
 def _result_section(e: ResultEntry) -> Section:
+    """The result's own summary, figures and table (every result kind answers these itself)."""
     sec = Section(f"{e.name} ({e.kind})", _anchor(e.name))
     r = e.result
-    try:
-        sec.note = _summary(r)
-    except Exception as ex:  # noqa: BLE001 - shown on the page and warned
-        sec.errors.append(_err("summary", e, ex))
-    try:
-        fn = FIGURES.get(e.kind)
-        if fn is not None:
-            sec.figures = fn(r)
-        elif callable(getattr(r, "plot", None)):
-            sec.figures = _as_figures(r.plot(), "")
-    except Exception as ex:  # noqa: BLE001
-        sec.errors.append(_err("figure", e, ex))
-    try:
-        t = _table(r)
-        if t is not None:
-            sec.tables.append(("table (to_pandas())", t))
-    except Exception as ex:  # noqa: BLE001
-        sec.errors.append(_err("table", e, ex))
+    for what, fn in (("summary", lambda: setattr(sec, "note", str(r.summary()))),
+                     ("figure", lambda: setattr(sec, "figures", list(r.figures()))),
+                     ("table", lambda: (lambda t: t is not None and len(t) and sec.tables.append(("table", t)))(r.table()))):
+        try:
+            fn()
+        except Exception as ex:  # noqa: BLE001 - shown on the page and warned
+            sec.errors.append(_err(what, e, ex))
     return sec
 
 
@@ -151,33 +72,32 @@ def _err(what: str, e: ResultEntry, ex: Exception) -> str:
 
 
 def _comparison_sections(entries: list[ResultEntry]) -> list[Section]:
-    """Overlays across results: every trace on one block axis; every CKA matrix on one colour scale."""
-    from . import plots
-
+    """Per result class with two or more results in the folder, the class's own overview figures
+    (every trace on one block axis, every CKA matrix on one colour scale, ...)."""
+    by_cls: dict[type, dict[str, Any]] = {}
+    for e in entries:
+        by_cls.setdefault(_overview_owner(type(e.result)), {})[e.name] = e.result
     out = []
-    traces = [e for e in entries if e.kind in ("DecisionTrace", "Transition")]
-    if len(traces) >= 2:
-        by = {e.name: e.result for e in traces}
-        sec = Section(f"All {len(traces)} traces on one block axis", "compare-traces",
-                      "Every trace and transition of the folder on the original-block axis (a pruned model has no point "
-                      "at a cut block). Phases shaded from the first dense model's transition.")
+    for cls, group in by_cls.items():
+        if len(group) < 2:
+            continue
+        kinds = "/".join(sorted({type(r).__name__ for r in group.values()}))
+        sec = Section(f"All {len(group)} {kinds} results side by side", f"compare-{cls.__name__.lower().strip('_')}")
         try:
-            sec.figures = [("Decision Margin per block.", plots.margin_curves(by)),
-                           ("Accuracy per block.", plots.accuracy_curves(by)),
-                           ("Bias KL and convergence KL per block.", plots.kl_curves(by))]
+            sec.figures = list(cls.overview(group))
         except Exception as ex:  # noqa: BLE001
-            sec.errors.append(_err("comparison figure", ResultEntry("traces", "DecisionTrace", None), ex))
-        out.append(sec)
-    ckas = [e for e in entries if e.kind == "CKAResult"]
-    if len(ckas) >= 2:
-        sec = Section(f"All {len(ckas)} CKA matrices on one colour scale", "compare-cka")
-        try:
-            sec.figures = [("CKA per block pair, side by side, one colour scale.",
-                            plots.cka_heatmaps({e.name: e.result for e in ckas}))]
-        except Exception as ex:  # noqa: BLE001
-            sec.errors.append(_err("comparison figure", ResultEntry("cka", "CKAResult", None), ex))
-        out.append(sec)
+            sec.errors.append(_err("comparison figure", ResultEntry(sec.title, cls.__name__, None), ex))
+        if sec.figures or sec.errors:
+            out.append(sec)
     return out
+
+
+def _overview_owner(cls: type) -> type:
+    """The class whose ``overview`` draws ``cls``: the first base defining it (traces and transitions share one)."""
+    for base in cls.__mro__:
+        if "overview" in vars(base):
+            return cls if base.__name__ == "Result" else base
+    return cls
 
 
 # ----------------------------------------------------------------------------- HTML

@@ -1,138 +1,378 @@
-"""Saving and loading results: the on-disk format of ``--out DIR``.
+"""The one result protocol: :class:`Result` (and :class:`Record` for the parts results are made of),
+their generic encoding, and the results-folder format.
 
-A results folder holds one JSON file per result, ``<name>.json``:
+A result is a dataclass deriving from :class:`Result`; it registers itself by class name and has
+``summary()``, ``to_pandas()``, ``plot()`` and ``figures()`` (what the report shows). It keeps its raw
+data (option logits, answers, masks, per-item values) and derives the statistics from them.
 
-    {"kind": "Transition", "phaselens": "0.1.0", "created": "2026-11-23T19:00:00+00:00",
-     "provenance": {"command": "transition", "model": ..., "task": ..., "format": ..., "seed": ...},
-     "data": <result.to_dict()>}
+On disk a result is two files in a folder::
 
-``kind`` names a registered result class (:data:`KINDS`); every result class has
-``to_dict()`` and a classmethod ``from_dict()``. :func:`load_results` gives back the objects;
-:func:`read_results` gives them with their headers (:class:`ResultEntry`). Files are written
-atomically (a temporary file renamed into place), so an interrupted run never leaves half a
-result. Files whose name starts with ``.`` and JSON files without ``kind``/``data`` (a sweep's
-own ``sweep.json``, say) are not results and are skipped.
+    <name>.json          {"phaselens": "0.2.0", "format": 2, "kind": "Transition", "created": ...,
+                          "provenance": {...}, "data": <fields>, "arrays": {"file": ..., "sha256": ...}}
+    <name>.<hash>.safetensors   every numpy array / torch tensor of the result (no pickle, no code)
 
-Provenance keys used by phaselens itself (all optional): ``command`` (the CLI sub-command or
-Python function), ``model``, ``task``, ``format``, ``seed``, ``n_items``, ``limit``, ``argv``.
-:func:`save_result` fills ``model``, ``task``, ``format``, ``seed`` and ``n_items`` from the
-result when it holds them and they are not given.
+``data`` holds the fields, encoded generically (:func:`encode`): arrays become references into the
+side file; tuples, ranges, non-string dict keys and non-finite floats are tagged so they come back as
+they were. Loading checks the side file's SHA-256, refuses a missing or unknown field, and names the
+file and the field. Both files are written atomically (the JSON last), so a killed run leaves either
+the old result or the new one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
-import importlib
+import hashlib
 import json
+import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-#: result class name -> "module:Class" (imported lazily).
-KINDS: dict[str, str] = {
-    "DecisionTrace": "phaselens.trace:DecisionTrace",
-    "Transition": "phaselens.trace:Transition",
-    "Sweep": "phaselens.pruning.iterative:Sweep",
-    "CKAResult": "phaselens.similarity:CKAResult",
-    "BoundaryError": "phaselens.recovery.fit:BoundaryError",
-    "PhaseCuts": "phaselens.phase_cuts:PhaseCuts",
-    "NoiseResult": "phaselens.interventions:NoiseResult",
-    "AblationResult": "phaselens.interventions:AblationResult",
-    "CollapseStudy": "phaselens.stats:CollapseStudy",
-}
+import numpy as np
+
+from .errors import ResultsError
+
+FORMAT = 2
+KINDS: dict[str, type] = {}
 
 
-class ResultsError(ValueError):
-    """A results folder or file cannot be read; the message says which and why."""
+# ----------------------------------------------------------------------------- encoding
+class Record:
+    """A dataclass phaselens can save: registered by class name, encoded field by field (init fields only)."""
+
+    version: ClassVar[int] = 1
+    #: derived attributes added to :meth:`to_json` (never stored: they are recomputed from the fields)
+    derived: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        old = KINDS.get(cls.__name__)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TypeError(f"two result classes are named {cls.__name__} ({old.__module__} and {cls.__module__}); "
+                            "the name is the kind stored in files, so it must be unique")
+        KINDS[cls.__name__] = cls
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of the fields, arrays inline as lists (for ``--json`` output; files use a side file)."""
+        return encode(self, None)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """Inverse of :meth:`to_dict`."""
+        obj = decode(d, None)
+        if not isinstance(obj, cls):
+            raise ResultsError(f"expected a {cls.__name__}, the data holds a {type(obj).__name__}")
+        return obj
+
+    def to_json(self, **kw: Any) -> str:
+        """Plain JSON for other tools (``--json``): fields and derived values, arrays as nested lists, NaN/Inf as
+        null, tuples and ranges as lists. Not read back by phaselens (files use :func:`save_result`)."""
+        return json.dumps(plain(self), **kw)
 
 
-def register(kind: str, target: str) -> None:
-    """Register a result class ``"module:Class"`` under ``kind`` (its class name)."""
-    KINDS[kind] = target
+def _fields(obj: Any) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(obj) if f.init]
 
 
-def _cls(kind: str):
-    if kind not in KINDS:
+def encode(obj: Any, arrays: dict[str, np.ndarray] | None) -> Any:
+    """JSON-safe form of ``obj``; arrays go into ``arrays`` (referenced by key), or inline when it is None."""
+    import torch
+
+    if isinstance(obj, Record):
+        out: dict[str, Any] = {"__kind__": type(obj).__name__, "__v__": type(obj).version}
+        for f in _fields(obj):
+            out[f.name] = encode(getattr(obj, f.name), arrays)
+        return out
+    if isinstance(obj, torch.Tensor):
+        return {"__tensor__": encode(obj.detach().cpu().numpy(), arrays)}
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            raise ResultsError("cannot store an object array in a result; use numbers, bools or a list of strings")
+        if arrays is None:
+            return {"__array__": {"dtype": str(obj.dtype), "shape": list(obj.shape),
+                                  "data": [encode(v, None) for v in obj.ravel().tolist()]}}
+        key = f"a{len(arrays)}"
+        arrays[key] = np.ascontiguousarray(obj)
+        return {"__array__": key}
+    if isinstance(obj, (np.bool_, np.integer, np.floating)):
+        return encode(obj.item(), arrays)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": repr(obj)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode(v, arrays) for v in obj]}
+    if isinstance(obj, list):
+        return [encode(v, arrays) for v in obj]
+    if isinstance(obj, range):
+        return {"__range__": [obj.start, obj.stop, obj.step]}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: encode(v, arrays) for k, v in obj.items()}
+        return {"__items__": [[encode(k, arrays), encode(v, arrays)] for k, v in obj.items()]}
+    raise ResultsError(f"cannot store a {type(obj).__name__} in a result")
+
+
+def plain(obj: Any) -> Any:
+    """The JSON-friendly form of :meth:`Record.to_json` (lossy: for reading by other tools)."""
+    import torch
+
+    if isinstance(obj, Record):
+        out = {f.name: plain(getattr(obj, f.name)) for f in _fields(obj)}
+        out.update({name: plain(getattr(obj, name)) for name in type(obj).derived})
+        return out
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, (np.bool_, np.integer, np.floating)):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, range):
+        return [obj.start, obj.stop]
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    return obj
+
+
+def decode(doc: Any, arrays: dict[str, np.ndarray] | None) -> Any:
+    """Inverse of :func:`encode`."""
+    if isinstance(doc, list):
+        return [decode(v, arrays) for v in doc]
+    if not isinstance(doc, dict):
+        return doc
+    if "__kind__" in doc:
+        return _decode_record(doc, arrays)
+    if "__array__" in doc:
+        ref = doc["__array__"]
+        if isinstance(ref, dict):
+            vals = [decode(v, None) for v in ref["data"]]
+            return np.asarray(vals, dtype=ref["dtype"]).reshape(ref["shape"])
+        if arrays is None or ref not in arrays:
+            raise ResultsError(f"array {ref!r} is missing from the result's side file")
+        return arrays[ref]
+    if "__tensor__" in doc:
+        import torch
+
+        return torch.from_numpy(np.array(decode(doc["__tensor__"], arrays)))
+    if "__float__" in doc:
+        return float(doc["__float__"])
+    if "__tuple__" in doc:
+        return tuple(decode(v, arrays) for v in doc["__tuple__"])
+    if "__range__" in doc:
+        return range(*doc["__range__"])
+    if "__items__" in doc:
+        return {_hashable(decode(k, arrays)): decode(v, arrays) for k, v in doc["__items__"]}
+    return {k: decode(v, arrays) for k, v in doc.items()}
+
+
+def _hashable(k: Any) -> Any:
+    return tuple(_hashable(x) for x in k) if isinstance(k, list) else k
+
+
+def _decode_record(doc: dict, arrays: dict | None) -> Any:
+    kind = doc["__kind__"]
+    cls = KINDS.get(kind)
+    if cls is None:
+        import phaselens  # noqa: F401  (registers every result class)
+
+        cls = KINDS.get(kind)
+    if cls is None:
         raise ResultsError(f"unknown result kind {kind!r}; known kinds: {sorted(KINDS)}")
-    mod, name = KINDS[kind].split(":")
-    return getattr(importlib.import_module(mod), name)
+    if doc.get("__v__", 1) != cls.version:
+        raise ResultsError(f"{kind} was stored in version {doc.get('__v__')} of its format; this phaselens reads "
+                           f"version {cls.version}. Recompute it with this version")
+    names = [f.name for f in _fields(cls)]
+    missing = [n for n in names if n not in doc]
+    if missing:
+        raise ResultsError(f"{kind} is missing field(s) {missing}: the file is incomplete or was not written by "
+                           "phaselens; recompute it")
+    extra = sorted(set(doc) - set(names) - {"__kind__", "__v__"})
+    if extra:
+        raise ResultsError(f"{kind} has unknown field(s) {extra}: written by another phaselens version; recompute it")
+    try:
+        return cls(**{n: decode(doc[n], arrays) for n in names})
+    except ResultsError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ResultsError(f"{kind}: the stored fields do not make a valid result ({e})") from None
 
 
-def save_result(result: Any, folder: str | os.PathLike, name: str | None = None, **provenance: Any) -> Path:
-    """Write ``result`` as ``folder/<name>.json`` (default name: the kind in snake case).
+# ----------------------------------------------------------------------------- results
+class Result(Record):
+    """Base of every result: ``summary()``, ``to_pandas()``, ``plot()``, ``figures()`` and :meth:`save`."""
 
-    ``provenance`` (model, task, format, seed, command, ...) is stored beside the data.
-    """
-    from . import __version__
+    def summary(self) -> str:
+        """What was measured, in words."""
+        raise NotImplementedError
 
-    kind = type(result).__name__
-    if kind not in KINDS:
-        raise ResultsError(f"{kind} is not a registered result kind ({sorted(KINDS)})")
-    folder = Path(folder)
-    name = name or "".join("_" + c.lower() if c.isupper() else c for c in kind).lstrip("_")
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ResultsError(f"result name {name!r} must be a plain file stem (no '/', not starting with '.')")
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "kind": kind,
-        "phaselens": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "provenance": {**provenance_of(result), **{k: v for k, v in provenance.items() if v is not None}},
-        "data": result.to_dict(),
-    }
-    path = folder / f"{name}.json"
-    tmp = folder / f".{name}.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(doc, default=_jsonable))
+    def to_pandas(self):
+        """The result as a table."""
+        raise NotImplementedError
+
+    def plot(self, **kw: Any):
+        """The result's main Plotly figure."""
+        raise NotImplementedError
+
+    def figures(self) -> list[tuple[str, Any]]:
+        """``[(caption, figure)]`` the report shows (default: ``plot()`` without a caption)."""
+        return [("", self.plot())]
+
+    def table(self):
+        """The table the report shows (default: ``to_pandas()``)."""
+        return self.to_pandas()
+
+    @classmethod
+    def overview(cls, results: dict[str, "Result"]) -> list[tuple[str, Any]]:
+        """Figures comparing several results of this kind (the report calls it when a folder holds two or more)."""
+        return []
+
+    def provenance(self) -> dict[str, Any]:
+        """``model``, ``task``, ``format``, ``seed``, ``n_items`` as far as the result holds them."""
+        out: dict[str, Any] = {}
+        for obj in (getattr(self, "trace", None), self):
+            if obj is None:
+                continue
+            for key in ("model", "task", "format", "seed", "lens"):
+                v = getattr(obj, key, None)
+                if key not in out and isinstance(v, (str, int)) and not isinstance(v, bool):
+                    out[key] = v
+            n = getattr(obj, "n_items", None)
+            if "n_items" not in out and isinstance(n, int):
+                out["n_items"] = n
+        return out
+
+    def save(self, folder: str | os.PathLike, name: str | None = None, **provenance: Any) -> Path:
+        """:func:`save_result` of this result."""
+        return save_result(self, folder, name, **provenance)
+
+
+def _snake(kind: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() else c for c in kind).lstrip("_")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def _check_folder(folder: Path) -> None:
+    for p in (folder, *folder.parents):
+        if p.exists() and not p.is_dir():
+            raise ResultsError(f"cannot write results under {folder}: {p} is a file, not a folder; pass a folder path")
+        if p.exists():
+            break
+
+
+def write_record(obj: Record, path: Path, header: dict[str, Any]) -> Path:
+    """Write ``obj`` as ``path`` (JSON) and its arrays beside it (safetensors), atomically; returns ``path``."""
+    from safetensors.numpy import save as st_save
+
+    arrays: dict[str, np.ndarray] = {}
+    data = encode(obj, arrays)
+    doc = dict(header)
+    old = _side_file(path)
+    if arrays:
+        blob = st_save(arrays)
+        digest = hashlib.sha256(blob).hexdigest()
+        side = path.with_name(f"{path.stem}.{digest[:12]}.safetensors")
+        _atomic_bytes(side, blob)
+        doc["arrays"] = {"file": side.name, "sha256": digest}
+    doc["data"] = data
+    _atomic_bytes(path, json.dumps(doc, allow_nan=False).encode())
+    if old is not None and old.exists() and (not arrays or old.name != doc["arrays"]["file"]):
+        old.unlink()
     return path
 
 
-def _jsonable(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    if isinstance(o, range):
-        return [o.start, o.stop]
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    raise TypeError(f"cannot store {type(o).__name__} in a results file")
-
-
-def read_result(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """``(result object, the file's header: kind, phaselens version, created, provenance)``."""
-    path = Path(path)
+def _side_file(path: Path) -> Path | None:
     try:
         doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ResultsError(f"{path}: not a readable phaselens results file ({e})") from None
-    if not isinstance(doc, dict) or "kind" not in doc or "data" not in doc:
-        raise ResultsError(f"{path}: not a phaselens results file (no 'kind'/'data')")
-    obj = _cls(doc["kind"]).from_dict(doc["data"])
-    return obj, {k: v for k, v in doc.items() if k != "data"}
+        return path.with_name(doc["arrays"]["file"])
+    except Exception:  # noqa: BLE001 - no old file, or not ours
+        return None
 
 
-def provenance_of(result: Any) -> dict[str, Any]:
-    """``model``, ``task``, ``format``, ``seed``, ``n_items`` as far as ``result`` (or its ``.trace``) holds them."""
-    out: dict[str, Any] = {}
-    for obj in (getattr(result, "trace", None), result):
-        if obj is None:
-            continue
-        for key in ("model", "task", "format", "seed"):
-            v = getattr(obj, key, None)
-            if key not in out and isinstance(v, (str, int)) and not isinstance(v, bool):
-                out[key] = v
-        n = getattr(obj, "n_items", None)
-        if "n_items" not in out and isinstance(n, int):
-            out["n_items"] = n
-    if "model" not in out and isinstance(getattr(result, "model_a", None), str):  # CKA: two models
-        out["model"] = result.model_a if result.model_a == result.model_b else f"{result.model_a} vs {result.model_b}"
-        if isinstance(getattr(result, "source", None), str) and result.source:
-            out.setdefault("task", result.source)
-    return out
+def read_record(path: Path) -> tuple[Any, dict[str, Any]]:
+    """``(object, header)`` of a file written by :func:`write_record`; a :class:`ResultsError` naming the
+    file when it is truncated, corrupt, from the old format, or its side file is missing or altered."""
+    from safetensors.numpy import load as st_load
+
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ResultsError(f"{path}: not a readable phaselens result (truncated or corrupt: {e})") from None
+    if not isinstance(doc, dict) or "data" not in doc or "kind" not in doc:
+        raise ResultsError(f"{path}: not a phaselens result (no 'kind'/'data')")
+    if doc.get("format") != FORMAT:
+        prov = doc.get("provenance") or {}
+        cmd = f" (it came from `phaselens {prov['command']}`" + (f" on {prov.get('model')}" if prov.get("model") else "") \
+            + ")" if prov.get("command") else ""
+        raise ResultsError(f"{path}: written by phaselens {doc.get('phaselens', '?')} in results format "
+                           f"{doc.get('format', 1)}; this phaselens reads format {FORMAT}. Recompute it{cmd} with "
+                           "this version; the numbers are computed the same way")
+    arrays: dict[str, np.ndarray] = {}
+    if "arrays" in doc:
+        side = path.with_name(doc["arrays"]["file"])
+        if not side.exists():
+            raise ResultsError(f"{path}: its array file {side.name} is missing; recompute the result")
+        blob = side.read_bytes()
+        if hashlib.sha256(blob).hexdigest() != doc["arrays"]["sha256"]:
+            raise ResultsError(f"{path}: its array file {side.name} does not match the checksum recorded with it "
+                               "(truncated or altered); recompute the result")
+        arrays = st_load(blob)
+    try:
+        obj = decode(doc["data"], arrays)
+    except ResultsError as e:
+        raise ResultsError(f"{path}: {e}") from None
+    return obj, {k: v for k, v in doc.items() if k not in ("data", "arrays")}
+
+
+def save_result(result: Any, folder: str | os.PathLike, name: str | None = None, **provenance: Any) -> Path:
+    """Write ``result`` as ``folder/<name>.json`` (+ its array file); default name: the kind in snake case.
+
+    ``provenance`` (command, model, task, ...) is stored beside the data, over what the result holds itself.
+    """
+    from . import __version__
+
+    if not isinstance(result, Result):
+        raise ResultsError(f"{type(result).__name__} is not a phaselens result (registered kinds: "
+                           f"{sorted(k for k, c in KINDS.items() if issubclass(c, Result))})")
+    kind = type(result).__name__
+    name = name or _snake(kind)
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ResultsError(f"result name {name!r} must be a plain file stem (no '/', not starting with '.')")
+    folder = Path(folder)
+    _check_folder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    header = {"phaselens": __version__, "format": FORMAT, "kind": kind,
+              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "provenance": encode({**result.provenance(), **{k: v for k, v in provenance.items() if v is not None}}, None)}
+    return write_record(result, folder / f"{name}.json", header)
+
+
+def load_result(path: str | os.PathLike) -> Any:
+    """The result saved at ``path`` (a ``.json`` file written by :func:`save_result`)."""
+    obj, _ = read_record(Path(path))
+    return obj
 
 
 @dataclass
@@ -148,49 +388,53 @@ class ResultEntry:
     path: Path | None = None
 
 
-def _result_files(folder: str | os.PathLike) -> list[tuple[Path, dict]]:
+def read_results(folder: str | os.PathLike, *, skip_corrupt: bool = False) -> list[ResultEntry]:
+    """Every result in ``folder`` with its header, sorted by name. A corrupt or outdated result file is an
+    error naming it, unless ``skip_corrupt=True``: then it is skipped with a warning listing every such file."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ResultsError(f"results folder not found: {folder} (pass the folder a command wrote with --out DIR)")
-    docs = []
+    out, bad, foreign = [], [], []
     for p in sorted(folder.glob("*.json")):
         if p.name.startswith("."):
             continue
-        try:
-            doc = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+        if _foreign(p):
+            foreign.append(p.name)
             continue
-        if isinstance(doc, dict) and "kind" in doc and "data" in doc:
-            docs.append((p, doc))
-    if not docs:
-        raise ResultsError(f"{folder} holds no phaselens results (*.json with 'kind' and 'data')")
-    return docs
-
-
-def read_results(folder: str | os.PathLike) -> list[ResultEntry]:
-    """Every result in ``folder`` with its header, sorted by name (file stem)."""
-    out = []
-    for p, doc in _result_files(folder):
         try:
-            obj = _cls(doc["kind"]).from_dict(doc["data"])
+            obj, head = read_record(p)
         except ResultsError as e:
-            raise ResultsError(f"{p}: {e}") from None
-        out.append(ResultEntry(p.stem, doc["kind"], obj, dict(doc.get("provenance") or {}), str(doc.get("phaselens", "")),
-                               str(doc.get("created", "")), p))
+            if not skip_corrupt:
+                raise ResultsError(f"{e} (pass skip_corrupt=True to load the other results)") from None
+            bad.append(f"{p.name}: {e}")
+            continue
+        out.append(ResultEntry(p.stem, head["kind"], obj, decode(head.get("provenance") or {}, None),
+                               str(head.get("phaselens", "")), str(head.get("created", "")), p))
+    if foreign:
+        warnings.warn(f"{folder}: {len(foreign)} JSON file(s) not written by phaselens were left alone: "
+                      f"{', '.join(foreign)}", stacklevel=2)
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable result file(s) in {folder}: " + "; ".join(bad), stacklevel=2)
+    if not out:
+        raise ResultsError(f"{folder} holds no phaselens results (*.json written by save_result or --out DIR)")
     return out
 
 
-def load_results(folder: str | os.PathLike) -> dict[str, Any]:
-    """Every result in ``folder`` as ``{name: object}`` (file stem -> object), sorted by name."""
-    return {e.name: e.result for e in read_results(folder)}
+def _foreign(path: Path) -> bool:
+    """A JSON file that parses but carries no phaselens header (a user's own file): not a result."""
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # unreadable: possibly a truncated result, so it is reported, not ignored
+    return not (isinstance(doc, dict) and ("phaselens" in doc or "kind" in doc))
+
+
+def load_results(folder: str | os.PathLike, *, skip_corrupt: bool = False) -> dict[str, Any]:
+    """Every result in ``folder`` as ``{name: result}`` (file stem -> object), sorted by name."""
+    return {e.name: e.result for e in read_results(folder, skip_corrupt=skip_corrupt)}
 
 
 def slug(*parts: Any) -> str:
-    """A file stem from ``parts``: ``slug("transition", "smollm2-135m", "mmlu:anatomy")`` -> ``"transition_smollm2-135m_mmlu-anatomy"``."""
+    """A file stem: ``slug("transition", "smollm2-135m", "mmlu:anatomy")`` -> ``"transition_smollm2-135m_mmlu-anatomy"``."""
     clean = ["".join(c if c.isalnum() or c in "-." else "-" for c in str(p)).strip("-.") for p in parts if p not in (None, "")]
     return "_".join(c for c in clean if c) or "result"
-
-
-def save_results(results: dict[str, Any], folder: str | os.PathLike, **provenance: Any) -> list[Path]:
-    """:func:`save_result` for each ``{name: result}``, with the same provenance."""
-    return [save_result(r, folder, name, **provenance) for name, r in results.items()]

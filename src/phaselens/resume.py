@@ -1,39 +1,207 @@
-"""Resumable runs: atomic writes and the arguments file of an ``out=`` folder.
+"""Resumable runs: the state folder of a long run (iterative sweep, phase cuts, study).
 
-A long run (iterative sweep, phase cuts) writes each finished unit atomically (a temporary
-file renamed into place, so a killed run never leaves half a file) and records its
-arguments once; a rerun with the same folder continues, one with other arguments is refused.
+A run with ``out=DIR`` keeps its state in ``DIR/.phaselens/<run>/``, apart from the results it saves in
+``DIR`` itself, so saving a result never overwrites what a run resumes from:
+
+* ``args.json``: the run's arguments; a rerun with other arguments is refused (naming what differs);
+* one file per finished unit (a sweep step, a phase-cut unit), in the results format
+  (:func:`phaselens.results.write_record`), written atomically;
+* ``manifest.json``: the SHA-256 of every finished unit's file. A unit whose file is missing, truncated,
+  altered or foreign (not in the manifest, or another checksum) is recomputed, with a warning saying so;
+* ``lock``: the PID and host of the run holding the folder. A second run is refused with a message
+  naming the holder; the lock of a run that was killed (its process is gone) is taken over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
+import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from .errors import ResultsError, RunFolderError
+
+STATE_DIR = ".phaselens"
 
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file renamed into place."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
-
-
-def check_or_write_args(file: Path, args: dict[str, Any], what: str, error: type[Exception] = ValueError) -> None:
-    """Record ``args`` in ``file``, or raise ``error`` if it holds a run made with other arguments."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    if file.exists():
-        old = json.loads(file.read_text())
-        diff = {k: (old.get(k), v) for k, v in args.items() if old.get(k) != v}
-        if diff:
-            raise error(f"{file.parent} holds {what} with other arguments {diff} (stored, asked); "
-                        "use another out= folder, the same arguments, or delete the folder to start over")
-    else:
-        write_atomic(file, json.dumps(args, indent=1))
 
 
 def digest(obj: Any) -> str:
     """A short hash of JSON-serialisable ``obj`` (the texts or items a run was made with)."""
-    return hashlib.sha256(json.dumps(obj, ensure_ascii=False).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunFolder:
+    """The state of one resumable run in ``out/.phaselens/<run>/`` (see the module docstring).
+
+    Use as a context manager: entering takes the lock (and checks or records ``args``), leaving releases it.
+    """
+
+    def __init__(self, out: str | os.PathLike, run: str, args: dict[str, Any], what: str = "a run") -> None:
+        out = Path(out)
+        for p in (out, *out.parents):
+            if p.exists() and not p.is_dir():
+                raise RunFolderError(f"out={out}: {p} is a file, not a folder; pass a folder path")
+            if p.exists():
+                break
+        self.out = out
+        self.path = out / STATE_DIR / run
+        self.args = json.loads(json.dumps(args, default=str))
+        self.what = what
+        self._locked = False
+
+    # -- lock
+    def __enter__(self) -> "RunFolder":
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self._check_args()
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._unlock()
+
+    def _lock(self) -> None:
+        lock = self.path / "lock"
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    held = json.loads(lock.read_text())
+                except (OSError, json.JSONDecodeError):
+                    held = {}
+                pid, host = held.get("pid"), held.get("host")
+                if isinstance(pid, int) and pid == os.getpid() and host == me["host"]:
+                    raise RunFolderError(f"{self.out} is already in use by this process ({self.what}); one run per "
+                                         "folder at a time")
+                if isinstance(pid, int) and host == me["host"] and _alive(pid):
+                    raise RunFolderError(
+                        f"{self.out} is in use by another run ({self.what}): PID {pid} on {host}, since "
+                        f"{held.get('since', '?')}. Wait for it to finish, or use another out= folder")
+                if host not in (None, me["host"]):
+                    raise RunFolderError(
+                        f"{self.out} is locked by a run on host {host} (PID {pid}, since {held.get('since', '?')}); "
+                        f"if that run is gone, delete {lock} and rerun")
+                warnings.warn(f"{self.out}: taking over the lock of a run that is gone (PID {pid}, since "
+                              f"{held.get('since', '?')}); finished work is kept", stacklevel=3)
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self._locked = True
+            return
+        raise RunFolderError(f"could not take the lock {lock}; another run keeps taking it")
+
+    def _unlock(self) -> None:
+        if self._locked:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / "lock").unlink()
+            self._locked = False
+
+    # -- arguments
+    def _check_args(self) -> None:
+        file = self.path / "args.json"
+        if file.exists():
+            try:
+                old = json.loads(file.read_text())
+            except (OSError, json.JSONDecodeError):
+                raise RunFolderError(f"{file} is corrupt; delete {self.path} to start the run over") from None
+            diff = {k: (old.get(k), v) for k, v in self.args.items() if old.get(k) != v}
+            diff.update({k: (v, None) for k, v in old.items() if k not in self.args})
+            if diff:
+                raise RunFolderError(
+                    f"{self.out} holds {self.what} made with other arguments {diff} (stored, asked); use another "
+                    f"out= folder, the same arguments, or delete {self.path} to start over")
+        else:
+            write_atomic(file, json.dumps(self.args, indent=1, sort_keys=True))
+
+    # -- units
+    def _manifest(self) -> dict[str, str]:
+        file = self.path / "manifest.json"
+        if not file.exists():
+            return {}
+        try:
+            return dict(json.loads(file.read_text()))
+        except (OSError, json.JSONDecodeError, TypeError, ValueError):
+            warnings.warn(f"{file} is corrupt; every unit of {self.out} will be checked and recomputed", stacklevel=3)
+            return {}
+
+    def _file(self, unit: str) -> Path:
+        if not unit or "/" in unit or unit.startswith("."):
+            raise RunFolderError(f"unit name {unit!r} must be a plain file stem")
+        return self.path / f"{unit}.json"
+
+    def load(self, unit: str) -> Any | None:
+        """The finished unit's object, or ``None`` when it must be (re)computed (missing, truncated, altered,
+        foreign: said with a warning when a file was there)."""
+        from .results import read_record
+
+        file = self._file(unit)
+        if not file.exists():
+            return None
+        want = self._manifest().get(unit)
+        have = hashlib.sha256(file.read_bytes()).hexdigest()
+        if want != have:
+            why = "is not recorded as finished" if want is None else "does not match its recorded checksum"
+            warnings.warn(f"{file} {why} (truncated, altered or from another run); recomputing it", stacklevel=2)
+            return None
+        try:
+            obj, _ = read_record(file)
+        except ResultsError as e:
+            warnings.warn(f"{e}; recomputing it", stacklevel=2)
+            return None
+        return obj
+
+    def save(self, unit: str, obj: Any) -> None:
+        """Write a finished unit atomically and record its checksum."""
+        from . import __version__
+        from .results import FORMAT, write_record
+
+        if not self._locked:
+            raise RunFolderError(f"{self.path}: save() outside the run's `with` block")
+        file = self._file(unit)
+        write_record(obj, file, {"phaselens": __version__, "format": FORMAT, "kind": type(obj).__name__})
+        man = self._manifest()
+        man[unit] = hashlib.sha256(file.read_bytes()).hexdigest()
+        write_atomic(self.path / "manifest.json", json.dumps(man, indent=1, sort_keys=True))
+
+    def units(self) -> list[str]:
+        """Names of the units recorded as finished."""
+        return sorted(self._manifest())
+
+
+def run_folder(out: str | os.PathLike | None, run: str, args: dict[str, Any], what: str) -> contextlib.AbstractContextManager:
+    """A :class:`RunFolder` for ``out``, or a no-op context giving ``None`` when ``out`` is None."""
+    if out is None:
+        return contextlib.nullcontext(None)
+    return RunFolder(out, run, args, what)
+

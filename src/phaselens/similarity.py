@@ -1,44 +1,5 @@
-"""Linear CKA between the layers of two models, or of a model and a pruned view of it.
-
-For representations ``X [n, p]`` and ``Y [n, q]`` of the same ``n`` inputs, columns centred
-(``X~ = X - 1 mean(X)``)::
-
-    CKA(X, Y) = ||Y~^T X~||_F^2 / (||X~^T X~||_F ||Y~^T Y~||_F)
-              = <K~, L~>_F / (||K~||_F ||L~||_F),   K~ = X~ X~^T,  L~ = Y~ Y~^T
-
-(Kornblith et al., 2019). ``debiased=True`` replaces each ``<K~, L~>_F`` by the unbiased
-HSIC estimator of Song et al. (2012) (up to its constant factor, which cancels), exactly as
-Kornblith's reference ``cka(..., debiased=True)`` / ``feature_space_linear_cka(..., debiased=True)``.
-
-All ``L_a x L_b`` layer pairs are computed at once by :class:`CKAAccumulator`, fed minibatches
-``[L_a, b, p]``, ``[L_b, b, q]`` of the two models' representations of the same inputs. It
-has two exact forms, both supporting ``debiased``:
-
-``"gram"``
-    keeps the raw minibatch rows (``O(n (L_a p + L_b q))`` memory); at the end each layer's
-    features are centred exactly and its ``n x n`` Gram matrix is formed in float64 (biased:
-    ``X~ X~^T``; debiased: U-centred with a zero diagonal); all pairs are one matrix product
-    of the flattened Grams, ``[L_a, n^2] @ [n^2, L_b]``, chunked to bound memory.
-``"feature"``
-    memory independent of ``n``: float64 running sums of the (shifted) rows, the
-    cross-covariances ``X^T Y`` of every layer pair as one ``[L_a p, L_b q]`` matrix updated by
-    a single GEMM per minibatch, and ``X^T X``, ``Y^T Y`` per layer. Centring is applied at the
-    end, ``X~^T Y~ = X^T Y - n mean_x mean_y^T``. The debiased estimator also needs
-    ``sum_i ||x~_i||^2 ||y~_i||^2``; it is expanded into running sums
-    (``sum_i ||x_i||^2 ||y_i||^2``, ``sum_i ||x_i||^2 y_i``, ``sum_i ||y_i||^2 x_i``, ...) so it
-    streams too. Every row is first shifted by the first minibatch's per-layer mean (CKA and
-    its debiased form are translation invariant), which keeps the running-sum centring free of
-    cancellation in float64.
-
-``form="auto"`` (the default) starts in the Gram form and moves to the feature form, exactly,
-once the Gram form would need more memory than the feature form: so the Gram form is used
-whenever ``n`` is below the feature dimension (where it is always the smaller and the faster),
-and the feature form once ``n`` is large enough that ``n x n`` Grams cost more than the
-``L_a L_b p q`` cross-covariances.
-
-:func:`cka` runs both models once over a task's decision positions or over text tokens and
-returns a :class:`CKAResult`.
-"""
+"""Linear CKA between the layers of two models, or of a model and a pruned view of it: collecting the
+representations (decision positions or text tokens) and the :class:`CKAResult`. The maths is in :mod:`phaselens.cka`."""
 
 from __future__ import annotations
 
@@ -49,265 +10,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-FORMS = ("auto", "gram", "feature")
+from .cka import FORMS, CKAAccumulator, linear_cka
+from .errors import CKAError
+from .results import Result
+
 POSITIONS = ("decision", "all")
-_GRAM_CHUNK_BYTES = 1 << 30  # Gram matrices held at once while finishing the Gram form
-
-
-class CKAError(ValueError):
-    """CKA cannot be computed as asked; the message says why and what to pass instead."""
-
-
-# ----------------------------------------------------------------------------- math helpers
-def _u_center(K: torch.Tensor) -> torch.Tensor:
-    """U-centre Gram matrices ``[..., n, n]`` in place (Song et al.; Kornblith's ``center_gram(unbiased=True)``)."""
-    n = K.shape[-1]
-    diag = K.diagonal(dim1=-2, dim2=-1)
-    diag.zero_()
-    means = K.sum(-2) / (n - 2)
-    means -= means.sum(-1, keepdim=True) / (2 * (n - 1))
-    K -= means[..., :, None]
-    K -= means[..., None, :]
-    diag.zero_()
-    return K
-
-
-def _debias(xty: torch.Tensor, rows_xy: torch.Tensor, sq_x: torch.Tensor, sq_y: torch.Tensor, n: int) -> torch.Tensor:
-    """Kornblith's ``_debiased_dot_product_similarity_helper`` (broadcasting):
-    ``<K~', L~'>`` from ``||Y~^T X~||^2``, ``sum_i ||x~_i||^2 ||y~_i||^2`` and the two ``||X~||_F^2``."""
-    return xty - n / (n - 2.0) * rows_xy + sq_x * sq_y / ((n - 1.0) * (n - 2.0))
-
-
-def _ratio(num: torch.Tensor, den_a: torch.Tensor, den_b: torch.Tensor) -> np.ndarray:
-    num, den = num.cpu().numpy(), np.outer(den_a.cpu().numpy(), den_b.cpu().numpy())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return num / den  # nan for a constant layer (its CKA is undefined)
-
-
-def _to_tensor(x: Any, name: str) -> torch.Tensor:
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-        raise CKAError(f"{name} must hold real numbers, got {t.dtype}")
-    return t
-
-
-# ----------------------------------------------------------------------------- accumulator
-class CKAAccumulator:
-    """All-pairs linear CKA between the layers of two representations, from minibatches.
-
-    ``update(xa, xb)`` takes ``xa [L_a, b, p]`` and ``xb [L_b, b, q]`` (numpy or torch): the
-    two sides' representations of the *same* ``b`` inputs, every layer at once (a single
-    ``[b, p]`` matrix is taken as one layer). ``compute()`` returns ``[L_a, L_b]`` float64 numpy.
-    Any split of the inputs into minibatches gives the same values as a single ``update``
-    (to float64 rounding).
-
-    Args:
-        debiased: the unbiased HSIC estimator (needs ``n >= 4``); both forms support it.
-        form: ``"auto"``, ``"gram"`` or ``"feature"`` (see the module docstring).
-        device: where the float64 accumulators live (default: the first minibatch's device).
-        dtype: accumulation dtype (float64; float32 trades exactness for speed).
-    """
-
-    def __init__(self, *, debiased: bool = False, form: str = "auto", device: str | torch.device | None = None,
-                 dtype: torch.dtype = torch.float64) -> None:
-        if form not in FORMS:
-            raise CKAError(f"form must be one of {FORMS}, got {form!r}")
-        self.debiased = bool(debiased)
-        self.requested_form = form
-        self.form = "feature" if form == "feature" else "gram"
-        self.device = torch.device(device) if device is not None else None
-        self.dtype = dtype
-        self.n = 0
-        self.shape: tuple[int, int, int, int] | None = None  # L_a, p, L_b, q
-        self._xa: list[torch.Tensor] = []
-        self._xb: list[torch.Tensor] = []
-        self._f: dict[str, torch.Tensor] = {}
-
-    # -- bookkeeping
-    def _check(self, xa: Any, xb: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = _to_tensor(xa, "xa"), _to_tensor(xb, "xb")
-        if a.dim() == 2:
-            a = a[None]
-        if b.dim() == 2:
-            b = b[None]
-        if a.dim() != 3 or b.dim() != 3:
-            raise CKAError(f"expected [L, b, features] (or [b, features]) arrays, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
-        if a.shape[1] != b.shape[1]:
-            raise CKAError(
-                f"the two sides hold different numbers of samples ({a.shape[1]} vs {b.shape[1]}); CKA compares "
-                "representations of the same inputs, row for row"
-            )
-        shape = (a.shape[0], a.shape[2], b.shape[0], b.shape[2])
-        if self.shape is None:
-            self.shape = shape  # type: ignore[assignment]
-            self.device = self.device or a.device
-        elif shape != self.shape:
-            raise CKAError(f"minibatch shapes changed: [L_a, p, L_b, q] was {list(self.shape)}, now {list(shape)}")
-        if not torch.isfinite(a).all() or not torch.isfinite(b).all():
-            raise CKAError("representations contain inf or nan")
-        return a.to(self.device), b.to(self.device)
-
-    def _store_dtype(self, t: torch.Tensor) -> torch.dtype:
-        return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-    def _gram_bytes(self, n: int) -> int:
-        la, p, lb, q = self.shape  # type: ignore[misc]
-        return 4 * n * (la * p + lb * q) + 8 * n * n * (la + lb)
-
-    def _feature_bytes(self) -> int:
-        la, p, lb, q = self.shape  # type: ignore[misc]
-        extra = la * lb * (p + q) if self.debiased else 0
-        return 8 * (la * p * lb * q + la * p * p + lb * q * q + extra)
-
-    def update(self, xa: Any, xb: Any) -> "CKAAccumulator":
-        """Add a minibatch: ``xa [L_a, b, p]``, ``xb [L_b, b, q]`` (same ``b`` inputs, same order)."""
-        a, b = self._check(xa, xb)
-        if a.shape[1] == 0:
-            return self
-        if self.form == "gram":
-            self._xa.append(a.to(self._store_dtype(a)))
-            self._xb.append(b.to(self._store_dtype(b)))
-            self.n += a.shape[1]
-            if self.requested_form == "auto" and self._gram_bytes(self.n) > self._feature_bytes():
-                self._to_feature()
-        else:
-            self._feature_update(a, b)
-        return self
-
-    def _to_feature(self) -> None:
-        """Move the stored rows into the feature-form sums (exact; shift = their mean)."""
-        xa, xb = self._xa, self._xb
-        self._xa, self._xb, self.form = [], [], "feature"
-        n = self.n
-        self.n = 0
-        self._f["shift_a"] = sum(t.to(self.dtype).sum(1) for t in xa) / n
-        self._f["shift_b"] = sum(t.to(self.dtype).sum(1) for t in xb) / n
-        for a, b in zip(xa, xb):
-            self._feature_update(a, b)
-
-    def _feature_update(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        la, p, lb, q = self.shape  # type: ignore[misc]
-        f, dt = self._f, self.dtype
-        x, y = a.to(dt), b.to(dt)
-        if "cross" not in f:
-            if "shift_a" not in f:
-                f["shift_a"], f["shift_b"] = x.mean(1), y.mean(1)
-            z = lambda *s: torch.zeros(*s, dtype=dt, device=self.device)  # noqa: E731
-            f.update(sx=z(la, p), sy=z(lb, q), cross=z(la * p, lb * q), gxx=z(la, p, p), gyy=z(lb, q, q))
-            if self.debiased:
-                f.update(ra=z(la), rb=z(lb), raa=z(la), rbb=z(lb), rab=z(la, lb), ax=z(la, p), by=z(lb, q),
-                         ay=z(la, lb, q), bx=z(la, lb, p))
-        x = x - f["shift_a"][:, None]
-        y = y - f["shift_b"][:, None]
-        m = x.shape[1]
-        f["sx"] += x.sum(1)
-        f["sy"] += y.sum(1)
-        # every layer pair's X^T Y in one GEMM: [L_a p, m] @ [m, L_b q]
-        f["cross"].addmm_(x.transpose(1, 2).reshape(la * p, m), y.transpose(0, 1).reshape(m, lb * q))
-        f["gxx"].baddbmm_(x.transpose(1, 2), x)
-        f["gyy"].baddbmm_(y.transpose(1, 2), y)
-        if self.debiased:
-            ra, rb = (x * x).sum(-1), (y * y).sum(-1)  # [L_a, m], [L_b, m]
-            f["ra"] += ra.sum(1)
-            f["rb"] += rb.sum(1)
-            f["raa"] += (ra * ra).sum(1)
-            f["rbb"] += (rb * rb).sum(1)
-            f["rab"] += ra @ rb.T
-            f["ax"] += torch.einsum("am,amp->ap", ra, x)
-            f["by"] += torch.einsum("bm,bmq->bq", rb, y)
-            f["ay"] += torch.einsum("am,bmq->abq", ra, y)
-            f["bx"] += torch.einsum("bm,amp->abp", rb, x)
-        self.n += m
-
-    # -- results
-    def compute(self) -> np.ndarray:
-        """``[L_a, L_b]`` CKA of every layer pair (float64 numpy)."""
-        if self.n < 2:
-            raise CKAError(f"CKA needs at least 2 samples, got {self.n}")
-        if self.debiased and self.n < 4:
-            raise CKAError(f"debiased CKA needs at least 4 samples, got {self.n}")
-        return self._gram_compute() if self.form == "gram" else self._feature_compute()
-
-    def _gram_compute(self) -> np.ndarray:
-        la, _p, lb, _q = self.shape  # type: ignore[misc]
-        n, dt = self.n, self.dtype
-        per = 8 * n * n
-        cb = max(1, min(lb, _GRAM_CHUNK_BYTES // per))
-        ca = max(1, min(la, _GRAM_CHUNK_BYTES // per))
-
-        def grams(parts: list[torch.Tensor], idx: slice) -> torch.Tensor:
-            x = torch.cat([t[idx] for t in parts], 1).to(dt)
-            x -= x.mean(1, keepdim=True)
-            k = torch.bmm(x, x.transpose(1, 2))
-            return _u_center(k) if self.debiased else k
-
-        num = torch.empty(la, lb, dtype=dt, device=self.device)
-        norm_a = torch.empty(la, dtype=dt, device=self.device)
-        norm_b = torch.empty(lb, dtype=dt, device=self.device)
-        for j in range(0, lb, cb):
-            kb = grams(self._xb, slice(j, j + cb)).flatten(1)
-            norm_b[j : j + cb] = kb.norm(dim=1)
-            for i in range(0, la, ca):
-                ka = grams(self._xa, slice(i, i + ca)).flatten(1)
-                if j == 0:
-                    norm_a[i : i + ca] = ka.norm(dim=1)
-                num[i : i + ca, j : j + cb] = ka @ kb.T
-                del ka
-            del kb
-        return _ratio(num, norm_a, norm_b)
-
-    def _feature_compute(self) -> np.ndarray:
-        la, p, lb, q = self.shape  # type: ignore[misc]
-        f, n = self._f, self.n
-        mx, my = f["sx"] / n, f["sy"] / n  # means of the shifted rows
-        cross = f["cross"].view(la, p, lb, q)
-        num = torch.empty(la, lb, dtype=self.dtype, device=self.device)
-        mid = torch.empty(la, lb, dtype=self.dtype, device=self.device)  # mean_x^T X^T Y mean_y
-        for i in range(la):
-            c = cross[i].permute(1, 0, 2)  # [L_b, p, q]
-            mid[i] = torch.einsum("p,bpq,bq->b", mx[i], c, my)
-            c = c - n * mx[i][None, :, None] * my[:, None, :]
-            num[i] = c.square().sum((1, 2))
-        gxx = f["gxx"] - n * mx[:, :, None] * mx[:, None, :]
-        gyy = f["gyy"] - n * my[:, :, None] * my[:, None, :]
-        sq_a, sq_b = gxx.square().sum((1, 2)), gyy.square().sum((1, 2))  # ||X~^T X~||_F^2
-        if not self.debiased:
-            return _ratio(num, sq_a.sqrt(), sq_b.sqrt())
-        al, be = (mx * mx).sum(1), (my * my).sum(1)  # |mean|^2
-        ta = f["ra"] - n * al  # ||X~||_F^2 = sum_i ||x~_i||^2
-        tb = f["rb"] - n * be
-        # sum_i ||x~_i||^2 ||y~_i||^2, expanded into the running sums
-        rows = (f["rab"] - 2 * torch.einsum("abq,bq->ab", f["ay"], my) - 2 * torch.einsum("abp,ap->ab", f["bx"], mx)
-                + 4 * mid + be[None] * f["ra"][:, None] + al[:, None] * f["rb"][None] - 3 * n * al[:, None] * be[None])
-        rows_a = f["raa"] - 4 * (f["ax"] * mx).sum(1) + 4 * torch.einsum("ap,apr,ar->a", mx, f["gxx"], mx) + 2 * al * f["ra"] - 3 * n * al * al
-        rows_b = f["rbb"] - 4 * (f["by"] * my).sum(1) + 4 * torch.einsum("bq,bqr,br->b", my, f["gyy"], my) + 2 * be * f["rb"] - 3 * n * be * be
-        hxy = _debias(num, rows, ta[:, None], tb[None], n)
-        hxx = _debias(sq_a, rows_a, ta, ta, n).clamp_min(0)
-        hyy = _debias(sq_b, rows_b, tb, tb, n).clamp_min(0)
-        return _ratio(hxy, hxx.sqrt(), hyy.sqrt())
-
-
-def linear_cka(X: Any, Y: Any, *, debiased: bool = False, form: str = "auto") -> float:
-    """Linear CKA of ``X [n, p]`` and ``Y [n, q]`` (numpy or torch; rows are the same inputs).
-
-    ``CKA = ||Y~^T X~||_F^2 / (||X~^T X~||_F ||Y~^T Y~||_F)`` with centred columns, computed in
-    float64. ``debiased=True``: the unbiased HSIC estimator (Song et al.; Kornblith's
-    ``feature_space_linear_cka(debiased=True)``), ``n >= 4``. ``form``: ``"auto"`` (Gram form when
-    ``n`` is below the feature dimension), ``"gram"`` or ``"feature"``; all agree.
-    """
-    x, y = _to_tensor(X, "X"), _to_tensor(Y, "Y")
-    if x.dim() != 2 or y.dim() != 2:
-        raise CKAError(f"X and Y must be [n, features] matrices, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
-    if x.shape[0] != y.shape[0]:
-        raise CKAError(f"X and Y must have the same number of rows (inputs), got {x.shape[0]} and {y.shape[0]}")
-    acc = CKAAccumulator(debiased=debiased, form=form)
-    acc.update(x.to(torch.float64)[None], y.to(torch.float64)[None])
-    return float(acc.compute()[0, 0])
 
 
 # ----------------------------------------------------------------------------- result
 @dataclass
-class CKAResult:
+class CKAResult(Result):
     """Linear CKA of every surviving block of ``model_a`` against every block of ``model_b``.
 
     Attributes:
@@ -370,21 +82,27 @@ class CKAResult:
 
         return cka_heatmap(self, **kw)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "matrix": [[None if not math.isfinite(v) else float(v) for v in row] for row in self.matrix],
-            "blocks_a": list(self.blocks_a), "blocks_b": list(self.blocks_b),
-            "model_a": self.model_a, "model_b": self.model_b, "positions": self.positions,
-            "n_samples": int(self.n_samples), "debiased": bool(self.debiased), "source": self.source,
-            "form": self.form, "seed": int(self.seed),
-        }
+    def summary(self) -> str:
+        kind = "debiased linear CKA" if self.debiased else "linear CKA"
+        return (f"{kind} of {self.model_a} ({len(self.blocks_a)} blocks) against {self.model_b} ({len(self.blocks_b)} "
+                f"blocks) on {self.source or 'inputs'}, {self.positions} positions, n={self.n_samples}.")
+
+    def table(self):
+        """The blocks present in both models and their CKA with themselves (the full matrix is in the heatmap)."""
+        import pandas as pd
+
+        b, v = self.matched()
+        return pd.DataFrame({"block": b, "CKA with itself across the two models": v})
+
+    def provenance(self) -> dict[str, Any]:
+        model = self.model_a if self.model_a == self.model_b else f"{self.model_a} vs {self.model_b}"
+        return {"model": model, "task": self.source, "seed": self.seed}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CKAResult":
-        kw = dict(d)
-        kw["matrix"] = np.array([[np.nan if v is None else v for v in row] for row in d["matrix"]], dtype=float).reshape(
-            len(d["blocks_a"]), len(d["blocks_b"]))
-        return cls(**{k: v for k, v in kw.items() if k in cls.__dataclass_fields__})
+    def overview(cls, results: dict[str, Any]) -> list[tuple[str, Any]]:
+        from .plots import cka_heatmaps
+
+        return [("CKA per block pair, side by side, one colour scale.", cka_heatmaps(results))]
 
 
 # ----------------------------------------------------------------------------- models
@@ -402,44 +120,25 @@ def _prompt_ids(task, tokenizer) -> list[list[int]]:
     return [list(s) for s in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
 
 
-class _Collector:
-    """Runs a view over padded batches and gathers every surviving block's output at given (row, position)."""
+def _collect(view, seqs: list[list[int]], groups: list[list[int]], pos: dict[int, list[int]]):
+    """Per batch of ``groups``, every surviving block's output ``[L, m, d]`` (float32) at the sampled positions
+    ``pos[seq]`` of each sequence, in the order of the group. The last row reads the output of block ``L-1``
+    (an operator standing in for a cut reaching the last block is part of it, as in the lens)."""
+    from .lens import read_at
+    from .runner import Batch, Positions, Read, Runner
 
-    def __init__(self, view) -> None:
-        from .runtime import StopForward
+    rows_at = read_at(view.kept, view.base.n_layers)
 
-        self.view = view
-        self.kept = view.kept
-        self.rows: list[torch.Tensor] = []
-        self.sel: tuple[torch.Tensor, torch.Tensor] | None = None
-        last = self.kept[-1]
+    def reads(batch: Batch) -> dict[str, Read]:
+        r = [row for row, s in enumerate(batch.rows) for _ in pos[s]]
+        c = [p for s in batch.rows for p in pos[s]]
+        return {"h": Read(tuple(rows_at), "out", Positions(torch.tensor(r), torch.tensor(c)))}
 
-        def make(b: int):
-            def tap(h: torch.Tensor) -> None:
-                r, t = self.sel  # type: ignore[misc]
-                self.rows.append(h[r, t].float())
-                if b == last:
-                    raise StopForward  # nothing after the last surviving block is needed
-
-            return tap
-
-        self.taps = {b: make(b) for b in self.kept}
-
-    def __call__(self, seqs: list[list[int]], rows: list[int], pos: list[int]) -> torch.Tensor:
-        from .encoding import pad
-        from .runtime import applied, run_decoder
-
-        base = self.view.base
-        ids, att = pad(seqs, base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0, base.device)
-        self.sel = (torch.tensor(rows, device=base.device), torch.tensor(pos, device=base.device))
-        self.rows = []
-        with applied(base.blocks, self.view.plan(), tap_out=self.taps, returns_tuple=base.returns_tuple):
-            run_decoder(base.decoder, ids, att)
-        if len(self.rows) != len(self.kept):
-            raise CKAError(f"{self.view.name}: expected {len(self.kept)} block outputs, captured {len(self.rows)}")
-        return torch.stack(self.rows)  # [L, m, d]
+    for _batch, out in Runner(view).passes(seqs, reads, groups=groups):
+        yield torch.stack([out["h"][b].float() for b in rows_at])
 
 
+@torch.inference_mode()
 def cka(
     model_a: Any,
     model_b: Any,
@@ -450,6 +149,7 @@ def cka(
     debiased: bool = False,
     seed: int = 0,
     batch_size: int | None = None,
+    max_tokens: int | None = None,
     form: str = "auto",
     seq_len: int = 256,
     progress: bool = False,
@@ -552,36 +252,28 @@ def cka(
     for j, s in enumerate(sel_seq):
         by_seq.setdefault(s, []).append(j)
 
-    # batches of sequences (similar lengths), each cut after its last sampled token
-    from .encoding import batches
+    # batches of sequences (similar lengths), each cut after its last sampled token; both models get the same
+    # batches, so the rows of their representations pair up sample for sample
+    from .runner import default_max_tokens, token_batches
 
-    gpu = va.base.device.type == "cuda"
-    bs = batch_size or ((64 if gpu else 16) if positions == "decision" else (32 if gpu else 8))
     seq_ids = sorted(by_seq)
-    cut_a = {s: max(sel_a[j] for j in by_seq[s]) + 1 for s in seq_ids}
-    cut_b = {s: max(sel_b[j] for j in by_seq[s]) + 1 for s in seq_ids}
-    groups = [[seq_ids[k] for k in g] for g in batches([cut_a[s] for s in seq_ids], bs)]
-
+    cut_a = [seqs_a[s][: max(sel_a[j] for j in by_seq[s]) + 1] for s in seq_ids]
+    cut_b = [seqs_b[s][: max(sel_b[j] for j in by_seq[s]) + 1] for s in seq_ids]
+    groups = token_batches([len(c) for c in cut_a], max_tokens or default_max_tokens(va.base.device), batch_size)
+    pos_a = {k: [sel_a[j] for j in by_seq[s]] for k, s in enumerate(seq_ids)}
+    pos_b = {k: [sel_b[j] for j in by_seq[s]] for k, s in enumerate(seq_ids)}
     same = _same_computation(va, vb) and seqs_a == seqs_b
-    run_a = _Collector(va)
-    run_b = run_a if same else _Collector(vb)
     acc = CKAAccumulator(debiased=debiased, form=form, device=va.base.device)
-    it: Sequence = groups
+    side_a = _collect(va, cut_a, groups, pos_a)
+    side_b = None if same else _collect(vb, cut_b, groups, pos_b)
+    it: Any = range(len(groups))
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(groups, desc=f"cka {va.name} vs {vb.name}", leave=False)
-    with torch.inference_mode():
-        for grp in it:
-            rows, pa, pb = [], [], []
-            for r, s in enumerate(grp):
-                for j in by_seq[s]:
-                    rows.append(r)
-                    pa.append(sel_a[j])
-                    pb.append(sel_b[j])
-            ha = run_a([seqs_a[s][: cut_a[s]] for s in grp], rows, pa)
-            hb = ha if same else run_b([seqs_b[s][: cut_b[s]] for s in grp], rows, pb)
-            acc.update(ha, hb)
+        it = tqdm(it, desc=f"cka {va.name} vs {vb.name}", leave=False)
+    for _ in it:
+        ha = next(side_a)
+        acc.update(ha, ha if side_b is None else next(side_b))
     return CKAResult(
         matrix=acc.compute(), blocks_a=list(va.kept), blocks_b=list(vb.kept), model_a=va.name, model_b=vb.name,
         positions=positions, n_samples=n, debiased=bool(debiased), source=source, form=acc.form, seed=int(seed),

@@ -1,20 +1,29 @@
-"""``decision_trace`` and ``transition_point``: the per-layer metrics and the phase boundary."""
+"""``decision_trace`` and ``transition_point``: the per-layer metrics and the phase boundary.
+
+A :class:`DecisionTrace` keeps the raw readout (option logits ``[L, N, K]``, answers, the option mask)
+and derives every statistic from it, as tuned-lens' ``PredictionTrajectory`` does; a :class:`Transition`
+is a trace plus where its decisive phase begins.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import metrics
+from .errors import PhaselensError
 from .lens import option_logits
 from .phases import jump_index, transition_ci, transition_index
+from .results import Result
 from .tasks import Task, load_task
 from .view import as_view
 
 N_BOOT = 1000
+SCORINGS = ("sum", "norm")
 
 
 class _Figures:
@@ -47,20 +56,43 @@ class _Figures:
 
         return option_frequency(self, kind, **kw)
 
+    def figures(self) -> list[tuple[str, Any]]:
+        return [
+            ("Decision Margin per block: mean over items of the correct option's logit minus the best other's; "
+             "band = bootstrap 95% interval over items.", self.plot()),
+            ("Accuracy of the option-restricted readout per block; band = bootstrap 95% interval.", self.plot_accuracy()),
+            ("Bias KL (positional bias against the answer key) and convergence KL (distance to the final block's "
+             "option distribution).", self.plot_kl()),
+            ("Option frequency: the share of items whose top option is each slot, per block.",
+             self.plot_option_frequency("stacked")),
+            ("The same option frequencies as a radar; the slider picks the block.", self.plot_option_frequency("radar")),
+        ]
+
+    @classmethod
+    def overview(cls, results: dict[str, Any]) -> list[tuple[str, Any]]:
+        from . import plots
+
+        return [("Decision Margin per block, every trace of the folder on the original-block axis.", plots.margin_curves(results)),
+                ("Accuracy per block.", plots.accuracy_curves(results)),
+                ("Bias KL and convergence KL per block.", plots.kl_curves(results))]
+
 
 @dataclass
-class DecisionTrace(_Figures):
-    """Decision metrics of one model on one task, per surviving block.
+class DecisionTrace(_Figures, Result):
+    """The option-restricted readout of one model on one task, per surviving block, and its metrics.
 
     Shapes: ``L`` surviving blocks, ``N`` items, ``K`` option slots.
 
-    Attributes:
-        blocks: ``[L]`` original block index of each row (pruned models skip some).
-        margins: ``[L]`` Decision Margin; ``item_margins`` ``[N, L]`` per item.
-        accuracy: ``[L]``; ``option_frequency`` ``[L, K]``; ``bias_kl``, ``convergence_kl`` ``[L]``.
-        margin_ci, accuracy_ci: ``[2, L]`` bootstrap 95% intervals over items.
-        answer_prior: ``[K]`` share of items whose answer is each slot.
-        logits: ``[L, N, K]`` the option logits everything was computed from.
+    Stored (raw): ``logits [L, N, K]`` (``-inf`` at padded slots; continuation: summed log-likelihoods),
+    ``answers [N]``, ``mask [N, K]``, ``blocks [L]`` (original index of each row), ``option_chars [N, K]``
+    (the options' lengths in characters, for ``acc_norm``), ``n_boot`` and ``seed`` of the intervals.
+
+    Derived: ``margins [L]`` and ``item_margins [N, L]`` (Decision Margin), ``accuracy [L]``, ``acc_norm [L]``
+    (continuation), ``option_frequency [L, K]``, ``bias_kl``, ``convergence_kl [L]``, ``margin_ci``,
+    ``accuracy_ci [2, L]`` (bootstrap 95% over items), ``predictions [N, L]``, ``correct [N, L]``,
+    ``answer_prior [K]``. ``scoring`` says how margins read continuation scores: ``"sum"`` (summed
+    log-likelihood, lm-eval's ``acc``) or ``"norm"`` (divided by the option's length in characters,
+    lm-eval's ``acc_norm``); see :meth:`with_scoring`.
     """
 
     model: str
@@ -68,73 +100,162 @@ class DecisionTrace(_Figures):
     format: str
     n_blocks: int
     blocks: np.ndarray
-    margins: np.ndarray
-    item_margins: np.ndarray
-    accuracy: np.ndarray
-    option_frequency: np.ndarray
-    bias_kl: np.ndarray
-    convergence_kl: np.ndarray
-    margin_ci: np.ndarray
-    accuracy_ci: np.ndarray
-    answer_prior: np.ndarray
     logits: np.ndarray = field(repr=False)
+    answers: np.ndarray = field(repr=False)
+    mask: np.ndarray = field(repr=False)
+    option_chars: np.ndarray = field(repr=False)
     item_ids: list[str] = field(default_factory=list, repr=False)
+    n_boot: int = N_BOOT
     seed: int = 0
     reformulated: bool = False
+    lens: str = "logit"
+    scoring: str = "sum"
 
+    derived = ("margins", "margin_ci", "accuracy", "accuracy_ci", "option_frequency", "bias_kl", "convergence_kl",
+               "answer_prior", "item_margins")
+
+    def __post_init__(self) -> None:
+        self.blocks = np.asarray(self.blocks, dtype=int)
+        self.logits = np.asarray(self.logits, dtype=np.float32)
+        self.answers = np.asarray(self.answers, dtype=np.int64)
+        self.mask = np.asarray(self.mask, dtype=bool)
+        self.option_chars = np.asarray(self.option_chars, dtype=np.int64)
+        L, N, K = self.logits.shape
+        if self.blocks.shape != (L,) or self.answers.shape != (N,) or self.mask.shape != (N, K):
+            raise PhaselensError(f"trace of {self.model}: logits {self.logits.shape}, blocks {self.blocks.shape}, answers "
+                                 f"{self.answers.shape} and mask {self.mask.shape} do not fit [L, N, K], [L], [N], [N, K]")
+        if self.scoring not in SCORINGS:
+            raise PhaselensError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
+
+    # -- shape
     @property
     def n_layers(self) -> int:
         return len(self.blocks)
 
     @property
     def n_items(self) -> int:
-        return int(self.item_margins.shape[0])
+        return int(self.answers.shape[0])
 
     @property
     def slot_labels(self) -> list[str]:
-        return [chr(ord("A") + k) if k < 26 else str(k) for k in range(self.option_frequency.shape[1])]
+        return [chr(ord("A") + k) if k < 26 else str(k) for k in range(self.mask.shape[1])]
 
+    # -- derived
+    @cached_property
+    def scores(self) -> torch.Tensor:
+        """``[L, N, K]`` the scores margins are read from (``logits``, or ``logits / option_chars`` for ``"norm"``)."""
+        z = torch.from_numpy(self.logits)
+        if self.scoring == "norm":
+            z = z / torch.from_numpy(np.maximum(self.option_chars, 1)).float()[None]
+        return z.masked_fill(~torch.from_numpy(self.mask)[None], float("-inf"))
+
+    @cached_property
+    def _boot(self) -> np.ndarray:
+        return metrics.bootstrap_indices(self.n_items, self.n_boot, self.seed)
+
+    @cached_property
+    def item_margins(self) -> np.ndarray:
+        return metrics.item_margins(self.scores, torch.from_numpy(self.answers))
+
+    @cached_property
+    def margins(self) -> np.ndarray:
+        return self.item_margins.mean(0)
+
+    @cached_property
+    def predictions(self) -> np.ndarray:
+        """``[N, L]`` argmax option per item and block (first slot on ties)."""
+        return metrics.predictions(self.scores).T.numpy()
+
+    @cached_property
+    def correct(self) -> np.ndarray:
+        """``[N, L]`` 1.0 where the item's argmax option is its answer."""
+        return (self.predictions == self.answers[:, None]).astype(float)
+
+    @cached_property
+    def accuracy(self) -> np.ndarray:
+        return self.correct.mean(0)
+
+    @cached_property
+    def acc_norm(self) -> np.ndarray:
+        """``[L]`` accuracy of the length-normalised scores (lm-eval's ``acc_norm``): ``logits / option_chars``."""
+        return self.with_scoring("norm").accuracy
+
+    @cached_property
+    def option_frequency(self) -> np.ndarray:
+        return metrics.option_frequency(self.scores)
+
+    @cached_property
+    def bias_kl(self) -> np.ndarray:
+        return metrics.bias_kl(self.scores, torch.from_numpy(self.answers))
+
+    @cached_property
+    def convergence_kl(self) -> np.ndarray:
+        return metrics.convergence_kl(self.scores)
+
+    @cached_property
+    def margin_ci(self) -> np.ndarray:
+        return metrics.bootstrap_ci(self.item_margins, self._boot)
+
+    @cached_property
+    def accuracy_ci(self) -> np.ndarray:
+        return metrics.bootstrap_ci(self.correct, self._boot)
+
+    @cached_property
+    def answer_prior(self) -> np.ndarray:
+        return metrics.answer_prior(torch.from_numpy(self.answers), self.mask.shape[1])
+
+    def with_scoring(self, scoring: str) -> "DecisionTrace":
+        """The same trace with margins read in ``scoring`` (``"sum"`` or ``"norm"``; continuation traces)."""
+        from dataclasses import replace
+
+        if scoring not in SCORINGS:
+            raise PhaselensError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        return self if scoring == self.scoring else replace(self, scoring=scoring)
+
+    def transition(self, *, n_boot: int | None = None, seed: int | None = None) -> "Transition":
+        """Where this trace's decisive phase begins (no model run)."""
+        return Transition(self, self.n_boot if n_boot is None else n_boot, self.seed if seed is None else seed)
+
+    # -- outputs
     def to_pandas(self):
-        """One row per surviving block: margin (+ CI), accuracy (+ CI), KLs, option frequencies."""
+        """One row per surviving block: margin (+ CI), accuracy (+ CI), acc_norm (continuation), KLs, option frequencies."""
         import pandas as pd
 
-        df = pd.DataFrame(
-            {
-                "layer": np.arange(self.n_layers),
-                "block": self.blocks,
-                "margin": self.margins,
-                "margin_lo": self.margin_ci[0],
-                "margin_hi": self.margin_ci[1],
-                "accuracy": self.accuracy,
-                "accuracy_lo": self.accuracy_ci[0],
-                "accuracy_hi": self.accuracy_ci[1],
-                "bias_kl": self.bias_kl,
-                "convergence_kl": self.convergence_kl,
-            }
-        )
+        df = pd.DataFrame({
+            "layer": np.arange(self.n_layers), "block": self.blocks, "margin": self.margins,
+            "margin_lo": self.margin_ci[0], "margin_hi": self.margin_ci[1], "accuracy": self.accuracy,
+            "accuracy_lo": self.accuracy_ci[0], "accuracy_hi": self.accuracy_ci[1],
+        })
+        if self.format == "continuation":
+            df["acc_norm"] = self.acc_norm
+        df["bias_kl"] = self.bias_kl
+        df["convergence_kl"] = self.convergence_kl
         for k, lab in enumerate(self.slot_labels):
             df[f"of_{lab}"] = self.option_frequency[:, k]
         return df
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
+    def items(self):
+        """One row per item: id, answer, and per block its predicted option and whether it is correct (long format)."""
+        import pandas as pd
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DecisionTrace":
-        kw = {}
-        for f in fields(cls):
-            v = d[f.name] if f.name in d else None
-            if v is None and f.name in ("item_ids",):
-                v = []
-            kw[f.name] = np.asarray(v, dtype=float) if isinstance(v, list) and f.name not in ("item_ids",) else v
-        kw["blocks"] = np.asarray(kw["blocks"], dtype=int)
-        return cls(**kw)
+        N, L = self.predictions.shape
+        return pd.DataFrame({
+            "item": np.repeat(np.asarray(self.item_ids or [str(i) for i in range(N)], dtype=object), L),
+            "answer": np.repeat(self.answers, L), "block": np.tile(self.blocks, N),
+            "prediction": self.predictions.ravel(), "correct": self.correct.ravel(), "margin": self.item_margins.ravel(),
+        })
+
+    def summary(self) -> str:
+        acc = f"final accuracy {self.accuracy[-1]:.3f}"
+        if self.format == "continuation":
+            acc += f", acc_norm {self.acc_norm[-1]:.3f}"
+        return (f"{self.model} on {self.task} ({self.format}{', reformulated' if self.reformulated else ''}, "
+                f"{self.n_items} items, {self.lens} lens): final margin {self.margins[-1]:.3f}, {acc}")
 
 
 @dataclass
-class Transition(_Figures):
-    """Where the decisive phase begins.
+class Transition(_Figures, Result):
+    """Where the decisive phase begins, derived from ``trace``.
 
     Attributes:
         layer: original block index where the decisive phase begins, or ``None``.
@@ -145,14 +266,31 @@ class Transition(_Figures):
         silent, decisive: the two phases as ranges of original block indices.
     """
 
-    layer: int | None
-    reason: str
-    jump_layer: int | None
-    ci: tuple[int, int] | None
-    ci_undefined: float
-    silent: range | None
-    decisive: range | None
     trace: DecisionTrace = field(repr=False)
+    n_boot: int = N_BOOT
+    seed: int = 0
+
+    derived = ("layer", "reason", "jump_layer", "ci", "ci_undefined", "silent", "decisive")
+
+    def __post_init__(self) -> None:
+        tr = self.trace
+        blocks = tr.blocks
+        pos = transition_index(tr.margins)
+        jump = jump_index(tr.margins)
+        idx = metrics.bootstrap_indices(tr.n_items, self.n_boot, self.seed)
+        ci_pos, self.ci_undefined = transition_ci(tr.item_margins, idx)
+        self.ci = None if ci_pos is None else (int(blocks[int(np.floor(ci_pos[0]))]), int(blocks[int(np.ceil(ci_pos[1]))]))
+        self.jump_layer = None if jump is None else int(blocks[jump])
+        if pos is None:
+            self.layer, self.silent, self.decisive = None, None, None
+            self.reason = (
+                f"the final-layer margin is {tr.margins[-1]:.3f} <= 0 (final accuracy {tr.accuracy[-1]:.2f}): "
+                "the model does not pick the correct option ahead of the others, so it cannot do this task "
+                "in this format and there is no decisive phase.")
+        else:
+            self.layer = int(blocks[pos])
+            self.reason = ""
+            self.silent, self.decisive = range(0, self.layer), range(self.layer, tr.n_blocks)
 
     @property
     def margins(self) -> np.ndarray:
@@ -171,39 +309,26 @@ class Transition(_Figures):
     def summary(self) -> str:
         t = self.trace
         if self.layer is None:
-            return f"{t.model} on {t.task} ({t.format}): no transition. {self.reason}"
+            return f"{t.model} on {t.task} ({t.format}, {t.lens} lens): no transition. {self.reason}"
         ci = f"{self.ci[0]}-{self.ci[1]}" if self.ci else "n/a"
         return (
-            f"{t.model} on {t.task} ({t.format}, {t.n_items} items): decisive phase begins at block "
-            f"{self.layer} of {t.n_blocks} (95% CI {ci}; largest jump at block {self.jump_layer}); "
-            f"final margin {t.margins[-1]:.3f}, final accuracy {t.accuracy[-1]:.3f}"
+            f"{t.model} on {t.task} ({t.format}{', reformulated' if t.reformulated else ''}, {t.n_items} items, "
+            f"{t.lens} lens): decisive phase begins at block {self.layer} of {t.n_blocks} (95% CI {ci}; largest jump "
+            f"at block {self.jump_layer}); final margin {t.margins[-1]:.3f}, final accuracy {t.accuracy[-1]:.3f}"
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        rng = lambda r: None if r is None else [r.start, r.stop]  # noqa: E731
-        return {
-            "layer": self.layer,
-            "reason": self.reason,
-            "jump_layer": self.jump_layer,
-            "ci": None if self.ci is None else list(self.ci),
-            "ci_undefined": self.ci_undefined,
-            "silent": rng(self.silent),
-            "decisive": rng(self.decisive),
-            "trace": self.trace.to_dict(),
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Transition":
-        rng = lambda r: None if r is None else range(*r)  # noqa: E731
-        return cls(d["layer"], d["reason"], d["jump_layer"], None if d["ci"] is None else tuple(d["ci"]),
-                   d["ci_undefined"], rng(d["silent"]), rng(d["decisive"]), DecisionTrace.from_dict(d["trace"]))
 
 
 def _resolve_task(task: Any) -> Task:
     return task if isinstance(task, Task) else load_task(task)
+
+
+def check_boot(n_boot: Any, seed: Any) -> None:
+    """``n_boot`` a positive int, ``seed`` an int: a clear error otherwise."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise PhaselensError(f"n_boot must be a positive int (bootstrap resamples), got {n_boot!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise PhaselensError(f"seed must be an int, got {seed!r}")
 
 
 def decision_trace(
@@ -211,73 +336,39 @@ def decision_trace(
     task: Any,
     *,
     batch_size: int | None = None,
+    max_tokens: int | None = None,
     device: str | None = None,
     n_boot: int = N_BOOT,
     seed: int = 0,
     progress: bool = False,
-    replay=None,
+    cache=None,
 ) -> DecisionTrace:
     """Option-restricted logit lens of every surviving block of ``model`` on ``task``.
 
     Args:
         model: a :class:`~phaselens.Model`, a pruned/recovered view, or anything ``load_model`` takes.
         task: a :class:`~phaselens.Task` or anything ``load_task`` takes.
-        batch_size: prompts per forward pass (default 16 on CPU, 64 on GPU).
+        batch_size: at most this many sequences per forward pass (default: no cap).
+        max_tokens: padded tokens per forward pass (default 4096 on the CPU, 32768 on a GPU).
         device: used only when ``model`` is a spec to be loaded.
         n_boot: bootstrap resamples for the intervals; ``seed`` seeds them.
+        cache: a :class:`~phaselens.runner.PrefixCache` replaying identical prefixes (sweeps, phase cuts).
     """
+    check_boot(n_boot, seed)
     if device is not None and isinstance(model, str):
         from .models import load_model
 
         model = load_model(model, device=device)
     view = as_view(model)
     t = _resolve_task(task)
-    ol = option_logits(view, t, batch_size=batch_size, progress=progress, replay=replay)
-    z, ans = ol.z, ol.answers
-    im = metrics.item_margins(z, ans)
-    acc_items = (metrics.predictions(z) == ans[None]).double().T.numpy()  # [N, L]
-    idx = metrics.bootstrap_indices(len(ans), n_boot, seed)
+    ol = option_logits(view, t, batch_size=batch_size, max_tokens=max_tokens, progress=progress, cache=cache)
+    chars = np.zeros(ol.mask.shape, dtype=np.int64)
+    for i, it in enumerate(t.items):
+        chars[i, : len(it.options)] = [len(o) for o in it.options]
     return DecisionTrace(
-        model=view.name,
-        task=t.name,
-        format=t.format,
-        n_blocks=view.base.n_layers,
-        blocks=np.asarray(ol.blocks),
-        margins=im.mean(0),
-        item_margins=im,
-        accuracy=metrics.accuracy(z, ans),
-        option_frequency=metrics.option_frequency(z),
-        bias_kl=metrics.bias_kl(z, ans),
-        convergence_kl=metrics.convergence_kl(z),
-        margin_ci=metrics.bootstrap_ci(im, idx),
-        accuracy_ci=metrics.bootstrap_ci(acc_items, idx),
-        answer_prior=metrics.answer_prior(ans, z.shape[-1]),
-        logits=z.numpy(),
-        item_ids=[it.id for it in t.items],
-        seed=seed,
-        reformulated=t.reformulated,
-    )
-
-
-def transition_from_trace(trace: DecisionTrace, *, n_boot: int = N_BOOT, seed: int = 0) -> Transition:
-    """The :class:`Transition` of an existing trace (no model run)."""
-    blocks = trace.blocks
-    pos = transition_index(trace.margins)
-    jump = jump_index(trace.margins)
-    idx = metrics.bootstrap_indices(trace.n_items, n_boot, seed)
-    ci_pos, undefined = transition_ci(trace.item_margins, idx)
-    ci = None if ci_pos is None else (int(blocks[int(np.floor(ci_pos[0]))]), int(blocks[int(np.ceil(ci_pos[1]))]))
-    if pos is None:
-        reason = (
-            f"the final-layer margin is {trace.margins[-1]:.3f} <= 0 (final accuracy {trace.accuracy[-1]:.2f}): "
-            "the model does not pick the correct option ahead of the others, so it cannot do this task "
-            "in this format and there is no decisive phase."
-        )
-        return Transition(None, reason, None if jump is None else int(blocks[jump]), ci, undefined, None, None, trace)
-    layer = int(blocks[pos])
-    return Transition(
-        layer, "", None if jump is None else int(blocks[jump]), ci, undefined,
-        range(0, layer), range(layer, trace.n_blocks), trace,
+        model=view.name, task=t.name, format=t.format, n_blocks=view.base.n_layers, blocks=np.asarray(ol.blocks),
+        logits=ol.z.numpy(), answers=ol.answers.numpy(), mask=ol.mask.numpy(), option_chars=chars,
+        item_ids=[it.id for it in t.items], n_boot=n_boot, seed=seed, reformulated=t.reformulated,
     )
 
 
@@ -287,5 +378,4 @@ def transition_point(model: Any, task: Any, **kw: Any) -> Transition:
     ``model`` and ``task`` may be objects or specs: ``transition_point("smollm2-135m", "capitals")``.
     Keyword arguments go to :func:`decision_trace`.
     """
-    trace = decision_trace(model, task, **kw)
-    return transition_from_trace(trace, n_boot=kw.get("n_boot", N_BOOT), seed=kw.get("seed", 0))
+    return decision_trace(model, task, **kw).transition()

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli import _fail, _load, app, console
+from ..cli import _fail, _load, _texts, app, console
 
 _TaskOpt = typer.Option("capitals", "--task", "-t", help="built-in task, benchmark name or file")
 
@@ -46,7 +46,7 @@ def _floats(text: str, what: str) -> list[float]:
 def _finish(result: Any, *, as_json: bool, out: Optional[Path], html: Optional[Path], name: str, table: Table | None,
             summary: str, **prov: Any) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(result.to_dict(), default=_default) + "\n")
+        sys.stdout.write(result.to_json() + "\n")
     else:
         if table is not None:
             Console().print(table)
@@ -69,12 +69,6 @@ def _slug(*parts: Any) -> str:
     return slug(*parts)
 
 
-def _default(o: Any) -> Any:
-    from ..results import _jsonable
-
-    return _jsonable(o)
-
-
 def _progress(as_json: bool) -> bool:
     return not as_json and sys.stderr.isatty()
 
@@ -88,7 +82,9 @@ def cka_cmd(
     criterion_b: Optional[str] = typer.Option(None, "--criterion-b", help="select -n blocks to cut from model B: bi, angular, sleb, random, silent, decisive"),
     n: int = typer.Option(0, "-n", help="number of blocks --criterion-b cuts"),
     task: str = _TaskOpt,
-    texts: bool = typer.Option(False, "--calibration", help="compare on the bundled calibration texts instead of the task"),
+    on_texts: bool = typer.Option(False, "--on-texts", help="compare on calibration text (every token) instead of the task"),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="text file (passages separated by blank lines) "
+                                               "for --on-texts; default: the bundled fit passages"),
     positions: Optional[str] = typer.Option(None, help="decision | all"),
     debiased: bool = typer.Option(False, "--debiased", help="the unbiased HSIC estimator"),
     n_samples: int = typer.Option(2048, help="at most this many samples (items or tokens)"),
@@ -102,8 +98,8 @@ def cka_cmd(
 ) -> None:
     """Linear CKA between every block of model A and every block of model B (or a pruned A)."""
     from .. import load_model, prune, select_blocks
-    from ..models import ModelError
-    from ..similarity import CKAError, cka
+    from ..errors import PhaselensError
+    from ..similarity import cka
 
     if prune_b and criterion_b:
         _fail("give either --prune-b or --criterion-b, not both")
@@ -112,7 +108,7 @@ def cka_cmd(
     ma, t = _load(model_a, task, None, limit, seed, 0, None, device)
     try:
         mb = ma if model_b is None else load_model(model_b, device=device)
-    except ModelError as e:
+    except PhaselensError as e:
         _fail(str(e))
     vb: Any = mb
     try:
@@ -120,9 +116,9 @@ def cka_cmd(
             vb = prune(mb, _ints(prune_b, "--prune-b") or [])
         elif criterion_b:
             vb = prune(mb, select_blocks(mb, n, criterion_b, task=t, seed=seed))  # type: ignore[arg-type]
-        r = cka(ma, vb, None if texts else t, positions=positions, debiased=debiased, n_samples=n_samples, seed=seed,
+        r = cka(ma, vb, (_texts(calibration, "calibration") if on_texts else t), positions=positions, debiased=debiased, n_samples=n_samples, seed=seed,
                 batch_size=batch_size, progress=_progress(as_json))
-    except (ValueError, CKAError) as e:
+    except PhaselensError as e:
         _fail(str(e))
     blocks, vals = r.matched()
     table = Table(title=f"CKA {r.model_a} vs {r.model_b} on {r.source} ({r.positions}, n={r.n_samples})", title_justify="left")
@@ -153,13 +149,14 @@ def noise_cmd(
     html: Optional[Path] = typer.Option(None, help="write the sensitivity figure to this HTML file"),
 ) -> None:
     """Noise at the output of one block at a time: the final margin per block and eps, silent vs decisive."""
-    from ..interventions import InterventionError, inject_noise
+    from ..errors import PhaselensError
+    from ..noise import inject_noise
 
     m, t = _load(model, task, None, limit, seed, 0, None, device)
     try:
         r = inject_noise(m, t, _ints(blocks, "--blocks"), _floats(eps, "--eps"), seeds=seeds, batch_size=batch_size,
                          boot_seed=seed, progress=_progress(as_json))
-    except (InterventionError, ValueError) as e:
+    except PhaselensError as e:
         _fail(str(e))
     df = r.to_pandas()
     table = Table(title=f"final margin after noise: {r.model} on {r.task} ({r.n_items} items)", title_justify="left")
@@ -190,13 +187,14 @@ def ablate_cmd(
     html: Optional[Path] = typer.Option(None, help="write the drop figure to this HTML file"),
 ) -> None:
     """Ablate single blocks and pairs; the drop of the final margin (with bootstrap CIs over items)."""
-    from ..interventions import InterventionError, ablate
+    from ..ablation import ablate
+    from ..errors import PhaselensError
 
     m, t = _load(model, task, None, limit, seed, 0, None, device)
     try:
         r = ablate(m, t, _ints(blocks, "--blocks"), mode=mode, pairs=None if pairs else False, window=window,
                    batch_size=batch_size, boot_seed=seed, progress=_progress(as_json))
-    except (InterventionError, ValueError) as e:
+    except PhaselensError as e:
         _fail(str(e))
     df = r.to_pandas()
     table = Table(title=f"{r.mode}-ablation: {r.model} on {r.task} ({r.n_items} items)", title_justify="left")
@@ -227,8 +225,9 @@ def collapse_cmd(
     """Transition depth against collapse ratio across (model, task) pairs, with Pearson r."""
     import warnings
 
-    from ..stats import StatsError, StatsWarning, transition_vs_collapse
-    from ..tasks import TaskError, load_task
+    from ..errors import PhaselensError, StatsWarning
+    from ..experiments import transition_vs_collapse
+    from ..tasks import load_task
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StatsWarning)
@@ -240,7 +239,7 @@ def collapse_cmd(
                 study = transition_vs_collapse(models=[x.strip() for x in models.split(",") if x.strip()], tasks=ts,
                                                 criterion=criterion, out=sweeps, max_steps=max_steps, seed=seed,
                                                 progress=_progress(as_json))
-        except (StatsError, TaskError, ValueError) as e:
+        except PhaselensError as e:
             _fail(str(e))
     for w in caught:
         if issubclass(w.category, StatsWarning):

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli import ModelOpt, TaskOpt, _fail, _load, app, console
+from ..cli import ModelOpt, TaskOpt, _fail, _load, _texts, app, console
 
 FormatOpt = typer.Option(None, "--format", "-f", help="letters | cloze | continuation")
 LimitOpt = typer.Option(None, help="random subset of this many items (seeded)")
@@ -30,20 +30,6 @@ def _ints(text: str, what: str) -> list[int]:
     except ValueError:
         _fail(f"{what} must be comma-separated block indices like 3,4,5, got {text!r}")
         raise  # unreachable
-
-
-def _texts(path: Optional[Path], what: str) -> Optional[list[str]]:
-    if path is None:
-        return None
-    from ..calibration import CalibrationError, load_calibration
-
-    if not path.is_file():
-        _fail(f"{what} file not found: {path}")
-    try:
-        return load_calibration(str(path))
-    except CalibrationError as e:
-        _fail(f"{what}: {e}")
-    return None
 
 
 def _save(result: Any, out: Path, name: str, **prov: Any) -> None:
@@ -104,7 +90,7 @@ def prune_cmd(
     html: Optional[Path] = HtmlOpt,
 ) -> None:
     """Cut blocks (listed, or chosen by a criterion) and compare the pruned model's transition with the dense one."""
-    from .. import CRITERIA, RecoveryError, fit_recovery, prune, select_blocks, transition_point
+    from .. import CRITERIA, PhaselensError, fit_recovery, prune, select_blocks, transition_point
     from ..recovery import METHODS
 
     if (blocks is None) == (criterion is None):
@@ -126,12 +112,14 @@ def prune_cmd(
         view = prune(m, cut)
         if recovery is not None and recovery != "identity":
             view = fit_recovery(view, cal, recovery)
-    except (ValueError, RecoveryError) as e:
+    except PhaselensError as e:
         _fail(str(e))
     pruned = transition_point(view, t, seed=seed)
     if as_json:
-        sys.stdout.write(json.dumps({"removed": sorted(cut), "recovery": recovery, "dense": dense.to_dict(),
-                                     "pruned": pruned.to_dict()}) + "\n")
+        from ..results import plain
+
+        sys.stdout.write(json.dumps({"removed": sorted(cut), "recovery": recovery, "dense": plain(dense),
+                                     "pruned": plain(pruned)}) + "\n")
     else:
         Console().print(compare_table(dense, pruned))
         console.print(f"cut blocks {sorted(cut)}" + (f" ({criterion})" if criterion else "") +
@@ -188,6 +176,7 @@ def sweep_cmd(
     html: Optional[Path] = HtmlOpt,
 ) -> None:
     """Cut one block at a time by a criterion recomputed after every cut; per-step accuracy, margin, transition, perplexity."""
+    from ..errors import PhaselensError
     from ..pruning.iterative import SWEEP_CRITERIA, iterative_prune
 
     if criterion not in SWEEP_CRITERIA:
@@ -197,10 +186,10 @@ def sweep_cmd(
         sweep = iterative_prune(m, t, criterion=criterion, steps=steps, recovery=recovery, out=out,
                                 calibration=_texts(calibration, "calibration"), perplexity_texts=_texts(heldout, "held-out"),
                                 seed=seed, progress=not as_json and sys.stderr.isatty())
-    except ValueError as e:
+    except PhaselensError as e:
         _fail(str(e))
     if as_json:
-        sys.stdout.write(json.dumps(sweep.to_dict()) + "\n")
+        sys.stdout.write(sweep.to_json() + "\n")
     else:
         Console().print(sweep_table(sweep))
     if out:
@@ -251,8 +240,8 @@ def phase_cuts_cmd(
     html: Optional[Path] = HtmlOpt,
 ) -> None:
     """Cut n blocks inside the silent phase, inside the decisive phase and at random; recover each cut with each method."""
-    from ..phase_cuts import DEFAULT_METHODS, PhaseCutsError, compare_phase_cuts
-    from ..recovery import RecoveryError
+    from ..errors import PhaselensError
+    from ..experiments import DEFAULT_METHODS, compare_phase_cuts
 
     meths = DEFAULT_METHODS if methods is None else tuple(x.strip() for x in methods.split(",") if x.strip())
     parts = [int(x) if x.strip().lstrip("-").isdigit() else x.strip() for x in placement.split(",")]
@@ -267,13 +256,13 @@ def phase_cuts_cmd(
             res = compare_phase_cuts(m, t, n, methods=meths, seeds=seeds, placement=place, calibration=cal,
                                      perplexity_texts=held, measure_boundary=measure_boundary, out=out, seed=seed,
                                      progress=not as_json and sys.stderr.isatty())
-    except (PhaseCutsError, RecoveryError, ValueError) as e:
+    except PhaselensError as e:
         _fail(str(e))
     for w in caught:
         if issubclass(w.category, UserWarning):
             console.print(f"[yellow]warning:[/yellow] {w.message}")
     if as_json:
-        sys.stdout.write(json.dumps(res.to_dict()) + "\n")
+        sys.stdout.write(res.to_json() + "\n")
     else:
         Console().print(phase_cuts_table(res))
         console.print(res.summary())

@@ -18,14 +18,14 @@ def report(
     title: Optional[str] = typer.Option(None, help="page title (default: names the models and tasks)"),
 ) -> None:
     """Turn a results folder into ONE self-contained HTML page: figures, tables and provenance (works offline)."""
-    from ..report import ReportWarning, build_report
-    from ..results import ResultsError
+    from ..errors import PhaselensError, ReportWarning
+    from ..report import build_report
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
         try:
             path = build_report(results, out, title=title)
-        except ResultsError as e:
+        except PhaselensError as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2)
     for w in caught:

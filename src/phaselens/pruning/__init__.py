@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from ..errors import PruningError
 from ..view import ModelView, as_view
 from .criteria import CRITERIA, angular_distances, block_influence, select_blocks, selection, sleb_scores
 
@@ -16,25 +17,16 @@ def prune(model: Any, blocks: Iterable[int]) -> ModelView:
     the view carry the original index of each surviving block.
     """
     view = as_view(model)
-    L = view.base.n_layers
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable):
+        raise PruningError(f"blocks must be a list of block indices, e.g. prune(model, [3, 4]), got {blocks!r}")
     blocks = list(blocks)
     for b in blocks:
         if isinstance(b, bool) or not isinstance(b, int) and not hasattr(b, "__index__"):
-            raise ValueError(f"block indices must be ints, got {b!r}")
-    blocks = [int(b) for b in blocks]
-    bad = [b for b in blocks if not 0 <= b < L]
-    if bad:
-        raise ValueError(f"block indices {bad} are out of range for a model with {L} blocks (valid: 0..{L - 1})")
-    dup = sorted({b for b in blocks if blocks.count(b) > 1})
-    if dup:
-        raise ValueError(f"block indices {dup} are repeated; list each block once")
-    again = sorted(set(blocks) & set(view.removed))
+            raise PruningError(f"block indices must be ints, got {b!r}")
+    again = sorted(set(int(b) for b in blocks) & set(view.removed))
     if again:
-        raise ValueError(f"blocks {again} are already pruned from {view.name}")
-    removed = tuple(view.removed) + tuple(blocks)
-    if len(removed) >= L:
-        raise ValueError(f"pruning {len(removed)} of {L} blocks leaves none; keep at least one block")
-    return ModelView(view.base, removed)
+        raise PruningError(f"blocks {again} are already pruned from {view.name}")
+    return ModelView(view.base, tuple(view.removed) + tuple(int(b) for b in blocks))
 
 
 __all__ = ["CRITERIA", "ModelView", "angular_distances", "block_influence", "prune", "select_blocks", "selection", "sleb_scores"]

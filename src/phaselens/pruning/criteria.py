@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..activations import boundaries
-from ..runtime import Replay
+from ..errors import PruningError
+from ..runner import PrefixCache
 from ..view import ModelView, as_view
 
 Criterion = Literal["bi", "angular", "sleb", "random", "silent", "decisive"]
@@ -29,7 +30,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1, eps=1e-12)
 
 
-def block_influence(model: Any, calibration: Any = None, *, seq_len: int = 256, replay: Replay | None = None) -> dict[int, float]:
+def block_influence(model: Any, calibration: Any = None, *, seq_len: int = 256, cache: PrefixCache | None = None) -> dict[int, float]:
     """ShortGPT Block Influence ``BI_l = 1 - mean_t cos(h_in_l[t], h_out_l[t])`` of every surviving block
     (keys: original block indices)."""
     view = as_view(model)
@@ -40,7 +41,7 @@ def block_influence(model: Any, calibration: Any = None, *, seq_len: int = 256, 
     which = sorted(set(kept) | set(nxt.values()))
     sums = dict.fromkeys(kept, 0.0)
     n = 0
-    for got in boundaries(view, calibration, which=which, seq_len=seq_len, replay=replay):
+    for got in boundaries(view, calibration, which=which, seq_len=seq_len, cache=cache):
         for b in kept:
             sums[b] += float(_cos(got[b], got[nxt[b]]).sum())
         n += got[kept[0]].shape[0]
@@ -48,19 +49,19 @@ def block_influence(model: Any, calibration: Any = None, *, seq_len: int = 256, 
 
 
 def angular_distances(model: Any, n: int, calibration: Any = None, *, seq_len: int = 256,
-                      replay: Replay | None = None) -> dict[int, float]:
+                      cache: PrefixCache | None = None) -> dict[int, float]:
     """Gromov et al.: ``d(l, n) = mean_t arccos(cos(h_in_l, h_out_{l+n-1})) / pi`` for every run of
     ``n`` consecutive surviving blocks, keyed by the run's first block (original index)."""
     view = as_view(model)
     kept = view.kept
     if not 1 <= n < len(kept):
-        raise ValueError(f"n must be in 1..{len(kept) - 1} for a model with {len(kept)} blocks, got {n}")
+        raise PruningError(f"n must be in 1..{len(kept) - 1} for a model with {len(kept)} blocks, got {n}")
     runs = range(len(kept) - n + 1)
     end = {i: kept[i + n - 1] + 1 for i in runs}  # input of block l+n-1's successor = output of l+n-1
     sums = {kept[i]: 0.0 for i in runs}
     count = 0
     which = sorted({kept[i] for i in runs} | set(end.values()))
-    for got in boundaries(view, calibration, which=which, seq_len=seq_len, replay=replay):
+    for got in boundaries(view, calibration, which=which, seq_len=seq_len, cache=cache):
         for i in runs:
             c = _cos(got[kept[i]], got[end[i]]).clamp(-1, 1)
             sums[kept[i]] += float(torch.arccos(c).sum()) / math.pi
@@ -82,17 +83,13 @@ def sleb_scores(model: Any, calibration: Any = None, *, seq_len: int = 128, n_te
 
     view = as_view(model)
     if isinstance(n_texts, bool) or not isinstance(n_texts, (int, np.integer)) or n_texts < 1:
-        raise ValueError(f"n_texts must be a positive int, got {n_texts!r}")
+        raise PruningError(f"n_texts must be a positive int, got {n_texts!r}")
     plain = ModelView(view.base, view.removed)
     texts = load_calibration(calibration)[:n_texts]
-    replay = Replay(view.base.n_layers)
-    perplexity(plain, texts, seq_len=seq_len, replay=replay)  # records every block's input once
-    replay.frozen = True
-    out = {}
-    for b in view.kept:
-        replay.begin(b)
-        out[b] = perplexity(_without(plain, [b]), texts, seq_len=seq_len, replay=replay)
-    return out
+    cache = PrefixCache()
+    perplexity(plain, texts, seq_len=seq_len, cache=cache)  # records every block's input once
+    cache.recording = False  # each candidate replays the unchanged prefix before its own block
+    return {b: perplexity(_without(plain, [b]), texts, seq_len=seq_len, cache=cache) for b in view.kept}
 
 
 def _without(view: ModelView, blocks: list[int]) -> ModelView:
@@ -140,9 +137,9 @@ def selection(model: Any, n: int, criterion: str = "bi", *, calibration: Any = N
     view = as_view(model)
     kept = view.kept
     if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
+        raise PruningError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n < len(kept):
-        raise ValueError(f"n must be an int in 1..{len(kept) - 1} (the model has {len(kept)} blocks), got {n!r}")
+        raise PruningError(f"n must be an int in 1..{len(kept) - 1} (the model has {len(kept)} blocks), got {n!r}")
     if criterion == "bi":
         s = block_influence(view, calibration)
         return Selection(sorted(sorted(s, key=lambda b: (s[b], b))[:n]), criterion, s)
@@ -167,23 +164,23 @@ def selection(model: Any, n: int, criterion: str = "bi", *, calibration: Any = N
 def _phase_selection(view: ModelView, n: int, phase: str, task: Any, placement: str | int, transition: Any) -> Selection:
     if transition is None:
         if task is None:
-            raise ValueError(f"criterion {phase!r} needs task= (the phases are those of a task)")
+            raise PruningError(f"criterion {phase!r} needs task= (the phases are those of a task)")
         from ..trace import transition_point
 
         transition = transition_point(view, task, n_boot=200)
     if transition.layer is None:
-        raise ValueError(f"criterion {phase!r}: {transition.reason}")
+        raise PruningError(f"criterion {phase!r}: {transition.reason}")
     kept = view.kept
     t = transition.layer
     inside = [b for b in kept if (b < t if phase == "silent" else b >= t)]
     if len(inside) < n:
-        raise ValueError(
+        raise PruningError(
             f"the {phase} phase has {len(inside)} surviving blocks ({inside[:1]}..{inside[-1:]}), fewer than n={n}; "
             "lower n or pick the other phase"
         )
     if isinstance(placement, (int, np.integer)) and not isinstance(placement, bool):
         if placement not in inside or inside.index(placement) + n > len(inside):
-            raise ValueError(f"placement {placement}: {n} blocks from there do not fit inside the {phase} phase {inside}")
+            raise PruningError(f"placement {placement}: {n} blocks from there do not fit inside the {phase} phase {inside}")
         i = inside.index(placement)
     elif placement == "center":
         i = (len(inside) - n) // 2
@@ -191,5 +188,5 @@ def _phase_selection(view: ModelView, n: int, phase: str, task: Any, placement: 
         near_end = (phase == "silent") == (placement == "adjacent")
         i = len(inside) - n if near_end else 0
     else:
-        raise ValueError(f"placement must be one of {PLACEMENTS} or a block index, got {placement!r}")
+        raise PruningError(f"placement must be one of {PLACEMENTS} or a block index, got {placement!r}")
     return Selection(inside[i : i + n], phase, {})

@@ -2,16 +2,15 @@
 
 Every step records the full decision trace, the transition, final accuracy and held-out
 perplexity of the current model, then scores its surviving blocks by the criterion and
-cuts the chosen one. With ``out=DIR`` each finished step is written at once
-(``DIR/step_NNN.json``); running again with the same arguments continues after the last
-finished step with identical results. Passes after a cut recompute only from the first
-block whose input changed: the stored inputs of the unchanged prefix are replayed
-(:class:`~phaselens.runtime.Replay`).
+cuts the chosen one. With ``out=DIR`` each finished step is written at once into the run's
+state folder (``DIR/.phaselens/sweep/``, see :mod:`phaselens.resume`); running again with the same
+arguments continues after the last finished step with identical results, a truncated or foreign
+step file is recomputed, and a second run on the same folder is refused. Passes after a cut
+recompute only from the first block whose input changed: the prefix cache replays the rest.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,50 +19,46 @@ from typing import Any
 import numpy as np
 
 from ..calibration import heldout_texts, load_calibration
+from ..errors import PruningError, ResultsError
 from ..perplexity import perplexity
-from ..resume import check_or_write_args, digest, write_atomic
-from ..runtime import Replay
+from ..results import Record, Result
+from ..resume import RunFolder, digest, run_folder
+from ..runner import PrefixCache
 from ..tasks import Task, load_task
-from ..trace import DecisionTrace, Transition, decision_trace, transition_from_trace
-from ..view import ModelView, as_view, first_change
+from ..trace import DecisionTrace, Transition, check_boot, decision_trace
+from ..view import ModelView, as_view
 from .criteria import angular_distances, block_influence, sleb_scores
 
 SWEEP_CRITERIA = ("bi", "angular", "sleb", "random")
 
 
 @dataclass
-class SweepStep:
+class SweepStep(Record):
     """The model after ``len(removed)`` cuts, and the cut chosen next."""
 
     step: int
     removed: list[int]
     ratio: float
-    trace: DecisionTrace
     transition: Transition
-    accuracy: float
-    margin: float
     perplexity: float
     scores: dict[int, float]
     next_cut: int | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "removed": self.removed, "ratio": self.ratio, "transition": self.transition.to_dict(),
-                "accuracy": self.accuracy, "margin": self.margin, "perplexity": self.perplexity,
-                "scores": {str(k): v for k, v in self.scores.items()}, "next_cut": self.next_cut}
+    @property
+    def trace(self) -> DecisionTrace:
+        return self.transition.trace
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SweepStep":
-        tr = transition_from_dict(d["transition"])
-        return cls(d["step"], list(d["removed"]), d["ratio"], tr.trace, tr, d["accuracy"], d["margin"], d["perplexity"],
-                   {int(k): v for k, v in d["scores"].items()}, d["next_cut"])
+    @property
+    def accuracy(self) -> float:
+        return float(self.trace.accuracy[-1])
 
-
-def transition_from_dict(d: dict[str, Any]) -> Transition:
-    return Transition.from_dict(d)
+    @property
+    def margin(self) -> float:
+        return float(self.trace.margins[-1])
 
 
 @dataclass
-class Sweep:
+class Sweep(Result):
     """An iterative pruning sweep.
 
     Attributes:
@@ -109,31 +104,36 @@ class Sweep:
              "transition": [s.transition.layer for s in self.steps], "perplexity": [s.perplexity for s in self.steps]}
         )
 
+    def summary(self) -> str:
+        cr = self.collapse_ratio
+        return (f"iterative pruning of {self.model} on {self.task} by {self.criterion}"
+                f"{f', recovered with {self.recovery}' if self.recovery else ''}: {len(self.steps)} steps, accuracy "
+                f"{self.dense_accuracy:.3f} -> {self.steps[-1].accuracy:.3f}; collapse ratio "
+                f"{'not reached' if cr is None else f'{cr:.3f}'} (threshold {self.threshold:.3f})")
+
     def plot(self, **kw):
         from ..plots import sweep_margins
 
         return sweep_margins(self, **kw)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "task": self.task, "criterion": self.criterion, "recovery": self.recovery,
-                "n_blocks": self.n_blocks, "chance": self.chance, "collapse_ratio": self.collapse_ratio,
-                "start_accuracy": self.start_accuracy, "steps": [s.to_dict() for s in self.steps]}
+    def figures(self) -> list[tuple[str, Any]]:
+        from .. import plots
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Sweep":
-        return cls(d["model"], d["task"], d["criterion"], d["recovery"], d["n_blocks"], d["chance"],
-                   [SweepStep.from_dict(s) for s in d["steps"]], d.get("start_accuracy"))
+        return [("Final accuracy and margin after each cut; the collapse ratio is the first ratio below the threshold.",
+                 plots.sweep_accuracy(self)),
+                ("Decision Margin per block after each cut (original block axis).", plots.sweep_margins(self))]
 
 
 def _chance(task: Task) -> float:
     return float(np.mean([1.0 / it.n_options for it in task.items]))
 
 
-def _scores(view: ModelView, criterion: str, calibration: list[str], replay: Replay | None, seed: int, step: int) -> dict[int, float]:
+def _scores(view: ModelView, criterion: str, calibration: list[str], cache: PrefixCache | None, seed: int,
+            step: int) -> dict[int, float]:
     if criterion == "bi":
-        return block_influence(view, calibration, replay=replay)
+        return block_influence(view, calibration, cache=cache)
     if criterion == "angular":
-        return angular_distances(view, 1, calibration, replay=replay)
+        return angular_distances(view, 1, calibration, cache=cache)
     if criterion == "sleb":
         return sleb_scores(view, calibration)
     rng = random.Random(f"{seed}:{step}")
@@ -163,7 +163,8 @@ def iterative_prune(
         recovery: ``None`` or a method of :func:`phaselens.fit_recovery` refitted after every cut (on
             ``calibration``); ``"replaceme"`` cannot recover a cut at block 0 and raises if the criterion
             picks it.
-        out: a folder; each finished step is written there, and a rerun resumes from it.
+        out: a folder; each finished step is written to its state (``out/.phaselens/sweep/``), and a rerun
+            resumes from it.
         calibration: text the criterion (and recovery) are computed on (default: bundled fit passages).
         perplexity_texts: held-out text for perplexity (default: the bundled held-out passages).
         reuse_prefix: replay unchanged prefixes instead of recomputing them (the same numbers, bit for
@@ -177,22 +178,26 @@ def iterative_prune(
         margin, perplexity, the criterion's scores and the next cut); ``collapse_ratio`` as in DESIGN.md.
     """
     if criterion not in SWEEP_CRITERIA:
-        raise ValueError(f"iterative criterion must be one of {SWEEP_CRITERIA}, got {criterion!r}")
+        raise PruningError(f"iterative criterion must be one of {SWEEP_CRITERIA}, got {criterion!r}")
+    check_boot(n_boot, seed)
     view = as_view(model)
     base = view.base
-    task = task if isinstance(task, Task) else load_task(task)
     L = base.n_layers
-    steps = L - 1 - len(view.removed) if steps is None else steps
-    if not 0 <= steps <= L - 1 - len(view.removed):
-        raise ValueError(f"steps must be in 0..{L - 1 - len(view.removed)}, got {steps}")
+    most = L - 1 - len(view.removed)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))):
+        raise PruningError(f"steps must be an int (blocks to cut) or None, got {steps!r}")
+    steps = most if steps is None else int(steps)
+    if not 1 <= steps <= most:
+        raise PruningError(f"steps must be in 1..{most} (blocks that can be cut from {view.name}), got {steps}")
     if recovery is not None:
         from ..recovery import METHODS
 
         if recovery not in METHODS:
-            raise ValueError(f"unknown recovery method {recovery!r}; choose from {METHODS} or None")
+            raise PruningError(f"unknown recovery method {recovery!r}; choose from {METHODS} or None")
     if view.operators or view.branch_operators:
-        raise ValueError("iterative_prune starts from a dense or plainly pruned model; pass recovery= to refit "
-                         "a recovery after every cut instead of a recovered view")
+        raise PruningError("iterative_prune starts from a dense or plainly pruned model; pass recovery= to refit "
+                           "a recovery after every cut instead of a recovered view")
+    task = task if isinstance(task, Task) else load_task(task)
     cal = load_calibration(calibration)
     ppl_texts = heldout_texts() if perplexity_texts is None else load_calibration(perplexity_texts)
     args = {"model": base.name, "fingerprint": base.fingerprint, "task": task.name, "format": task.format,
@@ -200,34 +205,26 @@ def iterative_prune(
             "criterion": criterion, "recovery": recovery, "seed": seed, "n_boot": n_boot,
             "start_removed": list(view.removed), "calibration": digest(cal), "perplexity_texts": digest(ppl_texts)}
     sweep = Sweep(base.name, task.name, criterion, recovery, L, _chance(task))
-    folder = Path(out) if out is not None else None
-    if folder is not None:
-        check_or_write_args(folder / "sweep.json", args, "a sweep run")
-        sweep.steps = _load_steps(folder)
-    if view.removed:  # the collapse threshold is relative to the dense model
-        sweep.start_accuracy = _dense_accuracy(base, task, folder, n_boot, seed)
-    replay = Replay(L) if reuse_prefix else None
-    sweep.steps = sweep.steps[: steps + 1]
-    removed = list(view.removed) if not sweep.steps else list(sweep.steps[-1].removed) + [sweep.steps[-1].next_cut]
-    prev: ModelView | None = None
-    for k in range(len(sweep.steps), steps + 1):
-        cur = _make_view(base, removed, recovery, cal)
-        if replay is not None:
-            replay.begin(first_change(prev, cur) if prev is not None else 0)
-        trace = decision_trace(cur, task, n_boot=n_boot, seed=seed, replay=replay, progress=progress)
-        tr = transition_from_trace(trace, n_boot=n_boot, seed=seed)
-        ppl = perplexity(cur, ppl_texts, replay=replay)
-        last = cur.n_layers == 1  # the next cut is chosen even after the last step, so a rerun can extend the sweep
-        scores = {} if last else _scores(cur, criterion, cal, replay, seed, k)
-        cut = None if last else min(scores, key=lambda b: (scores[b], b))
-        step = SweepStep(k, sorted(removed), len(removed) / L, trace, tr, float(trace.accuracy[-1]), float(trace.margins[-1]),
-                         ppl, scores, cut)
-        sweep.steps.append(step)
-        if folder is not None:
-            write_atomic(folder / f"step_{k:03d}.json", json.dumps(step.to_dict()))
-        if cut is not None and k < steps:
-            removed = removed + [cut]
-        prev = cur
+    cache = PrefixCache() if reuse_prefix else None
+    with run_folder(out, "sweep", args, "a sweep") as folder:
+        sweep.steps = _load_steps(folder) if folder is not None else []
+        if view.removed:  # the collapse threshold is relative to the dense model
+            sweep.start_accuracy = _dense_accuracy(base, task, folder, n_boot, seed)
+        sweep.steps = sweep.steps[: steps + 1]
+        removed = list(view.removed) if not sweep.steps else list(sweep.steps[-1].removed) + [sweep.steps[-1].next_cut]
+        for k in range(len(sweep.steps), steps + 1):
+            cur = _make_view(base, removed, recovery, cal)
+            trace = decision_trace(cur, task, n_boot=n_boot, seed=seed, cache=cache, progress=progress)
+            ppl = perplexity(cur, ppl_texts, cache=cache)
+            last = cur.n_layers == 1  # the next cut is chosen even after the last step, so a rerun can extend the sweep
+            scores = {} if last else _scores(cur, criterion, cal, cache, seed, k)
+            cut = None if last else min(scores, key=lambda b: (scores[b], b))
+            step = SweepStep(k, sorted(removed), len(removed) / L, trace.transition(), ppl, scores, cut)
+            sweep.steps.append(step)
+            if folder is not None:
+                folder.save(f"step_{k:03d}", step)
+            if cut is not None and k < steps:
+                removed = removed + [cut]
     return sweep
 
 
@@ -240,35 +237,45 @@ def _make_view(base, removed: list[int], recovery: str | None, cal: list[str]) -
     return fit_recovery(view, cal, recovery)
 
 
-def _dense_accuracy(base, task: Task, folder: Path | None, n_boot: int, seed: int) -> float:
-    f = folder / "dense.json" if folder is not None else None
-    if f is not None and f.exists():
-        return float(json.loads(f.read_text())["accuracy"])
+@dataclass
+class SweepDense(Record):
+    accuracy: float
+
+
+def _dense_accuracy(base, task: Task, folder: RunFolder | None, n_boot: int, seed: int) -> float:
+    got = folder.load("dense") if folder is not None else None
+    if isinstance(got, SweepDense):
+        return got.accuracy
     acc = float(decision_trace(base, task, n_boot=n_boot, seed=seed).accuracy[-1])
-    if f is not None:
-        write_atomic(f, json.dumps({"accuracy": acc}))
+    if folder is not None:
+        folder.save("dense", SweepDense(acc))
     return acc
 
 
-def _load_steps(folder: Path) -> list[SweepStep]:
+def _load_steps(folder: RunFolder) -> list[SweepStep]:
+    """The finished steps 0, 1, ... up to the first missing or unreadable one (recomputed from there)."""
     out = []
-    k = 0
-    while (folder / f"step_{k:03d}.json").exists():
-        out.append(SweepStep.from_dict(json.loads((folder / f"step_{k:03d}.json").read_text())))
-        k += 1
-    return out
+    while True:
+        st = folder.load(f"step_{len(out):03d}")
+        if not isinstance(st, SweepStep):
+            return out
+        out.append(st)
 
 
 def load_sweep(folder: str | Path) -> Sweep:
     """The steps of a sweep written with ``out=folder`` (finished or interrupted)."""
-    folder = Path(folder)
-    args = json.loads((folder / "sweep.json").read_text())
-    steps = _load_steps(folder)
+    import json
+
+    state = Path(folder) / ".phaselens" / "sweep"
+    if not (state / "args.json").is_file():
+        raise ResultsError(f"{folder} holds no sweep (no {state / 'args.json'}); pass the out= folder of iterative_prune")
+    args = json.loads((state / "args.json").read_text())
+    f = RunFolder(folder, "sweep", args, "a sweep")
+    steps = _load_steps(f)
     if not steps:
-        raise ValueError(f"{folder} has no finished steps")
-    n_opts = np.isfinite(steps[0].trace.logits[-1]).sum(-1)
-    chance = float(np.mean(1.0 / n_opts))
-    dense = folder / "dense.json"
-    start_acc = float(json.loads(dense.read_text())["accuracy"]) if dense.exists() else None
-    return Sweep(args["model"], args["task"], args["criterion"], args["recovery"], steps[0].trace.n_blocks, chance, steps,
-                 start_acc)
+        raise ResultsError(f"{folder} has no finished sweep steps")
+    tr = steps[0].trace
+    chance = float(np.mean(1.0 / tr.mask.sum(-1)))
+    dense = f.load("dense")
+    return Sweep(args["model"], args["task"], args["criterion"], args["recovery"], tr.n_blocks, chance, steps,
+                 dense.accuracy if isinstance(dense, SweepDense) else None)

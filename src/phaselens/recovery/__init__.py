@@ -1,19 +1,10 @@
 """Recovering pruned models: Ghosted Layers (closed-form least squares) and its rivals."""
 
-from .fit import (
-    BoundaryError,
-    Recovered,
-    RecoveryError,
-    SpanStats,
-    boundary_error,
-    fit_recoveries,
-    fit_recovery,
-    load_recovery,
-    span_stats,
-)
-from .solvers import METHODS, SingularFitWarning, hadamard, ridge_solve, solve
+from .boundary import BoundaryError, boundary_error
+from .fit import MIN_TOKENS_PER_DIM, Recovered, fit_recovery, load_recovery
+from .hadamard import hadamard
+from .solvers import METHODS, ridge_solve, solve
+from .stats import SpanStats, span_stats
 
-__all__ = [
-    "METHODS", "BoundaryError", "Recovered", "RecoveryError", "SingularFitWarning", "SpanStats", "boundary_error",
-    "fit_recoveries", "fit_recovery", "hadamard", "load_recovery", "ridge_solve", "solve", "span_stats",
-]
+__all__ = ["METHODS", "MIN_TOKENS_PER_DIM", "BoundaryError", "Recovered", "SpanStats", "boundary_error", "fit_recovery",
+           "hadamard", "load_recovery", "ridge_solve", "solve", "span_stats"]

@@ -8,8 +8,11 @@ every method needs only ``A = X^T X`` and ``C = X^T Y`` (``d x d``), accumulated
 ``scalar``      ``W = alpha I``, ``alpha = tr C / tr A``
 ``diagonal``    ``W = diag(C_jj / A_jj)``  (per-channel magnitude compensation)
 ``symmetric``   ``W = W^T`` minimising ``||XW - Y||``: solves ``A W + W A = C + C^T``
-``linearpatch`` ``W = H diag(s) H^T``: a (block) Hadamard rotation ``H`` with a channel scale
-                ``s_j = (H^T C H)_jj / (H^T A H)_jj`` fitted in the rotated basis (LinearPatch)
+``linearpatch`` ``W = H diag(s) H^T``: LinearPatch (chenxinrui-tsinghua/LinearPatch, ``get_scale_params``):
+                ``H`` a full Hadamard rotation of order ``d`` (:mod:`~phaselens.recovery.hadamard`) and the
+                magnitude ratio ``s_j = mean|(Y H)_j| / mean|(X H)_j|`` per rotated channel, the means taken
+                over each calibration passage's tokens and the ratios averaged over passages, as the
+                reference does with one passage per batch (statistics ``abs_ratio``, not ``A``/``C``)
 
 ReplaceMe regresses the MLP branch of the block before the cut instead; its statistics are
 the same two products for ``X = M`` (branch output) and ``Y = h_out - h_in + M``.
@@ -32,8 +35,8 @@ SINGULAR_RTOL = 1e-10
 LAM_FALLBACK = 1e-4
 
 
-class SingularFitWarning(UserWarning):
-    """The normal equations were singular; a larger ridge ``lam`` was used (the message gives it)."""
+from ..errors import RecoveryError, SingularFitWarning
+from .hadamard import hadamard
 
 
 def default_lam(A: torch.Tensor) -> float:
@@ -66,8 +69,9 @@ def choose_lam(A: torch.Tensor, lam: float | None = None) -> tuple[float, bool]:
     ``LAM_FALLBACK * tr(A)/d`` when ``A`` is singular. A given ``lam`` is used as is, unless it is too
     small to make a singular ``A`` invertible (``lam=0``): then the fallback is used.
     """
-    if lam is not None and (isinstance(lam, bool) or not np.isfinite(lam) or lam < 0):
-        raise ValueError(f"lam must be a finite number >= 0 (or None for the default), got {lam!r}")
+    if lam is not None and (isinstance(lam, bool) or not isinstance(lam, (int, float, np.integer, np.floating))
+                            or not np.isfinite(lam) or lam < 0):
+        raise RecoveryError(f"lam must be a finite number >= 0 (or None for the default), got {lam!r}")
     A = A.double()
     scale = max(float(torch.trace(A)) / A.shape[0], 1e-30)
     singular = is_singular(A)
@@ -96,22 +100,13 @@ def ridge_solve(A: torch.Tensor, C: torch.Tensor, lam: float | None = None) -> t
                     _warn_singular(lam_used, scale)
                 return W, lam_used
         lam_used, warn = max(lam_used * 100, LAM_FALLBACK * scale), True
-    raise np.linalg.LinAlgError("could not solve the normal equations even with a large ridge; check the calibration data")
+    raise RecoveryError("could not solve the normal equations even with a large ridge; check the calibration data")
 
 
-def hadamard(d: int, *, dtype=torch.float64) -> torch.Tensor:
-    """An orthonormal ``d x d`` rotation: Sylvester Hadamard if ``d`` is a power of two, else block
-    diagonal with Hadamard blocks of the largest power of two dividing ``d``."""
-    p = d & -d  # largest power of two dividing d
-    h = torch.ones(1, 1, dtype=dtype)
-    while h.shape[0] < p:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    h = h / np.sqrt(p)
-    return torch.block_diag(*([h] * (d // p)))
-
-
-def solve(method: str, A: torch.Tensor, C: torch.Tensor, lam: float | None = None) -> tuple[torch.Tensor, float]:
-    """The operator ``W [d, d]`` (float64) of ``method`` from ``A = X^T X``, ``C = X^T Y``; returns ``(W, lam)``."""
+def solve(method: str, A: torch.Tensor, C: torch.Tensor, lam: float | None = None, *,
+          abs_ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """The operator ``W [d, d]`` (float64) of ``method`` from ``A = X^T X``, ``C = X^T Y`` (LinearPatch: from
+    ``abs_ratio [d]``, its per-rotated-channel magnitude ratios); returns ``(W, lam)``."""
     A, C = A.double(), C.double()
     d = A.shape[0]
     eye = torch.eye(d, dtype=torch.float64, device=A.device)
@@ -132,8 +127,8 @@ def solve(method: str, A: torch.Tensor, C: torch.Tensor, lam: float | None = Non
         W = Q @ (S / (evals[:, None] + evals[None, :]).clamp_min(1e-300)) @ Q.T
         return (W + W.T) / 2, lam_
     if method == "linearpatch":
+        if abs_ratio is None:
+            raise RecoveryError("linearpatch needs the rotated magnitude ratios (span_stats(..., linearpatch=True))")
         H = hadamard(d).to(A.device)
-        a = torch.diagonal(H.T @ A @ H)
-        c = torch.diagonal(H.T @ C @ H)
-        return H @ torch.diag(c / a.clamp_min(1e-30)) @ H.T, 0.0
-    raise ValueError(f"unknown recovery method {method!r}; choose one of {METHODS}")
+        return H @ torch.diag(abs_ratio.double().to(A.device)) @ H.T, 0.0
+    raise RecoveryError(f"unknown recovery method {method!r}; choose one of {METHODS}")

@@ -29,8 +29,7 @@ Format = Literal["letters", "cloze", "continuation"]
 FORMATS: tuple[str, ...] = ("letters", "cloze", "continuation")
 
 
-class TaskError(ValueError):
-    """A task, item or data file is malformed; the message names what and where."""
+from ..errors import TaskError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,274 @@
+"""Ablation of single blocks and pairs, read at the model's output (the final Decision Margin).
+
+Ablation of block ``l`` (``h_in`` its input, ``u_l = h_out - h_in`` its update):
+
+``"skip"``
+    the block is removed, ``h_out = h_in``; the same model as :func:`phaselens.prune`.
+``"zero"``
+    zero-ablation in the mechanistic-interpretability sense: the block's two writes into the
+    residual stream (the attention branch and the MLP branch outputs) are set to zero (plan edits of
+    those modules' outputs), the block itself still runs. For a residual block this *is* ``h_out = h_in``,
+    so it gives the same numbers as ``"skip"`` (up to float rounding) by a different path; a
+    block that is not purely residual would make them differ.
+``"mean"``
+    mean-ablation: ``h_out = h_in + mean(u_l)``, the block's update replaced by its mean ``[d]``
+    over every real prompt token of the task's items, computed on the unablated model.
+
+Every ablation runs as :class:`~phaselens.runner.Plan` edits on top of the model's own plan (a pruned or
+recovered view keeps its cuts), with the clean prefix before the first ablated block replayed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import metrics
+from .errors import InterventionError
+from .probes import N_BOOT, FinalRunner, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .results import Result
+from .runner import Plan, identity
+from .view import ModelView
+
+ABLATION_MODES = ("skip", "zero", "mean")
+
+
+def _ablation_edits(mode: str, blocks: tuple[int, ...], means: dict[int, torch.Tensor]) -> Plan:
+    names = {b: f"block {b} {mode}-ablated" for b in blocks}
+    if mode == "skip":
+        return Plan(replace={b: identity for b in blocks}, names=names)
+    if mode == "mean":
+        rep = {}
+        for b in blocks:
+            mu = means[b]
+            rep[b] = lambda h, _mu=mu: (h.float() + _mu.to(h.device, torch.float32)).to(h.dtype)
+        return Plan(replace=rep, names=names)
+    zero = {b: torch.zeros_like for b in blocks}  # both branches' writes into the residual stream are zeroed
+    return Plan(mlp=dict(zero), attn=dict(zero), names=names)
+
+
+@dataclass
+class AblationResult(Result):
+    """Final-margin drop when single blocks and pairs of blocks are ablated.
+
+    Drop = clean final margin minus ablated final margin (per item, then the mean over items);
+    positive = the ablation hurts the decision.
+
+    Attributes:
+        singles: ``[S]`` original indices of the singly ablated blocks.
+        pairs: ``[P]`` block pairs ablated together.
+        single_margins, single_correct: ``[S, N]`` final margin / 0-1 correctness per item.
+        pair_margins, pair_correct: ``[P, N]``.
+        clean_margins, clean_correct: ``[N]`` without ablation.
+        mode: ``"skip"``, ``"zero"`` or ``"mean"`` (see the module docstring).
+        transition: the dense transition block (``None``: no transition).
+    """
+
+    model: str
+    task: str
+    mode: str
+    n_blocks: int
+    singles: list[int]
+    pairs: list[tuple[int, int]]
+    single_margins: np.ndarray
+    single_correct: np.ndarray
+    pair_margins: np.ndarray
+    pair_correct: np.ndarray
+    clean_margins: np.ndarray
+    clean_correct: np.ndarray
+    transition: int | None
+    n_boot: int = N_BOOT
+    boot_seed: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.clean_margins)
+        self.singles = [int(b) for b in self.singles]
+        self.pairs = [(int(a), int(b)) for a, b in self.pairs]
+        self.clean_margins = np.asarray(self.clean_margins, dtype=float)
+        self.clean_correct = np.asarray(self.clean_correct, dtype=float)
+        self.single_margins = np.asarray(self.single_margins, dtype=float).reshape(len(self.singles), n)
+        self.single_correct = np.asarray(self.single_correct, dtype=float).reshape(len(self.singles), n)
+        self.pair_margins = np.asarray(self.pair_margins, dtype=float).reshape(len(self.pairs), n)
+        self.pair_correct = np.asarray(self.pair_correct, dtype=float).reshape(len(self.pairs), n)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.clean_margins.shape[0])
+
+    def _idx(self) -> np.ndarray:
+        return metrics.bootstrap_indices(self.n_items, self.n_boot, self.boot_seed)
+
+    @property
+    def single_drop(self) -> np.ndarray:
+        """``[S]`` mean final-margin drop of each single ablation."""
+        return (self.clean_margins[None] - self.single_margins).mean(1)
+
+    @property
+    def pair_drop(self) -> np.ndarray:
+        """``[P]`` mean final-margin drop of each pair ablation."""
+        return (self.clean_margins[None] - self.pair_margins).mean(1)
+
+    def single_ci(self, level: float = 0.95) -> np.ndarray:
+        """``[2, S]`` bootstrap interval over items of the single drops."""
+        return boot_ci((self.clean_margins[None] - self.single_margins).T, self._idx(), level)
+
+    def pair_ci(self, level: float = 0.95) -> np.ndarray:
+        """``[2, P]`` bootstrap interval over items of the pair drops."""
+        if not self.pairs:
+            return np.zeros((2, 0))
+        return boot_ci((self.clean_margins[None] - self.pair_margins).T, self._idx(), level)
+
+    def pair_matrix(self) -> tuple[list[int], np.ndarray]:
+        """(blocks ``[W]``, ``[W, W]`` drop matrix): off-diagonal = the pair's drop, diagonal = the single
+        drop (NaN where not measured)."""
+        bl = sorted({b for p in self.pairs for b in p})
+        pos = {b: i for i, b in enumerate(bl)}
+        m = np.full((len(bl), len(bl)), np.nan)
+        sd = dict(zip(self.singles, self.single_drop))
+        for b in bl:
+            if b in sd:
+                m[pos[b], pos[b]] = sd[b]
+        for (a, b), v in zip(self.pairs, self.pair_drop):
+            m[pos[a], pos[b]] = m[pos[b], pos[a]] = v
+        return bl, m
+
+    def to_pandas(self):
+        """One row per ablation (singles then pairs): blocks, phase(s), margin drop with CI, accuracy, and for
+        pairs the interaction (pair drop minus the sum of the two single drops, when both were measured)."""
+        import pandas as pd
+
+        rows = []
+        sci, pci = self.single_ci(), self.pair_ci()
+        sd = dict(zip(self.singles, self.single_drop))
+        for i, b in enumerate(self.singles):
+            rows.append({"kind": "single", "blocks": str(b), "block_a": b, "block_b": np.nan,
+                         "phase": phase_of(b, self.transition), "margin_drop": self.single_drop[i],
+                         "margin_drop_lo": sci[0, i], "margin_drop_hi": sci[1, i],
+                         "accuracy": self.single_correct[i].mean(), "accuracy_drop": (self.clean_correct - self.single_correct[i]).mean(),
+                         "interaction": np.nan})
+        for j, (a, b) in enumerate(self.pairs):
+            inter = self.pair_drop[j] - sd[a] - sd[b] if a in sd and b in sd else np.nan
+            rows.append({"kind": "pair", "blocks": f"{a},{b}", "block_a": a, "block_b": b,
+                         "phase": f"{phase_of(a, self.transition)}+{phase_of(b, self.transition)}",
+                         "margin_drop": self.pair_drop[j], "margin_drop_lo": pci[0, j], "margin_drop_hi": pci[1, j],
+                         "accuracy": self.pair_correct[j].mean(), "accuracy_drop": (self.clean_correct - self.pair_correct[j]).mean(),
+                         "interaction": inter})
+        return pd.DataFrame(rows)
+
+    def summary(self) -> str:
+        """Plain-language comparison of single-block drops in the silent and decisive phases."""
+        head = (f"{self.mode}-ablation on {self.model}, {self.task} ({self.n_items} items); clean final margin "
+                f"{self.clean_margins.mean():.3f}, accuracy {self.clean_correct.mean():.3f}.")
+        if not self.singles:
+            return head
+        if self.transition is None:
+            return head + " No dense transition: phases undefined."
+        idx = self._idx()
+        drops = (self.clean_margins[None] - self.single_margins)  # [S, N]
+        out = [head + f" Dense transition at block {self.transition}."]
+        per = {}
+        for phase in ("silent", "decisive"):
+            sel = np.array([phase_of(b, self.transition) == phase for b in self.singles])
+            if sel.any():
+                d = drops[sel].mean(0)
+                per[phase] = d
+                ci = boot_ci(d, idx)
+                k = int(np.argmax(self.single_drop[sel]))
+                worst = np.asarray(self.singles)[sel][k]
+                out.append(f"  {phase} blocks ({int(sel.sum())}): mean margin drop {d.mean():+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]; "
+                           f"largest at block {worst} ({self.single_drop[sel][k]:+.3f})")
+        if len(per) == 2:
+            d = per["silent"] - per["decisive"]
+            ci = boot_ci(d, idx)
+            out.append(f"  silent - decisive: {d.mean():+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]")
+        return "\n".join(out)
+
+    def plot(self, **kw):
+        """Plotly figure: single drops as bars with CIs (phases coloured) and the pair matrix as a heatmap."""
+        from .plots.interventions import ablation_drops
+
+        return ablation_drops(self, **kw)
+
+def _default_pairs(view: ModelView, layer: int | None, window: int) -> list[tuple[int, int]]:
+    if layer is None:
+        warnings.warn("the dense model has no transition on this task: no window for pair ablations (pass pairs=...)",
+                      stacklevel=3)
+        return []
+    near = [b for b in view.kept if abs(b - layer) <= window]
+    return list(itertools.combinations(near, 2))
+
+
+def ablate(
+    model: Any,
+    task: Any,
+    blocks: Iterable[int] | int | None = None,
+    *,
+    mode: str = "skip",
+    pairs: bool | Sequence[tuple[int, int]] | None = None,
+    window: int = 3,
+    transition: Any = None,
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+    reuse_prefix: bool = True,
+    n_boot: int = N_BOOT,
+    boot_seed: int = 0,
+    progress: bool = False,
+) -> AblationResult:
+    """Ablate single blocks and pairs of blocks; the drop of the final Decision Margin of each.
+
+    Args:
+        blocks: blocks ablated one at a time (default: every surviving block).
+        mode: ``"skip"``, ``"zero"`` or ``"mean"`` (see the module docstring).
+        pairs: ``None`` (default): every pair of blocks within ``window`` of the dense transition when
+            ``blocks`` is None, else every pair of the given blocks; ``False``: no pairs; or a list of pairs.
+        window: half-width (in blocks) of the window around the transition for the default pairs.
+        transition: the dense :class:`~phaselens.Transition` (default: computed).
+    """
+    if mode not in ABLATION_MODES:
+        raise InterventionError(f"mode must be one of {ABLATION_MODES}, got {mode!r}")
+    view, t = resolve(model, task)
+    given = blocks is not None
+    singles = check_blocks(view, blocks, "ablate")
+    tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed)
+    if pairs is None:
+        pair_l = list(itertools.combinations(sorted(singles), 2)) if given else _default_pairs(view, tr.layer, int(window))
+    elif pairs is False:
+        pair_l = []
+    elif pairs is True:
+        pair_l = list(itertools.combinations(sorted(singles), 2))
+    else:
+        pair_l = []
+        for p in pairs:
+            p = tuple(p)
+            if len(p) != 2 or p[0] == p[1]:
+                raise InterventionError(f"pairs must be pairs of two different blocks, got {p!r}")
+            check_blocks(view, p, "ablate pairs")
+            pair_l.append((min(p), max(p)))
+    runner = FinalRunner(view, t, batch_size=batch_size, max_tokens=max_tokens, reuse_prefix=reuse_prefix, progress=progress)
+    answers = runner.enc.answers
+    clean = runner.clean()
+    means = runner.mean_updates(sorted({b for b in singles} | {b for p in pair_l for b in p})) if mode == "mean" else {}
+    units: list[tuple[int, ...]] = [(b,) for b in singles] + [tuple(p) for p in pair_l]
+    res_m, res_c = [], []
+    it: Iterable = units
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(units, desc=f"ablate {view.name}", leave=False)
+    for u in it:
+        plan = _ablation_edits(mode, u, means)
+        z = runner.run(lambda batch, _p=plan: _p)
+        res_m.append(final_margins(z, answers))
+        res_c.append(final_correct(z, answers))
+    n = runner.n_items
+    S = len(singles)
+    m = np.asarray(res_m).reshape(len(units), n)
+    c = np.asarray(res_c, dtype=float).reshape(len(units), n)
+    return AblationResult(view.name, t.name, mode, view.base.n_layers, singles, pair_l, m[:S], c[:S], m[S:], c[S:],
+                          final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed)

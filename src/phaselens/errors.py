@@ -1,0 +1,91 @@
+"""Every error and warning phaselens raises.
+
+Each error is a :class:`PhaselensError`, which is a ``ValueError``: ``except phaselens.PhaselensError``
+catches anything phaselens refuses, and code written against ``ValueError`` keeps working. Every
+message names what was wrong (the argument, the value, the file) and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class PhaselensError(ValueError):
+    """Base of every phaselens error; the message says what was wrong and how to fix it."""
+
+
+class ModelError(PhaselensError):
+    """The model cannot be loaded or is not fit for the logit lens."""
+
+
+class TaskError(PhaselensError):
+    """A task, item or data file is malformed; the message names what and where."""
+
+
+class CalibrationError(PhaselensError):
+    """Calibration text is missing, empty or too small."""
+
+
+class RunnerError(PhaselensError):
+    """A forward pass cannot run as asked (a bad plan, concurrent use of one model, a bad read)."""
+
+
+class NonFiniteError(RunnerError):
+    """A forward pass produced NaN or Inf; the message names the block where it first appears."""
+
+
+class PruningError(PhaselensError):
+    """Blocks cannot be pruned or selected as asked."""
+
+
+class RecoveryError(PhaselensError):
+    """A recovery cannot be fitted or loaded as asked."""
+
+
+class LensError(PhaselensError):
+    """A lens cannot be fitted, loaded or applied as asked."""
+
+
+class CKAError(PhaselensError):
+    """CKA cannot be computed as asked."""
+
+
+class InterventionError(PhaselensError):
+    """Noise injection or ablation cannot run as asked."""
+
+
+class PhaseCutsError(PhaselensError):
+    """The phase-cut experiment cannot run as asked."""
+
+
+class StatsError(PhaselensError):
+    """The inputs of a statistic are malformed."""
+
+
+class ResultsError(PhaselensError):
+    """A results folder or file cannot be read or written; the message says which and why."""
+
+
+class RunFolderError(ResultsError):
+    """A resumable run's folder is locked by another run, or holds a run made with other arguments."""
+
+
+class StudyError(PhaselensError):
+    """A study spec is invalid or a study folder cannot be used."""
+
+
+class SingularFitWarning(UserWarning):
+    """The normal equations were singular; a larger ridge ``lam`` was used (the message gives it)."""
+
+
+class StatsWarning(UserWarning):
+    """A statistic is undefined for the given data (too few points, constant input)."""
+
+
+class ReportWarning(UserWarning):
+    """A result could not be drawn or tabulated; the report shows the error in its place."""
+
+
+__all__ = [
+    "CKAError", "CalibrationError", "InterventionError", "LensError", "ModelError", "NonFiniteError",
+    "PhaseCutsError", "PhaselensError", "PruningError", "RecoveryError", "ReportWarning", "ResultsError",
+    "RunFolderError", "RunnerError", "SingularFitWarning", "StatsError", "StatsWarning", "StudyError", "TaskError",
+]

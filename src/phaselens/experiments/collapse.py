@@ -1,0 +1,257 @@
+"""The transition-versus-collapse study.
+
+:func:`transition_vs_collapse` asks the decision-transition paper's question across several
+(model, task) pairs: does a later transition (as a fraction of depth, ``l* / L``) go with a
+later collapse under iterative pruning (the collapse ratio of :class:`~phaselens.Sweep`)?
+It reports Pearson's ``r`` and its two-sided p-value (``scipy.stats.pearsonr``). With fewer than
+3 usable points, or when either coordinate is constant, ``r`` and ``p`` are NaN and a
+:class:`StatsWarning` says why: never a number that looks like a correlation but is not one
+(two points always give ``r = +-1``).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import StatsError, StatsWarning
+from ..results import Record, Result
+from ..stats import MIN_POINTS, pearson
+
+@dataclass
+class CollapsePoint(Record):
+    """One (model, task): its dense transition and its collapse ratio under an iterative sweep."""
+
+    model: str
+    task: str
+    criterion: str
+    n_blocks: int
+    transition: int | None
+    collapse_ratio: float | None
+    dense_accuracy: float
+    source: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        """``transition / n_blocks``."""
+        return None if self.transition is None else self.transition / self.n_blocks
+
+    @property
+    def usable(self) -> bool:
+        return self.transition is not None and self.collapse_ratio is not None
+
+    @property
+    def reason(self) -> str:
+        if self.transition is None:
+            return "no dense transition (final margin not positive)"
+        if self.collapse_ratio is None:
+            return "no collapse within the sweep's steps"
+        return ""
+
+
+@dataclass
+class CollapseStudy(Result):
+    """Transition depth against collapse ratio across (model, task) pairs.
+
+    Attributes:
+        points: every pair; the unusable ones (no transition, no collapse) are listed with a reason
+            and left out of ``r``.
+        r, p: Pearson r of (``fraction``, ``collapse_ratio``) over usable points and its two-sided p
+            (NaN when undefined).
+    """
+
+    points: list[CollapsePoint]
+    r: float
+    p: float
+    criterion: str = ""
+
+    @property
+    def used(self) -> list[CollapsePoint]:
+        return [q for q in self.points if q.usable]
+
+    @property
+    def excluded(self) -> list[CollapsePoint]:
+        return [q for q in self.points if not q.usable]
+
+    @property
+    def n(self) -> int:
+        return len(self.used)
+
+    @property
+    def x(self) -> np.ndarray:
+        """``[n]`` transition fractions of the usable points."""
+        return np.asarray([q.fraction for q in self.used], dtype=float)
+
+    @property
+    def y(self) -> np.ndarray:
+        """``[n]`` collapse ratios of the usable points."""
+        return np.asarray([q.collapse_ratio for q in self.used], dtype=float)
+
+    def fit(self) -> tuple[float, float] | None:
+        """(slope, intercept) of the least-squares line ``y = slope x + intercept`` (``None`` if undefined)."""
+        if self.n < 2 or np.all(self.x == self.x[0]):
+            return None
+        slope, icept = np.polyfit(self.x, self.y, 1)
+        return float(slope), float(icept)
+
+    def summary(self) -> str:
+        rr = "undefined" if math.isnan(self.r) else f"{self.r:+.3f} (p = {self.p:.3g})"
+        s = f"Transition fraction vs collapse ratio over {self.n} (model, task) pairs: Pearson r {rr}."
+        if self.excluded:
+            s += " Left out: " + "; ".join(f"{q.model}/{q.task}: {q.reason}" for q in self.excluded) + "."
+        return s
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame([{"model": q.model, "task": q.task, "criterion": q.criterion, "n_blocks": q.n_blocks,
+                              "transition": q.transition, "fraction": q.fraction, "collapse_ratio": q.collapse_ratio,
+                              "dense_accuracy": q.dense_accuracy, "used": q.usable, "reason": q.reason} for q in self.points])
+
+    def plot(self, **kw):
+        """Plotly scatter with the least-squares line and r in the title."""
+        from ..plots.interventions import collapse_scatter
+
+        return collapse_scatter(self, **kw)
+
+
+def _point(tr: Any, sweep: Any, source: str = "") -> CollapsePoint:
+    from ..pruning.iterative import Sweep
+    from ..trace import Transition
+
+    if not isinstance(tr, Transition) or not isinstance(sweep, Sweep):
+        raise StatsError(f"expected (Transition, Sweep), got ({type(tr).__name__}, {type(sweep).__name__})")
+    if not sweep.steps:
+        raise StatsError(f"the sweep of {sweep.model} on {sweep.task} has no steps")
+    return CollapsePoint(sweep.model, sweep.task, sweep.criterion, int(tr.trace.n_blocks), tr.layer,
+                         sweep.collapse_ratio, float(sweep.dense_accuracy), source)
+
+
+def _from_folder(path: Path) -> CollapsePoint:
+    from ..pruning.iterative import Sweep, load_sweep
+    from ..results import load_results
+    from ..trace import Transition
+
+    if (path / ".phaselens" / "sweep" / "args.json").exists() and not any(path.glob("*.json")):
+        sw = load_sweep(path)  # an iterative_prune(out=...) folder holding only the sweep's state
+        return _point(sw.steps[0].transition, sw, str(path))
+    res = load_results(path)
+    trs = [v for v in res.values() if isinstance(v, Transition)]
+    sws = [v for v in res.values() if isinstance(v, Sweep)]
+    if len(sws) != 1:
+        raise StatsError(f"{path}: expected one Sweep result (or an iterative_prune out= folder), found {len(sws)}")
+    tr = trs[0] if len(trs) == 1 else sws[0].steps[0].transition
+    return _point(tr, sws[0], str(path))
+
+
+def _as_point(r: Any) -> CollapsePoint:
+    from ..pruning.iterative import Sweep
+
+    if isinstance(r, CollapsePoint):
+        return r
+    if isinstance(r, Sweep):
+        if not r.steps:
+            raise StatsError(f"the sweep of {r.model} on {r.task} has no steps")
+        return _point(r.steps[0].transition, r)
+    if isinstance(r, (str, Path)):
+        p = Path(r)
+        if not p.is_dir():
+            raise StatsError(f"results folder not found: {p}")
+        return _from_folder(p)
+    if isinstance(r, (tuple, list)) and len(r) == 2:
+        return _point(r[0], r[1])
+    raise StatsError(f"cannot use {type(r).__name__} as a study point: pass (Transition, Sweep) pairs, Sweeps, "
+                     "or results folders")
+
+
+def _slug(x: Any) -> str:
+    name = x if isinstance(x, str) else getattr(x, "name", type(x).__name__)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def _run_sweep(model: Any, task: Any, criterion: str, folder: Path, chunk: int, max_steps: int | None, **kw: Any):
+    """Iterative sweep written to ``folder``, extended ``chunk`` cuts at a time until it collapses
+    (or ``max_steps`` / one block left). Resumable: finished steps in ``folder`` are reused."""
+    from ..pruning.iterative import iterative_prune
+
+    from ..view import as_view
+
+    m = model
+    L = as_view(m).n_layers
+    limit = L - 1 if max_steps is None else min(max_steps, L - 1)
+    k = 0
+    while True:
+        k = min(limit, k + chunk)
+        sw = iterative_prune(m, task, criterion=criterion, steps=k, out=folder, **kw)
+        if sw.collapse_ratio is not None or k >= limit:
+            return m, sw
+
+
+def transition_vs_collapse(
+    results: Sequence[Any] | None = None,
+    *,
+    models: Sequence[Any] | None = None,
+    tasks: Sequence[Any] | None = None,
+    criterion: str = "bi",
+    out: str | Path | None = None,
+    chunk: int = 4,
+    max_steps: int | None = None,
+    **sweep_kw: Any,
+) -> CollapseStudy:
+    """Transition layer (as a fraction of depth) against collapse ratio, with Pearson r.
+
+    Either ``results``: a list of ``(Transition, Sweep)`` pairs, of :class:`~phaselens.Sweep` objects
+    (the transition is the sweep's dense step), or of folders (an ``iterative_prune(out=...)`` folder,
+    or a results folder holding a Sweep and optionally a Transition). Or ``models`` x ``tasks``: the
+    sweeps are run here with ``criterion``, one folder per pair under ``out`` (a temporary folder when
+    ``out`` is None), extended ``chunk`` cuts at a time until accuracy collapses (at most ``max_steps``);
+    rerunning with the same ``out`` resumes. Other keywords go to :func:`~phaselens.iterative_prune`.
+    """
+    if results is not None and (models is not None or tasks is not None):
+        raise StatsError("pass either results or models= and tasks=, not both")
+    if results is None:
+        if not models or not tasks:
+            raise StatsError("pass results (a list of (Transition, Sweep) pairs, Sweeps or folders), or models=[...] "
+                             "and tasks=[...] to run the sweeps")
+        tmp = None
+        if out is None:
+            tmp = tempfile.TemporaryDirectory(prefix="phaselens-collapse-")
+            root = Path(tmp.name)
+        else:
+            root = Path(out)
+        try:
+            pts = []
+            from ..tasks import Task, load_task
+            from ..view import as_view
+
+            for mod in models:
+                loaded = as_view(mod)  # loads a spec once for all its tasks
+                ident = f"{_slug(loaded.name)}-{loaded.base.fingerprint[:8]}"  # two models may share a name
+                for task in tasks:
+                    t = task if isinstance(task, Task) else load_task(task)
+                    folder = root / f"{ident}__{_slug(t.name)}__{criterion}"
+                    loaded, sw = _run_sweep(loaded, t, criterion, folder, chunk, max_steps, **sweep_kw)
+                    pts.append(_point(sw.steps[0].transition, sw, str(folder) if tmp is None else ""))
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+    else:
+        if isinstance(results, (str, Path)):
+            results = [results]
+        pts = [_as_point(r) for r in results]
+        if not pts:
+            raise StatsError("results is empty")
+    crits = sorted({q.criterion for q in pts})
+    usable = [q for q in pts if q.usable]
+    for q in pts:
+        if not q.usable:
+            warnings.warn(f"{q.model} on {q.task} is left out of r: {q.reason}", StatsWarning, stacklevel=2)
+    r, p = pearson([q.fraction for q in usable], [q.collapse_ratio for q in usable],
+                   what="transition fraction and collapse ratio")
+    return CollapseStudy(pts, r, p, ",".join(crits))

@@ -1,0 +1,308 @@
+"""The phase-cut experiment's results: the cuts, one :class:`CutResult` per (cut, method), and :class:`PhaseCuts`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .. import metrics
+from ..results import Record, Result
+from ..trace import N_BOOT, Transition
+
+#: Recovery methods compared by default (every method phaselens has).
+DEFAULT_METHODS: tuple[str, ...] = ("identity", "ghosted", "scalar", "diagonal", "symmetric", "linearpatch", "replaceme")
+#: Methods whose operator acts on the whole residual stream at the cut (ReplaceMe acts on an MLP branch).
+WHOLE_STREAM: tuple[str, ...] = ("identity", "ghosted", "scalar", "diagonal", "symmetric", "linearpatch")
+CUT_KINDS: tuple[str, ...] = ("silent", "decisive", "random")
+
+
+@dataclass(frozen=True)
+class Cut(Record):
+    """``n`` contiguous blocks ``[start, start + n)`` (original indices) cut from the dense model."""
+
+    kind: str  # "silent", "decisive" or "random"
+    start: int
+    n: int
+    seed: int | None = None  # random cuts only
+
+    @property
+    def blocks(self) -> list[int]:
+        return list(range(self.start, self.start + self.n))
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return (self.start, self.start + self.n)
+
+    @property
+    def key(self) -> str:
+        return self.kind if self.seed is None else f"{self.kind}-s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        where = f"{self.start}" if self.n == 1 else f"{self.start}-{self.start + self.n - 1}"
+        return f"{self.key} (blocks {where})"
+
+
+@dataclass
+class CutResult(Record):
+    """One cut recovered with one method.
+
+    Shapes: ``L'`` surviving blocks, ``N`` items.
+
+    Attributes:
+        blocks: the cut blocks (original indices); ``curve_blocks`` ``[L']`` the surviving ones.
+        margins, accuracy: ``[L']`` the margin and accuracy curves; ``margin_ci``, ``accuracy_ci``
+            ``[2, L']`` bootstrap 95% intervals over items.
+        item_margins, item_correct: ``[N]`` final-layer margin and correctness per item (paired
+            bootstraps between cuts use them).
+        boundary_mse, boundary_relative: the fitted boundary error on the calibration tokens
+            (from the statistics): mean squared error of what the first surviving block after the
+            cut receives versus the dense model, and that divided by ``mean(Y^2)``.
+        boundary_measured: the relative boundary error measured by running the recovered model
+            on the held-out text (``None`` unless ``measure_boundary=True``).
+        perplexity: held-out perplexity of the recovered model.
+        transition: where the decisive phase of the recovered model begins (original index), or ``None``.
+    """
+
+    cut: str
+    seed: int | None
+    blocks: list[int]
+    method: str
+    curve_blocks: np.ndarray
+    margins: np.ndarray
+    margin_ci: np.ndarray
+    accuracy: np.ndarray
+    accuracy_ci: np.ndarray
+    item_margins: np.ndarray
+    item_correct: np.ndarray
+    boundary_mse: float
+    boundary_relative: float
+    boundary_measured: float | None
+    perplexity: float
+    transition: int | None
+    lam: float
+    n_tokens: int
+
+    @property
+    def final_margin(self) -> float:
+        return float(self.margins[-1])
+
+    @property
+    def final_margin_ci(self) -> tuple[float, float]:
+        return float(self.margin_ci[0][-1]), float(self.margin_ci[1][-1])
+
+    @property
+    def final_accuracy(self) -> float:
+        return float(self.accuracy[-1])
+
+    @property
+    def final_accuracy_ci(self) -> tuple[float, float]:
+        return float(self.accuracy_ci[0][-1]), float(self.accuracy_ci[1][-1])
+
+    @property
+    def key(self) -> str:
+        return self.cut if self.seed is None else f"{self.cut}-s{self.seed}"
+
+
+@dataclass
+class PhaseCuts(Result):
+    """The phase-cut experiment on one model and task.
+
+    Attributes:
+        transition: the dense model's :class:`~phaselens.Transition` (its trace is the dense curve).
+        dense_perplexity: held-out perplexity of the dense model.
+        n: blocks per cut; ``placement`` of the phase cuts; ``seeds`` of the random cuts.
+        cuts: every cut made; ``units`` one :class:`CutResult` per (cut, method).
+        skipped: ``{"cut", "method", "reason"}`` for combinations that cannot be fitted
+            (ReplaceMe at a cut that starts at block 0).
+        calibration_tokens, calibration_passages: what the operators were fitted on;
+        perplexity_passages: held-out passages perplexity was measured on.
+    """
+
+    model: str
+    task: str
+    format: str
+    n_blocks: int
+    n: int
+    placement: Any  # a name for both phases, or a (silent, decisive) pair
+    methods: list[str]
+    seeds: list[int]
+    transition: Transition
+    dense_perplexity: float
+    cuts: list[Cut]
+    units: list[CutResult]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    calibration_tokens: int = 0
+    calibration_passages: int = 0
+    perplexity_passages: int = 0
+    n_boot: int = N_BOOT
+    seed: int = 0
+    answers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # [N] correct option per item
+
+    # -- access ---------------------------------------------------------------------------
+    @property
+    def n_items(self) -> int:
+        return self.transition.trace.n_items
+
+    @property
+    def dense_margin(self) -> float:
+        return float(self.transition.trace.margins[-1])
+
+    @property
+    def dense_accuracy(self) -> float:
+        return float(self.transition.trace.accuracy[-1])
+
+    def cut(self, kind: str, seed: int | None = None) -> Cut:
+        for c in self.cuts:
+            if c.kind == kind and (kind != "random" or c.seed == seed):
+                return c
+        raise KeyError(f"no {kind} cut{'' if seed is None else f' with seed {seed}'}; cuts: {[c.key for c in self.cuts]}")
+
+    def unit(self, kind: str, method: str, seed: int | None = None) -> CutResult:
+        """The result of cut ``kind`` (``seed`` for a random cut) recovered with ``method``."""
+        if kind == "random" and seed is None:
+            raise KeyError(f"random cuts need seed= (one of {self.seeds})")
+        for u in self.units:
+            if u.cut == kind and u.method == method and (kind != "random" or u.seed == seed):
+                return u
+        for s in self.skipped:
+            if s["method"] == method and s["cut"] == (kind if seed is None else f"{kind}-s{seed}"):
+                raise KeyError(f"{method} was not fitted for the {kind} cut: {s['reason']}")
+        raise KeyError(f"no result for cut {kind!r} (seed {seed}) with method {method!r}")
+
+    def _random_units(self, method: str) -> list[CutResult]:
+        return [u for s in self.seeds for u in self.units if u.cut == "random" and u.seed == s and u.method == method]
+
+    def random_summary(self, method: str, metric: str = "margin") -> dict[str, float]:
+        """The random control over seeds for ``method``: mean final ``metric`` ("margin" or
+        "accuracy") over seeds, a 95% interval from a two-level bootstrap (seeds and items both
+        resampled with replacement, items paired across seeds), and the range across seeds."""
+        us = self._random_units(method)
+        if not us:
+            raise KeyError(f"no random cuts with method {method!r}")
+        M = np.stack([u.item_margins if metric == "margin" else u.item_correct for u in us])  # [S, N]
+        rng = np.random.default_rng(self.seed)
+        S, N = M.shape
+        s_idx = rng.integers(0, S, size=(self.n_boot, S))
+        i_idx = rng.integers(0, N, size=(self.n_boot, N))
+        per_item = M[s_idx].mean(1)  # [B, N]
+        boot = np.take_along_axis(per_item, i_idx, 1).mean(1)
+        per_seed = M.mean(1)
+        lo, hi = np.quantile(boot, [0.025, 0.975])
+        return {"mean": float(per_seed.mean()), "lo": float(lo), "hi": float(hi), "seed_min": float(per_seed.min()),
+                "seed_max": float(per_seed.max()), "n_seeds": S}
+
+    def _item_values(self, kind: str, method: str, metric: str) -> np.ndarray:
+        tr = self.transition.trace
+        if kind == "dense":
+            return tr.item_margins[:, -1] if metric == "margin" else (tr.logits[-1].argmax(-1) == self.answers).astype(float)
+        if kind == "random":
+            us = self._random_units(method)
+            if not us:
+                raise KeyError(f"no random cuts with method {method!r}")
+            return np.mean([u.item_margins if metric == "margin" else u.item_correct for u in us], 0)
+        u = self.unit(kind, method)
+        return u.item_margins if metric == "margin" else u.item_correct
+
+    def contrast(self, a: str = "silent", b: str = "decisive", method: str = "ghosted", metric: str = "margin",
+                 method_b: str | None = None) -> dict[str, Any]:
+        """Paired bootstrap over items of ``final metric(a) - final metric(b)``.
+
+        ``a``, ``b``: ``"silent"``, ``"decisive"``, ``"random"`` (per item, the mean over seeds;
+        only items are resampled) or ``"dense"``. ``metric``: ``"margin"`` or ``"accuracy"``.
+        ``method_b`` (default ``method``) compares two methods on one cut, e.g.
+        ``contrast("silent", "silent", "ghosted", method_b="identity")``.
+        """
+        if metric not in ("margin", "accuracy"):
+            raise ValueError(f"metric must be 'margin' or 'accuracy', got {metric!r}")
+        va = self._item_values(a, method, metric)
+        vb = self._item_values(b, method_b or method, metric)
+        diff = va - vb
+        idx = metrics.bootstrap_indices(len(diff), self.n_boot, self.seed)
+        lo, hi = metrics.bootstrap_ci(diff[:, None], idx)[:, 0]
+        return {"a": a, "b": b, "method": method, "method_b": method_b or method, "metric": metric,
+                "difference": float(diff.mean()), "lo": float(lo), "hi": float(hi), "n_items": len(diff)}
+
+    # -- tables ---------------------------------------------------------------------------
+    def to_pandas(self, aggregate: bool = False):
+        """One row per cut x seed x method (a first row for the dense model).
+
+        ``aggregate=True``: one row per cut kind x method; the random rows give the mean over
+        seeds with the two-level bootstrap interval of :meth:`random_summary`.
+        """
+        import pandas as pd
+
+        tr = self.transition.trace
+        rows = [{"cut": "dense", "seed": None, "blocks": "", "start": None, "end": None, "method": "none",
+                 "final_margin": self.dense_margin, "margin_lo": float(tr.margin_ci[0][-1]), "margin_hi": float(tr.margin_ci[1][-1]),
+                 "accuracy": self.dense_accuracy, "accuracy_lo": float(tr.accuracy_ci[0][-1]),
+                 "accuracy_hi": float(tr.accuracy_ci[1][-1]), "boundary_mse": 0.0, "boundary_relative": 0.0,
+                 "boundary_measured": None, "perplexity": self.dense_perplexity, "transition": self.transition.layer,
+                 "n_items": self.n_items, "n_seeds": None}]
+        done: set[tuple[str, str]] = set()
+        for u in self.units:
+            if aggregate and u.cut == "random":
+                if (u.cut, u.method) in done:
+                    continue
+                done.add((u.cut, u.method))
+                us = self._random_units(u.method)
+                m, a = self.random_summary(u.method, "margin"), self.random_summary(u.method, "accuracy")
+                meas = [x.boundary_measured for x in us]
+                rows.append({"cut": "random", "seed": None, "blocks": f"{len(us)} random spans of {self.n}", "start": None,
+                             "end": None, "method": u.method, "final_margin": m["mean"], "margin_lo": m["lo"],
+                             "margin_hi": m["hi"], "accuracy": a["mean"], "accuracy_lo": a["lo"], "accuracy_hi": a["hi"],
+                             "boundary_mse": float(np.mean([x.boundary_mse for x in us])),
+                             "boundary_relative": float(np.mean([x.boundary_relative for x in us])),
+                             "boundary_measured": None if None in meas else float(np.mean(meas)),
+                             "perplexity": float(np.mean([x.perplexity for x in us])), "transition": None,
+                             "n_items": self.n_items, "n_seeds": len(us)})
+                continue
+            lo, hi = u.final_margin_ci
+            alo, ahi = u.final_accuracy_ci
+            rows.append({"cut": u.cut, "seed": u.seed, "blocks": _fmt(u.blocks), "start": u.blocks[0], "end": u.blocks[-1] + 1,
+                         "method": u.method, "final_margin": u.final_margin, "margin_lo": lo, "margin_hi": hi,
+                         "accuracy": u.final_accuracy, "accuracy_lo": alo, "accuracy_hi": ahi, "boundary_mse": u.boundary_mse,
+                         "boundary_relative": u.boundary_relative, "boundary_measured": u.boundary_measured,
+                         "perplexity": u.perplexity, "transition": u.transition, "n_items": self.n_items,
+                         "n_seeds": 1 if u.cut == "random" else None})
+        df = pd.DataFrame(rows)
+        df["model"], df["task"] = self.model, self.task
+        return df
+
+    def summary(self) -> str:
+        """What was measured, in words."""
+        t = self.transition
+        s, d = self.cut("silent"), self.cut("decisive")
+        skip = "; ".join(f"{x['method']} at {x['cut']} ({x['reason']})" for x in self.skipped)
+        skip = f" Not fitted: {skip}." if skip else ""
+        return (
+            f"{self.model} on {self.task} ({self.format}, {self.n_items} items): the dense model's decisive phase begins "
+            f"at block {t.layer} of {self.n_blocks} (final margin {self.dense_margin:.3f}, accuracy {self.dense_accuracy:.3f}, "
+            f"held-out perplexity {self.dense_perplexity:.2f}). Cut {self.n} contiguous blocks in the silent phase "
+            f"({_fmt(s.blocks)}), in the decisive phase ({_fmt(d.blocks)}) and at {len(self.seeds)} random positions "
+            f"(seeds {self.seeds}); recovered each cut with {', '.join(self.methods)}, fitted on {self.calibration_tokens} "
+            f"calibration tokens ({self.calibration_passages} passages); final-layer margin and accuracy with bootstrap "
+            f"95% intervals over items, perplexity on {self.perplexity_passages} held-out passages.{skip}"
+        )
+
+    # -- figures --------------------------------------------------------------------------
+    def plot(self, metric: str = "margin", **kw):
+        """Plotly figure: final-layer ``metric`` (margin or accuracy) with 95% error bars, per cut x method."""
+        from ..plots.phase_cuts import phase_cut_finals
+
+        return phase_cut_finals(self, metric=metric, **kw)
+
+    def plot_curves(self, methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, **kw):
+        """Plotly figure: margin curves on the original block axis, one panel per cut, dense curve in each."""
+        from ..plots.phase_cuts import phase_cut_curves
+
+        return phase_cut_curves(self, methods=methods, seeds=seeds, **kw)
+
+
+def _fmt(blocks: Iterable[int]) -> str:
+    b = list(blocks)
+    return "" if not b else (f"{b[0]}" if len(b) == 1 else f"{b[0]}-{b[-1]}")
+
+

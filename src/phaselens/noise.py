@@ -1,0 +1,299 @@
+"""Causal probes of the phases: noise injection and block ablation, read at the model's output.
+
+Noise injection (DESIGN.md): at block ``l``, ``h_l <- h_l + eps * sigma(h_l) * N(0, I)`` where
+``h_l [T, d]`` is the block's *output* (the residual stream after block ``l``) at every real token
+of the prompt and ``sigma(h_l)[t]`` the population standard deviation (``correction=0``) of
+``h_l[t]`` over the ``d`` hidden channels. One block at a time; the downstream effect is read as the
+final Decision Margin and accuracy (the model's own output logits at the decision position,
+restricted to the options).
+
+The noise is a function of ``(seed, block, item)`` only, never of the batch an item lands in:
+item ``i``'s standard-normal draw ``[T_i, d]`` comes from a ``torch.Generator`` seeded with
+:func:`noise_seed` ``(seed, block, i)`` (:func:`noise_draw`). ``eps`` only scales that draw, so the
+same seed uses the same draw at every ``eps`` (common random numbers: differences between ``eps``
+values are not blurred by different draws).
+
+Each pass replays the clean prefix before the perturbed block (:class:`~phaselens.probes.FinalRunner`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import metrics
+from .errors import InterventionError
+from .probes import N_BOOT, FinalRunner, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .results import Result
+from .runner import Batch, Plan
+from .stats import seed_list
+from .view import fmt_blocks
+
+
+def noise_seed(seed: int, block: int, item: int) -> int:
+    """The generator seed of item ``item``'s noise at ``block`` for run ``seed`` (a 63-bit int)."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(block), int(item), 0x9E3779B9]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 | int(state[1]) >> 1) & ((1 << 63) - 1)
+
+
+def noise_draw(seed: int, block: int, item: int, n_tokens: int, d: int) -> torch.Tensor:
+    """``[n_tokens, d]`` float32 standard-normal draw of item ``item`` at ``block`` for run ``seed``."""
+    g = torch.Generator().manual_seed(noise_seed(seed, block, item))
+    return torch.randn(n_tokens, d, generator=g)
+
+
+def add_noise(h: torch.Tensor, eps: float, noise: torch.Tensor) -> torch.Tensor:
+    """``h + eps * sigma(h) * noise`` with ``sigma`` the per-token std over channels (``correction=0``).
+
+    ``h [..., T, d]``, ``noise`` broadcastable to it; computed in float32, returned in ``h``'s dtype.
+    """
+    x = h.float()
+    sigma = x.std(-1, keepdim=True, correction=0)
+    return (x + float(eps) * sigma * noise.to(x.device, torch.float32)).to(h.dtype)
+
+
+
+@dataclass
+class NoiseResult(Result):
+    """Final Decision Margin and accuracy after noise at one block at a time.
+
+    Shapes: ``B`` injected blocks, ``E`` noise scales, ``S`` seeds, ``N`` items.
+
+    Attributes:
+        blocks: ``[B]`` original indices of the blocks whose output got the noise.
+        eps: ``[E]`` noise scales (multiples of the per-token std of ``h_l``).
+        seeds: ``[S]`` run seeds.
+        item_margins: ``[B, E, S, N]`` final margin of each item; ``item_correct`` the same, 0/1.
+        clean_margins: ``[N]`` final margin without noise; ``clean_correct`` ``[N]``.
+        transition: block where the dense decisive phase begins (``None``: no transition).
+        n_blocks: depth of the dense model.
+    """
+
+    model: str
+    task: str
+    n_blocks: int
+    blocks: list[int]
+    eps: list[float]
+    seeds: list[int]
+    item_margins: np.ndarray
+    item_correct: np.ndarray
+    clean_margins: np.ndarray
+    clean_correct: np.ndarray
+    transition: int | None
+    n_boot: int = N_BOOT
+    boot_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.item_margins = np.asarray(self.item_margins, dtype=float)
+        self.item_correct = np.asarray(self.item_correct, dtype=float)
+        self.clean_margins = np.asarray(self.clean_margins, dtype=float)
+        self.clean_correct = np.asarray(self.clean_correct, dtype=float)
+        self.blocks = [int(b) for b in self.blocks]
+        self.eps = [float(e) for e in self.eps]
+        self.seeds = [int(s) for s in self.seeds]
+        want = (len(self.blocks), len(self.eps), len(self.seeds), len(self.clean_margins))
+        if self.item_margins.shape != want or self.item_correct.shape != want:
+            raise InterventionError(f"item_margins has shape {self.item_margins.shape}, expected [blocks, eps, seeds, items] = {want}")
+
+    @property
+    def n_items(self) -> int:
+        return int(self.clean_margins.shape[0])
+
+    @property
+    def phases(self) -> list[str]:
+        return [phase_of(b, self.transition) for b in self.blocks]
+
+    # -- aggregates
+    @property
+    def margin(self) -> np.ndarray:
+        """``[B, E]`` final margin, mean over seeds and items."""
+        return self.item_margins.mean((2, 3))
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """``[B, E]`` final accuracy, mean over seeds and items."""
+        return self.item_correct.mean((2, 3))
+
+    def seed_ci(self, what: str = "margin", level: float = 0.95) -> np.ndarray:
+        """``[2, B, E]`` Student-t interval of the mean over seeds of the per-seed item means (NaN for one seed)."""
+        from .stats import seed_interval
+
+        vals = (self.item_margins if what == "margin" else self.item_correct).mean(3)  # [B, E, S]
+        _, lo, hi = seed_interval(np.moveaxis(vals, 2, 0), level)
+        return np.stack([lo, hi])
+
+    def item_ci(self, what: str = "margin", level: float = 0.95) -> np.ndarray:
+        """``[2, B, E]`` bootstrap interval over items of the seed-averaged per-item values."""
+        vals = (self.item_margins if what == "margin" else self.item_correct).mean(2)  # [B, E, N]
+        idx = metrics.bootstrap_indices(self.n_items, self.n_boot, self.boot_seed)
+        return boot_ci(np.moveaxis(vals, 2, 0), idx, level)
+
+    def sensitivity(self, level: float = 0.95):
+        """Silent versus decisive phase, per ``eps``: the mean drop of the final margin (clean minus noisy,
+        averaged over the phase's injected blocks and the seeds) and of accuracy, each with a bootstrap
+        interval over items, and the paired difference silent minus decisive. A DataFrame."""
+        import pandas as pd
+
+        idx = metrics.bootstrap_indices(self.n_items, self.n_boot, self.boot_seed)
+        drop = self.clean_margins[None, None] - self.item_margins.mean(2)  # [B, E, N]
+        adrop = self.clean_correct[None, None] - self.item_correct.mean(2)
+        ph = np.asarray(self.phases)
+        rows = []
+        for e, eps in enumerate(self.eps):
+            per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            for phase in ("silent", "decisive", "none"):
+                sel = ph == phase
+                if not sel.any():
+                    continue
+                per[phase] = (drop[sel, e].mean(0), adrop[sel, e].mean(0))  # [N]
+            for phase, (d, a) in per.items():
+                ci, aci = boot_ci(d, idx, level), boot_ci(a, idx, level)
+                blocks = [b for b, p in zip(self.blocks, self.phases) if p == phase]
+                rows.append({"eps": eps, "phase": "all (no transition)" if phase == "none" else phase,
+                             "n_blocks": len(blocks), "blocks": fmt_blocks(blocks),
+                             "margin_drop": d.mean(), "margin_drop_lo": ci[0], "margin_drop_hi": ci[1],
+                             "accuracy_drop": a.mean(), "accuracy_drop_lo": aci[0], "accuracy_drop_hi": aci[1]})
+            if len(per) == 2:
+                d = per["silent"][0] - per["decisive"][0]
+                a = per["silent"][1] - per["decisive"][1]
+                ci, aci = boot_ci(d, idx, level), boot_ci(a, idx, level)
+                rows.append({"eps": eps, "phase": "silent - decisive", "n_blocks": len(self.blocks), "blocks": "",
+                             "margin_drop": d.mean(), "margin_drop_lo": ci[0], "margin_drop_hi": ci[1],
+                             "accuracy_drop": a.mean(), "accuracy_drop_lo": aci[0], "accuracy_drop_hi": aci[1]})
+        return pd.DataFrame(rows)
+
+    def summary(self) -> str:
+        """Plain-language silent versus decisive sensitivity, per eps."""
+        head = (f"Noise injection on {self.model}, {self.task} ({self.n_items} items, {len(self.seeds)} seeds); "
+                f"clean final margin {self.clean_margins.mean():.3f}, accuracy {self.clean_correct.mean():.3f}.")
+        if self.transition is None:
+            return head + " The dense model has no transition on this task, so there are no phases to compare."
+        lines = [head + f" Dense transition at block {self.transition} of {self.n_blocks}."]
+        df = self.sensitivity()
+        for eps in self.eps:
+            sub = df[df.eps == eps].set_index("phase")
+            parts = []
+            for phase in ("silent", "decisive"):
+                if phase in sub.index:
+                    r = sub.loc[phase]
+                    parts.append(f"{phase} blocks {r.blocks}: margin drop {r.margin_drop:+.3f} "
+                                 f"[{r.margin_drop_lo:+.3f}, {r.margin_drop_hi:+.3f}], accuracy drop {r.accuracy_drop:+.3f}")
+            line = f"  eps={eps:g}: " + "; ".join(parts)
+            if "silent - decisive" in sub.index:
+                r = sub.loc["silent - decisive"]
+                verdict = ("silent more sensitive" if r.margin_drop_lo > 0 else
+                           "decisive more sensitive" if r.margin_drop_hi < 0 else "no clear difference")
+                line += (f"; silent - decisive {r.margin_drop:+.3f} [{r.margin_drop_lo:+.3f}, {r.margin_drop_hi:+.3f}]"
+                         f" ({verdict})")
+            lines.append(line)
+        return "\n".join(lines)
+
+    def to_pandas(self):
+        """One row per (block, eps): margin and accuracy with intervals over seeds and over items, and drops."""
+        import pandas as pd
+
+        m, a = self.margin, self.accuracy
+        ms, mi, as_ = self.seed_ci("margin"), self.item_ci("margin"), self.seed_ci("accuracy")
+        rows = []
+        for i, b in enumerate(self.blocks):
+            for e, eps in enumerate(self.eps):
+                rows.append({"block": b, "phase": self.phases[i], "eps": eps, "margin": m[i, e],
+                             "margin_seed_lo": ms[0, i, e], "margin_seed_hi": ms[1, i, e],
+                             "margin_item_lo": mi[0, i, e], "margin_item_hi": mi[1, i, e],
+                             "margin_drop": self.clean_margins.mean() - m[i, e], "accuracy": a[i, e],
+                             "accuracy_seed_lo": as_[0, i, e], "accuracy_seed_hi": as_[1, i, e],
+                             "accuracy_drop": self.clean_correct.mean() - a[i, e]})
+        return pd.DataFrame(rows)
+
+    def plot(self, **kw):
+        """Plotly figure: final margin against the injected block, one line per eps, phases shaded."""
+        from .plots.interventions import noise_sensitivity
+
+        return noise_sensitivity(self, **kw)
+
+
+def _eps_list(eps: Any) -> list[float]:
+    vals = [eps] if isinstance(eps, (int, float, np.floating, np.integer)) else list(eps)
+    if not vals:
+        raise InterventionError("eps: give at least one noise scale")
+    out = []
+    for e in vals:
+        if isinstance(e, bool) or not isinstance(e, (int, float, np.floating, np.integer)):
+            raise InterventionError(f"eps must be numbers, got {e!r}")
+        if not math.isfinite(float(e)) or float(e) < 0:
+            raise InterventionError(f"eps must be finite and >= 0 (a multiple of the per-token std), got {e}")
+        out.append(float(e))
+    return out
+
+
+def inject_noise(
+    model: Any,
+    task: Any,
+    blocks: Iterable[int] | int | None = None,
+    eps: float | Sequence[float] = (0.1, 0.5, 1.0),
+    *,
+    seeds: int | Sequence[int] = 5,
+    transition: Any = None,
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+    reuse_prefix: bool = True,
+    n_boot: int = N_BOOT,
+    boot_seed: int = 0,
+    progress: bool = False,
+) -> NoiseResult:
+    """Noise at the output of one block at a time; the final margin and accuracy downstream.
+
+    Args:
+        model: a model, a pruned/recovered view, or anything ``load_model`` takes.
+        task: a letters/cloze :class:`~phaselens.Task` or anything ``load_task`` takes.
+        blocks: original indices of the blocks to perturb (default: every surviving block).
+        eps: one noise scale or a list: ``h_l <- h_l + eps * sigma(h_l) * N(0, I)``.
+        seeds: a count (seeds ``0..S-1``) or a list of seeds; each seed is one independent draw per
+            (block, item) (see :func:`noise_draw`).
+        transition: the dense :class:`~phaselens.Transition` for the phases (default: computed).
+        reuse_prefix: replay the clean prefix before the perturbed block (same numbers, faster).
+    """
+    view, t = resolve(model, task)
+    blocks = check_blocks(view, blocks, "inject_noise")
+    eps_l, seed_l = _eps_list(eps), seed_list(seeds, minimum=1, error=InterventionError)
+    tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed)
+    runner = FinalRunner(view, t, batch_size=batch_size, max_tokens=max_tokens, reuse_prefix=reuse_prefix, progress=progress)
+    answers = runner.enc.answers
+    clean = runner.clean()
+    d = view.base.d_model
+    out_m = np.empty((len(blocks), len(eps_l), len(seed_l), runner.n_items))
+    out_c = np.empty_like(out_m)
+    lengths = runner.lengths
+    todo = list(itertools.product(enumerate(blocks), enumerate(seed_l)))
+    if progress:
+        from tqdm.auto import tqdm
+
+        todo = tqdm(todo, desc=f"noise {view.name}", leave=False)
+    for (i, b), (s, seed) in todo:
+        draws: dict[int, torch.Tensor] = {}
+
+        def draw(item: int, _b=b, _seed=seed) -> torch.Tensor:
+            if item not in draws:
+                draws[item] = noise_draw(_seed, _b, item, lengths[item], d)
+            return draws[item]
+
+        for e, eps_v in enumerate(eps_l):
+            def edits(batch: Batch, _b=b, _eps=eps_v) -> Plan:
+                noise = torch.zeros(batch.size, batch.ids.shape[1], d)
+                for r, j in enumerate(batch.rows):
+                    noise[r, : lengths[j]] = draw(j)
+                return Plan(after={_b: lambda h, _n=noise: add_noise(h, _eps, _n)},
+                            names={_b: f"block {_b} with noise eps={_eps:g} on its output"})
+
+            z = runner.run(edits)
+            out_m[i, e, s] = final_margins(z, answers)
+            out_c[i, e, s] = final_correct(z, answers)
+    return NoiseResult(view.name, t.name, view.base.n_layers, blocks, eps_l, seed_l, out_m, out_c,
+                       final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed)
+

@@ -1,0 +1,132 @@
+"""Float64 sufficient statistics of cut spans over calibration tokens.
+
+For each cut span ``[s, e)``, one pass of the *dense* model over the calibration tokens accumulates
+``A = X^T X`` and ``C = X^T Y`` in float64, with ``X = h_{s-1}`` (the input of block ``s``) and
+``Y = h_{e-1}`` (the output of block ``e-1``) at every non-padding token: memory ``O(d^2)`` per span,
+whatever the number of tokens. ReplaceMe adds the same products for the MLP branch of block ``s-1``;
+LinearPatch adds its per-passage magnitude ratios in the Hadamard-rotated basis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..calibration import load_calibration, tokenize
+from ..errors import RecoveryError
+from ..runner import Batch, Read, Runner
+from ..view import ModelView, as_view
+from .hadamard import hadamard
+
+
+@dataclass
+class SpanStats:
+    """Float64 sufficient statistics of one cut span over ``n`` tokens (``d x d`` each)."""
+
+    span: tuple[int, int]
+    A: torch.Tensor  # X^T X
+    C: torch.Tensor  # X^T Y
+    n: int = 0
+    yy: torch.Tensor | None = None  # diag(Y^T Y) [d]
+    A_branch: torch.Tensor | None = None  # M^T M (ReplaceMe)
+    C_branch: torch.Tensor | None = None  # M^T (Y - X + M)
+    yy_branch: torch.Tensor | None = None  # diag of (Y - X + M)^T (Y - X + M)
+    ratio_sum: torch.Tensor | None = None  # LinearPatch: sum over passages of mean|YH| / mean|XH| [d]
+    passages: int = 0
+
+    def residual(self, W: torch.Tensor, branch: bool = False) -> torch.Tensor:
+        """Per-channel sum of squared errors ``diag((XW - Y)^T (XW - Y))`` ``[d]``, from the statistics alone."""
+        A, C, yy = (self.A_branch, self.C_branch, self.yy_branch) if branch else (self.A, self.C, self.yy)
+        W = W.to(A.device, torch.float64)
+        return ((A @ W) * W).sum(0) - 2 * (C * W).sum(0) + yy
+
+    @property
+    def abs_ratio(self) -> torch.Tensor | None:
+        """LinearPatch's scale ``[d]``: the per-passage magnitude ratios averaged over passages."""
+        return None if self.ratio_sum is None else self.ratio_sum / max(self.passages, 1)
+
+
+def check_spans(spans: Any, L: int) -> list[tuple[int, int]]:
+    """Spans as a list of ``(s, e)`` int pairs with ``0 <= s < e <= L``; a clear error otherwise."""
+    try:
+        out = [(int(s), int(e)) for s, e in spans]
+    except (TypeError, ValueError):
+        raise RecoveryError(f"spans must be a list of (start, end) pairs of block indices, got {spans!r}") from None
+    if not out:
+        raise RecoveryError("no spans given; pass the cut spans, e.g. [(10, 14)] (a view's .spans)")
+    bad = [sp for sp in out if not 0 <= sp[0] < sp[1] <= L]
+    if bad:
+        raise RecoveryError(f"spans {bad} are not half-open block ranges [s, e) with 0 <= s < e <= {L}")
+    return list(dict.fromkeys(out))
+
+
+@torch.inference_mode()
+def span_stats(
+    model: Any,
+    spans: list[tuple[int, int]],
+    calibration: Any = None,
+    *,
+    branch: bool = False,
+    linearpatch: bool = False,
+    seq_len: int = 256,
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+) -> dict[tuple[int, int], SpanStats]:
+    """Accumulate ``X^T X`` and ``X^T Y`` (and ReplaceMe's branch products if ``branch``, LinearPatch's rotated
+    magnitude ratios if ``linearpatch``) for every span from one pass of the dense base model of ``model``."""
+    base = as_view(model).base
+    L, d = base.n_layers, base.d_model
+    spans = check_spans(spans, L)
+    seqs = tokenize(base.tokenizer, load_calibration(calibration), seq_len)
+    if not seqs:
+        raise RecoveryError("the calibration text gives no passage of 2 or more tokens; pass more text")
+    acc = base.device if base.device.type == "cuda" else torch.device("cpu")
+    z2 = lambda: torch.zeros(d, d, dtype=torch.float64, device=acc)  # noqa: E731
+    z1 = lambda: torch.zeros(d, dtype=torch.float64, device=acc)  # noqa: E731
+    stats = {sp: SpanStats(sp, z2(), z2(), yy=z1()) for sp in spans}
+    if branch:
+        for (s, e), st in stats.items():
+            if s == 0:
+                raise RecoveryError(f"replaceme needs a block before the cut span {(s, e)}; it cannot recover a cut at block 0")
+            st.A_branch, st.C_branch, st.yy_branch = z2(), z2(), z1()
+    H = hadamard(d).to(acc) if linearpatch else None
+    if H is not None:
+        for st in stats.values():
+            st.ratio_sum = z1()
+    need_in = sorted({s for s, _ in spans} | {e for _, e in spans if e < L})
+    reads = {"x": Read(tuple(need_in), "in", "tokens")}
+    if any(e == L for _, e in spans):
+        reads["y"] = Read((L - 1,), "out", "tokens")
+    if branch:
+        reads["m"] = Read(tuple(sorted({s - 1 for s, _ in spans})), "mlp", "tokens")
+    for batch, out in Runner(ModelView(base)).passes(seqs, reads, max_tokens=max_tokens, batch_size=batch_size):
+        got = {b: t.to(acc, torch.float64) for b, t in out["x"].items()}
+        if "y" in out:
+            got[L] = out["y"][L - 1].to(acc, torch.float64)
+        for (s, e), st in stats.items():
+            X, Y = got[s], got[e]
+            st.A += X.T @ X
+            st.C += X.T @ Y
+            st.yy += (Y * Y).sum(0)
+            st.n += X.shape[0]
+            if branch:
+                M = out["m"][s - 1].to(acc, torch.float64)
+                T = Y - X + M
+                st.A_branch += M.T @ M
+                st.C_branch += M.T @ T
+                st.yy_branch += (T * T).sum(0)
+            if H is not None:
+                _add_ratios(st, batch, X @ H, Y @ H)
+    return stats
+
+
+def _add_ratios(st: SpanStats, batch: Batch, XH: torch.Tensor, YH: torch.Tensor) -> None:
+    """Per passage (row of the batch), ``mean_t |YH| / mean_t |XH|`` per channel, added to ``st.ratio_sum``."""
+    rows = batch.mask.bool().nonzero(as_tuple=True)[0].to(XH.device)
+    B = batch.size
+    sx = torch.zeros(B, XH.shape[1], dtype=XH.dtype, device=XH.device).index_add_(0, rows, XH.abs())
+    sy = torch.zeros_like(sx).index_add_(0, rows, YH.abs())
+    st.ratio_sum += (sy / sx.clamp_min(1e-300)).sum(0)  # the token counts of a passage cancel in the ratio
+    st.passages += B

@@ -1,0 +1,123 @@
+"""Batches of a pass and what a pass reads from them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import RunnerError
+
+Reduce = Callable[[int, torch.Tensor], Any]
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Explicit ``(row, position)`` pairs of a batch to read: ``rows``, ``cols`` ``[m]`` long tensors."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Read:
+    """What a pass reads, at every block in ``blocks`` (original indices).
+
+    Attributes:
+        blocks: the blocks read.
+        site: ``"out"`` (the block's output, the residual stream after it), ``"in"`` (its input) or
+            ``"mlp"`` (its MLP branch's output).
+        at: ``"last"`` (each row's last real token, ``[B, d]``), ``"tokens"`` (every real token,
+            ``[n_tok, d]``), ``"all"`` (``[B, T, d]``) or :class:`Positions` (``[m, d]``).
+        fn: ``fn(block, selection) -> value`` applied at once (a reduction, so nothing large is kept);
+            the value is returned instead of the selection.
+    """
+
+    blocks: tuple[int, ...]
+    site: str = "out"
+    at: Any = "last"
+    fn: Reduce | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        if self.site not in ("out", "in", "mlp"):
+            raise RunnerError(f"Read.site must be 'out', 'in' or 'mlp', got {self.site!r}")
+        if not (isinstance(self.at, Positions) or self.at in ("last", "tokens", "all")):
+            raise RunnerError(f"Read.at must be 'last', 'tokens', 'all' or Positions, got {self.at!r}")
+
+
+@dataclass
+class Batch:
+    """One padded pass: ``rows`` index the caller's sequences; ``ids``, ``mask`` ``[B, T]`` (right padding)."""
+
+    rows: list[int]
+    ids: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    @cached_property
+    def last(self) -> torch.Tensor:
+        """``[B]`` position of each row's last real token."""
+        return self.mask.sum(1) - 1
+
+    @cached_property
+    def key(self) -> str:
+        """Content hash of the token ids and mask (the prefix cache's batch key)."""
+        h = hashlib.sha1(str(tuple(self.ids.shape)).encode())
+        h.update(self.ids.detach().cpu().numpy().tobytes())
+        h.update(self.mask.detach().cpu().to(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+
+def _select(h: torch.Tensor, at: Any, batch: Batch) -> torch.Tensor:
+    if at == "last":
+        last = batch.last.to(h.device)
+        return h[torch.arange(h.shape[0], device=h.device), last]
+    if at == "tokens":
+        return h[batch.mask.to(h.device).bool()]
+    if at == "all":
+        return h
+    return h[at.rows.to(h.device), at.cols.to(h.device)]
+
+
+def token_batches(lengths: Sequence[int], max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
+    """Index batches of similar length (longest first) whose padded size ``rows x longest`` stays within
+    ``max_tokens`` (a single sequence longer than the budget is a batch of its own), at most ``max_rows`` rows."""
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise RunnerError(f"max_tokens must be a positive int (padded tokens per pass), got {max_tokens!r}")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1):
+        raise RunnerError(f"batch_size must be a positive int (sequences per pass) or None, got {max_rows!r}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]
+        if cur and ((len(cur) + 1) * width > max_tokens or (max_rows is not None and len(cur) >= max_rows)):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``seqs`` into ``(input_ids [B, T], attention_mask [B, T])``."""
+    t = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), t), int(pad_id), dtype=torch.long)
+    att = torch.zeros((len(seqs), t), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        att[r, : len(s)] = 1
+    return ids.to(device), att.to(device)
+
+
+def default_max_tokens(device: torch.device) -> int:
+    """Padded tokens per pass: 4096 on the CPU, 32768 on a GPU."""
+    return 32768 if device.type == "cuda" else 4096

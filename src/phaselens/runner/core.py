@@ -1,0 +1,247 @@
+"""The runner: one pass of a model view, with reads, edits, the prefix cache and finiteness checks."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+
+from ..errors import NonFiniteError, RunnerError
+from .batch import Batch, Read, _select, default_max_tokens, pad, token_batches
+from .cache import PrefixCache
+from .patches import _exclusive, patched
+from .plan import Plan, StopForward, chain, identity
+
+
+_OOM_WARNED = False
+
+
+class Runner:
+    """Runs passes of one model view (a :class:`~phaselens.view.ModelView`).
+
+    ``forward(batch, reads)`` returns ``{name: {block: value}}`` for each :class:`Read`; ``passes(seqs,
+    reads)`` batches sequences by the token budget and yields ``(batch, result)`` pass by pass.
+    ``edits`` (a :class:`Plan`) adds per-pass edits on top of the view's own plan; a block an edit
+    touches has no cache entries past it (its content is unknown to the cache).
+    """
+
+    def __init__(self, view: Any, *, cache: PrefixCache | None = None, check_finite: bool = True) -> None:
+        from ..view import as_view
+
+        self.view = as_view(view)
+        self.base = self.view.base
+        self.cache = cache
+        self.check_finite = check_finite
+        self.plan = self.view.plan()
+        self._sig = self.view.signature()
+
+    @property
+    def n_blocks(self) -> int:
+        return self.base.n_layers
+
+    # -- batching
+    def batches(self, seqs: Sequence[Sequence[int]], *, max_tokens: int | None = None,
+                batch_size: int | None = None, groups: list[list[int]] | None = None) -> list[Batch]:
+        """The passes over ``seqs``: padded batches within the token budget (default :func:`default_max_tokens`),
+        or exactly ``groups`` (lists of indices into ``seqs``) when given (two models fed the same batches)."""
+        if not seqs:
+            raise RunnerError("no sequences to run")
+        empty = [i for i, s in enumerate(seqs) if len(s) == 0]
+        if empty:
+            raise RunnerError(f"sequence {empty[0]} is empty; every sequence needs at least one token")
+        if groups is None:
+            budget = max_tokens if max_tokens is not None else default_max_tokens(self.base.device)
+            groups = token_batches([len(s) for s in seqs], budget, batch_size)
+        return [self._batch(seqs, g) for g in groups]
+
+    def _batch(self, seqs: Sequence[Sequence[int]], rows: list[int]) -> Batch:
+        pad_id = self.base.tokenizer.pad_token_id if self.base.tokenizer.pad_token_id is not None else 0
+        ids, att = pad([seqs[i] for i in rows], pad_id, self.base.input_device)
+        return Batch(list(rows), ids, att)
+
+    def passes(self, seqs: Sequence[Sequence[int]], reads: dict[str, Read] | Callable[[Batch], dict[str, Read]], *,
+               edits: Plan | Callable[[Batch], Plan | None] | None = None, max_tokens: int | None = None,
+               batch_size: int | None = None, groups: list[list[int]] | None = None,
+               progress: str | None = None) -> Iterator[tuple[Batch, dict]]:
+        """Yield ``(batch, forward(batch, reads))`` over ``seqs``; ``reads`` and ``edits`` may depend on the
+        batch. On a GPU, an out-of-memory error halves the batch and retries (said once)."""
+        todo = self.batches(seqs, max_tokens=max_tokens, batch_size=batch_size, groups=groups)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(seqs), desc=progress, leave=False)
+        while todo:
+            batch = todo.pop(0)
+            r = reads(batch) if callable(reads) else reads
+            e = edits(batch) if callable(edits) else edits
+            try:
+                out = self.forward(batch, r, edits=e)
+            except torch.cuda.OutOfMemoryError:
+                if batch.size == 1:
+                    raise
+                _warn_oom(batch)
+                torch.cuda.empty_cache()
+                half = batch.size // 2
+                todo[:0] = [self._batch_from(batch, slice(0, half)), self._batch_from(batch, slice(half, None))]
+                continue
+            if bar is not None:
+                bar.update(batch.size)
+            yield batch, out
+        if bar is not None:
+            bar.close()
+
+    def _batch_from(self, batch: Batch, sl: slice) -> Batch:
+        ids, mask = batch.ids[sl], batch.mask[sl]
+        width = int(mask.sum(1).max())
+        return Batch(batch.rows[sl], ids[:, :width], mask[:, :width])
+
+    # -- one pass
+    def forward(self, batch: Batch, reads: dict[str, Read], *, edits: Plan | None = None,
+                logits: bool = False) -> dict[str, Any]:
+        """Run one pass; ``{name: {block: selection or fn(block, selection)}}`` for every read.
+
+        ``logits=True`` runs the whole causal LM (its own head) and adds ``"logits"`` ``[B, T, V]``: the
+        model's own output, which the readout check compares the lens with."""
+        base, L = self.base, self.n_blocks
+        plan = self.plan.merged(edits)
+        sig = dict(self._sig)
+        if edits is not None:
+            for b in edits.blocks():
+                sig[b] = f"{sig.get(b, '')}+edit{edits.serial}"
+        prefix = chain(sig, L)
+        for name, rd in reads.items():
+            bad = [b for b in rd.blocks if not 0 <= b < L]
+            if bad:
+                raise RunnerError(f"read {name!r}: blocks {bad} are outside 0..{L - 1}")
+
+        cache = self.cache
+        start = cache.depth(batch.key, prefix) if cache is not None else 0
+        # an MLP-branch read or an edit of a block before the replay point cannot be replayed: start at it
+        for rd in reads.values():
+            if rd.site == "mlp" and rd.blocks:
+                start = min(start, min(rd.blocks))
+        out: dict[str, dict[int, Any]] = {name: {} for name in reads}
+        flags: list[tuple[int, str, torch.Tensor]] = []
+
+        def keep(name: str, rd: Read, b: int, h: torch.Tensor) -> None:
+            sel = _select(h, rd.at, batch)
+            if self.check_finite:
+                flags.append((b, name, torch.isfinite(sel).all()))
+            out[name][b] = rd.fn(b, sel) if rd.fn is not None else sel
+
+        # reads served from the cache (what blocks before ``start`` computed)
+        taps_in: dict[int, list[Callable]] = {}
+        taps_out: dict[int, list[Callable]] = {}
+        taps_mlp: dict[int, list[Callable]] = {}
+        deepest = (-1, 0)  # (block, 0: its input / 1: its output): where the pass may stop
+        for name, rd in reads.items():
+            for b in rd.blocks:
+                src = b if rd.site == "in" else b + 1  # the stored input of block b / of block b + 1 (key L: final)
+                if rd.site != "mlp" and 1 <= src <= start and cache is not None:
+                    keep(name, rd, b, cache.get(batch.key, src).to(base.block_device(min(b, L - 1))))
+                    continue
+                deepest = max(deepest, (b, 0 if rd.site == "in" else 1))
+                target = {"in": taps_in, "out": taps_out, "mlp": taps_mlp}[rd.site]
+                target.setdefault(b, []).append(lambda h, _n=name, _r=rd, _b=b: keep(_n, _r, _b, h))
+        recording = cache is not None and cache.recording
+        live = deepest[0] >= 0
+        if logits:
+            out["logits"] = self._run(batch, plan, 0, prefix, taps_in, taps_out, taps_mlp, stop_at=None, head=True)
+        elif live or (recording and start < L):
+            self._run(batch, plan, start, prefix, taps_in, taps_out, taps_mlp,
+                      stop_at=None if recording else deepest)
+        if flags:
+            ok = torch.stack([f for _, _, f in flags]).all()
+            if not bool(ok):
+                self._nonfinite(batch, plan, flags)
+        return out
+
+    def _run(self, batch: Batch, plan: Plan, start: int, prefix: list[str], taps_in: dict, taps_out: dict,
+             taps_mlp: dict, stop_at: tuple[int, int] | None, head: bool = False) -> Any:
+        base, L, cache = self.base, self.n_blocks, self.cache
+        if start > 0:
+            cached = cache.get(batch.key, start)  # type: ignore[union-attr]
+            replace = {b: fn for b, fn in plan.replace.items() if b >= start}
+            replace[0] = lambda h, _c=cached: _c.to(h.device, h.dtype)
+            for b in range(1, start):
+                replace[b] = identity
+            plan = Plan(replace, {b: f for b, f in plan.after.items() if b >= start},
+                        {b: f for b, f in plan.mlp.items() if b >= start},
+                        {b: f for b, f in plan.attn.items() if b >= start}, plan.names)
+            # taps of blocks before ``start`` would see the replayed stand-ins (they were served from the cache);
+            # block 0's input is the embedding output, genuine whatever block 0 computes
+            taps_in = {b: t for b, t in taps_in.items() if b >= start or b == 0}
+            taps_out = {b: t for b, t in taps_out.items() if b >= start}
+        if cache is not None and cache.recording:
+            for b in range(start, L):
+                taps_in.setdefault(b, []).append(lambda h, _b=b: cache.put(batch.key, _b, prefix[_b], h))
+            taps_out.setdefault(L - 1, []).append(lambda h: cache.put(batch.key, L, prefix[L], h))
+        if stop_at is not None and stop_at < (L - 1, 1):
+            def stop(h: torch.Tensor) -> None:
+                raise StopForward
+
+            (taps_in if stop_at[1] == 0 else taps_out).setdefault(stop_at[0], []).append(stop)
+        t_in, t_out, t_mlp = (_fan(taps_in), _fan(taps_out), _fan(taps_mlp))
+        with torch.inference_mode(), _exclusive(base.decoder, base.name):
+            with patched(base.blocks, plan, tap_in=t_in, tap_out=t_out, tap_mlp=t_mlp, returns_tuple=base.returns_tuple):
+                if head:
+                    return base.hf(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits
+                try:
+                    base.decoder(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False)
+                except StopForward:
+                    pass
+        return None
+
+    def _nonfinite(self, batch: Batch, plan: Plan, flags: list) -> None:
+        bad_read = next((b, n) for b, n, f in flags if not bool(f))
+        first = None
+        seen: dict[int, bool] = {}
+
+        def probe(b: int, h: torch.Tensor) -> None:
+            seen[b] = bool(torch.isfinite(h[batch.mask.to(h.device).bool()]).all())
+
+        taps = {b: (lambda h, _b=b: probe(_b, h)) for b in range(self.n_blocks)}
+        with torch.inference_mode(), _exclusive(self.base.decoder, self.base.name):
+            with patched(self.base.blocks, plan, tap_out=taps, returns_tuple=self.base.returns_tuple):
+                try:
+                    self.base.decoder(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False)
+                except StopForward:
+                    pass
+        first = next((b for b in sorted(seen) if not seen[b]), bad_read[0])
+        what = plan.names.get(first) or (f"block {first} itself" if first not in plan.blocks() else "an edit")
+        raise NonFiniteError(
+            f"{self.view.name}: the forward pass produced NaN or Inf, first in the output of block {first} "
+            f"(what runs there: {what}); it reached the read {bad_read[1]!r} at block {bad_read[0]}. No margin or "
+            "transition is computed from it. Check that operator, lens or edit for NaN/Inf (or huge values), or run "
+            "the model in float32")
+
+
+def _fan(taps: dict[int, list[Callable]]) -> dict[int, Callable]:
+    def both(ts: list[Callable]) -> Callable:
+        if len(ts) == 1:
+            return ts[0]
+
+        def f(h: torch.Tensor) -> None:
+            for t in ts:
+                t(h)
+
+        return f
+
+    return {b: both(ts) for b, ts in taps.items()}
+
+
+def _warn_oom(batch: Batch) -> None:
+    global _OOM_WARNED
+    if not _OOM_WARNED:
+        _OOM_WARNED = True
+        warnings.warn(f"phaselens: out of GPU memory with a batch of {batch.size} sequences x {batch.ids.shape[1]} "
+                      "tokens; halving batches that run out of memory from now on (said once). Pass a smaller "
+                      "max_tokens= to avoid the retries", RuntimeWarning, stacklevel=4)
+
+
+def run_all(view: Any, seqs: Sequence[Sequence[int]], reads: dict[str, Read] | Callable[[Batch], dict[str, Read]],
+            **kw: Any) -> Iterable[tuple[Batch, dict]]:
+    """:meth:`Runner.passes` of a fresh runner (no cache)."""
+    return Runner(view).passes(seqs, reads, **kw)
