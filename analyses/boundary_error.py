@@ -33,7 +33,7 @@ def main(argv=None) -> None:
         n = max(1, int(round(a.ratio * L)))
         blocks = pl.select_blocks(m, n, "angular", calibration=run.calibration())
         view = pl.prune(m, blocks)
-        recs = pl.fit_recoveries(view, a.methods, run.calibration())
+        recs = pl.fit_recovery(view, run.calibration(), a.methods)
         run.log(f"{name}: cut {blocks} ({n}/{L}); fitted {list(recs)}")
         measured = {}
         for meth, rec in recs.items():
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     run.finish(
         f"Per model, one contiguous cut of {a.ratio:.0%} of the blocks chosen by angular distance (Gromov et al.) on "
         f"{a.calibration_passages} calibration passages. Each method ({', '.join(a.methods)}) is fitted on those passages "
-        f"(pl.fit_recoveries); the boundary error is the mean squared difference between the input of the first block "
+        f"(pl.fit_recovery with a list of methods); the boundary error is the mean squared difference between the input of the first block "
         f"after the cut and the dense model's, per channel, on the fit tokens (from the fit statistics) and measured on "
         f"{a.heldout_passages} held-out passages (pl.boundary_error). On the fit tokens the least-squares operator can "
         f"never lose (a test of phaselens); the held-out numbers are the real comparison.")

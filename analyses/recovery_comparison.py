@@ -41,7 +41,7 @@ def main(argv=None) -> None:
             n = max(1, int(round(ratio * L)))
             blocks = pl.select_blocks(m, n, "angular", calibration=run.calibration())
             cut = f"{blocks[0]}-{blocks[-1]}"
-            recs = pl.fit_recoveries(pl.prune(m, blocks), a.methods, run.calibration())
+            recs = pl.fit_recovery(pl.prune(m, blocks), run.calibration(), a.methods)
             for meth, rec in recs.items():
                 ppl = pl.perplexity(rec, run.heldout())
                 for t in tasks:

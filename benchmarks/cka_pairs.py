@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from phaselens.similarity import CKAAccumulator
+from phaselens.cka import CKAAccumulator
 
 
 def pair_feature_cka(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -28,15 +28,19 @@ import warnings
 import torch
 
 import phaselens as pl
-from phaselens.calibration import calibration_batches, n_tokens
+from phaselens.calibration import n_tokens, tokenize
+from phaselens.runner import default_max_tokens, pad, token_batches
 
 MIDDLE = list(range(13, 17))  # blocks 13-16 of 30: the pass can stop at block 17
 LATE = list(range(26, 30))  # blocks 26-29: the pass runs to the end
 
 
-def plain_forward(model: pl.Model, texts: list[str], seq_len: int, batch_size: int) -> None:
+def plain_forward(model: pl.Model, texts: list[str], seq_len: int, batch_size: int | None) -> None:
+    """The baseline: the HF decoder over the very batches phaselens forms (same token budget)."""
+    seqs = tokenize(model.tokenizer, texts, seq_len)
     with torch.inference_mode():
-        for ids, att in calibration_batches(model, texts, seq_len=seq_len, batch_size=batch_size):
+        for g in token_batches([len(s) for s in seqs], default_max_tokens(model.device), batch_size):
+            ids, att = pad([seqs[i] for i in g], model.tokenizer.pad_token_id, model.device)
             model.decoder(input_ids=ids, attention_mask=att, use_cache=False)
 
 
@@ -45,7 +49,7 @@ def fit(model: pl.Model, blocks: list[int], texts: list[str], seq_len: int, batc
         warnings.simplefilter("ignore")  # the few-tokens advice at small sizes
         view = pl.prune(model, blocks)
         if methods:
-            return pl.fit_recoveries(view, methods, texts, seq_len=seq_len, batch_size=batch_size)
+            return pl.fit_recovery(view, texts, list(methods), seq_len=seq_len, batch_size=batch_size)
         return pl.fit_recovery(view, texts, seq_len=seq_len, batch_size=batch_size)
 
 
@@ -119,7 +123,7 @@ def main() -> None:
         "plain forward (hf.model)": lambda: plain_forward(model, texts, a.seq_len, a.batch_size),
         f"fit_recovery ghosted, middle cut {MIDDLE[0]}-{MIDDLE[-1]}": lambda: fit(model, MIDDLE, texts, a.seq_len, a.batch_size),
         f"fit_recovery ghosted, late cut {LATE[0]}-{LATE[-1]}": lambda: fit(model, LATE, texts, a.seq_len, a.batch_size),
-        "fit_recoveries all 7 methods, late cut": lambda: fit(model, LATE, texts, a.seq_len, a.batch_size, pl.METHODS),
+        "fit_recovery, all 7 methods, late cut": lambda: fit(model, LATE, texts, a.seq_len, a.batch_size, pl.METHODS),
     }
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(a.repeats):  # interleaved, so load changes hit every path alike

@@ -41,7 +41,7 @@ def main() -> None:
               perplexity_texts=pl.heldout_texts()[: a.heldout], n_boot=200)
     print(f"{model.name} (L={model.n_layers}), {a.task} x {len(task)} items, criterion {a.criterion}, {steps} cuts, "
           f"{n_texts} calibration + {a.heldout} held-out passages, {torch.get_num_threads()} threads")
-    pl.iterative_prune(model, task, **{**kw, "steps": 0})  # warm up
+    pl.iterative_prune(model, task, **{**kw, "steps": 1})  # warm up
 
     t = time.perf_counter()
     base = pl.iterative_prune(model, task, reuse_prefix=False, **kw)

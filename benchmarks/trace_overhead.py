@@ -7,7 +7,8 @@ Baselines, timed in the same run:
 The measured path is ``phaselens.decision_trace`` (lens at every block + all metrics and the
 bootstrap), and ``option_logits`` alone. Ratios are printed against both baselines.
 
-    python benchmarks/trace_overhead.py                       # SmolLM2 on the CPU
+    python benchmarks/trace_overhead.py                       # SmolLM2 on the CPU, 4 x 16 x 128 synthetic prompts
+    python benchmarks/trace_overhead.py --task capitals --limit 50   # real short cloze prompts, phaselens' own batches
     python benchmarks/trace_overhead.py --synthetic llama3-8b --device cuda   # GPU, random weights
 """
 
@@ -20,7 +21,9 @@ import time
 import torch
 
 import phaselens as pl
-from phaselens.encoding import Encoded, batches, pad
+from phaselens.encoding import Encoded
+from phaselens.lens import option_logits
+from phaselens.runner import pad, token_batches
 
 
 def synthetic_model(kind: str, device: str, tokenizer) -> pl.Model:
@@ -75,6 +78,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=None, help="prompt length (default 128 CPU, 256 GPU)")
     ap.add_argument("--batches", type=int, default=None, help="number of batches (default 4)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--task", default=None, help="time a real task's prompts instead of synthetic ones")
+    ap.add_argument("--limit", type=int, default=50)
     args = ap.parse_args()
     gpu = args.device.startswith("cuda")
     bs = args.batch_size or (32 if gpu else 16)
@@ -88,10 +93,20 @@ def main() -> None:
         model = synthetic_model(args.synthetic, args.device, tok)
     else:
         model = pl.load_model(args.model, device=args.device)
-    enc = synthetic_items(bs * nb, length, min(model.W_U.shape[0], 49152))
-    groups = batches([len(p) for p in enc.prompts], bs)
+    if args.task:
+        from phaselens.encoding import encode
+        from phaselens.runner import default_max_tokens
+
+        task = pl.load_task(args.task, limit=args.limit)
+        enc = encode(task, model.tokenizer)
+        budget = default_max_tokens(model.device)
+        length = max(len(p) for p in enc.prompts)
+    else:
+        enc = synthetic_items(bs * nb, length, min(model.W_U.shape[0], 49152))
+        budget = bs * length  # the same batches for phaselens and the baselines
+        task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+    groups = token_batches([len(p) for p in enc.prompts], budget)
     padded = [pad([enc.prompts[i] for i in g], 0, model.device) for g in groups]
-    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
 
     def plain_decoder():
         with torch.inference_mode():
@@ -104,7 +119,7 @@ def main() -> None:
                 model.hf(input_ids=ids, attention_mask=att, use_cache=False)
 
     def lens_only():
-        pl.option_logits(model, task, batch_size=bs, encoded=enc)
+        option_logits(model, task, max_tokens=budget, encoded=enc)
 
     import phaselens.trace as tr_mod
 
@@ -112,7 +127,7 @@ def main() -> None:
     tr_mod.option_logits = lambda m, t, **kw: orig(m, t, encoded=enc, **kw)
     try:
         def full_trace():
-            pl.decision_trace(model, task, batch_size=bs)
+            pl.decision_trace(model, task, max_tokens=budget)
 
         t_dec = timeit(plain_decoder, args.device, args.repeats)
         t_lm = timeit(plain_causal_lm, args.device, args.repeats)
@@ -123,7 +138,8 @@ def main() -> None:
 
     dev_name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"model {model.name}: L={model.n_layers} d={model.d_model} {model.dtype} on {dev_name}")
-    print(f"{nb} batches x {bs} prompts x {length} tokens, median of {args.repeats}")
+    what = f"{args.task}, {enc.n_items} prompts of at most {length} tokens" if args.task else f"{bs} prompts x {length} tokens"
+    print(f"{len(groups)} batches, {what}, median of {args.repeats}")
     print(f"  baseline hf.model forward (no LM head): {t_dec:8.4f} s")
     print(f"  baseline hf forward (causal LM logits): {t_lm:8.4f} s")
     print(f"  option_logits (lens at every block):    {t_lens:8.4f} s  ratio {t_lens / t_dec:5.3f}x decoder, {t_lens / t_lm:5.3f}x causal LM")

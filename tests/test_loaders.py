@@ -49,6 +49,50 @@ def test_arc_prompt_and_fewshot_pool_from_train():
     assert letters.reformulated and letters.prompt(0).endswith("Answer:")
 
 
+def test_mmlu_prompt_is_lm_evals():
+    """lm-evaluation-harness' MMLU: the subject's description once, then the first k rows of the subject's own dev
+    file, each "{question}\nA. ..\nD. ..\nAnswer: {label}\n\n", then the query. Rebuilt from the CSV files."""
+    import csv
+
+    def rows(split: str, subject: str) -> list[list[str]]:
+        with open(data_dir() / "mmlu" / split / f"{subject}_{split}.csv", newline="", encoding="utf-8") as f:
+            return [r for r in csv.reader(f) if r]
+
+    def text(r: list[str]) -> str:
+        return f"{r[0].strip()}\nA. {r[1]}\nB. {r[2]}\nC. {r[3]}\nD. {r[4]}\nAnswer:"
+
+    for subject in ("high_school_physics", "anatomy"):
+        task = pl.load_task(f"mmlu:{subject}", shots=3)
+        dev, test = rows("dev", subject), rows("test", subject)
+        want = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+        want += "".join(f"{text(r)} {r[5]}\n\n" for r in dev[:3]) + text(test[0])
+        assert task.prompt(0) == want
+        assert task.decision_strings(0) == [" A", " B", " C", " D"]
+    pooled = pl.load_task("mmlu", shots=2, limit=20, seed=3)  # every subject's items get their own subject's shots
+    for i, it in enumerate(pooled.items):
+        dev = rows("dev", it.group)
+        assert pooled.prompt(i).count(dev[0][0].strip()) >= 1 and it.group.replace("_", " ") in pooled.prompt(i)
+    zero = pl.load_task("mmlu:anatomy")
+    assert zero.prompt(0).startswith("The following are multiple choice questions (with answers) about anatomy.\n\n")
+    old = pl.load_task("mmlu:anatomy", template=pl.LettersTemplate())  # the generic layout, by choice
+    assert old.prompt(0).startswith("Question: ")
+
+
+def test_arc_fewshot_follows_lm_evals_seeded_sampler():
+    """lm-eval's default sampler: one random.Random(1234) drawing k train docs for each evaluated doc in turn."""
+    import random
+
+    train = [json.loads(line) for line in open(data_dir() / "arc" / "ARC-Easy-train.jsonl") if line.strip()]
+    test = [json.loads(line) for line in open(data_dir() / "arc" / "ARC-Easy-test.jsonl") if line.strip()]
+    rnd = random.Random(1234)
+    task = pl.load_task("arc-easy", shots=2, limit=len(test))
+    for i in range(4):
+        shots = rnd.sample(train, 2)
+        want = "".join(f"Question: {r['question']}\nAnswer: {r['choices']['text'][r['choices']['label'].index(r['answerKey'])]}\n\n"
+                       for r in shots) + f"Question: {test[i]['question']}\nAnswer:"
+        assert task.prompt(i) == want
+
+
 def test_mmlu_splits_subjects_and_multiline_rows():
     assert len(pl.load_task("mmlu")) == 14042
     assert len(pl.load_task("mmlu", split="val")) == 1531

@@ -226,6 +226,27 @@ def test_dense_vs_pruned_decision_against_hf(tiny_llama, capitals_task, debiased
     np.testing.assert_allclose(r.matrix, ref, atol=1e-6)
 
 
+def test_an_operator_at_the_end_is_part_of_the_final_row(tiny_llama, capitals_task):
+    """A recovery operator standing in for a cut that reaches the last block is what the recovered model outputs:
+    its final row is h_3 @ W (h_3 = the dense output of block 3, from HF's own hidden states), not plain pruning's."""
+    L = tiny_llama.n_layers
+    W = torch.eye(tiny_llama.d_model) + 0.3 * torch.randn(tiny_llama.d_model, tiny_llama.d_model,
+                                                           generator=torch.Generator().manual_seed(0))
+    rec = ModelView(tiny_llama, removed=(L - 2, L - 1), operators={(L - 2, L): W})
+    r = cka(tiny_llama, rec, capitals_task)
+    plain = cka(tiny_llama, pl.prune(tiny_llama, [L - 2, L - 1]), capitals_task)
+    prompts = _ids(tiny_llama, capitals_task)
+    with torch.no_grad():
+        hs = [tiny_llama.hf(input_ids=torch.tensor([p]), output_hidden_states=True).hidden_states for p in prompts]
+    h3 = np.stack([h[L - 2][0, -1].double().numpy() for h in hs])  # the output of block L-3 = the input of the cut
+    dense_last = _hf_block_outputs(tiny_llama.hf, prompts, lambda n: n - 1)[L - 3]  # dense block L-3's output
+    final_rec = h3 @ W.double().numpy()  # the recovered model's final state
+    want = linear_cka(dense_last, final_rec)
+    assert r.blocks_b[-1] == L - 3  # the last surviving block labels the final row
+    assert r.value(L - 3, L - 3) == pytest.approx(want, abs=1e-5)
+    assert plain.value(L - 3, L - 3) == pytest.approx(1.0, abs=1e-9) and want < 0.999  # not plain pruning's final row
+
+
 def test_all_positions_texts_against_hf(tiny_llama):
     texts = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France, and Berlin that of Germany.",
              "Water boils at one hundred degrees Celsius at sea level."]

@@ -35,6 +35,7 @@ from .probes import N_BOOT, FinalRunner, boot_ci, check_blocks, dense_transition
 from .results import Result
 from .runner import Plan, identity
 from .view import ModelView
+from .types import ModelLike, TaskLike
 
 ABLATION_MODES = ("skip", "zero", "mean")
 
@@ -205,8 +206,8 @@ def _default_pairs(view: ModelView, layer: int | None, window: int) -> list[tupl
 
 
 def ablate(
-    model: Any,
-    task: Any,
+    model: ModelLike,
+    task: TaskLike,
     blocks: Iterable[int] | int | None = None,
     *,
     mode: str = "skip",

@@ -138,5 +138,25 @@ from .commands import register_all as _register_all  # noqa: E402
 _register_all()
 
 
+def _guard(fn):
+    """Every command: a phaselens error becomes one red line and exit code 2, never a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        from .errors import PhaselensError
+
+        try:
+            return fn(*args, **kwargs)
+        except PhaselensError as e:
+            _fail(str(e))
+
+    return run
+
+
+for _cmd in app.registered_commands:
+    _cmd.callback = _guard(_cmd.callback)
+
+
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ from .encoding import Encoded, encode
 from .runner import Batch, Positions, PrefixCache, Read, Runner
 from .tasks.base import Task
 from .view import ModelView, as_view
+from .types import ModelLike
 
 _CONT_CHUNK = 256  # continuation positions per full-vocabulary readout
 
@@ -54,9 +55,31 @@ def read_at(kept: list[int], n_blocks: int) -> list[int]:
     return kept[:-1] + [n_blocks - 1]
 
 
+def select_rows(view: ModelView, blocks: Any) -> list[int]:
+    """The surviving blocks to read: ``None`` (all), ``"last"`` (the model's own output only), or a list of
+    original indices of surviving blocks (in model order); a :class:`~phaselens.errors.LensError` otherwise."""
+    from .errors import LensError
+
+    kept = view.kept
+    if blocks is None:
+        return list(kept)
+    if isinstance(blocks, str):
+        if blocks != "last":
+            raise LensError(f"blocks must be None (every surviving block), 'last' or a list of block indices, got {blocks!r}")
+        return [kept[-1]]
+    try:
+        want = sorted({int(b) for b in blocks})
+    except (TypeError, ValueError):
+        raise LensError(f"blocks must be None, 'last' or a list of block indices, got {blocks!r}") from None
+    bad = [b for b in want if b not in kept]
+    if bad or not want:
+        raise LensError(f"blocks {bad or want} are not surviving blocks of {view.name} (surviving: {kept})")
+    return want
+
+
 @torch.inference_mode()
 def option_logits(
-    model: Any,
+    model: ModelLike,
     task: Task,
     *,
     batch_size: int | None = None,
@@ -65,27 +88,35 @@ def option_logits(
     progress: bool = False,
     encoded: Encoded | None = None,
     cache: PrefixCache | None = None,
+    blocks: Any = None,
 ) -> OptionLogits:
-    """Run ``task`` through ``model`` (a model, view or spec) and read every surviving block.
+    """Run ``task`` through ``model`` (a model, view or spec) and read every surviving block (or ``blocks``:
+    ``"last"`` for the model's own answer only, or a list of surviving blocks).
 
     ``batch_size`` caps the sequences per pass and ``max_tokens`` the padded tokens per pass (default
     :func:`~phaselens.runner.default_max_tokens`). ``cache`` (the iterative sweep, the phase cuts) replays
     stored block inputs of an identical prefix.
     """
     view = as_view(model)
+    rows = select_rows(view, blocks)
     enc = encoded or encode(task, view.base.tokenizer)
     runner = Runner(view, cache=cache)
     kw = dict(max_tokens=max_tokens, batch_size=batch_size, progress=f"lens {view.name}" if progress else None)
     if enc.format == "continuation":
-        z = _continuation_scores(runner, enc, kw)
-        return OptionLogits(z, enc.option_mask, enc.answers, view.kept)
-    return _decision_scores(runner, enc, return_hidden, kw)
+        z = _continuation_scores(runner, enc, rows, kw)
+        return OptionLogits(z, enc.option_mask, enc.answers, rows)
+    return _decision_scores(runner, enc, rows, return_hidden, kw)
 
 
-def _decision_scores(runner: Runner, enc: Encoded, return_hidden: bool, kw: dict) -> OptionLogits:
+def _rows_at(view: ModelView, rows: list[int]) -> list[int]:
+    """The block read for each of ``rows`` (the last surviving block reads the output of block ``L-1``)."""
+    at = dict(zip(view.kept, read_at(view.kept, view.base.n_layers)))
+    return [at[b] for b in rows]
+
+
+def _decision_scores(runner: Runner, enc: Encoded, kept: list[int], return_hidden: bool, kw: dict) -> OptionLogits:
     view, base = runner.view, runner.base
-    kept = view.kept
-    rows_at = read_at(kept, base.n_layers)
+    rows_at = _rows_at(view, kept)
     z = torch.empty(len(kept), enc.n_items, enc.n_options)
     hidden = torch.empty(len(kept), enc.n_items, base.d_model) if return_hidden else None
     reads = {"h": Read(tuple(rows_at), "out", "last")}
@@ -99,10 +130,9 @@ def _decision_scores(runner: Runner, enc: Encoded, return_hidden: bool, kw: dict
     return OptionLogits(z, enc.option_mask, enc.answers, kept, hidden)
 
 
-def _continuation_scores(runner: Runner, enc: Encoded, kw: dict) -> torch.Tensor:
+def _continuation_scores(runner: Runner, enc: Encoded, kept: list[int], kw: dict) -> torch.Tensor:
     view, base = runner.view, runner.base
-    kept = view.kept
-    rows_at = read_at(kept, base.n_layers)
+    rows_at = _rows_at(view, kept)
     assert enc.continuations is not None and enc.rows is not None
     seqs = [c + t for c, t in zip(enc.prompts, enc.continuations)]
     seq_scores = torch.zeros(len(kept), len(seqs))

@@ -84,6 +84,8 @@ class Model:
     unembed: nn.Module = field(repr=False)
     softcap: float | None = None
     returns_tuple: bool = False
+    attn_implementation: str | None = None  # what phaselens measures with (the load's: SDPA); pinned for every pass
+    attn_configs: list = field(default_factory=list, repr=False)
     _bridge: Any = field(default=None, repr=False)
 
     @property
@@ -166,8 +168,10 @@ class Model:
     def bridge(self) -> Any:
         """A TransformerLens ``TransformerBridge`` over this model (booted once, on demand).
 
-        Booting wraps the model's submodules and forces eager attention on it (TransformerLens'
-        choice); phaselens' own measurements are unaffected since they use the unwrapped blocks.
+        Booting wraps the model's submodules and switches the shared Hugging Face model to eager attention
+        (TransformerLens' choice, so its attention hooks fire); the bridge's own forward then runs eager.
+        phaselens' passes pin the attention implementation the model was loaded with (:attr:`attn_implementation`,
+        SDPA by default) for their duration, so its numbers do not change when a bridge is booted.
         """
         if self._bridge is None:
             from transformer_lens.model_bridge import TransformerBridge
@@ -361,7 +365,11 @@ def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: t
     softcap = getattr(hf.config, "final_logit_softcapping", None) or getattr(
         getattr(hf.config, "text_config", None), "final_logit_softcapping", None
     )
-    model = Model(hf, tok, name, blocks, norm, decoder, unembed, softcap)
+    from .runner.patches import attention_configs
+
+    configs = attention_configs(hf)
+    model = Model(hf, tok, name, blocks, norm, decoder, unembed, softcap,
+                  attn_implementation=configs[0]._attn_implementation if configs else None, attn_configs=configs)
     probe = torch.tensor([[tok.eos_token_id or 1, 5, 17, 42, 7]], device=model.input_device) % model.W_U.shape[0]
     model.returns_tuple = block_returns_tuple(blocks, decoder, probe)
     _check_readout(model, probe)

@@ -34,6 +34,7 @@ from .results import Result
 from .runner import Batch, Plan
 from .stats import seed_list
 from .view import fmt_blocks
+from .types import ModelLike, TaskLike
 
 
 def noise_seed(seed: int, block: int, item: int) -> int:
@@ -233,8 +234,8 @@ def _eps_list(eps: Any) -> list[float]:
 
 
 def inject_noise(
-    model: Any,
-    task: Any,
+    model: ModelLike,
+    task: TaskLike,
     blocks: Iterable[int] | int | None = None,
     eps: float | Sequence[float] = (0.1, 0.5, 1.0),
     *,

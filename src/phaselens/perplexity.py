@@ -16,13 +16,14 @@ from .calibration import heldout_texts, load_calibration, tokenize
 from .errors import CalibrationError
 from .runner import Batch, Positions, PrefixCache, Read, Runner
 from .view import as_view
+from .types import ModelLike
 
 _CHUNK = 1024
 
 
 @torch.inference_mode()
 def perplexity(
-    model: Any,
+    model: ModelLike,
     texts: Any = None,
     *,
     seq_len: int = 256,

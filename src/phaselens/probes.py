@@ -15,6 +15,7 @@ from .errors import InterventionError
 from .runner import Batch, Plan, PrefixCache, Read, Runner
 from .tasks import Task, load_task
 from .view import ModelView, as_view
+from .types import ModelLike, TaskLike
 
 N_BOOT = 1000
 
@@ -91,7 +92,7 @@ def final_correct(z: torch.Tensor, answers: torch.Tensor) -> np.ndarray:
     return (z.argmax(-1) == answers).numpy()
 
 
-def resolve(model: Any, task: Any) -> tuple[ModelView, Task]:
+def resolve(model: ModelLike, task: TaskLike) -> tuple[ModelView, Task]:
     view = as_view(model)
     t = task if isinstance(task, Task) else load_task(task)
     return view, t

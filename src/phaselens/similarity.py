@@ -13,6 +13,7 @@ import torch
 from .cka import FORMS, CKAAccumulator, linear_cka
 from .errors import CKAError
 from .results import Result
+from .types import ModelLike
 
 POSITIONS = ("decision", "all")
 
@@ -140,8 +141,8 @@ def _collect(view, seqs: list[list[int]], groups: list[list[int]], pos: dict[int
 
 @torch.inference_mode()
 def cka(
-    model_a: Any,
-    model_b: Any,
+    model_a: ModelLike,
+    model_b: ModelLike,
     task_or_texts: Any = None,
     *,
     positions: str | None = None,

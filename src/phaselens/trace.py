@@ -21,6 +21,7 @@ from .phases import jump_index, transition_ci, transition_index
 from .results import Result
 from .tasks import Task, load_task
 from .view import as_view
+from .types import ModelLike, TaskLike
 
 N_BOOT = 1000
 SCORINGS = ("sum", "norm")
@@ -110,6 +111,7 @@ class DecisionTrace(_Figures, Result):
     reformulated: bool = False
     lens: str = "logit"
     scoring: str = "sum"
+    complete: bool = True  # False: only some blocks were read (decision_trace(blocks=...)); no transition
 
     derived = ("margins", "margin_ci", "accuracy", "accuracy_ci", "option_frequency", "bias_kl", "convergence_kl",
                "answer_prior", "item_margins")
@@ -214,6 +216,9 @@ class DecisionTrace(_Figures, Result):
 
     def transition(self, *, n_boot: int | None = None, seed: int | None = None) -> "Transition":
         """Where this trace's decisive phase begins (no model run)."""
+        if not self.complete:
+            raise PhaselensError(f"this trace of {self.model} reads only blocks {self.blocks.tolist()}; a transition needs "
+                                 "every surviving block (decision_trace without blocks=)")
         return Transition(self, self.n_boot if n_boot is None else n_boot, self.seed if seed is None else seed)
 
     # -- outputs
@@ -332,8 +337,8 @@ def check_boot(n_boot: Any, seed: Any) -> None:
 
 
 def decision_trace(
-    model: Any,
-    task: Any,
+    model: ModelLike,
+    task: TaskLike,
     *,
     batch_size: int | None = None,
     max_tokens: int | None = None,
@@ -342,6 +347,7 @@ def decision_trace(
     seed: int = 0,
     progress: bool = False,
     cache=None,
+    blocks: Any = None,
 ) -> DecisionTrace:
     """Option-restricted logit lens of every surviving block of ``model`` on ``task``.
 
@@ -353,6 +359,9 @@ def decision_trace(
         device: used only when ``model`` is a spec to be loaded.
         n_boot: bootstrap resamples for the intervals; ``seed`` seeds them.
         cache: a :class:`~phaselens.runner.PrefixCache` replaying identical prefixes (sweeps, phase cuts).
+        blocks: ``None`` (every surviving block), ``"last"`` (only the model's own answer: one readout, what
+            lm-evaluation-harness computes, at its cost), or a list of surviving blocks. A trace of some blocks
+            has no transition.
     """
     check_boot(n_boot, seed)
     if device is not None and isinstance(model, str):
@@ -361,7 +370,7 @@ def decision_trace(
         model = load_model(model, device=device)
     view = as_view(model)
     t = _resolve_task(task)
-    ol = option_logits(view, t, batch_size=batch_size, max_tokens=max_tokens, progress=progress, cache=cache)
+    ol = option_logits(view, t, batch_size=batch_size, max_tokens=max_tokens, progress=progress, cache=cache, blocks=blocks)
     chars = np.zeros(ol.mask.shape, dtype=np.int64)
     for i, it in enumerate(t.items):
         chars[i, : len(it.options)] = [len(o) for o in it.options]
@@ -369,10 +378,11 @@ def decision_trace(
         model=view.name, task=t.name, format=t.format, n_blocks=view.base.n_layers, blocks=np.asarray(ol.blocks),
         logits=ol.z.numpy(), answers=ol.answers.numpy(), mask=ol.mask.numpy(), option_chars=chars,
         item_ids=[it.id for it in t.items], n_boot=n_boot, seed=seed, reformulated=t.reformulated,
+        complete=list(ol.blocks) == list(view.kept),
     )
 
 
-def transition_point(model: Any, task: Any, **kw: Any) -> Transition:
+def transition_point(model: ModelLike, task: TaskLike, **kw: Any) -> Transition:
     """Find the silent -> decisive transition of ``model`` on ``task``.
 
     ``model`` and ``task`` may be objects or specs: ``transition_point("smollm2-135m", "capitals")``.

@@ -17,6 +17,7 @@ import torch
 from .errors import PruningError, RecoveryError
 from .models import Model, load_model
 from .runner import Plan, identity
+from .types import ModelLike
 
 
 def spans_of(blocks: tuple[int, ...] | list[int]) -> list[tuple[int, int]]:
@@ -189,7 +190,7 @@ class EditedView(ModelView):
         return sig
 
 
-def as_view(model: Any) -> ModelView:
+def as_view(model: ModelLike) -> ModelView:
     """A :class:`ModelView` from a view, a :class:`Model` or anything :func:`load_model` takes."""
     if isinstance(model, ModelView):
         return model

@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import StatsError, StatsWarning
 from ..results import Record, Result
 from ..stats import MIN_POINTS, pearson
+from ..types import ModelLike, TaskLike
 
 @dataclass
 class CollapsePoint(Record):
@@ -175,7 +176,7 @@ def _slug(x: Any) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
-def _run_sweep(model: Any, task: Any, criterion: str, folder: Path, chunk: int, max_steps: int | None, **kw: Any):
+def _run_sweep(model: ModelLike, task: TaskLike, criterion: str, folder: Path, chunk: int, max_steps: int | None, **kw: Any):
     """Iterative sweep written to ``folder``, extended ``chunk`` cuts at a time until it collapses
     (or ``max_steps`` / one block left). Resumable: finished steps in ``folder`` are reused."""
     from ..pruning.iterative import iterative_prune

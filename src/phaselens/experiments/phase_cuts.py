@@ -50,6 +50,7 @@ from ..tasks import Task, load_task
 from ..trace import N_BOOT, Transition, check_boot, decision_trace
 from ..view import ModelView, as_view
 from .phase_cuts_result import CUT_KINDS, DEFAULT_METHODS, WHOLE_STREAM, Cut, CutResult, PhaseCuts
+from ..types import ModelLike, TaskLike
 
 # -- the experiment -------------------------------------------------------------------------
 
@@ -143,8 +144,8 @@ class PhaseCutsDense(Record):
 
 
 def compare_phase_cuts(
-    model: Any,
-    task: Any,
+    model: ModelLike,
+    task: TaskLike,
     n: int,
     *,
     methods: Sequence[str] = DEFAULT_METHODS,

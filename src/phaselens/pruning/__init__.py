@@ -7,9 +7,10 @@ from typing import Any, Iterable
 from ..errors import PruningError
 from ..view import ModelView, as_view
 from .criteria import CRITERIA, angular_distances, block_influence, select_blocks, selection, sleb_scores
+from ..types import ModelLike
 
 
-def prune(model: Any, blocks: Iterable[int]) -> ModelView:
+def prune(model: ModelLike, blocks: Iterable[int]) -> ModelView:
     """A view of ``model`` that skips ``blocks`` (original 0-based indices); no weights are copied.
 
     ``model`` may already be a pruned view: the new blocks are removed on top (recovery

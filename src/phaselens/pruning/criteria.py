@@ -19,6 +19,7 @@ from ..activations import boundaries
 from ..errors import PruningError
 from ..runner import PrefixCache
 from ..view import ModelView, as_view
+from ..types import ModelLike, TaskLike
 
 Criterion = Literal["bi", "angular", "sleb", "random", "silent", "decisive"]
 CRITERIA: tuple[str, ...] = ("bi", "angular", "sleb", "random", "silent", "decisive")
@@ -30,7 +31,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1, eps=1e-12)
 
 
-def block_influence(model: Any, calibration: Any = None, *, seq_len: int = 256, cache: PrefixCache | None = None) -> dict[int, float]:
+def block_influence(model: ModelLike, calibration: Any = None, *, seq_len: int = 256, cache: PrefixCache | None = None) -> dict[int, float]:
     """ShortGPT Block Influence ``BI_l = 1 - mean_t cos(h_in_l[t], h_out_l[t])`` of every surviving block
     (keys: original block indices)."""
     view = as_view(model)
@@ -48,7 +49,7 @@ def block_influence(model: Any, calibration: Any = None, *, seq_len: int = 256, 
     return {b: 1.0 - sums[b] / n for b in kept}
 
 
-def angular_distances(model: Any, n: int, calibration: Any = None, *, seq_len: int = 256,
+def angular_distances(model: ModelLike, n: int, calibration: Any = None, *, seq_len: int = 256,
                       cache: PrefixCache | None = None) -> dict[int, float]:
     """Gromov et al.: ``d(l, n) = mean_t arccos(cos(h_in_l, h_out_{l+n-1})) / pi`` for every run of
     ``n`` consecutive surviving blocks, keyed by the run's first block (original index)."""
@@ -69,7 +70,7 @@ def angular_distances(model: Any, n: int, calibration: Any = None, *, seq_len: i
     return {b: v / count for b, v in sums.items()}
 
 
-def sleb_scores(model: Any, calibration: Any = None, *, seq_len: int = 128, n_texts: int = 8) -> dict[int, float]:
+def sleb_scores(model: ModelLike, calibration: Any = None, *, seq_len: int = 128, n_texts: int = 8) -> dict[int, float]:
     """Calibration perplexity of the model with each surviving block removed in turn (SLEB's
     score; lower = safer to cut), keyed by original block index.
 
@@ -106,12 +107,12 @@ class Selection:
 
 
 def select_blocks(
-    model: Any,
+    model: ModelLike,
     n: int,
     criterion: Criterion = "bi",
     *,
     calibration: Any = None,
-    task: Any = None,
+    task: TaskLike = None,
     seed: int = 0,
     placement: str | int = "adjacent",
     transition: Any = None,
@@ -131,7 +132,7 @@ def select_blocks(
                      placement=placement, transition=transition).blocks
 
 
-def selection(model: Any, n: int, criterion: str = "bi", *, calibration: Any = None, task: Any = None,
+def selection(model: ModelLike, n: int, criterion: str = "bi", *, calibration: Any = None, task: TaskLike = None,
               seed: int = 0, placement: str | int = "adjacent", transition: Any = None) -> Selection:
     """:func:`select_blocks` with the scores behind the choice."""
     view = as_view(model)
@@ -161,7 +162,7 @@ def selection(model: Any, n: int, criterion: str = "bi", *, calibration: Any = N
     return _phase_selection(view, n, criterion, task, placement, transition)
 
 
-def _phase_selection(view: ModelView, n: int, phase: str, task: Any, placement: str | int, transition: Any) -> Selection:
+def _phase_selection(view: ModelView, n: int, phase: str, task: TaskLike, placement: str | int, transition: Any) -> Selection:
     if transition is None:
         if task is None:
             raise PruningError(f"criterion {phase!r} needs task= (the phases are those of a task)")

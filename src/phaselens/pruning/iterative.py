@@ -28,6 +28,7 @@ from ..tasks import Task, load_task
 from ..trace import DecisionTrace, Transition, check_boot, decision_trace
 from ..view import ModelView, as_view
 from .criteria import angular_distances, block_influence, sleb_scores
+from ..types import ModelLike, TaskLike
 
 SWEEP_CRITERIA = ("bi", "angular", "sleb", "random")
 
@@ -141,8 +142,8 @@ def _scores(view: ModelView, criterion: str, calibration: list[str], cache: Pref
 
 
 def iterative_prune(
-    model: Any,
-    task: Any,
+    model: ModelLike,
+    task: TaskLike,
     *,
     criterion: str = "bi",
     steps: int | None = None,

@@ -13,6 +13,7 @@ from ..errors import RecoveryError
 from ..results import Result
 from ..runner import Read, Runner
 from ..view import ModelView, as_view
+from ..types import ModelLike
 
 
 @dataclass
@@ -60,7 +61,7 @@ class BoundaryError(Result):
 
 @torch.inference_mode()
 def boundary_error(
-    model: Any,
+    model: ModelLike,
     calibration: Any = None,
     *,
     inputs: str = "dense",

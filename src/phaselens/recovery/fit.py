@@ -19,6 +19,7 @@ from ..errors import RecoveryError, SingularFitWarning
 from ..view import ModelView, as_view
 from .solvers import METHODS, choose_lam, solve
 from .stats import SpanStats, span_stats
+from ..types import ModelLike
 
 #: A fit with fewer calibration tokens than this many times the hidden size warns: an
 #: unconstrained d x d operator would memorise its calibration text.
@@ -141,7 +142,7 @@ def _methods(method: Any) -> list[str]:
 
 
 def fit_recovery(
-    pruned: Any,
+    pruned: ModelLike,
     calibration: Any = None,
     method: str | Sequence[str] = "ghosted",
     *,

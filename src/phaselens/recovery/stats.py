@@ -19,6 +19,7 @@ from ..errors import RecoveryError
 from ..runner import Batch, Read, Runner
 from ..view import ModelView, as_view
 from .hadamard import hadamard
+from ..types import ModelLike
 
 
 @dataclass
@@ -64,7 +65,7 @@ def check_spans(spans: Any, L: int) -> list[tuple[int, int]]:
 
 @torch.inference_mode()
 def span_stats(
-    model: Any,
+    model: ModelLike,
     spans: list[tuple[int, int]],
     calibration: Any = None,
     *,

@@ -46,7 +46,9 @@ def load_task(
         limit: keep a seeded random subset of this many items (file order is kept).
         seed: seeds the subset, option shuffles (TruthfulQA) and few-shot sampling.
         shots: solved examples prepended to each prompt (drawn from the source's train/dev split).
-        template: layout of letters prompts (default :class:`LettersTemplate`).
+        template: layout of letters prompts (default: the benchmark's own, lm-evaluation-harness' for MMLU
+            (:meth:`LettersTemplate.mmlu`), else :class:`LettersTemplate`; pass ``LettersTemplate()`` for the
+            generic ``"Question: ..."`` layout).
     """
     if format is not None and format not in FORMATS:
         raise TaskError(f"unknown format {format!r}; choose one of {FORMATS}")
@@ -74,8 +76,10 @@ def load_task(
         chosen = set(map(id, items))
         pool = [it for it in loaded.items if id(it) not in chosen]
     reform = fmt == "letters" and loaded.default_format == "continuation"
+    if fmt == "letters" and template is None:
+        template = loaded.letters_template  # the benchmark's own layout (MMLU: lm-eval's), else the default
     return Task(loaded.name, tuple(items), fmt, template, shots, tuple(pool), seed, loaded.source, reform,
-                loaded.cloze_template)
+                loaded.cloze_template, loaded.fewshot)
 
 
 def _iter(spec: Any) -> Iterable:

@@ -47,6 +47,7 @@ class Item:
     options: tuple[str, ...]
     answer: int
     id: str = ""
+    group: str = ""  # the item's subject (MMLU), used by the header and by first-n few-shot selection
 
     def __post_init__(self) -> None:
         name = self.id or repr(self.question[:60])
@@ -75,7 +76,7 @@ class Item:
         """The same item with its options permuted by ``rng`` (answer index follows)."""
         order = list(range(len(self.options)))
         rng.shuffle(order)
-        return Item(self.question, tuple(self.options[j] for j in order), order.index(self.answer), self.id)
+        return Item(self.question, tuple(self.options[j] for j in order), order.index(self.answer), self.id, self.group)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,9 @@ class LettersTemplate:
         B. Lyon
         Answer:
 
-    and reads the decision tokens ``label_prefix + label``, i.e. ``" A"``, ``" B"``.
+    and reads the decision tokens ``label_prefix + label``, i.e. ``" A"``, ``" B"``. ``header`` is put once
+    before the few-shot examples (``{subject}`` is the item's group with ``_`` as spaces);
+    :meth:`mmlu` is lm-evaluation-harness' MMLU layout, the default of the ``mmlu`` tasks.
     """
 
     question: str = "Question: {question}\n"
@@ -99,10 +102,19 @@ class LettersTemplate:
     label_prefix: str = " "
     header: str = ""
 
+    strip_question: bool = False
+
+    @classmethod
+    def mmlu(cls) -> "LettersTemplate":
+        """lm-evaluation-harness' MMLU prompt: ``"The following are multiple choice questions (with answers) about
+        {subject}.\n\n"``, then ``"{question.strip()}\nA. ...\nB. ...\nC. ...\nD. ...\nAnswer:"``, targets ``" A"``.."""
+        return cls(question="{question}\n", header="The following are multiple choice questions (with answers) about "
+                   "{subject}.\n\n", strip_question=True)
+
     def render(self, item: Item) -> str:
         if len(item.options) > len(self.labels):
             raise TaskError(f"item {item.id}: {len(item.options)} options but only {len(self.labels)} labels")
-        body = self.question.format(question=item.question)
+        body = self.question.format(question=item.question.strip() if self.strip_question else item.question)
         for label, opt in zip(self.labels, item.options):
             body += self.option.format(label=label, option=opt)
         return body + self.answer
@@ -122,7 +134,12 @@ class Task:
         template: the letters layout (``None`` for the other formats).
         shots: number of solved examples prepended to every prompt.
         fewshot_pool: items the shots are drawn from (never the evaluated ones).
-        seed: seed for option shuffling, subsets and shot sampling.
+        fewshot: how shots are chosen, as lm-evaluation-harness does: ``"sampler"`` (one
+            ``random.Random(fewshot_seed)`` drawing ``shots`` examples from the pool for each evaluated item in
+            turn, lm-eval's default sampler; ARC, HellaSwag, the built-in tasks) or ``"first_n"`` (the first
+            ``shots`` examples of the item's own group, lm-eval's MMLU).
+        fewshot_seed: the sampler's seed (lm-eval's default 1234).
+        seed: seed for option shuffling and subsets.
         source: where the items came from (path or description).
         reformulated: True when a continuation benchmark (ARC, HellaSwag) is asked in
             the letters format, which is not how lm-evaluation-harness scores it.
@@ -142,6 +159,8 @@ class Task:
     source: str = ""
     reformulated: bool = False
     cloze_template: str = "{question}"
+    fewshot: str = "sampler"
+    fewshot_seed: int = 1234
     _shot_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +174,8 @@ class Task:
             object.__setattr__(self, "template", LettersTemplate())
         if self.shots < 0:
             raise TaskError(f"task {self.name}: shots must be >= 0, got {self.shots}")
+        if self.fewshot not in ("sampler", "first_n"):
+            raise TaskError(f"task {self.name}: fewshot must be 'sampler' or 'first_n', got {self.fewshot!r}")
         if self.shots and len(self.fewshot_pool) < self.shots:
             raise TaskError(
                 f"task {self.name}: {self.shots} shots asked but only {len(self.fewshot_pool)} "
@@ -183,14 +204,26 @@ class Task:
             return self.template.render(item) + self.template.decision_strings(item)[item.answer]
         return self.cloze_template.format(question=item.question) + " " + item.options[item.answer]
 
-    def _prefix(self, index: int) -> str:
+    def shots_of(self, index: int) -> list[Item]:
+        """The solved examples shown before item ``index``, chosen as lm-evaluation-harness does (see ``fewshot``)."""
         if not self.shots:
+            return []
+        if self.fewshot == "first_n":
+            own = [s for s in self.fewshot_pool if s.group == self.items[index].group]
+            if len(own) < self.shots:
+                raise TaskError(f"task {self.name}: item {self.items[index].id} (group {self.items[index].group!r}) has "
+                                f"{len(own)} few-shot examples of its own group, fewer than shots={self.shots}")
+            return own[: self.shots]
+        if "sampler" not in self._shot_cache:  # one generator over the evaluated items, in order (lm-eval)
+            rnd = random.Random(self.fewshot_seed)
+            pool = list(self.fewshot_pool)
+            self._shot_cache["sampler"] = [rnd.sample(pool, self.shots) for _ in self.items]
+        return self._shot_cache["sampler"][index]
+
+    def _header(self, index: int) -> str:
+        if self.format != "letters" or not self.template or not self.template.header:  # type: ignore[union-attr]
             return ""
-        if index not in self._shot_cache:
-            rng = random.Random(f"{self.seed}:{index}")
-            shots = rng.sample(list(self.fewshot_pool), self.shots)
-            self._shot_cache[index] = "".join(self._render_solved(s) + "\n\n" for s in shots)
-        return self._shot_cache[index]
+        return self.template.header.format(subject=self.items[index].group.replace("_", " "))  # type: ignore[union-attr]
 
     def prompt(self, index: int) -> str:
         """The text fed to the model for item ``index`` (decision is the next token)."""
@@ -199,7 +232,8 @@ class Task:
             body = self.template.render(item)  # type: ignore[union-attr]
         else:
             body = self.cloze_template.format(question=item.question)
-        return self._prefix(index) + body
+        shots = "".join(self._render_solved(s) + "\n\n" for s in self.shots_of(index))
+        return self._header(index) + shots + body
 
     def decision_strings(self, index: int) -> list[str]:
         """One string per option whose (first) token(s) the lens reads."""

@@ -53,6 +53,8 @@ class Loaded:
     default_format: str = "cloze"
     split: str = ""
     cloze_template: str = "{question}"
+    fewshot: str = "sampler"  # lm-eval's default sampler; "first_n" for MMLU
+    letters_template: Any = None  # the benchmark's own letters layout (MMLU: LettersTemplate.mmlu())
 
 
 def data_dir() -> Path:
@@ -106,7 +108,7 @@ def load_arc(level: str, split: str | None = None) -> Loaded:
     return Loaded(f"arc-{level}", tuple(_arc_file(path)), tuple(pool), str(path), "continuation", split, ARC_PROMPT)
 
 
-def _mmlu_csv(path: Path) -> list[Item]:
+def _mmlu_csv(path: Path, subject: str = "") -> list[Item]:
     items = []
     with open(path, newline="", encoding="utf-8") as f:
         for n, row in enumerate(csv.reader(f), 1):
@@ -114,7 +116,7 @@ def _mmlu_csv(path: Path) -> list[Item]:
                 continue
             if len(row) != 6 or row[5].strip() not in "ABCD" or not row[5].strip():
                 raise TaskError(f"{path}: row {n}: expected 6 columns 'question,A,B,C,D,answer(A-D)', got {row!r:.120}")
-            items.append(Item(row[0], tuple(row[1:5]), "ABCD".index(row[5].strip()), f"{path.stem}-{n}"))
+            items.append(Item(row[0], tuple(row[1:5]), "ABCD".index(row[5].strip()), f"{path.stem}-{n}", subject))
     return items
 
 
@@ -134,15 +136,18 @@ def load_mmlu(subject: str | None = None, split: str | None = None, folder: Path
             close = [s for s in subjects if subject.lower() in s] or subjects[:8]
             raise TaskError(f"unknown MMLU subject {subject!r}; e.g. {', '.join(close)} (57 in all)")
         subjects = [subject]
-    items = [it for s in subjects for it in _mmlu_csv(folder / split / f"{s}_{split}.csv")]
+    items = [it for s in subjects for it in _mmlu_csv(folder / split / f"{s}_{split}.csv", s)]
     pool: list[Item] = []
     if split != "dev":
-        for s in subjects:  # lm-eval takes the first shots of each subject's dev file
+        for s in subjects:  # lm-eval takes the first shots of each subject's own dev file
             dev = folder / "dev" / f"{s}_dev.csv"
             if dev.exists():
-                pool += _mmlu_csv(dev)
+                pool += _mmlu_csv(dev, s)
     name = "mmlu" if subject is None else f"mmlu:{subject}"
-    return Loaded(name, tuple(items), tuple(pool), str(folder / split), "letters", split, MMLU_PROMPT)
+    from .base import LettersTemplate
+
+    return Loaded(name, tuple(items), tuple(pool), str(folder / split), "letters", split, MMLU_PROMPT, "first_n",
+                  LettersTemplate.mmlu())
 
 
 def hellaswag_preprocess(text: str) -> str:

@@ -1,0 +1,175 @@
+"""The forward runner: patches that nest and restore, the content-keyed prefix cache, token batching,
+concurrent use, and NaN detection. References are plain Hugging Face forwards (no phaselens code)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import phaselens as pl
+from phaselens.runner import Batch, Plan, PrefixCache, Read, Runner, identity, patched, token_batches
+
+
+def _ids(model: pl.Model, n: int = 3, T: int = 7, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(5, model.W_U.shape[0], (n, T), generator=g)
+
+
+def _hand_pruned_logits(model: pl.Model, ids: torch.Tensor, removed: set[int]) -> torch.Tensor:
+    """The causal LM with ``removed`` layers taken out of a copy of its layer list (no phaselens code)."""
+    import copy
+
+    hf = copy.deepcopy(model.hf)
+    hf.model.layers = torch.nn.ModuleList([b for i, b in enumerate(hf.model.layers) if i not in removed])
+    hf.config.num_hidden_layers = len(hf.model.layers)
+    if getattr(hf.config, "layer_types", None):
+        hf.config.layer_types = [t for i, t in enumerate(hf.config.layer_types) if i not in removed]
+    for i, layer in enumerate(hf.model.layers):
+        if hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = i
+    with torch.no_grad():
+        return hf(input_ids=ids).logits
+
+
+def test_nested_plans_run_the_inner_then_restore_the_outer(tiny_llama):
+    ids = _ids(tiny_llama)
+    blocks = tiny_llama.blocks
+    with torch.no_grad():
+        dense = tiny_llama.hf(input_ids=ids).logits
+        with patched(blocks, Plan(replace={2: identity})):
+            outer = tiny_llama.hf(input_ids=ids).logits
+            with patched(blocks, Plan(replace={2: identity, 4: identity})):
+                inner = tiny_llama.hf(input_ids=ids).logits
+            again = tiny_llama.hf(input_ids=ids).logits
+        after = tiny_llama.hf(input_ids=ids).logits
+    torch.testing.assert_close(outer, _hand_pruned_logits(tiny_llama, ids, {2}), atol=1e-5, rtol=0)
+    torch.testing.assert_close(inner, _hand_pruned_logits(tiny_llama, ids, {2, 4}), atol=1e-5, rtol=0)
+    assert torch.equal(again, outer) and torch.equal(after, dense)
+    assert all("forward" not in b.__dict__ for b in blocks)
+
+
+def test_a_forward_installed_by_another_library_survives(tiny_llama):
+    """accelerate (device_map offload) sets an instance ``forward`` on blocks: a pass must put it back."""
+    blk = tiny_llama.blocks[3]
+    calls = []
+    original = type(blk).forward.__get__(blk)
+
+    def theirs(*a, **k):
+        calls.append(1)
+        return original(*a, **k)
+
+    blk.forward = theirs
+    try:
+        ids = _ids(tiny_llama)
+        view = pl.prune(tiny_llama, [3])
+        pl.decision_trace(view, pl.load_task("capitals", limit=4), n_boot=10)
+        assert blk.__dict__["forward"] is theirs
+        with torch.no_grad():
+            tiny_llama.hf(input_ids=ids)
+        assert calls, "the other library's forward no longer runs"
+    finally:
+        del blk.forward
+
+
+def test_an_exception_mid_forward_leaves_the_model_clean(tiny_llama):
+    ids = _ids(tiny_llama)
+    with torch.no_grad():
+        ref = tiny_llama.hf(input_ids=ids).logits
+
+    def boom(h):
+        raise RuntimeError("boom")
+
+    before = [(dict(b.__dict__.get("forward", {}) and {"f": b.__dict__["forward"]}), dict(b._forward_hooks),
+               dict(b._forward_pre_hooks)) for b in tiny_llama.blocks]
+    runner = Runner(pl.prune(tiny_llama, [1]))
+    with pytest.raises(RuntimeError, match="boom"):
+        runner.forward(Batch([0, 1, 2], ids, torch.ones_like(ids)), {"h": Read((5,), "out", "last")},
+                       edits=Plan(after={3: boom}))
+    after = [(dict(b.__dict__.get("forward", {}) and {"f": b.__dict__["forward"]}), dict(b._forward_hooks),
+              dict(b._forward_pre_hooks)) for b in tiny_llama.blocks]
+    assert after == before  # no patch and no hook of the failed pass is left behind
+    with torch.no_grad():
+        assert torch.equal(tiny_llama.hf(input_ids=ids).logits, ref)
+
+
+def test_two_batches_of_equal_shape_never_share_cache_entries(tiny_llama):
+    """Same shape, same last tokens, different content: each batch replays only its own stored inputs."""
+    a = _ids(tiny_llama, seed=1)
+    b = a.clone()
+    b[:, 1] = (b[:, 1] + 1) % tiny_llama.W_U.shape[0]  # differ only in the second token
+    mask = torch.ones_like(a)
+    cache = PrefixCache()
+    dense = Runner(pl.ModelView(tiny_llama), cache=cache)
+    reads = {"h": Read((5,), "out", "last")}
+    dense.forward(Batch([0, 1, 2], a, mask), reads)  # records a's block inputs
+    cache.recording = False
+    pruned = Runner(pl.prune(tiny_llama, [4]), cache=cache)
+    got_b = pruned.forward(Batch([0, 1, 2], b, mask), reads)["h"][5]  # nothing of b is stored: runs from block 0
+    ref_b = Runner(pl.prune(tiny_llama, [4])).forward(Batch([0, 1, 2], b, mask), reads)["h"][5]
+    assert torch.equal(got_b, ref_b)
+    got_a = pruned.forward(Batch([0, 1, 2], a, mask), reads)["h"][5]  # replays a's input of block 4
+    ref_a = Runner(pl.prune(tiny_llama, [4])).forward(Batch([0, 1, 2], a, mask), reads)["h"][5]
+    assert torch.equal(got_a, ref_a)
+
+
+def test_the_cache_never_replays_past_a_different_block(tiny_llama):
+    """A view that differs at block 1 must not replay inputs recorded for block 3 under another view."""
+    ids = _ids(tiny_llama, seed=2)
+    batch = Batch([0, 1, 2], ids, torch.ones_like(ids))
+    cache = PrefixCache()
+    reads = {"h": Read(tuple(range(6)), "out", "last")}
+    Runner(pl.prune(tiny_llama, [4]), cache=cache).forward(batch, reads)
+    got = Runner(pl.prune(tiny_llama, [1, 4]), cache=cache).forward(batch, reads)["h"]
+    ref = Runner(pl.prune(tiny_llama, [1, 4])).forward(batch, reads)["h"]
+    assert all(torch.equal(got[b], ref[b]) for b in ref)
+
+
+def test_token_batches_keep_the_budget():
+    lengths = [5, 30, 7, 7, 12, 3, 30, 1]
+    groups = token_batches(lengths, max_tokens=40)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        assert len(g) * max(lengths[i] for i in g) <= 40 or len(g) == 1
+    assert all(len(g) <= 2 for g in token_batches(lengths, max_tokens=1000, max_rows=2))
+    with pytest.raises(pl.RunnerError, match="max_tokens"):
+        token_batches(lengths, max_tokens=0)
+
+
+def test_two_threads_on_one_model_get_a_clear_error(tiny_llama):
+    ids = _ids(tiny_llama)
+    batch = Batch([0, 1, 2], ids, torch.ones_like(ids))
+    inside, release, errors = threading.Event(), threading.Event(), []
+
+    def hold(h):
+        inside.set()
+        release.wait(10)
+        return h
+
+    def first():
+        Runner(tiny_llama).forward(batch, {"h": Read((5,), "out", "last")}, edits=Plan(after={2: hold}))
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert inside.wait(10)
+    try:
+        with pytest.raises(pl.RunnerError, match="another thread"):
+            Runner(tiny_llama).forward(batch, {"h": Read((5,), "out", "last")})
+    finally:
+        release.set()
+        t.join(10)
+    assert all("forward" not in b.__dict__ for b in tiny_llama.blocks)
+
+
+def test_nan_is_stopped_and_named_at_its_block(tiny_llama):
+    ids = _ids(tiny_llama)
+    batch = Batch([0, 1, 2], ids, torch.ones_like(ids))
+    bad = Plan(after={2: lambda h: h * float("nan")}, names={2: "block 2 with a broken edit"})
+    with pytest.raises(pl.NonFiniteError, match=r"first in the output of block 2 .*broken edit"):
+        Runner(tiny_llama).forward(batch, {"h": Read((5,), "out", "last")}, edits=bad)
+    W = torch.eye(tiny_llama.d_model)
+    W[0, 0] = float("inf")
+    with pytest.raises(pl.RecoveryError, match="NaN or Inf"):
+        pl.ModelView(tiny_llama, (2, 3), {(2, 4): W})
