@@ -84,8 +84,7 @@ class Model:
     unembed: nn.Module = field(repr=False)
     softcap: float | None = None
     returns_tuple: bool = False
-    attn_implementation: str | None = None  # what phaselens measures with (the load's: SDPA); pinned for every pass
-    attn_configs: list = field(default_factory=list, repr=False)
+    attn_implementation: str | None = None  # the attention phaselens measures with (the load's: SDPA)
     _bridge: Any = field(default=None, repr=False)
 
     @property
@@ -168,17 +167,22 @@ class Model:
     def bridge(self) -> Any:
         """A TransformerLens ``TransformerBridge`` over this model (booted once, on demand).
 
-        Booting wraps the model's submodules and switches the shared Hugging Face model to eager attention
-        (TransformerLens' choice, so its attention hooks fire); the bridge's own forward then runs eager.
-        phaselens' passes pin the attention implementation the model was loaded with (:attr:`attn_implementation`,
-        SDPA by default) for their duration, so its numbers do not change when a bridge is booted.
+        Booting wraps a model's submodules and switches it to eager attention (TransformerLens' choice, so its
+        attention hooks fire). The bridge is booted on a twin of :attr:`hf` that shares every weight and buffer
+        tensor (no weights are copied) but has its own modules and config, so this model keeps its SDPA forward
+        and phaselens' numbers do not change when a bridge is booted.
         """
         if self._bridge is None:
+            import copy
+            import itertools
+
             from transformer_lens.model_bridge import TransformerBridge
 
+            shared = {id(t): t for t in itertools.chain(self.hf.parameters(), self.hf.buffers())}
+            twin = copy.deepcopy(self.hf, memo=shared)
             with _quiet():
                 self._bridge = TransformerBridge.boot_transformers(
-                    self.name, hf_model=self.hf, tokenizer=self.tokenizer, device=str(self.device), dtype=self.dtype
+                    self.name, hf_model=twin, tokenizer=self.tokenizer, device=str(self.device), dtype=self.dtype
                 )
         return self._bridge
 
@@ -365,11 +369,8 @@ def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: t
     softcap = getattr(hf.config, "final_logit_softcapping", None) or getattr(
         getattr(hf.config, "text_config", None), "final_logit_softcapping", None
     )
-    from .runner.patches import attention_configs
-
-    configs = attention_configs(hf)
     model = Model(hf, tok, name, blocks, norm, decoder, unembed, softcap,
-                  attn_implementation=configs[0]._attn_implementation if configs else None, attn_configs=configs)
+                  attn_implementation=getattr(hf.config, "_attn_implementation", None))
     probe = torch.tensor([[tok.eos_token_id or 1, 5, 17, 42, 7]], device=model.input_device) % model.W_U.shape[0]
     model.returns_tuple = block_returns_tuple(blocks, decoder, probe)
     _check_readout(model, probe)

@@ -239,9 +239,9 @@ class Result(Record):
         for obj in (getattr(self, "trace", None), self):
             if obj is None:
                 continue
-            for key in ("model", "task", "format", "seed", "lens"):
+            for key in ("model", "task", "format", "seed", "lens", "task_note"):
                 v = getattr(obj, key, None)
-                if key not in out and isinstance(v, (str, int)) and not isinstance(v, bool):
+                if key not in out and isinstance(v, (str, int)) and not isinstance(v, bool) and v != "":
                     out[key] = v
             n = getattr(obj, "n_items", None)
             if "n_items" not in out and isinstance(n, int):

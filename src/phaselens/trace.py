@@ -112,6 +112,7 @@ class DecisionTrace(_Figures, Result):
     lens: str = "logit"
     scoring: str = "sum"
     complete: bool = True  # False: only some blocks were read (decision_trace(blocks=...)); no transition
+    task_note: str = ""  # how the items were chosen, and where the prompt differs from lm-eval's layout
 
     derived = ("margins", "margin_ci", "accuracy", "accuracy_ci", "option_frequency", "bias_kl", "convergence_kl",
                "answer_prior", "item_margins")
@@ -254,8 +255,9 @@ class DecisionTrace(_Figures, Result):
         acc = f"final accuracy {self.accuracy[-1]:.3f}"
         if self.format == "continuation":
             acc += f", acc_norm {self.acc_norm[-1]:.3f}"
+        note = f" [{self.task_note}]" if self.task_note else ""
         return (f"{self.model} on {self.task} ({self.format}{', reformulated' if self.reformulated else ''}, "
-                f"{self.n_items} items, {self.lens} lens): final margin {self.margins[-1]:.3f}, {acc}")
+                f"{self.n_items} items, {self.lens} lens): final margin {self.margins[-1]:.3f}, {acc}{note}")
 
 
 @dataclass
@@ -379,6 +381,7 @@ def decision_trace(
         logits=ol.z.numpy(), answers=ol.answers.numpy(), mask=ol.mask.numpy(), option_chars=chars,
         item_ids=[it.id for it in t.items], n_boot=n_boot, seed=seed, reformulated=t.reformulated,
         complete=list(ol.blocks) == list(view.kept),
+        task_note="; ".join(x for x in (t.selection, t.layout_note and f"prompt: {t.layout_note}") if x),
     )
 
 

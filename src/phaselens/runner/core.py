@@ -10,7 +10,7 @@ import torch
 from ..errors import NonFiniteError, RunnerError
 from .batch import Batch, Read, _select, default_max_tokens, pad, token_batches
 from .cache import PrefixCache
-from .patches import _exclusive, patched, pinned_attention
+from .patches import _exclusive, patched
 from .plan import Plan, StopForward, chain, identity
 
 
@@ -184,7 +184,7 @@ class Runner:
 
             (taps_in if stop_at[1] == 0 else taps_out).setdefault(stop_at[0], []).append(stop)
         t_in, t_out, t_mlp = (_fan(taps_in), _fan(taps_out), _fan(taps_mlp))
-        with torch.inference_mode(), _exclusive(base.decoder, base.name), pinned_attention(base.attn_configs, base.attn_implementation):
+        with torch.inference_mode(), _exclusive(base.decoder, base.name):
             with patched(base.blocks, plan, tap_in=t_in, tap_out=t_out, tap_mlp=t_mlp, returns_tuple=base.returns_tuple):
                 if head:
                     return base.hf(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits
@@ -203,8 +203,7 @@ class Runner:
             seen[b] = bool(torch.isfinite(h[batch.mask.to(h.device).bool()]).all())
 
         taps = {b: (lambda h, _b=b: probe(_b, h)) for b in range(self.n_blocks)}
-        with torch.inference_mode(), _exclusive(self.base.decoder, self.base.name), \
-                pinned_attention(self.base.attn_configs, self.base.attn_implementation):
+        with torch.inference_mode(), _exclusive(self.base.decoder, self.base.name):
             with patched(self.base.blocks, plan, tap_out=taps, returns_tuple=self.base.returns_tuple):
                 try:
                     self.base.decoder(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False)

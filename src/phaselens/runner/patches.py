@@ -123,31 +123,3 @@ def block_returns_tuple(blocks: list[nn.Module], decoder: nn.Module, ids: torch.
         handle.remove()
     return bool(box.get("tuple", False))
 
-
-def attention_configs(hf: nn.Module) -> list[Any]:
-    """Every config object of ``hf`` that carries an attention implementation (the model's, a nested text
-    config, per-layer copies)."""
-    seen: dict[int, Any] = {}
-    cands = [getattr(hf, "config", None), getattr(getattr(hf, "config", None), "text_config", None)]
-    cands += [getattr(m, "config", None) for m in hf.modules()]
-    for c in cands:
-        if c is not None and hasattr(c, "_attn_implementation"):
-            seen.setdefault(id(c), c)
-    return list(seen.values())
-
-
-@contextlib.contextmanager
-def pinned_attention(configs: list[Any], want: str | None) -> Iterator[None]:
-    """Run with the attention implementation the model was loaded with (SDPA), whatever another tool set since
-    (TransformerLens' bridge switches the shared model to eager); the other setting is restored on leaving."""
-    old = [c._attn_implementation for c in configs]
-    if want is None or all(o == want for o in old):
-        yield
-        return
-    try:
-        for c in configs:
-            c._attn_implementation = want
-        yield
-    finally:
-        for c, o in zip(configs, old):
-            c._attn_implementation = o

@@ -34,6 +34,9 @@ def load_task(
     seed: int = 0,
     shots: int = 0,
     template: LettersTemplate | None = None,
+    sample: bool = True,
+    name: str | None = None,
+    cloze_template: str | None = None,
 ) -> Task:
     """Load a multiple-choice task.
 
@@ -43,24 +46,40 @@ def load_task(
         format: ``"letters"``, ``"cloze"`` or ``"continuation"`` (default: the source's own:
             cloze for built-ins and JSONL, continuation for ARC/HellaSwag, letters for MMLU/TruthfulQA).
         split: benchmark split (default: test, or validation where there is no test).
-        limit: keep a seeded random subset of this many items (file order is kept).
-        seed: seeds the subset, option shuffles (TruthfulQA) and few-shot sampling.
+        limit: keep this many items: a seeded random subset (file order kept), or with ``sample=False`` the
+            first ``limit`` items in file order (what ``lm_eval --limit`` evaluates).
+        seed: seeds the subset and option shuffles (TruthfulQA); few-shot examples follow lm-eval's own rules.
         shots: solved examples prepended to each prompt (drawn from the source's train/dev split).
         template: layout of letters prompts (default: the benchmark's own, lm-evaluation-harness' for MMLU
             (:meth:`LettersTemplate.mmlu`), else :class:`LettersTemplate`; pass ``LettersTemplate()`` for the
             generic ``"Question: ..."`` layout).
+        sample: with ``limit``, ``True`` draws a seeded random subset, ``False`` takes the first items.
+        name: the task's name in outputs (default: the source's; ``"custom"`` for a list of items).
+        cloze_template: how a cloze/continuation prompt wraps the question (default: the source's, e.g. ARC's
+            ``"Question: {question}\nAnswer:"``; the bare question for a list of items).
+
+    The result records how its items were chosen (``Task.selection``) and, for a benchmark, whether its
+    prompt layout is lm-evaluation-harness' (``Task.layout_note``).
     """
     if format is not None and format not in FORMATS:
         raise TaskError(f"unknown format {format!r}; choose one of {FORMATS}")
+    _check_limit(limit)
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
+        raise TaskError(f"shots must be an int >= 0, got {shots!r}")
+    if cloze_template is not None and "{question}" not in str(cloze_template):
+        raise TaskError(f"cloze_template must contain '{{question}}', got {cloze_template!r}")
     if isinstance(spec, Task):
         task = spec
         if format and format != task.format or template is not None:
             task = task.with_format(format or task.format, template)
-        items = subset(task.items, limit, seed)
-        return dataclasses.replace(task, items=tuple(items), shots=shots or task.shots, _shot_cache={})
+        items, how = _pick(task.items, limit, seed, sample)
+        return dataclasses.replace(task, items=tuple(items), shots=shots or task.shots, name=name or task.name,
+                                   cloze_template=cloze_template or task.cloze_template, selection=how, _shot_cache={})
     if not isinstance(spec, (str, os.PathLike)):
         items = [it if isinstance(it, Item) else Item(**_item_kwargs(it, n)) for n, it in enumerate(_iter(spec))]
-        return Task("custom", tuple(subset(items, limit, seed)), format or "cloze", template, shots, seed=seed, source="in-memory")
+        picked, how = _pick(items, limit, seed, sample)
+        return Task(name or "custom", tuple(picked), format or "cloze", template, shots, seed=seed, source="in-memory",
+                    cloze_template=cloze_template or "{question}", selection=how)
     from .loaders import load_items
 
     s = str(spec)
@@ -69,7 +88,7 @@ def load_task(
         loaded = dataclasses.replace(loaded, name=s, source=f"phaselens built-in task {s!r}")
     else:
         loaded = load_items(s, split=split, seed=seed)
-    items = subset(loaded.items, limit, seed)
+    items, how = _pick(loaded.items, limit, seed, sample)
     fmt = format or loaded.default_format
     pool = list(loaded.fewshot_pool)
     if shots and not pool:  # draw shots from the items not evaluated
@@ -78,8 +97,27 @@ def load_task(
     reform = fmt == "letters" and loaded.default_format == "continuation"
     if fmt == "letters" and template is None:
         template = loaded.letters_template  # the benchmark's own layout (MMLU: lm-eval's), else the default
-    return Task(loaded.name, tuple(items), fmt, template, shots, tuple(pool), seed, loaded.source, reform,
-                loaded.cloze_template, loaded.fewshot)
+    native = None
+    if loaded.benchmark:  # lm-eval's layout of this benchmark: its format and template
+        native = (loaded.default_format, loaded.letters_template if loaded.default_format == "letters" else None,
+                  loaded.cloze_template)
+    return Task(name or loaded.name, tuple(items), fmt, template, shots, tuple(pool), seed, loaded.source, reform,
+                cloze_template or loaded.cloze_template, loaded.fewshot, selection=how, native_layout=native)
+
+
+def _check_limit(limit: Any) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise TaskError(f"limit must be a positive int (items to keep) or None, got {limit!r}")
+
+
+def _pick(items: Any, limit: int | None, seed: int, sample: bool) -> tuple[list[Item], str]:
+    """The items kept and how they were chosen, in words."""
+    items = list(items)
+    if limit is None or limit >= len(items):
+        return items, f"all {len(items)} items"
+    if not sample:
+        return items[:limit], f"the first {limit} of {len(items)} items"
+    return subset(items, limit, seed), f"a random {limit} of {len(items)} items (seed {seed})"
 
 
 def _iter(spec: Any) -> Iterable:

@@ -161,6 +161,8 @@ class Task:
     cloze_template: str = "{question}"
     fewshot: str = "sampler"
     fewshot_seed: int = 1234
+    selection: str = ""  # how the items were chosen: "all 66 items", "the first 50 of 2376 items", ...
+    native_layout: tuple | None = None  # (format, letters template, cloze template) of the benchmark's lm-eval layout
     _shot_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -192,6 +194,28 @@ class Task:
     @property
     def max_options(self) -> int:
         return max(len(it.options) for it in self.items)
+
+    @property
+    def layout_note(self) -> str:
+        """``""`` when the prompts follow the benchmark's lm-evaluation-harness layout (or there is no benchmark),
+        else what differs, in words."""
+        if self.native_layout is None:
+            return ""
+        fmt, letters, cloze = self.native_layout
+        if self.format != fmt:
+            what = ("a reformulation: lm-eval scores it by continuation" if self.reformulated
+                    else f"lm-eval asks it in the {fmt} format")
+            return f"{self.name} in the {self.format} format ({what})"
+        if fmt == "letters" and (self.template or LettersTemplate()) != (letters or LettersTemplate()):
+            return f"{self.name} with a letters layout other than lm-eval's"
+        if fmt != "letters" and self.cloze_template != cloze:
+            return f"{self.name} with the prompt template {self.cloze_template!r}, not lm-eval's {cloze!r}"
+        return ""
+
+    def with_items(self, items: Sequence[Item]) -> "Task":
+        """The same task (format, templates, few-shot pool) on other items, e.g. ``task.with_items(task.items[:20])``."""
+        return dataclasses.replace(self, items=tuple(items), selection=f"{len(items)} items chosen by hand",
+                                   _shot_cache={})
 
     def with_format(self, format: Format, template: LettersTemplate | None = None) -> "Task":
         reform = self.reformulated or (format == "letters" and self.format == "continuation")

@@ -55,6 +55,7 @@ class Loaded:
     cloze_template: str = "{question}"
     fewshot: str = "sampler"  # lm-eval's default sampler; "first_n" for MMLU
     letters_template: Any = None  # the benchmark's own letters layout (MMLU: LettersTemplate.mmlu())
+    benchmark: bool = False  # a benchmark whose lm-eval layout the prompt follows by default
 
 
 def data_dir() -> Path:
@@ -105,7 +106,8 @@ def load_arc(level: str, split: str | None = None) -> Loaded:
     path = _need(folder / f"{name}-{split}.jsonl", f"arc-{level}")
     pool_path = folder / f"{name}-train.jsonl"
     pool = _arc_file(pool_path) if split != "train" and pool_path.exists() else []
-    return Loaded(f"arc-{level}", tuple(_arc_file(path)), tuple(pool), str(path), "continuation", split, ARC_PROMPT)
+    return Loaded(f"arc-{level}", tuple(_arc_file(path)), tuple(pool), str(path), "continuation", split, ARC_PROMPT,
+                  benchmark=True)
 
 
 def _mmlu_csv(path: Path, subject: str = "") -> list[Item]:
@@ -147,7 +149,7 @@ def load_mmlu(subject: str | None = None, split: str | None = None, folder: Path
     from .base import LettersTemplate
 
     return Loaded(name, tuple(items), tuple(pool), str(folder / split), "letters", split, MMLU_PROMPT, "first_n",
-                  LettersTemplate.mmlu())
+                  LettersTemplate.mmlu(), benchmark=True)
 
 
 def hellaswag_preprocess(text: str) -> str:
@@ -167,7 +169,7 @@ def load_hellaswag(split: str | None = None) -> Loaded:
         ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
         q = hellaswag_preprocess(row["activity_label"] + ": " + ctx)
         items.append(Item(q, tuple(hellaswag_preprocess(e) for e in row["endings"]), int(row["label"]), str(row.get("ind", n))))
-    return Loaded("hellaswag", tuple(items), (), str(path), "continuation", "validation")
+    return Loaded("hellaswag", tuple(items), (), str(path), "continuation", "validation", benchmark=True)
 
 
 def load_hellaswag_full(split: str | None = None) -> Loaded:
@@ -186,7 +188,7 @@ def load_hellaswag_full(split: str | None = None) -> Loaded:
         if not label.strip().isdigit():
             raise TaskError(f"{path}:{i + 2}: expected a label 0-3, got {label!r}")
         items.append(Item(ctx, tuple(ends), int(label), f"hs{i // 6}"))
-    return Loaded("hellaswag-full", tuple(items), (), str(path), "continuation", "validation")
+    return Loaded("hellaswag-full", tuple(items), (), str(path), "continuation", "validation", benchmark=True)
 
 
 def load_truthfulqa(split: str | None = None, seed: int = 0) -> Loaded:
