@@ -29,7 +29,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from . import metrics
+from . import checks, metrics
 from .errors import InterventionError
 from .probes import N_BOOT, FinalRunner, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
 from .results import Result
@@ -233,6 +233,12 @@ def ablate(
     """
     if mode not in ABLATION_MODES:
         raise InterventionError(f"mode must be one of {ABLATION_MODES}, got {mode!r}")
+    checks.integer("window", window, minimum=0, error=InterventionError, what="blocks either side of the transition")
+    checks.bootstrap(n_boot, boot_seed, InterventionError, "boot_seed")
+    checks.batching(batch_size, max_tokens, InterventionError)
+    checks.flag("reuse_prefix", reuse_prefix, error=InterventionError)
+    if not (pairs is None or isinstance(pairs, bool) or isinstance(pairs, (list, tuple))):
+        raise InterventionError(f"pairs must be None, True, False or a list of (block, block) pairs, got {pairs!r}")
     view, t = resolve(model, task)
     given = blocks is not None
     singles = check_blocks(view, blocks, "ablate")

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import struct
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -211,8 +212,8 @@ def load_model(
     """
     if isinstance(spec, Model):
         return spec
-    dev = torch.device(device) if device is not None else None
-    dt = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    dev = parse_device(device)
+    dt = parse_dtype(dtype)
     if _is_bridge(spec):
         hf, tok, name = spec.original_model, spec.tokenizer, getattr(spec.cfg, "model_name", "bridge")
         m = _prepare(hf, tok, str(name), dev, dt)
@@ -240,10 +241,62 @@ def load_model(
         return _load_embedded(key, dev, dt)
     if s.endswith(".gguf"):
         p = Path(s).expanduser()
-        if not p.exists():
-            raise ModelError(f"GGUF file not found: {p}")
+        check_gguf(p)
         return _load_gguf(p, p.stem, None, dev, dt)
     return _load_hf(s, dev, dt)
+
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def parse_device(device: Any) -> torch.device | None:
+    """``device`` as a torch device that exists on this machine; a :class:`ModelError` naming it otherwise."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelError(f"device={device!r} is not a device name; pass 'cpu', 'cuda', 'cuda:1', 'mps' ({e})") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ModelError(f"device={device!r}, but this machine has no CUDA GPU (torch {torch.__version__}, "
+                             f"CUDA build: {torch.version.cuda is not None}); pass device='cpu'")
+        if dev.index is not None and dev.index >= n:
+            raise ModelError(f"device={device!r}, but this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1})")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ModelError(f"device={device!r}, but MPS is not available here; pass device='cpu'")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"device={device!r}: phaselens runs on 'cpu', 'cuda' or 'mps'")
+    return dev
+
+
+def parse_dtype(dtype: Any) -> torch.dtype | None:
+    """``dtype`` (a torch dtype or its name) as a floating torch dtype; a :class:`ModelError` otherwise."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        if name not in DTYPES:
+            raise ModelError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}")
+        return getattr(torch, name)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    raise ModelError(f"dtype must be a floating torch dtype or one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def check_gguf(path: Path) -> None:
+    """A clear :class:`ModelError` for a path that is not a readable GGUF file (before any parser sees it)."""
+    if not path.is_file():
+        raise ModelError(f"GGUF file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] != b"GGUF":
+        raise ModelError(f"{path} is not a GGUF file: it does not start with the GGUF magic bytes (starts with "
+                         f"{head[:4]!r}); pass a .gguf model file, an HF folder or an embedded name")
+    if size < 1024:
+        raise ModelError(f"{path} is a truncated GGUF file ({size} bytes); download it again")
 
 
 def _is_bridge(obj: Any) -> bool:
@@ -322,9 +375,13 @@ def _load_gguf(
     if (save_to / "config.json").exists() and (save_to / "model.safetensors").exists():
         return _load_cached(save_to, name, dev, dt)
     t0 = time.perf_counter()
-    with _quiet():
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    try:
+        with _quiet():
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except (struct.error, UnicodeDecodeError, ValueError, KeyError, IndexError, OSError, EOFError) as e:
+        raise ModelError(f"{path}: the GGUF file could not be read ({type(e).__name__}: {str(e)[:200]}); it is "
+                         "truncated, corrupt or of an architecture transformers cannot read") from e
     if not getattr(hf.config, "architectures", None):
         hf.config.architectures = [arch or type(hf).__name__]
     # The dequantized weights are plain tensors now: drop the GGUF quantizer so it can be saved.

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from . import metrics
+from . import checks, metrics
 from .errors import InterventionError
 from .probes import N_BOOT, FinalRunner, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
 from .results import Result
@@ -260,9 +260,12 @@ def inject_noise(
         transition: the dense :class:`~phaselens.Transition` for the phases (default: computed).
         reuse_prefix: replay the clean prefix before the perturbed block (same numbers, faster).
     """
+    eps_l, seed_l = _eps_list(eps), seed_list(seeds, minimum=1, error=InterventionError)
+    checks.bootstrap(n_boot, boot_seed, InterventionError, "boot_seed")
+    checks.batching(batch_size, max_tokens, InterventionError)
+    checks.flag("reuse_prefix", reuse_prefix, error=InterventionError)
     view, t = resolve(model, task)
     blocks = check_blocks(view, blocks, "inject_noise")
-    eps_l, seed_l = _eps_list(eps), seed_list(seeds, minimum=1, error=InterventionError)
     tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed)
     runner = FinalRunner(view, t, batch_size=batch_size, max_tokens=max_tokens, reuse_prefix=reuse_prefix, progress=progress)
     answers = runner.enc.answers

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from .calibration import heldout_texts, load_calibration, tokenize
+from . import checks
+from .calibration import check_seq_len, heldout_texts, load_calibration, tokenize
 from .errors import CalibrationError
 from .runner import Batch, Positions, PrefixCache, Read, Runner
 from .view import as_view
@@ -40,6 +41,8 @@ def perplexity(
         batch_size, max_tokens: at most this many passages / padded tokens per pass.
         cache: replays identical prefixes of earlier passes (:class:`~phaselens.runner.PrefixCache`).
     """
+    checks.batching(batch_size, max_tokens, CalibrationError)
+    check_seq_len(seq_len)
     view = as_view(model)
     base = view.base
     if texts is None:

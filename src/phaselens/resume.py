@@ -60,6 +60,9 @@ class RunFolder:
     Use as a context manager: entering takes the lock (and checks or records ``args``), leaving releases it.
     """
 
+    #: files an older phaselens (0.1) kept at the top of a run's folder, per run kind
+    LEGACY = {"sweep": ("sweep.json", "step_000.json"), "phase_cuts": ("phase_cuts_args.json", "phase_cuts_dense.json")}
+
     def __init__(self, out: str | os.PathLike, run: str, args: dict[str, Any], what: str = "a run") -> None:
         out = Path(out)
         for p in (out, *out.parents):
@@ -75,6 +78,7 @@ class RunFolder:
 
     # -- lock
     def __enter__(self) -> "RunFolder":
+        self._refuse_legacy()
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
         try:
@@ -86,6 +90,25 @@ class RunFolder:
 
     def __exit__(self, *exc: Any) -> None:
         self._unlock()
+
+    def _refuse_legacy(self) -> None:
+        """A folder of an older phaselens' run (state files at its top, no ``.phaselens/``) is refused, saying how."""
+        if self.path.exists():
+            return
+        old = []
+        for name in self.LEGACY.get(self.path.name, ()):
+            f = self.out / name
+            try:
+                doc = json.loads(f.read_text()) if f.is_file() else None
+            except (OSError, json.JSONDecodeError):
+                doc = None
+            if isinstance(doc, dict) and "format" not in doc and "kind" not in doc:  # not a result file of this version
+                old.append(name)
+        if old:
+            raise RunFolderError(
+                f"{self.out} holds {self.what} written by phaselens 0.1 ({', '.join(old)} at the top of the folder); this "
+                f"version keeps a run's state in {self.out / STATE_DIR} and cannot resume that one. Rerun into a new "
+                "out= folder (the numbers are computed the same way), or delete the old files to start over here")
 
     def _lock(self) -> None:
         lock = self.path / "lock"

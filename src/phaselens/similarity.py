@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import checks
 from .cka import FORMS, CKAAccumulator, linear_cka
 from .errors import CKAError
 from .results import Result
@@ -186,8 +187,10 @@ def cka(
         raise CKAError(f"n_samples must be an integer >= 2 (CKA compares at least two inputs), got {n_samples!r}")
     if debiased and n_samples < 4:
         raise CKAError(f"debiased CKA needs n_samples >= 4, got {n_samples}")
-    if batch_size is not None and batch_size < 1:
-        raise CKAError(f"batch_size must be >= 1, got {batch_size}")
+    checks.batching(batch_size, max_tokens, CKAError)
+    checks.flag("debiased", debiased, error=CKAError)
+    checks.integer("seed", seed, error=CKAError)
+    checks.integer("seq_len", seq_len, minimum=2, error=CKAError, what="tokens per text")
     if form not in FORMS:
         raise CKAError(f"form must be one of {FORMS}, got {form!r}")
     va, vb = as_view(model_a), as_view(model_b)

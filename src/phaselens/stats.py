@@ -22,7 +22,13 @@ def seed_list(seeds: Any, *, minimum: int = 1, error: type[Exception] = ValueErr
         if seeds < minimum:
             raise error(f"seeds must be >= {minimum}, got {seeds}")
         return list(range(int(seeds)))
-    out = [int(s) for s in seeds]
+    if isinstance(seeds, (str, bytes, float)) or not hasattr(seeds, "__iter__"):
+        raise error(f"seeds must be a count or a list of ints, got {seeds!r}")
+    out = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+            raise error(f"seeds must be ints, got {s!r} in {seeds!r}")
+        out.append(int(s))
     if len(out) < minimum or len(set(out)) != len(out):
         raise error(f"seeds must be a list of at least {minimum} distinct ints, got {seeds!r}")
     return out

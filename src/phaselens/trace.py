@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import metrics
+from . import checks, metrics
 from .errors import PhaselensError
 from .lens import option_logits
 from .phases import jump_index, transition_ci, transition_index
@@ -332,10 +332,7 @@ def _resolve_task(task: Any) -> Task:
 
 def check_boot(n_boot: Any, seed: Any) -> None:
     """``n_boot`` a positive int, ``seed`` an int: a clear error otherwise."""
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise PhaselensError(f"n_boot must be a positive int (bootstrap resamples), got {n_boot!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise PhaselensError(f"seed must be an int, got {seed!r}")
+    checks.bootstrap(n_boot, seed)
 
 
 def decision_trace(
@@ -366,6 +363,8 @@ def decision_trace(
             has no transition.
     """
     check_boot(n_boot, seed)
+    checks.batching(batch_size, max_tokens)
+    checks.flag("progress", progress)
     if device is not None and isinstance(model, str):
         from .models import load_model
 

@@ -33,7 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..calibration import heldout_texts, load_calibration, n_tokens
+from .. import checks
+from ..calibration import check_seq_len, heldout_texts, load_calibration, n_tokens
 from ..errors import PhaseCutsError
 from ..perplexity import perplexity
 from ..phases import transition_index
@@ -157,7 +158,7 @@ def compare_phase_cuts(
     measure_boundary: bool = False,
     out: str | Path | None = None,
     seq_len: int = 256,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     n_boot: int = N_BOOT,
     seed: int = 0,
     reuse_prefix: bool = True,
@@ -190,6 +191,14 @@ def compare_phase_cuts(
     Returns:
         a :class:`PhaseCuts`.
     """
+    checks.integer("n", n, minimum=1, error=PhaseCutsError, what="blocks per cut")
+    checks.bootstrap(n_boot, seed, PhaseCutsError)
+    checks.batching(batch_size, None, PhaseCutsError)
+    check_seq_len(seq_len)
+    checks.flag("measure_boundary", measure_boundary, error=PhaseCutsError)
+    checks.flag("reuse_prefix", reuse_prefix, error=PhaseCutsError)
+    checks.number("lam", lam, minimum=0, optional=True, error=PhaseCutsError, what="ridge of the fits")
+    checks.out_folder("out", out, error=PhaseCutsError)
     view = as_view(model)
     if view.removed or view.operators or view.branch_operators:
         raise PhaseCutsError(f"compare_phase_cuts needs the dense model, got the pruned view {view.name}; pass view.base")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..activations import boundaries
+from .. import checks
 from ..errors import PruningError
 from ..runner import PrefixCache
 from ..view import ModelView, as_view
@@ -135,10 +136,12 @@ def select_blocks(
 def selection(model: ModelLike, n: int, criterion: str = "bi", *, calibration: Any = None, task: TaskLike = None,
               seed: int = 0, placement: str | int = "adjacent", transition: Any = None) -> Selection:
     """:func:`select_blocks` with the scores behind the choice."""
-    view = as_view(model)
-    kept = view.kept
     if criterion not in CRITERIA:
         raise PruningError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
+    checks.integer("n", n, minimum=1, error=PruningError, what="blocks to cut")
+    checks.integer("seed", seed, error=PruningError)
+    view = as_view(model)
+    kept = view.kept
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n < len(kept):
         raise PruningError(f"n must be an int in 1..{len(kept) - 1} (the model has {len(kept)} blocks), got {n!r}")
     if criterion == "bi":

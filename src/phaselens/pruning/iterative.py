@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import checks
 from ..calibration import heldout_texts, load_calibration
 from ..errors import PruningError, ResultsError
 from ..perplexity import perplexity
@@ -181,6 +182,9 @@ def iterative_prune(
     if criterion not in SWEEP_CRITERIA:
         raise PruningError(f"iterative criterion must be one of {SWEEP_CRITERIA}, got {criterion!r}")
     check_boot(n_boot, seed)
+    checks.integer("steps", steps, minimum=1, optional=True, error=PruningError, what="blocks to cut")
+    checks.flag("reuse_prefix", reuse_prefix, error=PruningError)
+    checks.out_folder("out", out, error=PruningError)
     view = as_view(model)
     base = view.base
     L = base.n_layers

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..calibration import load_calibration, tokenize
+from .. import checks
+from ..calibration import check_seq_len, load_calibration, tokenize
 from ..errors import RecoveryError
 from ..results import Result
 from ..runner import Read, Runner
@@ -81,14 +82,16 @@ def boundary_error(
             a later span also receives the error left by earlier ones (equal to ``"dense"`` for a
             single span, or for the first span).
     """
+    if inputs not in ("dense", "pruned"):
+        raise RecoveryError(f"inputs must be 'dense' (each span on the dense model's input) or 'pruned' (the whole "
+                            f"pruned model runs), got {inputs!r}")
+    checks.batching(batch_size, max_tokens, RecoveryError)
+    check_seq_len(seq_len)
     view = as_view(model)
     base = view.base
     spans = view.spans
     if not spans:
         raise RecoveryError("the model has no cut spans; boundary error compares a pruned model with its dense base")
-    if inputs not in ("dense", "pruned"):
-        raise RecoveryError(f"inputs must be 'dense' (each span on the dense model's input) or 'pruned' (the whole "
-                            f"pruned model runs), got {inputs!r}")
     seqs = tokenize(base.tokenizer, load_calibration(calibration), seq_len)
     if not seqs:
         raise RecoveryError("the calibration text gives no passage of 2 or more tokens; pass more text")

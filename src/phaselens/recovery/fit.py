@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..calibration import load_calibration, n_tokens
+from .. import checks
+from ..calibration import check_seq_len, load_calibration, n_tokens
 from ..errors import RecoveryError, SingularFitWarning
 from ..view import ModelView, as_view
 from .solvers import METHODS, choose_lam, solve
@@ -172,6 +173,8 @@ def fit_recovery(
 
     methods = _methods(method)
     choose_lam(torch.eye(1, dtype=torch.float64), lam)  # validates lam before any model work
+    checks.batching(batch_size, max_tokens, RecoveryError)
+    check_seq_len(seq_len)
     view = as_view(pruned)
     if not view.removed:
         raise RecoveryError("the model has no cut spans to recover; prune it first (phaselens.prune)")

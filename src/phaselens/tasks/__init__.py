@@ -37,6 +37,7 @@ def load_task(
     sample: bool = True,
     name: str | None = None,
     cloze_template: str | None = None,
+    duplicates: str = "error",
 ) -> Task:
     """Load a multiple-choice task.
 
@@ -57,6 +58,9 @@ def load_task(
         name: the task's name in outputs (default: the source's; ``"custom"`` for a list of items).
         cloze_template: how a cloze/continuation prompt wraps the question (default: the source's, e.g. ARC's
             ``"Question: {question}\nAnswer:"``; the bare question for a list of items).
+        duplicates: items whose options repeat a text (a few MMLU items do) cannot be scored in the cloze or
+            continuation format: ``"error"`` (default) refuses them, naming the first; ``"drop"`` leaves them out
+            (said in ``Task.selection``). The letters format keeps them (the labels differ).
 
     The result records how its items were chosen (``Task.selection``) and, for a benchmark, whether its
     prompt layout is lm-evaluation-harness' (``Task.layout_note``).
@@ -64,6 +68,9 @@ def load_task(
     if format is not None and format not in FORMATS:
         raise TaskError(f"unknown format {format!r}; choose one of {FORMATS}")
     _check_limit(limit)
+    if duplicates not in ("error", "drop"):
+        raise TaskError(f"duplicates must be 'error' or 'drop', got {duplicates!r}")
+    drop = duplicates == "drop"
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
         raise TaskError(f"shots must be an int >= 0, got {shots!r}")
     if cloze_template is not None and "{question}" not in str(cloze_template):
@@ -72,12 +79,12 @@ def load_task(
         task = spec
         if format and format != task.format or template is not None:
             task = task.with_format(format or task.format, template)
-        items, how = _pick(task.items, limit, seed, sample)
+        items, how = _pick(task.items, limit, seed, sample, drop and task.format != "letters")
         return dataclasses.replace(task, items=tuple(items), shots=shots or task.shots, name=name or task.name,
                                    cloze_template=cloze_template or task.cloze_template, selection=how, _shot_cache={})
     if not isinstance(spec, (str, os.PathLike)):
         items = [it if isinstance(it, Item) else Item(**_item_kwargs(it, n)) for n, it in enumerate(_iter(spec))]
-        picked, how = _pick(items, limit, seed, sample)
+        picked, how = _pick(items, limit, seed, sample, drop and (format or "cloze") != "letters")
         return Task(name or "custom", tuple(picked), format or "cloze", template, shots, seed=seed, source="in-memory",
                     cloze_template=cloze_template or "{question}", selection=how)
     from .loaders import load_items
@@ -88,8 +95,8 @@ def load_task(
         loaded = dataclasses.replace(loaded, name=s, source=f"phaselens built-in task {s!r}")
     else:
         loaded = load_items(s, split=split, seed=seed)
-    items, how = _pick(loaded.items, limit, seed, sample)
     fmt = format or loaded.default_format
+    items, how = _pick(loaded.items, limit, seed, sample, drop and fmt != "letters")
     pool = list(loaded.fewshot_pool)
     if shots and not pool:  # draw shots from the items not evaluated
         chosen = set(map(id, items))
@@ -110,8 +117,14 @@ def _check_limit(limit: Any) -> None:
         raise TaskError(f"limit must be a positive int (items to keep) or None, got {limit!r}")
 
 
-def _pick(items: Any, limit: int | None, seed: int, sample: bool) -> tuple[list[Item], str]:
-    """The items kept and how they were chosen, in words."""
+def _pick(items: Any, limit: int | None, seed: int, sample: bool, drop: bool = False) -> tuple[list[Item], str]:
+    """The items kept and how they were chosen, in words (``drop``: without items whose options repeat)."""
+    items = list(items)
+    if drop:
+        kept = [it for it in items if it.repeated_options is None]
+        if len(kept) < len(items):
+            picked, how = _pick(kept, limit, seed, sample)
+            return picked, f"{how}, leaving out {len(items) - len(kept)} item(s) whose options repeat"
     items = list(items)
     if limit is None or limit >= len(items):
         return items, f"all {len(items)} items"

@@ -60,6 +60,7 @@ class Item:
         for k, o in enumerate(opts):
             if not isinstance(o, str) or not o.strip():
                 raise TaskError(f"item {name}: option {k} is empty; every option needs text")
+
         if isinstance(self.answer, bool) or not isinstance(self.answer, int):
             raise TaskError(f"item {name}: answer must be an int index, got {self.answer!r}")
         if not 0 <= self.answer < len(opts):
@@ -71,6 +72,16 @@ class Item:
     @property
     def n_options(self) -> int:
         return len(self.options)
+
+    @property
+    def repeated_options(self) -> tuple[int, int] | None:
+        """The first pair of option slots with the same text, or ``None``."""
+        seen: dict[str, int] = {}
+        for k, o in enumerate(self.options):
+            if o.strip() in seen:
+                return seen[o.strip()], k
+            seen[o.strip()] = k
+        return None
 
     def shuffled(self, rng: random.Random) -> "Item":
         """The same item with its options permuted by ``rng`` (answer index follows)."""
@@ -172,6 +183,16 @@ class Task:
             raise TaskError(f"task {self.name}: unknown format {self.format!r}; choose one of {FORMATS}")
         if not self.items:
             raise TaskError(f"task {self.name}: has no items")
+        if self.format in ("cloze", "continuation"):
+            bad = [it for it in self.items if it.repeated_options is not None]
+            if bad:
+                it = bad[0]
+                a, b = it.repeated_options  # type: ignore[misc]
+                raise TaskError(
+                    f"task {self.name}: {len(bad)} item(s) repeat an option text (first: item {it.id or it.question[:40]!r}, "
+                    f"options {a} and {b} are both {it.options[a].strip()!r}); in the {self.format} format they score the "
+                    "same, so the margin would be exactly 0. Use format='letters' (the labels tell them apart), or "
+                    "load_task(..., duplicates='drop') to leave those items out")
         if self.format == "letters" and self.template is None:
             object.__setattr__(self, "template", LettersTemplate())
         if self.shots < 0:

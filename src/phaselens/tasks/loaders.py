@@ -111,8 +111,10 @@ def load_arc(level: str, split: str | None = None) -> Loaded:
 
 
 def _mmlu_csv(path: Path, subject: str = "") -> list[Item]:
+    import io
+
     items = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(_read_text(path), newline="") as f:
         for n, row in enumerate(csv.reader(f), 1):
             if not row:
                 continue
@@ -196,7 +198,7 @@ def load_truthfulqa(split: str | None = None, seed: int = 0) -> Loaded:
         raise TaskError(f"truthfulqa holds only the validation split; got {split!r}")
     path = _need(data_dir() / "truthfulqa" / "mc_task.json", "truthfulqa")
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise TaskError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
     items = []
@@ -211,14 +213,25 @@ def load_truthfulqa(split: str | None = None, seed: int = 0) -> Loaded:
 
 # -- generic files --------------------------------------------------------------------------
 def _jsonl_rows(path: Path) -> Iterable[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{path}: line {n} is not valid JSON ({e.msg} at column {e.colno})") from None
+    lines = _read_text(path).split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{path}: line {n} is not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _read_text(path: Path) -> str:
+    """A task file's text as UTF-8; a :class:`TaskError` naming the file and the byte offset otherwise."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 4]!r}); save it as "
+                        "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    except OSError as e:
+        raise TaskError(f"{path}: cannot read it ({e.strerror})") from None
 
 
 def load_jsonl(path: Path) -> Loaded:
