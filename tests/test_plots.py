@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import phaselens as pl
-from phaselens import metrics, plots
+from phaselens import plots
 from phaselens.trace import DecisionTrace
 
 

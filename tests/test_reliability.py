@@ -18,7 +18,6 @@ import pytest
 import torch
 
 import phaselens as pl
-from phaselens import models as models_mod
 
 SPEC = "smollm2-135m"  # checks on a spec string must fire before the model is loaded
 CAP = pl.load_task("capitals", limit=4)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
 import torch
 
@@ -141,7 +140,7 @@ def test_token_batches_keep_the_budget():
 def test_two_threads_on_one_model_get_a_clear_error(tiny_llama):
     ids = _ids(tiny_llama)
     batch = Batch([0, 1, 2], ids, torch.ones_like(ids))
-    inside, release, errors = threading.Event(), threading.Event(), []
+    inside, release = threading.Event(), threading.Event()
 
     def hold(h):
         inside.set()

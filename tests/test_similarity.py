@@ -11,7 +11,9 @@ import torch
 
 import phaselens as pl
 from phaselens.lens import option_logits
-from phaselens.similarity import CKAAccumulator, CKAError, CKAResult, cka, linear_cka
+from phaselens.cka import CKAAccumulator, linear_cka
+from phaselens.errors import CKAError
+from phaselens.similarity import CKAResult, cka
 from phaselens.view import ModelView
 
 torch.set_num_threads(1)

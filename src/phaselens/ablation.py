@@ -21,7 +21,6 @@ recovered view keeps its cuts), with the clean prefix before the first ablated b
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence

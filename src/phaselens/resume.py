@@ -22,7 +22,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ResultsError, RunFolderError
 

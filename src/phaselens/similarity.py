@@ -3,15 +3,14 @@ representations (decision positions or text tokens) and the :class:`CKAResult`. 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import checks
-from .cka import FORMS, CKAAccumulator, linear_cka
+from .cka import FORMS, CKAAccumulator
 from .errors import CKAError
 from .results import Result
 from .types import ModelLike

@@ -3,7 +3,6 @@ probes of the phases, and the transition-versus-collapse study."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional

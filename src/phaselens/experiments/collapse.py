@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import StatsError, StatsWarning
 from ..results import Record, Result
-from ..stats import MIN_POINTS, pearson
+from ..stats import pearson
 from ..types import ModelLike, TaskLike
 
 @dataclass

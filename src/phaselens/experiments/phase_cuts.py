@@ -48,7 +48,7 @@ from ..resume import digest, run_folder
 from ..runner import PrefixCache
 from ..stats import seed_list
 from ..tasks import Task, load_task
-from ..trace import N_BOOT, Transition, check_boot, decision_trace
+from ..trace import N_BOOT, Transition, decision_trace
 from ..view import ModelView, as_view
 from .phase_cuts_result import CUT_KINDS, DEFAULT_METHODS, WHOLE_STREAM, Cut, CutResult, PhaseCuts
 from ..types import ModelLike, TaskLike
