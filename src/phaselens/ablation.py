@@ -30,7 +30,7 @@ import torch
 
 from . import checks, metrics
 from .errors import InterventionError
-from .probes import N_BOOT, FinalRunner, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .probes import N_BOOT, FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
 from .results import Result
 from .runner import Plan, identity
 from .view import ModelView
@@ -233,9 +233,7 @@ def ablate(
     if mode not in ABLATION_MODES:
         raise InterventionError(f"mode must be one of {ABLATION_MODES}, got {mode!r}")
     checks.integer("window", window, minimum=0, error=InterventionError, what="blocks either side of the transition")
-    checks.bootstrap(n_boot, boot_seed, InterventionError, "boot_seed")
-    checks.batching(batch_size, max_tokens, InterventionError)
-    checks.flag("reuse_prefix", reuse_prefix, error=InterventionError)
+    check_run(n_boot, boot_seed, batch_size, max_tokens, reuse_prefix)
     if not (pairs is None or isinstance(pairs, bool) or isinstance(pairs, (list, tuple))):
         raise InterventionError(f"pairs must be None, True, False or a list of (block, block) pairs, got {pairs!r}")
     view, t = resolve(model, task)

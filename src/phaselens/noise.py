@@ -26,9 +26,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from . import checks, metrics
+from . import metrics
 from .errors import InterventionError
-from .probes import N_BOOT, FinalRunner, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .probes import N_BOOT, FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
 from .results import Result
 from .runner import Batch, Plan
 from .stats import seed_list
@@ -260,9 +260,7 @@ def inject_noise(
         reuse_prefix: replay the clean prefix before the perturbed block (same numbers, faster).
     """
     eps_l, seed_l = _eps_list(eps), seed_list(seeds, minimum=1, error=InterventionError)
-    checks.bootstrap(n_boot, boot_seed, InterventionError, "boot_seed")
-    checks.batching(batch_size, max_tokens, InterventionError)
-    checks.flag("reuse_prefix", reuse_prefix, error=InterventionError)
+    check_run(n_boot, boot_seed, batch_size, max_tokens, reuse_prefix)
     view, t = resolve(model, task)
     blocks = check_blocks(view, blocks, "inject_noise")
     tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed)

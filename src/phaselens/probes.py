@@ -83,6 +83,15 @@ class FinalRunner:
         return {b: s / n_tok for b, s in sums.items()}
 
 
+def check_run(n_boot: Any, boot_seed: Any, batch_size: Any, max_tokens: Any, reuse_prefix: Any) -> None:
+    """The arguments noise injection and ablation share, checked before any model work."""
+    from . import checks
+
+    checks.bootstrap(n_boot, boot_seed, InterventionError, "boot_seed")
+    checks.batching(batch_size, max_tokens, InterventionError)
+    checks.flag("reuse_prefix", reuse_prefix, error=InterventionError)
+
+
 def final_margins(z: torch.Tensor, answers: torch.Tensor) -> np.ndarray:
     """``[N]`` final margins from ``z [N, K]``."""
     return metrics.item_margins(z[None], answers)[:, 0]
