@@ -41,6 +41,7 @@ from .recovery import METHODS, BoundaryError, Recovered, boundary_error, fit_rec
 from .report import build_report
 from .results import Result, load_result, load_results, save_result
 from .similarity import CKAResult, cka
+from .study import load_study, run_study
 from .cka import linear_cka
 from .tasks import Item, LettersTemplate, Task, builtin_tasks, load_task
 from .trace import DecisionTrace, Transition, decision_trace, transition_point
@@ -62,6 +63,8 @@ __all__ = [
     "inject_noise", "linear_cka", "transition_vs_collapse",
     # results, reports, calibration text
     "Result", "build_report", "heldout_texts", "load_calibration", "load_result", "load_results", "save_result",
+    # studies
+    "load_study", "run_study",
     # errors and warnings
     "CKAError", "CalibrationError", "InterventionError", "LensError", "ModelError", "NonFiniteError", "PhaseCutsError",
     "PhaselensError", "PruningError", "RecoveryError", "ReportWarning", "ResultsError", "RunFolderError", "RunnerError",

@@ -1,0 +1,167 @@
+"""``run_study``: expand a spec into jobs, skip the finished ones, run the rest, keep the index."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import PhaselensError, StudyError
+from .jobs import Job, Outcome
+from .spec import EXECUTORS, JobConfig, StudySpec, parse_spec
+from .store import StudyFolder, load_study
+
+
+def task_digest(task: Any) -> str:
+    """A hash of what the model sees of ``task``: every prompt, the option strings read, the answers, the format."""
+    items = []
+    for i, it in enumerate(task.items):
+        items.append([it.id, task.prompt(i), task.decision_strings(i), list(it.options), it.answer])
+    blob = json.dumps({"format": task.format, "items": items}, ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def job_id(config: dict[str, Any], fingerprint: str, items: str) -> str:
+    """The content hash that names a job: its config, the model fingerprint, the task's items, phaselens' version."""
+    from .. import __version__
+
+    doc = {**config, "fingerprint": fingerprint, "items": items, "phaselens": __version__}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _load_tasks(spec: StudySpec, jobs: list[JobConfig]) -> dict[str, tuple[Any, str]]:
+    """Every distinct task of the plan, loaded on the driver (tasks are small: they travel with the jobs)."""
+    from ..tasks import load_task
+
+    out: dict[str, tuple[Any, str]] = {}
+    for j in jobs:
+        key = json.dumps(j.task, sort_keys=True)
+        if key in out:
+            continue
+        ts = spec.tasks[j.task_index]
+        c = j.task
+        try:
+            t = load_task(ts.obj if ts.obj is not None else c["name"], format=c["format"], limit=c["limit"],
+                          seed=c["seed"], shots=c["shots"], split=c["split"])
+        except PhaselensError as e:
+            raise StudyError(f"tasks[{j.task_index}] ({c['name']}): {e}") from None
+        out[key] = (t, task_digest(t))
+    return out
+
+
+def _row(job: Job, cfg: JobConfig, out: Outcome, executor: str, items: str, order: int, attempts: int) -> dict[str, Any]:
+    from .. import __version__
+    from ..results import slug
+
+    model = cfg.model if isinstance(cfg.model, str) else str(cfg.model)
+    row = {"job": job.id, "status": "done" if out.ok else "failed", "kind": cfg.kind, "model": model,
+           "task": cfg.task["name"], "format": cfg.task["format"] or getattr(job.task, "format", None),
+           "limit": cfg.task["limit"], "shots": cfg.task["shots"], "seed": cfg.seed,
+           "params": json.dumps(cfg.params, sort_keys=True),
+           "result": slug(cfg.kind, Path(model).name, cfg.task["name"], f"s{cfg.seed}", job.id[:10]) if out.ok else None,
+           "host": out.host, "worker": f"{out.host}:{out.pid}", "executor": executor,
+           "started": out.started, "finished": out.finished, "wall_s": out.wall_s, "peak_rss_mb": out.peak_rss_mb,
+           "peak_gpu_mb": out.peak_gpu_mb, "model_cached": out.model_cached, "attempts": attempts,
+           "error": out.error or None, "traceback": out.traceback or None, "model_fingerprint": job.fingerprint,
+           "task_digest": items, "phaselens": __version__, "order": order}
+    for k, v in out.scalars.items():
+        row[k] = v
+    return row
+
+
+def run_study(
+    spec: Any,
+    out: str | os.PathLike,
+    executor: str = "local",
+    address: str | None = None,
+    *,
+    workers: int | None = None,
+    wait: float | None = None,
+    on_job: Callable[[dict[str, Any]], None] | None = None,
+    on_plan: Callable[[int, int], None] | None = None,
+):
+    """Run a study: every job of ``spec``'s grid that ``out`` does not hold finished yet.
+
+    Args:
+        spec: a TOML file, TOML text or the equal dict (see :mod:`phaselens.study.spec`); validated first.
+        out: the study folder (see :mod:`phaselens.study.store`); rerunning with the same folder skips
+            finished jobs and retries failed ones. A folder may be reused with a changed spec: the jobs
+            already finished there are kept and reused.
+        executor: ``"local"`` (this process, one job after another), ``"processes"`` (a pool of worker
+            processes) or ``"ray"`` (``pip install 'phaselens[ray]'``).
+        address: the Ray cluster (``"auto"``, ``"ray://host:10001"``); ``None``: a local Ray instance.
+            Unused by the other executors. When Ray is already initialised, that instance is used.
+        workers: worker processes / Ray actors (default: what the spec's ``resources`` fit on the machine
+            or cluster).
+        wait: when another study holds ``out``, wait up to this many seconds for it (default: refuse).
+        on_job: called with each job's index row as soon as it is recorded (progress bars).
+        on_plan: called once with ``(jobs to run, jobs already finished)`` before the first job starts.
+
+    Returns:
+        the index (as :func:`load_study`); ``df.attrs`` has ``ran``, ``reused`` and ``failed`` counts of this
+        call, and ``planned``, the job ids of ``spec``.
+    """
+    s = parse_spec(spec)
+    if executor not in EXECUTORS:
+        raise StudyError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    if executor != "local" and s.in_memory:
+        raise StudyError("in-memory models or tasks (objects in the spec dict) run only with executor='local'; "
+                         "give names or paths to run them elsewhere")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise StudyError("executor='ray' needs Ray: pip install 'phaselens[ray]'") from None
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise StudyError(f"workers must be an int >= 1, got {workers!r}")
+    configs = s.jobs()
+    tasks = _load_tasks(s, configs)
+    models = {name: (m if isinstance(m, str) else m) for name, m in zip(s.model_names, s.models)}
+    from .executors import EXECUTORS as EXEC
+
+    counts = {"ran": 0, "reused": 0, "failed": 0}
+    with StudyFolder(out, wait) as folder:
+        ex = EXEC[executor](s.resources, str(folder.scratch), workers=workers, address=address, n_jobs=len(configs))
+        try:
+            fps = ex.fingerprints(models)
+            jobs: list[tuple[Job, JobConfig, str]] = []
+            seen = set()
+            for c in configs:
+                t, items = tasks[json.dumps(c.task, sort_keys=True)]
+                fp = fps[c.model]["fingerprint"]
+                jid = job_id(c.config(), fp, items)
+                if jid in seen:
+                    continue
+                seen.add(jid)
+                jobs.append((Job(jid, c.kind, c.params, models[c.model], c.model, t, c.seed, fp, c.config()), c, items))
+            plan = [{"job": j.id, **c.config()} for j, c, _ in jobs]
+            folder.write_plan(s.source if not s.in_memory else {"name": s.name, "in_memory": True}, plan)
+            rows = folder.rows()
+            done = folder.finished(rows)
+            todo = [(j, c, items) for j, c, items in jobs if j.id not in done]
+            counts["reused"] = len(jobs) - len(todo)
+            folder.write_index(rows)
+            if on_plan is not None:
+                on_plan(len(todo), counts["reused"])
+            order = {j.id: i for i, (j, _, _) in enumerate(jobs)}
+            by_id = {j.id: (c, items) for j, c, items in todo}
+            # one model after another (workers keep their models loaded)
+            todo.sort(key=lambda x: (x[1].model_index, order[x[0].id]))
+            for job, outcome in ex.run([j for j, _, _ in todo]):
+                c, items = by_id[job.id]
+                attempts = int((rows.get(job.id) or {}).get("attempts") or 0) + 1
+                row = _row(job, c, outcome, executor, items, order[job.id], attempts)
+                folder.record(row, outcome.result if outcome.ok else None)
+                rows[job.id] = row
+                folder.write_index(rows)
+                counts["ran" if outcome.ok else "failed"] += 1
+                if on_job is not None:
+                    on_job(row)
+        finally:
+            ex.close()
+    df = load_study(out)
+    df.attrs.update(counts)
+    return df

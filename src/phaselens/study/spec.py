@@ -1,0 +1,383 @@
+"""The study spec: models x tasks x seeds x runs, where a list means a grid.
+
+A spec is a TOML file or the equal dict::
+
+    models = ["smollm2-135m"]
+    tasks = [{ name = "capitals", limit = 8 }]
+    seeds = [0, 1]
+    [[runs]]
+    kind = "trace"
+    [[runs]]
+    kind = "noise"
+    eps = [0.5]
+
+Top-level keys: ``models`` (names, HF folders or ``.gguf`` paths; in a dict also loaded
+:class:`~phaselens.Model` objects, for the ``"local"`` executor), ``tasks`` (a name, or a table with
+``name``, ``format``, ``limit``, ``shots``, ``split``, ``seed``; in a dict also :class:`~phaselens.Task`
+objects), ``seeds`` (default ``[0]``), ``runs`` (each a table with ``kind`` and its parameters),
+``resources`` (``num_cpus``, ``num_gpus``, ``models_per_worker``, ``workers``) and ``name``.
+
+A run's parameters are the keyword arguments of its function (:data:`RUNS`), validated against the
+function's signature, plus a few the study translates (``calibration_passages``, ``max_ratio``, ...).
+Every list is a grid over its elements, except for the parameters whose value is itself a list
+(``methods``, ``blocks``, ``pairs``, ``seeds`` of a run): for those a list of lists is a grid.
+An invalid spec raises :class:`~phaselens.StudyError` naming the key and the allowed values, before
+anything runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import StudyError
+
+TOP_KEYS = ("name", "models", "tasks", "seeds", "runs", "resources")
+TASK_KEYS = ("name", "format", "limit", "shots", "split", "seed")
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "models_per_worker", "workers")
+EXECUTORS = ("local", "processes", "ray")
+
+
+def _fn(module: str, name: str) -> Callable[[], Callable]:
+    def get() -> Callable:
+        import importlib
+
+        return getattr(importlib.import_module(f"phaselens.{module}"), name)
+
+    return get
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """One kind of run: the function it calls and how its parameters are read.
+
+    Attributes:
+        fn: returns the public function the job calls (its signature validates pass-through keys).
+        fixed: the function's parameters the study sets itself (model, task, seeds, folders, progress).
+        listy: parameters whose value is a list (a list of lists is a grid over them).
+        study: parameters the study translates, ``{name: (check, default)}``.
+        choices: allowed values of enumerated parameters.
+        required: parameters without a default.
+    """
+
+    name: str
+    fn: Callable[[], Callable]
+    fixed: tuple[str, ...]
+    listy: tuple[str, ...] = ()
+    study: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, tuple] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+
+    def allowed(self) -> list[str]:
+        sig = inspect.signature(self.fn())
+        passed = [p for p, v in sig.parameters.items() if p not in self.fixed and v.kind is not v.VAR_KEYWORD]
+        return sorted(set(passed) | set(self.study))
+
+
+def _int(lo: int = 0) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _ratio(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+
+
+def _choices() -> dict[str, tuple]:
+    from ..ablation import ABLATION_MODES
+    from ..cka import FORMS
+    from ..pruning.iterative import SWEEP_CRITERIA
+    from ..recovery.solvers import METHODS
+    from ..similarity import POSITIONS
+
+    return {"criterion": SWEEP_CRITERIA, "recovery": (None, *METHODS), "methods": METHODS, "mode": ABLATION_MODES,
+            "positions": (None, *POSITIONS), "form": FORMS, "placement": ("adjacent", "far", "center"),
+            "until": ("steps", "collapse"), "on": ("task", "heldout"), "cka_criterion": ("bi", "angular", "random", "sleb")}
+
+
+_PASSAGES = {"calibration_passages": (_int(1), None), "heldout_passages": (_int(1), None)}
+RUNS: dict[str, RunKind] = {
+    "trace": RunKind("trace", _fn("trace", "decision_trace"),
+                     fixed=("model", "task", "seed", "progress", "cache", "device"), listy=("blocks",)),
+    "sweep": RunKind("sweep", _fn("pruning.iterative", "iterative_prune"),
+                     fixed=("model", "task", "out", "seed", "progress", "calibration", "perplexity_texts"),
+                     study={**_PASSAGES, "max_ratio": (_ratio, None), "until": (lambda v: True, "steps"),
+                            "chunk": (_int(1), 4)}),
+    "phase-cuts": RunKind("phase-cuts", _fn("experiments.phase_cuts", "compare_phase_cuts"),
+                          fixed=("model", "task", "out", "seed", "progress", "calibration", "perplexity_texts"),
+                          listy=("methods", "seeds"), study={**_PASSAGES, "fit_n": (lambda v: isinstance(v, bool), False)},
+                          required=("n",)),
+    "noise": RunKind("noise", _fn("noise", "inject_noise"), fixed=("model", "task", "boot_seed", "progress", "transition"),
+                     listy=("blocks", "seeds"), study={"stride": (_int(1), None)}),
+    "ablate": RunKind("ablate", _fn("ablation", "ablate"), fixed=("model", "task", "boot_seed", "progress", "transition"),
+                      listy=("blocks", "pairs")),
+    "cka": RunKind("cka", _fn("similarity", "cka"), fixed=("model_a", "model_b", "task_or_texts", "seed", "progress"),
+                   study={**_PASSAGES, "prune": (lambda v: _ratio(v) or _int(1)(v), 0.5),
+                          "criterion": (lambda v: True, "bi"), "on": (lambda v: True, "task")}),
+}
+
+
+@dataclass
+class TaskSpec:
+    """How a job's task is loaded: ``load_task(name, format=, limit=, shots=, split=, seed=)``."""
+
+    name: str
+    format: str | None = None
+    limit: int | None = None
+    shots: int = 0
+    split: str | None = None
+    seed: int | None = None  # None: the job's seed
+    obj: Any = None  # an in-memory Task (dict specs only)
+
+    def config(self, seed: int) -> dict[str, Any]:
+        d = {"name": self.name, "format": self.format, "limit": self.limit, "shots": self.shots, "split": self.split,
+             "seed": seed if self.seed is None else self.seed}
+        if self.obj is not None:
+            d["in_memory"] = True
+        return d
+
+
+@dataclass
+class JobConfig:
+    """One job before its identity is known: the run, the model, the task, the seed."""
+
+    kind: str
+    params: dict[str, Any]
+    model: str
+    task: dict[str, Any]
+    seed: int
+    model_index: int
+    task_index: int
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "params": self.params, "model": self.model, "task": self.task, "seed": self.seed}
+
+
+@dataclass
+class Resources:
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    models_per_worker: int = 2
+    workers: int | None = None
+
+
+@dataclass
+class StudySpec:
+    """A validated spec (see the module docstring); :meth:`jobs` expands its grid."""
+
+    name: str
+    models: list[Any]
+    tasks: list[TaskSpec]
+    seeds: list[int]
+    runs: list[dict[str, Any]]
+    resources: Resources
+    source: dict[str, Any]
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m if isinstance(m, str) else f"<in-memory {getattr(m, 'name', type(m).__name__)}>" for m in self.models]
+
+    @property
+    def in_memory(self) -> bool:
+        return any(not isinstance(m, str) for m in self.models) or any(t.obj is not None for t in self.tasks)
+
+    def jobs(self) -> list[JobConfig]:
+        out = []
+        for mi, mname in enumerate(self.model_names):
+            for ti, t in enumerate(self.tasks):
+                for s in self.seeds:
+                    for run in self.runs:
+                        for params in expand(run):
+                            out.append(JobConfig(run["kind"], params, mname, t.config(s), s, mi, ti))
+        return out
+
+
+def expand(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The grid of one run: one parameter dict per combination (keys sorted, ``kind`` left out)."""
+    kind = RUNS[run["kind"]]
+    keys = sorted(k for k in run if k != "kind")
+    axes = []
+    for k in keys:
+        v = run[k]
+        if k in kind.listy:
+            axes.append(v if isinstance(v, list) and v and all(isinstance(x, list) for x in v) else [v])
+        else:
+            axes.append(v if isinstance(v, list) else [v])
+    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+
+
+def read_spec(spec: Any) -> dict[str, Any]:
+    """A spec dict from a dict, a TOML file path or TOML text."""
+    if isinstance(spec, StudySpec):
+        return spec.source
+    if isinstance(spec, dict):
+        return spec
+    if isinstance(spec, (str, os.PathLike)):
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+
+        p = Path(spec)
+        if isinstance(spec, str) and ("\n" in spec or ("=" in spec and not p.exists())):
+            text, where = spec, "the spec text"
+        else:
+            if not p.is_file():
+                raise StudyError(f"study spec file not found: {p} (pass a TOML file or a dict)")
+            text, where = p.read_text(encoding="utf-8"), str(p)
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise StudyError(f"{where} is not valid TOML: {e}") from None
+    raise StudyError(f"a study spec is a dict or a TOML file path, got {type(spec).__name__}")
+
+
+def parse_spec(spec: Any) -> StudySpec:
+    """Validate ``spec`` (dict, TOML path or :class:`StudySpec`); every error names the key and what is allowed."""
+    if isinstance(spec, StudySpec):
+        return spec
+    d = read_spec(spec)
+    bad = sorted(set(d) - set(TOP_KEYS))
+    if bad:
+        raise StudyError(f"unknown top-level key(s) {bad} in the study spec; allowed: {list(TOP_KEYS)}")
+    name = d.get("name", "study")
+    if not isinstance(name, str) or not name:
+        raise StudyError(f"name must be a non-empty string, got {name!r}")
+    models = _models(d.get("models"))
+    tasks = [_task(t, i) for i, t in enumerate(_nonempty_list(d.get("tasks"), "tasks"))]
+    seeds = d.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    if not isinstance(seeds, list) or not seeds or not all(_int(0)(s) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise StudyError(f"seeds must be a non-empty list of distinct non-negative ints, got {d.get('seeds')!r}")
+    runs = [_run(r, i) for i, r in enumerate(_nonempty_list(d.get("runs"), "runs"))]
+    res = _resources(d.get("resources", {}))
+    return StudySpec(name, models, tasks, list(seeds), runs, res, d)
+
+
+def _nonempty_list(v: Any, key: str) -> list:
+    if not isinstance(v, list) or not v:
+        raise StudyError(f"{key} must be a non-empty list, got {v!r}")
+    return v
+
+
+def _models(v: Any) -> list[Any]:
+    v = _nonempty_list(v, "models")
+    for i, m in enumerate(v):
+        if isinstance(m, str):
+            if not m:
+                raise StudyError(f"models[{i}] is empty; give a model name, HF folder or .gguf path")
+        elif not hasattr(m, "n_layers"):
+            raise StudyError(f"models[{i}] must be a model name, HF folder or .gguf path (or, in a dict spec, a loaded "
+                             f"phaselens Model), got {type(m).__name__}")
+    names = [m if isinstance(m, str) else id(m) for m in v]
+    if len(set(names)) != len(names):
+        raise StudyError(f"models lists a model twice: {v!r}")
+    return list(v)
+
+
+def _task(t: Any, i: int) -> TaskSpec:
+    from ..tasks import FORMATS, Task
+
+    if isinstance(t, Task):
+        return TaskSpec(t.name, t.format, None, t.shots, None, None, obj=t)
+    if isinstance(t, str):
+        t = {"name": t}
+    if not isinstance(t, dict):
+        raise StudyError(f"tasks[{i}] must be a task name or a table with keys {list(TASK_KEYS)}, got {t!r}")
+    bad = sorted(set(t) - set(TASK_KEYS))
+    if bad:
+        raise StudyError(f"tasks[{i}]: unknown key(s) {bad}; allowed: {list(TASK_KEYS)}")
+    if not isinstance(t.get("name"), str) or not t["name"]:
+        raise StudyError(f"tasks[{i}] needs a name (a built-in task, a benchmark or a file), got {t.get('name')!r}")
+    fmt = t.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise StudyError(f"tasks[{i}].format is {fmt!r}; allowed: {list(FORMATS)}")
+    for key, lo in (("limit", 1), ("shots", 0), ("seed", 0)):
+        if key in t and t[key] is not None and not _int(lo)(t[key]):
+            raise StudyError(f"tasks[{i}].{key} must be an int >= {lo}, got {t[key]!r}")
+    if t.get("split") is not None and not isinstance(t["split"], str):
+        raise StudyError(f"tasks[{i}].split must be a string, got {t['split']!r}")
+    return TaskSpec(t["name"], fmt, t.get("limit"), t.get("shots", 0) or 0, t.get("split"), t.get("seed"))
+
+
+def _run(r: Any, i: int) -> dict[str, Any]:
+    if not isinstance(r, dict) or "kind" not in r:
+        raise StudyError(f"runs[{i}] must be a table with a kind; allowed kinds: {list(RUNS)}")
+    kind = r["kind"]
+    if kind not in RUNS:
+        raise StudyError(f"runs[{i}].kind is {kind!r}; allowed: {list(RUNS)}")
+    rk = RUNS[kind]
+    allowed = rk.allowed()
+    bad = sorted(set(r) - set(allowed) - {"kind"})
+    if bad:
+        raise StudyError(f"runs[{i}] ({kind}): unknown key(s) {bad}; allowed: {allowed}")
+    missing = [k for k in rk.required if k not in r]
+    if missing:
+        raise StudyError(f"runs[{i}] ({kind}) needs {missing}")
+    choices = _choices()
+    for params in expand(r):
+        for k, v in params.items():
+            if k in rk.study and not rk.study[k][0](v):
+                raise StudyError(f"runs[{i}] ({kind}).{k} = {v!r} is not valid; {_study_help(k)}")
+            ck = "cka_criterion" if kind == "cka" and k == "criterion" else k
+            if ck not in choices or (k == "placement" and not isinstance(v, str)):
+                continue
+            if k in rk.listy and not isinstance(v, list):
+                raise StudyError(f"runs[{i}] ({kind}).{k} must be a list, got {v!r}")
+            wrong = [x for x in (v if k in rk.listy else [v]) if x not in choices[ck]]
+            if wrong:
+                raise StudyError(f"runs[{i}] ({kind}).{k} = {v!r}: allowed values {list(choices[ck])}")
+        if kind == "phase-cuts" and not _int(1)(params["n"]):
+            raise StudyError(f"runs[{i}] (phase-cuts).n must be an int >= 1 (blocks per cut), got {params['n']!r}")
+        if kind == "noise" and "eps" in params and not isinstance(params["eps"], (int, float)):
+            raise StudyError(f"runs[{i}] (noise).eps must be a number or a list of numbers (a grid), got {params['eps']!r}")
+        if "steps" in params and params["steps"] is not None and not _int(1)(params["steps"]):
+            raise StudyError(f"runs[{i}] ({kind}).steps must be an int >= 1, got {params['steps']!r}")
+        if kind == "sweep" and "steps" in params and "max_ratio" in params:
+            raise StudyError(f"runs[{i}] (sweep): give steps or max_ratio, not both")
+    try:
+        json.dumps(r)
+    except (TypeError, ValueError):
+        raise StudyError(f"runs[{i}] ({kind}): parameters must be plain numbers, strings, booleans and lists") from None
+    return dict(r)
+
+
+def _study_help(k: str) -> str:
+    return {"calibration_passages": "an int >= 1: the first N bundled calibration passages",
+            "heldout_passages": "an int >= 1: the first N bundled held-out passages",
+            "max_ratio": "a share of blocks in (0, 1): the sweep cuts ceil(max_ratio * L) blocks at most",
+            "until": "allowed: 'steps' (cut steps blocks) or 'collapse' (extend chunk cuts at a time until accuracy "
+                     "collapses, at most steps / max_ratio)",
+            "chunk": "an int >= 1: cuts added at a time with until = 'collapse'",
+            "fit_n": "true or false: lower n to fit the smaller phase",
+            "stride": "an int >= 1: perturb every stride-th block plus the transition block and the last block",
+            "prune": "a share of blocks in (0, 1) or a number of blocks >= 1 to prune for the dense-vs-pruned CKA",
+            "criterion": "allowed: bi, angular, random, sleb", "on": "allowed: 'task' or 'heldout'"}.get(k, "")
+
+
+def _resources(v: Any) -> Resources:
+    if not isinstance(v, dict):
+        raise StudyError(f"resources must be a table with keys {list(RESOURCE_KEYS)}, got {v!r}")
+    bad = sorted(set(v) - set(RESOURCE_KEYS))
+    if bad:
+        raise StudyError(f"resources: unknown key(s) {bad}; allowed: {list(RESOURCE_KEYS)}")
+    r = Resources()
+    for k in ("num_cpus", "num_gpus"):
+        if k in v:
+            x = v[k]
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0 or (k == "num_cpus" and x == 0):
+                raise StudyError(f"resources.{k} must be a number {'> 0' if k == 'num_cpus' else '>= 0'}, got {x!r}")
+            setattr(r, k, float(x))
+    if "models_per_worker" in v:
+        if not _int(1)(v["models_per_worker"]):
+            raise StudyError(f"resources.models_per_worker must be an int >= 1, got {v['models_per_worker']!r}")
+        r.models_per_worker = v["models_per_worker"]
+    if v.get("workers") is not None:
+        if not _int(1)(v["workers"]):
+            raise StudyError(f"resources.workers must be an int >= 1, got {v['workers']!r}")
+        r.workers = v["workers"]
+    return r
