@@ -48,15 +48,23 @@ def cli_markdown() -> str:
 
     root = typer.main.get_command(app)
     out = [f"Usage: `phaselens COMMAND [OPTIONS]`. {root.help or ''}", ""]
-    for name in sorted(root.commands):
-        cmd = root.commands[name]
+
+    def section(prefix: str, cmd) -> None:
         if getattr(cmd, "hidden", False):
-            continue
-        out += [f"## `phaselens {name}`", "", " ".join((cmd.help or "").split()), ""]
+            return
+        subs = getattr(cmd, "commands", None)
+        if subs:  # a group (``phaselens study ...``): one section per sub-command
+            for sub in sorted(subs):
+                section(f"{prefix} {sub}", subs[sub])
+            return
+        out.extend([f"## `phaselens {prefix}`", "", " ".join((cmd.help or "").split()), ""])
         params = [p for p in cmd.params if p.name != "help" and not getattr(p, "hidden", False)]
-        ctx = typer.Context(cmd, info_name=name)
+        ctx = typer.Context(cmd, info_name=prefix)
         if params:
-            out += ["| argument / option | type | default | meaning |", "|---|---|---|---|", *(_row(p, ctx) for p in params), ""]
+            out.extend(["| argument / option | type | default | meaning |", "|---|---|---|---|", *(_row(p, ctx) for p in params), ""])
+
+    for name in sorted(root.commands):
+        section(name, root.commands[name])
     return "\n".join(out)
 
 

@@ -100,6 +100,13 @@ def _overview_owner(cls: type) -> type:
     return cls
 
 
+def _study_sections(results: Any, entries: list[ResultEntry]) -> list[Section]:
+    """A study folder's cross-job figures and index (:mod:`phaselens.study.report`), first on the page."""
+    from .study.report import is_study, study_sections
+
+    return study_sections(results, entries) if is_study(results) else []
+
+
 # ----------------------------------------------------------------------------- HTML
 def _anchor(name: str) -> str:
     return "r-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
@@ -175,7 +182,7 @@ def report_html(results: Any, *, title: str | None = None) -> str:
     entries = _entries(results)
     if not entries:
         raise ValueError("no results to report")
-    sections = _comparison_sections(entries) + [_result_section(e) for e in entries]
+    sections = _study_sections(results, entries) + _comparison_sections(entries) + [_result_section(e) for e in entries]
     models = sorted({str(e.provenance.get("model")) for e in entries if e.provenance.get("model")})
     tasks = sorted({str(e.provenance.get("task")) for e in entries if e.provenance.get("task")})
     title = title or "phaselens report" + (f": {', '.join(models[:3])}" if models else "") + (f" on {', '.join(tasks[:3])}" if tasks else "")
