@@ -64,3 +64,12 @@ def tiny_gemma(smol) -> pl.Model:
 @pytest.fixture(scope="session")
 def capitals_task() -> pl.Task:
     return pl.load_task([{"question": q, "options": o, "answer": a, "id": f"cap{i}"} for i, (q, o, a) in enumerate(CAPITALS)])
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_llama, tmp_path_factory):
+    """``tiny_llama`` saved as a Hugging Face folder: loadable by path in another process (studies, workers)."""
+    path = tmp_path_factory.mktemp("tiny-llama") / "tiny-llama"
+    tiny_llama.hf.save_pretrained(path)
+    tiny_llama.tokenizer.save_pretrained(path)
+    return str(path)

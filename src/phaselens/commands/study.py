@@ -95,8 +95,8 @@ def run(
         raise typer.Exit(2)
     planned = set(df.attrs.get("planned", []))
     shown = df[df.job.isin(planned)] if planned else df
-    Console().print(study_table(shown, f"{out}: {df.attrs.get('ran', 0)} ran, {df.attrs.get('reused', 0)} reused, "
-                                       f"{df.attrs.get('failed', 0)} failed"))
+    Console().print(study_table(shown, f"{df.attrs.get('ran', 0)} ran, {df.attrs.get('reused', 0)} reused, "
+                                       f"{df.attrs.get('failed', 0)} failed ({out})"))
     _failures(shown)
     if df.attrs.get("failed"):
         raise typer.Exit(1)
@@ -117,8 +117,8 @@ def status(folder: Path = typer.Argument(..., help="a study folder")) -> None:
     have = set(df.job[df.status == "done"])
     pending = [j for j in plan if j["job"] not in set(df.job)]
     done = int((df.status == "done").sum())
-    Console().print(study_table(df, f"{folder}: {done} done, {len(df) - done} failed, {len(pending)} not run yet "
-                                    f"(of {len(plan)} planned; {len(have & {j['job'] for j in plan})} of them done)"))
+    Console().print(study_table(df, f"{done} done, {len(df) - done} failed, {len(pending)} not run yet (of {len(plan)} "
+                                    f"planned, {len(have & {j['job'] for j in plan})} of them done) in {folder}"))
     for j in pending:
         console.print(f"not run yet: {j['job'][:10]} {j['kind']} {_cell(j['model'])} {j['task']['name']} seed {j['seed']}")
     _failures(df)

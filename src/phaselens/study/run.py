@@ -104,6 +104,11 @@ def run_study(
         the index (as :func:`load_study`); ``df.attrs`` has ``ran``, ``reused`` and ``failed`` counts of this
         call, and ``planned``, the job ids of ``spec``.
     """
+    import multiprocessing as mp
+
+    if mp.parent_process() is not None and mp.current_process().name.startswith("SpawnProcess"):
+        raise StudyError("run_study was called again inside a worker process of executor='processes' while it imported "
+                         "your script: put the call under `if __name__ == \"__main__\":` (Python's multiprocessing rule)")
     s = parse_spec(spec)
     if executor not in EXECUTORS:
         raise StudyError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")

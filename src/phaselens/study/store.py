@@ -137,13 +137,20 @@ def frame(rows: list[dict[str, Any]]):
         return pd.DataFrame({c: pd.Series(dtype=object) for c in CORE})
     rows = sorted(rows, key=lambda r: (r.get("order", 0), r["job"]))
     extra = sorted({k for r in rows for k in r} - set(CORE) - {"order"})
-    df = pd.DataFrame([{k: r.get(k) for k in (*CORE, *extra)} for r in rows])
-    for c in df.columns:  # ints that may be missing stay nullable ints, not floats
-        vals = [v for v in df[c] if v is not None and not (isinstance(v, float) and math.isnan(v))]
-        if c in INT_COLUMNS or vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
-            df[c] = pd.array([None if v is None or isinstance(v, float) else v for v in df[c]], dtype="Int64")
-        elif vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
-            df[c] = pd.array([None if v is None else float(v) for v in df[c]], dtype="Float64").astype(float)
+    cols = {}
+    for c in (*CORE, *extra):
+        raw = [r.get(c) for r in rows]
+        vals = [v for v in raw if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        num = vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+        if c in INT_COLUMNS or num and all(float(v).is_integer() and isinstance(v, int) for v in vals):
+            # ints that may be missing stay nullable ints, not floats
+            cols[c] = pd.array([None if v is None or isinstance(v, float) and math.isnan(v) else int(v) for v in raw],
+                               dtype="Int64")
+        elif num:
+            cols[c] = pd.Series([math.nan if v is None else float(v) for v in raw], dtype=float)
+        else:
+            cols[c] = pd.Series(raw, dtype=object)
+    df = pd.DataFrame(cols)
     return df
 
 

@@ -1,0 +1,286 @@
+"""Studies: the spec is validated before anything runs; each job's result is the public function's own;
+finished jobs are never recomputed; a SIGKILLed study resumes to identical results; two studies never
+share a folder at once. (The Ray executor: tests/test_study_ray.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import phaselens as pl
+from phaselens.study import parse_spec
+from phaselens.study.store import RUN_COLUMNS
+
+SMALLEST_TOML = """
+models = ["smollm2-135m"]
+tasks = [{ name = "capitals", limit = 8 }]
+seeds = [0, 1]
+[[runs]]
+kind = "trace"
+[[runs]]
+kind = "noise"
+eps = [0.5]
+"""
+SMALLEST_DICT = {"models": ["smollm2-135m"], "tasks": [{"name": "capitals", "limit": 8}], "seeds": [0, 1],
+                 "runs": [{"kind": "trace"}, {"kind": "noise", "eps": [0.5]}]}
+
+
+def _spec(model: str, runs: list, seeds=(0, 1), limit: int = 6) -> dict:
+    return {"models": [model], "tasks": [{"name": "capitals", "limit": limit}], "seeds": list(seeds), "runs": runs}
+
+
+def _env() -> dict:
+    src = str(Path(pl.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+
+
+def _same_study(a: Path, b: Path) -> None:
+    """Two study folders hold the same jobs, the same index (but for how/where each job ran) and the same results."""
+    da, db = pl.load_study(a), pl.load_study(b)
+    keep = [c for c in da.columns if c not in RUN_COLUMNS and c != "attempts"]
+    assert sorted(da.columns) == sorted(db.columns)
+    assert da[keep].sort_values("job").reset_index(drop=True).equals(db[keep].sort_values("job").reset_index(drop=True))
+    ra, rb = pl.load_results(a), pl.load_results(b)
+    assert sorted(ra) == sorted(rb)
+    for k in ra:
+        assert ra[k].to_json() == rb[k].to_json(), k
+
+
+def _whole(folder: Path) -> None:
+    """Nothing half-written: no temporary file left, every done row's result reads back, the index equals the rows."""
+    assert not [p for p in folder.rglob("*") if ".tmp" in p.name], "a temporary file was left behind"
+    df = pl.load_study(folder)
+    for rec in df[df.status == "done"].to_dict("records"):
+        pl.load_result(folder / f"{rec['result']}.json")
+    rows = [p for p in (folder / ".phaselens" / "study").glob("row_*.json")]
+    assert len(rows) == len(df)
+
+
+# ----------------------------------------------------------------------------- the spec
+def test_smallest_spec_toml_equals_dict(tmp_path):
+    (tmp_path / "s.toml").write_text(SMALLEST_TOML)
+    a, b = parse_spec(tmp_path / "s.toml"), parse_spec(SMALLEST_DICT)
+    assert [j.config() for j in a.jobs()] == [j.config() for j in b.jobs()]
+    assert [(j.kind, j.seed, j.params) for j in a.jobs()] == [("trace", 0, {}), ("noise", 0, {"eps": 0.5}),
+                                                               ("trace", 1, {}), ("noise", 1, {"eps": 0.5})]
+
+
+def test_lists_are_grids_except_list_valued_parameters():
+    s = parse_spec({"models": ["m"], "tasks": ["capitals", {"name": "languages", "limit": 4}], "seeds": [0],
+                    "runs": [{"kind": "sweep", "criterion": ["bi", "random"], "steps": [2, 3]},
+                             {"kind": "phase-cuts", "n": 2, "methods": ["identity", "ghosted"]},
+                             {"kind": "phase-cuts", "n": [1, 2], "methods": [["identity"], ["identity", "ghosted"]]}]})
+    jobs = s.jobs()
+    assert len(jobs) == 2 * (4 + 1 + 4)
+    cuts = [j.params for j in jobs if j.kind == "phase-cuts" and j.task["name"] == "capitals"]
+    assert cuts[0] == {"methods": ["identity", "ghosted"], "n": 2}
+    assert {json.dumps(c, sort_keys=True) for c in cuts[1:]} == {
+        json.dumps({"methods": m, "n": n}, sort_keys=True) for n in (1, 2) for m in (["identity"], ["identity", "ghosted"])}
+
+
+@pytest.mark.parametrize("spec, words", [
+    ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "sweeps"}]}, ["runs[0].kind", "'sweep'", "'phase-cuts'"]),
+    ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "sweep", "criterion": "bogus"}]},
+     ["criterion", "'bi'", "'angular'"]),
+    ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "trace", "lens_kind": "x"}]}, ["lens_kind", "n_boot"]),
+    ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "phase-cuts", "n": 2, "methods": ["ghost"]}]},
+     ["methods", "'ghosted'"]),
+    ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "phase-cuts"}]}, ["needs ['n']"]),
+    ({"models": ["m"], "tasks": [{"name": "capitals", "format": "mcq"}], "runs": [{"kind": "trace"}]},
+     ["tasks[0].format", "'letters'", "'cloze'"]),
+    ({"models": ["m"], "tasks": [{"name": "capitals", "limt": 3}], "runs": [{"kind": "trace"}]}, ["limt", "'limit'"]),
+    ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "trace"}], "seed": 1}, ["seed", "'seeds'"]),
+    ({"models": [], "tasks": ["capitals"], "runs": [{"kind": "trace"}]}, ["models"]),
+    ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "ablate", "mode": "drop"}]}, ["mode", "'skip'", "'zero'"]),
+    ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "trace"}], "resources": {"gpus": 1}},
+     ["gpus", "'num_gpus'"]),
+    ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "sweep", "max_ratio": 1.5}]}, ["max_ratio", "(0, 1)"]),
+])
+def test_invalid_spec_is_refused_naming_key_and_allowed_values(spec, words, tmp_path):
+    with pytest.raises(pl.StudyError) as e:
+        pl.run_study(spec, out=tmp_path / "never")
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    assert not (tmp_path / "never").exists()  # refused before anything ran
+
+
+def test_bad_executor_and_bad_toml(tmp_path):
+    with pytest.raises(pl.StudyError, match="executor must be one of"):
+        pl.run_study(SMALLEST_DICT, out=tmp_path, executor="dask")
+    (tmp_path / "bad.toml").write_text("models = [")
+    with pytest.raises(pl.StudyError, match="not valid TOML"):
+        pl.run_study(tmp_path / "bad.toml", out=tmp_path / "o")
+
+
+def test_run_parameters_pass_through_to_the_function_signature():
+    """A keyword the function accepts is a valid run parameter (so `lens` works once decision_trace takes it)."""
+    import inspect
+
+    from phaselens.study.spec import RUNS
+
+    for kind, rk in RUNS.items():
+        sig = set(inspect.signature(rk.fn()).parameters)
+        allowed = set(rk.allowed())
+        assert allowed - set(rk.study) <= sig, kind
+        assert not allowed & set(rk.fixed), kind
+    assert "n_boot" in RUNS["trace"].allowed()
+    assert ("lens" in RUNS["trace"].allowed()) == ("lens" in inspect.signature(pl.decision_trace).parameters)
+
+
+# ----------------------------------------------------------------------------- running (local)
+def test_each_job_is_the_public_functions_result(tiny_llama_dir, tmp_path):
+    """The study passes its parameters through faithfully: each result equals the direct call's."""
+    runs = [{"kind": "trace", "n_boot": 40},
+            {"kind": "noise", "eps": 0.5, "seeds": 2, "blocks": [1, 3], "n_boot": 40},
+            {"kind": "ablate", "pairs": False, "n_boot": 40},
+            {"kind": "sweep", "steps": 2, "n_boot": 40, "calibration_passages": 1, "heldout_passages": 1},
+            {"kind": "cka", "prune": 2, "calibration_passages": 1, "n_samples": 6}]
+    df = pl.run_study(_spec(tiny_llama_dir, runs, seeds=[3]), out=tmp_path / "s")
+    assert (df.status == "done").all(), df.error.tolist()
+    res = pl.load_results(tmp_path / "s")
+    got = {row.kind: res[row.result] for row in df.itertuples()}
+    m = pl.load_model(tiny_llama_dir)
+    t = pl.load_task("capitals", limit=6, seed=3)
+    cal, ppl = pl.load_calibration()[:1], pl.heldout_texts()[:1]
+    assert got["trace"].to_json() == pl.decision_trace(m, t, seed=3, n_boot=40).transition().to_json()
+    assert got["noise"].to_json() == pl.inject_noise(m, t, [1, 3], 0.5, seeds=2, boot_seed=3, n_boot=40).to_json()
+    assert got["ablate"].to_json() == pl.ablate(m, t, pairs=False, boot_seed=3, n_boot=40).to_json()
+    sw = pl.iterative_prune(m, t, steps=2, seed=3, n_boot=40, calibration=cal, perplexity_texts=ppl)
+    assert got["sweep"].to_json() == sw.to_json()
+    pruned = pl.prune(m, pl.select_blocks(m, 2, "bi", calibration=cal, seed=3))
+    assert got["cka"].to_json() == pl.cka(m, pruned, t, seed=3, n_samples=6).to_json()
+    # the index's key scalars are the results' own numbers
+    tr = got["trace"]
+    row = df[df.kind == "trace"].iloc[0]
+    assert row.final_accuracy == pytest.approx(float(tr.trace.accuracy[-1]))
+    assert row.n_blocks == 6 and row.seed == 3 and row.task == "capitals"
+    srow = df[df.kind == "sweep"].iloc[0]
+    assert srow.steps == 2 and srow.dense_accuracy == pytest.approx(sw.dense_accuracy)
+    assert srow.collapse_ratio == pytest.approx(sw.collapse_ratio) if sw.collapse_ratio is not None else srow.collapse_ratio != srow.collapse_ratio
+
+
+def test_finished_jobs_are_reused_failed_jobs_retried(tiny_llama_dir, tmp_path):
+    spec = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 20}, {"kind": "phase-cuts", "n": 1, "fit_n": True}])
+    df = pl.run_study(spec, out=tmp_path)
+    assert df.attrs["ran"] == 2 and df.attrs["failed"] == 2  # the random tiny model has no transition to cut at
+    bad = df[df.status == "failed"]
+    assert bad.error.str.contains("no phases to cut").all() and bad.traceback.str.contains("Traceback").all()
+    stamp = {r.job: (r.finished, (tmp_path / f"{r.result}.json").stat().st_mtime_ns) for r in df[df.status == "done"].itertuples()}
+    again = pl.run_study(spec, out=tmp_path)
+    assert again.attrs["ran"] == 0 and again.attrs["reused"] == 2 and again.attrs["failed"] == 2
+    assert (again[again.status == "failed"].attempts == 2).all()
+    for r in again[again.status == "done"].itertuples():
+        assert stamp[r.job] == (r.finished, (tmp_path / f"{r.result}.json").stat().st_mtime_ns)
+    _whole(tmp_path)
+    # a damaged result makes its job run again (and only that job)
+    victim = again[again.status == "done"].iloc[0]
+    p = tmp_path / f"{victim.result}.json"
+    p.write_text(p.read_text()[:50])
+    third = pl.run_study(spec, out=tmp_path)
+    assert third.attrs["ran"] == 1 and third.attrs["reused"] == 1
+    pl.load_result(p)
+
+
+def test_cli_run_status_and_report(tiny_llama_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from phaselens.cli import app
+
+    spec = tmp_path / "study.toml"
+    spec.write_text(textwrap.dedent(f"""
+        models = ["{tiny_llama_dir}"]
+        tasks = [{{ name = "capitals", limit = 6 }}]
+        seeds = [0, 1]
+        [[runs]]
+        kind = "trace"
+        n_boot = 20
+        [[runs]]
+        kind = "sweep"
+        steps = 2
+        n_boot = 20
+        calibration_passages = 1
+        heldout_passages = 1
+    """))
+    out = tmp_path / "out"
+    runner = CliRunner(env={"COLUMNS": "200"})
+    res = runner.invoke(app, ["study", "run", str(spec), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "4 ran, 0 reused, 0 failed" in " ".join(res.output.split()) and "sweep" in res.output
+    res = runner.invoke(app, ["study", "status", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "4 done, 0 failed, 0 not run yet" in " ".join(res.output.split())
+    res = runner.invoke(app, ["report", str(out), "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "r.html").read_text()
+    assert "Study: 4 jobs (4 done, 0 failed)" in page and "study index" in page
+    assert "Dense margin curves, models x tasks." in page and "criterion bi:" in page
+    res = runner.invoke(app, ["study", "status", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "not a study folder" in res.output
+
+
+def _child(spec: dict, out: Path, **kw) -> subprocess.Popen:
+    code = (f"import json, phaselens as pl\nif __name__ == '__main__':\n"
+            f"    pl.run_study(json.loads({json.dumps(json.dumps(spec))}), out={str(out)!r}, **{kw!r})\n")
+    return subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for(cond, proc: subprocess.Popen, limit: float = 90.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        if proc.poll() is not None:
+            raise AssertionError(f"the child study ended early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        if time.monotonic() - t0 > limit:
+            proc.kill()
+            raise AssertionError("timed out waiting for the child study")
+        time.sleep(0.02)
+
+
+def _rows(out: Path) -> int:
+    return len(list((out / ".phaselens" / "study").glob("row_*.json")))
+
+
+SWEEPS = [{"kind": "sweep", "steps": 3, "n_boot": 20, "calibration_passages": 1, "heldout_passages": 1},
+          {"kind": "trace", "n_boot": 20}]
+
+
+def test_sigkilled_local_study_resumes_to_identical_results(tiny_llama_dir, tmp_path):
+    spec = _spec(tiny_llama_dir, SWEEPS, seeds=[0, 1])
+    out = tmp_path / "killed"
+    proc = _child(spec, out)
+    _wait_for(lambda: _rows(out) >= 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    done_before = {p.name for p in (out / ".phaselens" / "study").glob("row_*.json")}
+    assert 1 <= len(done_before) < 4, "the kill came too late to interrupt the study"
+    with pytest.warns(UserWarning, match="taking over the lock"):
+        df = pl.run_study(spec, out=out)
+    assert (df.status == "done").all() and df.attrs["reused"] == len(done_before) and df.attrs["ran"] == 4 - len(done_before)
+    ref = pl.run_study(spec, out=tmp_path / "clean")
+    assert ref.attrs["ran"] == 4
+    _same_study(out, tmp_path / "clean")
+    _whole(out)
+
+
+def test_two_studies_sharing_a_folder_never_corrupt_the_index(tiny_llama_dir, tmp_path):
+    a = _spec(tiny_llama_dir, SWEEPS, seeds=[0, 1])
+    b = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 20}], seeds=[5, 6])
+    out = tmp_path / "shared"
+    proc = _child(a, out)
+    _wait_for(lambda: (out / ".phaselens" / "study" / "lock").exists(), proc)
+    with pytest.raises(pl.StudyError, match=r"in use by another run \(a study\): PID \d+"):
+        pl.run_study(b, out=out)
+    df = pl.run_study(b, out=out, wait=120)  # waits for the first study, then runs
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
+    assert df.attrs["ran"] == 2 and len(df) == 6 and (df.status == "done").all()
+    assert set(df.attrs["planned"]) <= set(df.job)
+    assert sorted(df.kind.tolist()) == ["sweep", "sweep", "trace", "trace", "trace", "trace"]
+    _whole(out)
