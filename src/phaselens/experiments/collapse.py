@@ -171,27 +171,37 @@ def _as_point(r: Any) -> CollapsePoint:
                      "or results folders")
 
 
-def _slug(x: Any) -> str:
-    name = x if isinstance(x, str) else getattr(x, "name", type(x).__name__)
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+def _study_points(models: list, tasks: list, criterion: str, out: Any, chunk: int, max_steps: int | None,
+                  executor: str, address: str | None, sweep_kw: dict[str, Any]) -> list[CollapsePoint]:
+    """The sweeps of models x tasks as one study; one point per (model, task), in the order given."""
+    from ..errors import StudyError
+    from ..study import run_study
 
+    seed = sweep_kw.pop("seed", 0)
+    run: dict[str, Any] = {"kind": "sweep", "criterion": criterion, "until": "collapse", "chunk": chunk, **sweep_kw}
+    if max_steps is not None:
+        run["steps"] = max_steps
+    spec = {"name": "transition_vs_collapse", "models": models, "tasks": tasks, "seeds": [seed], "runs": [run]}
+    tmp = tempfile.TemporaryDirectory(prefix="phaselens-collapse-") if out is None else None
+    root = Path(tmp.name if tmp is not None else out)
+    try:
+        df = run_study(spec, out=root, executor=executor, address=address)
+        df = df[df.job.isin(df.attrs["planned"])].set_index("job").loc[df.attrs["planned"]]
+        bad = df[df.status != "done"]
+        if len(bad):
+            raise StudyError(f"{len(bad)} sweep(s) failed, e.g. {bad.model.iloc[0]} on {bad.task.iloc[0]}: "
+                             f"{bad.error.iloc[0]} (the tracebacks: phaselens.load_study({str(root)!r}).traceback)")
+        from ..results import load_result
 
-def _run_sweep(model: ModelLike, task: TaskLike, criterion: str, folder: Path, chunk: int, max_steps: int | None, **kw: Any):
-    """Iterative sweep written to ``folder``, extended ``chunk`` cuts at a time until it collapses
-    (or ``max_steps`` / one block left). Resumable: finished steps in ``folder`` are reused."""
-    from ..pruning.iterative import iterative_prune
-
-    from ..view import as_view
-
-    m = model
-    L = as_view(m).n_layers
-    limit = L - 1 if max_steps is None else min(max_steps, L - 1)
-    k = 0
-    while True:
-        k = min(limit, k + chunk)
-        sw = iterative_prune(m, task, criterion=criterion, steps=k, out=folder, **kw)
-        if sw.collapse_ratio is not None or k >= limit:
-            return m, sw
+        pts = []
+        for row in df.itertuples():
+            path = root / f"{row.result}.json"
+            sw = load_result(path)
+            pts.append(_point(sw.steps[0].transition, sw, "" if tmp is not None else str(path)))
+        return pts
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
 
 
 def transition_vs_collapse(
@@ -203,6 +213,8 @@ def transition_vs_collapse(
     out: str | Path | None = None,
     chunk: int = 4,
     max_steps: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
     **sweep_kw: Any,
 ) -> CollapseStudy:
     """Transition layer (as a fraction of depth) against collapse ratio, with Pearson r.
@@ -210,9 +222,12 @@ def transition_vs_collapse(
     Either ``results``: a list of ``(Transition, Sweep)`` pairs, of :class:`~phaselens.Sweep` objects
     (the transition is the sweep's dense step), or of folders (an ``iterative_prune(out=...)`` folder,
     or a results folder holding a Sweep and optionally a Transition). Or ``models`` x ``tasks``: the
-    sweeps are run here with ``criterion``, one folder per pair under ``out`` (a temporary folder when
-    ``out`` is None), extended ``chunk`` cuts at a time until accuracy collapses (at most ``max_steps``);
-    rerunning with the same ``out`` resumes. Other keywords go to :func:`~phaselens.iterative_prune`.
+    sweeps run as a study (:func:`phaselens.run_study`, one ``sweep`` job per pair, ``until = "collapse"``)
+    in the study folder ``out`` (a temporary folder when ``out`` is None) on ``executor`` (``"local"``,
+    ``"processes"``, ``"ray"`` at ``address``); each sweep is extended ``chunk`` cuts at a time until accuracy
+    collapses (at most ``max_steps``); rerunning with the same ``out`` reuses the finished sweeps. Other
+    keywords are the sweep jobs' parameters (:func:`~phaselens.iterative_prune`'s: ``n_boot``, ``recovery``,
+    ``calibration``, ``perplexity_texts``, ...; ``seed`` is the study's seed).
     """
     if results is not None and (models is not None or tasks is not None):
         raise StatsError("pass either results or models= and tasks=, not both")
@@ -220,28 +235,7 @@ def transition_vs_collapse(
         if not models or not tasks:
             raise StatsError("pass results (a list of (Transition, Sweep) pairs, Sweeps or folders), or models=[...] "
                              "and tasks=[...] to run the sweeps")
-        tmp = None
-        if out is None:
-            tmp = tempfile.TemporaryDirectory(prefix="phaselens-collapse-")
-            root = Path(tmp.name)
-        else:
-            root = Path(out)
-        try:
-            pts = []
-            from ..tasks import Task, load_task
-            from ..view import as_view
-
-            for mod in models:
-                loaded = as_view(mod)  # loads a spec once for all its tasks
-                ident = f"{_slug(loaded.name)}-{loaded.base.fingerprint[:8]}"  # two models may share a name
-                for task in tasks:
-                    t = task if isinstance(task, Task) else load_task(task)
-                    folder = root / f"{ident}__{_slug(t.name)}__{criterion}"
-                    loaded, sw = _run_sweep(loaded, t, criterion, folder, chunk, max_steps, **sweep_kw)
-                    pts.append(_point(sw.steps[0].transition, sw, str(folder) if tmp is None else ""))
-        finally:
-            if tmp is not None:
-                tmp.cleanup()
+        pts = _study_points(list(models), list(tasks), criterion, out, chunk, max_steps, executor, address, sweep_kw)
     else:
         if isinstance(results, (str, Path)):
             results = [results]

@@ -73,7 +73,7 @@ class ModelCache:
 
         while len(self.models) >= self.capacity:
             self.models.popitem(last=False)
-        m = load_model(spec)
+        m = load_model(spec) if isinstance(spec, (str, os.PathLike)) else spec  # an in-memory model (local executor)
         self.loads += 1
         self.models[key] = m
         return m, False
@@ -81,8 +81,10 @@ class ModelCache:
 
 def fingerprint(cache: ModelCache, key: str, spec: Any) -> dict[str, Any]:
     """The model's identity (loads it into ``cache``): fingerprint, name, depth, where it was loaded."""
+    from ..view import as_view
+
     m, _ = cache.get(key, spec)
-    base = getattr(m, "base", m)
+    base = as_view(m).base
     return {"key": key, "fingerprint": base.fingerprint, "name": base.name, "n_layers": base.n_layers,
             "host": socket.gethostname(), "pid": os.getpid()}
 
@@ -161,6 +163,8 @@ def run_kind(kind: str, model: Any, task: Any, seed: int, params: dict[str, Any]
     p = dict(params)
     cal = _texts("calibration", p.pop("calibration_passages", None))
     ppl = _texts("heldout", p.pop("heldout_passages", None))
+    cal = p.pop("calibration", None) if cal is None else cal  # texts given in the spec itself
+    ppl = p.pop("perplexity_texts", None) if ppl is None else ppl
     L = model.n_layers
     if kind == "trace":
         trace = pl.decision_trace(model, task, seed=seed, **p)
@@ -282,7 +286,9 @@ def execute(job: Job, cache: ModelCache, scratch_root: str | os.PathLike) -> Out
     try:
         with mem:
             model, out.model_cached = cache.get(job.model_key, job.model)
-            base = getattr(model, "base", model)
+            from ..view import as_view
+
+            base = as_view(model).base
             if base.fingerprint != job.fingerprint:
                 from ..errors import StudyError
 

@@ -104,12 +104,12 @@ RUNS: dict[str, RunKind] = {
     "trace": RunKind("trace", _fn("trace", "decision_trace"),
                      fixed=("model", "task", "seed", "progress", "cache", "device"), listy=("blocks",)),
     "sweep": RunKind("sweep", _fn("pruning.iterative", "iterative_prune"),
-                     fixed=("model", "task", "out", "seed", "progress", "calibration", "perplexity_texts"),
+                     fixed=("model", "task", "out", "seed", "progress"), listy=("calibration", "perplexity_texts"),
                      study={**_PASSAGES, "max_ratio": (_ratio, None), "until": (lambda v: True, "steps"),
                             "chunk": (_int(1), 4)}),
     "phase-cuts": RunKind("phase-cuts", _fn("experiments.phase_cuts", "compare_phase_cuts"),
-                          fixed=("model", "task", "out", "seed", "progress", "calibration", "perplexity_texts"),
-                          listy=("methods", "seeds"), study={**_PASSAGES, "fit_n": (lambda v: isinstance(v, bool), False)},
+                          fixed=("model", "task", "out", "seed", "progress"),
+                          listy=("methods", "seeds", "calibration", "perplexity_texts"), study={**_PASSAGES, "fit_n": (lambda v: isinstance(v, bool), False)},
                           required=("n",)),
     "noise": RunKind("noise", _fn("noise", "inject_noise"), fixed=("model", "task", "boot_seed", "progress", "transition"),
                      listy=("blocks", "seeds"), study={"stride": (_int(1), None)}),
@@ -179,7 +179,9 @@ class StudySpec:
 
     @property
     def model_names(self) -> list[str]:
-        return [m if isinstance(m, str) else f"<in-memory {getattr(m, 'name', type(m).__name__)}>" for m in self.models]
+        names = [m if isinstance(m, str) else f"<in-memory {getattr(m, 'name', type(m).__name__)}>" for m in self.models]
+        return [n if names.count(n) == 1 or isinstance(m, str) else f"{n[:-1]} #{i}>"
+                for i, (n, m) in enumerate(zip(names, self.models))]
 
     @property
     def in_memory(self) -> bool:
@@ -337,6 +339,13 @@ def _run(r: Any, i: int) -> dict[str, Any]:
             raise StudyError(f"runs[{i}] (noise).eps must be a number or a list of numbers (a grid), got {params['eps']!r}")
         if "steps" in params and params["steps"] is not None and not _int(1)(params["steps"]):
             raise StudyError(f"runs[{i}] ({kind}).steps must be an int >= 1, got {params['steps']!r}")
+        for texts, n in (("calibration", "calibration_passages"), ("perplexity_texts", "heldout_passages")):
+            if texts in params and n in params:
+                raise StudyError(f"runs[{i}] ({kind}): give {texts} (the texts) or {n} (bundled passages), not both")
+            if texts in params and not (isinstance(params[texts], list) and params[texts]
+                                        and all(isinstance(x, str) for x in params[texts])):
+                raise StudyError(f"runs[{i}] ({kind}).{texts} must be a non-empty list of strings (a list of lists is "
+                                 f"a grid); use {n} = N for the first N bundled passages")
         if kind == "sweep" and "steps" in params and "max_ratio" in params:
             raise StudyError(f"runs[{i}] (sweep): give steps or max_ratio, not both")
     try:
