@@ -61,6 +61,12 @@ def parser(description: str, *, tasks: str = "capitals", limit: int | None = Non
     p.add_argument("--heldout-passages", type=int, default=heldout,
                    help="prefix of the bundled held-out passages (pl.heldout_texts()) used for perplexity")
     p.add_argument("--seed", type=int, default=0, help="seed of item subsets, bootstrap and random controls")
+    p.add_argument("--executor", default="local", choices=["local", "processes", "ray"],
+                   help="where the study's jobs run (pl.run_study)")
+    p.add_argument("--address", default=None, help="Ray cluster address for --executor ray (default: a local Ray)")
+    p.add_argument("--study", type=Path, default=None,
+                   help="the study folder the jobs are kept in (default: --sweeps if given, else OUT/study); a rerun "
+                        "reuses its finished jobs, and scripts pointed at one folder share them")
     return p
 
 
@@ -68,8 +74,8 @@ def add_sweep_args(p: argparse.ArgumentParser, max_ratio: float = 0.5) -> None:
     """Options of the scripts built on an iterative pruning sweep (resumable, shareable between scripts)."""
     p.add_argument("--max-ratio", type=float, default=max_ratio, help="prune one block at a time up to this share of blocks")
     p.add_argument("--sweeps", type=Path, default=None,
-                   help="folder holding the resumable sweeps (default: --out); point several scripts at one folder "
-                        "to share them")
+                   help="the study folder holding the sweeps (the same as --study); point several scripts at one "
+                        "folder to share them")
 
 
 def sweep_steps(n_layers: int, max_ratio: float) -> int:
@@ -109,6 +115,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     used_tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     _models: dict[str, Any] = field(default_factory=dict)
+    study_folder: Path | None = None
 
     @property
     def out(self) -> Path:
@@ -146,17 +153,39 @@ class Run:
             raise SystemExit(f"--heldout-passages must be in 1..{len(texts)}, got {n}")
         return texts[:n]
 
-    def sweep(self, model: Any, task: Any, criterion: str, steps: int, folder_root: Path | None = None) -> Any:
-        """``pl.iterative_prune`` with ``out=`` (resumable) under ``--sweeps`` (default ``--out``)."""
-        root = Path(folder_root or getattr(self.args, "sweeps", None) or self.out)
-        base = pl.as_view(model).base
-        folder = root / (f"sweep-{base.name}-{task.name}-{task.format}-{criterion}-n{len(task)}-"
-                         f"cal{self.args.calibration_passages}-ppl{self.args.heldout_passages}-seed{self.args.seed}")
+    def task_spec(self, spec: str) -> dict[str, Any]:
+        """The study-spec form of :meth:`task` (built-ins in cloze, benchmarks in continuation format)."""
+        builtin = spec in pl.builtin_tasks()
+        limit = self.args.limit if self.args.limit is not None else (None if builtin else BENCHMARK_LIMIT)
+        out: dict[str, Any] = {"name": spec, "format": "cloze" if builtin else "continuation"}
+        if limit is not None:
+            out["limit"] = limit
+        return out
+
+    def study(self, runs: list[dict[str, Any]], *, tasks: list[str] | None = None) -> "StudyRun":
+        """Run the script's models x tasks x ``runs`` as one study (pl.run_study) in ``--study``."""
+        a = self.args
+        tasks = list(tasks or a.tasks)
+        for t in tasks:
+            self.task(t)  # provenance (item counts, formats)
+        for r in runs:
+            if r["kind"] in ("sweep", "phase-cuts"):
+                r.setdefault("calibration_passages", a.calibration_passages)
+                r.setdefault("heldout_passages", a.heldout_passages)
+            if r["kind"] == "cka":
+                r.setdefault("calibration_passages", a.calibration_passages)
+                if r.get("on") == "heldout":
+                    r.setdefault("heldout_passages", a.heldout_passages)
+        spec = {"name": self.name, "models": list(a.models), "tasks": [self.task_spec(t) for t in tasks],
+                "seeds": [a.seed], "runs": runs}
+        folder = Path(a.study or getattr(a, "sweeps", None) or self.out / "study")
         t0 = time.time()
-        sw = pl.iterative_prune(base, task, criterion=criterion, steps=steps, out=folder, calibration=self.calibration(),
-                                perplexity_texts=self.heldout(), seed=self.args.seed)
-        self.log(f"sweep {base.name} {task.name} {criterion}: {len(sw.steps) - 1} cuts ready in {time.time() - t0:.1f} s ({folder})")
-        return sw, folder
+        df = pl.run_study(spec, out=folder, executor=a.executor, address=a.address)
+        df = df[df.job.isin(df.attrs["planned"])]
+        self.log(f"study {folder}: {len(df)} jobs ({df.attrs.get('ran', 0)} ran, {df.attrs.get('reused', 0)} reused, "
+                 f"{df.attrs.get('failed', 0)} failed) in {time.time() - t0:.1f} s on {a.executor}")
+        self.study_folder = folder
+        return StudyRun(df, folder)
 
     # -- outputs
     def log(self, msg: str) -> None:
@@ -195,6 +224,8 @@ class Run:
             "calibration_passages": a.calibration_passages,
             "heldout_passages": a.heldout_passages,
             "seed": a.seed,
+            "executor": getattr(a, "executor", "local"),
+            "study": str(getattr(self, "study_folder", "") or ""),
             "phaselens": pl.__version__,
             "python": platform.python_version(),
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -218,6 +249,7 @@ class Run:
                   f"- calibration: first {a.calibration_passages} of the bundled fit passages; held-out text (perplexity, "
                   f"hidden-state samples): first {a.heldout_passages} held-out passages",
                   f"- seed: {a.seed}",
+                  *([f"- study folder (pl.load_study): `{prov['study']}`, executor {prov['executor']}"] if prov["study"] else []),
                   f"- phaselens {pl.__version__}, Python {prov['python']}, {prov['cpu_count']} CPU cores",
                   f"- date: {prov['date']}; wall time {wall:.0f} s", ""]
         (self.out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
@@ -225,6 +257,40 @@ class Run:
                "figures": self.figures, "tables": self.tables}
         (self.out / "verdicts.json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
         self.log(f"done in {wall:.0f} s: {self.out / 'summary.md'}")
+
+
+@dataclass
+class StudyRun:
+    """The jobs of one :meth:`Run.study` call: its index rows and their results."""
+
+    index: Any
+    folder: Path
+
+    def row(self, model: str, task: str, kind: str, **params: Any) -> Any:
+        """The index row of the job of ``model`` on ``task`` whose parameters include ``params``."""
+        sel = self.index[(self.index.model == model) & (self.index.task == task) & (self.index.kind == kind)]
+        for r in sel.itertuples():
+            p = json.loads(r.params)
+            if all(p.get(k) == v for k, v in params.items()):
+                return r
+        raise KeyError(f"no {kind} job of {model} on {task} with {params} in {self.folder}")
+
+    def get(self, model: str, task: str, kind: str, **params: Any) -> Any:
+        """The job's result, or ``None`` when the job failed (its error is in ``row(...).error``)."""
+        r = self.row(model, task, kind, **params)
+        return None if r.status != "done" else pl.load_result(self.folder / f"{r.result}.json")
+
+    def failures(self) -> list[str]:
+        return [f"{r.kind} {r.model} {r.task}: {r.error}" for r in self.index[self.index.status != "done"].itertuples()]
+
+
+def need(st: StudyRun, model: str, task: str, kind: str, **params: Any) -> Any:
+    """The result of a study job, or stop the script naming the failed job and its error."""
+    r = st.row(model, task, kind, **params)
+    if r.status != "done":
+        raise SystemExit(f"the {kind} job of {model} on {task} {params or ''} failed: {r.error} (traceback: "
+                         f"pl.load_study({str(st.folder)!r}).traceback)")
+    return st.get(model, task, kind, **params)
 
 
 def start(name: str, title: str, p: argparse.ArgumentParser, argv: Iterable[str] | None = None) -> Run:

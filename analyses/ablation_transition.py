@@ -29,12 +29,12 @@ def main(argv=None) -> None:
     if not hasattr(pl, "ablate"):
         raise SystemExit("this phaselens has no ablate yet (phaselens/interventions.py)")
     rows = []
+    st = run.study([{"kind": "ablate", "mode": a.mode, "window": a.window}])
     for name in a.models:
-        m = run.model(name)
         for spec in a.tasks:
             t = run.task(spec)
-            tr = pl.transition_point(m, t, seed=a.seed)
-            r = pl.ablate(m, t, mode=a.mode, window=a.window, transition=tr, boot_seed=a.seed)
+            r = C.need(st, name, spec, "ablate")
+            layer = r.transition
             df = r.to_pandas()
             df.insert(0, "task", t.name)
             df.insert(0, "model", name)
@@ -43,18 +43,18 @@ def main(argv=None) -> None:
             fig.update_layout(title=f"Final-margin drop when blocks are {a.mode}-ablated: {name} on {t.name} ({len(t)} items)")
             run.figure(fig, f"ablation_{name}_{t.name}")
             run.note("```\n" + r.summary() + "\n```")
-            if tr.layer is None:
+            if layer is None:
                 run.claim(PAPER, "ablating silent-phase blocks hurts the decision more than ablating decisive-phase blocks", name,
                           t.name, None, "no dense transition on this task")
                 continue
             singles = df[df.kind == "single"]
             sil, dec = singles[singles.phase == "silent"], singles[singles.phase == "decisive"]
-            near_s = sil[sil.block_a >= tr.layer - a.window]
+            near_s = sil[sil.block_a >= layer - a.window]
             run.claim(PAPER, "ablating silent-phase blocks hurts the decision more than ablating decisive-phase blocks", name, t.name,
                       None if dec.empty or sil.empty else bool(sil.margin_drop.mean() > dec.margin_drop.mean()),
                       f"mean final-margin drop: silent blocks {C.fmt(sil.margin_drop.mean())} ({len(sil)} blocks), decisive "
                       f"blocks {C.fmt(dec.margin_drop.mean())} ({len(dec)} blocks); the {len(near_s)} silent blocks just before "
-                      f"the transition (block {tr.layer}): {C.fmt(near_s.margin_drop.mean())}")
+                      f"the transition (block {layer}): {C.fmt(near_s.margin_drop.mean())}")
             worst = singles.loc[singles.margin_drop.idxmax()]
             pairs = df[df.kind == "pair"]
             inter = pairs.interaction.dropna()

@@ -29,13 +29,12 @@ def main(argv=None) -> None:
     run = C.start("accuracy_vs_ratio", "Accuracy versus pruning ratio under iterative pruning", p, argv)
     a = run.args
     rows, sweeps = [], {}
+    st = run.study([{"kind": "sweep", "criterion": list(a.criteria), "max_ratio": a.max_ratio}])  # a grid of criteria
     for name in a.models:
-        m = run.model(name)
-        steps = C.sweep_steps(m.n_layers, a.max_ratio)
         for spec in a.tasks:
             t = run.task(spec)
             for crit in a.criteria:
-                sw, _ = run.sweep(m, t, crit, steps)
+                sw = C.need(st, name, spec, "sweep", criterion=crit)
                 sweeps[(name, t.name, crit)] = sw
                 df = sw.to_pandas()
                 df.insert(0, "criterion", crit)

@@ -28,20 +28,26 @@ def main(argv=None) -> None:
     run = C.start("cka_pruned", "CKA of hidden and decision-token representations, dense vs pruned", p, argv)
     a = run.args
     long_rows, matched_rows = [], []
+    cut = {"kind": "cka", "prune": a.ratio, "criterion": a.criterion}  # the same blocks in every job of a model
+    hidden = run.study([{**cut, "on": "heldout", "n_samples": a.tokens}], tasks=a.tasks[:1]) if a.tokens else None
+    decision = run.study([{**cut, "on": "task"}])
     for name in a.models:
-        m = run.model(name)
-        L = m.n_layers
-        n_cut = max(1, int(round(a.ratio * L)))
-        blocks = pl.select_blocks(m, n_cut, a.criterion, calibration=run.calibration(), seed=a.seed)
-        pruned = pl.prune(m, blocks)
-        run.log(f"{name}: pruned {n_cut}/{L} blocks by {a.criterion}: {blocks}")
         results = {}
-        if a.tokens:
-            results["hidden (held-out tokens)"] = pl.cka(m, pruned, run.heldout(), n_samples=a.tokens, seed=a.seed)
+        if hidden is not None:
+            results["hidden (held-out tokens)"] = C.need(hidden, name, a.tasks[0], "cka")
+        for spec in a.tasks:
+            t = run.task(spec)
+            results[f"decision token ({t.name})"] = C.need(decision, name, spec, "cka")
+        first = next(iter(results.values()))
+        L = len(first.blocks_a)
+        blocks = sorted(set(first.blocks_a) - set(first.blocks_b))
+        n_cut = len(blocks)
+        run.log(f"{name}: pruned {n_cut}/{L} blocks by {a.criterion}: {blocks}")
+        m = run.model(name)  # the accuracies, dense and pruned
+        pruned = pl.prune(m, blocks)
         accs = {}
         for spec in a.tasks:
             t = run.task(spec)
-            results[f"decision token ({t.name})"] = pl.cka(m, pruned, t, seed=a.seed)
             accs[t.name] = (pl.decision_trace(m, t, n_boot=100).accuracy[-1], pl.decision_trace(pruned, t, n_boot=100).accuracy[-1])
         fig = plots.cka_heatmaps(results, title=f"CKA, dense {name} (rows) vs {n_cut}/{L} blocks pruned by {a.criterion} (columns)")
         run.figure(fig, f"cka_heatmaps_{name}")

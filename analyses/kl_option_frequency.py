@@ -27,12 +27,11 @@ def main(argv=None) -> None:
     run = C.start("kl_option_frequency", "KL and Option Frequency per block, dense and pruned", p, argv)
     a = run.args
     rows = []
+    st = run.study([{"kind": "sweep", "criterion": a.criterion, "max_ratio": a.max_ratio}])
     for name in a.models:
-        m = run.model(name)
-        steps = C.sweep_steps(m.n_layers, a.max_ratio)
         for spec in a.tasks:
             t = run.task(spec)
-            sw, _ = run.sweep(m, t, a.criterion, steps)
+            sw = C.need(st, name, spec, "sweep")
             dense, last = sw.steps[0], sw.steps[-1]
             mid = sw.steps[len(sw.steps) // 2]
             for s in sw.steps:

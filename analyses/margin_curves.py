@@ -26,12 +26,11 @@ def main(argv=None) -> None:
     run = C.start("margin_curves", "Margin curves under progressive pruning", p, argv)
     a = run.args
     rows, steps_rows = [], []
+    st = run.study([{"kind": "sweep", "criterion": a.criterion, "max_ratio": a.max_ratio}])
     for name in a.models:
-        m = run.model(name)
-        steps = C.sweep_steps(m.n_layers, a.max_ratio)
         for spec in a.tasks:
             t = run.task(spec)
-            sw, _ = run.sweep(m, t, a.criterion, steps)
+            sw = C.need(st, name, spec, "sweep")
             for s in sw.steps:
                 df = s.trace.to_pandas()
                 df.insert(0, "ratio", s.ratio)

@@ -30,13 +30,12 @@ def main(argv=None) -> None:
     if not hasattr(pl, "inject_noise"):
         raise SystemExit("this phaselens has no inject_noise yet (phaselens/interventions.py)")
     rows, sens_rows = [], []
+    # one job per (model, task): every STRIDE-th block + the transition block + the last block, every eps
+    st = run.study([{"kind": "noise", "eps": list(a.eps), "seeds": a.noise_seeds, "stride": a.stride}])
     for name in a.models:
-        m = run.model(name)
         for spec in a.tasks:
             t = run.task(spec)
-            tr = pl.transition_point(m, t, seed=a.seed)
-            blocks = sorted(set(range(0, m.n_layers, a.stride)) | ({tr.layer} if tr.layer is not None else set()) | {m.n_layers - 1})
-            r = pl.inject_noise(m, t, blocks, a.eps, seeds=a.noise_seeds, transition=tr, boot_seed=a.seed)
+            r = C.need(st, name, spec, "noise")
             df = r.to_pandas()
             df.insert(0, "task", t.name)
             df.insert(0, "model", name)
@@ -50,7 +49,7 @@ def main(argv=None) -> None:
                                     f"{a.noise_seeds} seeds)")
             run.figure(fig, f"noise_{name}_{t.name}")
             run.note("```\n" + r.summary() + "\n```")
-            if tr.layer is None:
+            if r.transition is None:
                 run.claim(PAPER, "noise in the silent phase hurts the decision more than noise in the decisive phase", name, t.name,
                           None, "no dense transition on this task")
                 continue
@@ -72,7 +71,7 @@ def main(argv=None) -> None:
     run.finish(
         f"pl.inject_noise: at the output of one block at a time (blocks 0, {a.stride}, {2 * a.stride}, ..., plus the transition block and "
         f"the last block), h <- h + eps * sigma(h) * N(0, I) at every prompt token, eps in {a.eps}, {a.noise_seeds} "
-        f"independent draws; the final-layer Decision Margin and accuracy are read downstream. Phase comparison: the mean "
+        f"independent draws (one study job per model and task, pl.run_study); the final-layer Decision Margin and accuracy are read downstream. Phase comparison: the mean "
         f"final-margin drop over the perturbed silent blocks minus that over the decisive blocks, with a bootstrap 95% "
         f"interval over items.")
 

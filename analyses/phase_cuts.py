@@ -31,21 +31,20 @@ def main(argv=None) -> None:
     if not hasattr(pl, "compare_phase_cuts"):
         raise SystemExit("this phaselens has no compare_phase_cuts yet (phaselens/phase_cuts.py)")
     tables = []
+    # one job per (model, task); fit_n lowers n to fit the smaller phase
+    st = run.study([{"kind": "phase-cuts", "n": a.n, "fit_n": True, "methods": list(a.methods), "seeds": a.random_cuts}])
     for name in a.models:
-        m = run.model(name)
         for spec in a.tasks:
             t = run.task(spec)
-            tr = pl.transition_point(m, t, seed=a.seed)
-            if tr.layer is None:
-                run.note(f"- {name}, {t.name}: {tr.summary()} No phase cuts.")
+            row = st.row(name, spec, "phase-cuts")
+            if row.status != "done":  # no dense transition: nothing to cut (the job says why)
+                run.note(f"- {name}, {t.name}: {row.error} No phase cuts.")
                 continue
-            n = min(a.n, tr.layer, m.n_layers - tr.layer)
+            pc = st.get(name, spec, "phase-cuts")
+            tr, L, n = pc.transition, pc.n_blocks, pc.n
             if n < a.n:
-                run.note(f"- {name}, {t.name}: the decisive phase has {m.n_layers - tr.layer} block(s) and the silent phase "
+                run.note(f"- {name}, {t.name}: the decisive phase has {L - tr.layer} block(s) and the silent phase "
                          f"{tr.layer}: cuts lowered from {a.n} to {n} block(s).")
-            folder = a.out / f"phasecuts-{name}-{t.name}-n{n}"
-            pc = pl.compare_phase_cuts(m, t, n, methods=a.methods, seeds=a.random_cuts, calibration=run.calibration(),
-                                       perplexity_texts=run.heldout(), out=folder, seed=a.seed)
             df = pc.to_pandas()
             tables.append(df)
             fig = pc.plot("margin")

@@ -27,24 +27,17 @@ def main(argv=None) -> None:
     a = run.args
     if not hasattr(pl, "transition_vs_collapse"):
         raise SystemExit("this phaselens has no transition_vs_collapse yet (phaselens/stats.py)")
-    folders = []
+    st = run.study([{"kind": "sweep", "criterion": a.criterion, "until": "collapse", "chunk": a.chunk,
+                     "max_ratio": a.max_ratio}])
+    sweeps = []
     for name in a.models:
-        m = run.model(name)
-        cap = C.sweep_steps(m.n_layers, a.max_ratio)
         for spec in a.tasks:
-            t = run.task(spec)
-            steps = min(cap, a.chunk)
-            while True:
-                sw, folder = run.sweep(m, t, a.criterion, steps)
-                if sw.dense_accuracy <= sw.chance:  # no decline to measure: a sweep to the cap would be wasted
-                    run.note(f"- {name}, {t.name}: dense accuracy {C.fmt(sw.dense_accuracy)} is not above chance "
-                             f"{C.fmt(sw.chance)}; sweep stopped after {steps} cuts (this pair has no collapse ratio).")
-                    break
-                if sw.collapse_ratio is not None or steps >= cap:
-                    break
-                steps = min(cap, steps + a.chunk)
-            folders.append(str(folder))
-    study = pl.transition_vs_collapse(folders)
+            sw = C.need(st, name, spec, "sweep")
+            if sw.dense_accuracy <= sw.chance:  # no decline to measure: the sweep was not extended
+                run.note(f"- {name}, {sw.task}: dense accuracy {C.fmt(sw.dense_accuracy)} is not above chance "
+                         f"{C.fmt(sw.chance)}; sweep stopped after {len(sw.steps) - 1} cuts (this pair has no collapse ratio).")
+            sweeps.append(sw)
+    study = pl.transition_vs_collapse(sweeps)
     run.csv(study.to_pandas(), "transition_vs_collapse")
     fig = study.plot()
     run.figure(fig, "transition_vs_collapse")
@@ -60,8 +53,9 @@ def main(argv=None) -> None:
     run.finish(
         f"For each (model, task): the dense transition (as a fraction of depth, l*/L) and the collapse ratio of an "
         f"iterative {a.criterion} sweep (the first pruning ratio whose accuracy falls below chance + 0.5 (dense - chance)), "
-        f"sweeps extended {a.chunk} cuts at a time until collapse, at most {a.max_ratio:.0%} of the blocks; Pearson r "
-        f"across the pairs (pl.transition_vs_collapse; pairs with no transition or no collapse are left out and listed).")
+        f"sweeps extended {a.chunk} cuts at a time until collapse, at most {a.max_ratio:.0%} of the blocks (one study job per "
+        f"pair, pl.run_study); Pearson r across the pairs (pl.transition_vs_collapse; pairs with no transition or no "
+        f"collapse are left out and listed).")
 
 
 if __name__ == "__main__":

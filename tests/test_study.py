@@ -69,8 +69,8 @@ def test_smallest_spec_toml_equals_dict(tmp_path):
     (tmp_path / "s.toml").write_text(SMALLEST_TOML)
     a, b = parse_spec(tmp_path / "s.toml"), parse_spec(SMALLEST_DICT)
     assert [j.config() for j in a.jobs()] == [j.config() for j in b.jobs()]
-    assert [(j.kind, j.seed, j.params) for j in a.jobs()] == [("trace", 0, {}), ("noise", 0, {"eps": 0.5}),
-                                                               ("trace", 1, {}), ("noise", 1, {"eps": 0.5})]
+    assert [(j.kind, j.seed, j.params) for j in a.jobs()] == [("trace", 0, {}), ("noise", 0, {"eps": [0.5]}),
+                                                               ("trace", 1, {}), ("noise", 1, {"eps": [0.5]})]
 
 
 def test_lists_are_grids_except_list_valued_parameters():

@@ -20,7 +20,8 @@ objects), ``seeds`` (default ``[0]``), ``runs`` (each a table with ``kind`` and 
 A run's parameters are the keyword arguments of its function (:data:`RUNS`), validated against the
 function's signature, plus a few the study translates (``calibration_passages``, ``max_ratio``, ...).
 Every list is a grid over its elements, except for the parameters whose value is itself a list
-(``methods``, ``blocks``, ``pairs``, ``seeds`` of a run): for those a list of lists is a grid.
+(``methods``, ``blocks``, ``pairs``, ``eps`` and ``seeds`` of a run, ``calibration`` / ``perplexity_texts``
+texts): for those a list of lists is a grid.
 An invalid spec raises :class:`~phaselens.StudyError` naming the key and the allowed values, before
 anything runs.
 """
@@ -112,7 +113,7 @@ RUNS: dict[str, RunKind] = {
                           listy=("methods", "seeds", "calibration", "perplexity_texts"), study={**_PASSAGES, "fit_n": (lambda v: isinstance(v, bool), False)},
                           required=("n",)),
     "noise": RunKind("noise", _fn("noise", "inject_noise"), fixed=("model", "task", "boot_seed", "progress", "transition"),
-                     listy=("blocks", "seeds"), study={"stride": (_int(1), None)}),
+                     listy=("blocks", "seeds", "eps"), study={"stride": (_int(1), None)}),
     "ablate": RunKind("ablate", _fn("ablation", "ablate"), fixed=("model", "task", "boot_seed", "progress", "transition"),
                       listy=("blocks", "pairs")),
     "cka": RunKind("cka", _fn("similarity", "cka"), fixed=("model_a", "model_b", "task_or_texts", "seed", "progress"),
@@ -335,8 +336,10 @@ def _run(r: Any, i: int) -> dict[str, Any]:
                 raise StudyError(f"runs[{i}] ({kind}).{k} = {v!r}: allowed values {list(choices[ck])}")
         if kind == "phase-cuts" and not _int(1)(params["n"]):
             raise StudyError(f"runs[{i}] (phase-cuts).n must be an int >= 1 (blocks per cut), got {params['n']!r}")
-        if kind == "noise" and "eps" in params and not isinstance(params["eps"], (int, float)):
-            raise StudyError(f"runs[{i}] (noise).eps must be a number or a list of numbers (a grid), got {params['eps']!r}")
+        eps = params.get("eps", 0.0) if kind == "noise" else 0.0
+        if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in (eps if isinstance(eps, list) else [eps])):
+            raise StudyError(f"runs[{i}] (noise).eps must be a number or a list of numbers (one job; a list of lists is "
+                             f"a grid), got {eps!r}")
         if "steps" in params and params["steps"] is not None and not _int(1)(params["steps"]):
             raise StudyError(f"runs[{i}] ({kind}).steps must be an int >= 1, got {params['steps']!r}")
         for texts, n in (("calibration", "calibration_passages"), ("perplexity_texts", "heldout_passages")):
