@@ -305,3 +305,38 @@ def test_transition_vs_collapse_runs_as_a_study(tiny_llama, tmp_path):
     assert pl.load_study(tmp_path / "s").kind.tolist() == ["sweep", "sweep"]
     again = pl.transition_vs_collapse(models=[tiny_llama], tasks=tasks, chunk=2, max_steps=4, out=tmp_path / "s", **kw)
     assert again.to_pandas().equals(study.to_pandas())
+
+
+def test_phase_cuts_job_contrasts_and_report(tiny_llama_dir, tmp_path):
+    """A phase-cuts job equals compare_phase_cuts; its index contrasts are the result's own paired-bootstrap
+    contrasts; the report draws them per model. (The task's answers are the tiny model's own final choices, so
+    it has a transition to cut at.)"""
+    m = pl.load_model(tiny_llama_dir)
+    base = pl.load_task("capitals", limit=6)
+    pred = pl.decision_trace(m, base).predictions[:, -1]
+    task = pl.load_task([{"question": it.question, "options": list(it.options), "answer": int(p), "id": it.id}
+                         for it, p in zip(base.items, pred)])
+    run = {"kind": "phase-cuts", "n": 3, "fit_n": True, "methods": ["identity", "ghosted"], "seeds": 1, "n_boot": 50,
+           "calibration_passages": 1, "heldout_passages": 1}
+    df = pl.run_study({"models": [tiny_llama_dir], "tasks": [task], "runs": [run]}, out=tmp_path)
+    assert (df.status == "done").all(), df.error.tolist()
+    row = df.iloc[0]
+    got = pl.load_result(tmp_path / f"{row.result}.json")
+    tr = pl.transition_point(m, task)
+    n = min(3, tr.layer, m.n_layers - tr.layer)
+    direct = pl.compare_phase_cuts(m, task, n, methods=["identity", "ghosted"], seeds=1, n_boot=50, seed=0,
+                                   calibration=pl.load_calibration()[:1], perplexity_texts=pl.heldout_texts()[:1])
+    assert got.to_json() == direct.to_json() and row.cut_n == n
+    for meth in ("identity", "ghosted"):
+        c = direct.contrast("silent", "decisive", method=meth, metric="margin")
+        assert (row[f"contrast_{meth}"], row[f"contrast_{meth}_lo"], row[f"contrast_{meth}_hi"]) == \
+            pytest.approx((c["difference"], c["lo"], c["hi"]))
+    from phaselens.plots.study import phase_cut_contrasts
+    from phaselens.study.report import contrast_rows
+
+    fig = phase_cut_contrasts(contrast_rows(df))
+    assert [t.name for t in fig.data] == ["plain pruning (identity)", "ghosted"]
+    assert fig.data[1].y[0] == pytest.approx(row.contrast_ghosted)
+    assert fig.data[1].error_y.array[0] == pytest.approx(row.contrast_ghosted_hi - row.contrast_ghosted)
+    page = pl.build_report(tmp_path, tmp_path / "r.html").read_text()
+    assert "Phase-cut contrasts per model" in page
