@@ -340,3 +340,13 @@ def test_phase_cuts_job_contrasts_and_report(tiny_llama_dir, tmp_path):
     assert fig.data[1].error_y.array[0] == pytest.approx(row.contrast_ghosted_hi - row.contrast_ghosted)
     page = pl.build_report(tmp_path, tmp_path / "r.html").read_text()
     assert "Phase-cut contrasts per model" in page
+
+
+def test_processes_executor_gives_the_same_study(tiny_llama_dir, tmp_path):
+    spec = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 20}, {"kind": "ablate", "pairs": False, "n_boot": 20}],
+                 seeds=[0])
+    loc = pl.run_study(spec, out=tmp_path / "local")
+    far = pl.run_study(spec, out=tmp_path / "pool", executor="processes", workers=2)
+    assert (far.status == "done").all(), far.error.tolist()
+    assert set(far.executor) == {"processes"} and not set(far.worker) & set(loc.worker)
+    _same_study(tmp_path / "local", tmp_path / "pool")

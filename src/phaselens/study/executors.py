@@ -144,8 +144,8 @@ class RayExecutor:
             raise StudyError("executor='ray' needs Ray: pip install 'phaselens[ray]'") from None
         self.ray = ray
         self.owns = not ray.is_initialized()
-        if self.owns:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        if self.owns:  # a local instance without its dashboard; a cluster (or ray:// client) as it is
+            ray.init(address=address, log_to_driver=False, **({"include_dashboard": False} if address is None else {}))
         self.res = resources
         total = ray.cluster_resources()
         fit = int(total.get("CPU", 1) // max(resources.num_cpus, 1e-9))

@@ -79,13 +79,19 @@ class ModelCache:
         return m, False
 
 
+def identity(base: Any) -> str:
+    """What a job's numbers depend on in a loaded model: its fingerprint (architecture and weights), and the
+    device type and dtype it computes in (a GPU's bfloat16 gives other numbers than a CPU's float32)."""
+    return f"{base.fingerprint}:{base.device.type}:{str(base.dtype).replace('torch.', '')}"
+
+
 def fingerprint(cache: ModelCache, key: str, spec: Any) -> dict[str, Any]:
     """The model's identity (loads it into ``cache``): fingerprint, name, depth, where it was loaded."""
     from ..view import as_view
 
     m, _ = cache.get(key, spec)
     base = as_view(m).base
-    return {"key": key, "fingerprint": base.fingerprint, "name": base.name, "n_layers": base.n_layers,
+    return {"key": key, "identity": identity(base), "fingerprint": base.fingerprint, "name": base.name, "n_layers": base.n_layers,
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
@@ -289,11 +295,12 @@ def execute(job: Job, cache: ModelCache, scratch_root: str | os.PathLike) -> Out
             from ..view import as_view
 
             base = as_view(model).base
-            if base.fingerprint != job.fingerprint:
+            if identity(base) != job.fingerprint:
                 from ..errors import StudyError
 
-                raise StudyError(f"{job.model_key} on {out.host} has fingerprint {base.fingerprint}, the study planned "
-                                 f"{job.fingerprint}: the weights differ between machines (clear PHASELENS_CACHE there)")
+                raise StudyError(f"{job.model_key} on {out.host} is {identity(base)} (fingerprint:device:dtype), the study "
+                                 f"planned {job.fingerprint}: the weights (clear PHASELENS_CACHE there) or the device differ "
+                                 "between the machines of the cluster")
             scratch = Path(scratch_root) / job.id
             r = run_kind(job.kind, model, job.task, job.seed, job.params, scratch)
             out.scalars = scalars(job.kind, r)

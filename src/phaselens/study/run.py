@@ -25,7 +25,8 @@ def task_digest(task: Any) -> str:
 
 
 def job_id(config: dict[str, Any], fingerprint: str, items: str) -> str:
-    """The content hash that names a job: its config, the model fingerprint, the task's items, phaselens' version."""
+    """The content hash that names a job: its config, the model's identity (fingerprint, device type, dtype), the
+    task's items and phaselens' version."""
     from .. import __version__
 
     doc = {**config, "fingerprint": fingerprint, "items": items, "phaselens": __version__}
@@ -38,7 +39,7 @@ def _load_tasks(spec: StudySpec, jobs: list[JobConfig]) -> dict[str, tuple[Any, 
 
     out: dict[str, tuple[Any, str]] = {}
     for j in jobs:
-        key = json.dumps(j.task, sort_keys=True)
+        key = _task_key(j)
         if key in out:
             continue
         ts = spec.tasks[j.task_index]
@@ -50,6 +51,10 @@ def _load_tasks(spec: StudySpec, jobs: list[JobConfig]) -> dict[str, tuple[Any, 
             raise StudyError(f"tasks[{j.task_index}] ({c['name']}): {e}") from None
         out[key] = (t, task_digest(t))
     return out
+
+
+def _task_key(j: JobConfig) -> str:
+    return f"{j.task_index}:{json.dumps(j.task, sort_keys=True)}"  # two in-memory tasks may share a name
 
 
 def _row(job: Job, cfg: JobConfig, out: Outcome, executor: str, items: str, order: int, attempts: int) -> dict[str, Any]:
@@ -135,8 +140,8 @@ def run_study(
             jobs: list[tuple[Job, JobConfig, str]] = []
             seen = set()
             for c in configs:
-                t, items = tasks[json.dumps(c.task, sort_keys=True)]
-                fp = fps[c.model]["fingerprint"]
+                t, items = tasks[_task_key(c)]
+                fp = fps[c.model]["identity"]  # fingerprint:device:dtype
                 jid = job_id(c.config(), fp, items)
                 if jid in seen:
                     continue
