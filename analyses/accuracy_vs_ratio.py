@@ -15,7 +15,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import _common as C  # noqa: E402
-from _common import pl  # noqa: E402
 
 PAPER = "decision-transition (arXiv 2605.07271), Fig. 2"
 CLIFF_SHARE = 0.4  # a "cliff": one cut accounts for at least this share of the whole accuracy decline

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import _common as C  # noqa: E402
-from _common import pl, plots  # noqa: E402
+from _common import plots  # noqa: E402
 
 PAPER = "decision-transition (arXiv 2605.07271), Figs. 5, 13-17"
 

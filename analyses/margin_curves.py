@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 
 import _common as C  # noqa: E402
-from _common import pl, plots  # noqa: E402
+from _common import plots  # noqa: E402
 
 PAPER = "decision-transition (arXiv 2605.07271), Figs. 4, 12"
 

@@ -19,6 +19,8 @@ import phaselens as pl
 from phaselens.study import parse_spec
 from phaselens.study.store import RUN_COLUMNS
 
+pytestmark = pytest.mark.timeout(300)  # every study test is bounded (subprocesses have their own limits)
+
 SMALLEST_TOML = """
 models = ["smollm2-135m"]
 tasks = [{ name = "capitals", limit = 8 }]

@@ -12,7 +12,9 @@ import phaselens as pl
 
 ray = pytest.importorskip("ray")
 
-from test_study import _same_study, _spec, _whole  # noqa: E402
+from test_study import _same_study, _spec, _whole
+
+pytestmark = pytest.mark.timeout(300)
 
 RUNS = [{"kind": "trace", "n_boot": 20}, {"kind": "noise", "eps": 0.5, "seeds": 1, "blocks": [0, 2, 5], "n_boot": 20}]
 

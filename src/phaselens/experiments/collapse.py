@@ -23,7 +23,6 @@ import numpy as np
 from ..errors import StatsError, StatsWarning
 from ..results import Record, Result
 from ..stats import pearson
-from ..types import ModelLike, TaskLike
 
 @dataclass
 class CollapsePoint(Record):
