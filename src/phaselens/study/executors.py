@@ -88,8 +88,14 @@ class ProcessExecutor:
                                         initargs=(resources.models_per_worker, scratch, resources.num_cpus, env))
 
     def fingerprints(self, models: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        from concurrent.futures.process import BrokenProcessPool
+
         futs = {k: self.pool.submit(_pool_fingerprint, k, spec) for k, spec in models.items()}
-        return {k: f.result() for k, f in futs.items()}
+        try:
+            return {k: f.result() for k, f in futs.items()}
+        except BrokenProcessPool:
+            raise StudyError("a worker process of executor='processes' died while starting (its error is printed above); "
+                             "a script that calls run_study must do so under `if __name__ == \"__main__\":`") from None
 
     def run(self, jobs: list[Job]) -> Iterator[tuple[Job, Outcome]]:
         from concurrent.futures import as_completed

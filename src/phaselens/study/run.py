@@ -110,7 +110,7 @@ def run_study(
     """
     import multiprocessing as mp
 
-    if mp.parent_process() is not None and mp.current_process().name.startswith("SpawnProcess"):
+    if getattr(mp.current_process(), "_inheriting", False):  # a spawned worker importing the caller's script
         raise StudyError("run_study was called again inside a worker process of executor='processes' while it imported "
                          "your script: put the call under `if __name__ == \"__main__\":` (Python's multiprocessing rule)")
     s = parse_spec(spec)
