@@ -70,7 +70,8 @@ def run(
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="worker processes / Ray actors"),
     wait: Optional[float] = typer.Option(None, "--wait", help="wait up to this many seconds if another study holds --out"),
 ) -> None:
-    """Run every job of SPEC that --out does not hold finished yet; show progress and a summary table."""
+    """Run every job of SPEC that --out does not hold finished yet; show progress and a summary table (exit code 1
+    when a job failed: its traceback is in the index, and rerunning the command retries it)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..errors import PhaselensError
