@@ -268,9 +268,17 @@ def _load_steps(folder: RunFolder) -> list[SweepStep]:
 
 
 def load_sweep(folder: str | Path) -> Sweep:
-    """The steps of a sweep written with ``out=folder`` (finished or interrupted)."""
+    """The steps of a sweep written with ``out=folder`` (finished or interrupted), or a saved Sweep result file
+    (``save_result``; a study's sweep jobs, the points' ``source`` of ``transition_vs_collapse``)."""
     import json
 
+    if Path(folder).is_file():
+        from ..results import load_result
+
+        sw = load_result(folder)
+        if not isinstance(sw, Sweep):
+            raise ResultsError(f"{folder} holds a {type(sw).__name__}, not a Sweep")
+        return sw
     state = Path(folder) / ".phaselens" / "sweep"
     if not (state / "args.json").is_file():
         raise ResultsError(f"{folder} holds no sweep (no {state / 'args.json'}); pass the out= folder of iterative_prune")
