@@ -35,6 +35,7 @@ class Runner:
         self.check_finite = check_finite
         self.plan = self.view.plan()
         self._sig = self.view.signature()
+        self._devices = [self.base.block_device(b) for b in range(self.base.n_layers)]  # accelerate may spread them
 
     @property
     def n_blocks(self) -> int:
@@ -126,6 +127,8 @@ class Runner:
         flags: list[tuple[int, str, torch.Tensor]] = []
 
         def keep(name: str, rd: Read, b: int, h: torch.Tensor) -> None:
+            if rd.site == "in":  # a block's input arrives from the previous block's device: read it on its own
+                h = h.to(self._devices[b])
             sel = _select(h, rd.at, batch)
             if self.check_finite:
                 flags.append((b, name, torch.isfinite(sel).all()))
@@ -140,7 +143,7 @@ class Runner:
             for b in rd.blocks:
                 src = b if rd.site == "in" else b + 1  # the stored input of block b / of block b + 1 (key L: final)
                 if rd.site != "mlp" and 1 <= src <= start and cache is not None:
-                    keep(name, rd, b, cache.get(batch.key, src).to(base.block_device(min(b, L - 1))))
+                    keep(name, rd, b, cache.get(batch.key, src).to(self._devices[min(b, L - 1)]))
                     continue
                 deepest = max(deepest, (b, 0 if rd.site == "in" else 1))
                 target = {"in": taps_in, "out": taps_out, "mlp": taps_mlp}[rd.site]
