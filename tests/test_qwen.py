@@ -77,7 +77,8 @@ def test_llama_unpermute_matches_transformers():
 @pytest.mark.slow
 @needs_chunks
 def test_weights_are_the_gguf_dequantized_values(qwen):
-    """A few tensors of every quantization type in the file, against gguf's own dequantize of the whole tensor."""
+    """A few tensors of every quantization type in the file, against gguf's own dequantize (of the first 2,048 rows of
+    the two 151,936-row vocabulary matrices, of the whole tensor otherwise)."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
@@ -93,8 +94,10 @@ def test_weights_are_the_gguf_dequantized_values(qwen):
     for g, h in pairs.items():
         t = tensors[g]
         types.add(t.tensor_type.name)
-        ref = torch.from_numpy(np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32))
-        assert torch.equal(sd[h], ref.reshape(sd[h].shape)), g
+        rows = 2048 if t.data.shape[0] > 100_000 else t.data.shape[0]
+        ref = np.array(dequantize(t.data[:rows], t.tensor_type), dtype=np.float32)  # a writable copy
+        mine = sd[h][:rows] if sd[h].dim() == 2 else sd[h]
+        assert torch.equal(mine, torch.from_numpy(ref).reshape(mine.shape)), g
     assert types >= {"Q4_K", "Q6_K", "F32"}
     assert qwen.n_layers == 28 and qwen.d_model == 1536 and qwen.W_U.shape[0] == 151_936
     assert all(b.self_attn.q_proj.bias is not None for b in qwen.blocks)  # attention biases
@@ -104,8 +107,8 @@ def test_weights_are_the_gguf_dequantized_values(qwen):
 @needs_chunks
 @pytest.mark.parametrize("fmt", ["cloze", "letters"])
 def test_readout_equals_model_logits(qwen, capitals_task, fmt):
-    """The lens at the last block = transformers' own output logits (one unpadded prompt at a time)."""
-    task = capitals_task.with_format(fmt)
+    """The lens at the last block = transformers' own output logits (one unpadded prompt at a time; 3 items)."""
+    task = pl.load_task(list(capitals_task.items[2:5])).with_format(fmt)
     z = option_logits(qwen, task).z[-1]
     enc = encode(task, qwen.tokenizer)
     with torch.inference_mode():
