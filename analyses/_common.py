@@ -37,7 +37,8 @@ if "PHASELENS_DATA" not in os.environ:  # the shared benchmark folder next to th
 import phaselens as pl  # noqa: E402
 import phaselens.plots as plots  # noqa: E402
 
-MODELS = ("smollm2-135m", "gemma3-270m")
+MODELS = ("smollm2-135m", "gemma3-270m")  # the default; "qwen2.5-coder-1.5b" (28 blocks, answers in letters) on request
+LETTERS_NATIVE = ("mmlu", "truthfulqa")  # benchmarks whose own format is letters; lettered ARC etc. is a reformulation
 BENCHMARK_LIMIT = 40  # default item count for real benchmarks (continuation scoring is slow on a CPU)
 
 
@@ -60,6 +61,10 @@ def parser(description: str, *, tasks: str = "capitals", limit: int | None = Non
                    help="prefix of the bundled fit passages (pl.load_calibration()) used for criteria and fits")
     p.add_argument("--heldout-passages", type=int, default=heldout,
                    help="prefix of the bundled held-out passages (pl.heldout_texts()) used for perplexity")
+    p.add_argument("--format", default="auto", choices=["auto", "letters", "cloze", "continuation"],
+                   help="the prompt format of every task (auto: built-ins in cloze, benchmarks in continuation). letters "
+                        "needs a model that answers in letters (qwen2.5-coder-1.5b); lettered ARC / HellaSwag is a "
+                        "reformulation of the benchmark and is labelled so")
     p.add_argument("--seed", type=int, default=0, help="seed of item subsets, bootstrap and random controls")
     p.add_argument("--executor", default="local", choices=["local", "processes", "ray"],
                    help="where the study's jobs run (pl.run_study)")
@@ -130,13 +135,25 @@ class Run:
             self.log(f"loaded {name} ({self._models[name].n_layers} blocks) in {time.time() - t0:.1f} s")
         return self._models[name]
 
+    def format_of(self, spec: str) -> str:
+        """The run's format for ``spec``: ``--format``, or (auto) cloze for built-ins and continuation for benchmarks."""
+        f = getattr(self.args, "format", "auto") or "auto"
+        if f != "auto":
+            return f
+        return "cloze" if spec in pl.builtin_tasks() else "continuation"
+
     def task(self, spec: str, **kw: Any) -> Any:
-        """``spec`` with the run's limit and seed; built-ins in cloze, benchmarks in continuation format."""
+        """``spec`` with the run's limit, seed and format (:meth:`format_of`)."""
         builtin = spec in pl.builtin_tasks()
         limit = self.args.limit if self.args.limit is not None else (None if builtin else BENCHMARK_LIMIT)
-        fmt = kw.pop("format", None) or ("cloze" if builtin else "continuation")
+        fmt = kw.pop("format", None) or self.format_of(spec)
         t = pl.load_task(spec, format=fmt, limit=limit, seed=self.args.seed, **kw)
-        self.used_tasks[t.name] = {"format": t.format, "items": len(t), "limit": limit}
+        reform = fmt == "letters" and not builtin and spec.split(":")[0] not in LETTERS_NATIVE
+        self.used_tasks[t.name] = {"format": t.format + (" (a reformulation of the benchmark)" if reform else ""),
+                                   "items": len(t), "limit": limit}
+        if reform and not any("reformulation" in n for n in self.notes):
+            self.note(f"- {spec} is asked in the letters format (A/B/C/D after the question and its lettered options): a "
+                      f"reformulation; the benchmark's own format is continuation scoring.")
         return t
 
     def calibration(self) -> list[str]:
@@ -157,7 +174,7 @@ class Run:
         """The study-spec form of :meth:`task` (built-ins in cloze, benchmarks in continuation format)."""
         builtin = spec in pl.builtin_tasks()
         limit = self.args.limit if self.args.limit is not None else (None if builtin else BENCHMARK_LIMIT)
-        out: dict[str, Any] = {"name": spec, "format": "cloze" if builtin else "continuation"}
+        out: dict[str, Any] = {"name": spec, "format": self.format_of(spec)}
         if limit is not None:
             out["limit"] = limit
         return out

@@ -23,14 +23,23 @@ def main(argv=None) -> None:
     C.add_sweep_args(p, max_ratio=0.7)
     p.add_argument("--criterion", default="bi", help="iterative criterion")
     p.add_argument("--chunk", type=int, default=3, help="extend each sweep this many cuts at a time until it collapses")
+    p.add_argument("--add-sweeps", type=lambda s: [Path(x) for x in s.split(",") if x], default=[],
+                   help="saved sweeps to add as (model, task) points (Sweep result files or iterative_prune out= folders, "
+                        "pl.load_sweep), e.g. another model's sweep in another format (qwen2.5-coder-1.5b in letters); "
+                        "--models '' with --add-sweeps uses only these")
     run = C.start("transition_vs_collapse", "Transition depth versus collapse ratio", p, argv)
     a = run.args
     if not hasattr(pl, "transition_vs_collapse"):
         raise SystemExit("this phaselens has no transition_vs_collapse yet (phaselens/stats.py)")
-    st = run.study([{"kind": "sweep", "criterion": a.criterion, "until": "collapse", "chunk": a.chunk,
-                     "max_ratio": a.max_ratio}])
     sweeps = []
-    for name in a.models:
+    for f in a.add_sweeps:
+        sw = pl.load_sweep(f)
+        run.note(f"- added {sw.model}, {sw.task} from {f} (a sweep of {len(sw.steps) - 1} cuts, up to ratio "
+                 f"{C.fmt(sw.steps[-1].ratio, 3)}).")
+        sweeps.append(sw)
+    st = run.study([{"kind": "sweep", "criterion": a.criterion, "until": "collapse", "chunk": a.chunk,
+                     "max_ratio": a.max_ratio}]) if a.models else None
+    for name in a.models if st is not None else []:
         for spec in a.tasks:
             sw = C.need(st, name, spec, "sweep")
             if sw.dense_accuracy <= sw.chance:  # no decline to measure: the sweep was not extended
@@ -47,7 +56,7 @@ def main(argv=None) -> None:
                  f"ratio {C.fmt(q.collapse_ratio)}, dense accuracy {C.fmt(q.dense_accuracy)}" + ("" if q.usable else f" - left out: {q.reason}"))
     ok = None if math.isnan(study.r) else bool(study.r > 0)
     run.claim(PAPER, "a later transition goes with a later collapse (positive correlation across model-task pairs)",
-              ", ".join(a.models), ", ".join(a.tasks), ok,
+              ", ".join(sorted({q.model for q in study.points})), ", ".join(sorted({q.task for q in study.points})), ok,
               f"Pearson r {C.fmt(study.r)} (p = {C.fmt(study.p, 3)}) over {study.n} usable pairs; with so few pairs the sign, "
               f"not the p-value, is what we can read")
     run.finish(

