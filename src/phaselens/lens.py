@@ -9,6 +9,10 @@ plain forward costs.
 continuation tokens of option ``k``. The full-vocabulary log-softmax is computed one block
 at a time and only at continuation positions (never ``[L, B, T, V]``).
 
+A lens other than the logit lens (``lens=``, :mod:`phaselens.lenses`) applies its translator ``T_b`` to the
+residual read at each row's block before the readout (``transform(b, h)``); the last row, the output of block
+``L-1``, reads through the identity, so it is always the model's own logits.
+
 Every pass goes through :class:`~phaselens.runner.Runner`.
 """
 
@@ -89,23 +93,29 @@ def option_logits(
     encoded: Encoded | None = None,
     cache: PrefixCache | None = None,
     blocks: Any = None,
+    lens: Any = None,
 ) -> OptionLogits:
     """Run ``task`` through ``model`` (a model, view or spec) and read every surviving block (or ``blocks``:
     ``"last"`` for the model's own answer only, or a list of surviving blocks).
 
     ``batch_size`` caps the sequences per pass and ``max_tokens`` the padded tokens per pass (default
     :func:`~phaselens.runner.default_max_tokens`). ``cache`` (the iterative sweep, the phase cuts) replays
-    stored block inputs of an identical prefix.
+    stored block inputs of an identical prefix. ``lens``: ``None``/``"logit"``, a kind name, a saved lens's path or a
+    :class:`~phaselens.lenses.Lens` (its translators are applied to each row's residual before the readout).
     """
+    from .lenses import resolve_lens
+
     view = as_view(model)
     rows = select_rows(view, blocks)
+    lens_ = resolve_lens(lens, view)
+    transform = _identity if lens_.kind == "logit" else lens_.transform
     enc = encoded or encode(task, view.base.tokenizer)
     runner = Runner(view, cache=cache)
     kw = dict(max_tokens=max_tokens, batch_size=batch_size, progress=f"lens {view.name}" if progress else None)
     if enc.format == "continuation":
-        z = _continuation_scores(runner, enc, rows, kw)
+        z = _continuation_scores(runner, enc, rows, kw, transform)
         return OptionLogits(z, enc.option_mask, enc.answers, rows)
-    return _decision_scores(runner, enc, rows, return_hidden, kw)
+    return _decision_scores(runner, enc, rows, return_hidden, kw, transform)
 
 
 def _rows_at(view: ModelView, rows: list[int]) -> list[int]:
@@ -114,7 +124,12 @@ def _rows_at(view: ModelView, rows: list[int]) -> list[int]:
     return [at[b] for b in rows]
 
 
-def _decision_scores(runner: Runner, enc: Encoded, kept: list[int], return_hidden: bool, kw: dict) -> OptionLogits:
+def _identity(b: int, h: torch.Tensor) -> torch.Tensor:
+    return h
+
+
+def _decision_scores(runner: Runner, enc: Encoded, kept: list[int], return_hidden: bool, kw: dict,
+                     transform=_identity) -> OptionLogits:
     view, base = runner.view, runner.base
     rows_at = _rows_at(view, kept)
     z = torch.empty(len(kept), enc.n_items, enc.n_options)
@@ -123,14 +138,15 @@ def _decision_scores(runner: Runner, enc: Encoded, kept: list[int], return_hidde
     for batch, out in runner.passes(enc.prompts, reads, **kw):
         h = torch.stack([out["h"][b].to(base.device) for b in rows_at])  # [L, B, d]
         sel = torch.tensor(batch.rows)
-        z[:, sel] = base.readout(h, enc.option_ids[sel].to(base.device)).cpu()
+        t = h if transform is _identity else torch.stack([transform(b, h[r]) for r, b in enumerate(rows_at)])
+        z[:, sel] = base.readout(t, enc.option_ids[sel].to(base.device)).cpu()
         if hidden is not None:
             hidden[:, sel] = h.float().cpu()
     z = z.masked_fill(~enc.option_mask, float("-inf"))
     return OptionLogits(z, enc.option_mask, enc.answers, kept, hidden)
 
 
-def _continuation_scores(runner: Runner, enc: Encoded, kept: list[int], kw: dict) -> torch.Tensor:
+def _continuation_scores(runner: Runner, enc: Encoded, kept: list[int], kw: dict, transform=_identity) -> torch.Tensor:
     view, base = runner.view, runner.base
     rows_at = _rows_at(view, kept)
     assert enc.continuations is not None and enc.rows is not None
@@ -148,6 +164,7 @@ def _continuation_scores(runner: Runner, enc: Encoded, kept: list[int], kw: dict
         r_t, tgt_t = torch.tensor(r), torch.tensor(tgt)
 
         def score(b: int, h: torch.Tensor) -> torch.Tensor:
+            h = transform(b, h)  # the lens's translator of block b (identity for the logit lens)
             rr, tt = r_t.to(h.device), tgt_t.to(h.device)
             tot = torch.zeros(batch.size, device=h.device)
             for c in range(0, len(rr), _CONT_CHUNK):

@@ -347,6 +347,7 @@ def decision_trace(
     progress: bool = False,
     cache=None,
     blocks: Any = None,
+    lens: Any = None,
 ) -> DecisionTrace:
     """Option-restricted logit lens of every surviving block of ``model`` on ``task``.
 
@@ -361,6 +362,9 @@ def decision_trace(
         blocks: ``None`` (every surviving block), ``"last"`` (only the model's own answer: one readout, what
             lm-evaluation-harness computes, at its cost), or a list of surviving blocks. A trace of some blocks
             has no transition.
+        lens: how each block is read: ``None``/``"logit"`` (the logit lens), ``"linear"`` or ``"tuned"`` (fitted on the
+            bundled calibration text, or loaded from the cache), a saved lens's path, or a :class:`~phaselens.Lens`
+            (:func:`phaselens.fit_lens`). The trace records its kind in ``.lens``.
     """
     check_boot(n_boot, seed)
     checks.batching(batch_size, max_tokens)
@@ -370,8 +374,12 @@ def decision_trace(
 
         model = load_model(model, device=device)
     view = as_view(model)
+    from .lenses import resolve_lens
+
+    lens_ = resolve_lens(lens, view)  # an unknown kind or another model's lens fails before any work
     t = _resolve_task(task)
-    ol = option_logits(view, t, batch_size=batch_size, max_tokens=max_tokens, progress=progress, cache=cache, blocks=blocks)
+    ol = option_logits(view, t, batch_size=batch_size, max_tokens=max_tokens, progress=progress, cache=cache, blocks=blocks,
+                       lens=lens_)
     chars = np.zeros(ol.mask.shape, dtype=np.int64)
     for i, it in enumerate(t.items):
         chars[i, : len(it.options)] = [len(o) for o in it.options]
@@ -379,7 +387,7 @@ def decision_trace(
         model=view.name, task=t.name, format=t.format, n_blocks=view.base.n_layers, blocks=np.asarray(ol.blocks),
         logits=ol.z.numpy(), answers=ol.answers.numpy(), mask=ol.mask.numpy(), option_chars=chars,
         item_ids=[it.id for it in t.items], n_boot=n_boot, seed=seed, reformulated=t.reformulated,
-        complete=list(ol.blocks) == list(view.kept),
+        complete=list(ol.blocks) == list(view.kept), lens=lens_.name,
         task_note="; ".join(x for x in (t.selection, t.layout_note and f"prompt: {t.layout_note}") if x),
     )
 
