@@ -71,6 +71,17 @@ class Lens:
         return self.kind
 
     @property
+    def digest(self) -> str:
+        """A short hash of the kind, the model and every translator (what a resumable run records)."""
+        import hashlib
+
+        h = hashlib.sha256(f"{self.kind}:{self.fingerprint}".encode())
+        for b in self.blocks:
+            h.update(self.weights[b].contiguous().numpy().tobytes())
+            h.update(self.biases[b].contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    @property
     def blocks(self) -> list[int]:
         """The blocks that have a translator."""
         return sorted(self.weights)

@@ -177,15 +177,12 @@ def fit_tuned(base: Any, calibration: Any = None, *, seed: int = 0, steps: int =
     A = torch.zeros(L - 1, d, d, requires_grad=True)
     b = torch.zeros(L - 1, d, requires_grad=True)
     opt = torch.optim.Adam([A, b], lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / steps))
     bar = None
     start = 0
     with run_folder(out, "tuned_lens", args, "tuned-lens training") as folder:
         ckpt = None if folder is None else folder.path / "checkpoint.safetensors"
         if ckpt is not None and ckpt.is_file():
             start = _load_ckpt(ckpt, A, b, opt)
-            for _ in range(start):
-                sched.step()
         if progress:
             from tqdm.auto import tqdm
 
@@ -199,8 +196,9 @@ def fit_tuned(base: Any, calibration: Any = None, *, seed: int = 0, steps: int =
                     loss = _step_loss(base, H, target, idx, A, b, WU, bU)
                     gA, gb = torch.autograd.grad(loss, [A, b])
                     A.grad, b.grad = gA, gb
+                    for group in opt.param_groups:  # linear decay to 0 (a function of the step: resumable)
+                        group["lr"] = lr * (1.0 - step / steps)
                     opt.step()
-                    sched.step()
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(kl=f"{float(loss) / (L - 1):.3f}")
