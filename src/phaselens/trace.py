@@ -73,9 +73,27 @@ class _Figures:
     def overview(cls, results: dict[str, Any]) -> list[tuple[str, Any]]:
         from . import plots
 
-        return [("Decision Margin per block, every trace of the folder on the original-block axis.", plots.margin_curves(results)),
+        figs = [("Decision Margin per block, every trace of the folder on the original-block axis.", plots.margin_curves(results)),
                 ("Accuracy per block.", plots.accuracy_curves(results)),
                 ("Bias KL and convergence KL per block.", plots.kl_curves(results))]
+        return figs + cls.lens_overview(results)
+
+    @staticmethod
+    def lens_overview(results: dict[str, Any]) -> list[tuple[str, Any]]:
+        """Per (model, task) read through two or more lenses: the margin curves of each lens on one axis."""
+        from . import plots
+
+        groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for r in results.values():
+            t = getattr(r, "trace", r)
+            groups.setdefault((t.model, t.task, t.format), {}).setdefault(f"{t.lens} lens", r)
+        out = []
+        for (model, task, _), by_lens in groups.items():
+            if len(by_lens) > 1:
+                out.append((f"Is the silent phase a readout effect? {model} on {task}: Decision Margin per block under each "
+                            "lens (logit, linear, tuned; bands: bootstrap 95% over items).",
+                            plots.margin_curves(by_lens, title=f"{model} on {task}: margins under each lens")))
+        return out
 
 
 @dataclass
