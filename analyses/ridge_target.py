@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32], help="calibration passages")
     p.add_argument("--lams", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 1e-3, 1e-2, 1e-1],
                    help="ridge as a multiple of tr(X^T X)/d (0: the default, 1e-10 x, plain least squares)")
-    p.add_argument("--cut", default="smollm2-135m=11-18,gemma3-270m=14-17,qwen2.5-coder-1.5b=17-23",
+    p.add_argument("--cut", default="smollm2-135m=11-18,gemma3-270m=14-17",
                    help="the cut span per model (default: boundary_error.py's 25%% angular cuts on 32 passages); a model "
                         "not listed gets a 25%% angular cut")
     run = C.start("ridge_target", "Ridge towards the identity or towards zero", p, argv)
