@@ -194,3 +194,23 @@ def test_bad_lens_input(tiny_llama, tiny_gemma, capitals_task, cal):
         pl.fit_lens(tiny_llama, "linear", cal, steps=3)
     with pytest.raises(pl.LensError, match="vocab"):
         pl.fit_lens(tiny_llama, "tuned", cal, vocab=-1, progress=False)
+
+
+def test_cli_lens_fit_kl_and_transition(tiny_llama_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from phaselens.cli import app
+
+    runner = CliRunner()
+    path = tmp_path / "lin.safetensors"
+    res = runner.invoke(app, ["lens", "fit", "-m", tiny_llama_dir, "-k", "linear", "-o", str(path)])
+    assert res.exit_code == 0, res.output
+    assert path.is_file()
+    res = runner.invoke(app, ["transition", "-m", tiny_llama_dir, "-t", "capitals", "--limit", "6", "--lens", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    assert '"lens": "linear"' in res.output
+    res = runner.invoke(app, ["lens", "kl", "-m", tiny_llama_dir, "--lens", "logit", "--lens", str(path), "--seq-len", "16"])
+    assert res.exit_code == 0, res.output
+    assert "lin.safetensors" in res.output
+    res = runner.invoke(app, ["transition", "-m", tiny_llama_dir, "-t", "capitals", "--lens", "bogus"])
+    assert res.exit_code == 2 and "unknown lens kind" in res.output
