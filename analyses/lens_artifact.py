@@ -38,13 +38,18 @@ def main(argv=None) -> None:
         m = run.model(name)
         L = m.n_layers
         lenses = {"logit": pl.fit_lens(m, "logit")}
-        t0 = time.time()
-        lenses["linear"] = pl.fit_lens(m, "linear", cal)
-        fit_rows.append({"model": name, "lens": "linear", "seconds": time.time() - t0, **lenses["linear"].info})
-        t0 = time.time()
-        lenses["tuned"] = pl.fit_lens(m, "tuned", cal, seed=a.seed, steps=a.steps, max_train_tokens=a.train_tokens,
-                                      vocab=vocab, progress=False)
-        fit_rows.append({"model": name, "lens": "tuned", "seconds": time.time() - t0, **lenses["tuned"].info})
+        for k, kw in (("linear", {}), ("tuned", dict(seed=a.seed, steps=a.steps, max_train_tokens=a.train_tokens,
+                                                      vocab=vocab, progress=False, out=run.out / "tuned_runs" / name))):
+            path = run.out / "lenses" / f"{name}-{k}.safetensors"  # a rerun with the same --out reuses the fits
+            t0, reused = time.time(), path.is_file()
+            if reused:
+                lenses[k] = pl.load_lens(path, m)
+            else:
+                lenses[k] = pl.fit_lens(m, k, cal, **kw)
+                lenses[k].save(path)
+            fit_rows.append({"model": name, "lens": k, "seconds": time.time() - t0, "reused": reused,
+                             **lenses[k].info})
+            run.log(f"{name}: {k} lens in {fit_rows[-1]['seconds']:.0f} s")
         run.log(f"{name}: linear lens {fit_rows[-2]['seconds']:.0f} s, tuned lens {fit_rows[-1]['seconds']:.0f} s "
                 f"(vocab {lenses['tuned'].info['vocab']}, covering {lenses['tuned'].info['vocab_mass']:.0%} of the final mass)")
         kls = {}
