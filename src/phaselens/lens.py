@@ -9,6 +9,10 @@ plain forward costs.
 continuation tokens of option ``k``. The full-vocabulary log-softmax is computed one block
 at a time and only at continuation positions (never ``[L, B, T, V]``).
 
+A lens other than the logit lens (``lens=``, :mod:`phaselens.lenses`) applies its translator ``T_b`` to the
+residual read at each row's block before the readout (``transform(b, h)``); the last row, the output of block
+``L-1``, reads through the identity, so it is always the model's own logits.
+
 Every pass goes through :class:`~phaselens.runner.Runner`.
 """
 
@@ -90,6 +94,7 @@ def option_logits(
     cache: PrefixCache | None = None,
     blocks: Any = None,
     share_prefix: bool = True,
+    lens: Any = None,
 ) -> OptionLogits:
     """Run ``task`` through ``model`` (a model, view or spec) and read every surviving block (or ``blocks``:
     ``"last"`` for the model's own answer only, or a list of surviving blocks).
@@ -98,17 +103,22 @@ def option_logits(
     :func:`~phaselens.runner.default_max_tokens`). ``cache`` (the iterative sweep, the phase cuts) replays
     stored block inputs of an identical prefix. ``share_prefix`` (continuation format): run each item's
     prompt once, its K continuations packed after it (same scores as ``prompt + cont_k`` row by row).
+    ``lens``: ``None``/``"logit"``, a kind name, a saved lens's path or a :class:`~phaselens.lenses.Lens` (its translators are applied to each row's residual before the readout).
     """
+    from .lenses import resolve_lens
+
     view = as_view(model)
     rows = select_rows(view, blocks)
+    lens_ = resolve_lens(lens, view)
+    transform = _identity if lens_.kind == "logit" else lens_.transform
     enc = encoded or encode(task, view.base.tokenizer)
     runner = Runner(view, cache=cache)
     kw = dict(max_tokens=max_tokens, batch_size=batch_size, progress=f"lens {view.name}" if progress else None)
     if enc.format == "continuation":
         check_context(view.base, enc, task)
-        z = _continuation_scores(runner, enc, rows, kw, share_prefix=share_prefix)
+        z = _continuation_scores(runner, enc, rows, kw, share_prefix=share_prefix, transform=transform)
         return OptionLogits(z, enc.option_mask, enc.answers, rows)
-    return _decision_scores(runner, enc, rows, return_hidden, kw)
+    return _decision_scores(runner, enc, rows, return_hidden, kw, transform)
 
 
 def context_length(base: Any) -> int | None:
@@ -140,7 +150,12 @@ def _rows_at(view: ModelView, rows: list[int]) -> list[int]:
     return [at[b] for b in rows]
 
 
-def _decision_scores(runner: Runner, enc: Encoded, kept: list[int], return_hidden: bool, kw: dict) -> OptionLogits:
+def _identity(b: int, h: torch.Tensor) -> torch.Tensor:
+    return h
+
+
+def _decision_scores(runner: Runner, enc: Encoded, kept: list[int], return_hidden: bool, kw: dict,
+                     transform=_identity) -> OptionLogits:
     view, base = runner.view, runner.base
     rows_at = _rows_at(view, kept)
     z = torch.empty(len(kept), enc.n_items, enc.n_options)
@@ -149,7 +164,8 @@ def _decision_scores(runner: Runner, enc: Encoded, kept: list[int], return_hidde
     for batch, out in runner.passes(enc.prompts, reads, **kw):
         h = torch.stack([out["h"][b].to(base.device) for b in rows_at])  # [L, B, d]
         sel = torch.tensor(batch.rows)
-        z[:, sel] = base.readout(h, enc.option_ids[sel].to(base.device)).cpu()
+        t = h if transform is _identity else torch.stack([transform(b, h[r]) for r, b in enumerate(rows_at)])
+        z[:, sel] = base.readout(t, enc.option_ids[sel].to(base.device)).cpu()
         if hidden is not None:
             hidden[:, sel] = h.float().cpu()
     z = z.masked_fill(~enc.option_mask, float("-inf"))
