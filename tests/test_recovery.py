@@ -58,7 +58,10 @@ def test_ghosted_solver_equals_numpy_lstsq(xy):
     assert _rel(W.numpy(), ref) < 1e-6
     W2, lam2 = solve("ghosted", *_AC(X, Y), lam=5.0)  # an explicit ridge is used as given
     assert lam2 == 5.0
-    assert _rel(W2.numpy(), np.linalg.solve(X.T @ X + 5.0 * np.eye(X.shape[1]), X.T @ Y)) < 1e-10
+    I = np.eye(X.shape[1])  # the default ridge shrinks towards the identity (official Ghosted Layers: W = I + X^+ (Y - X))
+    assert _rel(W2.numpy(), I + np.linalg.solve(X.T @ X + 5.0 * I, X.T @ (Y - X))) < 1e-10
+    W3 = solve("ghosted", *_AC(X, Y), lam=5.0, target="zero")[0]
+    assert _rel(W3.numpy(), np.linalg.solve(X.T @ X + 5.0 * I, X.T @ Y)) < 1e-10
 
 
 def test_rival_solvers_are_the_optimum_of_their_family():

@@ -191,6 +191,17 @@ def test_finished_jobs_are_reused_failed_jobs_retried(tiny_llama_dir, tmp_path):
     pl.load_result(p)
 
 
+def test_report_of_a_study_whose_jobs_all_failed(tiny_llama_dir, tmp_path):
+    spec = _spec(tiny_llama_dir, [{"kind": "phase-cuts", "n": 1, "fit_n": True}])
+    df = pl.run_study(spec, out=tmp_path)
+    assert (df.status == "failed").all()
+    page = pl.build_report(tmp_path, tmp_path / "r.html").read_text()
+    assert f"Study: {len(df)} jobs (0 done, {len(df)} failed)" in page and "no phases to cut" in page
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(pl.PhaselensError, match="holds no phaselens results"):
+        pl.build_report(tmp_path / "empty", tmp_path / "e.html")
+
+
 def test_cli_run_status_and_report(tiny_llama_dir, tmp_path):
     from typer.testing import CliRunner
 
@@ -246,8 +257,18 @@ def _wait_for(cond, proc: subprocess.Popen, limit: float = 90.0) -> None:
         time.sleep(0.02)
 
 
+def _finished_rows(out: Path) -> set[str]:
+    """The row units the folder's manifest records as finished (a row file written but not yet in the
+    manifest when the kill came is, rightly, recomputed)."""
+    try:
+        man = json.loads((out / ".phaselens" / "study" / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    return {u for u in man if u.startswith("row_")}
+
+
 def _rows(out: Path) -> int:
-    return len(list((out / ".phaselens" / "study").glob("row_*.json")))
+    return len(_finished_rows(out))
 
 
 SWEEPS = [{"kind": "sweep", "steps": 3, "n_boot": 20, "calibration_passages": 1, "heldout_passages": 1},
@@ -261,7 +282,7 @@ def test_sigkilled_local_study_resumes_to_identical_results(tiny_llama_dir, tmp_
     _wait_for(lambda: _rows(out) >= 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    done_before = {p.name for p in (out / ".phaselens" / "study").glob("row_*.json")}
+    done_before = _finished_rows(out)
     assert 1 <= len(done_before) < 4, "the kill came too late to interrupt the study"
     with pytest.warns(UserWarning, match="taking over the lock"):
         df = pl.run_study(spec, out=out)

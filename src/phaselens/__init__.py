@@ -32,6 +32,7 @@ from .errors import (
     TaskError,
 )
 from .experiments import CollapseStudy, PhaseCuts, compare_phase_cuts, transition_vs_collapse
+from .lenses import Lens, fit_lens, lens_kl, load_lens
 from .models import EMBEDDED, Model, load_model
 from .noise import NoiseResult, inject_noise
 from .perplexity import perplexity
@@ -54,6 +55,8 @@ __all__ = [
     "load_task",
     # the decision readout
     "DecisionTrace", "Transition", "decision_trace", "transition_point",
+    # lenses
+    "Lens", "fit_lens", "lens_kl", "load_lens",
     # pruning and recovery
     "CRITERIA", "METHODS", "BoundaryError", "EditedView", "ModelView", "Recovered", "Sweep", "as_view",
     "boundary_error", "fit_recovery", "iterative_prune", "load_recovery", "load_sweep", "perplexity", "prune",

@@ -85,6 +85,7 @@ class AblationResult(Result):
     transition: int | None
     n_boot: int = N_BOOT
     boot_seed: int = 0
+    lens: str = "logit"  # the lens the transition (the phases) was read with
 
     def __post_init__(self) -> None:
         n = len(self.clean_margins)
@@ -219,6 +220,7 @@ def ablate(
     n_boot: int = N_BOOT,
     boot_seed: int = 0,
     progress: bool = False,
+    lens: Any = None,
 ) -> AblationResult:
     """Ablate single blocks and pairs of blocks; the drop of the final Decision Margin of each.
 
@@ -228,7 +230,9 @@ def ablate(
         pairs: ``None`` (default): every pair of blocks within ``window`` of the dense transition when
             ``blocks`` is None, else every pair of the given blocks; ``False``: no pairs; or a list of pairs.
         window: half-width (in blocks) of the window around the transition for the default pairs.
-        transition: the dense :class:`~phaselens.Transition` (default: computed).
+        transition: the dense :class:`~phaselens.Transition` (default: computed, read through ``lens``).
+        lens: the lens the default transition is read with (``"logit"``, ``"linear"``, ``"tuned"`` or a
+            :class:`~phaselens.Lens`); the final readout is the model's own (every lens's last row).
     """
     if mode not in ABLATION_MODES:
         raise InterventionError(f"mode must be one of {ABLATION_MODES}, got {mode!r}")
@@ -239,7 +243,10 @@ def ablate(
     view, t = resolve(model, task)
     given = blocks is not None
     singles = check_blocks(view, blocks, "ablate")
-    tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed)
+    from .lenses import resolve_lens
+
+    lens_ = resolve_lens(lens, view)  # before any model work
+    tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed, lens_)
     if pairs is None:
         pair_l = list(itertools.combinations(sorted(singles), 2)) if given else _default_pairs(view, tr.layer, int(window))
     elif pairs is False:
@@ -275,4 +282,5 @@ def ablate(
     m = np.asarray(res_m).reshape(len(units), n)
     c = np.asarray(res_c, dtype=float).reshape(len(units), n)
     return AblationResult(view.name, t.name, mode, view.base.n_layers, singles, pair_l, m[:S], c[:S], m[S:], c[S:],
-                          final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed)
+                          final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed,
+                       lens_.name if transition is None else getattr(getattr(transition, "trace", None), "lens", "logit"))

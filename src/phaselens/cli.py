@@ -14,6 +14,8 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Silent -> decisive transitions of (pruned) LLMs, through the logit lens.")
 console = Console(stderr=True)
 
+LensOpt = typer.Option("logit", "--lens", help="how each block is read: logit | linear | tuned (fitted on the bundled "
+                       "calibration text the first time, then loaded from the cache) | the path of a saved lens")
 ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="embedded name, HF name/dir, .gguf path")
 TaskOpt = typer.Option("capitals", "--task", "-t", help="built-in task, benchmark name (arc-easy, mmlu, ...) or file")
 
@@ -79,12 +81,18 @@ def transition(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
     html: Optional[Path] = typer.Option(None, help="also write the margin figure to this HTML file"),
     out: Optional[Path] = typer.Option(None, "--out", help="save the result in this results folder (see `phaselens report`)"),
+    lens: str = LensOpt,
 ) -> None:
     """Per-block margin, accuracy and option frequency, and where the decisive phase begins."""
-    from . import transition_point
+    from . import PhaselensError, transition_point
+    from .lenses import resolve_lens
 
     m, t = _load(model, task, format, limit, seed, shots, split, device)
-    tr = transition_point(m, t, batch_size=batch_size, seed=seed, progress=not as_json and sys.stderr.isatty())
+    try:
+        lens_ = resolve_lens(lens, m)
+    except PhaselensError as e:
+        _fail(str(e))
+    tr = transition_point(m, t, batch_size=batch_size, seed=seed, progress=not as_json and sys.stderr.isatty(), lens=lens_)
     if as_json:
         sys.stdout.write(tr.to_json() + "\n")
     else:
@@ -99,8 +107,8 @@ def transition(
     if out:
         from .results import save_result, slug
 
-        path = save_result(tr, out, slug("transition", Path(model).name, Path(task).stem), command="transition", model=tr.trace.model, task=tr.trace.task,
-                           format=tr.trace.format, seed=seed, limit=limit, n_items=tr.trace.n_items)
+        path = save_result(tr, out, slug("transition", Path(model).name, Path(task).stem, *([tr.trace.lens] if tr.trace.lens != "logit" else [])), command="transition", model=tr.trace.model, task=tr.trace.task,
+                           format=tr.trace.format, seed=seed, limit=limit, n_items=tr.trace.n_items, lens=tr.trace.lens)
         console.print(f"saved {path}")
 
 

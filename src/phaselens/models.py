@@ -106,6 +106,7 @@ class Model:
     returns_tuple: bool = False
     attn_implementation: str | None = None  # the attention phaselens measures with (the load's: SDPA)
     _bridge: Any = field(default=None, repr=False)
+    _offloaded: dict = field(default_factory=dict, repr=False)
 
     @property
     def n_layers(self) -> int:
@@ -117,12 +118,27 @@ class Model:
 
     @property
     def W_U(self) -> torch.Tensor:
-        """Unembedding ``[V, d]``."""
-        return self.unembed.weight
+        """Unembedding ``[V, d]`` (on its execution device, also when accelerate offloaded the head)."""
+        return self._head_param("weight")
 
     @property
     def b_U(self) -> torch.Tensor | None:
-        return getattr(self.unembed, "bias", None)
+        return self._head_param("bias") if getattr(self.unembed, "bias", None) is not None else None
+
+    def _head_param(self, name: str) -> torch.Tensor:
+        t = getattr(self.unembed, name)
+        if t.device.type != "meta":
+            return t
+        # offloaded by accelerate (cpu/disk): its hook keeps the weights; the lens needs them at every block,
+        # so they are fetched once to the head's execution device and kept
+        if name not in self._offloaded:
+            hook = getattr(self.unembed, "_hf_hook", None)
+            wmap = getattr(hook, "weights_map", None)
+            if wmap is None:
+                raise ModelError(f"{self.name}: the unembedding's {name} is on the meta device and no accelerate hook holds "
+                                 "it; load the model with its weights (or a device_map accelerate can dispatch)")
+            self._offloaded[name] = wmap[name].to(_module_device(self.unembed, torch.device("cpu")))
+        return self._offloaded[name]
 
     @property
     def device(self) -> torch.device:
@@ -137,6 +153,11 @@ class Model:
         """Where the token ids go: the device of the input embedding."""
         return _module_device(self.hf.get_input_embeddings(), self.device)
 
+    @property
+    def norm_device(self) -> torch.device:
+        """Where the final norm runs (readouts run the norm there, then the unembedding on :attr:`device`)."""
+        return _module_device(self.final_norm, self.device)
+
     def block_device(self, b: int) -> torch.device:
         """The device block ``b`` runs on (its weights', or accelerate's execution device when offloaded)."""
         return _module_device(self.blocks[b], self.device)
@@ -146,7 +167,8 @@ class Model:
         """A short hash of the architecture and a few weights: identifies the model in saved files."""
         h = hashlib.sha256()
         h.update(json.dumps([type(self.hf).__name__, self.n_layers, self.d_model, int(self.W_U.shape[0])]).encode())
-        for t in (self.W_U[:8, :32], self.blocks[0].state_dict()[next(iter(self.blocks[0].state_dict()))].flatten()[:64]):
+        first = [t for t in self.blocks[0].state_dict().values() if t.device.type != "meta"][:1]  # (not offloaded)
+        for t in (self.W_U[:8, :32], *(t.flatten()[:64] for t in first)):
             h.update(t.detach().float().cpu().numpy().round(4).tobytes())
         return h.hexdigest()[:16]
 
@@ -161,8 +183,8 @@ class Model:
             float32 logits ``[..., N, K]``: ``W_U[ids] . norm_final(h) (+ b_U)``, soft-capped
             as the model does.
         """
-        x = self.final_norm(h.to(self.dtype)).float()
-        w = self.W_U[token_ids].float()  # [N, K, d]
+        x = self.final_norm(h.to(self.norm_device, self.dtype)).float().to(self.device)
+        w = self.W_U[token_ids.to(self.device)].float()  # [N, K, d]
         z = torch.einsum("...nd,nkd->...nk", x, w)
         if self.b_U is not None:
             z = z + self.b_U[token_ids].float()
@@ -170,11 +192,11 @@ class Model:
 
     def full_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logit lens over the whole vocabulary: ``[..., d] -> [..., V]`` float32."""
-        return self.unembed_logits(self.final_norm(h.to(self.dtype)))
+        return self.unembed_logits(self.final_norm(h.to(self.norm_device, self.dtype)))
 
     def unembed_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The model's head on already-normed states: ``[..., d] -> [..., V]`` float32 (+ b_U, soft-capped)."""
-        z = (x.to(self.dtype) @ self.W_U.T).float()
+        z = (x.to(self.device, self.dtype) @ self.W_U.T).float()
         if self.b_U is not None:
             z = z + self.b_U.float()
         return self.apply_softcap(z)
@@ -217,6 +239,9 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     tokenizer: Any = None,
+    device_map: Any = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> Model:
     """Load a model for the logit lens.
 
@@ -228,11 +253,40 @@ def load_model(
         dtype: default float32 on the CPU, bfloat16 on a GPU.
         tokenizer: the tokenizer of a ``transformers`` model passed as ``spec`` (default:
             ``spec.tokenizer`` or the one saved beside its weights).
+        device_map: place the weights accelerate-style instead of on one ``device``: ``"auto"`` (or
+            ``"balanced"``, ``"sequential"``), a device, or ``{module name: device}`` with devices ``"cpu"``,
+            ``"cuda:N"`` / an int, ``"disk"``. Passed to ``from_pretrained`` for every spec (a loaded
+            ``transformers`` model is dispatched with accelerate). Blocks on several devices and blocks
+            offloaded by accelerate's hooks run every phaselens path unchanged.
+        max_memory: ``{device: size}`` limits for ``device_map="auto"``, e.g. ``{0: "20GiB", "cpu": "64GiB"}``.
+        offload_folder: where disk-offloaded weights are written (needed when the map names ``"disk"``).
+
+    Every placement argument is checked before any weights load (:mod:`phaselens.placement`): a device this
+    machine does not have, or a module name the architecture does not have, is a :class:`ModelError`.
     """
+    from . import placement
+
     if isinstance(spec, Model):
+        if device_map is not None:
+            raise ModelError(f"{spec.name} is already loaded; pass device_map= when loading it (load_model(name, device_map=...))")
         return spec
     dev = parse_device(device)
     dt = parse_dtype(dtype)
+    place = placement.check_placement(device_map, max_memory, offload_folder, device=device)
+    if place.active:
+        if dt is None:
+            dt = default_dtype(place.main_device)
+        if _is_bridge(spec):
+            raise ModelError("device_map= cannot place a TransformerBridge's model; load the model with "
+                             "load_model(name, device_map=...) and call .bridge() on it")
+        if isinstance(spec, nn.Module):
+            place = placement.check_modules(place, spec.config, type(spec).__name__)
+            placement.dispatch(spec.to(dt), place)
+        else:
+            if isinstance(place.device_map, dict) and set(place.device_map) != {""}:
+                place = placement.check_modules(place, _config_for(spec), str(spec))
+            with placement.loading_with(place):
+                return load_model(spec, dtype=dt, tokenizer=tokenizer)
     if _is_bridge(spec):
         hf, tok, name = spec.original_model, spec.tokenizer, getattr(spec.cfg, "model_name", "bridge")
         m = _prepare(hf, tok, str(name), dev, dt)
@@ -266,6 +320,31 @@ def load_model(
 
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _config_for(spec: Any) -> Any:
+    """The architecture config of a spec, read without loading weights (to check a device_map's module names)."""
+    from transformers import AutoConfig
+
+    s = str(spec)
+    key = s.lower()
+    try:
+        with _quiet():
+            if key in EMBEDDED:
+                cached = cache_dir() / "models" / key
+                if (cached / "config.json").exists():
+                    return AutoConfig.from_pretrained(cached)
+                p = embedded_gguf_path(key)
+                return AutoConfig.from_pretrained(p.parent, gguf_file=p.name)
+            if s.endswith(".gguf"):
+                p = Path(s).expanduser()
+                check_gguf(p)
+                return AutoConfig.from_pretrained(p.parent, gguf_file=p.name)
+            local = Path(s).expanduser().is_dir()
+            return AutoConfig.from_pretrained(s, **({} if local else {"local_files_only": True}))
+    except OSError as e:
+        raise ModelError(f"could not read the config of {s!r} to check its device_map ({type(e).__name__}: {str(e)[:200]}); "
+                         "pass an embedded name, a local folder, a .gguf file or a model in the local HF cache") from None
 
 
 def parse_device(device: Any) -> torch.device | None:
@@ -325,6 +404,8 @@ def _is_bridge(obj: Any) -> bool:
 def _load_hf(name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import placement
+
     dev = dev or default_device()
     dt = dt or default_dtype(dev)
     local = Path(name).expanduser().is_dir()
@@ -332,7 +413,7 @@ def _load_hf(name: str, dev: torch.device | None, dt: torch.dtype | None) -> Mod
     try:
         with _quiet():
             tok = AutoTokenizer.from_pretrained(name, **kw)
-            hf = AutoModelForCausalLM.from_pretrained(name, dtype=dt, **kw)
+            hf = AutoModelForCausalLM.from_pretrained(name, dtype=dt, **kw, **placement.current().kwargs)
     except OSError as e:
         raise ModelError(
             f"could not load {name!r}: not an embedded name ({', '.join(EMBEDDED)}), not a local directory, "
@@ -446,11 +527,13 @@ def _load_embedded(key: str, dev: torch.device | None, dt: torch.dtype | None) -
 def _load_cached(target: Path, name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import placement
+
     dev = dev or default_device()
     dt = dt or default_dtype(dev)
     with _quiet():
         tok = AutoTokenizer.from_pretrained(target)
-        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dt)
+        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dt, **placement.current().kwargs)
     return _prepare(hf, tok, name, dev, dt)
 
 
@@ -526,8 +609,8 @@ def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: t
     if tok is None:
         raise ModelError(f"{name}: no tokenizer")
     blocks, norm, decoder, unembed = find_decoder(hf, name)
-    if dev is not None or dt is not None:
-        hf.to(device=dev, dtype=dt)
+    if getattr(hf, "hf_device_map", None) is None and (dev is not None or dt is not None):
+        hf.to(device=dev, dtype=dt)  # a model placed by a device_map stays where accelerate put it
     hf.eval()
     if getattr(tok, "pad_token_id", None) is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.convert_ids_to_tokens(0)

@@ -88,6 +88,7 @@ class NoiseResult(Result):
     transition: int | None
     n_boot: int = N_BOOT
     boot_seed: int = 0
+    lens: str = "logit"  # the lens the transition (the phases) was read with
 
     def __post_init__(self) -> None:
         self.item_margins = np.asarray(self.item_margins, dtype=float)
@@ -246,6 +247,7 @@ def inject_noise(
     n_boot: int = N_BOOT,
     boot_seed: int = 0,
     progress: bool = False,
+    lens: Any = None,
 ) -> NoiseResult:
     """Noise at the output of one block at a time; the final margin and accuracy downstream.
 
@@ -263,7 +265,10 @@ def inject_noise(
     check_run(n_boot, boot_seed, batch_size, max_tokens, reuse_prefix)
     view, t = resolve(model, task)
     blocks = check_blocks(view, blocks, "inject_noise")
-    tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed)
+    from .lenses import resolve_lens
+
+    lens_ = resolve_lens(lens, view)  # before any model work
+    tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed, lens_)
     runner = FinalRunner(view, t, batch_size=batch_size, max_tokens=max_tokens, reuse_prefix=reuse_prefix, progress=progress)
     answers = runner.enc.answers
     clean = runner.clean()
@@ -296,5 +301,6 @@ def inject_noise(
             out_m[i, e, s] = final_margins(z, answers)
             out_c[i, e, s] = final_correct(z, answers)
     return NoiseResult(view.name, t.name, view.base.n_layers, blocks, eps_l, seed_l, out_m, out_c,
-                       final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed)
+                       final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed,
+                       lens_.name if transition is None else getattr(getattr(transition, "trace", None), "lens", "logit"))
 

@@ -64,8 +64,8 @@ def perplexity(
         def nll(b: int, h: torch.Tensor) -> float:
             tot, t = 0.0, tgt.to(h.device)
             for c in range(0, len(h), _CHUNK):
-                z = base.full_logits(h[c : c + _CHUNK])
-                tot += torch.nn.functional.cross_entropy(z, t[c : c + _CHUNK], reduction="sum").item()
+                z = base.full_logits(h[c : c + _CHUNK])  # on the head's device
+                tot += torch.nn.functional.cross_entropy(z, t[c : c + _CHUNK].to(z.device), reduction="sum").item()
             return tot
 
         return {"nll": Read((L - 1,), "out", Positions(rows, cols), fn=nll)}

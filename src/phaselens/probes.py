@@ -131,8 +131,9 @@ def check_blocks(view: ModelView, blocks: Iterable[int] | int | None, what: str)
     return out
 
 
-def dense_transition(view: ModelView, task: Task, transition: Any, batch_size: int | None, n_boot: int, seed: int):
-    """The given transition, or the view's own on ``task``."""
+def dense_transition(view: ModelView, task: Task, transition: Any, batch_size: int | None, n_boot: int, seed: int,
+                     lens: Any = None):
+    """The given transition, or the view's own on ``task`` read through ``lens`` (a :class:`~phaselens.Lens` or kind)."""
     if transition is not None:
         layer = getattr(transition, "layer", "missing")
         if not (layer is None or isinstance(layer, (int, np.integer))):
@@ -141,7 +142,7 @@ def dense_transition(view: ModelView, task: Task, transition: Any, batch_size: i
         return transition
     from .trace import transition_point
 
-    return transition_point(view, task, batch_size=batch_size, n_boot=n_boot, seed=seed)
+    return transition_point(view, task, batch_size=batch_size, n_boot=n_boot, seed=seed, lens=lens)
 
 
 def phase_of(b: int, layer: int | None) -> str:

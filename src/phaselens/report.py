@@ -42,6 +42,11 @@ MAX_ROWS = 80
 
 def _entries(results: Any) -> list[ResultEntry]:
     if isinstance(results, (str, os.PathLike)):
+        from .study.report import is_study
+        from .study.store import INDEX
+
+        if is_study(results) and not [p for p in Path(results).glob("*.json") if p.name != INDEX]:
+            return []  # a study whose jobs all failed: its index (with the errors) is still reported
         return read_results(results)
     if isinstance(results, dict):
         return [ResultEntry(k, type(v).__name__, v, v.provenance()) for k, v in results.items()]
@@ -179,9 +184,13 @@ def report_html(results: Any, *, title: str | None = None) -> str:
 
     from . import __version__
 
+    from .errors import ResultsError
+    from .study.report import is_study
+
     entries = _entries(results)
-    if not entries:
-        raise ValueError("no results to report")
+    if not entries and not is_study(results):  # a study whose jobs all failed still shows its index and errors
+        raise ResultsError(f"no results to report in {results!r}: save some with phaselens.save_result(result, DIR) "
+                           "or a command's --out DIR, then run phaselens report DIR")
     sections = _study_sections(results, entries) + _comparison_sections(entries) + [_result_section(e) for e in entries]
     models = sorted({str(e.provenance.get("model")) for e in entries if e.provenance.get("model")})
     tasks = sorted({str(e.provenance.get("task")) for e in entries if e.provenance.get("task")})

@@ -73,9 +73,27 @@ class _Figures:
     def overview(cls, results: dict[str, Any]) -> list[tuple[str, Any]]:
         from . import plots
 
-        return [("Decision Margin per block, every trace of the folder on the original-block axis.", plots.margin_curves(results)),
+        figs = [("Decision Margin per block, every trace of the folder on the original-block axis.", plots.margin_curves(results)),
                 ("Accuracy per block.", plots.accuracy_curves(results)),
                 ("Bias KL and convergence KL per block.", plots.kl_curves(results))]
+        return figs + cls.lens_overview(results)
+
+    @staticmethod
+    def lens_overview(results: dict[str, Any]) -> list[tuple[str, Any]]:
+        """Per (model, task) read through two or more lenses: the margin curves of each lens on one axis."""
+        from . import plots
+
+        groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for r in results.values():
+            t = getattr(r, "trace", r)
+            groups.setdefault((t.model, t.task, t.format), {}).setdefault(f"{t.lens} lens", r)
+        out = []
+        for (model, task, _), by_lens in groups.items():
+            if len(by_lens) > 1:
+                out.append((f"Is the silent phase a readout effect? {model} on {task}: Decision Margin per block under each "
+                            "lens (logit, linear, tuned; bands: bootstrap 95% over items).",
+                            plots.margin_curves(by_lens, title=f"{model} on {task}: margins under each lens")))
+        return out
 
 
 @dataclass
@@ -347,6 +365,7 @@ def decision_trace(
     progress: bool = False,
     cache=None,
     blocks: Any = None,
+    lens: Any = None,
 ) -> DecisionTrace:
     """Option-restricted logit lens of every surviving block of ``model`` on ``task``.
 
@@ -361,6 +380,9 @@ def decision_trace(
         blocks: ``None`` (every surviving block), ``"last"`` (only the model's own answer: one readout, what
             lm-evaluation-harness computes, at its cost), or a list of surviving blocks. A trace of some blocks
             has no transition.
+        lens: how each block is read: ``None``/``"logit"`` (the logit lens), ``"linear"`` or ``"tuned"`` (fitted on the
+            bundled calibration text, or loaded from the cache), a saved lens's path, or a :class:`~phaselens.Lens`
+            (:func:`phaselens.fit_lens`). The trace records its kind in ``.lens``.
     """
     check_boot(n_boot, seed)
     checks.batching(batch_size, max_tokens)
@@ -370,8 +392,12 @@ def decision_trace(
 
         model = load_model(model, device=device)
     view = as_view(model)
+    from .lenses import resolve_lens
+
+    lens_ = resolve_lens(lens, view)  # an unknown kind or another model's lens fails before any work
     t = _resolve_task(task)
-    ol = option_logits(view, t, batch_size=batch_size, max_tokens=max_tokens, progress=progress, cache=cache, blocks=blocks)
+    ol = option_logits(view, t, batch_size=batch_size, max_tokens=max_tokens, progress=progress, cache=cache, blocks=blocks,
+                       lens=lens_)
     chars = np.zeros(ol.mask.shape, dtype=np.int64)
     for i, it in enumerate(t.items):
         chars[i, : len(it.options)] = [len(o) for o in it.options]
@@ -379,7 +405,7 @@ def decision_trace(
         model=view.name, task=t.name, format=t.format, n_blocks=view.base.n_layers, blocks=np.asarray(ol.blocks),
         logits=ol.z.numpy(), answers=ol.answers.numpy(), mask=ol.mask.numpy(), option_chars=chars,
         item_ids=[it.id for it in t.items], n_boot=n_boot, seed=seed, reformulated=t.reformulated,
-        complete=list(ol.blocks) == list(view.kept),
+        complete=list(ol.blocks) == list(view.kept), lens=lens_.name,
         task_note="; ".join(x for x in (t.selection, t.layout_note and f"prompt: {t.layout_note}") if x),
     )
 

@@ -163,6 +163,7 @@ def compare_phase_cuts(
     seed: int = 0,
     reuse_prefix: bool = True,
     progress: bool = False,
+    lens: Any = None,
 ) -> PhaseCuts:
     """Cut ``n`` contiguous blocks inside the silent phase, inside the decisive phase and at random;
     recover each cut with each method; measure the decision and perplexity of every combination.
@@ -187,6 +188,8 @@ def compare_phase_cuts(
             intervals of different cuts are paired).
         reuse_prefix: compute each recovered model only from its first changed block, replaying the
             dense model's stored block inputs before it (the same numbers, less time).
+        lens: the lens the transition and every curve are read with (``"logit"``, ``"linear"``, ``"tuned"``, a
+            saved lens's path or a :class:`~phaselens.Lens` of the dense model).
 
     Returns:
         a :class:`PhaseCuts`.
@@ -204,6 +207,9 @@ def compare_phase_cuts(
         raise PhaseCutsError(f"compare_phase_cuts needs the dense model, got the pruned view {view.name}; pass view.base")
     base = view.base
     L = base.n_layers
+    from ..lenses import resolve_lens
+
+    lens_ = resolve_lens(lens, base)
     t = task if isinstance(task, Task) else load_task(task)
     methods = list(methods)
     bad = [m for m in methods if m not in METHODS]
@@ -219,6 +225,8 @@ def compare_phase_cuts(
             "n": int(n) if isinstance(n, (int, np.integer)) else str(n), "placement": placement, "calibration": digest(cal),
             "perplexity_texts": digest(ppl_texts), "lam": lam, "seq_len": seq_len, "n_boot": n_boot, "seed": seed,
             "measure_boundary": measure_boundary}
+    if lens_.kind != "logit":
+        args["lens"] = lens_.digest
     cache = PrefixCache() if reuse_prefix else None
     dense_view = ModelView(base)
     recorded = False
@@ -227,7 +235,7 @@ def compare_phase_cuts(
         nonlocal recorded
         if cache is not None:
             cache.recording = True
-        tr = decision_trace(dense_view, t, n_boot=n_boot, seed=seed, cache=cache, progress=progress).transition()
+        tr = decision_trace(dense_view, t, n_boot=n_boot, seed=seed, cache=cache, progress=progress, lens=lens_).transition()
         if check:  # fail before the perplexity pass when the cuts cannot be made
             phase_cuts(dense_view, tr, n, placement=placement, seeds=seed_ids)
         ppl = perplexity(dense_view, ppl_texts, seq_len=seq_len, batch_size=batch_size, cache=cache)
@@ -272,7 +280,7 @@ def compare_phase_cuts(
                 record_dense(False)
             for c, m in todo:
                 rec = fit_recovery(ModelView(base, tuple(c.blocks)), None, m, lam=lam, stats={c.span: stats[c.span]})
-                trace = decision_trace(rec, t, n_boot=n_boot, seed=seed, cache=cache, progress=progress)
+                trace = decision_trace(rec, t, n_boot=n_boot, seed=seed, cache=cache, progress=progress, lens=lens_)
                 ppl = perplexity(rec, ppl_texts, seq_len=seq_len, batch_size=batch_size, cache=cache)
                 measured = None
                 if measure_boundary:
@@ -288,7 +296,7 @@ def compare_phase_cuts(
                     folder.save(_unit_name(c, m), u)
     units = [done[(c.key, m)] for c, m in plan]
     return PhaseCuts(base.name, t.name, t.format, L, n, placement, methods, seed_ids, tr, dense_ppl, cuts, units, skipped,
-                     n_cal, len(cal), len(ppl_texts), n_boot, seed, _answers_of(t))
+                     n_cal, len(cal), len(ppl_texts), n_boot, seed, _answers_of(t), lens_.name)
 
 
 def _answers_of(task: Task) -> np.ndarray:

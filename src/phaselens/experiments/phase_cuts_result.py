@@ -140,6 +140,7 @@ class PhaseCuts(Result):
     n_boot: int = N_BOOT
     seed: int = 0
     answers: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))  # [N] correct option per item
+    lens: str = "logit"  # the lens every curve (and the transition) was read with
 
     # -- access ---------------------------------------------------------------------------
     @property

@@ -76,6 +76,7 @@ class Sweep(Result):
     chance: float
     steps: list[SweepStep] = field(default_factory=list)
     start_accuracy: float | None = None  # the dense model's accuracy when the sweep started from a pruned view
+    lens: str = "logit"  # the lens every step's trace was read with
 
     @property
     def dense_accuracy(self) -> float:
@@ -156,6 +157,7 @@ def iterative_prune(
     seed: int = 0,
     n_boot: int = 200,
     progress: bool = False,
+    lens: Any = None,
 ) -> Sweep:
     """Cut ``steps`` blocks one at a time (default: until one block is left).
 
@@ -174,6 +176,8 @@ def iterative_prune(
             the perplexity text: about ``(L + 1) x tokens x d`` values in the model's dtype (about 2 GB for
             SmolLM2 on the whole bundled corpus); ``False`` trades that memory for time.
         seed: seeds the bootstrap intervals and the ``"random"`` criterion.
+        lens: the lens every step's trace is read with (``"logit"``, ``"linear"``, ``"tuned"``, a saved lens's path
+            or a :class:`~phaselens.Lens`), fitted on the dense model and applied to each pruned model's blocks.
 
     Returns:
         a :class:`Sweep`: ``steps[k]`` is the model after ``k`` cuts (trace, transition, accuracy,
@@ -202,6 +206,9 @@ def iterative_prune(
     if view.operators or view.branch_operators:
         raise PruningError("iterative_prune starts from a dense or plainly pruned model; pass recovery= to refit "
                            "a recovery after every cut instead of a recovered view")
+    from ..lenses import resolve_lens
+
+    lens_ = resolve_lens(lens, base)
     task = task if isinstance(task, Task) else load_task(task)
     cal = load_calibration(calibration)
     ppl_texts = heldout_texts() if perplexity_texts is None else load_calibration(perplexity_texts)
@@ -209,7 +216,9 @@ def iterative_prune(
             "n_items": len(task), "items": digest([[it.question, list(it.options), it.answer] for it in task.items]),
             "criterion": criterion, "recovery": recovery, "seed": seed, "n_boot": n_boot,
             "start_removed": list(view.removed), "calibration": digest(cal), "perplexity_texts": digest(ppl_texts)}
-    sweep = Sweep(base.name, task.name, criterion, recovery, L, _chance(task))
+    if lens_.kind != "logit":
+        args["lens"] = lens_.digest
+    sweep = Sweep(base.name, task.name, criterion, recovery, L, _chance(task), lens=lens_.name)
     cache = PrefixCache() if reuse_prefix else None
     with run_folder(out, "sweep", args, "a sweep") as folder:
         sweep.steps = _load_steps(folder) if folder is not None else []
@@ -219,7 +228,7 @@ def iterative_prune(
         removed = list(view.removed) if not sweep.steps else list(sweep.steps[-1].removed) + [sweep.steps[-1].next_cut]
         for k in range(len(sweep.steps), steps + 1):
             cur = _make_view(base, removed, recovery, cal)
-            trace = decision_trace(cur, task, n_boot=n_boot, seed=seed, cache=cache, progress=progress)
+            trace = decision_trace(cur, task, n_boot=n_boot, seed=seed, cache=cache, progress=progress, lens=lens_)
             ppl = perplexity(cur, ppl_texts, cache=cache)
             last = cur.n_layers == 1  # the next cut is chosen even after the last step, so a rerun can extend the sweep
             scores = {} if last else _scores(cur, criterion, cal, cache, seed, k)

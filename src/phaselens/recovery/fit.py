@@ -18,7 +18,7 @@ from .. import checks
 from ..calibration import check_seq_len, load_calibration, n_tokens
 from ..errors import RecoveryError, SingularFitWarning
 from ..view import ModelView, as_view
-from .solvers import METHODS, choose_lam, solve
+from .solvers import METHODS, check_target, choose_lam, solve
 from .stats import SpanStats, span_stats
 from ..types import ModelLike
 
@@ -152,6 +152,7 @@ def fit_recovery(
     batch_size: int | None = None,
     max_tokens: int | None = None,
     stats: dict[tuple[int, int], SpanStats] | None = None,
+    target: str | None = None,
 ) -> Any:
     """Recover a pruned model: one linear operator per cut span, fitted in closed form.
 
@@ -164,6 +165,9 @@ def fit_recovery(
             falls back to ``1e-4 * tr(X^T X) / d`` with a :class:`SingularFitWarning` giving it.
         stats: precomputed :func:`span_stats` covering every cut span (one pass shared by several views);
             ``calibration``, ``seq_len``, ``batch_size`` are then not used.
+        target: what the ridge of ``ghosted`` shrinks towards: ``"identity"`` (``W = I + (X^T X + lam I)^-1
+            X^T (Y - X)``, the official Ghosted Layers code) or ``"zero"``; default
+            :data:`~phaselens.recovery.solvers.RIDGE_TARGET`. Equal up to float error at the default ``lam``.
 
     Returns:
         a :class:`Recovered` for one method, ``{method: Recovered}`` for a list; each has ``fit_error``, the
@@ -172,6 +176,7 @@ def fit_recovery(
     from .boundary import BoundaryError
 
     methods = _methods(method)
+    check_target(target)
     choose_lam(torch.eye(1, dtype=torch.float64), lam)  # validates lam before any model work
     checks.batching(batch_size, max_tokens, RecoveryError)
     check_seq_len(seq_len)
@@ -211,7 +216,7 @@ def fit_recovery(
             A, C = (st.A_branch, st.C_branch) if m == "replaceme" else (st.A, st.C)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", SingularFitWarning)
-                W, lams[sp] = solve(m, A, C, lam, abs_ratio=st.abs_ratio)
+                W, lams[sp] = solve(m, A, C, lam, abs_ratio=st.abs_ratio, target=target)
             for w in caught:  # say which method and span the fallback concerns
                 warnings.warn(f"{m}, cut span {sp}: {w.message}", w.category, stacklevel=2)
             # kept in float32 whatever the model's dtype (cast to the activations' dtype when applied)

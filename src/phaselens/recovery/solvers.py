@@ -3,7 +3,10 @@
 With ``X [n, d]`` what entered the span and ``Y [n, d]`` what left it (in the dense model),
 every method needs only ``A = X^T X`` and ``C = X^T Y`` (``d x d``), accumulated batch by batch:
 
-``ghosted``     ``W = (A + lam I)^-1 C``  (unconstrained least squares, Ghosted Layers)
+``ghosted``     ``W = W0 + (A + lam I)^-1 (C - A W0)``  (least squares, Ghosted Layers), the ridge shrinking
+                towards ``W0``: the identity (``target="identity"``, the official Ghosted Layers code's
+                ``W = I + X^+ (Y - X)``, "skip the span") or zero (``target="zero"``: ``(A + lam I)^-1 C``).
+                Both are plain least squares when ``lam = 0``; :data:`RIDGE_TARGET` is the default
 ``identity``    ``W = I``  (plain pruning)
 ``scalar``      ``W = alpha I``, ``alpha = tr C / tr A``
 ``diagonal``    ``W = diag(C_jj / A_jj)``  (per-channel magnitude compensation)
@@ -33,6 +36,11 @@ LAM_SCALE = 1e-10
 SINGULAR_RTOL = 1e-10
 #: The ridge a singular fit falls back to (when ``lam`` was not given): ``LAM_FALLBACK * tr(A) / d``.
 LAM_FALLBACK = 1e-4
+#: What the ridge of ``ghosted`` (and the linear lens) shrinks towards by default: ``"identity"`` or ``"zero"``.
+#: Chosen from held-out boundary error and perplexity at 8 and 32 calibration passages on the embedded
+#: models (analyses/ridge_target.py; the figures are in analyses/README.md).
+RIDGE_TARGET = "identity"
+TARGETS = ("identity", "zero")
 
 
 from ..errors import RecoveryError, SingularFitWarning
@@ -82,11 +90,28 @@ def choose_lam(A: torch.Tensor, lam: float | None = None) -> tuple[float, bool]:
     return float(lam), False
 
 
-def ridge_solve(A: torch.Tensor, C: torch.Tensor, lam: float | None = None) -> tuple[torch.Tensor, float]:
-    """``(A + lam I)^-1 C`` in float64 by Cholesky (``lam`` chosen by :func:`choose_lam`). A singular
-    ``A`` falls back to ridge and warns (:class:`SingularFitWarning`) with the value used.
-    Returns ``(W, lam)``."""
+def check_target(target: str | None) -> str:
+    """``target`` (``None``: :data:`RIDGE_TARGET`) as one of :data:`TARGETS`; a clear error otherwise."""
+    if target is None:
+        return RIDGE_TARGET
+    if target not in TARGETS:
+        raise RecoveryError(f"target must be one of {TARGETS} (what the ridge shrinks towards), got {target!r}")
+    return target
+
+
+def ridge_solve(A: torch.Tensor, C: torch.Tensor, lam: float | None = None, *, target: str | None = None,
+                W0: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """``W0 + (A + lam I)^-1 (C - A W0)`` in float64 by Cholesky (``lam`` chosen by :func:`choose_lam`), with
+    ``W0`` the identity (``target="identity"``) or zero (``"zero"``; default :data:`RIDGE_TARGET`); ``W0=``
+    gives another ``[d, m]`` prior (the linear lens: ``[I; 0]`` for a bias row). A singular ``A`` falls back to
+    ridge and warns (:class:`SingularFitWarning`) with the value used. Returns ``(W, lam)``."""
     A, C = A.double(), C.double()
+    if W0 is None and check_target(target) == "identity" and C.shape[0] == C.shape[1]:
+        W0 = torch.eye(C.shape[0], dtype=torch.float64, device=A.device)
+    if W0 is not None:
+        W0 = W0.to(A.device, torch.float64)
+        W, lam_used = ridge_solve(A, C - A @ W0, lam, target="zero")
+        return W + W0, lam_used
     d = A.shape[0]
     scale = max(float(torch.trace(A)) / d, 1e-30)
     lam_used, warn = choose_lam(A, lam)
@@ -104,14 +129,18 @@ def ridge_solve(A: torch.Tensor, C: torch.Tensor, lam: float | None = None) -> t
 
 
 def solve(method: str, A: torch.Tensor, C: torch.Tensor, lam: float | None = None, *,
-          abs_ratio: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+          abs_ratio: torch.Tensor | None = None, target: str | None = None) -> tuple[torch.Tensor, float]:
     """The operator ``W [d, d]`` (float64) of ``method`` from ``A = X^T X``, ``C = X^T Y`` (LinearPatch: from
-    ``abs_ratio [d]``, its per-rotated-channel magnitude ratios); returns ``(W, lam)``."""
+    ``abs_ratio [d]``, its per-rotated-channel magnitude ratios); returns ``(W, lam)``. ``target``: what the
+    ridge of ``ghosted`` shrinks towards (default :data:`RIDGE_TARGET`); ReplaceMe's branch operator always
+    shrinks towards zero (it maps the MLP branch, where "no change" is not the identity)."""
     A, C = A.double(), C.double()
     d = A.shape[0]
     eye = torch.eye(d, dtype=torch.float64, device=A.device)
-    if method in ("ghosted", "replaceme"):
-        return ridge_solve(A, C, lam)
+    if method == "ghosted":
+        return ridge_solve(A, C, lam, target=target)
+    if method == "replaceme":
+        return ridge_solve(A, C, lam, target="zero")
     if method == "identity":
         return eye, 0.0
     if method == "scalar":

@@ -31,6 +31,8 @@ class SpanStats:
     C: torch.Tensor  # X^T Y
     n: int = 0
     yy: torch.Tensor | None = None  # diag(Y^T Y) [d]
+    sx: torch.Tensor | None = None  # sum of X over tokens [d] (the bias row of an affine fit: the linear lens)
+    sy: torch.Tensor | None = None  # sum of Y over tokens [d]
     A_branch: torch.Tensor | None = None  # M^T M (ReplaceMe)
     C_branch: torch.Tensor | None = None  # M^T (Y - X + M)
     yy_branch: torch.Tensor | None = None  # diag of (Y - X + M)^T (Y - X + M)
@@ -42,6 +44,14 @@ class SpanStats:
         A, C, yy = (self.A_branch, self.C_branch, self.yy_branch) if branch else (self.A, self.C, self.yy)
         W = W.to(A.device, torch.float64)
         return ((A @ W) * W).sum(0) - 2 * (C * W).sum(0) + yy
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normal equations of the affine fit ``[X, 1] W ~ Y``: ``(A1 [d+1, d+1], C1 [d+1, d])``."""
+        if self.sx is None or self.sy is None:
+            raise RecoveryError(f"span {self.span}: these statistics have no token sums; gather them with span_stats")
+        n = torch.tensor([[float(self.n)]], dtype=torch.float64, device=self.A.device)
+        A1 = torch.cat([torch.cat([self.A, self.sx[:, None]], 1), torch.cat([self.sx[None], n], 1)], 0)
+        return A1, torch.cat([self.C, self.sy[None]], 0)
 
     @property
     def abs_ratio(self) -> torch.Tensor | None:
@@ -86,7 +96,7 @@ def span_stats(
     acc = base.device if base.device.type == "cuda" else torch.device("cpu")
     z2 = lambda: torch.zeros(d, d, dtype=torch.float64, device=acc)  # noqa: E731
     z1 = lambda: torch.zeros(d, dtype=torch.float64, device=acc)  # noqa: E731
-    stats = {sp: SpanStats(sp, z2(), z2(), yy=z1()) for sp in spans}
+    stats = {sp: SpanStats(sp, z2(), z2(), yy=z1(), sx=z1(), sy=z1()) for sp in spans}
     if branch:
         for (s, e), st in stats.items():
             if s == 0:
@@ -111,6 +121,8 @@ def span_stats(
             st.A += X.T @ X
             st.C += X.T @ Y
             st.yy += (Y * Y).sum(0)
+            st.sx += X.sum(0)
+            st.sy += Y.sum(0)
             st.n += X.shape[0]
             if branch:
                 M = out["m"][s - 1].to(acc, torch.float64)

@@ -4,6 +4,8 @@ A pass runs the model's own Hugging Face decoder (SDPA attention, its masks and 
 accelerate's device hooks) with a :class:`Plan` of per-block edits installed for its duration, and
 returns what was asked for by name and block (:class:`Read`). The runner owns
 
+* **packed rows** (:mod:`.masks`): a prompt and its K continuations in one row, with a 4D block mask
+  and restarted position ids, so the prompt runs once;
 * **batching** by a token budget (padded tokens per pass), with out-of-memory halving on a GPU;
 * **composition** of plans: a view's cuts and operators, interventions (noise, ablation), lens edits;
 * **patches** that nest and restore exactly what was there before: a per-module stack of instance
@@ -26,8 +28,9 @@ from __future__ import annotations
 from .batch import Batch, Positions, Read, default_max_tokens, pad, token_batches
 from .cache import PrefixCache
 from .core import Runner, run_all
+from .masks import Packed, block_mask, pack
 from .patches import patched
 from .plan import Edit, Plan, StopForward, chain, identity
 
-__all__ = ["Batch", "Edit", "Plan", "Positions", "PrefixCache", "Read", "Runner", "StopForward", "chain", "default_max_tokens",
-           "identity", "pad", "patched", "run_all", "token_batches"]
+__all__ = ["Batch", "Edit", "Packed", "Plan", "Positions", "PrefixCache", "Read", "Runner", "StopForward", "block_mask", "chain", "default_max_tokens",
+           "identity", "pack", "pad", "patched", "run_all", "token_batches"]

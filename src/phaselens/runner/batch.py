@@ -51,11 +51,20 @@ class Read:
 
 @dataclass
 class Batch:
-    """One padded pass: ``rows`` index the caller's sequences; ``ids``, ``mask`` ``[B, T]`` (right padding)."""
+    """One padded pass: ``rows`` index the caller's sequences; ``ids``, ``mask`` ``[B, T]`` (right padding).
+
+    Packed rows (:mod:`~phaselens.runner.masks`) also carry ``positions`` and ``segments`` ``[B, T]``: the
+    decoder then gets their 4D block mask and these position ids instead of the 2D padding mask."""
 
     rows: list[int]
     ids: torch.Tensor
     mask: torch.Tensor
+    positions: torch.Tensor | None = None
+    segments: torch.Tensor | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.segments is not None
 
     @property
     def size(self) -> int:
@@ -68,10 +77,15 @@ class Batch:
 
     @cached_property
     def key(self) -> str:
-        """Content hash of the token ids and mask (the prefix cache's batch key)."""
+        """Content hash of the token ids, the mask, and for packed rows their positions and segments (so the
+        prefix cache never replays a packed batch's states into an unpacked one, or the reverse)."""
         h = hashlib.sha1(str(tuple(self.ids.shape)).encode())
         h.update(self.ids.detach().cpu().numpy().tobytes())
         h.update(self.mask.detach().cpu().to(torch.uint8).numpy().tobytes())
+        if self.packed:
+            h.update(b"packed")
+            h.update(self.positions.detach().cpu().to(torch.int64).numpy().tobytes())  # type: ignore[union-attr]
+            h.update(self.segments.detach().cpu().to(torch.int64).numpy().tobytes())  # type: ignore[union-attr]
         return h.hexdigest()
 
 
@@ -116,6 +130,18 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) 
         ids[r, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
         att[r, : len(s)] = 1
     return ids.to(device), att.to(device)
+
+
+def pad_layouts(layouts: Sequence[tuple[Sequence[int], Sequence[int]]], device: torch.device | str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``(positions, segments)`` per row into ``[B, T]`` tensors (positions 0, segments -1 on padding)."""
+    t = max(len(p) for p, _ in layouts)
+    pos = torch.zeros((len(layouts), t), dtype=torch.long)
+    seg = torch.full((len(layouts), t), -1, dtype=torch.long)
+    for r, (p, sg) in enumerate(layouts):
+        pos[r, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+        seg[r, : len(sg)] = torch.as_tensor(list(sg), dtype=torch.long)
+    return pos.to(device), seg.to(device)
 
 
 def default_max_tokens(device: torch.device) -> int:

@@ -8,7 +8,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 from ..errors import NonFiniteError, RunnerError
-from .batch import Batch, Read, _select, default_max_tokens, pad, token_batches
+from .batch import Batch, Read, _select, default_max_tokens, pad, pad_layouts, token_batches
+from .masks import decoder_mask
 from .cache import PrefixCache
 from .patches import _exclusive, patched
 from .plan import Plan, StopForward, chain, identity
@@ -35,6 +36,8 @@ class Runner:
         self.check_finite = check_finite
         self.plan = self.view.plan()
         self._sig = self.view.signature()
+        self._devices = [self.base.block_device(b) for b in range(self.base.n_layers)]  # accelerate may spread them
+        self._layouts: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -42,14 +45,23 @@ class Runner:
 
     # -- batching
     def batches(self, seqs: Sequence[Sequence[int]], *, max_tokens: int | None = None,
-                batch_size: int | None = None, groups: list[list[int]] | None = None) -> list[Batch]:
+                batch_size: int | None = None, groups: list[list[int]] | None = None,
+                layouts: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None) -> list[Batch]:
         """The passes over ``seqs``: padded batches within the token budget (default :func:`default_max_tokens`),
-        or exactly ``groups`` (lists of indices into ``seqs``) when given (two models fed the same batches)."""
+        or exactly ``groups`` (lists of indices into ``seqs``) when given (two models fed the same batches).
+        ``layouts``: ``(positions, segments)`` of each sequence when they are packed rows (:mod:`.masks`)."""
         if not seqs:
             raise RunnerError("no sequences to run")
         empty = [i for i, s in enumerate(seqs) if len(s) == 0]
         if empty:
             raise RunnerError(f"sequence {empty[0]} is empty; every sequence needs at least one token")
+        if layouts is not None:
+            if len(layouts) != len(seqs):
+                raise RunnerError(f"{len(layouts)} layouts for {len(seqs)} sequences; give one per sequence")
+            bad = [i for i, (s, (p, g)) in enumerate(zip(seqs, layouts)) if not len(s) == len(p) == len(g)]
+            if bad:
+                raise RunnerError(f"sequence {bad[0]}: its positions and segments must be as long as its tokens")
+        self._layouts = layouts
         if groups is None:
             budget = max_tokens if max_tokens is not None else default_max_tokens(self.base.device)
             groups = token_batches([len(s) for s in seqs], budget, batch_size)
@@ -58,15 +70,20 @@ class Runner:
     def _batch(self, seqs: Sequence[Sequence[int]], rows: list[int]) -> Batch:
         pad_id = self.base.tokenizer.pad_token_id if self.base.tokenizer.pad_token_id is not None else 0
         ids, att = pad([seqs[i] for i in rows], pad_id, self.base.input_device)
-        return Batch(list(rows), ids, att)
+        if self._layouts is None:
+            return Batch(list(rows), ids, att)
+        pos, seg = pad_layouts([self._layouts[i] for i in rows], self.base.input_device)
+        return Batch(list(rows), ids, att, pos, seg)
 
     def passes(self, seqs: Sequence[Sequence[int]], reads: dict[str, Read] | Callable[[Batch], dict[str, Read]], *,
                edits: Plan | Callable[[Batch], Plan | None] | None = None, max_tokens: int | None = None,
                batch_size: int | None = None, groups: list[list[int]] | None = None,
+               layouts: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None,
                progress: str | None = None) -> Iterator[tuple[Batch, dict]]:
         """Yield ``(batch, forward(batch, reads))`` over ``seqs``; ``reads`` and ``edits`` may depend on the
-        batch. On a GPU, an out-of-memory error halves the batch and retries (said once)."""
-        todo = self.batches(seqs, max_tokens=max_tokens, batch_size=batch_size, groups=groups)
+        batch. On a GPU, an out-of-memory error halves the batch and retries (said once). ``layouts``: see
+        :meth:`batches` (packed rows)."""
+        todo = self.batches(seqs, max_tokens=max_tokens, batch_size=batch_size, groups=groups, layouts=layouts)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -95,7 +112,10 @@ class Runner:
     def _batch_from(self, batch: Batch, sl: slice) -> Batch:
         ids, mask = batch.ids[sl], batch.mask[sl]
         width = int(mask.sum(1).max())
-        return Batch(batch.rows[sl], ids[:, :width], mask[:, :width])
+        if not batch.packed:
+            return Batch(batch.rows[sl], ids[:, :width], mask[:, :width])
+        return Batch(batch.rows[sl], ids[:, :width], mask[:, :width], batch.positions[sl, :width],  # type: ignore[index]
+                     batch.segments[sl, :width])  # type: ignore[index]
 
     # -- one pass
     def forward(self, batch: Batch, reads: dict[str, Read], *, edits: Plan | None = None,
@@ -126,6 +146,8 @@ class Runner:
         flags: list[tuple[int, str, torch.Tensor]] = []
 
         def keep(name: str, rd: Read, b: int, h: torch.Tensor) -> None:
+            if rd.site == "in":  # a block's input arrives from the previous block's device: read it on its own
+                h = h.to(self._devices[b])
             sel = _select(h, rd.at, batch)
             if self.check_finite:
                 flags.append((b, name, torch.isfinite(sel).all()))
@@ -140,7 +162,7 @@ class Runner:
             for b in rd.blocks:
                 src = b if rd.site == "in" else b + 1  # the stored input of block b / of block b + 1 (key L: final)
                 if rd.site != "mlp" and 1 <= src <= start and cache is not None:
-                    keep(name, rd, b, cache.get(batch.key, src).to(base.block_device(min(b, L - 1))))
+                    keep(name, rd, b, cache.get(batch.key, src).to(self._devices[min(b, L - 1)]))
                     continue
                 deepest = max(deepest, (b, 0 if rd.site == "in" else 1))
                 target = {"in": taps_in, "out": taps_out, "mlp": taps_mlp}[rd.site]
@@ -187,12 +209,19 @@ class Runner:
         with torch.inference_mode(), _exclusive(base.decoder, base.name):
             with patched(base.blocks, plan, tap_in=t_in, tap_out=t_out, tap_mlp=t_mlp, returns_tuple=base.returns_tuple):
                 if head:
-                    return base.hf(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False).logits
+                    return base.hf(**self._inputs(batch), use_cache=False).logits
                 try:
-                    base.decoder(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False)
+                    base.decoder(**self._inputs(batch), use_cache=False)
                 except StopForward:
                     pass
         return None
+
+    def _inputs(self, batch: Batch) -> dict[str, Any]:
+        """The decoder's inputs: ids and the 2D padding mask, or for packed rows their block mask and position ids."""
+        if not batch.packed:
+            return {"input_ids": batch.ids, "attention_mask": batch.mask}
+        mask = decoder_mask(self.base.hf, self.base.attn_implementation, batch.segments, batch.positions, self.base.dtype)
+        return {"input_ids": batch.ids, "attention_mask": mask, "position_ids": batch.positions}
 
     def _nonfinite(self, batch: Batch, plan: Plan, flags: list) -> None:
         bad_read = next((b, n) for b, n, f in flags if not bool(f))
@@ -206,7 +235,7 @@ class Runner:
         with torch.inference_mode(), _exclusive(self.base.decoder, self.base.name):
             with patched(self.base.blocks, plan, tap_out=taps, returns_tuple=self.base.returns_tuple):
                 try:
-                    self.base.decoder(input_ids=batch.ids, attention_mask=batch.mask, use_cache=False)
+                    self.base.decoder(**self._inputs(batch), use_cache=False)
                 except StopForward:
                     pass
         first = next((b for b in sorted(seen) if not seen[b]), bad_read[0])

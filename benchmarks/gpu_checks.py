@@ -1,0 +1,209 @@
+"""The checks that need a GPU, in one script (≤ 10 min on one GPU); ``--tiny`` runs the same code on the CPU.
+
+1. **Offload**: a random-weight Llama saved to a folder, loaded plainly on ``cuda:0`` and with a device_map that
+   keeps some blocks (and the head) on the CPU, offloaded by accelerate's hooks onto ``cuda:0`` per forward
+   (``--tiny``: the CPU with those blocks offloaded to disk). The option logits and per-item margins at every
+   block, in float32, must agree within 1e-5; so must the continuation scores (packed rows).
+2. **Shared prefixes**: packed continuation rows (4D block mask through SDPA) against the unshared rows on the
+   same device, float32, within 1e-4.
+3. **Overhead**: ``benchmarks/trace_overhead.py``'s timing on a Llama-3-8B-shaped model (random bf16 weights,
+   32 prompts x 256 tokens, 4 batches): ``option_logits`` / ``decision_trace`` against a plain SDPA forward of
+   ``hf.model`` and of ``hf`` (target ≤ 1.05x; TransformerLens' logit_lens measured 1.46x). ``--tiny``: a
+   ``llama-tiny`` shape, 4 x 32.
+
+Every figure goes to a JSON file (``--out``, default ``$OUT/gpu_checks.json`` or ``./gpu_checks.json``); the exit
+status is 1 if a check fails. No model package and no network are needed (random weights, a two-token tokenizer).
+
+    python benchmarks/gpu_checks.py                # on a GPU machine
+    python benchmarks/gpu_checks.py --tiny         # on the CPU (the same code paths, small shapes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import phaselens as pl
+from phaselens.encoding import Encoded
+from phaselens.lens import option_logits
+
+HERE = Path(__file__).resolve().parent
+
+
+def _overhead_module():
+    spec = importlib.util.spec_from_file_location("trace_overhead", HERE / "trace_overhead.py")
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def tokenizer():
+    """A minimal fast tokenizer (the synthetic prompts are token ids already; load_model needs eos/pad)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordLevel(vocab={"<unk>": 0, "<eos>": 1}, unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
+
+
+def continuation_items(n: int, prompt_len: int, vocab: int, k: int = 4, seed: int = 0) -> Encoded:
+    g = torch.Generator().manual_seed(seed)
+    prompts, conts, rows = [], [], []
+    for i in range(n):
+        p = torch.randint(10, vocab, (prompt_len,), generator=g).tolist()
+        for j in range(k):
+            prompts.append(p)
+            conts.append(torch.randint(10, vocab, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g).tolist())
+            rows.append((i, j))
+    opt = torch.tensor([[conts[i * k + j][0] for j in range(k)] for i in range(n)])
+    return Encoded("continuation", prompts, opt, torch.ones(n, k, dtype=torch.bool),
+                   torch.randint(0, k, (n,), generator=g), conts, rows)
+
+
+def margins(z: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """``[L, N]`` correct option's score minus the best other's."""
+    L, N, K = z.shape
+    right = z[:, torch.arange(N), answers]
+    other = z.masked_fill(torch.nn.functional.one_hot(answers, K).bool()[None], float("-inf")).max(-1).values
+    return right - other
+
+
+def check_offload(device: str, tiny: bool, folder: Path, report: dict) -> bool:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ov = _overhead_module()
+    tok = tokenizer()
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=8, num_attention_heads=8,
+                      num_key_value_heads=4, vocab_size=4096, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder / "model")
+    tok.save_pretrained(folder / "model")
+    plain = pl.load_model(str(folder / "model"), device=device, dtype=torch.float32)
+    off_dev = "disk" if tiny else "cpu"
+    dm = {"model.embed_tokens": 0 if not tiny else "cpu", "model.rotary_emb": 0 if not tiny else "cpu",
+          "model.norm": 0 if not tiny else "cpu", "lm_head": off_dev}
+    for b in range(cfg.num_hidden_layers):
+        dm[f"model.layers.{b}"] = off_dev if b in (2, 3, 4, 6) else (0 if not tiny else "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        off = pl.load_model(str(folder / "model"), device_map=dm, dtype=torch.float32,
+                            offload_folder=folder / "offload")
+    hooked = sum("forward" in b.__dict__ for b in off.blocks)
+    enc = ov.synthetic_items(16, 48, cfg.vocab_size)
+    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+    za = option_logits(plain, task, encoded=enc).z
+    zb = option_logits(off, task, encoded=enc).z
+    za_p = option_logits(pl.prune(plain, [3, 4]), task, encoded=enc).z
+    zb_p = option_logits(pl.prune(off, [3, 4]), task, encoded=enc).z
+    cenc = continuation_items(6, 40, cfg.vocab_size)
+    ctask = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * cenc.n_items,
+                         format="continuation")
+    ca = option_logits(plain, ctask, encoded=cenc).z
+    cb = option_logits(off, ctask, encoded=cenc).z
+    d_margin = max((margins(za, enc.answers) - margins(zb, enc.answers)).abs().max().item(),
+                   (margins(za_p, enc.answers) - margins(zb_p, enc.answers)).abs().max().item())
+    d_cont = (ca - cb).abs().max().item()
+    ok = d_margin <= 1e-5 and d_cont <= 1e-4 and hooked == cfg.num_hidden_layers
+    report["offload"] = {"device_map_offloaded_to": off_dev, "main_device": device, "blocks_with_accelerate_hooks": hooked,
+                         "max_abs_margin_diff": d_margin, "max_abs_continuation_diff": d_cont, "ok": ok,
+                         "placement": {k: str(v) for k, v in dm.items()}}
+    cs = option_logits(plain, ctask, encoded=cenc).z
+    cu = option_logits(plain, ctask, encoded=cenc, share_prefix=False).z
+    d_share = (cs - cu).abs().max().item()
+    report["shared_prefix"] = {"device": device, "max_abs_diff_shared_vs_unshared": d_share, "ok": d_share <= 1e-4}
+    print(f"[offload] {hooked} hooked blocks, max |margin diff| {d_margin:.2e}, max |continuation diff| {d_cont:.2e}: "
+          f"{'OK' if ok else 'FAIL'}")
+    print(f"[shared prefix] max |shared - unshared| {d_share:.2e}: {'OK' if d_share <= 1e-4 else 'FAIL'}")
+    return ok and d_share <= 1e-4
+
+
+def check_overhead(device: str, tiny: bool, report: dict, repeats: int) -> None:
+    ov = _overhead_module()
+    kind, bs, length, nb = ("llama-tiny", 4, 32, 4) if tiny else ("llama3-8b", 32, 256, 4)
+    t0 = time.perf_counter()
+    model = ov.synthetic_model(kind, device, tokenizer())
+    t_build = time.perf_counter() - t0
+    enc = ov.synthetic_items(bs * nb, length, min(model.W_U.shape[0], 49152))
+    budget = bs * length
+    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+    groups = ov.token_batches([len(p) for p in enc.prompts], budget)
+    padded = [ov.pad([enc.prompts[i] for i in g], 0, model.device) for g in groups]
+
+    def plain_decoder():
+        with torch.inference_mode():
+            for ids, att in padded:
+                model.hf.model(input_ids=ids, attention_mask=att, use_cache=False)
+
+    def plain_causal_lm():
+        with torch.inference_mode():
+            for ids, att in padded:
+                model.hf(input_ids=ids, attention_mask=att, use_cache=False)
+
+    def lens_only():
+        option_logits(model, task, max_tokens=budget, encoded=enc)
+
+    import phaselens.trace as tr_mod
+
+    orig = tr_mod.option_logits
+    tr_mod.option_logits = lambda m, t, **kw: orig(m, t, encoded=enc, **kw)
+    try:
+        t_dec = ov.timeit(plain_decoder, device, repeats)
+        t_lm = ov.timeit(plain_causal_lm, device, repeats)
+        t_lens = ov.timeit(lens_only, device, repeats)
+        t_trace = ov.timeit(lambda: pl.decision_trace(model, task, max_tokens=budget), device, repeats)
+    finally:
+        tr_mod.option_logits = orig
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+    report["overhead"] = {
+        "shape": kind, "dtype": str(model.dtype), "device": name, "batches": len(groups), "batch": [bs, length],
+        "repeats": repeats, "build_s": t_build, "hf_model_s": t_dec, "hf_causal_lm_s": t_lm, "option_logits_s": t_lens,
+        "decision_trace_s": t_trace, "option_logits_vs_hf_model": t_lens / t_dec, "option_logits_vs_causal_lm": t_lens / t_lm,
+        "decision_trace_vs_hf_model": t_trace / t_dec, "decision_trace_vs_causal_lm": t_trace / t_lm, "target": 1.05,
+        "load_average": os.getloadavg()[0],
+    }
+    print(f"[overhead] {kind} {model.dtype} on {name}, {len(groups)} x {bs} x {length}: hf.model {t_dec:.4f}s, "
+          f"hf {t_lm:.4f}s, option_logits {t_lens:.4f}s ({t_lens / t_dec:.3f}x / {t_lens / t_lm:.3f}x), "
+          f"decision_trace {t_trace:.4f}s ({t_trace / t_dec:.3f}x / {t_trace / t_lm:.3f}x)")
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="the CPU, small shapes (checks the script itself)")
+    ap.add_argument("--out", default=None, help="JSON file for the figures")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip-overhead", action="store_true")
+    args = ap.parse_args()
+    device = "cpu" if args.tiny else "cuda:0"
+    if not args.tiny and not torch.cuda.is_available():
+        print("no CUDA GPU here; run with --tiny on the CPU", file=sys.stderr)
+        return 2
+    out = Path(args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(".")) / "gpu_checks.json")
+    report: dict = {"torch": torch.__version__, "tiny": args.tiny, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ok = check_offload(device, args.tiny, Path(tmp), report)
+    if not args.skip_overhead:
+        check_overhead(device, args.tiny, report, args.repeats)
+    report["wall_s"] = time.perf_counter() - t0
+    report["ok"] = ok
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"figures written to {out} ({report['wall_s']:.0f}s)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
