@@ -105,6 +105,14 @@ def main() -> None:
     print(f"  decoder only, packed rows (no head, no lens):             {t_dec:8.3f} s  ratio {t_dec / t_hf:5.3f}x")
     print(f"  continuation trace, shared prefix (lens at every block):  {t_shared:8.3f} s  ratio {t_shared / t_hf:5.3f}x")
     print(f"  continuation trace, unshared rows (lens at every block):  {t_unshared:8.3f} s  ratio {t_unshared / t_hf:5.3f}x")
+    # multiply-add counts (x2 FLOPs), deterministic beside the noisy wall times: blocks' weights per token,
+    # the head per logit row (the baseline's causal LM computes logits at every position)
+    blk = sum(p.numel() for b in model.blocks for p in b.parameters()) * 2
+    head = model.W_U.shape[0] * model.d_model * 2
+    f_base = n_tok_unshared * (blk + head)
+    f_shared = n_tok_packed * blk + n_scored * model.n_layers * head
+    print(f"  FLOPs (weights only): baseline {f_base / 1e9:.0f} G, shared-prefix trace {f_shared / 1e9:.0f} G "
+          f"(ratio {f_shared / f_base:.3f}; of which the readout {n_scored * model.n_layers * head / 1e9:.0f} G)")
     print(f"  full-vocabulary readout on top of the packed forward: {t_shared - t_dec:.3f} s "
           f"({(t_shared - t_dec) / t_hf:.3f}x of the baseline): log-softmax over V={model.W_U.shape[0]} at "
           f"{n_scored} positions x {model.n_layers} blocks; its normaliser needs every vocabulary logit")

@@ -215,7 +215,7 @@ def test_too_long_for_the_context_is_refused_naming_the_item(tiny_llama, cont_ta
 def test_lm_eval_scoring_rule_on_smol_arc_easy(smol):
     """acc / acc_norm per lm-eval (argmax of summed log-likelihood; of log-likelihood / len(choice) in characters)
     from plain transformers log-likelihoods, against the shared-prefix trace's final block."""
-    task = pl.load_task("arc-easy", limit=8, seed=3)
+    task = pl.load_task("arc-easy", limit=6, seed=3)
     enc = encode(task, smol.tokenizer)
     tr = pl.decision_trace(smol, task, n_boot=10)
     ll = _direct_loglik(smol.hf, enc).numpy()

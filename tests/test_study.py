@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import phaselens as pl
@@ -373,3 +374,23 @@ def test_processes_executor_gives_the_same_study(tiny_llama_dir, tmp_path):
     assert (far.status == "done").all(), far.error.tolist()
     assert set(far.executor) == {"processes"} and not set(far.worker) & set(loc.worker)
     _same_study(tmp_path / "local", tmp_path / "pool")
+
+
+def test_trace_runs_under_each_lens(tiny_llama_dir, tmp_path, monkeypatch):
+    """``lens`` in a trace run is a grid like any parameter; each job's result is the direct decision_trace under
+    that lens (read through the same fitted lens, cached once per model)."""
+    monkeypatch.setenv("PHASELENS_CACHE", str(tmp_path / "cache"))
+    spec = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 20, "lens": ["logit", "linear"]}], seeds=[0])
+    df = pl.run_study(spec, out=tmp_path / "out")
+    assert (df.status == "done").all() and len(df) == 2
+    got = {r.params: pl.load_result(tmp_path / "out" / f"{r.result}.json") for r in df.itertuples()}
+    by_lens = {json.loads(p)["lens"]: r for p, r in got.items()}
+    assert by_lens["logit"].trace.lens == "logit" and by_lens["linear"].trace.lens == "linear"
+    m, t = pl.load_model(tiny_llama_dir), pl.load_task("capitals", limit=6, seed=0)
+    for kind, r in by_lens.items():
+        direct = pl.decision_trace(m, t, lens=kind, seed=0, n_boot=20)
+        np.testing.assert_allclose(r.trace.margins, direct.margins, atol=1e-5)
+    assert not np.allclose(by_lens["logit"].trace.margins[:-1], by_lens["linear"].trace.margins[:-1])
+    with pytest.raises(pl.StudyError, match=r"runs\[0\] \(trace\)\.lens = 'tunde'.*allowed values"):
+        pl.run_study(_spec(tiny_llama_dir, [{"kind": "trace", "lens": "tunde"}]), out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -29,6 +29,9 @@ def job_id(config: dict[str, Any], fingerprint: str, items: str) -> str:
     from .. import __version__
 
     doc = {**config, "fingerprint": fingerprint, "items": items, "phaselens": __version__}
+    lens = (config.get("params") or {}).get("lens") if isinstance(config.get("params"), dict) else None
+    if isinstance(lens, str) and Path(lens).is_file():  # a saved lens: its content names the job, not its path
+        doc["lens_sha256"] = hashlib.sha256(Path(lens).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -334,6 +334,8 @@ def _run(r: Any, i: int) -> dict[str, Any]:
             wrong = [x for x in (v if k in rk.listy else [v]) if x not in choices[ck]]
             if wrong:
                 raise StudyError(f"runs[{i}] ({kind}).{k} = {v!r}: allowed values {list(choices[ck])}")
+        if "lens" in params:
+            _check_lens(params["lens"], f"runs[{i}] ({kind}).lens")
         if kind == "phase-cuts" and not _int(1)(params["n"]):
             raise StudyError(f"runs[{i}] (phase-cuts).n must be an int >= 1 (blocks per cut), got {params['n']!r}")
         eps = params.get("eps", 0.0) if kind == "noise" else 0.0
@@ -356,6 +358,18 @@ def _run(r: Any, i: int) -> dict[str, Any]:
     except (TypeError, ValueError):
         raise StudyError(f"runs[{i}] ({kind}): parameters must be plain numbers, strings, booleans and lists") from None
     return dict(r)
+
+
+def _check_lens(v: Any, where: str) -> None:
+    """``lens`` in a run: a lens kind (fitted once per model and cached) or the path of a saved lens file."""
+    from ..lenses import KINDS
+
+    if v is None or (isinstance(v, str) and v in KINDS):
+        return
+    if isinstance(v, str) and Path(v).is_file():
+        return
+    raise StudyError(f"{where} = {v!r}: allowed values {list(KINDS)} (fitted once per model on the bundled calibration "
+                     "text and cached) or the path of an existing lens file written by Lens.save")
 
 
 def _study_help(k: str) -> str:
