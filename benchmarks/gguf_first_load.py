@@ -1,7 +1,7 @@
 """The first load of a GGUF model: phaselens' streamed dequantizer against transformers' ``gguf_file=`` loader.
 
 Fast path (``phaselens.dequant.dequantize_to_folder``): the GGUF tensors dequantized one at a time, a slab of
-rows at a time, straight into a safetensors file. Baseline (``phaselens.models.dequantize_with_transformers``, the
+rows at a time, straight into a safetensors file. Baseline (``phaselens.dequant.dequantize_with_transformers``, the
 loader phaselens used before): ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`` (every tensor
 dequantized into memory), then ``save_pretrained``. Each path runs in its own subprocess, so its wall time and
 peak resident memory (``getrusage``) are its own; then the two folders are compared tensor by tensor (max
@@ -35,7 +35,7 @@ def _one(path: str, kind: str, out: str, arch: str) -> None:
     if kind == "fast":
         dequant.dequantize_to_folder(path, out, architecture=arch)
     else:
-        models.dequantize_with_transformers(Path(path), Path(out), architecture=arch)
+        dequant.dequantize_with_transformers(Path(path), Path(out), architecture=arch)
     print(json.dumps({"seconds": time.perf_counter() - t0,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 

@@ -203,3 +203,29 @@ def _default_architecture(config: Any) -> str:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM._model_mapping[type(config)].__name__
+
+
+def dequantize_with_transformers(path: Path, save_to: Path, *, architecture: str | None = None) -> dict[str, Any]:
+    """The baseline first load: transformers' ``from_pretrained(gguf_file=...)`` (the whole model dequantized in
+    memory), then ``save_pretrained`` into ``save_to`` (atomically). Returns ``{"seconds"}``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    if not getattr(hf.config, "architectures", None):
+        hf.config.architectures = [architecture or type(hf).__name__]
+    # The dequantized weights are plain tensors now: drop the GGUF quantizer so it can be saved.
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    tmp = save_to.with_name(save_to.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if save_to.exists():
+        shutil.rmtree(save_to)
+    tmp.rename(save_to)  # atomic: an interrupted first load leaves no half-written cache
+    del hf
+    return {"seconds": time.perf_counter() - t0}

