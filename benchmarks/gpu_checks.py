@@ -136,33 +136,9 @@ def check_overhead(device: str, tiny: bool, report: dict, repeats: int) -> None:
     enc = ov.synthetic_items(bs * nb, length, min(model.W_U.shape[0], 49152))
     budget = bs * length
     task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
-    groups = ov.token_batches([len(p) for p in enc.prompts], budget)
-    padded = [ov.pad([enc.prompts[i] for i in g], 0, model.device) for g in groups]
-
-    def plain_decoder():
-        with torch.inference_mode():
-            for ids, att in padded:
-                model.hf.model(input_ids=ids, attention_mask=att, use_cache=False)
-
-    def plain_causal_lm():
-        with torch.inference_mode():
-            for ids, att in padded:
-                model.hf(input_ids=ids, attention_mask=att, use_cache=False)
-
-    def lens_only():
-        option_logits(model, task, max_tokens=budget, encoded=enc)
-
-    import phaselens.trace as tr_mod
-
-    orig = tr_mod.option_logits
-    tr_mod.option_logits = lambda m, t, **kw: orig(m, t, encoded=enc, **kw)
-    try:
-        t_dec = ov.timeit(plain_decoder, device, repeats)
-        t_lm = ov.timeit(plain_causal_lm, device, repeats)
-        t_lens = ov.timeit(lens_only, device, repeats)
-        t_trace = ov.timeit(lambda: pl.decision_trace(model, task, max_tokens=budget), device, repeats)
-    finally:
-        tr_mod.option_logits = orig
+    t = ov.measure(model, task, enc, budget, device, repeats)
+    t_dec, t_lm, t_lens, t_trace = t["hf_model"], t["hf_causal_lm"], t["option_logits"], t["decision_trace"]
+    groups = range(t["batches"])
     name = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     report["overhead"] = {
         "shape": kind, "dtype": str(model.dtype), "device": name, "batches": len(groups), "batch": [bs, length],

@@ -68,6 +68,38 @@ def timeit(fn, device: str, repeats: int) -> float:
     return statistics.median(times)
 
 
+def measure(model, task, enc, budget: int, device: str, repeats: int) -> dict:
+    """Median seconds of the two plain forwards (``hf.model``, ``hf``), ``option_logits`` and ``decision_trace``
+    over the same token batches of ``enc`` (``budget`` padded tokens per pass); ``batches``: how many passes."""
+    groups = token_batches([len(p) for p in enc.prompts], budget)
+    padded = [pad([enc.prompts[i] for i in g], 0, model.device) for g in groups]
+
+    def plain_decoder():
+        with torch.inference_mode():
+            for ids, att in padded:
+                model.hf.model(input_ids=ids, attention_mask=att, use_cache=False)
+
+    def plain_causal_lm():
+        with torch.inference_mode():
+            for ids, att in padded:
+                model.hf(input_ids=ids, attention_mask=att, use_cache=False)
+
+    def lens_only():
+        option_logits(model, task, max_tokens=budget, encoded=enc)
+
+    import phaselens.trace as tr_mod
+
+    orig = tr_mod.option_logits
+    tr_mod.option_logits = lambda m, t, **kw: orig(m, t, encoded=enc, **kw)
+    try:
+        return {"hf_model": timeit(plain_decoder, device, repeats), "hf_causal_lm": timeit(plain_causal_lm, device, repeats),
+                "option_logits": timeit(lens_only, device, repeats),
+                "decision_trace": timeit(lambda: pl.decision_trace(model, task, max_tokens=budget), device, repeats),
+                "batches": len(groups)}
+    finally:
+        tr_mod.option_logits = orig
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -105,41 +137,13 @@ def main() -> None:
         enc = synthetic_items(bs * nb, length, min(model.W_U.shape[0], 49152))
         budget = bs * length  # the same batches for phaselens and the baselines
         task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
-    groups = token_batches([len(p) for p in enc.prompts], budget)
-    padded = [pad([enc.prompts[i] for i in g], 0, model.device) for g in groups]
-
-    def plain_decoder():
-        with torch.inference_mode():
-            for ids, att in padded:
-                model.hf.model(input_ids=ids, attention_mask=att, use_cache=False)
-
-    def plain_causal_lm():
-        with torch.inference_mode():
-            for ids, att in padded:
-                model.hf(input_ids=ids, attention_mask=att, use_cache=False)
-
-    def lens_only():
-        option_logits(model, task, max_tokens=budget, encoded=enc)
-
-    import phaselens.trace as tr_mod
-
-    orig = tr_mod.option_logits
-    tr_mod.option_logits = lambda m, t, **kw: orig(m, t, encoded=enc, **kw)
-    try:
-        def full_trace():
-            pl.decision_trace(model, task, max_tokens=budget)
-
-        t_dec = timeit(plain_decoder, args.device, args.repeats)
-        t_lm = timeit(plain_causal_lm, args.device, args.repeats)
-        t_lens = timeit(lens_only, args.device, args.repeats)
-        t_trace = timeit(full_trace, args.device, args.repeats)
-    finally:
-        tr_mod.option_logits = orig
+    t = measure(model, task, enc, budget, args.device, args.repeats)
+    t_dec, t_lm, t_lens, t_trace, groups = t["hf_model"], t["hf_causal_lm"], t["option_logits"], t["decision_trace"], t["batches"]
 
     dev_name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"model {model.name}: L={model.n_layers} d={model.d_model} {model.dtype} on {dev_name}")
     what = f"{args.task}, {enc.n_items} prompts of at most {length} tokens" if args.task else f"{bs} prompts x {length} tokens"
-    print(f"{len(groups)} batches, {what}, median of {args.repeats}")
+    print(f"{groups} batches, {what}, median of {args.repeats}")
     print(f"  baseline hf.model forward (no LM head): {t_dec:8.4f} s")
     print(f"  baseline hf forward (causal LM logits): {t_lm:8.4f} s")
     print(f"  option_logits (lens at every block):    {t_lens:8.4f} s  ratio {t_lens / t_dec:5.3f}x decoder, {t_lens / t_lm:5.3f}x causal LM")

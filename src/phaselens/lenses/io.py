@@ -34,22 +34,10 @@ def save_lens(lens: Lens, path: str | Path) -> Path:
 
 def read_lens(path: str | Path) -> Lens:
     """The lens saved at ``path``, without checking which model it is used with (see :func:`load_lens`)."""
-    from safetensors import SafetensorError, safe_open
+    from ..tensorfile import read_tensor_file
 
     path = Path(path)
-    if not path.is_file():
-        raise LensError(f"lens file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise LensError(f"{path} is not a lens file: a lens is a safetensors file written by Lens.save "
-                        f"({type(e).__name__}: {e}); nothing was executed") from None
-    missing = [k for k in _META if k not in meta]
-    if missing:
-        raise LensError(f"{path} is a safetensors file but not a phaselens lens: its metadata lacks {missing}; save "
-                        "lenses with Lens.save")
+    meta, tensors = read_tensor_file(path, "lens", "Lens.save", _META, LensError)
     if meta["kind"] not in KINDS:
         raise LensError(f"{path} holds a lens of unknown kind {meta['kind']!r} (known: {KINDS})")
     try:

@@ -78,25 +78,11 @@ _META_KEYS = ("fingerprint", "model", "method", "removed", "lam", "n_tokens")
 def load_recovery(path: str | Path, model: Any) -> Recovered:
     """The recovered view saved at ``path``, on ``model``; refuses a file made for another model, or any file
     that is not a recovery written by :meth:`Recovered.save`."""
-    from safetensors import SafetensorError, safe_open
+    from ..tensorfile import read_tensor_file
 
     base = as_view(model).base
     path = Path(path)
-    if not path.is_file():
-        raise RecoveryError(f"recovery file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
-    head = path.read_bytes()[:16]
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        looks = "a pickle" if head[:1] == b"\x80" else "text" if all(32 <= c < 127 or c in (9, 10, 13) for c in head) else "binary data"
-        raise RecoveryError(f"{path} is not a recovery file: it looks like {looks}, and a recovery is a safetensors "
-                            f"file written by Recovered.save ({type(e).__name__}: {e}); nothing was executed") from None
-    missing = [k for k in _META_KEYS if k not in meta]
-    if missing:
-        raise RecoveryError(f"{path} is a safetensors file but not a phaselens recovery: its metadata lacks {missing}; "
-                            "save recoveries with Recovered.save")
+    meta, tensors = read_tensor_file(path, "recovery", "Recovered.save", _META_KEYS, RecoveryError)
     if meta["fingerprint"] != base.fingerprint:
         raise RecoveryError(
             f"{path} was fitted on model {meta['model']!r} (fingerprint {meta['fingerprint']}), not on "
