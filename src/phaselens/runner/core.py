@@ -37,7 +37,6 @@ class Runner:
         self.plan = self.view.plan()
         self._sig = self.view.signature()
         self._devices = [self.base.block_device(b) for b in range(self.base.n_layers)]  # accelerate may spread them
-        self._layouts: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -61,18 +60,18 @@ class Runner:
             bad = [i for i, (s, (p, g)) in enumerate(zip(seqs, layouts)) if not len(s) == len(p) == len(g)]
             if bad:
                 raise RunnerError(f"sequence {bad[0]}: its positions and segments must be as long as its tokens")
-        self._layouts = layouts
         if groups is None:
             budget = max_tokens if max_tokens is not None else default_max_tokens(self.base.device)
             groups = token_batches([len(s) for s in seqs], budget, batch_size)
-        return [self._batch(seqs, g) for g in groups]
+        return [self._batch(seqs, g, layouts) for g in groups]
 
-    def _batch(self, seqs: Sequence[Sequence[int]], rows: list[int]) -> Batch:
+    def _batch(self, seqs: Sequence[Sequence[int]], rows: list[int],
+               layouts: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None) -> Batch:
         pad_id = self.base.tokenizer.pad_token_id if self.base.tokenizer.pad_token_id is not None else 0
         ids, att = pad([seqs[i] for i in rows], pad_id, self.base.input_device)
-        if self._layouts is None:
+        if layouts is None:
             return Batch(list(rows), ids, att)
-        pos, seg = pad_layouts([self._layouts[i] for i in rows], self.base.input_device)
+        pos, seg = pad_layouts([layouts[i] for i in rows], self.base.input_device)
         return Batch(list(rows), ids, att, pos, seg)
 
     def passes(self, seqs: Sequence[Sequence[int]], reads: dict[str, Read] | Callable[[Batch], dict[str, Read]], *,
@@ -124,7 +123,7 @@ class Runner:
 
         ``logits=True`` runs the whole causal LM (its own head) and adds ``"logits"`` ``[B, T, V]``: the
         model's own output, which the readout check compares the lens with."""
-        base, L = self.base, self.n_blocks
+        L = self.n_blocks
         plan = self.plan.merged(edits)
         sig = dict(self._sig)
         if edits is not None:
