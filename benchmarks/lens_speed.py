@@ -89,7 +89,7 @@ def main() -> None:
         seqs = tokenize(m.tokenizer, cal, 256)
         n = sum(len(s) for s in seqs)
         if "fit" not in skip:
-            from phaselens.lenses.linear import CPU_MAX_TOKENS
+            from phaselens.lenses.base import CPU_MAX_TOKENS
 
             mt = CPU_MAX_TOKENS if m.device.type != "cuda" else 32768
             t_fwd = best_of(lambda: hf_forward(m, seqs, mt), a.repeats)

@@ -18,6 +18,16 @@ from ..errors import LensError
 #: The lens kinds :func:`phaselens.fit_lens` makes.
 KINDS: tuple[str, ...] = ("logit", "linear", "tuned")
 
+#: padded tokens per pass when a lens reads every block's residual at every token on the CPU ([tokens, d] per block)
+CPU_MAX_TOKENS = 1024
+
+
+def gather_max_tokens(base: Any, max_tokens: int | None) -> int | None:
+    """``max_tokens``, or :data:`CPU_MAX_TOKENS` off a GPU (``None``: the runner's default budget on a GPU)."""
+    if max_tokens is None and base.device.type != "cuda":
+        return CPU_MAX_TOKENS
+    return max_tokens
+
 
 @dataclass(eq=False)
 class Lens:

@@ -9,9 +9,9 @@ import torch
 
 from ..calibration import heldout_texts, load_calibration, tokenize
 from ..errors import LensError
+from .base import gather_max_tokens
 
 _CHUNK = 128  # tokens per full-vocabulary softmax
-CPU_MAX_TOKENS = 1024
 
 
 @torch.inference_mode()
@@ -42,8 +42,7 @@ def lens_kl(model: Any, texts: Any = None, lens: Any = "logit", *, seq_len: int 
     last = base.n_layers - 1
     tot = np.zeros(len(rows_at))
     n = 0
-    if max_tokens is None and base.device.type != "cuda":
-        max_tokens = CPU_MAX_TOKENS
+    max_tokens = gather_max_tokens(base, max_tokens)
     reads = {"h": Read(tuple(rows_at), "out", "tokens")}
     for _, out in Runner(view).passes(seqs, reads, max_tokens=max_tokens, batch_size=batch_size,
                                       progress=f"lens_kl {lens_.kind}" if progress else None):

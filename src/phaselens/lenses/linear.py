@@ -18,10 +18,8 @@ import torch
 
 from ..calibration import load_calibration, n_tokens
 from ..errors import LensError, SingularFitWarning
-from .base import Lens
+from .base import Lens, gather_max_tokens
 
-#: padded tokens per pass when gathering the statistics on the CPU (every block's [tokens, d] is read at once)
-CPU_MAX_TOKENS = 1024
 
 
 def fit_linear(base: Any, calibration: Any = None, *, lam: float | None = None, target: str | None = None,
@@ -42,8 +40,7 @@ def fit_linear(base: Any, calibration: Any = None, *, lam: float | None = None, 
         raise LensError(f"the linear lens of {base.name} needs at least {d + 1} calibration tokens (hidden size {d} plus "
                         f"the bias), but the calibration text gives {n} (at seq_len={seq_len}); pass more text, or "
                         "calibration=None for the bundled corpus")
-    if max_tokens is None and base.device.type != "cuda":
-        max_tokens = CPU_MAX_TOKENS
+    max_tokens = gather_max_tokens(base, max_tokens)
     spans = [(b + 1, L) for b in range(L - 1)]
     stats = span_stats(base, spans, texts, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
     W0 = None

@@ -27,7 +27,7 @@ import torch
 
 from ..calibration import load_calibration, tokenize
 from ..errors import LensError
-from .base import Lens
+from .base import CPU_MAX_TOKENS, Lens
 
 CPU_VOCAB = 2048
 _CHUNK = 256
@@ -52,7 +52,7 @@ def _gather(base: Any, texts: list[str], seq_len: int, max_train_tokens: int, ma
     at = 0
     reads = {"h": Read(tuple(range(L)), "out", "tokens")}
     with torch.inference_mode():
-        for _, out in Runner(ModelView(base)).passes(seqs, reads, max_tokens=max_tokens or 1024):
+        for _, out in Runner(ModelView(base)).passes(seqs, reads, max_tokens=max_tokens or CPU_MAX_TOKENS):
             m = out["h"][L - 1].shape[0]
             for b in range(L - 1):
                 H[b, at: at + m] = out["h"][b].float().cpu()
