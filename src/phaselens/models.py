@@ -310,25 +310,16 @@ def _config_for(spec: Any) -> Any:
 
 
 def parse_device(device: Any) -> torch.device | None:
-    """``device`` as a torch device that exists on this machine; a :class:`ModelError` naming it otherwise."""
+    """``device`` as a torch device that exists on this machine (the rule a device map's entries follow,
+    :func:`phaselens.placement.check_device`); a :class:`ModelError` naming it otherwise."""
+    from .placement import check_device
+
     if device is None:
         return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ModelError(f"device={device!r} is not a device name; pass 'cpu', 'cuda', 'cuda:1', 'mps' ({e})") from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ModelError(f"device={device!r}, but this machine has no CUDA GPU (torch {torch.__version__}, "
-                             f"CUDA build: {torch.version.cuda is not None}); pass device='cpu'")
-        if dev.index is not None and dev.index >= n:
-            raise ModelError(f"device={device!r}, but this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1})")
-    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ModelError(f"device={device!r}, but MPS is not available here; pass device='cpu'")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ModelError(f"device={device!r}: phaselens runs on 'cpu', 'cuda' or 'mps'")
-    return dev
+    if isinstance(device, str) and device == "disk":
+        raise ModelError("device='disk' cannot run a model; offload blocks to disk with device_map= and offload_folder=")
+    check_device(device, f"device={device!r}")
+    return torch.device(device)
 
 
 def parse_dtype(dtype: Any) -> torch.dtype | None:

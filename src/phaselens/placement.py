@@ -85,8 +85,9 @@ def check_device(value: Any, what: str) -> str:
     n = _n_cuda()
     if dev.type == "cuda":
         if n == 0:
-            raise ModelError(f"{what}: {value!r} names a CUDA GPU, but this machine has none (torch {torch.__version__}); "
-                             "use 'cpu' (or 'disk' with offload_folder=)")
+            raise ModelError(f"{what}: {value!r} names a CUDA GPU, but this machine has no CUDA GPU (torch "
+                             f"{torch.__version__}, CUDA build: {torch.version.cuda is not None}); use 'cpu' (or "
+                             "'disk' with offload_folder=)")
         idx = 0 if dev.index is None else dev.index
         if idx >= n:
             raise ModelError(f"{what}: {value!r} does not exist; this machine has {n} CUDA GPU(s) (cuda:0..cuda:{n - 1})")
