@@ -386,3 +386,26 @@ def test_an_old_run_folder_is_refused_with_how_to_recompute(tmp_path):
     (tmp_path / "step_000.json").write_text(json.dumps({"step": 0, "removed": []}))
     with pytest.raises(pl.RunFolderError, match=r"written by phaselens 0\.1 .*sweep\.json.*new out= folder"):
         pl.iterative_prune(SPEC, CAP, steps=1, out=tmp_path)
+
+
+def test_taking_over_a_killed_runs_lock_deletes_only_its_temporary_files(tmp_path):
+    """A run killed inside an atomic write leaves ``.NAME.tmpPID``; the run that takes its lock deletes those
+    (they were never renamed into place) and leaves every other file, a live process's temporary included."""
+    import socket
+
+    from phaselens.resume import RunFolder
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)  # that process has exited
+    state = tmp_path / ".phaselens" / "sweep"
+    state.mkdir(parents=True)
+    (state / "lock").write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "since": "earlier"}))
+    left = [state / f".manifest.json.tmp{dead}", tmp_path / f".r.json.tmp{dead}", state / "scratch" / f".x.tmp{dead}"]
+    kept = [state / f".manifest.json.tmp{os.getpid()}", state / "step_000.json", tmp_path / f"notes.tmp{dead}"]
+    for f in left + kept:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("{")
+    with pytest.warns(UserWarning, match="taking over the lock of a run that is gone"):
+        with RunFolder(tmp_path, "sweep", {"a": 1}):
+            assert [f.exists() for f in left] == [False] * 3
+            assert [f.exists() for f in kept] == [True] * 3

@@ -9,7 +9,8 @@ A run with ``out=DIR`` keeps its state in ``DIR/.phaselens/<run>/``, apart from 
 * ``manifest.json``: the SHA-256 of every finished unit's file. A unit whose file is missing, truncated,
   altered or foreign (not in the manifest, or another checksum) is recomputed, with a warning saying so;
 * ``lock``: the PID and host of the run holding the folder. A second run is refused with a message
-  naming the holder; the lock of a run that was killed (its process is gone) is taken over.
+  naming the holder; the lock of a run that was killed (its process is gone) is taken over, and the temporary
+  files that run left half-written (``.NAME.tmpPID``) are deleted.
 """
 
 from __future__ import annotations
@@ -137,12 +138,23 @@ class RunFolder:
                               f"{held.get('since', '?')}); finished work is kept", stacklevel=3)
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
+                if isinstance(pid, int):
+                    self._sweep_temporaries(pid)
                 continue
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self._locked = True
             return
         raise RunFolderError(f"could not take the lock {lock}; another run keeps taking it")
+
+    def _sweep_temporaries(self, pid: int) -> None:
+        """Delete the temporary files (``.NAME.tmpPID``, see :func:`write_atomic`) a killed run ``pid`` left
+        half-written in the folder: none of them was renamed into place, so none holds finished work."""
+        suffix = f".tmp{pid}"
+        for f in self.out.rglob(f"*{suffix}"):
+            if f.is_file() and f.name.startswith(".") and f.name.endswith(suffix):
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
 
     def _unlock(self) -> None:
         if self._locked:
