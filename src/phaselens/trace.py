@@ -388,7 +388,7 @@ def decision_trace(
     checks.batching(batch_size, max_tokens)
     checks.flag("progress", progress)
     if device is not None and isinstance(model, str):
-        from .models import load_model
+        from .loading import load_model
 
         model = load_model(model, device=device)
     view = as_view(model)

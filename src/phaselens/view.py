@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from .errors import PruningError, RecoveryError
-from .models import Model, load_model
+from .loading import load_model
+from .models import Model
 from .runner import Plan, identity
 from .types import ModelLike
 

@@ -54,7 +54,7 @@ def fit_lens(model: Any, kind: str, calibration: Any = None, *, seed: int = 0, *
 
 def cache_path(base: Any, kind: str) -> Path:
     """Where ``lens=kind`` keeps the lens it fits on the bundled calibration text for ``base``."""
-    from ..models import cache_dir
+    from ..embedded import cache_dir
 
     return Path(cache_dir()) / "lenses" / f"{base.name.replace('/', '_')}-{base.fingerprint}-{kind}.safetensors"
 

@@ -119,7 +119,7 @@ class StudyWorker:
     """A Ray actor: one worker process holding its models across the jobs sent to it."""
 
     def __init__(self, capacity: int, driver_host: str, scratch: str, num_cpus: float) -> None:
-        from ..models import cache_dir
+        from ..embedded import cache_dir
 
         self.cache = ModelCache(capacity)
         # the driver's scratch folder when this actor shares its machine, else this node's phaselens cache

@@ -69,7 +69,7 @@ class ModelCache:
         if key in self.models:
             self.models.move_to_end(key)
             return self.models[key], True
-        from ..models import load_model
+        from ..loading import load_model
 
         while len(self.models) >= self.capacity:
             self.models.popitem(last=False)
