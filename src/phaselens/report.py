@@ -23,6 +23,7 @@ from typing import Any
 
 from .errors import ReportWarning
 from .results import ResultEntry, read_results
+from .resume import write_atomic
 
 
 @dataclass
@@ -240,7 +241,5 @@ def build_report(results: Any, path: str | os.PathLike = "report.html", *, title
     page = report_html(results, title=title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, page)
     return path

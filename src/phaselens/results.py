@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import ResultsError
 from .records import KINDS, Record, decode, encode, plain  # noqa: F401  (re-exported)
+from .resume import write_atomic
 
 FORMAT = 2
 
@@ -98,14 +99,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
 
 def _check_folder(folder: Path) -> None:
     for p in (folder, *folder.parents):
@@ -127,10 +120,10 @@ def write_record(obj: Record, path: Path, header: dict[str, Any]) -> Path:
         blob = st_save(arrays)
         digest = hashlib.sha256(blob).hexdigest()
         side = path.with_name(f"{path.stem}.{digest[:12]}.safetensors")
-        _atomic_bytes(side, blob)
+        write_atomic(side, blob)
         doc["arrays"] = {"file": side.name, "sha256": digest}
     doc["data"] = data
-    _atomic_bytes(path, json.dumps(doc, allow_nan=False).encode())
+    write_atomic(path, json.dumps(doc, allow_nan=False).encode())
     if old is not None and old.exists() and (not arrays or old.name != doc["arrays"]["file"]):
         old.unlink()
     return path

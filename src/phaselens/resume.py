@@ -30,11 +30,17 @@ from .errors import ResultsError, RunFolderError
 STATE_DIR = ".phaselens"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+def temporary(path: Path, pid: int | None = None) -> Path:
+    """The temporary file ``.NAME.tmpPID`` beside ``path`` that process ``pid`` (default: this one) writes before
+    renaming it into place; a run taking over a killed run's lock deletes that run's (:class:`RunFolder`)."""
+    return path.with_name(f".{path.name}.tmp{os.getpid() if pid is None else pid}")
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through :func:`temporary`, fsynced and renamed into place."""
+    tmp = temporary(path)
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
@@ -148,8 +154,8 @@ class RunFolder:
         raise RunFolderError(f"could not take the lock {lock}; another run keeps taking it")
 
     def _sweep_temporaries(self, pid: int) -> None:
-        """Delete the temporary files (``.NAME.tmpPID``, see :func:`write_atomic`) a killed run ``pid`` left
-        half-written in the folder: none of them was renamed into place, so none holds finished work."""
+        """Delete the temporary files (:func:`temporary`) a killed run ``pid`` left half-written in the folder:
+        none of them was renamed into place, so none holds finished work."""
         suffix = f".tmp{pid}"
         for f in self.out.rglob(f"*{suffix}"):
             if f.is_file() and f.name.startswith(".") and f.name.endswith(suffix):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResultsError, RunFolderError, StudyError
-from ..resume import RunFolder, write_atomic
+from ..resume import RunFolder, temporary, write_atomic
 
 INDEX = "index.parquet"
 RUN = "study"
@@ -121,7 +121,7 @@ class StudyFolder:
         df = frame(list(rows.values()))
         table = pa.Table.from_pandas(df, preserve_index=False)
         path = self.out / INDEX
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp = temporary(path)
         pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
