@@ -179,8 +179,9 @@ class Run:
             out["limit"] = limit
         return out
 
-    def study(self, runs: list[dict[str, Any]], *, tasks: list[str] | None = None) -> "StudyRun":
-        """Run the script's models x tasks x ``runs`` as one study (pl.run_study) in ``--study``."""
+    def study(self, runs: list[dict[str, Any]], *, tasks: list[str] | None = None,
+              models: list[str] | None = None) -> "StudyRun":
+        """Run the script's models (or ``models``) x tasks x ``runs`` as one study (pl.run_study) in ``--study``."""
         a = self.args
         tasks = list(tasks or a.tasks)
         for t in tasks:
@@ -193,7 +194,7 @@ class Run:
                 r.setdefault("calibration_passages", a.calibration_passages)
                 if r.get("on") == "heldout":
                     r.setdefault("heldout_passages", a.heldout_passages)
-        spec = {"name": self.name, "models": list(a.models), "tasks": [self.task_spec(t) for t in tasks],
+        spec = {"name": self.name, "models": list(models or a.models), "tasks": [self.task_spec(t) for t in tasks],
                 "seeds": [a.seed], "runs": runs}
         folder = Path(a.study or getattr(a, "sweeps", None) or self.out / "study")
         t0 = time.time()

@@ -67,9 +67,13 @@ def main(argv=None) -> None:
                       name, "held-out text", beats[k],
                       f"mean KL {kls[k][:-1].mean():.3f} vs logit {kls['logit'][:-1].mean():.3f} nats; lower at "
                       f"{int((kls[k][:-1] < kls['logit'][:-1]).sum())} of {L - 1} blocks")
+        # the traces of every task under every lens: one study job each (kept in --study, reused by a rerun); a saved
+        # lens file is a run parameter, named in the job's identity by its content
+        files = {"logit": "logit", **{k: str(run.out / "lenses" / f"{name}-{k}.safetensors") for k in ("linear", "tuned")}}
+        st = run.study([{"kind": "trace", "lens": list(files.values()), "n_boot": a.n_boot}], models=[name])
         for task_name in a.tasks:
             task = run.task(task_name)
-            trs = {k: pl.transition_point(m, task, lens=lens, n_boot=a.n_boot, seed=a.seed) for k, lens in lenses.items()}
+            trs = {k: C.need(st, name, task_name, "trace", lens=f) for k, f in files.items()}
             for k, tr in trs.items():
                 t = tr.trace
                 rows.append({"model": name, "task": task.name, "lens": k, "n_items": t.n_items, "transition": tr.layer,

@@ -143,4 +143,5 @@ def test_fake_out_of_memory_halves_the_batch_and_says_so_once(tiny_llama, capita
         got = pl.decision_trace(tiny_llama, capitals_task, n_boot=10, batch_size=6)
     assert sum("out of GPU memory" in str(w.message) for w in rec) == 1
     assert sizes[0] == 6 and max(s for s in sizes if s <= 2) == 2
-    np.testing.assert_allclose(got.margins, ref.margins, atol=1e-6, rtol=0)
+    # other batches pad to other widths: float32 rounding of the (x8-scaled) tiny model differs by up to ~1.5e-6
+    np.testing.assert_allclose(got.margins, ref.margins, atol=1e-5, rtol=0)

@@ -29,6 +29,30 @@ def test_first_n_items_in_file_order_and_recorded():
         pl.load_task("arc-easy", limit="8")
 
 
+def test_first_n_items_from_the_cli_and_from_a_study_spec(smol):
+    """``--first`` and a study task's ``sample = false`` take the file's first N items, as load_task(sample=False)."""
+    from typer.testing import CliRunner
+
+    from phaselens.cli import app
+    from phaselens.study.spec import parse_spec
+
+    builtin = pl.load_task("capitals")
+    res = CliRunner().invoke(app, ["transition", "-t", "capitals", "--limit", "4", "--first", "--json"])
+    assert res.exit_code == 0, res.output
+    trace = json.loads(res.stdout)["trace"]
+    assert trace["item_ids"] == [it.id for it in builtin.items[:4]]
+    assert "the first 4 of" in trace["task_note"]
+    res = CliRunner().invoke(app, ["transition", "-t", "capitals", "--first"])
+    assert res.exit_code == 2 and "--limit" in res.output
+    spec = parse_spec({"models": ["smollm2-135m"], "tasks": [{"name": "capitals", "limit": 4, "sample": False}],
+                       "runs": [{"kind": "trace"}]})
+    assert spec.tasks[0].config(0)["sample"] is False
+    plain = parse_spec({"models": ["smollm2-135m"], "tasks": [{"name": "capitals", "limit": 4}], "runs": [{"kind": "trace"}]})
+    assert "sample" not in plain.tasks[0].config(0)  # the job identity of a spec without the key is unchanged
+    with pytest.raises(pl.StudyError, match=r"tasks\[0\]\.sample must be true"):
+        parse_spec({"models": ["smollm2-135m"], "tasks": [{"name": "capitals", "sample": "no"}], "runs": [{"kind": "trace"}]})
+
+
 @needs_data
 def test_item_lists_keep_or_take_a_template_and_a_name():
     arc = pl.load_task("arc-easy", limit=5, sample=False)

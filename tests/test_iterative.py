@@ -213,3 +213,20 @@ def test_each_step_recomputes_only_from_the_first_changed_block(tiny_llama, capi
         assert full[b] == per_step * sum(in_model)
         starts = (0, c1, c2)  # step k recomputes from the block it changed
         assert reuse[b] == per_step * sum(p and b >= s for p, s in zip(in_model, starts))
+
+
+def test_saving_the_sweep_into_its_own_out_folder_keeps_it_resumable(tiny_llama, capitals_task, tmp_path):
+    """save_result(sweep, out) into the folder iterative_prune(out=...) resumes from: the saved file sits beside
+    the run's state (out/.phaselens/sweep/), so load_sweep and a rerun still read every step, with nothing recomputed."""
+    import phaselens.pruning.iterative as it_mod
+
+    sw = pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", steps=2, out=tmp_path, **KW)
+    for name in ("sweep", "args", "step_000"):  # the names of the run's own state files, too
+        pl.save_result(sw, tmp_path, name)
+    assert _dicts(pl.load_sweep(tmp_path)) == _dicts(sw)
+    assert _dicts(pl.load_sweep(tmp_path / "sweep.json")) == _dicts(sw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(it_mod, "decision_trace", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+        again = pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", steps=2, out=tmp_path, **KW)
+    assert _dicts(again) == _dicts(sw)
+    assert set(pl.load_results(tmp_path)) == {"sweep", "args", "step_000"}

@@ -302,3 +302,39 @@ def test_cli_prune_and_sweep(smol, text_files, tmp_path):
     again = runner.invoke(app, sweep + ["--json"])  # resumes: both steps are read back
     assert again.exit_code == 0, again.output
     assert len(json.loads(again.stdout)["steps"]) == 2
+
+
+def test_every_result_kind_summarises_tabulates_plots_and_round_trips(result, tiny_llama, cut_task, cal, held, tmp_path):
+    """One instance of every registered Result kind: each answers summary(), to_pandas() and plot() itself (the
+    report asks the result, never its class name), and save -> load gives the same numbers and summary."""
+    import plotly.graph_objects as go
+
+    from phaselens.experiments.collapse import CollapsePoint
+    from phaselens.records import KINDS
+    from phaselens.results import Result
+
+    tr = pl.transition_point(tiny_llama, cut_task, n_boot=50)
+    view = pl.fit_recovery(pl.prune(tiny_llama, [2, 3]), cal[:4], "ghosted", seq_len=SEQ)
+    pts = [CollapsePoint("a", "t", "bi", 6, 3, 0.5, 0.9), CollapsePoint("b", "t", "bi", 6, 4, 0.3, 0.8),
+           CollapsePoint("c", "t", "bi", 6, 5, 0.2, 0.7)]
+    made = {
+        "DecisionTrace": tr.trace, "Transition": tr, "PhaseCuts": result,
+        "CKAResult": pl.cka(tiny_llama, pl.prune(tiny_llama, [2]), cut_task, n_samples=16),
+        "NoiseResult": pl.inject_noise(tiny_llama, cut_task, [1, 4], 0.5, seeds=2, n_boot=50, transition=tr),
+        "AblationResult": pl.ablate(tiny_llama, cut_task, [1, 4], pairs=False, n_boot=50, transition=tr),
+        "Sweep": pl.iterative_prune(tiny_llama, cut_task, steps=1, calibration=cal[:2], perplexity_texts=held[:1],
+                                    n_boot=50),
+        "BoundaryError": pl.boundary_error(view, held[:1], seq_len=SEQ),
+        "CollapseStudy": pl.transition_vs_collapse(pts),
+    }
+    kinds = {name for name, cls in KINDS.items() if issubclass(cls, Result) and cls is not Result}
+    assert kinds == set(made), kinds ^ set(made)
+    for name, r in made.items():
+        assert type(r).__name__ == name
+        assert isinstance(r.summary(), str) and r.summary()
+        df = r.to_pandas()
+        assert len(df) > 0 and len(df.columns) > 0, name
+        assert isinstance(r.plot(), go.Figure), name
+        pl.save_result(r, tmp_path, name)
+        back = pl.load_result(tmp_path / f"{name}.json")
+        assert type(back) is type(r) and back.to_json() == r.to_json() and back.summary() == r.summary(), name

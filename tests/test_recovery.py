@@ -433,3 +433,25 @@ def test_perplexity_accepts_text_files_and_iterables(tiny_llama, tmp_path):
     assert pl.perplexity(tiny_llama, (t for t in texts)) == a
     with pytest.raises(pl.CalibrationError):
         pl.perplexity(tiny_llama, "not a file and not a list")
+
+
+def test_singularity_check_agrees_with_numpys_smallest_eigenvalue():
+    """is_singular (one Cholesky of A - t I) says what numpy's eigvalsh says: smallest eigenvalue <= t = rtol tr(A)/d."""
+    from phaselens.recovery.solvers import SINGULAR_RTOL, is_singular
+
+    rng = np.random.default_rng(0)
+    d = 40
+    cases = []
+    for n, cols in ((200, d), (30, d), (200, d - 1)):  # full rank; fewer tokens than channels; a duplicated channel
+        X = rng.standard_normal((n, d)) * np.logspace(-1, 1, d)
+        if cols < d:
+            X[:, -1] = X[:, 0]
+        cases.append(X.T @ X)
+    Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    for ratio in (1e-12, 1e-9, 1e-6):  # around the threshold: smallest eigenvalue at ratio x the mean one
+        ev = np.ones(d)
+        ev[0] = ratio
+        cases.append((Q * ev) @ Q.T)
+    got = [is_singular(torch.from_numpy(A)) for A in cases]
+    want = [bool(np.linalg.eigvalsh(A)[0] <= SINGULAR_RTOL * np.trace(A) / d) for A in cases]
+    assert got == want == [False, True, True, True, False, False]

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -386,6 +387,8 @@ def test_an_old_run_folder_is_refused_with_how_to_recompute(tmp_path):
     (tmp_path / "step_000.json").write_text(json.dumps({"step": 0, "removed": []}))
     with pytest.raises(pl.RunFolderError, match=r"written by phaselens 0\.1 .*sweep\.json.*new out= folder"):
         pl.iterative_prune(SPEC, CAP, steps=1, out=tmp_path)
+    with pytest.raises(pl.RunFolderError, match=r"written by phaselens 0\.1 .*Rerun into a new out= folder"):
+        pl.load_sweep(tmp_path)  # reading it back says the same
 
 
 def test_taking_over_a_killed_runs_lock_deletes_only_its_temporary_files(tmp_path):
@@ -409,3 +412,103 @@ def test_taking_over_a_killed_runs_lock_deletes_only_its_temporary_files(tmp_pat
         with RunFolder(tmp_path, "sweep", {"a": 1}):
             assert [f.exists() for f in left] == [False] * 3
             assert [f.exists() for f in kept] == [True] * 3
+
+
+def _race_for_the_lock(folder: str, barrier, results) -> None:
+    from phaselens.resume import RunFolder
+
+    barrier.wait()
+    try:
+        with RunFolder(folder, "sweep", {"a": 1}, "a sweep"):
+            results.put("took")
+            time.sleep(1.5)  # hold it while the others try
+    except pl.RunFolderError as e:
+        results.put("refused" if "in use by another run" in str(e) else f"other: {e}")
+
+
+def test_runs_starting_at_the_same_moment_get_the_lock_once(tmp_path):
+    """Six processes released together by a barrier: exactly one holds the folder, every other is refused naming
+    the holder; none takes over a live run's lock (a lock is never seen half-written)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    barrier, results = ctx.Barrier(6), ctx.Queue()
+    procs = [ctx.Process(target=_race_for_the_lock, args=(str(tmp_path), barrier, results)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    got = sorted(results.get(timeout=5) for _ in procs)
+    assert got == ["refused"] * 5 + ["took"], got
+    assert not (tmp_path / ".phaselens" / "sweep" / "lock").exists()  # released by the one that held it
+
+
+def test_an_unreadable_lock_is_read_again_before_anything_is_taken_over(tmp_path, monkeypatch):
+    """An empty lock (an older phaselens between creating and writing it) is not a dead run: the second run reads
+    it again, and once it names a live holder, is refused; a lock unreadable for longer than the grace is taken."""
+    import socket
+    import threading
+
+    from phaselens.resume import RunFolder
+
+    state = tmp_path / ".phaselens" / "sweep"
+    state.mkdir(parents=True)
+    lock = state / "lock"
+    lock.write_text("")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = {"pid": holder.pid, "host": socket.gethostname(), "since": "now"}
+        threading.Timer(0.3, lambda: lock.write_text(json.dumps(info))).start()
+        with pytest.raises(pl.RunFolderError, match=rf"in use by another run .*PID {holder.pid}"):
+            with RunFolder(tmp_path, "sweep", {"a": 1}):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    lock.write_text("")
+    monkeypatch.setattr(RunFolder, "UNREADABLE_GRACE", 0.2)
+    time.sleep(0.3)
+    with pytest.warns(UserWarning, match="taking over the lock of a run that is gone"):
+        with RunFolder(tmp_path, "sweep", {"a": 1}):
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_a_dependency_failing_on_bad_input_is_kept_as_the_cause(tiny_llama, tmp_path):
+    """At phaselens' boundary the dependency's own exception (the GGUF reader, torch's device parser, the UTF-8
+    decoder, JSON, safetensors) is re-raised as a phaselens error whose ``__cause__`` is the original."""
+    import json as _json
+
+    from safetensors import SafetensorError
+
+    from test_plots import synthetic_trace
+
+    (tmp_path / "text.safetensors").write_text("this is not a recovery")
+    pl.save_result(synthetic_trace(), tmp_path / "res", "a")
+    doc = tmp_path / "res" / "a.json"
+    doc.write_text(doc.read_text()[:40])
+    cases = [
+        (lambda: pl.load_model(_gguf(tmp_path, b"GGUF\x03\x00\x00\x00" + os.urandom(5000))), pl.ModelError, Exception),
+        (lambda: pl.load_model(SPEC, device="banana"), pl.ModelError, RuntimeError),
+        (lambda: pl.load_task(_write(tmp_path, "t.jsonl", '{"question": "caf\xe9", "options": ["a", "b"], '
+                                     '"answer": 0}\n'.encode("latin-1"))), pl.TaskError, UnicodeDecodeError),
+        (lambda: pl.load_task(_write(tmp_path, "u.jsonl", b'{"question": "q", "options": \n')), pl.TaskError,
+         _json.JSONDecodeError),
+        (lambda: pl.load_recovery(tmp_path / "text.safetensors", tiny_llama), pl.RecoveryError, (SafetensorError, OSError)),
+        (lambda: pl.load_results(tmp_path / "res"), pl.ResultsError, (_json.JSONDecodeError, UnicodeDecodeError)),
+    ]
+    for call, err, cause in cases:
+        with pytest.raises(err) as info:
+            call()
+        root = info.value.__cause__
+        while isinstance(root, pl.PhaselensError):  # a folder-level error wraps the file's, which wraps the original
+            root = root.__cause__
+        assert isinstance(root, cause), (info.value, repr(root))
+
+
+def test_noise_that_overflows_is_stopped_and_named_at_its_block(tiny_llama):
+    """eps is finite, but eps * sigma overflows float32: the pass stops at the noised block, naming it and the eps,
+    instead of reporting a NaN margin."""
+    with pytest.raises(pl.NonFiniteError, match=r"block 2 with noise eps=1e\+39"):
+        pl.inject_noise(tiny_llama, CAP, blocks=[2], eps=[1e39], seeds=1, n_boot=10)
+    r = pl.inject_noise(tiny_llama, CAP, blocks=[2], eps=[1.0], seeds=1, n_boot=10)
+    assert np.isfinite(r.item_margins).all()

@@ -94,6 +94,54 @@ def test_an_exception_mid_forward_leaves_the_model_clean(tiny_llama):
         assert torch.equal(tiny_llama.hf(input_ids=ids).logits, ref)
 
 
+def test_a_forward_replaced_mid_pass_is_named_and_the_other_blocks_are_still_restored(tiny_llama):
+    """Someone replaces one patched block's forward during a pass: that one is left as they set it (named in the
+    error), and every other patched block gets its own forward back."""
+    blocks = tiny_llama.blocks
+    ids = _ids(tiny_llama)
+    with torch.no_grad():
+        ref = tiny_llama.hf(input_ids=ids).logits
+    theirs = lambda *a, **k: None  # noqa: E731
+    with pytest.raises(pl.PhaselensError, match="replaced by someone else"):
+        with patched(blocks, Plan(replace={2: identity, 4: identity})):
+            blocks[4].forward = theirs
+    try:
+        assert "forward" not in blocks[2].__dict__  # restored although block 4 (popped first) failed
+        assert blocks[4].__dict__["forward"] is theirs
+    finally:
+        del blocks[4].forward
+    with torch.no_grad():
+        assert torch.equal(tiny_llama.hf(input_ids=ids).logits, ref)
+    with patched(blocks, Plan(replace={2: identity})):  # the per-module stacks are still paired
+        pass
+    assert all("forward" not in b.__dict__ for b in blocks)
+
+
+def test_one_cache_handed_to_two_models_never_replays_across_them(tiny_llama):
+    """Same batch, same (empty) view signature, different weights: the second model runs from block 0 and gives
+    its own plain Hugging Face hidden state, not the first model's replayed activations."""
+    import copy
+
+    other_hf = copy.deepcopy(tiny_llama.hf)
+    with torch.no_grad():
+        for p in other_hf.model.layers[0].parameters():
+            p.mul_(-1.0)
+    other_hf.tokenizer = tiny_llama.tokenizer
+    other = pl.load_model(other_hf)
+    ids = _ids(tiny_llama, seed=3)
+    mask = torch.ones_like(ids)
+    reads = {"h": Read((4,), "out", "last")}
+    cache = PrefixCache()
+    Runner(pl.ModelView(tiny_llama), cache=cache).forward(Batch([0, 1, 2], ids, mask), reads)
+    cache.recording = False
+    got = Runner(pl.ModelView(other), cache=cache).forward(Batch([0, 1, 2], ids, mask), reads)["h"][4]
+    with torch.no_grad():
+        ref = other_hf(input_ids=ids, output_hidden_states=True).hidden_states[5][:, -1]  # block 4's output
+        mine = tiny_llama.hf(input_ids=ids, output_hidden_states=True).hidden_states[5][:, -1]
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    assert not torch.allclose(ref, mine, atol=1e-3)  # the two models differ where the cache would have replayed
+
+
 def test_two_batches_of_equal_shape_never_share_cache_entries(tiny_llama):
     """Same shape, same last tokens, different content: each batch replays only its own stored inputs."""
     a = _ids(tiny_llama, seed=1)

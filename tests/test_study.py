@@ -106,6 +106,9 @@ def test_lists_are_grids_except_list_valued_parameters():
     ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "trace"}], "resources": {"gpus": 1}},
      ["gpus", "'num_gpus'"]),
     ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "sweep", "max_ratio": 1.5}]}, ["max_ratio", "(0, 1)"]),
+    ({"models": ["smollm2-136m"], "tasks": ["capitals"], "runs": [{"kind": "trace"}]},
+     ["models[0] = 'smollm2-136m'", "embedded name", "nothing was run"]),
+    ({"models": ["/no/such/model.gguf"], "tasks": ["capitals"], "runs": [{"kind": "trace"}]}, ["models[0]", ".gguf"]),
 ])
 def test_invalid_spec_is_refused_naming_key_and_allowed_values(spec, words, tmp_path):
     with pytest.raises(pl.StudyError) as e:
@@ -394,3 +397,61 @@ def test_trace_runs_under_each_lens(tiny_llama_dir, tmp_path, monkeypatch):
     with pytest.raises(pl.StudyError, match=r"runs\[0\] \(trace\)\.lens = 'tunde'.*allowed values"):
         pl.run_study(_spec(tiny_llama_dir, [{"kind": "trace", "lens": "tunde"}]), out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_job_is_named_by_its_config_model_identity_items_and_version(monkeypatch):
+    """The job id changes with each input of its identity, and with nothing else (key order, a copy)."""
+    import phaselens
+    from phaselens.study.run import job_id
+
+    cfg = {"kind": "trace", "model": "m", "task": {"name": "capitals", "limit": 8}, "seed": 0, "params": {"n_boot": 20}}
+    base = job_id(cfg, "fp:cpu:float32", "digest-a")
+    assert job_id(json.loads(json.dumps(cfg, sort_keys=True)), "fp:cpu:float32", "digest-a") == base
+    assert len({base,
+                job_id({**cfg, "seed": 1}, "fp:cpu:float32", "digest-a"),
+                job_id({**cfg, "params": {"n_boot": 21}}, "fp:cpu:float32", "digest-a"),
+                job_id(cfg, "other:cpu:float32", "digest-a"),  # another model
+                job_id(cfg, "fp:cuda:float32", "digest-a"),  # the same model computing on a GPU
+                job_id(cfg, "fp:cpu:bfloat16", "digest-a"),  # ... or in another dtype
+                job_id(cfg, "fp:cpu:float32", "digest-b")}) == 7  # other items
+    monkeypatch.setattr(phaselens, "__version__", "9.9.9")
+    assert job_id(cfg, "fp:cpu:float32", "digest-a") != base
+
+
+def test_the_index_has_the_columns_the_issue_names(tiny_llama_dir, tmp_path):
+    """job, status, host, wall time, peak memory and the key scalars, with values that say where the job ran."""
+    import socket
+
+    df = pl.run_study(_spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 20},
+                                             {"kind": "sweep", "steps": 1, "n_boot": 20, "calibration_passages": 1,
+                                              "heldout_passages": 1}]), out=tmp_path)
+    need = {"job", "status", "host", "wall_s", "peak_rss_mb", "transition", "transition_lo", "transition_hi",
+            "final_accuracy", "collapse_ratio"}
+    assert need <= set(df.columns), need - set(df.columns)
+    done = df[df.status == "done"]
+    assert len(done) and (done.host == socket.gethostname()).all()
+    assert (done.wall_s > 0).all() and (done.peak_rss_mb > 0).all()
+    assert ((done.final_accuracy >= 0) & (done.final_accuracy <= 1)).all()
+
+
+def test_collapse_r_is_over_pairs_not_over_seeds():
+    """Three (model, task) pairs swept with two seeds each: r is Pearson's over the three pair means (scipy on
+    means taken by hand), and the summary counts pairs."""
+    from scipy import stats
+
+    from phaselens.experiments.collapse import CollapsePoint, CollapseStudy
+
+    raw = {("a", "t"): [(10, 0.3), (12, 0.5)], ("b", "t"): [(20, 0.4), (20, 0.6)], ("c", "u"): [(25, 0.9), (27, 0.7)]}
+    pts = [CollapsePoint(m, t, "bi", 30, tr, cr, 0.9) for (m, t), v in raw.items() for tr, cr in v]
+    st = CollapseStudy(pts, float("nan"), float("nan"), "bi")
+    x, y = st.pair_means()
+    hand_x = [np.mean([tr / 30 for tr, _ in v]) for v in raw.values()]
+    hand_y = [np.mean([cr for _, cr in v]) for v in raw.values()]
+    np.testing.assert_allclose(sorted(x), sorted(hand_x))
+    np.testing.assert_allclose(sorted(y), sorted(hand_y))
+    from phaselens.stats import pearson
+
+    st.r, st.p = pearson(list(x), list(y))
+    want = stats.pearsonr(hand_x, hand_y)
+    assert st.r == pytest.approx(want[0]) and st.n_pairs == 3 and st.n == 6
+    assert "over 3 (model, task) pairs (6 sweeps, each pair's seeds averaged)" in st.summary()

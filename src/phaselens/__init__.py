@@ -17,8 +17,10 @@ from .errors import (
     LensError,
     ModelError,
     NonFiniteError,
+    NotFoundError,
     PhaseCutsError,
     PhaselensError,
+    PlotError,
     PruningError,
     RecoveryError,
     ReportWarning,
@@ -71,7 +73,7 @@ __all__ = [
     # studies
     "load_study", "run_study",
     # errors and warnings
-    "CKAError", "CalibrationError", "InterventionError", "LensError", "ModelError", "NonFiniteError", "PhaseCutsError",
-    "PhaselensError", "PruningError", "RecoveryError", "ReportWarning", "ResultsError", "RunFolderError", "RunnerError",
+    "CKAError", "CalibrationError", "InterventionError", "LensError", "ModelError", "NonFiniteError", "NotFoundError", "PhaseCutsError",
+    "PhaselensError", "PlotError", "PruningError", "RecoveryError", "ReportWarning", "ResultsError", "RunFolderError", "RunnerError",
     "SingularFitWarning", "StatsError", "StatsWarning", "StudyError", "TaskError",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -25,15 +25,51 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def _load(model: str, task: str, fmt: Optional[str], limit: Optional[int], seed: int, shots: int, split: Optional[str], device: Optional[str]):
+def _load(model: str, task: str, fmt: Optional[str], limit: Optional[int], seed: int, shots: int, split: Optional[str],
+          device: Optional[str], sample: bool = True):
     from . import PhaselensError, load_model, load_task
 
     try:
-        t = load_task(task, format=fmt, limit=limit, seed=seed, shots=shots, split=split)  # type: ignore[arg-type]
+        t = load_task(task, format=fmt, limit=limit, seed=seed, shots=shots, split=split, sample=sample)  # type: ignore[arg-type]
         m = load_model(model, device=device)
     except PhaselensError as e:
         _fail(str(e))
     return m, t
+
+
+def _early(*, batch_size: Optional[int] = None, out: Optional[Path] = None, html: Optional[Path] = None,
+           lens: Any = None, **counts: tuple[Optional[int], int]) -> None:
+    """The option checks that need no model, run before it loads, so a bad option costs nothing: ``--batch-size``,
+    the ``--out`` results folder, the ``--html`` file, ``--lens`` (a kind or an existing lens file) and each
+    ``name=(value, minimum)`` count (``None`` allowed)."""
+    from . import checks
+    from .errors import PhaselensError
+
+    try:
+        checks.integer("--batch-size", batch_size, minimum=1, optional=True, what="sequences per forward pass")
+        checks.out_folder("--out", out)
+        for name, (value, minimum) in counts.items():
+            flag = f"-{name}" if len(name) == 1 else f"--{name.replace('_', '-')}"
+            checks.integer(flag, value, minimum=minimum, optional=True)
+    except PhaselensError as e:
+        _fail(str(e))
+    _html_file(html, "--html")
+    if lens is not None:
+        from .lenses.base import KINDS
+
+        if lens not in KINDS and not Path(lens).is_file():
+            _fail(f"--lens: unknown lens kind {lens!r}, and no lens file of that name; choose one of "
+                  f"{' | '.join(KINDS)}, or the path of a file written by `phaselens lens fit`")
+
+
+def _html_file(path: Optional[Path], what: str) -> None:
+    """An HTML (or other output) file to write: its folder must exist, and it must not be a folder itself."""
+    if path is None:
+        return
+    if path.is_dir():
+        _fail(f"{what} {path} is a folder; pass the path of the file to write, e.g. {path / 'figure.html'}")
+    if not path.resolve().parent.is_dir():
+        _fail(f"{what} {path}: the folder {path.resolve().parent} does not exist; create it first")
 
 
 def _texts(path: Optional[Path], what: str) -> Optional[list[str]]:
@@ -73,6 +109,8 @@ def transition(
     task: str = TaskOpt,
     format: Optional[str] = typer.Option(None, "--format", "-f", help="letters | cloze | continuation"),
     limit: Optional[int] = typer.Option(None, help="random subset of this many items (seeded)"),
+    first: bool = typer.Option(False, "--first", help="with --limit: the first N items in file order (to compare with "
+                               "another tool), not a seeded random subset"),
     split: Optional[str] = typer.Option(None, help="benchmark split"),
     shots: int = typer.Option(0, help="few-shot examples per prompt"),
     seed: int = typer.Option(0, help="seed for subsets, shuffles and the bootstrap"),
@@ -87,7 +125,10 @@ def transition(
     from . import PhaselensError, transition_point
     from .lenses import resolve_lens
 
-    m, t = _load(model, task, format, limit, seed, shots, split, device)
+    _early(batch_size=batch_size, out=out, html=html, lens=lens)
+    if first and limit is None:
+        _fail("--first takes the first --limit N items; give --limit too")
+    m, t = _load(model, task, format, limit, seed, shots, split, device, sample=not first)
     try:
         lens_ = resolve_lens(lens, m)
     except PhaselensError as e:
@@ -108,7 +149,7 @@ def transition(
         from .results import save_result, slug
 
         path = save_result(tr, out, slug("transition", Path(model).name, Path(task).stem, *([tr.trace.lens] if tr.trace.lens != "logit" else [])), command="transition", model=tr.trace.model, task=tr.trace.task,
-                           format=tr.trace.format, seed=seed, limit=limit, n_items=tr.trace.n_items, lens=tr.trace.lens)
+                           format=tr.trace.format, seed=seed, limit=limit, sample=not first, n_items=tr.trace.n_items, lens=tr.trace.lens)
         console.print(f"saved {path}")
 
 
@@ -122,6 +163,7 @@ def demo(
     from .plots import save_html
     from . import transition_point
 
+    _html_file(out, "--out")
     m, t = _load(model, task, None, None, 0, 0, None, None)
     tr = transition_point(m, t, progress=sys.stderr.isatty())
     Console().print(transition_table(tr))

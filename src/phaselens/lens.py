@@ -19,8 +19,9 @@ Every pass goes through :class:`~phaselens.runner.Runner`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 
 from .encoding import Encoded, encode
@@ -57,6 +58,19 @@ def read_at(kept: list[int], n_blocks: int) -> list[int]:
     reads the output of block ``L-1`` (skipped or not), so an operator standing in for a cut span at
     the end of the model is part of the final row, as it is of the model's own output logits."""
     return kept[:-1] + [n_blocks - 1]
+
+
+def check_blocks_arg(blocks: Any) -> None:
+    """The form of a ``blocks=`` argument (``None``, ``"last"`` or block indices), checked before a model loads."""
+    from .errors import LensError
+
+    if blocks is None or (isinstance(blocks, str) and blocks == "last"):
+        return
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable):
+        raise LensError(f"blocks must be None (every surviving block), 'last' or a list of block indices, got {blocks!r}")
+    bad = [b for b in blocks if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer))]
+    if bad:
+        raise LensError(f"blocks must be None, 'last' or a list of block indices (ints), got {blocks!r}")
 
 
 def select_rows(view: ModelView, blocks: Any) -> list[int]:

@@ -96,7 +96,7 @@ def load_model(
                 raise ModelError(
                     "a transformers model was passed without a tokenizer; pass load_model(model, tokenizer=...) "
                     f"(could not load one from {path!r}: {e})"
-                ) from None
+                ) from e
         return _prepare(spec, tok, getattr(spec.config, "_name_or_path", type(spec).__name__) or "model", dev, dt)
     if not isinstance(spec, (str, os.PathLike)):
         raise ModelError(f"cannot load a model from {type(spec).__name__}; pass a name, a path or a transformers model")
@@ -136,7 +136,7 @@ def _config_for(spec: Any) -> Any:
             return AutoConfig.from_pretrained(s, **({} if local else {"local_files_only": True}))
     except OSError as e:
         raise ModelError(f"could not read the config of {s!r} to check its device_map ({type(e).__name__}: {str(e)[:200]}); "
-                         "pass an embedded name, a local folder, a .gguf file or a model in the local HF cache") from None
+                         "pass an embedded name, a local folder, a .gguf file or a model in the local HF cache") from e
 
 
 def parse_device(device: Any) -> torch.device | None:
@@ -188,7 +188,7 @@ def _load_hf(name: str, dev: torch.device | None, dt: torch.dtype | None) -> Mod
             f"could not load {name!r}: not an embedded name ({', '.join(EMBEDDED)}), not a local directory, "
             f"and not in the local Hugging Face cache (phaselens works offline). Download it on a machine with "
             f"internet (huggingface-cli download {name}) or pass a path. ({e.__class__.__name__}: {str(e)[:200]})"
-        ) from None
+        ) from e
     return _prepare(hf, tok, Path(name).name if local else name, dev, dt)
 
 

@@ -81,7 +81,7 @@ def check_device(value: Any, what: str) -> str:
         dev = torch.device(value)
     except (RuntimeError, TypeError) as e:
         raise ModelError(f"{what}: {value!r} is not a device name; use 'cpu', 'disk', 'cuda:0', an int GPU index "
-                         f"or 'mps' ({e})") from None
+                         f"or 'mps' ({e})") from e
     n = _n_cuda()
     if dev.type == "cuda":
         if n == 0:

@@ -26,7 +26,7 @@ class Record:
         super().__init_subclass__(**kw)
         old = KINDS.get(cls.__name__)
         if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"two result classes are named {cls.__name__} ({old.__module__} and {cls.__module__}); "
+            raise ResultsError(f"two result classes are named {cls.__name__} ({old.__module__} and {cls.__module__}); "
                             "the name is the kind stored in files, so it must be unique")
         KINDS[cls.__name__] = cls
 
@@ -176,4 +176,4 @@ def _decode_record(doc: dict, arrays: dict | None) -> Any:
     except ResultsError:
         raise
     except (TypeError, ValueError) as e:
-        raise ResultsError(f"{kind}: the stored fields do not make a valid result ({e})") from None
+        raise ResultsError(f"{kind}: the stored fields do not make a valid result ({e})") from e

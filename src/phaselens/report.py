@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ReportWarning
-from .results import ResultEntry, read_results
+from .errors import ReportWarning, ResultsError
+from .results import Result, ResultEntry, read_results
 from .resume import write_atomic
 
 
@@ -53,7 +53,7 @@ def _entries(results: Any) -> list[ResultEntry]:
         return [ResultEntry(k, type(v).__name__, v, v.provenance()) for k, v in results.items()]
     if isinstance(results, (list, tuple)) and all(isinstance(e, ResultEntry) for e in results):
         return list(results)
-    raise TypeError("results must be a results folder, a {name: result} dict, or a list of ResultEntry")
+    raise ResultsError("results must be a results folder, a {name: result} dict, or a list of ResultEntry")
 
 
 # ----------------------------------------------------------------------------- sections
@@ -102,7 +102,7 @@ def _overview_owner(cls: type) -> type:
     """The class whose ``overview`` draws ``cls``: the first base defining it (traces and transitions share one)."""
     for base in cls.__mro__:
         if "overview" in vars(base):
-            return cls if base.__name__ == "Result" else base
+            return cls if base is Result else base
     return cls
 
 
@@ -185,7 +185,7 @@ def report_html(results: Any, *, title: str | None = None) -> str:
 
     from . import __version__
 
-    from .errors import ResultsError
+
     from .study.report import is_study
 
     entries = _entries(results)

@@ -145,7 +145,7 @@ def read_record(path: Path) -> tuple[Any, dict[str, Any]]:
     try:
         doc = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ResultsError(f"{path}: not a readable phaselens result (truncated or corrupt: {e})") from None
+        raise ResultsError(f"{path}: not a readable phaselens result (truncated or corrupt: {e})") from e
     if not isinstance(doc, dict) or "data" not in doc or "kind" not in doc:
         raise ResultsError(f"{path}: not a phaselens result (no 'kind'/'data')")
     if doc.get("format") != FORMAT:
@@ -168,7 +168,7 @@ def read_record(path: Path) -> tuple[Any, dict[str, Any]]:
     try:
         obj = decode(doc["data"], arrays)
     except ResultsError as e:
-        raise ResultsError(f"{path}: {e}") from None
+        raise ResultsError(f"{path}: {e}") from e
     return obj, {k: v for k, v in doc.items() if k not in ("data", "arrays")}
 
 
@@ -231,7 +231,7 @@ def read_results(folder: str | os.PathLike, *, skip_corrupt: bool = False) -> li
             obj, head = read_record(p)
         except ResultsError as e:
             if not skip_corrupt:
-                raise ResultsError(f"{e} (pass skip_corrupt=True to load the other results)") from None
+                raise ResultsError(f"{e} (pass skip_corrupt=True to load the other results)") from e
             bad.append(f"{p.name}: {e}")
             continue
         out.append(ResultEntry(p.stem, head["kind"], obj, decode(head.get("provenance") or {}, None),

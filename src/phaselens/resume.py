@@ -117,16 +117,34 @@ class RunFolder:
                 f"version keeps a run's state in {self.out / STATE_DIR} and cannot resume that one. Rerun into a new "
                 "out= folder (the numbers are computed the same way), or delete the old files to start over here")
 
+    #: an unreadable lock younger than this (seconds) may be one an older phaselens is still writing: wait for it
+    UNREADABLE_GRACE = 5.0
+
     def _lock(self) -> None:
+        """Take ``lock``: created whole, in one step (a fully written temporary hard-linked into place), so a
+        second run never reads a half-written lock and mistakes a live run for a killed one."""
         lock = self.path / "lock"
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        for _ in range(3):
+        deadline = time.monotonic() + self.UNREADABLE_GRACE + 1.0
+        takeovers = 0
+        while takeovers < 3:
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                self._create_lock(lock, me)
             except FileExistsError:
                 try:
                     held = json.loads(lock.read_text())
-                except (OSError, json.JSONDecodeError):
+                except FileNotFoundError:
+                    continue  # released meanwhile: try again
+                except (OSError, ValueError):
+                    held = None
+                if not isinstance(held, dict):
+                    try:
+                        age = time.time() - lock.stat().st_mtime
+                    except FileNotFoundError:
+                        continue
+                    if age < self.UNREADABLE_GRACE and time.monotonic() < deadline:
+                        time.sleep(0.05)  # being written by an older phaselens: read it again
+                        continue
                     held = {}
                 pid, host = held.get("pid"), held.get("host")
                 if isinstance(pid, int) and pid == os.getpid() and host == me["host"]:
@@ -146,12 +164,28 @@ class RunFolder:
                     lock.unlink()
                 if isinstance(pid, int):
                     self._sweep_temporaries(pid)
+                takeovers += 1
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             self._locked = True
             return
         raise RunFolderError(f"could not take the lock {lock}; another run keeps taking it")
+
+    @staticmethod
+    def _create_lock(lock: Path, me: dict[str, Any]) -> None:
+        """Create ``lock`` holding ``me``, or raise ``FileExistsError``; never leaves it empty or half-written."""
+        tmp = temporary(lock)
+        tmp.write_text(json.dumps(me))
+        try:
+            os.link(tmp, lock)  # atomic, and fails if the lock exists
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: exclusive create, then write (a short window)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
     def _sweep_temporaries(self, pid: int) -> None:
         """Delete the temporary files (:func:`temporary`) a killed run ``pid`` left half-written in the folder:

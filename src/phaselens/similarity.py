@@ -11,7 +11,7 @@ import torch
 
 from . import checks
 from .cka import FORMS, CKAAccumulator
-from .errors import CKAError
+from .errors import CKAError, NotFoundError
 from .results import Result
 from .types import ModelLike
 
@@ -59,7 +59,7 @@ class CKAResult(Result):
         try:
             return float(self.matrix[self.blocks_a.index(block_a), self.blocks_b.index(block_b)])
         except ValueError:
-            raise KeyError(f"block pair ({block_a}, {block_b}) not in blocks_a={self.blocks_a} x blocks_b={self.blocks_b}") from None
+            raise NotFoundError(f"block pair ({block_a}, {block_b}) not in blocks_a={self.blocks_a} x blocks_b={self.blocks_b}") from None
 
     def matched(self) -> tuple[np.ndarray, np.ndarray]:
         """(blocks present on both sides, CKA of each such block with itself across the models)."""

@@ -33,7 +33,7 @@ def read_tensor_file(path: str | Path, what: str, writer: str, required: tuple[s
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise error(f"{path} is not a {what} file: it looks like {_looks_like(head)}, and a {what} is a safetensors "
-                    f"file written by {writer} ({type(e).__name__}: {e}); nothing was executed") from None
+                    f"file written by {writer} ({type(e).__name__}: {e}); nothing was executed") from e
     missing = [k for k in required if k not in meta]
     if missing:
         raise error(f"{path} is a safetensors file but not a phaselens {what}: its metadata lacks {missing}; save it "

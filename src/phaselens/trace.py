@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,85 +19,20 @@ from .errors import PhaselensError
 from .lens import option_logits
 from .phases import jump_index, transition_ci, transition_index
 from .results import Result
+from .trace_figures import TraceFigures
 from .tasks import Task, load_task
 from .view import as_view
 from .types import ModelLike, TaskLike
+
+if TYPE_CHECKING:
+    from .runner import PrefixCache
 
 N_BOOT = 1000
 SCORINGS = ("sum", "norm")
 
 
-class _Figures:
-    """Per-block figures of a trace or a transition (the transition adds phase shading)."""
-
-    def plot(self, **kw):
-        """The margin curve with its bootstrap band (:func:`phaselens.plots.margin_curves`); a
-        :class:`Transition` also shades the silent and decisive phases and marks the transition."""
-        from .plots import margin_curves
-
-        return margin_curves([self], **kw)
-
-    plot_margin = plot
-
-    def plot_accuracy(self, **kw):
-        """Accuracy per block with bootstrap bands and chance level (:func:`phaselens.plots.accuracy_curves`)."""
-        from .plots import accuracy_curves
-
-        return accuracy_curves([self], **kw)
-
-    def plot_kl(self, **kw):
-        """Bias KL and convergence KL per block (:func:`phaselens.plots.kl_curves`)."""
-        from .plots import kl_curves
-
-        return kl_curves([self], **kw)
-
-    def plot_option_frequency(self, kind: str = "stacked", **kw):
-        """Option frequency per block: ``kind="stacked"``, ``"area"`` or ``"radar"`` (slider over blocks)."""
-        from .plots import option_frequency
-
-        return option_frequency(self, kind, **kw)
-
-    def figures(self) -> list[tuple[str, Any]]:
-        return [
-            ("Decision Margin per block: mean over items of the correct option's logit minus the best other's; "
-             "band = bootstrap 95% interval over items.", self.plot()),
-            ("Accuracy of the option-restricted readout per block; band = bootstrap 95% interval.", self.plot_accuracy()),
-            ("Bias KL (positional bias against the answer key) and convergence KL (distance to the final block's "
-             "option distribution).", self.plot_kl()),
-            ("Option frequency: the share of items whose top option is each slot, per block.",
-             self.plot_option_frequency("stacked")),
-            ("The same option frequencies as a radar; the slider picks the block.", self.plot_option_frequency("radar")),
-        ]
-
-    @classmethod
-    def overview(cls, results: dict[str, Any]) -> list[tuple[str, Any]]:
-        from . import plots
-
-        figs = [("Decision Margin per block, every trace of the folder on the original-block axis.", plots.margin_curves(results)),
-                ("Accuracy per block.", plots.accuracy_curves(results)),
-                ("Bias KL and convergence KL per block.", plots.kl_curves(results))]
-        return figs + cls.lens_overview(results)
-
-    @staticmethod
-    def lens_overview(results: dict[str, Any]) -> list[tuple[str, Any]]:
-        """Per (model, task) read through two or more lenses: the margin curves of each lens on one axis."""
-        from . import plots
-
-        groups: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for r in results.values():
-            t = getattr(r, "trace", r)
-            groups.setdefault((t.model, t.task, t.format), {}).setdefault(f"{t.lens} lens", r)
-        out = []
-        for (model, task, _), by_lens in groups.items():
-            if len(by_lens) > 1:
-                out.append((f"Is the silent phase a readout effect? {model} on {task}: Decision Margin per block under each "
-                            "lens (logit, linear, tuned; bands: bootstrap 95% over items).",
-                            plots.margin_curves(by_lens, title=f"{model} on {task}: margins under each lens")))
-        return out
-
-
 @dataclass
-class DecisionTrace(_Figures, Result):
+class DecisionTrace(TraceFigures, Result):
     """The option-restricted readout of one model on one task, per surviving block, and its metrics.
 
     Shapes: ``L`` surviving blocks, ``N`` items, ``K`` option slots.
@@ -279,7 +214,7 @@ class DecisionTrace(_Figures, Result):
 
 
 @dataclass
-class Transition(_Figures, Result):
+class Transition(TraceFigures, Result):
     """Where the decisive phase begins, derived from ``trace``.
 
     Attributes:
@@ -363,7 +298,7 @@ def decision_trace(
     n_boot: int = N_BOOT,
     seed: int = 0,
     progress: bool = False,
-    cache=None,
+    cache: PrefixCache | None = None,
     blocks: Any = None,
     lens: Any = None,
 ) -> DecisionTrace:
@@ -387,15 +322,18 @@ def decision_trace(
     check_boot(n_boot, seed)
     checks.batching(batch_size, max_tokens)
     checks.flag("progress", progress)
+    from .lens import check_blocks_arg
+    from .lenses.fit import check_lens_arg, resolve_lens
+
+    t = _resolve_task(task)  # a bad task, blocks= or lens= fails before a model named by a string loads
+    check_blocks_arg(blocks)
+    check_lens_arg(lens)
     if device is not None and isinstance(model, str):
         from .loading import load_model
 
         model = load_model(model, device=device)
     view = as_view(model)
-    from .lenses import resolve_lens
-
-    lens_ = resolve_lens(lens, view)  # an unknown kind or another model's lens fails before any work
-    t = _resolve_task(task)
+    lens_ = resolve_lens(lens, view)  # another model's lens fails before any work
     ol = option_logits(view, t, batch_size=batch_size, max_tokens=max_tokens, progress=progress, cache=cache, blocks=blocks,
                        lens=lens_)
     chars = np.zeros(ol.mask.shape, dtype=np.int64)

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 #: Anything a model argument takes: an embedded name (``"smollm2-135m"``), a Hugging Face name or folder, a
 #: ``.gguf`` path, a :class:`~phaselens.Model`, a pruned / recovered view, a ``transformers`` causal LM, or a
-#: TransformerLens ``TransformerBridge``.
-ModelLike = Union[str, os.PathLike, "Model", "ModelView", "nn.Module", Any]
+#: TransformerLens ``TransformerBridge`` (an ``nn.Module``).
+ModelLike = Union[str, os.PathLike, "Model", "ModelView", "nn.Module"]
 
 #: Anything a task argument takes: a built-in name (``"capitals"``), a benchmark (``"arc-easy"``,
 #: ``"mmlu:anatomy"``), a JSONL/CSV path, a :class:`~phaselens.Task`, or a list of items / dicts.

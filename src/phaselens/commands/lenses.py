@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli import ModelOpt, _fail, _texts, app, console
+from ..cli import ModelOpt, _early, _fail, _html_file, _texts, app, console
 
 lens_app = typer.Typer(no_args_is_help=True, help="Lenses beside the logit lens: fit (linear, tuned) and measure them.")
 app.add_typer(lens_app, name="lens")
@@ -31,6 +31,14 @@ def fit_cmd(
     """Fit a lens on a model and save it (load it with --lens FILE, or phaselens.load_lens)."""
     from .. import PhaselensError, fit_lens, load_model
 
+    from ..lenses.base import KINDS
+
+    if kind not in KINDS:
+        _fail(f"--kind must be one of {' | '.join(KINDS)}, got {kind!r}")
+    _html_file(out, "--out")
+    _early(steps=(steps, 1))
+    if vocab is not None and vocab != "full" and not (vocab.isdigit() and int(vocab) > 0):
+        _fail(f"--vocab must be 'full' or a positive count of tokens, got {vocab!r}")
     cal = _texts(calibration, "--calibration")
     kw: dict = {}
     if kind == "tuned":
@@ -56,6 +64,9 @@ def kl_cmd(
     """Mean KL(final distribution || lens) per block on held-out text: how faithful each lens is."""
     from .. import PhaselensError, lens_kl, load_model
 
+    for name in lens:
+        _early(lens=name)
+    _early(seq_len=(seq_len, 2))
     texts = _texts(heldout, "--heldout")
     try:
         m = load_model(model, device=device)

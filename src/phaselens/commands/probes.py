@@ -3,6 +3,8 @@ probes of the phases, and the transition-versus-collapse study."""
 
 from __future__ import annotations
 
+import math
+
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -11,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli import _fail, _load, _texts, app, console
+from ..cli import _early, _fail, _load, _texts, app, console
 
 _TaskOpt = typer.Option("capitals", "--task", "-t", help="built-in task, benchmark name or file")
 
@@ -104,6 +106,11 @@ def cka_cmd(
         _fail("give either --prune-b or --criterion-b, not both")
     if criterion_b and n < 1:
         _fail("--criterion-b needs -n N (how many blocks to cut)")
+    if positions not in (None, "decision", "all"):
+        _fail(f"--positions must be decision or all, got {positions!r}")
+    _early(batch_size=batch_size, out=out, html=html, n_samples=(n_samples, 2))
+    cut_b = _ints(prune_b, "--prune-b") if prune_b else None
+    texts = _texts(calibration, "calibration") if on_texts else None
     ma, t = _load(model_a, task, None, limit, seed, 0, None, device)
     try:
         mb = ma if model_b is None else load_model(model_b, device=device)
@@ -112,10 +119,10 @@ def cka_cmd(
     vb: Any = mb
     try:
         if prune_b:
-            vb = prune(mb, _ints(prune_b, "--prune-b") or [])
+            vb = prune(mb, cut_b or [])
         elif criterion_b:
             vb = prune(mb, select_blocks(mb, n, criterion_b, task=t, seed=seed))  # type: ignore[arg-type]
-        r = cka(ma, vb, (_texts(calibration, "calibration") if on_texts else t), positions=positions, debiased=debiased, n_samples=n_samples, seed=seed,
+        r = cka(ma, vb, (texts if on_texts else t), positions=positions, debiased=debiased, n_samples=n_samples, seed=seed,
                 batch_size=batch_size, progress=_progress(as_json))
     except PhaselensError as e:
         _fail(str(e))
@@ -151,9 +158,13 @@ def noise_cmd(
     from ..errors import PhaselensError
     from ..noise import inject_noise
 
+    _early(batch_size=batch_size, out=out, html=html, seeds=(seeds, 1))
+    blks, scales = _ints(blocks, "--blocks"), _floats(eps, "--eps")
+    if any(not math.isfinite(e) or e < 0 for e in scales):
+        _fail(f"--eps: noise scales must be finite and >= 0, got {eps!r}")
     m, t = _load(model, task, None, limit, seed, 0, None, device)
     try:
-        r = inject_noise(m, t, _ints(blocks, "--blocks"), _floats(eps, "--eps"), seeds=seeds, batch_size=batch_size,
+        r = inject_noise(m, t, blks, scales, seeds=seeds, batch_size=batch_size,
                          boot_seed=seed, progress=_progress(as_json))
     except PhaselensError as e:
         _fail(str(e))
@@ -189,9 +200,13 @@ def ablate_cmd(
     from ..ablation import ablate
     from ..errors import PhaselensError
 
+    if mode not in ("skip", "zero", "mean"):
+        _fail(f"--mode must be skip, zero or mean, got {mode!r}")
+    _early(batch_size=batch_size, out=out, html=html, window=(window, 0))
+    blks = _ints(blocks, "--blocks")
     m, t = _load(model, task, None, limit, seed, 0, None, device)
     try:
-        r = ablate(m, t, _ints(blocks, "--blocks"), mode=mode, pairs=None if pairs else False, window=window,
+        r = ablate(m, t, blks, mode=mode, pairs=None if pairs else False, window=window,
                    batch_size=batch_size, boot_seed=seed, progress=_progress(as_json))
     except PhaselensError as e:
         _fail(str(e))
@@ -226,8 +241,12 @@ def collapse_cmd(
 
     from ..errors import PhaselensError, StatsWarning
     from ..experiments import transition_vs_collapse
+    from ..pruning.iterative import SWEEP_CRITERIA
     from ..tasks import load_task
 
+    if criterion not in SWEEP_CRITERIA:
+        _fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(SWEEP_CRITERIA)}")
+    _early(out=out, html=html, max_steps=(max_steps, 1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StatsWarning)
         try:

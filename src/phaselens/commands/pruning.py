@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli import ModelOpt, TaskOpt, _fail, _load, _texts, app, console
+from ..cli import ModelOpt, TaskOpt, _early, _fail, _load, _texts, app, console
 
 FormatOpt = typer.Option(None, "--format", "-f", help="letters | cloze | continuation")
 LimitOpt = typer.Option(None, help="random subset of this many items (seeded)")
@@ -101,13 +101,13 @@ def prune_cmd(
         _fail(f"--criterion {criterion} needs -n (how many blocks to cut)")
     if recovery is not None and recovery not in METHODS:
         _fail(f"unknown recovery method {recovery!r}; choose one of {', '.join(METHODS)}")
-    m, t = _load(model, task, format, limit, seed, 0, None, None)
+    _early(out=out, html=html, n=(n, 1))
+    cut = _ints(blocks, "--blocks") if blocks is not None else None
     cal = _texts(calibration, "calibration")
+    m, t = _load(model, task, format, limit, seed, 0, None, None)
     dense = transition_point(m, t, seed=seed)
     try:
-        if blocks is not None:
-            cut = _ints(blocks, "--blocks")
-        else:
+        if cut is None:
             cut = select_blocks(m, n, criterion, calibration=cal, task=t, seed=seed, transition=dense)  # type: ignore[arg-type]
         view = prune(m, cut)
         if recovery is not None and recovery != "identity":
@@ -181,10 +181,16 @@ def sweep_cmd(
 
     if criterion not in SWEEP_CRITERIA:
         _fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(SWEEP_CRITERIA)}")
+    from ..recovery import METHODS
+
+    if recovery is not None and recovery not in METHODS:
+        _fail(f"unknown recovery method {recovery!r}; choose one of {', '.join(METHODS)}")
+    _early(out=out, html=html, steps=(steps, 1))
+    cal, held = _texts(calibration, "calibration"), _texts(heldout, "held-out")
     m, t = _load(model, task, format, limit, seed, 0, None, None)
     try:
         sweep = iterative_prune(m, t, criterion=criterion, steps=steps, recovery=recovery, out=out,
-                                calibration=_texts(calibration, "calibration"), perplexity_texts=_texts(heldout, "held-out"),
+                                calibration=cal, perplexity_texts=held,
                                 seed=seed, progress=not as_json and sys.stderr.isatty())
     except PhaselensError as e:
         _fail(str(e))
@@ -248,8 +254,14 @@ def phase_cuts_cmd(
     if len(parts) not in (1, 2):
         _fail(f"--placement takes one name for both phases or 'SILENT,DECISIVE' (e.g. 3,adjacent), got {placement!r}")
     place: Any = parts[0] if len(parts) == 1 else tuple(parts)
-    m, t = _load(model, task, format, limit, seed, 0, None, None)
+    from ..recovery import METHODS
+
+    unknown = [x for x in meths if x not in METHODS]
+    if unknown:
+        _fail(f"--methods: unknown recovery method(s) {unknown}; choose from {', '.join(METHODS)}")
+    _early(out=out, html=html, n=(n, 1), seeds=(seeds, 0))
     cal, held = _texts(calibration, "calibration"), _texts(heldout, "held-out")
+    m, t = _load(model, task, format, limit, seed, 0, None, None)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -93,6 +93,21 @@ class CollapseStudy(Result):
         """``[n]`` collapse ratios of the usable points."""
         return np.asarray([q.collapse_ratio for q in self.used], dtype=float)
 
+    @property
+    def n_pairs(self) -> int:
+        """Distinct (model, task) pairs among the usable points (a study's seeds give a pair several points)."""
+        return len({(q.model, q.task) for q in self.used})
+
+    def pair_means(self) -> tuple[np.ndarray, np.ndarray]:
+        """``([n_pairs], [n_pairs])``: the mean fraction and mean collapse ratio of each (model, task) pair: the
+        independent units Pearson r is taken over when one pair was swept with several seeds."""
+        groups: dict[tuple[str, str], list[CollapsePoint]] = {}
+        for q in self.used:
+            groups.setdefault((q.model, q.task), []).append(q)
+        x = np.asarray([np.mean([q.fraction for q in g]) for g in groups.values()], dtype=float)
+        y = np.asarray([np.mean([q.collapse_ratio for q in g]) for g in groups.values()], dtype=float)
+        return x, y
+
     def fit(self) -> tuple[float, float] | None:
         """(slope, intercept) of the least-squares line ``y = slope x + intercept`` (``None`` if undefined)."""
         if self.n < 2 or np.all(self.x == self.x[0]):
@@ -102,7 +117,8 @@ class CollapseStudy(Result):
 
     def summary(self) -> str:
         rr = "undefined" if math.isnan(self.r) else f"{self.r:+.3f} (p = {self.p:.3g})"
-        s = f"Transition fraction vs collapse ratio over {self.n} (model, task) pairs: Pearson r {rr}."
+        avg = f" ({self.n} sweeps, each pair's seeds averaged)" if self.n > self.n_pairs else ""
+        s = f"Transition fraction vs collapse ratio over {self.n_pairs} (model, task) pairs{avg}: Pearson r {rr}."
         if self.excluded:
             s += " Left out: " + "; ".join(f"{q.model}/{q.task}: {q.reason}" for q in self.excluded) + "."
         return s
@@ -242,10 +258,10 @@ def transition_vs_collapse(
         if not pts:
             raise StatsError("results is empty")
     crits = sorted({q.criterion for q in pts})
-    usable = [q for q in pts if q.usable]
     for q in pts:
         if not q.usable:
             warnings.warn(f"{q.model} on {q.task} is left out of r: {q.reason}", StatsWarning, stacklevel=2)
-    r, p = pearson([q.fraction for q in usable], [q.collapse_ratio for q in usable],
-                   what="transition fraction and collapse ratio")
-    return CollapseStudy(pts, r, p, ",".join(crits))
+    study = CollapseStudy(pts, math.nan, math.nan, ",".join(crits))
+    x, y = study.pair_means()  # one point per (model, task) pair (several sweeps of a pair are averaged)
+    study.r, study.p = pearson(list(x), list(y), what="transition fraction and collapse ratio")
+    return study

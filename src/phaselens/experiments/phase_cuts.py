@@ -87,7 +87,7 @@ def phase_cuts(view: Any, transition: Transition, n: int, *, placement: Any = "a
         try:
             blocks = select_blocks(view, n, kind, placement=where[kind], transition=transition)  # type: ignore[arg-type]
         except ValueError as e:
-            raise PhaseCutsError(f"the {kind} cut: {e}") from None
+            raise PhaseCutsError(f"the {kind} cut: {e}") from e
         if list(blocks) != list(range(blocks[0], blocks[0] + n)):
             raise PhaseCutsError(f"the {kind} cut {blocks} is not contiguous")
         out.append(Cut(kind, int(blocks[0]), n))

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .. import metrics
+from ..errors import NotFoundError, PhaseCutsError
 from ..results import Record, Result
 from ..trace import N_BOOT, Transition
 
@@ -159,19 +160,19 @@ class PhaseCuts(Result):
         for c in self.cuts:
             if c.kind == kind and (kind != "random" or c.seed == seed):
                 return c
-        raise KeyError(f"no {kind} cut{'' if seed is None else f' with seed {seed}'}; cuts: {[c.key for c in self.cuts]}")
+        raise NotFoundError(f"no {kind} cut{'' if seed is None else f' with seed {seed}'}; cuts: {[c.key for c in self.cuts]}")
 
     def unit(self, kind: str, method: str, seed: int | None = None) -> CutResult:
         """The result of cut ``kind`` (``seed`` for a random cut) recovered with ``method``."""
         if kind == "random" and seed is None:
-            raise KeyError(f"random cuts need seed= (one of {self.seeds})")
+            raise NotFoundError(f"random cuts need seed= (one of {self.seeds})")
         for u in self.units:
             if u.cut == kind and u.method == method and (kind != "random" or u.seed == seed):
                 return u
         for s in self.skipped:
             if s["method"] == method and s["cut"] == (kind if seed is None else f"{kind}-s{seed}"):
-                raise KeyError(f"{method} was not fitted for the {kind} cut: {s['reason']}")
-        raise KeyError(f"no result for cut {kind!r} (seed {seed}) with method {method!r}")
+                raise NotFoundError(f"{method} was not fitted for the {kind} cut: {s['reason']}")
+        raise NotFoundError(f"no result for cut {kind!r} (seed {seed}) with method {method!r}")
 
     def _random_units(self, method: str) -> list[CutResult]:
         return [u for s in self.seeds for u in self.units if u.cut == "random" and u.seed == s and u.method == method]
@@ -182,7 +183,7 @@ class PhaseCuts(Result):
         resampled with replacement, items paired across seeds), and the range across seeds."""
         us = self._random_units(method)
         if not us:
-            raise KeyError(f"no random cuts with method {method!r}")
+            raise NotFoundError(f"no random cuts with method {method!r}")
         M = np.stack([u.item_margins if metric == "margin" else u.item_correct for u in us])  # [S, N]
         rng = np.random.default_rng(self.seed)
         S, N = M.shape
@@ -202,7 +203,7 @@ class PhaseCuts(Result):
         if kind == "random":
             us = self._random_units(method)
             if not us:
-                raise KeyError(f"no random cuts with method {method!r}")
+                raise NotFoundError(f"no random cuts with method {method!r}")
             return np.mean([u.item_margins if metric == "margin" else u.item_correct for u in us], 0)
         u = self.unit(kind, method)
         return u.item_margins if metric == "margin" else u.item_correct
@@ -217,7 +218,7 @@ class PhaseCuts(Result):
         ``contrast("silent", "silent", "ghosted", method_b="identity")``.
         """
         if metric not in ("margin", "accuracy"):
-            raise ValueError(f"metric must be 'margin' or 'accuracy', got {metric!r}")
+            raise PhaseCutsError(f"metric must be 'margin' or 'accuracy', got {metric!r}")
         va = self._item_values(a, method, metric)
         vb = self._item_values(b, method_b or method, metric)
         diff = va - vb

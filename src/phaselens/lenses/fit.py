@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import LensError
 from .base import KINDS, Lens
+from ..types import ModelLike
 
 
 def _check_kind(kind: Any) -> str:
@@ -17,7 +18,7 @@ def _check_kind(kind: Any) -> str:
     return kind
 
 
-def fit_lens(model: Any, kind: str, calibration: Any = None, *, seed: int = 0, **kw: Any) -> Lens:
+def fit_lens(model: ModelLike, kind: str, calibration: Any = None, *, seed: int = 0, **kw: Any) -> Lens:
     """Fit a lens of ``kind`` on ``model``'s dense base model.
 
     Args:
@@ -62,7 +63,20 @@ def cache_path(base: Any, kind: str) -> Path:
 _MEMO: dict[tuple[str, str], Lens] = {}
 
 
-def resolve_lens(lens: Any, model: Any) -> Lens:
+def check_lens_arg(lens: Any) -> None:
+    """What :func:`resolve_lens` would refuse without a model: an unknown kind, a lens file that does not exist,
+    something that is no lens at all. Run before a model loads."""
+    if lens is None or isinstance(lens, Lens) or (isinstance(lens, str) and lens in KINDS):
+        return
+    if isinstance(lens, (str, os.PathLike)):
+        if not Path(lens).is_file():
+            raise LensError(f"unknown lens kind {str(lens)!r}, and no lens file of that name; choose one of {KINDS}, "
+                            "a fitted Lens, or the path of one saved with Lens.save")
+        return
+    _check_kind(lens)
+
+
+def resolve_lens(lens: Any, model: ModelLike) -> Lens:
     """The :class:`Lens` a ``lens=`` argument names, for ``model`` (a model or view):
 
     * ``None`` or ``"logit"``: the logit lens;

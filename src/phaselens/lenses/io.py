@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from ..errors import LensError
 from .base import KINDS, Lens
+from ..types import ModelLike
 
 _META = ("phaselens_lens", "kind", "model", "fingerprint", "n_blocks", "d_model", "info")
 
@@ -46,11 +46,11 @@ def read_lens(path: str | Path) -> Lens:
         n_blocks, d = int(meta["n_blocks"]), int(meta["d_model"])
         info = json.loads(meta["info"])
     except (ValueError, json.JSONDecodeError) as e:
-        raise LensError(f"{path}: its metadata or tensor names are malformed ({e}); refit and save the lens again") from None
+        raise LensError(f"{path}: its metadata or tensor names are malformed ({e}); refit and save the lens again") from e
     return Lens(meta["kind"], meta["model"], meta["fingerprint"], n_blocks, d, W, B, info)
 
 
-def load_lens(path: str | Path, model: Any) -> Lens:
+def load_lens(path: str | Path, model: ModelLike) -> Lens:
     """The lens saved at ``path`` (by :meth:`Lens.save`), for ``model``; a lens fitted on another model (another
     fingerprint) is refused with a :class:`~phaselens.errors.LensError`."""
     from ..view import as_view
@@ -60,5 +60,5 @@ def load_lens(path: str | Path, model: Any) -> Lens:
     try:
         lens.check_model(base)
     except LensError as e:
-        raise LensError(f"{path}: {e}") from None
+        raise LensError(f"{path}: {e}") from e
     return lens

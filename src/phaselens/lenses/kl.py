@@ -10,12 +10,13 @@ import torch
 from ..calibration import heldout_texts, load_calibration, tokenize
 from ..errors import LensError
 from .base import gather_max_tokens
+from ..types import ModelLike
 
 _CHUNK = 128  # tokens per full-vocabulary softmax
 
 
 @torch.inference_mode()
-def lens_kl(model: Any, texts: Any = None, lens: Any = "logit", *, seq_len: int = 256, max_tokens: int | None = None,
+def lens_kl(model: ModelLike, texts: Any = None, lens: Any = "logit", *, seq_len: int = 256, max_tokens: int | None = None,
             batch_size: int | None = None, progress: bool = False) -> np.ndarray:
     """Mean KL divergence (nats) from the model's final next-token distribution to the lens's at each surviving block.
 

@@ -43,15 +43,16 @@ def fit_linear(base: Any, calibration: Any = None, *, lam: float | None = None, 
     max_tokens = gather_max_tokens(base, max_tokens)
     spans = [(b + 1, L) for b in range(L - 1)]
     stats = span_stats(base, spans, texts, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
-    W0 = None
-    if target == "identity":
-        W0 = torch.cat([torch.eye(d, dtype=torch.float64), torch.zeros(1, d, dtype=torch.float64)])
     weights, biases, lams = {}, {}, {}
     for b in range(L - 1):
         A1, C1 = stats[(b + 1, L)].affine()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", SingularFitWarning)
-            W, lams[b] = ridge_solve(A1, C1, lam, target="zero", W0=W0)
+            if target == "identity":  # W = [I; 0] + (A1 + lam)^-1 (C1 - A1 [I; 0]), and A1 [I; 0] is A1's first d columns
+                W, lams[b] = ridge_solve(A1, C1 - A1[:, :d], lam, target="zero")
+                W[:d].diagonal().add_(1.0)
+            else:
+                W, lams[b] = ridge_solve(A1, C1, lam, target="zero")
         for w in caught:
             warnings.warn(f"linear lens, block {b}: {w.message}", w.category, stacklevel=2)
         weights[b] = W[:d].float().cpu()

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 import plotly.graph_objects as go
 
+from ..errors import PlotError
+
 if TYPE_CHECKING:
     from ..trace import DecisionTrace, Transition
 
@@ -43,7 +45,7 @@ def colors(n: int, given: Iterable[str] | None = None) -> list[str]:
     if given is not None:
         out = list(given)
         if len(out) < n:
-            raise ValueError(f"{n} curves but only {len(out)} colours given")
+            raise PlotError(f"{n} curves but only {len(out)} colours given")
         return out[:n]
     if n <= len(PALETTE):
         return list(PALETTE[:n])

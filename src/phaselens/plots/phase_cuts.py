@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from ..errors import PlotError
+
 if TYPE_CHECKING:
     from ..phase_cuts import PhaseCuts
 
@@ -28,7 +30,7 @@ def phase_cut_finals(result: "PhaseCuts", *, metric: str = "margin", show_seeds:
     per cut placement (silent, decisive, random mean over seeds); single random seeds as small
     open markers; the dense model as a dotted line with its interval shaded."""
     if metric not in ("margin", "accuracy"):
-        raise ValueError(f"metric must be 'margin' or 'accuracy', got {metric!r}")
+        raise PlotError(f"metric must be 'margin' or 'accuracy', got {metric!r}")
     methods = list(result.methods)
     xi = {m: i for i, m in enumerate(methods)}
     off = {"silent": -0.22, "decisive": 0.0, "random": 0.22}

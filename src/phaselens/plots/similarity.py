@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 import plotly.graph_objects as go
 
+from ..errors import PlotError
+
 from .core import TEMPLATE
 
 if TYPE_CHECKING:
@@ -76,12 +78,12 @@ def cka_heatmaps(results: Any, *, titles: Iterable[str] | None = None, colorscal
         rs = list(results) if isinstance(results, (list, tuple)) else [results]
         names = None
     if not rs:
-        raise ValueError("cka_heatmaps needs at least one CKAResult")
+        raise PlotError("cka_heatmaps needs at least one CKAResult")
     from plotly.subplots import make_subplots
 
     panel = list(titles) if titles is not None else [f"{r.model_a} vs {r.model_b}" for r in rs] if names is None else names
     if len(panel) != len(rs):
-        raise ValueError(f"{len(rs)} CKA results but {len(panel)} titles")
+        raise PlotError(f"{len(rs)} CKA results but {len(panel)} titles")
     lo, hi = _zrange(rs, zmin, zmax)
     fig = make_subplots(rows=1, cols=len(rs), subplot_titles=panel, horizontal_spacing=0.08)
     for i, r in enumerate(rs, start=1):

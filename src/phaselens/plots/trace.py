@@ -14,6 +14,8 @@ from typing import Any, Iterable, Literal
 import numpy as np
 import plotly.graph_objects as go
 
+from ..errors import PlotError
+
 from .core import block_axis, colors as _colors, finish, format_label, rgba, shade_phases
 
 
@@ -39,7 +41,7 @@ def _one(obj: Any, label: str | None) -> list[Curve]:
         return [Curve(label or f"{len(obj.removed)} cut ({obj.ratio:.0%} pruned)", obj.trace, getattr(obj, "transition", None))]
     if hasattr(obj, "trace") and isinstance(obj.trace, DecisionTrace):
         return [Curve(label or obj.trace.model, obj.trace, getattr(obj, "transition", None))]
-    raise TypeError(
+    raise PlotError(
         f"cannot draw a {type(obj).__name__}: pass DecisionTrace / Transition objects (or a sweep, or a list or "
         "{name: result} dict of them)"
     )
@@ -55,12 +57,12 @@ def curves(results: Any, names: Iterable[str] | None = None) -> list[Curve]:
         items = [(None, results)]
     names = list(names) if names is not None else None
     if names is not None and len(names) != len(items):
-        raise ValueError(f"{len(items)} results but {len(names)} names")
+        raise PlotError(f"{len(items)} results but {len(names)} names")
     out: list[Curve] = []
     for i, (key, r) in enumerate(items):
         out += _one(r, names[i] if names is not None else key)
     if not out:
-        raise ValueError("nothing to draw: no traces given")
+        raise PlotError("nothing to draw: no traces given")
     seen: dict[str, int] = {}
     for c in out:  # duplicate labels would merge in the legend
         seen[c.label] = seen.get(c.label, 0) + 1
@@ -73,7 +75,7 @@ def pick_transition(cs: list[Curve], transition: Any) -> Any:
     """``"auto"``: the transition of the first dense curve that has one (else the first one at all)."""
     if transition != "auto":
         if transition is not None and not hasattr(transition, "layer"):
-            raise TypeError(f"transition must be a Transition, 'auto' or None, got {type(transition).__name__}")
+            raise PlotError(f"transition must be a Transition, 'auto' or None, got {type(transition).__name__}")
         return transition
     with_tr = [c for c in cs if c.transition is not None]
     dense = [c for c in with_tr if c.trace.n_layers == c.trace.n_blocks]
@@ -242,7 +244,7 @@ def option_frequency(result: Any, kind: Literal["stacked", "area", "radar"] = "s
     """
     cs = curves(result)
     if len(cs) != 1:
-        raise ValueError(f"option_frequency draws one result, got {len(cs)}; call it once per result")
+        raise PlotError(f"option_frequency draws one result, got {len(cs)}; call it once per result")
     c = cs[0]
     t = c.trace
     of = np.asarray(t.option_frequency, float)
@@ -254,7 +256,7 @@ def option_frequency(result: Any, kind: Literal["stacked", "area", "radar"] = "s
     if kind == "radar":
         return _radar(c, of, prior, labels, x, n, title)
     if kind not in ("stacked", "area"):
-        raise ValueError(f"kind must be 'stacked', 'area' or 'radar', got {kind!r}")
+        raise PlotError(f"kind must be 'stacked', 'area' or 'radar', got {kind!r}")
     fig = go.Figure()
     L = int(t.n_blocks)
     tr = pick_transition(cs, transition)

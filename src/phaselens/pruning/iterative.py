@@ -290,6 +290,7 @@ def load_sweep(folder: str | Path) -> Sweep:
         return sw
     state = Path(folder) / ".phaselens" / "sweep"
     if not (state / "args.json").is_file():
+        RunFolder(folder, "sweep", {}, "a sweep")._refuse_legacy()  # an older phaselens' folder: say how to recompute
         raise ResultsError(f"{folder} holds no sweep (no {state / 'args.json'}); pass the out= folder of iterative_prune")
     args = json.loads((state / "args.json").read_text())
     f = RunFolder(folder, "sweep", args, "a sweep")

@@ -16,7 +16,7 @@ import torch
 
 from .. import checks
 from ..calibration import check_seq_len, load_calibration, n_tokens
-from ..errors import RecoveryError, SingularFitWarning
+from ..errors import NotFoundError, RecoveryError, SingularFitWarning
 from ..view import ModelView, as_view
 from .solvers import METHODS, check_target, choose_lam, solve
 from .stats import SpanStats, span_stats
@@ -49,7 +49,7 @@ class Recovered(ModelView):
             return self.branch_operators[span[0] - 1]
         if span in self.spans and not self.operators and not self.branch_operators:
             return torch.eye(self.base.d_model, dtype=torch.float32, device=self.base.device)  # plain pruning
-        raise KeyError(f"no operator for span {span}; the cut spans are {self.spans}")
+        raise NotFoundError(f"no operator for span {span}; the cut spans are {self.spans}")
 
     def save(self, path: str | Path) -> Path:
         """Write the operators, spans and the model's fingerprint as safetensors."""
@@ -75,7 +75,7 @@ class Recovered(ModelView):
 _META_KEYS = ("fingerprint", "model", "method", "removed", "lam", "n_tokens")
 
 
-def load_recovery(path: str | Path, model: Any) -> Recovered:
+def load_recovery(path: str | Path, model: ModelLike) -> Recovered:
     """The recovered view saved at ``path``, on ``model``; refuses a file made for another model, or any file
     that is not a recovery written by :meth:`Recovered.save`."""
     from ..tensorfile import read_tensor_file
@@ -94,7 +94,7 @@ def load_recovery(path: str | Path, model: Any) -> Recovered:
         br = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("branch.")}
         n_tok = int(meta["n_tokens"])
     except (ValueError, TypeError, IndexError, json.JSONDecodeError) as e:
-        raise RecoveryError(f"{path}: its metadata is malformed ({e}); refit and save the recovery again") from None
+        raise RecoveryError(f"{path}: its metadata is malformed ({e}); refit and save the recovery again") from e
     L = base.n_layers
     bad = [b for b in removed if not 0 <= b < L] + [b for s in ops for b in s if not 0 <= b <= L]
     if bad:
@@ -104,7 +104,7 @@ def load_recovery(path: str | Path, model: Any) -> Recovered:
         return Recovered(base, removed, {s: w.to(base.device) for s, w in ops.items()},
                          {b: w.to(base.device) for b, w in br.items()}, method=meta["method"], lam=lam, n_tokens=n_tok)
     except Exception as e:  # a PruningError / RecoveryError from the view's own checks
-        raise RecoveryError(f"{path}: {e}") from None
+        raise RecoveryError(f"{path}: {e}") from e
 
 
 def _warn_few_tokens(base, n: int) -> None:
@@ -139,7 +139,7 @@ def fit_recovery(
     max_tokens: int | None = None,
     stats: dict[tuple[int, int], SpanStats] | None = None,
     target: str | None = None,
-) -> Any:
+) -> "Recovered | dict[str, Recovered]":
     """Recover a pruned model: one linear operator per cut span, fitted in closed form.
 
     Args:

@@ -57,7 +57,11 @@ def is_singular(A: torch.Tensor) -> bool:
     scale = float(torch.trace(A)) / A.shape[0]
     if not scale > 0:
         return True
-    return float(torch.linalg.eigvalsh(A)[0]) <= SINGULAR_RTOL * scale
+    # smallest eigenvalue <= t  <=>  A - t I is not positive definite: one Cholesky (d^3/3 multiplications, BLAS 3)
+    # answers what a full eigvalsh (several times slower) would
+    t = SINGULAR_RTOL * scale
+    _, info = torch.linalg.cholesky_ex(A - t * torch.eye(A.shape[0], dtype=A.dtype, device=A.device))
+    return int(info) != 0
 
 
 def _warn_singular(lam_used: float, scale: float) -> None:

@@ -36,6 +36,8 @@ class Runner:
         self.check_finite = check_finite
         self.plan = self.view.plan()
         self._sig = self.view.signature()
+        # which model object computes: one cache handed to two models never replays one's activations in the other
+        self._model_key = f"{type(self.base.hf).__name__}:{id(self.base.hf)}:{self.base.fingerprint}"
         self._devices = [self.base.block_device(b) for b in range(self.base.n_layers)]  # accelerate may spread them
 
     @property
@@ -129,7 +131,7 @@ class Runner:
         if edits is not None:
             for b in edits.blocks():
                 sig[b] = f"{sig.get(b, '')}+edit{edits.serial}"
-        prefix = chain(sig, L)
+        prefix = chain(sig, L, self._model_key)
         for name, rd in reads.items():
             bad = [b for b in rd.blocks if not 0 <= b < L]
             if bad:

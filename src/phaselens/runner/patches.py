@@ -49,10 +49,10 @@ def _push_forward(mod: nn.Module, fn: Callable) -> None:
 
 
 def _pop_forward(mod: nn.Module, fn: Callable) -> None:
+    prev = _stacks[mod].pop()  # popped even when the forward was replaced, so the stack stays paired with the patches
     if mod.__dict__.get("forward") is not fn:
         raise RunnerError(f"the forward of {type(mod).__name__} was replaced by someone else during a phaselens pass; "
                           "it is left as that code set it")
-    prev = _stacks[mod].pop()
     if prev is _MISSING:
         del mod.__dict__["forward"]
     else:
@@ -104,8 +104,14 @@ def patched(blocks: list[nn.Module], plan: Plan, *, tap_in: dict[int, Callable] 
     finally:
         for h in handles:
             h.remove()
-        for mod, fn in reversed(pushed):
-            _pop_forward(mod, fn)
+        failed: list[RunnerError] = []
+        for mod, fn in reversed(pushed):  # every block is restored, even after one that someone else replaced
+            try:
+                _pop_forward(mod, fn)
+            except RunnerError as e:
+                failed.append(e)
+        if failed:
+            raise failed[0]
 
 
 def block_returns_tuple(blocks: list[nn.Module], decoder: nn.Module, ids: torch.Tensor) -> bool:

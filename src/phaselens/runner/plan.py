@@ -65,9 +65,10 @@ def _compose(f: Edit, g: Edit) -> Edit:
     return lambda h: g(f(h))
 
 
-def chain(signature: dict[int, str], n_blocks: int) -> list[str]:
-    """``[L + 1]`` prefix hashes: entry ``b`` identifies what blocks ``0..b-1`` compute (entry 0: nothing)."""
-    h = hashlib.sha1(b"phaselens-prefix")
+def chain(signature: dict[int, str], n_blocks: int, model: str = "") -> list[str]:
+    """``[L + 1]`` prefix hashes: entry ``b`` identifies what blocks ``0..b-1`` of ``model`` (a string naming the
+    model object) compute (entry 0: nothing)."""
+    h = hashlib.sha1(b"phaselens-prefix|" + model.encode())
     out = [h.hexdigest()]
     for b in range(n_blocks):
         h.update(f"|{b}:{signature.get(b, '')}".encode())

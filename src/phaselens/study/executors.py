@@ -186,7 +186,7 @@ class RayExecutor:
         try:
             return {k: self.ray.get(r) for k, r in refs.items()}
         except self.ray.exceptions.RayTaskError as e:
-            raise e.as_instanceof_cause() from None
+            raise e.as_instanceof_cause() from e
 
     def run(self, jobs: list[Job]) -> Iterator[tuple[Job, Outcome]]:
         ray = self.ray

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import StudyError
+
 
 @dataclass
 class Job:
@@ -149,7 +151,7 @@ def _texts(kind: str, n: int | None) -> list[str] | None:
 
     texts = load_calibration() if kind == "calibration" else heldout_texts()
     if n > len(texts):
-        from ..errors import StudyError
+
 
         raise StudyError(f"{kind}_passages = {n}, but there are {len(texts)} bundled {kind} passages")
     return texts[:n]
@@ -215,7 +217,7 @@ def run_kind(kind: str, model: Any, task: Any, seed: int, params: dict[str, Any]
         pruned = pl.prune(model, blocks)
         inputs = task if on == "task" else (ppl if ppl is not None else pl.heldout_texts())
         return pl.cka(model, pruned, inputs, seed=seed, **p)
-    raise ValueError(f"unknown run kind {kind!r}")
+    raise StudyError(f"unknown run kind {kind!r}")
 
 
 def _nan(x: Any) -> float:
@@ -296,7 +298,7 @@ def execute(job: Job, cache: ModelCache, scratch_root: str | os.PathLike) -> Out
 
             base = as_view(model).base
             if identity(base) != job.fingerprint:
-                from ..errors import StudyError
+
 
                 raise StudyError(f"{job.model_key} on {out.host} is {identity(base)} (fingerprint:device:dtype), the study "
                                  f"planned {job.fingerprint}: the weights (clear PHASELENS_CACHE there) or the device differ "

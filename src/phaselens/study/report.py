@@ -39,12 +39,12 @@ def collapse_studies(results: dict[str, Any]) -> dict[str, Any]:
             by.setdefault(r.criterion, []).append(_point(r.steps[0].transition, r, name))
     out = {}
     for crit, pts in sorted(by.items()):
-        usable = [q for q in pts if q.usable]
+        study = CollapseStudy(pts, math.nan, math.nan, crit)
+        x, y = study.pair_means()  # one point per (model, task): its seeds are not independent pairs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", StatsWarning)
-            r, p = pearson([q.fraction for q in usable], [q.collapse_ratio for q in usable],
-                           what="transition fraction and collapse ratio")
-        out[crit] = CollapseStudy(pts, r, p, crit)
+            study.r, study.p = pearson(list(x), list(y), what="transition fraction and collapse ratio")
+        out[crit] = study
     return out
 
 

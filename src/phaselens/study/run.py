@@ -48,9 +48,9 @@ def _load_tasks(spec: StudySpec, jobs: list[JobConfig]) -> dict[str, tuple[Any, 
         c = j.task
         try:
             t = load_task(ts.obj if ts.obj is not None else c["name"], format=c["format"], limit=c["limit"],
-                          seed=c["seed"], shots=c["shots"], split=c["split"])
+                          seed=c["seed"], shots=c["shots"], split=c["split"], sample=c.get("sample", True))
         except PhaselensError as e:
-            raise StudyError(f"tasks[{j.task_index}] ({c['name']}): {e}") from None
+            raise StudyError(f"tasks[{j.task_index}] ({c['name']}): {e}") from e
         out[key] = (t, task_digest(t))
     return out
 
@@ -77,6 +77,31 @@ def _row(job: Job, cfg: JobConfig, out: Outcome, executor: str, items: str, orde
     for k, v in out.scalars.items():
         row[k] = v
     return row
+
+
+def _check_models(s: Any, remote: bool) -> None:
+    """Each model named by a string resolves (an embedded name, a .gguf file, a local folder or a model in the local
+    HF cache, whose config is read: no weights), before the folder is touched. On a remote Ray cluster only embedded
+    names are checked here: a path there may exist on the workers' nodes alone."""
+    from pathlib import Path
+
+    from ..embedded import EMBEDDED, check_gguf
+    from ..errors import PhaselensError
+
+    for i, m in enumerate(s.models):
+        if not isinstance(m, str) or m.lower() in EMBEDDED or remote:
+            continue
+        try:
+            if m.endswith(".gguf"):
+                check_gguf(Path(m).expanduser())
+            elif not Path(m).expanduser().is_dir():
+                from transformers import AutoConfig
+
+                AutoConfig.from_pretrained(m, local_files_only=True)
+        except (PhaselensError, OSError, ValueError) as e:
+            raise StudyError(f"models[{i}] = {m!r} is not an embedded name ({', '.join(EMBEDDED)}), a .gguf file, a "
+                             f"local model folder or a model in the local Hugging Face cache; nothing was run "
+                             f"({type(e).__name__}: {str(e)[:160]})") from e
 
 
 def run_study(
@@ -131,6 +156,7 @@ def run_study(
         raise StudyError(f"workers must be an int >= 1, got {workers!r}")
     configs = s.jobs()
     tasks = _load_tasks(s, configs)
+    _check_models(s, remote=executor == "ray" and address is not None)
     models = {name: (m if isinstance(m, str) else m) for name, m in zip(s.model_names, s.models)}
     from .executors import EXECUTORS as EXEC
 

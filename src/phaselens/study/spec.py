@@ -13,7 +13,7 @@ A spec is a TOML file or the equal dict::
 
 Top-level keys: ``models`` (names, HF folders or ``.gguf`` paths; in a dict also loaded
 :class:`~phaselens.Model` objects, for the ``"local"`` executor), ``tasks`` (a name, or a table with
-``name``, ``format``, ``limit``, ``shots``, ``split``, ``seed``; in a dict also :class:`~phaselens.Task`
+``name``, ``format``, ``limit``, ``sample``, ``shots``, ``split``, ``seed``; in a dict also :class:`~phaselens.Task`
 objects), ``seeds`` (default ``[0]``), ``runs`` (each a table with ``kind`` and its parameters),
 ``resources`` (``num_cpus``, ``num_gpus``, ``models_per_worker``, ``workers``) and ``name``.
 
@@ -28,103 +28,26 @@ anything runs.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import StudyError
+from .runs import RUNS, RunKind, _choices, _int  # noqa: F401 (RunKind re-exported)  the run kinds: what each calls, which keys it takes
 
 TOP_KEYS = ("name", "models", "tasks", "seeds", "runs", "resources")
-TASK_KEYS = ("name", "format", "limit", "shots", "split", "seed")
+TASK_KEYS = ("name", "format", "limit", "sample", "shots", "split", "seed")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "models_per_worker", "workers")
 EXECUTORS = ("local", "processes", "ray")
 
 
-def _fn(module: str, name: str) -> Callable[[], Callable]:
-    def get() -> Callable:
-        import importlib
-
-        return getattr(importlib.import_module(f"phaselens.{module}"), name)
-
-    return get
-
-
-@dataclass(frozen=True)
-class RunKind:
-    """One kind of run: the function it calls and how its parameters are read.
-
-    Attributes:
-        fn: returns the public function the job calls (its signature validates pass-through keys).
-        fixed: the function's parameters the study sets itself (model, task, seeds, folders, progress).
-        listy: parameters whose value is a list (a list of lists is a grid over them).
-        study: parameters the study translates, ``{name: (check, default)}``.
-        choices: allowed values of enumerated parameters.
-        required: parameters without a default.
-    """
-
-    name: str
-    fn: Callable[[], Callable]
-    fixed: tuple[str, ...]
-    listy: tuple[str, ...] = ()
-    study: dict[str, Any] = field(default_factory=dict)
-    choices: dict[str, tuple] = field(default_factory=dict)
-    required: tuple[str, ...] = ()
-
-    def allowed(self) -> list[str]:
-        sig = inspect.signature(self.fn())
-        passed = [p for p, v in sig.parameters.items() if p not in self.fixed and v.kind is not v.VAR_KEYWORD]
-        return sorted(set(passed) | set(self.study))
-
-
-def _int(lo: int = 0) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def _ratio(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
-
-
-def _choices() -> dict[str, tuple]:
-    from ..ablation import ABLATION_MODES
-    from ..cka import FORMS
-    from ..pruning.iterative import SWEEP_CRITERIA
-    from ..recovery.solvers import METHODS
-    from ..similarity import POSITIONS
-
-    return {"criterion": SWEEP_CRITERIA, "recovery": (None, *METHODS), "methods": METHODS, "mode": ABLATION_MODES,
-            "positions": (None, *POSITIONS), "form": FORMS, "placement": ("adjacent", "far", "center"),
-            "until": ("steps", "collapse"), "on": ("task", "heldout"), "cka_criterion": ("bi", "angular", "random", "sleb")}
-
-
-_PASSAGES = {"calibration_passages": (_int(1), None), "heldout_passages": (_int(1), None)}
-RUNS: dict[str, RunKind] = {
-    "trace": RunKind("trace", _fn("trace", "decision_trace"),
-                     fixed=("model", "task", "seed", "progress", "cache", "device"), listy=("blocks",)),
-    "sweep": RunKind("sweep", _fn("pruning.iterative", "iterative_prune"),
-                     fixed=("model", "task", "out", "seed", "progress"), listy=("calibration", "perplexity_texts"),
-                     study={**_PASSAGES, "max_ratio": (_ratio, None), "until": (lambda v: True, "steps"),
-                            "chunk": (_int(1), 4)}),
-    "phase-cuts": RunKind("phase-cuts", _fn("experiments.phase_cuts", "compare_phase_cuts"),
-                          fixed=("model", "task", "out", "seed", "progress"),
-                          listy=("methods", "seeds", "calibration", "perplexity_texts"), study={**_PASSAGES, "fit_n": (lambda v: isinstance(v, bool), False)},
-                          required=("n",)),
-    "noise": RunKind("noise", _fn("noise", "inject_noise"), fixed=("model", "task", "boot_seed", "progress", "transition"),
-                     listy=("blocks", "seeds", "eps"), study={"stride": (_int(1), None)}),
-    "ablate": RunKind("ablate", _fn("ablation", "ablate"), fixed=("model", "task", "boot_seed", "progress", "transition"),
-                      listy=("blocks", "pairs")),
-    "cka": RunKind("cka", _fn("similarity", "cka"), fixed=("model_a", "model_b", "task_or_texts", "seed", "progress"),
-                   study={**_PASSAGES, "prune": (lambda v: _ratio(v) or _int(1)(v), 0.5),
-                          "criterion": (lambda v: True, "bi"), "on": (lambda v: True, "task")}),
-}
-
-
 @dataclass
 class TaskSpec:
-    """How a job's task is loaded: ``load_task(name, format=, limit=, shots=, split=, seed=)``."""
+    """How a job's task is loaded: ``load_task(name, format=, limit=, sample=, shots=, split=, seed=)``
+    (``sample=False``: the first ``limit`` items in file order instead of a seeded random subset)."""
 
     name: str
     format: str | None = None
@@ -133,12 +56,15 @@ class TaskSpec:
     split: str | None = None
     seed: int | None = None  # None: the job's seed
     obj: Any = None  # an in-memory Task (dict specs only)
+    sample: bool = True
 
     def config(self, seed: int) -> dict[str, Any]:
         d = {"name": self.name, "format": self.format, "limit": self.limit, "shots": self.shots, "split": self.split,
              "seed": seed if self.seed is None else self.seed}
         if self.obj is not None:
             d["in_memory"] = True
+        if not self.sample:  # only when set, so the identity of every other job stays what it was
+            d["sample"] = False
         return d
 
 
@@ -235,7 +161,7 @@ def read_spec(spec: Any) -> dict[str, Any]:
         try:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
-            raise StudyError(f"{where} is not valid TOML: {e}") from None
+            raise StudyError(f"{where} is not valid TOML: {e}") from e
     raise StudyError(f"a study spec is a dict or a TOML file path, got {type(spec).__name__}")
 
 
@@ -304,7 +230,11 @@ def _task(t: Any, i: int) -> TaskSpec:
             raise StudyError(f"tasks[{i}].{key} must be an int >= {lo}, got {t[key]!r}")
     if t.get("split") is not None and not isinstance(t["split"], str):
         raise StudyError(f"tasks[{i}].split must be a string, got {t['split']!r}")
-    return TaskSpec(t["name"], fmt, t.get("limit"), t.get("shots", 0) or 0, t.get("split"), t.get("seed"))
+    if not isinstance(t.get("sample", True), bool):
+        raise StudyError(f"tasks[{i}].sample must be true (a seeded random subset of limit items) or false (the first "
+                         f"limit items in file order), got {t['sample']!r}")
+    return TaskSpec(t["name"], fmt, t.get("limit"), t.get("shots", 0) or 0, t.get("split"), t.get("seed"),
+                    sample=t.get("sample", True))
 
 
 def _run(r: Any, i: int) -> dict[str, Any]:

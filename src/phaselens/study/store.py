@@ -66,7 +66,7 @@ class StudyFolder:
                 if "in use by another run" not in str(e) or deadline is None or time.monotonic() > deadline:
                     hint = "" if self.wait is None else f" (waited {self.wait:g} s)"
                     raise StudyError(f"cannot run the study in {self.out}: {e}{hint}; pass wait=SECONDS (--wait) to "
-                                     "wait for the other study") from None
+                                     "wait for the other study") from e
                 time.sleep(0.2)
 
     def __exit__(self, *exc: Any) -> None:
@@ -172,7 +172,7 @@ def load_study(folder: str | os.PathLike):
     try:
         df = pd.read_parquet(path)
     except Exception as e:  # noqa: BLE001
-        raise StudyError(f"{path} cannot be read ({type(e).__name__}: {e}); rerun the study to rebuild it") from None
+        raise StudyError(f"{path} cannot be read ({type(e).__name__}: {e}); rerun the study to rebuild it") from e
     plan = folder / ".phaselens" / RUN / "plan.json"
     if plan.is_file():
         try:

@@ -92,7 +92,7 @@ def _arc_file(path: Path) -> list[Item]:
             labels, texts = row["choices"]["label"], row["choices"]["text"]
             answer = labels.index(row["answerKey"])
         except (KeyError, ValueError, TypeError) as e:
-            raise TaskError(f"{path}:{n}: not an ARC row ({e!r}); expected choices.label/text and answerKey") from None
+            raise TaskError(f"{path}:{n}: not an ARC row ({e!r}); expected choices.label/text and answerKey") from e
         items.append(Item(row["question"], tuple(texts), answer, str(row.get("id", n))))
     return items
 
@@ -200,7 +200,7 @@ def load_truthfulqa(split: str | None = None, seed: int = 0) -> Loaded:
     try:
         rows = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
-        raise TaskError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+        raise TaskError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
     items = []
     for i, row in enumerate(rows):
         targets = row["mc1_targets"]
@@ -220,7 +220,7 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, Any]]:
         try:
             yield n, json.loads(line)
         except json.JSONDecodeError as e:
-            raise TaskError(f"{path}: line {n} is not valid JSON ({e.msg} at column {e.colno})") from None
+            raise TaskError(f"{path}: line {n} is not valid JSON ({e.msg} at column {e.colno})") from e
 
 
 def _read_text(path: Path) -> str:
@@ -229,9 +229,9 @@ def _read_text(path: Path) -> str:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise TaskError(f"{path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 4]!r}); save it as "
-                        "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+                        "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from e
     except OSError as e:
-        raise TaskError(f"{path}: cannot read it ({e.strerror})") from None
+        raise TaskError(f"{path}: cannot read it ({e.strerror})") from e
 
 
 def load_jsonl(path: Path) -> Loaded:
@@ -245,7 +245,7 @@ def load_jsonl(path: Path) -> Loaded:
         try:
             items.append(Item(row["question"], tuple(row["options"]), row["answer"], str(row.get("id", f"line {n}"))))
         except TaskError as e:
-            raise TaskError(f"{path}: line {n}: {e}") from None
+            raise TaskError(f"{path}: line {n}: {e}") from e
     if not items:
         raise TaskError(f"{path}: no items")
     return Loaded(path.stem, tuple(items), (), str(path), "cloze")
