@@ -9,7 +9,8 @@
     DIR/.phaselens/study/scratch/<job>/ resumable state of the jobs that have one (sweeps, phase cuts),
                                         when the worker runs on the driver's machine
 
-Only the driver writes here, and every write is atomic (a temporary file renamed into place): the result
+Only the driver writes the results, rows and index (workers write only their jobs' resumable state under
+``scratch/``), and every write is atomic (a temporary file renamed into place): the result
 first, then its row, then the index, so a study killed at any moment leaves whole files, and the
 index can always be rebuilt from the rows. Two studies cannot hold the folder at once: the second waits
 (``wait=`` seconds) or is refused with a message naming the holder.
