@@ -54,8 +54,9 @@ def synthetic_items(n: int, length: int, vocab: int, k: int = 4, seed: int = 0) 
     return Encoded("letters", prompts, opt, torch.ones(n, k, dtype=torch.bool), torch.randint(0, k, (n,), generator=g))
 
 
-def timeit(fn, device: str, repeats: int) -> float:
-    fn()  # warm up
+def timeit(fn, device: str, repeats: int, warm: bool = True) -> float:
+    if warm:
+        fn()  # warm up
     times = []
     for _ in range(repeats):
         if device.startswith("cuda"):
@@ -91,11 +92,24 @@ def measure(model, task, enc, budget: int, device: str, repeats: int) -> dict:
 
     orig = tr_mod.option_logits
     tr_mod.option_logits = lambda m, t, **kw: orig(m, t, encoded=enc, **kw)
+    fns = {"hf_model": plain_decoder, "hf_causal_lm": plain_causal_lm, "option_logits": lens_only,
+           "decision_trace": lambda: pl.decision_trace(model, task, max_tokens=budget)}
     try:
-        return {"hf_model": timeit(plain_decoder, device, repeats), "hf_causal_lm": timeit(plain_causal_lm, device, repeats),
-                "option_logits": timeit(lens_only, device, repeats),
-                "decision_trace": timeit(lambda: pl.decision_trace(model, task, max_tokens=budget), device, repeats),
-                "batches": len(groups)}
+        for fn in fns.values():
+            fn()  # warm up
+        # interleaved: each repeat times every path once (rotating the order), so a slow spell of the machine hits
+        # all of them; the ratios are the medians of the per-repeat ratios
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        names = list(fns)
+        for r in range(repeats):
+            for k in names[r % len(names):] + names[: r % len(names)]:
+                times[k].append(timeit(fns[k], device, 1, warm=False))
+        out: dict = {k: statistics.median(v) for k, v in times.items()}
+        for k in ("option_logits", "decision_trace"):
+            out[f"{k}_ratio"] = statistics.median(a / b for a, b in zip(times[k], times["hf_model"]))
+            out[f"{k}_ratio_lm"] = statistics.median(a / b for a, b in zip(times[k], times["hf_causal_lm"]))
+        out["batches"] = len(groups)
+        return out
     finally:
         tr_mod.option_logits = orig
 
@@ -143,11 +157,13 @@ def main() -> None:
     dev_name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"model {model.name}: L={model.n_layers} d={model.d_model} {model.dtype} on {dev_name}")
     what = f"{args.task}, {enc.n_items} prompts of at most {length} tokens" if args.task else f"{bs} prompts x {length} tokens"
-    print(f"{groups} batches, {what}, median of {args.repeats}")
+    print(f"{groups} batches, {what}, {args.repeats} interleaved repeats (medians; ratios: medians of per-repeat ratios)")
     print(f"  baseline hf.model forward (no LM head): {t_dec:8.4f} s")
     print(f"  baseline hf forward (causal LM logits): {t_lm:8.4f} s")
-    print(f"  option_logits (lens at every block):    {t_lens:8.4f} s  ratio {t_lens / t_dec:5.3f}x decoder, {t_lens / t_lm:5.3f}x causal LM")
-    print(f"  decision_trace (lens + all metrics):    {t_trace:8.4f} s  ratio {t_trace / t_dec:5.3f}x decoder, {t_trace / t_lm:5.3f}x causal LM")
+    print(f"  option_logits (lens at every block):    {t_lens:8.4f} s  ratio {t['option_logits_ratio']:5.3f}x decoder, "
+          f"{t['option_logits_ratio_lm']:5.3f}x causal LM")
+    print(f"  decision_trace (lens + all metrics):    {t_trace:8.4f} s  ratio {t['decision_trace_ratio']:5.3f}x decoder, "
+          f"{t['decision_trace_ratio_lm']:5.3f}x causal LM")
 
 
 if __name__ == "__main__":

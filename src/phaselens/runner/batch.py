@@ -75,6 +75,13 @@ class Batch:
         """``[B]`` position of each row's last real token."""
         return self.mask.sum(1) - 1
 
+    def last_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([B] rows, [B] last positions)`` on ``device``, made once per batch and device (every block reads them)."""
+        memo = self.__dict__.setdefault("_last_index", {})
+        if device not in memo:
+            memo[device] = (torch.arange(self.ids.shape[0], device=device), self.last.to(device))
+        return memo[device]
+
     @cached_property
     def key(self) -> str:
         """Content hash of the token ids, the mask, and for packed rows their positions and segments (so the
@@ -91,8 +98,8 @@ class Batch:
 
 def _select(h: torch.Tensor, at: Any, batch: Batch) -> torch.Tensor:
     if at == "last":
-        last = batch.last.to(h.device)
-        return h[torch.arange(h.shape[0], device=h.device), last]
+        rows, last = batch.last_index(h.device)
+        return h[rows, last]
     if at == "tokens":
         return h[batch.mask.to(h.device).bool()]
     if at == "all":

@@ -18,6 +18,11 @@ from .plan import Plan, StopForward, chain, identity
 _OOM_WARNED = False
 
 
+#: reads of at most this many values (a block's last position: [B, d]) are checked for NaN/Inf together after the
+#: pass, one kernel for all blocks; larger ones (every token) right away, each with its own check
+STACKED_CHECK = 1 << 16
+
+
 class Runner:
     """Runs passes of one model view (a :class:`~phaselens.view.ModelView`).
 
@@ -145,13 +150,17 @@ class Runner:
                 start = min(start, min(rd.blocks))
         out: dict[str, dict[int, Any]] = {name: {} for name in reads}
         flags: list[tuple[int, str, torch.Tensor]] = []
+        small: list[tuple[int, str, torch.Tensor]] = []  # small reads: checked together after the pass
 
         def keep(name: str, rd: Read, b: int, h: torch.Tensor) -> None:
             if rd.site == "in":  # a block's input arrives from the previous block's device: read it on its own
                 h = h.to(self._devices[b])
             sel = _select(h, rd.at, batch)
             if self.check_finite:
-                flags.append((b, name, torch.isfinite(sel).all()))
+                if sel.numel() <= STACKED_CHECK:
+                    small.append((b, name, sel))
+                else:
+                    flags.append((b, name, torch.isfinite(sel).all()))
             out[name][b] = rd.fn(b, sel) if rd.fn is not None else sel
 
         # reads served from the cache (what blocks before ``start`` computed)
@@ -175,6 +184,12 @@ class Runner:
         elif live or (recording and start < L):
             self._run(batch, plan, start, prefix, taps_in, taps_out, taps_mlp,
                       stop_at=None if recording else deepest)
+        if small:  # one isfinite over each group of equal-shape small reads (the last position of every block)
+            groups: dict[tuple, list[torch.Tensor]] = {}
+            for _, _, t in small:
+                groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
+            if not all(bool(torch.isfinite(torch.stack(g)).all()) for g in groups.values()):
+                flags.extend((b, n, torch.isfinite(t).all()) for b, n, t in small)
         if flags:
             ok = torch.stack([f for _, _, f in flags]).all()
             if not bool(ok):
@@ -225,7 +240,7 @@ class Runner:
         return {"input_ids": batch.ids, "attention_mask": mask, "position_ids": batch.positions}
 
     def _nonfinite(self, batch: Batch, plan: Plan, flags: list) -> None:
-        bad_read = next((b, n) for b, n, f in flags if not bool(f))
+        bad_read = min(((b, n) for b, n, f in flags if not bool(f)), key=lambda x: x[0])  # the earliest block
         first = None
         seen: dict[int, bool] = {}
 
