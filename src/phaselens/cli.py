@@ -55,11 +55,12 @@ def _early(*, batch_size: Optional[int] = None, out: Optional[Path] = None, html
         _fail(str(e))
     _html_file(html, "--html")
     if lens is not None:
-        from .lenses.base import KINDS
+        from .lenses.fit import check_lens_arg
 
-        if lens not in KINDS and not Path(lens).is_file():
-            _fail(f"--lens: unknown lens kind {lens!r}, and no lens file of that name; choose one of "
-                  f"{' | '.join(KINDS)}, or the path of a file written by `phaselens lens fit`")
+        try:
+            check_lens_arg(lens)  # what resolve_lens refuses without a model
+        except PhaselensError as e:
+            _fail(f"--lens: {e}")
 
 
 def _html_file(path: Optional[Path], what: str) -> None:

@@ -3,8 +3,6 @@ probes of the phases, and the transition-versus-collapse study."""
 
 from __future__ import annotations
 
-import math
-
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -106,8 +104,10 @@ def cka_cmd(
         _fail("give either --prune-b or --criterion-b, not both")
     if criterion_b and n < 1:
         _fail("--criterion-b needs -n N (how many blocks to cut)")
-    if positions not in (None, "decision", "all"):
-        _fail(f"--positions must be decision or all, got {positions!r}")
+    from ..similarity import POSITIONS
+
+    if positions not in (None, *POSITIONS):
+        _fail(f"--positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
     _early(batch_size=batch_size, out=out, html=html, n_samples=(n_samples, 2))
     cut_b = _ints(prune_b, "--prune-b") if prune_b else None
     texts = _texts(calibration, "calibration") if on_texts else None
@@ -156,12 +156,14 @@ def noise_cmd(
 ) -> None:
     """Noise at the output of one block at a time: the final margin per block and eps, silent vs decisive."""
     from ..errors import PhaselensError
-    from ..noise import inject_noise
+    from ..noise import _eps_list, inject_noise
 
     _early(batch_size=batch_size, out=out, html=html, seeds=(seeds, 1))
-    blks, scales = _ints(blocks, "--blocks"), _floats(eps, "--eps")
-    if any(not math.isfinite(e) or e < 0 for e in scales):
-        _fail(f"--eps: noise scales must be finite and >= 0, got {eps!r}")
+    blks = _ints(blocks, "--blocks")
+    try:
+        scales = _eps_list(_floats(eps, "--eps"))  # the checks inject_noise makes, before the model loads
+    except PhaselensError as e:
+        _fail(f"--eps: {e}")
     m, t = _load(model, task, None, limit, seed, 0, None, device)
     try:
         r = inject_noise(m, t, blks, scales, seeds=seeds, batch_size=batch_size,
@@ -197,11 +199,11 @@ def ablate_cmd(
     html: Optional[Path] = typer.Option(None, help="write the drop figure to this HTML file"),
 ) -> None:
     """Ablate single blocks and pairs; the drop of the final margin (with bootstrap CIs over items)."""
-    from ..ablation import ablate
+    from ..ablation import ABLATION_MODES, ablate
     from ..errors import PhaselensError
 
-    if mode not in ("skip", "zero", "mean"):
-        _fail(f"--mode must be skip, zero or mean, got {mode!r}")
+    if mode not in ABLATION_MODES:
+        _fail(f"--mode must be one of {', '.join(ABLATION_MODES)}, got {mode!r}")
     _early(batch_size=batch_size, out=out, html=html, window=(window, 0))
     blks = _ints(blocks, "--blocks")
     m, t = _load(model, task, None, limit, seed, 0, None, device)
