@@ -16,7 +16,7 @@ def test_transition_json(smol):
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert set(d) >= {"layer", "jump_layer", "ci", "silent", "decisive", "trace"}
-    assert len(d["trace"]["margins"]) == smol.n_layers and len(d["trace"]["item_margins"]) == 12
+    assert len(d["trace"]["margins"]) == smol.n_blocks and len(d["trace"]["item_margins"]) == 12
 
 
 def test_transition_table_and_html(smol, tmp_path):

@@ -96,7 +96,7 @@ def test_bridge_input_reads_the_same_numbers(smol, capitals_task):
         twins.append(LlamaForCausalLM(cfg).eval())
     bridge = TransformerBridge.boot_transformers("tiny-llama", hf_model=twins[0], tokenizer=smol.tokenizer, device="cpu")
     m = pl.load_model(bridge)
-    assert m.bridge() is bridge and m.n_layers == 3
+    assert m.bridge() is bridge and m.n_blocks == 3
     plain = option_logits(pl.load_model(twins[1], tokenizer=bridge.tokenizer), capitals_task).z
     torch.testing.assert_close(option_logits(m, capitals_task).z, plain, atol=1e-4, rtol=0)
 

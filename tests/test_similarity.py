@@ -231,7 +231,7 @@ def test_dense_vs_pruned_decision_against_hf(tiny_llama, capitals_task, debiased
 def test_an_operator_at_the_end_is_part_of_the_final_row(tiny_llama, capitals_task):
     """A recovery operator standing in for a cut that reaches the last block is what the recovered model outputs:
     its final row is h_3 @ W (h_3 = the dense output of block 3, from HF's own hidden states), not plain pruning's."""
-    L = tiny_llama.n_layers
+    L = tiny_llama.n_blocks
     W = torch.eye(tiny_llama.d_model) + 0.3 * torch.randn(tiny_llama.d_model, tiny_llama.d_model,
                                                            generator=torch.Generator().manual_seed(0))
     rec = ModelView(tiny_llama, removed=(L - 2, L - 1), operators={(L - 2, L): W})

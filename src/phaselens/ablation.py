@@ -30,9 +30,10 @@ import torch
 
 from . import checks, metrics
 from .errors import InterventionError
-from .probes import N_BOOT, FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .probes import FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
 from .results import Result
-from .runner import Plan, identity
+from .stats import N_BOOT
+from .runner import Plan, skip
 from .view import ModelView
 from .types import ModelLike, TaskLike
 
@@ -42,7 +43,7 @@ ABLATION_MODES = ("skip", "zero", "mean")
 def _ablation_edits(mode: str, blocks: tuple[int, ...], means: dict[int, torch.Tensor]) -> Plan:
     names = {b: f"block {b} {mode}-ablated" for b in blocks}
     if mode == "skip":
-        return Plan(replace={b: identity for b in blocks}, names=names)
+        return Plan(replace={b: skip for b in blocks}, names=names)
     if mode == "mean":
         rep = {}
         for b in blocks:
@@ -281,6 +282,6 @@ def ablate(
     S = len(singles)
     m = np.asarray(res_m).reshape(len(units), n)
     c = np.asarray(res_c, dtype=float).reshape(len(units), n)
-    return AblationResult(view.name, t.name, mode, view.base.n_layers, singles, pair_l, m[:S], c[:S], m[S:], c[S:],
+    return AblationResult(view.name, t.name, mode, view.base.n_blocks, singles, pair_l, m[:S], c[:S], m[S:], c[S:],
                           final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed,
                        lens_.name if transition is None else getattr(getattr(transition, "trace", None), "lens", "logit"))

@@ -33,7 +33,7 @@ def boundaries(
     (default: every block index ``0..L-1`` and ``L`` = the last block's output) at the
     non-padding calibration tokens ``[n_tok, d]`` (in the model's dtype)."""
     base = view.base
-    L = base.n_layers
+    L = base.n_blocks
     which = list(range(L + 1)) if which is None else list(which)
     seqs = tokenize(base.tokenizer, load_calibration(texts), seq_len)
     reads = {"x": Read(tuple(b for b in which if b < L), "in", "tokens")}

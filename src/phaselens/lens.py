@@ -160,7 +160,7 @@ def check_context(base: Any, enc: Encoded, task: Task | None = None) -> None:
 
 def _rows_at(view: ModelView, rows: list[int]) -> list[int]:
     """The block read for each of ``rows`` (the last surviving block reads the output of block ``L-1``)."""
-    at = dict(zip(view.kept, read_at(view.kept, view.base.n_layers)))
+    at = dict(zip(view.kept, read_at(view.kept, view.base.n_blocks)))
     return [at[b] for b in rows]
 
 

@@ -273,7 +273,7 @@ def _check_readout(model: Model, ids: torch.Tensor) -> None:
     from .runner import Batch, Read, Runner
     from .view import ModelView
 
-    L = model.n_layers
+    L = model.n_blocks
     out = Runner(ModelView(model)).forward(Batch([0], ids, torch.ones_like(ids)), {"h": Read((L - 1,), "out", "all")},
                                            logits=True)
     with torch.inference_mode():

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 
+from .deprecation import renamed_property
 from .errors import ModelError
 
 
@@ -62,8 +63,11 @@ class Model:
     _offloaded: dict = field(default_factory=dict, repr=False)
 
     @property
-    def n_layers(self) -> int:
+    def n_blocks(self) -> int:
+        """``L``: the model's decoder blocks."""
         return len(self.blocks)
+
+    n_layers = renamed_property("n_layers", "n_blocks")
 
     @property
     def d_model(self) -> int:
@@ -119,7 +123,7 @@ class Model:
     def fingerprint(self) -> str:
         """A short hash of the architecture and a few weights: identifies the model in saved files."""
         h = hashlib.sha256()
-        h.update(json.dumps([type(self.hf).__name__, self.n_layers, self.d_model, int(self.W_U.shape[0])]).encode())
+        h.update(json.dumps([type(self.hf).__name__, self.n_blocks, self.d_model, int(self.W_U.shape[0])]).encode())
         first = [t for t in self.blocks[0].state_dict().values() if t.device.type != "meta"][:1]  # (not offloaded)
         for t in (self.W_U[:8, :32], *(t.flatten()[:64] for t in first)):
             h.update(t.detach().float().cpu().numpy().round(4).tobytes())
@@ -182,7 +186,7 @@ class Model:
         return self._bridge
 
     def __repr__(self) -> str:
-        return f"Model({self.name!r}, L={self.n_layers}, d={self.d_model}, {self.dtype}, {self.device})"
+        return f"Model({self.name!r}, L={self.n_blocks}, d={self.d_model}, {self.dtype}, {self.device})"
 
 
 # ----------------------------------------------------------------------------- helpers

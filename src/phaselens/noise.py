@@ -28,10 +28,10 @@ import torch
 
 from . import metrics
 from .errors import InterventionError
-from .probes import N_BOOT, FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .probes import FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
 from .results import Result
 from .runner import Batch, Plan
-from .stats import seed_list
+from .stats import N_BOOT, seed_list
 from .view import fmt_blocks
 from .types import ModelLike, TaskLike
 
@@ -300,7 +300,7 @@ def inject_noise(
             z = runner.run(edits)
             out_m[i, e, s] = final_margins(z, answers)
             out_c[i, e, s] = final_correct(z, answers)
-    return NoiseResult(view.name, t.name, view.base.n_layers, blocks, eps_l, seed_l, out_m, out_c,
+    return NoiseResult(view.name, t.name, view.base.n_blocks, blocks, eps_l, seed_l, out_m, out_c,
                        final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed,
                        lens_.name if transition is None else getattr(getattr(transition, "trace", None), "lens", "logit"))
 

@@ -54,7 +54,7 @@ def perplexity(
     seqs = tokenize(base.tokenizer, passages, seq_len)
     if not seqs:
         raise CalibrationError("no tokens to score: every passage is shorter than two tokens")
-    L = base.n_layers
+    L = base.n_blocks
 
     def reads(batch: Batch) -> dict[str, Read]:
         valid = batch.mask[:, 1:].bool() & batch.mask[:, :-1].bool()

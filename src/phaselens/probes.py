@@ -15,9 +15,9 @@ from .errors import InterventionError
 from .runner import Batch, Plan, PrefixCache, Read, Runner
 from .tasks import Task, load_task
 from .view import ModelView, as_view
+from .stats import N_BOOT  # noqa: F401  (one default; re-exported for older imports)
 from .types import ModelLike, TaskLike
 
-N_BOOT = 1000
 
 
 class FinalRunner:
@@ -62,7 +62,7 @@ class FinalRunner:
     @torch.inference_mode()
     def _run(self, edits: Callable[[Batch], Plan] | None) -> torch.Tensor:
         base, enc = self.base, self.enc
-        last = base.n_layers - 1  # a skipped last block passes its input through, so its output is the final state
+        last = base.n_blocks - 1  # a skipped last block passes its input through, so its output is the final state
         z = torch.empty(enc.n_items, enc.n_options)
         for batch, out in self.runner.passes(enc.prompts, {"h": Read((last,), "out", "last")}, edits=edits, **self.kw):
             sel = torch.tensor(batch.rows)
@@ -121,7 +121,7 @@ def check_blocks(view: ModelView, blocks: Iterable[int] | int | None, what: str)
             raise InterventionError(f"{what}: block indices must be ints, got {b!r}")
         b = int(b)
         if b not in view.kept:
-            gone = " (it is pruned from this view)" if 0 <= b < view.base.n_layers else ""
+            gone = " (it is pruned from this view)" if 0 <= b < view.base.n_blocks else ""
             raise InterventionError(f"{what}: block {b} is not a block of {view.name}{gone}; valid: {view.kept}")
         if b in out:
             raise InterventionError(f"{what}: block {b} is listed twice")

@@ -128,7 +128,7 @@ def _collect(view, seqs: list[list[int]], groups: list[list[int]], pos: dict[int
     from .lens import read_at
     from .runner import Batch, Positions, Read, Runner
 
-    rows_at = read_at(view.kept, view.base.n_layers)
+    rows_at = read_at(view.kept, view.base.n_blocks)
 
     def reads(batch: Batch) -> dict[str, Read]:
         r = [row for row, s in enumerate(batch.rows) for _ in pos[s]]

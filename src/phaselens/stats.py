@@ -11,6 +11,8 @@ import numpy as np
 from .errors import StatsError, StatsWarning
 
 MIN_POINTS = 3
+#: bootstrap resamples of every interval phaselens reports (``n_boot=`` default everywhere)
+N_BOOT = 1000
 
 
 def seed_list(seeds: Any, *, minimum: int = 1, error: type[Exception] = ValueError) -> list[int]:

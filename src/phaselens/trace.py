@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import checks, metrics
+from .deprecation import renamed_kwargs, renamed_property
 from .errors import PhaselensError
 from .lens import option_logits
 from .phases import jump_index, transition_ci, transition_index
@@ -22,12 +23,12 @@ from .results import Result
 from .trace_figures import TraceFigures
 from .tasks import Task, load_task
 from .view import as_view
+from .stats import N_BOOT  # noqa: F401  (one default; re-exported for older imports)
 from .types import ModelLike, TaskLike
 
 if TYPE_CHECKING:
     from .runner import PrefixCache
 
-N_BOOT = 1000
 SCORINGS = ("sum", "norm")
 
 
@@ -39,7 +40,8 @@ class DecisionTrace(TraceFigures, Result):
 
     Stored (raw): ``logits [L, N, K]`` (``-inf`` at padded slots; continuation: summed log-likelihoods),
     ``answers [N]``, ``mask [N, K]``, ``blocks [L]`` (original index of each row), ``option_chars [N, K]``
-    (the options' lengths in characters, for ``acc_norm``), ``n_boot`` and ``seed`` of the intervals.
+    (the options' lengths in characters, for ``acc_norm``), ``n_boot`` and ``seed`` (the bootstrap's seed, also
+    ``boot_seed``) of the intervals. ``n_read`` is ``L`` here (the rows read); ``n_blocks`` the dense model's depth.
 
     Derived: ``margins [L]`` and ``item_margins [N, L]`` (Decision Margin), ``accuracy [L]``, ``acc_norm [L]``
     (continuation), ``option_frequency [L, K]``, ``bias_kl``, ``convergence_kl [L]``, ``margin_ci``,
@@ -85,8 +87,16 @@ class DecisionTrace(TraceFigures, Result):
 
     # -- shape
     @property
-    def n_layers(self) -> int:
+    def n_read(self) -> int:
+        """Rows of the trace: the blocks read (``len(blocks)``); ``n_blocks`` is the dense depth ``L``."""
         return len(self.blocks)
+
+    n_layers = renamed_property("n_layers", "n_read")
+
+    @property
+    def boot_seed(self) -> int:
+        """The bootstrap's seed (saved as ``seed``)."""
+        return self.seed
 
     @property
     def n_items(self) -> int:
@@ -168,12 +178,13 @@ class DecisionTrace(TraceFigures, Result):
             raise PhaselensError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
         return self if scoring == self.scoring else replace(self, scoring=scoring)
 
-    def transition(self, *, n_boot: int | None = None, seed: int | None = None) -> "Transition":
-        """Where this trace's decisive phase begins (no model run)."""
+    @renamed_kwargs(seed="boot_seed")
+    def transition(self, *, n_boot: int | None = None, boot_seed: int | None = None) -> "Transition":
+        """Where this trace's decisive phase begins (no model run); ``n_boot`` / ``boot_seed`` default to the trace's."""
         if not self.complete:
             raise PhaselensError(f"this trace of {self.model} reads only blocks {self.blocks.tolist()}; a transition needs "
                                  "every surviving block (decision_trace without blocks=)")
-        return Transition(self, self.n_boot if n_boot is None else n_boot, self.seed if seed is None else seed)
+        return Transition(self, self.n_boot if n_boot is None else n_boot, self.seed if boot_seed is None else boot_seed)
 
     # -- outputs
     def to_pandas(self):
@@ -181,7 +192,7 @@ class DecisionTrace(TraceFigures, Result):
         import pandas as pd
 
         df = pd.DataFrame({
-            "layer": np.arange(self.n_layers), "block": self.blocks, "margin": self.margins,
+            "layer": np.arange(self.n_read), "block": self.blocks, "margin": self.margins,
             "margin_lo": self.margin_ci[0], "margin_hi": self.margin_ci[1], "accuracy": self.accuracy,
             "accuracy_lo": self.accuracy_ci[0], "accuracy_hi": self.accuracy_ci[1],
         })
@@ -257,6 +268,11 @@ class Transition(TraceFigures, Result):
         return self.trace.margins
 
     @property
+    def boot_seed(self) -> int:
+        """The bootstrap's seed (saved as ``seed``)."""
+        return self.seed
+
+    @property
     def fraction(self) -> float | None:
         """``layer / L`` (depth fraction of the dense model), or ``None``."""
         return None if self.layer is None else self.layer / self.trace.n_blocks
@@ -288,6 +304,7 @@ def check_boot(n_boot: Any, seed: Any) -> None:
     checks.bootstrap(n_boot, seed)
 
 
+@renamed_kwargs(seed="boot_seed")
 def decision_trace(
     model: ModelLike,
     task: TaskLike,
@@ -296,7 +313,7 @@ def decision_trace(
     max_tokens: int | None = None,
     device: str | None = None,
     n_boot: int = N_BOOT,
-    seed: int = 0,
+    boot_seed: int = 0,
     progress: bool = False,
     cache: PrefixCache | None = None,
     blocks: Any = None,
@@ -310,7 +327,7 @@ def decision_trace(
         batch_size: at most this many sequences per forward pass (default: no cap).
         max_tokens: padded tokens per forward pass (default 4096 on the CPU, 32768 on a GPU).
         device: used only when ``model`` is a spec to be loaded.
-        n_boot: bootstrap resamples for the intervals; ``seed`` seeds them.
+        n_boot: bootstrap resamples for the intervals; ``boot_seed`` seeds them (``seed=``: its deprecated name).
         cache: a :class:`~phaselens.runner.PrefixCache` replaying identical prefixes (sweeps, phase cuts).
         blocks: ``None`` (every surviving block), ``"last"`` (only the model's own answer: one readout, what
             lm-evaluation-harness computes, at its cost), or a list of surviving blocks. A trace of some blocks
@@ -319,7 +336,7 @@ def decision_trace(
             bundled calibration text, or loaded from the cache), a saved lens's path, or a :class:`~phaselens.Lens`
             (:func:`phaselens.fit_lens`). The trace records its kind in ``.lens``.
     """
-    check_boot(n_boot, seed)
+    check_boot(n_boot, boot_seed)
     checks.batching(batch_size, max_tokens)
     checks.flag("progress", progress)
     from .lens import check_blocks_arg
@@ -340,9 +357,9 @@ def decision_trace(
     for i, it in enumerate(t.items):
         chars[i, : len(it.options)] = [len(o) for o in it.options]
     return DecisionTrace(
-        model=view.name, task=t.name, format=t.format, n_blocks=view.base.n_layers, blocks=np.asarray(ol.blocks),
+        model=view.name, task=t.name, format=t.format, n_blocks=view.base.n_blocks, blocks=np.asarray(ol.blocks),
         logits=ol.z.numpy(), answers=ol.answers.numpy(), mask=ol.mask.numpy(), option_chars=chars,
-        item_ids=[it.id for it in t.items], n_boot=n_boot, seed=seed, reformulated=t.reformulated,
+        item_ids=[it.id for it in t.items], n_boot=n_boot, seed=boot_seed, reformulated=t.reformulated,
         complete=list(ol.blocks) == list(view.kept), lens=lens_.name,
         task_note="; ".join(x for x in (t.selection, t.layout_note and f"prompt: {t.layout_note}") if x),
     )

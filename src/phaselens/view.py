@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
+from .deprecation import renamed_property
 from .errors import PruningError, RecoveryError
 from .loading import load_model
 from .models import Model
-from .runner import Plan, identity
+from .runner import Plan, skip
 from .types import ModelLike
 
 
@@ -76,7 +77,7 @@ class ModelView:
         operators: ``{(s, e): W [d, d]}``: the cut span ``[s, e)`` maps ``h -> h @ W`` (a Ghosted-Layers
             operator or a rival); spans without one are skipped (identity).
         branch_operators: ``{b: T [d, d]}``: block ``b``'s MLP-branch output is mapped ``m -> m @ T`` (ReplaceMe).
-        kept: original indices of the surviving blocks, in order (``n_layers`` of them).
+        kept: original indices of the surviving blocks, in order (``n_kept`` of them; ``n_blocks`` is the dense depth ``L``).
     """
 
     base: Model
@@ -87,7 +88,7 @@ class ModelView:
     method: str | None = None
 
     def __post_init__(self) -> None:
-        L, d = self.base.n_layers, self.base.d_model
+        L, d = self.base.n_blocks, self.base.d_model
         removed = list(self.removed)
         for b in removed:
             if isinstance(b, bool) or not isinstance(b, int) and not hasattr(b, "__index__"):
@@ -120,11 +121,19 @@ class ModelView:
     @property
     def kept(self) -> list[int]:
         gone = set(self.removed)
-        return [b for b in range(self.base.n_layers) if b not in gone]
+        return [b for b in range(self.base.n_blocks) if b not in gone]
 
     @property
-    def n_layers(self) -> int:
+    def n_kept(self) -> int:
+        """How many blocks this view runs."""
         return len(self.kept)
+
+    @property
+    def n_blocks(self) -> int:
+        """``L``: the dense model's depth (as on :class:`~phaselens.Model` and in every result)."""
+        return self.base.n_blocks
+
+    n_layers = renamed_property("n_layers", "n_kept")
 
     @property
     def spans(self) -> list[tuple[int, int]]:
@@ -141,7 +150,7 @@ class ModelView:
 
     def plan(self) -> Plan:
         """The :class:`~phaselens.runner.Plan` of a pass through this view."""
-        replace: dict[int, Any] = {b: identity for b in self.removed}
+        replace: dict[int, Any] = {b: skip for b in self.removed}
         names = {b: f"block {b} skipped (pruned)" for b in self.removed}
         for (s, e), op in self._ops.items():
             replace[s] = op  # the first block of the span applies the operator, the rest are skipped
@@ -166,7 +175,7 @@ class ModelView:
 
     def __repr__(self) -> str:
         rec = f", recovered={self.method}" if self.operators or self.branch_operators else ""
-        return f"ModelView({self.base.name!r}, removed={list(self.removed)}{rec}, L={self.n_layers})"
+        return f"ModelView({self.base.name!r}, removed={list(self.removed)}{rec}, kept={self.n_kept} of {self.n_blocks})"
 
 
 @dataclass(eq=False)

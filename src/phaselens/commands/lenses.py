@@ -77,6 +77,6 @@ def kl_cmd(
     table.add_column("block", justify="right")
     for name in kls:
         table.add_column(Path(name).name, justify="right")
-    for b in range(m.n_layers):
+    for b in range(m.n_blocks):
         table.add_row(str(b), *[f"{kls[n][b]:.4f}" for n in kls])
     Console().print(table)

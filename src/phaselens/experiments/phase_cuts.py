@@ -206,7 +206,7 @@ def compare_phase_cuts(
     if view.removed or view.operators or view.branch_operators:
         raise PhaseCutsError(f"compare_phase_cuts needs the dense model, got the pruned view {view.name}; pass view.base")
     base = view.base
-    L = base.n_layers
+    L = base.n_blocks
     from ..lenses import resolve_lens
 
     lens_ = resolve_lens(lens, base)

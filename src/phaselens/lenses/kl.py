@@ -39,8 +39,8 @@ def lens_kl(model: ModelLike, texts: Any = None, lens: Any = "logit", *, seq_len
     seqs = tokenize(base.tokenizer, heldout_texts() if texts is None else load_calibration(texts), seq_len)
     if not seqs:
         raise LensError("the held-out text gives no passage of 2 or more tokens; pass more text")
-    rows_at = read_at(view.kept, base.n_layers)
-    last = base.n_layers - 1
+    rows_at = read_at(view.kept, base.n_blocks)
+    last = base.n_blocks - 1
     tot = np.zeros(len(rows_at))
     n = 0
     max_tokens = gather_max_tokens(base, max_tokens)

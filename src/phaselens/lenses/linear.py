@@ -31,7 +31,7 @@ def fit_linear(base: Any, calibration: Any = None, *, lam: float | None = None, 
 
     target = check_target(target)
     choose_lam(torch.eye(1, dtype=torch.float64), lam)  # validates lam before any model work
-    L, d = base.n_layers, base.d_model
+    L, d = base.n_blocks, base.d_model
     if L < 2:
         raise LensError(f"{base.name} has one block; the linear lens has nothing to translate (use lens='logit')")
     texts = load_calibration(calibration)

@@ -9,4 +9,4 @@ from .base import Lens
 
 def logit_lens(base: Any) -> Lens:
     """The identity lens of ``base`` (a :class:`~phaselens.Model`): no translators."""
-    return Lens("logit", base.name, base.fingerprint, base.n_layers, base.d_model, info={"fitted": "nothing to fit"})
+    return Lens("logit", base.name, base.fingerprint, base.n_blocks, base.d_model, info={"fitted": "nothing to fit"})

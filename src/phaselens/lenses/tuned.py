@@ -46,7 +46,7 @@ def _gather(base: Any, texts: list[str], seq_len: int, max_train_tokens: int, ma
         s = s[: max(2, max_train_tokens - total)]
         seqs.append(s)
         total += len(s)
-    L, d = base.n_layers, base.d_model
+    L, d = base.n_blocks, base.d_model
     H = torch.empty(L - 1, total, d)
     Y = torch.empty(total, d)
     at = 0
@@ -156,7 +156,7 @@ def fit_tuned(base: Any, calibration: Any = None, *, seed: int = 0, steps: int =
         raise LensError(f"seed must be an int, got {seed!r}")
     if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
         raise LensError(f"lr must be a positive number, got {lr!r}")
-    L, d = base.n_layers, base.d_model
+    L, d = base.n_blocks, base.d_model
     if L < 2:
         raise LensError(f"{base.name} has one block; the tuned lens has nothing to translate (use lens='logit')")
     texts = load_calibration(calibration)

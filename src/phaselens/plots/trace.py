@@ -78,7 +78,7 @@ def pick_transition(cs: list[Curve], transition: Any) -> Any:
             raise PlotError(f"transition must be a Transition, 'auto' or None, got {type(transition).__name__}")
         return transition
     with_tr = [c for c in cs if c.transition is not None]
-    dense = [c for c in with_tr if c.trace.n_layers == c.trace.n_blocks]
+    dense = [c for c in with_tr if c.trace.n_read == c.trace.n_blocks]
     return (dense or with_tr or [Curve("", None)])[0].transition
 
 
@@ -136,7 +136,7 @@ def margin_curves(results: Any, *, transition: Any = "auto", names: Iterable[str
             _band(fig, x, lo, hi, col, c.label, c.label)
         n = t.n_items
         hover = [
-            f"<b>{c.label}</b><br>{_header(t)}<br>block {b} (layer {j + 1} of {t.n_layers} kept)<br>"
+            f"<b>{c.label}</b><br>{_header(t)}<br>block {b} (layer {j + 1} of {t.n_read} kept)<br>"
             f"margin {m:.4f} (95% CI {a:.4f} to {z:.4f})<br>accuracy {acc:.4f} ({round(acc * n)}/{n} items)"
             for j, (b, m, a, z, acc) in enumerate(zip(x, t.margins, lo, hi, t.accuracy))
         ]

@@ -191,7 +191,7 @@ def iterative_prune(
     checks.out_folder("out", out, error=PruningError)
     view = as_view(model)
     base = view.base
-    L = base.n_layers
+    L = base.n_blocks
     most = L - 1 - len(view.removed)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))):
         raise PruningError(f"steps must be an int (blocks to cut) or None, got {steps!r}")
@@ -230,7 +230,7 @@ def iterative_prune(
             cur = _make_view(base, removed, recovery, cal)
             trace = decision_trace(cur, task, n_boot=n_boot, seed=seed, cache=cache, progress=progress, lens=lens_)
             ppl = perplexity(cur, ppl_texts, cache=cache)
-            last = cur.n_layers == 1  # the next cut is chosen even after the last step, so a rerun can extend the sweep
+            last = cur.n_kept == 1  # the next cut is chosen even after the last step, so a rerun can extend the sweep
             scores = {} if last else _scores(cur, criterion, cal, cache, seed, k)
             cut = None if last else min(scores, key=lambda b: (scores[b], b))
             step = SweepStep(k, sorted(removed), len(removed) / L, trace.transition(), ppl, scores, cut)

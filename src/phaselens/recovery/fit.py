@@ -95,7 +95,7 @@ def load_recovery(path: str | Path, model: ModelLike) -> Recovered:
         n_tok = int(meta["n_tokens"])
     except (ValueError, TypeError, IndexError, json.JSONDecodeError) as e:
         raise RecoveryError(f"{path}: its metadata is malformed ({e}); refit and save the recovery again") from e
-    L = base.n_layers
+    L = base.n_blocks
     bad = [b for b in removed if not 0 <= b < L] + [b for s in ops for b in s if not 0 <= b <= L]
     if bad:
         raise RecoveryError(f"{path} cuts blocks {sorted(set(bad))}, outside {base.name}'s 0..{L - 1}: it was made for "

@@ -88,7 +88,7 @@ def span_stats(
     """Accumulate ``X^T X`` and ``X^T Y`` (and ReplaceMe's branch products if ``branch``, LinearPatch's rotated
     magnitude ratios if ``linearpatch``) for every span from one pass of the dense base model of ``model``."""
     base = as_view(model).base
-    L, d = base.n_layers, base.d_model
+    L, d = base.n_blocks, base.d_model
     spans = check_spans(spans, L)
     seqs = tokenize(base.tokenizer, load_calibration(calibration), seq_len)
     if not seqs:

@@ -30,7 +30,10 @@ from .cache import PrefixCache
 from .core import Runner, run_all
 from .masks import Packed, block_mask, pack
 from .patches import patched
-from .plan import Edit, Plan, StopForward, chain, identity
+from ..deprecation import module_getattr
+from .plan import Edit, Plan, StopForward, chain, skip
 
 __all__ = ["Batch", "Edit", "Packed", "Plan", "Positions", "PrefixCache", "Read", "Runner", "StopForward", "block_mask", "chain", "default_max_tokens",
-           "identity", "pack", "pad", "patched", "run_all", "token_batches"]
+           "pack", "pad", "patched", "run_all", "skip", "token_batches"]
+
+__getattr__ = module_getattr(__name__, {"identity": "phaselens.runner.plan:skip"})  # the old name of skip

@@ -12,7 +12,7 @@ from .batch import Batch, Read, _select, default_max_tokens, pad, pad_layouts, t
 from .masks import decoder_mask
 from .cache import PrefixCache
 from .patches import _exclusive, patched
-from .plan import Plan, StopForward, chain, identity
+from .plan import Plan, StopForward, chain, skip
 
 
 _OOM_WARNED = False
@@ -43,11 +43,11 @@ class Runner:
         self._sig = self.view.signature()
         # which model object computes: one cache handed to two models never replays one's activations in the other
         self._model_key = f"{type(self.base.hf).__name__}:{id(self.base.hf)}:{self.base.fingerprint}"
-        self._devices = [self.base.block_device(b) for b in range(self.base.n_layers)]  # accelerate may spread them
+        self._devices = [self.base.block_device(b) for b in range(self.base.n_blocks)]  # accelerate may spread them
 
     @property
     def n_blocks(self) -> int:
-        return self.base.n_layers
+        return self.base.n_blocks
 
     # -- batching
     def batches(self, seqs: Sequence[Sequence[int]], *, max_tokens: int | None = None,
@@ -204,7 +204,7 @@ class Runner:
             replace = {b: fn for b, fn in plan.replace.items() if b >= start}
             replace[0] = lambda h, _c=cached: _c.to(h.device, h.dtype)
             for b in range(1, start):
-                replace[b] = identity
+                replace[b] = skip
             plan = Plan(replace, {b: f for b, f in plan.after.items() if b >= start},
                         {b: f for b, f in plan.mlp.items() if b >= start},
                         {b: f for b, f in plan.attn.items() if b >= start}, plan.names)

@@ -9,14 +9,19 @@ from typing import Callable
 
 import torch
 
+from ..deprecation import module_getattr
 from ..errors import RunnerError
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 _serial = itertools.count(1)
 
 
-def identity(h: torch.Tensor) -> torch.Tensor:
+def skip(h: torch.Tensor) -> torch.Tensor:
+    """The edit that skips a block: its input passes through unchanged (``replace={b: skip}``)."""
     return h
+
+
+__getattr__ = module_getattr(__name__, {"identity": f"{__name__}:skip"})  # the old name of skip
 
 
 class StopForward(Exception):
@@ -29,7 +34,7 @@ class Plan:
 
     Attributes:
         replace: ``{b: fn}``, block ``b`` computes ``fn(input [B, T, d])`` instead of itself
-            (:func:`identity` skips it, a linear map is a recovery operator).
+            (:func:`skip` skips it, a linear map is a recovery operator).
         after: ``{b: fn}``, block ``b``'s output is edited (noise injection).
         mlp, attn: ``{b: fn}``, block ``b``'s MLP-branch / attention-branch output is edited
             (ReplaceMe's operator, zero-ablation).

@@ -93,7 +93,7 @@ def fingerprint(cache: ModelCache, key: str, spec: Any) -> dict[str, Any]:
 
     m, _ = cache.get(key, spec)
     base = as_view(m).base
-    return {"key": key, "identity": identity(base), "fingerprint": base.fingerprint, "name": base.name, "n_layers": base.n_layers,
+    return {"key": key, "identity": identity(base), "fingerprint": base.fingerprint, "name": base.name, "n_layers": base.n_blocks,
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
@@ -173,7 +173,7 @@ def run_kind(kind: str, model: Any, task: Any, seed: int, params: dict[str, Any]
     ppl = _texts("heldout", p.pop("heldout_passages", None))
     cal = p.pop("calibration", None) if cal is None else cal  # texts given in the spec itself
     ppl = p.pop("perplexity_texts", None) if ppl is None else ppl
-    L = model.n_layers
+    L = model.n_blocks
     if kind == "trace":
         trace = pl.decision_trace(model, task, seed=seed, **p)
         return trace.transition() if trace.complete else trace

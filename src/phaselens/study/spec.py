@@ -199,7 +199,7 @@ def _models(v: Any) -> list[Any]:
         if isinstance(m, str):
             if not m:
                 raise StudyError(f"models[{i}] is empty; give a model name, HF folder or .gguf path")
-        elif not hasattr(m, "n_layers"):
+        elif not hasattr(m, "n_blocks"):
             raise StudyError(f"models[{i}] must be a model name, HF folder or .gguf path (or, in a dict spec, a loaded "
                              f"phaselens Model), got {type(m).__name__}")
     names = [m if isinstance(m, str) else id(m) for m in v]
