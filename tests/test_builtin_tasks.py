@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import phaselens as pl
-from phaselens.encoding import encode
+from phaselens.encoding import encode_task
 
 TASKS = pl.builtin_tasks()
 
@@ -26,7 +26,7 @@ def test_at_least_two_builtin_tasks_of_40_items():
 def test_embedded_models_show_a_transition(name, model, request):
     m = request.getfixturevalue(model)
     task = pl.load_task(name)
-    encode(task, m.tokenizer)  # first tokens of every item's options differ for this tokenizer
+    encode_task(task, m.tokenizer)  # first tokens of every item's options differ for this tokenizer
     t = pl.transition_point(m, task, n_boot=200)
     assert t.trace.accuracy[-1] >= 0.9, t.summary()
     assert t.layer is not None and t.layer > 0, t.summary()  # a silent phase exists before it

@@ -10,7 +10,7 @@ import torch
 import phaselens as pl
 from phaselens.lens import option_logits
 from phaselens import embedded
-from phaselens.encoding import encode
+from phaselens.encoding import encode_task
 
 
 def test_item_errors_name_the_item():
@@ -25,18 +25,18 @@ def test_item_errors_name_the_item():
 def test_cloze_options_sharing_first_token(smol):
     task = pl.load_task([{"question": "The largest city in the USA is", "options": ["New York", "New Delhi", "Boston"], "answer": 0, "id": "usa"}])
     with pytest.raises(pl.TaskError, match=r"item usa .*share their first token"):
-        encode(task, smol.tokenizer)
-    encode(task.with_format("continuation"), smol.tokenizer)  # whole continuations are fine
+        encode_task(task, smol.tokenizer)
+    encode_task(task.with_format("continuation"), smol.tokenizer)  # whole continuations are fine
 
 
 def test_letters_label_of_two_tokens(smol, capitals_task):
     bad = pl.LettersTemplate(label_prefix=" (")
     with pytest.raises(pl.TaskError, match=r"letters needs single-token labels"):
-        encode(capitals_task.with_format("letters", bad), smol.tokenizer)
+        encode_task(capitals_task.with_format("letters", bad), smol.tokenizer)
 
 
 def test_letters_reads_label_tokens_with_leading_space(smol, capitals_task):
-    enc = encode(capitals_task.with_format("letters"), smol.tokenizer)
+    enc = encode_task(capitals_task.with_format("letters"), smol.tokenizer)
     assert smol.tokenizer.convert_ids_to_tokens(enc.option_ids[0].tolist())[:4] == ["ĠA", "ĠB", "ĠC", "ĠD"]
     assert capitals_task.with_format("letters").prompt(0).endswith("D. Madrid\nAnswer:")
 

@@ -23,9 +23,9 @@ def _hand_logits(model, task, edit_block=None, edit=None):
     unpadded prompt at a time. ``edit(i, b, h_in, h_out) -> h_out`` changes block ``edit_block``'s output."""
     hf = model.hf
     inner = hf.model
-    from phaselens.encoding import encode
+    from phaselens.encoding import encode_task
 
-    enc = encode(task, model.tokenizer)
+    enc = encode_task(task, model.tokenizer)
     out = torch.full((enc.n_items, enc.n_options), float("-inf"))
     with torch.no_grad():
         for i, p in enumerate(enc.prompts):
@@ -202,9 +202,9 @@ def test_zero_ablation_gemma_branches(tiny_gemma, capitals_task):
 
 def test_mean_ablation_by_hand(tiny_llama, capitals_task):
     b = 3
-    from phaselens.encoding import encode
+    from phaselens.encoding import encode_task
 
-    enc = encode(capitals_task, tiny_llama.tokenizer)
+    enc = encode_task(capitals_task, tiny_llama.tokenizer)
     # the mean update of block b over every prompt token, by hand
     ups = []
     with torch.no_grad():

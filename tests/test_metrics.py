@@ -23,10 +23,10 @@ def test_final_row_is_the_models_own_logits(trace_and_z, tiny_llama, capitals_ta
     """The trace's last row is the model's own output logits at the decision position (plain HF forward)."""
     import torch
 
-    from phaselens.encoding import encode
+    from phaselens.encoding import encode_task
 
     tr = trace_and_z[0]
-    enc = encode(capitals_task, tiny_llama.tokenizer)
+    enc = encode_task(capitals_task, tiny_llama.tokenizer)
     for i, p in enumerate(enc.prompts):
         with torch.no_grad():
             logits = tiny_llama.hf(input_ids=torch.tensor([p])).logits[0, -1]

@@ -13,7 +13,7 @@ import torch
 
 import phaselens as pl
 from phaselens import dequant, embedded
-from phaselens.encoding import encode
+from phaselens.encoding import encode_task
 from phaselens.errors import ModelError, PhaselensError
 from phaselens.lens import option_logits
 
@@ -110,7 +110,7 @@ def test_readout_equals_model_logits(qwen, capitals_task, fmt):
     """The lens at the last block = transformers' own output logits (one unpadded prompt at a time; 3 items)."""
     task = pl.load_task(list(capitals_task.items[2:5])).with_format(fmt)
     z = option_logits(qwen, task).z[-1]
-    enc = encode(task, qwen.tokenizer)
+    enc = encode_task(task, qwen.tokenizer)
     with torch.inference_mode():
         for i, p in enumerate(enc.prompts):
             logits = qwen.hf(input_ids=torch.tensor([p])).logits[0, -1].float()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import phaselens as pl
-from phaselens.encoding import encode
+from phaselens.encoding import encode_task
 from phaselens.lens import option_logits
 from phaselens.runner import Batch, PrefixCache, Read, Runner, block_mask, pack
 
@@ -119,7 +119,7 @@ ARCHS = ["tiny_llama", "tiny_gemma", "tiny_qwen2", "tiny_qwen2_sliding"]
 @pytest.mark.parametrize("arch", ARCHS)
 def test_shared_equals_unshared_and_plain_transformers(arch, request, cont_task):
     model = request.getfixturevalue(arch)
-    enc = encode(cont_task, model.tokenizer)
+    enc = encode_task(cont_task, model.tokenizer)
     assert max(len(c) for c in enc.continuations) >= 4  # multi-token continuations
     assert max(len(p) for p in enc.prompts) > 4  # longer than tiny_gemma's sliding window
     shared = option_logits(model, cont_task, encoded=enc).z
@@ -131,7 +131,7 @@ def test_shared_equals_unshared_and_plain_transformers(arch, request, cont_task)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_pruned_shared_equals_hand_pruned_transformers(arch, request, cont_task):
     model = request.getfixturevalue(arch)
-    enc = encode(cont_task, model.tokenizer)
+    enc = encode_task(cont_task, model.tokenizer)
     view = pl.prune(model, [1, 2])
     shared = option_logits(view, cont_task, encoded=enc).z
     torch.testing.assert_close(shared, option_logits(view, cont_task, encoded=enc, share_prefix=False).z, atol=1e-4, rtol=0)
@@ -141,7 +141,7 @@ def test_pruned_shared_equals_hand_pruned_transformers(arch, request, cont_task)
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma", "tiny_qwen2"])
 def test_recovered_shared_equals_hand_edited_transformers(arch, request, cont_task):
     model = request.getfixturevalue(arch)
-    enc = encode(cont_task, model.tokenizer)
+    enc = encode_task(cont_task, model.tokenizer)
     rec = pl.fit_recovery(pl.prune(model, [1, 2]), pl.load_calibration(None)[:10], seq_len=96)
     W = rec.operators[(1, 3)]
     shared = option_logits(rec, cont_task, encoded=enc).z
@@ -169,7 +169,7 @@ def test_block_mask_by_hand():
 
 def test_first_token_readout_once_per_item(tiny_llama, cont_task, monkeypatch):
     """The full-vocabulary readout runs on one row per item for all first tokens: N + sum_k (n_k - 1) rows."""
-    enc = encode(cont_task, tiny_llama.tokenizer)
+    enc = encode_task(cont_task, tiny_llama.tokenizer)
     rows = []
     real = pl.Model.full_logits
 
@@ -216,7 +216,7 @@ def test_lm_eval_scoring_rule_on_smol_arc_easy(smol):
     """acc / acc_norm per lm-eval (argmax of summed log-likelihood; of log-likelihood / len(choice) in characters)
     from plain transformers log-likelihoods, against the shared-prefix trace's final block."""
     task = pl.load_task("arc-easy", limit=6, seed=3)
-    enc = encode(task, smol.tokenizer)
+    enc = encode_task(task, smol.tokenizer)
     tr = pl.decision_trace(smol, task, n_boot=10)
     ll = _direct_loglik(smol.hf, enc).numpy()
     acc, acc_norm = [], []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .deprecation import module_getattr
 from .errors import TaskError
 from .tasks.base import Task
 
@@ -66,7 +67,7 @@ def _split(tokenizer, prompts: list[str], conts: list[str]) -> tuple[list[list[i
     return out_ctx, out_cont
 
 
-def encode(task: Task, tokenizer) -> Encoded:
+def encode_task(task: Task, tokenizer) -> Encoded:
     """Tokenize every item of ``task``; raises :class:`TaskError` naming the item when its
     decision tokens are not usable (a letter label of two tokens, two cloze options sharing
     their first token)."""
@@ -106,3 +107,6 @@ def encode(task: Task, tokenizer) -> Encoded:
                 "apart; reword the options or use format='continuation'"
             )
     return Encoded(task.format, [first_ctx[i] for i in range(n)], option_ids, mask, answers)
+
+
+__getattr__ = module_getattr(__name__, {"encode": f"{__name__}:encode_task"})  # the old name of encode_task

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from .encoding import Encoded, encode
+from .encoding import Encoded, encode_task
 from .runner import Batch, Positions, PrefixCache, Read, Runner, pack
 from .tasks.base import Task
 from .view import ModelView, as_view
@@ -125,7 +125,7 @@ def option_logits(
     rows = select_rows(view, blocks)
     lens_ = resolve_lens(lens, view)
     transform = _identity if lens_.kind == "logit" else lens_.transform
-    enc = encoded or encode(task, view.base.tokenizer)
+    enc = encoded or encode_task(task, view.base.tokenizer)
     runner = Runner(view, cache=cache)
     kw = dict(max_tokens=max_tokens, batch_size=batch_size, progress=f"lens {view.name}" if progress else None)
     if enc.format == "continuation":

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .encoding import encode
+from .encoding import encode_task
 from .errors import InterventionError
 from .runner import Batch, Plan, PrefixCache, Read, Runner
 from .tasks import Task, load_task
@@ -34,7 +34,7 @@ class FinalRunner:
                 f"{task.name} is in the continuation format; noise injection and ablation read the decision "
                 "position of letters/cloze items. Load the task with format='cloze' or 'letters'")
         self.view, self.base = view, view.base
-        self.enc = encode(task, self.base.tokenizer)
+        self.enc = encode_task(task, self.base.tokenizer)
         self.lengths = [len(p) for p in self.enc.prompts]
         self.cache = PrefixCache() if reuse_prefix else None
         self.runner = Runner(view, cache=self.cache)

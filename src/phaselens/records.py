@@ -10,9 +10,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .deprecation import module_getattr
 from .errors import ResultsError
 
 KINDS: dict[str, type] = {}
+#: old kind names (a renamed result class) -> the class name they load as
+KIND_ALIASES: dict[str, str] = {"BoundaryError": "BoundaryErrorResult"}
 
 
 class Record:
@@ -32,7 +35,7 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the fields, arrays inline as lists (for ``--json`` output; files use a side file)."""
-        return encode(self, None)
+        return encode_record(self, None)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
@@ -52,42 +55,42 @@ def _fields(obj: Any) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(obj) if f.init]
 
 
-def encode(obj: Any, arrays: dict[str, np.ndarray] | None) -> Any:
+def encode_record(obj: Any, arrays: dict[str, np.ndarray] | None) -> Any:
     """JSON-safe form of ``obj``; arrays go into ``arrays`` (referenced by key), or inline when it is None."""
     import torch
 
     if isinstance(obj, Record):
         out: dict[str, Any] = {"__kind__": type(obj).__name__, "__v__": type(obj).version}
         for f in _fields(obj):
-            out[f.name] = encode(getattr(obj, f.name), arrays)
+            out[f.name] = encode_record(getattr(obj, f.name), arrays)
         return out
     if isinstance(obj, torch.Tensor):
-        return {"__tensor__": encode(obj.detach().cpu().numpy(), arrays)}
+        return {"__tensor__": encode_record(obj.detach().cpu().numpy(), arrays)}
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
             raise ResultsError("cannot store an object array in a result; use numbers, bools or a list of strings")
         if arrays is None:
             return {"__array__": {"dtype": str(obj.dtype), "shape": list(obj.shape),
-                                  "data": [encode(v, None) for v in obj.ravel().tolist()]}}
+                                  "data": [encode_record(v, None) for v in obj.ravel().tolist()]}}
         key = f"a{len(arrays)}"
         arrays[key] = np.ascontiguousarray(obj)
         return {"__array__": key}
     if isinstance(obj, (np.bool_, np.integer, np.floating)):
-        return encode(obj.item(), arrays)
+        return encode_record(obj.item(), arrays)
     if isinstance(obj, float) and not math.isfinite(obj):
         return {"__float__": repr(obj)}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, tuple):
-        return {"__tuple__": [encode(v, arrays) for v in obj]}
+        return {"__tuple__": [encode_record(v, arrays) for v in obj]}
     if isinstance(obj, list):
-        return [encode(v, arrays) for v in obj]
+        return [encode_record(v, arrays) for v in obj]
     if isinstance(obj, range):
         return {"__range__": [obj.start, obj.stop, obj.step]}
     if isinstance(obj, dict):
         if all(isinstance(k, str) and not k.startswith("__") for k in obj):
-            return {k: encode(v, arrays) for k, v in obj.items()}
-        return {"__items__": [[encode(k, arrays), encode(v, arrays)] for k, v in obj.items()]}
+            return {k: encode_record(v, arrays) for k, v in obj.items()}
+        return {"__items__": [[encode_record(k, arrays), encode_record(v, arrays)] for k, v in obj.items()]}
     raise ResultsError(f"cannot store a {type(obj).__name__} in a result")
 
 
@@ -117,7 +120,7 @@ def plain(obj: Any) -> Any:
 
 
 def decode(doc: Any, arrays: dict[str, np.ndarray] | None) -> Any:
-    """Inverse of :func:`encode`."""
+    """Inverse of :func:`encode_record`."""
     if isinstance(doc, list):
         return [decode(v, arrays) for v in doc]
     if not isinstance(doc, dict):
@@ -153,6 +156,7 @@ def _hashable(k: Any) -> Any:
 
 def _decode_record(doc: dict, arrays: dict | None) -> Any:
     kind = doc["__kind__"]
+    kind = KIND_ALIASES.get(kind, kind)  # files written before a result class was renamed
     cls = KINDS.get(kind)
     if cls is None:
         import phaselens  # noqa: F401  (registers every result class)
@@ -177,3 +181,6 @@ def _decode_record(doc: dict, arrays: dict | None) -> Any:
         raise
     except (TypeError, ValueError) as e:
         raise ResultsError(f"{kind}: the stored fields do not make a valid result ({e})") from e
+
+
+__getattr__ = module_getattr(__name__, {"encode": f"{__name__}:encode_record"})  # the old name of encode_record

@@ -11,7 +11,7 @@ On disk a result is two files in a folder::
                           "provenance": {...}, "data": <fields>, "arrays": {"file": ..., "sha256": ...}}
     <name>.<hash>.safetensors   every numpy array / torch tensor of the result (no pickle, no code)
 
-``data`` holds the fields, encoded generically (:func:`encode`): arrays become references into the
+``data`` holds the fields, encoded generically (:func:`~phaselens.records.encode_record`): arrays become references into the
 side file; tuples, ranges, non-string dict keys and non-finite floats are tagged so they come back as
 they were. Loading checks the side file's SHA-256, refuses a missing or unknown field, and names the
 file and the field. Both files are written atomically (the JSON last), so a killed run leaves either
@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from .errors import ResultsError
-from .records import KINDS, Record, decode, encode, plain  # noqa: F401  (re-exported)
+from .deprecation import module_getattr
+from .records import KIND_ALIASES, KINDS, Record, decode, encode_record, plain  # noqa: F401  (re-exported)
 from .resume import write_atomic
 
 FORMAT = 2
@@ -113,7 +114,7 @@ def write_record(obj: Record, path: Path, header: dict[str, Any]) -> Path:
     from safetensors.numpy import save as st_save
 
     arrays: dict[str, np.ndarray] = {}
-    data = encode(obj, arrays)
+    data = encode_record(obj, arrays)
     doc = dict(header)
     old = _side_file(path)
     if arrays:
@@ -191,7 +192,7 @@ def save_result(result: Any, folder: str | os.PathLike, name: str | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     header = {"phaselens": __version__, "format": FORMAT, "kind": kind,
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "provenance": encode({**result.provenance(), **{k: v for k, v in provenance.items() if v is not None}}, None)}
+              "provenance": encode_record({**result.provenance(), **{k: v for k, v in provenance.items() if v is not None}}, None)}
     return write_record(result, folder / f"{name}.json", header)
 
 
@@ -264,3 +265,6 @@ def slug(*parts: Any) -> str:
     """A file stem: ``slug("transition", "smollm2-135m", "mmlu:anatomy")`` -> ``"transition_smollm2-135m_mmlu-anatomy"``."""
     clean = ["".join(c if c.isalnum() or c in "-." else "-" for c in str(p)).strip("-.") for p in parts if p not in (None, "")]
     return "_".join(c for c in clean if c) or "result"
+
+
+__getattr__ = module_getattr(__name__, {"encode": "phaselens.records:encode_record"})  # the old name of encode_record

@@ -10,6 +10,7 @@ import torch
 
 from .. import checks
 from ..calibration import check_seq_len, load_calibration, tokenize
+from ..deprecation import module_getattr
 from ..errors import RecoveryError
 from ..results import Result
 from ..runner import Read, Runner
@@ -18,7 +19,7 @@ from ..types import ModelLike
 
 
 @dataclass
-class BoundaryError(Result):
+class BoundaryErrorResult(Result):
     """Per cut span, what the next surviving block receives versus what the dense model gives it.
 
     Attributes:
@@ -69,7 +70,7 @@ def boundary_error(
     seq_len: int = 256,
     batch_size: int | None = None,
     max_tokens: int | None = None,
-) -> BoundaryError:
+) -> BoundaryErrorResult:
     """Per cut span ``[s, e)`` of ``model`` (a pruned or recovered view): the mean squared error between
     what block ``e`` (the next surviving block) receives and what the dense model gives it, over the
     non-padding calibration tokens (default: the bundled fit passages).
@@ -130,4 +131,7 @@ def boundary_error(
         n += int(batch.mask.sum())
     per_channel = (sq / n).numpy()
     mse = per_channel.mean(1)
-    return BoundaryError(view.name, view.method, spans, mse, mse / (y2.numpy() / n), per_channel, n)
+    return BoundaryErrorResult(view.name, view.method, spans, mse, mse / (y2.numpy() / n), per_channel, n)
+
+
+__getattr__ = module_getattr(__name__, {"BoundaryError": f"{__name__}:BoundaryErrorResult"})  # the result's old name

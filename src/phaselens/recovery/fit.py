@@ -39,7 +39,7 @@ class Recovered(ModelView):
 
     lam: dict[tuple[int, int], float] = field(default_factory=dict)
     n_tokens: int = 0
-    fit_error: Any = field(default=None, repr=False)  # a BoundaryError on the calibration tokens
+    fit_error: Any = field(default=None, repr=False)  # a BoundaryErrorResult on the calibration tokens
 
     def operator(self, span: tuple[int, int]) -> torch.Tensor:
         span = tuple(span)  # type: ignore[assignment]
@@ -159,7 +159,7 @@ def fit_recovery(
         a :class:`Recovered` for one method, ``{method: Recovered}`` for a list; each has ``fit_error``, the
         per-span boundary error on the calibration tokens computed from the statistics.
     """
-    from .boundary import BoundaryError
+    from .boundary import BoundaryErrorResult
 
     methods = _methods(method)
     check_target(target)
@@ -216,7 +216,7 @@ def fit_recovery(
         per_channel = (torch.stack(res) / n).cpu().numpy()
         mse = per_channel.mean(1)
         rel = mse / (torch.stack(y2).cpu().numpy() / n)
-        rec.fit_error = BoundaryError(rec.name, m, spans, mse, rel, per_channel, n)
+        rec.fit_error = BoundaryErrorResult(rec.name, m, spans, mse, rel, per_channel, n)
         out[m] = rec
     return out[methods[0]] if isinstance(method, str) else out
 

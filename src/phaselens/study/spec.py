@@ -22,7 +22,7 @@ function's signature, plus a few the study translates (``calibration_passages``,
 Every list is a grid over its elements, except for the parameters whose value is itself a list
 (``methods``, ``blocks``, ``pairs``, ``eps`` and ``seeds`` of a run, ``calibration`` / ``perplexity_texts``
 texts): for those a list of lists is a grid.
-An invalid spec raises :class:`~phaselens.StudyError` naming the key and the allowed values, before
+An invalid spec raises :class:`~phaselens.errors.StudyError` naming the key and the allowed values, before
 anything runs.
 """
 
