@@ -119,7 +119,7 @@ def test_bad_placement_is_refused_before_any_weights_load(kw, match, tiny_llama_
         raise AssertionError("weights were loaded before the placement was checked")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
-    with pytest.raises(pl.ModelError, match=match):
+    with pytest.raises(pl.errors.ModelError, match=match):
         pl.load_model(tiny_llama_dir, **kw)
 
 

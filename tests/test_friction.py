@@ -23,9 +23,9 @@ def test_first_n_items_in_file_order_and_recorded():
     assert first.selection == f"the first 7 of {len(rows)} items"
     rand = pl.load_task("arc-easy", limit=7)
     assert rand.selection.startswith("a random 7 of") and [it.id for it in rand.items] != [r["id"] for r in rows[:7]]
-    with pytest.raises(pl.TaskError, match="limit must be a positive int"):
+    with pytest.raises(pl.errors.TaskError, match="limit must be a positive int"):
         pl.load_task("arc-easy", limit=2.5)
-    with pytest.raises(pl.TaskError, match="limit must be a positive int"):
+    with pytest.raises(pl.errors.TaskError, match="limit must be a positive int"):
         pl.load_task("arc-easy", limit="8")
 
 
@@ -49,7 +49,7 @@ def test_first_n_items_from_the_cli_and_from_a_study_spec(smol):
     assert spec.tasks[0].config(0)["sample"] is False
     plain = parse_spec({"models": ["smollm2-135m"], "tasks": [{"name": "capitals", "limit": 4}], "runs": [{"kind": "trace"}]})
     assert "sample" not in plain.tasks[0].config(0)  # the job identity of a spec without the key is unchanged
-    with pytest.raises(pl.StudyError, match=r"tasks\[0\]\.sample must be true"):
+    with pytest.raises(pl.errors.StudyError, match=r"tasks\[0\]\.sample must be true"):
         parse_spec({"models": ["smollm2-135m"], "tasks": [{"name": "capitals", "sample": "no"}], "runs": [{"kind": "trace"}]})
 
 
@@ -68,7 +68,7 @@ def test_item_lists_keep_or_take_a_template_and_a_name():
     assert "not lm-eval's" in other.layout_note
     letters = pl.load_task("arc-easy", limit=3, format="letters")
     assert "reformulation" in letters.layout_note
-    with pytest.raises(pl.TaskError, match="must contain"):
+    with pytest.raises(pl.errors.TaskError, match="must contain"):
         pl.load_task("arc-easy", cloze_template="no placeholder")
 
 
@@ -117,7 +117,7 @@ def test_last_block_only_equals_the_full_trace_last_row(tiny_llama, capitals_tas
                                atol=1e-5)
     with pytest.raises(pl.PhaselensError, match="needs every surviving block"):
         last.transition()
-    with pytest.raises(pl.LensError, match="not surviving blocks"):
+    with pytest.raises(pl.errors.LensError, match="not surviving blocks"):
         pl.decision_trace(pl.prune(tiny_llama, [2]), task, blocks=[2])
 
 

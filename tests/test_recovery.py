@@ -403,7 +403,7 @@ def test_recovery_errors(tiny_llama, tiny_cal):
         span_stats(tiny_llama, [], tiny_cal)
     with pytest.raises(ValueError, match="lam must be"):
         pl.fit_recovery(pl.prune(tiny_llama, [2]), tiny_cal, lam=-1.0)
-    with pytest.raises(pl.CalibrationError):
+    with pytest.raises(pl.errors.CalibrationError):
         pl.fit_recovery(pl.prune(tiny_llama, [2]), [])
     with pytest.raises(ValueError, match="operator for span"):
         pl.ModelView(tiny_llama, (2,), {(2, 4): torch.eye(64)})
@@ -431,7 +431,7 @@ def test_perplexity_accepts_text_files_and_iterables(tiny_llama, tmp_path):
     a = pl.perplexity(tiny_llama, texts)
     assert pl.perplexity(tiny_llama, str(f)) == a
     assert pl.perplexity(tiny_llama, (t for t in texts)) == a
-    with pytest.raises(pl.CalibrationError):
+    with pytest.raises(pl.errors.CalibrationError):
         pl.perplexity(tiny_llama, "not a file and not a list")
 
 

@@ -47,56 +47,56 @@ SPEC_CASES = [
     ("trace seed='x'", lambda: pl.decision_trace(SPEC, CAP, seed="x"), pl.PhaselensError, "seed"),
     ("trace progress=1", lambda: pl.decision_trace(SPEC, CAP, progress=1), pl.PhaselensError, "progress"),
     ("transition n_boot=0", lambda: pl.transition_point(SPEC, CAP, n_boot=0), pl.PhaselensError, "n_boot"),
-    ("sweep steps=0", lambda: pl.iterative_prune(SPEC, CAP, steps=0), pl.PruningError, "steps"),
-    ("sweep steps=2.5", lambda: pl.iterative_prune(SPEC, CAP, steps=2.5), pl.PruningError, "steps"),
-    ("sweep criterion", lambda: pl.iterative_prune(SPEC, CAP, criterion="magic"), pl.PruningError, "criterion"),
+    ("sweep steps=0", lambda: pl.iterative_prune(SPEC, CAP, steps=0), pl.errors.PruningError, "steps"),
+    ("sweep steps=2.5", lambda: pl.iterative_prune(SPEC, CAP, steps=2.5), pl.errors.PruningError, "steps"),
+    ("sweep criterion", lambda: pl.iterative_prune(SPEC, CAP, criterion="magic"), pl.errors.PruningError, "criterion"),
     ("sweep n_boot=0", lambda: pl.iterative_prune(SPEC, CAP, n_boot=0), pl.PhaselensError, "n_boot"),
-    ("sweep reuse_prefix", lambda: pl.iterative_prune(SPEC, CAP, reuse_prefix="yes"), pl.PruningError, "reuse_prefix"),
-    ("select n=2.5", lambda: pl.select_blocks(SPEC, 2.5), pl.PruningError, "n must be an int"),
-    ("select n=0", lambda: pl.select_blocks(SPEC, 0), pl.PruningError, "n must be an int"),
-    ("select criterion", lambda: pl.select_blocks(SPEC, 2, "magic"), pl.PruningError, "criterion"),
-    ("select seed", lambda: pl.select_blocks(SPEC, 2, "random", seed=1.5), pl.PruningError, "seed"),
-    ("recovery method", lambda: pl.fit_recovery(SPEC, None, "magic"), pl.RecoveryError, "recovery method"),
-    ("recovery methods twice", lambda: pl.fit_recovery(SPEC, None, ["ghosted", "ghosted"]), pl.RecoveryError, "repeat"),
-    ("recovery method type", lambda: pl.fit_recovery(SPEC, None, 3), pl.RecoveryError, "method must be"),
-    ("recovery lam=-1", lambda: pl.fit_recovery(SPEC, None, lam=-1), pl.RecoveryError, "lam"),
-    ("recovery lam=nan", lambda: pl.fit_recovery(SPEC, None, lam=float("nan")), pl.RecoveryError, "lam"),
-    ("recovery lam='x'", lambda: pl.fit_recovery(SPEC, None, lam="x"), pl.RecoveryError, "lam"),
-    ("recovery seq_len=0", lambda: pl.fit_recovery(SPEC, None, seq_len=0), pl.CalibrationError, "seq_len"),
-    ("recovery batch_size=0", lambda: pl.fit_recovery(SPEC, None, batch_size=0), pl.RecoveryError, "batch_size"),
-    ("boundary inputs", lambda: pl.boundary_error(SPEC, inputs="sideways"), pl.RecoveryError, "inputs"),
-    ("boundary seq_len", lambda: pl.boundary_error(SPEC, seq_len=1), pl.CalibrationError, "seq_len"),
-    ("perplexity seq_len", lambda: pl.perplexity(SPEC, seq_len=0), pl.CalibrationError, "seq_len"),
-    ("perplexity batch_size", lambda: pl.perplexity(SPEC, batch_size=-2), pl.CalibrationError, "batch_size"),
-    ("noise eps<0", lambda: pl.inject_noise(SPEC, CAP, eps=-1), pl.InterventionError, "eps"),
-    ("noise eps=inf", lambda: pl.inject_noise(SPEC, CAP, eps=float("inf")), pl.InterventionError, "eps"),
-    ("noise eps='a'", lambda: pl.inject_noise(SPEC, CAP, eps="a"), pl.InterventionError, "eps"),
-    ("noise eps=[]", lambda: pl.inject_noise(SPEC, CAP, eps=[]), pl.InterventionError, "eps"),
-    ("noise seeds=0", lambda: pl.inject_noise(SPEC, CAP, seeds=0), pl.InterventionError, "seeds"),
-    ("noise seeds=[1,1]", lambda: pl.inject_noise(SPEC, CAP, seeds=[1, 1]), pl.InterventionError, "seeds"),
-    ("noise seeds=[1.5]", lambda: pl.inject_noise(SPEC, CAP, seeds=[1.5]), pl.InterventionError, "seeds"),
-    ("noise seeds='3'", lambda: pl.inject_noise(SPEC, CAP, seeds="3"), pl.InterventionError, "seeds"),
-    ("noise n_boot=0", lambda: pl.inject_noise(SPEC, CAP, n_boot=0), pl.InterventionError, "n_boot"),
-    ("noise boot_seed", lambda: pl.inject_noise(SPEC, CAP, boot_seed=0.5), pl.InterventionError, "boot_seed"),
-    ("noise batch_size", lambda: pl.inject_noise(SPEC, CAP, batch_size=0), pl.InterventionError, "batch_size"),
-    ("ablate mode", lambda: pl.ablate(SPEC, CAP, mode="erase"), pl.InterventionError, "mode"),
-    ("ablate window", lambda: pl.ablate(SPEC, CAP, window=-1), pl.InterventionError, "window"),
-    ("ablate n_boot", lambda: pl.ablate(SPEC, CAP, n_boot=0), pl.InterventionError, "n_boot"),
-    ("ablate pairs", lambda: pl.ablate(SPEC, CAP, pairs="all"), pl.InterventionError, "pairs"),
-    ("ablate batch_size", lambda: pl.ablate(SPEC, CAP, batch_size=1.5), pl.InterventionError, "batch_size"),
-    ("phase cuts n=0", lambda: pl.compare_phase_cuts(SPEC, CAP, 0), pl.PhaseCutsError, "n must be"),
-    ("phase cuts n=1.5", lambda: pl.compare_phase_cuts(SPEC, CAP, 1.5), pl.PhaseCutsError, "n must be"),
-    ("phase cuts n_boot", lambda: pl.compare_phase_cuts(SPEC, CAP, 1, n_boot=0), pl.PhaseCutsError, "n_boot"),
-    ("phase cuts lam", lambda: pl.compare_phase_cuts(SPEC, CAP, 1, lam=-3), pl.PhaseCutsError, "lam"),
-    ("phase cuts seq_len", lambda: pl.compare_phase_cuts(SPEC, CAP, 1, seq_len=0), pl.CalibrationError, "seq_len"),
-    ("phase cuts batch", lambda: pl.compare_phase_cuts(SPEC, CAP, 1, batch_size=0), pl.PhaseCutsError, "batch_size"),
-    ("cka n_samples", lambda: pl.cka(SPEC, SPEC, CAP, n_samples=1), pl.CKAError, "n_samples"),
-    ("cka positions", lambda: pl.cka(SPEC, SPEC, CAP, positions="middle"), pl.CKAError, "positions"),
-    ("cka form", lambda: pl.cka(SPEC, SPEC, CAP, form="magic"), pl.CKAError, "form"),
-    ("cka batch_size", lambda: pl.cka(SPEC, SPEC, CAP, batch_size=0), pl.CKAError, "batch_size"),
-    ("cka debiased", lambda: pl.cka(SPEC, SPEC, CAP, debiased="yes"), pl.CKAError, "debiased"),
-    ("cka seed", lambda: pl.cka(SPEC, SPEC, CAP, seed=1.5), pl.CKAError, "seed"),
-    ("cka seq_len", lambda: pl.cka(SPEC, SPEC, None, seq_len=1), pl.CKAError, "seq_len"),
+    ("sweep reuse_prefix", lambda: pl.iterative_prune(SPEC, CAP, reuse_prefix="yes"), pl.errors.PruningError, "reuse_prefix"),
+    ("select n=2.5", lambda: pl.select_blocks(SPEC, 2.5), pl.errors.PruningError, "n must be an int"),
+    ("select n=0", lambda: pl.select_blocks(SPEC, 0), pl.errors.PruningError, "n must be an int"),
+    ("select criterion", lambda: pl.select_blocks(SPEC, 2, "magic"), pl.errors.PruningError, "criterion"),
+    ("select seed", lambda: pl.select_blocks(SPEC, 2, "random", seed=1.5), pl.errors.PruningError, "seed"),
+    ("recovery method", lambda: pl.fit_recovery(SPEC, None, "magic"), pl.errors.RecoveryError, "recovery method"),
+    ("recovery methods twice", lambda: pl.fit_recovery(SPEC, None, ["ghosted", "ghosted"]), pl.errors.RecoveryError, "repeat"),
+    ("recovery method type", lambda: pl.fit_recovery(SPEC, None, 3), pl.errors.RecoveryError, "method must be"),
+    ("recovery lam=-1", lambda: pl.fit_recovery(SPEC, None, lam=-1), pl.errors.RecoveryError, "lam"),
+    ("recovery lam=nan", lambda: pl.fit_recovery(SPEC, None, lam=float("nan")), pl.errors.RecoveryError, "lam"),
+    ("recovery lam='x'", lambda: pl.fit_recovery(SPEC, None, lam="x"), pl.errors.RecoveryError, "lam"),
+    ("recovery seq_len=0", lambda: pl.fit_recovery(SPEC, None, seq_len=0), pl.errors.CalibrationError, "seq_len"),
+    ("recovery batch_size=0", lambda: pl.fit_recovery(SPEC, None, batch_size=0), pl.errors.RecoveryError, "batch_size"),
+    ("boundary inputs", lambda: pl.boundary_error(SPEC, inputs="sideways"), pl.errors.RecoveryError, "inputs"),
+    ("boundary seq_len", lambda: pl.boundary_error(SPEC, seq_len=1), pl.errors.CalibrationError, "seq_len"),
+    ("perplexity seq_len", lambda: pl.perplexity(SPEC, seq_len=0), pl.errors.CalibrationError, "seq_len"),
+    ("perplexity batch_size", lambda: pl.perplexity(SPEC, batch_size=-2), pl.errors.CalibrationError, "batch_size"),
+    ("noise eps<0", lambda: pl.inject_noise(SPEC, CAP, eps=-1), pl.errors.InterventionError, "eps"),
+    ("noise eps=inf", lambda: pl.inject_noise(SPEC, CAP, eps=float("inf")), pl.errors.InterventionError, "eps"),
+    ("noise eps='a'", lambda: pl.inject_noise(SPEC, CAP, eps="a"), pl.errors.InterventionError, "eps"),
+    ("noise eps=[]", lambda: pl.inject_noise(SPEC, CAP, eps=[]), pl.errors.InterventionError, "eps"),
+    ("noise seeds=0", lambda: pl.inject_noise(SPEC, CAP, seeds=0), pl.errors.InterventionError, "seeds"),
+    ("noise seeds=[1,1]", lambda: pl.inject_noise(SPEC, CAP, seeds=[1, 1]), pl.errors.InterventionError, "seeds"),
+    ("noise seeds=[1.5]", lambda: pl.inject_noise(SPEC, CAP, seeds=[1.5]), pl.errors.InterventionError, "seeds"),
+    ("noise seeds='3'", lambda: pl.inject_noise(SPEC, CAP, seeds="3"), pl.errors.InterventionError, "seeds"),
+    ("noise n_boot=0", lambda: pl.inject_noise(SPEC, CAP, n_boot=0), pl.errors.InterventionError, "n_boot"),
+    ("noise boot_seed", lambda: pl.inject_noise(SPEC, CAP, boot_seed=0.5), pl.errors.InterventionError, "boot_seed"),
+    ("noise batch_size", lambda: pl.inject_noise(SPEC, CAP, batch_size=0), pl.errors.InterventionError, "batch_size"),
+    ("ablate mode", lambda: pl.ablate(SPEC, CAP, mode="erase"), pl.errors.InterventionError, "mode"),
+    ("ablate window", lambda: pl.ablate(SPEC, CAP, window=-1), pl.errors.InterventionError, "window"),
+    ("ablate n_boot", lambda: pl.ablate(SPEC, CAP, n_boot=0), pl.errors.InterventionError, "n_boot"),
+    ("ablate pairs", lambda: pl.ablate(SPEC, CAP, pairs="all"), pl.errors.InterventionError, "pairs"),
+    ("ablate batch_size", lambda: pl.ablate(SPEC, CAP, batch_size=1.5), pl.errors.InterventionError, "batch_size"),
+    ("phase cuts n=0", lambda: pl.compare_phase_cuts(SPEC, CAP, 0), pl.errors.PhaseCutsError, "n must be"),
+    ("phase cuts n=1.5", lambda: pl.compare_phase_cuts(SPEC, CAP, 1.5), pl.errors.PhaseCutsError, "n must be"),
+    ("phase cuts n_boot", lambda: pl.compare_phase_cuts(SPEC, CAP, 1, n_boot=0), pl.errors.PhaseCutsError, "n_boot"),
+    ("phase cuts lam", lambda: pl.compare_phase_cuts(SPEC, CAP, 1, lam=-3), pl.errors.PhaseCutsError, "lam"),
+    ("phase cuts seq_len", lambda: pl.compare_phase_cuts(SPEC, CAP, 1, seq_len=0), pl.errors.CalibrationError, "seq_len"),
+    ("phase cuts batch", lambda: pl.compare_phase_cuts(SPEC, CAP, 1, batch_size=0), pl.errors.PhaseCutsError, "batch_size"),
+    ("cka n_samples", lambda: pl.cka(SPEC, SPEC, CAP, n_samples=1), pl.errors.CKAError, "n_samples"),
+    ("cka positions", lambda: pl.cka(SPEC, SPEC, CAP, positions="middle"), pl.errors.CKAError, "positions"),
+    ("cka form", lambda: pl.cka(SPEC, SPEC, CAP, form="magic"), pl.errors.CKAError, "form"),
+    ("cka batch_size", lambda: pl.cka(SPEC, SPEC, CAP, batch_size=0), pl.errors.CKAError, "batch_size"),
+    ("cka debiased", lambda: pl.cka(SPEC, SPEC, CAP, debiased="yes"), pl.errors.CKAError, "debiased"),
+    ("cka seed", lambda: pl.cka(SPEC, SPEC, CAP, seed=1.5), pl.errors.CKAError, "seed"),
+    ("cka seq_len", lambda: pl.cka(SPEC, SPEC, None, seq_len=1), pl.errors.CKAError, "seq_len"),
 ]
 
 
@@ -113,20 +113,20 @@ def _gguf(tmp_path: Path, data: bytes) -> str:
 
 
 LOAD_CASES = [
-    ("model spec type", lambda tp: pl.load_model(3.5), pl.ModelError, "cannot load a model from float"),
-    ("unknown name", lambda tp: pl.load_model("no-such/model-xyz"), pl.ModelError, "not an embedded name"),
-    ("dtype float77", lambda tp: pl.load_model(SPEC, dtype="float77"), pl.ModelError, "dtype"),
-    ("dtype int", lambda tp: pl.load_model(SPEC, dtype=torch.int32), pl.ModelError, "dtype"),
-    ("device banana", lambda tp: pl.load_model(SPEC, device="banana"), pl.ModelError, "device"),
-    ("device cuda", lambda tp: pl.load_model(SPEC, device="cuda"), pl.ModelError, "no CUDA GPU"),
-    ("device cuda:3", lambda tp: pl.load_model(SPEC, device="cuda:3"), pl.ModelError, "no CUDA GPU"),
-    ("gguf missing", lambda tp: pl.load_model(str(tp / "none.gguf")), pl.ModelError, "not found"),
-    ("gguf random bytes", lambda tp: pl.load_model(_gguf(tp, os.urandom(4096))), pl.ModelError, "not a GGUF file"),
-    ("gguf text", lambda tp: pl.load_model(_gguf(tp, b"hello world" * 200)), pl.ModelError, "not a GGUF file"),
-    ("gguf truncated", lambda tp: pl.load_model(_gguf(tp, b"GGUF\x03\x00\x00\x00" + b"\x00" * 100)), pl.ModelError,
+    ("model spec type", lambda tp: pl.load_model(3.5), pl.errors.ModelError, "cannot load a model from float"),
+    ("unknown name", lambda tp: pl.load_model("no-such/model-xyz"), pl.errors.ModelError, "not an embedded name"),
+    ("dtype float77", lambda tp: pl.load_model(SPEC, dtype="float77"), pl.errors.ModelError, "dtype"),
+    ("dtype int", lambda tp: pl.load_model(SPEC, dtype=torch.int32), pl.errors.ModelError, "dtype"),
+    ("device banana", lambda tp: pl.load_model(SPEC, device="banana"), pl.errors.ModelError, "device"),
+    ("device cuda", lambda tp: pl.load_model(SPEC, device="cuda"), pl.errors.ModelError, "no CUDA GPU"),
+    ("device cuda:3", lambda tp: pl.load_model(SPEC, device="cuda:3"), pl.errors.ModelError, "no CUDA GPU"),
+    ("gguf missing", lambda tp: pl.load_model(str(tp / "none.gguf")), pl.errors.ModelError, "not found"),
+    ("gguf random bytes", lambda tp: pl.load_model(_gguf(tp, os.urandom(4096))), pl.errors.ModelError, "not a GGUF file"),
+    ("gguf text", lambda tp: pl.load_model(_gguf(tp, b"hello world" * 200)), pl.errors.ModelError, "not a GGUF file"),
+    ("gguf truncated", lambda tp: pl.load_model(_gguf(tp, b"GGUF\x03\x00\x00\x00" + b"\x00" * 100)), pl.errors.ModelError,
      "truncated"),
     ("gguf truncated header", lambda tp: pl.load_model(_gguf(tp, b"GGUF\x03\x00\x00\x00" + os.urandom(5000))),
-     pl.ModelError, "could not be read"),
+     pl.errors.ModelError, "could not be read"),
 ]
 
 
@@ -178,7 +178,7 @@ TASK_CASES = [
 
 @pytest.mark.parametrize("name,call,pattern", TASK_CASES, ids=[c[0] for c in TASK_CASES])
 def test_bad_tasks(tmp_path, name, call, pattern):
-    with pytest.raises(pl.TaskError, match=pattern):
+    with pytest.raises(pl.errors.TaskError, match=pattern):
         call(tmp_path)
 
 
@@ -193,28 +193,28 @@ def test_repeated_options_can_be_dropped_or_read_as_letters():
 def test_bad_views_and_operators(tiny_llama, tmp_path):
     d, L = tiny_llama.d_model, tiny_llama.n_layers
     cases = [
-        (lambda: pl.prune(tiny_llama, 3), pl.PruningError, "list of block indices"),
-        (lambda: pl.prune(tiny_llama, [2.5]), pl.PruningError, "ints"),
-        (lambda: pl.prune(tiny_llama, [99]), pl.PruningError, "out of range"),
-        (lambda: pl.prune(tiny_llama, [1, 1]), pl.PruningError, "repeated"),
-        (lambda: pl.prune(tiny_llama, list(range(L))), pl.PruningError, "leaves none"),
-        (lambda: pl.prune(pl.prune(tiny_llama, [1]), [1]), pl.PruningError, "already pruned"),
-        (lambda: pl.ModelView(tiny_llama, (2,), {(2, 3): torch.eye(d + 1)}), pl.RecoveryError, "shape"),
-        (lambda: pl.ModelView(tiny_llama, (2,), {(2, 3): torch.full((d, d), float("nan"))}), pl.RecoveryError, "NaN"),
-        (lambda: pl.ModelView(tiny_llama, (2,), {(3, 4): torch.eye(d)}), pl.RecoveryError, "cut spans"),
-        (lambda: pl.ModelView(tiny_llama, (2,), {(2, 3): np.eye(d)}), pl.RecoveryError, "torch tensor"),
-        (lambda: pl.fit_recovery(tiny_llama, ["a b c"] * 3), pl.RecoveryError, "no cut spans"),
-        (lambda: pl.fit_recovery(pl.prune(tiny_llama, [2]), ["hi"]), pl.RecoveryError, "no tokens"),
-        (lambda: pl.fit_recovery(pl.prune(tiny_llama, [2]), []), pl.CalibrationError, "empty"),
-        (lambda: pl.fit_recovery(pl.prune(tiny_llama, [0]), None, "replaceme"), pl.RecoveryError, "block 0"),
-        (lambda: pl.decision_trace(tiny_llama, CAP, blocks=[99]), pl.LensError, "not surviving"),
-        (lambda: pl.decision_trace(tiny_llama, CAP, blocks="first"), pl.LensError, "blocks must be"),
-        (lambda: pl.inject_noise(tiny_llama, CAP, blocks=[2.5]), pl.InterventionError, "ints"),
-        (lambda: pl.inject_noise(pl.prune(tiny_llama, [2]), CAP, blocks=[2]), pl.InterventionError, "pruned"),
-        (lambda: pl.inject_noise(tiny_llama, CAP, blocks="all"), pl.InterventionError, "blocks must be"),
-        (lambda: pl.ablate(tiny_llama, CAP, pairs=[(1, 1)]), pl.InterventionError, "two different"),
-        (lambda: pl.inject_noise(tiny_llama, CAP.with_format("continuation")), pl.InterventionError, "continuation"),
-        (lambda: pl.inject_noise(tiny_llama, CAP, transition="block 3"), pl.InterventionError, "transition must be"),
+        (lambda: pl.prune(tiny_llama, 3), pl.errors.PruningError, "list of block indices"),
+        (lambda: pl.prune(tiny_llama, [2.5]), pl.errors.PruningError, "ints"),
+        (lambda: pl.prune(tiny_llama, [99]), pl.errors.PruningError, "out of range"),
+        (lambda: pl.prune(tiny_llama, [1, 1]), pl.errors.PruningError, "repeated"),
+        (lambda: pl.prune(tiny_llama, list(range(L))), pl.errors.PruningError, "leaves none"),
+        (lambda: pl.prune(pl.prune(tiny_llama, [1]), [1]), pl.errors.PruningError, "already pruned"),
+        (lambda: pl.ModelView(tiny_llama, (2,), {(2, 3): torch.eye(d + 1)}), pl.errors.RecoveryError, "shape"),
+        (lambda: pl.ModelView(tiny_llama, (2,), {(2, 3): torch.full((d, d), float("nan"))}), pl.errors.RecoveryError, "NaN"),
+        (lambda: pl.ModelView(tiny_llama, (2,), {(3, 4): torch.eye(d)}), pl.errors.RecoveryError, "cut spans"),
+        (lambda: pl.ModelView(tiny_llama, (2,), {(2, 3): np.eye(d)}), pl.errors.RecoveryError, "torch tensor"),
+        (lambda: pl.fit_recovery(tiny_llama, ["a b c"] * 3), pl.errors.RecoveryError, "no cut spans"),
+        (lambda: pl.fit_recovery(pl.prune(tiny_llama, [2]), ["hi"]), pl.errors.RecoveryError, "no tokens"),
+        (lambda: pl.fit_recovery(pl.prune(tiny_llama, [2]), []), pl.errors.CalibrationError, "empty"),
+        (lambda: pl.fit_recovery(pl.prune(tiny_llama, [0]), None, "replaceme"), pl.errors.RecoveryError, "block 0"),
+        (lambda: pl.decision_trace(tiny_llama, CAP, blocks=[99]), pl.errors.LensError, "not surviving"),
+        (lambda: pl.decision_trace(tiny_llama, CAP, blocks="first"), pl.errors.LensError, "blocks must be"),
+        (lambda: pl.inject_noise(tiny_llama, CAP, blocks=[2.5]), pl.errors.InterventionError, "ints"),
+        (lambda: pl.inject_noise(pl.prune(tiny_llama, [2]), CAP, blocks=[2]), pl.errors.InterventionError, "pruned"),
+        (lambda: pl.inject_noise(tiny_llama, CAP, blocks="all"), pl.errors.InterventionError, "blocks must be"),
+        (lambda: pl.ablate(tiny_llama, CAP, pairs=[(1, 1)]), pl.errors.InterventionError, "two different"),
+        (lambda: pl.inject_noise(tiny_llama, CAP.with_format("continuation")), pl.errors.InterventionError, "continuation"),
+        (lambda: pl.inject_noise(tiny_llama, CAP, transition="block 3"), pl.errors.InterventionError, "transition must be"),
     ]
     for call, err, pattern in cases:
         with pytest.raises(err, match=pattern):
@@ -240,9 +240,9 @@ def test_bad_recovery_files(tiny_llama, smol, tmp_path):
         ("outside.safetensors", "outside"),
     ]
     for name, pattern in cases:
-        with pytest.raises(pl.RecoveryError, match=pattern):
+        with pytest.raises(pl.errors.RecoveryError, match=pattern):
             pl.load_recovery(tmp_path / name, tiny_llama)
-    with pytest.raises(pl.RecoveryError, match="fitted on model"):
+    with pytest.raises(pl.errors.RecoveryError, match="fitted on model"):
         pl.load_recovery(good, smol)
     assert torch.equal(pl.load_recovery(good, tiny_llama).operator((2, 3)), rec.operator((2, 3)))
 
@@ -256,7 +256,7 @@ def test_corrupt_results_are_refused_and_named(tmp_path):
     pl.save_result(tr.transition(n_boot=20), tmp_path, "b")
     doc = (tmp_path / "b.json").read_text()
     (tmp_path / "b.json").write_text(doc[: len(doc) // 2])  # truncated mid-write
-    with pytest.raises(pl.ResultsError, match=r"b\.json.*truncated or corrupt"):
+    with pytest.raises(pl.errors.ResultsError, match=r"b\.json.*truncated or corrupt"):
         pl.load_results(tmp_path)
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable result file.*b\.json"):
         got = pl.load_results(tmp_path, skip_corrupt=True)
@@ -272,15 +272,15 @@ def test_corrupt_results_are_refused_and_named(tmp_path):
         bad = json.loads(json.dumps(d))
         change(bad)
         (tmp_path / f"{label}.json").write_text(json.dumps(bad))
-        with pytest.raises(pl.ResultsError, match=pattern):
+        with pytest.raises(pl.errors.ResultsError, match=pattern):
             pl.load_result(tmp_path / f"{label}.json")
         (tmp_path / f"{label}.json").unlink()
     side = tmp_path / d["arrays"]["file"]
     side.write_bytes(side.read_bytes()[:-10])
-    with pytest.raises(pl.ResultsError, match="does not match the checksum"):
+    with pytest.raises(pl.errors.ResultsError, match="does not match the checksum"):
         pl.load_result(tmp_path / "a.json")
     side.unlink()
-    with pytest.raises(pl.ResultsError, match="is missing"):
+    with pytest.raises(pl.errors.ResultsError, match="is missing"):
         pl.load_result(tmp_path / "a.json")
 
 
@@ -288,7 +288,7 @@ def test_old_format_results_are_refused_with_how_to_recompute(tmp_path):
     old = {"kind": "Transition", "phaselens": "0.1.0", "created": "2026-11-23T19:00:00+00:00",
            "provenance": {"command": "transition", "model": "smollm2-135m"}, "data": {"layer": 29}}
     (tmp_path / "t.json").write_text(json.dumps(old))
-    with pytest.raises(pl.ResultsError, match=r"phaselens 0\.1\.0 in results format 1.*phaselens transition.*smollm2-135m"):
+    with pytest.raises(pl.errors.ResultsError, match=r"phaselens 0\.1\.0 in results format 1.*phaselens transition.*smollm2-135m"):
         pl.load_results(tmp_path)
 
 
@@ -296,11 +296,11 @@ def test_save_result_under_a_file(tmp_path):
     from test_plots import synthetic_trace
 
     (tmp_path / "f").write_text("x")
-    with pytest.raises(pl.ResultsError, match="is a file, not a folder"):
+    with pytest.raises(pl.errors.ResultsError, match="is a file, not a folder"):
         pl.save_result(synthetic_trace(), tmp_path / "f" / "sub")
-    with pytest.raises(pl.ResultsError, match="not a phaselens result"):
+    with pytest.raises(pl.errors.ResultsError, match="not a phaselens result"):
         pl.save_result({"a": 1}, tmp_path)
-    with pytest.raises(pl.PruningError, match="is a file"):
+    with pytest.raises(pl.errors.PruningError, match="is a file"):
         pl.iterative_prune(SPEC, CAP, out=tmp_path / "f")
 
 
@@ -374,7 +374,7 @@ def test_two_runs_on_one_folder_are_refused(smol, tmp_path):
         holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         try:
             lock.write_text(json.dumps({**info, "pid": holder.pid}))
-            with pytest.raises(pl.RunFolderError, match=rf"in use by another run .*PID {holder.pid}"):
+            with pytest.raises(pl.errors.RunFolderError, match=rf"in use by another run .*PID {holder.pid}"):
                 pl.iterative_prune(smol, CAP, steps=1, out=tmp_path, calibration=["a b c d e f"] * 2, n_boot=10)
         finally:
             holder.kill()
@@ -385,9 +385,9 @@ def test_two_runs_on_one_folder_are_refused(smol, tmp_path):
 def test_an_old_run_folder_is_refused_with_how_to_recompute(tmp_path):
     (tmp_path / "sweep.json").write_text(json.dumps({"model": "smollm2-135m", "criterion": "bi", "steps": 3}))
     (tmp_path / "step_000.json").write_text(json.dumps({"step": 0, "removed": []}))
-    with pytest.raises(pl.RunFolderError, match=r"written by phaselens 0\.1 .*sweep\.json.*new out= folder"):
+    with pytest.raises(pl.errors.RunFolderError, match=r"written by phaselens 0\.1 .*sweep\.json.*new out= folder"):
         pl.iterative_prune(SPEC, CAP, steps=1, out=tmp_path)
-    with pytest.raises(pl.RunFolderError, match=r"written by phaselens 0\.1 .*Rerun into a new out= folder"):
+    with pytest.raises(pl.errors.RunFolderError, match=r"written by phaselens 0\.1 .*Rerun into a new out= folder"):
         pl.load_sweep(tmp_path)  # reading it back says the same
 
 
@@ -422,7 +422,7 @@ def _race_for_the_lock(folder: str, barrier, results) -> None:
         with RunFolder(folder, "sweep", {"a": 1}, "a sweep"):
             results.put("took")
             time.sleep(1.5)  # hold it while the others try
-    except pl.RunFolderError as e:
+    except pl.errors.RunFolderError as e:
         results.put("refused" if "in use by another run" in str(e) else f"other: {e}")
 
 
@@ -459,7 +459,7 @@ def test_an_unreadable_lock_is_read_again_before_anything_is_taken_over(tmp_path
     try:
         info = {"pid": holder.pid, "host": socket.gethostname(), "since": "now"}
         threading.Timer(0.3, lambda: lock.write_text(json.dumps(info))).start()
-        with pytest.raises(pl.RunFolderError, match=rf"in use by another run .*PID {holder.pid}"):
+        with pytest.raises(pl.errors.RunFolderError, match=rf"in use by another run .*PID {holder.pid}"):
             with RunFolder(tmp_path, "sweep", {"a": 1}):
                 pass
     finally:
@@ -487,14 +487,14 @@ def test_a_dependency_failing_on_bad_input_is_kept_as_the_cause(tiny_llama, tmp_
     doc = tmp_path / "res" / "a.json"
     doc.write_text(doc.read_text()[:40])
     cases = [
-        (lambda: pl.load_model(_gguf(tmp_path, b"GGUF\x03\x00\x00\x00" + os.urandom(5000))), pl.ModelError, Exception),
-        (lambda: pl.load_model(SPEC, device="banana"), pl.ModelError, RuntimeError),
+        (lambda: pl.load_model(_gguf(tmp_path, b"GGUF\x03\x00\x00\x00" + os.urandom(5000))), pl.errors.ModelError, Exception),
+        (lambda: pl.load_model(SPEC, device="banana"), pl.errors.ModelError, RuntimeError),
         (lambda: pl.load_task(_write(tmp_path, "t.jsonl", '{"question": "caf\xe9", "options": ["a", "b"], '
-                                     '"answer": 0}\n'.encode("latin-1"))), pl.TaskError, UnicodeDecodeError),
-        (lambda: pl.load_task(_write(tmp_path, "u.jsonl", b'{"question": "q", "options": \n')), pl.TaskError,
+                                     '"answer": 0}\n'.encode("latin-1"))), pl.errors.TaskError, UnicodeDecodeError),
+        (lambda: pl.load_task(_write(tmp_path, "u.jsonl", b'{"question": "q", "options": \n')), pl.errors.TaskError,
          _json.JSONDecodeError),
-        (lambda: pl.load_recovery(tmp_path / "text.safetensors", tiny_llama), pl.RecoveryError, (SafetensorError, OSError)),
-        (lambda: pl.load_results(tmp_path / "res"), pl.ResultsError, (_json.JSONDecodeError, UnicodeDecodeError)),
+        (lambda: pl.load_recovery(tmp_path / "text.safetensors", tiny_llama), pl.errors.RecoveryError, (SafetensorError, OSError)),
+        (lambda: pl.load_results(tmp_path / "res"), pl.errors.ResultsError, (_json.JSONDecodeError, UnicodeDecodeError)),
     ]
     for call, err, cause in cases:
         with pytest.raises(err) as info:
@@ -508,7 +508,7 @@ def test_a_dependency_failing_on_bad_input_is_kept_as_the_cause(tiny_llama, tmp_
 def test_noise_that_overflows_is_stopped_and_named_at_its_block(tiny_llama):
     """eps is finite, but eps * sigma overflows float32: the pass stops at the noised block, naming it and the eps,
     instead of reporting a NaN margin."""
-    with pytest.raises(pl.NonFiniteError, match=r"block 2 with noise eps=1e\+39"):
+    with pytest.raises(pl.errors.NonFiniteError, match=r"block 2 with noise eps=1e\+39"):
         pl.inject_noise(tiny_llama, CAP, blocks=[2], eps=[1e39], seeds=1, n_boot=10)
     r = pl.inject_noise(tiny_llama, CAP, blocks=[2], eps=[1.0], seeds=1, n_boot=10)
     assert np.isfinite(r.item_margins).all()

@@ -181,7 +181,7 @@ def test_token_batches_keep_the_budget():
     for g in groups:
         assert len(g) * max(lengths[i] for i in g) <= 40 or len(g) == 1
     assert all(len(g) <= 2 for g in token_batches(lengths, max_tokens=1000, max_rows=2))
-    with pytest.raises(pl.RunnerError, match="max_tokens"):
+    with pytest.raises(pl.errors.RunnerError, match="max_tokens"):
         token_batches(lengths, max_tokens=0)
 
 
@@ -202,7 +202,7 @@ def test_two_threads_on_one_model_get_a_clear_error(tiny_llama):
     t.start()
     assert inside.wait(10)
     try:
-        with pytest.raises(pl.RunnerError, match="another thread"):
+        with pytest.raises(pl.errors.RunnerError, match="another thread"):
             Runner(tiny_llama).forward(batch, {"h": Read((5,), "out", "last")})
     finally:
         release.set()
@@ -214,9 +214,9 @@ def test_nan_is_stopped_and_named_at_its_block(tiny_llama):
     ids = _ids(tiny_llama)
     batch = Batch([0, 1, 2], ids, torch.ones_like(ids))
     bad = Plan(after={2: lambda h: h * float("nan")}, names={2: "block 2 with a broken edit"})
-    with pytest.raises(pl.NonFiniteError, match=r"first in the output of block 2 .*broken edit"):
+    with pytest.raises(pl.errors.NonFiniteError, match=r"first in the output of block 2 .*broken edit"):
         Runner(tiny_llama).forward(batch, {"h": Read((5,), "out", "last")}, edits=bad)
     W = torch.eye(tiny_llama.d_model)
     W[0, 0] = float("inf")
-    with pytest.raises(pl.RecoveryError, match="NaN or Inf"):
+    with pytest.raises(pl.errors.RecoveryError, match="NaN or Inf"):
         pl.ModelView(tiny_llama, (2, 3), {(2, 4): W})

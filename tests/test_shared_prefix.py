@@ -206,7 +206,7 @@ def test_too_long_for_the_context_is_refused_naming_the_item(tiny_llama, cont_ta
     monkeypatch.setattr(cfg, "max_position_embeddings", 8)
     calls = []
     monkeypatch.setattr(Runner, "forward", lambda *a, **k: calls.append(1))
-    with pytest.raises(pl.LensError, match=r"item it\d.*context of 8 tokens"):
+    with pytest.raises(pl.errors.LensError, match=r"item it\d.*context of 8 tokens"):
         option_logits(tiny_llama, cont_task)
     assert not calls
 

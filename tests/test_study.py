@@ -111,7 +111,7 @@ def test_lists_are_grids_except_list_valued_parameters():
     ({"models": ["/no/such/model.gguf"], "tasks": ["capitals"], "runs": [{"kind": "trace"}]}, ["models[0]", ".gguf"]),
 ])
 def test_invalid_spec_is_refused_naming_key_and_allowed_values(spec, words, tmp_path):
-    with pytest.raises(pl.StudyError) as e:
+    with pytest.raises(pl.errors.StudyError) as e:
         pl.run_study(spec, out=tmp_path / "never")
     for w in words:
         assert w in str(e.value), (w, str(e.value))
@@ -119,10 +119,10 @@ def test_invalid_spec_is_refused_naming_key_and_allowed_values(spec, words, tmp_
 
 
 def test_bad_executor_and_bad_toml(tmp_path):
-    with pytest.raises(pl.StudyError, match="executor must be one of"):
+    with pytest.raises(pl.errors.StudyError, match="executor must be one of"):
         pl.run_study(SMALLEST_DICT, out=tmp_path, executor="dask")
     (tmp_path / "bad.toml").write_text("models = [")
-    with pytest.raises(pl.StudyError, match="not valid TOML"):
+    with pytest.raises(pl.errors.StudyError, match="not valid TOML"):
         pl.run_study(tmp_path / "bad.toml", out=tmp_path / "o")
 
 
@@ -303,7 +303,7 @@ def test_two_studies_sharing_a_folder_never_corrupt_the_index(tiny_llama_dir, tm
     out = tmp_path / "shared"
     proc = _child(a, out)
     _wait_for(lambda: (out / ".phaselens" / "study" / "lock").exists(), proc)
-    with pytest.raises(pl.StudyError, match=r"in use by another run \(a study\): PID \d+"):
+    with pytest.raises(pl.errors.StudyError, match=r"in use by another run \(a study\): PID \d+"):
         pl.run_study(b, out=out)
     df = pl.run_study(b, out=out, wait=120)  # waits for the first study, then runs
     assert proc.wait(timeout=120) == 0, proc.stderr.read()[-2000:]
@@ -394,7 +394,7 @@ def test_trace_runs_under_each_lens(tiny_llama_dir, tmp_path, monkeypatch):
         direct = pl.decision_trace(m, t, lens=kind, seed=0, n_boot=20)
         np.testing.assert_allclose(r.trace.margins, direct.margins, atol=1e-5)
     assert not np.allclose(by_lens["logit"].trace.margins[:-1], by_lens["linear"].trace.margins[:-1])
-    with pytest.raises(pl.StudyError, match=r"runs\[0\] \(trace\)\.lens = 'tunde'.*allowed values"):
+    with pytest.raises(pl.errors.StudyError, match=r"runs\[0\] \(trace\)\.lens = 'tunde'.*allowed values"):
         pl.run_study(_spec(tiny_llama_dir, [{"kind": "trace", "lens": "tunde"}]), out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
 
