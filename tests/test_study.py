@@ -317,7 +317,7 @@ def test_transition_vs_collapse_runs_as_a_study(tiny_llama, tmp_path):
     """models= x tasks= run as a study; the points equal those of sweeps run by hand (the same extension rule)."""
     tasks = [pl.load_task("capitals", limit=6), pl.load_task("languages", limit=6)]
     kw = dict(n_boot=20, calibration=pl.load_calibration()[:1], perplexity_texts=pl.heldout_texts()[:1])
-    study = pl.transition_vs_collapse(models=[tiny_llama], tasks=tasks, chunk=2, max_steps=4, out=tmp_path / "s", **kw)
+    study = pl.transition_vs_collapse(models=[tiny_llama], tasks=tasks, chunk=2, max_cut=4, out=tmp_path / "s", **kw)
     by_hand = []
     for t in tasks:
         k = 0
@@ -330,7 +330,7 @@ def test_transition_vs_collapse_runs_as_a_study(tiny_llama, tmp_path):
     ref = pl.transition_vs_collapse(by_hand)
     assert study.to_pandas().drop(columns="reason").equals(ref.to_pandas().drop(columns="reason"))
     assert pl.load_study(tmp_path / "s").kind.tolist() == ["sweep", "sweep"]
-    again = pl.transition_vs_collapse(models=[tiny_llama], tasks=tasks, chunk=2, max_steps=4, out=tmp_path / "s", **kw)
+    again = pl.transition_vs_collapse(models=[tiny_llama], tasks=tasks, chunk=2, max_cut=4, out=tmp_path / "s", **kw)
     assert again.to_pandas().equals(study.to_pandas())
 
 

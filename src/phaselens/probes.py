@@ -142,7 +142,7 @@ def dense_transition(view: ModelView, task: Task, transition: Any, batch_size: i
         return transition
     from .trace import transition_point
 
-    return transition_point(view, task, batch_size=batch_size, n_boot=n_boot, seed=seed, lens=lens)
+    return transition_point(view, task, batch_size=batch_size, n_boot=n_boot, boot_seed=seed, lens=lens)
 
 
 def phase_of(b: int, layer: int | None) -> str:

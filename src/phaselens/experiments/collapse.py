@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..deprecation import renamed_kwargs
 from ..errors import StatsError, StatsWarning
 from ..results import Record, Result
 from ..stats import pearson
@@ -186,7 +187,7 @@ def _as_point(r: Any) -> CollapsePoint:
                      "or results folders")
 
 
-def _study_points(models: list, tasks: list, criterion: str, out: Any, chunk: int, max_steps: int | None,
+def _study_points(models: list, tasks: list, criterion: str, out: Any, chunk: int, max_cut: int | None,
                   executor: str, address: str | None, sweep_kw: dict[str, Any]) -> list[CollapsePoint]:
     """The sweeps of models x tasks as one study; one point per (model, task), in the order given."""
     from ..errors import StudyError
@@ -194,8 +195,8 @@ def _study_points(models: list, tasks: list, criterion: str, out: Any, chunk: in
 
     seed = sweep_kw.pop("seed", 0)
     run: dict[str, Any] = {"kind": "sweep", "criterion": criterion, "until": "collapse", "chunk": chunk, **sweep_kw}
-    if max_steps is not None:
-        run["steps"] = max_steps
+    if max_cut is not None:
+        run["steps"] = max_cut
     spec = {"name": "transition_vs_collapse", "models": models, "tasks": tasks, "seeds": [seed], "runs": [run]}
     tmp = tempfile.TemporaryDirectory(prefix="phaselens-collapse-") if out is None else None
     root = Path(tmp.name if tmp is not None else out)
@@ -219,6 +220,7 @@ def _study_points(models: list, tasks: list, criterion: str, out: Any, chunk: in
             tmp.cleanup()
 
 
+@renamed_kwargs(max_steps="max_cut")
 def transition_vs_collapse(
     results: Sequence[Any] | None = None,
     *,
@@ -227,7 +229,7 @@ def transition_vs_collapse(
     criterion: str = "bi",
     out: str | Path | None = None,
     chunk: int = 4,
-    max_steps: int | None = None,
+    max_cut: int | None = None,
     executor: str = "local",
     address: str | None = None,
     **sweep_kw: Any,
@@ -240,9 +242,10 @@ def transition_vs_collapse(
     sweeps run as a study (:func:`phaselens.run_study`, one ``sweep`` job per pair, ``until = "collapse"``)
     in the study folder ``out`` (a temporary folder when ``out`` is None) on ``executor`` (``"local"``,
     ``"processes"``, ``"ray"`` at ``address``); each sweep is extended ``chunk`` cuts at a time until accuracy
-    collapses (at most ``max_steps``); rerunning with the same ``out`` reuses the finished sweeps. Other
+    collapses (at most ``max_cut`` blocks cut; ``max_steps=`` is its deprecated name); rerunning with the same
+    ``out`` reuses the finished sweeps. Other
     keywords are the sweep jobs' parameters (:func:`~phaselens.iterative_prune`'s: ``n_boot``, ``recovery``,
-    ``calibration``, ``perplexity_texts``, ...; ``seed`` is the study's seed).
+    ``calibration``, ``heldout``, ...; ``seed`` is the study's seed).
     """
     if results is not None and (models is not None or tasks is not None):
         raise StatsError("pass either results or models= and tasks=, not both")
@@ -250,7 +253,7 @@ def transition_vs_collapse(
         if not models or not tasks:
             raise StatsError("pass results (a list of (Transition, Sweep) pairs, Sweeps or folders), or models=[...] "
                              "and tasks=[...] to run the sweeps")
-        pts = _study_points(list(models), list(tasks), criterion, out, chunk, max_steps, executor, address, sweep_kw)
+        pts = _study_points(list(models), list(tasks), criterion, out, chunk, max_cut, executor, address, sweep_kw)
     else:
         if isinstance(results, (str, Path)):
             results = [results]

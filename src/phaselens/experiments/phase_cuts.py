@@ -235,7 +235,7 @@ def compare_phase_cuts(
         nonlocal recorded
         if cache is not None:
             cache.recording = True
-        tr = decision_trace(dense_view, t, n_boot=n_boot, seed=seed, cache=cache, progress=progress, lens=lens_).transition()
+        tr = decision_trace(dense_view, t, n_boot=n_boot, boot_seed=seed, cache=cache, progress=progress, lens=lens_).transition()
         if check:  # fail before the perplexity pass when the cuts cannot be made
             phase_cuts(dense_view, tr, n, placement=placement, seeds=seed_ids)
         ppl = perplexity(dense_view, ppl_texts, seq_len=seq_len, batch_size=batch_size, cache=cache)
@@ -280,7 +280,7 @@ def compare_phase_cuts(
                 record_dense(False)
             for c, m in todo:
                 rec = fit_recovery(ModelView(base, tuple(c.blocks)), None, m, lam=lam, stats={c.span: stats[c.span]})
-                trace = decision_trace(rec, t, n_boot=n_boot, seed=seed, cache=cache, progress=progress, lens=lens_)
+                trace = decision_trace(rec, t, n_boot=n_boot, boot_seed=seed, cache=cache, progress=progress, lens=lens_)
                 ppl = perplexity(rec, ppl_texts, seq_len=seq_len, batch_size=batch_size, cache=cache)
                 measured = None
                 if measure_boundary:

@@ -228,7 +228,7 @@ def iterative_prune(
         removed = list(view.removed) if not sweep.steps else list(sweep.steps[-1].removed) + [sweep.steps[-1].next_cut]
         for k in range(len(sweep.steps), steps + 1):
             cur = _make_view(base, removed, recovery, cal)
-            trace = decision_trace(cur, task, n_boot=n_boot, seed=seed, cache=cache, progress=progress, lens=lens_)
+            trace = decision_trace(cur, task, n_boot=n_boot, boot_seed=seed, cache=cache, progress=progress, lens=lens_)
             ppl = perplexity(cur, ppl_texts, cache=cache)
             last = cur.n_kept == 1  # the next cut is chosen even after the last step, so a rerun can extend the sweep
             scores = {} if last else _scores(cur, criterion, cal, cache, seed, k)
@@ -260,7 +260,7 @@ def _dense_accuracy(base, task: Task, folder: RunFolder | None, n_boot: int, see
     got = folder.load("dense") if folder is not None else None
     if isinstance(got, SweepDense):
         return got.accuracy
-    acc = float(decision_trace(base, task, n_boot=n_boot, seed=seed).accuracy[-1])
+    acc = float(decision_trace(base, task, n_boot=n_boot, boot_seed=seed).accuracy[-1])
     if folder is not None:
         folder.save("dense", SweepDense(acc))
     return acc

@@ -175,7 +175,7 @@ def run_kind(kind: str, model: Any, task: Any, seed: int, params: dict[str, Any]
     ppl = p.pop("perplexity_texts", None) if ppl is None else ppl
     L = model.n_blocks
     if kind == "trace":
-        trace = pl.decision_trace(model, task, seed=seed, **p)
+        trace = pl.decision_trace(model, task, boot_seed=seed, **p)
         return trace.transition() if trace.complete else trace
     if kind == "sweep":
         until, chunk = p.pop("until", "steps"), p.pop("chunk", 4)
@@ -192,7 +192,7 @@ def run_kind(kind: str, model: Any, task: Any, seed: int, params: dict[str, Any]
     if kind == "phase-cuts":
         n = p.pop("n")
         if p.pop("fit_n", False):
-            tr = pl.transition_point(model, task, seed=seed)
+            tr = pl.transition_point(model, task, boot_seed=seed)
             if tr.layer is None:
                 raise pl.PhaseCutsError(f"{model.name} on {task.name}: {tr.reason} (no phases to cut)")
             n = min(n, tr.layer, L - tr.layer)
@@ -202,7 +202,7 @@ def run_kind(kind: str, model: Any, task: Any, seed: int, params: dict[str, Any]
     if kind == "noise":
         stride = p.pop("stride", None)
         if stride is not None:
-            tr = pl.transition_point(model, task, seed=seed, n_boot=p.get("n_boot", 1000))
+            tr = pl.transition_point(model, task, boot_seed=seed, n_boot=p.get("n_boot", 1000))
             p["blocks"] = sorted(set(range(0, L, stride)) | ({tr.layer} if tr.layer is not None else set()) | {L - 1})
             p["transition"] = tr
         return pl.inject_noise(model, task, boot_seed=seed, **p)
