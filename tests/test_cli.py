@@ -29,7 +29,7 @@ def test_transition_table_and_html(smol, tmp_path):
 
 def test_demo_writes_figure(smol, tmp_path):
     out = tmp_path / "demo.html"
-    res = runner.invoke(app, ["demo", "--out", str(out)])
+    res = runner.invoke(app, ["demo", "--html", str(out)])
     assert res.exit_code == 0, res.output
     assert "plotly" in out.read_text()[:200_000].lower()
 
@@ -50,7 +50,9 @@ def _bad_option_cases(tmp_path):
         (["transition", "--out", str(afile / "sub")], "--out"),
         (["transition", "--html", nodir], "--html"),
         (["transition", "--lens", "tunde"], "--lens"),
-        (["demo", "--out", str(tmp_path)], "--out"),
+        (["transition", "--out", str(afile)], "--out"),
+        (["demo", "--html", str(tmp_path)], "--html"),
+        (["demo", "--out", str(afile)], "--out"),
         (["cka", "--prune-b", "3,x"], "--prune-b"),
         (["cka", "--on-texts", "--calibration", missing], "calibration"),
         (["cka", "--positions", "every"], "--positions"),
@@ -64,17 +66,18 @@ def _bad_option_cases(tmp_path):
         (["prune", "--blocks", "3,,x"], "--blocks"),
         (["prune", "--criterion", "bi", "-n", "0"], "-n"),
         (["prune", "--blocks", "3", "--calibration", missing], "calibration"),
-        (["sweep", "--steps", "0"], "--steps"),
+        (["sweep", "--max-cut", "0"], "--max-cut"),
+        (["sweep", "--out", str(afile)], "--out"),
         (["sweep", "--recovery", "ghost"], "recovery"),
-        (["sweep", "--heldout", missing], "held-out"),
+        (["sweep", "--heldout", missing], "--heldout"),
         (["phase-cuts", "-n", "0"], "-n"),
         (["phase-cuts", "-n", "2", "--methods", "ghosted,magic"], "--methods"),
         (["phase-cuts", "-n", "2", "--calibration", missing], "calibration"),
         (["collapse", "--criterion", "magic"], "criterion"),
-        (["collapse", "--max-steps", "0"], "--max-steps"),
-        (["lens", "fit", "--kind", "tunned", "--out", str(tmp_path / "l.safetensors")], "--kind"),
-        (["lens", "fit", "--out", str(tmp_path), "--kind", "linear"], "--out"),
-        (["lens", "fit", "--out", str(tmp_path / "l.safetensors"), "--vocab", "-5"], "--vocab"),
+        (["collapse", "--max-cut", "0"], "--max-cut"),
+        (["lens", "fit", "--kind", "tunned", "--lens-file", str(tmp_path / "l.safetensors")], "--kind"),
+        (["lens", "fit", "--lens-file", str(tmp_path), "--kind", "linear"], "--lens-file"),
+        (["lens", "fit", "--lens-file", str(tmp_path / "l.safetensors"), "--vocab", "-5"], "--vocab"),
         (["lens", "kl", "--lens", "no-such.safetensors"], "--lens"),
         (["lens", "kl", "--seq-len", "1"], "--seq-len"),
     ]

@@ -182,8 +182,8 @@ def test_cli_transition_out_and_report(smol, tmp_path):
     assert entry.provenance["seed"] == 2 and entry.provenance["limit"] == 6 and entry.provenance["command"] == "transition"
     np.testing.assert_allclose(entry.result.trace.margins, printed["trace"]["margins"])
     html_path = tmp_path / "r.html"
-    res = runner.invoke(app, ["report", str(out), "-o", str(html_path)])
+    res = runner.invoke(app, ["report", str(out), "--html", str(html_path)])
     assert res.exit_code == 0, res.output
     assert "smollm2-135m" in html_path.read_text()[-400_000:]
-    res = runner.invoke(app, ["report", str(tmp_path / "missing"), "-o", str(html_path)])
+    res = runner.invoke(app, ["report", str(tmp_path / "missing"), "--html", str(html_path)])
     assert res.exit_code == 2 and "not found" in res.output

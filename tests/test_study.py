@@ -234,7 +234,7 @@ def test_cli_run_status_and_report(tiny_llama_dir, tmp_path):
     res = runner.invoke(app, ["study", "status", str(out)])
     assert res.exit_code == 0, res.output
     assert "4 done, 0 failed, 0 not run yet" in " ".join(res.output.split())
-    res = runner.invoke(app, ["report", str(out), "-o", str(tmp_path / "r.html")])
+    res = runner.invoke(app, ["report", str(out), "--html", str(tmp_path / "r.html")])
     assert res.exit_code == 0, res.output
     page = (tmp_path / "r.html").read_text()
     assert "Study: 4 jobs (4 done, 0 failed)" in page and "study index" in page

@@ -1,95 +1,48 @@
-"""The ``phaselens`` command."""
+"""The ``phaselens`` command: the app, the global ``--plugins`` option, ``transition``, ``demo`` and ``tasks``.
+
+The other commands live in :mod:`phaselens.commands` (one module per subject); what they share (options,
+the block-list grammar, early checks, output) is :mod:`phaselens.commands.common`.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Silent -> decisive transitions of (pruned) LLMs, through the logit lens.")
-console = Console(stderr=True)
+from .commands import register_all
+from .commands.common import (BatchOpt, DeviceOpt, FormatOpt, HtmlOpt, JsonOpt, LensOpt, LimitOpt, ModelOpt, OutOpt,
+                              SeedOpt, TaskOpt, app, console, early, fail, guard, html_file, load, parse_names,
+                              renamed_option, save, slug, write_html)
+from .lenses import resolve_lens
+from .registry import load_plugins
+from .tasks import builtin_tasks
+from .trace import transition_point
 
-LensOpt = typer.Option("logit", "--lens", help="how each block is read: logit | linear | tuned (fitted on the bundled "
-                       "calibration text the first time, then loaded from the cache) | the path of a saved lens")
-ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="embedded name, HF name/dir, .gguf path")
-TaskOpt = typer.Option("capitals", "--task", "-t", help="built-in task, benchmark name (arc-easy, mmlu, ...) or file")
-
-
-def _fail(msg: str) -> None:
-    console.print(f"[red]error:[/red] {msg}")
-    raise typer.Exit(2)
+BENCHMARKS = ["arc-easy", "arc-challenge", "mmlu", "mmlu:<subject>", "hellaswag", "hellaswag-full", "truthfulqa"]
 
 
-def _load(model: str, task: str, fmt: Optional[str], limit: Optional[int], seed: int, shots: int, split: Optional[str],
-          device: Optional[str], sample: bool = True):
-    from . import PhaselensError, load_model, load_task
-
-    try:
-        t = load_task(task, format=fmt, limit=limit, seed=seed, shots=shots, split=split, sample=sample)  # type: ignore[arg-type]
-        m = load_model(model, device=device)
-    except PhaselensError as e:
-        _fail(str(e))
-    return m, t
-
-
-def _early(*, batch_size: Optional[int] = None, out: Optional[Path] = None, html: Optional[Path] = None,
-           lens: Any = None, **counts: tuple[Optional[int], int]) -> None:
-    """The option checks that need no model, run before it loads, so a bad option costs nothing: ``--batch-size``,
-    the ``--out`` results folder, the ``--html`` file, ``--lens`` (a kind or an existing lens file) and each
-    ``name=(value, minimum)`` count (``None`` allowed)."""
-    from . import checks
-    from .errors import PhaselensError
-
-    try:
-        checks.integer("--batch-size", batch_size, minimum=1, optional=True, what="sequences per forward pass")
-        checks.out_folder("--out", out)
-        for name, (value, minimum) in counts.items():
-            flag = f"-{name}" if len(name) == 1 else f"--{name.replace('_', '-')}"
-            checks.integer(flag, value, minimum=minimum, optional=True)
-    except PhaselensError as e:
-        _fail(str(e))
-    _html_file(html, "--html")
-    if lens is not None:
-        from .lenses.fit import check_lens_arg
-
+@app.callback()
+def main_options(
+    plugins: Optional[str] = typer.Option(None, "--plugins", help="plugin modules to import before the command runs "
+                                          "(module names or .py paths, comma-separated); they register recovery "
+                                          "methods, criteria, lenses or run kinds. Also read from $PHASELENS_PLUGINS"),
+) -> None:
+    """Silent -> decisive transitions of (pruned) LLMs, through the logit lens."""
+    if plugins:
         try:
-            check_lens_arg(lens)  # what resolve_lens refuses without a model
-        except PhaselensError as e:
-            _fail(f"--lens: {e}")
-
-
-def _html_file(path: Optional[Path], what: str) -> None:
-    """An HTML (or other output) file to write: its folder must exist, and it must not be a folder itself."""
-    if path is None:
-        return
-    if path.is_dir():
-        _fail(f"{what} {path} is a folder; pass the path of the file to write, e.g. {path / 'figure.html'}")
-    if not path.resolve().parent.is_dir():
-        _fail(f"{what} {path}: the folder {path.resolve().parent} does not exist; create it first")
-
-
-def _texts(path: Optional[Path], what: str) -> Optional[list[str]]:
-    """The passages of a text file given to ``--calibration`` / ``--heldout`` (None: the bundled corpus)."""
-    if path is None:
-        return None
-    from .calibration import load_calibration
-    from .errors import PhaselensError
-
-    if not path.is_file():
-        _fail(f"{what} file not found: {path}")
-    try:
-        return load_calibration(str(path))
-    except PhaselensError as e:
-        _fail(f"{what}: {e}")
-    return None
+            load_plugins(parse_names(plugins))
+        except Exception as e:  # noqa: BLE001 - a plugin's own error, whatever it is, is one red line
+            fail(f"--plugins: {e}")
 
 
 def transition_table(tr) -> Table:
+    """Per block: phase, margin with its interval, accuracy and option frequencies."""
     trace = tr.trace
     table = Table(title=tr.summary(), title_justify="left")
     for col in ("block", "phase", "margin", "95% CI", "accuracy", *[f"OF {s}" for s in trace.slot_labels]):
@@ -108,105 +61,83 @@ def transition_table(tr) -> Table:
 def transition(
     model: str = ModelOpt,
     task: str = TaskOpt,
-    format: Optional[str] = typer.Option(None, "--format", "-f", help="letters | cloze | continuation"),
-    limit: Optional[int] = typer.Option(None, help="random subset of this many items (seeded)"),
+    format: Optional[str] = FormatOpt,
+    limit: Optional[int] = LimitOpt,
     first: bool = typer.Option(False, "--first", help="with --limit: the first N items in file order (to compare with "
                                "another tool), not a seeded random subset"),
     split: Optional[str] = typer.Option(None, help="benchmark split"),
     shots: int = typer.Option(0, help="few-shot examples per prompt"),
-    seed: int = typer.Option(0, help="seed for subsets, shuffles and the bootstrap"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
-    as_json: bool = typer.Option(False, "--json", help="print the result as JSON on stdout"),
-    html: Optional[Path] = typer.Option(None, help="also write the margin figure to this HTML file"),
-    out: Optional[Path] = typer.Option(None, "--out", help="save the result in this results folder (see `phaselens report`)"),
+    seed: int = SeedOpt,
+    batch_size: Optional[int] = BatchOpt,
+    device: Optional[str] = DeviceOpt,
+    as_json: bool = JsonOpt,
+    html: Optional[Path] = typer.Option(None, "--html", help="also write the margin figure to this HTML file"),
+    out: Optional[Path] = OutOpt,
     lens: str = LensOpt,
 ) -> None:
     """Per-block margin, accuracy and option frequency, and where the decisive phase begins."""
-    from . import PhaselensError, transition_point
-    from .lenses import resolve_lens
-
-    _early(batch_size=batch_size, out=out, html=html, lens=lens)
+    early(batch_size=batch_size, out=out, html=html, lens=lens)
     if first and limit is None:
-        _fail("--first takes the first --limit N items; give --limit too")
-    m, t = _load(model, task, format, limit, seed, shots, split, device, sample=not first)
-    try:
-        lens_ = resolve_lens(lens, m)
-    except PhaselensError as e:
-        _fail(str(e))
-    tr = transition_point(m, t, batch_size=batch_size, seed=seed, progress=not as_json and sys.stderr.isatty(), lens=lens_)
+        fail("--first takes the first --limit N items; give --limit too")
+    m, t = load(model, task, format, limit, seed, shots, split, device, sample=not first)
+    tr = transition_point(m, t, batch_size=batch_size, boot_seed=seed, progress=not as_json and sys.stderr.isatty(),
+                          lens=resolve_lens(lens, m))
     if as_json:
         sys.stdout.write(tr.to_json() + "\n")
     else:
         Console().print(transition_table(tr))
         if tr.layer is None:
             console.print(f"[yellow]{tr.reason}[/yellow]")
-    if html:
-        from .plots import save_html
-
-        save_html(tr.plot(), str(html))
-        console.print(f"wrote {html}")
+    write_html(tr.plot() if html else None, html)
     if out:
-        from .results import save_result, slug
-
-        path = save_result(tr, out, slug("transition", Path(model).name, Path(task).stem, *([tr.trace.lens] if tr.trace.lens != "logit" else [])), command="transition", model=tr.trace.model, task=tr.trace.task,
-                           format=tr.trace.format, seed=seed, limit=limit, sample=not first, n_items=tr.trace.n_items, lens=tr.trace.lens)
-        console.print(f"saved {path}")
+        lens_tag = [tr.trace.lens] if tr.trace.lens != "logit" else []
+        save(tr, out, slug("transition", Path(model).name, Path(task).stem, *lens_tag), command="transition",
+             model=tr.trace.model, task=tr.trace.task, format=tr.trace.format, seed=seed, limit=limit, sample=not first,
+             n_items=tr.trace.n_items, lens=tr.trace.lens)
 
 
 @app.command()
 def demo(
     model: str = ModelOpt,
     task: str = TaskOpt,
-    out: Path = typer.Option(Path("phaselens-demo.html"), "--out", "-o", help="HTML figure to write"),
+    html: Optional[Path] = typer.Option(None, "--html", help="the HTML figure to write [default: phaselens-demo.html]"),
+    out: Optional[Path] = OutOpt,
+    old_out: Optional[Path] = typer.Option(None, "-o", hidden=True, help="deprecated: the HTML file (use --html)"),
 ) -> None:
     """Run the transition on the embedded model and write an HTML figure."""
-    from .plots import save_html
-    from . import transition_point
-
-    _html_file(out, "--out")
-    m, t = _load(model, task, None, None, 0, 0, None, None)
+    html = renamed_option(html, old_out, "-o", "--html")
+    if out is not None and out.suffix.lower() in (".html", ".htm"):  # --out FILE.html: the figure (old meaning)
+        html = renamed_option(html, out, "--out FILE.html", "--html")
+        out = None
+    html = html or Path("phaselens-demo.html")
+    html_file(html, "--html")
+    early(out=out)
+    m, t = load(model, task)
     tr = transition_point(m, t, progress=sys.stderr.isatty())
     Console().print(transition_table(tr))
-    save_html(tr.plot(), str(out))
-    console.print(f"[green]wrote {out.resolve()}[/green] (open it in a browser)")
+    write_html(tr.plot(), html)
+    console.print(f"[green]wrote {html.resolve()}[/green] (open it in a browser)")
+    if out:
+        save(tr, out, slug("transition", Path(model).name, Path(task).stem), command="demo", model=tr.trace.model,
+             task=tr.trace.task, format=tr.trace.format, n_items=tr.trace.n_items)
 
 
 @app.command("tasks")
 def list_tasks() -> None:
     """List the built-in tasks and the benchmark names."""
-    from .tasks import builtin_tasks
-
-    print(json.dumps({"builtin": builtin_tasks(), "benchmarks": ["arc-easy", "arc-challenge", "mmlu", "mmlu:<subject>", "hellaswag", "hellaswag-full", "truthfulqa"]}, indent=1))
+    print(json.dumps({"builtin": builtin_tasks(), "benchmarks": BENCHMARKS}, indent=1))
 
 
 def main() -> None:  # console-script entry point
     app()
 
 
-from .commands import register_all as _register_all  # noqa: E402
-
-_register_all()
-
-
-def _guard(fn):
-    """Every command: a phaselens error becomes one red line and exit code 2, never a traceback."""
-    import functools
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        from .errors import PhaselensError
-
-        try:
-            return fn(*args, **kwargs)
-        except PhaselensError as e:
-            _fail(str(e))
-
-    return run
-
-
+register_all()
 for _cmd in app.registered_commands:
-    _cmd.callback = _guard(_cmd.callback)
+    _cmd.callback = guard(_cmd.callback)
+for _group in app.registered_groups:
+    for _cmd in _group.typer_instance.registered_commands:
+        _cmd.callback = guard(_cmd.callback)
 
 
 if __name__ == "__main__":

@@ -9,47 +9,53 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli import ModelOpt, _early, _fail, _html_file, _texts, app, console
+from ..lenses import fit_lens, lens_kl
+from ..lenses.base import KINDS
+from .common import DeviceOpt, HeldOpt, ModelOpt, app, console, early, fail, html_file, open_model, renamed_option, texts
 
 lens_app = typer.Typer(no_args_is_help=True, help="Lenses beside the logit lens: fit (linear, tuned) and measure them.")
 app.add_typer(lens_app, name="lens")
+
+
+def _vocab(vocab: Optional[str]) -> Optional[str | int]:
+    """``--vocab``: ``None``, ``"full"`` or a positive count of tokens."""
+    if vocab is None or vocab == "full":
+        return vocab
+    if not (vocab.isdigit() and int(vocab) > 0):
+        fail(f"--vocab must be 'full' or a positive count of tokens, got {vocab!r}")
+    return int(vocab)
 
 
 @lens_app.command("fit")
 def fit_cmd(
     model: str = ModelOpt,
     kind: str = typer.Option("tuned", "--kind", "-k", help="linear | tuned | logit"),
-    out: Path = typer.Option(..., "--out", "-o", help="the lens file to write (safetensors)"),
-    calibration: Optional[Path] = typer.Option(None, help="text file of passages (default: the bundled fit passages)"),
-    seed: int = typer.Option(0, help="seed of the tuned lens's training"),
-    steps: int = typer.Option(150, help="tuned lens: Adam steps"),
-    vocab: Optional[str] = typer.Option(None, help="tuned lens: training vocabulary, 'full' or a count (default: full on a "
-                                                   "GPU, the 2048 most probable tokens on the CPU)"),
-    resume: Optional[Path] = typer.Option(None, help="tuned lens: checkpoint folder; a rerun resumes from it"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    lens_file: Optional[Path] = typer.Option(None, "--lens-file", help="the lens file to write (safetensors); "
+                                             "required"),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="text file of passages (default: the "
+                                               "bundled fit passages)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the tuned lens's training"),
+    steps: int = typer.Option(150, "--steps", help="tuned lens: optimiser (Adam) steps"),
+    vocab: Optional[str] = typer.Option(None, "--vocab", help="tuned lens: training vocabulary, 'full' or a count "
+                                        "(default: full on a GPU, the 2048 most probable tokens on the CPU)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="tuned lens: checkpoint folder; a rerun resumes "
+                                          "from it"),
+    device: Optional[str] = DeviceOpt,
+    old_out: Optional[Path] = typer.Option(None, "--out", "-o", hidden=True, help="deprecated: use --lens-file"),
 ) -> None:
     """Fit a lens on a model and save it (load it with --lens FILE, or phaselens.load_lens)."""
-    from .. import PhaselensError, fit_lens, load_model
-
-    from ..lenses.base import KINDS
-
+    lens_file = renamed_option(lens_file, old_out, "--out", "--lens-file")
     if kind not in KINDS:
-        _fail(f"--kind must be one of {' | '.join(KINDS)}, got {kind!r}")
-    _html_file(out, "--out")
-    _early(steps=(steps, 1))
-    if vocab is not None and vocab != "full" and not (vocab.isdigit() and int(vocab) > 0):
-        _fail(f"--vocab must be 'full' or a positive count of tokens, got {vocab!r}")
-    cal = _texts(calibration, "--calibration")
-    kw: dict = {}
-    if kind == "tuned":
-        v = None if vocab is None else ("full" if vocab == "full" else int(vocab) if vocab.isdigit() else vocab)
-        kw = dict(steps=steps, vocab=v, out=resume)
-    try:
-        m = load_model(model, device=device)
-        lens = fit_lens(m, kind, cal, seed=seed, **kw)
-        path = lens.save(out)
-    except PhaselensError as e:
-        _fail(str(e))
+        fail(f"--kind must be one of {' | '.join(KINDS)}, got {kind!r}")
+    if lens_file is None:
+        fail("--lens-file FILE is required: the safetensors file to write the lens to")
+    html_file(lens_file, "--lens-file")
+    early(steps=(steps, 1))
+    v = _vocab(vocab)
+    cal = texts(calibration, "--calibration")
+    kw: dict = dict(steps=steps, vocab=v, out=resume) if kind == "tuned" else {}
+    lens = fit_lens(open_model(model, device), kind, cal, seed=seed, **kw)
+    path = lens.save(lens_file)
     console.print(f"{lens.summary()}\n[green]wrote {path}[/green]")
 
 
@@ -57,22 +63,17 @@ def fit_cmd(
 def kl_cmd(
     model: str = ModelOpt,
     lens: list[str] = typer.Option(["logit"], "--lens", help="lenses to measure (repeat): logit | linear | tuned | a file"),
-    heldout: Optional[Path] = typer.Option(None, help="text file of passages (default: the bundled held-out passages)"),
-    seq_len: int = typer.Option(256, help="tokens per passage"),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
+    heldout: Optional[Path] = HeldOpt,
+    seq_len: int = typer.Option(256, "--seq-len", help="tokens per passage"),
+    device: Optional[str] = DeviceOpt,
 ) -> None:
     """Mean KL(final distribution || lens) per block on held-out text: how faithful each lens is."""
-    from .. import PhaselensError, lens_kl, load_model
-
     for name in lens:
-        _early(lens=name)
-    _early(seq_len=(seq_len, 2))
-    texts = _texts(heldout, "--heldout")
-    try:
-        m = load_model(model, device=device)
-        kls = {name: lens_kl(m, texts, name, seq_len=seq_len) for name in lens}
-    except PhaselensError as e:
-        _fail(str(e))
+        early(lens=name)
+    early(seq_len=(seq_len, 2))
+    held = texts(heldout, "--heldout")
+    m = open_model(model, device)
+    kls = {name: lens_kl(m, held, name, seq_len=seq_len) for name in lens}
     table = Table(title=f"{m.name}: mean KL(final || lens) per block (nats), held-out text", title_justify="left")
     table.add_column("block", justify="right")
     for name in kls:

@@ -8,13 +8,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli import app
+from ..embedded import EMBEDDED, embedded_status
+from .common import app
 
 
 @app.command("models")
 def list_models(as_json: bool = typer.Option(False, "--json", help="print the list as JSON on stdout")) -> None:
     """List the embedded models: blocks, width d, installed or not, cached (dequantized) or not, pip command."""
-    from ..embedded import EMBEDDED, embedded_status
 
     rows = [embedded_status(k) for k in EMBEDDED]
     if as_json:

@@ -12,39 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli import ModelOpt, TaskOpt, _early, _fail, _load, _texts, app, console
-
-FormatOpt = typer.Option(None, "--format", "-f", help="letters | cloze | continuation")
-LimitOpt = typer.Option(None, help="random subset of this many items (seeded)")
-SeedOpt = typer.Option(0, help="seed for subsets and the bootstrap")
-CalOpt = typer.Option(None, "--calibration", help="text file (passages separated by blank lines) that criteria and "
-                      "recovery operators are computed on; default: the bundled fit passages")
-HeldOpt = typer.Option(None, "--heldout", help="text file perplexity is measured on; default: the bundled held-out passages")
-JsonOpt = typer.Option(False, "--json", help="print the result as JSON on stdout")
-HtmlOpt = typer.Option(None, "--html", help="also write the figure to this HTML file")
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        _fail(f"{what} must be comma-separated block indices like 3,4,5, got {text!r}")
-        raise  # unreachable
-
-
-def _save(result: Any, out: Path, name: str, **prov: Any) -> None:
-    from ..results import save_result
-
-    path = save_result(result, out, name, **prov)
-    console.print(f"saved {path}")
-
-
-def _html(fig: Any, html: Optional[Path]) -> None:
-    if html:
-        from ..plots import save_html
-
-        save_html(fig, str(html))
-        console.print(f"wrote {html}")
+from ..experiments import DEFAULT_METHODS, compare_phase_cuts
+from ..pruning import CRITERIA, prune, select_blocks
+from ..pruning.iterative import SWEEP_CRITERIA, iterative_prune
+from ..recovery import METHODS, fit_recovery
+from ..results import plain
+from ..trace import transition_point
+from .common import (BatchOpt, BlocksHelp, CalOpt, DeviceOpt, FormatOpt, HeldOpt, HtmlOpt, JsonOpt, LensOpt, LimitOpt,
+                     ModelOpt, SeedOpt, TaskOpt, app, console, early, fail, load, parse_blocks, parse_names, progress,
+                     renamed_option, save, slug, texts, write_html)
 
 
 # -- prune ------------------------------------------------------------------------------------
@@ -77,7 +53,7 @@ def compare_table(dense, pruned) -> Table:
 def prune_cmd(
     model: str = ModelOpt,
     task: str = TaskOpt,
-    blocks: Optional[str] = typer.Option(None, "--blocks", help="blocks to cut, comma-separated original indices: 3,4,5"),
+    blocks: Optional[str] = typer.Option(None, "--blocks", help=f"blocks to cut, {BlocksHelp}"),
     criterion: Optional[str] = typer.Option(None, "--criterion", "-c", help="bi | angular | sleb | random | silent | decisive"),
     n: Optional[int] = typer.Option(None, "-n", help="how many blocks the criterion cuts"),
     recovery: Optional[str] = typer.Option(None, "--recovery", "-r", help="fit a recovery after the cut: ghosted, scalar, ..."),
@@ -85,39 +61,35 @@ def prune_cmd(
     limit: Optional[int] = LimitOpt,
     seed: int = SeedOpt,
     calibration: Optional[Path] = CalOpt,
+    batch_size: Optional[int] = BatchOpt,
+    device: Optional[str] = DeviceOpt,
     as_json: bool = JsonOpt,
-    out: Optional[Path] = typer.Option(None, "--out", help="save both transitions in this results folder"),
+    out: Optional[Path] = typer.Option(None, "--out", help="results folder to save both transitions in"),
     html: Optional[Path] = HtmlOpt,
+    lens: str = LensOpt,
 ) -> None:
     """Cut blocks (listed, or chosen by a criterion) and compare the pruned model's transition with the dense one."""
-    from .. import CRITERIA, PhaselensError, fit_recovery, prune, select_blocks, transition_point
-    from ..recovery import METHODS
-
     if (blocks is None) == (criterion is None):
-        _fail("give either --blocks 3,4,5 or --criterion NAME with -n N")
+        fail("give either --blocks 3-5,9 or --criterion NAME with -n N")
     if criterion is not None and criterion not in CRITERIA:
-        _fail(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+        fail(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if criterion is not None and n is None:
-        _fail(f"--criterion {criterion} needs -n (how many blocks to cut)")
+        fail(f"--criterion {criterion} needs -n (how many blocks to cut)")
     if recovery is not None and recovery not in METHODS:
-        _fail(f"unknown recovery method {recovery!r}; choose one of {', '.join(METHODS)}")
-    _early(out=out, html=html, n=(n, 1))
-    cut = _ints(blocks, "--blocks") if blocks is not None else None
-    cal = _texts(calibration, "calibration")
-    m, t = _load(model, task, format, limit, seed, 0, None, None)
-    dense = transition_point(m, t, seed=seed)
-    try:
-        if cut is None:
-            cut = select_blocks(m, n, criterion, calibration=cal, task=t, seed=seed, transition=dense)  # type: ignore[arg-type]
-        view = prune(m, cut)
-        if recovery is not None and recovery != "identity":
-            view = fit_recovery(view, cal, recovery)
-    except PhaselensError as e:
-        _fail(str(e))
-    pruned = transition_point(view, t, seed=seed)
+        fail(f"unknown recovery method {recovery!r}; choose one of {', '.join(METHODS)}")
+    early(batch_size=batch_size, out=out, html=html, n=(n, 1), lens=lens)
+    cut = parse_blocks(blocks, "--blocks") if blocks is not None else None
+    cal = texts(calibration, "--calibration")
+    m, t = load(model, task, format, limit, seed, device=device)
+    read = dict(boot_seed=seed, batch_size=batch_size, lens=lens)
+    dense = transition_point(m, t, **read)
+    if cut is None:
+        cut = select_blocks(m, n, criterion, calibration=cal, task=t, seed=seed, transition=dense)  # type: ignore[arg-type]
+    view = prune(m, cut)
+    if recovery is not None and recovery != "identity":
+        view = fit_recovery(view, cal, recovery)
+    pruned = transition_point(view, t, **read)
     if as_json:
-        from ..results import plain
-
         sys.stdout.write(json.dumps({"removed": sorted(cut), "recovery": recovery, "dense": plain(dense),
                                      "pruned": plain(pruned)}) + "\n")
     else:
@@ -125,16 +97,14 @@ def prune_cmd(
         console.print(f"cut blocks {sorted(cut)}" + (f" ({criterion})" if criterion else "") +
                       (f", recovered with {recovery}" if recovery else "") + f": {pruned.summary()}")
     if out:
-        from ..results import slug
-
         prov = dict(command="prune", model=m.name, task=t.name, format=t.format, seed=seed, limit=limit, removed=sorted(cut),
-                    criterion=criterion, recovery=recovery)
-        _save(dense, out, slug("transition", m.name, t.name, "dense"), **prov)
-        _save(pruned, out, slug("transition", m.name, t.name, "pruned", ",".join(map(str, sorted(cut))), recovery), **prov)
+                    criterion=criterion, recovery=recovery, **({"lens": lens} if lens != "logit" else {}))
+        save(dense, out, slug("transition", m.name, t.name, "dense"), **prov)
+        save(pruned, out, slug("transition", m.name, t.name, "pruned", ",".join(map(str, sorted(cut))), recovery), **prov)
     if html:
-        from ..plots import margin_curves
+        from ..plots import margin_curves  # plotly: imported only when a figure is written
 
-        _html(margin_curves({"dense": dense, pruned.trace.model: pruned}, transition=dense), html)
+        write_html(margin_curves({"dense": dense, pruned.trace.model: pruned}, transition=dense), html)
 
 
 # -- sweep ------------------------------------------------------------------------------------
@@ -164,46 +134,41 @@ def sweep_cmd(
     model: str = ModelOpt,
     task: str = TaskOpt,
     criterion: str = typer.Option("bi", "--criterion", "-c", help="bi | angular | sleb | random"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="blocks to cut one at a time (default: all but one)"),
+    max_cut: Optional[int] = typer.Option(None, "--max-cut", help="blocks to cut, one at a time (default: all but one)"),
     recovery: Optional[str] = typer.Option(None, "--recovery", "-r", help="refit this recovery after every cut"),
     format: Optional[str] = FormatOpt,
     limit: Optional[int] = LimitOpt,
     seed: int = SeedOpt,
     calibration: Optional[Path] = CalOpt,
     heldout: Optional[Path] = HeldOpt,
+    device: Optional[str] = DeviceOpt,
     as_json: bool = JsonOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="results folder: every finished step is written there and a rerun resumes"),
     html: Optional[Path] = HtmlOpt,
+    lens: str = LensOpt,
+    old_steps: Optional[int] = typer.Option(None, "--steps", hidden=True, help="deprecated: use --max-cut"),
 ) -> None:
     """Cut one block at a time by a criterion recomputed after every cut; per-step accuracy, margin, transition, perplexity."""
-    from ..errors import PhaselensError
-    from ..pruning.iterative import SWEEP_CRITERIA, iterative_prune
-
+    max_cut = renamed_option(max_cut, old_steps, "--steps", "--max-cut")
     if criterion not in SWEEP_CRITERIA:
-        _fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(SWEEP_CRITERIA)}")
-    from ..recovery import METHODS
-
+        fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(SWEEP_CRITERIA)}")
     if recovery is not None and recovery not in METHODS:
-        _fail(f"unknown recovery method {recovery!r}; choose one of {', '.join(METHODS)}")
-    _early(out=out, html=html, steps=(steps, 1))
-    cal, held = _texts(calibration, "calibration"), _texts(heldout, "held-out")
-    m, t = _load(model, task, format, limit, seed, 0, None, None)
-    try:
-        sweep = iterative_prune(m, t, criterion=criterion, steps=steps, recovery=recovery, out=out,
-                                calibration=cal, perplexity_texts=held,
-                                seed=seed, progress=not as_json and sys.stderr.isatty())
-    except PhaselensError as e:
-        _fail(str(e))
+        fail(f"unknown recovery method {recovery!r}; choose one of {', '.join(METHODS)}")
+    early(out=out, html=html, max_cut=(max_cut, 1), lens=lens)
+    cal, held = texts(calibration, "--calibration"), texts(heldout, "--heldout")
+    m, t = load(model, task, format, limit, seed, device=device)
+    # iterative_prune names the blocks to cut steps= (pruning/ renames its keywords: heldout=, boot_seed= at merge)
+    sweep = iterative_prune(m, t, criterion=criterion, steps=max_cut, recovery=recovery, out=out, calibration=cal,
+                            perplexity_texts=held, seed=seed, progress=progress(as_json), lens=lens)
     if as_json:
         sys.stdout.write(sweep.to_json() + "\n")
     else:
         Console().print(sweep_table(sweep))
     if out:
-        from ..results import slug
-
-        _save(sweep, out, slug("sweep", m.name, t.name, criterion, recovery), command="sweep", model=m.name, task=t.name,
-              format=t.format, seed=seed, limit=limit, criterion=criterion, recovery=recovery, steps=steps)
-    _html(sweep.plot() if html else None, html)
+        save(sweep, out, slug("sweep", m.name, t.name, criterion, recovery), command="sweep", model=m.name, task=t.name,
+             format=t.format, seed=seed, limit=limit, criterion=criterion, recovery=recovery, steps=max_cut,
+             **({"lens": lens} if lens != "logit" else {}))
+    write_html(sweep.plot() if html else None, html)
 
 
 # -- phase-cuts -------------------------------------------------------------------------------
@@ -241,35 +206,27 @@ def phase_cuts_cmd(
     calibration: Optional[Path] = CalOpt,
     heldout: Optional[Path] = HeldOpt,
     measure_boundary: bool = typer.Option(False, "--measure-boundary", help="also measure boundary error on the held-out text"),
+    device: Optional[str] = DeviceOpt,
     as_json: bool = JsonOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="results folder: finished units are written there and a rerun resumes"),
     html: Optional[Path] = HtmlOpt,
+    lens: str = LensOpt,
 ) -> None:
     """Cut n blocks inside the silent phase, inside the decisive phase and at random; recover each cut with each method."""
-    from ..errors import PhaselensError
-    from ..experiments import DEFAULT_METHODS, compare_phase_cuts
-
-    meths = DEFAULT_METHODS if methods is None else tuple(x.strip() for x in methods.split(",") if x.strip())
-    parts = [int(x) if x.strip().lstrip("-").isdigit() else x.strip() for x in placement.split(",")]
-    if len(parts) not in (1, 2):
-        _fail(f"--placement takes one name for both phases or 'SILENT,DECISIVE' (e.g. 3,adjacent), got {placement!r}")
-    place: Any = parts[0] if len(parts) == 1 else tuple(parts)
-    from ..recovery import METHODS
-
+    meths = DEFAULT_METHODS if methods is None else tuple(parse_names(methods))
+    place = _placement(placement)
     unknown = [x for x in meths if x not in METHODS]
     if unknown:
-        _fail(f"--methods: unknown recovery method(s) {unknown}; choose from {', '.join(METHODS)}")
-    _early(out=out, html=html, n=(n, 1), seeds=(seeds, 0))
-    cal, held = _texts(calibration, "calibration"), _texts(heldout, "held-out")
-    m, t = _load(model, task, format, limit, seed, 0, None, None)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = compare_phase_cuts(m, t, n, methods=meths, seeds=seeds, placement=place, calibration=cal,
-                                     perplexity_texts=held, measure_boundary=measure_boundary, out=out, seed=seed,
-                                     progress=not as_json and sys.stderr.isatty())
-    except PhaselensError as e:
-        _fail(str(e))
+        fail(f"--methods: unknown recovery method(s) {unknown}; choose from {', '.join(METHODS)}")
+    early(out=out, html=html, n=(n, 1), seeds=(seeds, 0), lens=lens)
+    cal, held = texts(calibration, "--calibration"), texts(heldout, "--heldout")
+    m, t = load(model, task, format, limit, seed, device=device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # compare_phase_cuts's keywords are renamed by experiments/phase_cuts (heldout=, boot_seed= at merge)
+        res = compare_phase_cuts(m, t, n, methods=meths, seeds=seeds, placement=place, calibration=cal,
+                                 perplexity_texts=held, measure_boundary=measure_boundary, out=out, seed=seed,
+                                 progress=progress(as_json), lens=lens)
     for w in caught:
         if issubclass(w.category, UserWarning):
             console.print(f"[yellow]warning:[/yellow] {w.message}")
@@ -279,11 +236,17 @@ def phase_cuts_cmd(
         Console().print(phase_cuts_table(res))
         console.print(res.summary())
     if out:
-        from ..results import slug
-
-        _save(res, out, slug("phase_cuts", m.name, t.name, f"n{res.n}"), command="phase-cuts", model=m.name, task=t.name,
-              format=t.format, seed=seed, limit=limit, n=res.n, methods=list(meths), seeds=seeds, placement=place)
+        save(res, out, slug("phase_cuts", m.name, t.name, f"n{res.n}"), command="phase-cuts", model=m.name, task=t.name,
+             format=t.format, seed=seed, limit=limit, n=res.n, methods=list(meths), seeds=seeds, placement=place,
+             **({"lens": lens} if lens != "logit" else {}))
     if html:
-        _html(res.plot(), html)
-        curves = html.with_name(html.stem + "-curves" + html.suffix)
-        _html(res.plot_curves(), curves)
+        write_html(res.plot(), html)
+        write_html(res.plot_curves(), html.with_name(html.stem + "-curves" + html.suffix))
+
+
+def _placement(placement: str) -> Any:
+    """``--placement``: one name for both phases, or ``SILENT,DECISIVE`` (names or block indices)."""
+    parts = [int(x) if x.strip().lstrip("-").isdigit() else x.strip() for x in placement.split(",")]
+    if len(parts) not in (1, 2):
+        fail(f"--placement takes one name for both phases or 'SILENT,DECISIVE' (e.g. 3,adjacent), got {placement!r}")
+    return parts[0] if len(parts) == 1 else tuple(parts)

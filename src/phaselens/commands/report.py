@@ -1,4 +1,4 @@
-"""``phaselens report RESULTS -o report.html``: one self-contained HTML page from a results folder."""
+"""``phaselens report RESULTS --html report.html``: one self-contained HTML page from a results folder."""
 
 from __future__ import annotations
 
@@ -8,26 +8,24 @@ from typing import Optional
 
 import typer
 
-from ..cli import app, console
+from ..errors import ReportWarning
+from ..report import build_report
+from .common import app, console, html_file, renamed_option
 
 
 @app.command("report")
 def report(
     results: Path = typer.Argument(..., help="a results folder written by a command's --out DIR (or phaselens.save_result)"),
-    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="the HTML page to write"),
-    title: Optional[str] = typer.Option(None, help="page title (default: names the models and tasks)"),
+    html: Optional[Path] = typer.Option(None, "--html", help="the HTML page to write [default: report.html]"),
+    title: Optional[str] = typer.Option(None, "--title", help="page title (default: names the models and tasks)"),
+    old_out: Optional[Path] = typer.Option(None, "--out", "-o", hidden=True, help="deprecated: use --html"),
 ) -> None:
     """Turn a results folder into ONE self-contained HTML page: figures, tables and provenance (works offline)."""
-    from ..errors import PhaselensError, ReportWarning
-    from ..report import build_report
-
+    html = renamed_option(html, old_out, "--out", "--html") or Path("report.html")
+    html_file(html, "--html")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
-        try:
-            path = build_report(results, out, title=title)
-        except PhaselensError as e:
-            console.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(2)
+        path = build_report(results, html, title=title)
     for w in caught:
         if issubclass(w.category, ReportWarning):
             console.print(f"[yellow]warning:[/yellow] {w.message}")

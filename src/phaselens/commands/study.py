@@ -10,7 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..cli import app, console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..study import load_plan, load_study, run_study
+from .common import app, console
 
 study_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Studies: a TOML spec of models x tasks x seeds x runs, run locally or on Ray.")
@@ -72,11 +75,6 @@ def run(
 ) -> None:
     """Run every job of SPEC that --out does not hold finished yet; show progress and a summary table (exit code 1
     when a job failed: its traceback is in the index, and rerunning the command retries it)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from ..errors import PhaselensError
-    from ..study import run_study
-
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=False)
     bar: dict[str, Any] = {}
@@ -88,12 +86,8 @@ def run(
         progress.update(bar["id"], advance=1, description=f"{row['kind']} {_cell(row['model'])} {row['task']} seed "
                                                           f"{row['seed']}: {row['status']}")
 
-    try:
-        with progress:
-            df = run_study(spec, out, executor, address, workers=workers, wait=wait, on_job=on_job, on_plan=on_plan)
-    except PhaselensError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+    with progress:
+        df = run_study(spec, out, executor, address, workers=workers, wait=wait, on_job=on_job, on_plan=on_plan)
     planned = set(df.attrs.get("planned", []))
     shown = df[df.job.isin(planned)] if planned else df
     Console().print(study_table(shown, f"{df.attrs.get('ran', 0)} ran, {df.attrs.get('reused', 0)} reused, "
@@ -106,14 +100,7 @@ def run(
 @study_app.command("status")
 def status(folder: Path = typer.Argument(..., help="a study folder")) -> None:
     """What a study folder holds: each job's status, wall time and key numbers; the jobs still to run."""
-    from ..errors import PhaselensError
-    from ..study import load_plan, load_study
-
-    try:
-        df = load_study(folder)
-    except PhaselensError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+    df = load_study(folder)
     plan = load_plan(folder)
     have = set(df.job[df.status == "done"])
     pending = [j for j in plan if j["job"] not in set(df.job)]
