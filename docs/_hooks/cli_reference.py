@@ -47,7 +47,12 @@ def cli_markdown() -> str:
     from phaselens.cli import app
 
     root = typer.main.get_command(app)
-    out = [f"Usage: `phaselens COMMAND [OPTIONS]`. {root.help or ''}", ""]
+    out = [f"Usage: `phaselens [GLOBAL OPTIONS] COMMAND [OPTIONS]`. {root.help or ''}", ""]
+    glob = [p for p in root.params if p.name != "help" and not getattr(p, "hidden", False)]
+    if glob:
+        ctx = typer.Context(root, info_name="phaselens")
+        out.extend(["Global options (before the command):", "", "| option | type | default | meaning |",
+                    "|---|---|---|---|", *(_row(p, ctx) for p in glob), ""])
 
     def section(prefix: str, cmd) -> None:
         if getattr(cmd, "hidden", False):
