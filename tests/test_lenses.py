@@ -203,7 +203,7 @@ def test_cli_lens_fit_kl_and_transition(tiny_llama_dir, tmp_path):
 
     runner = CliRunner()
     path = tmp_path / "lin.safetensors"
-    res = runner.invoke(app, ["lens", "fit", "-m", tiny_llama_dir, "-k", "linear", "-o", str(path)])
+    res = runner.invoke(app, ["lens", "fit", "-m", tiny_llama_dir, "-k", "linear", "--lens-file", str(path)])
     assert res.exit_code == 0, res.output
     assert path.is_file()
     res = runner.invoke(app, ["transition", "-m", tiny_llama_dir, "-t", "capitals", "--limit", "6", "--lens", str(path), "--json"])

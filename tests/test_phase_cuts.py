@@ -294,7 +294,7 @@ def test_cli_prune_and_sweep(smol, text_files, tmp_path):
     assert res.exit_code == 0, res.output
     assert "cut" in res.stdout and "margin [95% CI]" in res.stdout and "transition" in res.stdout
     assert runner.invoke(app, ["prune", "-t", "capitals", "--limit", "8"]).exit_code == 2
-    sweep = ["sweep", "-t", "capitals", "--limit", "8", "--criterion", "bi", "--steps", "1", "--calibration", str(cal),
+    sweep = ["sweep", "-t", "capitals", "--limit", "8", "--criterion", "bi", "--max-cut", "1", "--calibration", str(cal),
              "--heldout", str(held), "--out", str(tmp_path)]
     res = runner.invoke(app, sweep)
     assert res.exit_code == 0, res.output
