@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .commands import register_all
-from .commands.common import (BatchOpt, DeviceOpt, FormatOpt, HtmlOpt, JsonOpt, LensOpt, LimitOpt, ModelOpt, OutOpt,
+from .commands.common import (BatchOpt, DeviceOpt, FormatOpt, JsonOpt, LensOpt, LimitOpt, ModelOpt, OutOpt,
                               SeedOpt, TaskOpt, app, console, early, fail, guard, html_file, load, parse_names,
                               renamed_option, save, slug, write_html)
 from .lenses import resolve_lens
@@ -102,6 +102,7 @@ def demo(
     task: str = TaskOpt,
     html: Optional[Path] = typer.Option(None, "--html", help="the HTML figure to write [default: phaselens-demo.html]"),
     out: Optional[Path] = OutOpt,
+    lens: str = LensOpt,
     old_out: Optional[Path] = typer.Option(None, "-o", hidden=True, help="deprecated: the HTML file (use --html)"),
 ) -> None:
     """Run the transition on the embedded model and write an HTML figure."""
@@ -111,9 +112,9 @@ def demo(
         out = None
     html = html or Path("phaselens-demo.html")
     html_file(html, "--html")
-    early(out=out)
+    early(out=out, lens=lens)
     m, t = load(model, task)
-    tr = transition_point(m, t, progress=sys.stderr.isatty())
+    tr = transition_point(m, t, progress=sys.stderr.isatty(), lens=resolve_lens(lens, m))
     Console().print(transition_table(tr))
     write_html(tr.plot(), html)
     console.print(f"[green]wrote {html.resolve()}[/green] (open it in a browser)")

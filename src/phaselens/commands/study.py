@@ -8,9 +8,8 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
-
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from ..study import load_plan, load_study, run_study
 from .common import app, console
