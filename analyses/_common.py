@@ -132,7 +132,7 @@ class Run:
             self._models.clear()  # one model in memory at a time
             t0 = time.time()
             self._models[name] = pl.load_model(name)
-            self.log(f"loaded {name} ({self._models[name].n_layers} blocks) in {time.time() - t0:.1f} s")
+            self.log(f"loaded {name} ({self._models[name].n_blocks} blocks) in {time.time() - t0:.1f} s")
         return self._models[name]
 
     def format_of(self, spec: str) -> str:
@@ -314,7 +314,7 @@ def need(st: StudyRun, model: str, task: str, kind: str, **params: Any) -> Any:
 def start(name: str, title: str, p: argparse.ArgumentParser, argv: Iterable[str] | None = None) -> Run:
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    bad = [m for m in args.models if m not in pl.EMBEDDED and not Path(m).exists()]
+    bad = [m for m in args.models if m not in pl.embedded.EMBEDDED and not Path(m).exists()]
     if bad:
         print(f"note: models {bad} are not embedded models; they are passed to pl.load_model as given", file=sys.stderr)
     warnings.filterwarnings("ignore", category=FutureWarning)

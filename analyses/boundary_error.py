@@ -23,13 +23,13 @@ PAPER = "Ghosted Layers (arXiv 2605.15491), Figs. 1, 4"
 def main(argv=None) -> None:
     p = C.parser(__doc__.splitlines()[0], tasks="", calibration=32)
     p.add_argument("--ratio", type=float, default=0.25, help="share of blocks in the cut span")
-    p.add_argument("--methods", type=lambda s: s.split(","), default=list(pl.METHODS), help="recovery methods")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=list(pl.recovery.METHODS), help="recovery methods")
     run = C.start("boundary_error", "Boundary error per channel, with and without recovery", p, argv)
     a = run.args
     chan_rows, span_rows = [], []
     for name in a.models:
         m = run.model(name)
-        L = m.n_layers
+        L = m.n_blocks
         n = max(1, int(round(a.ratio * L)))
         blocks = pl.select_blocks(m, n, "angular", calibration=run.calibration())
         view = pl.prune(m, blocks)

@@ -36,7 +36,7 @@ def main(argv=None) -> None:
     rows, kl_rows, fit_rows = [], [], []
     for name in a.models:
         m = run.model(name)
-        L = m.n_layers
+        L = m.n_blocks
         lenses = {"logit": pl.fit_lens(m, "logit")}
         for k, kw in (("linear", {}), ("tuned", dict(seed=a.seed, steps=a.steps, max_train_tokens=a.train_tokens,
                                                       vocab=vocab, progress=False, out=run.out / "tuned_runs" / name))):

@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     rows = []
     for name in a.models:
         m = run.model(name)
-        L, d = m.n_layers, m.d_model
+        L, d = m.n_blocks, m.d_model
         eye = torch.eye(d, dtype=torch.float64)
         for n in a.span_sizes:
             starts = list(range(1, L - n + 1, a.stride))

@@ -23,17 +23,17 @@ def main(argv=None) -> None:
     p = C.parser(__doc__.splitlines()[0], calibration=32)
     p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], default=[0.25],
                    help="cut sizes as shares of the blocks (one contiguous angular-distance cut each)")
-    p.add_argument("--methods", type=lambda s: s.split(","), default=list(pl.METHODS), help="recovery methods")
+    p.add_argument("--methods", type=lambda s: s.split(","), default=list(pl.recovery.METHODS), help="recovery methods")
     run = C.start("recovery_comparison", "Recovery method x cut: accuracy and perplexity", p, argv)
     a = run.args
     rows = []
     for name in a.models:
         m = run.model(name)
-        L = m.n_layers
+        L = m.n_blocks
         tasks = [run.task(s) for s in a.tasks]
         ppl_dense = pl.perplexity(m, run.heldout())
         for t in tasks:
-            tr = pl.decision_trace(m, t, n_boot=200, seed=a.seed)
+            tr = pl.decision_trace(m, t, n_boot=200, boot_seed=a.seed)
             rows.append({"model": name, "cut": "dense", "n_cut": 0, "method": "none", "task": t.name, "accuracy": tr.accuracy[-1],
                          "accuracy_lo": tr.accuracy_ci[0][-1], "accuracy_hi": tr.accuracy_ci[1][-1], "margin": tr.margins[-1],
                          "perplexity": ppl_dense, "fit_relative_error": 0.0, "n_items": len(t)})
@@ -45,7 +45,7 @@ def main(argv=None) -> None:
             for meth, rec in recs.items():
                 ppl = pl.perplexity(rec, run.heldout())
                 for t in tasks:
-                    tr = pl.decision_trace(rec, t, n_boot=200, seed=a.seed)
+                    tr = pl.decision_trace(rec, t, n_boot=200, boot_seed=a.seed)
                     rows.append({"model": name, "cut": cut, "n_cut": n, "method": meth, "task": t.name, "accuracy": tr.accuracy[-1],
                                  "accuracy_lo": tr.accuracy_ci[0][-1], "accuracy_hi": tr.accuracy_ci[1][-1],
                                  "margin": tr.margins[-1], "perplexity": ppl,

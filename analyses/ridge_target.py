@@ -37,7 +37,7 @@ def main(argv=None) -> None:
     held = run.heldout()
     for name in a.models:
         m = run.model(name)
-        L, d = m.n_layers, m.d_model
+        L, d = m.n_blocks, m.d_model
         cuts = dict(kv.split("=") for kv in a.cut.split(",") if "=" in kv)
         if name in cuts:
             s_, e_ = (int(x) for x in cuts[name].split("-"))

@@ -29,7 +29,7 @@ import time
 import torch
 
 import phaselens as pl
-from phaselens.encoding import encode
+from phaselens.encoding import encode_task
 from phaselens.lens import option_logits
 from phaselens.runner import default_max_tokens, pack, pad, token_batches
 
@@ -56,7 +56,7 @@ def main() -> None:
 
     model = pl.load_model(args.model, device=args.device)
     task = pl.load_task(args.task, shots=args.shots, limit=args.limit, format="continuation")
-    enc = encode(task, model.tokenizer)
+    enc = encode_task(task, model.tokenizer)
     budget = default_max_tokens(model.device)
     seqs = [p + c for p, c in zip(enc.prompts, enc.continuations)]
     groups = token_batches([len(s) for s in seqs], budget)
@@ -96,7 +96,7 @@ def main() -> None:
     n_tok_packed = sum(len(p.ids) for p in packed)
     n_scored = enc.n_items + sum(len(c) - 1 for c in enc.continuations)
     load = os.getloadavg()[0]
-    print(f"model {model.name}: L={model.n_layers} d={model.d_model} V={model.W_U.shape[0]} {model.dtype} on "
+    print(f"model {model.name}: L={model.n_blocks} d={model.d_model} V={model.W_U.shape[0]} {model.dtype} on "
           f"{args.device} ({torch.get_num_threads()} threads), load average {load:.2f}")
     print(f"{task.name}: {enc.n_items} items, {len(seqs)} (item, option) requests, {args.shots}-shot; tokens: "
           f"{n_tok_unshared} unshared vs {n_tok_packed} packed ({n_tok_packed / n_tok_unshared:.3f}); "
@@ -110,12 +110,12 @@ def main() -> None:
     blk = sum(p.numel() for b in model.blocks for p in b.parameters()) * 2
     head = model.W_U.shape[0] * model.d_model * 2
     f_base = n_tok_unshared * (blk + head)
-    f_shared = n_tok_packed * blk + n_scored * model.n_layers * head
+    f_shared = n_tok_packed * blk + n_scored * model.n_blocks * head
     print(f"  FLOPs (weights only): baseline {f_base / 1e9:.0f} G, shared-prefix trace {f_shared / 1e9:.0f} G "
-          f"(ratio {f_shared / f_base:.3f}; of which the readout {n_scored * model.n_layers * head / 1e9:.0f} G)")
+          f"(ratio {f_shared / f_base:.3f}; of which the readout {n_scored * model.n_blocks * head / 1e9:.0f} G)")
     print(f"  full-vocabulary readout on top of the packed forward: {t_shared - t_dec:.3f} s "
           f"({(t_shared - t_dec) / t_hf:.3f}x of the baseline): log-softmax over V={model.W_U.shape[0]} at "
-          f"{n_scored} positions x {model.n_layers} blocks; its normaliser needs every vocabulary logit")
+          f"{n_scored} positions x {model.n_blocks} blocks; its normaliser needs every vocabulary logit")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,13 @@ import time
 import torch
 
 import phaselens as pl
-from phaselens.encoding import encode
+from phaselens.encoding import encode_task
 from phaselens.runner import default_max_tokens, pad, token_batches
 
 
 def lm_eval_scores(model: pl.Model, task: pl.Task) -> torch.Tensor:
     """``[N, K]`` summed log-likelihood of each option's continuation, computed as lm-eval does."""
-    enc = encode(task, model.tokenizer)
+    enc = encode_task(task, model.tokenizer)
     seqs = [c + t for c, t in zip(enc.prompts, enc.continuations)]
     scores = torch.full((enc.n_items, enc.n_options), float("-inf"))
     with torch.inference_mode():

@@ -115,7 +115,7 @@ def main() -> None:
     model = pl.load_model("smollm2-135m", device="cpu", dtype=torch.float32)
     texts = pl.load_calibration()[:n_texts]
     ntok = n_tokens(model, texts, a.seq_len)
-    print(f"smollm2-135m (L={model.n_layers}, d={model.d_model}), {n_texts} calibration passages = {ntok} tokens, "
+    print(f"smollm2-135m (L={model.n_blocks}, d={model.d_model}), {n_texts} calibration passages = {ntok} tokens, "
           f"seq_len {a.seq_len}, batch {a.batch_size}, {torch.get_num_threads()} threads")
     plain_forward(model, texts[: a.batch_size], a.seq_len, a.batch_size)  # warm up
 
@@ -123,7 +123,7 @@ def main() -> None:
         "plain forward (hf.model)": lambda: plain_forward(model, texts, a.seq_len, a.batch_size),
         f"fit_recovery ghosted, middle cut {MIDDLE[0]}-{MIDDLE[-1]}": lambda: fit(model, MIDDLE, texts, a.seq_len, a.batch_size),
         f"fit_recovery ghosted, late cut {LATE[0]}-{LATE[-1]}": lambda: fit(model, LATE, texts, a.seq_len, a.batch_size),
-        "fit_recovery, all 7 methods, late cut": lambda: fit(model, LATE, texts, a.seq_len, a.batch_size, pl.METHODS),
+        "fit_recovery, all 7 methods, late cut": lambda: fit(model, LATE, texts, a.seq_len, a.batch_size, pl.recovery.METHODS),
     }
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(a.repeats):  # interleaved, so load changes hit every path alike

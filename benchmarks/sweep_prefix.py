@@ -39,7 +39,7 @@ def main() -> None:
     task = pl.load_task(a.task, limit=items, seed=0)
     kw = dict(criterion=a.criterion, steps=steps, calibration=pl.load_calibration()[:n_texts],
               perplexity_texts=pl.heldout_texts()[: a.heldout], n_boot=200)
-    print(f"{model.name} (L={model.n_layers}), {a.task} x {len(task)} items, criterion {a.criterion}, {steps} cuts, "
+    print(f"{model.name} (L={model.n_blocks}), {a.task} x {len(task)} items, criterion {a.criterion}, {steps} cuts, "
           f"{n_texts} calibration + {a.heldout} held-out passages, {torch.get_num_threads()} threads")
     pl.iterative_prune(model, task, **{**kw, "steps": 1})  # warm up
 

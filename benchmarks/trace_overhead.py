@@ -140,11 +140,11 @@ def main() -> None:
     else:
         model = pl.load_model(args.model, device=args.device)
     if args.task:
-        from phaselens.encoding import encode
+        from phaselens.encoding import encode_task
         from phaselens.runner import default_max_tokens
 
         task = pl.load_task(args.task, limit=args.limit)
-        enc = encode(task, model.tokenizer)
+        enc = encode_task(task, model.tokenizer)
         budget = default_max_tokens(model.device)
         length = max(len(p) for p in enc.prompts)
     else:
@@ -155,7 +155,7 @@ def main() -> None:
     t_dec, t_lm, t_lens, t_trace, groups = t["hf_model"], t["hf_causal_lm"], t["option_logits"], t["decision_trace"], t["batches"]
 
     dev_name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"model {model.name}: L={model.n_layers} d={model.d_model} {model.dtype} on {dev_name}")
+    print(f"model {model.name}: L={model.n_blocks} d={model.d_model} {model.dtype} on {dev_name}")
     what = f"{args.task}, {enc.n_items} prompts of at most {length} tokens" if args.task else f"{bs} prompts x {length} tokens"
     print(f"{groups} batches, {what}, {args.repeats} interleaved repeats (medians; ratios: medians of per-repeat ratios)")
     print(f"  baseline hf.model forward (no LM head): {t_dec:8.4f} s")

@@ -116,7 +116,7 @@ def _same_computation(va, vb) -> bool:
 
 
 def _prompt_ids(task, tokenizer) -> list[list[int]]:
-    """Each item's prompt tokens, as :func:`phaselens.encoding.encode` tokenizes them."""
+    """Each item's prompt tokens, as :func:`phaselens.encoding.encode_task` tokenizes them."""
     prompts = [task.prompt(i) for i in range(len(task.items))]
     return [list(s) for s in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
 
