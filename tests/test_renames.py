@@ -224,3 +224,15 @@ def test_plugins_option_loads_a_module(tmp_path, monkeypatch):
     assert os.environ.get("PHASELENS_TEST_PLUGIN_RAN") == "1"
     res = runner.invoke(app, ["--plugins", "no_such_phaselens_plugin_module", "tasks"])
     assert res.exit_code == 2 and "--plugins" in res.output, res.output
+
+
+@pytest.mark.parametrize("argv, module, name", [
+    (["noise"], probes, "inject_noise"), (["ablate"], probes, "ablate"), (["prune", "--blocks", "3-5"], pruning, "transition_point"),
+    (["sweep"], pruning, "iterative_prune"), (["phase-cuts", "-n", "2"], pruning, "compare_phase_cuts"),
+])
+def test_lens_option_reaches_the_readout(monkeypatch, argv, module, name):
+    seen = _capture(monkeypatch, module, name, "lens")
+    res = runner.invoke(app, [*argv, "--limit", "4", "--lens", "linear"])
+    assert res.exit_code == 2 and "captured" in res.output and seen == ["linear"], res.output
+    res = runner.invoke(app, [*argv, "--lens", "tunde"])
+    assert res.exit_code == 2 and "--lens" in res.output and seen == ["linear"], res.output
