@@ -18,7 +18,7 @@ app.add_typer(lens_app, name="lens")
 @lens_app.command("fit")
 def fit_cmd(
     model: str = ModelOpt,
-    kind: str = typer.Option("tuned", "--kind", "-k", help="linear | tuned | logit"),
+    kind: str = typer.Option("tuned", "--kind", "-k", help="linear | tuned | logit | a kind registered with phaselens.register_lens"),
     out: Path = typer.Option(..., "--out", "-o", help="the lens file to write (safetensors)"),
     calibration: Optional[Path] = typer.Option(None, help="text file of passages (default: the bundled fit passages)"),
     seed: int = typer.Option(0, help="seed of the tuned lens's training"),
@@ -31,10 +31,10 @@ def fit_cmd(
     """Fit a lens on a model and save it (load it with --lens FILE, or phaselens.load_lens)."""
     from .. import PhaselensError, fit_lens, load_model
 
-    from ..lenses.base import KINDS
+    from ..lenses import LENS_KINDS
 
-    if kind not in KINDS:
-        _fail(f"--kind must be one of {' | '.join(KINDS)}, got {kind!r}")
+    if kind not in LENS_KINDS:
+        _fail(f"--kind must be one of {' | '.join(LENS_KINDS.names())}, got {kind!r}")
     _html_file(out, "--out")
     _early(steps=(steps, 1))
     if vocab is not None and vocab != "full" and not (vocab.isdigit() and int(vocab) > 0):
@@ -56,7 +56,7 @@ def fit_cmd(
 @lens_app.command("kl")
 def kl_cmd(
     model: str = ModelOpt,
-    lens: list[str] = typer.Option(["logit"], "--lens", help="lenses to measure (repeat): logit | linear | tuned | a file"),
+    lens: list[str] = typer.Option(["logit"], "--lens", help="lenses to measure (repeat): logit | linear | tuned | a registered kind | a file"),
     heldout: Optional[Path] = typer.Option(None, help="text file of passages (default: the bundled held-out passages)"),
     seq_len: int = typer.Option(256, help="tokens per passage"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ..."),
