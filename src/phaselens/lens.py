@@ -26,7 +26,7 @@ import torch
 
 from .encoding import Encoded, encode
 from .lenses import resolve_lens
-from .lenses.base import read_at  # noqa: F401  (re-exported: phaselens.lens.read_at)
+from .lenses.base import read_at  # (was defined here; phaselens.lens.read_at still works)
 from .runner import Batch, Positions, PrefixCache, Read, Runner, pack
 from .tasks.base import Task
 from .view import ModelView, as_view
