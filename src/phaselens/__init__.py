@@ -6,14 +6,14 @@
     >>> t.plot().show()
 """
 
-__version__ = "0.2.0"
+from .version import __version__
 
 from .ablation import AblationResult, ablate
 from .calibration import heldout_texts, load_calibration
 from .deprecation import module_getattr
 from .errors import PhaselensError
 from .experiments import CollapseStudy, PhaseCuts, compare_phase_cuts, transition_vs_collapse
-from .lenses import Lens, fit_lens, lens_kl, load_lens
+from .lenses import Lens, LensKind, fit_lens, lens_kl, load_lens, register_lens
 from .loading import load_model
 from .models import Model
 from .noise import NoiseResult, inject_noise
@@ -44,7 +44,7 @@ __all__ = [
     # the decision readout
     "DecisionTrace", "Transition", "decision_trace", "transition_point",
     # lenses
-    "Lens", "fit_lens", "lens_kl", "load_lens",
+    "Lens", "LensKind", "fit_lens", "lens_kl", "load_lens", "register_lens",
     # pruning and recovery
     "BoundaryErrorResult", "EditedView", "ModelView", "Recovered", "Sweep", "as_view", "boundary_error", "fit_recovery",
     "iterative_prune", "load_recovery", "load_sweep", "perplexity", "prune", "select_blocks",

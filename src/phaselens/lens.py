@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from .encoding import Encoded, encode_task
+from .lenses import resolve_lens
+from .lenses.base import read_at  # (was defined here; phaselens.lens.read_at still works)
 from .runner import Batch, Positions, PrefixCache, Read, Runner, pack
 from .tasks.base import Task
 from .view import ModelView, as_view
@@ -51,13 +53,6 @@ class OptionLogits:
     answers: torch.Tensor
     blocks: list[int]
     hidden: torch.Tensor | None = None
-
-
-def read_at(kept: list[int], n_blocks: int) -> list[int]:
-    """The block whose output gives each row: the surviving block itself, except that the last row
-    reads the output of block ``L-1`` (skipped or not), so an operator standing in for a cut span at
-    the end of the model is part of the final row, as it is of the model's own output logits."""
-    return kept[:-1] + [n_blocks - 1]
 
 
 def check_blocks_arg(blocks: Any) -> None:
@@ -119,12 +114,10 @@ def option_logits(
     prompt once, its K continuations packed after it (same scores as ``prompt + cont_k`` row by row).
     ``lens``: ``None``/``"logit"``, a kind name, a saved lens's path or a :class:`~phaselens.lenses.Lens` (its translators are applied to each row's residual before the readout).
     """
-    from .lenses import resolve_lens
-
     view = as_view(model)
     rows = select_rows(view, blocks)
     lens_ = resolve_lens(lens, view)
-    transform = _identity if lens_.kind == "logit" else lens_.transform
+    transform = _identity if lens_.is_identity else lens_.transform
     enc = encoded or encode_task(task, view.base.tokenizer)
     runner = Runner(view, cache=cache)
     kw = dict(max_tokens=max_tokens, batch_size=batch_size, progress=f"lens {view.name}" if progress else None)

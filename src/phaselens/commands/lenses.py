@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..lenses import fit_lens, lens_kl
-from ..lenses.base import KINDS
+from ..lenses import LENS_KINDS
 from .common import DeviceOpt, HeldOpt, ModelOpt, app, console, early, fail, html_file, open_model, renamed_option, texts
 
 lens_app = typer.Typer(no_args_is_help=True, help="Lenses beside the logit lens: fit (linear, tuned) and measure them.")
@@ -29,7 +29,8 @@ def _vocab(vocab: Optional[str]) -> Optional[str | int]:
 @lens_app.command("fit")
 def fit_cmd(
     model: str = ModelOpt,
-    kind: str = typer.Option("tuned", "--kind", "-k", help="linear | tuned | logit"),
+    kind: str = typer.Option("tuned", "--kind", "-k", help="linear | tuned | logit | a kind registered with "
+                                 "phaselens.register_lens"),
     lens_file: Optional[Path] = typer.Option(None, "--lens-file", help="the lens file to write (safetensors); "
                                              "required"),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="text file of passages (default: the "
@@ -45,8 +46,8 @@ def fit_cmd(
 ) -> None:
     """Fit a lens on a model and save it (load it with --lens FILE, or phaselens.load_lens)."""
     lens_file = renamed_option(lens_file, old_out, "--out", "--lens-file")
-    if kind not in KINDS:
-        fail(f"--kind must be one of {' | '.join(KINDS)}, got {kind!r}")
+    if kind not in LENS_KINDS:
+        fail(f"--kind must be one of {' | '.join(LENS_KINDS.names())}, got {kind!r}")
     if lens_file is None:
         fail("--lens-file FILE is required: the safetensors file to write the lens to")
     html_file(lens_file, "--lens-file")
@@ -62,7 +63,7 @@ def fit_cmd(
 @lens_app.command("kl")
 def kl_cmd(
     model: str = ModelOpt,
-    lens: list[str] = typer.Option(["logit"], "--lens", help="lenses to measure (repeat): logit | linear | tuned | a file"),
+    lens: list[str] = typer.Option(["logit"], "--lens", help="lenses to measure (repeat): logit | linear | tuned | a registered kind | a file"),
     heldout: Optional[Path] = HeldOpt,
     seq_len: int = typer.Option(256, "--seq-len", help="tokens per passage"),
     device: Optional[str] = DeviceOpt,

@@ -1,5 +1,7 @@
 """Lenses beside the logit lens: how a block's residual is read through the final norm and unembedding.
 
+* :mod:`~phaselens.lenses.base`: :class:`Lens`, :class:`LensKind` and the registry :data:`LENS_KINDS`
+  (:func:`register_lens`: a lens kind of your own);
 * :mod:`~phaselens.lenses.logit`: the identity (nostalgebraist's logit lens);
 * :mod:`~phaselens.lenses.linear`: closed-form least squares to the last block's output (the recovery solver);
 * :mod:`~phaselens.lenses.tuned`: Belrose et al.'s tuned lens (trained affine translators);
@@ -7,10 +9,24 @@
 * :mod:`~phaselens.lenses.io`: saving and loading (safetensors, checked against the model's fingerprint).
 """
 
-from .base import KINDS, Lens
-from .fit import fit_lens, resolve_lens
-from .io import load_lens
-from .kl import lens_kl
-from .logit import logit_lens
+from typing import Any
 
-__all__ = ["KINDS", "Lens", "fit_lens", "lens_kl", "load_lens", "logit_lens", "resolve_lens"]
+from . import base
+from .base import LENS_KINDS, AffineLensKind, Lens, LensKind, lens_kind, register_lens
+from .logit import LogitKind, logit_lens  # the built-in kinds register themselves in this order
+from .linear import LinearKind
+from .tuned import TunedKind
+from .io import load_lens, read_lens, save_lens
+from .fit import check_lens_arg, fit_lens, resolve_lens
+from .kl import lens_kl
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KINDS":  # deprecated alias of LENS_KINDS.names() (warns)
+        return base.KINDS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["LENS_KINDS", "AffineLensKind", "Lens", "LensKind", "LinearKind", "LogitKind", "TunedKind",
+           "check_lens_arg", "fit_lens", "lens_kind", "lens_kl", "load_lens", "logit_lens", "read_lens",
+           "register_lens", "resolve_lens", "save_lens"]

@@ -1,4 +1,8 @@
-"""Saving and loading a :class:`~phaselens.lenses.base.Lens` (safetensors, with the model's fingerprint)."""
+"""Saving and loading a :class:`~phaselens.lenses.base.Lens` (safetensors, with the model's fingerprint).
+
+A lens file holds its kind's tensors (:meth:`~phaselens.lenses.LensKind.to_tensors`; the built-in kinds:
+``W.<block>``, ``b.<block>``) and the metadata ``kind, model, fingerprint, n_blocks, d_model, info`` (JSON).
+"""
 
 from __future__ import annotations
 
@@ -6,55 +10,45 @@ import json
 from pathlib import Path
 
 from ..errors import LensError
-from .base import KINDS, Lens
+from ..registry import PLUGINS_ENV
+from ..tensorfile import read_tensor_file
 from ..types import ModelLike
+from ..view import as_view
+from .base import LENS_KINDS, Lens
 
 _META = ("phaselens_lens", "kind", "model", "fingerprint", "n_blocks", "d_model", "info")
 
 
 def save_lens(lens: Lens, path: str | Path) -> Path:
-    """Write ``lens`` to ``path``: tensors ``W.<block>``, ``b.<block>``; metadata kind, model, fingerprint, info."""
-    from safetensors.torch import save_file
-
-    from .. import __version__
-
-    path = Path(path)
-    if path.parent.exists() and not path.parent.is_dir():
-        raise LensError(f"cannot save the lens under {path.parent}: it is a file, not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"W.{b}": w.detach().float().cpu().contiguous() for b, w in lens.weights.items()}
-    tensors.update({f"b.{b}": v.detach().float().cpu().contiguous() for b, v in lens.biases.items()})
-    meta = {"phaselens_lens": __version__, "kind": lens.kind, "model": lens.model, "fingerprint": lens.fingerprint,
-            "n_blocks": str(lens.n_blocks), "d_model": str(lens.d_model), "info": json.dumps(lens.info, default=str)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    """Write ``lens`` to ``path`` (:meth:`Lens.save`)."""
+    return lens.save(path)
 
 
 def read_lens(path: str | Path) -> Lens:
     """The lens saved at ``path``, without checking which model it is used with (see :func:`load_lens`)."""
-    from ..tensorfile import read_tensor_file
-
     path = Path(path)
     meta, tensors = read_tensor_file(path, "lens", "Lens.save", _META, LensError)
-    if meta["kind"] not in KINDS:
-        raise LensError(f"{path} holds a lens of unknown kind {meta['kind']!r} (known: {KINDS})")
+    kind = meta["kind"]
+    if kind not in LENS_KINDS:
+        raise LensError(f"{path} holds a lens of kind {kind!r}, which is not registered (registered: "
+                        f"{LENS_KINDS.names()}); import the plugin that registers it (@phaselens.register_lens("
+                        f"{kind!r})) before loading, or name its module or .py file in ${PLUGINS_ENV} (or the "
+                        "phaselens.plugins entry-point group) so every phaselens process loads it")
     try:
-        W = {int(k[2:]): v for k, v in tensors.items() if k.startswith("W.")}
-        B = {int(k[2:]): v for k, v in tensors.items() if k.startswith("b.")}
         n_blocks, d = int(meta["n_blocks"]), int(meta["d_model"])
         info = json.loads(meta["info"])
     except (ValueError, json.JSONDecodeError) as e:
-        raise LensError(f"{path}: its metadata or tensor names are malformed ({e}); refit and save the lens again") from e
-    return Lens(meta["kind"], meta["model"], meta["fingerprint"], n_blocks, d, W, B, info)
+        raise LensError(f"{path}: its metadata is malformed ({e}); refit and save the lens again") from e
+    try:
+        params = LENS_KINDS.get(kind).from_tensors(tensors, info)
+        return Lens(kind, meta["model"], meta["fingerprint"], n_blocks, d, info=info, params=params)
+    except LensError as e:
+        raise LensError(f"{path}: {e}; refit and save the lens again") from e
 
 
 def load_lens(path: str | Path, model: ModelLike) -> Lens:
     """The lens saved at ``path`` (by :meth:`Lens.save`), for ``model``; a lens fitted on another model (another
-    fingerprint) is refused with a :class:`~phaselens.errors.LensError`."""
-    from ..view import as_view
-
+    fingerprint, block count or hidden size) is refused with a :class:`~phaselens.errors.LensError`."""
     base = as_view(model).base
     lens = read_lens(path)
     try:

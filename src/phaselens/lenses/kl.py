@@ -9,8 +9,11 @@ import torch
 
 from ..calibration import heldout_texts, load_calibration, tokenize
 from ..errors import LensError
-from .base import gather_max_tokens
+from ..runner import Read, Runner
 from ..types import ModelLike
+from ..view import as_view
+from .base import gather_max_tokens, read_at
+from .fit import resolve_lens
 
 _CHUNK = 128  # tokens per full-vocabulary softmax
 
@@ -24,15 +27,10 @@ def lens_kl(model: ModelLike, texts: Any = None, lens: Any = "logit", *, seq_len
         model: a model or view; the final distribution is the view's own output.
         texts: held-out passages (``None``: the bundled held-out split, never used for fitting), a text file or a
             list of strings; truncated to ``seq_len`` tokens each.
-        lens: a kind name (``"logit"``, ``"linear"``, ``"tuned"``), a path to a saved lens, or a :class:`Lens`.
+        lens: a kind name (``"logit"``, ``"linear"``, ``"tuned"``, a registered kind), a path to a saved lens, or a :class:`Lens`.
     Returns:
         ``[L]`` float64, one value per surviving block (the last row, the model's own output, is 0).
     """
-    from ..lens import read_at
-    from ..runner import Read, Runner
-    from ..view import as_view
-    from .fit import resolve_lens
-
     view = as_view(model)
     base = view.base
     lens_ = resolve_lens(lens, view)

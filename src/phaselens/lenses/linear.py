@@ -18,17 +18,15 @@ import torch
 
 from ..calibration import load_calibration, n_tokens
 from ..errors import LensError, SingularFitWarning
-from .base import Lens, gather_max_tokens
-
+from ..recovery.solvers import check_target, choose_lam, ridge_solve
+from ..recovery.stats import span_stats
+from .base import AffineLensKind, Lens, gather_max_tokens, register_lens
 
 
 def fit_linear(base: Any, calibration: Any = None, *, lam: float | None = None, target: str | None = None,
                seq_len: int = 256, batch_size: int | None = None, max_tokens: int | None = None) -> Lens:
     """The linear lens of ``base`` (a dense :class:`~phaselens.Model`) on ``calibration`` (``None``: the bundled fit
     passages). ``lam``/``target``: the ridge and what it shrinks towards (see :func:`~phaselens.recovery.ridge_solve`)."""
-    from ..recovery.solvers import check_target, choose_lam, ridge_solve
-    from ..recovery.stats import span_stats
-
     target = check_target(target)
     choose_lam(torch.eye(1, dtype=torch.float64), lam)  # validates lam before any model work
     L, d = base.n_blocks, base.d_model
@@ -60,3 +58,16 @@ def fit_linear(base: Any, calibration: Any = None, *, lam: float | None = None, 
     info = {"n_tokens": n, "seq_len": seq_len, "target": target, "lam": {str(b): v for b, v in lams.items()},
             "calibration": "bundled fit passages" if calibration is None else f"{len(texts)} passages"}
     return Lens("linear", base.name, base.fingerprint, L, d, weights, biases, info)
+
+
+@register_lens("linear")
+class LinearKind(AffineLensKind):
+    """Closed-form least squares from ``h_l`` to ``h_{L-1}`` (:func:`fit_linear`); deterministic (``seed`` unused)."""
+
+    options = ("lam", "target", "seq_len", "batch_size", "max_tokens")
+
+    def fit(self, model: Any, calibration: Any = None, *, seed: int = 0, **opts: Any) -> Lens:
+        bad = sorted(set(opts) - set(self.options))
+        if bad:
+            raise LensError(f"fit_lens(kind='linear') does not take {bad}; it takes {sorted(self.options)}")
+        return fit_linear(model, calibration, **opts)

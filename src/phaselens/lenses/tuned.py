@@ -24,10 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from ..calibration import load_calibration, tokenize
 from ..errors import LensError
-from .base import CPU_MAX_TOKENS, Lens
+from ..resume import digest, run_folder
+from ..runner import Read, Runner
+from ..view import ModelView
+from .base import CPU_MAX_TOKENS, AffineLensKind, Lens, register_lens
 
 CPU_VOCAB = 2048
 _CHUNK = 256
@@ -36,9 +42,6 @@ _CHUNK = 256
 def _gather(base: Any, texts: list[str], seq_len: int, max_train_tokens: int, max_tokens: int | None):
     """``(H [L-1, n, d] float32, Y [n, d])``: every block's residual and the last block's output at the first
     ``max_train_tokens`` calibration tokens."""
-    from ..runner import Read, Runner
-    from ..view import ModelView
-
     seqs, total = [], 0
     for s in tokenize(base.tokenizer, texts, seq_len):
         if total >= max_train_tokens:
@@ -95,8 +98,6 @@ def _lens_logp(base: Any, t: torch.Tensor, WU: torch.Tensor, bU: torch.Tensor | 
 
 
 def _save_ckpt(path: Path, step: int, A, b, opt) -> None:
-    from safetensors.torch import save_file
-
     st = opt.state
     tensors = {"A": A.detach(), "b": b.detach()}
     if A in st:
@@ -107,8 +108,6 @@ def _save_ckpt(path: Path, step: int, A, b, opt) -> None:
 
 
 def _load_ckpt(path: Path, A, b, opt) -> int:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         step = int((f.metadata() or {})["step"])
         t = {k: f.get_tensor(k) for k in f.keys()}
@@ -146,8 +145,6 @@ def fit_tuned(base: Any, calibration: Any = None, *, seed: int = 0, steps: int =
         vocab: the vocabulary trained on (``None``: full on a GPU, 2048 most probable tokens on the CPU).
         out: a folder to checkpoint into; a rerun with the same arguments resumes from the last checkpoint.
     """
-    from ..resume import run_folder
-
     for name, v, lo in (("steps", steps, 1), ("batch_tokens", batch_tokens, 1), ("max_train_tokens", max_train_tokens, 2),
                         ("checkpoint_every", checkpoint_every, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
@@ -160,8 +157,6 @@ def fit_tuned(base: Any, calibration: Any = None, *, seed: int = 0, steps: int =
     if L < 2:
         raise LensError(f"{base.name} has one block; the tuned lens has nothing to translate (use lens='logit')")
     texts = load_calibration(calibration)
-    from ..resume import digest
-
     args = {"model": base.fingerprint, "texts": digest(texts), "seed": seed, "steps": steps, "lr": lr, "batch_tokens": batch_tokens,
             "max_train_tokens": max_train_tokens, "vocab": vocab, "seq_len": seq_len}
     H, Y = _gather(base, texts, seq_len, max_train_tokens, max_tokens)
@@ -184,8 +179,6 @@ def fit_tuned(base: Any, calibration: Any = None, *, seed: int = 0, steps: int =
         if ckpt is not None and ckpt.is_file():
             start = _load_ckpt(ckpt, A, b, opt)
         if progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=steps, initial=start, desc=f"tuned lens {base.name}", leave=False)
         step = start
         try:
@@ -201,7 +194,7 @@ def fit_tuned(base: Any, calibration: Any = None, *, seed: int = 0, steps: int =
                     opt.step()
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(kl=f"{float(loss) / (L - 1):.3f}")
+                        bar.set_postfix(kl=f"{loss.item() / (L - 1):.3f}")
                     if ckpt is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
                         _save_ckpt(ckpt, step + 1, A, b, opt)
             step = steps
@@ -224,3 +217,17 @@ def fit_tuned(base: Any, calibration: Any = None, *, seed: int = 0, steps: int =
             "vocab": "full" if ids is None else int(len(ids)), "vocab_mass": round(covered, 4), "optimizer": "adam",
             "calibration": "bundled fit passages" if calibration is None else f"{len(texts)} passages"}
     return Lens("tuned", base.name, base.fingerprint, L, d, weights, biases, info)
+
+
+@register_lens("tuned")
+class TunedKind(AffineLensKind):
+    """Belrose et al.'s tuned lens, trained with Adam (:func:`fit_tuned`; ``seed`` seeds the minibatches)."""
+
+    options = ("steps", "lr", "batch_tokens", "max_train_tokens", "vocab", "seq_len", "max_tokens", "out",
+               "checkpoint_every", "progress")
+
+    def fit(self, model: Any, calibration: Any = None, *, seed: int = 0, **opts: Any) -> Lens:
+        bad = sorted(set(opts) - set(self.options))
+        if bad:
+            raise LensError(f"fit_lens(kind='tuned') does not take {bad}; it takes {sorted(self.options)}")
+        return fit_tuned(model, calibration, seed=seed, **opts)

@@ -292,13 +292,13 @@ def _run(r: Any, i: int) -> dict[str, Any]:
 
 def _check_lens(v: Any, where: str) -> None:
     """``lens`` in a run: a lens kind (fitted once per model and cached) or the path of a saved lens file."""
-    from ..lenses import KINDS
+    from ..lenses import LENS_KINDS
 
-    if v is None or (isinstance(v, str) and v in KINDS):
+    if v is None or (isinstance(v, str) and v in LENS_KINDS):
         return
     if isinstance(v, str) and Path(v).is_file():
         return
-    raise StudyError(f"{where} = {v!r}: allowed values {list(KINDS)} (fitted once per model on the bundled calibration "
+    raise StudyError(f"{where} = {v!r}: allowed values {list(LENS_KINDS.names())} (fitted once per model on the bundled calibration "
                      "text and cached) or the path of an existing lens file written by Lens.save")
 
 
