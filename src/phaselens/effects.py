@@ -419,8 +419,11 @@ def pair_indices(n: int, n_boot: int, rng: np.random.Generator, groups: Any = No
     g = np.asarray([str(v) for v in groups])
     names, inv = np.unique(g, return_inverse=True)
     members = [np.flatnonzero(inv == k) for k in range(len(names))]
-    if len(names) < min_clusters:
-        return np.concatenate([m[rng.integers(0, len(m), size=(n_boot, len(m)))] for m in members], axis=1)
+    if len(names) < min_clusters:  # groups fixed: each slot draws from its own group
+        out = np.empty((n_boot, n), dtype=int)
+        for m in members:
+            out[:, m] = m[rng.integers(0, len(m), size=(n_boot, len(m)))]
+        return out
     sizes = {len(m) for m in members}
     if len(sizes) != 1:
         raise EffectError(f"resampling {len(names)} groups needs equal-sized groups, got sizes {sorted(sizes)}")
