@@ -154,3 +154,22 @@ def test_detection_rate_matches_analytic_power():
     half = sps.norm.ppf(0.995) * math.sqrt(power * (1 - power) / N_DATASETS)
     assert abs(rate - power) <= half, (rate, power, half)
     assert v.count("disagree") == 0
+
+
+def test_calibration_with_resampled_placements_and_seeds():
+    """5 placements x 5 seeds: both levels resampled, and the null contrast itself varies by placement and seed
+    (population null: no effect on average over placements and seeds)."""
+    rng = np.random.default_rng(300)
+    n, p, s = 48, 5, 5
+    v = []
+    for k in range(N_DATASETS):
+        shared = rng.normal(size=(n, 1, 1)) + rng.normal(size=(1, p, 1)) + rng.normal(size=(1, 1, s))
+        contrast = (0.6 * rng.normal(size=(n, 1, 1)) + 0.2 * rng.normal(size=(1, p, 1)) + 0.2 * rng.normal(size=(1, 1, s))
+                    + 0.8 * rng.normal(size=(n, p, s)))
+        e = hierarchical_effect({"a": shared + contrast, "b": shared}, name="a − b", predicted="+", n_boot=N_BOOT_SIM,
+                                boot_seed=k, per_cluster=False)
+        assert e.resampled == ["items", "placements", "seeds"]
+        v.append(pl.claims([Claim(paper="sim", claim="a > b", effect=e)]).verdicts[0])
+    bound = sps.binom.ppf(0.99, N_DATASETS, 0.05) / N_DATASETS
+    rate = (v.count("agree") + v.count("disagree")) / N_DATASETS
+    assert v.count("agree") / N_DATASETS <= bound and rate <= bound, (rate, bound)
