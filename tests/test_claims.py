@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 
 import phaselens as pl
-from phaselens.claims import CLAIMS, COLUMNS, Claim, holm, holm_alphas, register_claim
+from phaselens.verdicts import CLAIMS, COLUMNS, Claim, holm, holm_alphas, register_claim
 from phaselens.effects import correlation_effect, hierarchical_effect, paired_effect
 from phaselens.errors import StatsWarning
 from phaselens.resampling import EffectError
@@ -40,8 +40,8 @@ def _effect(shift: float, seed: int, n: int = 40, **kw) -> pl.Effect:
 
 def test_holm_families_are_papers_and_the_interval_is_at_the_holm_level():
     effs = [_effect(0.8, 0), _effect(0.6, 1), _effect(0.0, 2), _effect(0.9, 3)]
-    table = pl.claims([("paper A", "c0", effs[0], "+"), ("paper A", "c1", effs[1], "+"), ("paper A", "c2", effs[2], "+"),
-                       ("paper B", "c3", effs[3], "+")])
+    table = pl.claims([("paper A", "c0", effs[0], "+"), ("paper A", "c1", effs[1], "+"),
+                       ("paper A", "c2", effs[2], "+"), ("paper B", "c3", effs[3], "+")])
     df = table.to_pandas()
     np.testing.assert_allclose(df["p_adj"][:3], holm([e.p for e in effs[:3]]))
     assert df["p_adj"][3] == pytest.approx(effs[3].p)  # a family of one: no correction
@@ -117,7 +117,8 @@ def _simulate(rng: np.random.Generator, n: int, p: int, s: int, delta: float) ->
     an item-level and item × placement contrast, and cell noise; the contrast's mean is ``delta``."""
     shared = (SD["item"] * rng.normal(size=(n, 1, 1)) + SD["placement"] * rng.normal(size=(1, p, 1))
               + SD["seed"] * rng.normal(size=(1, 1, s)) + 0.5 * rng.normal(size=(n, p, 1)))
-    contrast = delta + SD["item_contrast"] * rng.normal(size=(n, 1, 1)) + SD["item_placement"] * rng.normal(size=(n, p, 1))
+    contrast = (delta + SD["item_contrast"] * rng.normal(size=(n, 1, 1))
+                + SD["item_placement"] * rng.normal(size=(n, p, 1)))
     return {"a": shared + contrast + SD["cell"] * rng.normal(size=(n, p, s)) / math.sqrt(2),
             "b": shared + SD["cell"] * rng.normal(size=(n, p, s)) / math.sqrt(2)}
 
@@ -164,8 +165,8 @@ def test_calibration_with_resampled_placements_and_seeds():
     v = []
     for k in range(N_DATASETS):
         shared = rng.normal(size=(n, 1, 1)) + rng.normal(size=(1, p, 1)) + rng.normal(size=(1, 1, s))
-        contrast = (0.6 * rng.normal(size=(n, 1, 1)) + 0.2 * rng.normal(size=(1, p, 1)) + 0.2 * rng.normal(size=(1, 1, s))
-                    + 0.8 * rng.normal(size=(n, p, s)))
+        contrast = (0.6 * rng.normal(size=(n, 1, 1)) + 0.2 * rng.normal(size=(1, p, 1))
+                    + 0.2 * rng.normal(size=(1, 1, s)) + 0.8 * rng.normal(size=(n, p, s)))
         e = hierarchical_effect({"a": shared + contrast, "b": shared}, name="a − b", predicted="+", n_boot=N_BOOT_SIM,
                                 boot_seed=k, per_cluster=False)
         assert e.resampled == ["items", "placements", "seeds"]

@@ -48,7 +48,7 @@ from .results import Result, load_result, load_results, save_result
 from .similarity import CKAResult, cka
 from .study import load_study, run_study
 from .cka import linear_cka
-from .claims import Claim, Claims, claims, write_claims_csv
+from .verdicts import Claim, Claims, claims, write_claims_csv
 from .effects import Effect, EffectError, correlation_effect, hierarchical_effect, paired_effect, permutation_effect
 from .tasks import Item, LettersTemplate, Task, builtin_tasks, load_task
 from .trace import DecisionTrace, Transition, decision_trace, transition_point

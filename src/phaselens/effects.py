@@ -54,7 +54,7 @@ Statistic = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 def direction(predicted: Any) -> str | None:
-    """``"positive"``, ``"negative"`` or ``None`` from a predicted direction (``"+"``, ``"<0"``, ``"less"``, ``1``, ...)."""
+    """``"positive"``, ``"negative"`` or ``None`` from a predicted direction (``"+"``, ``"<0"``, ``"less"``, ``1``)."""
     if predicted is None:
         return None
     if isinstance(predicted, (int, np.integer)) and not isinstance(predicted, bool) and predicted in (1, -1):

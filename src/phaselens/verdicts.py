@@ -46,7 +46,8 @@ class ClaimSpec:
     predicted: str
 
 
-#: claims phaselens knows by key (``CLAIMS.get("transition/fig8-sign")``)
+#: claims phaselens knows by key (``CLAIMS.get("transition/fig8-sign")``). (This module is ``verdicts``, not
+#: ``claims``, so that ``phaselens.claims`` stays the function.)
 CLAIMS: Registry[ClaimSpec] = Registry("claim", "claim", EffectError)
 
 
