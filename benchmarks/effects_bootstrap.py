@@ -14,10 +14,12 @@ Measured (synthetic option logits with a transition, same shapes as SmolLM2's tr
      replicates re-estimating ``l*`` in each (the statistic hook) and the final-block margin contrast;
   B. the fully hierarchical design ``[1000 items, 5 placements, 5 seeds, 30 blocks]`` (every level resampled,
      25 traces' worth of margins): 2,000 replicates of the ``l*`` hook;
-  C. the per-item contrast alone (items bootstrap, 2,000 replicates), beside scipy on the same contrast.
+  C. the per-item contrast alone (items bootstrap, 2,000 replicates), beside scipy on the same contrast (and the
+     same contrast given as two arms to ``paired_effect``, which averages each arm).
 
 Measured here (2 CPU cores shared with other jobs, load average ~10, so every time is inflated): A 390.7 ms,
-B 437.6 ms, C 168.0 ms vs scipy percentile 83.4 ms (BCa 84.5 ms); SmolLM2 trace of 50 capitals items 46.88 s,
+B 437.6 ms, C 168.0 ms as two arms (paired_effect) vs scipy percentile 83.4 ms (BCa 84.5 ms); a later
+run at load average 18: C 182 ms as one contrast array vs scipy 153 ms; SmolLM2 trace of 50 capitals items 46.88 s,
 scaled to 1,000 items 937.5 s: A / trace = 0.0004, B / one trace = 0.0005 (budget 0.10).
 
     PYTHONPATH=src python3 benchmarks/effects_bootstrap.py            # SmolLM2 baseline on the CPU
@@ -97,7 +99,8 @@ def main() -> None:
     d = rng.normal(0.3, 1, N_ITEMS)
     t_a = timed(lambda: bench_one_trace(z), args.repeats)
     t_b = timed(lambda: bench_hierarchical(m4), args.repeats)
-    t_c = timed(lambda: paired_effect(d, np.zeros(N_ITEMS), name="d", n_boot=N_BOOT), args.repeats)
+    t_c = timed(lambda: hierarchical_effect(d, name="d", dims=("items",), n_boot=N_BOOT), args.repeats)
+    t_c2 = timed(lambda: paired_effect(d, np.zeros(N_ITEMS), name="d", n_boot=N_BOOT), args.repeats)
     t_scipy = timed(lambda: sps.bootstrap((d,), np.mean, n_resamples=N_BOOT, method="percentile", vectorized=True,
                                           random_state=0), args.repeats)
     t_scipy_bca = timed(lambda: sps.bootstrap((d,), np.mean, n_resamples=N_BOOT, vectorized=True, random_state=0), 1)
@@ -107,7 +110,7 @@ def main() -> None:
           f"l* hook: {t_b * 1e3:.1f} ms")
     print(f"C  per-item contrast, {N_BOOT} replicates: phaselens {t_c * 1e3:.1f} ms; scipy.stats.bootstrap "
           f"percentile {t_scipy * 1e3:.1f} ms (BCa {t_scipy_bca * 1e3:.1f} ms): phaselens / scipy = "
-          f"{t_c / t_scipy:.2f}x")
+          f"{t_c / t_scipy:.2f}x; as two arms (paired_effect) {t_c2 * 1e3:.1f} ms")
     if args.no_model:
         return
     t_trace = trace_seconds(args.limit, args.repeats)
