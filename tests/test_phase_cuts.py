@@ -326,6 +326,8 @@ def test_every_result_kind_summarises_tabulates_plots_and_round_trips(result, ti
                                     n_boot=50),
         "BoundaryErrorResult": pl.boundary_error(view, held[:1], seq_len=SEQ),
         "CollapseStudy": pl.transition_vs_collapse(pts),
+        "Effect": pl.paired_effect(np.arange(8.0), np.zeros(8), name="x", n_boot=100),
+        "Claims": pl.claims([("paper", "x > 0", pl.paired_effect(np.arange(8.0), np.zeros(8), name="x", n_boot=100), "+")]),
     }
     kinds = {name for name, cls in KINDS.items()  # phaselens' own kinds (other tests register subclasses of their own)
              if issubclass(cls, Result) and cls is not Result and cls.__module__.startswith("phaselens.")}

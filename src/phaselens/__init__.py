@@ -27,6 +27,8 @@ from .results import Result, load_result, load_results, save_result
 from .similarity import CKAResult, cka
 from .study import load_study, run_study
 from .cka import linear_cka
+from .verdicts import Claim, Claims, claims, write_claims_csv
+from .effects import Effect, EffectError, correlation_effect, hierarchical_effect, paired_effect, permutation_effect
 from .tasks import Item, LettersTemplate, Task, builtin_tasks, load_task
 from .trace import DecisionTrace, Transition, decision_trace, transition_point
 from .view import EditedView, ModelView, as_view
@@ -53,6 +55,9 @@ __all__ = [
     "inject_noise", "linear_cka", "transition_vs_collapse",
     # results, reports, calibration text
     "Result", "build_report", "heldout_texts", "load_calibration", "load_result", "load_results", "save_result",
+    # effects and claims (issue 21)
+    "Claim", "Claims", "Effect", "EffectError", "claims", "correlation_effect", "hierarchical_effect", "paired_effect",
+    "permutation_effect", "write_claims_csv",
     # studies
     "load_study", "run_study",
     # extending phaselens (register_method, register_criterion, register_lens, register_run: added at merge)
