@@ -79,3 +79,26 @@ def tiny_llama_dir(tiny_llama, tmp_path_factory):
     tiny_llama.hf.save_pretrained(path)
     tiny_llama.tokenizer.save_pretrained(path)
     return str(path)
+
+
+class ForwardCounter:
+    """Counts forward passes of a model: a hook on its input embedding (every pass starts there)."""
+
+    def __init__(self, model: pl.Model) -> None:
+        self.model, self.n, self._h = model, 0, None
+
+    def __enter__(self) -> "ForwardCounter":
+        def hook(*_):
+            self.n += 1
+
+        self._h = self.model.hf.get_input_embeddings().register_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._h.remove()
+
+
+@pytest.fixture
+def count_forwards():
+    """``with count_forwards(model) as c: ...; assert c.n == 0``: refusals must come before any forward pass."""
+    return ForwardCounter

@@ -121,8 +121,8 @@ def option_logits(
     enc = encoded or encode_task(task, view.base.tokenizer)
     runner = Runner(view, cache=cache)
     kw = dict(max_tokens=max_tokens, batch_size=batch_size, progress=f"lens {view.name}" if progress else None)
+    check_context(view.base, enc, task)
     if enc.format == "continuation":
-        check_context(view.base, enc, task)
         z = _continuation_scores(runner, enc, rows, kw, share_prefix=share_prefix, transform=transform)
         return OptionLogits(z, enc.option_mask, enc.answers, rows)
     return _decision_scores(runner, enc, rows, return_hidden, kw, transform)
@@ -137,12 +137,19 @@ def context_length(base: Any) -> int | None:
 
 
 def check_context(base: Any, enc: Encoded, task: Task | None = None) -> None:
-    """A :class:`~phaselens.errors.LensError` naming the first continuation item whose prompt + option is longer
-    than the model's context (checked before any forward pass)."""
+    """A :class:`~phaselens.errors.LensError` naming the first item whose prompt (letters, cloze) or prompt + option
+    (continuation) is longer than the model's context (checked before any forward pass)."""
     from .errors import LensError
 
     ctx = context_length(base)
-    if ctx is None or enc.continuations is None or enc.rows is None:
+    if ctx is None:
+        return
+    if enc.continuations is None or enc.rows is None:  # letters, cloze: the prompt is read at its last token
+        for i, p in enumerate(enc.prompts):
+            if len(p) > ctx:
+                name = (task.items[i].id if task is not None and i < len(task.items) else None) or f"#{i}"
+                raise LensError(f"item {name}: its prompt is {len(p)} tokens, longer than {base.name}'s context of "
+                                f"{ctx} tokens; shorten it (fewer shots) or drop the item")
         return
     for (i, k), p, c in zip(enc.rows, enc.prompts, enc.continuations):
         if len(p) + len(c) > ctx:

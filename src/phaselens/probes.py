@@ -11,6 +11,7 @@ import torch
 
 from . import metrics
 from .encoding import encode_task
+from .lens import check_context
 from .errors import InterventionError
 from .runner import Batch, Plan, PrefixCache, Read, Runner
 from .tasks import Task, load_task
@@ -35,6 +36,7 @@ class FinalRunner:
                 "position of letters/cloze items. Load the task with format='cloze' or 'letters'")
         self.view, self.base = view, view.base
         self.enc = encode_task(task, self.base.tokenizer)
+        check_context(self.base, self.enc, task)
         self.lengths = [len(p) for p in self.enc.prompts]
         self.cache = PrefixCache() if reuse_prefix else None
         self.runner = Runner(view, cache=self.cache)

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import string
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 Format = Literal["letters", "cloze", "continuation"]
 FORMATS: tuple[str, ...] = ("letters", "cloze", "continuation")
@@ -53,6 +54,9 @@ class Item:
         name = self.id or repr(self.question[:60])
         if not isinstance(self.question, str):
             raise TaskError(f"item {name}: question must be a string, got {type(self.question).__name__}")
+        if isinstance(self.options, (str, bytes, dict)) or not isinstance(self.options, (list, tuple)):
+            raise TaskError(f"item {name}: options must be a list of strings (one per option), got a "
+                            f"{type(self.options).__name__} {self.options!r:.80}; e.g. options=['Paris', 'Lyon']")
         opts = tuple(self.options)
         object.__setattr__(self, "options", opts)
         if len(opts) < 2:
@@ -114,6 +118,14 @@ class LettersTemplate:
     header: str = ""
 
     strip_question: bool = False
+
+    def __post_init__(self) -> None:
+        for field_name, required, allowed in (("question", {"question"}, {"question"}),
+                                              ("option", {"label", "option"}, {"label", "option"}),
+                                              ("answer", set(), set()), ("header", set(), {"subject"})):
+            _check_placeholders(f"LettersTemplate.{field_name}", getattr(self, field_name), required, allowed)
+        if not isinstance(self.labels, str) or len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise TaskError(f"LettersTemplate.labels must be a string of at least 2 distinct labels, got {self.labels!r}")
 
     @classmethod
     def mmlu(cls) -> "LettersTemplate":
@@ -181,6 +193,7 @@ class Task:
         object.__setattr__(self, "fewshot_pool", tuple(self.fewshot_pool))
         if self.format not in FORMATS:
             raise TaskError(f"task {self.name}: unknown format {self.format!r}; choose one of {FORMATS}")
+        _check_placeholders(f"task {self.name}: cloze_template", self.cloze_template, {"question"}, {"question"})
         if not self.items:
             raise TaskError(f"task {self.name}: has no items")
         if self.format in ("cloze", "continuation"):
@@ -286,6 +299,27 @@ class Task:
         if self.format == "letters":
             return self.template.decision_strings(item)  # type: ignore[union-attr]
         return [" " + o for o in item.options]
+
+
+def _check_placeholders(where: str, text: Any, required: set[str], allowed: set[str]) -> None:
+    """A :class:`TaskError` naming ``where`` when ``text`` is not a string, lacks a ``{required}`` placeholder
+    (the text would be dropped from every prompt) or has one outside ``allowed`` (it would fail on format)."""
+    if not isinstance(text, str):
+        raise TaskError(f"{where} must be a string, got {type(text).__name__}")
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    except ValueError as e:
+        raise TaskError(f"{where} = {text!r} is not a valid format string ({e}); write a literal brace as {{{{ or }}}}") from None
+    bad = sorted(n for n in names if n not in allowed)
+    if bad:
+        raise TaskError(f"{where} = {text!r} has unknown placeholder(s) {['{' + b + '}' for b in bad]}; "
+                        f"allowed: {['{' + a + '}' for a in sorted(allowed)] or 'none'}")
+    missing = sorted(required - names)
+    if missing:
+        raise TaskError(f"{where} = {text!r} has no {['{' + m + '}' for m in missing]} placeholder, so that text would "
+                        f"be dropped from every prompt; e.g. {where.split('.')[-1]}=" +
+                        repr({"question": "Question: {question}\n", "option": "{label}. {option}\n",
+                              "cloze_template": "Question: {question}\nAnswer:"}.get(where.split('.')[-1], "{question}")))
 
 
 def subset(items: Sequence[Item], limit: int | None, seed: int) -> list[Item]:

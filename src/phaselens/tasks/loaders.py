@@ -118,7 +118,7 @@ def _mmlu_csv(path: Path, subject: str = "") -> list[Item]:
         for n, row in enumerate(csv.reader(f), 1):
             if not row:
                 continue
-            if len(row) != 6 or row[5].strip() not in "ABCD" or not row[5].strip():
+            if len(row) != 6 or row[5].strip() not in ("A", "B", "C", "D"):
                 raise TaskError(f"{path}: row {n}: expected 6 columns 'question,A,B,C,D,answer(A-D)', got {row!r:.120}")
             items.append(Item(row[0], tuple(row[1:5]), "ABCD".index(row[5].strip()), f"{path.stem}-{n}", subject))
     return items
@@ -168,9 +168,17 @@ def load_hellaswag(split: str | None = None) -> Loaded:
     path = _need(data_dir() / "hellaswag" / "hellaswag.jsonl", "hellaswag")
     items = []
     for n, row in _jsonl_rows(path):
-        ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
-        q = hellaswag_preprocess(row["activity_label"] + ": " + ctx)
-        items.append(Item(q, tuple(hellaswag_preprocess(e) for e in row["endings"]), int(row["label"]), str(row.get("ind", n))))
+        try:
+            ctx = row["ctx_a"] + " " + row["ctx_b"].capitalize()
+            q = hellaswag_preprocess(row["activity_label"] + ": " + ctx)
+            endings = row["endings"]
+            if not isinstance(endings, list):
+                raise TypeError(f"endings is a {type(endings).__name__}, not a list")
+            items.append(Item(q, tuple(hellaswag_preprocess(e) for e in endings), int(row["label"]),
+                              str(row.get("ind", n))))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TaskError(f"{path}:{n}: not a HellaSwag row ({type(e).__name__}: {e}); expected activity_label, "
+                            "ctx_a, ctx_b, endings (a list) and label") from e
     return Loaded("hellaswag", tuple(items), (), str(path), "continuation", "validation", benchmark=True)
 
 
@@ -202,10 +210,24 @@ def load_truthfulqa(split: str | None = None, seed: int = 0) -> Loaded:
     except json.JSONDecodeError as e:
         raise TaskError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from e
     items = []
+    if not isinstance(rows, list):
+        raise TaskError(f"{path}: expected a JSON list of TruthfulQA items, got a {type(rows).__name__}")
     for i, row in enumerate(rows):
-        targets = row["mc1_targets"]
-        opts = tuple(targets)
-        answer = [targets[o] for o in opts].index(1)
+        try:
+            targets = row["mc1_targets"]
+            opts = tuple(targets)
+            answer = [targets[o] for o in opts].index(1)
+            if not isinstance(row["question"], str):
+                raise TypeError("question is not a string")
+        except (KeyError, TypeError, AttributeError) as e:
+            raise TaskError(f"{path}: item {i}: not a TruthfulQA MC1 item ({type(e).__name__}: {e}); expected "
+                            "question and mc1_targets {option: 0/1}") from e
+        except ValueError:
+            raise TaskError(f"{path}: item {i} ({row.get('question', '')[:50]!r}): no option of mc1_targets is marked "
+                            "correct (1); MC1 needs exactly one") from None
+        if sum(1 for o in opts if targets[o] == 1) != 1:
+            raise TaskError(f"{path}: item {i}: {sum(1 for o in opts if targets[o] == 1)} options of mc1_targets are "
+                            "marked correct; MC1 needs exactly one")
         # The correct MC1 answer is always listed first in the file: shuffle, seeded per item.
         items.append(Item(row["question"], opts, answer, f"tqa{i}").shuffled(random.Random(f"{seed}:{i}")))
     return Loaded("truthfulqa", tuple(items), (), str(path), "letters", "validation", TQA_PROMPT)
@@ -226,7 +248,7 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, Any]]:
 def _read_text(path: Path) -> str:
     """A task file's text as UTF-8; a :class:`TaskError` naming the file and the byte offset otherwise."""
     try:
-        return path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8-sig")  # -sig: a byte-order mark is not part of the first question
     except UnicodeDecodeError as e:
         raise TaskError(f"{path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 4]!r}); save it as "
                         "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from e
