@@ -11,6 +11,8 @@ import numpy as np
 from .errors import StatsError, StatsWarning
 
 MIN_POINTS = 3
+#: bootstrap resamples, the one default of every n_boot= in phaselens
+N_BOOT = 1000
 
 
 def seed_list(seeds: Any, *, minimum: int = 1, error: type[Exception] = ValueError) -> list[int]:
