@@ -40,13 +40,14 @@ from .loading import load_model
 from .models import Model
 from .noise import NoiseResult, inject_noise
 from .perplexity import perplexity
-from .pruning import CRITERIA, prune, select_blocks
+from .pruning import CRITERIA, Criterion, prune, register_criterion, select_blocks
 from .pruning.iterative import Sweep, iterative_prune, load_sweep
 from .recovery import METHODS, BoundaryError, Recovered, boundary_error, fit_recovery, load_recovery
 from .report import build_report
 from .results import Result, load_result, load_results, save_result
 from .similarity import CKAResult, cka
-from .study import load_study, run_study
+from .registry import load_plugins, registered
+from .study import RunKind, load_study, register_run, run_study
 from .cka import linear_cka
 from .tasks import Item, LettersTemplate, Task, builtin_tasks, load_task
 from .trace import DecisionTrace, Transition, decision_trace, transition_point
@@ -62,16 +63,18 @@ __all__ = [
     # lenses
     "Lens", "fit_lens", "lens_kl", "load_lens",
     # pruning and recovery
-    "CRITERIA", "METHODS", "BoundaryError", "EditedView", "ModelView", "Recovered", "Sweep", "as_view",
+    "CRITERIA", "Criterion", "METHODS", "BoundaryError", "EditedView", "ModelView", "Recovered", "Sweep", "as_view",
     "boundary_error", "fit_recovery", "iterative_prune", "load_recovery", "load_sweep", "perplexity", "prune",
-    "select_blocks",
+    "register_criterion", "select_blocks",
     # controls and experiments
     "AblationResult", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "ablate", "cka", "compare_phase_cuts",
     "inject_noise", "linear_cka", "transition_vs_collapse",
     # results, reports, calibration text
     "Result", "build_report", "heldout_texts", "load_calibration", "load_result", "load_results", "save_result",
     # studies
-    "load_study", "run_study",
+    "RunKind", "load_study", "register_run", "run_study",
+    # extending phaselens: registries and plugins
+    "load_plugins", "registered",
     # errors and warnings
     "CKAError", "CalibrationError", "InterventionError", "LensError", "ModelError", "NonFiniteError", "NotFoundError", "PhaseCutsError",
     "PhaselensError", "PlotError", "PruningError", "RecoveryError", "ReportWarning", "ResultsError", "RunFolderError", "RunnerError",

@@ -243,11 +243,11 @@ def collapse_cmd(
 
     from ..errors import PhaselensError, StatsWarning
     from ..experiments import transition_vs_collapse
-    from ..pruning.iterative import SWEEP_CRITERIA
+    from ..pruning import sweep_criteria
     from ..tasks import load_task
 
-    if criterion not in SWEEP_CRITERIA:
-        _fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(SWEEP_CRITERIA)}")
+    if criterion not in sweep_criteria():
+        _fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(sweep_criteria())}")
     _early(out=out, html=html, max_steps=(max_steps, 1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StatsWarning)

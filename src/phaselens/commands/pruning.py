@@ -177,10 +177,11 @@ def sweep_cmd(
 ) -> None:
     """Cut one block at a time by a criterion recomputed after every cut; per-step accuracy, margin, transition, perplexity."""
     from ..errors import PhaselensError
-    from ..pruning.iterative import SWEEP_CRITERIA, iterative_prune
+    from ..pruning import sweep_criteria
+    from ..pruning.iterative import iterative_prune
 
-    if criterion not in SWEEP_CRITERIA:
-        _fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(SWEEP_CRITERIA)}")
+    if criterion not in sweep_criteria():
+        _fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(sweep_criteria())}")
     from ..recovery import METHODS
 
     if recovery is not None and recovery not in METHODS:
@@ -190,8 +191,8 @@ def sweep_cmd(
     m, t = _load(model, task, format, limit, seed, 0, None, None)
     try:
         sweep = iterative_prune(m, t, criterion=criterion, steps=steps, recovery=recovery, out=out,
-                                calibration=cal, perplexity_texts=held,
-                                seed=seed, progress=not as_json and sys.stderr.isatty())
+                                calibration=cal, heldout=held,
+                                boot_seed=seed, progress=not as_json and sys.stderr.isatty())
     except PhaselensError as e:
         _fail(str(e))
     if as_json:
