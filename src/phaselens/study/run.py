@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import __version__
 from ..embedded import EMBEDDED, check_gguf
 from ..errors import PhaselensError, StudyError
 from ..registry import load_plugins
@@ -37,6 +36,8 @@ def job_id(config: dict[str, Any], fingerprint: str, items: str) -> str:
     task's items and phaselens' version."""
     if isinstance(config.get("params"), dict):  # the spec key heldout hashes as the key it replaced
         config = {**config, "params": hash_params(config["params"])}
+    from .. import __version__  # read at call time: the version names the job
+
     doc = {**config, "fingerprint": fingerprint, "items": items, "phaselens": __version__}
     lens = (config.get("params") or {}).get("lens") if isinstance(config.get("params"), dict) else None
     if isinstance(lens, str) and Path(lens).is_file():  # a saved lens: its content names the job, not its path
@@ -67,6 +68,8 @@ def _task_key(j: JobConfig) -> str:
 
 
 def _row(job: Job, cfg: JobConfig, out: Outcome, executor: str, items: str, order: int, attempts: int) -> dict[str, Any]:
+    from .. import __version__  # read at call time, as job_id does
+
     model = cfg.model if isinstance(cfg.model, str) else str(cfg.model)
     row = {"job": job.id, "status": "done" if out.ok else "failed", "kind": cfg.kind, "model": model,
            "task": cfg.task["name"], "format": cfg.task["format"] or getattr(job.task, "format", None),
