@@ -325,6 +325,7 @@ def cka_criteria() -> tuple[str, ...]:
 @register_run("cka")
 class CkaRun(RunKind):
     fixed = ("model_a", "model_b", "task_or_texts", "seed", "progress")
+    listy = HELDOUT_KEYS
     study = {**_TEXTS, "prune": (lambda v: is_ratio(v) or int_at_least(1)(v), 0.5),
              "criterion": (lambda v: True, "bi"), "on": (lambda v: True, "task")}
 
