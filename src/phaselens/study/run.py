@@ -122,15 +122,13 @@ def run_study(
 
     Args:
         spec: a TOML file, TOML text or the equal dict (see :mod:`phaselens.study.spec`); validated first.
-        out: the study folder (see :mod:`phaselens.study.store`); rerunning with the same folder skips
-            finished jobs and retries failed ones. A folder may be reused with a changed spec: the jobs
-            already finished there are kept and reused.
+        out: the study folder (:mod:`phaselens.study.store`); a rerun skips finished jobs and retries failed
+            ones, also with a changed spec (the jobs finished there are reused).
         executor: ``"local"`` (this process, one job after another), ``"processes"`` (a pool of worker
             processes) or ``"ray"`` (``pip install 'phaselens[ray]'``).
-        address: the Ray cluster (``"auto"``, ``"ray://host:10001"``); ``None``: a local Ray instance.
-            Unused by the other executors. When Ray is already initialised, that instance is used.
-        workers: worker processes / Ray actors (default: what the spec's ``resources`` fit on the machine
-            or cluster).
+        address: the Ray cluster (``"auto"``, ``"ray://host:10001"``); ``None``: a local Ray instance (an
+            initialised Ray is used as it is). Unused by the other executors.
+        workers: worker processes / Ray actors (default: what the spec's ``resources`` fit on the machine).
         wait: when another study holds ``out``, wait up to this many seconds for it (default: refuse).
         on_job: called with each job's index row as soon as it is recorded (progress bars).
         on_plan: called once with ``(jobs to run, jobs already finished)`` before the first job starts.

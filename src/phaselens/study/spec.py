@@ -15,13 +15,14 @@ Top-level keys: ``models`` (names, HF folders or ``.gguf`` paths; in a dict also
 :class:`~phaselens.Model` objects, for the ``"local"`` executor), ``tasks`` (a name, or a table with
 ``name``, ``format``, ``limit``, ``sample``, ``shots``, ``split``, ``seed``; in a dict also :class:`~phaselens.Task`
 objects), ``seeds`` (default ``[0]``), ``runs`` (each a table with ``kind`` and its parameters),
-``resources`` (``num_cpus``, ``num_gpus``, ``models_per_worker``, ``workers``) and ``name``.
+``resources`` (``num_cpus``, ``num_gpus``, ``models_per_worker``, ``workers``), ``plugins`` and ``name``.
 
 A run's parameters are the keyword arguments of its function (:data:`RUNS`), validated against the
 function's signature, plus a few the study translates (``calibration_passages``, ``max_ratio``, ...).
 Every list is a grid over its elements, except for the parameters whose value is itself a list
-(``methods``, ``blocks``, ``pairs``, ``eps`` and ``seeds`` of a run, ``calibration`` / ``perplexity_texts``
-texts): for those a list of lists is a grid.
+(``methods``, ``blocks``, ``pairs``, ``eps`` and ``seeds`` of a run, ``calibration`` / ``heldout``
+texts): for those a list of lists is a grid. ``plugins`` (module names or ``.py`` paths) are imported before the
+runs are checked (they may register run kinds and criteria) and never enter a job's id.
 An invalid spec raises :class:`~phaselens.StudyError` naming the key and the allowed values, before
 anything runs.
 """
