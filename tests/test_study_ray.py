@@ -67,3 +67,18 @@ def test_a_killed_ray_worker_loses_nothing(local_ray, tiny_llama_dir, tmp_path):
     _whole(out)
     pl.run_study(spec, out=tmp_path / "ref")
     _same_study(out, tmp_path / "ref")
+
+
+def test_a_plugins_run_kind_runs_on_ray_actors(local_ray, tiny_llama_dir, tmp_path, monkeypatch):
+    """The actors import the driver's plugins (a .py path here: the actors share this machine)."""
+    from pathlib import Path
+
+    from phaselens.registry import PLUGINS_ENV
+
+    monkeypatch.setenv(PLUGINS_ENV, os.environ.get(PLUGINS_ENV, ""))
+    plugin = Path(__file__).parent / "plugins" / "user_run.py"
+    spec = _spec(tiny_llama_dir, [{"kind": "final-accuracy", "n_boot": 20}], seeds=[0])
+    df = pl.run_study(spec, out=tmp_path / "ray", executor="ray", plugins=[str(plugin)])
+    assert (df.status == "done").all(), df.error.tolist()
+    ref = pl.decision_trace(pl.load_model(tiny_llama_dir), pl.load_task("capitals", limit=6, seed=0), n_boot=20)
+    assert df.iloc[0].final_accuracy == float(ref.accuracy[-1]) and df.iloc[0].executor == "ray"

@@ -18,27 +18,20 @@ from .loading import load_model
 from .models import Model
 from .noise import NoiseResult, inject_noise
 from .perplexity import perplexity
-from .pruning import prune, select_blocks
+from .pruning import Criterion, prune, register_criterion, select_blocks
 from .pruning.iterative import Sweep, iterative_prune, load_sweep
 from .recovery import BoundaryErrorResult, Recovered, boundary_error, fit_recovery, load_recovery
-from .registry import registered
 from .report import build_report
 from .results import Result, load_result, load_results, save_result
 from .similarity import CKAResult, cka
-from .study import load_study, run_study
+from .registry import load_plugins, registered
+from .study import RunKind, load_study, register_run, run_study
 from .cka import linear_cka
 from .verdicts import Claim, Claims, claims, write_claims_csv
 from .effects import Effect, EffectError, correlation_effect, hierarchical_effect, paired_effect, permutation_effect
 from .tasks import Item, LettersTemplate, Task, builtin_tasks, load_task
 from .trace import DecisionTrace, Transition, decision_trace, transition_point
 from .view import EditedView, ModelView, as_view
-
-# --- extension decorators (the lead adds these at merge; each is defined in its own area) ----------------------
-# from .recovery import register_method
-# from .pruning import register_criterion
-# from .lenses import register_lens
-# from .study import register_run
-# -----------------------------------------------------------------------------------------------------------------
 
 __all__ = [
     # models and tasks
@@ -48,8 +41,9 @@ __all__ = [
     # lenses
     "Lens", "LensKind", "fit_lens", "lens_kl", "load_lens", "register_lens",
     # pruning and recovery
-    "BoundaryErrorResult", "EditedView", "ModelView", "Recovered", "Sweep", "as_view", "boundary_error", "fit_recovery",
-    "iterative_prune", "load_recovery", "load_sweep", "perplexity", "prune", "select_blocks",
+    "BoundaryErrorResult", "Criterion", "EditedView", "ModelView", "Recovered", "Sweep", "as_view", "boundary_error",
+    "fit_recovery", "iterative_prune", "load_recovery", "load_sweep", "perplexity", "prune", "register_criterion",
+    "select_blocks",
     # controls and experiments
     "AblationResult", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "ablate", "cka", "compare_phase_cuts",
     "inject_noise", "linear_cka", "transition_vs_collapse",
@@ -59,9 +53,9 @@ __all__ = [
     "Claim", "Claims", "Effect", "EffectError", "claims", "correlation_effect", "hierarchical_effect", "paired_effect",
     "permutation_effect", "write_claims_csv",
     # studies
-    "load_study", "run_study",
-    # extending phaselens (register_method, register_criterion, register_lens, register_run: added at merge)
-    "registered",
+    "RunKind", "load_study", "register_run", "run_study",
+    # extending phaselens: registries and plugins
+    "load_plugins", "registered",
     # the base of every error (the others: phaselens.errors)
     "PhaselensError",
 ]

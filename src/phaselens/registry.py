@@ -160,6 +160,13 @@ class Registry(Generic[T]):
     def entries(self) -> Iterator[Entry[T]]:
         yield from self._entries.values()
 
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, object)`` pairs in :meth:`names` order (the registry reads like the dict it replaced)."""
+        return [(n, self._entries[n].obj) for n in self.names()]
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
     def __contains__(self, name: object) -> bool:
         if isinstance(name, str) and name not in self._entries:
             load_plugins()
@@ -224,11 +231,15 @@ def load_plugins(plugins: Any = None) -> None:
     every entry point of the group ``phaselens.plugins``. ``plugins`` are added to ``$PHASELENS_PLUGINS`` so
     that child processes (study workers, a CLI started from Python) import them too."""
     global _entry_points_loaded
-    given = [plugins] if isinstance(plugins, str) else list(plugins or [])
-    if given:
+    given = [plugins] if isinstance(plugins, (str, os.PathLike)) else list(plugins or [])
+    if not all(isinstance(p, (str, os.PathLike)) for p in given):
+        raise PhaselensError(f"plugins must be module names or .py paths (a list of strings), got {plugins!r}")
+    new = [str(Path(p).expanduser().resolve()) if str(p).endswith(".py") else str(p).strip() for p in given]
+    for spec in new:  # imported before they enter the environment, so a broken one does not stay there
+        _import_plugin(spec)
+    if new:
         have = [p for p in os.environ.get(PLUGINS_ENV, "").split(",") if p]
-        new = [str(Path(p).resolve()) if str(p).endswith(".py") else str(p) for p in given]
-        os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(have + new))
+        os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(have + [p for p in new if p]))
     for spec in os.environ.get(PLUGINS_ENV, "").split(","):
         _import_plugin(spec)
     if not _entry_points_loaded:

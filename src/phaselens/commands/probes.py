@@ -15,7 +15,7 @@ from ..errors import InterventionError, StatsWarning
 from ..experiments import transition_vs_collapse
 from ..noise import eps_list, inject_noise
 from ..pruning import prune, select_blocks
-from ..pruning.iterative import SWEEP_CRITERIA
+from ..pruning import sweep_criteria
 from ..similarity import POSITIONS, cka
 from ..tasks import load_task
 from .common import (BatchOpt, BlocksHelp, DeviceOpt, FormatOpt, JsonOpt, LensOpt, LimitOpt, ModelOpt, OutOpt,
@@ -202,8 +202,8 @@ def collapse_cmd(
 ) -> None:
     """Transition depth against collapse ratio across (model, task) pairs, with Pearson r."""
     max_cut = renamed_option(max_cut, old_max_steps, "--max-steps", "--max-cut")
-    if criterion not in SWEEP_CRITERIA:
-        fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(SWEEP_CRITERIA)}")
+    if criterion not in sweep_criteria():
+        fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(sweep_criteria())}")
     early(out=out, html=html, max_cut=(max_cut, 1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StatsWarning)

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..experiments import DEFAULT_METHODS, compare_phase_cuts
-from ..pruning import CRITERIA, prune, select_blocks
-from ..pruning.iterative import SWEEP_CRITERIA, iterative_prune
+from ..pruning import CRITERIA, prune, select_blocks, sweep_criteria
+from ..pruning.iterative import iterative_prune
 from ..recovery import METHODS, fit_recovery
 from ..results import plain
 from ..trace import transition_point
@@ -150,16 +150,15 @@ def sweep_cmd(
 ) -> None:
     """Cut one block at a time by a criterion recomputed after every cut; per-step accuracy, margin, transition, perplexity."""
     max_cut = renamed_option(max_cut, old_steps, "--steps", "--max-cut")
-    if criterion not in SWEEP_CRITERIA:
-        fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(SWEEP_CRITERIA)}")
+    if criterion not in sweep_criteria():
+        fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(sweep_criteria())}")
     if recovery is not None and recovery not in METHODS:
         fail(f"unknown recovery method {recovery!r}; choose one of {', '.join(METHODS)}")
     early(out=out, html=html, max_cut=(max_cut, 1), lens=lens)
     cal, held = texts(calibration, "--calibration"), texts(heldout, "--heldout")
     m, t = load(model, task, format, limit, seed, device=device)
-    # iterative_prune names the blocks to cut steps= (pruning/ renames its keywords: heldout=, boot_seed= at merge)
     sweep = iterative_prune(m, t, criterion=criterion, steps=max_cut, recovery=recovery, out=out, calibration=cal,
-                            perplexity_texts=held, seed=seed, progress=progress(as_json), lens=lens)
+                            heldout=held, boot_seed=seed, progress=progress(as_json), lens=lens)
     if as_json:
         sys.stdout.write(sweep.to_json() + "\n")
     else:

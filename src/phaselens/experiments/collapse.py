@@ -138,7 +138,8 @@ class CollapseStudy(Result):
         return collapse_scatter(self, **kw)
 
 
-def _point(tr: Any, sweep: Any, source: str = "") -> CollapsePoint:
+def collapse_point(tr: Any, sweep: Any, source: str = "") -> CollapsePoint:
+    """The point of one (model, task): ``tr``'s transition depth against ``sweep``'s collapse ratio."""
     from ..pruning.iterative import Sweep
     from ..trace import Transition
 
@@ -157,14 +158,14 @@ def _from_folder(path: Path) -> CollapsePoint:
 
     if (path / ".phaselens" / "sweep" / "args.json").exists() and not any(path.glob("*.json")):
         sw = load_sweep(path)  # an iterative_prune(out=...) folder holding only the sweep's state
-        return _point(sw.steps[0].transition, sw, str(path))
+        return collapse_point(sw.steps[0].transition, sw, str(path))
     res = load_results(path)
     trs = [v for v in res.values() if isinstance(v, Transition)]
     sws = [v for v in res.values() if isinstance(v, Sweep)]
     if len(sws) != 1:
         raise StatsError(f"{path}: expected one Sweep result (or an iterative_prune out= folder), found {len(sws)}")
     tr = trs[0] if len(trs) == 1 else sws[0].steps[0].transition
-    return _point(tr, sws[0], str(path))
+    return collapse_point(tr, sws[0], str(path))
 
 
 def _as_point(r: Any) -> CollapsePoint:
@@ -175,14 +176,14 @@ def _as_point(r: Any) -> CollapsePoint:
     if isinstance(r, Sweep):
         if not r.steps:
             raise StatsError(f"the sweep of {r.model} on {r.task} has no steps")
-        return _point(r.steps[0].transition, r)
+        return collapse_point(r.steps[0].transition, r)
     if isinstance(r, (str, Path)):
         p = Path(r)
         if not p.is_dir():
             raise StatsError(f"results folder not found: {p}")
         return _from_folder(p)
     if isinstance(r, (tuple, list)) and len(r) == 2:
-        return _point(r[0], r[1])
+        return collapse_point(r[0], r[1])
     raise StatsError(f"cannot use {type(r).__name__} as a study point: pass (Transition, Sweep) pairs, Sweeps, "
                      "or results folders")
 
@@ -213,7 +214,7 @@ def _study_points(models: list, tasks: list, criterion: str, out: Any, chunk: in
         for row in df.itertuples():
             path = root / f"{row.result}.json"
             sw = load_result(path)
-            pts.append(_point(sw.steps[0].transition, sw, "" if tmp is not None else str(path)))
+            pts.append(collapse_point(sw.steps[0].transition, sw, "" if tmp is not None else str(path)))
         return pts
     finally:
         if tmp is not None:

@@ -6,7 +6,8 @@ from typing import Iterable
 
 from ..errors import PruningError
 from ..view import ModelView, as_view
-from .criteria import CRITERIA, angular_distances, block_influence, select_blocks, selection, sleb_scores
+from .criteria import (CRITERIA, Criterion, Selection, angular_distances, block_influence, register_criterion, select_blocks,
+                       selection, sleb_scores, sweep_criteria)
 from ..types import ModelLike
 
 
@@ -30,4 +31,5 @@ def prune(model: ModelLike, blocks: Iterable[int]) -> ModelView:
     return ModelView(view.base, tuple(view.removed) + tuple(int(b) for b in blocks))
 
 
-__all__ = ["CRITERIA", "ModelView", "angular_distances", "block_influence", "prune", "select_blocks", "selection", "sleb_scores"]
+__all__ = ["CRITERIA", "Criterion", "ModelView", "Selection", "angular_distances", "block_influence", "prune",
+           "register_criterion", "select_blocks", "selection", "sleb_scores", "sweep_criteria"]

@@ -1,5 +1,9 @@
 """Which blocks to cut: Block Influence, angular distance, SLEB, random, and phase-targeted.
 
+Each criterion is a registered :class:`Criterion` (:data:`CRITERIA`) that owns how it scores and selects
+blocks; :func:`select_blocks`, :func:`~phaselens.iterative_prune`, the CLI and study specs all read the
+registry. ``@pl.register_criterion("name")`` adds one.
+
 All similarities are cosines over the hidden dimension, one per token (``dim=-1`` of
 ``[n_tok, d]``), averaged over the non-padding calibration tokens. Scores are computed on
 the model as given, so on a pruned view they are those of the current pruned model.
@@ -10,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -19,11 +23,10 @@ from ..activations import boundaries
 from .. import checks
 from ..errors import PruningError
 from ..runner import PrefixCache
+from ..registry import Registry
 from ..view import ModelView, as_view
 from ..types import ModelLike, TaskLike
 
-Criterion = Literal["bi", "angular", "sleb", "random", "silent", "decisive"]
-CRITERIA: tuple[str, ...] = ("bi", "angular", "sleb", "random", "silent", "decisive")
 PLACEMENTS: tuple[str, ...] = ("adjacent", "far", "center")
 
 
@@ -107,10 +110,137 @@ class Selection:
     scores: dict[int, float]
 
 
+class Criterion:
+    """A block-selection criterion: it scores the surviving blocks of a model and chooses ``n`` of them to cut.
+
+    Subclass it and register it with ``@phaselens.register_criterion("name")``. Override :meth:`scores`
+    (one number per surviving block, original indices as keys; the lowest is cut first): the default
+    :meth:`select` cuts the ``n`` lowest, and :func:`~phaselens.iterative_prune` cuts the lowest after every
+    cut. Override :meth:`select` for a criterion that chooses otherwise (contiguous runs, phases).
+
+    Attributes:
+        needs_task: :meth:`select` needs ``task=`` (or ``transition=``): the phase criteria.
+        uses_calibration: the scores are computed on calibration text.
+        uses_seed: the choice is seeded (``seed=``).
+        iterative: usable in :func:`~phaselens.iterative_prune` (scores one block at a time).
+    """
+
+    name: str = ""
+    needs_task: bool = False
+    uses_calibration: bool = True
+    uses_seed: bool = False
+    iterative: bool = True
+
+    def scores(self, view: ModelView, *, calibration: Any = None, seed: int = 0, step: int = 0,
+               cache: PrefixCache | None = None) -> dict[int, float]:
+        """``{block: score}`` for every surviving block of ``view`` (lowest cut first); ``step`` is the sweep's step."""
+        raise PruningError(f"criterion {self.name!r} does not score blocks one by one, so it cannot run in "
+                           f"iterative_prune; use one of {sweep_criteria()}")
+
+    def select(self, view: ModelView, n: int, *, calibration: Any = None, task: TaskLike = None, seed: int = 0,
+               placement: str | int = "adjacent", transition: Any = None) -> Selection:
+        """``n`` blocks of ``view`` to cut (``1 <= n < n_kept``, checked by the caller): the ``n`` lowest scores."""
+        s = self.scores(view, calibration=calibration, seed=seed)
+        return Selection(sorted(sorted(s, key=lambda b: (s[b], b))[:n]), self.name, s)
+
+    def __repr__(self) -> str:
+        return f"<criterion {self.name!r}>"
+
+
+CRITERIA: Registry[Criterion] = Registry("criterion", "selection criterion", PruningError)
+
+
+def register_criterion(name: str, *, replace: bool = False) -> Callable:
+    """Decorator: register a :class:`Criterion` subclass (instantiated with no arguments) as ``name``."""
+    return CRITERIA.register(name, replace=replace)
+
+
+def sweep_criteria() -> tuple[str, ...]:
+    """The registered criteria usable in :func:`~phaselens.iterative_prune` (``iterative``)."""
+    return tuple(n for n, c in CRITERIA.items() if c.iterative)
+
+
+@register_criterion("bi")
+class BlockInfluence(Criterion):
+    """ShortGPT: the ``n`` blocks of lowest Block Influence."""
+
+    def scores(self, view, *, calibration=None, seed=0, step=0, cache=None):
+        return block_influence(view, calibration, cache=cache)
+
+
+@register_criterion("angular")
+class Angular(Criterion):
+    """Gromov et al.: the contiguous ``n`` blocks of smallest angular distance (``n = 1`` in a sweep)."""
+
+    def scores(self, view, *, calibration=None, seed=0, step=0, cache=None):
+        return angular_distances(view, 1, calibration, cache=cache)
+
+    def select(self, view, n, *, calibration=None, task=None, seed=0, placement="adjacent", transition=None):
+        s = angular_distances(view, n, calibration)
+        first = min(s, key=lambda b: (s[b], b))
+        i = view.kept.index(first)
+        return Selection(view.kept[i : i + n], self.name, s)
+
+
+@register_criterion("sleb")
+class Sleb(Criterion):
+    """SLEB: greedily the block whose removal raises calibration perplexity least."""
+
+    def scores(self, view, *, calibration=None, seed=0, step=0, cache=None):
+        return sleb_scores(view, calibration)
+
+    def select(self, view, n, *, calibration=None, task=None, seed=0, placement="adjacent", transition=None):
+        cut: list[int] = []
+        first_scores: dict[int, float] = {}
+        for _ in range(n):
+            s = sleb_scores(_without(view, cut), calibration)
+            first_scores = first_scores or s
+            cut.append(min(s, key=lambda b: (s[b], b)))
+        return Selection(sorted(cut), self.name, first_scores)
+
+
+@register_criterion("random")
+class RandomCut(Criterion):
+    """A seeded random control: ``n`` blocks drawn with ``random.Random(seed)``; in a sweep, scores drawn
+    with ``random.Random(f"{seed}:{step}")``."""
+
+    uses_calibration = False
+    uses_seed = True
+
+    def scores(self, view, *, calibration=None, seed=0, step=0, cache=None):
+        rng = random.Random(f"{seed}:{step}")
+        return {b: rng.random() for b in view.kept}
+
+    def select(self, view, n, *, calibration=None, task=None, seed=0, placement="adjacent", transition=None):
+        return Selection(sorted(random.Random(seed).sample(view.kept, n)), self.name, {})
+
+
+class PhaseCriterion(Criterion):
+    """``n`` contiguous blocks inside one phase of ``task`` (``placement`` says where in it)."""
+
+    needs_task = True
+    uses_calibration = False
+    iterative = False
+    phase = ""
+
+    def select(self, view, n, *, calibration=None, task=None, seed=0, placement="adjacent", transition=None):
+        return _phase_selection(view, n, self.phase, task, placement, transition)
+
+
+@register_criterion("silent")
+class Silent(PhaseCriterion):
+    phase = "silent"
+
+
+@register_criterion("decisive")
+class Decisive(PhaseCriterion):
+    phase = "decisive"
+
+
 def select_blocks(
     model: ModelLike,
     n: int,
-    criterion: Criterion = "bi",
+    criterion: str = "bi",
     *,
     calibration: Any = None,
     task: TaskLike = None,
@@ -121,10 +251,11 @@ def select_blocks(
     """``n`` original block indices to cut from ``model`` (dense or already pruned), sorted.
 
     Args:
-        criterion: ``"bi"`` (lowest Block Influence), ``"angular"`` (the contiguous ``n`` with the
-            smallest angular distance), ``"sleb"`` (greedy: repeatedly the block whose removal
-            raises calibration perplexity least), ``"random"`` (seeded control), ``"silent"`` /
-            ``"decisive"`` (``n`` contiguous blocks inside that phase of ``task``).
+        criterion: a name in :data:`CRITERIA`: ``"bi"`` (lowest Block Influence), ``"angular"`` (the contiguous
+            ``n`` with the smallest angular distance), ``"sleb"`` (greedy: repeatedly the block whose removal
+            raises calibration perplexity least), ``"random"`` (seeded control), ``"silent"`` / ``"decisive"``
+            (``n`` contiguous blocks inside that phase of ``task``), or one registered with
+            :func:`register_criterion`.
         placement: for the phase criteria: ``"adjacent"`` (next to the transition, default),
             ``"far"`` (at the other end of the phase), ``"center"``, or an int: the first block.
         transition: a precomputed :class:`~phaselens.Transition` of ``model`` on ``task``.
@@ -137,32 +268,18 @@ def selection(model: ModelLike, n: int, criterion: str = "bi", *, calibration: A
               seed: int = 0, placement: str | int = "adjacent", transition: Any = None) -> Selection:
     """:func:`select_blocks` with the scores behind the choice."""
     if criterion not in CRITERIA:
-        raise PruningError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
+        raise PruningError(f"unknown criterion {criterion!r}; choose one of {CRITERIA.names()} "
+                           "(or register your own with phaselens.register_criterion)")
     checks.integer("n", n, minimum=1, error=PruningError, what="blocks to cut")
     checks.integer("seed", seed, error=PruningError)
     view = as_view(model)
     kept = view.kept
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n < len(kept):
         raise PruningError(f"n must be an int in 1..{len(kept) - 1} (the model has {len(kept)} blocks), got {n!r}")
-    if criterion == "bi":
-        s = block_influence(view, calibration)
-        return Selection(sorted(sorted(s, key=lambda b: (s[b], b))[:n]), criterion, s)
-    if criterion == "angular":
-        s = angular_distances(view, n, calibration)
-        first = min(s, key=lambda b: (s[b], b))
-        i = kept.index(first)
-        return Selection(kept[i : i + n], criterion, s)
-    if criterion == "sleb":
-        cut: list[int] = []
-        first_scores: dict[int, float] = {}
-        for _ in range(n):
-            s = sleb_scores(_without(view, cut), calibration)
-            first_scores = first_scores or s
-            cut.append(min(s, key=lambda b: (s[b], b)))
-        return Selection(sorted(cut), criterion, first_scores)
-    if criterion == "random":
-        return Selection(sorted(random.Random(seed).sample(kept, n)), criterion, {})
-    return _phase_selection(view, n, criterion, task, placement, transition)
+    crit = CRITERIA.get(criterion)
+    got = crit.select(view, int(n), calibration=calibration, task=task, seed=seed, placement=placement,
+                      transition=transition)
+    return Selection(list(got.blocks), criterion, dict(got.scores))
 
 
 def _phase_selection(view: ModelView, n: int, phase: str, task: TaskLike, placement: str | int, transition: Any) -> Selection:

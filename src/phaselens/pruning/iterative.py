@@ -11,7 +11,6 @@ recompute only from the first block whose input changed: the prefix cache replay
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,18 +19,20 @@ import numpy as np
 
 from .. import checks
 from ..calibration import heldout_texts, load_calibration
+from ..deprecation import warn_renamed
 from ..errors import PruningError, ResultsError
+from ..lenses import resolve_lens
 from ..perplexity import perplexity
+from ..recovery import METHODS, fit_recovery
 from ..results import Record, Result
 from ..resume import RunFolder, digest, run_folder
 from ..runner import PrefixCache
 from ..tasks import Task, load_task
 from ..trace import DecisionTrace, Transition, check_boot, decision_trace
+from ..stats import N_BOOT
 from ..view import ModelView, as_view
-from .criteria import angular_distances, block_influence, sleb_scores
+from .criteria import CRITERIA, sweep_criteria
 from ..types import ModelLike, TaskLike
-
-SWEEP_CRITERIA = ("bi", "angular", "sleb", "random")
 
 
 @dataclass
@@ -131,16 +132,49 @@ def _chance(task: Task) -> float:
     return float(np.mean([1.0 / it.n_options for it in task.items]))
 
 
-def _scores(view: ModelView, criterion: str, calibration: list[str], cache: PrefixCache | None, seed: int,
-            step: int) -> dict[int, float]:
-    if criterion == "bi":
-        return block_influence(view, calibration, cache=cache)
-    if criterion == "angular":
-        return angular_distances(view, 1, calibration, cache=cache)
-    if criterion == "sleb":
-        return sleb_scores(view, calibration)
-    rng = random.Random(f"{seed}:{step}")
-    return {b: rng.random() for b in view.kept}
+def __getattr__(name: str) -> Any:
+    if name == "SWEEP_CRITERIA":  # deprecated: the registry says which criteria a sweep takes
+        warn_renamed("SWEEP_CRITERIA", "phaselens.pruning.sweep_criteria()", "phaselens.pruning.iterative")
+        return sweep_criteria()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: decision_trace's keyword for the bootstrap's seed (``boot_seed`` once the trace takes it, ``seed`` before)
+
+
+@dataclass
+class SweepPlan:
+    """A validated sweep: what it runs on and with which settings (the identity of its state folder)."""
+
+    base: Any
+    start: list[int]  # the blocks the starting view had removed
+    task: Task
+    lens: Any
+    calibration: list[str]
+    heldout: list[str]
+    steps: int
+    criterion: str
+    recovery: str | None
+    boot_seed: int
+    n_boot: int
+    max_tokens: int | None
+
+    def args(self) -> dict[str, Any]:
+        """The identity of the run folder (the keys of the saved format: ``seed`` is the bootstrap's seed and
+        ``perplexity_texts`` the held-out text)."""
+        base, task = self.base, self.task
+        args = {"model": base.name, "fingerprint": base.fingerprint, "task": task.name, "format": task.format,
+                "n_items": len(task), "items": digest([[it.question, list(it.options), it.answer] for it in task.items]),
+                "criterion": self.criterion, "recovery": self.recovery, "seed": self.boot_seed, "n_boot": self.n_boot,
+                "start_removed": list(self.start), "calibration": digest(self.calibration),
+                "perplexity_texts": digest(self.heldout)}
+        if self.lens.kind != "logit":
+            args["lens"] = self.lens.digest
+        return args
+
+    def trace(self, view: ModelView, cache: PrefixCache | None = None, progress: bool = False) -> DecisionTrace:
+        return decision_trace(view, self.task, n_boot=self.n_boot, cache=cache, progress=progress, lens=self.lens,
+                              max_tokens=self.max_tokens, boot_seed=self.boot_seed)
 
 
 def iterative_prune(
@@ -152,102 +186,124 @@ def iterative_prune(
     recovery: str | None = None,
     out: str | Path | None = None,
     calibration: Any = None,
-    perplexity_texts: Any = None,
+    heldout: Any = None,
     reuse_prefix: bool = True,
-    seed: int = 0,
-    n_boot: int = 200,
+    boot_seed: int = 0,
+    n_boot: int = N_BOOT,
+    max_tokens: int | None = None,
     progress: bool = False,
     lens: Any = None,
+    seed: int | None = None,
+    perplexity_texts: Any = None,
 ) -> Sweep:
     """Cut ``steps`` blocks one at a time (default: until one block is left).
 
     Args:
-        criterion: ``"bi"``, ``"angular"`` (n = 1), ``"sleb"`` or ``"random"`` (seeded), recomputed on
-            the current pruned model at every step; the block with the lowest score is cut.
-        recovery: ``None`` or a method of :func:`phaselens.fit_recovery` refitted after every cut (on
-            ``calibration``); ``"replaceme"`` cannot recover a cut at block 0 and raises if the criterion
-            picks it.
-        out: a folder; each finished step is written to its state (``out/.phaselens/sweep/``), and a rerun
-            resumes from it.
+        criterion: a criterion of :data:`~phaselens.CRITERIA` usable in a sweep (``"bi"``, ``"angular"``, ``"sleb"``,
+            ``"random"`` or a registered one), rescored on the current model at every step; the lowest is cut.
+        recovery: ``None`` or a method of :func:`phaselens.fit_recovery` refitted on ``calibration`` after every
+            cut; ``"replaceme"`` cannot recover a cut at block 0 and raises if the criterion picks it.
+        out: a folder; each finished step is written to its state (``out/.phaselens/sweep/``); a rerun resumes.
         calibration: text the criterion (and recovery) are computed on (default: bundled fit passages).
-        perplexity_texts: held-out text for perplexity (default: the bundled held-out passages).
-        reuse_prefix: replay unchanged prefixes instead of recomputing them (the same numbers, bit for
-            bit). It keeps every block's input for every batch of the task, the calibration text and
-            the perplexity text: about ``(L + 1) x tokens x d`` values in the model's dtype (about 2 GB for
-            SmolLM2 on the whole bundled corpus); ``False`` trades that memory for time.
-        seed: seeds the bootstrap intervals and the ``"random"`` criterion.
-        lens: the lens every step's trace is read with (``"logit"``, ``"linear"``, ``"tuned"``, a saved lens's path
-            or a :class:`~phaselens.Lens`), fitted on the dense model and applied to each pruned model's blocks.
+        heldout: held-out text for perplexity (default: the bundled held-out passages).
+        reuse_prefix: replay unchanged prefixes (the same numbers, bit for bit); it keeps every block's input
+            of the task, calibration and held-out text (``(L + 1) x tokens x d`` values, about 2 GB for SmolLM2
+            on the whole bundled corpus); ``False`` trades that memory for time.
+        boot_seed: seeds the bootstrap intervals, and the ``"random"`` criterion's draws (one sweep is one draw).
+        n_boot: bootstrap resamples of every step's transition interval.
+        max_tokens: padded tokens per forward pass of the traces and perplexities (default: the runner's).
+        lens: the lens of every step's trace (``"logit"``, ``"linear"``, ``"tuned"``, a path or a
+            :class:`~phaselens.Lens`), fitted on the dense model and applied to each pruned model's blocks.
+        seed, perplexity_texts: deprecated names of ``boot_seed`` and ``heldout``.
 
     Returns:
-        a :class:`Sweep`: ``steps[k]`` is the model after ``k`` cuts (trace, transition, accuracy,
-        margin, perplexity, the criterion's scores and the next cut); ``collapse_ratio`` as in DESIGN.md.
+        a :class:`Sweep`: ``steps[k]`` is the model after ``k`` cuts (trace, transition, accuracy, margin,
+        perplexity, the criterion's scores, the next cut); ``collapse_ratio`` as in DESIGN.md.
     """
-    if criterion not in SWEEP_CRITERIA:
-        raise PruningError(f"iterative criterion must be one of {SWEEP_CRITERIA}, got {criterion!r}")
-    check_boot(n_boot, seed)
+    boot_seed, heldout = _renamed(boot_seed, seed, heldout, perplexity_texts)
+    plan = _plan_sweep(model, task, criterion=criterion, steps=steps, recovery=recovery, out=out,
+                       calibration=calibration, heldout=heldout, reuse_prefix=reuse_prefix, boot_seed=boot_seed,
+                       n_boot=n_boot, max_tokens=max_tokens, lens=lens)
+    sweep = Sweep(model=plan.base.name, task=plan.task.name, criterion=criterion, recovery=recovery,
+                  n_blocks=plan.base.n_blocks, chance=_chance(plan.task), lens=plan.lens.name)
+    cache = PrefixCache() if reuse_prefix else None
+    with run_folder(out, "sweep", plan.args(), "a sweep") as folder:
+        sweep.steps = _load_steps(folder) if folder is not None else []
+        if plan.start:  # the collapse threshold is relative to the dense model
+            sweep.start_accuracy = _dense_accuracy(plan, folder)
+        sweep.steps = sweep.steps[: plan.steps + 1]
+        last = sweep.steps[-1] if sweep.steps else None
+        removed = list(plan.start) if last is None else list(last.removed) + [last.next_cut]
+        for k in range(len(sweep.steps), plan.steps + 1):
+            step = _sweep_step(plan, k, removed, cache, progress)
+            sweep.steps.append(step)
+            if folder is not None:
+                folder.save(f"step_{k:03d}", step)
+            if step.next_cut is not None and k < plan.steps:
+                removed = removed + [step.next_cut]
+    return sweep
+
+
+def _renamed(boot_seed: int, seed: int | None, heldout: Any, perplexity_texts: Any) -> tuple[int, Any]:
+    """``(boot_seed, heldout)`` with the deprecated ``seed=`` / ``perplexity_texts=`` of iterative_prune folded in."""
+    if seed is not None:
+        warn_renamed("seed", "boot_seed", "iterative_prune")
+        boot_seed = seed
+    if perplexity_texts is not None:
+        warn_renamed("perplexity_texts", "heldout", "iterative_prune")
+        heldout = perplexity_texts if heldout is None else heldout
+    return boot_seed, heldout
+
+
+def _plan_sweep(model: ModelLike, task: TaskLike, *, criterion: str, steps: int | None, recovery: str | None,
+                out: Any, calibration: Any, heldout: Any, reuse_prefix: bool, boot_seed: int, n_boot: int,
+                max_tokens: int | None, lens: Any) -> SweepPlan:
+    """Validate the arguments of :func:`iterative_prune` (nothing runs yet) and load what the sweep runs on."""
+    if criterion not in CRITERIA or not CRITERIA.get(criterion).iterative:
+        raise PruningError(f"iterative criterion must be one of {sweep_criteria()}, got {criterion!r}")
+    check_boot(n_boot, boot_seed)
     checks.integer("steps", steps, minimum=1, optional=True, error=PruningError, what="blocks to cut")
+    checks.integer("max_tokens", max_tokens, minimum=1, optional=True, error=PruningError, what="tokens per pass")
     checks.flag("reuse_prefix", reuse_prefix, error=PruningError)
     checks.out_folder("out", out, error=PruningError)
     view = as_view(model)
     base = view.base
-    L = base.n_blocks
-    most = L - 1 - len(view.removed)
+    most = base.n_blocks - 1 - len(view.removed)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))):
         raise PruningError(f"steps must be an int (blocks to cut) or None, got {steps!r}")
     steps = most if steps is None else int(steps)
     if not 1 <= steps <= most:
         raise PruningError(f"steps must be in 1..{most} (blocks that can be cut from {view.name}), got {steps}")
-    if recovery is not None:
-        from ..recovery import METHODS
-
-        if recovery not in METHODS:
-            raise PruningError(f"unknown recovery method {recovery!r}; choose from {METHODS} or None")
+    if recovery is not None and recovery not in METHODS:
+        raise PruningError(f"unknown recovery method {recovery!r}; choose from {METHODS} or None")
     if view.operators or view.branch_operators:
         raise PruningError("iterative_prune starts from a dense or plainly pruned model; pass recovery= to refit "
                            "a recovery after every cut instead of a recovered view")
-    from ..lenses import resolve_lens
+    return SweepPlan(base=base, start=list(view.removed), lens=resolve_lens(lens, base),
+                     task=task if isinstance(task, Task) else load_task(task),
+                     calibration=load_calibration(calibration),
+                     heldout=heldout_texts() if heldout is None else load_calibration(heldout),
+                     steps=steps, criterion=criterion, recovery=recovery, boot_seed=boot_seed, n_boot=n_boot,
+                     max_tokens=max_tokens)
 
-    lens_ = resolve_lens(lens, base)
-    task = task if isinstance(task, Task) else load_task(task)
-    cal = load_calibration(calibration)
-    ppl_texts = heldout_texts() if perplexity_texts is None else load_calibration(perplexity_texts)
-    args = {"model": base.name, "fingerprint": base.fingerprint, "task": task.name, "format": task.format,
-            "n_items": len(task), "items": digest([[it.question, list(it.options), it.answer] for it in task.items]),
-            "criterion": criterion, "recovery": recovery, "seed": seed, "n_boot": n_boot,
-            "start_removed": list(view.removed), "calibration": digest(cal), "perplexity_texts": digest(ppl_texts)}
-    if lens_.kind != "logit":
-        args["lens"] = lens_.digest
-    sweep = Sweep(base.name, task.name, criterion, recovery, L, _chance(task), lens=lens_.name)
-    cache = PrefixCache() if reuse_prefix else None
-    with run_folder(out, "sweep", args, "a sweep") as folder:
-        sweep.steps = _load_steps(folder) if folder is not None else []
-        if view.removed:  # the collapse threshold is relative to the dense model
-            sweep.start_accuracy = _dense_accuracy(base, task, folder, n_boot, seed)
-        sweep.steps = sweep.steps[: steps + 1]
-        removed = list(view.removed) if not sweep.steps else list(sweep.steps[-1].removed) + [sweep.steps[-1].next_cut]
-        for k in range(len(sweep.steps), steps + 1):
-            cur = _make_view(base, removed, recovery, cal)
-            trace = decision_trace(cur, task, n_boot=n_boot, boot_seed=seed, cache=cache, progress=progress, lens=lens_)
-            ppl = perplexity(cur, ppl_texts, cache=cache)
-            last = cur.n_kept == 1  # the next cut is chosen even after the last step, so a rerun can extend the sweep
-            scores = {} if last else _scores(cur, criterion, cal, cache, seed, k)
-            cut = None if last else min(scores, key=lambda b: (scores[b], b))
-            step = SweepStep(k, sorted(removed), len(removed) / L, trace.transition(), ppl, scores, cut)
-            sweep.steps.append(step)
-            if folder is not None:
-                folder.save(f"step_{k:03d}", step)
-            if cut is not None and k < steps:
-                removed = removed + [cut]
-    return sweep
+
+def _sweep_step(plan: SweepPlan, k: int, removed: list[int], cache: PrefixCache | None, progress: bool) -> SweepStep:
+    """Step ``k``: the model without ``removed`` (recovered if asked), measured, and its next cut chosen."""
+    cur = _make_view(plan.base, removed, plan.recovery, plan.calibration)
+    trace = plan.trace(cur, cache, progress)
+    ppl = perplexity(cur, plan.heldout, cache=cache, max_tokens=plan.max_tokens)
+    last = cur.n_kept == 1  # the next cut is chosen even after the last step, so a rerun can extend the sweep
+    crit = CRITERIA.get(plan.criterion)
+    scores = {} if last else crit.scores(cur, calibration=plan.calibration, seed=plan.boot_seed, step=k, cache=cache)
+    cut = None if last else min(scores, key=lambda b: (scores[b], b))
+    return SweepStep(step=k, removed=sorted(removed), ratio=len(removed) / plan.base.n_blocks,
+                     transition=trace.transition(), perplexity=ppl, scores=scores, next_cut=cut)
 
 
 def _make_view(base, removed: list[int], recovery: str | None, cal: list[str]) -> ModelView:
     view = ModelView(base, tuple(removed))
     if recovery is None or recovery == "identity" or not removed:
         return view
-    from ..recovery import fit_recovery
-
     return fit_recovery(view, cal, recovery)
 
 
@@ -256,11 +312,12 @@ class SweepDense(Record):
     accuracy: float
 
 
-def _dense_accuracy(base, task: Task, folder: RunFolder | None, n_boot: int, seed: int) -> float:
+def _dense_accuracy(plan: SweepPlan, folder: RunFolder | None) -> float:
     got = folder.load("dense") if folder is not None else None
     if isinstance(got, SweepDense):
         return got.accuracy
-    acc = float(decision_trace(base, task, n_boot=n_boot, boot_seed=seed).accuracy[-1])
+    acc = float(decision_trace(plan.base, plan.task, n_boot=plan.n_boot, max_tokens=plan.max_tokens,
+                               boot_seed=plan.boot_seed).accuracy[-1])
     if folder is not None:
         folder.save("dense", SweepDense(acc))
     return acc

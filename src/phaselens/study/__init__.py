@@ -11,8 +11,11 @@ holds each job's result in the results format and one Parquet index; the executo
 the jobs in this process, in a pool of processes, or on Ray actors that keep their models loaded.
 """
 
+from .executors import EXECUTORS
 from .run import job_id, run_study, task_digest
-from .spec import RUNS, StudySpec, parse_spec
+from .runs import RUNS, RunKind, register_run
+from .spec import StudySpec, parse_spec
 from .store import load_plan, load_study
 
-__all__ = ["RUNS", "StudySpec", "job_id", "load_plan", "load_study", "parse_spec", "run_study", "task_digest"]
+__all__ = ["EXECUTORS", "RUNS", "RunKind", "StudySpec", "job_id", "load_plan", "load_study", "parse_spec",
+           "register_run", "run_study", "task_digest"]

@@ -17,6 +17,7 @@ from collections import OrderedDict, deque
 from typing import Any, Iterator
 
 from ..errors import StudyError
+from ..registry import PLUGINS_ENV, load_plugins
 from .jobs import Job, ModelCache, Outcome, execute, fingerprint
 
 
@@ -57,6 +58,7 @@ _SCRATCH = ""
 def _init_worker(capacity: int, scratch: str, num_cpus: float, env: dict[str, str]) -> None:
     global _CACHE, _SCRATCH
     os.environ.update(env)
+    load_plugins()  # the driver's plugins, from the PHASELENS_PLUGINS this process inherited
     _CACHE, _SCRATCH = ModelCache(capacity), scratch
     _threads(num_cpus)
 
@@ -118,9 +120,11 @@ class ProcessExecutor:
 class StudyWorker:
     """A Ray actor: one worker process holding its models across the jobs sent to it."""
 
-    def __init__(self, capacity: int, driver_host: str, scratch: str, num_cpus: float) -> None:
+    def __init__(self, capacity: int, driver_host: str, scratch: str, num_cpus: float,
+                 plugins: list[str] | None = None) -> None:
         from ..embedded import cache_dir
 
+        load_plugins(plugins)  # the driver's plugins: module names, or .py paths that exist on this node
         self.cache = ModelCache(capacity)
         # the driver's scratch folder when this actor shares its machine, else this node's phaselens cache
         self.scratch = scratch if socket.gethostname() == driver_host else str(cache_dir() / "study-scratch")
@@ -163,7 +167,8 @@ class RayExecutor:
             fit = min(fit, int(gpus // resources.num_gpus))
         self.n = max(1, min(workers or resources.workers or fit, max(1, n_jobs)))
         self.cls = ray.remote(StudyWorker)
-        self.args = (resources.models_per_worker, socket.gethostname(), scratch, resources.num_cpus)
+        plugins = [p for p in os.environ.get(PLUGINS_ENV, "").split(",") if p]
+        self.args = (resources.models_per_worker, socket.gethostname(), scratch, resources.num_cpus, plugins)
         self.actors = [self._actor() for _ in range(self.n)]
         self.loaded: dict[Any, OrderedDict] = {a: OrderedDict() for a in self.actors}
 
@@ -228,4 +233,5 @@ class RayExecutor:
             self.ray.shutdown()
 
 
+#: the executors by name (the one list of them)
 EXECUTORS = {"local": LocalExecutor, "processes": ProcessExecutor, "ray": RayExecutor}

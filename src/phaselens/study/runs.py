@@ -1,86 +1,354 @@
-"""The run kinds of a study (``trace``, ``sweep``, ``phase-cuts``, ``noise``, ``ablate``, ``cka``): the public function
-each job calls, the parameters the study sets itself, and how the other parameters are checked."""
+"""The run kinds of a study (``trace``, ``sweep``, ``phase-cuts``, ``noise``, ``ablate``, ``cka``), one registered
+:class:`RunKind` each: it names the public function its jobs call, the parameters the study sets itself or
+translates, how they are checked, and owns its run (:meth:`RunKind.run`) and its index numbers
+(:meth:`RunKind.scalars`). ``@pl.register_run("name")`` adds one (see docs/architecture.md)."""
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+import math
+from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 
-def _fn(module: str, name: str) -> Callable[[], Callable]:
-    def get() -> Callable:
-        import importlib
-
-        return getattr(importlib.import_module(f"phaselens.{module}"), name)
-
-    return get
-
-
-@dataclass(frozen=True)
-class RunKind:
-    """One kind of run: the function it calls and how its parameters are read.
-
-    Attributes:
-        fn: returns the public function the job calls (its signature validates pass-through keys).
-        fixed: the function's parameters the study sets itself (model, task, seeds, folders, progress).
-        listy: parameters whose value is a list (a list of lists is a grid over them).
-        study: parameters the study translates, ``{name: (check, default)}``.
-        choices: allowed values of enumerated parameters.
-        required: parameters without a default.
-    """
-
-    name: str
-    fn: Callable[[], Callable]
-    fixed: tuple[str, ...]
-    listy: tuple[str, ...] = ()
-    study: dict[str, Any] = field(default_factory=dict)
-    choices: dict[str, tuple] = field(default_factory=dict)
-    required: tuple[str, ...] = ()
-
-    def allowed(self) -> list[str]:
-        sig = inspect.signature(self.fn())
-        passed = [p for p, v in sig.parameters.items() if p not in self.fixed and v.kind is not v.VAR_KEYWORD]
-        return sorted(set(passed) | set(self.study))
+from ..ablation import ABLATION_MODES, ablate
+from ..calibration import heldout_texts, load_calibration
+from ..cka import FORMS
+from ..errors import PhaseCutsError, StudyError
+from ..experiments.phase_cuts import compare_phase_cuts
+from ..noise import inject_noise
+from ..probes import phase_of
+from ..pruning import CRITERIA, prune, select_blocks, sweep_criteria
+from ..pruning.iterative import iterative_prune
+from ..recovery.solvers import METHODS
+from ..registry import Registry
+from ..similarity import POSITIONS, cka
+from ..trace import Transition, decision_trace, transition_point
 
 
-def _int(lo: int = 0) -> Callable[[Any], bool]:
+def int_at_least(lo: int = 0) -> Callable[[Any], bool]:
+    """A check: an int (not a bool) ``>= lo``."""
     return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
 
-def _ratio(v: Any) -> bool:
+def is_ratio(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
 
 
-def _choices() -> dict[str, tuple]:
-    from ..ablation import ABLATION_MODES
-    from ..cka import FORMS
-    from ..pruning.iterative import SWEEP_CRITERIA
-    from ..recovery.solvers import METHODS
-    from ..similarity import POSITIONS
+def is_texts(v: Any) -> bool:
+    """A non-empty list of strings (texts given in the spec itself)."""
+    return isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)
 
-    return {"criterion": SWEEP_CRITERIA, "recovery": (None, *METHODS), "methods": METHODS, "mode": ABLATION_MODES,
+
+def choices() -> dict[str, tuple]:
+    """Allowed values of the enumerated run parameters (what every kind checks unless it says otherwise)."""
+    return {"criterion": sweep_criteria(), "recovery": (None, *METHODS), "methods": METHODS, "mode": ABLATION_MODES,
             "positions": (None, *POSITIONS), "form": FORMS, "placement": ("adjacent", "far", "center"),
-            "until": ("steps", "collapse"), "on": ("task", "heldout"), "cka_criterion": ("bi", "angular", "random", "sleb")}
+            "until": ("steps", "collapse"), "on": ("task", "heldout")}
 
 
-_PASSAGES = {"calibration_passages": (_int(1), None), "heldout_passages": (_int(1), None)}
-RUNS: dict[str, RunKind] = {
-    "trace": RunKind("trace", _fn("trace", "decision_trace"),
-                     fixed=("model", "task", "seed", "progress", "cache", "device"), listy=("blocks",)),
-    "sweep": RunKind("sweep", _fn("pruning.iterative", "iterative_prune"),
-                     fixed=("model", "task", "out", "seed", "progress"), listy=("calibration", "perplexity_texts"),
-                     study={**_PASSAGES, "max_ratio": (_ratio, None), "until": (lambda v: True, "steps"),
-                            "chunk": (_int(1), 4)}),
-    "phase-cuts": RunKind("phase-cuts", _fn("experiments.phase_cuts", "compare_phase_cuts"),
-                          fixed=("model", "task", "out", "seed", "progress"),
-                          listy=("methods", "seeds", "calibration", "perplexity_texts"), study={**_PASSAGES, "fit_n": (lambda v: isinstance(v, bool), False)},
-                          required=("n",)),
-    "noise": RunKind("noise", _fn("noise", "inject_noise"), fixed=("model", "task", "boot_seed", "progress", "transition"),
-                     listy=("blocks", "seeds", "eps"), study={"stride": (_int(1), None)}),
-    "ablate": RunKind("ablate", _fn("ablation", "ablate"), fixed=("model", "task", "boot_seed", "progress", "transition"),
-                      listy=("blocks", "pairs")),
-    "cka": RunKind("cka", _fn("similarity", "cka"), fixed=("model_a", "model_b", "task_or_texts", "seed", "progress"),
-                   study={**_PASSAGES, "prune": (lambda v: _ratio(v) or _int(1)(v), 0.5),
-                          "criterion": (lambda v: True, "bi"), "on": (lambda v: True, "task")}),
-}
+def boot_kw(fn: Callable) -> str:
+    """The keyword ``fn`` takes the bootstrap's seed by (``boot_seed``, or the older ``seed``)."""
+    return "boot_seed" if "boot_seed" in inspect.signature(fn).parameters else "seed"
+
+
+def bundled(kind: str, n: int | None) -> list[str] | None:
+    """The first ``n`` bundled ``"calibration"`` or ``"heldout"`` passages (``None``: not asked for)."""
+    if n is None:
+        return None
+    texts = load_calibration() if kind == "calibration" else heldout_texts()
+    if n > len(texts):
+        raise StudyError(f"{kind}_passages = {n}, but there are {len(texts)} bundled {kind} passages")
+    return texts[:n]
+
+
+#: the spec keys that name held-out text: ``heldout`` (N bundled passages, or the texts) and its old names
+HELDOUT_KEYS = ("heldout", "heldout_passages", "perplexity_texts")
+
+
+def pop_texts(p: dict[str, Any]) -> tuple[list[str] | None, list[str] | None]:
+    """``(calibration, heldout)`` texts of a job, popped from its parameters ``p`` (``None``: the default)."""
+    cal = bundled("calibration", p.pop("calibration_passages", None))
+    cal = p.pop("calibration", None) if cal is None else cal  # texts given in the spec itself
+    held = None
+    for key in HELDOUT_KEYS:
+        v = p.pop(key, None)
+        if v is not None:
+            held = bundled("heldout", v) if isinstance(v, int) else list(v)
+    return cal, held
+
+
+def sweep_cap(n_layers: int, steps: int | None, max_ratio: float | None) -> int:
+    """The most cuts of a sweep job: ``steps``, or ``ceil(max_ratio * L)``, or ``L - 1``; never more than ``L - 1``."""
+    if max_ratio is not None:
+        steps = max(1, int(math.ceil(max_ratio * n_layers - 1e-9)))
+    return n_layers - 1 if steps is None else min(int(steps), n_layers - 1)
+
+
+def transition_scalars(tr: Any) -> dict[str, Any]:
+    """The index numbers of a :class:`~phaselens.Transition`."""
+    t = tr.trace
+    lo, hi = tr.ci if tr.ci is not None else (None, None)
+    return {"transition": tr.layer, "transition_lo": lo, "transition_hi": hi, "n_blocks": int(t.n_blocks),
+            "transition_fraction": tr.fraction, "final_accuracy": float(t.accuracy[-1]), "final_margin": float(t.margins[-1]),
+            "n_items": int(t.n_items)}
+
+
+class RunKind:
+    """One kind of study run. Subclass it and register it with ``@phaselens.register_run("name")``.
+
+    Attributes:
+        fixed: parameters of :meth:`fn` the study sets itself (model, task, seeds, folders, progress).
+        listy: parameters whose value is a list (a list of lists is a grid over them).
+        study: parameters the study translates, ``{name: (check, default)}``.
+        required: parameters without a default.
+    """
+
+    name: str = ""
+    fixed: tuple[str, ...] = ()
+    listy: tuple[str, ...] = ()
+    study: dict[str, tuple[Callable[[Any], bool], Any]] = {}
+    required: tuple[str, ...] = ()
+
+    def fn(self) -> Callable | None:
+        """The public function a job calls; its keywords (less :attr:`fixed`) are valid run parameters."""
+        return None
+
+    def allowed(self) -> list[str]:
+        """Every parameter a run of this kind may set."""
+        fn = self.fn()
+        sig = inspect.signature(fn).parameters if fn is not None else {}
+        passed = [p for p, v in sig.items() if p not in self.fixed and v.kind is not v.VAR_KEYWORD]
+        return sorted(set(passed) | set(self.study))
+
+    def choices(self) -> dict[str, tuple]:
+        """Allowed values of this kind's enumerated parameters."""
+        return choices()
+
+    def check(self, params: dict[str, Any], where: str) -> None:
+        """Checks of one job's parameters beyond keys, choices and :attr:`study` checks; raise StudyError."""
+
+    def run(self, model: Any, task: Any, seed: int, params: dict[str, Any], scratch: Path) -> Any:
+        """Run one job (``model`` loaded, ``task`` a Task, ``seed`` the study's seed, ``scratch`` a folder of this
+        job's own); returns a :class:`~phaselens.Result`."""
+        raise NotImplementedError(f"run kind {self.name!r} has no run()")
+
+    def scalars(self, result: Any) -> dict[str, Any]:
+        """The key numbers of one job's result, for the index (None / NaN where a number does not exist)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<run kind {self.name!r}>"
+
+
+RUNS: Registry[RunKind] = Registry("run", "study run kind", StudyError)
+
+
+def register_run(name: str, *, replace: bool = False) -> Callable:
+    """Decorator: register a :class:`RunKind` subclass (instantiated with no arguments) as ``name``."""
+    return RUNS.register(name, replace=replace)
+
+
+_TEXTS = {"calibration_passages": (int_at_least(1), None),
+          "heldout": (lambda v: int_at_least(1)(v) or is_texts(v), None),
+          "heldout_passages": (int_at_least(1), None), "perplexity_texts": (is_texts, None)}
+
+
+@register_run("trace")
+class TraceRun(RunKind):
+    fixed = ("model", "task", "seed", "boot_seed", "progress", "cache", "device")
+    listy = ("blocks",)
+
+    def fn(self):
+        return decision_trace
+
+    def run(self, model, task, seed, params, scratch):
+        trace = decision_trace(model, task, **{boot_kw(decision_trace): seed}, **params)
+        return trace.transition() if trace.complete else trace
+
+    def scalars(self, r):
+        if isinstance(r, Transition):
+            return transition_scalars(r)
+        return {"n_blocks": int(r.n_blocks), "final_accuracy": float(r.accuracy[-1]), "final_margin": float(r.margins[-1]),
+                "n_items": int(r.n_items)}
+
+
+@register_run("sweep")
+class SweepRun(RunKind):
+    fixed = ("model", "task", "out", "seed", "boot_seed", "progress")
+    listy = ("calibration", *HELDOUT_KEYS)
+    study = {**_TEXTS, "max_ratio": (is_ratio, None), "until": (lambda v: True, "steps"), "chunk": (int_at_least(1), 4)}
+
+    def fn(self):
+        return iterative_prune
+
+    def check(self, params, where):
+        if "steps" in params and "max_ratio" in params:
+            raise StudyError(f"{where}: give steps or max_ratio, not both")
+
+    def run(self, model, task, seed, params, scratch):
+        p = dict(params)
+        cal, held = pop_texts(p)
+        until, chunk = p.pop("until", "steps"), p.pop("chunk", 4)
+        cap = sweep_cap(model.n_blocks, p.pop("steps", None), p.pop("max_ratio", None))
+        kw = dict(out=scratch, boot_seed=seed, calibration=cal, heldout=held, **p)
+        if until != "collapse":
+            return iterative_prune(model, task, steps=cap, **kw)
+        k = 0
+        while True:  # extend chunk cuts at a time (resuming from the scratch folder) until accuracy collapses
+            k = min(cap, k + chunk)
+            sw = iterative_prune(model, task, steps=k, **kw)
+            if sw.collapse_ratio is not None or k >= cap or sw.dense_accuracy <= sw.chance:
+                return sw
+
+    def scalars(self, r):
+        out = transition_scalars(r.steps[0].transition)
+        out.update({"dense_accuracy": float(r.dense_accuracy), "final_accuracy": float(r.steps[-1].accuracy),
+                    "final_margin": float(r.steps[-1].margin), "collapse_ratio": r.collapse_ratio,
+                    "steps": len(r.steps) - 1, "criterion": r.criterion})
+        return out
+
+
+@register_run("phase-cuts")
+class PhaseCutsRun(RunKind):
+    fixed = ("model", "task", "out", "seed", "boot_seed", "progress")
+    listy = ("methods", "seeds", "calibration", *HELDOUT_KEYS)
+    study = {**_TEXTS, "fit_n": (lambda v: isinstance(v, bool), False)}
+    required = ("n",)
+
+    def fn(self):
+        return compare_phase_cuts
+
+    def check(self, params, where):
+        if not int_at_least(1)(params["n"]):
+            raise StudyError(f"{where}.n must be an int >= 1 (blocks per cut), got {params['n']!r}")
+
+    def run(self, model, task, seed, params, scratch):
+        p = dict(params)
+        cal, held = pop_texts(p)
+        n = p.pop("n")
+        if p.pop("fit_n", False):
+            tr = transition_point(model, task, **{boot_kw(transition_point): seed})
+            if tr.layer is None:
+                raise PhaseCutsError(f"{model.name} on {task.name}: {tr.reason} (no phases to cut)")
+            n = min(n, tr.layer, model.n_blocks - tr.layer)
+        if isinstance(p.get("placement"), list):
+            p["placement"] = tuple(p["placement"])
+        sig = inspect.signature(compare_phase_cuts).parameters
+        held_kw = "heldout" if "heldout" in sig else "perplexity_texts"
+        return compare_phase_cuts(model, task, n, **{boot_kw(compare_phase_cuts): seed}, out=scratch,
+                                  calibration=cal, **{held_kw: held}, **p)
+
+    def scalars(self, r):
+        out = transition_scalars(r.transition)
+        out.update({"dense_accuracy": float(r.dense_accuracy), "cut_n": int(r.n)})
+        for m in r.methods:
+            try:
+                c = r.contrast("silent", "decisive", method=m, metric="margin")
+            except Exception:  # noqa: BLE001 - a skipped combination (replaceme at block 0)
+                continue
+            out[f"contrast_{m}"], out[f"contrast_{m}_lo"], out[f"contrast_{m}_hi"] = c["difference"], c["lo"], c["hi"]
+        return out
+
+
+def _clean(r: Any) -> dict[str, Any]:
+    """The index numbers shared by the noise and ablation results (clean model, per item)."""
+    return {"transition": r.transition, "n_blocks": int(r.n_blocks), "n_items": int(r.n_items),
+            "final_accuracy": float(np.mean(r.clean_correct)), "final_margin": float(np.mean(r.clean_margins))}
+
+
+@register_run("noise")
+class NoiseRun(RunKind):
+    fixed = ("model", "task", "boot_seed", "progress", "transition")
+    listy = ("blocks", "seeds", "eps")
+    study = {"stride": (int_at_least(1), None)}
+
+    def fn(self):
+        return inject_noise
+
+    def check(self, params, where):
+        eps = params.get("eps", 0.0)
+        if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in (eps if isinstance(eps, list) else [eps])):
+            raise StudyError(f"{where}.eps must be a number or a list of numbers (one job; a list of lists is "
+                             f"a grid), got {eps!r}")
+
+    def run(self, model, task, seed, params, scratch):
+        p = dict(params)
+        stride = p.pop("stride", None)
+        if stride is not None:
+            L = model.n_blocks
+            tr = transition_point(model, task, **{boot_kw(transition_point): seed}, n_boot=p.get("n_boot", 1000))
+            p["blocks"] = sorted(set(range(0, L, stride)) | ({tr.layer} if tr.layer is not None else set()) | {L - 1})
+            p["transition"] = tr
+        return inject_noise(model, task, boot_seed=seed, **p)
+
+    def scalars(self, r):
+        out = _clean(r)
+        sens = r.sensitivity()
+        gap = sens[sens.phase == "silent - decisive"]
+        for e, row in zip(gap.eps, gap.itertuples()):
+            suf = "" if len(r.eps) == 1 else f"_eps{e:g}"
+            out[f"noise_gap{suf}"], out[f"noise_gap{suf}_lo"], out[f"noise_gap{suf}_hi"] = \
+                row.margin_drop, row.margin_drop_lo, row.margin_drop_hi
+        return out
+
+
+@register_run("ablate")
+class AblateRun(RunKind):
+    fixed = ("model", "task", "boot_seed", "progress", "transition")
+    listy = ("blocks", "pairs")
+
+    def fn(self):
+        return ablate
+
+    def run(self, model, task, seed, params, scratch):
+        p = dict(params)
+        if isinstance(p.get("pairs"), list):
+            p["pairs"] = [tuple(x) for x in p["pairs"]]
+        return ablate(model, task, boot_seed=seed, **p)
+
+    def scalars(self, r):
+        out = _clean(r)
+        ph = np.asarray([phase_of(b, r.transition) for b in r.singles])
+        d = r.single_drop
+        if (ph == "silent").any() and (ph == "decisive").any():
+            out["ablation_gap"] = float(d[ph == "silent"].mean() - d[ph == "decisive"].mean())
+        return out
+
+
+def cka_criteria() -> tuple[str, ...]:
+    """The criteria a dense-vs-pruned CKA run may prune by: those that need no task."""
+    return tuple(n for n, c in CRITERIA.items() if not c.needs_task)
+
+
+@register_run("cka")
+class CkaRun(RunKind):
+    fixed = ("model_a", "model_b", "task_or_texts", "seed", "progress")
+    listy = HELDOUT_KEYS
+    study = {**_TEXTS, "prune": (lambda v: is_ratio(v) or int_at_least(1)(v), 0.5),
+             "criterion": (lambda v: True, "bi"), "on": (lambda v: True, "task")}
+
+    def fn(self):
+        return cka
+
+    def choices(self):
+        return {**choices(), "criterion": cka_criteria()}
+
+    def run(self, model, task, seed, params, scratch):
+        p = dict(params)
+        cal, held = pop_texts(p)
+        cut, crit, on = p.pop("prune", 0.5), p.pop("criterion", "bi"), p.pop("on", "task")
+        n_cut = cut if isinstance(cut, int) else max(1, int(round(cut * model.n_blocks)))
+        pruned = prune(model, select_blocks(model, n_cut, crit, calibration=cal, seed=seed))
+        inputs = task if on == "task" else (held if held is not None else heldout_texts())
+        return cka(model, pruned, inputs, seed=seed, **p)
+
+    def scalars(self, r):
+        b, v = r.matched()
+        return {"cka_matched": float(np.mean(v)) if len(v) else float("nan"), "cut_n": len(r.blocks_a) - len(r.blocks_b),
+                "n_samples": int(r.n_samples)}
+
+
+__all__ = ["HELDOUT_KEYS", "RUNS", "RunKind", "bundled", "choices", "int_at_least", "is_ratio", "is_texts", "pop_texts",
+           "register_run", "sweep_cap", "transition_scalars"]

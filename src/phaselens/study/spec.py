@@ -15,13 +15,14 @@ Top-level keys: ``models`` (names, HF folders or ``.gguf`` paths; in a dict also
 :class:`~phaselens.Model` objects, for the ``"local"`` executor), ``tasks`` (a name, or a table with
 ``name``, ``format``, ``limit``, ``sample``, ``shots``, ``split``, ``seed``; in a dict also :class:`~phaselens.Task`
 objects), ``seeds`` (default ``[0]``), ``runs`` (each a table with ``kind`` and its parameters),
-``resources`` (``num_cpus``, ``num_gpus``, ``models_per_worker``, ``workers``) and ``name``.
+``resources`` (``num_cpus``, ``num_gpus``, ``models_per_worker``, ``workers``), ``plugins`` and ``name``.
 
 A run's parameters are the keyword arguments of its function (:data:`RUNS`), validated against the
 function's signature, plus a few the study translates (``calibration_passages``, ``max_ratio``, ...).
 Every list is a grid over its elements, except for the parameters whose value is itself a list
-(``methods``, ``blocks``, ``pairs``, ``eps`` and ``seeds`` of a run, ``calibration`` / ``perplexity_texts``
-texts): for those a list of lists is a grid.
+(``methods``, ``blocks``, ``pairs``, ``eps`` and ``seeds`` of a run, ``calibration`` / ``heldout``
+texts): for those a list of lists is a grid. ``plugins`` (module names or ``.py`` paths) are imported before the
+runs are checked (they may register run kinds and criteria) and never enter a job's id.
 An invalid spec raises :class:`~phaselens.errors.StudyError` naming the key and the allowed values, before
 anything runs.
 """
@@ -35,13 +36,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..deprecation import warn_renamed
 from ..errors import StudyError
-from .runs import RUNS, RunKind, _choices, _int  # noqa: F401 (RunKind re-exported)  the run kinds: what each calls, which keys it takes
+from ..lenses import LENS_KINDS
+from ..registry import load_plugins
+from ..tasks import FORMATS, Task
+from .runs import HELDOUT_KEYS, RUNS, RunKind, cka_criteria, int_at_least
 
-TOP_KEYS = ("name", "models", "tasks", "seeds", "runs", "resources")
+TOP_KEYS = ("name", "models", "tasks", "seeds", "runs", "resources", "plugins")
 TASK_KEYS = ("name", "format", "limit", "sample", "shots", "split", "seed")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "models_per_worker", "workers")
-EXECUTORS = ("local", "processes", "ray")
 
 
 @dataclass
@@ -127,7 +131,7 @@ class StudySpec:
 
 def expand(run: dict[str, Any]) -> list[dict[str, Any]]:
     """The grid of one run: one parameter dict per combination (keys sorted, ``kind`` left out)."""
-    kind = RUNS[run["kind"]]
+    kind = RUNS.get(run["kind"])
     keys = sorted(k for k in run if k != "kind")
     axes = []
     for k in keys:
@@ -173,6 +177,7 @@ def parse_spec(spec: Any) -> StudySpec:
     bad = sorted(set(d) - set(TOP_KEYS))
     if bad:
         raise StudyError(f"unknown top-level key(s) {bad} in the study spec; allowed: {list(TOP_KEYS)}")
+    load_plugins(plugin_list(d.get("plugins"), spec))  # before the runs are checked: they may name a plugin's kind
     name = d.get("name", "study")
     if not isinstance(name, str) or not name:
         raise StudyError(f"name must be a non-empty string, got {name!r}")
@@ -180,11 +185,32 @@ def parse_spec(spec: Any) -> StudySpec:
     tasks = [_task(t, i) for i, t in enumerate(_nonempty_list(d.get("tasks"), "tasks"))]
     seeds = d.get("seeds", [0])
     seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
-    if not isinstance(seeds, list) or not seeds or not all(_int(0)(s) for s in seeds) or len(set(seeds)) != len(seeds):
+    if not isinstance(seeds, list) or not seeds or not all(int_at_least(0)(s) for s in seeds) or len(set(seeds)) != len(seeds):
         raise StudyError(f"seeds must be a non-empty list of distinct non-negative ints, got {d.get('seeds')!r}")
     runs = [_run(r, i) for i, r in enumerate(_nonempty_list(d.get("runs"), "runs"))]
     res = _resources(d.get("resources", {}))
     return StudySpec(name, models, tasks, list(seeds), runs, res, d)
+
+
+def plugin_list(v: Any, spec: Any = None) -> list[str]:
+    """The spec's ``plugins``: module names or ``.py`` paths (a relative path is read from the spec file's folder
+    when it exists there). They are imported by the driver and every worker, and never enter a job's id."""
+    if v is None:
+        return []
+    v = [v] if isinstance(v, str) else v
+    if not isinstance(v, list) or not all(isinstance(p, str) and p for p in v):
+        raise StudyError(f"plugins must be a list of module names or .py paths, got {v!r}")
+    here = Path(spec).parent if _is_file(spec) else None
+    return [str(here / p) if here is not None and p.endswith(".py") and (here / p).is_file() else p for p in v]
+
+
+def _is_file(spec: Any) -> bool:
+    if not isinstance(spec, (str, os.PathLike)) or "\n" in str(spec):
+        return False
+    try:
+        return Path(spec).is_file()
+    except OSError:  # TOML text too long to be a file name
+        return False
 
 
 def _nonempty_list(v: Any, key: str) -> list:
@@ -209,8 +235,6 @@ def _models(v: Any) -> list[Any]:
 
 
 def _task(t: Any, i: int) -> TaskSpec:
-    from ..tasks import FORMATS, Task
-
     if isinstance(t, Task):
         return TaskSpec(t.name, t.format, None, t.shots, None, None, obj=t)
     if isinstance(t, str):
@@ -226,7 +250,7 @@ def _task(t: Any, i: int) -> TaskSpec:
     if fmt is not None and fmt not in FORMATS:
         raise StudyError(f"tasks[{i}].format is {fmt!r}; allowed: {list(FORMATS)}")
     for key, lo in (("limit", 1), ("shots", 0), ("seed", 0)):
-        if key in t and t[key] is not None and not _int(lo)(t[key]):
+        if key in t and t[key] is not None and not int_at_least(lo)(t[key]):
             raise StudyError(f"tasks[{i}].{key} must be an int >= {lo}, got {t[key]!r}")
     if t.get("split") is not None and not isinstance(t["split"], str):
         raise StudyError(f"tasks[{i}].split must be a string, got {t['split']!r}")
@@ -238,73 +262,96 @@ def _task(t: Any, i: int) -> TaskSpec:
 
 
 def _run(r: Any, i: int) -> dict[str, Any]:
+    """One run table, checked against its kind (:data:`RUNS`): keys, choices, the study's own keys, values."""
     if not isinstance(r, dict) or "kind" not in r:
         raise StudyError(f"runs[{i}] must be a table with a kind; allowed kinds: {list(RUNS)}")
     kind = r["kind"]
-    if kind not in RUNS:
+    if not isinstance(kind, str) or kind not in RUNS:
         raise StudyError(f"runs[{i}].kind is {kind!r}; allowed: {list(RUNS)}")
-    rk = RUNS[kind]
+    rk, where = RUNS.get(kind), f"runs[{i}] ({kind})"
     allowed = rk.allowed()
     bad = sorted(set(r) - set(allowed) - {"kind"})
     if bad:
-        raise StudyError(f"runs[{i}] ({kind}): unknown key(s) {bad}; allowed: {allowed}")
+        raise StudyError(f"{where}: unknown key(s) {bad}; allowed: {allowed}")
     missing = [k for k in rk.required if k not in r]
     if missing:
-        raise StudyError(f"runs[{i}] ({kind}) needs {missing}")
-    choices = _choices()
+        raise StudyError(f"{where} needs {missing}")
+    _heldout_keys(r, where)
     for params in expand(r):
-        for k, v in params.items():
-            if k in rk.study and not rk.study[k][0](v):
-                raise StudyError(f"runs[{i}] ({kind}).{k} = {v!r} is not valid; {_study_help(k)}")
-            ck = "cka_criterion" if kind == "cka" and k == "criterion" else k
-            if ck not in choices or (k == "placement" and not isinstance(v, str)):
-                continue
-            if k in rk.listy and not isinstance(v, list):
-                raise StudyError(f"runs[{i}] ({kind}).{k} must be a list, got {v!r}")
-            wrong = [x for x in (v if k in rk.listy else [v]) if x not in choices[ck]]
-            if wrong:
-                raise StudyError(f"runs[{i}] ({kind}).{k} = {v!r}: allowed values {list(choices[ck])}")
-        if "lens" in params:
-            _check_lens(params["lens"], f"runs[{i}] ({kind}).lens")
-        if kind == "phase-cuts" and not _int(1)(params["n"]):
-            raise StudyError(f"runs[{i}] (phase-cuts).n must be an int >= 1 (blocks per cut), got {params['n']!r}")
-        eps = params.get("eps", 0.0) if kind == "noise" else 0.0
-        if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in (eps if isinstance(eps, list) else [eps])):
-            raise StudyError(f"runs[{i}] (noise).eps must be a number or a list of numbers (one job; a list of lists is "
-                             f"a grid), got {eps!r}")
-        if "steps" in params and params["steps"] is not None and not _int(1)(params["steps"]):
-            raise StudyError(f"runs[{i}] ({kind}).steps must be an int >= 1, got {params['steps']!r}")
-        for texts, n in (("calibration", "calibration_passages"), ("perplexity_texts", "heldout_passages")):
-            if texts in params and n in params:
-                raise StudyError(f"runs[{i}] ({kind}): give {texts} (the texts) or {n} (bundled passages), not both")
-            if texts in params and not (isinstance(params[texts], list) and params[texts]
-                                        and all(isinstance(x, str) for x in params[texts])):
-                raise StudyError(f"runs[{i}] ({kind}).{texts} must be a non-empty list of strings (a list of lists is "
-                                 f"a grid); use {n} = N for the first N bundled passages")
-        if kind == "sweep" and "steps" in params and "max_ratio" in params:
-            raise StudyError(f"runs[{i}] (sweep): give steps or max_ratio, not both")
+        _check_params(rk, params, where)
     try:
         json.dumps(r)
     except (TypeError, ValueError):
-        raise StudyError(f"runs[{i}] ({kind}): parameters must be plain numbers, strings, booleans and lists") from None
+        raise StudyError(f"{where}: parameters must be plain numbers, strings, booleans and lists") from None
     return dict(r)
+
+
+def _heldout_keys(r: dict[str, Any], where: str) -> None:
+    """``heldout`` is the one key for held-out text; ``heldout_passages`` / ``perplexity_texts`` warn (kept as given:
+    the job ids of specs that use them do not change, see :func:`hash_params`)."""
+    given = [k for k in HELDOUT_KEYS if k in r]
+    if len(given) > 1:
+        raise StudyError(f"{where}: give held-out text once, as heldout = N (the first N bundled held-out passages) "
+                         f"or heldout = [texts]; got {given}")
+    for k in given[:1]:
+        if k != "heldout":
+            warn_renamed(k, "heldout", f"{where} of a study spec", stacklevel=6)
+
+
+def _check_params(rk: RunKind, params: dict[str, Any], where: str) -> None:
+    """One job's parameters: the study's own keys, enumerated values, the lens, steps, texts, then the kind's own."""
+    choices = rk.choices()
+    for k, v in params.items():
+        if k in rk.study and not rk.study[k][0](v):
+            raise StudyError(f"{where}.{k} = {v!r} is not valid; {_study_help(k, rk)}")
+        if k not in choices or (k == "placement" and not isinstance(v, str)):
+            continue
+        if k in rk.listy and not isinstance(v, list):
+            raise StudyError(f"{where}.{k} must be a list, got {v!r}")
+        wrong = [x for x in (v if k in rk.listy else [v]) if x not in choices[k]]
+        if wrong:
+            raise StudyError(f"{where}.{k} = {v!r}: allowed values {list(choices[k])}")
+    if "lens" in params:
+        _check_lens(params["lens"], f"{where}.lens")
+    if "steps" in params and params["steps"] is not None and not int_at_least(1)(params["steps"]):
+        raise StudyError(f"{where}.steps must be an int >= 1, got {params['steps']!r}")
+    if "calibration" in params and "calibration_passages" in params:
+        raise StudyError(f"{where}: give calibration (the texts) or calibration_passages (bundled passages), not both")
+    if "calibration" in params and not (isinstance(params["calibration"], list) and params["calibration"]
+                                        and all(isinstance(x, str) for x in params["calibration"])):
+        raise StudyError(f"{where}.calibration must be a non-empty list of strings (a list of lists is a grid); use "
+                         "calibration_passages = N for the first N bundled passages")
+    rk.check(params, where)
+
+
+def hash_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters as a job id hashes them: ``heldout`` under the key a spec used before it had that name
+    (``heldout_passages`` for N passages, ``perplexity_texts`` for texts), so renaming the key changes no job id."""
+    if "heldout" not in params:
+        return params
+    p = dict(params)
+    v = p.pop("heldout")
+    p["heldout_passages" if isinstance(v, int) else "perplexity_texts"] = v
+    return p
 
 
 def _check_lens(v: Any, where: str) -> None:
     """``lens`` in a run: a lens kind (fitted once per model and cached) or the path of a saved lens file."""
-    from ..lenses import LENS_KINDS
-
     if v is None or (isinstance(v, str) and v in LENS_KINDS):
         return
     if isinstance(v, str) and Path(v).is_file():
         return
-    raise StudyError(f"{where} = {v!r}: allowed values {list(LENS_KINDS.names())} (fitted once per model on the bundled calibration "
-                     "text and cached) or the path of an existing lens file written by Lens.save")
+    raise StudyError(f"{where} = {v!r}: allowed values {list(LENS_KINDS)} (fitted once per model on the bundled "
+                     "calibration text and cached) or the path of an existing lens file written by Lens.save")
 
 
-def _study_help(k: str) -> str:
+def _study_help(k: str, rk: RunKind) -> str:
     return {"calibration_passages": "an int >= 1: the first N bundled calibration passages",
+            "heldout": "an int >= 1 (the first N bundled held-out passages) or a non-empty list of strings (the texts; "
+                       "a list of lists is a grid)",
             "heldout_passages": "an int >= 1: the first N bundled held-out passages",
+            "perplexity_texts": "a non-empty list of strings (a list of lists is a grid); use heldout = N for the first "
+                                "N bundled passages",
             "max_ratio": "a share of blocks in (0, 1): the sweep cuts ceil(max_ratio * L) blocks at most",
             "until": "allowed: 'steps' (cut steps blocks) or 'collapse' (extend chunk cuts at a time until accuracy "
                      "collapses, at most steps / max_ratio)",
@@ -312,7 +359,7 @@ def _study_help(k: str) -> str:
             "fit_n": "true or false: lower n to fit the smaller phase",
             "stride": "an int >= 1: perturb every stride-th block plus the transition block and the last block",
             "prune": "a share of blocks in (0, 1) or a number of blocks >= 1 to prune for the dense-vs-pruned CKA",
-            "criterion": "allowed: bi, angular, random, sleb", "on": "allowed: 'task' or 'heldout'"}.get(k, "")
+            "criterion": f"allowed: {', '.join(cka_criteria())}", "on": "allowed: 'task' or 'heldout'"}.get(k, "")
 
 
 def _resources(v: Any) -> Resources:
@@ -329,11 +376,11 @@ def _resources(v: Any) -> Resources:
                 raise StudyError(f"resources.{k} must be a number {'> 0' if k == 'num_cpus' else '>= 0'}, got {x!r}")
             setattr(r, k, float(x))
     if "models_per_worker" in v:
-        if not _int(1)(v["models_per_worker"]):
+        if not int_at_least(1)(v["models_per_worker"]):
             raise StudyError(f"resources.models_per_worker must be an int >= 1, got {v['models_per_worker']!r}")
         r.models_per_worker = v["models_per_worker"]
     if v.get("workers") is not None:
-        if not _int(1)(v["workers"]):
+        if not int_at_least(1)(v["workers"]):
             raise StudyError(f"resources.workers must be an int >= 1, got {v['workers']!r}")
         r.workers = v["workers"]
     return r
