@@ -6,7 +6,7 @@
     >>> t.plot().show()
 """
 
-__version__ = "0.2.0"
+from .version import __version__
 
 from .ablation import AblationResult, ablate
 from .calibration import heldout_texts, load_calibration

@@ -23,7 +23,8 @@ from typing import Any
 
 from .errors import ReportWarning, ResultsError
 from .results import Result, ResultEntry, read_results
-from .resume import write_atomic
+from .files import write_atomic
+from .version import __version__
 
 
 @dataclass
@@ -183,7 +184,6 @@ def report_html(results: Any, *, title: str | None = None) -> str:
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
-    from . import __version__
 
 
     from .study.report import is_study

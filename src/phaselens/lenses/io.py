@@ -6,18 +6,16 @@ import json
 from pathlib import Path
 
 from ..errors import LensError
+from ..files import write_safetensors
 from .base import KINDS, Lens
 from ..types import ModelLike
+from ..version import __version__
 
 _META = ("phaselens_lens", "kind", "model", "fingerprint", "n_blocks", "d_model", "info")
 
 
 def save_lens(lens: Lens, path: str | Path) -> Path:
     """Write ``lens`` to ``path``: tensors ``W.<block>``, ``b.<block>``; metadata kind, model, fingerprint, info."""
-    from safetensors.torch import save_file
-
-    from .. import __version__
-
     path = Path(path)
     if path.parent.exists() and not path.parent.is_dir():
         raise LensError(f"cannot save the lens under {path.parent}: it is a file, not a folder")
@@ -26,9 +24,7 @@ def save_lens(lens: Lens, path: str | Path) -> Path:
     tensors.update({f"b.{b}": v.detach().float().cpu().contiguous() for b, v in lens.biases.items()})
     meta = {"phaselens_lens": __version__, "kind": lens.kind, "model": lens.model, "fingerprint": lens.fingerprint,
             "n_blocks": str(lens.n_blocks), "d_model": str(lens.d_model), "info": json.dumps(lens.info, default=str)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    write_safetensors(path, tensors, meta)
     return path
 
 

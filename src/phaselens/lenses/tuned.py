@@ -27,6 +27,7 @@ import torch
 
 from ..calibration import load_calibration, tokenize
 from ..errors import LensError
+from ..files import write_safetensors
 from .base import CPU_MAX_TOKENS, Lens
 
 CPU_VOCAB = 2048
@@ -95,15 +96,11 @@ def _lens_logp(base: Any, t: torch.Tensor, WU: torch.Tensor, bU: torch.Tensor | 
 
 
 def _save_ckpt(path: Path, step: int, A, b, opt) -> None:
-    from safetensors.torch import save_file
-
     st = opt.state
     tensors = {"A": A.detach(), "b": b.detach()}
     if A in st:
         tensors.update({"mA": st[A]["exp_avg"], "vA": st[A]["exp_avg_sq"], "mb": st[b]["exp_avg"], "vb": st[b]["exp_avg_sq"]})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"step": str(step)})
-    tmp.replace(path)
+    write_safetensors(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {"step": str(step)})
 
 
 def _load_ckpt(path: Path, A, b, opt) -> int:

@@ -12,6 +12,7 @@ from ..errors import PhaselensError, StudyError
 from .jobs import Job, Outcome
 from .spec import EXECUTORS, JobConfig, StudySpec, parse_spec
 from .store import StudyFolder, load_study
+from ..version import __version__
 
 
 def task_digest(task: Any) -> str:
@@ -25,10 +26,8 @@ def task_digest(task: Any) -> str:
 
 def job_id(config: dict[str, Any], fingerprint: str, items: str) -> str:
     """The content hash that names a job: its config, the model's identity (fingerprint, device type, dtype), the
-    task's items and phaselens' version."""
-    from .. import __version__
-
-    doc = {**config, "fingerprint": fingerprint, "items": items, "phaselens": __version__}
+    task's items; not phaselens' version (a job stays valid across versions; its row records the version)."""
+    doc = {**config, "fingerprint": fingerprint, "items": items}
     lens = (config.get("params") or {}).get("lens") if isinstance(config.get("params"), dict) else None
     if isinstance(lens, str) and Path(lens).is_file():  # a saved lens: its content names the job, not its path
         doc["lens_sha256"] = hashlib.sha256(Path(lens).read_bytes()).hexdigest()
@@ -60,7 +59,6 @@ def _task_key(j: JobConfig) -> str:
 
 
 def _row(job: Job, cfg: JobConfig, out: Outcome, executor: str, items: str, order: int, attempts: int) -> dict[str, Any]:
-    from .. import __version__
     from ..results import slug
 
     model = cfg.model if isinstance(cfg.model, str) else str(cfg.model)

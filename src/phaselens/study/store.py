@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResultsError, RunFolderError, StudyError
-from ..resume import RunFolder, temporary, write_atomic
+from ..files import write_atomic, writing
+from ..resume import RunFolder
 
 INDEX = "index.parquet"
 RUN = "study"
@@ -122,11 +123,8 @@ class StudyFolder:
         df = frame(list(rows.values()))
         table = pa.Table.from_pandas(df, preserve_index=False)
         path = self.out / INDEX
-        tmp = temporary(path)
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        with writing(path) as f:
+            pq.write_table(table, f)
         return path
 
 
