@@ -30,7 +30,7 @@ import torch
 
 from . import checks, metrics
 from .errors import InterventionError
-from .probes import N_BOOT, FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .final_readout import N_BOOT, FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
 from .results import Result
 from .runner import Plan, identity
 from .view import ModelView

@@ -13,7 +13,7 @@ item ``i``'s standard-normal draw ``[T_i, d]`` comes from a ``torch.Generator`` 
 same seed uses the same draw at every ``eps`` (common random numbers: differences between ``eps``
 values are not blurred by different draws).
 
-Each pass replays the clean prefix before the perturbed block (:class:`~phaselens.probes.FinalRunner`).
+Each pass replays the clean prefix before the perturbed block (:class:`~phaselens.final_readout.FinalRunner`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 from . import metrics
 from .errors import InterventionError
-from .probes import N_BOOT, FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .final_readout import N_BOOT, FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
 from .results import Result
 from .runner import Batch, Plan
 from .stats import seed_list

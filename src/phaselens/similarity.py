@@ -125,7 +125,7 @@ def _collect(view, seqs: list[list[int]], groups: list[list[int]], pos: dict[int
     """Per batch of ``groups``, every surviving block's output ``[L, m, d]`` (float32) at the sampled positions
     ``pos[seq]`` of each sequence, in the order of the group. The last row reads the output of block ``L-1``
     (an operator standing in for a cut reaching the last block is part of it, as in the lens)."""
-    from .lens import read_at
+    from .readout import read_at
     from .runner import Batch, Positions, Read, Runner
 
     rows_at = read_at(view.kept, view.base.n_layers)

@@ -16,7 +16,7 @@ import torch
 
 from . import checks, metrics
 from .errors import PhaselensError
-from .lens import option_logits
+from .readout import option_logits
 from .phases import jump_index, transition_ci, transition_index
 from .results import Result
 from .trace_figures import TraceFigures
@@ -322,7 +322,7 @@ def decision_trace(
     check_boot(n_boot, seed)
     checks.batching(batch_size, max_tokens)
     checks.flag("progress", progress)
-    from .lens import check_blocks_arg
+    from .readout import check_blocks_arg
     from .lenses.fit import check_lens_arg, resolve_lens
 
     t = _resolve_task(task)  # a bad task, blocks= or lens= fails before a model named by a string loads

@@ -28,7 +28,7 @@ def lens_kl(model: ModelLike, texts: Any = None, lens: Any = "logit", *, seq_len
     Returns:
         ``[L]`` float64, one value per surviving block (the last row, the model's own output, is 0).
     """
-    from ..lens import read_at
+    from ..readout import read_at
     from ..runner import Read, Runner
     from ..view import as_view
     from .fit import resolve_lens

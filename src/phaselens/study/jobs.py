@@ -270,7 +270,7 @@ def scalars(kind: str, r: Any) -> dict[str, Any]:
                 row.margin_drop, row.margin_drop_lo, row.margin_drop_hi
         return out
     if kind == "ablate":
-        from ..probes import phase_of
+        from ..final_readout import phase_of
 
         out = {"transition": r.transition, "n_blocks": int(r.n_blocks), "n_items": int(r.n_items),
                "final_accuracy": float(np.mean(r.clean_correct)), "final_margin": float(np.mean(r.clean_margins))}
