@@ -33,7 +33,7 @@ from .errors import (
     StudyError,
     TaskError,
 )
-from .experiments import CollapseStudy, PhaseCuts, compare_phase_cuts, transition_vs_collapse
+from .experiments import CollapseStudy, PhaseCuts, compare_phase_cuts
 from .lenses import Lens, fit_lens, lens_kl, load_lens
 from .embedded import EMBEDDED
 from .loading import load_model
@@ -47,6 +47,7 @@ from .report import build_report
 from .results import Result, load_result, load_results, save_result
 from .similarity import CKAResult, cka
 from .study import load_study, run_study
+from .study.collapse import transition_vs_collapse
 from .cka import linear_cka
 from .tasks import Item, LettersTemplate, Task, builtin_tasks, load_task
 from .trace import DecisionTrace, Transition, decision_trace, transition_point

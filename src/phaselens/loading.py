@@ -21,7 +21,7 @@ from torch import nn
 
 from .embedded import EMBEDDED, cache_dir, check_gguf, embedded_gguf_path
 from .errors import ModelError
-from .models import Model, _quiet, default_device, default_dtype
+from .models import Model, quiet, default_device, default_dtype
 from .parts import find_decoder
 
 
@@ -121,7 +121,7 @@ def _config_for(spec: Any) -> Any:
     s = str(spec)
     key = s.lower()
     try:
-        with _quiet():
+        with quiet():
             if key in EMBEDDED:
                 cached = cache_dir() / "models" / key
                 if (cached / "config.json").exists():
@@ -180,7 +180,7 @@ def _load_hf(name: str, dev: torch.device | None, dt: torch.dtype | None) -> Mod
     local = Path(name).expanduser().is_dir()
     kw: dict[str, Any] = {} if local else {"local_files_only": True}
     try:
-        with _quiet():
+        with quiet():
             tok = AutoTokenizer.from_pretrained(name, **kw)
             hf = AutoModelForCausalLM.from_pretrained(name, dtype=dt, **kw, **placement.current().kwargs)
     except OSError as e:
@@ -208,7 +208,7 @@ def _load_cached(target: Path, name: str, dev: torch.device | None, dt: torch.dt
 
     dev = dev or default_device()
     dt = dt or default_dtype(dev)
-    with _quiet():
+    with quiet():
         tok = AutoTokenizer.from_pretrained(target)
         hf = AutoModelForCausalLM.from_pretrained(target, dtype=dt, **placement.current().kwargs)
     return _prepare(hf, tok, name, dev, dt)
@@ -231,7 +231,7 @@ def _load_gguf(
 
     try:
         fast = dequant.gguf_architecture(path) in dequant.SUPPORTED
-        with _quiet():
+        with quiet():
             if fast:
                 info = dequant.dequantize_to_folder(path, save_to, architecture=arch)
             else:

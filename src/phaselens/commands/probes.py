@@ -242,7 +242,7 @@ def collapse_cmd(
     import warnings
 
     from ..errors import PhaselensError, StatsWarning
-    from ..experiments import transition_vs_collapse
+    from ..study.collapse import transition_vs_collapse
     from ..pruning.iterative import SWEEP_CRITERIA
     from ..tasks import load_task
 

@@ -1,6 +1,6 @@
 """The transition-versus-collapse study.
 
-:func:`transition_vs_collapse` asks the decision-transition paper's question across several
+:func:`phaselens.transition_vs_collapse` (:mod:`phaselens.study.collapse`, which runs the sweeps as a study) asks the decision-transition paper's question across several
 (model, task) pairs: does a later transition (as a fraction of depth, ``l* / L``) go with a
 later collapse under iterative pruning (the collapse ratio of :class:`~phaselens.Sweep`)?
 It reports Pearson's ``r`` and its two-sided p-value (``scipy.stats.pearsonr``). With fewer than
@@ -12,7 +12,6 @@ It reports Pearson's ``r`` and its two-sided p-value (``scipy.stats.pearsonr``).
 from __future__ import annotations
 
 import math
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +136,8 @@ class CollapseStudy(Result):
         return collapse_scatter(self, **kw)
 
 
-def _point(tr: Any, sweep: Any, source: str = "") -> CollapsePoint:
+def collapse_point(tr: Any, sweep: Any, source: str = "") -> CollapsePoint:
+    """The :class:`CollapsePoint` of a dense transition ``tr`` and an iterative ``sweep`` (``source``: where from)."""
     from ..pruning.iterative import Sweep
     from ..trace import Transition
 
@@ -156,14 +156,14 @@ def _from_folder(path: Path) -> CollapsePoint:
 
     if (path / ".phaselens" / "sweep" / "args.json").exists() and not any(path.glob("*.json")):
         sw = load_sweep(path)  # an iterative_prune(out=...) folder holding only the sweep's state
-        return _point(sw.steps[0].transition, sw, str(path))
+        return collapse_point(sw.steps[0].transition, sw, str(path))
     res = load_results(path)
     trs = [v for v in res.values() if isinstance(v, Transition)]
     sws = [v for v in res.values() if isinstance(v, Sweep)]
     if len(sws) != 1:
         raise StatsError(f"{path}: expected one Sweep result (or an iterative_prune out= folder), found {len(sws)}")
     tr = trs[0] if len(trs) == 1 else sws[0].steps[0].transition
-    return _point(tr, sws[0], str(path))
+    return collapse_point(tr, sws[0], str(path))
 
 
 def _as_point(r: Any) -> CollapsePoint:
@@ -174,93 +174,38 @@ def _as_point(r: Any) -> CollapsePoint:
     if isinstance(r, Sweep):
         if not r.steps:
             raise StatsError(f"the sweep of {r.model} on {r.task} has no steps")
-        return _point(r.steps[0].transition, r)
+        return collapse_point(r.steps[0].transition, r)
     if isinstance(r, (str, Path)):
         p = Path(r)
         if not p.is_dir():
             raise StatsError(f"results folder not found: {p}")
         return _from_folder(p)
     if isinstance(r, (tuple, list)) and len(r) == 2:
-        return _point(r[0], r[1])
+        return collapse_point(r[0], r[1])
     raise StatsError(f"cannot use {type(r).__name__} as a study point: pass (Transition, Sweep) pairs, Sweeps, "
                      "or results folders")
 
 
-def _study_points(models: list, tasks: list, criterion: str, out: Any, chunk: int, max_steps: int | None,
-                  executor: str, address: str | None, sweep_kw: dict[str, Any]) -> list[CollapsePoint]:
-    """The sweeps of models x tasks as one study; one point per (model, task), in the order given."""
-    from ..errors import StudyError
-    from ..study import run_study
-
-    seed = sweep_kw.pop("seed", 0)
-    run: dict[str, Any] = {"kind": "sweep", "criterion": criterion, "until": "collapse", "chunk": chunk, **sweep_kw}
-    if max_steps is not None:
-        run["steps"] = max_steps
-    spec = {"name": "transition_vs_collapse", "models": models, "tasks": tasks, "seeds": [seed], "runs": [run]}
-    tmp = tempfile.TemporaryDirectory(prefix="phaselens-collapse-") if out is None else None
-    root = Path(tmp.name if tmp is not None else out)
-    try:
-        df = run_study(spec, out=root, executor=executor, address=address)
-        df = df[df.job.isin(df.attrs["planned"])].set_index("job").loc[df.attrs["planned"]]
-        bad = df[df.status != "done"]
-        if len(bad):
-            raise StudyError(f"{len(bad)} sweep(s) failed, e.g. {bad.model.iloc[0]} on {bad.task.iloc[0]}: "
-                             f"{bad.error.iloc[0]} (the tracebacks: phaselens.load_study({str(root)!r}).traceback)")
-        from ..results import load_result
-
-        pts = []
-        for row in df.itertuples():
-            path = root / f"{row.result}.json"
-            sw = load_result(path)
-            pts.append(_point(sw.steps[0].transition, sw, "" if tmp is not None else str(path)))
-        return pts
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+def collapse_points(results: Any) -> list[CollapsePoint]:
+    """The points of ``results``: ``(Transition, Sweep)`` pairs, :class:`~phaselens.Sweep` objects (the transition is
+    the sweep's dense step), :class:`CollapsePoint` s, or folders (an ``iterative_prune(out=...)`` folder, or a
+    results folder holding a Sweep and optionally a Transition); one folder alone may be passed."""
+    if isinstance(results, (str, Path)):
+        results = [results]
+    pts = [_as_point(r) for r in results]
+    if not pts:
+        raise StatsError("results is empty")
+    return pts
 
 
-def transition_vs_collapse(
-    results: Sequence[Any] | None = None,
-    *,
-    models: Sequence[Any] | None = None,
-    tasks: Sequence[Any] | None = None,
-    criterion: str = "bi",
-    out: str | Path | None = None,
-    chunk: int = 4,
-    max_steps: int | None = None,
-    executor: str = "local",
-    address: str | None = None,
-    **sweep_kw: Any,
-) -> CollapseStudy:
-    """Transition layer (as a fraction of depth) against collapse ratio, with Pearson r.
-
-    Either ``results``: a list of ``(Transition, Sweep)`` pairs, of :class:`~phaselens.Sweep` objects
-    (the transition is the sweep's dense step), or of folders (an ``iterative_prune(out=...)`` folder,
-    or a results folder holding a Sweep and optionally a Transition). Or ``models`` x ``tasks``: the
-    sweeps run as a study (:func:`phaselens.run_study`, one ``sweep`` job per pair, ``until = "collapse"``)
-    in the study folder ``out`` (a temporary folder when ``out`` is None) on ``executor`` (``"local"``,
-    ``"processes"``, ``"ray"`` at ``address``); each sweep is extended ``chunk`` cuts at a time until accuracy
-    collapses (at most ``max_steps``); rerunning with the same ``out`` reuses the finished sweeps. Other
-    keywords are the sweep jobs' parameters (:func:`~phaselens.iterative_prune`'s: ``n_boot``, ``recovery``,
-    ``calibration``, ``perplexity_texts``, ...; ``seed`` is the study's seed).
-    """
-    if results is not None and (models is not None or tasks is not None):
-        raise StatsError("pass either results or models= and tasks=, not both")
-    if results is None:
-        if not models or not tasks:
-            raise StatsError("pass results (a list of (Transition, Sweep) pairs, Sweeps or folders), or models=[...] "
-                             "and tasks=[...] to run the sweeps")
-        pts = _study_points(list(models), list(tasks), criterion, out, chunk, max_steps, executor, address, sweep_kw)
-    else:
-        if isinstance(results, (str, Path)):
-            results = [results]
-        pts = [_as_point(r) for r in results]
-        if not pts:
-            raise StatsError("results is empty")
+def collapse_study(points: Sequence[CollapsePoint]) -> CollapseStudy:
+    """The :class:`CollapseStudy` of ``points``: Pearson r of transition fraction against collapse ratio over the
+    usable pairs (each unusable point is left out with a :class:`StatsWarning` saying why)."""
+    pts = list(points)
     crits = sorted({q.criterion for q in pts})
     for q in pts:
         if not q.usable:
-            warnings.warn(f"{q.model} on {q.task} is left out of r: {q.reason}", StatsWarning, stacklevel=2)
+            warnings.warn(f"{q.model} on {q.task} is left out of r: {q.reason}", StatsWarning, stacklevel=3)
     study = CollapseStudy(pts, math.nan, math.nan, ",".join(crits))
     x, y = study.pair_means()  # one point per (model, task) pair (several sweeps of a pair are averaged)
     study.r, study.p = pearson(list(x), list(y), what="transition fraction and collapse ratio")

@@ -8,10 +8,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 from ..errors import NonFiniteError, RunnerError
-from .batch import Batch, Read, _select, default_max_tokens, pad, pad_layouts, token_batches
+from .batch import Batch, Read, select_at, default_max_tokens, pad, pad_layouts, token_batches
 from .masks import decoder_mask
 from .cache import PrefixCache
-from .patches import _exclusive, patched
+from .patches import exclusive, patched
 from .plan import Plan, StopForward, chain, identity
 
 
@@ -155,7 +155,7 @@ class Runner:
         def keep(name: str, rd: Read, b: int, h: torch.Tensor) -> None:
             if rd.site == "in":  # a block's input arrives from the previous block's device: read it on its own
                 h = h.to(self._devices[b])
-            sel = _select(h, rd.at, batch)
+            sel = select_at(h, rd.at, batch)
             if self.check_finite:
                 if sel.numel() <= STACKED_CHECK:
                     small.append((b, name, sel))
@@ -222,7 +222,7 @@ class Runner:
 
             (taps_in if stop_at[1] == 0 else taps_out).setdefault(stop_at[0], []).append(stop)
         t_in, t_out, t_mlp = (_fan(taps_in), _fan(taps_out), _fan(taps_mlp))
-        with torch.inference_mode(), _exclusive(base.decoder, base.name):
+        with torch.inference_mode(), exclusive(base.decoder, base.name):
             with patched(base.blocks, plan, tap_in=t_in, tap_out=t_out, tap_mlp=t_mlp, returns_tuple=base.returns_tuple):
                 if head:
                     return base.hf(**self._inputs(batch), use_cache=False).logits
@@ -248,7 +248,7 @@ class Runner:
             seen[b] = bool(torch.isfinite(h[batch.mask.to(h.device).bool()]).all())
 
         taps = {b: (lambda h, _b=b: probe(_b, h)) for b in range(self.n_blocks)}
-        with torch.inference_mode(), _exclusive(self.base.decoder, self.base.name):
+        with torch.inference_mode(), exclusive(self.base.decoder, self.base.name):
             with patched(self.base.blocks, plan, tap_out=taps, returns_tuple=self.base.returns_tuple):
                 try:
                     self.base.decoder(**self._inputs(batch), use_cache=False)

@@ -29,14 +29,14 @@ def is_study(folder: Any) -> bool:
 def collapse_studies(results: dict[str, Any]) -> dict[str, Any]:
     """One :class:`~phaselens.CollapseStudy` per criterion from the study's Sweep results (``{criterion: study}``)."""
     from ..errors import StatsWarning
-    from ..experiments.collapse import CollapseStudy, _point
+    from ..experiments.collapse import CollapseStudy, collapse_point
     from ..pruning.iterative import Sweep
     from ..stats import pearson
 
     by: dict[str, list] = {}
     for name, r in results.items():
         if isinstance(r, Sweep) and r.steps:
-            by.setdefault(r.criterion, []).append(_point(r.steps[0].transition, r, name))
+            by.setdefault(r.criterion, []).append(collapse_point(r.steps[0].transition, r, name))
     out = {}
     for crit, pts in sorted(by.items()):
         study = CollapseStudy(pts, math.nan, math.nan, crit)
