@@ -31,10 +31,11 @@ import torch
 from . import checks, metrics
 from .errors import InterventionError
 from .final_readout import N_BOOT, FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .lenses import resolve_lens
 from .results import Result
 from .runner import Plan, identity
-from .view import ModelView
 from .types import ModelLike, TaskLike
+from .view import ModelView
 
 ABLATION_MODES = ("skip", "zero", "mean")
 
@@ -243,8 +244,6 @@ def ablate(
     view, t = resolve(model, task)
     given = blocks is not None
     singles = check_blocks(view, blocks, "ablate")
-    from .lenses import resolve_lens
-
     lens_ = resolve_lens(lens, view)  # before any model work
     tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed, lens_)
     if pairs is None:

@@ -19,10 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import dequant, placement
 from .embedded import EMBEDDED, cache_dir, check_gguf, embedded_gguf_path
 from .errors import ModelError
 from .models import Model, quiet, default_device, default_dtype
 from .parts import find_decoder
+from .placement import check_device
+from .runner import Batch, Read, Runner
+from .runner.patches import block_returns_tuple
 
 
 def load_model(
@@ -56,8 +60,6 @@ def load_model(
     Every placement argument is checked before any weights load (:mod:`phaselens.placement`): a device this
     machine does not have, or a module name the architecture does not have, is a :class:`ModelError`.
     """
-    from . import placement
-
     if isinstance(spec, Model):
         if device_map is not None:
             raise ModelError(f"{spec.name} is already loaded; pass device_map= when loading it (load_model(name, device_map=...))")
@@ -142,8 +144,6 @@ def _config_for(spec: Any) -> Any:
 def parse_device(device: Any) -> torch.device | None:
     """``device`` as a torch device that exists on this machine (the rule a device map's entries follow,
     :func:`phaselens.placement.check_device`); a :class:`ModelError` naming it otherwise."""
-    from .placement import check_device
-
     if device is None:
         return None
     if isinstance(device, str) and device == "disk":
@@ -172,8 +172,6 @@ def _is_bridge(obj: Any) -> bool:
 
 def _load_hf(name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from . import placement
 
     dev = dev or default_device()
     dt = dt or default_dtype(dev)
@@ -204,8 +202,6 @@ def _load_embedded(key: str, dev: torch.device | None, dt: torch.dtype | None) -
 def _load_cached(target: Path, name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import placement
-
     dev = dev or default_device()
     dt = dt or default_dtype(dev)
     with quiet():
@@ -227,8 +223,6 @@ def _load_gguf(
     save_to = save_to or cache_dir() / "models" / f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
     if (save_to / "config.json").exists() and (save_to / "model.safetensors").exists():
         return _load_cached(save_to, name, dev, dt)
-    from . import dequant
-
     try:
         fast = dequant.gguf_architecture(path) in dequant.SUPPORTED
         with quiet():
@@ -247,8 +241,6 @@ def _load_gguf(
 
 # ----------------------------------------------------------------------------- preparation
 def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
-    from .runner.patches import block_returns_tuple
-
     if tok is None:
         raise ModelError(f"{name}: no tokenizer")
     blocks, norm, decoder, unembed = find_decoder(hf, name)
@@ -270,7 +262,6 @@ def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: t
 
 def _check_readout(model: Model, ids: torch.Tensor) -> None:
     """Refuse a model whose last block read through norm -> W_U is not its own output logits."""
-    from .runner import Batch, Read, Runner
     from .view import ModelView
 
     L = model.n_layers

@@ -25,10 +25,13 @@ import numpy as np
 import torch
 
 from .encoding import Encoded, encode
+from .errors import LensError
+from .lenses import resolve_lens
 from .runner import Batch, Positions, PrefixCache, Read, Runner, pack
+from .runner.masks import text_config
 from .tasks.base import Task
-from .view import ModelView, as_view
 from .types import ModelLike
+from .view import ModelView, as_view
 
 _CONT_CHUNK = 256  # continuation positions per full-vocabulary readout
 
@@ -62,8 +65,6 @@ def read_at(kept: list[int], n_blocks: int) -> list[int]:
 
 def check_blocks_arg(blocks: Any) -> None:
     """The form of a ``blocks=`` argument (``None``, ``"last"`` or block indices), checked before a model loads."""
-    from .errors import LensError
-
     if blocks is None or (isinstance(blocks, str) and blocks == "last"):
         return
     if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable):
@@ -76,8 +77,6 @@ def check_blocks_arg(blocks: Any) -> None:
 def select_rows(view: ModelView, blocks: Any) -> list[int]:
     """The surviving blocks to read: ``None`` (all), ``"last"`` (the model's own output only), or a list of
     original indices of surviving blocks (in model order); a :class:`~phaselens.errors.LensError` otherwise."""
-    from .errors import LensError
-
     kept = view.kept
     if blocks is None:
         return list(kept)
@@ -119,8 +118,6 @@ def option_logits(
     prompt once, its K continuations packed after it (same scores as ``prompt + cont_k`` row by row).
     ``lens``: ``None``/``"logit"``, a kind name, a saved lens's path or a :class:`~phaselens.lenses.Lens` (its translators are applied to each row's residual before the readout).
     """
-    from .lenses import resolve_lens
-
     view = as_view(model)
     rows = select_rows(view, blocks)
     lens_ = resolve_lens(lens, view)
@@ -137,8 +134,6 @@ def option_logits(
 
 def context_length(base: Any) -> int | None:
     """The model's context (``max_position_embeddings`` of its text config), ``None`` when it has none."""
-    from .runner.masks import text_config
-
     n = getattr(text_config(base.hf), "max_position_embeddings", None)
     return int(n) if n else None
 
@@ -146,8 +141,6 @@ def context_length(base: Any) -> int | None:
 def check_context(base: Any, enc: Encoded, task: Task | None = None) -> None:
     """A :class:`~phaselens.errors.LensError` naming the first continuation item whose prompt + option is longer
     than the model's context (checked before any forward pass)."""
-    from .errors import LensError
-
     ctx = context_length(base)
     if ctx is None or enc.continuations is None or enc.rows is None:
         return

@@ -20,8 +20,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import StatsError, StatsWarning
-from ..results import Record, Result
+from ..pruning.iterative import load_sweep, Sweep
+from ..results import load_results, Record, Result
 from ..stats import pearson
+from ..trace import Transition
 
 @dataclass
 class CollapsePoint(Record):
@@ -138,9 +140,6 @@ class CollapseStudy(Result):
 
 def collapse_point(tr: Any, sweep: Any, source: str = "") -> CollapsePoint:
     """The :class:`CollapsePoint` of a dense transition ``tr`` and an iterative ``sweep`` (``source``: where from)."""
-    from ..pruning.iterative import Sweep
-    from ..trace import Transition
-
     if not isinstance(tr, Transition) or not isinstance(sweep, Sweep):
         raise StatsError(f"expected (Transition, Sweep), got ({type(tr).__name__}, {type(sweep).__name__})")
     if not sweep.steps:
@@ -150,10 +149,6 @@ def collapse_point(tr: Any, sweep: Any, source: str = "") -> CollapsePoint:
 
 
 def _from_folder(path: Path) -> CollapsePoint:
-    from ..pruning.iterative import Sweep, load_sweep
-    from ..results import load_results
-    from ..trace import Transition
-
     if (path / ".phaselens" / "sweep" / "args.json").exists() and not any(path.glob("*.json")):
         sw = load_sweep(path)  # an iterative_prune(out=...) folder holding only the sweep's state
         return collapse_point(sw.steps[0].transition, sw, str(path))
@@ -167,8 +162,6 @@ def _from_folder(path: Path) -> CollapsePoint:
 
 
 def _as_point(r: Any) -> CollapsePoint:
-    from ..pruning.iterative import Sweep
-
     if isinstance(r, CollapsePoint):
         return r
     if isinstance(r, Sweep):

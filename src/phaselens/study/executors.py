@@ -16,6 +16,7 @@ import socket
 from collections import OrderedDict, deque
 from typing import Any, Iterator
 
+from ..embedded import cache_dir
 from ..errors import StudyError
 from .jobs import Job, ModelCache, Outcome, execute, fingerprint
 
@@ -119,8 +120,6 @@ class StudyWorker:
     """A Ray actor: one worker process holding its models across the jobs sent to it."""
 
     def __init__(self, capacity: int, driver_host: str, scratch: str, num_cpus: float) -> None:
-        from ..embedded import cache_dir
-
         self.cache = ModelCache(capacity)
         # the driver's scratch folder when this actor shares its machine, else this node's phaselens cache
         self.scratch = scratch if socket.gethostname() == driver_host else str(cache_dir() / "study-scratch")
