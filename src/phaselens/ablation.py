@@ -193,7 +193,7 @@ class AblationResult(Result):
 
     def plot(self, **kw):
         """Plotly figure: single drops as bars with CIs (phases coloured) and the pair matrix as a heatmap."""
-        from .plots.interventions import ablation_drops
+        from .plots.interventions import ablation_drops  # lazy: plotly is imported only when a figure is drawn
 
         return ablation_drops(self, **kw)
 

@@ -213,7 +213,7 @@ class NoiseResult(Result):
 
     def plot(self, **kw):
         """Plotly figure: final margin against the injected block, one line per eps, phases shaded."""
-        from .plots.interventions import noise_sensitivity
+        from .plots.interventions import noise_sensitivity  # lazy: plotly is imported only when a figure is drawn
 
         return noise_sensitivity(self, **kw)
 

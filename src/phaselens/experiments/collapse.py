@@ -133,7 +133,7 @@ class CollapseStudy(Result):
 
     def plot(self, **kw):
         """Plotly scatter with the least-squares line and r in the title."""
-        from ..plots.interventions import collapse_scatter
+        from ..plots.interventions import collapse_scatter  # lazy: plotly is imported only when a figure is drawn
 
         return collapse_scatter(self, **kw)
 
