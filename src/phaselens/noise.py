@@ -218,7 +218,8 @@ class NoiseResult(Result):
         return noise_sensitivity(self, **kw)
 
 
-def _eps_list(eps: Any) -> list[float]:
+def eps_list(eps: Any) -> list[float]:
+    """``eps`` (one scale or several) as a checked list of noise scales (an :class:`InterventionError` otherwise)."""
     vals = [eps] if isinstance(eps, (int, float, np.floating, np.integer)) else list(eps)
     if not vals:
         raise InterventionError("eps: give at least one noise scale")
@@ -260,7 +261,7 @@ def inject_noise(
         transition: the dense :class:`~phaselens.Transition` for the phases (default: computed).
         reuse_prefix: replay the clean prefix before the perturbed block (same numbers, faster).
     """
-    eps_l, seed_l = _eps_list(eps), seed_list(seeds, minimum=1, error=InterventionError)
+    eps_l, seed_l = eps_list(eps), seed_list(seeds, minimum=1, error=InterventionError)
     check_run(n_boot, boot_seed, batch_size, max_tokens, reuse_prefix)
     view, t = resolve(model, task)
     blocks = check_blocks(view, blocks, "inject_noise")

@@ -156,12 +156,12 @@ def noise_cmd(
 ) -> None:
     """Noise at the output of one block at a time: the final margin per block and eps, silent vs decisive."""
     from ..errors import PhaselensError
-    from ..noise import _eps_list, inject_noise
+    from ..noise import eps_list, inject_noise
 
     _early(batch_size=batch_size, out=out, html=html, seeds=(seeds, 1))
     blks = _ints(blocks, "--blocks")
     try:
-        scales = _eps_list(_floats(eps, "--eps"))  # the checks inject_noise makes, before the model loads
+        scales = eps_list(_floats(eps, "--eps"))  # the checks inject_noise makes, before the model loads
     except PhaselensError as e:
         _fail(f"--eps: {e}")
     m, t = _load(model, task, None, limit, seed, 0, None, device)
