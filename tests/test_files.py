@@ -210,9 +210,14 @@ def test_join_chunks_is_atomic(tmp_path, monkeypatch):
     assert target.read_bytes() == b"\0" * 10 + b"\1" * 10
     target.write_bytes(b"x" * 20)  # an earlier join of the right size is reused
     assert embedded.join_chunks("fake").read_bytes() == b"x" * 20
-    target.unlink()
-    monkeypatch.setitem(embedded.EMBEDDED["fake"], "size", 21)
-    monkeypatch.setattr(embedded, "chunk_paths", lambda key: parts + [tmp_path / "part1.bin"])  # 30 bytes
-    with pytest.raises(pl.ModelError):
+    target.write_bytes(b"old")  # a damaged earlier join (wrong size) is rejoined; a failure mid-copy keeps it
+
+    def half(src, dst, length=0):
+        dst.write(src.read(3))
+        raise Boom("killed mid-copy")
+
+    monkeypatch.setattr(embedded.shutil, "copyfileobj", half)
+    with pytest.raises(Boom):
         embedded.join_chunks("fake")
-    assert not list(target.parent.iterdir())
+    assert target.read_bytes() == b"old"
+    _only(target.parent, {"fake.gguf"})
