@@ -221,3 +221,19 @@ def test_join_chunks_is_atomic(tmp_path, monkeypatch):
         embedded.join_chunks("fake")
     assert target.read_bytes() == b"old"
     _only(target.parent, {"fake.gguf"})
+
+
+def test_save_html_is_atomic(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    from phaselens.plots import save_html
+
+    p = tmp_path / "fig.html"
+    save_html(go.Figure(), str(p), offline=False)
+    before = p.read_bytes()
+    assert b"<html>" in before
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (_ for _ in ()).throw(Boom("disk gone")))
+    with pytest.raises(Boom):
+        save_html(go.Figure(go.Scatter(x=[1], y=[2])), str(p), offline=False)
+    assert p.read_bytes() == before
+    _only(tmp_path, {"fig.html"})

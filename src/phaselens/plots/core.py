@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import plotly.graph_objects as go
 
 from ..errors import PlotError
+from ..files import write_text
 
 if TYPE_CHECKING:
     from ..trace import DecisionTrace, Transition
@@ -96,5 +97,5 @@ def finish(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
 
 
 def save_html(fig: Any, path: str, *, offline: bool = True) -> None:
-    """Write a self-contained HTML page (Plotly's JavaScript embedded when ``offline``)."""
-    fig.write_html(path, include_plotlyjs=True if offline else "cdn", full_html=True)
+    """Write a self-contained HTML page (Plotly's JavaScript embedded when ``offline``), atomically."""
+    write_text(path, fig.to_html(include_plotlyjs=True if offline else "cdn", full_html=True))
