@@ -262,11 +262,9 @@ def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: t
 
 def _check_readout(model: Model, ids: torch.Tensor) -> None:
     """Refuse a model whose last block read through norm -> W_U is not its own output logits."""
-    from .view import ModelView
-
     L = model.n_layers
-    out = Runner(ModelView(model)).forward(Batch([0], ids, torch.ones_like(ids)), {"h": Read((L - 1,), "out", "all")},
-                                           logits=True)
+    out = Runner(model).forward(Batch([0], ids, torch.ones_like(ids)), {"h": Read((L - 1,), "out", "all")},
+                                logits=True)
     with torch.inference_mode():
         mine = model.full_logits(out["h"][L - 1].to(model.device))
     ref = out["logits"].float().to(mine.device)

@@ -23,6 +23,31 @@ _OOM_WARNED = False
 STACKED_CHECK = 1 << 16
 
 
+class DenseView:
+    """A :class:`~phaselens.Model` run as itself: what ``ModelView(model)`` runs (no plan, an empty signature),
+    without the runner importing :mod:`phaselens.view` (which imports the runner)."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.name = base.name
+
+    def plan(self) -> Plan:
+        return Plan({}, mlp={}, names={})
+
+    def signature(self) -> dict[int, str]:
+        return {}
+
+
+def dense_view(view: Any) -> Any:
+    """``view`` when it is a view (has ``base``, ``plan()``, ``signature()``); a :class:`DenseView` of a model."""
+    if all(hasattr(view, a) for a in ("base", "plan", "signature")):
+        return view
+    if all(hasattr(view, a) for a in ("hf", "blocks", "decoder", "name")):
+        return DenseView(view)
+    raise RunnerError(f"the runner runs a model view or a loaded model, got {type(view).__name__}; "
+                      "use phaselens.as_view(...) or phaselens.load_model(...) first")
+
+
 class Runner:
     """Runs passes of one model view (a :class:`~phaselens.view.ModelView`).
 
@@ -33,9 +58,7 @@ class Runner:
     """
 
     def __init__(self, view: Any, *, cache: PrefixCache | None = None, check_finite: bool = True) -> None:
-        from ..view import as_view
-
-        self.view = as_view(view)
+        self.view = dense_view(view)
         self.base = self.view.base
         self.cache = cache
         self.check_finite = check_finite
