@@ -30,7 +30,7 @@ import torch
 
 import phaselens as pl
 from phaselens.encoding import encode_task
-from phaselens.lens import option_logits
+from phaselens.readout import option_logits
 from phaselens.runner import default_max_tokens, pack, pad, token_batches
 
 

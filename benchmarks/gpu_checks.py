@@ -34,7 +34,7 @@ import torch
 
 import phaselens as pl
 from phaselens.encoding import Encoded
-from phaselens.lens import option_logits
+from phaselens.readout import option_logits
 
 HERE = Path(__file__).resolve().parent
 

@@ -22,7 +22,7 @@ import torch
 
 import phaselens as pl
 from phaselens.encoding import Encoded
-from phaselens.lens import option_logits
+from phaselens.readout import option_logits
 from phaselens.runner import pad, token_batches
 
 

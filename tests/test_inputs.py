@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import phaselens as pl
-from phaselens.lens import option_logits
+from phaselens.readout import option_logits
 from phaselens import embedded
 from phaselens.encoding import encode_task
 

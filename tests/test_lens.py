@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import phaselens as pl
-from phaselens.lens import option_logits
+from phaselens.readout import option_logits
 from phaselens.encoding import encode
 
 MODELS = ["tiny_llama", "tiny_gemma", "smol", "gemma"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import phaselens as pl
-from phaselens.lens import option_logits
+from phaselens.readout import option_logits
 from phaselens import metrics
 
 

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import phaselens as pl
-from phaselens.lens import option_logits
+from phaselens.readout import option_logits
 from phaselens.experiments import phase_cuts as pc
 from phaselens.encoding import encode
 from phaselens.metrics import bootstrap_indices

@@ -167,7 +167,6 @@ def test_real_traces_render_to_html(tiny_llama, capitals_task):
     for f in (fig, dense.plot_accuracy(), dense.plot_kl(), dense.plot_option_frequency(kind="radar")):
         html = f.to_html(include_plotlyjs=False, full_html=False)
         assert "Plotly.newPlot" in html
-    assert plots.core.margin_curve is plots.margin_curve  # the old import path still works
 
 
 def test_bad_inputs_are_clear_errors():

@@ -15,7 +15,7 @@ import phaselens as pl
 from phaselens import dequant, embedded
 from phaselens.encoding import encode_task
 from phaselens.errors import ModelError, PhaselensError
-from phaselens.lens import option_logits
+from phaselens.readout import option_logits
 
 QWEN = "qwen2.5-coder-1.5b"
 CHUNKS_INSTALLED = all(importlib.util.find_spec(p) is not None for p in embedded.EMBEDDED[QWEN]["chunks"])

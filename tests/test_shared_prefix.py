@@ -17,7 +17,7 @@ import torch
 
 import phaselens as pl
 from phaselens.encoding import encode_task
-from phaselens.lens import option_logits
+from phaselens.readout import option_logits
 from phaselens.runner import Batch, PrefixCache, Read, Runner, block_mask, pack
 
 ITEMS = [

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import phaselens as pl
-from phaselens.lens import option_logits
+from phaselens.readout import option_logits
 from phaselens.cka import CKAAccumulator, linear_cka
 from phaselens.errors import CKAError
 from phaselens.similarity import CKAResult, cka

@@ -13,7 +13,8 @@ import phaselens as pl
 from phaselens.pruning.iterative import Sweep, SweepStep
 from phaselens.results import load_results, save_result
 from phaselens.errors import StatsError, StatsWarning
-from phaselens.experiments import CollapseStudy, transition_vs_collapse
+from phaselens.experiments import CollapseStudy
+from phaselens.study.collapse import transition_vs_collapse
 from phaselens.stats import pearson, seed_interval
 from phaselens.trace import DecisionTrace
 

@@ -12,7 +12,7 @@ from .ablation import AblationResult, ablate
 from .calibration import heldout_texts, load_calibration
 from .deprecation import module_getattr
 from .errors import PhaselensError
-from .experiments import CollapseStudy, PhaseCuts, compare_phase_cuts, transition_vs_collapse
+from .experiments import CollapseStudy, PhaseCuts, compare_phase_cuts
 from .lenses import Lens, LensKind, fit_lens, lens_kl, load_lens, register_lens
 from .loading import load_model
 from .models import Model
@@ -26,6 +26,7 @@ from .results import Result, load_result, load_results, save_result
 from .similarity import CKAResult, cka
 from .registry import load_plugins, registered
 from .study import RunKind, load_study, register_run, run_study
+from .study.collapse import transition_vs_collapse
 from .cka import linear_cka
 from .verdicts import Claim, Claims, claims, write_claims_csv
 from .effects import Effect, EffectError, correlation_effect, hierarchical_effect, paired_effect, permutation_effect

@@ -30,12 +30,13 @@ import torch
 
 from . import checks, metrics
 from .errors import InterventionError
-from .probes import FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .final_readout import FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .lenses import resolve_lens
 from .results import Result
 from .stats import N_BOOT
 from .runner import Plan, skip
-from .view import ModelView
 from .types import ModelLike, TaskLike
+from .view import ModelView
 
 ABLATION_MODES = ("skip", "zero", "mean")
 
@@ -193,7 +194,7 @@ class AblationResult(Result):
 
     def plot(self, **kw):
         """Plotly figure: single drops as bars with CIs (phases coloured) and the pair matrix as a heatmap."""
-        from .plots.interventions import ablation_drops
+        from .plots.interventions import ablation_drops  # lazy: plotly is imported only when a figure is drawn
 
         return ablation_drops(self, **kw)
 
@@ -244,8 +245,6 @@ def ablate(
     view, t = resolve(model, task)
     given = blocks is not None
     singles = check_blocks(view, blocks, "ablate")
-    from .lenses import resolve_lens
-
     lens_ = resolve_lens(lens, view)  # before any model work
     tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed, lens_)
     if pairs is None:

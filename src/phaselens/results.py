@@ -33,8 +33,9 @@ import numpy as np
 
 from .errors import ResultsError
 from .deprecation import module_getattr
+from .files import write_atomic
 from .records import KIND_ALIASES, KINDS, Record, decode, encode_record, plain  # noqa: F401  (re-exported)
-from .resume import write_atomic
+from .version import __version__
 
 FORMAT = 2
 
@@ -90,14 +91,6 @@ class Result(Record):
 
 def _snake(kind: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in kind).lstrip("_")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 
@@ -178,7 +171,6 @@ def save_result(result: Any, folder: str | os.PathLike, name: str | None = None,
 
     ``provenance`` (command, model, task, ...) is stored beside the data, over what the result holds itself.
     """
-    from . import __version__
 
     if not isinstance(result, Result):
         raise ResultsError(f"{type(result).__name__} is not a phaselens result (registered kinds: "

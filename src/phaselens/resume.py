@@ -26,24 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ResultsError, RunFolderError
+from .files import temporary, write_atomic  # noqa: F401  (re-exported for older callers)
+from .results import FORMAT, read_record, write_record
+from .version import __version__
 
 STATE_DIR = ".phaselens"
-
-
-def temporary(path: Path, pid: int | None = None) -> Path:
-    """The temporary file ``.NAME.tmpPID`` beside ``path`` that process ``pid`` (default: this one) writes before
-    renaming it into place; a run taking over a killed run's lock deletes that run's (:class:`RunFolder`)."""
-    return path.with_name(f".{path.name}.tmp{os.getpid() if pid is None else pid}")
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``data`` (text as UTF-8) to ``path`` through :func:`temporary`, fsynced and renamed into place."""
-    tmp = temporary(path)
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def digest(obj: Any) -> str:
@@ -238,8 +225,6 @@ class RunFolder:
     def load(self, unit: str) -> Any | None:
         """The finished unit's object, or ``None`` when it must be (re)computed (missing, truncated, altered,
         foreign: said with a warning when a file was there)."""
-        from .results import read_record
-
         file = self._file(unit)
         if not file.exists():
             return None
@@ -258,9 +243,6 @@ class RunFolder:
 
     def save(self, unit: str, obj: Any) -> None:
         """Write a finished unit atomically and record its checksum."""
-        from . import __version__
-        from .results import FORMAT, write_record
-
         if not self._locked:
             raise RunFolderError(f"{self.path}: save() outside the run's `with` block")
         file = self._file(unit)

@@ -9,11 +9,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from tqdm.auto import tqdm
+
 from . import checks
+from .calibration import load_calibration, tokenize
 from .cka import FORMS, CKAAccumulator
 from .errors import CKAError, NotFoundError
+from .readout import read_at
 from .results import Result
+from .runner import Batch, Positions, Read, Runner, default_max_tokens, token_batches
+from .tasks import Task, load_task
 from .types import ModelLike
+from .view import as_view
 
 POSITIONS = ("decision", "all")
 
@@ -79,7 +86,7 @@ class CKAResult(Result):
 
     def plot(self, **kw):
         """Plotly heatmap (see :func:`phaselens.plots.cka_heatmap`)."""
-        from .plots import cka_heatmap
+        from .plots import cka_heatmap  # lazy: plotly is imported only when a figure is drawn
 
         return cka_heatmap(self, **kw)
 
@@ -101,7 +108,7 @@ class CKAResult(Result):
 
     @classmethod
     def overview(cls, results: dict[str, Any]) -> list[tuple[str, Any]]:
-        from .plots import cka_heatmaps
+        from .plots import cka_heatmaps  # lazy: plotly is imported only when a figure is drawn
 
         return [("CKA per block pair, side by side, one colour scale.", cka_heatmaps(results))]
 
@@ -125,9 +132,6 @@ def _collect(view, seqs: list[list[int]], groups: list[list[int]], pos: dict[int
     """Per batch of ``groups``, every surviving block's output ``[L, m, d]`` (float32) at the sampled positions
     ``pos[seq]`` of each sequence, in the order of the group. The last row reads the output of block ``L-1``
     (an operator standing in for a cut reaching the last block is part of it, as in the lens)."""
-    from .lens import read_at
-    from .runner import Batch, Positions, Read, Runner
-
     rows_at = read_at(view.kept, view.base.n_blocks)
 
     def reads(batch: Batch) -> dict[str, Read]:
@@ -137,6 +141,119 @@ def _collect(view, seqs: list[list[int]], groups: list[list[int]], pos: dict[int
 
     for _batch, out in Runner(view).passes(seqs, reads, groups=groups):
         yield torch.stack([out["h"][b].float() for b in rows_at])
+
+
+def _check_args(positions: Any, n_samples: Any, debiased: Any, seed: Any, batch_size: Any, max_tokens: Any,
+                form: Any, seq_len: Any) -> None:
+    """A :class:`CKAError` for the first bad argument of :func:`cka`."""
+    if positions is not None and positions not in POSITIONS:
+        raise CKAError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
+        raise CKAError(f"n_samples must be an integer >= 2 (CKA compares at least two inputs), got {n_samples!r}")
+    if debiased and n_samples < 4:
+        raise CKAError(f"debiased CKA needs n_samples >= 4, got {n_samples}")
+    checks.batching(batch_size, max_tokens, CKAError)
+    checks.flag("debiased", debiased, error=CKAError)
+    checks.integer("seed", seed, error=CKAError)
+    checks.integer("seq_len", seq_len, minimum=2, error=CKAError, what="tokens per text")
+    if form not in FORMS:
+        raise CKAError(f"form must be one of {FORMS}, got {form!r}")
+
+
+def _text_inputs(texts: Any, positions: str | None, tok_a, tok_b, seq_len: int):
+    """``(source, positions, seqs_a, seqs_b)`` for texts (``None``: the calibration corpus): every token."""
+    if (positions or "all") == "decision":
+        raise CKAError("positions='decision' needs a task (decision positions are the items' last prompt tokens); "
+                       "for texts use positions='all'")
+    texts_ = load_calibration(texts)
+    seqs_a = tokenize(tok_a, texts_, seq_len)
+    seqs_b = seqs_a if tok_b is tok_a else tokenize(tok_b, texts_, seq_len)
+    return ("calibration" if texts is None else "texts"), "all", seqs_a, seqs_b
+
+
+def _task_inputs(task: Any, positions: str | None, tok_a, tok_b):
+    """``(source, positions, seqs_a, seqs_b)`` for a task: each item's prompt tokens under each tokenizer."""
+    task = task if isinstance(task, Task) else load_task(task)
+    seqs_a = _prompt_ids(task, tok_a)
+    seqs_b = seqs_a if tok_b is tok_a else _prompt_ids(task, tok_b)
+    if len(seqs_a) != len(seqs_b):
+        raise CKAError(f"the two models see {len(seqs_a)} and {len(seqs_b)} items of {task.name}; decision positions "
+                       "must pair up")
+    empty = [i for i, (a, b) in enumerate(zip(seqs_a, seqs_b)) if not a or not b]
+    if empty:
+        raise CKAError(f"item {task.items[empty[0]].id or empty[0]} of {task.name} has an empty prompt for one of the "
+                       "tokenizers")
+    return task.name, positions or "decision", seqs_a, seqs_b
+
+
+def _check_pairing(va, vb, positions: str, seqs_a: list[list[int]], seqs_b: list[list[int]]) -> None:
+    """``positions='all'`` pairs the models token by token: both must tokenize the inputs identically."""
+    if positions == "all" and seqs_a != seqs_b:
+        bad = next((i for i, (a, b) in enumerate(zip(seqs_a, seqs_b)) if a != b), min(len(seqs_a), len(seqs_b)))
+        raise CKAError(
+            f"positions='all' pairs the two models token by token, but {va.name} and {vb.name} tokenize the "
+            f"inputs differently (first at sequence {bad}); use models that share a tokenizer, or positions='decision' "
+            "with a task"
+        )
+
+
+@dataclass
+class _Samples:
+    """The sampled ``(sequence, position)`` pairs, the same for both models: sample ``j`` is position ``pos_a[j]``
+    (``pos_b[j]``) of sequence ``seq[j]``."""
+
+    seq: list[int]
+    pos_a: list[int]
+    pos_b: list[int]
+
+
+def _draw_samples(seqs_a, seqs_b, positions: str, n_samples: int, seed: int, debiased: bool, source: str) -> _Samples:
+    """At most ``n_samples`` candidates (each sequence's last token, or every token), drawn without replacement by
+    a generator seeded with ``seed``, in candidate order."""
+    if positions == "decision":
+        cand_seq = torch.arange(len(seqs_a))
+        cand_pos_a = torch.tensor([len(s) - 1 for s in seqs_a])
+        cand_pos_b = torch.tensor([len(s) - 1 for s in seqs_b])
+    else:
+        lens = torch.tensor([len(s) for s in seqs_a])
+        cand_seq = torch.repeat_interleave(torch.arange(len(seqs_a)), lens)
+        cand_pos_a = torch.cat([torch.arange(int(n)) for n in lens]) if len(lens) else torch.zeros(0, dtype=torch.long)
+        cand_pos_b = cand_pos_a
+    total = len(cand_seq)
+    if total > n_samples:
+        pick = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[:n_samples].sort().values
+    else:
+        pick = torch.arange(total)
+    n = len(pick)
+    if n < 2 or (debiased and n < 4):
+        raise CKAError(f"{source} gives only {n} {'items' if positions == 'decision' else 'tokens'}; CKA needs at least "
+                       f"{4 if debiased else 2}")
+    return _Samples(seq=cand_seq[pick].tolist(), pos_a=cand_pos_a[pick].tolist(), pos_b=cand_pos_b[pick].tolist())
+
+
+def _accumulate(va, vb, seqs_a, seqs_b, smp: _Samples, acc: CKAAccumulator, max_tokens: int | None,
+                batch_size: int | None, progress: bool) -> None:
+    """Fold both models' block outputs at the samples into ``acc``, batch by batch. Both models get the same batches
+    of sequences (similar lengths, each cut after its last sampled token), so their rows pair up sample for sample;
+    a view computing the same thing as ``va`` on the same tokens is not run twice."""
+    by_seq: dict[int, list[int]] = {}
+    for j, s in enumerate(smp.seq):
+        by_seq.setdefault(s, []).append(j)
+    seq_ids = sorted(by_seq)
+    cut_a = [seqs_a[s][: max(smp.pos_a[j] for j in by_seq[s]) + 1] for s in seq_ids]
+    cut_b = [seqs_b[s][: max(smp.pos_b[j] for j in by_seq[s]) + 1] for s in seq_ids]
+    groups = token_batches([len(c) for c in cut_a], max_tokens or default_max_tokens(va.base.device), batch_size)
+    pos_a = {k: [smp.pos_a[j] for j in by_seq[s]] for k, s in enumerate(seq_ids)}
+    pos_b = {k: [smp.pos_b[j] for j in by_seq[s]] for k, s in enumerate(seq_ids)}
+    same = _same_computation(va, vb) and seqs_a == seqs_b
+    side_a = _collect(va, cut_a, groups, pos_a)
+    side_b = None if same else _collect(vb, cut_b, groups, pos_b)
+    it: Any = range(len(groups))
+    if progress:
+        it = tqdm(it, desc=f"cka {va.name} vs {vb.name}", leave=False)
+    for _ in it:
+        ha = next(side_a)
+        acc.update(ha, ha if side_b is None else next(side_b))
 
 
 @torch.inference_mode()
@@ -155,7 +272,8 @@ def cka(
     seq_len: int = 256,
     progress: bool = False,
 ) -> CKAResult:
-    """Linear CKA between every surviving block of ``model_a`` and every one of ``model_b``.
+    """Linear CKA between every surviving block of ``model_a`` and every one of ``model_b``: a :class:`CKAResult`
+    whose ``matrix`` is ``[L_a, L_b]``.
 
     Args:
         model_a, model_b: models, pruned/recovered views (:class:`~phaselens.view.ModelView`) or
@@ -169,115 +287,28 @@ def cka(
         n_samples: at most this many samples (items or tokens), drawn without replacement by a
             generator seeded with ``seed``; the same samples for both models.
         debiased: the unbiased HSIC estimator (Song et al.) instead of the plug-in one.
-        batch_size: sequences per forward pass (default 16 / 8 on the CPU for decision / all,
-            64 / 32 on a GPU).
+        max_tokens: padded tokens per forward pass (default
+            :func:`~phaselens.runner.default_max_tokens`: 4096 on the CPU, 32768 on a GPU).
+        batch_size: at most this many sequences per pass (default: no cap beyond ``max_tokens``).
         form: the accumulator form, ``"auto"``, ``"gram"`` or ``"feature"`` (same values).
 
-    Each model runs once over the selected sequences (a view computing the same thing as
-    ``model_a`` is not run twice); sequences are cut after their last sampled token (the
-    models are causal), and block outputs are gathered at the sampled positions only and
-    folded into a :class:`CKAAccumulator` batch by batch.
+    Each model runs once over the selected sequences; sequences are cut after their last sampled
+    token (the models are causal), and block outputs are gathered at the sampled positions only
+    and folded into a :class:`~phaselens.cka.CKAAccumulator` batch by batch.
     """
-    from .view import as_view
-
-    if positions is not None and positions not in POSITIONS:
-        raise CKAError(f"positions must be one of {POSITIONS}, got {positions!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
-        raise CKAError(f"n_samples must be an integer >= 2 (CKA compares at least two inputs), got {n_samples!r}")
-    if debiased and n_samples < 4:
-        raise CKAError(f"debiased CKA needs n_samples >= 4, got {n_samples}")
-    checks.batching(batch_size, max_tokens, CKAError)
-    checks.flag("debiased", debiased, error=CKAError)
-    checks.integer("seed", seed, error=CKAError)
-    checks.integer("seq_len", seq_len, minimum=2, error=CKAError, what="tokens per text")
-    if form not in FORMS:
-        raise CKAError(f"form must be one of {FORMS}, got {form!r}")
+    _check_args(positions, n_samples, debiased, seed, batch_size, max_tokens, form, seq_len)
     va, vb = as_view(model_a), as_view(model_b)
     tok_a, tok_b = va.base.tokenizer, vb.base.tokenizer
-
     if _is_texts(task_or_texts):
-        from .calibration import load_calibration, tokenize
-
-        source = "calibration" if task_or_texts is None else "texts"
-        positions = positions or "all"
-        if positions == "decision":
-            raise CKAError(
-                "positions='decision' needs a task (decision positions are the items' last prompt tokens); "
-                "for texts use positions='all'"
-            )
-        texts = load_calibration(task_or_texts)
-        seqs_a = tokenize(tok_a, texts, seq_len)
-        seqs_b = seqs_a if tok_b is tok_a else tokenize(tok_b, texts, seq_len)
+        source, positions, seqs_a, seqs_b = _text_inputs(task_or_texts, positions, tok_a, tok_b, seq_len)
     else:
-        from .tasks import Task, load_task
-
-        task = task_or_texts if isinstance(task_or_texts, Task) else load_task(task_or_texts)
-        source = task.name
-        positions = positions or "decision"
-        seqs_a = _prompt_ids(task, tok_a)
-        seqs_b = seqs_a if tok_b is tok_a else _prompt_ids(task, tok_b)
-        if len(seqs_a) != len(seqs_b):
-            raise CKAError(f"the two models see {len(seqs_a)} and {len(seqs_b)} items of {source}; decision positions must pair up")
-        empty = [i for i, (a, b) in enumerate(zip(seqs_a, seqs_b)) if not a or not b]
-        if empty:
-            raise CKAError(f"item {task.items[empty[0]].id or empty[0]} of {source} has an empty prompt for one of the tokenizers")
-
-    if positions == "all" and seqs_a != seqs_b:
-        bad = next((i for i, (a, b) in enumerate(zip(seqs_a, seqs_b)) if a != b), min(len(seqs_a), len(seqs_b)))
-        raise CKAError(
-            f"positions='all' pairs the two models token by token, but {va.name} and {vb.name} tokenize the "
-            f"inputs differently (first at sequence {bad}); use models that share a tokenizer, or positions='decision' "
-            "with a task"
-        )
-
-    # the samples: (sequence, position), the same for both models
-    if positions == "decision":
-        cand_seq = torch.arange(len(seqs_a))
-        cand_pos_a = torch.tensor([len(s) - 1 for s in seqs_a])
-        cand_pos_b = torch.tensor([len(s) - 1 for s in seqs_b])
-    else:
-        lens = torch.tensor([len(s) for s in seqs_a])
-        cand_seq = torch.repeat_interleave(torch.arange(len(seqs_a)), lens)
-        cand_pos_a = torch.cat([torch.arange(int(n)) for n in lens]) if len(lens) else torch.zeros(0, dtype=torch.long)
-        cand_pos_b = cand_pos_a
-    total = len(cand_seq)
-    if total > n_samples:
-        g = torch.Generator().manual_seed(int(seed))
-        pick = torch.randperm(total, generator=g)[:n_samples].sort().values
-    else:
-        pick = torch.arange(total)
-    n = len(pick)
-    if n < 2 or (debiased and n < 4):
-        raise CKAError(f"{source} gives only {n} {'items' if positions == 'decision' else 'tokens'}; CKA needs at least "
-                       f"{4 if debiased else 2}")
-    sel_seq, sel_a, sel_b = cand_seq[pick].tolist(), cand_pos_a[pick].tolist(), cand_pos_b[pick].tolist()
-    by_seq: dict[int, list[int]] = {}
-    for j, s in enumerate(sel_seq):
-        by_seq.setdefault(s, []).append(j)
-
-    # batches of sequences (similar lengths), each cut after its last sampled token; both models get the same
-    # batches, so the rows of their representations pair up sample for sample
-    from .runner import default_max_tokens, token_batches
-
-    seq_ids = sorted(by_seq)
-    cut_a = [seqs_a[s][: max(sel_a[j] for j in by_seq[s]) + 1] for s in seq_ids]
-    cut_b = [seqs_b[s][: max(sel_b[j] for j in by_seq[s]) + 1] for s in seq_ids]
-    groups = token_batches([len(c) for c in cut_a], max_tokens or default_max_tokens(va.base.device), batch_size)
-    pos_a = {k: [sel_a[j] for j in by_seq[s]] for k, s in enumerate(seq_ids)}
-    pos_b = {k: [sel_b[j] for j in by_seq[s]] for k, s in enumerate(seq_ids)}
-    same = _same_computation(va, vb) and seqs_a == seqs_b
+        source, positions, seqs_a, seqs_b = _task_inputs(task_or_texts, positions, tok_a, tok_b)
+    _check_pairing(va, vb, positions, seqs_a, seqs_b)
+    smp = _draw_samples(seqs_a, seqs_b, positions, n_samples, seed, debiased, source)
     acc = CKAAccumulator(debiased=debiased, form=form, device=va.base.device)
-    side_a = _collect(va, cut_a, groups, pos_a)
-    side_b = None if same else _collect(vb, cut_b, groups, pos_b)
-    it: Any = range(len(groups))
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=f"cka {va.name} vs {vb.name}", leave=False)
-    for _ in it:
-        ha = next(side_a)
-        acc.update(ha, ha if side_b is None else next(side_b))
+    _accumulate(va, vb, seqs_a, seqs_b, smp, acc, max_tokens, batch_size, progress)
     return CKAResult(
         matrix=acc.compute(), blocks_a=list(va.kept), blocks_b=list(vb.kept), model_a=va.name, model_b=vb.name,
-        positions=positions, n_samples=n, debiased=bool(debiased), source=source, form=acc.form, seed=int(seed),
+        positions=positions, n_samples=len(smp.seq), debiased=bool(debiased), source=source, form=acc.form,
+        seed=int(seed),
     )

@@ -17,14 +17,16 @@ import torch
 from . import checks, metrics
 from .deprecation import renamed_kwargs, renamed_property
 from .errors import PhaselensError
-from .lens import option_logits
+from .lenses.fit import check_lens_arg, resolve_lens
+from .loading import load_model
 from .phases import jump_index, transition_ci, transition_index
+from .readout import check_blocks_arg, option_logits
 from .results import Result
-from .trace_figures import TraceFigures
 from .tasks import Task, load_task
-from .view import as_view
 from .stats import N_BOOT  # noqa: F401  (one default; re-exported for older imports)
+from .trace_figures import TraceFigures
 from .types import ModelLike, TaskLike
+from .view import as_view
 
 if TYPE_CHECKING:
     from .runner import PrefixCache
@@ -339,15 +341,10 @@ def decision_trace(
     check_boot(n_boot, boot_seed)
     checks.batching(batch_size, max_tokens)
     checks.flag("progress", progress)
-    from .lens import check_blocks_arg
-    from .lenses.fit import check_lens_arg, resolve_lens
-
     t = _resolve_task(task)  # a bad task, blocks= or lens= fails before a model named by a string loads
     check_blocks_arg(blocks)
     check_lens_arg(lens)
     if device is not None and isinstance(model, str):
-        from .loading import load_model
-
         model = load_model(model, device=device)
     view = as_view(model)
     lens_ = resolve_lens(lens, view)  # another model's lens fails before any work

@@ -12,7 +12,7 @@ class TraceFigures:
     def plot(self, **kw):
         """The margin curve with its bootstrap band (:func:`phaselens.plots.margin_curves`); a
         :class:`Transition` also shades the silent and decisive phases and marks the transition."""
-        from .plots import margin_curves
+        from .plots import margin_curves  # lazy: plotly is imported only when a figure is drawn
 
         return margin_curves([self], **kw)
 
@@ -20,19 +20,19 @@ class TraceFigures:
 
     def plot_accuracy(self, **kw):
         """Accuracy per block with bootstrap bands and chance level (:func:`phaselens.plots.accuracy_curves`)."""
-        from .plots import accuracy_curves
+        from .plots import accuracy_curves  # lazy: plotly is imported only when a figure is drawn
 
         return accuracy_curves([self], **kw)
 
     def plot_kl(self, **kw):
         """Bias KL and convergence KL per block (:func:`phaselens.plots.kl_curves`)."""
-        from .plots import kl_curves
+        from .plots import kl_curves  # lazy: plotly is imported only when a figure is drawn
 
         return kl_curves([self], **kw)
 
     def plot_option_frequency(self, kind: str = "stacked", **kw):
         """Option frequency per block: ``kind="stacked"``, ``"area"`` or ``"radar"`` (slider over blocks)."""
-        from .plots import option_frequency
+        from .plots import option_frequency  # lazy: plotly is imported only when a figure is drawn
 
         return option_frequency(self, kind, **kw)
 
@@ -50,7 +50,7 @@ class TraceFigures:
 
     @classmethod
     def overview(cls, results: dict[str, Any]) -> list[tuple[str, Any]]:
-        from . import plots
+        from . import plots  # lazy: plotly is imported only when a figure is drawn
 
         figs = [("Decision Margin per block, every trace of the folder on the original-block axis.", plots.margin_curves(results)),
                 ("Accuracy per block.", plots.accuracy_curves(results)),
@@ -60,7 +60,7 @@ class TraceFigures:
     @staticmethod
     def lens_overview(results: dict[str, Any]) -> list[tuple[str, Any]]:
         """Per (model, task) read through two or more lenses: the margin curves of each lens on one axis."""
-        from . import plots
+        from . import plots  # lazy: plotly is imported only when a figure is drawn
 
         groups: dict[tuple[str, str, str], dict[str, Any]] = {}
         for r in results.values():

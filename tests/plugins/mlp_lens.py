@@ -30,7 +30,7 @@ def _residuals(model: Any, texts: list[str], seq_len: int) -> tuple[torch.Tensor
     with torch.no_grad():
         for ids in tokenize(model.tokenizer, texts, seq_len):
             hs = model.hf(input_ids=torch.tensor([ids], device=model.device), output_hidden_states=True).hidden_states
-            hs_all.append(torch.stack([hs[l + 1][0] for l in range(model.n_layers - 1)]).float().cpu())
+            hs_all.append(torch.stack([hs[l + 1][0] for l in range(model.n_blocks - 1)]).float().cpu())
             ys.append(hs[-1][0].float().cpu())  # HF's last hidden state is already through the final norm
     return torch.cat(hs_all, 1), torch.cat(ys)
 
@@ -64,7 +64,7 @@ class MLPLens(pl.LensKind):
         params = {l: {"W1": W1[l].detach().clone(), "b1": b1[l, 0].detach().clone(),
                       "W2": W2[l].detach().clone(), "b2": b2[l, 0].detach().clone()} for l in range(Lm1)}
         info = {"hidden": hidden, "steps": steps, "lr": lr, "seed": seed, "n_tokens": n}
-        return pl.Lens("mlp2", model.name, model.fingerprint, model.n_layers, model.d_model, info=info, params=params)
+        return pl.Lens("mlp2", model.name, model.fingerprint, model.n_blocks, model.d_model, info=info, params=params)
 
     def transform(self, lens: pl.Lens, block: int, h: torch.Tensor) -> torch.Tensor:
         return mlp_translate(h, lens.on(block, h.device))

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..ablation import ABLATION_MODES, ablate
 from ..errors import InterventionError, StatsWarning
-from ..experiments import transition_vs_collapse
+from ..study.collapse import transition_vs_collapse
 from ..noise import eps_list, inject_noise
 from ..pruning import prune, select_blocks
 from ..pruning import sweep_criteria

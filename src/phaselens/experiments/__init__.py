@@ -1,8 +1,24 @@
 """The experiments that join the two papers: the phase cuts and transition versus collapse."""
 
-from .collapse import CollapsePoint, CollapseStudy, transition_vs_collapse
+import importlib
+import warnings
+from typing import Any
+
+from .collapse import CollapsePoint, CollapseStudy, collapse_point, collapse_points, collapse_study
 from .phase_cuts import compare_phase_cuts, random_start
 from .phase_cuts_result import CUT_KINDS, DEFAULT_METHODS, WHOLE_STREAM, Cut, CutResult, PhaseCuts
 
 __all__ = ["CUT_KINDS", "DEFAULT_METHODS", "WHOLE_STREAM", "CollapsePoint", "CollapseStudy", "Cut", "CutResult",
-           "PhaseCuts", "compare_phase_cuts", "random_start", "transition_vs_collapse"]
+           "PhaseCuts", "collapse_point", "collapse_points", "collapse_study", "compare_phase_cuts", "random_start"]
+
+
+def __getattr__(name: str) -> Any:
+    """``phaselens.experiments.transition_vs_collapse``: deprecated, it runs a study and lives in
+    :mod:`phaselens.study.collapse` (``phaselens.transition_vs_collapse``); imported by name at call time so the
+    experiments floor never imports the studies floor."""
+    if name == "transition_vs_collapse":
+        warnings.warn("phaselens: `phaselens.experiments.transition_vs_collapse` is deprecated, use "
+                      "`phaselens.transition_vs_collapse` (phaselens.study.collapse); the old name goes in the next "
+                      "release", FutureWarning, stacklevel=2)
+        return importlib.import_module("phaselens.study.collapse").transition_vs_collapse
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The transition-versus-collapse study.
 
-:func:`transition_vs_collapse` asks the decision-transition paper's question across several
+:func:`phaselens.transition_vs_collapse` (:mod:`phaselens.study.collapse`, which runs the sweeps as a study) asks the decision-transition paper's question across several
 (model, task) pairs: does a later transition (as a fraction of depth, ``l* / L``) go with a
 later collapse under iterative pruning (the collapse ratio of :class:`~phaselens.Sweep`)?
 It reports Pearson's ``r`` and its two-sided p-value (``scipy.stats.pearsonr``). With fewer than
@@ -12,7 +12,6 @@ It reports Pearson's ``r`` and its two-sided p-value (``scipy.stats.pearsonr``).
 from __future__ import annotations
 
 import math
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,10 @@ import numpy as np
 
 from ..deprecation import renamed_kwargs
 from ..errors import StatsError, StatsWarning
-from ..results import Record, Result
+from ..pruning.iterative import load_sweep, Sweep
+from ..results import load_results, Record, Result
 from ..stats import pearson
+from ..trace import Transition
 
 @dataclass
 class CollapsePoint(Record):
@@ -133,16 +134,13 @@ class CollapseStudy(Result):
 
     def plot(self, **kw):
         """Plotly scatter with the least-squares line and r in the title."""
-        from ..plots.interventions import collapse_scatter
+        from ..plots.interventions import collapse_scatter  # lazy: plotly is imported only when a figure is drawn
 
         return collapse_scatter(self, **kw)
 
 
 def collapse_point(tr: Any, sweep: Any, source: str = "") -> CollapsePoint:
-    """The point of one (model, task): ``tr``'s transition depth against ``sweep``'s collapse ratio."""
-    from ..pruning.iterative import Sweep
-    from ..trace import Transition
-
+    """The :class:`CollapsePoint` of a dense transition ``tr`` and an iterative ``sweep`` (``source``: where from)."""
     if not isinstance(tr, Transition) or not isinstance(sweep, Sweep):
         raise StatsError(f"expected (Transition, Sweep), got ({type(tr).__name__}, {type(sweep).__name__})")
     if not sweep.steps:
@@ -152,10 +150,6 @@ def collapse_point(tr: Any, sweep: Any, source: str = "") -> CollapsePoint:
 
 
 def _from_folder(path: Path) -> CollapsePoint:
-    from ..pruning.iterative import Sweep, load_sweep
-    from ..results import load_results
-    from ..trace import Transition
-
     if (path / ".phaselens" / "sweep" / "args.json").exists() and not any(path.glob("*.json")):
         sw = load_sweep(path)  # an iterative_prune(out=...) folder holding only the sweep's state
         return collapse_point(sw.steps[0].transition, sw, str(path))
@@ -169,8 +163,6 @@ def _from_folder(path: Path) -> CollapsePoint:
 
 
 def _as_point(r: Any) -> CollapsePoint:
-    from ..pruning.iterative import Sweep
-
     if isinstance(r, CollapsePoint):
         return r
     if isinstance(r, Sweep):
@@ -188,83 +180,26 @@ def _as_point(r: Any) -> CollapsePoint:
                      "or results folders")
 
 
-def _study_points(models: list, tasks: list, criterion: str, out: Any, chunk: int, max_cut: int | None,
-                  executor: str, address: str | None, sweep_kw: dict[str, Any]) -> list[CollapsePoint]:
-    """The sweeps of models x tasks as one study; one point per (model, task), in the order given."""
-    from ..errors import StudyError
-    from ..study import run_study
-
-    seed = sweep_kw.pop("seed", 0)
-    run: dict[str, Any] = {"kind": "sweep", "criterion": criterion, "until": "collapse", "chunk": chunk, **sweep_kw}
-    if max_cut is not None:
-        run["steps"] = max_cut
-    spec = {"name": "transition_vs_collapse", "models": models, "tasks": tasks, "seeds": [seed], "runs": [run]}
-    tmp = tempfile.TemporaryDirectory(prefix="phaselens-collapse-") if out is None else None
-    root = Path(tmp.name if tmp is not None else out)
-    try:
-        df = run_study(spec, out=root, executor=executor, address=address)
-        df = df[df.job.isin(df.attrs["planned"])].set_index("job").loc[df.attrs["planned"]]
-        bad = df[df.status != "done"]
-        if len(bad):
-            raise StudyError(f"{len(bad)} sweep(s) failed, e.g. {bad.model.iloc[0]} on {bad.task.iloc[0]}: "
-                             f"{bad.error.iloc[0]} (the tracebacks: phaselens.load_study({str(root)!r}).traceback)")
-        from ..results import load_result
-
-        pts = []
-        for row in df.itertuples():
-            path = root / f"{row.result}.json"
-            sw = load_result(path)
-            pts.append(collapse_point(sw.steps[0].transition, sw, "" if tmp is not None else str(path)))
-        return pts
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+def collapse_points(results: Any) -> list[CollapsePoint]:
+    """The points of ``results``: ``(Transition, Sweep)`` pairs, :class:`~phaselens.Sweep` objects (the transition is
+    the sweep's dense step), :class:`CollapsePoint` s, or folders (an ``iterative_prune(out=...)`` folder, or a
+    results folder holding a Sweep and optionally a Transition); one folder alone may be passed."""
+    if isinstance(results, (str, Path)):
+        results = [results]
+    pts = [_as_point(r) for r in results]
+    if not pts:
+        raise StatsError("results is empty")
+    return pts
 
 
-@renamed_kwargs(max_steps="max_cut")
-def transition_vs_collapse(
-    results: Sequence[Any] | None = None,
-    *,
-    models: Sequence[Any] | None = None,
-    tasks: Sequence[Any] | None = None,
-    criterion: str = "bi",
-    out: str | Path | None = None,
-    chunk: int = 4,
-    max_cut: int | None = None,
-    executor: str = "local",
-    address: str | None = None,
-    **sweep_kw: Any,
-) -> CollapseStudy:
-    """Transition layer (as a fraction of depth) against collapse ratio, with Pearson r.
-
-    Either ``results``: a list of ``(Transition, Sweep)`` pairs, of :class:`~phaselens.Sweep` objects
-    (the transition is the sweep's dense step), or of folders (an ``iterative_prune(out=...)`` folder,
-    or a results folder holding a Sweep and optionally a Transition). Or ``models`` x ``tasks``: the
-    sweeps run as a study (:func:`phaselens.run_study`, one ``sweep`` job per pair, ``until = "collapse"``)
-    in the study folder ``out`` (a temporary folder when ``out`` is None) on ``executor`` (``"local"``,
-    ``"processes"``, ``"ray"`` at ``address``); each sweep is extended ``chunk`` cuts at a time until accuracy
-    collapses (at most ``max_cut`` blocks cut; ``max_steps=`` is its deprecated name); rerunning with the same
-    ``out`` reuses the finished sweeps. Other
-    keywords are the sweep jobs' parameters (:func:`~phaselens.iterative_prune`'s: ``n_boot``, ``recovery``,
-    ``calibration``, ``heldout``, ...; ``seed`` is the study's seed).
-    """
-    if results is not None and (models is not None or tasks is not None):
-        raise StatsError("pass either results or models= and tasks=, not both")
-    if results is None:
-        if not models or not tasks:
-            raise StatsError("pass results (a list of (Transition, Sweep) pairs, Sweeps or folders), or models=[...] "
-                             "and tasks=[...] to run the sweeps")
-        pts = _study_points(list(models), list(tasks), criterion, out, chunk, max_cut, executor, address, sweep_kw)
-    else:
-        if isinstance(results, (str, Path)):
-            results = [results]
-        pts = [_as_point(r) for r in results]
-        if not pts:
-            raise StatsError("results is empty")
+def collapse_study(points: Sequence[CollapsePoint]) -> CollapseStudy:
+    """The :class:`CollapseStudy` of ``points``: Pearson r of transition fraction against collapse ratio over the
+    usable pairs (each unusable point is left out with a :class:`StatsWarning` saying why)."""
+    pts = list(points)
     crits = sorted({q.criterion for q in pts})
     for q in pts:
         if not q.usable:
-            warnings.warn(f"{q.model} on {q.task} is left out of r: {q.reason}", StatsWarning, stacklevel=2)
+            warnings.warn(f"{q.model} on {q.task} is left out of r: {q.reason}", StatsWarning, stacklevel=3)
     study = CollapseStudy(pts, math.nan, math.nan, ",".join(crits))
     x, y = study.pair_means()  # one point per (model, task) pair (several sweeps of a pair are averaged)
     study.r, study.p = pearson(list(x), list(y), what="transition fraction and collapse ratio")

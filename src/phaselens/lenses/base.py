@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
 
 from ..deprecation import warn_renamed
 from ..errors import LensError
+from ..files import write_safetensors
 from ..registry import Registry
 from ..version import __version__
 
@@ -258,10 +258,10 @@ class Lens:
     def check_model(self, base: Any) -> None:
         """A :class:`~phaselens.errors.LensError` unless ``base`` (a :class:`~phaselens.Model`) is the model it was
         fitted on: the same fingerprint, block count and hidden size."""
-        if (base.fingerprint, base.n_layers, base.d_model) != (self.fingerprint, self.n_blocks, self.d_model):
+        if (base.fingerprint, base.n_blocks, base.d_model) != (self.fingerprint, self.n_blocks, self.d_model):
             raise LensError(f"this {self.kind} lens was fitted on {self.model!r} (fingerprint {self.fingerprint}, "
                             f"{self.n_blocks} blocks of width {self.d_model}), not on {base.name!r} (fingerprint "
-                            f"{base.fingerprint}, {base.n_layers} blocks of width {base.d_model}); fit one for this "
+                            f"{base.fingerprint}, {base.n_blocks} blocks of width {base.d_model}); fit one for this "
                             "model (phaselens.fit_lens) or pass lens='logit'")
 
     def save(self, path: Any) -> Path:
@@ -274,9 +274,7 @@ class Lens:
         tensors = self.lens_kind.to_tensors(self)
         meta = {"phaselens_lens": __version__, "kind": self.kind, "model": self.model, "fingerprint": self.fingerprint,
                 "n_blocks": str(self.n_blocks), "d_model": str(self.d_model), "info": json.dumps(self.info, default=str)}
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)
+        write_safetensors(path, tensors, meta)
         return path
 
     def summary(self) -> str:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..calibration import load_calibration, tokenize
 from ..errors import LensError
+from ..files import write_safetensors
 from ..resume import digest, run_folder
 from ..runner import Read, Runner
 from ..view import ModelView
@@ -102,9 +103,7 @@ def _save_ckpt(path: Path, step: int, A, b, opt) -> None:
     tensors = {"A": A.detach(), "b": b.detach()}
     if A in st:
         tensors.update({"mA": st[A]["exp_avg"], "vA": st[A]["exp_avg_sq"], "mb": st[b]["exp_avg"], "vb": st[b]["exp_avg_sq"]})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata={"step": str(step)})
-    tmp.replace(path)
+    write_safetensors(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {"step": str(step)})
 
 
 def _load_ckpt(path: Path, A, b, opt) -> int:

@@ -2,18 +2,17 @@
 
 No computation of metrics happens here (nor anywhere in :mod:`phaselens.plots`). The figure
 functions themselves live in :mod:`.trace` (per-layer decision metrics), :mod:`.similarity`
-(CKA) and :mod:`.pruning` (sweeps, boundary errors); their old home was this module, so
-``from phaselens.plots.core import margin_curve`` keeps working (see ``__getattr__`` below).
+(CKA) and :mod:`.pruning` (sweeps, boundary errors).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
 
-import numpy as np
 import plotly.graph_objects as go
 
 from ..errors import PlotError
+from ..files import write_text
 
 if TYPE_CHECKING:
     from ..trace import DecisionTrace, Transition
@@ -58,10 +57,6 @@ def format_label(trace: "DecisionTrace") -> str:
     return trace.format + (", reformulated as letters" if getattr(trace, "reformulated", False) else "")
 
 
-def _title(trace: "DecisionTrace", what: str) -> str:
-    return f"{what}: {trace.model} on {trace.task} ({format_label(trace)}, {trace.n_items} items)"
-
-
 def shade_phases(fig: go.Figure, transition: "Transition | None", n_blocks: int, *, row: int | None = None,
                  col: int | None = None, labels: bool = True) -> go.Figure:
     """Shade the silent phase grey and the decisive phase green; a dashed line at the transition.
@@ -102,24 +97,5 @@ def finish(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
 
 
 def save_html(fig: Any, path: str, *, offline: bool = True) -> None:
-    """Write a self-contained HTML page (Plotly's JavaScript embedded when ``offline``)."""
-    fig.write_html(path, include_plotlyjs=True if offline else "cdn", full_html=True)
-
-
-def as_array(x: Any) -> np.ndarray:
-    return np.asarray(x, dtype=float)
-
-
-_MOVED = {
-    "margin_curve": "trace", "margin_curves": "trace", "accuracy_curves": "trace", "kl_curves": "trace",
-    "option_frequency": "trace", "cka_heatmap": "similarity", "cka_heatmaps": "similarity",
-    "boundary_error_channels": "pruning", "sweep_margins": "pruning", "sweep_accuracy": "pruning",
-}
-
-
-def __getattr__(name: str) -> Any:  # old import paths: phaselens.plots.core.margin_curve etc.
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    """Write a self-contained HTML page (Plotly's JavaScript embedded when ``offline``), atomically."""
+    write_text(path, fig.to_html(include_plotlyjs=True if offline else "cdn", full_html=True))

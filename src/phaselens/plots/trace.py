@@ -28,18 +28,30 @@ class Curve:
     transition: Any = None  # Transition | None
 
 
-def _one(obj: Any, label: str | None) -> list[Curve]:
-    from ..trace import DecisionTrace, Transition
+_TRACE_FIELDS = ("model", "n_blocks", "blocks", "logits", "answers", "mask", "option_chars")
 
-    if isinstance(obj, DecisionTrace):
+
+def is_trace(obj: Any) -> bool:
+    """Whether ``obj`` is a decision trace (has :class:`~phaselens.DecisionTrace`'s fields); the plots take result
+    objects and never import the modules that compute them."""
+    return all(hasattr(obj, a) for a in _TRACE_FIELDS)
+
+
+def is_transition(obj: Any) -> bool:
+    """Whether ``obj`` is a :class:`~phaselens.Transition`: a trace with its transition ``layer`` and ``ci``."""
+    return is_trace(getattr(obj, "trace", None)) and hasattr(obj, "layer") and hasattr(obj, "ci") and not hasattr(obj, "ratio")
+
+
+def _one(obj: Any, label: str | None) -> list[Curve]:
+    if is_trace(obj):
         return [Curve(label or obj.model, obj)]
-    if isinstance(obj, Transition):
+    if is_transition(obj):
         return [Curve(label or obj.trace.model, obj.trace, obj)]
     if hasattr(obj, "steps") and hasattr(obj, "criterion"):  # a Sweep: one curve per step
         return [c for s in obj.steps for c in _one(s, None)]
     if hasattr(obj, "trace") and hasattr(obj, "ratio"):  # a SweepStep
         return [Curve(label or f"{len(obj.removed)} cut ({obj.ratio:.0%} pruned)", obj.trace, getattr(obj, "transition", None))]
-    if hasattr(obj, "trace") and isinstance(obj.trace, DecisionTrace):
+    if is_trace(getattr(obj, "trace", None)):
         return [Curve(label or obj.trace.model, obj.trace, getattr(obj, "transition", None))]
     raise PlotError(
         f"cannot draw a {type(obj).__name__}: pass DecisionTrace / Transition objects (or a sweep, or a list or "

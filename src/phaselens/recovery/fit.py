@@ -17,10 +17,12 @@ import torch
 from .. import checks
 from ..calibration import check_seq_len, load_calibration, n_tokens
 from ..errors import NotFoundError, RecoveryError, SingularFitWarning
+from ..files import write_safetensors
 from ..view import ModelView, as_view
 from .solvers import METHODS, check_target, choose_lam, solve
 from .stats import SpanStats, span_stats
 from ..types import ModelLike
+from ..version import __version__
 
 #: A fit with fewer calibration tokens than this many times the hidden size warns: an
 #: unconstrained d x d operator would memorise its calibration text.
@@ -53,10 +55,6 @@ class Recovered(ModelView):
 
     def save(self, path: str | Path) -> Path:
         """Write the operators, spans and the model's fingerprint as safetensors."""
-        from safetensors.torch import save_file
-
-        from .. import __version__
-
         tensors = {f"span.{s}.{e}": w.detach().float().cpu().contiguous() for (s, e), w in self.operators.items()}
         tensors.update({f"branch.{b}": w.detach().float().cpu().contiguous() for b, w in self.branch_operators.items()})
         meta = {
@@ -68,7 +66,7 @@ class Recovered(ModelView):
         if path.parent.exists() and not path.parent.is_dir():
             raise RecoveryError(f"cannot save under {path.parent}: it is a file, not a folder")
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata=meta)
+        write_safetensors(path, tensors, meta)
         return path
 
 

@@ -96,7 +96,8 @@ class Batch:
         return h.hexdigest()
 
 
-def _select(h: torch.Tensor, at: Any, batch: Batch) -> torch.Tensor:
+def select_at(h: torch.Tensor, at: Any, batch: Batch) -> torch.Tensor:
+    """The rows of ``h [B, T, ...]`` a :class:`Read` at ``at`` selects in ``batch`` (``[m, ...]``)."""
     if at == "last":
         rows, last = batch.last_index(h.device)
         return h[rows, last]

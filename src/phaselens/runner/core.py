@@ -8,10 +8,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 
 from ..errors import NonFiniteError, RunnerError
-from .batch import Batch, Read, _select, default_max_tokens, pad, pad_layouts, token_batches
+from .batch import Batch, Read, select_at, default_max_tokens, pad, pad_layouts, token_batches
 from .masks import decoder_mask
 from .cache import PrefixCache
-from .patches import _exclusive, patched
+from .patches import exclusive, patched
 from .plan import Plan, StopForward, chain, skip
 
 
@@ -21,6 +21,31 @@ _OOM_WARNED = False
 #: reads of at most this many values (a block's last position: [B, d]) are checked for NaN/Inf together after the
 #: pass, one kernel for all blocks; larger ones (every token) right away, each with its own check
 STACKED_CHECK = 1 << 16
+
+
+class DenseView:
+    """A :class:`~phaselens.Model` run as itself: what ``ModelView(model)`` runs (no plan, an empty signature),
+    without the runner importing :mod:`phaselens.view` (which imports the runner)."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.name = base.name
+
+    def plan(self) -> Plan:
+        return Plan({}, mlp={}, names={})
+
+    def signature(self) -> dict[int, str]:
+        return {}
+
+
+def dense_view(view: Any) -> Any:
+    """``view`` when it is a view (has ``base``, ``plan()``, ``signature()``); a :class:`DenseView` of a model."""
+    if all(hasattr(view, a) for a in ("base", "plan", "signature")):
+        return view
+    if all(hasattr(view, a) for a in ("hf", "blocks", "decoder", "name")):
+        return DenseView(view)
+    raise RunnerError(f"the runner runs a model view or a loaded model, got {type(view).__name__}; "
+                      "use phaselens.as_view(...) or phaselens.load_model(...) first")
 
 
 class Runner:
@@ -33,9 +58,7 @@ class Runner:
     """
 
     def __init__(self, view: Any, *, cache: PrefixCache | None = None, check_finite: bool = True) -> None:
-        from ..view import as_view
-
-        self.view = as_view(view)
+        self.view = dense_view(view)
         self.base = self.view.base
         self.cache = cache
         self.check_finite = check_finite
@@ -155,7 +178,7 @@ class Runner:
         def keep(name: str, rd: Read, b: int, h: torch.Tensor) -> None:
             if rd.site == "in":  # a block's input arrives from the previous block's device: read it on its own
                 h = h.to(self._devices[b])
-            sel = _select(h, rd.at, batch)
+            sel = select_at(h, rd.at, batch)
             if self.check_finite:
                 if sel.numel() <= STACKED_CHECK:
                     small.append((b, name, sel))
@@ -222,7 +245,7 @@ class Runner:
 
             (taps_in if stop_at[1] == 0 else taps_out).setdefault(stop_at[0], []).append(stop)
         t_in, t_out, t_mlp = (_fan(taps_in), _fan(taps_out), _fan(taps_mlp))
-        with torch.inference_mode(), _exclusive(base.decoder, base.name):
+        with torch.inference_mode(), exclusive(base.decoder, base.name):
             with patched(base.blocks, plan, tap_in=t_in, tap_out=t_out, tap_mlp=t_mlp, returns_tuple=base.returns_tuple):
                 if head:
                     return base.hf(**self._inputs(batch), use_cache=False).logits
@@ -248,7 +271,7 @@ class Runner:
             seen[b] = bool(torch.isfinite(h[batch.mask.to(h.device).bool()]).all())
 
         taps = {b: (lambda h, _b=b: probe(_b, h)) for b in range(self.n_blocks)}
-        with torch.inference_mode(), _exclusive(self.base.decoder, self.base.name):
+        with torch.inference_mode(), exclusive(self.base.decoder, self.base.name):
             with patched(self.base.blocks, plan, tap_out=taps, returns_tuple=self.base.returns_tuple):
                 try:
                     self.base.decoder(**self._inputs(batch), use_cache=False)

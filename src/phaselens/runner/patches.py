@@ -21,7 +21,7 @@ _owners_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _exclusive(decoder: nn.Module, name: str) -> Iterator[None]:
+def exclusive(decoder: nn.Module, name: str) -> Iterator[None]:
     """One thread at a time per model; the same thread may nest passes."""
     me = threading.get_ident()
     with _owners_lock:

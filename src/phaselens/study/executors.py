@@ -16,6 +16,7 @@ import socket
 from collections import OrderedDict, deque
 from typing import Any, Iterator
 
+from ..embedded import cache_dir
 from ..errors import StudyError
 from ..registry import PLUGINS_ENV, load_plugins
 from .jobs import Job, ModelCache, Outcome, execute, fingerprint
@@ -122,7 +123,6 @@ class StudyWorker:
 
     def __init__(self, capacity: int, driver_host: str, scratch: str, num_cpus: float,
                  plugins: list[str] | None = None) -> None:
-        from ..embedded import cache_dir
 
         load_plugins(plugins)  # the driver's plugins: module names, or .py paths that exist on this node
         self.cache = ModelCache(capacity)

@@ -16,6 +16,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..errors import ReportWarning, StatsWarning
+from ..experiments.collapse import CollapseStudy, collapse_point
+from ..page import Section
+from ..pruning.iterative import Sweep
+from ..stats import pearson
+from ..trace import Transition
 from .store import INDEX, load_study
 
 SHOWN = ("job", "status", "kind", "model", "task", "seed", "params", "wall_s", "peak_rss_mb", "transition",
@@ -28,11 +34,6 @@ def is_study(folder: Any) -> bool:
 
 def collapse_studies(results: dict[str, Any]) -> dict[str, Any]:
     """One :class:`~phaselens.CollapseStudy` per criterion from the study's Sweep results (``{criterion: study}``)."""
-    from ..errors import StatsWarning
-    from ..experiments.collapse import CollapseStudy, collapse_point
-    from ..pruning.iterative import Sweep
-    from ..stats import pearson
-
     by: dict[str, list] = {}
     for name, r in results.items():
         if isinstance(r, Sweep) and r.steps:
@@ -49,9 +50,6 @@ def collapse_studies(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def margin_curves(results: dict[str, Any], index) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    from ..pruning.iterative import Sweep
-    from ..trace import Transition
-
     kinds = {row.result: row for row in index.itertuples() if isinstance(row.result, str)}
     has_trace = any(isinstance(r, Transition) for r in results.values())
     curves: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -83,8 +81,7 @@ def contrast_rows(index) -> list[dict[str, Any]]:
 
 def study_sections(folder: str | Path, entries: list) -> list:
     """The report sections of a study folder (see the module docstring)."""
-    from ..plots.study import margin_grid, phase_cut_contrasts
-    from ..report import Section
+    from ..plots.study import margin_grid, phase_cut_contrasts  # lazy: plotly is imported only when a figure is drawn
 
     index = load_study(folder)
     results = {e.name: e.result for e in entries}
@@ -101,8 +98,6 @@ def study_sections(folder: str | Path, entries: list) -> list:
         try:
             sec.figures.extend(fn())
         except Exception as ex:  # noqa: BLE001 - shown on the page and warned
-            from ..errors import ReportWarning
-
             msg = f"could not make the study's {what} figure: {type(ex).__name__}: {ex}"
             warnings.warn(msg, ReportWarning, stacklevel=2)
             sec.errors.append(msg)

@@ -20,6 +20,7 @@ from .executors import EXECUTORS
 from .jobs import Job, Outcome
 from .spec import JobConfig, StudySpec, hash_params, parse_spec
 from .store import StudyFolder, load_study
+from ..version import __version__
 
 
 def task_digest(task: Any) -> str:
@@ -33,12 +34,10 @@ def task_digest(task: Any) -> str:
 
 def job_id(config: dict[str, Any], fingerprint: str, items: str) -> str:
     """The content hash that names a job: its config, the model's identity (fingerprint, device type, dtype), the
-    task's items and phaselens' version."""
+    task's items; not phaselens' version (a job stays valid across versions; its row records the version)."""
     if isinstance(config.get("params"), dict):  # the spec key heldout hashes as the key it replaced
         config = {**config, "params": hash_params(config["params"])}
-    from .. import __version__  # read at call time: the version names the job
-
-    doc = {**config, "fingerprint": fingerprint, "items": items, "phaselens": __version__}
+    doc = {**config, "fingerprint": fingerprint, "items": items}
     lens = (config.get("params") or {}).get("lens") if isinstance(config.get("params"), dict) else None
     if isinstance(lens, str) and Path(lens).is_file():  # a saved lens: its content names the job, not its path
         doc["lens_sha256"] = hashlib.sha256(Path(lens).read_bytes()).hexdigest()
@@ -68,7 +67,7 @@ def _task_key(j: JobConfig) -> str:
 
 
 def _row(job: Job, cfg: JobConfig, out: Outcome, executor: str, items: str, order: int, attempts: int) -> dict[str, Any]:
-    from .. import __version__  # read at call time, as job_id does
+    from ..results import slug
 
     model = cfg.model if isinstance(cfg.model, str) else str(cfg.model)
     row = {"job": job.id, "status": "done" if out.ok else "failed", "kind": cfg.kind, "model": model,

@@ -18,7 +18,7 @@ from ..cka import FORMS
 from ..errors import PhaseCutsError, StudyError
 from ..experiments.phase_cuts import compare_phase_cuts
 from ..noise import inject_noise
-from ..probes import phase_of
+from ..final_readout import phase_of
 from ..pruning import CRITERIA, prune, select_blocks, sweep_criteria
 from ..pruning.iterative import iterative_prune
 from ..recovery.solvers import METHODS

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResultsError, RunFolderError, StudyError
-from ..resume import RunFolder, temporary, write_atomic
+from ..files import write_atomic, writing
+from ..results import read_record, save_result
+from ..resume import RunFolder
 
 INDEX = "index.parquet"
 RUN = "study"
@@ -93,8 +95,6 @@ class StudyFolder:
 
     def finished(self, rows: dict[str, dict[str, Any]]) -> set[str]:
         """Jobs done whose result file is whole (a missing or damaged result makes the job run again)."""
-        from ..results import read_record
-
         done = set()
         for job, row in rows.items():
             if row.get("status") != "done":
@@ -109,8 +109,6 @@ class StudyFolder:
     def record(self, row: dict[str, Any], result: Any = None) -> None:
         """Write a finished job's result (if any) and its row; the index is rewritten by :meth:`write_index`."""
         if result is not None:
-            from ..results import save_result
-
             save_result(result, self.out, row["result"], job=row["job"], study_kind=row["kind"], seed=row["seed"])
         self.state.save(f"row_{row['job']}", row)
 
@@ -122,11 +120,8 @@ class StudyFolder:
         df = frame(list(rows.values()))
         table = pa.Table.from_pandas(df, preserve_index=False)
         path = self.out / INDEX
-        tmp = temporary(path)
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        tmp.replace(path)
+        with writing(path) as f:
+            pq.write_table(table, f)
         return path
 
 

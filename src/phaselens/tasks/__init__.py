@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any, Iterable
 
 from .base import FORMATS, Format, Item, LettersTemplate, Task, TaskError, subset
-
-BUILTIN_DIR = Path(__file__).parent / "data"
+from .loaders import BUILTIN_DIR, builtin_tasks, load_items
 
 __all__ = ["FORMATS", "Format", "Item", "LettersTemplate", "Task", "TaskError", "builtin_tasks", "load_task"]
-
-
-def builtin_tasks() -> list[str]:
-    """Names of the tasks shipped with phaselens (cloze; both embedded models answer them)."""
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.jsonl"))
 
 
 def load_task(
@@ -87,8 +80,6 @@ def load_task(
         picked, how = _pick(items, limit, seed, sample, drop and (format or "cloze") != "letters")
         return Task(name or "custom", tuple(picked), format or "cloze", template, shots, seed=seed, source="in-memory",
                     cloze_template=cloze_template or "{question}", selection=how)
-    from .loaders import load_items
-
     s = str(spec)
     if s in builtin_tasks():
         loaded = load_items(BUILTIN_DIR / f"{s}.jsonl", seed=seed)

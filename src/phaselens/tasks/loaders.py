@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .base import Item, TaskError
+from .base import Item, LettersTemplate, TaskError
+
+BUILTIN_DIR = Path(__file__).parent / "data"
 
 ARC_PROMPT = "Question: {question}\nAnswer:"  # lm-evaluation-harness arc_easy / arc_challenge
 MMLU_PROMPT = "Question: {question}\nAnswer:"
@@ -148,8 +150,6 @@ def load_mmlu(subject: str | None = None, split: str | None = None, folder: Path
             if dev.exists():
                 pool += _mmlu_csv(dev, s)
     name = "mmlu" if subject is None else f"mmlu:{subject}"
-    from .base import LettersTemplate
-
     return Loaded(name, tuple(items), tuple(pool), str(folder / split), "letters", split, MMLU_PROMPT, "first_n",
                   LettersTemplate.mmlu(), benchmark=True)
 
@@ -306,7 +306,7 @@ def load_hf(name: str, split: str | None = None, seed: int = 0) -> Loaded:
             ds = None
         if ds is None:
             raise TaskError(
-                f"{name!r} is not a built-in task ({', '.join(_builtin_names())}), a benchmark "
+                f"{name!r} is not a built-in task ({', '.join(builtin_tasks())}), a benchmark "
                 f"({', '.join(BENCHMARKS)}), an existing file, or a Hugging Face dataset in the local cache "
                 f"({type(e).__name__}: {str(e)[:160]})"
             ) from None
@@ -338,10 +338,9 @@ def load_hf(name: str, split: str | None = None, seed: int = 0) -> Loaded:
     return Loaded(repo.split("/")[-1], tuple(items), (), f"huggingface:{name}", fmt, split or "", template)
 
 
-def _builtin_names() -> list[str]:
-    from . import builtin_tasks
-
-    return builtin_tasks()
+def builtin_tasks() -> list[str]:
+    """Names of the tasks shipped with phaselens (cloze; both embedded models answer them)."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.jsonl"))
 
 
 # -- dispatch ---------------------------------------------------------------------------------

@@ -9,15 +9,16 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from . import metrics
+from . import checks, metrics
 from .encoding import encode_task
-from .lens import check_context
 from .errors import InterventionError
+from .readout import check_context
 from .runner import Batch, Plan, PrefixCache, Read, Runner
-from .tasks import Task, load_task
-from .view import ModelView, as_view
 from .stats import N_BOOT  # noqa: F401  (one default; re-exported for older imports)
+from .tasks import Task, load_task
+from .trace import transition_point
 from .types import ModelLike, TaskLike
+from .view import ModelView, as_view
 
 
 
@@ -87,8 +88,6 @@ class FinalRunner:
 
 def check_run(n_boot: Any, boot_seed: Any, batch_size: Any, max_tokens: Any, reuse_prefix: Any) -> None:
     """The arguments noise injection and ablation share, checked before any model work."""
-    from . import checks
-
     checks.bootstrap(n_boot, boot_seed, InterventionError, "boot_seed")
     checks.batching(batch_size, max_tokens, InterventionError)
     checks.flag("reuse_prefix", reuse_prefix, error=InterventionError)
@@ -142,8 +141,6 @@ def dense_transition(view: ModelView, task: Task, transition: Any, batch_size: i
             raise InterventionError(f"transition must be a phaselens Transition (transition_point(...)) or have an int "
                                     f".layer, got {type(transition).__name__}")
         return transition
-    from .trace import transition_point
-
     return transition_point(view, task, batch_size=batch_size, n_boot=n_boot, boot_seed=seed, lens=lens)
 
 

@@ -25,12 +25,14 @@ import numpy as np
 import torch
 
 from .encoding import Encoded, encode_task
+from .errors import LensError
 from .lenses import resolve_lens
-from .lenses.base import read_at  # (was defined here; phaselens.lens.read_at still works)
+from .lenses.base import read_at  # (was defined here; phaselens.readout.read_at still works)
 from .runner import Batch, Positions, PrefixCache, Read, Runner, pack
+from .runner.masks import text_config
 from .tasks.base import Task
-from .view import ModelView, as_view
 from .types import ModelLike
+from .view import ModelView, as_view
 
 _CONT_CHUNK = 256  # continuation positions per full-vocabulary readout
 
@@ -57,8 +59,6 @@ class OptionLogits:
 
 def check_blocks_arg(blocks: Any) -> None:
     """The form of a ``blocks=`` argument (``None``, ``"last"`` or block indices), checked before a model loads."""
-    from .errors import LensError
-
     if blocks is None or (isinstance(blocks, str) and blocks == "last"):
         return
     if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable):
@@ -71,8 +71,6 @@ def check_blocks_arg(blocks: Any) -> None:
 def select_rows(view: ModelView, blocks: Any) -> list[int]:
     """The surviving blocks to read: ``None`` (all), ``"last"`` (the model's own output only), or a list of
     original indices of surviving blocks (in model order); a :class:`~phaselens.errors.LensError` otherwise."""
-    from .errors import LensError
-
     kept = view.kept
     if blocks is None:
         return list(kept)
@@ -130,8 +128,6 @@ def option_logits(
 
 def context_length(base: Any) -> int | None:
     """The model's context (``max_position_embeddings`` of its text config), ``None`` when it has none."""
-    from .runner.masks import text_config
-
     n = getattr(text_config(base.hf), "max_position_embeddings", None)
     return int(n) if n else None
 
@@ -139,8 +135,6 @@ def context_length(base: Any) -> int | None:
 def check_context(base: Any, enc: Encoded, task: Task | None = None) -> None:
     """A :class:`~phaselens.errors.LensError` naming the first item whose prompt (letters, cloze) or prompt + option
     (continuation) is longer than the model's context (checked before any forward pass)."""
-    from .errors import LensError
-
     ctx = context_length(base)
     if ctx is None:
         return
