@@ -29,7 +29,7 @@ from .study import RunKind, load_study, register_run, run_study
 from .study.collapse import transition_vs_collapse
 from .cka import linear_cka
 from .verdicts import Claim, Claims, claims, write_claims_csv
-from .effects import Effect, EffectError, correlation_effect, hierarchical_effect, paired_effect, permutation_effect
+from .effects import Effect, correlation_effect, hierarchical_effect, paired_effect, permutation_effect
 from .tasks import Item, LettersTemplate, Task, builtin_tasks, load_task
 from .trace import DecisionTrace, Transition, decision_trace, transition_point
 from .view import EditedView, ModelView, as_view
@@ -51,7 +51,7 @@ __all__ = [
     # results, reports, calibration text
     "Result", "build_report", "heldout_texts", "load_calibration", "load_result", "load_results", "save_result",
     # effects and claims (issue 21)
-    "Claim", "Claims", "Effect", "EffectError", "claims", "correlation_effect", "hierarchical_effect", "paired_effect",
+    "Claim", "Claims", "Effect", "claims", "correlation_effect", "hierarchical_effect", "paired_effect",
     "permutation_effect", "write_claims_csv",
     # studies
     "RunKind", "load_study", "register_run", "run_study",

@@ -36,6 +36,10 @@ class PruningError(PhaselensError):
     """Blocks cannot be pruned or selected as asked."""
 
 
+class EffectError(PhaselensError):
+    """An effect, a resampling or a claim cannot be computed as asked; the message says what and how to fix it."""
+
+
 class RecoveryError(PhaselensError):
     """A recovery cannot be fitted or loaded as asked."""
 

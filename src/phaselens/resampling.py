@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import PhaselensError
+from .errors import EffectError
 
 try:  # the one default lives in stats (issue 19); the same value until it lands there
     from .stats import N_BOOT
@@ -34,10 +34,6 @@ MIN_ITEMS = 5
 MIN_CLUSTERS = 5
 #: replicates handled per matrix product (bounds the ``[chunk, P, S, *rest]`` intermediate)
 CHUNK_CELLS = 1 << 24
-
-
-class EffectError(PhaselensError):
-    """An effect, a resampling or a claim cannot be computed as asked; the message says what and how to fix it."""
 
 
 def check_n_boot(n_boot: int, level: float, what: str = "n_boot") -> None:
