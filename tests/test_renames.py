@@ -76,7 +76,7 @@ def test_boot_seed_alias_same_trace(tiny_llama, capitals_task):
 
 
 def test_n_boot_has_one_default():
-    from phaselens import ablation, noise, probes as probes_mod, stats, trace
+    from phaselens import ablation, noise, final_readout as probes_mod, stats, trace
 
     assert stats.N_BOOT == 1000
     assert trace.N_BOOT is probes_mod.N_BOOT is stats.N_BOOT
