@@ -42,7 +42,7 @@ from .noise import NoiseResult, inject_noise
 from .perplexity import perplexity
 from .pruning import CRITERIA, prune, select_blocks
 from .pruning.iterative import Sweep, iterative_prune, load_sweep
-from .recovery import METHODS, BoundaryError, Recovered, boundary_error, fit_recovery, load_recovery
+from .recovery import METHODS, BoundaryError, Recovered, boundary_error, fit_recovery, load_recovery, register_method
 from .report import build_report
 from .results import Result, load_result, load_results, save_result
 from .similarity import CKAResult, cka
@@ -64,7 +64,7 @@ __all__ = [
     # pruning and recovery
     "CRITERIA", "METHODS", "BoundaryError", "EditedView", "ModelView", "Recovered", "Sweep", "as_view",
     "boundary_error", "fit_recovery", "iterative_prune", "load_recovery", "load_sweep", "perplexity", "prune",
-    "select_blocks",
+    "register_method", "select_blocks",
     # controls and experiments
     "AblationResult", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "ablate", "cka", "compare_phase_cuts",
     "inject_noise", "linear_cka", "transition_vs_collapse",

@@ -201,8 +201,8 @@ def iterative_prune(
     if recovery is not None:
         from ..recovery import METHODS
 
-        if recovery not in METHODS:
-            raise PruningError(f"unknown recovery method {recovery!r}; choose from {METHODS} or None")
+        if not isinstance(recovery, str) or recovery not in METHODS:
+            raise PruningError(f"unknown recovery method {recovery!r}; choose from {METHODS.names()} or None")
     if view.operators or view.branch_operators:
         raise PruningError("iterative_prune starts from a dense or plainly pruned model; pass recovery= to refit "
                            "a recovery after every cut instead of a recovered view")
@@ -244,9 +244,10 @@ def iterative_prune(
 
 def _make_view(base, removed: list[int], recovery: str | None, cal: list[str]) -> ModelView:
     view = ModelView(base, tuple(removed))
-    if recovery is None or recovery == "identity" or not removed:
+    from ..recovery import fit_recovery, get_method
+
+    if recovery is None or not get_method(recovery).fitted or not removed:
         return view
-    from ..recovery import fit_recovery
 
     return fit_recovery(view, cal, recovery)
 
