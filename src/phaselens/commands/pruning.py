@@ -266,7 +266,7 @@ def phase_cuts_cmd(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             res = compare_phase_cuts(m, t, n, methods=meths, seeds=seeds, placement=place, calibration=cal,
-                                     perplexity_texts=held, measure_boundary=measure_boundary, out=out, seed=seed,
+                                     heldout=held, measure_boundary=measure_boundary, out=out, boot_seed=seed,
                                      progress=not as_json and sys.stderr.isatty())
     except PhaselensError as e:
         _fail(str(e))

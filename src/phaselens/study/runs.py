@@ -56,9 +56,11 @@ def _choices() -> dict[str, tuple]:
     from ..ablation import ABLATION_MODES
     from ..cka import FORMS
     from ..pruning.iterative import SWEEP_CRITERIA
-    from ..recovery.solvers import METHODS
+    from ..recovery import METHODS
+    from ..registry import load_plugins
     from ..similarity import POSITIONS
 
+    load_plugins()  # the methods a plugin registers are choices too
     return {"criterion": SWEEP_CRITERIA, "recovery": (None, *METHODS), "methods": METHODS, "mode": ABLATION_MODES,
             "positions": (None, *POSITIONS), "form": FORMS, "placement": ("adjacent", "far", "center"),
             "until": ("steps", "collapse"), "on": ("task", "heldout"), "cka_criterion": ("bi", "angular", "random", "sleb")}
