@@ -159,7 +159,7 @@ def _env(**extra) -> dict:
 def test_plugin_from_the_cli_in_another_process(smol, tmp_path):
     (tmp_path / "cal.txt").write_text("\n\n".join(pl.load_calibration()[:8]))
     (tmp_path / "held.txt").write_text("\n\n".join(pl.heldout_texts()[:2]))
-    args = [sys.executable, "-m", "phaselens.cli", "phase-cuts", "-m", "smollm2-135m", "-t", "capitals", "--limit", "16",
+    args = [sys.executable, "-c", "from phaselens.cli import main; main()", "phase-cuts", "-m", "smollm2-135m", "-t", "capitals", "--limit", "16",
             "-n", "1", "--methods", "identity,half-ghosted", "--seeds", "0", "--calibration", str(tmp_path / "cal.txt"),
             "--heldout", str(tmp_path / "held.txt"), "--json"]
     env = _env(**{PLUGINS_ENV: str(PLUGIN)})
@@ -175,19 +175,20 @@ def test_plugin_from_the_cli_in_another_process(smol, tmp_path):
 def test_plugin_in_a_study_run_by_worker_processes(plugin, tiny_llama_dir, tmp_path):
     """The parent loaded the plugin with load_plugins; the workers find it through PHASELENS_PLUGINS."""
     m = pl.load_model(tiny_llama_dir)
-    base = pl.load_task("capitals", limit=6)
-    pred = pl.decision_trace(m, base).predictions[:, -1]  # answers = the tiny model's own choices: a transition
-    task = pl.load_task([{"question": it.question, "options": list(it.options), "answer": int(p), "id": it.id}
-                         for it, p in zip(base.items, pred)])
+    rows = [{"question": it.question, "options": list(it.options), "answer": it.answer, "id": it.id}
+            for it in pl.load_task("capitals", limit=6).items]
+    path = tmp_path / "own_choices.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pred = pl.decision_trace(m, pl.load_task(path)).predictions[:, -1]  # answers = the tiny model's own choices
+    path.write_text("".join(json.dumps({**r, "answer": int(p)}) + "\n" for r, p in zip(rows, pred)))
     run = {"kind": "phase-cuts", "n": 3, "fit_n": True, "methods": ["identity", plugin], "seeds": 1, "n_boot": 50,
            "calibration_passages": 2, "heldout_passages": 1}
-    df = pl.run_study({"models": [tiny_llama_dir], "tasks": [task], "runs": [run]}, out=tmp_path, executor="processes",
-                      workers=1)
+    df = pl.run_study({"models": [str(tiny_llama_dir)], "tasks": [str(path)], "runs": [run]}, out=tmp_path / "study",
+                      executor="processes", workers=1)
     assert (df.status == "done").all(), df.error.tolist()
     assert set(df.executor) == {"processes"}
-    got = pl.load_result(tmp_path / f"{df.iloc[0].result}.json")
+    got = pl.load_result(tmp_path / "study" / f"{df.iloc[0].result}.json")
     assert got.methods == ["identity", plugin] and {u.method for u in got.units} == {"identity", plugin}
     for u in got.units:
-        if u.method == plugin:
-            ident = got.unit(u.cut, "identity", u.seed)
-            assert u.boundary_relative <= ident.boundary_relative * (1 + 1e-6)
+        ident = got.unit(u.cut, "identity", u.seed)
+        assert u.boundary_relative <= ident.boundary_relative * (1 + 1e-6)
