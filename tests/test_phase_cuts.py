@@ -334,7 +334,7 @@ def test_every_result_kind_summarises_tabulates_plots_and_round_trips(result, ti
         "CKAResult": pl.cka(tiny_llama, pl.prune(tiny_llama, [2]), cut_task, n_samples=16),
         "NoiseResult": pl.inject_noise(tiny_llama, cut_task, [1, 4], 0.5, seeds=2, n_boot=50, transition=tr),
         "AblationResult": pl.ablate(tiny_llama, cut_task, [1, 4], pairs=False, n_boot=50, transition=tr),
-        "Sweep": pl.iterative_prune(tiny_llama, cut_task, steps=1, calibration=cal[:2], heldout=held[:1],
+        "Sweep": pl.iterative_prune(tiny_llama, cut_task, steps=1, calibration=cal[:2], perplexity_texts=held[:1],
                                     n_boot=50),
         "BoundaryError": pl.boundary_error(view, held[:1], seq_len=SEQ),
         "CollapseStudy": pl.transition_vs_collapse(pts),
