@@ -21,7 +21,7 @@ from phaselens.runner import patched as applied
 N = 2
 SEQ = 64
 WORDS = "red blue green cat dog house river stone light music paper glass water fire earth wind north south east west".split()
-RUN = dict(seq_len=SEQ, n_boot=200, seed=0)
+RUN = dict(seq_len=SEQ, n_boot=200, boot_seed=0)
 
 
 def _items(n: int = 40) -> list[dict]:
@@ -54,7 +54,7 @@ def cut_task(tiny_llama) -> pl.Task:
 
 @pytest.fixture(scope="module")
 def result(tiny_llama, cut_task, cal, held) -> pl.PhaseCuts:
-    return pl.compare_phase_cuts(tiny_llama, cut_task, N, seeds=3, calibration=cal, perplexity_texts=held, **RUN)
+    return pl.compare_phase_cuts(tiny_llama, cut_task, N, seeds=3, calibration=cal, heldout=held, **RUN)
 
 
 def test_cuts_sit_inside_their_phases(result, tiny_llama, cut_task):
@@ -86,7 +86,7 @@ def test_identity_rows_equal_a_plain_prune(result, tiny_llama, cut_task, held):
     for c in result.cuts:
         u = result.unit(c.kind, "identity", c.seed)
         view = pl.prune(tiny_llama, c.blocks)
-        tr = pl.decision_trace(view, cut_task, n_boot=RUN["n_boot"], seed=RUN["seed"])
+        tr = pl.decision_trace(view, cut_task, n_boot=RUN["n_boot"], seed=RUN["boot_seed"])
         np.testing.assert_array_equal(u.curve_blocks, tr.blocks)
         np.testing.assert_allclose(u.margins, tr.margins, rtol=0, atol=1e-5)
         np.testing.assert_allclose(u.margin_ci, tr.margin_ci, rtol=0, atol=1e-5)
@@ -101,7 +101,7 @@ def test_units_match_one_off_recoveries(result, tiny_llama, cut_task, cal):
     fits = pl.fit_recovery(pruned, cal, ["ghosted", "symmetric", "replaceme"], seq_len=SEQ)
     for m, rec in fits.items():
         u = result.unit("decisive", m)
-        tr = pl.decision_trace(rec, cut_task, n_boot=RUN["n_boot"], seed=RUN["seed"])
+        tr = pl.decision_trace(rec, cut_task, n_boot=RUN["n_boot"], seed=RUN["boot_seed"])
         np.testing.assert_allclose(u.margins, tr.margins, rtol=0, atol=1e-4)
         assert u.boundary_mse == pytest.approx(float(rec.fit_error.mse[0]), rel=1e-6)
     # the fitted boundary error (from the statistics) is what a recovered forward measures
@@ -200,7 +200,7 @@ def test_tables_figures_and_storage(result, tmp_path):
 
 
 def test_resume_gives_identical_results(tiny_llama, cut_task, cal, held, tmp_path, monkeypatch):
-    kw = dict(methods=["identity", "ghosted"], seeds=[1], calibration=cal, perplexity_texts=held, out=tmp_path, **RUN)
+    kw = dict(methods=["identity", "ghosted"], seeds=[1], calibration=cal, heldout=held, out=tmp_path, **RUN)
     first = pl.compare_phase_cuts(tiny_llama, cut_task, N, **kw)
     units = sorted((tmp_path / ".phaselens" / "phase_cuts").glob("unit_*.json"))
     assert len(units) == len(first.units) == 6
@@ -224,17 +224,29 @@ def test_clear_errors(tiny_llama, cut_task, cal, held):
     ls = pl.transition_point(tiny_llama, cut_task, n_boot=200).layer
     too_many = min(ls, L - ls) + 1  # fits one phase, not the other
     with pytest.raises(pl.errors.PhaseCutsError, match=rf"silent phase is blocks 0-{ls - 1} \({ls} blocks\).*decisive phase"):
-        pl.compare_phase_cuts(tiny_llama, cut_task, too_many, calibration=cal, perplexity_texts=held, **RUN)
+        pl.compare_phase_cuts(tiny_llama, cut_task, too_many, calibration=cal, heldout=held, **RUN)
     wrong = pl.load_task([{**it.__dict__, "options": list(it.options), "answer": (it.answer + 1) % it.n_options}
                           for it in cut_task.items])
     with pytest.raises(pl.errors.PhaseCutsError, match="no silent -> decisive transition.*final-layer margin"):
-        pl.compare_phase_cuts(tiny_llama, wrong, N, calibration=cal, perplexity_texts=held, **RUN)
+        pl.compare_phase_cuts(tiny_llama, wrong, N, calibration=cal, heldout=held, **RUN)
     with pytest.raises(pl.errors.PhaseCutsError, match="dense model"):
         pl.compare_phase_cuts(pl.prune(tiny_llama, [1]), cut_task, N)
     with pytest.raises(pl.errors.PhaseCutsError, match="unknown recovery"):
         pl.compare_phase_cuts(tiny_llama, cut_task, N, methods=["ghosted", "magic"])
     with pytest.raises(pl.errors.PhaseCutsError, match="n must be"):
-        pl.compare_phase_cuts(tiny_llama, cut_task, 0, calibration=cal, perplexity_texts=held, **RUN)
+        pl.compare_phase_cuts(tiny_llama, cut_task, 0, calibration=cal, heldout=held, **RUN)
+
+
+def test_old_keyword_names_warn_and_still_work(tiny_llama, cut_task, held):
+    """``seed=`` and ``perplexity_texts=`` are deprecated names of ``boot_seed=`` and ``heldout=``."""
+    with pytest.warns(FutureWarning, match="`seed` is deprecated, use `boot_seed`"):
+        with pytest.raises(pl.errors.PhaseCutsError, match="n must be"):
+            pl.compare_phase_cuts(tiny_llama, cut_task, 0, seed=0)
+    with pytest.warns(FutureWarning, match="`perplexity_texts` is deprecated, use `heldout`"):
+        with pytest.raises(pl.errors.PhaseCutsError, match="n must be"):
+            pl.compare_phase_cuts(tiny_llama, cut_task, 0, perplexity_texts=held)
+    with pytest.warns(FutureWarning), pytest.raises(pl.errors.PhaseCutsError, match="pass only boot_seed"):
+        pl.compare_phase_cuts(tiny_llama, cut_task, N, seed=1, boot_seed=2)
 
 
 # -- command line (SmolLM2, a few items and passages) ------------------------------------------

@@ -20,7 +20,7 @@ from .noise import NoiseResult, inject_noise
 from .perplexity import perplexity
 from .pruning import Criterion, prune, register_criterion, select_blocks
 from .pruning.iterative import Sweep, iterative_prune, load_sweep
-from .recovery import BoundaryErrorResult, Recovered, boundary_error, fit_recovery, load_recovery
+from .recovery import BoundaryErrorResult, Recovered, boundary_error, fit_recovery, load_recovery, register_method
 from .report import build_report
 from .results import Result, load_result, load_results, save_result
 from .similarity import CKAResult, cka
@@ -44,7 +44,7 @@ __all__ = [
     # pruning and recovery
     "BoundaryErrorResult", "Criterion", "EditedView", "ModelView", "Recovered", "Sweep", "as_view", "boundary_error",
     "fit_recovery", "iterative_prune", "load_recovery", "load_sweep", "perplexity", "prune", "register_criterion",
-    "select_blocks",
+    "register_method", "select_blocks",
     # controls and experiments
     "AblationResult", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "ablate", "cka", "compare_phase_cuts",
     "inject_noise", "linear_cka", "transition_vs_collapse",

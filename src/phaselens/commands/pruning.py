@@ -222,9 +222,8 @@ def phase_cuts_cmd(
     m, t = load(model, task, format, limit, seed, device=device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        # compare_phase_cuts's keywords are renamed by experiments/phase_cuts (heldout=, boot_seed= at merge)
         res = compare_phase_cuts(m, t, n, methods=meths, seeds=seeds, placement=place, calibration=cal,
-                                 perplexity_texts=held, measure_boundary=measure_boundary, out=out, seed=seed,
+                                 heldout=held, measure_boundary=measure_boundary, out=out, boot_seed=seed,
                                  progress=progress(as_json), lens=lens)
     for w in caught:
         if issubclass(w.category, UserWarning):

@@ -13,8 +13,8 @@ model, then cuts ``n`` contiguous blocks
 Each cut is recovered with every method (identity = plain pruning, Ghosted Layers, and its
 rivals). All operators are fitted from the float64 statistics ``X^T X``, ``X^T Y`` of the
 distinct cut spans, accumulated in one pass of the dense model over the calibration text
-(two passes when a random span starts at block 0 and ReplaceMe is asked for, since
-ReplaceMe's branch statistics need a block before the span). For every (cut, method) it
+(two passes when a random span starts at block 0 and a method acting on the MLP branch,
+ReplaceMe, is asked for, since branch statistics need a block before the span). For every (cut, method) it
 records the margin curve on the original block axis, the final-layer margin and accuracy
 with bootstrap 95% intervals over items, the fitted boundary error (from the statistics),
 optionally the boundary error measured on held-out text, and held-out perplexity.
@@ -35,14 +35,17 @@ import numpy as np
 
 from .. import checks
 from ..calibration import check_seq_len, heldout_texts, load_calibration, n_tokens
-from ..errors import PhaseCutsError
+from ..deprecation import warn_renamed
+from ..errors import PhaseCutsError, RecoveryError
+from ..lenses import resolve_lens
 from ..perplexity import perplexity
 from ..phases import transition_index
 from ..pruning import select_blocks
-from ..recovery import METHODS, fit_recovery, span_stats
+from ..recovery import METHODS, fit_recovery, get_method, span_stats
+from ..recovery.method import needs_of
 from ..recovery.boundary import boundary_error
 from ..recovery.fit import MIN_TOKENS_PER_DIM
-from ..recovery.stats import SpanStats
+from ..recovery.stats import SpanStats, feasible_needs
 from ..results import Record
 from ..resume import digest, run_folder
 from ..runner import PrefixCache
@@ -116,21 +119,19 @@ def random_start(n_blocks: int, n: int, seed: int) -> int:
     return int(np.random.default_rng(seed).integers(0, n_blocks - n + 1))
 
 
-def _all_stats(base, todo: list[tuple[Cut, str]], texts: list[str], seq_len: int,
-               batch_size: int | None) -> dict[tuple[int, int], SpanStats]:
-    """Statistics of every distinct span in ``todo`` from as few dense passes as possible."""
+def _all_stats(base, todo: list[tuple[Cut, str]], texts: list[str], seq_len: int, batch_size: int | None,
+               max_tokens: int | None = None) -> dict[tuple[int, int], SpanStats]:
+    """Statistics of every distinct span in ``todo`` from as few dense passes as possible: every span gets the
+    union of the methods' declared needs, less what cannot be gathered for it (one pass per distinct set)."""
     spans = sorted({c.span for c, _ in todo})
-    if not spans:
-        return {}
-    lp = any(m == "linearpatch" for _, m in todo)
-    kw = dict(seq_len=seq_len, batch_size=batch_size, linearpatch=lp)
-    if not any(m == "replaceme" for _, m in todo):
-        return span_stats(base, spans, texts, **kw)
-    at_zero = [sp for sp in spans if sp[0] == 0]
-    rest = [sp for sp in spans if sp[0] > 0]
-    out = span_stats(base, rest, texts, branch=True, **kw) if rest else {}
-    if at_zero:  # ReplaceMe's statistics need a block before the span: these get a plain pass
-        out.update(span_stats(base, at_zero, texts, **kw))
+    need = needs_of(sorted({m for _, m in todo})) if todo else frozenset()
+    groups: dict[frozenset[str], list[tuple[int, int]]] = {}
+    for sp in spans:
+        groups.setdefault(feasible_needs(sp, need), []).append(sp)
+    out: dict[tuple[int, int], SpanStats] = {}
+    for nd, group in sorted(groups.items(), key=lambda g: -len(g[0])):
+        out.update(span_stats(base, group, texts, needs=nd, seq_len=seq_len, batch_size=batch_size,
+                              max_tokens=max_tokens))
     return out
 
 
@@ -144,59 +145,67 @@ class PhaseCutsDense(Record):
     perplexity: float
 
 
-def compare_phase_cuts(
-    model: ModelLike,
-    task: TaskLike,
-    n: int,
-    *,
-    methods: Sequence[str] = DEFAULT_METHODS,
-    seeds: int | Sequence[int] = 5,
-    placement: Any = "adjacent",
-    calibration: Any = None,
-    perplexity_texts: Any = None,
-    lam: float | None = None,
-    measure_boundary: bool = False,
-    out: str | Path | None = None,
-    seq_len: int = 256,
-    batch_size: int | None = None,
-    n_boot: int = N_BOOT,
-    seed: int = 0,
-    reuse_prefix: bool = True,
-    progress: bool = False,
-    lens: Any = None,
-) -> PhaseCuts:
-    """Cut ``n`` contiguous blocks inside the silent phase, inside the decisive phase and at random;
-    recover each cut with each method; measure the decision and perplexity of every combination.
+@dataclass
+class _Setup:
+    """Everything :func:`compare_phase_cuts` was asked for, checked and loaded."""
 
-    Args:
-        model: the *dense* model (a :class:`~phaselens.Model` or anything ``load_model`` takes).
-        task: the task whose phases are cut (a :class:`~phaselens.Task` or spec).
-        n: blocks per cut.
-        methods: recovery methods (``"identity"`` is plain pruning). ReplaceMe cannot recover a
-            cut that starts at block 0: that combination is listed in ``result.skipped``.
-        seeds: number of random control cuts (seeds ``0..seeds-1``) or a list of seeds.
-        placement: where the phase cuts sit: ``"adjacent"`` to the transition (default), ``"far"``
-            from it, ``"center"`` of the phase; or a pair ``(silent, decisive)`` of those or of block
-            indices (the first cut block), e.g. ``(3, "adjacent")``.
-        calibration: text the operators are fitted on (default: the bundled fit passages).
-        perplexity_texts: text perplexity is measured on (default: the bundled held-out passages).
-        lam: ridge of the least-squares fits (default: a tiny multiple of ``tr(X^T X)/d``).
-        measure_boundary: also measure each recovered model's boundary error on the held-out text
-            (two extra passes per unit).
-        out: folder; every finished (cut, method) is written there and a rerun skips it.
-        n_boot, seed: bootstrap resamples and their seed (the same resamples for every unit, so
-            intervals of different cuts are paired).
-        reuse_prefix: compute each recovered model only from its first changed block, replaying the
-            dense model's stored block inputs before it (the same numbers, less time).
-        lens: the lens the transition and every curve are read with (``"logit"``, ``"linear"``, ``"tuned"``, a
-            saved lens's path or a :class:`~phaselens.Lens` of the dense model).
+    base: Any
+    task: Task
+    lens: Any
+    n: int
+    methods: list[str]
+    seeds: list[int]
+    placement: Any
+    calibration: list[str]
+    heldout: list[str]
+    lam: float | None
+    measure_boundary: bool
+    seq_len: int
+    batch_size: int | None
+    max_tokens: int | None
+    n_boot: int
+    boot_seed: int
+    progress: bool
+    cache: PrefixCache | None
 
-    Returns:
-        a :class:`PhaseCuts`.
-    """
+    def run_args(self) -> dict[str, Any]:
+        """What identifies the run in its state folder (the keys of earlier releases, so old folders resume)."""
+        t, n = self.task, self.n
+        args = {"model": self.base.name, "fingerprint": self.base.fingerprint, "task": t.name, "format": t.format,
+                "n_items": len(t), "items": digest([[it.id, it.question, list(it.options), it.answer] for it in t.items]),
+                "n": int(n) if isinstance(n, (int, np.integer)) else str(n), "placement": self.placement,
+                "calibration": digest(self.calibration), "perplexity_texts": digest(self.heldout), "lam": self.lam,
+                "seq_len": self.seq_len, "n_boot": self.n_boot, "seed": self.boot_seed,
+                "measure_boundary": self.measure_boundary}
+        if self.lens.kind != "logit":
+            args["lens"] = self.lens.digest
+        if self.max_tokens is not None:
+            args["max_tokens"] = self.max_tokens
+        return args
+
+
+def _check_methods(methods: Any) -> list[str]:
+    """``methods`` as a list of registered recovery methods, each once."""
+    if isinstance(methods, str):
+        methods = [methods]
+    try:
+        methods = list(METHODS.check(methods, allow_empty=True))
+    except RecoveryError as e:
+        raise PhaseCutsError(str(e)) from None
+    if not methods:
+        raise PhaseCutsError(f"methods is empty; choose from {METHODS.names()}")
+    if len(set(methods)) != len(methods):
+        raise PhaseCutsError(f"methods {methods} repeat a method; list each once")
+    return methods
+
+
+def _setup(model: ModelLike, task: TaskLike, n: int, methods: Any, seeds: Any, placement: Any, calibration: Any,
+           heldout: Any, lam: Any, measure_boundary: Any, out: Any, seq_len: Any, batch_size: Any, max_tokens: Any,
+           n_boot: Any, boot_seed: Any, reuse_prefix: Any, progress: bool, lens: Any) -> _Setup:
+    """Validation: every argument checked (before any model work where possible) and loaded."""
     checks.integer("n", n, minimum=1, error=PhaseCutsError, what="blocks per cut")
-    checks.bootstrap(n_boot, seed, PhaseCutsError)
-    checks.batching(batch_size, None, PhaseCutsError)
+    checks.bootstrap(n_boot, boot_seed, PhaseCutsError, seed_name="boot_seed")
+    checks.batching(batch_size, max_tokens, PhaseCutsError)
     check_seq_len(seq_len)
     checks.flag("measure_boundary", measure_boundary, error=PhaseCutsError)
     checks.flag("reuse_prefix", reuse_prefix, error=PhaseCutsError)
@@ -206,97 +215,204 @@ def compare_phase_cuts(
     if view.removed or view.operators or view.branch_operators:
         raise PhaseCutsError(f"compare_phase_cuts needs the dense model, got the pruned view {view.name}; pass view.base")
     base = view.base
-    L = base.n_blocks
-    from ..lenses import resolve_lens
-
     lens_ = resolve_lens(lens, base)
     t = task if isinstance(task, Task) else load_task(task)
-    methods = list(methods)
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise PhaseCutsError(f"unknown recovery method(s) {bad}; choose from {METHODS}" if bad else "methods is empty")
-    if len(set(methods)) != len(methods):
-        raise PhaseCutsError(f"methods {methods} repeat a method; list each once")
+    methods = _check_methods(methods)
     seed_ids = seed_list(seeds, minimum=0, error=PhaseCutsError)
     cal = load_calibration(calibration)
-    ppl_texts = heldout_texts() if perplexity_texts is None else load_calibration(perplexity_texts)
-    args = {"model": base.name, "fingerprint": base.fingerprint, "task": t.name, "format": t.format, "n_items": len(t),
-            "items": digest([[it.id, it.question, list(it.options), it.answer] for it in t.items]),
-            "n": int(n) if isinstance(n, (int, np.integer)) else str(n), "placement": placement, "calibration": digest(cal),
-            "perplexity_texts": digest(ppl_texts), "lam": lam, "seq_len": seq_len, "n_boot": n_boot, "seed": seed,
-            "measure_boundary": measure_boundary}
-    if lens_.kind != "logit":
-        args["lens"] = lens_.digest
-    cache = PrefixCache() if reuse_prefix else None
-    dense_view = ModelView(base)
-    recorded = False
+    held = heldout_texts() if heldout is None else load_calibration(heldout)
+    return _Setup(base=base, task=t, lens=lens_, n=n, methods=methods, seeds=seed_ids, placement=placement,
+                  calibration=cal, heldout=held, lam=lam, measure_boundary=measure_boundary, seq_len=seq_len,
+                  batch_size=batch_size, max_tokens=max_tokens, n_boot=n_boot, boot_seed=boot_seed, progress=progress,
+                  cache=PrefixCache() if reuse_prefix else None)
 
-    def record_dense(check: bool) -> tuple[Transition, float]:
-        nonlocal recorded
+
+class _Dense:
+    """The dense model's transition and perplexity, recorded once into the prefix cache (when there is one)."""
+
+    def __init__(self, su: _Setup) -> None:
+        self.su, self.view, self.recorded = su, ModelView(su.base), False
+
+    def record(self, check: bool) -> tuple[Transition, float]:
+        su, cache = self.su, self.su.cache
         if cache is not None:
             cache.recording = True
-        tr = decision_trace(dense_view, t, n_boot=n_boot, boot_seed=seed, cache=cache, progress=progress, lens=lens_).transition()
+        tr = decision_trace(self.view, su.task, n_boot=su.n_boot, boot_seed=su.boot_seed, cache=cache, progress=su.progress,
+                            lens=su.lens, max_tokens=su.max_tokens).transition()
         if check:  # fail before the perplexity pass when the cuts cannot be made
-            phase_cuts(dense_view, tr, n, placement=placement, seeds=seed_ids)
-        ppl = perplexity(dense_view, ppl_texts, seq_len=seq_len, batch_size=batch_size, cache=cache)
+            phase_cuts(self.view, tr, su.n, placement=su.placement, seeds=su.seeds)
+        ppl = perplexity(self.view, su.heldout, seq_len=su.seq_len, batch_size=su.batch_size,
+                         max_tokens=su.max_tokens, cache=cache)
         if cache is not None:
             cache.recording = False  # from here on, replay the dense prefixes and record nothing
-        recorded = True
+        self.recorded = True
         return tr, ppl
 
-    with run_folder(out, "phase_cuts", args, "a phase-cut run") as folder:
+    def load_or_record(self, folder: Any) -> tuple[Transition, float]:
         dense = folder.load("dense") if folder is not None else None
         if isinstance(dense, PhaseCutsDense):
-            tr, dense_ppl = dense.transition, dense.perplexity
-        else:
-            tr, dense_ppl = record_dense(True)
-            if folder is not None:
-                folder.save("dense", PhaseCutsDense(tr, dense_ppl))
-        cuts = phase_cuts(dense_view, tr, n, placement=placement, seeds=seed_ids)
-        n = cuts[0].n
-        skipped, plan = [], []
-        for c in cuts:
-            for m in methods:
-                if m == "replaceme" and c.start == 0:
-                    skipped.append({"cut": c.key, "method": m, "reason": "ReplaceMe regresses the MLP branch of the "
-                                    "block before the cut, and this cut starts at block 0"})
-                else:
-                    plan.append((c, m))
-        done: dict[tuple[str, str], CutResult] = {}
+            return dense.transition, dense.perplexity
+        tr, ppl = self.record(True)
+        if folder is not None:
+            folder.save("dense", PhaseCutsDense(transition=tr, perplexity=ppl))
+        return tr, ppl
+
+
+def _plan(cuts: list[Cut], methods: list[str]) -> tuple[list[tuple[Cut, str]], list[dict[str, Any]]]:
+    """Planning: every (cut, method) to fit, and those a method refuses (with its reason)."""
+    plan, skipped = [], []
+    for c in cuts:
+        for m in methods:
+            reason = get_method(m).refuses(c.span)
+            if reason:
+                skipped.append({"cut": c.key, "method": m, "reason": reason})
+            else:
+                plan.append((c, m))
+    return plan, skipped
+
+
+def _fit_units(su: _Setup, todo: list[tuple[Cut, str]], dense: _Dense, folder: Any, n_cal: int) -> dict:
+    """Fitting: the statistics of every span in one or two dense passes, then each (cut, method) unit, saved
+    into ``folder`` as soon as it is done."""
+    base, done = su.base, {}
+    if not todo:
+        return done
+    if n_cal < MIN_TOKENS_PER_DIM * base.d_model and any(get_method(m).fitted for _, m in todo):
+        warnings.warn(f"only {n_cal} calibration tokens for a {base.d_model}-wide model: an unconstrained d x d "
+                      f"operator will fit them too well; pass at least {MIN_TOKENS_PER_DIM * base.d_model} tokens",
+                      stacklevel=3)
+    stats = _all_stats(base, todo, su.calibration, su.seq_len, su.batch_size, su.max_tokens)
+    if su.cache is not None and not dense.recorded:
+        dense.record(False)
+    for c, m in todo:
+        u = _run_unit(su, c, m, stats[c.span])
+        done[(c.key, m)] = u
+        if folder is not None:
+            folder.save(_unit_name(c, m), u)
+    return done
+
+
+def _run_unit(su: _Setup, c: Cut, m: str, st: SpanStats) -> CutResult:
+    """One cut recovered with one method: fitted from ``st``, traced, its perplexity (and boundary) measured."""
+    rec = fit_recovery(ModelView(su.base, tuple(c.blocks)), None, m, lam=su.lam, stats={c.span: st})
+    trace = decision_trace(rec, su.task, n_boot=su.n_boot, seed=su.boot_seed, cache=su.cache, progress=su.progress,
+                           lens=su.lens, max_tokens=su.max_tokens)
+    ppl = perplexity(rec, su.heldout, seq_len=su.seq_len, batch_size=su.batch_size, max_tokens=su.max_tokens,
+                     cache=su.cache)
+    measured = None
+    if su.measure_boundary:
+        measured = float(boundary_error(rec, su.heldout, seq_len=su.seq_len, batch_size=su.batch_size,
+                                        max_tokens=su.max_tokens).relative[0])
+    pos = transition_index(trace.margins)
+    fe = rec.fit_error
+    return CutResult(cut=c.kind, seed=c.seed, blocks=c.blocks, method=m, curve_blocks=np.asarray(trace.blocks),
+                     margins=trace.margins, margin_ci=trace.margin_ci, accuracy=trace.accuracy,
+                     accuracy_ci=trace.accuracy_ci, item_margins=trace.item_margins[:, -1].copy(),
+                     item_correct=trace.correct[:, -1].copy(), boundary_mse=float(fe.mse[0]),
+                     boundary_relative=float(fe.relative[0]), boundary_measured=measured, perplexity=float(ppl),
+                     transition=None if pos is None else int(trace.blocks[pos]), lam=float(rec.lam[c.span]),
+                     n_tokens=int(st.n))
+
+
+def _renamed(new: Any, old: Any, new_name: str, old_name: str, default: Any) -> Any:
+    """The value of a renamed keyword: ``old`` (given under its deprecated name, already warned about) or ``new``."""
+    if old is None:
+        return new
+    if new is not default and new != old:
+        raise PhaseCutsError(f"{old_name}= is the old name of {new_name}=; pass only {new_name}=")
+    return old
+
+
+def compare_phase_cuts(
+    model: ModelLike,
+    task: TaskLike,
+    n: int,
+    *,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    seeds: int | Sequence[int] = 5,
+    placement: Any = "adjacent",
+    calibration: Any = None,
+    heldout: Any = None,
+    lam: float | None = None,
+    measure_boundary: bool = False,
+    out: str | Path | None = None,
+    seq_len: int = 256,
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+    n_boot: int = N_BOOT,
+    boot_seed: int = 0,
+    reuse_prefix: bool = True,
+    progress: bool = False,
+    lens: Any = None,
+    seed: int | None = None,
+    perplexity_texts: Any = None,
+) -> PhaseCuts:
+    """Cut ``n`` contiguous blocks inside the silent phase, inside the decisive phase and at random;
+    recover each cut with each method; measure the decision and perplexity of every combination.
+
+    Args:
+        model: the *dense* model (a :class:`~phaselens.Model` or anything ``load_model`` takes).
+        task: the task whose phases are cut (a :class:`~phaselens.Task` or spec).
+        n: blocks per cut.
+        methods: registered recovery methods (:data:`phaselens.METHODS`; ``"identity"`` is plain pruning; add
+            your own with :func:`phaselens.register_method`). A cut a method refuses (ReplaceMe at a cut that
+            starts at block 0) is listed in ``result.skipped`` with the reason.
+        seeds: number of random control cuts (seeds ``0..seeds-1``) or a list of seeds.
+        placement: where the phase cuts sit: ``"adjacent"`` to the transition (default), ``"far"``
+            from it, ``"center"`` of the phase; or a pair ``(silent, decisive)`` of those or of block
+            indices (the first cut block), e.g. ``(3, "adjacent")``.
+        calibration: text the operators are fitted on (default: the bundled fit passages).
+        heldout: text perplexity is measured on (default: the bundled held-out passages).
+        lam: ridge of the least-squares fits (default: a tiny multiple of ``tr(X^T X)/d``).
+        measure_boundary: also measure each recovered model's boundary error on the held-out text
+            (two extra passes per unit).
+        out: folder; every finished (cut, method) is written there and a rerun skips it.
+        batch_size, max_tokens: sequences and padded tokens per forward pass (default: no cap / the runner's).
+        n_boot, boot_seed: bootstrap resamples and their seed (the same resamples for every unit, so
+            intervals of different cuts are paired).
+        reuse_prefix: compute each recovered model only from its first changed block, replaying the
+            dense model's stored block inputs before it (the same numbers, less time).
+        lens: the lens the transition and every curve are read with (``"logit"``, ``"linear"``, ``"tuned"``, a
+            saved lens's path or a :class:`~phaselens.Lens` of the dense model).
+        seed, perplexity_texts: deprecated names of ``boot_seed`` and ``heldout``.
+
+    Returns:
+        a :class:`PhaseCuts`.
+    """
+    if seed is not None:
+        warn_renamed("seed", "boot_seed", "compare_phase_cuts")
+    if perplexity_texts is not None:
+        warn_renamed("perplexity_texts", "heldout", "compare_phase_cuts")
+    boot_seed = _renamed(boot_seed, seed, "boot_seed", "seed", 0)
+    heldout = _renamed(heldout, perplexity_texts, "heldout", "perplexity_texts", None)
+    su = _setup(model, task, n, methods, seeds, placement, calibration, heldout, lam, measure_boundary, out, seq_len,
+                batch_size, max_tokens, n_boot, boot_seed, reuse_prefix, progress, lens)
+    dense = _Dense(su)
+    with run_folder(out, "phase_cuts", su.run_args(), "a phase-cut run") as folder:
+        tr, dense_ppl = dense.load_or_record(folder)
+        cuts = phase_cuts(dense.view, tr, su.n, placement=su.placement, seeds=su.seeds)
+        plan, skipped = _plan(cuts, su.methods)
+        done = {}
         if folder is not None:
             for c, m in plan:
                 u = folder.load(_unit_name(c, m))
                 if isinstance(u, CutResult):
                     done[(c.key, m)] = u
+        n_cal = n_tokens(su.base, su.calibration, su.seq_len)
         todo = [(c, m) for c, m in plan if (c.key, m) not in done]
-        n_cal = n_tokens(base, cal, seq_len)
-        if todo:
-            if n_cal < MIN_TOKENS_PER_DIM * base.d_model and any(m != "identity" for _, m in todo):
-                warnings.warn(f"only {n_cal} calibration tokens for a {base.d_model}-wide model: an unconstrained d x d "
-                              f"operator will fit them too well; pass at least {MIN_TOKENS_PER_DIM * base.d_model} tokens",
-                              stacklevel=2)
-            stats = _all_stats(base, todo, cal, seq_len, batch_size)
-            if cache is not None and not recorded:
-                record_dense(False)
-            for c, m in todo:
-                rec = fit_recovery(ModelView(base, tuple(c.blocks)), None, m, lam=lam, stats={c.span: stats[c.span]})
-                trace = decision_trace(rec, t, n_boot=n_boot, boot_seed=seed, cache=cache, progress=progress, lens=lens_)
-                ppl = perplexity(rec, ppl_texts, seq_len=seq_len, batch_size=batch_size, cache=cache)
-                measured = None
-                if measure_boundary:
-                    measured = float(boundary_error(rec, ppl_texts, seq_len=seq_len, batch_size=batch_size).relative[0])
-                pos = transition_index(trace.margins)
-                fe = rec.fit_error
-                u = CutResult(c.kind, c.seed, c.blocks, m, np.asarray(trace.blocks), trace.margins, trace.margin_ci,
-                              trace.accuracy, trace.accuracy_ci, trace.item_margins[:, -1].copy(), trace.correct[:, -1].copy(),
-                              float(fe.mse[0]), float(fe.relative[0]), measured, float(ppl),
-                              None if pos is None else int(trace.blocks[pos]), float(rec.lam[c.span]), int(stats[c.span].n))
-                done[(c.key, m)] = u
-                if folder is not None:
-                    folder.save(_unit_name(c, m), u)
-    units = [done[(c.key, m)] for c, m in plan]
-    return PhaseCuts(base.name, t.name, t.format, L, n, placement, methods, seed_ids, tr, dense_ppl, cuts, units, skipped,
-                     n_cal, len(cal), len(ppl_texts), n_boot, seed, _answers_of(t), lens_.name)
+        done.update(_fit_units(su, todo, dense, folder, n_cal))
+    return _assemble(su, tr, dense_ppl, cuts, [done[(c.key, m)] for c, m in plan], skipped, n_cal)
+
+
+def _assemble(su: _Setup, tr: Transition, dense_ppl: float, cuts: list[Cut], units: list[CutResult],
+              skipped: list[dict[str, Any]], n_cal: int) -> PhaseCuts:
+    """Assembly: the :class:`PhaseCuts` of a finished run."""
+    t = su.task
+    return PhaseCuts(model=su.base.name, task=t.name, format=t.format, n_blocks=su.base.n_blocks, n=cuts[0].n,
+                     placement=su.placement, methods=su.methods, seeds=su.seeds, transition=tr,
+                     dense_perplexity=dense_ppl, cuts=cuts, units=units, skipped=skipped, calibration_tokens=n_cal,
+                     calibration_passages=len(su.calibration), perplexity_passages=len(su.heldout), n_boot=su.n_boot,
+                     seed=su.boot_seed, answers=_answers_of(t), lens=su.lens.name)
 
 
 def _answers_of(task: Task) -> np.ndarray:

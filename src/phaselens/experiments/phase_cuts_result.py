@@ -9,13 +9,15 @@ import numpy as np
 
 from .. import metrics
 from ..errors import NotFoundError, PhaseCutsError
+from ..recovery.method import METHODS, get_method
 from ..results import Record, Result
 from ..trace import N_BOOT, Transition
 
-#: Recovery methods compared by default (every method phaselens has).
-DEFAULT_METHODS: tuple[str, ...] = ("identity", "ghosted", "scalar", "diagonal", "symmetric", "linearpatch", "replaceme")
-#: Methods whose operator acts on the whole residual stream at the cut (ReplaceMe acts on an MLP branch).
-WHOLE_STREAM: tuple[str, ...] = ("identity", "ghosted", "scalar", "diagonal", "symmetric", "linearpatch")
+#: Recovery methods compared by default: every built-in method, plain pruning (the methods that fit nothing) first.
+DEFAULT_METHODS: tuple[str, ...] = tuple(sorted(METHODS.builtin_names(), key=lambda m: get_method(m).fitted))
+#: Built-in methods whose operator acts on the whole residual stream at the cut (``acts_on == "span"``; ReplaceMe
+#: acts on an MLP branch).
+WHOLE_STREAM: tuple[str, ...] = tuple(m for m in DEFAULT_METHODS if get_method(m).acts_on == "span")
 CUT_KINDS: tuple[str, ...] = ("silent", "decisive", "random")
 
 

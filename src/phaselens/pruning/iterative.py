@@ -274,8 +274,8 @@ def _plan_sweep(model: ModelLike, task: TaskLike, *, criterion: str, steps: int 
     steps = most if steps is None else int(steps)
     if not 1 <= steps <= most:
         raise PruningError(f"steps must be in 1..{most} (blocks that can be cut from {view.name}), got {steps}")
-    if recovery is not None and recovery not in METHODS:
-        raise PruningError(f"unknown recovery method {recovery!r}; choose from {METHODS} or None")
+    if recovery is not None and (not isinstance(recovery, str) or recovery not in METHODS):
+        raise PruningError(f"unknown recovery method {recovery!r}; choose from {METHODS.names()} or None")
     if view.operators or view.branch_operators:
         raise PruningError("iterative_prune starts from a dense or plainly pruned model; pass recovery= to refit "
                            "a recovery after every cut instead of a recovered view")
@@ -302,7 +302,9 @@ def _sweep_step(plan: SweepPlan, k: int, removed: list[int], cache: PrefixCache 
 
 def _make_view(base, removed: list[int], recovery: str | None, cal: list[str]) -> ModelView:
     view = ModelView(base, tuple(removed))
-    if recovery is None or recovery == "identity" or not removed:
+    from ..recovery import fit_recovery, get_method
+
+    if recovery is None or not get_method(recovery).fitted or not removed:
         return view
     return fit_recovery(view, cal, recovery)
 

@@ -19,7 +19,10 @@ from ..calibration import check_seq_len, load_calibration, n_tokens
 from ..errors import NotFoundError, RecoveryError, SingularFitWarning
 from ..files import write_safetensors
 from ..view import ModelView, as_view
-from .solvers import METHODS, check_target, choose_lam, solve
+from ..registry import PLUGINS_ENV
+from .boundary import BoundaryErrorResult
+from .method import METHODS, RecoveryMethod, fit_operator, get_method
+from .solvers import check_target, choose_lam
 from .stats import SpanStats, span_stats
 from ..types import ModelLike
 from ..version import __version__
@@ -47,7 +50,7 @@ class Recovered(ModelView):
         span = tuple(span)  # type: ignore[assignment]
         if span in self.operators:
             return self.operators[span]  # type: ignore[index]
-        if self.method == "replaceme" and span[0] - 1 in self.branch_operators:
+        if span[0] - 1 in self.branch_operators:  # a method acting on the MLP branch of the block before the span
             return self.branch_operators[span[0] - 1]
         if span in self.spans and not self.operators and not self.branch_operators:
             return torch.eye(self.base.d_model, dtype=torch.float32, device=self.base.device)  # plain pruning
@@ -93,6 +96,7 @@ def load_recovery(path: str | Path, model: ModelLike) -> Recovered:
         n_tok = int(meta["n_tokens"])
     except (ValueError, TypeError, IndexError, json.JSONDecodeError) as e:
         raise RecoveryError(f"{path}: its metadata is malformed ({e}); refit and save the recovery again") from e
+    _check_saved_method(path, meta["method"])
     L = base.n_blocks
     bad = [b for b in removed if not 0 <= b < L] + [b for s in ops for b in s if not 0 <= b <= L]
     if bad:
@@ -103,6 +107,17 @@ def load_recovery(path: str | Path, model: ModelLike) -> Recovered:
                          {b: w.to(base.device) for b, w in br.items()}, method=meta["method"], lam=lam, n_tokens=n_tok)
     except Exception as e:  # a PruningError / RecoveryError from the view's own checks
         raise RecoveryError(f"{path}: {e}") from e
+
+
+def _check_saved_method(path: Path, name: str) -> None:
+    """A saved recovery's method must be registered here (a plugin's method: load the plugin first)."""
+    if name == "None" or name in METHODS:  # "None": a hand-made Recovered saved without a method
+        return
+    raise RecoveryError(
+        f"{path} was fitted with the recovery method {name!r}, which is not registered in this process (registered: "
+        f"{', '.join(METHODS.names())}); register it first: import the module that defines it "
+        f"(phaselens.register_method), or name that module or .py file in {PLUGINS_ENV} / "
+        "phaselens.registry.load_plugins([...]) / a 'phaselens.plugins' entry point")
 
 
 def _warn_few_tokens(base, n: int) -> None:
@@ -116,11 +131,8 @@ def _warn_few_tokens(base, n: int) -> None:
 def _methods(method: Any) -> list[str]:
     ms = [method] if isinstance(method, str) else list(method) if isinstance(method, (list, tuple)) else None
     if ms is None:
-        raise RecoveryError(f"method must be a method name or a list of them ({METHODS}), got {method!r}")
-    bad = [m for m in ms if m not in METHODS]
-    if bad or not ms:
-        raise RecoveryError(f"unknown recovery method(s) {bad}; choose from {METHODS}" if bad else
-                            f"no recovery method given; choose from {METHODS}")
+        raise RecoveryError(f"method must be a method name or a list of them ({METHODS.names()}), got {method!r}")
+    ms = list(METHODS.check(ms))
     if len(set(ms)) != len(ms):
         raise RecoveryError(f"methods {ms} repeat a method; list each once")
     return ms
@@ -143,12 +155,14 @@ def fit_recovery(
     Args:
         pruned: a pruned view (:func:`phaselens.prune`) with at least one cut span.
         calibration: ``None`` (the bundled fit passages), a text file, or a list of strings.
-        method: ``"ghosted"`` (default), ``"identity"``, ``"scalar"``, ``"diagonal"``, ``"symmetric"``,
-            ``"linearpatch"`` or ``"replaceme"``; or a list of them, fitted on the same tokens from one pass.
+        method: a registered recovery method (:data:`~phaselens.recovery.METHODS`: ``"ghosted"`` (default),
+            ``"identity"``, ``"scalar"``, ``"diagonal"``, ``"symmetric"``, ``"linearpatch"``, ``"replaceme"``, or
+            one added with :func:`phaselens.register_method`); or a list of them, fitted on the same tokens from
+            one pass.
         lam: ridge; default ``1e-10 * tr(X^T X) / d`` (plain least squares); a singular ``X^T X``
             falls back to ``1e-4 * tr(X^T X) / d`` with a :class:`SingularFitWarning` giving it.
         stats: precomputed :func:`span_stats` covering every cut span (one pass shared by several views);
-            ``calibration``, ``seq_len``, ``batch_size`` are then not used.
+            ``calibration``, ``seq_len``, ``batch_size``, ``max_tokens`` are then not used.
         target: what the ridge of ``ghosted`` shrinks towards: ``"identity"`` (``W = I + (X^T X + lam I)^-1
             X^T (Y - X)``, the official Ghosted Layers code) or ``"zero"``; default
             :data:`~phaselens.recovery.solvers.RIDGE_TARGET`. Equal up to float error at the default ``lam``.
@@ -157,9 +171,21 @@ def fit_recovery(
         a :class:`Recovered` for one method, ``{method: Recovered}`` for a list; each has ``fit_error``, the
         per-span boundary error on the calibration tokens computed from the statistics.
     """
-    from .boundary import BoundaryErrorResult
-
     methods = _methods(method)
+    view = _check_fit(pruned, methods, lam, target, seq_len, batch_size, max_tokens)
+    if stats is None:
+        stats = _gather(view, methods, calibration, seq_len, batch_size, max_tokens)
+    else:
+        _check_given_stats(view.spans, methods, stats)
+    out = {}
+    for m in methods:
+        out[m] = _fit_method(view, get_method(m), stats, lam, target)
+    return out[methods[0]] if isinstance(method, str) else out
+
+
+def _check_fit(pruned: ModelLike, methods: list[str], lam: Any, target: Any, seq_len: int, batch_size: Any,
+               max_tokens: Any) -> ModelView:
+    """The plainly pruned view to fit (every argument checked before any model work)."""
     check_target(target)
     choose_lam(torch.eye(1, dtype=torch.float64), lam)  # validates lam before any model work
     checks.batching(batch_size, max_tokens, RecoveryError)
@@ -169,54 +195,61 @@ def fit_recovery(
         raise RecoveryError("the model has no cut spans to recover; prune it first (phaselens.prune)")
     if view.operators or view.branch_operators:
         view = ModelView(view.base, view.removed)  # refit the spans of a recovered view from scratch
-    spans = view.spans
-    if "replaceme" in methods and spans[0][0] == 0:
-        raise RecoveryError(f"replaceme needs a block before the cut span {spans[0]}; it cannot recover a cut at block 0")
-    if stats is None:
-        texts = load_calibration(calibration)
-        n = n_tokens(view.base, texts, seq_len)
-        if n == 0:
-            raise RecoveryError("the calibration text gives no tokens to fit on (every passage is shorter than 2 tokens); "
-                                "pass more text, or calibration=None for the bundled corpus")
-        if any(m != "identity" for m in methods):
-            _warn_few_tokens(view.base, n)
-        stats = span_stats(view, spans, texts, branch="replaceme" in methods, linearpatch="linearpatch" in methods,
-                           seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
-    else:
-        missing = [sp for sp in spans if sp not in stats]
-        if missing:
-            raise RecoveryError(f"stats= has no statistics for the cut span(s) {missing}; pass span_stats over {spans}")
-        if "replaceme" in methods and any(stats[sp].A_branch is None for sp in spans):
-            raise RecoveryError("replaceme needs span_stats(..., branch=True)")
-        if "linearpatch" in methods and any(stats[sp].ratio_sum is None for sp in spans):
-            raise RecoveryError("linearpatch needs span_stats(..., linearpatch=True)")
-    n = stats[spans[0]].n
-    out = {}
-    dev = view.base.device
     for m in methods:
-        ops, br, lams, res, y2 = {}, {}, {}, [], []
-        for sp in spans:
-            st = stats[sp]
-            A, C = (st.A_branch, st.C_branch) if m == "replaceme" else (st.A, st.C)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", SingularFitWarning)
-                W, lams[sp] = solve(m, A, C, lam, abs_ratio=st.abs_ratio, target=target)
-            for w in caught:  # say which method and span the fallback concerns
-                warnings.warn(f"{m}, cut span {sp}: {w.message}", w.category, stacklevel=2)
-            # kept in float32 whatever the model's dtype (cast to the activations' dtype when applied)
-            if m == "replaceme":
-                br[sp[0] - 1] = W.to(dev, torch.float32)
-            elif m != "identity":
-                ops[sp] = W.to(dev, torch.float32)
-            res.append(st.residual(W, branch=m == "replaceme"))
-            y2.append(st.yy.sum() / st.A.shape[0])
-        rec = Recovered(view.base, view.removed, ops, br, method=m, lam=lams, n_tokens=n)
-        per_channel = (torch.stack(res) / n).cpu().numpy()
-        mse = per_channel.mean(1)
-        rel = mse / (torch.stack(y2).cpu().numpy() / n)
-        rec.fit_error = BoundaryErrorResult(rec.name, m, spans, mse, rel, per_channel, n)
-        out[m] = rec
-    return out[methods[0]] if isinstance(method, str) else out
+        for sp in view.spans:
+            get_method(m).check_span(sp)
+    return view
+
+
+def _gather(view: ModelView, methods: list[str], calibration: Any, seq_len: int, batch_size: int | None,
+            max_tokens: int | None) -> dict[tuple[int, int], SpanStats]:
+    """One dense pass over the calibration text for the statistics every method needs."""
+    texts = load_calibration(calibration)
+    n = n_tokens(view.base, texts, seq_len)
+    if n == 0:
+        raise RecoveryError("the calibration text gives no tokens to fit on (every passage is shorter than 2 tokens); "
+                            "pass more text, or calibration=None for the bundled corpus")
+    if any(get_method(m).fitted for m in methods):
+        _warn_few_tokens(view.base, n)
+    return span_stats(view, view.spans, texts, methods=methods, seq_len=seq_len, batch_size=batch_size,
+                      max_tokens=max_tokens)
+
+
+def _check_given_stats(spans: list[tuple[int, int]], methods: list[str], stats: dict) -> None:
+    missing = [sp for sp in spans if sp not in stats]
+    if missing:
+        raise RecoveryError(f"stats= has no statistics for the cut span(s) {missing}; pass span_stats over {spans}")
+    for m in methods:
+        lacking = sorted({nd for nd in get_method(m).needs for sp in spans if not stats[sp].has(nd)})
+        if lacking:
+            raise RecoveryError(f"{m} needs the statistics {lacking}; pass span_stats(..., methods=[{m!r}]) "
+                                f"(or needs={set(lacking)})")
+
+
+def _fit_method(view: ModelView, method: RecoveryMethod, stats: dict, lam: float | None,
+                target: str | None) -> Recovered:
+    """Fit ``method`` on every cut span of ``view``; the :class:`Recovered` with its fitted boundary error."""
+    spans, dev = view.spans, view.base.device
+    n = stats[spans[0]].n
+    ops, br, lams, res, y2 = {}, {}, {}, [], []
+    for sp in spans:
+        st = stats[sp]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SingularFitWarning)
+            W, lams[sp] = fit_operator(method, st, lam, target=target)
+        for w in caught:  # say which method and span the fallback concerns
+            warnings.warn(f"{method.name}, cut span {sp}: {w.message}", w.category, stacklevel=3)
+        # kept in float32 whatever the model's dtype (cast to the activations' dtype when applied)
+        if method.fitted:
+            (br if method.acts_on == "branch" else ops)[method.place(sp)] = W.to(dev, torch.float32)
+        res.append(method.residual(st, W))
+        y2.append(st.yy.sum() / st.A.shape[0])
+    rec = Recovered(view.base, view.removed, ops, br, method=method.name, lam=lams, n_tokens=n)
+    per_channel = (torch.stack(res) / n).cpu().numpy()
+    mse = per_channel.mean(1)
+    rel = mse / (torch.stack(y2).cpu().numpy() / n)
+    rec.fit_error = BoundaryErrorResult(rec.name, method.name, spans, mse, rel, per_channel, n)
+    return rec
 
 
 __all__ = ["MIN_TOKENS_PER_DIM", "Recovered", "fit_recovery", "load_recovery"]

@@ -19,6 +19,9 @@ every method needs only ``A = X^T X`` and ``C = X^T Y`` (``d x d``), accumulated
 
 ReplaceMe regresses the MLP branch of the block before the cut instead; its statistics are
 the same two products for ``X = M`` (branch output) and ``Y = h_out - h_in + M``.
+
+The maths lives here; each method is a registered :class:`~phaselens.recovery.method.RecoveryMethod`
+(:mod:`phaselens.recovery.method`) that declares its statistics and calls these functions.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ import warnings
 import numpy as np
 import torch
 
-METHODS: tuple[str, ...] = ("ghosted", "identity", "scalar", "diagonal", "symmetric", "linearpatch", "replaceme")
+from ..errors import RecoveryError, SingularFitWarning
+from .hadamard import hadamard
+
+
 #: ``lam=None`` uses ``LAM_SCALE * tr(A) / d``: negligible next to the data, keeps a rank-deficient fit finite.
 LAM_SCALE = 1e-10
 #: ``A = X^T X`` counts as singular when its smallest eigenvalue is below ``SINGULAR_RTOL * tr(A) / d``
@@ -41,10 +47,6 @@ LAM_FALLBACK = 1e-4
 #: models (analyses/ridge_target.py; the figures are in analyses/README.md).
 RIDGE_TARGET = "identity"
 TARGETS = ("identity", "zero")
-
-
-from ..errors import RecoveryError, SingularFitWarning
-from .hadamard import hadamard
 
 
 def default_lam(A: torch.Tensor) -> float:
@@ -132,36 +134,47 @@ def ridge_solve(A: torch.Tensor, C: torch.Tensor, lam: float | None = None, *, t
     raise RecoveryError("could not solve the normal equations even with a large ridge; check the calibration data")
 
 
-def solve(method: str, A: torch.Tensor, C: torch.Tensor, lam: float | None = None, *,
-          abs_ratio: torch.Tensor | None = None, target: str | None = None) -> tuple[torch.Tensor, float]:
-    """The operator ``W [d, d]`` (float64) of ``method`` from ``A = X^T X``, ``C = X^T Y`` (LinearPatch: from
-    ``abs_ratio [d]``, its per-rotated-channel magnitude ratios); returns ``(W, lam)``. ``target``: what the
-    ridge of ``ghosted`` shrinks towards (default :data:`RIDGE_TARGET`); ReplaceMe's branch operator always
-    shrinks towards zero (it maps the MLP branch, where "no change" is not the identity)."""
+def scalar_solve(A: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``W = alpha I`` with ``alpha = tr C / tr A`` (``[d, d]`` float64); returns ``(W, 0.0)``."""
+    A, C = A.double(), C.double()
+    eye = torch.eye(A.shape[0], dtype=torch.float64, device=A.device)
+    return eye * (torch.trace(C) / torch.trace(A)), 0.0
+
+
+def diagonal_solve(A: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``W = diag(C_jj / A_jj)`` (``[d, d]`` float64); returns ``(W, 0.0)``."""
+    A, C = A.double(), C.double()
+    return torch.diag(torch.diagonal(C) / torch.diagonal(A).clamp_min(1e-30)), 0.0
+
+
+def symmetric_solve(A: torch.Tensor, C: torch.Tensor, lam: float | None = None) -> tuple[torch.Tensor, float]:
+    """The symmetric ``W [d, d]`` minimising ``||XW - Y||``: solves ``(A + lam I) W + W (A + lam I) = C + C^T``
+    in the eigenbasis of ``A``; returns ``(W, lam)`` (``lam`` chosen, and a fallback warned, as :func:`choose_lam`)."""
     A, C = A.double(), C.double()
     d = A.shape[0]
     eye = torch.eye(d, dtype=torch.float64, device=A.device)
-    if method == "ghosted":
-        return ridge_solve(A, C, lam, target=target)
-    if method == "replaceme":
-        return ridge_solve(A, C, lam, target="zero")
-    if method == "identity":
-        return eye, 0.0
-    if method == "scalar":
-        return eye * (torch.trace(C) / torch.trace(A)), 0.0
-    if method == "diagonal":
-        return torch.diag(torch.diagonal(C) / torch.diagonal(A).clamp_min(1e-30)), 0.0
-    if method == "symmetric":
-        lam_, warn = choose_lam(A, lam)
-        if warn:
-            _warn_singular(lam_, max(float(torch.trace(A)) / d, 1e-30))
-        evals, Q = torch.linalg.eigh(A + lam_ * eye)
-        S = Q.T @ (C + C.T) @ Q
-        W = Q @ (S / (evals[:, None] + evals[None, :]).clamp_min(1e-300)) @ Q.T
-        return (W + W.T) / 2, lam_
-    if method == "linearpatch":
-        if abs_ratio is None:
-            raise RecoveryError("linearpatch needs the rotated magnitude ratios (span_stats(..., linearpatch=True))")
-        H = hadamard(d).to(A.device)
-        return H @ torch.diag(abs_ratio.double().to(A.device)) @ H.T, 0.0
-    raise RecoveryError(f"unknown recovery method {method!r}; choose one of {METHODS}")
+    lam_, warn = choose_lam(A, lam)
+    if warn:
+        _warn_singular(lam_, max(float(torch.trace(A)) / d, 1e-30))
+    evals, Q = torch.linalg.eigh(A + lam_ * eye)
+    S = Q.T @ (C + C.T) @ Q
+    W = Q @ (S / (evals[:, None] + evals[None, :]).clamp_min(1e-300)) @ Q.T
+    return (W + W.T) / 2, lam_
+
+
+def hadamard_scale_solve(abs_ratio: torch.Tensor, device: torch.device | None = None) -> tuple[torch.Tensor, float]:
+    """LinearPatch's ``W = H diag(s) H^T`` (``[d, d]`` float64) from the rotated magnitude ratios ``s [d]``;
+    returns ``(W, 0.0)``."""
+    d = abs_ratio.shape[0]
+    device = abs_ratio.device if device is None else device
+    H = hadamard(d).to(device)
+    return H @ torch.diag(abs_ratio.double().to(device)) @ H.T, 0.0
+
+
+def __getattr__(name: str):
+    # backward compatibility: METHODS (now the registry) and solve() moved to .method, which imports this module
+    if name in ("METHODS", "solve"):
+        from . import method
+
+        return getattr(method, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,14 +3,15 @@
 For each cut span ``[s, e)``, one pass of the *dense* model over the calibration tokens accumulates
 ``A = X^T X`` and ``C = X^T Y`` in float64, with ``X = h_{s-1}`` (the input of block ``s``) and
 ``Y = h_{e-1}`` (the output of block ``e-1``) at every non-padding token: memory ``O(d^2)`` per span,
-whatever the number of tokens. ReplaceMe adds the same products for the MLP branch of block ``s-1``;
-LinearPatch adds its per-passage magnitude ratios in the Hadamard-rotated basis.
+whatever the number of tokens. What else is gathered follows the declared ``needs`` of the recovery methods
+asked for (:mod:`phaselens.recovery.method`): ``"branch"`` adds the same products for the MLP branch of block
+``s-1`` (ReplaceMe), ``"rotated"`` the per-passage magnitude ratios in the Hadamard-rotated basis (LinearPatch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -19,6 +20,7 @@ from ..errors import RecoveryError
 from ..runner import Batch, Read, Runner
 from ..view import ModelView, as_view
 from .hadamard import hadamard
+from .method import NEEDS, get_method, needs_of
 from ..types import ModelLike
 
 
@@ -53,6 +55,11 @@ class SpanStats:
         A1 = torch.cat([torch.cat([self.A, self.sx[:, None]], 1), torch.cat([self.sx[None], n], 1)], 0)
         return A1, torch.cat([self.C, self.sy[None]], 0)
 
+    def has(self, need: str) -> bool:
+        """Whether these statistics hold ``need`` (one of :data:`~phaselens.recovery.method.NEEDS`)."""
+        held = {"stream": self.A, "branch": self.A_branch, "rotated": self.ratio_sum}
+        return held.get(need) is not None
+
     @property
     def abs_ratio(self) -> torch.Tensor | None:
         """LinearPatch's scale ``[d]``: the per-passage magnitude ratios averaged over passages."""
@@ -73,23 +80,55 @@ def check_spans(spans: Any, L: int) -> list[tuple[int, int]]:
     return list(dict.fromkeys(out))
 
 
+def feasible_needs(span: tuple[int, int], needs: Iterable[str]) -> frozenset[str]:
+    """``needs`` less what cannot be gathered for ``span``: the MLP-branch products need a block before it."""
+    return frozenset(n for n in needs if not (n == "branch" and span[0] == 0))
+
+
+def _needs(methods: Any, needs: Any, branch: bool, linearpatch: bool) -> frozenset[str]:
+    """The statistics to gather: the union of the methods' declared needs, ``needs``, and the old flags."""
+    out = {"stream"} | set(needs or ()) | ({"branch"} if branch else set()) | ({"rotated"} if linearpatch else set())
+    if methods is not None:
+        out |= needs_of(methods)
+    bad = out - set(NEEDS)
+    if bad:
+        raise RecoveryError(f"unknown statistics {sorted(bad)} in needs=; choose from {NEEDS}")
+    return frozenset(out)
+
+
+def _check_feasible(spans: list[tuple[int, int]], methods: Any, need: frozenset[str]) -> None:
+    for sp in spans:
+        for m in () if methods is None else methods:
+            get_method(m).check_span(sp)
+        if need - feasible_needs(sp, need):
+            raise RecoveryError(f"the MLP-branch statistics need a block before the cut span {sp}; a method acting on "
+                                "the branch cannot recover a cut at block 0")
+
+
 @torch.inference_mode()
 def span_stats(
     model: ModelLike,
     spans: list[tuple[int, int]],
     calibration: Any = None,
     *,
+    methods: Any = None,
+    needs: Iterable[str] | None = None,
     branch: bool = False,
     linearpatch: bool = False,
     seq_len: int = 256,
     batch_size: int | None = None,
     max_tokens: int | None = None,
 ) -> dict[tuple[int, int], SpanStats]:
-    """Accumulate ``X^T X`` and ``X^T Y`` (and ReplaceMe's branch products if ``branch``, LinearPatch's rotated
-    magnitude ratios if ``linearpatch``) for every span from one pass of the dense base model of ``model``."""
+    """Accumulate ``X^T X`` and ``X^T Y`` ``[d, d]`` (float64) for every span from one pass of the dense base model
+    of ``model``, plus what the recovery ``methods`` declare they need (or ``needs``, a subset of
+    :data:`~phaselens.recovery.method.NEEDS`; ``branch=True`` / ``linearpatch=True`` are the old spellings of
+    ``needs={"branch"}`` / ``{"rotated"}``)."""
     base = as_view(model).base
     L, d = base.n_blocks, base.d_model
     spans = check_spans(spans, L)
+    need = _needs(methods, needs, branch, linearpatch)
+    _check_feasible(spans, methods, need)
+    branch, rotated = "branch" in need, "rotated" in need
     seqs = tokenize(base.tokenizer, load_calibration(calibration), seq_len)
     if not seqs:
         raise RecoveryError("the calibration text gives no passage of 2 or more tokens; pass more text")
@@ -97,15 +136,12 @@ def span_stats(
     z2 = lambda: torch.zeros(d, d, dtype=torch.float64, device=acc)  # noqa: E731
     z1 = lambda: torch.zeros(d, dtype=torch.float64, device=acc)  # noqa: E731
     stats = {sp: SpanStats(sp, z2(), z2(), yy=z1(), sx=z1(), sy=z1()) for sp in spans}
-    if branch:
-        for (s, e), st in stats.items():
-            if s == 0:
-                raise RecoveryError(f"replaceme needs a block before the cut span {(s, e)}; it cannot recover a cut at block 0")
+    for st in stats.values():
+        if branch:
             st.A_branch, st.C_branch, st.yy_branch = z2(), z2(), z1()
-    H = hadamard(d).to(acc) if linearpatch else None
-    if H is not None:
-        for st in stats.values():
+        if rotated:
             st.ratio_sum = z1()
+    H = hadamard(d).to(acc) if rotated else None
     need_in = sorted({s for s, _ in spans} | {e for _, e in spans if e < L})
     reads = {"x": Read(tuple(need_in), "in", "tokens")}
     if any(e == L for _, e in spans):
@@ -117,22 +153,27 @@ def span_stats(
         if "y" in out:
             got[L] = out["y"][L - 1].to(acc, torch.float64)
         for (s, e), st in stats.items():
-            X, Y = got[s], got[e]
-            st.A += X.T @ X
-            st.C += X.T @ Y
-            st.yy += (Y * Y).sum(0)
-            st.sx += X.sum(0)
-            st.sy += Y.sum(0)
-            st.n += X.shape[0]
-            if branch:
-                M = out["m"][s - 1].to(acc, torch.float64)
-                T = Y - X + M
-                st.A_branch += M.T @ M
-                st.C_branch += M.T @ T
-                st.yy_branch += (T * T).sum(0)
-            if H is not None:
-                _add_ratios(st, batch, X @ H, Y @ H)
+            _accumulate(st, got[s], got[e], out["m"][s - 1] if branch else None, batch, H)
     return stats
+
+
+def _accumulate(st: SpanStats, X: torch.Tensor, Y: torch.Tensor, M: torch.Tensor | None, batch: Batch,
+                H: torch.Tensor | None) -> None:
+    """Add one batch's tokens (``X``, ``Y`` ``[n, d]`` float64; ``M`` the branch output) to ``st``."""
+    st.A += X.T @ X
+    st.C += X.T @ Y
+    st.yy += (Y * Y).sum(0)
+    st.sx += X.sum(0)
+    st.sy += Y.sum(0)
+    st.n += X.shape[0]
+    if M is not None:
+        M = M.to(X.device, torch.float64)
+        T = Y - X + M
+        st.A_branch += M.T @ M
+        st.C_branch += M.T @ T
+        st.yy_branch += (T * T).sum(0)
+    if H is not None:
+        _add_ratios(st, batch, X @ H, Y @ H)
 
 
 def _add_ratios(st: SpanStats, batch: Batch, XH: torch.Tensor, YH: torch.Tensor) -> None:
