@@ -21,8 +21,9 @@ from ..noise import inject_noise
 from ..final_readout import phase_of
 from ..pruning import CRITERIA, prune, select_blocks, sweep_criteria
 from ..pruning.iterative import iterative_prune
-from ..recovery.solvers import METHODS
+from ..recovery import METHODS
 from ..registry import Registry
+from ..stats import N_BOOT
 from ..similarity import POSITIONS, cka
 from ..trace import Transition, decision_trace, transition_point
 
@@ -46,11 +47,6 @@ def choices() -> dict[str, tuple]:
     return {"criterion": sweep_criteria(), "recovery": (None, *METHODS), "methods": METHODS, "mode": ABLATION_MODES,
             "positions": (None, *POSITIONS), "form": FORMS, "placement": ("adjacent", "far", "center"),
             "until": ("steps", "collapse"), "on": ("task", "heldout")}
-
-
-def boot_kw(fn: Callable) -> str:
-    """The keyword ``fn`` takes the bootstrap's seed by (``boot_seed``, or the older ``seed``)."""
-    return "boot_seed" if "boot_seed" in inspect.signature(fn).parameters else "seed"
 
 
 def bundled(kind: str, n: int | None) -> list[str] | None:
@@ -164,7 +160,7 @@ class TraceRun(RunKind):
         return decision_trace
 
     def run(self, model, task, seed, params, scratch):
-        trace = decision_trace(model, task, **{boot_kw(decision_trace): seed}, **params)
+        trace = decision_trace(model, task, boot_seed=seed, **params)
         return trace.transition() if trace.complete else trace
 
     def scalars(self, r):
@@ -229,16 +225,13 @@ class PhaseCutsRun(RunKind):
         cal, held = pop_texts(p)
         n = p.pop("n")
         if p.pop("fit_n", False):
-            tr = transition_point(model, task, **{boot_kw(transition_point): seed})
+            tr = transition_point(model, task, boot_seed=seed)
             if tr.layer is None:
                 raise PhaseCutsError(f"{model.name} on {task.name}: {tr.reason} (no phases to cut)")
             n = min(n, tr.layer, model.n_blocks - tr.layer)
         if isinstance(p.get("placement"), list):
             p["placement"] = tuple(p["placement"])
-        sig = inspect.signature(compare_phase_cuts).parameters
-        held_kw = "heldout" if "heldout" in sig else "perplexity_texts"
-        return compare_phase_cuts(model, task, n, **{boot_kw(compare_phase_cuts): seed}, out=scratch,
-                                  calibration=cal, **{held_kw: held}, **p)
+        return compare_phase_cuts(model, task, n, boot_seed=seed, out=scratch, calibration=cal, heldout=held, **p)
 
     def scalars(self, r):
         out = transition_scalars(r.transition)
@@ -278,7 +271,7 @@ class NoiseRun(RunKind):
         stride = p.pop("stride", None)
         if stride is not None:
             L = model.n_blocks
-            tr = transition_point(model, task, **{boot_kw(transition_point): seed}, n_boot=p.get("n_boot", 1000))
+            tr = transition_point(model, task, boot_seed=seed, n_boot=p.get("n_boot", N_BOOT))
             p["blocks"] = sorted(set(range(0, L, stride)) | ({tr.layer} if tr.layer is not None else set()) | {L - 1})
             p["transition"] = tr
         return inject_noise(model, task, boot_seed=seed, **p)
