@@ -21,10 +21,7 @@ import numpy as np
 
 from .errors import EffectError
 
-try:  # the one default lives in stats (issue 19); the same value until it lands there
-    from .stats import N_BOOT
-except ImportError:  # pragma: no cover - before the shared constant exists
-    N_BOOT = 1000
+from .stats import N_BOOT
 
 #: fewest bootstrap replicates accepted (and at least ``2 / (1 - level)``)
 MIN_BOOT = 100

@@ -20,6 +20,9 @@ import numpy as np
 import torch
 
 from ..activations import boundaries
+from ..calibration import load_calibration
+from ..perplexity import perplexity
+from ..trace import transition_point
 from .. import checks
 from ..errors import PruningError
 from ..runner import PrefixCache
@@ -83,9 +86,6 @@ def sleb_scores(model: ModelLike, calibration: Any = None, *, seq_len: int = 128
     ``n_texts`` calibration passages truncated to ``seq_len`` tokens. Each candidate recomputes
     only from its own block on (the inputs of the unchanged prefix are replayed).
     """
-    from ..calibration import load_calibration
-    from ..perplexity import perplexity
-
     view = as_view(model)
     if isinstance(n_texts, bool) or not isinstance(n_texts, (int, np.integer)) or n_texts < 1:
         raise PruningError(f"n_texts must be a positive int, got {n_texts!r}")
@@ -286,7 +286,6 @@ def _phase_selection(view: ModelView, n: int, phase: str, task: TaskLike, placem
     if transition is None:
         if task is None:
             raise PruningError(f"criterion {phase!r} needs task= (the phases are those of a task)")
-        from ..trace import transition_point
 
         transition = transition_point(view, task, n_boot=200)
     if transition.layer is None:

@@ -11,6 +11,7 @@ recompute only from the first block whose input changed: the prefix cache replay
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ from ..deprecation import warn_renamed
 from ..errors import PruningError, ResultsError
 from ..lenses import resolve_lens
 from ..perplexity import perplexity
-from ..recovery import METHODS, fit_recovery
-from ..results import Record, Result
+from ..recovery import METHODS, fit_recovery, get_method
+from ..results import Record, Result, load_result
 from ..resume import RunFolder, digest, run_folder
 from ..runner import PrefixCache
 from ..tasks import Task, load_task
@@ -302,8 +303,6 @@ def _sweep_step(plan: SweepPlan, k: int, removed: list[int], cache: PrefixCache 
 
 def _make_view(base, removed: list[int], recovery: str | None, cal: list[str]) -> ModelView:
     view = ModelView(base, tuple(removed))
-    from ..recovery import fit_recovery, get_method
-
     if recovery is None or not get_method(recovery).fitted or not removed:
         return view
     return fit_recovery(view, cal, recovery)
@@ -338,11 +337,8 @@ def _load_steps(folder: RunFolder) -> list[SweepStep]:
 def load_sweep(folder: str | Path) -> Sweep:
     """The steps of a sweep written with ``out=folder`` (finished or interrupted), or a saved Sweep result file
     (``save_result``; a study's sweep jobs, the points' ``source`` of ``transition_vs_collapse``)."""
-    import json
 
     if Path(folder).is_file():
-        from ..results import load_result
-
         sw = load_result(folder)
         if not isinstance(sw, Sweep):
             raise ResultsError(f"{folder} holds a {type(sw).__name__}, not a Sweep")

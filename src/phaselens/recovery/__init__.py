@@ -5,9 +5,9 @@ from ..deprecation import module_getattr
 from .boundary import BoundaryErrorResult, boundary_error
 from .fit import MIN_TOKENS_PER_DIM, Recovered, fit_recovery, load_recovery
 from .hadamard import hadamard
-from .method import ACTS_ON, METHODS, NEEDS, RecoveryMethod, get_method, register_method, solve
+from .method import ACTS_ON, METHODS, NEEDS, RecoveryMethod, get_method, register_method
 from .solvers import ridge_solve
-from .stats import SpanStats, span_stats
+from .stats import SpanStats, solve, span_stats
 
 __all__ = ["ACTS_ON", "METHODS", "MIN_TOKENS_PER_DIM", "NEEDS", "BoundaryErrorResult", "RecoveryMethod", "Recovered",
            "SpanStats", "boundary_error", "fit_recovery", "get_method", "hadamard", "load_recovery", "register_method",

@@ -20,6 +20,7 @@ from ..errors import NotFoundError, RecoveryError, SingularFitWarning
 from ..files import write_safetensors
 from ..view import ModelView, as_view
 from ..registry import PLUGINS_ENV
+from ..tensorfile import read_tensor_file
 from .boundary import BoundaryErrorResult
 from .method import METHODS, RecoveryMethod, fit_operator, get_method
 from .solvers import check_target, choose_lam
@@ -79,8 +80,6 @@ _META_KEYS = ("fingerprint", "model", "method", "removed", "lam", "n_tokens")
 def load_recovery(path: str | Path, model: ModelLike) -> Recovered:
     """The recovered view saved at ``path``, on ``model``; refuses a file made for another model, or any file
     that is not a recovery written by :meth:`Recovered.save`."""
-    from ..tensorfile import read_tensor_file
-
     base = as_view(model).base
     path = Path(path)
     meta, tensors = read_tensor_file(path, "recovery", "Recovered.save", _META_KEYS, RecoveryError)

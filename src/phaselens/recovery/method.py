@@ -141,19 +141,6 @@ def needs_of(methods: Any) -> frozenset[str]:
     return frozenset().union(*(get_method(m).needs for m in METHODS.check(methods)))
 
 
-def solve(method: str, A: torch.Tensor, C: torch.Tensor, lam: float | None = None, *,
-          abs_ratio: torch.Tensor | None = None, target: str | None = None) -> tuple[torch.Tensor, float]:
-    """The operator ``W [d, d]`` (float64) of ``method`` from ``A = X^T X``, ``C = X^T Y`` of its regression (the
-    branch's for a branch method; LinearPatch: from ``abs_ratio [d]``); returns ``(W, lam)``. ``target``: what the
-    ridge of ``ghosted`` shrinks towards."""
-    from .stats import SpanStats  # stats imports this module
-
-    passages = 0 if abs_ratio is None else 1
-    st = SpanStats((0, 1), A.double(), C.double(), A_branch=A.double(), C_branch=C.double(),
-                   ratio_sum=abs_ratio, passages=passages)
-    return fit_operator(get_method(method), st, lam, target=target)
-
-
 # -- the built-ins, in the order phaselens always listed them ---------------------------------------------------
 
 

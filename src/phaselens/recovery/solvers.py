@@ -26,6 +26,7 @@ The maths lives here; each method is a registered :class:`~phaselens.recovery.me
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import numpy as np
@@ -174,7 +175,6 @@ def hadamard_scale_solve(abs_ratio: torch.Tensor, device: torch.device | None = 
 def __getattr__(name: str):
     # backward compatibility: METHODS (now the registry) and solve() moved to .method, which imports this module
     if name in ("METHODS", "solve"):
-        from . import method
-
-        return getattr(method, name)
+        module = importlib.import_module("phaselens.recovery.method" if name == "METHODS" else "phaselens.recovery.stats")
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

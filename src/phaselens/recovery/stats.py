@@ -20,7 +20,7 @@ from ..errors import RecoveryError
 from ..runner import Batch, Read, Runner
 from ..view import ModelView, as_view
 from .hadamard import hadamard
-from .method import NEEDS, get_method, needs_of
+from .method import NEEDS, fit_operator, get_method, needs_of
 from ..types import ModelLike
 
 
@@ -184,3 +184,14 @@ def _add_ratios(st: SpanStats, batch: Batch, XH: torch.Tensor, YH: torch.Tensor)
     sy = torch.zeros_like(sx).index_add_(0, rows, YH.abs())
     st.ratio_sum += (sy / sx.clamp_min(1e-300)).sum(0)  # the token counts of a passage cancel in the ratio
     st.passages += B
+
+
+def solve(method: str, A: torch.Tensor, C: torch.Tensor, lam: float | None = None, *,
+          abs_ratio: torch.Tensor | None = None, target: str | None = None) -> tuple[torch.Tensor, float]:
+    """The operator ``W [d, d]`` (float64) of ``method`` from ``A = X^T X``, ``C = X^T Y`` of its regression (the
+    branch's for a branch method; LinearPatch: from ``abs_ratio [d]``); returns ``(W, lam)``. ``target``: what the
+    ridge of ``ghosted`` shrinks towards."""
+    passages = 0 if abs_ratio is None else 1
+    st = SpanStats((0, 1), A.double(), C.double(), A_branch=A.double(), C_branch=C.double(),
+                   ratio_sum=abs_ratio, passages=passages)
+    return fit_operator(get_method(method), st, lam, target=target)

@@ -81,7 +81,7 @@ class ModelCache:
         return m, False
 
 
-def identity(base: Any) -> str:
+def model_identity(base: Any) -> str:
     """What a job's numbers depend on in a loaded model: its fingerprint (architecture and weights), and the
     device type and dtype it computes in (a GPU's bfloat16 gives other numbers than a CPU's float32)."""
     return f"{base.fingerprint}:{base.device.type}:{str(base.dtype).replace('torch.', '')}"
@@ -91,7 +91,7 @@ def fingerprint(cache: ModelCache, key: str, spec: Any) -> dict[str, Any]:
     """The model's identity (loads it into ``cache``): fingerprint, name, depth, where it was loaded."""
     m, _ = cache.get(key, spec)
     base = as_view(m).base
-    return {"key": key, "identity": identity(base), "fingerprint": base.fingerprint, "name": base.name, "n_layers": base.n_blocks,
+    return {"key": key, "identity": model_identity(base), "fingerprint": base.fingerprint, "name": base.name, "n_layers": base.n_blocks,
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
@@ -151,10 +151,10 @@ def execute(job: Job, cache: ModelCache, scratch_root: str | os.PathLike) -> Out
         with mem:
             model, out.model_cached = cache.get(job.model_key, job.model)
             base = as_view(model).base
-            if identity(base) != job.fingerprint:
+            if model_identity(base) != job.fingerprint:
 
 
-                raise StudyError(f"{job.model_key} on {out.host} is {identity(base)} (fingerprint:device:dtype), the study "
+                raise StudyError(f"{job.model_key} on {out.host} is {model_identity(base)} (fingerprint:device:dtype), the study "
                                  f"planned {job.fingerprint}: the weights (clear PHASELENS_CACHE there) or the device differ "
                                  "between the machines of the cluster")
             scratch = Path(scratch_root) / job.id

@@ -67,7 +67,6 @@ def _task_key(j: JobConfig) -> str:
 
 
 def _row(job: Job, cfg: JobConfig, out: Outcome, executor: str, items: str, order: int, attempts: int) -> dict[str, Any]:
-    from ..results import slug
 
     model = cfg.model if isinstance(cfg.model, str) else str(cfg.model)
     row = {"job": job.id, "status": "done" if out.ok else "failed", "kind": cfg.kind, "model": model,
