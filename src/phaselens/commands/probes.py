@@ -187,7 +187,7 @@ def _collapse_table(study) -> Table:
 def collapse_cmd(
     models: str = typer.Option("smollm2-135m,gemma3-270m", "--models", help="models, comma-separated"),
     tasks: str = typer.Option("capitals,languages", "--tasks", help="tasks, comma-separated"),
-    criterion: str = typer.Option("bi", "--criterion", "-c", help="iterative criterion: bi, angular, sleb, random"),
+    criterion: str = typer.Option("bi", "--criterion", "-c", help="an iterative criterion: " + " | ".join(sweep_criteria()) + " or a plugin's"),
     results: Optional[list[Path]] = typer.Option(None, "--results", help="use finished sweep/results folders instead "
                                                  "of running"),
     sweeps: Optional[Path] = typer.Option(None, "--sweeps", help="folder for the sweeps (resumable); default: a "
