@@ -236,3 +236,15 @@ def test_lens_option_reaches_the_readout(monkeypatch, argv, module, name):
     assert res.exit_code == 2 and "captured" in res.output and seen == ["linear"], res.output
     res = runner.invoke(app, [*argv, "--lens", "tunde"])
     assert res.exit_code == 2 and "--lens" in res.output and seen == ["linear"], res.output
+
+
+def test_renamed_modules_keep_their_names_for_one_release():
+    """``phaselens.lens`` is now ``phaselens.readout`` and ``phaselens.probes`` is ``phaselens.final_readout``."""
+    from phaselens import final_readout, readout
+
+    with pytest.warns(FutureWarning, match=r"phaselens\.lens\.option_logits.*phaselens\.readout\.option_logits"):
+        from phaselens.lens import option_logits
+    assert option_logits is readout.option_logits
+    with pytest.warns(FutureWarning, match=r"phaselens\.probes\.FinalRunner.*phaselens\.final_readout"):
+        from phaselens.probes import FinalRunner
+    assert FinalRunner is final_readout.FinalRunner
