@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -16,6 +17,24 @@ from .plan import Plan, StopForward, chain, identity
 
 
 _OOM_WARNED = False
+
+
+@dataclass(eq=False)
+class Pass:
+    """One prepared pass of a batch (:meth:`Runner.prepare`): what it reads (``out``, filled by its taps), the
+    plan it runs (``run_plan``: the view's plan, its edits, the prefix cache's replay), its taps per block
+    ``(in, out, mlp)``, and the deepest block it computes (``last``; ``stop_in``: it stops at that block's input)."""
+
+    batch: Batch
+    plan: Plan
+    out: dict[str, dict[int, Any]]
+    run: bool = True
+    run_plan: Plan | None = None
+    taps: tuple[dict, dict, dict] = ({}, {}, {})
+    last: int = 0
+    stop_in: bool = False
+    flags: list = field(default_factory=list)
+    small: list = field(default_factory=list)
 
 
 #: reads of at most this many values (a block's last position: [B, d]) are checked for NaN/Inf together after the
@@ -130,6 +149,18 @@ class Runner:
 
         ``logits=True`` runs the whole causal LM (its own head) and adds ``"logits"`` ``[B, T, V]``: the
         model's own output, which the readout check compares the lens with."""
+        p = self.prepare(batch, reads, edits=edits, logits=logits)
+        if logits:
+            p.out["logits"] = self._run(p, head=True)
+        elif p.run:
+            self._run(p)
+        return self.finish(p)
+
+    def prepare(self, batch: Batch, reads: dict[str, Read], *, edits: Plan | None = None,
+                logits: bool = False) -> Pass:
+        """Everything one pass of ``batch`` needs before a block runs: the merged plan, the replay point, the
+        reads served from the cache, the taps (reads, cache recording, the stop) per block. Shared by both
+        schedules: the batch schedule runs it through the decoder, the layer schedule block by block."""
         L = self.n_blocks
         plan = self.plan.merged(edits)
         sig = dict(self._sig)
@@ -143,14 +174,12 @@ class Runner:
                 raise RunnerError(f"read {name!r}: blocks {bad} are outside 0..{L - 1}")
 
         cache = self.cache
-        start = cache.depth(batch.key, prefix) if cache is not None else 0
+        start = cache.depth(batch.key, prefix) if cache is not None and not logits else 0
         # an MLP-branch read or an edit of a block before the replay point cannot be replayed: start at it
         for rd in reads.values():
             if rd.site == "mlp" and rd.blocks:
                 start = min(start, min(rd.blocks))
-        out: dict[str, dict[int, Any]] = {name: {} for name in reads}
-        flags: list[tuple[int, str, torch.Tensor]] = []
-        small: list[tuple[int, str, torch.Tensor]] = []  # small reads: checked together after the pass
+        p = Pass(batch=batch, plan=plan, out={name: {} for name in reads})
 
         def keep(name: str, rd: Read, b: int, h: torch.Tensor) -> None:
             if rd.site == "in":  # a block's input arrives from the previous block's device: read it on its own
@@ -158,10 +187,10 @@ class Runner:
             sel = _select(h, rd.at, batch)
             if self.check_finite:
                 if sel.numel() <= STACKED_CHECK:
-                    small.append((b, name, sel))
+                    p.small.append((b, name, sel))
                 else:
-                    flags.append((b, name, torch.isfinite(sel).all()))
-            out[name][b] = rd.fn(b, sel) if rd.fn is not None else sel
+                    p.flags.append((b, name, torch.isfinite(sel).all()))
+            p.out[name][b] = rd.fn(b, sel) if rd.fn is not None else sel
 
         # reads served from the cache (what blocks before ``start`` computed)
         taps_in: dict[int, list[Callable]] = {}
@@ -178,27 +207,29 @@ class Runner:
                 target = {"in": taps_in, "out": taps_out, "mlp": taps_mlp}[rd.site]
                 target.setdefault(b, []).append(lambda h, _n=name, _r=rd, _b=b: keep(_n, _r, _b, h))
         recording = cache is not None and cache.recording
-        live = deepest[0] >= 0
-        if logits:
-            out["logits"] = self._run(batch, plan, 0, prefix, taps_in, taps_out, taps_mlp, stop_at=None, head=True)
-        elif live or (recording and start < L):
-            self._run(batch, plan, start, prefix, taps_in, taps_out, taps_mlp,
-                      stop_at=None if recording else deepest)
-        if small:  # one isfinite over each group of equal-shape small reads (the last position of every block)
+        p.run = deepest[0] >= 0 or (recording and start < L)
+        stop_at = None if (recording or logits) else deepest
+        self._arm(p, start, prefix, taps_in, taps_out, taps_mlp, stop_at)
+        return p
+
+    def finish(self, p: Pass) -> dict[str, Any]:
+        """The pass's reads, after the NaN/Inf checks (a failure names the first block that produced it)."""
+        if p.small:  # one isfinite over each group of equal-shape small reads (the last position of every block)
             groups: dict[tuple, list[torch.Tensor]] = {}
-            for _, _, t in small:
+            for _, _, t in p.small:
                 groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
             if not all(bool(torch.isfinite(torch.stack(g)).all()) for g in groups.values()):
-                flags.extend((b, n, torch.isfinite(t).all()) for b, n, t in small)
-        if flags:
-            ok = torch.stack([f for _, _, f in flags]).all()
+                p.flags.extend((b, n, torch.isfinite(t).all()) for b, n, t in p.small)
+        if p.flags:
+            ok = torch.stack([f for _, _, f in p.flags]).all()
             if not bool(ok):
-                self._nonfinite(batch, plan, flags)
-        return out
+                self._nonfinite(p.batch, p.plan, p.flags)
+        return p.out
 
-    def _run(self, batch: Batch, plan: Plan, start: int, prefix: list[str], taps_in: dict, taps_out: dict,
-             taps_mlp: dict, stop_at: tuple[int, int] | None, head: bool = False) -> Any:
-        base, L, cache = self.base, self.n_blocks, self.cache
+    def _arm(self, p: Pass, start: int, prefix: list[str], taps_in: dict, taps_out: dict, taps_mlp: dict,
+             stop_at: tuple[int, int] | None) -> None:
+        """Set ``p``'s run plan (the replay of the cached input of block ``start``) and its taps per block."""
+        L, cache, batch, plan = self.n_blocks, self.cache, p.batch, p.plan
         if start > 0:
             cached = cache.get(batch.key, start)  # type: ignore[union-attr]
             replace = {b: fn for b, fn in plan.replace.items() if b >= start}
@@ -216,18 +247,27 @@ class Runner:
             for b in range(start, L):
                 taps_in.setdefault(b, []).append(lambda h, _b=b: cache.put(batch.key, _b, prefix[_b], h))
             taps_out.setdefault(L - 1, []).append(lambda h: cache.put(batch.key, L, prefix[L], h))
+        p.last = L - 1
         if stop_at is not None and stop_at < (L - 1, 1):
             def stop(h: torch.Tensor) -> None:
                 raise StopForward
 
             (taps_in if stop_at[1] == 0 else taps_out).setdefault(stop_at[0], []).append(stop)
-        t_in, t_out, t_mlp = (_fan(taps_in), _fan(taps_out), _fan(taps_mlp))
+            p.last, p.stop_in = stop_at[0], stop_at[1] == 0
+        p.run_plan = plan
+        p.taps = (_fan(taps_in), _fan(taps_out), _fan(taps_mlp))
+
+    def _run(self, p: Pass, head: bool = False) -> Any:
+        """The batch schedule: one decoder forward of ``p`` (stopped after its deepest read)."""
+        base = self.base
+        t_in, t_out, t_mlp = p.taps
         with torch.inference_mode(), _exclusive(base.decoder, base.name):
-            with patched(base.blocks, plan, tap_in=t_in, tap_out=t_out, tap_mlp=t_mlp, returns_tuple=base.returns_tuple):
+            with patched(base.blocks, p.run_plan, tap_in=t_in, tap_out=t_out, tap_mlp=t_mlp,
+                         returns_tuple=base.returns_tuple):
                 if head:
-                    return base.hf(**self._inputs(batch), use_cache=False).logits
+                    return base.hf(**self._inputs(p.batch), use_cache=False).logits
                 try:
-                    base.decoder(**self._inputs(batch), use_cache=False)
+                    base.decoder(**self._inputs(p.batch), use_cache=False)
                 except StopForward:
                     pass
         return None
