@@ -35,6 +35,7 @@ from .results import Result
 from .runner import Plan, identity
 from .view import ModelView
 from .types import ModelLike, TaskLike
+from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 ABLATION_MODES = ("skip", "zero", "mean")
 
@@ -205,6 +206,7 @@ def _default_pairs(view: ModelView, layer: int | None, window: int) -> list[tupl
     return list(itertools.combinations(near, 2))
 
 
+@scheduled
 def ablate(
     model: ModelLike,
     task: TaskLike,

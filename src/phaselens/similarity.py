@@ -14,6 +14,7 @@ from .cka import FORMS, CKAAccumulator
 from .errors import CKAError, NotFoundError
 from .results import Result
 from .types import ModelLike
+from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 POSITIONS = ("decision", "all")
 
@@ -139,6 +140,7 @@ def _collect(view, seqs: list[list[int]], groups: list[list[int]], pos: dict[int
         yield torch.stack([out["h"][b].float() for b in rows_at])
 
 
+@scheduled
 @torch.inference_mode()
 def cka(
     model_a: ModelLike,

@@ -23,6 +23,7 @@ from .trace_figures import TraceFigures
 from .tasks import Task, load_task
 from .view import as_view
 from .types import ModelLike, TaskLike
+from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 if TYPE_CHECKING:
     from .runner import PrefixCache
@@ -288,6 +289,7 @@ def check_boot(n_boot: Any, seed: Any) -> None:
     checks.bootstrap(n_boot, seed)
 
 
+@scheduled
 def decision_trace(
     model: ModelLike,
     task: TaskLike,

@@ -52,6 +52,7 @@ from ..trace import N_BOOT, Transition, decision_trace
 from ..view import ModelView, as_view
 from .phase_cuts_result import CUT_KINDS, DEFAULT_METHODS, WHOLE_STREAM, Cut, CutResult, PhaseCuts
 from ..types import ModelLike, TaskLike
+from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 # -- the experiment -------------------------------------------------------------------------
 
@@ -144,6 +145,7 @@ class PhaseCutsDense(Record):
     perplexity: float
 
 
+@scheduled
 def compare_phase_cuts(
     model: ModelLike,
     task: TaskLike,

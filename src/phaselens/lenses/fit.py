@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import LensError
 from .base import KINDS, Lens
 from ..types import ModelLike
+from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 
 def _check_kind(kind: Any) -> str:
@@ -18,6 +19,7 @@ def _check_kind(kind: Any) -> str:
     return kind
 
 
+@scheduled
 def fit_lens(model: ModelLike, kind: str, calibration: Any = None, *, seed: int = 0, **kw: Any) -> Lens:
     """Fit a lens of ``kind`` on ``model``'s dense base model.
 

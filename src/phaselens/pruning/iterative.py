@@ -30,6 +30,7 @@ from ..trace import DecisionTrace, Transition, check_boot, decision_trace
 from ..view import ModelView, as_view
 from .criteria import angular_distances, block_influence, sleb_scores
 from ..types import ModelLike, TaskLike
+from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 SWEEP_CRITERIA = ("bi", "angular", "sleb", "random")
 
@@ -143,6 +144,7 @@ def _scores(view: ModelView, criterion: str, calibration: list[str], cache: Pref
     return {b: rng.random() for b in view.kept}
 
 
+@scheduled
 def iterative_prune(
     model: ModelLike,
     task: TaskLike,

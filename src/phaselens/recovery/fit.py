@@ -21,6 +21,7 @@ from ..view import ModelView, as_view
 from .solvers import METHODS, check_target, choose_lam, solve
 from .stats import SpanStats, span_stats
 from ..types import ModelLike
+from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 #: A fit with fewer calibration tokens than this many times the hidden size warns: an
 #: unconstrained d x d operator would memorise its calibration text.
@@ -128,6 +129,7 @@ def _methods(method: Any) -> list[str]:
     return ms
 
 
+@scheduled
 def fit_recovery(
     pruned: ModelLike,
     calibration: Any = None,

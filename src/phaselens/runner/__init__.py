@@ -28,9 +28,11 @@ from __future__ import annotations
 from .batch import Batch, Positions, Read, default_max_tokens, pad, token_batches
 from .cache import PrefixCache
 from .core import Runner, run_all
+from .layered import SCHEDULES, Schedule, check_schedule, current_schedule, is_offloaded, schedule, scheduled
 from .masks import Packed, block_mask, pack
 from .patches import patched
 from .plan import Edit, Plan, StopForward, chain, identity
 
-__all__ = ["Batch", "Edit", "Packed", "Plan", "Positions", "PrefixCache", "Read", "Runner", "StopForward", "block_mask", "chain", "default_max_tokens",
-           "identity", "pack", "pad", "patched", "run_all", "token_batches"]
+__all__ = ["Batch", "Edit", "Packed", "Plan", "Positions", "PrefixCache", "Read", "Runner", "SCHEDULES", "Schedule", "StopForward",
+           "block_mask", "chain", "check_schedule", "current_schedule", "default_max_tokens", "identity", "is_offloaded",
+           "pack", "pad", "patched", "run_all", "schedule", "scheduled", "token_batches"]

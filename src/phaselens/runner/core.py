@@ -12,6 +12,7 @@ from ..errors import NonFiniteError, RunnerError
 from .batch import Batch, Read, _select, default_max_tokens, pad, pad_layouts, token_batches
 from .masks import decoder_mask
 from .cache import PrefixCache
+from .layered import Schedule, check_schedule, current_schedule, default_budget, resolve, run_wave, waves
 from .patches import _exclusive, patched
 from .plan import Plan, StopForward, chain, identity
 
@@ -49,11 +50,17 @@ class Runner:
     reads)`` batches sequences by the token budget and yields ``(batch, result)`` pass by pass.
     ``edits`` (a :class:`Plan`) adds per-pass edits on top of the view's own plan; a block an edit
     touches has no cache entries past it (its content is unknown to the cache).
+
+    ``schedule``: ``"batch"``, ``"layer"`` or ``"auto"`` (a :class:`~phaselens.runner.layered.Schedule` or its
+    kind); None follows :func:`~phaselens.runner.layered.current_schedule` (``with phaselens.runner.schedule(...)``).
+    Both schedules give the same numbers; the layer schedule reads each offloaded block's weights once per wave.
     """
 
-    def __init__(self, view: Any, *, cache: PrefixCache | None = None, check_finite: bool = True) -> None:
+    def __init__(self, view: Any, *, cache: PrefixCache | None = None, check_finite: bool = True,
+                 schedule: Schedule | str | None = None) -> None:
         from ..view import as_view
 
+        self.schedule = check_schedule(schedule) if schedule is not None else None  # None: current_schedule()
         self.view = as_view(view)
         self.base = self.view.base
         self.cache = cache
@@ -109,11 +116,15 @@ class Runner:
         batch. On a GPU, an out-of-memory error halves the batch and retries (said once). ``layouts``: see
         :meth:`batches` (packed rows)."""
         todo = self.batches(seqs, max_tokens=max_tokens, batch_size=batch_size, groups=groups, layouts=layouts)
+        sched = self.schedule or current_schedule()
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(seqs), desc=progress, leave=False)
+        if resolve(self, sched, todo) == "layer":
+            yield from self._layer_passes(todo, reads, edits, sched, bar)
+            return
         while todo:
             batch = todo.pop(0)
             r = reads(batch) if callable(reads) else reads
@@ -131,6 +142,36 @@ class Runner:
             if bar is not None:
                 bar.update(batch.size)
             yield batch, out
+        if bar is not None:
+            bar.close()
+
+    def _layer_passes(self, todo: list[Batch], reads: Any, edits: Any, sched: Schedule, bar: Any
+                      ) -> Iterator[tuple[Batch, dict]]:
+        """The layer schedule: waves of batches within the activation budget, each run block by block
+        (:func:`~phaselens.runner.layered.run_wave`); an out-of-memory error splits the wave (or halves its batch)."""
+        queue = waves(self.base, todo, default_budget(sched, self._devices[0]))
+        while queue:
+            wave = queue.pop(0)
+            prepared = [self.prepare(b, reads(b) if callable(reads) else reads,
+                                     edits=edits(b) if callable(edits) else edits) for b in wave]
+            try:
+                run_wave(self, prepared, sched)
+            except torch.cuda.OutOfMemoryError:
+                if len(wave) == 1 and wave[0].size == 1:
+                    raise
+                _warn_oom(wave[0])
+                torch.cuda.empty_cache()
+                if len(wave) > 1:
+                    queue[:0] = [wave[: len(wave) // 2], wave[len(wave) // 2:]]
+                else:
+                    half = wave[0].size // 2
+                    queue[:0] = [[self._batch_from(wave[0], slice(0, half)), self._batch_from(wave[0], slice(half, None))]]
+                continue
+            for p in prepared:
+                out = self.finish(p)
+                if bar is not None:
+                    bar.update(p.batch.size)
+                yield p.batch, out
         if bar is not None:
             bar.close()
 
