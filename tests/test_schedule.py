@@ -55,39 +55,42 @@ def _long_task(n_tokens: int, tokenizer) -> pl.Task:
     return pl.load_task(items, name="long")
 
 
-def _numbers(model: pl.Model, task: pl.Task, kind: str) -> dict[str, np.ndarray]:
-    """Every kind of pass, under schedule ``kind``."""
+def _numbers(model: pl.Model, task: pl.Task, kind: str, batch_size: int | None = 1, packed: bool = True
+             ) -> dict[str, np.ndarray]:
+    """Every kind of pass, under schedule ``kind`` (``packed``: also a continuation trace, whose full-vocabulary
+    readout at every block is the slow part on a large vocabulary)."""
     L, d = model.n_layers, model.d_model
     cut = [L // 2, L // 2 + 1]
     g = torch.Generator().manual_seed(1)
     op = torch.eye(d) + 0.01 * torch.randn(d, d, generator=g)
     out: dict[str, np.ndarray] = {}
     with schedule(kind):
-        out["dense"] = pl.decision_trace(model, task, n_boot=10, batch_size=1).logits
-        out["pruned"] = pl.decision_trace(pl.prune(model, cut), task, n_boot=10, batch_size=1).logits
+        out["dense"] = pl.decision_trace(model, task, n_boot=10, batch_size=batch_size).logits
+        out["pruned"] = pl.decision_trace(pl.prune(model, cut), task, n_boot=10, batch_size=batch_size).logits
         recovered = ModelView(model, removed=frozenset(cut), operators={(cut[0], cut[-1] + 1): op})
-        out["recovered"] = pl.decision_trace(recovered, task, n_boot=10, batch_size=1).logits
-        out["noisy"] = pl.inject_noise(model, task, blocks=[1], eps=0.5, seeds=1, n_boot=10, batch_size=1,
+        out["recovered"] = pl.decision_trace(recovered, task, n_boot=10, batch_size=batch_size).logits
+        out["noisy"] = pl.inject_noise(model, task, blocks=[1], eps=0.5, seeds=1, n_boot=10, batch_size=batch_size,
                                        transition=NO_TRANSITION).item_margins
-        out["ablated"] = pl.ablate(model, task, blocks=[L - 2], mode="zero", pairs=False, n_boot=10, batch_size=1,
+        out["ablated"] = pl.ablate(model, task, blocks=[L - 2], mode="zero", pairs=False, n_boot=10, batch_size=batch_size,
                                    transition=NO_TRANSITION).single_margins
         cont = pl.load_task(task, format="continuation")
-        out["packed"] = pl.decision_trace(model, cont, n_boot=10, batch_size=1).logits
+        if packed:
+            out["packed"] = pl.decision_trace(model, cont, n_boot=10, batch_size=batch_size).logits
         # prefix cache: a dense pass records every block input, a pruned view replays up to its first cut
         cache = PrefixCache()
         seqs = [model.tokenizer(it.question)["input_ids"] for it in task.items][:2]
         reads = {"h": Read(tuple(range(L)), "out", "last"), "m": Read((L - 1,), "mlp", "last")}
-        first = [o for _, o in Runner(model, cache=cache).passes(seqs, reads, batch_size=1)]
+        first = [o for _, o in Runner(model, cache=cache).passes(seqs, reads, batch_size=batch_size)]
         cache.recording = False
-        again = [o for _, o in Runner(pl.prune(model, [L - 2]), cache=cache).passes(seqs, reads, batch_size=1)]
+        again = [o for _, o in Runner(pl.prune(model, [L - 2]), cache=cache).passes(seqs, reads, batch_size=batch_size)]
         assert cache.nbytes > 0
         out["cached"] = np.stack([torch.stack([o["h"][b] for b in range(L) if b != L - 2]).numpy() for o in again])
         out["recorded"] = np.stack([torch.stack(list(o["h"].values()) + [o["m"][L - 1]]).numpy() for o in first])
     return out
 
 
-def _equal_under_both(model: pl.Model, task: pl.Task) -> None:
-    a, b = _numbers(model, task, "batch"), _numbers(model, task, "layer")
+def _equal_under_both(model: pl.Model, task: pl.Task, **kw) -> None:
+    a, b = _numbers(model, task, "batch", **kw), _numbers(model, task, "layer", **kw)
     for k in a:
         _close(a[k], b[k])
         assert np.array_equal(a[k], b[k], equal_nan=True), f"{k}: the schedules agree within 1e-5 but not bit for bit"
@@ -101,7 +104,7 @@ def test_schedules_agree_on_gemma3_past_its_sliding_window(gemma):
     task = _long_task(600, gemma.tokenizer)
     enc = [len(gemma.tokenizer(it.question)["input_ids"]) for it in task.items]
     assert min(enc) > 512 + 20
-    _equal_under_both(gemma, task)
+    _equal_under_both(gemma, task, batch_size=None, packed=False)  # one padded batch; packed rows: the tiny Qwen2
 
 
 def test_schedules_agree_on_qwen2_with_sliding_layers(tiny_qwen2, capitals_task):
@@ -214,3 +217,15 @@ def test_nonfinite_under_the_layer_schedule_names_the_block(tiny_llama):
     bad = pl.runner.Plan(after={2: lambda h: h * float("nan")}, names={2: "block 2 with a broken edit"})
     with pytest.raises(pl.NonFiniteError, match=r"first in the output of block 2 .*broken edit"):
         list(Runner(tiny_llama, schedule="layer").passes(seqs, {"h": Read((4,), "out", "last")}, edits=bad))
+
+
+def test_an_offloaded_head_is_read_by_rows_for_a_readout(tiny_llama_dir, tiny_llama, capitals_task, reads, tmp_path):
+    dm = {"": "cpu", "model.layers.2": "disk", "lm_head": "disk"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = pl.load_model(tiny_llama_dir, device_map=dm, offload_folder=tmp_path)
+    assert m.unembed.weight.device.type == "meta" and not m._offloaded  # the load's check did not keep it
+    reads.clear()
+    got = pl.decision_trace(m, capitals_task, n_boot=10)
+    assert reads["lm_head.weight"] == 0 and not m._offloaded
+    assert np.array_equal(got.logits, pl.decision_trace(tiny_llama, capitals_task, n_boot=10).logits, equal_nan=True)
