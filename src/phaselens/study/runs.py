@@ -61,7 +61,8 @@ def _choices() -> dict[str, tuple]:
 
     return {"criterion": SWEEP_CRITERIA, "recovery": (None, *METHODS), "methods": METHODS, "mode": ABLATION_MODES,
             "positions": (None, *POSITIONS), "form": FORMS, "placement": ("adjacent", "far", "center"),
-            "until": ("steps", "collapse"), "on": ("task", "heldout"), "cka_criterion": ("bi", "angular", "random", "sleb")}
+            "until": ("steps", "collapse"), "on": ("task", "heldout"), "cka_criterion": ("bi", "angular", "random", "sleb"),
+            "schedule": ("auto", "batch", "layer")}
 
 
 _PASSAGES = {"calibration_passages": (_int(1), None), "heldout_passages": (_int(1), None)}
