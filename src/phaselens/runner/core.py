@@ -114,7 +114,8 @@ class Runner:
                progress: str | None = None) -> Iterator[tuple[Batch, dict]]:
         """Yield ``(batch, forward(batch, reads))`` over ``seqs``; ``reads`` and ``edits`` may depend on the
         batch. On a GPU, an out-of-memory error halves the batch and retries (said once). ``layouts``: see
-        :meth:`batches` (packed rows)."""
+        :meth:`batches` (packed rows). Under the layer schedule (:mod:`.layered`) the batches of a wave are yielded
+        together after the wave's last block: a read without ``fn`` is kept for the whole wave."""
         todo = self.batches(seqs, max_tokens=max_tokens, batch_size=batch_size, groups=groups, layouts=layouts)
         sched = self.schedule or current_schedule()
         bar = None
