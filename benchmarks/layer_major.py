@@ -9,7 +9,8 @@ its peak RSS and its bytes read are its own:
 * ``layer``: the same placement, the layer schedule: every batch through block 0, then block 1, ..., so each
   block's weights are read once per wave (one wave here).
 
-Before each run the page cache of the model's files (and the offload folder) is dropped with
+accelerate's offloaded-weight loader is also counted (tensors and bytes it hands out during the trace): a figure
+independent of the page cache (pages another process maps cannot be dropped). Before each run the page cache of the model's files (and the offload folder) is dropped with
 ``os.posix_fadvise(POSIX_FADV_DONTNEED)``, so the bytes read are real reads. Reported per run: wall time of the
 load and of the trace, peak RSS (``ru_maxrss``), bytes read (``/proc/self/io`` ``read_bytes``, whole process and
 during the trace), the largest margin difference against the in-memory run; then the ratios. The weight budget
@@ -68,6 +69,23 @@ def drop_cache(paths: list[Path]) -> int:
     return total
 
 
+def count_loader() -> dict:
+    """Counts what accelerate's offloaded-weight loader hands out (tensors, bytes): independent of the page cache."""
+    from accelerate.utils import offload
+
+    box = {"reads": 0, "bytes": 0}
+    real = offload.OffloadedWeightsLoader.__getitem__
+
+    def counting(self, key):
+        t = real(self, key)
+        box["reads"] += 1
+        box["bytes"] += t.numel() * t.element_size()
+        return t
+
+    offload.OffloadedWeightsLoader.__getitem__ = counting
+    return box
+
+
 def model_folder(key: str) -> Path:
     """The cached safetensors folder of an embedded model (made once, in a child process, if missing)."""
     folder = cache_dir() / "models" / key
@@ -96,6 +114,7 @@ def child(args: argparse.Namespace) -> None:
     task = pl.load_task("mmlu", format="letters", limit=args.items, seed=0)
     resident = sum(p.numel() * p.element_size() for p in model.hf.parameters() if p.device.type != "meta")
     blocks = [sum(p.numel() * p.element_size() for p in b.state_dict().values()) for b in model.blocks]
+    loaded = count_loader()
     io1, t1 = read_bytes(), time.perf_counter()
     trace = pl.decision_trace(model, task, max_tokens=args.max_tokens, n_boot=10,
                               schedule="layer" if kind == "layer" else "batch")
@@ -103,6 +122,7 @@ def child(args: argparse.Namespace) -> None:
     np.save(out.with_suffix(".npy"), trace.margins)
     out.write_text(json.dumps({
         "run": kind, "load_s": t_load, "trace_s": t_trace, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "offload_loader_bytes_trace": loaded["bytes"], "offload_loader_reads_trace": loaded["reads"],
         "read_bytes_load": io_load, "read_bytes_trace": io_trace, "read_bytes_total": read_bytes() - io0,
         "resident_weight_bytes": resident, "max_block_bytes": max(blocks), "n_blocks": len(blocks),
         "items": task.n_items if hasattr(task, "n_items") else len(task.items), "max_tokens": args.max_tokens,
@@ -127,7 +147,7 @@ def parent(args: argparse.Namespace) -> dict:
                 subprocess.run(cmd, check=True)
                 runs[kind] = json.loads(res.read_text())
                 runs[kind]["margins"] = np.load(res.with_suffix(".npy"))
-                print(f"[{mt} tokens] {kind:6s} load {runs[kind]['load_s']:.1f}s trace {runs[kind]['trace_s']:.1f}s "
+                print(f"[{mt} tokens] {kind:6s} loader {runs[kind].get('offload_loader_bytes_trace', 0) / 2**30:.2f} GiB; load {runs[kind]['load_s']:.1f}s trace {runs[kind]['trace_s']:.1f}s "
                       f"peak RSS {runs[kind]['peak_rss_bytes'] / 2**30:.2f} GiB read {runs[kind]['read_bytes_total'] / 2**30:.2f} GiB "
                       f"(trace {runs[kind]['read_bytes_trace'] / 2**30:.2f} GiB)", flush=True)
             ref = runs["memory"].pop("margins")
@@ -138,6 +158,9 @@ def parent(args: argparse.Namespace) -> dict:
                 "trace_time_batch_vs_layer": b["trace_s"] / lay["trace_s"],
                 "trace_time_layer_vs_memory": lay["trace_s"] / m["trace_s"],
                 "trace_read_batch_vs_layer": b["read_bytes_trace"] / max(lay["read_bytes_trace"], 1),
+                "loader_bytes_batch_vs_layer": b["offload_loader_bytes_trace"] / max(lay["offload_loader_bytes_trace"], 1),
+                "loader_bytes_layer_vs_blocks": lay["offload_loader_bytes_trace"] / (lay["max_block_bytes"] * lay["n_blocks"]),
+                "loader_bytes_batch_vs_blocks": b["offload_loader_bytes_trace"] / (b["max_block_bytes"] * b["n_blocks"]),
                 "trace_read_layer_vs_model": lay["read_bytes_trace"] / size,
                 "trace_read_batch_vs_model": b["read_bytes_trace"] / size,
                 "peak_rss_layer_vs_memory": lay["peak_rss_bytes"] / m["peak_rss_bytes"],
