@@ -154,9 +154,9 @@ def check_layer_schedule(device: str, tiny: bool, folder: Path, report: dict) ->
     ref = margins(option_logits(plain, task, encoded=enc, max_tokens=budget).z, enc.answers)
     out, times = {}, {}
     per_batch = 8 * 96 * cfg.hidden_size * 4 + 8 * 96 * 96
-    for name, kw in (("batch", dict(schedule="batch")), ("layer", dict(schedule="layer")),
-                     ("layer_pinned_2_per_wave", dict(schedule="layer", act_store="cpu", act_budget=2 * per_batch))):
-        with pl.runner.schedule(**kw):
+    for name, kind, kw in (("batch", "batch", {}), ("layer", "layer", {}),
+                           ("layer_pinned_2_per_wave", "layer", dict(act_store="cpu", act_budget=2 * per_batch))):
+        with pl.runner.schedule(kind, **kw):
             option_logits(off, task, encoded=enc, max_tokens=budget)  # warm (and the per-model check)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
