@@ -348,7 +348,7 @@ def _block_taps(taps: tuple[dict, dict, dict], b: int) -> dict[str, dict]:
 # ----------------------------------------------------------------------------- one wave
 def run_wave(runner: Any, passes: Sequence[Any], sched: Schedule) -> None:
     """Run prepared passes (:meth:`Runner.prepare`) layer-major: each block's weights are resident once."""
-    base, L = runner.base, runner.n_blocks
+    base = runner.base
     todo = [p for p in passes if p.run]
     if not todo:
         return
