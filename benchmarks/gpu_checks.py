@@ -6,7 +6,11 @@
    block, in float32, must agree within 1e-5; so must the continuation scores (packed rows).
 2. **Shared prefixes**: packed continuation rows (4D block mask through SDPA) against the unshared rows on the
    same device, float32, within 1e-4.
-3. **Overhead**: ``benchmarks/trace_overhead.py``'s timing on a Llama-3-8B-shaped model (random bf16 weights,
+3. **Layer schedule** (issue 24): the same random Llama with every block offloaded to the CPU (``--tiny``: disk),
+   8 batches: the decision margins under ``schedule="layer"`` (residuals on the GPU, and in pinned CPU memory
+   with a budget of 2 batches per wave) equal the batch schedule's and the plain load's within 1e-5; the times
+   of both schedules are reported (the layer schedule moves each block once per wave instead of once per batch).
+4. **Overhead**: ``benchmarks/trace_overhead.py``'s timing on a Llama-3-8B-shaped model (random bf16 weights,
    32 prompts x 256 tokens, 4 batches): ``option_logits`` / ``decision_trace`` against a plain SDPA forward of
    ``hf.model`` and of ``hf`` (target ≤ 1.05x; TransformerLens' logit_lens measured 1.46x). ``--tiny``: a
    ``llama-tiny`` shape, 4 x 32.
@@ -127,6 +131,50 @@ def check_offload(device: str, tiny: bool, folder: Path, report: dict) -> bool:
     return ok and d_share <= 1e-4
 
 
+def check_layer_schedule(device: str, tiny: bool, folder: Path, report: dict) -> bool:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ov = _overhead_module()
+    tok = tokenizer()
+    cfg = LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
+                      num_key_value_heads=4, vocab_size=4096, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder / "model")
+    tok.save_pretrained(folder / "model")
+    plain = pl.load_model(str(folder / "model"), device=device, dtype=torch.float32)
+    main, off_dev = ("cpu", "disk") if tiny else (0, "cpu")
+    dm = {"model.embed_tokens": main, "model.rotary_emb": main, "model.norm": main, "lm_head": main,
+          **{f"model.layers.{b}": off_dev for b in range(cfg.num_hidden_layers)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        off = pl.load_model(str(folder / "model"), device_map=dm, dtype=torch.float32, offload_folder=folder / "offload")
+    enc = ov.synthetic_items(64, 96, cfg.vocab_size)
+    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+    budget = 8 * 96 + 8  # 8 rows of 96 tokens per batch: 8 batches
+    ref = margins(option_logits(plain, task, encoded=enc, max_tokens=budget).z, enc.answers)
+    out, times = {}, {}
+    per_batch = 8 * 96 * cfg.hidden_size * 4 + 8 * 96 * 96
+    for name, kind, kw in (("batch", "batch", {}), ("layer", "layer", {}),
+                           ("layer_pinned_2_per_wave", "layer", dict(act_store="cpu", act_budget=2 * per_batch))):
+        with pl.runner.schedule(kind, **kw):
+            option_logits(off, task, encoded=enc, max_tokens=budget)  # warm (and the per-model check)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            z = option_logits(off, task, encoded=enc, max_tokens=budget).z
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name] = time.perf_counter() - t
+        out[name] = (margins(z, enc.answers) - ref).abs().max().item()
+    ok = max(out.values()) <= 1e-5
+    report["layer_schedule"] = {"offloaded_to": off_dev, "main_device": device, "batches": 8, "max_abs_margin_diff": out,
+                                "seconds": times, "batch_vs_layer_time": times["batch"] / times["layer"], "ok": ok}
+    print(f"[layer schedule] max |margin diff| {max(out.values()):.2e}; batch {times['batch']:.2f}s, layer "
+          f"{times['layer']:.2f}s ({times['batch'] / times['layer']:.2f}x), pinned 2/wave "
+          f"{times['layer_pinned_2_per_wave']:.2f}s: {'OK' if ok else 'FAIL'}")
+    return ok
+
+
 def check_overhead(device: str, tiny: bool, report: dict, repeats: int) -> None:
     ov = _overhead_module()
     kind, bs, length, nb = ("llama-tiny", 4, 32, 4) if tiny else ("llama3-8b", 32, 256, 4)
@@ -171,6 +219,8 @@ def main() -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         ok = check_offload(device, args.tiny, Path(tmp), report)
+        (Path(tmp) / "layer").mkdir()
+        ok = check_layer_schedule(device, args.tiny, Path(tmp) / "layer", report) and ok
     if not args.skip_overhead:
         check_overhead(device, args.tiny, report, args.repeats)
     report["wall_s"] = time.perf_counter() - t0

@@ -37,6 +37,7 @@ from .stats import N_BOOT
 from .runner import Plan, skip
 from .types import ModelLike, TaskLike
 from .view import ModelView
+from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 ABLATION_MODES = ("skip", "zero", "mean")
 
@@ -207,6 +208,7 @@ def _default_pairs(view: ModelView, layer: int | None, window: int) -> list[tupl
     return list(itertools.combinations(near, 2))
 
 
+@scheduled
 def ablate(
     model: ModelLike,
     task: TaskLike,

@@ -25,6 +25,7 @@ from torch import nn
 
 from .deprecation import renamed_property
 from .errors import ModelError
+from .runner.head import head_rows
 
 
 def default_device() -> torch.device:
@@ -71,7 +72,14 @@ class Model:
 
     @property
     def d_model(self) -> int:
-        return int(self.W_U.shape[1])
+        w = getattr(self.unembed, "weight", None)  # shape holds on the meta device: an offloaded head is not loaded
+        return int(w.shape[1]) if isinstance(w, torch.Tensor) else int(self.W_U.shape[1])
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of ``W_U`` (read from its shape: an offloaded head is not loaded)."""
+        w = getattr(self.unembed, "weight", None)
+        return int(w.shape[0]) if isinstance(w, torch.Tensor) else int(self.W_U.shape[0])
 
     @property
     def W_U(self) -> torch.Tensor:
@@ -99,11 +107,15 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        w = getattr(self.unembed, "weight", None)
+        if isinstance(w, torch.Tensor) and w.device.type == "meta" and "weight" not in self._offloaded:
+            return _module_device(self.unembed, torch.device("cpu"))  # offloaded: where its hook runs it
         return self.W_U.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.W_U.dtype
+        w = getattr(self.unembed, "weight", None)
+        return w.dtype if isinstance(w, torch.Tensor) else self.W_U.dtype
 
     @property
     def input_device(self) -> torch.device:
@@ -123,9 +135,9 @@ class Model:
     def fingerprint(self) -> str:
         """A short hash of the architecture and a few weights: identifies the model in saved files."""
         h = hashlib.sha256()
-        h.update(json.dumps([type(self.hf).__name__, self.n_blocks, self.d_model, int(self.W_U.shape[0])]).encode())
+        h.update(json.dumps([type(self.hf).__name__, self.n_blocks, self.d_model, self.vocab_size]).encode())
         first = [t for t in self.blocks[0].state_dict().values() if t.device.type != "meta"][:1]  # (not offloaded)
-        for t in (self.W_U[:8, :32], *(t.flatten()[:64] for t in first)):
+        for t in (head_rows(self, torch.arange(8))[:, :32], *(t.flatten()[:64] for t in first)):
             h.update(t.detach().float().cpu().numpy().round(4).tobytes())
         return h.hexdigest()[:16]
 
@@ -141,10 +153,10 @@ class Model:
             as the model does.
         """
         x = self.final_norm(h.to(self.norm_device, self.dtype)).float().to(self.device)
-        w = self.W_U[token_ids.to(self.device)].float()  # [N, K, d]
+        w = head_rows(self, token_ids).float()  # [N, K, d]: only these rows of an offloaded head are read
         z = torch.einsum("...nd,nkd->...nk", x, w)
-        if self.b_U is not None:
-            z = z + self.b_U[token_ids].float()
+        if getattr(self.unembed, "bias", None) is not None:
+            z = z + head_rows(self, token_ids, "bias").float()
         return self.apply_softcap(z)
 
     def full_logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from .runner import Batch, Plan
 from .stats import N_BOOT, seed_interval, seed_list
 from .types import ModelLike, TaskLike
 from .view import fmt_blocks
+from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 
 def noise_seed(seed: int, block: int, item: int) -> int:
@@ -233,6 +234,7 @@ def eps_list(eps: Any) -> list[float]:
     return out
 
 
+@scheduled
 def inject_noise(
     model: ModelLike,
     task: TaskLike,

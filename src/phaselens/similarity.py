@@ -21,6 +21,7 @@ from .runner import Batch, Positions, Read, Runner, default_max_tokens, token_ba
 from .tasks import Task, load_task
 from .types import ModelLike
 from .view import as_view
+from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 POSITIONS = ("decision", "all")
 
@@ -257,6 +258,7 @@ def _accumulate(va, vb, seqs_a, seqs_b, smp: _Samples, acc: CKAAccumulator, max_
 
 
 @torch.inference_mode()
+@scheduled
 def cka(
     model_a: ModelLike,
     model_b: ModelLike,

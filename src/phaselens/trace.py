@@ -27,6 +27,7 @@ from .stats import N_BOOT  # noqa: F401  (one default; re-exported for older imp
 from .trace_figures import TraceFigures
 from .types import ModelLike, TaskLike
 from .view import as_view
+from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 if TYPE_CHECKING:
     from .runner import PrefixCache
@@ -306,6 +307,7 @@ def check_boot(n_boot: Any, seed: Any) -> None:
     checks.bootstrap(n_boot, seed)
 
 
+@scheduled
 @renamed_kwargs(seed="boot_seed")
 def decision_trace(
     model: ModelLike,

@@ -55,6 +55,7 @@ from ..trace import N_BOOT, Transition, decision_trace
 from ..view import ModelView, as_view
 from .phase_cuts_result import CUT_KINDS, DEFAULT_METHODS, WHOLE_STREAM, Cut, CutResult, PhaseCuts
 from ..types import ModelLike, TaskLike
+from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 # -- the experiment -------------------------------------------------------------------------
 
@@ -323,6 +324,7 @@ def _renamed(new: Any, old: Any, new_name: str, old_name: str, default: Any) -> 
     return old
 
 
+@scheduled
 def compare_phase_cuts(
     model: ModelLike,
     task: TaskLike,

@@ -8,12 +8,14 @@ from typing import Any
 
 from ..embedded import cache_dir
 from ..errors import LensError
+from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 from ..types import ModelLike
 from ..view import as_view
 from .base import LENS_KINDS, Lens, lens_kind
 from .io import load_lens
 
 
+@scheduled
 def fit_lens(model: ModelLike, kind: str, calibration: Any = None, *, seed: int = 0, **kw: Any) -> Lens:
     """Fit a lens of ``kind`` (a registered :class:`~phaselens.lenses.LensKind`) on ``model``'s dense base model.
 

@@ -34,6 +34,7 @@ from ..stats import N_BOOT
 from ..view import ModelView, as_view
 from .criteria import CRITERIA, sweep_criteria
 from ..types import ModelLike, TaskLike
+from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 
 @dataclass
@@ -178,6 +179,7 @@ class SweepPlan:
                               max_tokens=self.max_tokens, boot_seed=self.boot_seed)
 
 
+@scheduled
 def iterative_prune(
     model: ModelLike,
     task: TaskLike,

@@ -27,6 +27,7 @@ from .solvers import check_target, choose_lam
 from .stats import SpanStats, span_stats
 from ..types import ModelLike
 from ..version import __version__
+from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 #: A fit with fewer calibration tokens than this many times the hidden size warns: an
 #: unconstrained d x d operator would memorise its calibration text.
@@ -137,6 +138,7 @@ def _methods(method: Any) -> list[str]:
     return ms
 
 
+@scheduled
 def fit_recovery(
     pruned: ModelLike,
     calibration: Any = None,

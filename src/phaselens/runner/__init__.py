@@ -28,12 +28,14 @@ from __future__ import annotations
 from .batch import Batch, Positions, Read, default_max_tokens, pad, token_batches
 from .cache import PrefixCache
 from .core import Runner, run_all
+from .layered import SCHEDULES, Schedule, check_schedule, current_schedule, is_offloaded, schedule, scheduled
 from .masks import Packed, block_mask, pack
 from .patches import patched
 from ..deprecation import module_getattr
 from .plan import Edit, Plan, StopForward, chain, skip
 
-__all__ = ["Batch", "Edit", "Packed", "Plan", "Positions", "PrefixCache", "Read", "Runner", "StopForward", "block_mask", "chain", "default_max_tokens",
-           "pack", "pad", "patched", "run_all", "skip", "token_batches"]
+__all__ = ["Batch", "Edit", "Packed", "Plan", "Positions", "PrefixCache", "Read", "Runner", "SCHEDULES", "Schedule", "StopForward",
+           "block_mask", "chain", "check_schedule", "current_schedule", "default_max_tokens", "is_offloaded",
+           "pack", "pad", "patched", "run_all", "schedule", "scheduled", "skip", "token_batches"]
 
 __getattr__ = module_getattr(__name__, {"identity": "phaselens.runner.plan:skip"})  # the old name of skip

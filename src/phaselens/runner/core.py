@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -11,11 +12,30 @@ from ..errors import NonFiniteError, RunnerError
 from .batch import Batch, Read, select_at, default_max_tokens, pad, pad_layouts, token_batches
 from .masks import decoder_mask
 from .cache import PrefixCache
+from .layered import Schedule, check_schedule, current_schedule, default_budget, resolve, run_wave, waves
 from .patches import exclusive, patched
 from .plan import Plan, StopForward, chain, skip
 
 
 _OOM_WARNED = False
+
+
+@dataclass(eq=False)
+class Pass:
+    """One prepared pass of a batch (:meth:`Runner.prepare`): what it reads (``out``, filled by its taps), the
+    plan it runs (``run_plan``: the view's plan, its edits, the prefix cache's replay), its taps per block
+    ``(in, out, mlp)``, and the deepest block it computes (``last``; ``stop_in``: it stops at that block's input)."""
+
+    batch: Batch
+    plan: Plan
+    out: dict[str, dict[int, Any]]
+    run: bool = True
+    run_plan: Plan | None = None
+    taps: tuple[dict, dict, dict] = ({}, {}, {})
+    last: int = 0
+    stop_in: bool = False
+    flags: list = field(default_factory=list)
+    small: list = field(default_factory=list)
 
 
 #: reads of at most this many values (a block's last position: [B, d]) are checked for NaN/Inf together after the
@@ -55,9 +75,15 @@ class Runner:
     reads)`` batches sequences by the token budget and yields ``(batch, result)`` pass by pass.
     ``edits`` (a :class:`Plan`) adds per-pass edits on top of the view's own plan; a block an edit
     touches has no cache entries past it (its content is unknown to the cache).
+
+    ``schedule``: ``"batch"``, ``"layer"`` or ``"auto"`` (a :class:`~phaselens.runner.layered.Schedule` or its
+    kind); None follows :func:`~phaselens.runner.layered.current_schedule` (``with phaselens.runner.schedule(...)``).
+    Both schedules give the same numbers; the layer schedule reads each offloaded block's weights once per wave.
     """
 
-    def __init__(self, view: Any, *, cache: PrefixCache | None = None, check_finite: bool = True) -> None:
+    def __init__(self, view: Any, *, cache: PrefixCache | None = None, check_finite: bool = True,
+                 schedule: Schedule | str | None = None) -> None:
+        self.schedule = check_schedule(schedule) if schedule is not None else None  # None: current_schedule()
         self.view = dense_view(view)
         self.base = self.view.base
         self.cache = cache
@@ -66,11 +92,11 @@ class Runner:
         self._sig = self.view.signature()
         # which model object computes: one cache handed to two models never replays one's activations in the other
         self._model_key = f"{type(self.base.hf).__name__}:{id(self.base.hf)}:{self.base.fingerprint}"
-        self._devices = [self.base.block_device(b) for b in range(self.base.n_blocks)]  # accelerate may spread them
+        self._devices = [self.base.block_device(b) for b in range(self.base.n_layers)]  # accelerate may spread them
 
     @property
     def n_blocks(self) -> int:
-        return self.base.n_blocks
+        return self.base.n_layers
 
     # -- batching
     def batches(self, seqs: Sequence[Sequence[int]], *, max_tokens: int | None = None,
@@ -111,13 +137,18 @@ class Runner:
                progress: str | None = None) -> Iterator[tuple[Batch, dict]]:
         """Yield ``(batch, forward(batch, reads))`` over ``seqs``; ``reads`` and ``edits`` may depend on the
         batch. On a GPU, an out-of-memory error halves the batch and retries (said once). ``layouts``: see
-        :meth:`batches` (packed rows)."""
+        :meth:`batches` (packed rows). Under the layer schedule (:mod:`.layered`) the batches of a wave are yielded
+        together after the wave's last block: a read without ``fn`` is kept for the whole wave."""
         todo = self.batches(seqs, max_tokens=max_tokens, batch_size=batch_size, groups=groups, layouts=layouts)
+        sched = self.schedule or current_schedule()
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(seqs), desc=progress, leave=False)
+        if resolve(self, sched, todo) == "layer":
+            yield from self._layer_passes(todo, reads, edits, sched, bar)
+            return
         while todo:
             batch = todo.pop(0)
             r = reads(batch) if callable(reads) else reads
@@ -138,6 +169,36 @@ class Runner:
         if bar is not None:
             bar.close()
 
+    def _layer_passes(self, todo: list[Batch], reads: Any, edits: Any, sched: Schedule, bar: Any
+                      ) -> Iterator[tuple[Batch, dict]]:
+        """The layer schedule: waves of batches within the activation budget, each run block by block
+        (:func:`~phaselens.runner.layered.run_wave`); an out-of-memory error splits the wave (or halves its batch)."""
+        queue = waves(self.base, todo, default_budget(sched, self._devices[0]))
+        while queue:
+            wave = queue.pop(0)
+            prepared = [self.prepare(b, reads(b) if callable(reads) else reads,
+                                     edits=edits(b) if callable(edits) else edits) for b in wave]
+            try:
+                run_wave(self, prepared, sched)
+            except torch.cuda.OutOfMemoryError:
+                if len(wave) == 1 and wave[0].size == 1:
+                    raise
+                _warn_oom(wave[0])
+                torch.cuda.empty_cache()
+                if len(wave) > 1:
+                    queue[:0] = [wave[: len(wave) // 2], wave[len(wave) // 2:]]
+                else:
+                    half = wave[0].size // 2
+                    queue[:0] = [[self._batch_from(wave[0], slice(0, half)), self._batch_from(wave[0], slice(half, None))]]
+                continue
+            for p in prepared:
+                out = self.finish(p)
+                if bar is not None:
+                    bar.update(p.batch.size)
+                yield p.batch, out
+        if bar is not None:
+            bar.close()
+
     def _batch_from(self, batch: Batch, sl: slice) -> Batch:
         ids, mask = batch.ids[sl], batch.mask[sl]
         width = int(mask.sum(1).max())
@@ -153,6 +214,18 @@ class Runner:
 
         ``logits=True`` runs the whole causal LM (its own head) and adds ``"logits"`` ``[B, T, V]``: the
         model's own output, which the readout check compares the lens with."""
+        p = self.prepare(batch, reads, edits=edits, logits=logits)
+        if logits:
+            p.out["logits"] = self._run(p, head=True)
+        elif p.run:
+            self._run(p)
+        return self.finish(p)
+
+    def prepare(self, batch: Batch, reads: dict[str, Read], *, edits: Plan | None = None,
+                logits: bool = False) -> Pass:
+        """Everything one pass of ``batch`` needs before a block runs: the merged plan, the replay point, the
+        reads served from the cache, the taps (reads, cache recording, the stop) per block. Shared by both
+        schedules: the batch schedule runs it through the decoder, the layer schedule block by block."""
         L = self.n_blocks
         plan = self.plan.merged(edits)
         sig = dict(self._sig)
@@ -166,14 +239,12 @@ class Runner:
                 raise RunnerError(f"read {name!r}: blocks {bad} are outside 0..{L - 1}")
 
         cache = self.cache
-        start = cache.depth(batch.key, prefix) if cache is not None else 0
+        start = cache.depth(batch.key, prefix) if cache is not None and not logits else 0
         # an MLP-branch read or an edit of a block before the replay point cannot be replayed: start at it
         for rd in reads.values():
             if rd.site == "mlp" and rd.blocks:
                 start = min(start, min(rd.blocks))
-        out: dict[str, dict[int, Any]] = {name: {} for name in reads}
-        flags: list[tuple[int, str, torch.Tensor]] = []
-        small: list[tuple[int, str, torch.Tensor]] = []  # small reads: checked together after the pass
+        p = Pass(batch=batch, plan=plan, out={name: {} for name in reads})
 
         def keep(name: str, rd: Read, b: int, h: torch.Tensor) -> None:
             if rd.site == "in":  # a block's input arrives from the previous block's device: read it on its own
@@ -181,10 +252,10 @@ class Runner:
             sel = select_at(h, rd.at, batch)
             if self.check_finite:
                 if sel.numel() <= STACKED_CHECK:
-                    small.append((b, name, sel))
+                    p.small.append((b, name, sel))
                 else:
-                    flags.append((b, name, torch.isfinite(sel).all()))
-            out[name][b] = rd.fn(b, sel) if rd.fn is not None else sel
+                    p.flags.append((b, name, torch.isfinite(sel).all()))
+            p.out[name][b] = rd.fn(b, sel) if rd.fn is not None else sel
 
         # reads served from the cache (what blocks before ``start`` computed)
         taps_in: dict[int, list[Callable]] = {}
@@ -201,27 +272,29 @@ class Runner:
                 target = {"in": taps_in, "out": taps_out, "mlp": taps_mlp}[rd.site]
                 target.setdefault(b, []).append(lambda h, _n=name, _r=rd, _b=b: keep(_n, _r, _b, h))
         recording = cache is not None and cache.recording
-        live = deepest[0] >= 0
-        if logits:
-            out["logits"] = self._run(batch, plan, 0, prefix, taps_in, taps_out, taps_mlp, stop_at=None, head=True)
-        elif live or (recording and start < L):
-            self._run(batch, plan, start, prefix, taps_in, taps_out, taps_mlp,
-                      stop_at=None if recording else deepest)
-        if small:  # one isfinite over each group of equal-shape small reads (the last position of every block)
+        p.run = deepest[0] >= 0 or (recording and start < L)
+        stop_at = None if (recording or logits) else deepest
+        self._arm(p, start, prefix, taps_in, taps_out, taps_mlp, stop_at)
+        return p
+
+    def finish(self, p: Pass) -> dict[str, Any]:
+        """The pass's reads, after the NaN/Inf checks (a failure names the first block that produced it)."""
+        if p.small:  # one isfinite over each group of equal-shape small reads (the last position of every block)
             groups: dict[tuple, list[torch.Tensor]] = {}
-            for _, _, t in small:
+            for _, _, t in p.small:
                 groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
             if not all(bool(torch.isfinite(torch.stack(g)).all()) for g in groups.values()):
-                flags.extend((b, n, torch.isfinite(t).all()) for b, n, t in small)
-        if flags:
-            ok = torch.stack([f for _, _, f in flags]).all()
+                p.flags.extend((b, n, torch.isfinite(t).all()) for b, n, t in p.small)
+        if p.flags:
+            ok = torch.stack([f for _, _, f in p.flags]).all()
             if not bool(ok):
-                self._nonfinite(batch, plan, flags)
-        return out
+                self._nonfinite(p.batch, p.plan, p.flags)
+        return p.out
 
-    def _run(self, batch: Batch, plan: Plan, start: int, prefix: list[str], taps_in: dict, taps_out: dict,
-             taps_mlp: dict, stop_at: tuple[int, int] | None, head: bool = False) -> Any:
-        base, L, cache = self.base, self.n_blocks, self.cache
+    def _arm(self, p: Pass, start: int, prefix: list[str], taps_in: dict, taps_out: dict, taps_mlp: dict,
+             stop_at: tuple[int, int] | None) -> None:
+        """Set ``p``'s run plan (the replay of the cached input of block ``start``) and its taps per block."""
+        L, cache, batch, plan = self.n_blocks, self.cache, p.batch, p.plan
         if start > 0:
             cached = cache.get(batch.key, start)  # type: ignore[union-attr]
             replace = {b: fn for b, fn in plan.replace.items() if b >= start}
@@ -239,18 +312,27 @@ class Runner:
             for b in range(start, L):
                 taps_in.setdefault(b, []).append(lambda h, _b=b: cache.put(batch.key, _b, prefix[_b], h))
             taps_out.setdefault(L - 1, []).append(lambda h: cache.put(batch.key, L, prefix[L], h))
+        p.last = L - 1
         if stop_at is not None and stop_at < (L - 1, 1):
             def stop(h: torch.Tensor) -> None:
                 raise StopForward
 
             (taps_in if stop_at[1] == 0 else taps_out).setdefault(stop_at[0], []).append(stop)
-        t_in, t_out, t_mlp = (_fan(taps_in), _fan(taps_out), _fan(taps_mlp))
+            p.last, p.stop_in = stop_at[0], stop_at[1] == 0
+        p.run_plan = plan
+        p.taps = (_fan(taps_in), _fan(taps_out), _fan(taps_mlp))
+
+    def _run(self, p: Pass, head: bool = False) -> Any:
+        """The batch schedule: one decoder forward of ``p`` (stopped after its deepest read)."""
+        base = self.base
+        t_in, t_out, t_mlp = p.taps
         with torch.inference_mode(), exclusive(base.decoder, base.name):
-            with patched(base.blocks, plan, tap_in=t_in, tap_out=t_out, tap_mlp=t_mlp, returns_tuple=base.returns_tuple):
+            with patched(base.blocks, p.run_plan, tap_in=t_in, tap_out=t_out, tap_mlp=t_mlp,
+                         returns_tuple=base.returns_tuple):
                 if head:
-                    return base.hf(**self._inputs(batch), use_cache=False).logits
+                    return base.hf(**self._inputs(p.batch), use_cache=False).logits
                 try:
-                    base.decoder(**self._inputs(batch), use_cache=False)
+                    base.decoder(**self._inputs(p.batch), use_cache=False)
                 except StopForward:
                     pass
         return None

@@ -46,7 +46,8 @@ def choices() -> dict[str, tuple]:
     """Allowed values of the enumerated run parameters (what every kind checks unless it says otherwise)."""
     return {"criterion": sweep_criteria(), "recovery": (None, *METHODS), "methods": METHODS, "mode": ABLATION_MODES,
             "positions": (None, *POSITIONS), "form": FORMS, "placement": ("adjacent", "far", "center"),
-            "until": ("steps", "collapse"), "on": ("task", "heldout")}
+            "until": ("steps", "collapse"), "on": ("task", "heldout"),
+            "schedule": ("auto", "batch", "layer")}
 
 
 def bundled(kind: str, n: int | None) -> list[str] | None:
