@@ -39,7 +39,8 @@ def load_model(
 
     Args:
         spec: an embedded name (``"smollm2-135m"``, ``"gemma3-270m"``, ``"qwen2.5-coder-1.5b"``), a Hugging Face model
-            name or local directory (offline: read from the local HF cache), a ``.gguf`` path,
+            name or local directory (offline: read from the local HF cache; a folder written by ``view.export``
+            with operators loads as that view, an :class:`~phaselens.export.ExportedView`), a ``.gguf`` path,
             a loaded ``transformers`` causal LM, a ``TransformerBridge``, or a :class:`Model`.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA if available).
         dtype: default float32 on the CPU, bfloat16 on a GPU.
@@ -108,6 +109,10 @@ def load_model(
         p = Path(s).expanduser()
         check_gguf(p)
         return _load_gguf(p, p.stem, None, dev, dt)
+    if (Path(s).expanduser() / "phaselens_operators.safetensors").is_file():
+        from .export import load_exported  # (export.py imports this module) an export with operators: a view
+
+        return load_exported(s, device=dev, dtype=dt)  # type: ignore[return-value]
     return _load_hf(s, dev, dt)
 
 

@@ -55,6 +55,11 @@ def _digest(w: torch.Tensor) -> str:
     return hashlib.sha1(w.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+#: public names of the two helpers above (the export module builds views from stored operators)
+linear_map = _linear
+digest = _digest
+
+
 def _check_operator(w: Any, what: str, d: int) -> torch.Tensor:
     if not isinstance(w, torch.Tensor):
         raise RecoveryError(f"{what} must be a torch tensor [d, d], got {type(w).__name__}")
@@ -164,6 +169,12 @@ class ModelView:
         prefix cache and CKA's "same computation" check compare these."""
         return dict(self._signature)
 
+    def export(self, folder: Any, *, dtype: Any = None, overwrite: bool = False) -> Any:
+        """Write this view as a Hugging Face checkpoint folder (:func:`phaselens.export.export_view`)."""
+        from .export import export_view  # (export.py imports this module)
+
+        return export_view(self, folder, dtype=dtype, overwrite=overwrite)
+
     def __repr__(self) -> str:
         rec = f", recovered={self.method}" if self.operators or self.branch_operators else ""
         return f"ModelView({self.base.name!r}, removed={list(self.removed)}{rec}, L={self.n_layers})"
@@ -179,6 +190,8 @@ class EditedView(ModelView):
     @classmethod
     def of(cls, model: Any, edits: Plan, label: str = "") -> "EditedView":
         v = as_view(model)
+        if isinstance(v, EditedView):  # an edited view's own edits (an export's operators) stay, then these
+            edits = v.edits.merged(edits)
         return cls(v.base, v.removed, dict(v.operators), dict(v.branch_operators), label or v.label, v.method, edits=edits)
 
     def plan(self) -> Plan:
