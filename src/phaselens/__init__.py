@@ -13,6 +13,7 @@ from .calibration import heldout_texts, load_calibration
 from .errors import (
     CalibrationError,
     CKAError,
+    ExportError,
     InterventionError,
     LensError,
     ModelError,
@@ -36,6 +37,8 @@ from .errors import (
 from .experiments import CollapseStudy, PhaseCuts, compare_phase_cuts, transition_vs_collapse
 from .lenses import Lens, fit_lens, lens_kl, load_lens
 from .embedded import EMBEDDED
+from .evaluation import evaluate
+from .export import ExportedView, export_view
 from .loading import load_model
 from .models import Model
 from .noise import NoiseResult, inject_noise
@@ -65,6 +68,8 @@ __all__ = [
     "CRITERIA", "METHODS", "BoundaryError", "EditedView", "ModelView", "Recovered", "Sweep", "as_view",
     "boundary_error", "fit_recovery", "iterative_prune", "load_recovery", "load_sweep", "perplexity", "prune",
     "select_blocks",
+    # evaluating and exporting views
+    "ExportedView", "evaluate", "export_view",
     # controls and experiments
     "AblationResult", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "ablate", "cka", "compare_phase_cuts",
     "inject_noise", "linear_cka", "transition_vs_collapse",
@@ -73,7 +78,7 @@ __all__ = [
     # studies
     "load_study", "run_study",
     # errors and warnings
-    "CKAError", "CalibrationError", "InterventionError", "LensError", "ModelError", "NonFiniteError", "NotFoundError", "PhaseCutsError",
+    "CKAError", "CalibrationError", "ExportError", "InterventionError", "LensError", "ModelError", "NonFiniteError", "NotFoundError", "PhaseCutsError",
     "PhaselensError", "PlotError", "PruningError", "RecoveryError", "ReportWarning", "ResultsError", "RunFolderError", "RunnerError",
     "SingularFitWarning", "StatsError", "StatsWarning", "StudyError", "TaskError",
 ]
