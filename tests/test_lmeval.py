@@ -87,3 +87,55 @@ def test_generate_matches_hflm(smol, hflm, task_manager):
     mine = run(PhaselensLM(smol), "arc_generate_local", task_manager, 4)
     assert responses(ref, "arc_generate_local") == responses(mine, "arc_generate_local")
     assert ref["results"]["arc_generate_local"]["exact_match,none"] == mine["results"]["arc_generate_local"]["exact_match,none"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["pruned", "ghosted"])
+def test_view_equals_its_export_under_hflm(smol, task_manager, tmp_path, kind):
+    """A pruned / ghosted view under the phaselens backend scores as its exported folder under lm-eval's HFLM."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    view = pl.ModelView(smol, [0, 12, 13, 14, smol.n_layers - 1])
+    if kind == "ghosted":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            view = pl.fit_recovery(view, calibration=pl.heldout_texts()[:6], method="ghosted", lam=1e-2)
+    folder = view.export(tmp_path / kind)
+    code = kind == "ghosted"
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=code)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=code)
+    ref = run(HFLM(pretrained=hf, tokenizer=tok, batch_size=8), "arc_easy_local", task_manager, 12)
+    mine = run(PhaselensLM(view), "arc_easy_local", task_manager, 12)
+    lp_a = torch.tensor([[r[0] for r in x] for x in responses(ref, "arc_easy_local")])
+    lp_b = torch.tensor([[r[0] for r in x] for x in responses(mine, "arc_easy_local")])
+    assert torch.allclose(lp_a, lp_b, atol=1e-3, rtol=1e-5), (lp_a - lp_b).abs().max()
+    for metric in ("acc,none", "acc_norm,none"):
+        assert ref["results"]["arc_easy_local"][metric] == mine["results"]["arc_easy_local"][metric]
+
+
+def test_view_from_args(tiny_llama, tmp_path):
+    v = view_from_args(tiny_llama, prune="1-2+4")
+    assert v.removed == (1, 2, 4)
+    assert view_from_args(v) is v
+    with pytest.raises(pl.RecoveryError, match="neither a recovery method"):
+        view_from_args(tiny_llama, prune="1", recovery=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(pl.RecoveryError, match="needs prune"):
+        view_from_args(tiny_llama, recovery="ghosted")
+    with pytest.raises(pl.PhaselensError, match="a view already"):
+        view_from_args(v, prune="3")
+    rec = pl.fit_recovery(pl.ModelView(tiny_llama, [2, 3]), calibration=["a b c d e f g h"] * 40, method="scalar")
+    path = rec.save(tmp_path / "rec.safetensors")
+    back = view_from_args(tiny_llama, recovery=str(path))
+    assert back.removed == (2, 3) and back.method == "scalar"
+    with pytest.raises(pl.RecoveryError, match="cuts"):
+        view_from_args(tiny_llama, prune="1-2", recovery=str(path))
+
+
+def test_evaluate_runs_a_pruned_view(tiny_llama, task_manager):
+    """pl.evaluate from Python: the results dict of lm-eval for a view given by model + prune=."""
+    res = pl.evaluate(tiny_llama, ["arc_easy_local"], prune="1-2", limit=3, bootstrap_iters=0,
+                      task_manager=task_manager)
+    assert 0.0 <= res["results"]["arc_easy_local"]["acc,none"] <= 1.0
+    assert len(res["samples"]["arc_easy_local"]) == 3
