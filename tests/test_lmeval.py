@@ -139,3 +139,13 @@ def test_evaluate_runs_a_pruned_view(tiny_llama, task_manager):
                       task_manager=task_manager)
     assert 0.0 <= res["results"]["arc_easy_local"]["acc,none"] <= 1.0
     assert len(res["samples"]["arc_easy_local"]) == 3
+
+
+def test_rows_per_pass():
+    from phaselens.lmeval import rows_per_pass
+
+    assert rows_per_pass("8") == 8 and rows_per_pass(4) == 4
+    assert rows_per_pass("auto") is None and rows_per_pass("auto:4") is None and rows_per_pass(None) is None
+    for bad in (0, "x", True):
+        with pytest.raises(pl.PhaselensError):
+            rows_per_pass(bad)

@@ -73,7 +73,7 @@ class PhaselensLM(TemplateLM):
         self.tokenizer = self.base.tokenizer
         self.runner = Runner(self.view)
         self.max_tokens = max_tokens
-        self.rows = batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool) else None
+        self.rows = rows_per_pass(batch_size)
         self._max_length = max_length
         self._max_gen_toks = int(max_gen_toks)
         self.add_bos_token = add_bos_token
@@ -276,6 +276,22 @@ class PhaselensLM(TemplateLM):
         return set(ids if isinstance(ids, (list, tuple)) else [ids]) - {None}
 
 
+def rows_per_pass(batch_size: Any) -> int | None:
+    """lm-eval's ``batch_size`` (an int, ``"8"``, ``"auto"``, ``"auto:4"``, ``None``) as a cap on sequences per
+    pass; ``auto`` and ``None`` leave the token budget alone."""
+    if isinstance(batch_size, bool):
+        raise PhaselensError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+    if isinstance(batch_size, str) and batch_size.strip().isdigit():
+        batch_size = int(batch_size)
+    if isinstance(batch_size, int):
+        if batch_size < 1:
+            raise PhaselensError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+        return batch_size
+    if batch_size is None or (isinstance(batch_size, str) and batch_size.startswith("auto")):
+        return None
+    raise PhaselensError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+
+
 def main() -> None:
     """``python -m phaselens.lmeval`` / ``phaselens-lm-eval``: lm-eval's CLI with the ``phaselens`` model registered."""
     from lm_eval.__main__ import cli_evaluate
@@ -287,4 +303,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["PhaselensLM", "main"]
+__all__ = ["PhaselensLM", "main", "rows_per_pass"]
