@@ -125,7 +125,7 @@ def test_view_from_args(tiny_llama, tmp_path):
         view_from_args(tiny_llama, recovery="ghosted")
     with pytest.raises(pl.PhaselensError, match="a view already"):
         view_from_args(v, prune="3")
-    rec = pl.fit_recovery(pl.ModelView(tiny_llama, [2, 3]), calibration=["a b c d e f g h"] * 40, method="scalar")
+    rec = pl.fit_recovery(pl.ModelView(tiny_llama, [2, 3]), calibration=["a b c d e f g h"] * 80, method="scalar")
     path = rec.save(tmp_path / "rec.safetensors")
     back = view_from_args(tiny_llama, recovery=str(path))
     assert back.removed == (2, 3) and back.method == "scalar"
@@ -149,3 +149,20 @@ def test_rows_per_pass():
     for bad in (0, "x", True):
         with pytest.raises(pl.PhaselensError):
             rows_per_pass(bad)
+
+
+@pytest.mark.slow
+def test_cli_finds_the_phaselens_model(tiny_llama_dir, task_manager, tmp_path):
+    """`python -m phaselens.lmeval` is lm-eval's CLI with `--model phaselens` registered; a comma-free block list."""
+    import os
+    import subprocess
+    import sys
+
+    include = task_manager.include_path if isinstance(task_manager.include_path, str) else task_manager.include_path[0]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"), HF_DATASETS_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "phaselens.lmeval", "--model", "phaselens", "--model_args",
+                          f"model={tiny_llama_dir},prune=1-2+4", "--tasks", "arc_easy_local", "--include_path",
+                          str(include), "--limit", "2", "--device", "cpu", "--batch_size", "2"],
+                         capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "arc_easy_local" in out.stdout and "'prune': '1-2+4'" in out.stdout

@@ -21,6 +21,7 @@ over the whole sequence).
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import torch
@@ -68,7 +69,7 @@ class PhaselensLM(TemplateLM):
         super().__init__()
         if model is None:
             raise PhaselensError("the phaselens backend needs model=... (an embedded name, a folder, a view)")
-        self.view = view_from_args(model, prune, recovery, device=device, dtype=dtype)
+        self.view = view_from_args(model, prune, recovery, device=cpu_fallback(device), dtype=dtype)
         self.base = self.view.base
         self.tokenizer = self.base.tokenizer
         self.runner = Runner(self.view)
@@ -276,6 +277,16 @@ class PhaselensLM(TemplateLM):
         return set(ids if isinstance(ids, (list, tuple)) else [ids]) - {None}
 
 
+def cpu_fallback(device: Any) -> Any:
+    """lm-eval's CLI passes ``device="cuda:0"`` unless told otherwise; on a machine without CUDA that becomes the
+    default device (the CPU), with a warning, as HFLM does."""
+    if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn(f"phaselens: device={device!r} but this machine has no CUDA GPU; running on the CPU",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return device
+
+
 def rows_per_pass(batch_size: Any) -> int | None:
     """lm-eval's ``batch_size`` (an int, ``"8"``, ``"auto"``, ``"auto:4"``, ``None``) as a cap on sequences per
     pass; ``auto`` and ``None`` leave the token budget alone."""
@@ -303,4 +314,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["PhaselensLM", "main", "rows_per_pass"]
+__all__ = ["PhaselensLM", "cpu_fallback", "main", "rows_per_pass"]
