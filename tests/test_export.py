@@ -176,3 +176,26 @@ def test_identity_operators_are_plain_pruning(tiny_llama, tmp_path):
     assert not (folder / OPERATORS_FILE).exists()
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["phaselens_export"]["kept"] == [0, 1, 4, 5]
+
+
+def test_exported_view_on_tiny_models(tiny_llama, tiny_gemma, tmp_path):
+    """pl.load_model of an export with operators (one at position 0, folded into the embedding) equals the view,
+    also inside an EditedView made from it (its operators stay, the new edit comes after)."""
+    from phaselens.runner import Plan
+
+    for model in (tiny_llama, tiny_gemma):
+        L = model.n_layers
+        pruned = ModelView(model, [0, L - 1])
+        view = ModelView(model, [0, L - 1], ops_for(pruned, seed=1), method="diagonal")
+        folder = view.export(tmp_path / type(model.hf).__name__)
+        back = pl.load_model(str(folder), device="cpu")
+        ids, mask = encode(model)
+        real = mask.bool()
+        want = view_logits(view, ids, mask)[real]
+        assert (view_logits(back, ids, mask)[real] - want).abs().max().item() <= 1e-5
+        assert (export_logits(folder, ids, mask, True)[real] - want).abs().max().item() <= 1e-5
+        shifted = EditedView.of(back, Plan(after={0: lambda h: h + 1.0}))
+        assert set(shifted.edits.after) == {0} | set(back.edits.after)
+        assert not torch.allclose(view_logits(shifted, ids, mask)[real], want)
+        with pytest.raises(pl.ExportError, match="copy that folder"):
+            back.export(tmp_path / "again")
