@@ -57,7 +57,8 @@ class PhaselensLM(TemplateLM):
         model: a view, a :class:`~phaselens.Model`, or anything :func:`~phaselens.load_model` takes.
         prune, recovery: the view's cut blocks and recovery (:func:`~phaselens.evaluation.view_from_args`).
         device, dtype: where and in what dtype a model given by name loads.
-        max_tokens, batch_size: padded tokens / sequences per forward pass (``batch_size="auto"``: the budget).
+        max_tokens, batch_size: padded tokens / sequences per forward pass (``batch_size="auto"``: the budget);
+            ``max_batch_size`` (which lm-eval passes) is not used.
         max_length: the context (default: the model's, as HFLM).
         max_gen_toks: tokens generated when a task does not say.
         add_bos_token: as HFLM's (``None``: the tokenizer's own default).
@@ -129,7 +130,7 @@ class PhaselensLM(TemplateLM):
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         """``(sum of log p(continuation), whether it is the greedy continuation)`` per ``(key, context, cont)``:
         HFLM's left truncation to ``max_length + 1`` tokens; requests with the same input share one row."""
-        seqs, index, where = self.score_layout(requests)
+        seqs, where = self.score_layout(requests)
         logp = [0.0] * len(requests)
         greedy = [True] * len(requests)
         by_seq: dict[int, list[int]] = {}
@@ -162,8 +163,8 @@ class PhaselensLM(TemplateLM):
                 self.cache_hook.add_partial("loglikelihood", key, r)
         return res
 
-    def score_layout(self, requests: list) -> tuple[list[list[int]], dict, list[tuple[int, int, list[int]]]]:
-        """``(sequences, {sequence: index}, [(sequence index, first scored position, continuation)])``."""
+    def score_layout(self, requests: list) -> tuple[list[list[int]], list[tuple[int, int, list[int]]]]:
+        """``(distinct input sequences, [(sequence index, first scored position, continuation)] per request)``."""
         seqs: list[list[int]] = []
         index: dict[tuple[int, ...], int] = {}
         where = []
@@ -176,7 +177,7 @@ class PhaselensLM(TemplateLM):
             if i == len(seqs):
                 seqs.append(inp)
             where.append((i, len(inp) - len(cont), list(cont)))
-        return seqs, index, where
+        return seqs, where
 
     def scorer(self, gather: list[tuple[int, int, int]]):
         """``fn(block, h [m, d])`` -> ``[(request, log p(token), token is the argmax)]`` for each gathered

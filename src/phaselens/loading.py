@@ -109,9 +109,9 @@ def load_model(
         p = Path(s).expanduser()
         check_gguf(p)
         return _load_gguf(p, p.stem, None, dev, dt)
-    if (Path(s).expanduser() / "phaselens_operators.safetensors").is_file():
-        from .export import load_exported  # (export.py imports this module) an export with operators: a view
+    from .export import is_export, load_exported  # (export.py imports this module)
 
+    if is_export(s):  # a folder written by view.export with operators: loaded as that view
         return load_exported(s, device=dev, dtype=dt)  # type: ignore[return-value]
     return _load_hf(s, dev, dt)
 
