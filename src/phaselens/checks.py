@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -88,3 +89,31 @@ def out_folder(name: str, value: Any, *, error: type[PhaselensError] = Phaselens
                 raise error(f"{name}={str(value)!r}: {q} is a file, not a folder; pass a folder path")
             break
     return p
+
+
+_BLOCK_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def block_list(spec: Any, what: str = "blocks", error: type[Exception] = PhaselensError) -> list[int]:
+    """The one block-list grammar (the API, the CLI, lm-eval's ``--model_args``): ``"3-5,9"`` -> ``[3, 4, 5, 9]``;
+    ``+`` separates like ``,`` (``"12-15+20"``, since lm-eval splits its arguments on commas); an int or a list of
+    them (or of such strings) is taken as is. Anything else raises ``error`` naming ``what``."""
+    if isinstance(spec, bool):
+        raise error(f"{what}: expected block indices like 3-5,9, got {spec!r}")
+    if isinstance(spec, (int, np.integer)):
+        return [int(spec)]
+    if isinstance(spec, (list, tuple)):
+        return [b for part in spec for b in block_list(part, what, error)]
+    if not isinstance(spec, str) or not spec.strip():
+        raise error(f"{what}: expected block indices like 3-5,9 (ranges and commas; '+' also separates), got {spec!r}")
+    out: list[int] = []
+    for part in re.split(r"[,+]", spec):
+        m = _BLOCK_PART.match(part.strip())
+        if m is None:
+            raise error(f"{what}: expected block indices like 3-5,9 (ranges and commas; '+' also separates, as lm-eval's "
+                        f"model_args need), got {spec!r}: {part.strip()!r} is not a block or a range a-b")
+        a, b = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if b < a:
+            raise error(f"{what}: the range {part.strip()} runs backwards; write it low-high, e.g. {b}-{a}")
+        out.extend(range(a, b + 1))
+    return out

@@ -44,6 +44,10 @@ class RecoveryError(PhaselensError):
     """A recovery cannot be fitted or loaded as asked."""
 
 
+class ExportError(PhaselensError):
+    """A view cannot be exported, or an exported folder cannot be read, as asked."""
+
+
 class LensError(PhaselensError):
     """A lens cannot be fitted, loaded or applied as asked."""
 

@@ -28,6 +28,17 @@ from .placement import check_device
 from .runner import Batch, Read, Runner
 from .runner.patches import block_returns_tuple
 
+#: ``(recognises(path) -> bool, load(path, device=, dtype=))`` for folders :func:`load_model` reads another way than
+#: a plain Hugging Face checkpoint; a higher floor registers itself (:func:`register_folder_loader`), so this module
+#: never imports it.
+FOLDER_LOADERS: list[tuple[Any, Any]] = []
+
+
+def register_folder_loader(recognises: Any, load: Any) -> None:
+    """Let :func:`load_model` read the folders ``recognises(path)`` accepts with ``load(path, device=, dtype=)``."""
+    if (recognises, load) not in FOLDER_LOADERS:
+        FOLDER_LOADERS.append((recognises, load))
+
 
 def load_model(
     spec: Any,
@@ -43,7 +54,8 @@ def load_model(
 
     Args:
         spec: an embedded name (``"smollm2-135m"``, ``"gemma3-270m"``, ``"qwen2.5-coder-1.5b"``), a Hugging Face model
-            name or local directory (offline: read from the local HF cache), a ``.gguf`` path,
+            name or local directory (offline: read from the local HF cache; a folder written by ``view.export``
+            with operators loads as that view, an :class:`~phaselens.export.ExportedView`), a ``.gguf`` path,
             a loaded ``transformers`` causal LM, a ``TransformerBridge``, or a :class:`Model`.
         device: ``"cpu"``, ``"cuda"``, ... (default: CUDA if available).
         dtype: default float32 on the CPU, bfloat16 on a GPU.
@@ -110,6 +122,9 @@ def load_model(
         p = Path(s).expanduser()
         check_gguf(p)
         return _load_gguf(p, p.stem, None, dev, dt)
+    for recognises, load in FOLDER_LOADERS:  # e.g. a folder written by view.export with operators (phaselens.export)
+        if recognises(s):
+            return load(s, device=dev, dtype=dt)
     return _load_hf(s, dev, dt)
 
 

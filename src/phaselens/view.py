@@ -21,6 +21,10 @@ from .models import Model
 from .runner import Plan, skip
 from .types import ModelLike
 
+#: the function :meth:`ModelView.export` calls (``phaselens.export.export_view`` registers itself: the exporter sits
+#: on a higher floor, so this module never imports it)
+EXPORTERS: list[Any] = []
+
 
 def spans_of(blocks: tuple[int, ...] | list[int]) -> list[tuple[int, int]]:
     """Maximal runs of consecutive indices as half-open spans: ``[3, 4, 7] -> [(3, 5), (7, 8)]``."""
@@ -54,6 +58,11 @@ def _linear(w: torch.Tensor):
 
 def _digest(w: torch.Tensor) -> str:
     return hashlib.sha1(w.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+#: public names of the two helpers above (the export module builds views from stored operators)
+linear_map = _linear
+digest = _digest
 
 
 def _check_operator(w: Any, what: str, d: int) -> torch.Tensor:
@@ -173,6 +182,12 @@ class ModelView:
         prefix cache and CKA's "same computation" check compare these."""
         return dict(self._signature)
 
+    def export(self, folder: Any, *, dtype: Any = None, overwrite: bool = False) -> Any:
+        """Write this view as a Hugging Face checkpoint folder (:func:`phaselens.export.export_view`)."""
+        if not EXPORTERS:
+            raise PruningError("no exporter is registered; import phaselens (phaselens.export registers it)")
+        return EXPORTERS[-1](self, folder, dtype=dtype, overwrite=overwrite)
+
     def __repr__(self) -> str:
         rec = f", recovered={self.method}" if self.operators or self.branch_operators else ""
         return f"ModelView({self.base.name!r}, removed={list(self.removed)}{rec}, kept={self.n_kept} of {self.n_blocks})"
@@ -188,6 +203,8 @@ class EditedView(ModelView):
     @classmethod
     def of(cls, model: Any, edits: Plan, label: str = "") -> "EditedView":
         v = as_view(model)
+        if isinstance(v, EditedView):  # an edited view's own edits (an export's operators) stay, then these
+            edits = v.edits.merged(edits)
         return cls(v.base, v.removed, dict(v.operators), dict(v.branch_operators), label or v.label, v.method, edits=edits)
 
     def plan(self) -> Plan:

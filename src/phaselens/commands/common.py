@@ -7,7 +7,6 @@ command), so commands do not catch :class:`~phaselens.PhaselensError` themselves
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -79,25 +78,14 @@ def renamed_option(new_value: Any, old_value: Any, old: str, new: str, default: 
 
 
 # -- parsing ----------------------------------------------------------------------------------------------------
-_PART = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
 def parse_blocks(text: Optional[str], what: str = "--blocks") -> Optional[list[int]]:
-    """The block-list grammar of every command: ``"3-5,9"`` -> ``[3, 4, 5, 9]``; ``+`` separates like ``,``
-    (``"12-15+20"``); ``None`` or ``"all"`` -> ``None``. Anything else raises a :class:`PhaselensError`."""
+    """The block-list grammar of every command (:func:`phaselens.checks.block_list`): ``"3-5,9"`` -> ``[3, 4, 5, 9]``;
+    ``+`` separates like ``,`` (``"12-15+20"``); ``None`` or ``"all"`` -> ``None``."""
     if text is None or text.strip().lower() == "all":
         return None
-    out: list[int] = []
-    for part in [p for p in re.split(r"[,+]", text) if p.strip()] or [text]:
-        m = _PART.match(part.strip())
-        if m is None:
-            raise PhaselensError(f"{what}: expected block indices like 3-5,9 (ranges and commas; '+' also separates; "
-                                 f"or all), got {text!r}")
-        a, b = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
-        if b < a:
-            raise PhaselensError(f"{what}: the range {part.strip()} runs backwards; write it low-high, e.g. {b}-{a}")
-        out.extend(range(a, b + 1))
-    return out
+    return checks.block_list(text, what)
 
 
 def parse_floats(text: str, what: str) -> list[float]:
