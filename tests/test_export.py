@@ -150,19 +150,19 @@ def test_export_refusals(tiny_llama, tmp_path):
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("mine")
-    with pytest.raises(pl.ExportError, match="overwrite=True"):
+    with pytest.raises(pl.errors.ExportError, match="overwrite=True"):
         view.export(busy)
     assert [p.name for p in tmp_path.iterdir()] == ["busy"] and (busy / "keep.txt").read_text() == "mine"
     file = tmp_path / "file"
     file.write_text("x")
-    with pytest.raises(pl.ExportError, match="is a file"):
+    with pytest.raises(pl.errors.ExportError, match="is a file"):
         view.export(file)
     from phaselens.runner import Plan
 
     noisy = EditedView.of(view, Plan(after={3: lambda h: h + 1}))
-    with pytest.raises(pl.ExportError, match="edits"):
+    with pytest.raises(pl.errors.ExportError, match="edits"):
         noisy.export(tmp_path / "noisy")
-    with pytest.raises(pl.ModelError, match="dtype"):
+    with pytest.raises(pl.errors.ModelError, match="dtype"):
         view.export(tmp_path / "x", dtype="int8")
     out = view.export(busy, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()
@@ -197,5 +197,5 @@ def test_exported_view_on_tiny_models(tiny_llama, tiny_gemma, tmp_path):
         shifted = EditedView.of(back, Plan(after={0: lambda h: h + 1.0}))
         assert set(shifted.edits.after) == {0} | set(back.edits.after)
         assert not torch.allclose(view_logits(shifted, ids, mask)[real], want)
-        with pytest.raises(pl.ExportError, match="copy that folder"):
+        with pytest.raises(pl.errors.ExportError, match="copy that folder"):
             back.export(tmp_path / "again")

@@ -64,7 +64,7 @@ def test_mlp_lens_is_registered_as_a_user_kind(mlp_kind, mlp_smol, smol):
     assert mlp_smol.blocks == list(range(smol.n_layers - 1))
     assert set(mlp_smol.params[0]) == {"W1", "b1", "W2", "b2"} and mlp_smol.params[0]["W1"].shape == (smol.d_model, 8)
     assert mlp_smol.weights == {} and not mlp_smol.is_identity
-    with pytest.raises(pl.LensError, match="not affine"):
+    with pytest.raises(pl.errors.LensError, match="not affine"):
         mlp_smol.translator(0)
     check_lens_arg("mlp2")  # a lens= of the registered kind is accepted before any model loads
 
@@ -109,7 +109,7 @@ def test_unregistered_kind_in_a_file_names_it_and_how_to_load_it(tiny_llama, tmp
         meta = dict(f.metadata())
     meta["kind"] = "nosuchkind"
     save_file({"W.0": torch.eye(tiny_llama.d_model)}, str(tmp_path / "y.safetensors"), metadata=meta)
-    with pytest.raises(pl.LensError, match=r"kind 'nosuchkind', which is not registered.*register_lens.*PHASELENS_PLUGINS"):
+    with pytest.raises(pl.errors.LensError, match=r"kind 'nosuchkind', which is not registered.*register_lens.*PHASELENS_PLUGINS"):
         pl.load_lens(tmp_path / "y.safetensors", tiny_llama)
 
 
@@ -123,7 +123,7 @@ def test_mlp_lens_file_with_wrong_shapes_is_refused(tiny_llama, mlp_kind, tmp_pa
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
     meta["info"] = json.dumps({**json.loads(meta["info"]), "hidden": 5})
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
-    with pytest.raises(pl.LensError, match="bad.safetensors.*expected"):
+    with pytest.raises(pl.errors.LensError, match="bad.safetensors.*expected"):
         pl.load_lens(tmp_path / "bad.safetensors", tiny_llama)
 
 
@@ -139,11 +139,11 @@ def test_linear_lens_trace_equals_hidden_states_by_hand(tiny_llama, capitals_tas
 def test_lens_metadata_is_checked_against_the_model(tiny_llama, tiny_gemma):
     L, d = tiny_llama.n_layers, tiny_llama.d_model
     lens = pl.Lens("logit", tiny_llama.name, tiny_llama.fingerprint, L + 1, d)
-    with pytest.raises(pl.LensError, match=f"{L + 1} blocks of width {d}.*{L} blocks of width {d}"):
+    with pytest.raises(pl.errors.LensError, match=f"{L + 1} blocks of width {d}.*{L} blocks of width {d}"):
         lens.check_model(tiny_llama)
-    with pytest.raises(pl.LensError, match="n_blocks must be an int"):
+    with pytest.raises(pl.errors.LensError, match="n_blocks must be an int"):
         pl.Lens("logit", tiny_llama.name, tiny_llama.fingerprint, 0, d)
-    with pytest.raises(pl.LensError, match="unknown lens kind 'bogus'.*register_lens"):
+    with pytest.raises(pl.errors.LensError, match="unknown lens kind 'bogus'.*register_lens"):
         pl.Lens("bogus", tiny_llama.name, tiny_llama.fingerprint, L, d)
 
 
@@ -154,7 +154,7 @@ def test_a_kind_must_return_a_lens_of_its_kind(tiny_llama):
             return pl.fit_lens(model, "logit")
 
     try:
-        with pytest.raises(pl.LensError, match="'broken-kind'.*fit\\(\\) returned"):
+        with pytest.raises(pl.errors.LensError, match="'broken-kind'.*fit\\(\\) returned"):
             pl.fit_lens(tiny_llama, "broken-kind")
     finally:
         LENS_KINDS.remove("broken-kind")

@@ -54,7 +54,7 @@ def test_parse_blocks():
     assert parse_blocks("3-5,9") == [3, 4, 5, 9]
     assert parse_blocks(7) == [7]
     for bad in ("3-", "5-3", "a", ""):
-        with pytest.raises(pl.PruningError):
+        with pytest.raises(pl.errors.PruningError):
             parse_blocks(bad)
 
 
@@ -119,9 +119,9 @@ def test_view_from_args(tiny_llama, tmp_path):
     v = view_from_args(tiny_llama, prune="1-2+4")
     assert v.removed == (1, 2, 4)
     assert view_from_args(v) is v
-    with pytest.raises(pl.RecoveryError, match="neither a recovery method"):
+    with pytest.raises(pl.errors.RecoveryError, match="neither a recovery method"):
         view_from_args(tiny_llama, prune="1", recovery=str(tmp_path / "missing.safetensors"))
-    with pytest.raises(pl.RecoveryError, match="needs prune"):
+    with pytest.raises(pl.errors.RecoveryError, match="needs prune"):
         view_from_args(tiny_llama, recovery="ghosted")
     with pytest.raises(pl.PhaselensError, match="a view already"):
         view_from_args(v, prune="3")
@@ -129,7 +129,7 @@ def test_view_from_args(tiny_llama, tmp_path):
     path = rec.save(tmp_path / "rec.safetensors")
     back = view_from_args(tiny_llama, recovery=str(path))
     assert back.removed == (2, 3) and back.method == "scalar"
-    with pytest.raises(pl.RecoveryError, match="cuts"):
+    with pytest.raises(pl.errors.RecoveryError, match="cuts"):
         view_from_args(tiny_llama, prune="1-2", recovery=str(path))
 
 

@@ -68,25 +68,25 @@ def test_builtins_keep_their_names_order_and_behaviour():
     rm, lp = METHODS.get("replaceme"), METHODS.get("linearpatch")
     assert rm.acts_on == "branch" and rm.needs == {"stream", "branch"} and lp.needs == {"stream", "rotated"}
     assert rm.refuses((0, 2)) and rm.refuses((1, 3)) is None and lp.refuses((0, 2)) is None
-    with pytest.raises(pl.RecoveryError, match=r"replaceme needs a block before the cut span \(0, 2\)"):
+    with pytest.raises(pl.errors.RecoveryError, match=r"replaceme needs a block before the cut span \(0, 2\)"):
         rm.check_span((0, 2))
     # the old solve(name, A, C) still answers, through the registry: ReplaceMe's ridge shrinks towards zero
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(200, 8)), rng.normal(size=(200, 8))
     A, C = torch.tensor(X.T @ X), torch.tensor(X.T @ Y)
     assert _rel(solve("replaceme", A, C, lam=3.0)[0].numpy(), np.linalg.solve(X.T @ X + 3 * np.eye(8), X.T @ Y)) < 1e-10
-    with pytest.raises(pl.RecoveryError, match="unknown recovery method 'nope'"):
+    with pytest.raises(pl.errors.RecoveryError, match="unknown recovery method 'nope'"):
         solve("nope", A, C)
 
 
 def test_register_method_refuses_what_it_cannot_run():
-    with pytest.raises(pl.RecoveryError, match="must be a phaselens.recovery.RecoveryMethod"):
+    with pytest.raises(pl.errors.RecoveryError, match="must be a phaselens.recovery.RecoveryMethod"):
         pl.register_method("not-a-method")(object)
-    with pytest.raises(pl.RecoveryError, match="needs must be a non-empty subset"):
+    with pytest.raises(pl.errors.RecoveryError, match="needs must be a non-empty subset"):
         pl.register_method("bad-needs")(type("B", (RecoveryMethod,), {"needs": frozenset({"magic"})}))
-    with pytest.raises(pl.RecoveryError, match="acts_on must be one of"):
+    with pytest.raises(pl.errors.RecoveryError, match="acts_on must be one of"):
         pl.register_method("bad-acts")(type("B", (RecoveryMethod,), {"acts_on": "everywhere"}))
-    with pytest.raises(pl.RecoveryError, match="already registered"):
+    with pytest.raises(pl.errors.RecoveryError, match="already registered"):
         pl.register_method("ghosted")(type("G", (RecoveryMethod,), {}))
     assert "not-a-method" not in METHODS and "bad-needs" not in METHODS
 
@@ -99,9 +99,9 @@ def test_span_stats_gathers_the_declared_needs(tiny_llama):
     assert got.has("branch") and not got.has("rotated")
     old = span_stats(tiny_llama, [(2, 4)], cal, branch=True, seq_len=64)[(2, 4)]  # the old flag: the same numbers
     assert torch.equal(old.A_branch, got.A_branch) and torch.equal(old.C, got.C)
-    with pytest.raises(pl.RecoveryError, match="block 0"):
+    with pytest.raises(pl.errors.RecoveryError, match="block 0"):
         span_stats(tiny_llama, [(0, 2)], cal, methods=["replaceme"], seq_len=64)
-    with pytest.raises(pl.RecoveryError, match="needs the statistics"):  # precomputed statistics lacking a need
+    with pytest.raises(pl.errors.RecoveryError, match="needs the statistics"):  # precomputed statistics lacking a need
         pl.fit_recovery(pl.prune(tiny_llama, [2, 3]), None, "linearpatch",
                         stats=span_stats(tiny_llama, [(2, 4)], cal, seq_len=64))
 
@@ -132,7 +132,7 @@ def test_plugin_recovery_saves_and_loads_and_needs_its_plugin(plugin, tiny_llama
     monkeypatch.delenv(PLUGINS_ENV, raising=False)
     METHODS.remove(plugin)  # a process that has not loaded the plugin
     try:
-        with pytest.raises(pl.RecoveryError, match=rf"recovery method '{plugin}'.*not registered.*{PLUGINS_ENV}"):
+        with pytest.raises(pl.errors.RecoveryError, match=rf"recovery method '{plugin}'.*not registered.*{PLUGINS_ENV}"):
             pl.load_recovery(path, tiny_llama)
     finally:
         METHODS.add(plugin, entry.obj)

@@ -34,7 +34,7 @@ def fresh(monkeypatch, clean_env):
     monkeypatch.setattr(reg, "_loaded", set())
     monkeypatch.setattr(reg, "_entry_points_loaded", False)
     kind = f"thing{uuid.uuid4().hex[:8]}"
-    return reg.Registry(kind, "test thing", pl.StudyError)
+    return reg.Registry(kind, "test thing", pl.errors.StudyError)
 
 
 # ----------------------------------------------------------------------------- Registry itself
@@ -45,22 +45,22 @@ def test_unknown_name_names_the_choices_and_duplicates_are_refused(fresh):
     assert fresh.get("alpha") is a and fresh["beta"] is b and "alpha" in fresh and "gamma" not in fresh
     assert fresh.names() == ("alpha", "beta") and list(fresh) == ["alpha", "beta"] and len(fresh) == 2
     assert fresh.items() == [("alpha", a), ("beta", b)]
-    with pytest.raises(pl.StudyError, match=r"unknown test thing 'gamma'; choose from \('alpha', 'beta'\)") as e:
+    with pytest.raises(pl.errors.StudyError, match=r"unknown test thing 'gamma'; choose from \('alpha', 'beta'\)") as e:
         fresh.get("gamma")
     assert f"register_{fresh.kind}" in str(e.value)
-    with pytest.raises(pl.StudyError, match=r"unknown test thing\(s\) \['gamma'\]; choose from"):
+    with pytest.raises(pl.errors.StudyError, match=r"unknown test thing\(s\) \['gamma'\]; choose from"):
         fresh.check(["alpha", "gamma"])
     assert fresh.check("beta") == ("beta",)
-    with pytest.raises(pl.StudyError, match="'alpha' is already registered"):
+    with pytest.raises(pl.errors.StudyError, match="'alpha' is already registered"):
         fresh.add("alpha", object())
     fresh.add("alpha", a)  # the same object again is no error
     c = object()
     fresh.add("beta", c, replace=True)
     assert fresh.get("beta") is c
     for bad in ("", "a b", "a,b", None):
-        with pytest.raises(pl.StudyError, match="non-empty string"):
+        with pytest.raises(pl.errors.StudyError, match="non-empty string"):
             fresh.add(bad, object())
-    with pytest.raises(pl.StudyError, match="built-in"):
+    with pytest.raises(pl.errors.StudyError, match="built-in"):
         fresh.remove("alpha")
     fresh.remove("beta")
     assert fresh.names() == ("alpha",)
@@ -152,9 +152,9 @@ def test_a_user_criterion_runs_in_iterative_prune(tiny_llama, capitals_task, use
 
 
 def test_a_phase_criterion_is_refused_by_the_sweep_and_unknown_names_list_the_registry(tiny_llama, capitals_task):
-    with pytest.raises(pl.PruningError, match=r"iterative criterion must be one of \('bi', 'angular', 'sleb', 'random'"):
+    with pytest.raises(pl.errors.PruningError, match=r"iterative criterion must be one of \('bi', 'angular', 'sleb', 'random'"):
         pl.iterative_prune(tiny_llama, capitals_task, criterion="silent", steps=1)
-    with pytest.raises(pl.PruningError, match="unknown criterion 'magic'; choose one of .*'decisive'"):
+    with pytest.raises(pl.errors.PruningError, match="unknown criterion 'magic'; choose one of .*'decisive'"):
         pl.select_blocks(tiny_llama, 1, "magic")
 
 
@@ -200,7 +200,7 @@ def test_registered_lists_builtin_and_user_entries(user_criterion, clean_env):
 
 def test_a_spec_names_a_plugins_run_kind_and_refuses_an_unknown_one(tmp_path, clean_env):
     spec = {"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "final-accuracy", "n_boot": 20, "max_token": 1}]}
-    with pytest.raises(pl.StudyError, match=r"unknown key\(s\) \['max_token'\]; allowed: .*'max_tokens'"):
+    with pytest.raises(pl.errors.StudyError, match=r"unknown key\(s\) \['max_token'\]; allowed: .*'max_tokens'"):
         pl.study.parse_spec({**spec, "plugins": [str(RUN_PLUGIN)]})
     kind = f"k{uuid.uuid4().hex[:8]}"
     (tmp_path / "my_kind.py").write_text(f"import phaselens as pl\n@pl.register_run({kind!r})\n"
@@ -211,7 +211,7 @@ def test_a_spec_names_a_plugins_run_kind_and_refuses_an_unknown_one(tmp_path, cl
         assert [j.kind for j in pl.study.parse_spec(tmp_path / "spec.toml").jobs()] == [kind]
     finally:
         pl.study.RUNS.remove(kind)
-    with pytest.raises(pl.StudyError, match="runs\\[0\\].kind is 'no-such-kind'; allowed: .*'cka'"):
+    with pytest.raises(pl.errors.StudyError, match="runs\\[0\\].kind is 'no-such-kind'; allowed: .*'cka'"):
         pl.study.parse_spec({**spec, "runs": [{"kind": "no-such-kind"}]})
 
 
@@ -232,9 +232,9 @@ def test_heldout_spec_key_gives_the_job_ids_of_its_old_names():
         warnings.simplefilter("error", FutureWarning)
         assert ids([{"kind": "sweep", "steps": 2, "heldout": 2}]) == old_n
         assert ids([{"kind": "cka", "heldout": ["a b c", "d e f"]}]) == old_t
-    with pytest.raises(pl.StudyError, match="give held-out text once"):
+    with pytest.raises(pl.errors.StudyError, match="give held-out text once"):
         ids([{"kind": "sweep", "heldout": 2, "heldout_passages": 2}])
-    with pytest.raises(pl.StudyError, match="heldout = 0 is not valid"):
+    with pytest.raises(pl.errors.StudyError, match="heldout = 0 is not valid"):
         ids([{"kind": "sweep", "heldout": 0}])
 
 

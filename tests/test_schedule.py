@@ -217,7 +217,7 @@ def test_a_decoder_feeding_block_arguments_from_earlier_blocks_is_refused(tiny_l
 def test_nonfinite_under_the_layer_schedule_names_the_block(tiny_llama):
     seqs = [[5, 9, 14, 2, 7], [3, 8, 1]]
     bad = pl.runner.Plan(after={2: lambda h: h * float("nan")}, names={2: "block 2 with a broken edit"})
-    with pytest.raises(pl.NonFiniteError, match=r"first in the output of block 2 .*broken edit"):
+    with pytest.raises(pl.errors.NonFiniteError, match=r"first in the output of block 2 .*broken edit"):
         list(Runner(tiny_llama, schedule="layer").passes(seqs, {"h": Read((4,), "out", "last")}, edits=bad))
 
 
