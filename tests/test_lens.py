@@ -50,7 +50,7 @@ def test_every_layer_matches_numpy_lens(tiny_llama, capitals_task):
             hs = m.hf(input_ids=torch.tensor([p]), output_hidden_states=True).hidden_states
         k = int(enc.option_mask[i].sum())
         ids = enc.option_ids[i, :k].numpy()
-        for l in range(m.n_layers - 1):  # hs[l + 1] is block l's output (the last entry is normed by HF)
+        for l in range(m.n_blocks - 1):  # hs[l + 1] is block l's output (the last entry is normed by HF)
             h = hs[l + 1][0, -1].double().numpy()
             x = h / np.sqrt((h**2).mean() + eps) * w_norm
             np.testing.assert_allclose(z[l, i, :k], W[ids] @ x, atol=1e-4)
@@ -103,7 +103,7 @@ def test_continuation_intermediate_layers(tiny_llama, capitals_task):
 
 def test_hidden_states_returned(tiny_llama, capitals_task):
     ol = option_logits(tiny_llama, capitals_task, return_hidden=True)
-    assert ol.hidden.shape == (tiny_llama.n_layers, len(capitals_task), tiny_llama.d_model)
+    assert ol.hidden.shape == (tiny_llama.n_blocks, len(capitals_task), tiny_llama.d_model)
     z = tiny_llama.readout(ol.hidden, ol_ids := encode(capitals_task, tiny_llama.tokenizer).option_ids)
     assert ol_ids.shape[0] == len(capitals_task)
     torch.testing.assert_close(z.masked_fill(~ol.mask, float("-inf")), ol.z, atol=1e-5, rtol=0)

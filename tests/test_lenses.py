@@ -38,10 +38,10 @@ def linear_llama(tiny_llama, cal):
 
 def _block_outputs(model: pl.Model, texts: list[str], seq_len: int = 256) -> dict[int, np.ndarray]:
     """{b: [N, d]} every block's output, one unpadded text at a time, with plain forward hooks (no phaselens code)."""
-    got: dict[int, list] = {b: [] for b in range(model.n_layers)}
+    got: dict[int, list] = {b: [] for b in range(model.n_blocks)}
     hooks = [model.hf.model.layers[b].register_forward_hook(
         lambda m, a, o, _b=b: got[_b].append((o[0] if isinstance(o, tuple) else o)[0].double().numpy()))
-        for b in range(model.n_layers)]
+        for b in range(model.n_blocks)]
     try:
         with torch.no_grad():
             for ids in tokenize(model.tokenizer, texts, seq_len):
@@ -54,7 +54,7 @@ def _block_outputs(model: pl.Model, texts: list[str], seq_len: int = 256) -> dic
 
 def test_linear_lens_equals_numpy_lstsq(tiny_llama, linear_llama, cal):
     acts = _block_outputs(tiny_llama, cal)
-    L = tiny_llama.n_layers
+    L = tiny_llama.n_blocks
     Y = acts[L - 1]
     assert linear_llama.info["n_tokens"] == Y.shape[0]
     assert linear_llama.blocks == list(range(L - 1))
@@ -90,7 +90,7 @@ def test_every_lens_last_row_is_the_models_own_logits(name, request, cal, capita
 def test_tuned_lens_beats_the_logit_lens_on_heldout_kl(tiny_llama, tuned_llama, held):
     logit = lens_kl(tiny_llama, held, "logit", seq_len=48)
     tuned = lens_kl(tiny_llama, held, tuned_llama, seq_len=48)
-    assert logit.shape == tuned.shape == (tiny_llama.n_layers,)
+    assert logit.shape == tuned.shape == (tiny_llama.n_blocks,)
     assert tuned[-1] == logit[-1] == 0
     assert (tuned[:-1] < logit[:-1]).all(), (tuned, logit)
     assert tuned_llama.info["vocab"] == 512 and 0 < tuned_llama.info["vocab_mass"] <= 1
@@ -99,7 +99,7 @@ def test_tuned_lens_beats_the_logit_lens_on_heldout_kl(tiny_llama, tuned_llama, 
 def test_lens_kl_is_the_kl_by_hand(tiny_llama, linear_llama, held):
     text = held[:1]
     acts = _block_outputs(tiny_llama, text, 24)
-    L = tiny_llama.n_layers
+    L = tiny_llama.n_blocks
     with torch.no_grad():
         logp = torch.log_softmax(tiny_llama.hf.lm_head(tiny_llama.hf.model.norm(torch.tensor(acts[L - 1]).float())), -1)
         b = 1
@@ -176,7 +176,7 @@ def test_bad_lens_input(tiny_llama, tiny_gemma, capitals_task, cal):
         pl.decision_trace(tiny_llama, capitals_task, lens="bogus")
     with pytest.raises(pl.errors.LensError, match="unknown lens kind"):
         pl.inject_noise(tiny_llama, capitals_task, lens="tunned")
-    d, L = tiny_llama.d_model, tiny_llama.n_layers
+    d, L = tiny_llama.d_model, tiny_llama.n_blocks
     W = {b: torch.eye(d) for b in range(L - 1)}
     B = {b: torch.zeros(d) for b in range(L - 1)}
     bad = dict(W)

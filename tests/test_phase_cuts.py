@@ -48,7 +48,7 @@ def cut_task(tiny_llama) -> pl.Task:
     z = option_logits(tiny_llama, pl.load_task(items)).z
     task = pl.load_task([{**it, "answer": int(a)} for it, a in zip(items, z[-1].argmax(-1))])
     tr = pl.transition_point(tiny_llama, task, n_boot=200)
-    assert tr.layer is not None and N <= tr.layer <= tiny_llama.n_layers - N, tr.summary()  # the test's precondition
+    assert tr.layer is not None and N <= tr.layer <= tiny_llama.n_blocks - N, tr.summary()  # the test's precondition
     return task
 
 
@@ -60,7 +60,7 @@ def result(tiny_llama, cut_task, cal, held) -> pl.PhaseCuts:
 def test_cuts_sit_inside_their_phases(result, tiny_llama, cut_task):
     tr = pl.transition_point(tiny_llama, cut_task, n_boot=200)
     assert result.transition.layer == tr.layer
-    ls, L = tr.layer, tiny_llama.n_layers
+    ls, L = tr.layer, tiny_llama.n_blocks
     s, d = result.cut("silent"), result.cut("decisive")
     assert s.blocks == list(range(ls - N, ls))  # adjacent: ends right before the transition
     assert d.blocks == list(range(ls, ls + N))  # adjacent: starts at the transition
@@ -118,7 +118,7 @@ def test_ghosted_boundary_error_is_smallest_for_every_cut(result):
 
 def test_trailing_cut_final_row_is_the_model_output(tiny_llama, cut_task, cal):
     """A cut at the end of the model: the last row of the trace must include the operator, as the logits do."""
-    L = tiny_llama.n_layers
+    L = tiny_llama.n_blocks
     rec = pl.fit_recovery(pl.prune(tiny_llama, [L - 2, L - 1]), cal, "ghosted", seq_len=SEQ)
     z = option_logits(rec, cut_task).z[-1]
     enc = encode(cut_task, tiny_llama.tokenizer)
@@ -130,7 +130,7 @@ def test_trailing_cut_final_row_is_the_model_output(tiny_llama, cut_task, cal):
 
 
 def test_random_cuts_are_contiguous_and_reproducible(result, tiny_llama):
-    L = tiny_llama.n_layers
+    L = tiny_llama.n_blocks
     tr = result.transition
     view = pl.ModelView(tiny_llama)
     a = pc.phase_cuts(view, tr, N, seeds=range(10))
@@ -220,7 +220,7 @@ def test_resume_gives_identical_results(tiny_llama, cut_task, cal, held, tmp_pat
 
 
 def test_clear_errors(tiny_llama, cut_task, cal, held):
-    L = tiny_llama.n_layers
+    L = tiny_llama.n_blocks
     ls = pl.transition_point(tiny_llama, cut_task, n_boot=200).layer
     too_many = min(ls, L - ls) + 1  # fits one phase, not the other
     with pytest.raises(pl.errors.PhaseCutsError, match=rf"silent phase is blocks 0-{ls - 1} \({ls} blocks\).*decisive phase"):

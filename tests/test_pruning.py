@@ -49,7 +49,7 @@ def _hand_states(model: pl.Model, ids: list[int], kept: list[int]) -> list[torch
     if window:
         i = torch.arange(T)
         masks["sliding_attention"] = full.masked_fill((i[:, None] - i[None, :]) >= window, float("-inf"))[None, None]
-    types = getattr(model.hf.config, "layer_types", None) or ["full_attention"] * model.n_layers
+    types = getattr(model.hf.config, "layer_types", None) or ["full_attention"] * model.n_blocks
     out = [h[0]]
     for b in kept:
         kind = types[b]
@@ -83,7 +83,7 @@ def _hs_with_last(model: pl.Model, ids: list[int]) -> list[torch.Tensor]:
 def test_prune_nothing_reproduces_dense_logits_exactly(name, request, capitals_task):
     model = request.getfixturevalue(name)
     view = pl.prune(model, [])
-    assert view.kept == list(range(model.n_layers))
+    assert view.kept == list(range(model.n_blocks))
     ids = torch.tensor([tokenize(model.tokenizer, TEXTS[:1])[0]])
     with torch.no_grad():
         ref = model.hf(input_ids=ids).logits
@@ -102,7 +102,7 @@ def test_pruned_trace_equals_hand_forward(name, cut, request, capitals_task):
     """Every surviving layer's option logits equal those of a forward that calls the remaining HF layers."""
     model = request.getfixturevalue(name)
     view = pl.prune(model, cut)
-    kept = [b for b in range(model.n_layers) if b not in cut]
+    kept = [b for b in range(model.n_blocks) if b not in cut]
     assert view.kept == kept and view.n_layers == len(kept)
     trace = pl.decision_trace(view, capitals_task, n_boot=10, batch_size=3)  # padded batches
     assert trace.blocks.tolist() == kept  # per-layer results name the original block
@@ -131,7 +131,7 @@ def test_pruned_view_works_everywhere(tiny_llama, smol, capitals_task):
 
 def test_pruned_perplexity_equals_hand(tiny_llama):
     cut = [1, 4]
-    kept = [b for b in range(tiny_llama.n_layers) if b not in cut]
+    kept = [b for b in range(tiny_llama.n_blocks) if b not in cut]
     nll, n = 0.0, 0
     with torch.no_grad():
         for ids in tokenize(tiny_llama.tokenizer, TEXTS, 256):
@@ -175,7 +175,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 def test_block_influence_dense_from_hf_hidden_states(tiny_llama):
     """BI_l = 1 - mean_t cos(h_{l-1,t}, h_{l,t}) over all tokens of all texts (cosines over channels)."""
-    L = tiny_llama.n_layers
+    L = tiny_llama.n_blocks
     cos = {b: [] for b in range(L)}
     for ids in tokenize(tiny_llama.tokenizer, TEXTS, 256):
         hs = _hs_with_last(tiny_llama, ids)
@@ -212,7 +212,7 @@ def test_block_influence_on_pruned_and_recovered_views(tiny_llama):
 
 def test_angular_distance_from_hf_hidden_states(tiny_llama):
     """d(l, n) = mean_t arccos(cos(h_{l-1,t}, h_{l+n-1,t})) / pi; "angular" cuts the smallest contiguous run."""
-    L, n = tiny_llama.n_layers, 2
+    L, n = tiny_llama.n_blocks, 2
     acc = {b: [] for b in range(L - n + 1)}
     for ids in tokenize(tiny_llama.tokenizer, TEXTS, 256):
         hs = _hs_with_last(tiny_llama, ids)
@@ -239,7 +239,7 @@ def _hand_ppl(model, texts, kept, seq_len):
 
 def test_sleb_scores_and_greedy_selection_by_hand(tiny_llama):
     """SLEB: calibration perplexity with each block removed; greedy: the next cut is scored on the pruned model."""
-    L = tiny_llama.n_layers
+    L = tiny_llama.n_blocks
     ref = {b: _hand_ppl(tiny_llama, TEXTS, [k for k in range(L) if k != b], 128) for b in range(L)}
     got = sleb_scores(tiny_llama, TEXTS, n_texts=len(TEXTS))
     for b in range(L):
@@ -276,7 +276,7 @@ def smol_transition(smol):
 def test_phase_targeted_selection_inside_the_phase(smol, smol_transition):
     task, tr = smol_transition
     assert tr.layer is not None, tr.reason
-    t, L = tr.layer, smol.n_layers
+    t, L = tr.layer, smol.n_blocks
     n = 2
     m = min(2, L - t)  # the decisive phase of this small model on this task can be short
     silent = pl.select_blocks(smol, n, "silent", transition=tr)
@@ -297,7 +297,7 @@ def test_phase_targeted_selection_errors(smol, smol_transition):
     with pytest.raises(ValueError, match="needs task="):
         pl.select_blocks(smol, 2, "silent")
     with pytest.raises(ValueError, match="fewer than n"):
-        pl.select_blocks(smol, smol.n_layers - tr.layer + 1, "decisive", transition=tr)
+        pl.select_blocks(smol, smol.n_blocks - tr.layer + 1, "decisive", transition=tr)
     with pytest.raises(ValueError, match="placement"):
         pl.select_blocks(smol, 2, "silent", transition=tr, placement="middle")
     with pytest.raises(ValueError, match="do not fit"):
@@ -306,7 +306,7 @@ def test_phase_targeted_selection_errors(smol, smol_transition):
 
 def test_phase_selection_refuses_a_model_without_transition(tiny_llama):
     """A trace whose final margin is negative has no transition (built by hand: the answer is always behind)."""
-    L, n = tiny_llama.n_layers, 5
+    L, n = tiny_llama.n_blocks, 5
     z = np.zeros((L, n, 2))
     z[:, :, 1] = 1.0  # option 1 always ahead of the answer (option 0)
     tr = pl.DecisionTrace(model="m", task="t", format="cloze", n_blocks=L, blocks=np.arange(L), logits=z,

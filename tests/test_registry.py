@@ -130,7 +130,7 @@ def user_criterion(clean_env):
 
 
 def test_a_user_criterion_is_used_by_select_blocks(tiny_llama, user_criterion):
-    L = tiny_llama.n_layers
+    L = tiny_llama.n_blocks
     assert pl.CRITERIA.names()[:6] == ("bi", "angular", "sleb", "random", "silent", "decisive")
     assert "last-k" in pl.CRITERIA.names() and "last-k" in pl.pruning.sweep_criteria()
     assert pl.select_blocks(tiny_llama, 2, "last-k") == [L - 3, L - 2]  # the two before the final block
@@ -141,7 +141,7 @@ def test_a_user_criterion_is_used_by_select_blocks(tiny_llama, user_criterion):
 
 
 def test_a_user_criterion_runs_in_iterative_prune(tiny_llama, capitals_task, user_criterion):
-    L = tiny_llama.n_layers
+    L = tiny_llama.n_blocks
     kw = dict(calibration=pl.load_calibration()[:1], heldout=pl.heldout_texts()[:1], n_boot=20)
     sw = pl.iterative_prune(tiny_llama, capitals_task, criterion="last-k", steps=2, **kw)
     assert sw.criterion == "last-k"

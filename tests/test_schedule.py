@@ -59,7 +59,7 @@ def _numbers(model: pl.Model, task: pl.Task, kind: str, batch_size: int | None =
              ) -> dict[str, np.ndarray]:
     """Every kind of pass, under schedule ``kind`` (``packed``: also a continuation trace, whose full-vocabulary
     readout at every block is the slow part on a large vocabulary)."""
-    L, d = model.n_layers, model.d_model
+    L, d = model.n_blocks, model.d_model
     cut = [L // 2, L // 2 + 1]
     g = torch.Generator().manual_seed(1)
     op = torch.eye(d) + 0.01 * torch.randn(d, d, generator=g)

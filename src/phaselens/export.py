@@ -203,7 +203,7 @@ def export_config(view: ModelView, plan: ExportPlan, dtype: torch.dtype) -> dict
     hf = view.base.hf
     cfg = copy.deepcopy(hf.config)
     text = cfg.get_text_config()
-    L, kept = view.base.n_layers, plan.kept
+    L, kept = view.base.n_blocks, plan.kept
     for name, value in list(vars(text).items()):
         if isinstance(value, (list, tuple)) and len(value) == L and "layer" in name:
             setattr(text, name, [value[b] for b in kept])
@@ -387,7 +387,7 @@ def fold_into_embedding(hf: nn.Module, w: torch.Tensor) -> None:
 
 def exported_view(base: Any, stream: dict[int, torch.Tensor], branch: dict[int, torch.Tensor], meta: dict[str, str],
                   info: dict) -> ExportedView:
-    n = base.n_layers
+    n = base.n_blocks
     bad = [p for p in stream if not 1 <= p <= n] + [b for b in branch if not 0 <= b < n]
     if bad:
         raise ExportError(f"the exported operators name positions {bad}, outside the model's {n} blocks; the folder "

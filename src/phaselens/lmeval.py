@@ -136,7 +136,7 @@ class PhaselensLM(TemplateLM):
         by_seq: dict[int, list[int]] = {}
         for q, (i, _, _) in enumerate(where):
             by_seq.setdefault(i, []).append(q)
-        L = self.base.n_layers
+        L = self.base.n_blocks
 
         def reads(batch: Batch) -> dict[str, Read]:
             rows, cols, gather = [], [], []
@@ -253,7 +253,7 @@ class PhaselensLM(TemplateLM):
     def greedy(self, contexts: list[list[int]], n_new: int, until: list[str]) -> list[str]:
         """Up to ``n_new`` greedy tokens after each context (one runner pass per step over the unfinished ones),
         stopping at an end-of-sequence token or once a stop sequence appears; the decoded continuations."""
-        base, L = self.base, self.base.n_layers
+        base, L = self.base, self.base.n_blocks
         stop_ids = self.stop_ids()
         gen: list[list[int]] = [[] for _ in contexts]
         live = list(range(len(contexts)))

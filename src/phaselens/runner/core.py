@@ -92,11 +92,11 @@ class Runner:
         self._sig = self.view.signature()
         # which model object computes: one cache handed to two models never replays one's activations in the other
         self._model_key = f"{type(self.base.hf).__name__}:{id(self.base.hf)}:{self.base.fingerprint}"
-        self._devices = [self.base.block_device(b) for b in range(self.base.n_layers)]  # accelerate may spread them
+        self._devices = [self.base.block_device(b) for b in range(self.base.n_blocks)]  # accelerate may spread them
 
     @property
     def n_blocks(self) -> int:
-        return self.base.n_layers
+        return self.base.n_blocks
 
     # -- batching
     def batches(self, seqs: Sequence[Sequence[int]], *, max_tokens: int | None = None,
