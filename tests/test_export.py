@@ -75,7 +75,7 @@ MODELS = ["smol", "gemma", "tiny_qwen"]
 @pytest.mark.parametrize("kind", ["pruned", "operators", "replaceme"])
 def test_export_logits_equal_view(name, kind, request, tmp_path):
     model = request.getfixturevalue(name)
-    L = model.n_layers
+    L = model.n_blocks
     removed = cuts(L)
     pruned = ModelView(model, removed)
     if kind == "pruned":
@@ -107,7 +107,7 @@ def test_export_logits_equal_view(name, kind, request, tmp_path):
 def test_ghosted_export_roundtrip(smol, tmp_path):
     """A real Ghosted-Layers recovery: the export under trust_remote_code, and pl.load_model of the folder (no code
     run), equal the view; the folder keeps the dtype, the tokenizer and its chat template."""
-    L = smol.n_layers
+    L = smol.n_blocks
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rec = pl.fit_recovery(ModelView(smol, cuts(L)),
@@ -120,7 +120,7 @@ def test_ghosted_export_roundtrip(smol, tmp_path):
     with pytest.raises(ValueError, match="trust_remote_code"):  # plain transformers refuses, never loads it bare
         AutoModelForCausalLM.from_pretrained(folder)
     back = pl.load_model(str(folder), device="cpu")
-    assert isinstance(back, ExportedView) and back.base.n_layers == len(rec.kept)
+    assert isinstance(back, ExportedView) and back.base.n_blocks == len(rec.kept)
     assert (view_logits(back, ids, mask)[real] - want[real]).abs().max().item() <= 1e-5
     assert json.loads((folder / "config.json").read_text())["dtype"] == "float32"
     from transformers import AutoTokenizer
@@ -133,10 +133,10 @@ def test_ghosted_export_roundtrip(smol, tmp_path):
 
 @pytest.mark.slow
 def test_load_exported_pruned_traces_like_view(smol, capitals_task, tmp_path):
-    view = ModelView(smol, cuts(smol.n_layers))
+    view = ModelView(smol, cuts(smol.n_blocks))
     folder = view.export(tmp_path / "pruned")
     back = pl.load_model(str(folder), device="cpu")
-    assert isinstance(back, pl.Model) and back.n_layers == len(view.kept)
+    assert isinstance(back, pl.Model) and back.n_blocks == len(view.kept)
     a = pl.decision_trace(view, capitals_task, n_boot=10)
     b = pl.decision_trace(back, capitals_task, n_boot=10)
     assert list(a.blocks) == view.kept and list(b.blocks) == list(range(len(view.kept)))  # renumbered 0..n_kept-1
@@ -184,7 +184,7 @@ def test_exported_view_on_tiny_models(tiny_llama, tiny_gemma, tmp_path):
     from phaselens.runner import Plan
 
     for model in (tiny_llama, tiny_gemma):
-        L = model.n_layers
+        L = model.n_blocks
         pruned = ModelView(model, [0, L - 1])
         view = ModelView(model, [0, L - 1], ops_for(pruned, seed=1), method="diagonal")
         folder = view.export(tmp_path / type(model.hf).__name__)

@@ -83,19 +83,19 @@ def test_per_item_predictions_and_correctness(tiny_llama, capitals_task):
     tr = pl.decision_trace(tiny_llama, capitals_task, n_boot=10)
     z = tr.logits  # [L, N, K], -inf at padded slots
     for i, it in enumerate(capitals_task.items):
-        for j in range(tr.n_layers):
+        for j in range(tr.n_read):
             row = list(z[j, i, : len(it.options)])
             assert tr.predictions[i, j] == row.index(max(row))
             assert tr.correct[i, j] == float(row.index(max(row)) == it.answer)
     df = tr.items()
-    assert len(df) == tr.n_items * tr.n_layers and set(df.columns) >= {"item", "block", "prediction", "correct"}
+    assert len(df) == tr.n_items * tr.n_read and set(df.columns) >= {"item", "block", "prediction", "correct"}
 
 
 def test_continuation_acc_norm_is_lm_evals(tiny_llama, capitals_task):
     """acc_norm: the argmax of log-likelihood / len(choice in characters), lm-eval's rule, evaluated by hand."""
     task = capitals_task.with_format("continuation")
     tr = pl.decision_trace(tiny_llama, task, n_boot=10)
-    for j in range(tr.n_layers):
+    for j in range(tr.n_read):
         hits = 0
         for i, it in enumerate(task.items):
             ll = [tr.logits[j, i, k] / len(opt) for k, opt in enumerate(it.options)]
@@ -110,7 +110,7 @@ def test_last_block_only_equals_the_full_trace_last_row(tiny_llama, capitals_tas
     task = capitals_task.with_format(fmt)
     full = pl.decision_trace(tiny_llama, task, n_boot=10)
     last = pl.decision_trace(tiny_llama, task, n_boot=10, blocks="last")
-    assert last.blocks.tolist() == [tiny_llama.n_layers - 1] and not last.complete
+    assert last.blocks.tolist() == [tiny_llama.n_blocks - 1] and not last.complete
     np.testing.assert_allclose(last.logits[0], full.logits[-1], atol=1e-5)
     some = pl.decision_trace(pl.prune(tiny_llama, [2]), task, n_boot=10, blocks=[0, 3])
     np.testing.assert_allclose(some.logits, pl.decision_trace(pl.prune(tiny_llama, [2]), task, n_boot=10).logits[[0, 2]],
