@@ -26,7 +26,7 @@ def _dicts(sweep: Sweep) -> list[dict]:
 @pytest.mark.parametrize("criterion,recovery", [("bi", None), ("angular", None), ("random", None), ("bi", "ghosted")])
 def test_prefix_reuse_gives_identical_numbers(name, criterion, recovery, request, capitals_task):
     model = request.getfixturevalue(name)
-    steps = min(3, model.n_layers - 1)
+    steps = min(3, model.n_blocks - 1)
     a = pl.iterative_prune(model, capitals_task, criterion=criterion, recovery=recovery, steps=steps, **KW)
     b = pl.iterative_prune(model, capitals_task, criterion=criterion, recovery=recovery, steps=steps, reuse_prefix=False,
                            **KW)
@@ -59,7 +59,7 @@ def test_each_step_is_the_current_pruned_model(tiny_llama, capitals_task):
     sweep = pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", steps=3, **KW)
     removed: list[int] = []
     for k, st in enumerate(sweep.steps):
-        assert st.step == k and st.removed == sorted(removed) and st.ratio == len(removed) / tiny_llama.n_layers
+        assert st.step == k and st.removed == sorted(removed) and st.ratio == len(removed) / tiny_llama.n_blocks
         view = pl.prune(tiny_llama, removed)
         tr = pl.decision_trace(view, capitals_task, n_boot=20)
         assert np.array_equal(st.trace.logits, tr.logits) and st.trace.blocks.tolist() == view.kept
@@ -188,7 +188,7 @@ def test_prefix_cache_equals_a_full_forward(tiny_llama):
 
 def _count_block_runs(model, fn) -> list[int]:
     """How many times each block's attention actually ran during ``fn()`` (a replayed or skipped block does not)."""
-    counts = [0] * model.n_layers
+    counts = [0] * model.n_blocks
     hooks = [blk.self_attn.register_forward_pre_hook(lambda m, a, _b=b: counts.__setitem__(_b, counts[_b] + 1))
              for b, blk in enumerate(model.blocks)]
     try:
@@ -208,7 +208,7 @@ def test_each_step_recomputes_only_from_the_first_changed_block(tiny_llama, capi
                                                                     reuse_prefix=False, **KW))
     per_step = full[c1]  # block c1 runs in step 0 only: the forward passes of one step (trace, perplexity, criterion)
     assert per_step > 0
-    for b in range(tiny_llama.n_layers):
+    for b in range(tiny_llama.n_blocks):
         in_model = [b != c for c in (None, c1)] + [b not in (c1, c2)]  # is block b present at steps 0, 1, 2
         assert full[b] == per_step * sum(in_model)
         starts = (0, c1, c2)  # step k recomputes from the block it changed

@@ -61,7 +61,7 @@ def test_mlp_lens_is_registered_as_a_user_kind(mlp_kind, mlp_smol, smol):
     row = df[df.name == "mlp2"].iloc[0]
     assert not row.builtin and list(df.name[:3]) == ["logit", "linear", "tuned"]
     assert mlp_smol.kind == "mlp2" and mlp_smol.lens_kind is mlp_kind
-    assert mlp_smol.blocks == list(range(smol.n_layers - 1))
+    assert mlp_smol.blocks == list(range(smol.n_blocks - 1))
     assert set(mlp_smol.params[0]) == {"W1", "b1", "W2", "b2"} and mlp_smol.params[0]["W1"].shape == (smol.d_model, 8)
     assert mlp_smol.weights == {} and not mlp_smol.is_identity
     with pytest.raises(pl.errors.LensError, match="not affine"):
@@ -130,14 +130,14 @@ def test_mlp_lens_file_with_wrong_shapes_is_refused(tiny_llama, mlp_kind, tmp_pa
 def test_linear_lens_trace_equals_hidden_states_by_hand(tiny_llama, capitals_task):
     lens = pl.fit_lens(tiny_llama, "linear", load_calibration()[:12])
     tr = pl.decision_trace(tiny_llama, capitals_task, lens=lens, n_boot=20)
-    blocks = range(tiny_llama.n_layers - 1)
+    blocks = range(tiny_llama.n_blocks - 1)
     ref = _by_hand(tiny_llama, capitals_task, blocks, lambda b, h: h @ lens.weights[b] + lens.biases[b])
     for b in blocks:
         np.testing.assert_allclose(tr.logits[b], ref[b], rtol=1e-4, atol=1e-3)
 
 
 def test_lens_metadata_is_checked_against_the_model(tiny_llama, tiny_gemma):
-    L, d = tiny_llama.n_layers, tiny_llama.d_model
+    L, d = tiny_llama.n_blocks, tiny_llama.d_model
     lens = pl.Lens("logit", tiny_llama.name, tiny_llama.fingerprint, L + 1, d)
     with pytest.raises(pl.errors.LensError, match=f"{L + 1} blocks of width {d}.*{L} blocks of width {d}"):
         lens.check_model(tiny_llama)

@@ -97,7 +97,7 @@ def test_view_equals_its_export_under_hflm(smol, task_manager, tmp_path, kind):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    view = pl.ModelView(smol, [0, 12, 13, 14, smol.n_layers - 1])
+    view = pl.ModelView(smol, [0, 12, 13, 14, smol.n_blocks - 1])
     if kind == "ghosted":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

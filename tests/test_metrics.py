@@ -97,7 +97,7 @@ def test_bootstrap_intervals_agree_with_scipy(tiny_llama, capitals_task):
     from scipy import stats
 
     tr = pl.decision_trace(tiny_llama, capitals_task, n_boot=20_000, seed=3)
-    for l in range(tr.n_layers):
+    for l in range(tr.n_read):
         x = tr.item_margins[:, l]
         ref = stats.bootstrap((x,), np.mean, n_resamples=20_000, method="percentile", random_state=0).confidence_interval
         tol = 0.05 * x.std() + 1e-9
@@ -110,7 +110,7 @@ def test_bootstrap_intervals_agree_with_scipy(tiny_llama, capitals_task):
 def test_to_pandas_and_roundtrip(trace_and_z):
     tr = trace_and_z[0]
     df = tr.to_pandas()
-    assert len(df) == tr.n_layers and {"margin", "accuracy", "bias_kl", "convergence_kl", "of_A", "of_E"} <= set(df.columns)
+    assert len(df) == tr.n_read and {"margin", "accuracy", "bias_kl", "convergence_kl", "of_A", "of_E"} <= set(df.columns)
     back = pl.DecisionTrace.from_dict(tr.to_dict())
     np.testing.assert_array_equal(back.item_margins, tr.item_margins)
     np.testing.assert_array_equal(back.blocks, tr.blocks)
