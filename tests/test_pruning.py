@@ -103,7 +103,7 @@ def test_pruned_trace_equals_hand_forward(name, cut, request, capitals_task):
     model = request.getfixturevalue(name)
     view = pl.prune(model, cut)
     kept = [b for b in range(model.n_blocks) if b not in cut]
-    assert view.kept == kept and view.n_layers == len(kept)
+    assert view.kept == kept and view.n_kept == len(kept)
     trace = pl.decision_trace(view, capitals_task, n_boot=10, batch_size=3)  # padded batches
     assert trace.blocks.tolist() == kept  # per-layer results name the original block
     enc = encode(capitals_task, model.tokenizer)

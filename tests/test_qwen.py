@@ -99,7 +99,7 @@ def test_weights_are_the_gguf_dequantized_values(qwen):
         mine = sd[h][:rows] if sd[h].dim() == 2 else sd[h]
         assert torch.equal(mine, torch.from_numpy(ref).reshape(mine.shape)), g
     assert types >= {"Q4_K", "Q6_K", "F32"}
-    assert qwen.n_layers == 28 and qwen.d_model == 1536 and qwen.W_U.shape[0] == 151_936
+    assert qwen.n_blocks == 28 and qwen.d_model == 1536 and qwen.W_U.shape[0] == 151_936
     assert all(b.self_attn.q_proj.bias is not None for b in qwen.blocks)  # attention biases
 
 

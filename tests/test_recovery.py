@@ -122,7 +122,7 @@ def test_linearpatch_is_the_reference_formula(tiny_llama, tiny_cal):
 def _block_inputs(model: pl.Model, texts: list[str], blocks: list[int]) -> dict[int, np.ndarray]:
     """{b: [N, d]} the dense input of each block (b = L: the last block's output), one unpadded text at a
     time, with plain forward hooks on the HF decoder layers (no phaselens code)."""
-    L = model.n_layers
+    L = model.n_blocks
     blocks = sorted(set(blocks))
     got: dict[int, list] = {b: [] for b in blocks}
     hooks = [model.hf.model.layers[b].register_forward_pre_hook(
@@ -143,7 +143,7 @@ def _block_inputs(model: pl.Model, texts: list[str], blocks: list[int]) -> dict[
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
 def test_span_stats_and_ghosted_equal_numpy_on_real_activations(name, request, tiny_cal):
     model = request.getfixturevalue(name)
-    L = model.n_layers
+    L = model.n_blocks
     spans = [(1, 3 if L > 4 else 2), (L - 1, L)]
     stats = span_stats(model, spans, tiny_cal, batch_size=5)  # padded batches
     acts = _block_inputs(model, tiny_cal, [b for sp in spans for b in sp])

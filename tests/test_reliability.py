@@ -191,7 +191,7 @@ def test_repeated_options_can_be_dropped_or_read_as_letters():
 
 # ----------------------------------------------------------------------------- views, operators, recovery files
 def test_bad_views_and_operators(tiny_llama, tmp_path):
-    d, L = tiny_llama.d_model, tiny_llama.n_layers
+    d, L = tiny_llama.d_model, tiny_llama.n_blocks
     cases = [
         (lambda: pl.prune(tiny_llama, 3), pl.errors.PruningError, "list of block indices"),
         (lambda: pl.prune(tiny_llama, [2.5]), pl.errors.PruningError, "ints"),

@@ -350,7 +350,7 @@ def test_phase_cuts_job_contrasts_and_report(tiny_llama_dir, tmp_path):
     row = df.iloc[0]
     got = pl.load_result(tmp_path / f"{row.result}.json")
     tr = pl.transition_point(m, task)
-    n = min(3, tr.layer, m.n_layers - tr.layer)
+    n = min(3, tr.layer, m.n_blocks - tr.layer)
     direct = pl.compare_phase_cuts(m, task, n, methods=["identity", "ghosted"], seeds=1, n_boot=50, seed=0,
                                    calibration=pl.load_calibration()[:1], perplexity_texts=pl.heldout_texts()[:1])
     assert got.to_json() == direct.to_json() and row.cut_n == n
