@@ -33,7 +33,8 @@ def qwen() -> pl.Model:
     return pl.load_model("qwen2.5-coder-1.5b", device="cpu", dtype=torch.float32)
 
 
-def _tiny(config, tokenizer) -> pl.Model:
+def tiny_model(config, tokenizer) -> pl.Model:
+    """A random model of ``config`` (seed 0, 2-D weights scaled by 8 so margins are not all ~0), with ``tokenizer``."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -52,7 +53,7 @@ def tiny_llama(smol) -> pl.Model:
 
     cfg = LlamaConfig(vocab_size=smol.tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    return _tiny(cfg, smol.tokenizer)
+    return tiny_model(cfg, smol.tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +65,7 @@ def tiny_gemma(smol) -> pl.Model:
                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=4,
                            layer_types=["sliding_attention", "full_attention"] * 2, final_logit_softcapping=5.0)
     cfg.architectures = ["Gemma3ForCausalLM"]
-    return _tiny(cfg, smol.tokenizer)
+    return tiny_model(cfg, smol.tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import phaselens as pl
+from conftest import tiny_model
 from phaselens.export import MODELING_FILE, OPERATORS_FILE, ExportedView, plan_export
 from phaselens.runner import Batch, Runner
 from phaselens.view import EditedView, ModelView
@@ -58,13 +59,7 @@ def tiny_qwen(smol) -> pl.Model:
     cfg = Qwen2Config(vocab_size=smol.tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
                       num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=4,
                       max_window_layers=3, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() == 2:
-                p.mul_(8.0)
-    return pl.load_model(hf, tokenizer=smol.tokenizer, device="cpu", dtype=torch.float32)
+    return tiny_model(cfg, smol.tokenizer)
 
 
 MODELS = ["smol", "gemma", "tiny_qwen"]

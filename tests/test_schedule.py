@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import phaselens as pl
+from conftest import tiny_model
 from phaselens.runner import PrefixCache, Read, Runner, schedule
 from phaselens.view import ModelView
 
@@ -30,20 +31,13 @@ def _close(a, b) -> None:
 @pytest.fixture(scope="module")
 def tiny_qwen2(smol) -> pl.Model:
     """A small random Qwen2 with sliding-window layers (window 4; blocks 2 and 3 slide)."""
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers import Qwen2Config
 
     cfg = Qwen2Config(vocab_size=smol.tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=4,
                       max_window_layers=2, tie_word_embeddings=False)
     assert "sliding_attention" in cfg.layer_types
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(cfg).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            if p.dim() == 2:
-                p.mul_(8.0)
-    hf.tokenizer = smol.tokenizer
-    return pl.load_model(hf)
+    return tiny_model(cfg, smol.tokenizer)
 
 
 def _long_task(n_tokens: int, tokenizer) -> pl.Task:
