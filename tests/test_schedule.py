@@ -164,6 +164,21 @@ def test_each_offloaded_weight_is_read_once_per_wave(all_disk, tiny_llama, capit
     assert not list((tmp_path / "acts").iterdir())  # the wave's memmaps are removed
 
 
+def test_the_per_model_check_reads_each_offloaded_weight_once(all_disk, reads):
+    """The check runs the model's own decoder and the layer schedule's block calls in one pass: one read per
+    offloaded tensor (it read them twice before), the weights back off-device, and the verdict cached."""
+    from phaselens.runner import layered
+
+    layered._CHECKED.pop(all_disk.hf, None)
+    reads.clear()
+    assert layered.check_model(Runner(all_disk), layered.Schedule("layer")) is None
+    n_tensors = len(all_disk.blocks[0].state_dict()) * 6
+    assert _block_reads(reads) == collections.Counter({1: n_tensors})
+    assert all(p.device.type == "meta" for b in all_disk.blocks for p in b.parameters())
+    reads.clear()
+    assert layered.check_model(Runner(all_disk), layered.Schedule("layer")) is None and not reads  # once per model
+
+
 def test_bad_schedule_arguments_are_refused_before_any_weights_load(all_disk, capitals_task, reads, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -420,6 +420,23 @@ def test_a_job_is_named_by_its_config_model_identity_and_items_not_version(monke
     assert job_id(cfg, "fp:cpu:float32", "digest-a") == base  # a job stays valid across phaselens versions
 
 
+def test_the_schedule_changes_no_job_id(tiny_llama_dir, tmp_path):
+    """schedule / act_budget / act_store change how the passes run, never their numbers (issue 24): a study resumed
+    under the layer schedule reuses every job the batch schedule finished, and the ids ignore those keys."""
+    from phaselens.study.run import job_id
+
+    cfg = {"kind": "trace", "model": "m", "task": {"name": "capitals", "limit": 8}, "seed": 0, "params": {"n_boot": 200}}
+    base = job_id(cfg, "fp:cpu:float32", "digest-a")
+    for extra in ({"schedule": "layer"}, {"act_budget": 1 << 20, "act_store": "cpu"}, {"schedule": "batch"}):
+        assert job_id({**cfg, "params": {**cfg["params"], **extra}}, "fp:cpu:float32", "digest-a") == base
+    first = pl.run_study(_spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 200, "schedule": "batch"}], seeds=(0,)),
+                         out=tmp_path / "s")
+    again = pl.run_study(_spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 200, "schedule": "layer"}], seeds=(0,)),
+                         out=tmp_path / "s")
+    assert first.attrs["ran"] == 1 and again.attrs["ran"] == 0 and again.attrs["reused"] == 1
+    assert list(first.job) == list(again.job)
+
+
 def test_the_index_has_the_columns_the_issue_names(tiny_llama_dir, tmp_path):
     """job, status, host, wall time, peak memory and the key scalars, with values that say where the job ran."""
     import socket

@@ -11,7 +11,8 @@ layer type) are *recorded* from the model's own decoder forward, run with every 
 Each batch is a :class:`~phaselens.runner.core.Pass` prepared exactly as for the batch schedule (view, edits,
 reads, prefix-cache replay, stop), so both schedules run the same patches and taps on the same block calls.
 
-A per-model check (:func:`check_model`) runs a short batch under both schedules once per model; a model that
+A per-model check (:func:`check_model`) runs a short batch under both schedules once per model, in one pass that
+reads each offloaded weight once; a model that
 carries state between blocks outside the residual stream (Gemma-3n's shared KV, a decoder computing a block's
 arguments from an earlier block's output) differs there and is refused.
 """
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import RunnerError
-from .batch import Batch, Read
+from .batch import Batch
 from .patches import exclusive, patched
 from .plan import Plan, StopForward, skip
 
@@ -424,28 +425,67 @@ _WARNED: set[int] = set()
 
 
 def check_model(runner: Any, sched: Schedule) -> str | None:
-    """Once per model: a short padded batch under both schedules (every block's output); ``None`` when they agree,
-    else what differs."""
+    """Once per model: a short padded batch through the model's own decoder (the batch schedule) and, in the same
+    pass, through each block again as the layer schedule calls it (the arguments recorded with every block
+    skipped, the input that the layer schedule's own previous block gave). ``None`` when every block's two outputs
+    agree, else what differs. Each offloaded weight is read once: block ``b``'s weights are made resident before
+    the decoder calls it and stay so for the layer-schedule call, then go back."""
     base = runner.base
     if base.hf in _CHECKED:
         return _CHECKED[base.hf]
 
     V = int(base.hf.get_input_embeddings().num_embeddings)
     seqs = [[(7 + 13 * k) % V for k in range(9)], [(11 + 17 * k) % V for k in range(6)]]
-    reads = {"h": Read(tuple(range(runner.n_blocks)), "out", "tokens")}
     plain = type(runner)(base, schedule="batch")
-    batch = plain._batch(seqs, [0, 1])
-    a = plain.forward(batch, reads)["h"]
-    p = plain.prepare(batch, reads)
-    run_wave(plain, [p], Schedule("layer", None, "device", sched.prefetch))
-    b = plain.finish(p)["h"]
-    why = None
-    for k in sorted(a):
-        x, y = a[k].float(), b[k].float()
-        err = float((x - y).abs().max())
-        if not err <= CHECK_RTOL * (1.0 + float(x.abs().max())):
-            why = f"block {k}'s output differs by {err:.3g}"
-            break
+    inputs = plain._inputs(plain._batch(seqs, [0, 1]))
+    L = len(base.blocks)
+    weights = Weights([offload_hooks(blk) for blk in base.blocks], plain._devices[0])
+    outer = Weights([_outside_blocks(base)], base.input_device)
+    state: dict[str, Any] = {"inside": False, "h": None, "why": None}
+
+    def before(b: int):
+        def hook(m: nn.Module, args: tuple, kwargs: dict) -> None:
+            if not state["inside"]:
+                weights.load(b)
+        return hook
+
+    def after(b: int, calls: Calls):
+        def hook(m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            if state["inside"]:
+                return
+            state["inside"] = True
+            try:
+                h = calls.h0 if b == 0 else state["h"]
+                y = calls.call(m, b, h)
+            finally:
+                state["inside"] = False
+                weights.release(b)
+            x = (out[0] if isinstance(out, tuple) else out).float()
+            err = float((x - y.float()).abs().max())
+            if not err <= CHECK_RTOL * (1.0 + float(x.abs().max())) and state["why"] is None:
+                state["why"] = f"block {b}'s output differs by {err:.3g}"
+            state["h"] = y
+            if b == L - 1 or state["why"] is not None:
+                raise StopForward
+        return hook
+
+    with torch.inference_mode(), exclusive(base.decoder, base.name):
+        try:
+            outer.load(0)
+            calls = record(base, inputs)
+            handles = [blk.register_forward_pre_hook(before(b), with_kwargs=True) for b, blk in enumerate(base.blocks)]
+            handles += [blk.register_forward_hook(after(b, calls), with_kwargs=True) for b, blk in enumerate(base.blocks)]
+            try:
+                base.decoder(**inputs, use_cache=False)
+            except StopForward:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
+        finally:
+            weights.release_all()
+            outer.release_all()
+    why = state["why"]
     _CHECKED[base.hf] = why
     return why
 

@@ -324,9 +324,17 @@ def _check_params(rk: RunKind, params: dict[str, Any], where: str) -> None:
     rk.check(params, where)
 
 
+#: run parameters that change how a job runs, never its numbers (the runner's schedule, issue 24): no job id hashes
+#: them, so a study resumed with ``schedule = "layer"`` reuses the jobs its batch-schedule run finished
+NOT_HASHED = ("schedule", "act_budget", "act_store")
+
+
 def hash_params(params: dict[str, Any]) -> dict[str, Any]:
     """The parameters as a job id hashes them: ``heldout`` under the key a spec used before it had that name
-    (``heldout_passages`` for N passages, ``perplexity_texts`` for texts), so renaming the key changes no job id."""
+    (``heldout_passages`` for N passages, ``perplexity_texts`` for texts), so renaming the key changes no job id;
+    without :data:`NOT_HASHED` (how the passes are scheduled changes no number)."""
+    if any(k in params for k in NOT_HASHED):
+        params = {k: v for k, v in params.items() if k not in NOT_HASHED}
     if "heldout" not in params:
         return params
     p = dict(params)
