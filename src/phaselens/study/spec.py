@@ -60,15 +60,15 @@ class TaskSpec:
     split: str | None = None
     seed: int | None = None  # None: the job's seed
     obj: Any = None  # an in-memory Task (dict specs only)
-    sample: bool = True
+    sample: bool | str = True
 
     def config(self, seed: int) -> dict[str, Any]:
         d = {"name": self.name, "format": self.format, "limit": self.limit, "shots": self.shots, "split": self.split,
              "seed": seed if self.seed is None else self.seed}
         if self.obj is not None:
             d["in_memory"] = True
-        if not self.sample:  # only when set, so the identity of every other job stays what it was
-            d["sample"] = False
+        if self.sample is not True:  # only when set, so the identity of every other job stays what it was
+            d["sample"] = self.sample
         return d
 
 
@@ -254,9 +254,10 @@ def _task(t: Any, i: int) -> TaskSpec:
             raise StudyError(f"tasks[{i}].{key} must be an int >= {lo}, got {t[key]!r}")
     if t.get("split") is not None and not isinstance(t["split"], str):
         raise StudyError(f"tasks[{i}].split must be a string, got {t['split']!r}")
-    if not isinstance(t.get("sample", True), bool):
-        raise StudyError(f"tasks[{i}].sample must be true (a seeded random subset of limit items) or false (the first "
-                         f"limit items in file order), got {t['sample']!r}")
+    if not (isinstance(t.get("sample", True), bool) or t.get("sample") == "stratified"):
+        raise StudyError(f"tasks[{i}].sample must be true (a seeded random subset of limit items), false (the first "
+                         f"limit items in file order) or \"stratified\" (spread evenly over MMLU's subjects), got "
+                         f"{t['sample']!r}")
     return TaskSpec(t["name"], fmt, t.get("limit"), t.get("shots", 0) or 0, t.get("split"), t.get("seed"),
                     sample=t.get("sample", True))
 

@@ -12,7 +12,7 @@ import dataclasses
 import os
 from typing import Any, Iterable
 
-from .base import FORMATS, Format, Item, LettersTemplate, Task, TaskError, subset
+from .base import FORMATS, Format, Item, LettersTemplate, Task, TaskError, stratified, subset
 from .loaders import BUILTIN_DIR, builtin_tasks, load_items
 
 __all__ = ["FORMATS", "Format", "Item", "LettersTemplate", "Task", "TaskError", "builtin_tasks", "load_task"]
@@ -27,7 +27,7 @@ def load_task(
     seed: int = 0,
     shots: int = 0,
     template: LettersTemplate | None = None,
-    sample: bool = True,
+    sample: bool | str = True,
     name: str | None = None,
     cloze_template: str | None = None,
     duplicates: str = "error",
@@ -47,7 +47,9 @@ def load_task(
         template: layout of letters prompts (default: the benchmark's own, lm-evaluation-harness' for MMLU
             (:meth:`LettersTemplate.mmlu`), else :class:`LettersTemplate`; pass ``LettersTemplate()`` for the
             generic ``"Question: ..."`` layout).
-        sample: with ``limit``, ``True`` draws a seeded random subset, ``False`` takes the first items.
+        sample: with ``limit``, ``True`` draws a seeded random subset, ``False`` takes the first items,
+            ``"stratified"`` a seeded subset spread evenly over the items' groups (MMLU's subjects: ``limit=1140``
+            is 20 per subject; see :func:`~phaselens.tasks.base.stratified`).
         name: the task's name in outputs (default: the source's; ``"custom"`` for a list of items).
         cloze_template: how a cloze/continuation prompt wraps the question (default: the source's, e.g. ARC's
             ``"Question: {question}\nAnswer:"``; the bare question for a list of items).
@@ -61,6 +63,9 @@ def load_task(
     if format is not None and format not in FORMATS:
         raise TaskError(f"unknown format {format!r}; choose one of {FORMATS}")
     _check_limit(limit)
+    if not (isinstance(sample, bool) or sample == "stratified"):
+        raise TaskError(f"sample must be True (a seeded random subset of limit items), False (the first limit items) "
+                        f"or 'stratified' (spread evenly over the items' groups, e.g. MMLU's subjects), got {sample!r}")
     if duplicates not in ("error", "drop"):
         raise TaskError(f"duplicates must be 'error' or 'drop', got {duplicates!r}")
     drop = duplicates == "drop"
@@ -108,7 +113,7 @@ def _check_limit(limit: Any) -> None:
         raise TaskError(f"limit must be a positive int (items to keep) or None, got {limit!r}")
 
 
-def _pick(items: Any, limit: int | None, seed: int, sample: bool, drop: bool = False) -> tuple[list[Item], str]:
+def _pick(items: Any, limit: int | None, seed: int, sample: bool | str, drop: bool = False) -> tuple[list[Item], str]:
     """The items kept and how they were chosen, in words (``drop``: without items whose options repeat)."""
     items = list(items)
     if drop:
@@ -121,6 +126,10 @@ def _pick(items: Any, limit: int | None, seed: int, sample: bool, drop: bool = F
         return items, f"all {len(items)} items"
     if not sample:
         return items[:limit], f"the first {limit} of {len(items)} items"
+    if sample == "stratified":
+        picked = stratified(items, limit, seed)
+        n_groups = len({it.group for it in picked})
+        return picked, f"a stratified {limit} of {len(items)} items ({n_groups} groups, seed {seed})"
     return subset(items, limit, seed), f"a random {limit} of {len(items)} items (seed {seed})"
 
 
