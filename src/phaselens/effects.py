@@ -584,3 +584,91 @@ def transition_layer(mean_margins: np.ndarray) -> np.ndarray:
     pos = transition_indices(np.asarray(mean_margins, dtype=float)).astype(float)
     pos[pos < 0] = np.nan
     return pos
+
+
+# ----------------------------------------------------------------------------- experiments' headline contrasts
+def transition_positions(mean_margins: np.ndarray) -> np.ndarray:
+    """``[B]`` float position of ``l*`` along the read blocks for each row of ``[B, L]`` (NaN: no transition)."""
+    return transition_layer(mean_margins)
+
+
+def phase_group_means(drops: np.ndarray, block_pos: np.ndarray, lstar: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean drop of each phase group per replicate.
+
+    Args:
+        drops: ``[B, S]`` replicate means of the drop of each probed block.
+        block_pos: ``[S]`` position of each probed block along the read blocks (the axis ``l*`` is a position on).
+        lstar: ``[B]`` position of ``l*`` per replicate (NaN: none).
+
+    Returns ``{"at": [B], "silent_rest": [B], "decisive_rest": [B]}``: blocks at positions ``l*-1`` and ``l*``,
+    before ``l*-1``, after ``l*``; NaN where the group is empty or there is no transition.
+    """
+    p = np.asarray(block_pos, dtype=float)[None]
+    t = np.asarray(lstar, dtype=float)[:, None]
+    groups = {"at": (p == t - 1) | (p == t), "silent_rest": p < t - 1, "decisive_rest": p > t}
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for k, m in groups.items():
+            cnt = m.sum(1)
+            out[k] = np.where(cnt > 0, (drops * m).sum(1) / np.maximum(cnt, 1), np.nan)
+    return out
+
+
+def rank_effect(drops: Any, blocks: Sequence[int], *, name: str = "", level: float = 0.95, n_boot: int = N_BOOT,
+                boot_seed: int = 0, model: str = "", task: str = "", format: str = "") -> Effect:
+    """The most damaging block of ``drops [items, S]`` (largest mean drop) and a bootstrap interval on its rank among
+    the ``S`` blocks (1 = most damaging), items resampled. ``p`` is NaN: a rank has no null of 0; the share of
+    replicates in which the block stays first is in ``method``."""
+    d = np.asarray(drops, dtype=float)
+    blocks = [int(b) for b in blocks]
+    if d.ndim != 2 or d.shape[1] != len(blocks):
+        raise EffectError(f"drops must be [items, {len(blocks)} blocks], got shape {d.shape}")
+    if len(blocks) < 2:
+        raise EffectError("ranking the most damaging block needs at least 2 ablated blocks")
+    arms = _as_arms({"drop": d}, 1)
+    _check_design(arms, ("items",), ())
+    check_n_boot(n_boot, level)
+    k = int(np.argmax(d.mean(0)))
+    w = crossed_weights((d.shape[0],), n_boot, np.random.default_rng(boot_seed), [True])
+    m = weighted_means(d, w)  # [B, S]
+    reps = 1.0 + (m > m[:, [k]]).sum(1)
+    lo, hi = percentile_interval(reps, level)
+    first = float((reps == 1).mean())
+    return Effect(name=name or f"rank of block {blocks[k]} (most damaging) among {len(blocks)} blocks", estimate=1.0,
+                  lo=lo, hi=hi, p=math.nan, level=level, n={"items": int(d.shape[0])}, resampled=["items"],
+                  method=f"bootstrap over items (percentile) of the rank, 1 = most damaging; block {blocks[k]} ranks "
+                         f"first in {first:.1%} of replicates", se=float(reps.std(ddof=1)), replicates=reps,
+                  n_boot=n_boot, boot_seed=boot_seed, model=model, task=task, format=format)
+
+
+def phase_split_means(drops: np.ndarray, block_pos: np.ndarray, lstar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``([B], [B])`` mean drop of the probed silent blocks (position ``< l*``) and decisive blocks (``>= l*``) per
+    replicate, from ``drops [B, S]``, ``block_pos [S]``, ``lstar [B]`` (NaN where a phase is empty or no ``l*``)."""
+    p = np.asarray(block_pos, dtype=float)[None]
+    t = np.asarray(lstar, dtype=float)[:, None]
+    out = []
+    for m in (p < t, p >= t):
+        cnt = m.sum(1)
+        out.append(np.where(cnt > 0, (drops * m).sum(1) / np.maximum(cnt, 1), np.nan))
+    return out[0], out[1]
+
+
+def equal_distance_means(drops: np.ndarray, block_pos: np.ndarray, lstar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``([B], [B])`` the mean drop of blocks ``l*-k`` and of their partners ``l*+k-1`` (``k >= 1``, both probed), per
+    replicate: the depth-matched control of the silent-versus-decisive contrast (NaN where no pair exists)."""
+    p = np.asarray(block_pos, dtype=float)
+    t = np.asarray(lstar, dtype=float)[:, None, None]
+    # partner[b, i, j]: block j sits at l* + k - 1 where block i sits at l* - k
+    partner = (p[None, :, None] < t) & (p[None, None, :] == 2 * t - p[None, :, None] - 1)
+    has = partner.any(2)  # [B, S] silent blocks with a probed partner
+    cnt = has.sum(1)
+    with np.errstate(invalid="ignore"):
+        silent = np.where(cnt > 0, (drops * has).sum(1) / np.maximum(cnt, 1), np.nan)
+        dec = np.where(cnt > 0, np.einsum("bij,bj->b", partner, drops) / np.maximum(cnt, 1), np.nan)
+    return silent, dec
+
+
+def bootstrap_effect(name: str, estimate: float, replicates: Any, *, level: float = 0.95, **kw: Any) -> Effect:
+    """An :class:`Effect` from an estimate and its bootstrap replicates ``[B]`` (NaN: undefined): percentile
+    interval, the dual p (:func:`~phaselens.resampling.bootstrap_p`), SD as ``se``; ``kw`` go to :class:`Effect`."""
+    return _bootstrap_effect(name, float(estimate), np.asarray(replicates, dtype=float).reshape(-1), level=level, **kw)

@@ -1,0 +1,187 @@
+"""The experiments' headline effects (ablation, noise, sweep collapse ratio, transition vs collapse, CKA floor),
+each against an independent computation: numpy on the result's arrays, a hand bootstrap loop, scipy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+import phaselens as pl
+from phaselens.ablation import AblationResult
+from phaselens.noise import NoiseResult, noise_role_effect
+from phaselens.resampling import EffectError
+
+
+def _tstar(m: np.ndarray):
+    """Transition position of mean margins ``[L]`` by hand (None: none)."""
+    if not m[-1] > 0:
+        return None
+    t = len(m)
+    while t > 0 and m[t - 1] > 0:
+        t -= 1
+    return t
+
+
+def _mc_tol(se: float, b: int) -> float:
+    return 6 * math.sqrt(0.025 * 0.975 / b) / sps.norm.pdf(1.96) * se
+
+
+def _dense(n: int, L: int, t: int, rng, noise: float = 1.5) -> np.ndarray:
+    base = np.where(np.arange(L) < t, -1.0, 1.0) + 0.3 * np.arange(L) / L
+    return base[None] + noise * rng.normal(size=(n, L))
+
+
+def _ablation(n=40, L=10, t=6, seed=0, keep_dense=True) -> AblationResult:
+    rng = np.random.default_rng(seed)
+    dense = _dense(n, L, t, rng)
+    clean = dense[:, -1]
+    drop_mean = np.linspace(0.2, 1.0, L) + np.where(np.abs(np.arange(L) - t + 0.5) < 1, 0.8, 0.0)
+    drops = drop_mean[:, None] + rng.normal(size=(L, n))
+    return AblationResult("m", "task", "skip", L, list(range(L)), [], clean[None] - drops, np.ones((L, n)),
+                          np.zeros((0, n)), np.zeros((0, n)), clean, np.ones(n), _tstar(dense.mean(0)), n_boot=2000,
+                          layer_margins=dense if keep_dense else None, layer_blocks=list(range(L)) if keep_dense else None)
+
+
+def _hand_groups(d: np.ndarray, t):
+    L = d.size
+    at = [j for j in range(L) if j in (t - 1, t)]
+    sil = [j for j in range(L) if j < t - 1]
+    dec = [j for j in range(L) if j > t]
+    f = lambda js: d[js].mean() if js else np.nan  # noqa: E731
+    return f(at), f(sil), f(dec)
+
+
+def test_ablation_effects_estimates_and_bootstrap_match_numpy():
+    r = _ablation()
+    eff = {e.name: e for e in r.effects()}
+    drops = (r.clean_margins[None] - r.single_margins)  # [S, N]
+    t = _tstar(r.layer_margins.mean(0))
+    at, sil, dec = _hand_groups(drops.mean(1), t)
+    assert eff["margin drop at the transition (blocks l*-1, l*)"].estimate == pytest.approx(at)
+    assert eff["margin drop rest of the silent phase (< l*-1)"].estimate == pytest.approx(sil)
+    assert eff["margin drop rest of the decisive phase (> l*)"].estimate == pytest.approx(dec)
+    contrast = eff["margin drop at the transition − rest of the silent phase (< l*-1)"]
+    assert contrast.estimate == pytest.approx(at - sil) and contrast.predicted == "positive"
+    # a hand bootstrap: items resampled, l* re-estimated in each replicate
+    rng = np.random.default_rng(123)
+    B = 2000
+    reps, undef = [], 0
+    for _ in range(B):
+        idx = rng.integers(0, r.n_items, r.n_items)
+        tb = _tstar(r.layer_margins[idx].mean(0))
+        if tb is None:
+            undef += 1
+            continue
+        a, s, _ = _hand_groups(drops[:, idx].mean(1), tb)
+        reps.append(a - s)
+    reps = np.asarray(reps)
+    reps = reps[np.isfinite(reps)]
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    tol = _mc_tol(reps.std(), B)
+    assert contrast.lo == pytest.approx(lo, abs=tol) and contrast.hi == pytest.approx(hi, abs=tol)
+    assert contrast.undefined == pytest.approx(undef / B, abs=0.03)
+    assert "re-estimated" in contrast.method
+
+
+def test_ablation_rank_of_most_damaging_block_matches_numpy():
+    r = _ablation(seed=1)
+    rank = [e for e in r.effects() if e.name.startswith("rank of block")][0]
+    drops = (r.clean_margins[None] - r.single_margins).T  # [N, S]
+    k = int(np.argmax(drops.mean(0)))
+    assert rank.name.startswith(f"rank of block {r.singles[k]} ")
+    rng = np.random.default_rng(9)
+    ranks = []
+    for _ in range(2000):
+        m = drops[rng.integers(0, r.n_items, r.n_items)].mean(0)
+        ranks.append(1 + (m > m[k]).sum())
+    lo, hi = np.quantile(ranks, [0.025, 0.975])
+    assert rank.estimate == 1 and abs(rank.lo - lo) <= 1 and abs(rank.hi - hi) <= 1
+    assert f"{np.mean(np.asarray(ranks) == 1):.0%}"[:1] in rank.method  # share of replicates where it stays first
+
+
+def test_ablation_effects_hold_lstar_fixed_without_dense_margins():
+    r = _ablation(keep_dense=False)
+    e = [e for e in r.effects() if "− rest of the silent" in e.name][0]
+    assert "held fixed" in e.method and e.undefined == 0
+    drops = (r.clean_margins[None] - r.single_margins).mean(1)
+    at, sil, _ = _hand_groups(drops, r.transition)
+    assert e.estimate == pytest.approx(at - sil)
+
+
+def test_ablate_keeps_dense_margins_of_the_transition(tiny_llama, capitals_task):
+    tr = pl.transition_point(tiny_llama, capitals_task)
+    r = pl.ablate(tiny_llama, capitals_task, blocks=[0, 1, 2], pairs=False, transition=tr, n_boot=200)
+    np.testing.assert_allclose(r.layer_margins, tr.trace.item_margins)
+    assert r.layer_blocks == [int(b) for b in tr.trace.blocks]
+    assert all(isinstance(e, pl.Effect) for e in r.effects())
+
+
+# ----------------------------------------------------------------------------- noise
+def _noise(n=30, L=10, t=5, S=3, seed=0, eps=(0.5, 1.0), trans_shift=0) -> NoiseResult:
+    rng = np.random.default_rng(seed)
+    dense = _dense(n, L, t + trans_shift, rng, noise=1.0)
+    clean = 2 + rng.normal(size=n)
+    drop = np.linspace(1.0, 0.2, L)[:, None, None, None] * np.asarray(eps)[None, :, None, None]
+    im = clean[None, None, None] - drop - 0.5 * rng.normal(size=(L, len(eps), S, n))
+    return NoiseResult("m", f"task{seed}", L, list(range(L)), list(eps), list(range(S)), im, np.ones_like(im), clean,
+                       np.ones(n), _tstar(dense.mean(0)), n_boot=1000, layer_margins=dense, layer_blocks=list(range(L)))
+
+
+def test_noise_effects_estimates_match_numpy():
+    r = _noise()
+    effs = r.effects(eps=1.0)
+    t = _tstar(r.layer_margins.mean(0))
+    d = (r.clean_margins[None, None] - r.item_margins[:, 1]).mean((1, 2))  # [B]
+    sd = [e for e in effs if e.name.startswith("silent − decisive")][0]
+    assert sd.estimate == pytest.approx(d[:t].mean() - d[t:].mean())
+    eq = [e for e in effs if e.name.startswith("equal-distance")][0]
+    ks = [k for k in range(1, 11) if t - k >= 0 and t + k - 1 < r.n_blocks]
+    assert eq.estimate == pytest.approx(np.mean([d[t - k] - d[t + k - 1] for k in ks]))
+    assert sd.n == {"items": 30, "seeds": 3} and sd.fixed == ["seeds"] and len(sd.clusters) == 3
+    assert sd.predicted == "positive" and "re-estimated" in sd.method
+
+
+def test_noise_role_effect_against_a_hand_bootstrap():
+    rs = [_noise(seed=0, trans_shift=-2), _noise(seed=1, trans_shift=2)]
+    e = noise_role_effect(rs, eps=1.0, relative=False, n_boot=2000)
+    ts = [_tstar(r.layer_margins.mean(0)) for r in rs]
+
+    def stat(ds, tt):
+        diffs = []
+        for b in range(10):
+            sil = [d[b] for d, t in zip(ds, tt) if b < t]
+            dec = [d[b] for d, t in zip(ds, tt) if b >= t]
+            if sil and dec:
+                diffs.append(np.mean(sil) - np.mean(dec))
+        return np.mean(diffs) if diffs else np.nan
+
+    per = [(r.clean_margins[None] - r.item_margins[:, 1].mean(1)).T for r in rs]  # [N, B]
+    assert e.estimate == pytest.approx(stat([p.mean(0) for p in per], ts))
+    rng = np.random.default_rng(5)
+    reps = []
+    for _ in range(2000):
+        idx = [rng.integers(0, r.n_items, r.n_items) for r in rs]
+        tt = [_tstar(r.layer_margins[i].mean(0)) for r, i in zip(rs, idx)]
+        tt = [np.nan if t is None else t for t in tt]
+        reps.append(stat([p[i].mean(0) for p, i in zip(per, idx)], tt))
+    reps = np.asarray(reps)
+    reps = reps[np.isfinite(reps)]
+    lo, hi = np.quantile(reps, [0.025, 0.975])
+    tol = _mc_tol(reps.std(), 2000)
+    assert e.lo == pytest.approx(lo, abs=tol) and e.hi == pytest.approx(hi, abs=tol)
+
+
+@pytest.mark.bad_input
+def test_noise_role_effect_refuses_an_arm_with_too_few_items():
+    small = _noise(n=4, seed=3)
+    with pytest.raises(EffectError, match=r"arm 1 .*task3.* 4 items"):
+        noise_role_effect([_noise(seed=0), small])
+
+
+@pytest.mark.bad_input
+def test_noise_effects_refuse_too_few_items():
+    with pytest.raises(EffectError, match="arm 'drop' holds 4 items"):
+        _noise(n=4).effects()
