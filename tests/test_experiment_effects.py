@@ -185,3 +185,53 @@ def test_noise_role_effect_refuses_an_arm_with_too_few_items():
 def test_noise_effects_refuse_too_few_items():
     with pytest.raises(EffectError, match="arm 'drop' holds 4 items"):
         _noise(n=4).effects()
+
+
+# ----------------------------------------------------------------------------- sweep collapse ratio
+def _sweep(n=60, steps=9, seed=0):
+    from phaselens.pruning.iterative import Sweep, SweepStep
+    from phaselens.trace import DecisionTrace, Transition
+
+    rng = np.random.default_rng(seed)
+    K = 4
+    answers = rng.integers(0, K, n)
+    out = []
+    correct = []
+    for s in range(steps):
+        ok = rng.random(n) < 0.95 - 0.09 * s
+        pick = np.where(ok, answers, (answers + 1) % K)
+        logits = np.zeros((1, n, K), dtype=np.float32)
+        logits[0, np.arange(n), pick] = 5.0
+        tr = DecisionTrace("m", "task", "cloze", 10, np.array([9]), logits, answers, np.ones((n, K), bool),
+                           np.ones((n, K), int), item_ids=[f"i{j}" for j in range(n)], n_boot=100)
+        out.append(SweepStep(s, list(range(s)), s / 10, Transition(tr, n_boot=100), 1.0, {}, None))
+        correct.append(ok.astype(float))
+    return Sweep("m", "task", "bi", None, 10, 1 / K, out), np.asarray(correct)
+
+
+def test_sweep_collapse_ratio_bootstrap_matches_numpy():
+    sw, correct = _sweep()
+    e = sw.effects(n_boot=2000)[0]
+    assert e.estimate == sw.collapse_ratio
+    rng = np.random.default_rng(11)
+    reps = []
+    n = correct.shape[1]
+    for _ in range(2000):
+        idx = rng.integers(0, n, n)
+        acc = correct[:, idx].mean(1)
+        thr = 0.25 + 0.5 * (acc[0] - 0.25)
+        hit = [s.ratio for s, a in zip(sw.steps, acc) if a < thr]
+        reps.append(hit[0] if hit else np.nan)
+    reps = np.asarray(reps)
+    ok = reps[np.isfinite(reps)]
+    lo, hi = np.quantile(ok, [0.025, 0.975])
+    assert abs(e.lo - lo) <= 0.1 + 1e-9 and abs(e.hi - hi) <= 0.1 + 1e-9  # one step of ratio
+    assert e.undefined == pytest.approx(1 - ok.size / reps.size, abs=0.03)
+    assert e.lo <= e.estimate <= e.hi
+
+
+@pytest.mark.bad_input
+def test_sweep_effects_refuse_fewer_than_five_items():
+    sw, _ = _sweep(n=4)
+    with pytest.raises(EffectError, match="holds 4 items"):
+        sw.effects()
