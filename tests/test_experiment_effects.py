@@ -235,3 +235,75 @@ def test_sweep_effects_refuse_fewer_than_five_items():
     sw, _ = _sweep(n=4)
     with pytest.raises(EffectError, match="holds 4 items"):
         sw.effects()
+
+
+# ----------------------------------------------------------------------------- transition vs collapse (Figure 8)
+def _points(r_target: float, n_models=2, per_model=6, seed=0):
+    from phaselens.experiments.collapse import CollapsePoint
+
+    rng = np.random.default_rng(seed)
+    pts = []
+    for m in range(n_models):
+        z = rng.normal(size=(per_model, 2))
+        x = z[:, 0]
+        y = r_target * x + math.sqrt(1 - r_target ** 2) * z[:, 1]
+        for k in range(per_model):
+            tr = int(round(15 + 4 * x[k]))
+            pts.append(CollapsePoint(f"m{m}", f"t{k}", "bi", 30, tr, float(0.5 + 0.1 * y[k]), 0.9))
+    return pts
+
+
+def _fisher(r: float, n: int, c: float = 1.0):
+    se = math.sqrt(c / (n - 3))
+    z = math.atanh(r)
+    return math.tanh(z - 1.959963984540054 * se), math.tanh(z + 1.959963984540054 * se)
+
+
+def test_collapse_effects_match_scipy_with_hand_fisher_intervals():
+    from phaselens.experiments.collapse import collapse_study
+
+    st = collapse_study(_points(-0.7, n_models=2, per_model=6))
+    eff = {e.name: e for e in st.effects()}
+    x, y = st.pair_means()
+    for method, ref, c in (("pearson", sps.pearsonr(x, y)[0], 1.0), ("spearman", sps.spearmanr(x, y)[0], 1.06)):
+        e = eff[f"transition fraction vs collapse ratio: {method} r, all pairs (fisher)"]
+        assert e.estimate == pytest.approx(ref) and e.predicted == "negative"
+        lo, hi = _fisher(ref, x.size, c)
+        assert (e.lo, e.hi) == (pytest.approx(lo), pytest.approx(hi))
+        b = eff[f"transition fraction vs collapse ratio: {method} r, all pairs (bootstrap)"]
+        assert b.estimate == pytest.approx(ref) and b.fixed == ["models"] and b.lo < ref < b.hi
+    # within models: each model's pairs centred by hand, Pearson by scipy, n - G - 2 degrees
+    m = np.asarray(st.pair_table()[0])
+    xc = np.concatenate([x[m == k] - x[m == k].mean() for k in ("m0", "m1")])
+    yc = np.concatenate([y[m == k] - y[m == k].mean() for k in ("m0", "m1")])
+    w = eff["transition fraction vs collapse ratio: pearson r, within models (fisher)"]
+    rw = sps.pearsonr(xc, yc)[0]
+    assert w.estimate == pytest.approx(rw)
+    se = 1 / math.sqrt(x.size - 2 - 2)
+    assert w.lo == pytest.approx(math.tanh(math.atanh(rw) - 1.959963984540054 * se))
+    assert not any("across models" in k for k in eff)  # two models: too few for an across-model correlation
+    assert any("across models" in s for s in st.skipped_effects())
+
+
+def test_collapse_across_models_uses_model_means():
+    from phaselens.experiments.collapse import collapse_study
+
+    st = collapse_study(_points(-0.5, n_models=6, per_model=2, seed=3))
+    eff = {e.name: e for e in st.effects()}
+    models, x, y = st.pair_table()
+    m = np.asarray(models)
+    mx = np.asarray([x[m == k].mean() for k in dict.fromkeys(models)])
+    my = np.asarray([y[m == k].mean() for k in dict.fromkeys(models)])
+    e = eff["transition fraction vs collapse ratio: spearman r, across models (fisher)"]
+    assert e.estimate == pytest.approx(sps.spearmanr(mx, my)[0]) and e.n["models"] == 6
+
+
+@pytest.mark.parametrize("r, want", [(-0.9, "agree"), (0.9, "disagree")])
+def test_figure8_sign_through_the_claim_machinery(r, want):
+    from phaselens.experiments.collapse import collapse_study
+
+    st = collapse_study(_points(r, n_models=1, per_model=30, seed=4))
+    fig8 = [e for e in st.effects() if e.name.endswith("pearson r, all pairs (fisher)")][0]
+    assert np.sign(fig8.estimate) == np.sign(r)
+    table = pl.claims({"transition/fig8-sign": fig8})
+    assert table.verdicts == [want]

@@ -672,3 +672,81 @@ def bootstrap_effect(name: str, estimate: float, replicates: Any, *, level: floa
     """An :class:`Effect` from an estimate and its bootstrap replicates ``[B]`` (NaN: undefined): percentile
     interval, the dual p (:func:`~phaselens.resampling.bootstrap_p`), SD as ``se``; ``kw`` go to :class:`Effect`."""
     return _bootstrap_effect(name, float(estimate), np.asarray(replicates, dtype=float).reshape(-1), level=level, **kw)
+
+
+def _within(x: np.ndarray, labels: np.ndarray, method: str) -> np.ndarray:
+    """``x [..., n]`` ranked (Spearman) and centred within each label of ``labels [n]``."""
+    out = np.empty_like(x, dtype=float)
+    for g in np.unique(labels):
+        m = labels == g
+        v = x[..., m]
+        if method == "spearman":
+            from scipy import stats as sps  # only Spearman needs scipy
+
+            v = sps.rankdata(v, axis=-1)
+        out[..., m] = v - v.mean(-1, keepdims=True)
+    return out
+
+
+def within_correlation_effect(
+    x: Any,
+    y: Any,
+    groups: Any,
+    *,
+    name: str,
+    method: str = "pearson",
+    interval: str = "fisher",
+    predicted: Any = None,
+    level: float = 0.95,
+    n_boot: int = N_BOOT,
+    boot_seed: int = 0,
+    min_clusters: int = MIN_CLUSTERS,
+    model: str = "",
+    task: str = "",
+    format: str = "",
+) -> Effect:
+    """The pooled within-group correlation of paired points ``x, y [n]`` (e.g. within models, across tasks):
+    ``x`` and ``y`` centred within each group (ranked within it first for Spearman), then correlated. Groups with
+    one point carry no within-group information and are left out.
+
+    ``interval="fisher"``: ``tanh(atanh(r) ± z se)`` with ``se = sqrt(c / (n - G - 2))`` (``G`` group means
+    removed; ``c = 1``, or ``1.06`` for Spearman); ``"bootstrap"``: pairs resampled within their groups (groups
+    fixed when fewer than ``min_clusters``), re-centred in each replicate (percentile).
+    """
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    g = np.asarray([str(v) for v in groups])
+    if not (x.shape == y.shape == g.shape):
+        raise EffectError(f"x, y and groups must pair up: got {x.size}, {y.size} and {g.size}")
+    names, counts = np.unique(g, return_counts=True)
+    keep = np.isin(g, names[counts >= 2])
+    x, y, g = x[keep], y[keep], g[keep]
+    n_groups = len(set(g))
+    if x.size < MIN_ITEMS or x.size - n_groups - 2 < 1:
+        raise EffectError(f"a within-group correlation needs at least {MIN_ITEMS} pairs in groups of two or more, and "
+                          f"more pairs than groups + 2; got {x.size} pairs in {n_groups} groups")
+    xc, yc = _within(x, g, method), _within(y, g, method)
+    r = float(corr(xc, yc, "pearson"))
+    if not math.isfinite(r):
+        raise EffectError("the within-group correlation is undefined: x or y is constant within every group")
+    n = {"pairs": int(x.size), "models": n_groups}
+    common = dict(level=level, predicted=predicted, n=n, model=model, task=task, format=format)
+    if interval == "fisher":
+        se = math.sqrt((1.06 if method == "spearman" else 1.0) / (x.size - n_groups - 2))
+        z = math.atanh(min(max(r, -1 + 1e-15), 1 - 1e-15))
+        q = NORMAL.inv_cdf(0.5 + level / 2)
+        return Effect(name=name, estimate=r, lo=math.tanh(z - q * se), hi=math.tanh(z + q * se),
+                      p=math.erfc(abs(z) / se / math.sqrt(2)), se=se, ci_method="fisher",
+                      method=f"within-group {method} r, Fisher-z interval (n - G - 2 degrees)", **common)
+    if interval != "bootstrap":
+        raise EffectError(f"interval must be 'fisher' or 'bootstrap', got {interval!r}")
+    check_n_boot(n_boot, level)
+    idx = pair_indices(x.size, n_boot, np.random.default_rng(boot_seed), g, min_clusters)
+    if n_groups < min_clusters:
+        labels = g
+    else:
+        labels = np.arange(x.size) // (x.size // n_groups)  # slot blocks, one per drawn group
+    reps = corr(_within(x[idx], labels, method), _within(y[idx], labels, method), "pearson")
+    fixed = ["models"] if n_groups < min_clusters else []
+    return _bootstrap_effect(name, r, reps, resampled=["pairs"] + ([] if fixed else ["models"]), fixed=fixed,
+                             n_boot=n_boot, boot_seed=boot_seed,
+                             method=f"within-group {method} r, pair bootstrap within groups (percentile)", **common)
