@@ -307,3 +307,95 @@ def test_figure8_sign_through_the_claim_machinery(r, want):
     assert np.sign(fig8.estimate) == np.sign(r)
     table = pl.claims({"transition/fig8-sign": fig8})
     assert table.verdicts == [want]
+
+
+# ----------------------------------------------------------------------------- CKA: the unbiased default and the floor
+def _song_unbiased_hsic(K: np.ndarray, L: np.ndarray) -> float:
+    """Song et al. (2012), eq. 5: the unbiased HSIC of Gram matrices with their diagonals zeroed."""
+    n = K.shape[0]
+    Kt, Lt = K - np.diag(np.diag(K)), L - np.diag(np.diag(L))
+    one = np.ones(n)
+    return float((np.trace(Kt @ Lt) + (one @ Kt @ one) * (one @ Lt @ one) / ((n - 1) * (n - 2))
+                  - 2 / (n - 2) * one @ Kt @ Lt @ one) / (n * (n - 3)))
+
+
+def _song_cka(X, Y) -> float:
+    K, L = X @ X.T, Y @ Y.T
+    return _song_unbiased_hsic(K, L) / math.sqrt(_song_unbiased_hsic(K, K) * _song_unbiased_hsic(L, L))
+
+
+def test_linear_cka_default_is_unbiased_below_the_feature_dimension():
+    rng = np.random.default_rng(2026)
+    draws = [(rng.normal(size=(8, 576)), rng.normal(size=(8, 576))) for _ in range(200)]
+    auto = np.array([pl.linear_cka(x, y) for x, y in draws])
+    plug = np.array([pl.linear_cka(x, y, debiased=False) for x, y in draws])
+    assert abs(auto.mean()) < 0.05 and 0.1 < auto.std() < 0.35  # centred on 0; one draw spreads ~0.2
+    assert plug.mean() > 0.95  # the plug-in value, still available, sits near 1 for unrelated representations
+    x, y = draws[0]
+    assert pl.linear_cka(x, y) == pytest.approx(_song_cka(x, y), rel=1e-9)
+
+
+def test_linear_cka_auto_is_plugin_with_more_samples_than_features():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(50, 6)), rng.normal(size=(50, 4))
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    want = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
+    assert pl.linear_cka(x, y) == pytest.approx(want, rel=1e-10)
+    assert pl.linear_cka(x, y, debiased=True) == pytest.approx(_song_cka(xc, yc), rel=1e-9)
+
+
+def test_cka_floor_is_the_cka_of_a_shuffled_pairing():
+    from phaselens.cka import CKAAccumulator
+
+    rng = np.random.default_rng(3)
+    A, B = rng.normal(size=(2, 12, 20)), rng.normal(size=(3, 12, 20))
+    B[0] = A[0] @ rng.normal(size=(20, 20))
+    acc = CKAAccumulator(debiased="auto").update(A, B)
+    one, null = acc.floor(n_perm=150, pairs=[(0, 0), (1, 2)], seed=7)
+    r = np.random.default_rng(7)  # the shuffles, drawn by hand in the documented order
+    perm = r.permutation(12)
+    perms = np.argsort(r.random((150, 12)), axis=1)
+    assert one[1, 2] == pytest.approx(_song_cka(A[1] - A[1].mean(0), B[2][perm] - B[2].mean(0)), rel=1e-9)
+    for k in (0, 77):
+        assert null[k, 0] == pytest.approx(_song_cka(A[0] - A[0].mean(0), B[0][perms[k]] - B[0].mean(0)), rel=1e-9)
+
+
+def test_cka_result_effects_against_its_null_by_hand():
+    from phaselens.similarity import CKAResult
+
+    rng = np.random.default_rng(4)
+    null = rng.normal(0, 0.2, size=(400, 2))
+    m = np.array([[0.9, 0.1], [0.2, 0.05]])
+    r = CKAResult(m, [0, 1], [0, 1], "a", "b", "decision", 16, debiased=True, plugin=m + 0.5, floor=m * 0,
+                  null=null, null_blocks=[0, 1])
+    e0, e1 = r.effects()
+    assert e0.estimate == pytest.approx(0.9 - null[:, 0].mean()) and e1.estimate == pytest.approx(0.05 - null[:, 1].mean())
+    for e, obs, col in ((e0, 0.9, null[:, 0]), (e1, 0.05, null[:, 1])):
+        p = 2 * min(((col <= obs).sum() + 1) / 401, ((col >= obs).sum() + 1) / 401)
+        assert e.p == pytest.approx(min(1, p))
+        assert (e.lo, e.hi) == (pytest.approx(obs - np.quantile(col, 0.975)), pytest.approx(obs - np.quantile(col, 0.025)))
+    assert e0.lo > 0 and e1.lo < 0 < e1.hi
+    assert "plug-in 0.975" in r.summary()
+    assert list(r.table()["plug-in CKA"]) == [1.4, 0.55]
+
+
+def test_cka_reports_plugin_and_floor(tiny_llama, capitals_task):
+    view = pl.prune(tiny_llama, [4])
+    r = pl.cka(tiny_llama, view, capitals_task, n_perm=100)
+    assert r.debiased is (r.n_samples < tiny_llama.d_model)
+    plain = pl.cka(tiny_llama, view, capitals_task, debiased=False, n_perm=0)
+    np.testing.assert_allclose(r.plugin, plain.matrix, atol=1e-10)
+    assert r.null.shape == (100, len(view.kept)) and r.null_blocks == list(view.kept)
+    effs = r.effects()
+    assert len(effs) == len(view.kept) and effs[0].estimate == pytest.approx(r.value(0, 0) - r.null[:, 0].mean())
+    assert plain.effects() == []
+
+
+@pytest.mark.bad_input
+def test_cka_refuses_a_bad_debiased_and_too_few_shuffles(tiny_llama, capitals_task, count_forwards):
+    with count_forwards(tiny_llama) as c:
+        with pytest.raises(pl.errors.CKAError, match="debiased must be True, False or 'auto'"):
+            pl.cka(tiny_llama, tiny_llama, capitals_task, debiased="yes")
+        with pytest.raises(pl.errors.CKAError, match="n_perm=10"):
+            pl.cka(tiny_llama, tiny_llama, capitals_task, n_perm=10)
+    assert c.n == 0
