@@ -399,3 +399,23 @@ def test_cka_refuses_a_bad_debiased_and_too_few_shuffles(tiny_llama, capitals_ta
         with pytest.raises(pl.errors.CKAError, match="n_perm=10"):
             pl.cka(tiny_llama, tiny_llama, capitals_task, n_perm=10)
     assert c.n == 0
+
+
+@pytest.mark.bad_input
+def test_sweep_effects_refuse_steps_measured_on_different_items():
+    sw, _ = _sweep(n=20)
+    sw.steps[3].transition.trace.item_ids = [f"other{j}" for j in range(20)]
+    with pytest.raises(EffectError, match="measured on different items"):
+        sw.effects()
+
+
+@pytest.mark.bad_input
+def test_ablation_effects_refuse_fewer_than_five_items():
+    with pytest.raises(EffectError, match="arm 'drop' holds 4 items"):
+        _ablation(n=4).effects()
+
+
+@pytest.mark.bad_input
+def test_within_correlation_refuses_too_few_pairs():
+    with pytest.raises(EffectError, match="at least 5 pairs"):
+        pl.within_correlation_effect([1, 2, 3, 4], [2, 1, 4, 3], ["a", "a", "b", "b"], name="r")

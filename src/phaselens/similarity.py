@@ -26,6 +26,9 @@ from .view import as_view
 from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 POSITIONS = ("decision", "all")
+#: ``cka(n_perm=None)`` builds the floor's permutation null (200 shuffles) up to this many samples
+NULL_MAX_SAMPLES = 1024
+NULL_PERMS = 200
 
 
 # ----------------------------------------------------------------------------- result
@@ -221,7 +224,7 @@ def _collect(view, seqs: list[list[int]], groups: list[list[int]], pos: dict[int
 
 
 def _check_args(positions: Any, n_samples: Any, debiased: Any, seed: Any, batch_size: Any, max_tokens: Any,
-                form: Any, seq_len: Any, n_perm: Any = 0) -> None:
+                form: Any, seq_len: Any, n_perm: Any = None) -> None:
     """A :class:`CKAError` for the first bad argument of :func:`cka`."""
     if positions is not None and positions not in POSITIONS:
         raise CKAError(f"positions must be one of {POSITIONS}, got {positions!r}")
@@ -237,6 +240,8 @@ def _check_args(positions: Any, n_samples: Any, debiased: Any, seed: Any, batch_
     checks.integer("seq_len", seq_len, minimum=2, error=CKAError, what="tokens per text")
     if form not in FORMS:
         raise CKAError(f"form must be one of {FORMS}, got {form!r}")
+    if n_perm is None:
+        return
     checks.integer("n_perm", n_perm, minimum=0, error=CKAError, what="shuffled pairings of the floor's null")
     if 0 < n_perm < 100:
         raise CKAError(f"n_perm={n_perm} is too few shuffled pairings for a permutation null: pass n_perm >= 100, or 0 "
@@ -354,7 +359,7 @@ def cka(
     max_tokens: int | None = None,
     form: str = "auto",
     seq_len: int = 256,
-    n_perm: int = 200,
+    n_perm: int | None = None,
     progress: bool = False,
 ) -> CKAResult:
     """Linear CKA between every surviving block of ``model_a`` and every one of ``model_b``: a :class:`CKAResult`
@@ -376,7 +381,9 @@ def cka(
             ``d_model``), where the plug-in CKA of unrelated representations is near 1. The plug-in matrix is
             always kept beside it (``CKAResult.plugin``).
         n_perm: shuffled pairings of the floor's permutation null for the matched blocks (``CKAResult.null``,
-            tested by :meth:`CKAResult.effects`); 0 for none. ``CKAResult.floor`` is one more shuffle, every pair.
+            tested by :meth:`CKAResult.effects`); 0 for none; default (``None``): 200 when at most
+            :data:`NULL_MAX_SAMPLES` samples are compared, else none (the null costs ``n_perm`` x matched blocks x
+            ``n^2``). ``CKAResult.floor`` is one more shuffle, every block pair, always.
         max_tokens: padded tokens per forward pass (default
             :func:`~phaselens.runner.default_max_tokens`: 4096 on the CPU, 32768 on a GPU).
         batch_size: at most this many sequences per pass (default: no cap beyond ``max_tokens``).
@@ -400,6 +407,8 @@ def cka(
     matrix = acc.compute()
     common = [b for b in va.kept if b in set(vb.kept)]
     pairs = [(list(va.kept).index(b), list(vb.kept).index(b)) for b in common]
+    if n_perm is None:
+        n_perm = NULL_PERMS if acc.n <= NULL_MAX_SAMPLES else 0
     floor, null = acc.floor(n_perm=int(n_perm), pairs=pairs, seed=int(seed))
     return CKAResult(
         matrix=matrix, blocks_a=list(va.kept), blocks_b=list(vb.kept), model_a=va.name, model_b=vb.name,
