@@ -419,3 +419,23 @@ def test_ablation_effects_refuse_fewer_than_five_items():
 def test_within_correlation_refuses_too_few_pairs():
     with pytest.raises(EffectError, match="at least 5 pairs"):
         pl.within_correlation_effect([1, 2, 3, 4], [2, 1, 4, 3], ["a", "a", "b", "b"], name="r")
+
+
+@pytest.mark.slow
+def test_smollm2_ablation_effects_against_numpy(smol):
+    """One real model: ablate the blocks around SmolLM2's transition on capitals; the effects' estimates equal numpy
+    on the result's arrays, and l* is re-estimated from the kept dense margins."""
+    task = pl.load_task("capitals", format="cloze", limit=24, seed=0)
+    tr = pl.transition_point(smol, task, n_boot=200)
+    assert tr.layer is not None
+    blocks = [b for b in range(tr.layer - 3, tr.layer + 3) if 0 <= b < smol.n_blocks]
+    r = pl.ablate(smol, task, blocks=blocks, pairs=False, transition=tr, n_boot=500)
+    np.testing.assert_allclose(r.layer_margins, tr.trace.item_margins)
+    eff = {e.name: e for e in r.effects()}
+    d = (r.clean_margins[None] - r.single_margins).mean(1)
+    t = tr.layer
+    at = d[[i for i, b in enumerate(blocks) if b in (t - 1, t)]].mean()
+    sil = d[[i for i, b in enumerate(blocks) if b < t - 1]].mean()
+    assert eff["margin drop at the transition − rest of the silent phase (< l*-1)"].estimate == pytest.approx(at - sil)
+    rank = [e for e in eff.values() if e.name.startswith("rank of block")][0]
+    assert rank.name.startswith(f"rank of block {blocks[int(np.argmax(d))]} ")

@@ -53,7 +53,10 @@ import torch
 from .errors import CKAError
 
 FORMS = ("auto", "gram", "feature")
+#: values ``debiased`` takes: the unbiased estimator, the plug-in one, or ``"auto"`` (unbiased when n < features)
 DEBIASED = (True, False, "auto")
+_GRAM_CHUNK_BYTES = 1 << 30  # Gram matrices held at once while finishing the Gram form
+_NULL_CHUNK_BYTES = 1 << 28  # permuted Gram matrices held at once while building the floor's null
 
 
 def resolve_debiased(debiased: Any, n: int, p: int, q: int) -> bool:
@@ -64,7 +67,6 @@ def resolve_debiased(debiased: Any, n: int, p: int, q: int) -> bool:
     if not isinstance(debiased, (bool, np.bool_)):
         raise CKAError(f"debiased must be True, False or 'auto', got {debiased!r}")
     return bool(debiased)
-_GRAM_CHUNK_BYTES = 1 << 30  # Gram matrices held at once while finishing the Gram form
 
 
 # ----------------------------------------------------------------------------- math helpers
@@ -266,7 +268,7 @@ class CKAAccumulator:
         null = np.full((n_perm, len(pairs)), np.nan)
         if n_perm and pairs:
             perms = torch.as_tensor(np.argsort(rng.random((n_perm, self.n)), axis=1), device=self.device)
-            chunk = max(1, min(n_perm, _GRAM_CHUNK_BYTES // (8 * self.n * self.n)))
+            chunk = max(1, min(n_perm, _NULL_CHUNK_BYTES // (8 * self.n * self.n)))
             for k, (i, j) in enumerate(pairs):
                 ka = self._grams(self._xa, slice(i, i + 1), use)[0]
                 kb = self._grams(self._xb, slice(j, j + 1), use)[0]
