@@ -439,3 +439,14 @@ def test_smollm2_ablation_effects_against_numpy(smol):
     assert eff["margin drop at the transition − rest of the silent phase (< l*-1)"].estimate == pytest.approx(at - sil)
     rank = [e for e in eff.values() if e.name.startswith("rank of block")][0]
     assert rank.name.startswith(f"rank of block {blocks[int(np.argmax(d))]} ")
+
+
+def test_share_without_transition_is_reported_in_the_method():
+    r = _ablation(n=12, seed=5)
+    r.layer_margins[:, -1] -= r.layer_margins[:, -1].mean() - 0.25  # a final mean margin of +0.25: often gone
+    e = [e for e in r.effects() if "− rest of the silent" in e.name][0]
+    rng = np.random.default_rng(0)
+    none = np.mean([_tstar(r.layer_margins[rng.integers(0, 12, 12)].mean(0)) is None for _ in range(4000)])
+    share = float(e.method.split("no transition in ")[1].split("%")[0]) / 100
+    assert share == pytest.approx(none, abs=0.04) and share > 0.1
+    assert e.undefined >= share - 0.0006  # (share is printed to 0.1%); a replicate without l* is undefined (and so may be one with an empty group)

@@ -32,7 +32,7 @@ from . import checks, metrics
 from .errors import InterventionError
 from .final_readout import FinalRunner, check_run, boot_ci, check_blocks, dense_item_margins, dense_transition, final_correct, final_margins, phase_of, resolve
 from .lenses import resolve_lens
-from .effects import Effect, hierarchical_effect, phase_group_means, rank_effect, transition_positions
+from .effects import Effect, hierarchical_effect, no_transition_share, phase_group_means, rank_effect, transition_positions
 from .results import Result
 from .stats import N_BOOT
 from .runner import Plan, skip
@@ -238,7 +238,8 @@ class AblationResult(Result):
             blocks = list(self.layer_blocks)
             arms = {"drop": drops, "dense": self.layer_margins}
             lstar = lambda m: transition_positions(m["dense"])  # noqa: E731  re-estimated per replicate
-            how = "; l* re-estimated in each replicate"
+            share = no_transition_share(self.layer_margins, common["n_boot"], common["boot_seed"])
+            how = f"; l* re-estimated in each replicate (no transition in {share:.1%} of them)"
         else:
             blocks = sorted(set(self.singles) | {self.transition})
             arms = {"drop": drops}

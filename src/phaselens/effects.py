@@ -750,3 +750,11 @@ def within_correlation_effect(
     return _bootstrap_effect(name, r, reps, resampled=["pairs"] + ([] if fixed else ["models"]), fixed=fixed,
                              n_boot=n_boot, boot_seed=boot_seed,
                              method=f"within-group {method} r, pair bootstrap within groups (percentile)", **common)
+
+
+def no_transition_share(item_margins: Any, n_boot: int = N_BOOT, boot_seed: int = 0) -> float:
+    """Share of item-bootstrap replicates of ``item_margins [N, L]`` whose mean margin curve has no transition (the
+    items are drawn as :func:`hierarchical_effect` draws them with the same ``n_boot`` and ``boot_seed``)."""
+    m = np.asarray(item_margins, dtype=float)
+    w = crossed_weights((m.shape[0],), n_boot, np.random.default_rng(boot_seed), [True])
+    return float(np.isnan(transition_layer(weighted_means(m, w))).mean())

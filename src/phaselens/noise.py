@@ -30,8 +30,8 @@ from . import metrics
 from .errors import InterventionError
 from .final_readout import FinalRunner, check_run, boot_ci, check_blocks, dense_item_margins, dense_transition, final_correct, final_margins, phase_of, resolve
 from .lenses import resolve_lens
-from .effects import (Effect, bootstrap_effect, equal_distance_means, hierarchical_effect, phase_split_means,
-                      transition_positions)
+from .effects import (Effect, bootstrap_effect, equal_distance_means, hierarchical_effect, no_transition_share,
+                      phase_split_means, transition_positions)
 from .resampling import MIN_ITEMS, EffectError, check_n_boot, count_weights
 from .results import Result
 from .runner import Batch, Plan
@@ -220,6 +220,9 @@ class NoiseResult(Result):
         n_boot = self.n_boot if n_boot is None else n_boot
         boot_seed = self.boot_seed if boot_seed is None else boot_seed
         _, pos, lstar, how = self._phase_axis()
+        if self.layer_margins is not None:
+            share = no_transition_share(self.layer_margins, n_boot, boot_seed)
+            how += f" (no transition in {share:.1%} of them)"
         out: list[Effect] = []
         for e in self._eps_index(eps):
             drop = np.transpose(self.clean_margins[None, None] - self.item_margins[:, e], (2, 1, 0))  # [N, S, B]
