@@ -450,3 +450,27 @@ def test_share_without_transition_is_reported_in_the_method():
     share = float(e.method.split("no transition in ")[1].split("%")[0]) / 100
     assert share == pytest.approx(none, abs=0.04) and share > 0.1
     assert e.undefined >= share - 0.0006  # (share is printed to 0.1%); a replicate without l* is undefined (and so may be one with an empty group)
+
+
+def test_within_model_pair_bootstrap_against_a_hand_loop():
+    rng = np.random.default_rng(8)
+    g = np.repeat(["a", "b", "c"], 8)
+    x = rng.normal(size=24) + np.repeat([0.0, 3.0, -2.0], 8)
+    y = -0.6 * x + rng.normal(size=24) + np.repeat([1.0, -1.0, 4.0], 8)
+    e = pl.within_correlation_effect(x, y, g, name="r", interval="bootstrap", n_boot=4000)
+    hand = []
+    r = np.random.default_rng(99)
+    for _ in range(4000):
+        xs, ys = [], []
+        for k in "abc":
+            m = np.flatnonzero(g == k)
+            i = m[r.integers(0, m.size, m.size)]
+            xs.append(x[i] - x[i].mean())
+            ys.append(y[i] - y[i].mean())
+        hand.append(sps.pearsonr(np.concatenate(xs), np.concatenate(ys))[0])
+    lo, hi = np.quantile(hand, [0.025, 0.975])
+    tol = _mc_tol(np.std(hand), 4000)
+    assert e.lo == pytest.approx(lo, abs=tol) and e.hi == pytest.approx(hi, abs=tol)
+    assert e.fixed == ["models"] and e.estimate == pytest.approx(
+        sps.pearsonr(np.concatenate([x[g == k] - x[g == k].mean() for k in "abc"]),
+                     np.concatenate([y[g == k] - y[g == k].mean() for k in "abc"]))[0])
