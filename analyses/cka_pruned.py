@@ -92,7 +92,7 @@ def main(argv=None) -> None:
                                             zip(g.block, g.cka, g.n_samples)], hoverinfo="text"))
     fig.update_layout(title=f"CKA of each surviving block with the same block of the dense model ({a.ratio:.0%} of blocks "
                             f"pruned by {a.criterion})", xaxis_title="block (original index)", yaxis_title="linear CKA",
-                      yaxis_range=[0, 1.02])
+                      yaxis_range=[min(0.0, float(mdf.cka.min()) - 0.02), 1.02])  # the unbiased CKA can be < 0
     run.figure(fig, "cka_matched")
     run.finish(
         f"Linear CKA (pl.cka) between every block of the dense model and every surviving block of the same model with "

@@ -6,7 +6,6 @@ pairs (pl.transition_vs_collapse over iterative sweeps run until accuracy collap
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -54,17 +53,31 @@ def main(argv=None) -> None:
     for q in study.points:
         run.note(f"- {q.model}, {q.task}: transition block {q.transition} of {q.n_blocks} (fraction {C.fmt(q.fraction)}), collapse "
                  f"ratio {C.fmt(q.collapse_ratio)}, dense accuracy {C.fmt(q.dense_accuracy)}" + ("" if q.usable else f" - left out: {q.reason}"))
-    ok = None if math.isnan(study.r) else bool(study.r > 0)
-    run.claim(PAPER, "a later transition goes with a later collapse (positive correlation across model-task pairs)",
+    # the paper's sign: r = -0.96, a later transition goes with collapse at a LOWER pruning ratio (predicted r < 0)
+    effects = study.effects()
+    for e in effects:
+        run.note(f"- {e.summary().splitlines()[0]}")
+    for why in study.skipped_effects():
+        run.note(f"- not computed: {why}")
+    fig8 = next((e for e in effects if e.name.endswith("pearson r, all pairs (fisher)")), None)
+    if fig8 is None:
+        ok, evidence = None, (f"Pearson r {C.fmt(study.r)} over {study.n_pairs} usable pairs: too few pairs for an "
+                              "interval, so no verdict")
+    else:
+        word = pl.claims({"transition/fig8-sign": fig8}).verdicts[0]
+        ok = {"agree": True, "disagree": False}.get(word)
+        evidence = (f"{fig8.summary().splitlines()[0]}; the paper predicts r < 0 (it reports -0.96); verdict by "
+                    "phaselens' claims rule (the interval must exclude 0)")
+    run.claim(PAPER, "a later transition goes with an earlier collapse (negative correlation across model-task pairs)",
               ", ".join(sorted({q.model for q in study.points})), ", ".join(sorted({q.task for q in study.points})), ok,
-              f"Pearson r {C.fmt(study.r)} (p = {C.fmt(study.p, 3)}) over {study.n} usable pairs; with so few pairs the sign, "
-              f"not the p-value, is what we can read")
+              evidence)
     run.finish(
         f"For each (model, task): the dense transition (as a fraction of depth, l*/L) and the collapse ratio of an "
         f"iterative {a.criterion} sweep (the first pruning ratio whose accuracy falls below chance + 0.5 (dense - chance)), "
         f"sweeps extended {a.chunk} cuts at a time until collapse, at most {a.max_ratio:.0%} of the blocks (one study job per "
-        f"pair, pl.run_study); Pearson r across the pairs (pl.transition_vs_collapse; pairs with no transition or no "
-        f"collapse are left out and listed).")
+        f"pair, pl.run_study); Pearson and Spearman r across the pairs with Fisher-z and pair-bootstrap intervals, "
+        f"within and across models where there are enough points (pl.transition_vs_collapse(...).effects(); pairs with "
+        f"no transition or no collapse are left out and listed). The paper's sign is negative.")
 
 
 if __name__ == "__main__":

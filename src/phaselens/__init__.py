@@ -32,6 +32,8 @@ from .study.collapse import transition_vs_collapse
 from .cka import linear_cka
 from .verdicts import Claim, Claims, claims, write_claims_csv
 from .effects import Effect, correlation_effect, hierarchical_effect, paired_effect, permutation_effect
+from .effects import within_correlation_effect
+from .noise import noise_role_effect
 from .tasks import Item, LettersTemplate, Task, builtin_tasks, load_task
 from .trace import DecisionTrace, Transition, decision_trace, transition_point
 from .view import EditedView, ModelView, as_view
@@ -57,6 +59,7 @@ __all__ = [
     # effects and claims (issue 21)
     "Claim", "Claims", "Effect", "claims", "correlation_effect", "hierarchical_effect", "paired_effect",
     "permutation_effect", "write_claims_csv",
+    "noise_role_effect", "within_correlation_effect",
     # studies
     "RunKind", "load_study", "register_run", "run_study",
     # extending phaselens: registries and plugins

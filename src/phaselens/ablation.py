@@ -30,8 +30,9 @@ import torch
 
 from . import checks, metrics
 from .errors import InterventionError
-from .final_readout import FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .final_readout import FinalRunner, check_run, boot_ci, check_blocks, dense_item_margins, dense_transition, final_correct, final_margins, phase_of, resolve
 from .lenses import resolve_lens
+from .effects import Effect, hierarchical_effect, no_transition_share, phase_group_means, rank_effect, transition_positions
 from .results import Result
 from .stats import N_BOOT
 from .runner import Plan, skip
@@ -71,7 +72,13 @@ class AblationResult(Result):
         clean_margins, clean_correct: ``[N]`` without ablation.
         mode: ``"skip"``, ``"zero"`` or ``"mean"`` (see the module docstring).
         transition: the dense transition block (``None``: no transition).
+        layer_margins: ``[N, L]`` per-item Decision Margin of the dense model at each read block (the transition's
+            trace), so that ``l*`` can be re-estimated inside each bootstrap replicate (``None``: not kept; ``l*``
+            is then held fixed).
+        layer_blocks: ``[L]`` original block index of each column of ``layer_margins``.
     """
+
+    version = 2  # version 1 had no layer_margins / layer_blocks
 
     model: str
     task: str
@@ -89,9 +96,18 @@ class AblationResult(Result):
     n_boot: int = N_BOOT
     boot_seed: int = 0
     lens: str = "logit"  # the lens the transition (the phases) was read with
+    layer_margins: np.ndarray | None = None
+    layer_blocks: list[int] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.clean_margins)
+        if self.layer_margins is not None:
+            self.layer_margins = np.asarray(self.layer_margins, dtype=float)
+            self.layer_blocks = [int(b) for b in (self.layer_blocks if self.layer_blocks is not None
+                                                  else range(self.layer_margins.shape[1]))]
+            if self.layer_margins.shape != (n, len(self.layer_blocks)):
+                raise InterventionError(f"layer_margins has shape {self.layer_margins.shape}, expected [items, read "
+                                        f"blocks] = {(n, len(self.layer_blocks))}")
         self.singles = [int(b) for b in self.singles]
         self.pairs = [(int(a), int(b)) for a, b in self.pairs]
         self.clean_margins = np.asarray(self.clean_margins, dtype=float)
@@ -193,6 +209,70 @@ class AblationResult(Result):
             out.append(f"  silent - decisive: {d.mean():+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]")
         return "\n".join(out)
 
+    def effects(self, *, level: float = 0.95, n_boot: int | None = None, boot_seed: int | None = None) -> list[Effect]:
+        """The headline contrasts of single-block ablation (margin drop = clean minus ablated final margin):
+
+        * the mean drop **at the transition** (blocks ``l*-1`` and ``l*``), over the **rest of the silent phase**
+          (blocks before ``l*-1``) and over the **rest of the decisive phase** (blocks after ``l*``);
+        * ``at − rest of silent`` and ``at − rest of decisive`` (predicted positive: "ablating at the transition
+          hurts most");
+        * the most damaging block, with a bootstrap interval on its rank (:func:`~phaselens.effects.rank_effect`).
+
+        Items are resampled (percentile bootstrap, ``n_boot`` replicates); ``l*`` is re-estimated from the dense
+        per-item margins (``layer_margins``) inside every replicate, and the share of replicates with no transition
+        is each effect's ``undefined``. Without ``layer_margins`` ``l*`` is held fixed (said in ``method``).
+        """
+        n_boot = self.n_boot if n_boot is None else n_boot
+        boot_seed = self.boot_seed if boot_seed is None else boot_seed
+        drops = (self.clean_margins[None] - self.single_margins).T  # [N, S]
+        common = dict(level=level, n_boot=n_boot, boot_seed=boot_seed, model=self.model, task=self.task)
+        out: list[Effect] = []
+        if self.transition is not None and len(self.singles) >= 1:
+            out += self._phase_effects(drops, common)
+        if len(self.singles) >= 2:
+            out.append(rank_effect(drops, self.singles, name="", **common))
+        return out
+
+    def _phase_effects(self, drops: np.ndarray, common: dict) -> list[Effect]:
+        if self.layer_margins is not None:
+            blocks = list(self.layer_blocks)
+            arms = {"drop": drops, "dense": self.layer_margins}
+            lstar = lambda m: transition_positions(m["dense"])  # noqa: E731  re-estimated per replicate
+            share = no_transition_share(self.layer_margins, common["n_boot"], common["boot_seed"])
+            how = f"; l* re-estimated in each replicate (no transition in {share:.1%} of them)"
+        else:
+            blocks = sorted(set(self.singles) | {self.transition})
+            arms = {"drop": drops}
+            fixed = float(blocks.index(self.transition))
+            lstar = lambda m: np.full(m["drop"].shape[0], fixed)  # noqa: E731
+            how = "; l* held fixed (the result keeps no per-item dense margins)"
+        pos = np.asarray([blocks.index(b) if b in blocks else -10 ** 6 for b in self.singles], dtype=float)
+        groups = phase_group_means(drops.mean(0)[None], pos, lstar({k: v.mean(0)[None] for k, v in arms.items()}))
+        names = {"at": "at the transition (blocks l*-1, l*)", "silent_rest": "rest of the silent phase (< l*-1)",
+                 "decisive_rest": "rest of the decisive phase (> l*)"}
+        out = []
+
+        def stat(key, other=None):
+            def f(m):
+                g = phase_group_means(m["drop"], pos, lstar(m))
+                return g[key] if other is None else g[key] - g[other]
+            return f
+
+        for key, label in names.items():
+            if np.isfinite(groups[key][0]):
+                e = hierarchical_effect(arms, name=f"margin drop {label}", statistic=stat(key), dims=("items",),
+                                        require=(), **common)
+                e.method += how
+                out.append(e)
+        for other in ("silent_rest", "decisive_rest"):
+            if np.isfinite(groups["at"][0]) and np.isfinite(groups[other][0]):
+                e = hierarchical_effect(arms, name=f"margin drop at the transition − {names[other]}",
+                                        statistic=stat("at", other), dims=("items",), require=(), predicted="positive",
+                                        **common)
+                e.method += how
+                out.append(e)
+        return out
+
     def plot(self, **kw):
         """Plotly figure: single drops as bars with CIs (phases coloured) and the pair matrix as a heatmap."""
         from .plots.interventions import ablation_drops  # lazy: plotly is imported only when a figure is drawn
@@ -283,6 +363,8 @@ def ablate(
     S = len(singles)
     m = np.asarray(res_m).reshape(len(units), n)
     c = np.asarray(res_c, dtype=float).reshape(len(units), n)
+    lm, lb = dense_item_margins(tr, n, [it.id for it in t.items])
     return AblationResult(view.name, t.name, mode, view.base.n_blocks, singles, pair_l, m[:S], c[:S], m[S:], c[S:],
                           final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed,
-                       lens_.name if transition is None else getattr(getattr(transition, "trace", None), "lens", "logit"))
+                          lens_.name if transition is None else getattr(getattr(transition, "trace", None), "lens", "logit"),
+                          lm, lb)

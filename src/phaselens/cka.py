@@ -9,6 +9,10 @@ For representations ``X [n, p]`` and ``Y [n, q]`` of the same ``n`` inputs, colu
 (Kornblith et al., 2019). ``debiased=True`` replaces each ``<K~, L~>_F`` by the unbiased
 HSIC estimator of Song et al. (2012) (up to its constant factor, which cancels), exactly as
 Kornblith's reference ``cka(..., debiased=True)`` / ``feature_space_linear_cka(..., debiased=True)``.
+``debiased="auto"`` (the default of :func:`linear_cka` and :func:`phaselens.cka`) uses the unbiased estimator
+whenever the number of samples ``n`` is below the feature dimension (the larger of ``p`` and ``q``): there the
+plug-in value of *independent* representations is far from 0 (about 0.99 for two random 8 x 576 matrices), while
+the unbiased one is centred on 0.
 
 All ``L_a x L_b`` layer pairs are computed at once by :class:`CKAAccumulator`, fed minibatches
 ``[L_a, b, p]``, ``[L_b, b, q]`` of the two models' representations of the same inputs. It
@@ -49,7 +53,20 @@ import torch
 from .errors import CKAError
 
 FORMS = ("auto", "gram", "feature")
+#: values ``debiased`` takes: the unbiased estimator, the plug-in one, or ``"auto"`` (unbiased when n < features)
+DEBIASED = (True, False, "auto")
 _GRAM_CHUNK_BYTES = 1 << 30  # Gram matrices held at once while finishing the Gram form
+_NULL_CHUNK_BYTES = 1 << 28  # permuted Gram matrices held at once while building the floor's null
+
+
+def resolve_debiased(debiased: Any, n: int, p: int, q: int) -> bool:
+    """``debiased`` as a bool: ``"auto"`` is the unbiased estimator when ``n < max(p, q)`` (fewer samples than
+    features), the plug-in one otherwise."""
+    if debiased == "auto" and not isinstance(debiased, bool):
+        return n < max(p, q)
+    if not isinstance(debiased, (bool, np.bool_)):
+        raise CKAError(f"debiased must be True, False or 'auto', got {debiased!r}")
+    return bool(debiased)
 
 
 # ----------------------------------------------------------------------------- math helpers
@@ -96,17 +113,22 @@ class CKAAccumulator:
     (to float64 rounding).
 
     Args:
-        debiased: the unbiased HSIC estimator (needs ``n >= 4``); both forms support it.
+        debiased: the unbiased HSIC estimator (needs ``n >= 4``); ``"auto"``: unbiased when ``n`` is below the
+            feature dimension (decided at :meth:`compute`; :attr:`resolved` then says which); both forms support it.
         form: ``"auto"``, ``"gram"`` or ``"feature"`` (see the module docstring).
         device: where the float64 accumulators live (default: the first minibatch's device).
         dtype: accumulation dtype (float64; float32 trades exactness for speed).
     """
 
-    def __init__(self, *, debiased: bool = False, form: str = "auto", device: str | torch.device | None = None,
+    def __init__(self, *, debiased: bool | str = False, form: str = "auto", device: str | torch.device | None = None,
                  dtype: torch.dtype = torch.float64) -> None:
         if form not in FORMS:
             raise CKAError(f"form must be one of {FORMS}, got {form!r}")
-        self.debiased = bool(debiased)
+        if not (isinstance(debiased, (bool, np.bool_)) or debiased == "auto"):
+            raise CKAError(f"debiased must be True, False or 'auto', got {debiased!r}")
+        self.requested_debiased = debiased if debiased == "auto" and not isinstance(debiased, bool) else bool(debiased)
+        self.debiased = self.requested_debiased is not False  # keep the unbiased estimator's running sums
+        self.resolved: bool | None = None  # the estimator compute() used
         self.requested_form = form
         self.form = "feature" if form == "feature" else "gram"
         self.device = torch.device(device) if device is not None else None
@@ -214,35 +236,74 @@ class CKAAccumulator:
         self.n += m
 
     # -- results
-    def compute(self) -> np.ndarray:
-        """``[L_a, L_b]`` CKA of every layer pair (float64 numpy)."""
+    def compute(self, debiased: bool | None = None) -> np.ndarray:
+        """``[L_a, L_b]`` CKA of every layer pair (float64 numpy); ``debiased`` overrides the estimator (``False``:
+        the plug-in value, always available; ``True``: needs an accumulator built with ``debiased`` not False)."""
         if self.n < 2:
             raise CKAError(f"CKA needs at least 2 samples, got {self.n}")
-        if self.debiased and self.n < 4:
-            raise CKAError(f"debiased CKA needs at least 4 samples, got {self.n}")
-        return self._gram_compute() if self.form == "gram" else self._feature_compute()
+        la, p, lb, q = self.shape  # type: ignore[misc]
+        use = resolve_debiased(self.requested_debiased if debiased is None else debiased, self.n, p, q)
+        if use and not self.debiased:
+            raise CKAError("this accumulator was built with debiased=False; build it with debiased=True or 'auto'")
+        if use and self.n < 4:
+            raise CKAError(f"debiased CKA needs at least 4 samples, got {self.n}"
+                           + ("; pass debiased=False for the plug-in value" if debiased is None else ""))
+        if debiased is None:
+            self.resolved = use
+        return self._gram_compute(use) if self.form == "gram" else self._feature_compute(use)
 
-    def _gram_compute(self) -> np.ndarray:
+    def floor(self, *, debiased: bool | None = None, n_perm: int = 0, pairs: list[tuple[int, int]] | None = None,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The CKA of a shuffled pairing (the sample order of side b permuted at random, seeded), Gram form only:
+        ``([L_a, L_b]`` under one shuffle, ``[n_perm, M]`` for the layer pairs ``pairs`` (``(i, j)`` row/column
+        indices) under ``n_perm`` further shuffles): the permutation null of "no pairing". NaN in the feature form
+        (the rows are not kept)."""
+        la, p, lb, q = self.shape  # type: ignore[misc]
+        pairs = list(pairs or [])
+        if self.form != "gram":
+            return np.full((la, lb), np.nan), np.full((n_perm, len(pairs)), np.nan)
+        use = resolve_debiased(self.requested_debiased if debiased is None else debiased, self.n, p, q)
+        rng = np.random.default_rng(seed)
+        one = self._gram_compute(use, torch.as_tensor(rng.permutation(self.n), device=self.device))
+        null = np.full((n_perm, len(pairs)), np.nan)
+        if n_perm and pairs:
+            perms = torch.as_tensor(np.argsort(rng.random((n_perm, self.n)), axis=1), device=self.device)
+            chunk = max(1, min(n_perm, _NULL_CHUNK_BYTES // (8 * self.n * self.n)))
+            for k, (i, j) in enumerate(pairs):
+                ka = self._grams(self._xa, slice(i, i + 1), use)[0]
+                kb = self._grams(self._xb, slice(j, j + 1), use)[0]
+                den = float(ka.norm() * kb.norm())
+                for s0 in range(0, n_perm, chunk):
+                    pi = perms[s0:s0 + chunk]
+                    kp = kb[pi[:, :, None], pi[:, None, :]]  # [c, n, n]
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        null[s0:s0 + chunk, k] = ((kp * ka).sum((1, 2)) / den).cpu().numpy()
+        return one, null
+
+    def _grams(self, parts: list[torch.Tensor], idx: slice, debiased: bool, perm: torch.Tensor | None = None) -> torch.Tensor:
+        """``[layers, n, n]`` Gram matrices (centred; U-centred when ``debiased``), rows permuted by ``perm``."""
+        x = torch.cat([t[idx] for t in parts], 1).to(self.dtype)
+        if perm is not None:
+            x = x[:, perm]
+        x -= x.mean(1, keepdim=True)
+        k = torch.bmm(x, x.transpose(1, 2))
+        return _u_center(k) if debiased else k
+
+    def _gram_compute(self, debiased: bool, perm_b: torch.Tensor | None = None) -> np.ndarray:
         la, _p, lb, _q = self.shape  # type: ignore[misc]
         n, dt = self.n, self.dtype
         per = 8 * n * n
         cb = max(1, min(lb, _GRAM_CHUNK_BYTES // per))
         ca = max(1, min(la, _GRAM_CHUNK_BYTES // per))
 
-        def grams(parts: list[torch.Tensor], idx: slice) -> torch.Tensor:
-            x = torch.cat([t[idx] for t in parts], 1).to(dt)
-            x -= x.mean(1, keepdim=True)
-            k = torch.bmm(x, x.transpose(1, 2))
-            return _u_center(k) if self.debiased else k
-
         num = torch.empty(la, lb, dtype=dt, device=self.device)
         norm_a = torch.empty(la, dtype=dt, device=self.device)
         norm_b = torch.empty(lb, dtype=dt, device=self.device)
         for j in range(0, lb, cb):
-            kb = grams(self._xb, slice(j, j + cb)).flatten(1)
+            kb = self._grams(self._xb, slice(j, j + cb), debiased, perm_b).flatten(1)
             norm_b[j : j + cb] = kb.norm(dim=1)
             for i in range(0, la, ca):
-                ka = grams(self._xa, slice(i, i + ca)).flatten(1)
+                ka = self._grams(self._xa, slice(i, i + ca), debiased).flatten(1)
                 if j == 0:
                     norm_a[i : i + ca] = ka.norm(dim=1)
                 num[i : i + ca, j : j + cb] = ka @ kb.T
@@ -250,7 +311,7 @@ class CKAAccumulator:
             del kb
         return _ratio(num, norm_a, norm_b)
 
-    def _feature_compute(self) -> np.ndarray:
+    def _feature_compute(self, debiased: bool) -> np.ndarray:
         la, p, lb, q = self.shape  # type: ignore[misc]
         f, n = self._f, self.n
         mx, my = f["sx"] / n, f["sy"] / n  # means of the shifted rows
@@ -265,7 +326,7 @@ class CKAAccumulator:
         gxx = f["gxx"] - n * mx[:, :, None] * mx[:, None, :]
         gyy = f["gyy"] - n * my[:, :, None] * my[:, None, :]
         sq_a, sq_b = gxx.square().sum((1, 2)), gyy.square().sum((1, 2))  # ||X~^T X~||_F^2
-        if not self.debiased:
+        if not debiased:
             return _ratio(num, sq_a.sqrt(), sq_b.sqrt())
         al, be = (mx * mx).sum(1), (my * my).sum(1)  # |mean|^2
         ta = f["ra"] - n * al  # ||X~||_F^2 = sum_i ||x~_i||^2
@@ -281,12 +342,13 @@ class CKAAccumulator:
         return _ratio(hxy, hxx.sqrt(), hyy.sqrt())
 
 
-def linear_cka(X: Any, Y: Any, *, debiased: bool = False, form: str = "auto") -> float:
+def linear_cka(X: Any, Y: Any, *, debiased: bool | str = "auto", form: str = "auto") -> float:
     """Linear CKA of ``X [n, p]`` and ``Y [n, q]`` (numpy or torch; rows are the same inputs).
 
     ``CKA = ||Y~^T X~||_F^2 / (||X~^T X~||_F ||Y~^T Y~||_F)`` with centred columns, computed in
     float64. ``debiased=True``: the unbiased HSIC estimator (Song et al.; Kornblith's
-    ``feature_space_linear_cka(debiased=True)``), ``n >= 4``. ``form``: ``"auto"`` (Gram form when
+    ``feature_space_linear_cka(debiased=True)``), ``n >= 4``; ``False``: the plug-in value; ``"auto"`` (default):
+    unbiased when ``n < max(p, q)``, plug-in otherwise. ``form``: ``"auto"`` (Gram form when
     ``n`` is below the feature dimension), ``"gram"`` or ``"feature"``; all agree.
     """
     x, y = _to_tensor(X, "X"), _to_tensor(Y, "Y")

@@ -584,3 +584,177 @@ def transition_layer(mean_margins: np.ndarray) -> np.ndarray:
     pos = transition_indices(np.asarray(mean_margins, dtype=float)).astype(float)
     pos[pos < 0] = np.nan
     return pos
+
+
+# ----------------------------------------------------------------------------- experiments' headline contrasts
+def transition_positions(mean_margins: np.ndarray) -> np.ndarray:
+    """``[B]`` float position of ``l*`` along the read blocks for each row of ``[B, L]`` (NaN: no transition)."""
+    return transition_layer(mean_margins)
+
+
+def phase_group_means(drops: np.ndarray, block_pos: np.ndarray, lstar: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean drop of each phase group per replicate.
+
+    Args:
+        drops: ``[B, S]`` replicate means of the drop of each probed block.
+        block_pos: ``[S]`` position of each probed block along the read blocks (the axis ``l*`` is a position on).
+        lstar: ``[B]`` position of ``l*`` per replicate (NaN: none).
+
+    Returns ``{"at": [B], "silent_rest": [B], "decisive_rest": [B]}``: blocks at positions ``l*-1`` and ``l*``,
+    before ``l*-1``, after ``l*``; NaN where the group is empty or there is no transition.
+    """
+    p = np.asarray(block_pos, dtype=float)[None]
+    t = np.asarray(lstar, dtype=float)[:, None]
+    groups = {"at": (p == t - 1) | (p == t), "silent_rest": p < t - 1, "decisive_rest": p > t}
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for k, m in groups.items():
+            cnt = m.sum(1)
+            out[k] = np.where(cnt > 0, (drops * m).sum(1) / np.maximum(cnt, 1), np.nan)
+    return out
+
+
+def rank_effect(drops: Any, blocks: Sequence[int], *, name: str = "", level: float = 0.95, n_boot: int = N_BOOT,
+                boot_seed: int = 0, model: str = "", task: str = "", format: str = "") -> Effect:
+    """The most damaging block of ``drops [items, S]`` (largest mean drop) and a bootstrap interval on its rank among
+    the ``S`` blocks (1 = most damaging), items resampled. ``p`` is NaN: a rank has no null of 0; the share of
+    replicates in which the block stays first is in ``method``."""
+    d = np.asarray(drops, dtype=float)
+    blocks = [int(b) for b in blocks]
+    if d.ndim != 2 or d.shape[1] != len(blocks):
+        raise EffectError(f"drops must be [items, {len(blocks)} blocks], got shape {d.shape}")
+    if len(blocks) < 2:
+        raise EffectError("ranking the most damaging block needs at least 2 ablated blocks")
+    arms = _as_arms({"drop": d}, 1)
+    _check_design(arms, ("items",), ())
+    check_n_boot(n_boot, level)
+    k = int(np.argmax(d.mean(0)))
+    w = crossed_weights((d.shape[0],), n_boot, np.random.default_rng(boot_seed), [True])
+    m = weighted_means(d, w)  # [B, S]
+    reps = 1.0 + (m > m[:, [k]]).sum(1)
+    lo, hi = percentile_interval(reps, level)
+    first = float((reps == 1).mean())
+    return Effect(name=name or f"rank of block {blocks[k]} (most damaging) among {len(blocks)} blocks", estimate=1.0,
+                  lo=lo, hi=hi, p=math.nan, level=level, n={"items": int(d.shape[0])}, resampled=["items"],
+                  method=f"bootstrap over items (percentile) of the rank, 1 = most damaging; block {blocks[k]} ranks "
+                         f"first in {first:.1%} of replicates", se=float(reps.std(ddof=1)), replicates=reps,
+                  n_boot=n_boot, boot_seed=boot_seed, model=model, task=task, format=format)
+
+
+def phase_split_means(drops: np.ndarray, block_pos: np.ndarray, lstar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``([B], [B])`` mean drop of the probed silent blocks (position ``< l*``) and decisive blocks (``>= l*``) per
+    replicate, from ``drops [B, S]``, ``block_pos [S]``, ``lstar [B]`` (NaN where a phase is empty or no ``l*``)."""
+    p = np.asarray(block_pos, dtype=float)[None]
+    t = np.asarray(lstar, dtype=float)[:, None]
+    out = []
+    for m in (p < t, p >= t):
+        cnt = m.sum(1)
+        out.append(np.where(cnt > 0, (drops * m).sum(1) / np.maximum(cnt, 1), np.nan))
+    return out[0], out[1]
+
+
+def equal_distance_means(drops: np.ndarray, block_pos: np.ndarray, lstar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``([B], [B])`` the mean drop of blocks ``l*-k`` and of their partners ``l*+k-1`` (``k >= 1``, both probed), per
+    replicate: the depth-matched control of the silent-versus-decisive contrast (NaN where no pair exists)."""
+    p = np.asarray(block_pos, dtype=float)
+    t = np.asarray(lstar, dtype=float)[:, None, None]
+    # partner[b, i, j]: block j sits at l* + k - 1 where block i sits at l* - k
+    partner = (p[None, :, None] < t) & (p[None, None, :] == 2 * t - p[None, :, None] - 1)
+    has = partner.any(2)  # [B, S] silent blocks with a probed partner
+    cnt = has.sum(1)
+    with np.errstate(invalid="ignore"):
+        silent = np.where(cnt > 0, (drops * has).sum(1) / np.maximum(cnt, 1), np.nan)
+        dec = np.where(cnt > 0, np.einsum("bij,bj->b", partner, drops) / np.maximum(cnt, 1), np.nan)
+    return silent, dec
+
+
+def bootstrap_effect(name: str, estimate: float, replicates: Any, *, level: float = 0.95, **kw: Any) -> Effect:
+    """An :class:`Effect` from an estimate and its bootstrap replicates ``[B]`` (NaN: undefined): percentile
+    interval, the dual p (:func:`~phaselens.resampling.bootstrap_p`), SD as ``se``; ``kw`` go to :class:`Effect`."""
+    return _bootstrap_effect(name, float(estimate), np.asarray(replicates, dtype=float).reshape(-1), level=level, **kw)
+
+
+def _within(x: np.ndarray, labels: np.ndarray, method: str) -> np.ndarray:
+    """``x [..., n]`` ranked (Spearman) and centred within each label of ``labels [n]``."""
+    out = np.empty_like(x, dtype=float)
+    for g in np.unique(labels):
+        m = labels == g
+        v = x[..., m]
+        if method == "spearman":
+            from scipy import stats as sps  # only Spearman needs scipy
+
+            v = sps.rankdata(v, axis=-1)
+        out[..., m] = v - v.mean(-1, keepdims=True)
+    return out
+
+
+def within_correlation_effect(
+    x: Any,
+    y: Any,
+    groups: Any,
+    *,
+    name: str,
+    method: str = "pearson",
+    interval: str = "fisher",
+    predicted: Any = None,
+    level: float = 0.95,
+    n_boot: int = N_BOOT,
+    boot_seed: int = 0,
+    min_clusters: int = MIN_CLUSTERS,
+    model: str = "",
+    task: str = "",
+    format: str = "",
+) -> Effect:
+    """The pooled within-group correlation of paired points ``x, y [n]`` (e.g. within models, across tasks):
+    ``x`` and ``y`` centred within each group (ranked within it first for Spearman), then correlated. Groups with
+    one point carry no within-group information and are left out.
+
+    ``interval="fisher"``: ``tanh(atanh(r) ± z se)`` with ``se = sqrt(c / (n - G - 2))`` (``G`` group means
+    removed; ``c = 1``, or ``1.06`` for Spearman); ``"bootstrap"``: pairs resampled within their groups (groups
+    fixed when fewer than ``min_clusters``), re-centred in each replicate (percentile).
+    """
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    g = np.asarray([str(v) for v in groups])
+    if not (x.shape == y.shape == g.shape):
+        raise EffectError(f"x, y and groups must pair up: got {x.size}, {y.size} and {g.size}")
+    names, counts = np.unique(g, return_counts=True)
+    keep = np.isin(g, names[counts >= 2])
+    x, y, g = x[keep], y[keep], g[keep]
+    n_groups = len(set(g))
+    if x.size < MIN_ITEMS or x.size - n_groups - 2 < 1:
+        raise EffectError(f"a within-group correlation needs at least {MIN_ITEMS} pairs in groups of two or more, and "
+                          f"more pairs than groups + 2; got {x.size} pairs in {n_groups} groups")
+    xc, yc = _within(x, g, method), _within(y, g, method)
+    r = float(corr(xc, yc, "pearson"))
+    if not math.isfinite(r):
+        raise EffectError("the within-group correlation is undefined: x or y is constant within every group")
+    n = {"pairs": int(x.size), "models": n_groups}
+    common = dict(level=level, predicted=predicted, n=n, model=model, task=task, format=format)
+    if interval == "fisher":
+        se = math.sqrt((1.06 if method == "spearman" else 1.0) / (x.size - n_groups - 2))
+        z = math.atanh(min(max(r, -1 + 1e-15), 1 - 1e-15))
+        q = NORMAL.inv_cdf(0.5 + level / 2)
+        return Effect(name=name, estimate=r, lo=math.tanh(z - q * se), hi=math.tanh(z + q * se),
+                      p=math.erfc(abs(z) / se / math.sqrt(2)), se=se, ci_method="fisher",
+                      method=f"within-group {method} r, Fisher-z interval (n - G - 2 degrees)", **common)
+    if interval != "bootstrap":
+        raise EffectError(f"interval must be 'fisher' or 'bootstrap', got {interval!r}")
+    check_n_boot(n_boot, level)
+    idx = pair_indices(x.size, n_boot, np.random.default_rng(boot_seed), g, min_clusters)
+    if n_groups < min_clusters:
+        labels = g
+    else:
+        labels = np.arange(x.size) // (x.size // n_groups)  # slot blocks, one per drawn group
+    reps = corr(_within(x[idx], labels, method), _within(y[idx], labels, method), "pearson")
+    fixed = ["models"] if n_groups < min_clusters else []
+    return _bootstrap_effect(name, r, reps, resampled=["pairs"] + ([] if fixed else ["models"]), fixed=fixed,
+                             n_boot=n_boot, boot_seed=boot_seed,
+                             method=f"within-group {method} r, pair bootstrap within groups (percentile)", **common)
+
+
+def no_transition_share(item_margins: Any, n_boot: int = N_BOOT, boot_seed: int = 0) -> float:
+    """Share of item-bootstrap replicates of ``item_margins [N, L]`` whose mean margin curve has no transition (the
+    items are drawn as :func:`hierarchical_effect` draws them with the same ``n_boot`` and ``boot_seed``)."""
+    m = np.asarray(item_margins, dtype=float)
+    w = crossed_weights((m.shape[0],), n_boot, np.random.default_rng(boot_seed), [True])
+    return float(np.isnan(transition_layer(weighted_means(m, w))).mean())

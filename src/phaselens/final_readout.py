@@ -144,6 +144,22 @@ def dense_transition(view: ModelView, task: Task, transition: Any, batch_size: i
     return transition_point(view, task, batch_size=batch_size, n_boot=n_boot, boot_seed=seed, lens=lens)
 
 
+def dense_item_margins(transition: Any, n_items: int, item_ids: Sequence[str]) -> tuple[np.ndarray | None, list[int] | None]:
+    """``(item margins [N, L], read blocks [L])`` of the transition's trace when it was read on the same items
+    (so ``l*`` can be re-estimated per bootstrap replicate), else ``(None, None)``."""
+    trace = getattr(transition, "trace", None)
+    im = getattr(trace, "item_margins", None)
+    if trace is None or im is None or not getattr(trace, "complete", True):
+        return None, None
+    im = np.asarray(im, dtype=float)
+    ids = list(getattr(trace, "item_ids", []) or [])
+    if im.ndim != 2 or im.shape[0] != n_items or (ids and [str(i) for i in ids] != [str(i) for i in item_ids]):
+        return None, None
+    if not np.isfinite(im).all():
+        return None, None
+    return im, [int(b) for b in trace.blocks]
+
+
 def phase_of(b: int, layer: int | None) -> str:
     if layer is None:
         return "none"

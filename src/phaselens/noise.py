@@ -28,8 +28,11 @@ import torch
 
 from . import metrics
 from .errors import InterventionError
-from .final_readout import FinalRunner, check_run, boot_ci, check_blocks, dense_transition, final_correct, final_margins, phase_of, resolve
+from .final_readout import FinalRunner, check_run, boot_ci, check_blocks, dense_item_margins, dense_transition, final_correct, final_margins, phase_of, resolve
 from .lenses import resolve_lens
+from .effects import (Effect, bootstrap_effect, equal_distance_means, hierarchical_effect, no_transition_share,
+                      phase_split_means, transition_positions)
+from .resampling import MIN_ITEMS, EffectError, check_n_boot, count_weights
 from .results import Result
 from .runner import Batch, Plan
 from .stats import N_BOOT, seed_interval, seed_list
@@ -75,7 +78,12 @@ class NoiseResult(Result):
         clean_margins: ``[N]`` final margin without noise; ``clean_correct`` ``[N]``.
         transition: block where the dense decisive phase begins (``None``: no transition).
         n_blocks: depth of the dense model.
+        layer_margins: ``[N, L]`` per-item dense Decision Margin at each read block (the transition's trace), so
+            that ``l*`` is re-estimated inside each bootstrap replicate (``None``: not kept; ``l*`` held fixed).
+        layer_blocks: ``[L]`` original block index of each column of ``layer_margins``.
     """
+
+    version = 2  # version 1 had no layer_margins / layer_blocks
 
     model: str
     task: str
@@ -91,8 +99,17 @@ class NoiseResult(Result):
     n_boot: int = N_BOOT
     boot_seed: int = 0
     lens: str = "logit"  # the lens the transition (the phases) was read with
+    layer_margins: np.ndarray | None = None
+    layer_blocks: list[int] | None = None
 
     def __post_init__(self) -> None:
+        if self.layer_margins is not None:
+            self.layer_margins = np.asarray(self.layer_margins, dtype=float)
+            self.layer_blocks = [int(b) for b in (self.layer_blocks if self.layer_blocks is not None
+                                                  else range(self.layer_margins.shape[1]))]
+            if self.layer_margins.shape != (len(self.clean_margins), len(self.layer_blocks)):
+                raise InterventionError(f"layer_margins has shape {self.layer_margins.shape}, expected [items, read "
+                                        f"blocks] = {(len(self.clean_margins), len(self.layer_blocks))}")
         self.item_margins = np.asarray(self.item_margins, dtype=float)
         self.item_correct = np.asarray(self.item_correct, dtype=float)
         self.clean_margins = np.asarray(self.clean_margins, dtype=float)
@@ -168,6 +185,82 @@ class NoiseResult(Result):
                              "margin_drop": d.mean(), "margin_drop_lo": ci[0], "margin_drop_hi": ci[1],
                              "accuracy_drop": a.mean(), "accuracy_drop_lo": aci[0], "accuracy_drop_hi": aci[1]})
         return pd.DataFrame(rows)
+
+    def _phase_axis(self) -> tuple[list[int], np.ndarray, Any, str]:
+        """(blocks along which l* is a position, each injected block's position, ``lstar(means) -> [B]``, note)."""
+        if self.layer_margins is not None:
+            blocks = list(self.layer_blocks)
+            lstar = lambda m: transition_positions(m["dense"][:, 0] if m["dense"].ndim == 3 else m["dense"])  # noqa: E731
+            how = "; l* re-estimated in each replicate"
+        else:
+            blocks = sorted(set(self.blocks) | {self.transition})
+            fixed = float(blocks.index(self.transition))
+            lstar = lambda m: np.full(m["drop"].shape[0], fixed)  # noqa: E731
+            how = "; l* held fixed (the result keeps no per-item dense margins)"
+        pos = np.asarray([blocks.index(b) if b in blocks else -10 ** 6 for b in self.blocks], dtype=float)
+        return blocks, pos, lstar, how
+
+    def effects(self, *, eps: Any = None, level: float = 0.95, n_boot: int | None = None,
+                boot_seed: int | None = None) -> list[Effect]:
+        """Silent-versus-decisive sensitivity as effects, per noise scale (``eps``: one or several of the result's
+        scales; default all), each the final-margin drop (clean minus noisy):
+
+        * ``silent − decisive``: the mean drop over the injected silent blocks minus over the decisive ones
+          (predicted positive: the silent phase is more sensitive);
+        * ``l*-k − l*+k-1`` (equal distance): blocks at equal distance before and after the transition, ``k = 1, 2,
+          ...`` wherever both were injected: the contrast with depth distance held equal.
+
+        Items are crossed with seeds (:func:`~phaselens.hierarchical_effect`: fewer than 5 seeds are held fixed,
+        each reported on its own); ``l*`` is re-estimated inside every replicate from the dense per-item margins
+        (the share without a transition is ``undefined``). For the same block in its silent and its decisive role
+        across tasks or models, see :func:`noise_role_effect`.
+        """
+        if self.transition is None:
+            return []
+        n_boot = self.n_boot if n_boot is None else n_boot
+        boot_seed = self.boot_seed if boot_seed is None else boot_seed
+        _, pos, lstar, how = self._phase_axis()
+        if self.layer_margins is not None:
+            share = no_transition_share(self.layer_margins, n_boot, boot_seed)
+            how += f" (no transition in {share:.1%} of them)"
+        out: list[Effect] = []
+        for e in self._eps_index(eps):
+            drop = np.transpose(self.clean_margins[None, None] - self.item_margins[:, e], (2, 1, 0))  # [N, S, B]
+            arms = {"drop": drop}
+            if self.layer_margins is not None:
+                arms["dense"] = np.repeat(self.layer_margins[:, None], drop.shape[1], axis=1)  # [N, S, L]
+            means = {k: v.mean((0, 1))[None] for k, v in arms.items()}
+            t0 = lstar(means)
+            label = f" (noise eps={self.eps[e]:g})"
+            for title, split in (("silent − decisive margin drop", phase_split_means),
+                                 ("equal-distance margin drop, blocks l*-k − l*+k-1", equal_distance_means)):
+                a, b = split(means["drop"], pos, t0)
+                if not (np.isfinite(a[0]) and np.isfinite(b[0])):
+                    continue
+
+                def stat(m, _split=split):
+                    x, y = _split(m["drop"], pos, lstar(m))
+                    return x - y
+
+                eff = hierarchical_effect(arms, name=title + label, statistic=stat, dims=("items", "seeds"),
+                                          require=(), predicted="positive", level=level, n_boot=n_boot,
+                                          boot_seed=boot_seed, model=self.model, task=self.task,
+                                          labels={"seeds": self.seeds})
+                eff.method += how
+                out.append(eff)
+        return out
+
+    def _eps_index(self, eps: Any) -> list[int]:
+        if eps is None:
+            return list(range(len(self.eps)))
+        want = [eps] if isinstance(eps, (int, float, np.integer, np.floating)) else list(eps)
+        out = []
+        for v in want:
+            hit = [i for i, x in enumerate(self.eps) if math.isclose(x, float(v), rel_tol=1e-9, abs_tol=1e-12)]
+            if not hit:
+                raise EffectError(f"eps={v!r} was not measured; this result holds eps {self.eps}")
+            out.append(hit[0])
+        return out
 
     def summary(self) -> str:
         """Plain-language silent versus decisive sensitivity, per eps."""
@@ -300,7 +393,91 @@ def inject_noise(
             z = runner.run(edits)
             out_m[i, e, s] = final_margins(z, answers)
             out_c[i, e, s] = final_correct(z, answers)
+    lm, lb = dense_item_margins(tr, runner.n_items, [it.id for it in t.items])
     return NoiseResult(view.name, t.name, view.base.n_blocks, blocks, eps_l, seed_l, out_m, out_c,
                        final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed,
-                       lens_.name if transition is None else getattr(getattr(transition, "trace", None), "lens", "logit"))
+                       lens_.name if transition is None else getattr(getattr(transition, "trace", None), "lens", "logit"),
+                       lm, lb)
 
+
+
+def noise_role_effect(results: Sequence[NoiseResult], *, eps: float | None = None, relative: bool = True,
+                      level: float = 0.95, n_boot: int = N_BOOT, boot_seed: int = 0) -> Effect:
+    """The same block index in its silent role against its decisive role, across results whose transitions differ
+    (several tasks or models): the phase contrast with the block (its depth) held fixed.
+
+    For every block index ``b`` injected in each result, ``b`` is silent in the results where ``b < l*`` and
+    decisive where ``b >= l*``. The statistic is the mean, over the blocks that are silent in at least one result
+    and decisive in another, of (mean drop of ``b`` where silent) − (mean drop of ``b`` where decisive); predicted
+    positive. ``relative``: each result's drops divided by its mean clean final margin (tasks and models differ in
+    scale). Each result's items are resampled on their own (different tasks hold different items; seeds are
+    averaged), and each result's ``l*`` is re-estimated inside every replicate from its dense per-item margins
+    (held fixed where a result keeps none).
+
+    Args:
+        results: two or more :class:`NoiseResult` s (each with a transition).
+        eps: the noise scale compared (default: the largest scale every result measured).
+    """
+    rs = list(results)
+    if len(rs) < 2 or not all(isinstance(r, NoiseResult) for r in rs):
+        raise EffectError("noise_role_effect takes a list of two or more NoiseResults (different tasks or models)")
+    check_n_boot(n_boot, level)
+    for k, r in enumerate(rs):
+        if r.n_items < MIN_ITEMS:
+            raise EffectError(f"arm {k} ({r.model}, {r.task}) holds {r.n_items} items; an effect needs at least "
+                              f"{MIN_ITEMS}")
+        if r.transition is None:
+            raise EffectError(f"arm {k} ({r.model}, {r.task}) has no transition: its blocks have no phase role")
+    if eps is None:
+        common = set(rs[0].eps).intersection(*[set(r.eps) for r in rs[1:]])
+        if not common:
+            raise EffectError(f"the results share no noise scale: {[r.eps for r in rs]}; pass eps= one they all hold")
+        eps = max(common)
+    rng = np.random.default_rng(boot_seed)
+    parts = []  # per result: (drops [B+1, S], positions [S], lstar [B+1], blocks)
+    for r in rs:
+        e = r._eps_index(eps)[0]
+        drop = (r.clean_margins[None, None] - r.item_margins[:, e]).mean(1).T  # [N, S] (seeds averaged)
+        w = np.vstack([np.ones((1, r.n_items)), count_weights(r.n_items, n_boot, rng)])  # row 0: the sample itself
+        d = w @ drop / r.n_items  # [B+1, S]
+        if relative:
+            scale = w @ r.clean_margins / r.n_items
+            with np.errstate(divide="ignore", invalid="ignore"):
+                d = d / np.where(scale > 0, scale, np.nan)[:, None]
+        _, pos, lstar, _ = r._phase_axis()
+        dense = (w @ r.layer_margins / r.n_items) if r.layer_margins is not None else None
+        t = lstar({"drop": d, "dense": dense}) if dense is not None else lstar({"drop": d})
+        parts.append((d, pos, t, r.blocks))
+    blocks = sorted(set().union(*[set(p[3]) for p in parts]))
+    B1 = n_boot + 1
+    sil_sum = np.zeros((B1, len(blocks)))
+    sil_n = np.zeros((B1, len(blocks)))
+    dec_sum = np.zeros((B1, len(blocks)))
+    dec_n = np.zeros((B1, len(blocks)))
+    col = {b: j for j, b in enumerate(blocks)}
+    for d, pos, t, bl in parts:
+        for s_, b in enumerate(bl):
+            silent = pos[s_] < t  # [B1]; NaN l* -> False both ways
+            decisive = pos[s_] >= t
+            sil_sum[:, col[b]] += np.where(silent, d[:, s_], 0)
+            sil_n[:, col[b]] += silent
+            dec_sum[:, col[b]] += np.where(decisive, d[:, s_], 0)
+            dec_n[:, col[b]] += decisive
+    both = (sil_n > 0) & (dec_n > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = np.where(both, sil_sum / sil_n - dec_sum / dec_n, 0.0)
+        stat = np.where(both.any(1), diff.sum(1) / both.sum(1), np.nan)
+    if not math.isfinite(stat[0]):
+        raise EffectError("no block index is silent in one result and decisive in another (their transitions "
+                          f"{[r.transition for r in rs]} and injected blocks do not overlap that way)")
+    n_roles = int(both[0].sum())
+    name = (f"same block, silent − decisive role{' (relative)' if relative else ''} margin drop (noise eps={eps:g}, "
+            f"{n_roles} block(s))")
+    return bootstrap_effect(name, float(stat[0]), stat[1:], level=level, predicted="positive",
+                            n={"results": len(rs), "items": int(sum(r.n_items for r in rs))},
+                            resampled=["items"], method="bootstrap over each result's items independently "
+                            "(percentile); each result's l* re-estimated per replicate" +
+                            ("" if all(r.layer_margins is not None for r in rs) else " where it keeps dense margins"),
+                            n_boot=n_boot, boot_seed=boot_seed,
+                            model=",".join(dict.fromkeys(r.model for r in rs)),
+                            task=",".join(dict.fromkeys(r.task for r in rs)))

@@ -14,6 +14,8 @@ from tqdm.auto import tqdm
 from . import checks
 from .calibration import load_calibration, tokenize
 from .cka import FORMS, CKAAccumulator
+from .effects import Effect
+from .resampling import check_n_boot, percentile_interval, permutation_p
 from .errors import CKAError, NotFoundError
 from .readout import read_at
 from .results import Result
@@ -24,6 +26,9 @@ from .view import as_view
 from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 POSITIONS = ("decision", "all")
+#: ``cka(n_perm=None)`` builds the floor's permutation null (200 shuffles) up to this many samples
+NULL_MAX_SAMPLES = 1024
+NULL_PERMS = 200
 
 
 # ----------------------------------------------------------------------------- result
@@ -38,7 +43,15 @@ class CKAResult(Result):
         model_a, model_b: model names.
         positions: ``"decision"`` (each item's last prompt token) or ``"all"`` (every token).
         n_samples: representations compared (items or tokens) after subsampling.
-        debiased: whether the unbiased HSIC estimator was used.
+        debiased: whether the unbiased HSIC estimator was used (``cka(debiased="auto")``: when ``n_samples`` is
+            below the feature dimension).
+        plugin: ``[L_a, L_b]`` the plug-in (biased) CKA of the same samples, beside ``matrix``.
+        floor: ``[L_a, L_b]`` the CKA (``matrix``'s estimator) of a shuffled pairing: the samples of ``model_b``
+            permuted at random against ``model_a``'s, what CKA reads when the pairing carries nothing (NaN in the
+            feature form, which keeps no rows).
+        null: ``[n_perm, M]`` the CKA of each matched block (:meth:`matched`) under ``n_perm`` shuffled pairings:
+            the permutation null that :meth:`effects` tests against.
+        null_blocks: ``[M]`` the matched blocks of ``null``'s columns.
         source: the task name, or ``"texts"`` / ``"calibration"``.
         form: ``"gram"`` or ``"feature"``, the accumulator form that computed it.
     """
@@ -54,9 +67,25 @@ class CKAResult(Result):
     source: str = ""
     form: str = ""
     seed: int = 0
+    plugin: np.ndarray | None = None
+    floor: np.ndarray | None = None
+    null: np.ndarray | None = None
+    null_blocks: list[int] | None = None
+
+    version = 2  # version 1 had no plugin / floor / null
 
     def __post_init__(self) -> None:
         self.matrix = np.asarray(self.matrix, dtype=float)
+        for k in ("plugin", "floor"):
+            v = getattr(self, k)
+            if v is not None:
+                setattr(self, k, np.asarray(v, dtype=float).reshape(self.matrix.shape))
+        if self.null is not None:
+            self.null = np.asarray(self.null, dtype=float)
+            self.null_blocks = [int(b) for b in (self.null_blocks or [])]
+            if self.null.ndim != 2 or self.null.shape[1] != len(self.null_blocks):
+                raise CKAError(f"null has shape {self.null.shape}; expected [n_perm, {len(self.null_blocks)} matched "
+                               "blocks]")
         self.blocks_a = [int(b) for b in self.blocks_a]
         self.blocks_b = [int(b) for b in self.blocks_b]
         if self.matrix.shape != (len(self.blocks_a), len(self.blocks_b)):
@@ -93,15 +122,65 @@ class CKAResult(Result):
 
     def summary(self) -> str:
         kind = "debiased linear CKA" if self.debiased else "linear CKA"
-        return (f"{kind} of {self.model_a} ({len(self.blocks_a)} blocks) against {self.model_b} ({len(self.blocks_b)} "
-                f"blocks) on {self.source or 'inputs'}, {self.positions} positions, n={self.n_samples}.")
+        s = (f"{kind} of {self.model_a} ({len(self.blocks_a)} blocks) against {self.model_b} ({len(self.blocks_b)} "
+             f"blocks) on {self.source or 'inputs'}, {self.positions} positions, n={self.n_samples}.")
+        b, v = self.matched()
+        if len(b):
+            parts = [f"matched blocks' mean CKA {np.nanmean(v):.3f}"]
+            idx = [(self.blocks_a.index(x), self.blocks_b.index(x)) for x in b]
+            if self.plugin is not None:
+                parts.append(f"plug-in {np.nanmean([self.plugin[i, j] for i, j in idx]):.3f}")
+            if self.null is not None and self.null.size and np.isfinite(self.null).any():
+                parts.append(f"shuffled-pairing floor {np.nanmean(self.null):.3f}")
+            elif self.floor is not None and np.isfinite(self.floor).any():
+                parts.append(f"shuffled-pairing floor {np.nanmean([self.floor[i, j] for i, j in idx]):.3f}")
+            s += " " + "; ".join(parts) + "."
+        return s
+
+    def effects(self, *, level: float = 0.95) -> list[Effect]:
+        """Each matched block's CKA against its shuffled-pairing floor: ``estimate = CKA − mean(null)``, ``p`` the
+        two-sided permutation p of the observed CKA among its ``n_perm`` shuffled pairings (the samples of one side
+        permuted against the other's), the interval the observed CKA minus the null's quantiles (so it excludes 0
+        exactly when the observed value lies outside the null's central ``level`` range). It covers the pairing
+        null only, not the sampling of items. Empty when the result has no null (``cka(n_perm=0)``, the feature
+        form, or a result saved before the floor existed)."""
+        if self.null is None or not self.null.size or not np.isfinite(self.null).any():
+            return []
+        check_n_boot(self.null.shape[0], level, "n_perm")
+        unit = "items" if self.positions == "decision" else "tokens"
+        out = []
+        for k, b in enumerate(self.null_blocks or []):
+            obs = self.value(b, b)
+            null = self.null[:, k]
+            reps = obs - null
+            lo, hi = percentile_interval(reps, level)
+            ok = null[np.isfinite(null)]
+            out.append(Effect(
+                name=f"CKA − shuffled-pairing floor, block {b}", estimate=float(obs - ok.mean()), lo=lo, hi=hi,
+                p=permutation_p(null, obs), level=level, n={unit: int(self.n_samples)}, resampled=["pairings"],
+                method=f"{'debiased' if self.debiased else 'plug-in'} linear CKA against {null.size} shuffled "
+                       "pairings (permutation p; interval: observed minus the null's quantiles)",
+                se=float(ok.std(ddof=1)), replicates=reps, n_boot=int(null.size), boot_seed=self.seed,
+                model=self.model_a if self.model_a == self.model_b else f"{self.model_a} vs {self.model_b}",
+                task=self.source))
+        return out
 
     def table(self):
-        """The blocks present in both models and their CKA with themselves (the full matrix is in the heatmap)."""
+        """The blocks present in both models and their CKA with themselves, the plug-in value and the
+        shuffled-pairing floor beside it (the full matrix is in the heatmap)."""
         import pandas as pd
 
         b, v = self.matched()
-        return pd.DataFrame({"block": b, "CKA with itself across the two models": v})
+        df = pd.DataFrame({"block": b, "CKA with itself across the two models": v})
+        idx = [(self.blocks_a.index(x), self.blocks_b.index(x)) for x in b]
+        if self.plugin is not None:
+            df["plug-in CKA"] = [self.plugin[i, j] for i, j in idx]
+        if self.null is not None and self.null.size:
+            col = {blk: k for k, blk in enumerate(self.null_blocks or [])}
+            df["shuffled-pairing floor"] = [float(np.nanmean(self.null[:, col[x]])) if x in col else np.nan for x in b]
+        elif self.floor is not None:
+            df["shuffled-pairing floor"] = [self.floor[i, j] for i, j in idx]
+        return df
 
     def provenance(self) -> dict[str, Any]:
         model = self.model_a if self.model_a == self.model_b else f"{self.model_a} vs {self.model_b}"
@@ -145,20 +224,28 @@ def _collect(view, seqs: list[list[int]], groups: list[list[int]], pos: dict[int
 
 
 def _check_args(positions: Any, n_samples: Any, debiased: Any, seed: Any, batch_size: Any, max_tokens: Any,
-                form: Any, seq_len: Any) -> None:
+                form: Any, seq_len: Any, n_perm: Any = None) -> None:
     """A :class:`CKAError` for the first bad argument of :func:`cka`."""
     if positions is not None and positions not in POSITIONS:
         raise CKAError(f"positions must be one of {POSITIONS}, got {positions!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
         raise CKAError(f"n_samples must be an integer >= 2 (CKA compares at least two inputs), got {n_samples!r}")
-    if debiased and n_samples < 4:
+    if not (isinstance(debiased, (bool, np.bool_)) or debiased == "auto"):
+        raise CKAError(f"debiased must be True, False or 'auto' (unbiased when n_samples < the feature dimension), "
+                       f"got {debiased!r}")
+    if debiased is True and n_samples < 4:
         raise CKAError(f"debiased CKA needs n_samples >= 4, got {n_samples}")
     checks.batching(batch_size, max_tokens, CKAError)
-    checks.flag("debiased", debiased, error=CKAError)
     checks.integer("seed", seed, error=CKAError)
     checks.integer("seq_len", seq_len, minimum=2, error=CKAError, what="tokens per text")
     if form not in FORMS:
         raise CKAError(f"form must be one of {FORMS}, got {form!r}")
+    if n_perm is None:
+        return
+    checks.integer("n_perm", n_perm, minimum=0, error=CKAError, what="shuffled pairings of the floor's null")
+    if 0 < n_perm < 100:
+        raise CKAError(f"n_perm={n_perm} is too few shuffled pairings for a permutation null: pass n_perm >= 100, or 0 "
+                       "for no null")
 
 
 def _text_inputs(texts: Any, positions: str | None, tok_a, tok_b, seq_len: int):
@@ -226,7 +313,7 @@ def _draw_samples(seqs_a, seqs_b, positions: str, n_samples: int, seed: int, deb
     else:
         pick = torch.arange(total)
     n = len(pick)
-    if n < 2 or (debiased and n < 4):
+    if n < 2 or (debiased is True and n < 4):
         raise CKAError(f"{source} gives only {n} {'items' if positions == 'decision' else 'tokens'}; CKA needs at least "
                        f"{4 if debiased else 2}")
     return _Samples(seq=cand_seq[pick].tolist(), pos_a=cand_pos_a[pick].tolist(), pos_b=cand_pos_b[pick].tolist())
@@ -266,12 +353,13 @@ def cka(
     *,
     positions: str | None = None,
     n_samples: int = 2048,
-    debiased: bool = False,
+    debiased: bool | str = "auto",
     seed: int = 0,
     batch_size: int | None = None,
     max_tokens: int | None = None,
     form: str = "auto",
     seq_len: int = 256,
+    n_perm: int | None = None,
     progress: bool = False,
 ) -> CKAResult:
     """Linear CKA between every surviving block of ``model_a`` and every one of ``model_b``: a :class:`CKAResult`
@@ -288,7 +376,14 @@ def cka(
             the inputs identically. Default: ``"decision"`` for a task, ``"all"`` for texts.
         n_samples: at most this many samples (items or tokens), drawn without replacement by a
             generator seeded with ``seed``; the same samples for both models.
-        debiased: the unbiased HSIC estimator (Song et al.) instead of the plug-in one.
+        debiased: ``True``: the unbiased HSIC estimator (Song et al.); ``False``: the plug-in one; ``"auto"``
+            (default): unbiased whenever the number of samples is below the feature dimension (the larger
+            ``d_model``), where the plug-in CKA of unrelated representations is near 1. The plug-in matrix is
+            always kept beside it (``CKAResult.plugin``).
+        n_perm: shuffled pairings of the floor's permutation null for the matched blocks (``CKAResult.null``,
+            tested by :meth:`CKAResult.effects`); 0 for none; default (``None``): 200 when at most
+            :data:`NULL_MAX_SAMPLES` samples are compared, else none (the null costs ``n_perm`` x matched blocks x
+            ``n^2``). ``CKAResult.floor`` is one more shuffle, every block pair, always.
         max_tokens: padded tokens per forward pass (default
             :func:`~phaselens.runner.default_max_tokens`: 4096 on the CPU, 32768 on a GPU).
         batch_size: at most this many sequences per pass (default: no cap beyond ``max_tokens``).
@@ -298,7 +393,7 @@ def cka(
     token (the models are causal), and block outputs are gathered at the sampled positions only
     and folded into a :class:`~phaselens.cka.CKAAccumulator` batch by batch.
     """
-    _check_args(positions, n_samples, debiased, seed, batch_size, max_tokens, form, seq_len)
+    _check_args(positions, n_samples, debiased, seed, batch_size, max_tokens, form, seq_len, n_perm)
     va, vb = as_view(model_a), as_view(model_b)
     tok_a, tok_b = va.base.tokenizer, vb.base.tokenizer
     if _is_texts(task_or_texts):
@@ -309,8 +404,15 @@ def cka(
     smp = _draw_samples(seqs_a, seqs_b, positions, n_samples, seed, debiased, source)
     acc = CKAAccumulator(debiased=debiased, form=form, device=va.base.device)
     _accumulate(va, vb, seqs_a, seqs_b, smp, acc, max_tokens, batch_size, progress)
+    matrix = acc.compute()
+    common = [b for b in va.kept if b in set(vb.kept)]
+    pairs = [(list(va.kept).index(b), list(vb.kept).index(b)) for b in common]
+    if n_perm is None:
+        n_perm = NULL_PERMS if acc.n <= NULL_MAX_SAMPLES else 0
+    floor, null = acc.floor(n_perm=int(n_perm), pairs=pairs, seed=int(seed))
     return CKAResult(
-        matrix=acc.compute(), blocks_a=list(va.kept), blocks_b=list(vb.kept), model_a=va.name, model_b=vb.name,
-        positions=positions, n_samples=len(smp.seq), debiased=bool(debiased), source=source, form=acc.form,
-        seed=int(seed),
+        matrix=matrix, blocks_a=list(va.kept), blocks_b=list(vb.kept), model_a=va.name, model_b=vb.name,
+        positions=positions, n_samples=len(smp.seq), debiased=bool(acc.resolved), source=source, form=acc.form,
+        seed=int(seed), plugin=matrix if not acc.resolved else acc.compute(debiased=False), floor=floor,
+        null=null if n_perm else None, null_blocks=common if n_perm else None,
     )

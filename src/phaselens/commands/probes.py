@@ -51,7 +51,8 @@ def cka_cmd(
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="text file (passages separated by blank "
                                                "lines) for --on-texts; default: the bundled fit passages"),
     positions: Optional[str] = typer.Option(None, "--positions", help="decision | all"),
-    debiased: bool = typer.Option(False, "--debiased", help="the unbiased HSIC estimator"),
+    debiased: Optional[bool] = typer.Option(None, "--debiased/--plugin", help="the unbiased HSIC estimator, or the "
+                                            "plug-in one (default: unbiased when samples < feature dimension)"),
     n_samples: int = typer.Option(2048, "--n-samples", help="at most this many samples (items or tokens)"),
     limit: Optional[int] = LimitOpt,
     seed: int = typer.Option(0, "--seed", help="seed of the item subset and of the sampled positions"),
@@ -77,11 +78,12 @@ def cka_cmd(
         vb = prune(vb, cut_b or [])
     elif criterion_b:
         vb = prune(vb, select_blocks(vb, n, criterion_b, task=t, seed=seed))  # type: ignore[arg-type]
-    r = cka(ma, vb, (cal if on_texts else t), positions=positions, debiased=debiased, n_samples=n_samples, seed=seed,
+    r = cka(ma, vb, (cal if on_texts else t), positions=positions, debiased="auto" if debiased is None else debiased,
+            n_samples=n_samples, seed=seed,
             batch_size=batch_size, progress=progress(as_json))
     finish(r, as_json=as_json, out=out, html=html, name=slug("cka", r.model_a, r.model_b, r.source), table=_cka_table(r),
            summary="", command="cka", model=r.model_a, model_b=r.model_b, task=r.source, positions=r.positions,
-           seed=seed, debiased=debiased)
+           seed=seed, debiased=r.debiased)
 
 
 # ----------------------------------------------------------------------------- noise

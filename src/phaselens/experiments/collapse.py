@@ -1,9 +1,11 @@
 """The transition-versus-collapse study.
 
 :func:`phaselens.transition_vs_collapse` (:mod:`phaselens.study.collapse`, which runs the sweeps as a study) asks the decision-transition paper's question across several
-(model, task) pairs: does a later transition (as a fraction of depth, ``l* / L``) go with a
-later collapse under iterative pruning (the collapse ratio of :class:`~phaselens.Sweep`)?
-It reports Pearson's ``r`` and its two-sided p-value (``scipy.stats.pearsonr``). With fewer than
+(model, task) pairs: how does the transition (as a fraction of depth, ``l* / L``) go with the collapse under
+iterative pruning (the collapse ratio of :class:`~phaselens.Sweep`)? The paper reports r = -0.96: a later
+transition goes with collapse at a *lower* pruning ratio, so the predicted sign is **negative**.
+It reports Pearson's ``r`` and its two-sided p-value (``scipy.stats.pearsonr``); :meth:`CollapseStudy.effects` adds
+Pearson and Spearman with Fisher-z and pair-bootstrap intervals, over all pairs, within models and across models. With fewer than
 3 usable points, or when either coordinate is constant, ``r`` and ``p`` are NaN and a
 :class:`StatsWarning` says why: never a number that looks like a correlation but is not one
 (two points always give ``r = +-1``).
@@ -23,7 +25,9 @@ from ..deprecation import renamed_kwargs
 from ..errors import StatsError, StatsWarning
 from ..pruning.iterative import load_sweep, Sweep
 from ..results import load_results, Record, Result
-from ..stats import pearson
+from ..effects import Effect, correlation_effect, within_correlation_effect
+from ..resampling import MIN_ITEMS
+from ..stats import N_BOOT, pearson
 from ..trace import Transition
 
 @dataclass
@@ -110,6 +114,83 @@ class CollapseStudy(Result):
         y = np.asarray([np.mean([q.collapse_ratio for q in g]) for g in groups.values()], dtype=float)
         return x, y
 
+    def pair_table(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``(model of each pair, [n_pairs] mean fraction, [n_pairs] mean collapse ratio)``, in :meth:`pair_means`'
+        order."""
+        seen: dict[tuple[str, str], None] = {}
+        for q in self.used:
+            seen.setdefault((q.model, q.task), None)
+        x, y = self.pair_means()
+        return [m for m, _ in seen], x, y
+
+    def effects(self, *, level: float = 0.95, n_boot: int = N_BOOT, boot_seed: int = 0) -> list[Effect]:
+        """Transition fraction against collapse ratio as effects, with the paper's sign (predicted **negative**: a
+        later transition goes with an earlier collapse; the paper reports r = -0.96).
+
+        For each scope that has enough points (at least 5): **all pairs** (one point per (model, task) pair),
+        **within models** (each model's pairs centred on the model's means, :func:`~phaselens.effects.within_correlation_effect`;
+        models with one pair drop out) and **across models** (one point per model, its pairs' means): Pearson and
+        Spearman r, each with a Fisher-z interval and a pair-bootstrap interval (pairs resampled within their
+        model; models held fixed when fewer than 5). :meth:`skipped_effects` says which scopes were too small.
+        """
+        models, x, y = self.pair_table()
+        common = dict(predicted="negative", level=level, n_boot=n_boot, boot_seed=boot_seed,
+                      model=",".join(dict.fromkeys(models)), task=",".join(dict.fromkeys(q.task for q in self.used)))
+        out: list[Effect] = []
+        label = "transition fraction vs collapse ratio"
+        if x.size >= MIN_ITEMS and np.ptp(x) > 0 and np.ptp(y) > 0:
+            for method in ("pearson", "spearman"):
+                for interval in ("fisher", "bootstrap"):
+                    out.append(correlation_effect(x, y, name=f"{label}: {method} r, all pairs ({interval})",
+                                                  method=method, interval=interval,
+                                                  groups=models if interval == "bootstrap" else None, **common))
+        if self._within_ok(models, x, y):
+            for method in ("pearson", "spearman"):
+                for interval in ("fisher", "bootstrap"):
+                    out.append(within_correlation_effect(x, y, models, name=f"{label}: {method} r, within models "
+                                                         f"({interval})", method=method, interval=interval, **common))
+        mx, my = self._model_means(models, x, y)
+        if mx.size >= MIN_ITEMS and np.ptp(mx) > 0 and np.ptp(my) > 0:
+            for method in ("pearson", "spearman"):
+                for interval in ("fisher", "bootstrap"):
+                    e = correlation_effect(mx, my, name=f"{label}: {method} r, across models ({interval})",
+                                           method=method, interval=interval, **common)
+                    e.n = {"pairs": int(mx.size), "models": int(mx.size)}
+                    out.append(e)
+        return out
+
+    @staticmethod
+    def _model_means(models: list[str], x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        names = list(dict.fromkeys(models))
+        m = np.asarray(models)
+        return (np.asarray([x[m == k].mean() for k in names]), np.asarray([y[m == k].mean() for k in names]))
+
+    @staticmethod
+    def _within_ok(models: list[str], x: np.ndarray, y: np.ndarray) -> bool:
+        m = np.asarray(models)
+        multi = [k for k in set(models) if (m == k).sum() >= 2]
+        sel = np.isin(m, multi)
+        n = int(sel.sum())
+        if n < MIN_ITEMS or n - len(multi) - 2 < 1:
+            return False
+        xs = np.concatenate([x[m == k] - x[m == k].mean() for k in multi])
+        ys = np.concatenate([y[m == k] - y[m == k].mean() for k in multi])
+        return bool(np.ptp(xs) > 0 and np.ptp(ys) > 0)
+
+    def skipped_effects(self) -> list[str]:
+        """Why a scope of :meth:`effects` is missing (too few points), one sentence each."""
+        models, x, y = self.pair_table()
+        out = []
+        if x.size < MIN_ITEMS:
+            out.append(f"all pairs: {x.size} usable (model, task) pairs; a correlation effect needs {MIN_ITEMS}")
+        if not self._within_ok(models, x, y):
+            out.append(f"within models: needs at least {MIN_ITEMS} pairs in models holding two or more pairs, more "
+                       "pairs than models + 2, and variation within models")
+        mx, _ = self._model_means(models, x, y)
+        if mx.size < MIN_ITEMS:
+            out.append(f"across models: {mx.size} model(s); a correlation effect needs {MIN_ITEMS}")
+        return out
+
     def fit(self) -> tuple[float, float] | None:
         """(slope, intercept) of the least-squares line ``y = slope x + intercept`` (``None`` if undefined)."""
         if self.n < 2 or np.all(self.x == self.x[0]):
@@ -120,7 +201,9 @@ class CollapseStudy(Result):
     def summary(self) -> str:
         rr = "undefined" if math.isnan(self.r) else f"{self.r:+.3f} (p = {self.p:.3g})"
         avg = f" ({self.n} sweeps, each pair's seeds averaged)" if self.n > self.n_pairs else ""
-        s = f"Transition fraction vs collapse ratio over {self.n_pairs} (model, task) pairs{avg}: Pearson r {rr}."
+        s = (f"Transition fraction vs collapse ratio over {self.n_pairs} (model, task) pairs{avg}: Pearson r {rr} "
+             "(the decision-transition paper predicts r < 0: a later transition, an earlier collapse; it reports "
+             "-0.96).")
         if self.excluded:
             s += " Left out: " + "; ".join(f"{q.model}/{q.task}: {q.reason}" for q in self.excluded) + "."
         return s

@@ -12,6 +12,7 @@ recompute only from the first block whose input changed: the prefix cache replay
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ import numpy as np
 from .. import checks
 from ..calibration import heldout_texts, load_calibration
 from ..deprecation import warn_renamed
+from ..effects import Effect, bootstrap_effect
 from ..errors import PruningError, ResultsError
+from ..resampling import MIN_ITEMS, EffectError, check_n_boot, count_weights
 from ..lenses import resolve_lens
 from ..perplexity import perplexity
 from ..recovery import METHODS, fit_recovery, get_method
@@ -99,6 +102,44 @@ class Sweep(Result):
             if s.accuracy < self.threshold:
                 return s.ratio
         return None
+
+    def effects(self, *, level: float = 0.95, n_boot: int = N_BOOT, boot_seed: int = 0) -> list[Effect]:
+        """The collapse ratio with a percentile bootstrap interval over items.
+
+        In each replicate the items are resampled (the same draw at every step: one item list), and every step's
+        final accuracy, the chance level (mean ``1 / K_i``) and the dense accuracy (step 0; held fixed when the
+        sweep started from a pruned view) are recomputed, hence the threshold and the first ratio whose accuracy
+        falls below it. A replicate in which accuracy never falls below the threshold within the sweep's steps has
+        no collapse ratio: its share is the effect's ``undefined``. ``p`` is NaN (a ratio has no null of 0).
+        """
+        if not self.steps:
+            raise PruningError(f"the sweep of {self.model} on {self.task} has no steps")
+        correct = np.stack([np.asarray(s.trace.correct[:, -1], dtype=float) for s in self.steps])  # [steps, N]
+        n = correct.shape[1]
+        ids = [list(s.trace.item_ids) for s in self.steps]
+        if any(i and ids[0] and i != ids[0] for i in ids):
+            raise EffectError(f"the steps of the sweep of {self.model} on {self.task} were measured on different "
+                              "items; the collapse ratio's bootstrap needs one item list")
+        if n < MIN_ITEMS:
+            raise EffectError(f"the sweep of {self.model} on {self.task} holds {n} items; an effect needs at least "
+                              f"{MIN_ITEMS}")
+        check_n_boot(n_boot, level)
+        inv_k = 1.0 / np.asarray(self.steps[0].trace.mask, dtype=bool).sum(1)  # [N]
+        w = np.vstack([np.ones((1, n)), count_weights(n, n_boot, np.random.default_rng(boot_seed))])  # row 0: sample
+        acc = w @ correct.T / n  # [B+1, steps]
+        chance = w @ inv_k / n
+        dense = np.full(n_boot + 1, self.start_accuracy) if self.start_accuracy is not None else acc[:, 0]
+        thr = chance + 0.5 * (dense - chance)
+        below = acc < thr[:, None]
+        ratios = np.asarray([s.ratio for s in self.steps], dtype=float)
+        cr = np.where(below.any(1), ratios[np.argmax(below, axis=1)], np.nan)
+        est = self.collapse_ratio
+        eff = bootstrap_effect(f"collapse ratio ({self.criterion} sweep)", math.nan if est is None else est, cr[1:],
+                               level=level, n={"items": n}, resampled=["items"], n_boot=n_boot, boot_seed=boot_seed,
+                               method="bootstrap over items (percentile): step accuracies, chance and threshold "
+                                      "recomputed per replicate", model=self.model, task=self.task)
+        eff.p = math.nan
+        return [eff]
 
     def to_pandas(self):
         import pandas as pd
