@@ -54,7 +54,9 @@ def cut_task(tiny_llama) -> pl.Task:
 
 @pytest.fixture(scope="module")
 def result(tiny_llama, cut_task, cal, held) -> pl.PhaseCuts:
-    return pl.compare_phase_cuts(tiny_llama, cut_task, N, seeds=3, calibration=cal, heldout=held, **RUN)
+    # one placement per phase (the default before 0.4.0), so each phase has one cut and its numbers are the old ones
+    return pl.compare_phase_cuts(tiny_llama, cut_task, N, seeds=3, placement="adjacent", calibration=cal, heldout=held,
+                                 **RUN)
 
 
 def test_cuts_sit_inside_their_phases(result, tiny_llama, cut_task):
@@ -200,7 +202,8 @@ def test_tables_figures_and_storage(result, tmp_path):
 
 
 def test_resume_gives_identical_results(tiny_llama, cut_task, cal, held, tmp_path, monkeypatch):
-    kw = dict(methods=["identity", "ghosted"], seeds=[1], calibration=cal, heldout=held, out=tmp_path, **RUN)
+    kw = dict(methods=["identity", "ghosted"], seeds=[1], placement="adjacent", calibration=cal, heldout=held,
+              out=tmp_path, **RUN)
     first = pl.compare_phase_cuts(tiny_llama, cut_task, N, **kw)
     units = sorted((tmp_path / ".phaselens" / "phase_cuts").glob("unit_*.json"))
     assert len(units) == len(first.units) == 6
@@ -267,7 +270,7 @@ def test_cli_phase_cuts_json_and_out(smol, text_files, tmp_path):
 
     cal, held = text_files
     args = ["phase-cuts", "-m", "smollm2-135m", "-t", "capitals", "--limit", "16", "-n", "1", "--methods", "identity,ghosted",
-            "--seeds", "1", "--calibration", str(cal), "--heldout", str(held), "--out", str(tmp_path)]
+            "--seeds", "1", "--placement", "adjacent", "--calibration", str(cal), "--heldout", str(held), "--out", str(tmp_path)]
     res = runner.invoke(app, args + ["--json"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)

@@ -388,6 +388,24 @@ class PhaseCuts(Result):
 
         return phase_cut_finals(self, metric=metric, **kw)
 
+    def plot_effects(self, methods: Sequence[str] | str | None = None, *, metric: str = "margin", **kw):
+        """Plotly figure: :meth:`effects`, each pooled effect with its per-placement effects."""
+        from ..plots.phase_cuts import phase_cut_effects
+
+        return phase_cut_effects(self.effects(methods, metric=metric), **kw)
+
+    def figures(self) -> list[tuple[str, Any]]:
+        """The report's figures: final values per cut, and the effects when the run has 2 placements per phase."""
+        from ..errors import EffectError
+
+        out = [("", self.plot())]
+        try:
+            out.append(("Effects: pooled over placements (held fixed) and per placement; items resampled, l* "
+                        "re-estimated in every replicate.", self.plot_effects()))
+        except EffectError:  # one placement per phase (placement_notes says so in the summary)
+            pass
+        return out
+
     def plot_curves(self, methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, **kw):
         """Plotly figure: margin curves on the original block axis, one panel per cut, dense curve in each."""
         from ..plots.phase_cuts import phase_cut_curves
