@@ -20,7 +20,8 @@ PAPER = "Ghosted Layers (arXiv 2605.15491), main comparison"
 
 
 def main(argv=None) -> None:
-    p = C.parser(__doc__.splitlines()[0], calibration=32)
+    # 8 held-out passages (was 4): perplexity is compared paired over passages, and an effect needs at least 5
+    p = C.parser(__doc__.splitlines()[0], calibration=32, heldout=8)
     p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], default=[0.25],
                    help="cut sizes as shares of the blocks (one contiguous angular-distance cut each)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=list(pl.recovery.METHODS), help="recovery methods")

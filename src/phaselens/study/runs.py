@@ -229,10 +229,7 @@ class PhaseCutsRun(RunKind):
             tr = transition_point(model, task, boot_seed=seed)
             if tr.layer is None:
                 raise PhaseCutsError(f"{model.name} on {task.name}: {tr.reason} (no phases to cut)")
-            small = min(tr.layer, model.n_blocks - tr.layer)  # the shorter phase
-            # placement "spread" (the default) needs room for 2 placements: one block less than the phase, if it can
-            spread = p.get("placement", "spread") == "spread" and small >= 2
-            n = min(n, small - 1 if spread else small)
+            n = min(n, tr.layer, model.n_blocks - tr.layer)
         if isinstance(p.get("placement"), list):
             p["placement"] = tuple(p["placement"])
         return compare_phase_cuts(model, task, n, boot_seed=seed, out=scratch, calibration=cal, heldout=held, **p)
