@@ -436,6 +436,10 @@ def test_effect_estimates_equal_numpy_on_the_per_placement_arrays(spread):
     for c in inter.clusters:
         assert c.estimate == pytest.approx(per[c.name.rsplit("placement ", 1)[1].rstrip("]")], abs=1e-9)
     assert inter.predicted == "positive" and "l* re-estimated" in inter.method
+    acc = spread.effects(metric="accuracy")[0]  # the accuracy drop, from item_correct
+    C = {k: {spread.placement_of(u): u.item_correct for u in spread.units if u.cut == k and u.method == "identity"}
+         for k in ("silent", "decisive")}
+    assert acc.estimate == pytest.approx(np.mean([C["decisive"][p].mean() - C["silent"][p].mean() for p in common]))
 
 
 def test_interaction_interval_equals_a_hand_written_bootstrap_that_re_estimates_l_star(spread):
