@@ -54,7 +54,7 @@ def main(argv=None) -> None:
             run.note(f"- {pc.summary()}")
             agg = pc.to_pandas(aggregate=True)
             run.note("  - final accuracy / margin / perplexity: " + "; ".join(
-                f"{r.cut}{'' if r.placement is None else ' ' + r.placement} {r.method}: {C.fmt(r.accuracy, 2)} / "
+                f"{r.cut}{' ' + r.placement if isinstance(r.placement, str) else ''} {r.method}: {C.fmt(r.accuracy, 2)} / "
                 f"{C.fmt(r.final_margin, 2)} / {C.fmt(r.perplexity, 1)}" for r in agg.itertuples() if r.cut != "dense") + ".")
             try:
                 effs = pc.effects(["ghosted"] if "ghosted" in a.methods else None)

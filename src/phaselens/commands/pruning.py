@@ -185,7 +185,7 @@ def phase_cuts_table(result) -> Table:
     style = {"dense": "bold", "silent": "red", "decisive": "green", "random": None}
     for r in df.itertuples():
         blocks = str(r.blocks) if r.cut != "random" else f"{r.n_seeds:.0f} seeds"
-        table.add_row(r.cut if r.placement is None else f"{r.cut} ({r.placement})", blocks, r.method, f"{r.final_margin:+.3f} [{r.margin_lo:+.2f}, {r.margin_hi:+.2f}]",
+        table.add_row(f"{r.cut} ({r.placement})" if isinstance(r.placement, str) else r.cut, blocks, r.method, f"{r.final_margin:+.3f} [{r.margin_lo:+.2f}, {r.margin_hi:+.2f}]",
                       f"{r.accuracy:.3f} [{r.accuracy_lo:.2f}, {r.accuracy_hi:.2f}]",
                       "-" if r.cut == "dense" else f"{r.boundary_relative:.3g}", f"{r.perplexity:.2f}", style=style[r.cut])
     return table

@@ -90,11 +90,18 @@ def _check_placements(pc: "PhaseCuts", methods: Sequence[str], what: str) -> Non
                 if all(pc.find_unit(kind, m, p) is not None for m in methods)]
         if len(have) < 2:
             why = "; ".join(pc.placement_notes) or f"placement={pc.placement!r}"
+            lo, hi = pc.phase_bounds(kind)
+            if hi - lo < 2:
+                fix = (f"the {kind} phase has {hi - lo} block, so no two placements exist for this model and task "
+                       "(a different task, format or model may have a longer phase)")
+            else:
+                fix = "rerun compare_phase_cuts with placement='spread'" + (
+                    f" and n <= {hi - lo - 1}, so the {kind} phase has room for 2 placements"
+                    if hi - lo - pc.n + 1 < 2 else "")
             raise EffectError(
                 f"{what}: arm {kind!r} ({', '.join(methods)}) holds {len(have)} placement(s) {have} but the hierarchy "
                 f"asks for at least 2 (items crossed with placements): one cut per phase says nothing about where the "
-                f"cut was placed ({why}). Rerun compare_phase_cuts with placement='spread' and a smaller n if the "
-                f"phase is short")
+                f"cut was placed ({why}). {fix[0].upper() + fix[1:]}")
 
 
 def _places(pc: "PhaseCuts", methods: Sequence[str], what: str) -> dict[str, dict[str, Any]]:

@@ -193,7 +193,8 @@ class PhaseCuts(Result):
             lo, hi = self.phase_bounds(kind)
             have = self.placements(kind)
             room = hi - lo - self.n + 1
-            where = f"the {kind} phase (blocks {lo}-{hi - 1}, {hi - lo} blocks) has room for {room} start(s) of a " \
+            blocks = f"block {lo}" if hi - lo == 1 else f"blocks {lo}-{hi - 1}, {hi - lo} blocks"
+            where = f"the {kind} phase ({blocks}) has room for {room} start{'' if room == 1 else 's'} of a " \
                     f"{self.n}-block cut"
             if spread and len(have) < len(SPREAD):
                 gone = [p for p in SPREAD if p not in have]
