@@ -508,6 +508,15 @@ def test_one_placement_per_phase_is_refused_naming_the_arm(result):
 
 
 @pytest.mark.bad_input
+def test_hierarchical_effect_with_one_placement_names_the_arm():
+    """The same refusal from the generic constructor: arms [items, placements, seeds] with one placement."""
+    rng = np.random.default_rng(0)
+    arms = {"silent": rng.normal(size=(8, 1, 3)), "decisive": rng.normal(size=(8, 1, 3))}
+    with pytest.raises(pl.errors.EffectError, match=r"asks for placements but arm 'silent' .*holds 1"):
+        pl.hierarchical_effect(arms, name="drop")
+
+
+@pytest.mark.bad_input
 def test_effects_need_plain_pruning_and_a_fitted_method(spread):
     with pytest.raises(pl.errors.EffectError, match="'magic'"):
         spread.effects("magic")
