@@ -402,6 +402,12 @@ def test_spread_cuts_every_distinct_placement_and_says_where_a_phase_is_short(sp
     if spread.placement_notes:
         assert "Placements:" in spread.summary()
     assert spread.plot() and spread.plot_effects().data and len(spread.figures()) == 2
+    curves = spread.plot_curves(methods=["identity"], seeds=[])  # one panel per phase cut, each its own unit's curve
+    phase = [c for c in spread.cuts if c.kind != "random"]
+    assert len(curves.data) == 2 * len(phase)
+    for j, c in enumerate(phase):
+        u = spread.unit(c.kind, "identity", placement=spread.placement_of(c))
+        np.testing.assert_allclose(curves.data[2 * j + 1].y, u.margins)
 
 
 def test_spread_units_equal_plain_prunes_at_every_placement(spread, tiny_llama, cut_task):

@@ -109,7 +109,9 @@ def phase_cut_curves(result: "PhaseCuts", *, methods: Sequence[str] | None = Non
     panels = [c for c in result.cuts if c.kind != "random"] + [c for s in seeds for c in result.cuts
                                                               if c.kind == "random" and c.seed == s]
     fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=[f"{c.key} cut: blocks {_blocks(c.blocks)}" for c in panels])
+                        subplot_titles=[f"{c.key} cut" + ("" if c.kind == "random" or len(result.placements(c.kind)) == 1
+                                                          else f" ({result.placement_of(c)})") + f": blocks {_blocks(c.blocks)}"
+                                        for c in panels])
     dense = result.transition.trace
     colors = {m: METHOD_COLORS[i % len(METHOD_COLORS)] for i, m in enumerate(result.methods)}
     for j, c in enumerate(panels, start=1):
@@ -120,7 +122,7 @@ def phase_cut_curves(result: "PhaseCuts", *, methods: Sequence[str] | None = Non
                                             for b, m, a in zip(dense.blocks, dense.margins, dense.accuracy)], hoverinfo="text"),
                       row=1, col=j)
         for m in methods:
-            us = [u for u in result.units if u.cut == c.kind and u.seed == c.seed and u.method == m]
+            us = [u for u in result.units if u.cut == c.kind and u.seed == c.seed and u.method == m and u.blocks == c.blocks]
             if not us:
                 continue
             u = us[0]
