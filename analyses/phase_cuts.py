@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     a = run.args
     if not hasattr(pl, "compare_phase_cuts"):
         raise SystemExit("this phaselens has no compare_phase_cuts yet (phaselens/phase_cuts.py)")
-    tables = []
+    tables, found = [], []
     # one job per (model, task); fit_n lowers n to fit the smaller phase
     st = run.study([{"kind": "phase-cuts", "n": a.n, "fit_n": True, "methods": list(a.methods), "seeds": a.random_cuts}])
     for name in a.models:
@@ -52,34 +52,50 @@ def main(argv=None) -> None:
             fig = pc.plot_curves()
             run.figure(fig, f"phase_cuts_curves_{name}_{t.name}")
             run.note(f"- {pc.summary()}")
-            agg = pc.to_pandas(aggregate=True).set_index(["cut", "method"])
+            agg = pc.to_pandas(aggregate=True)
             run.note("  - final accuracy / margin / perplexity: " + "; ".join(
-                f"{c} {mth}: {C.fmt(r.accuracy, 2)} / {C.fmt(r.final_margin, 2)} / {C.fmt(r.perplexity, 1)}"
-                for (c, mth), r in agg.iterrows() if c != "dense") + ".")
-            c = pc.contrast("silent", "decisive", method="identity", metric="margin")
-            run.claim(DT, "pruning the silent phase collapses the decision more than pruning the decisive phase", name, t.name,
-                      True if c["hi"] < 0 else (False if c["lo"] > 0 else None),
-                      f"plain pruning, final margin silent cut minus decisive cut {C.fmt(c['difference'])} [95% CI "
-                      f"{C.fmt(c['lo'])}, {C.fmt(c['hi'])}] (agree when the CI is below 0)")
-            if "ghosted" in a.methods:
-                cs = pc.contrast("silent", "silent", method="ghosted", method_b="identity", metric="margin")
-                cd = pc.contrast("decisive", "decisive", method="ghosted", method_b="identity", metric="margin")
-                gap = pc.contrast("silent", "decisive", method="ghosted", metric="margin")
-                run.claim(JOINT, "Ghosted Layers recovers the decisive-phase cut but cannot hold the silent-phase cut "
-                          "(after recovery the silent cut still costs more)", name, t.name,
-                          True if gap["hi"] < 0 else (False if gap["lo"] > 0 else None),
-                          f"recovered, final margin silent minus decisive {C.fmt(gap['difference'])} [{C.fmt(gap['lo'])}, "
-                          f"{C.fmt(gap['hi'])}]; ghosted minus identity: silent cut {C.fmt(cs['difference'])} "
-                          f"[{C.fmt(cs['lo'])}, {C.fmt(cs['hi'])}], decisive cut {C.fmt(cd['difference'])} "
-                          f"[{C.fmt(cd['lo'])}, {C.fmt(cd['hi'])}]")
+                f"{r.cut}{' ' + r.placement if isinstance(r.placement, str) else ''} {r.method}: {C.fmt(r.accuracy, 2)} / "
+                f"{C.fmt(r.final_margin, 2)} / {C.fmt(r.perplexity, 1)}" for r in agg.itertuples() if r.cut != "dense") + ".")
+            try:
+                effs = pc.effects(["ghosted"] if "ghosted" in a.methods else None)
+            except pl.errors.EffectError as e:  # a phase too short for 2 placements
+                run.note(f"  - no effects: {e}")
+                continue
+            for e in effs:
+                found.append((name, t.name, e))
+                run.note(f"  - {e.summary().replace(chr(10), '; ')}")
+    if found:
+        # the library's verdict rule (pl.claims): Holm within each paper's claims of this table
+        entries = []
+        for name, task, e in found:
+            if e.name.startswith("silent − decisive") and "plain" in e.name:
+                entries.append((DT, "pruning the silent phase drops the final margin more than pruning the decisive "
+                                    "phase (plain pruning)", e))
+            elif e.name.startswith("silent − decisive"):
+                entries.append((JOINT, "after recovery the silent-phase cut still costs more than the decisive-phase "
+                                       "cut", e))
+            else:
+                entries.append((JOINT, "recovery holds the decisive-phase cut better than the silent-phase cut "
+                                       "(interaction)", e))
+        table = pl.claims(entries, name="phase_cuts")
+        run.csv(table.to_pandas(), "phase_cuts_claims")
+        for (name, task, e), (paper, claim, _), row in zip(found, entries, table.rows):
+            ok = {"agree": True, "disagree": False}.get(row["verdict"])
+            mde = "" if ok is not None else f"; smallest detectable effect at 80% power {C.fmt(row['mde'])}"
+            run.claim(paper, claim, name, task, ok,
+                      f"{e.summary().splitlines()[0]}; Holm-adjusted p {C.fmt(row['p_adj'])}, interval at level "
+                      f"{row['level']:.3g}: [{C.fmt(row['lo'])}, {C.fmt(row['hi'])}]{mde}; {e.method}")
     if tables:
         run.csv(pd.concat(tables, ignore_index=True), "phase_cuts")
     run.finish(
-        f"pl.compare_phase_cuts: the dense transition l* on each task, then contiguous cuts of n blocks just before l* "
-        f"(silent phase), from l* on (decisive phase) and at {a.random_cuts} random positions (control), each recovered "
+        f"pl.compare_phase_cuts: the dense transition l* on each task, then contiguous cuts of n blocks at several "
+        f"placements in each phase (adjacent to l*, the phase's centre, its far end; placement='spread') and at "
+        f"{a.random_cuts} random positions (control), each recovered "
         f"with {', '.join(a.methods)} fitted on {a.calibration_passages} calibration passages. Measured: final margin and "
         f"accuracy with bootstrap 95% intervals over items (paired between cuts), and perplexity on {a.heldout_passages} "
-        f"held-out passages. Verdicts use paired bootstrap intervals; 'undetermined' means the interval spans 0.")
+        f"held-out passages. Effects (PhaseCuts.effects): silent − decisive margin drop, plain and recovered, and the "
+        f"interaction (rec − plain)_decisive − (rec − plain)_silent, items resampled with the placements held fixed and "
+        f"l* re-estimated in every replicate; verdicts by pl.claims (Holm within each paper).")
 
 
 if __name__ == "__main__":

@@ -20,86 +20,57 @@ PAPER = "Ghosted Layers (arXiv 2605.15491), main comparison"
 
 
 def main(argv=None) -> None:
-    p = C.parser(__doc__.splitlines()[0], calibration=32)
+    # 8 held-out passages (was 4): perplexity is compared paired over passages, and an effect needs at least 5
+    p = C.parser(__doc__.splitlines()[0], calibration=32, heldout=8)
     p.add_argument("--ratios", type=lambda s: [float(x) for x in s.split(",")], default=[0.25],
                    help="cut sizes as shares of the blocks (one contiguous angular-distance cut each)")
     p.add_argument("--methods", type=lambda s: s.split(","), default=list(pl.recovery.METHODS), help="recovery methods")
     run = C.start("recovery_comparison", "Recovery method x cut: accuracy and perplexity", p, argv)
     a = run.args
-    rows = []
+    tables, found = [], []
     for name in a.models:
         m = run.model(name)
         L = m.n_blocks
         tasks = [run.task(s) for s in a.tasks]
-        ppl_dense = pl.perplexity(m, run.heldout())
-        for t in tasks:
-            tr = pl.decision_trace(m, t, n_boot=200, boot_seed=a.seed)
-            rows.append({"model": name, "cut": "dense", "n_cut": 0, "method": "none", "task": t.name, "accuracy": tr.accuracy[-1],
-                         "accuracy_lo": tr.accuracy_ci[0][-1], "accuracy_hi": tr.accuracy_ci[1][-1], "margin": tr.margins[-1],
-                         "perplexity": ppl_dense, "fit_relative_error": 0.0, "n_items": len(t)})
         for ratio in a.ratios:
             n = max(1, int(round(ratio * L)))
-            blocks = pl.select_blocks(m, n, "angular", calibration=run.calibration())
-            cut = f"{blocks[0]}-{blocks[-1]}"
-            recs = pl.fit_recovery(pl.prune(m, blocks), run.calibration(), a.methods)
-            for meth, rec in recs.items():
-                ppl = pl.perplexity(rec, run.heldout())
-                for t in tasks:
-                    tr = pl.decision_trace(rec, t, n_boot=200, boot_seed=a.seed)
-                    rows.append({"model": name, "cut": cut, "n_cut": n, "method": meth, "task": t.name, "accuracy": tr.accuracy[-1],
-                                 "accuracy_lo": tr.accuracy_ci[0][-1], "accuracy_hi": tr.accuracy_ci[1][-1],
-                                 "margin": tr.margins[-1], "perplexity": ppl,
-                                 "fit_relative_error": float(rec.fit_error.relative[0]), "n_items": len(t)})
-                run.log(f"{name} cut {cut} {meth}: perplexity {ppl:.2f}")
-    df = pd.DataFrame(rows)
-    run.csv(df, "recovery_comparison")
-
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    cuts = df[df.cut != "dense"]
-    for (name, task), g in cuts.groupby(["model", "task"]):
-        fig = make_subplots(rows=1, cols=2, subplot_titles=(f"accuracy on {task}", "held-out perplexity (log)"))
-        dense = df[(df.model == name) & (df.task == task) & (df.cut == "dense")].iloc[0]
-        for cut, gc in g.groupby("cut"):
-            hover = [f"{name}, cut {cut}, {r.method}<br>accuracy {r.accuracy:.3f} [{r.accuracy_lo:.3f}, {r.accuracy_hi:.3f}]"
-                     f"<br>margin {r.margin:.3f}<br>perplexity {r.perplexity:.2f}<br>fit rel. error {r.fit_relative_error:.4f}"
-                     f"<br>N={r.n_items}" for r in gc.itertuples()]
-            fig.add_trace(go.Bar(x=gc.method, y=gc.accuracy, name=f"cut {cut}", hovertext=hover, hoverinfo="text",
-                                 error_y=dict(type="data", symmetric=False, array=gc.accuracy_hi - gc.accuracy,
-                                              arrayminus=gc.accuracy - gc.accuracy_lo)), row=1, col=1)
-            fig.add_trace(go.Bar(x=gc.method, y=gc.perplexity, name=f"cut {cut}", showlegend=False, hovertext=hover,
-                                 hoverinfo="text"), row=1, col=2)
-        fig.add_hline(y=dense.accuracy, line=dict(dash="dot"), annotation_text=f"dense {dense.accuracy:.2f}", row=1, col=1)
-        fig.add_hline(y=dense.perplexity, line=dict(dash="dot"), annotation_text=f"dense {dense.perplexity:.1f}", row=1, col=2)
-        fig.update_yaxes(type="log", row=1, col=2)
-        fig.update_layout(title=f"Recovery methods after a contiguous cut: {name} on {task} ({int(dense.n_items)} items)",
-                          barmode="group")
-        run.figure(fig, f"recovery_{name}_{task}")
-        for cut, gc in g.groupby("cut"):
-            gi = gc.set_index("method")
-            rivals = [k for k in gi.index if k not in ("ghosted", "identity")]
-            run.note(f"- {name}, cut {cut}, {task}: " + ", ".join(f"{k} acc {C.fmt(r.accuracy, 2)} / ppl {C.fmt(r.perplexity, 1)}"
-                                                                   for k, r in gi.iterrows())
-                     + f" (dense acc {C.fmt(dense.accuracy, 2)} / ppl {C.fmt(dense.perplexity, 1)}).")
-            if "ghosted" not in gi.index or not rivals:
-                continue
-            g_ppl, best_ppl = gi.perplexity["ghosted"], gi.perplexity[rivals].min()
-            run.claim(PAPER, "Ghosted Layers gives the lowest perplexity of all recovery methods", name, f"held-out text (cut {cut})",
-                      bool(g_ppl <= best_ppl), f"ghosted {C.fmt(g_ppl, 2)} vs best rival {gi.perplexity[rivals].idxmin()} "
-                      f"{C.fmt(best_ppl, 2)} (identity {C.fmt(gi.perplexity.get('identity'), 2)})")
-            g_acc, best_acc = gi.accuracy["ghosted"], gi.accuracy[rivals].max()
-            run.claim(PAPER, "Ghosted Layers gives task accuracy at least as high as every rival", name, f"{task} (cut {cut})",
-                      True if g_acc >= best_acc else (False if best_acc > gi.accuracy_hi["ghosted"] else None),
-                      f"ghosted {C.fmt(g_acc)} [{C.fmt(gi.accuracy_lo['ghosted'])}, "
-                      f"{C.fmt(gi.accuracy_hi['ghosted'])}] vs best rival {gi.accuracy[rivals].idxmax()} {C.fmt(best_acc)}; "
-                      f"identity {C.fmt(gi.accuracy.get('identity'))} (disagree only when the best rival lies above ghosted's 95% "
-                      f"interval, undetermined when inside it)")
+            rc = pl.compare_recovery(m, tasks, n=n, criterion="angular", methods=a.methods, calibration=run.calibration(),
+                                     heldout=run.heldout(), n_boot=1000, boot_seed=a.seed)
+            cut = f"{rc.blocks[0]}-{rc.blocks[-1]}"
+            df = rc.to_pandas()
+            df["n_cut"] = n
+            tables.append(df)
+            run.figure(rc.plot(), f"recovery_{name}_cut{cut}")
+            run.note(f"- {rc.summary()}")
+            for m_ in rc.methods:
+                run.log(f"{name} cut {cut} {m_}: perplexity {rc.perplexity(m_):.2f}")
+            if pl.experiments.recovery_comparison.REFERENCE in rc.methods:
+                try:
+                    found.extend((name, cut, e) for e in rc.effects())
+                except pl.errors.EffectError as e:  # e.g. fewer than 5 held-out passages
+                    run.note(f"- {name}, cut {cut}: no effects ({e})")
+    if tables:
+        run.csv(pd.concat(tables, ignore_index=True), "recovery_comparison")
+    if found:
+        # one Holm family: every effect of this paper in this script's table; the verdict rule is the library's
+        table = pl.claims([(PAPER, e.name, e) for _, _, e in found], name="recovery_comparison")
+        run.csv(table.to_pandas(), "recovery_comparison_claims")
+        for (name, cut, e), row in zip(found, table.rows):
+            what = "perplexity" if e.name.endswith("perplexity") else "accuracy"
+            claim = (f"Ghosted Layers gives lower held-out perplexity than {e.name.split(' − ')[0]}" if what == "perplexity"
+                     else f"Ghosted Layers gives task accuracy at least as high as {e.name.split(' − ')[1].split(' ')[0]}")
+            ok = {"agree": True, "disagree": False}.get(row["verdict"])
+            mde = "" if ok is not None else f"; smallest detectable effect at 80% power {C.fmt(row['mde'])}"
+            run.claim(PAPER, claim, name, f"{e.task} (cut {cut})", ok,
+                      f"{e.summary().splitlines()[0]}; Holm-adjusted p {C.fmt(row['p_adj'])}, interval at "
+                      f"{row['level']:.3g}: [{C.fmt(row['lo'])}, {C.fmt(row['hi'])}]{mde}")
     run.finish(
         f"Per model, contiguous cuts of {', '.join(f'{r:.0%}' for r in a.ratios)} of the blocks chosen by angular distance on "
         f"{a.calibration_passages} calibration passages; each cut recovered by {', '.join(a.methods)} (identity = plain "
-        f"pruning), all fitted on the same passages. Measured: final-layer accuracy (bootstrap 95% interval) and margin on "
-        f"each task, and perplexity on {a.heldout_passages} held-out passages.")
+        f"pruning), all fitted on the same passages (pl.compare_recovery). Measured: final-layer accuracy and margin on each "
+        f"task, and perplexity on {a.heldout_passages} held-out passages. Effects (RecoveryComparison.effects): each method "
+        f"against Ghosted Layers, perplexity paired over held-out passages and accuracy paired over items (percentile "
+        f"bootstrap, 1000 replicates); verdicts by pl.claims (Holm across this table's claims).")
 
 
 if __name__ == "__main__":

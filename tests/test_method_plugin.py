@@ -142,7 +142,8 @@ def test_plugin_in_compare_phase_cuts(plugin, smol):
     """The plugin is compared like a built-in; its fitted boundary error lies between Ghosted Layers' (the least-
     squares optimum) and the mean of Ghosted Layers' and plain pruning's (the loss is convex in W)."""
     res = pl.compare_phase_cuts(smol, pl.load_task("capitals", limit=16), 1, methods=["identity", "ghosted", plugin],
-                                seeds=0, calibration=pl.load_calibration()[:12], heldout=pl.heldout_texts()[:2],
+                                seeds=0, placement="adjacent", calibration=pl.load_calibration()[:12],
+                                heldout=pl.heldout_texts()[:2],
                                 seq_len=128, n_boot=50)
     assert res.methods == ["identity", "ghosted", plugin] and not res.skipped and len(res.units) == 2 * 3
     for kind in ("silent", "decisive"):

@@ -54,7 +54,9 @@ def cut_task(tiny_llama) -> pl.Task:
 
 @pytest.fixture(scope="module")
 def result(tiny_llama, cut_task, cal, held) -> pl.PhaseCuts:
-    return pl.compare_phase_cuts(tiny_llama, cut_task, N, seeds=3, calibration=cal, heldout=held, **RUN)
+    # one placement per phase (the default before 0.4.0), so each phase has one cut and its numbers are the old ones
+    return pl.compare_phase_cuts(tiny_llama, cut_task, N, seeds=3, placement="adjacent", calibration=cal, heldout=held,
+                                 **RUN)
 
 
 def test_cuts_sit_inside_their_phases(result, tiny_llama, cut_task):
@@ -200,7 +202,8 @@ def test_tables_figures_and_storage(result, tmp_path):
 
 
 def test_resume_gives_identical_results(tiny_llama, cut_task, cal, held, tmp_path, monkeypatch):
-    kw = dict(methods=["identity", "ghosted"], seeds=[1], calibration=cal, heldout=held, out=tmp_path, **RUN)
+    kw = dict(methods=["identity", "ghosted"], seeds=[1], placement="adjacent", calibration=cal, heldout=held,
+              out=tmp_path, **RUN)
     first = pl.compare_phase_cuts(tiny_llama, cut_task, N, **kw)
     units = sorted((tmp_path / ".phaselens" / "phase_cuts").glob("unit_*.json"))
     assert len(units) == len(first.units) == 6
@@ -267,7 +270,7 @@ def test_cli_phase_cuts_json_and_out(smol, text_files, tmp_path):
 
     cal, held = text_files
     args = ["phase-cuts", "-m", "smollm2-135m", "-t", "capitals", "--limit", "16", "-n", "1", "--methods", "identity,ghosted",
-            "--seeds", "1", "--calibration", str(cal), "--heldout", str(held), "--out", str(tmp_path)]
+            "--seeds", "1", "--placement", "adjacent", "--calibration", str(cal), "--heldout", str(held), "--out", str(tmp_path)]
     res = runner.invoke(app, args + ["--json"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
@@ -338,6 +341,8 @@ def test_every_result_kind_summarises_tabulates_plots_and_round_trips(result, ti
                                     n_boot=50),
         "BoundaryErrorResult": pl.boundary_error(view, held[:1], seq_len=SEQ),
         "CollapseStudy": pl.transition_vs_collapse(pts),
+        "RecoveryComparison": pl.compare_recovery(tiny_llama, cut_task, "2-3", methods=["identity", "ghosted"],
+                                                  calibration=cal[:4], heldout=held[:1], seq_len=SEQ, n_boot=100),
         "Effect": pl.paired_effect(np.arange(8.0), np.zeros(8), name="x", n_boot=100),
         "Claims": pl.claims([("paper", "x > 0", pl.paired_effect(np.arange(8.0), np.zeros(8), name="x", n_boot=100), "+")]),
     }
@@ -353,3 +358,240 @@ def test_every_result_kind_summarises_tabulates_plots_and_round_trips(result, ti
         pl.save_result(r, tmp_path, name)
         back = pl.load_result(tmp_path / f"{name}.json")
         assert type(back) is type(r) and back.to_json() == r.to_json() and back.summary() == r.summary(), name
+
+
+# -- several placements per phase and the effects (issue 21) --------------------------------------
+
+def _lstar(curve: np.ndarray) -> float:
+    """The transition by hand: one past the last non-positive mean margin, NaN when the last is not positive."""
+    if not curve[-1] > 0:
+        return np.nan
+    bad = [j for j, v in enumerate(curve) if not v > 0]
+    return float(bad[-1] + 1) if bad else 0.0
+
+
+@pytest.fixture(scope="module")
+def spread(tiny_llama, cut_task, cal, held) -> pl.PhaseCuts:
+    """n = 1, placement="spread" (the default): 2-3 placements per phase."""
+    return pl.compare_phase_cuts(tiny_llama, cut_task, 1, methods=["identity", "ghosted"], seeds=1, calibration=cal,
+                                 heldout=held, **RUN)
+
+
+def test_spread_cuts_every_distinct_placement_and_says_where_a_phase_is_short(spread, tiny_llama):
+    ls, L = spread.transition.layer, tiny_llama.n_blocks
+    assert spread.placement == "spread"
+    starts = {"silent": {"adjacent": ls - 1, "far": 0, "center": (ls - 1) // 2},
+              "decisive": {"adjacent": ls, "far": L - 1, "center": ls + (L - ls - 1) // 2}}
+    for kind in ("silent", "decisive"):
+        want = {}
+        for p in ("adjacent", "far", "center"):  # a placement that coincides with an earlier one is cut once
+            if starts[kind][p] not in want.values():
+                want[p] = starts[kind][p]
+        cuts = [c for c in spread.cuts if c.kind == kind]
+        assert [spread.placement_of(c) for c in cuts] == [p for p in ("adjacent", "center", "far") if p in want]
+        assert {spread.placement_of(c): c.start for c in cuts} == want
+        assert cuts[0].start == starts[kind]["adjacent"] and spread.cut(kind) == cuts[0]  # the default: adjacent
+        for p, s in want.items():
+            assert spread.unit(kind, "ghosted", placement=p).blocks == [s]
+        short = len(want) < 3
+        assert any(f"the {kind} phase" in n for n in spread.placement_notes) == short
+    assert len(spread.units) == 2 * len(spread.cuts)
+    df = spread.to_pandas()
+    assert set(df.placement.dropna()) <= {"adjacent", "center", "far"}
+    assert len(df[(df.cut == "decisive") & (df.method == "identity")]) == len(spread.placements("decisive"))
+    if spread.placement_notes:
+        assert "Placements:" in spread.summary()
+    assert spread.plot() and spread.plot_effects().data and len(spread.figures()) == 2
+    curves = spread.plot_curves(methods=["identity"], seeds=[])  # one panel per phase cut, each its own unit's curve
+    phase = [c for c in spread.cuts if c.kind != "random"]
+    assert len(curves.data) == 2 * len(phase)
+    for j, c in enumerate(phase):
+        u = spread.unit(c.kind, "identity", placement=spread.placement_of(c))
+        np.testing.assert_allclose(curves.data[2 * j + 1].y, u.margins)
+
+
+def test_spread_units_equal_plain_prunes_at_every_placement(spread, tiny_llama, cut_task):
+    for c in spread.cuts:
+        if c.kind == "random":
+            continue
+        u = spread.unit(c.kind, "identity", placement=spread.placement_of(c))
+        tr = pl.decision_trace(pl.prune(tiny_llama, c.blocks), cut_task, n_boot=RUN["n_boot"])
+        np.testing.assert_allclose(u.item_margins, tr.item_margins[:, -1], rtol=0, atol=1e-5)
+
+
+def _arrays(pc, method):
+    """``{kind: {placement: item margins [N]}}`` from the units."""
+    return {k: {pc.placement_of(u): u.item_margins for u in pc.units if u.cut == k and u.method == method}
+            for k in ("silent", "decisive")}
+
+
+def test_effect_estimates_equal_numpy_on_the_per_placement_arrays(spread):
+    plain, main_g, inter = spread.effects()
+    P, G = _arrays(spread, "identity"), _arrays(spread, "ghosted")
+    common = [p for p in ("adjacent", "center", "far") if p in P["silent"] and p in P["decisive"]]
+    assert len(common) >= 2 and inter.n == {"items": spread.n_items, "placements": len(common)}
+    assert inter.fixed == ["placements"] and inter.resampled == ["items"]
+    dense = spread.transition.trace.item_margins[:, -1]
+    want_plain = np.mean([(dense - P["silent"][p]).mean() - (dense - P["decisive"][p]).mean() for p in common])
+    assert plain.estimate == pytest.approx(want_plain, abs=1e-9)
+    want_g = np.mean([(dense - G["silent"][p]).mean() - (dense - G["decisive"][p]).mean() for p in common])
+    assert main_g.estimate == pytest.approx(want_g, abs=1e-9)
+    per = {p: (G["decisive"][p] - P["decisive"][p]).mean() - (G["silent"][p] - P["silent"][p]).mean() for p in common}
+    assert inter.estimate == pytest.approx(np.mean(list(per.values())), abs=1e-9)
+    assert [c.name.rsplit("placement ", 1)[1].rstrip("]") for c in inter.clusters] == common
+    for c in inter.clusters:
+        assert c.estimate == pytest.approx(per[c.name.rsplit("placement ", 1)[1].rstrip("]")], abs=1e-9)
+    assert inter.predicted == "positive" and "l* re-estimated" in inter.method
+    acc = spread.effects(metric="accuracy")[0]  # the accuracy drop, from item_correct
+    C = {k: {spread.placement_of(u): u.item_correct for u in spread.units if u.cut == k and u.method == "identity"}
+         for k in ("silent", "decisive")}
+    assert acc.estimate == pytest.approx(np.mean([C["decisive"][p].mean() - C["silent"][p].mean() for p in common]))
+
+
+def test_interaction_interval_equals_a_hand_written_bootstrap_that_re_estimates_l_star(spread):
+    """Items resampled with numpy's indices; in each replicate l* from the replicate's mean dense curve, each cut
+    labelled silent/decisive by it, the interaction of the labelled cuts; NaN where undefined."""
+    inter = spread.effects()[2]
+    P, G = _arrays(spread, "identity"), _arrays(spread, "ghosted")
+    common = [p for p in ("adjacent", "center", "far") if p in P["silent"] and p in P["decisive"]]
+    D = spread.transition.trace.item_margins  # [N, L]
+    cols = [(k, p) for k in ("silent", "decisive") for p in common]
+    start = {(k, p): spread.unit(k, "identity", placement=p).blocks[0] for k, p in cols}
+    gain = np.stack([G[k][p] - P[k][p] for k, p in cols], 1)  # [N, C]
+    N, B = D.shape[0], spread.n_boot
+    idx = np.random.default_rng(spread.seed).integers(0, N, size=(B, N))
+    reps, no_tr = np.full(B, np.nan), 0
+    for b in range(B):
+        ls = _lstar(D[idx[b]].mean(0))
+        if np.isnan(ls):
+            no_tr += 1
+            continue
+        g = gain[idx[b]].mean(0)
+        sil = [g[j] for j, c in enumerate(cols) if start[c] + spread.n <= ls]
+        dec = [g[j] for j, c in enumerate(cols) if start[c] >= ls]
+        if sil and dec:
+            reps[b] = np.mean(dec) - np.mean(sil)
+    np.testing.assert_allclose(inter.replicates, reps, rtol=0, atol=1e-9, equal_nan=True)
+    ok = reps[np.isfinite(reps)]
+    assert (inter.lo, inter.hi) == pytest.approx(tuple(np.quantile(ok, [0.025, 0.975])), abs=1e-12)
+    assert inter.undefined == pytest.approx(1 - ok.size / B)
+    assert f"no transition in {no_tr / B:.1%}" in inter.method
+
+
+def test_phase_statistic_matches_scipy_bootstrap_when_the_transition_is_clear():
+    """Synthetic items x blocks with a clear transition (l* never moves): the percentile interval of the silent −
+    decisive drop equals scipy.stats.bootstrap's (paired, percentile) up to Monte-Carlo error."""
+    from scipy import stats as sps
+
+    from phaselens.experiments.phase_cut_effects import phase_statistic
+
+    rng = np.random.default_rng(1)
+    N, L = 60, 8
+    dense = np.concatenate([np.full((N, 3), -2.0), np.full((N, 5), 3.0)], 1) + rng.normal(0, 0.3, (N, L))
+    starts = [0, 2, 3, 7]  # silent far/adjacent, decisive adjacent/far (n = 1, l* = 3)
+    cuts = rng.normal([-1.0, -0.4, 0.5, 1.2], 1.0, size=(N, 4))
+    final = dense[:, -1]
+    stat = phase_statistic(starts, 1, lambda m: m["final"][:, None] - m["cuts"], +1)
+    e = pl.hierarchical_effect({"dense": dense, "final": final, "cuts": cuts}, name="drop", statistic=stat,
+                               dims=("items",), require=(), n_boot=4000, boot_seed=2)
+    assert e.undefined == 0
+    diff = cuts[:, 2:].mean(1) - cuts[:, :2].mean(1)  # silent drop − decisive drop, per item
+    assert e.estimate == pytest.approx(diff.mean(), abs=1e-12)
+    ref = sps.bootstrap((diff,), np.mean, n_resamples=4000, method="percentile", random_state=3).confidence_interval
+    se = diff.std(ddof=1) / np.sqrt(N)
+    assert e.lo == pytest.approx(ref.low, abs=0.1 * se) and e.hi == pytest.approx(ref.high, abs=0.1 * se)
+
+
+@pytest.mark.bad_input
+def test_one_placement_per_phase_is_refused_naming_the_arm(result):
+    """The hierarchy asks for placements: one cut per phase (placement="adjacent") is an EffectError naming the arm."""
+    with pytest.raises(pl.errors.EffectError, match=r"arm 'silent'.*1 placement.*at least 2.*placement='spread'"):
+        result.effects()
+    with pytest.raises(pl.errors.EffectError, match="placement"):
+        result.plot_effects()
+    assert len(result.figures()) == 1  # the report shows no effects rather than failing
+    assert any("effects need at least 2" in n for n in result.placement_notes)
+
+
+@pytest.mark.bad_input
+def test_hierarchical_effect_with_one_placement_names_the_arm():
+    """The same refusal from the generic constructor: arms [items, placements, seeds] with one placement."""
+    rng = np.random.default_rng(0)
+    arms = {"silent": rng.normal(size=(8, 1, 3)), "decisive": rng.normal(size=(8, 1, 3))}
+    with pytest.raises(pl.errors.EffectError, match=r"asks for placements but arm 'silent' .*holds 1"):
+        pl.hierarchical_effect(arms, name="drop")
+
+
+@pytest.mark.bad_input
+def test_effects_need_plain_pruning_and_a_fitted_method(spread):
+    with pytest.raises(pl.errors.EffectError, match="'magic'"):
+        spread.effects("magic")
+    with pytest.raises(pl.errors.EffectError, match="metric"):
+        spread.effects(metric="loss")
+
+
+# -- the recovery comparison ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def recov(tiny_llama, cut_task, cal) -> pl.RecoveryComparison:
+    return pl.compare_recovery(tiny_llama, cut_task, "2-3", methods=["identity", "ghosted", "diagonal"], calibration=cal,
+                               heldout=pl.heldout_texts()[:6], seq_len=SEQ, n_boot=400, boot_seed=1)
+
+
+def test_passage_nll_equals_plain_transformers(tiny_llama):
+    from phaselens.calibration import tokenize
+
+    texts = pl.heldout_texts()[:3]
+    nll, tok = pl.passage_nll(tiny_llama, texts, seq_len=SEQ, batch_size=2)
+    for p, ids in enumerate(tokenize(tiny_llama.tokenizer, texts, SEQ)):
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            logits = tiny_llama.hf(input_ids=x).logits[0, :-1].double()
+        want = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
+        assert tok[p] == len(ids) - 1 and nll[p] == pytest.approx(want, rel=1e-5)
+    assert np.exp(nll.sum() / tok.sum()) == pytest.approx(pl.perplexity(tiny_llama, texts, seq_len=SEQ), rel=1e-6)
+
+
+def test_recovery_comparison_numbers_and_effects_against_numpy(recov, tiny_llama, cut_task):
+    held = pl.heldout_texts()[:6]
+    assert recov.blocks == [2, 3] and recov.n_passages == 6
+    assert recov.perplexity("identity") == pytest.approx(pl.perplexity(pl.prune(tiny_llama, [2, 3]), held, seq_len=SEQ),
+                                                         rel=1e-6)
+    tr = pl.decision_trace(pl.prune(tiny_llama, [2, 3]), cut_task, n_boot=100)
+    assert recov.accuracy("identity") == pytest.approx(tr.accuracy[-1])
+    effs = recov.effects()
+    assert [e.name for e in effs] == ["identity − ghosted perplexity", "ghosted − identity accuracy",
+                                      "diagonal − ghosted perplexity", "ghosted − diagonal accuracy"]
+    k, g = recov.methods.index("diagonal"), recov.methods.index("ghosted")
+    nm, ng, tok = recov.nll[k], recov.nll[g], recov.tokens.astype(float)
+    ppl = effs[2]
+    assert ppl.n == {"passages": 6} and ppl.predicted == "positive"
+    assert ppl.estimate == pytest.approx(np.exp(nm.sum() / tok.sum()) - np.exp(ng.sum() / tok.sum()), rel=1e-12)
+    idx = np.random.default_rng(1).integers(0, 6, size=(400, 6))  # passages resampled: NLL and tokens together
+    hand = np.exp(nm[idx].sum(1) / tok[idx].sum(1)) - np.exp(ng[idx].sum(1) / tok[idx].sum(1))
+    np.testing.assert_allclose(ppl.replicates, hand, rtol=1e-10)
+    assert (ppl.lo, ppl.hi) == pytest.approx(tuple(np.quantile(hand, [0.025, 0.975])), rel=1e-10)
+    t = recov.tasks[0]
+    acc = effs[3]
+    diff = t.correct[g] - t.correct[k]
+    assert acc.estimate == pytest.approx(diff.mean()) and acc.n == {"items": len(cut_task)}
+    hand = diff[np.random.default_rng(1).integers(0, len(diff), size=(400, len(diff)))].mean(1)
+    assert (acc.lo, acc.hi) == pytest.approx(tuple(np.quantile(hand, [0.025, 0.975])), abs=1e-12)
+    df = recov.to_pandas()
+    assert set(df.method) == {"dense", "identity", "ghosted", "diagonal"} and recov.summary() and recov.plot().data
+
+
+@pytest.mark.bad_input
+def test_recovery_comparison_bad_input(tiny_llama, cut_task, recov, count_forwards):
+    with count_forwards(tiny_llama) as fw:
+        with pytest.raises(pl.errors.RecoveryError, match="exactly one of blocks= .* and n="):
+            pl.compare_recovery(tiny_llama, cut_task, "2-3", n=2)
+        with pytest.raises(pl.errors.RecoveryError, match="outside 0..5"):
+            pl.compare_recovery(tiny_llama, cut_task, "4-9")
+    assert fw.n == 0
+    with pytest.raises(pl.errors.EffectError, match="reference arm 'linearpatch'"):
+        recov.effects("linearpatch")
+    few = pl.RecoveryComparison(**{**{f: getattr(recov, f) for f in recov.__dataclass_fields__},
+                                   "nll": recov.nll[:, :3], "tokens": recov.tokens[:3], "dense_nll": recov.dense_nll[:3]})
+    with pytest.raises(pl.errors.EffectError, match="holds 3 items; an effect needs at least 5"):
+        few.effects()

@@ -13,13 +13,13 @@ from .calibration import heldout_texts, load_calibration
 from .deprecation import module_getattr
 from .errors import PhaselensError
 from .evaluation import evaluate
-from .experiments import CollapseStudy, PhaseCuts, compare_phase_cuts
+from .experiments import CollapseStudy, PhaseCuts, RecoveryComparison, compare_phase_cuts, compare_recovery
 from .export import ExportedView, export_view
 from .lenses import Lens, LensKind, fit_lens, lens_kl, load_lens, register_lens
 from .loading import load_model
 from .models import Model
 from .noise import NoiseResult, inject_noise
-from .perplexity import perplexity
+from .perplexity import passage_nll, perplexity
 from .pruning import Criterion, prune, register_criterion, select_blocks
 from .pruning.iterative import Sweep, iterative_prune, load_sweep
 from .recovery import BoundaryErrorResult, Recovered, boundary_error, fit_recovery, load_recovery, register_method
@@ -47,13 +47,13 @@ __all__ = [
     "Lens", "LensKind", "fit_lens", "lens_kl", "load_lens", "register_lens",
     # pruning and recovery
     "BoundaryErrorResult", "Criterion", "EditedView", "ModelView", "Recovered", "Sweep", "as_view", "boundary_error",
-    "fit_recovery", "iterative_prune", "load_recovery", "load_sweep", "perplexity", "prune", "register_criterion",
+    "fit_recovery", "iterative_prune", "load_recovery", "load_sweep", "passage_nll", "perplexity", "prune", "register_criterion",
     "register_method", "select_blocks",
     # evaluating and exporting views
     "ExportedView", "evaluate", "export_view",
     # controls and experiments
-    "AblationResult", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "ablate", "cka", "compare_phase_cuts",
-    "inject_noise", "linear_cka", "transition_vs_collapse",
+    "AblationResult", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "RecoveryComparison", "ablate", "cka",
+    "compare_phase_cuts", "compare_recovery", "inject_noise", "linear_cka", "transition_vs_collapse",
     # results, reports, calibration text
     "Result", "build_report", "heldout_texts", "load_calibration", "load_result", "load_results", "save_result",
     # effects and claims (issue 21)

@@ -252,7 +252,8 @@ def _check_design(arms: dict[str, np.ndarray], dims: Sequence[str], require: Seq
             raise EffectError(f"arm {a!r} holds {v.shape[0]} items; an effect needs at least {MIN_ITEMS}")
     for d in require:
         if d in dims and shape[list(dims).index(d)] < 2:
-            raise EffectError(f"the hierarchy asks for {d} but the arms hold {shape[list(dims).index(d)]}: one "
+            raise EffectError(f"the hierarchy asks for {d} but arm {ref!r} (like every arm) holds "
+                              f"{shape[list(dims).index(d)]}: one "
                               f"cut per phase says nothing about where the cut was placed; measure at least 2 {d} "
                               f"or drop it from require=")
     return tuple(shape)

@@ -185,7 +185,7 @@ def phase_cuts_table(result) -> Table:
     style = {"dense": "bold", "silent": "red", "decisive": "green", "random": None}
     for r in df.itertuples():
         blocks = str(r.blocks) if r.cut != "random" else f"{r.n_seeds:.0f} seeds"
-        table.add_row(r.cut, blocks, r.method, f"{r.final_margin:+.3f} [{r.margin_lo:+.2f}, {r.margin_hi:+.2f}]",
+        table.add_row(f"{r.cut} ({r.placement})" if isinstance(r.placement, str) else r.cut, blocks, r.method, f"{r.final_margin:+.3f} [{r.margin_lo:+.2f}, {r.margin_hi:+.2f}]",
                       f"{r.accuracy:.3f} [{r.accuracy_lo:.2f}, {r.accuracy_hi:.2f}]",
                       "-" if r.cut == "dense" else f"{r.boundary_relative:.3g}", f"{r.perplexity:.2f}", style=style[r.cut])
     return table
@@ -198,7 +198,7 @@ def phase_cuts_cmd(
     n: int = typer.Option(..., "-n", help="blocks per cut"),
     methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated registered recovery methods (default: the built-ins: " + ", ".join(DEFAULT_METHODS) + ")"),
     seeds: int = typer.Option(5, "--seeds", help="random control cuts (seeds 0..SEEDS-1)"),
-    placement: str = typer.Option("adjacent", "--placement", help="phase cuts: adjacent | far | center, or SILENT,DECISIVE with block indices (3,adjacent)"),
+    placement: str = typer.Option("spread", "--placement", help="phase cuts: spread (adjacent, center and far in each phase) | adjacent | far | center, or SILENT,DECISIVE with block indices (3,adjacent)"),
     format: Optional[str] = FormatOpt,
     limit: Optional[int] = LimitOpt,
     seed: int = SeedOpt,

@@ -6,10 +6,12 @@ from typing import Any
 
 from .collapse import CollapsePoint, CollapseStudy, collapse_point, collapse_points, collapse_study
 from .phase_cuts import compare_phase_cuts, random_start
-from .phase_cuts_result import CUT_KINDS, DEFAULT_METHODS, WHOLE_STREAM, Cut, CutResult, PhaseCuts
+from .phase_cuts_result import CUT_KINDS, DEFAULT_METHODS, SPREAD, WHOLE_STREAM, Cut, CutResult, PhaseCuts
+from .recovery_comparison import RecoveryComparison, RecoveryTask, compare_recovery
 
-__all__ = ["CUT_KINDS", "DEFAULT_METHODS", "WHOLE_STREAM", "CollapsePoint", "CollapseStudy", "Cut", "CutResult",
-           "PhaseCuts", "collapse_point", "collapse_points", "collapse_study", "compare_phase_cuts", "random_start"]
+__all__ = ["CUT_KINDS", "DEFAULT_METHODS", "SPREAD", "WHOLE_STREAM", "CollapsePoint", "CollapseStudy", "Cut",
+           "CutResult", "PhaseCuts", "RecoveryComparison", "RecoveryTask", "collapse_point", "collapse_points",
+           "collapse_study", "compare_phase_cuts", "compare_recovery", "random_start"]
 
 
 def __getattr__(name: str) -> Any:

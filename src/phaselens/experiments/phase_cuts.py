@@ -3,8 +3,9 @@
 :func:`compare_phase_cuts` finds the silent -> decisive transition ``l*`` once, on the dense
 model, then cuts ``n`` contiguous blocks
 
-* inside the **silent** phase ``[0, l*)`` (by default the ``n`` blocks just before ``l*``),
-* inside the **decisive** phase ``[l*, L)`` (by default the ``n`` blocks from ``l*`` on),
+* inside the **silent** phase ``[0, l*)`` and inside the **decisive** phase ``[l*, L)``, by default at
+  several placements in each (``placement="spread"``): adjacent to the transition (the ``n`` blocks just
+  before ``l*`` / from ``l*`` on), the centre of the phase and its far end, each distinct one once,
 * at **random** (the control): for each seed, ``n`` contiguous blocks starting at a block
   drawn uniformly from ``0..L-n`` (seeded with ``numpy.random.default_rng(seed)``). A random
   span is contiguous, like the phase cuts, so the three are comparable; it may lie in either
@@ -53,7 +54,7 @@ from ..stats import seed_list
 from ..tasks import Task, load_task
 from ..trace import N_BOOT, Transition, decision_trace
 from ..view import ModelView, as_view
-from .phase_cuts_result import CUT_KINDS, DEFAULT_METHODS, WHOLE_STREAM, Cut, CutResult, PhaseCuts
+from .phase_cuts_result import CUT_KINDS, DEFAULT_METHODS, SPREAD, WHOLE_STREAM, Cut, CutResult, PhaseCuts
 from ..types import ModelLike, TaskLike
 from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
@@ -63,7 +64,8 @@ from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (
 def phase_cuts(view: Any, transition: Transition, n: int, *, placement: Any = "adjacent",
                seeds: Sequence[int] = (0,)) -> list[Cut]:
     """The cuts of the experiment on the dense ``view`` from its ``transition``: silent, decisive
-    (placed by :func:`phaselens.select_blocks`), one random contiguous span per seed.
+    (placed by :func:`phaselens.select_blocks`; ``placement="spread"``: every distinct one of adjacent, center and
+    far in the phase, in that order), one random contiguous span per seed.
 
     Raises :class:`PhaseCutsError` when there is no transition or a phase has fewer than ``n`` blocks.
     """
@@ -88,20 +90,28 @@ def phase_cuts(view: Any, transition: Transition, n: int, *, placement: Any = "a
     where = _placements(placement)
     out = []
     for kind in ("silent", "decisive"):
-        try:
-            blocks = select_blocks(view, n, kind, placement=where[kind], transition=transition)  # type: ignore[arg-type]
-        except ValueError as e:
-            raise PhaseCutsError(f"the {kind} cut: {e}") from e
-        if list(blocks) != list(range(blocks[0], blocks[0] + n)):
-            raise PhaseCutsError(f"the {kind} cut {blocks} is not contiguous")
-        out.append(Cut(kind, int(blocks[0]), n))
+        named: dict[Any, int] = {}
+        # "spread": adjacent, far, then center; a placement that coincides with an earlier one (a short phase) is
+        # cut once, under the earlier name
+        for name in (("adjacent", "far", "center") if where[kind] == "spread" else (where[kind],)):
+            try:
+                blocks = select_blocks(view, n, kind, placement=name, transition=transition)  # type: ignore[arg-type]
+            except ValueError as e:
+                raise PhaseCutsError(f"the {kind} cut: {e}") from e
+            if list(blocks) != list(range(blocks[0], blocks[0] + n)):
+                raise PhaseCutsError(f"the {kind} cut {blocks} is not contiguous")
+            if int(blocks[0]) not in named.values():
+                named[name] = int(blocks[0])
+        order = [p for p in SPREAD if p in named] + [p for p in named if p not in SPREAD]
+        out.extend(Cut(kind, named[p], n) for p in order)
     for s in seeds:
         out.append(Cut("random", random_start(L, n, int(s)), n, int(s)))
     return out
 
 
 def _placements(placement: Any) -> dict[str, str | int]:
-    """``{"silent": p, "decisive": q}`` from one placement name (both phases), a pair ``(p, q)`` or a dict."""
+    """``{"silent": p, "decisive": q}`` from one placement name (both phases), a pair ``(p, q)`` or a dict;
+    ``"spread"`` stands for every distinct one of :data:`SPREAD` in that phase."""
     if isinstance(placement, str):
         return {"silent": placement, "decisive": placement}
     if isinstance(placement, dict) and set(placement) == {"silent", "decisive"}:
@@ -111,8 +121,8 @@ def _placements(placement: Any) -> dict[str, str | int]:
     if isinstance(placement, (int, np.integer)) and not isinstance(placement, bool):
         raise PhaseCutsError(f"placement={placement}: a block index can start a cut in one phase only; pass a pair "
                              f"(silent, decisive), e.g. placement=({placement}, 'adjacent')")
-    raise PhaseCutsError(f"placement must be 'adjacent', 'far', 'center', or a pair (silent, decisive) of those or "
-                         f"block indices, got {placement!r}")
+    raise PhaseCutsError(f"placement must be 'spread', 'adjacent', 'far', 'center', or a pair (silent, decisive) of "
+                         f"those or block indices, got {placement!r}")
 
 
 def random_start(n_blocks: int, n: int, seed: int) -> int:
@@ -266,7 +276,7 @@ def _plan(cuts: list[Cut], methods: list[str]) -> tuple[list[tuple[Cut, str]], l
         for m in methods:
             reason = get_method(m).refuses(c.span)
             if reason:
-                skipped.append({"cut": c.key, "method": m, "reason": reason})
+                skipped.append({"cut": c.key, "method": m, "reason": reason, "start": c.start})
             else:
                 plan.append((c, m))
     return plan, skipped
@@ -287,7 +297,7 @@ def _fit_units(su: _Setup, todo: list[tuple[Cut, str]], dense: _Dense, folder: A
         dense.record(False)
     for c, m in todo:
         u = _run_unit(su, c, m, stats[c.span])
-        done[(c.key, m)] = u
+        done[(c.key, c.start, m)] = u
         if folder is not None:
             folder.save(_unit_name(c, m), u)
     return done
@@ -296,7 +306,7 @@ def _fit_units(su: _Setup, todo: list[tuple[Cut, str]], dense: _Dense, folder: A
 def _run_unit(su: _Setup, c: Cut, m: str, st: SpanStats) -> CutResult:
     """One cut recovered with one method: fitted from ``st``, traced, its perplexity (and boundary) measured."""
     rec = fit_recovery(ModelView(su.base, tuple(c.blocks)), None, m, lam=su.lam, stats={c.span: st})
-    trace = decision_trace(rec, su.task, n_boot=su.n_boot, seed=su.boot_seed, cache=su.cache, progress=su.progress,
+    trace = decision_trace(rec, su.task, n_boot=su.n_boot, boot_seed=su.boot_seed, cache=su.cache, progress=su.progress,
                            lens=su.lens, max_tokens=su.max_tokens)
     ppl = perplexity(rec, su.heldout, seq_len=su.seq_len, batch_size=su.batch_size, max_tokens=su.max_tokens,
                      cache=su.cache)
@@ -332,7 +342,7 @@ def compare_phase_cuts(
     *,
     methods: Sequence[str] = DEFAULT_METHODS,
     seeds: int | Sequence[int] = 5,
-    placement: Any = "adjacent",
+    placement: Any = "spread",
     calibration: Any = None,
     heldout: Any = None,
     lam: float | None = None,
@@ -349,7 +359,8 @@ def compare_phase_cuts(
     seed: int | None = None,
     perplexity_texts: Any = None,
 ) -> PhaseCuts:
-    """Cut ``n`` contiguous blocks inside the silent phase, inside the decisive phase and at random;
+    """Cut ``n`` contiguous blocks inside the silent phase, inside the decisive phase (at several placements in each)
+    and at random;
     recover each cut with each method; measure the decision and perplexity of every combination.
 
     Args:
@@ -360,9 +371,12 @@ def compare_phase_cuts(
             your own with :func:`phaselens.register_method`). A cut a method refuses (ReplaceMe at a cut that
             starts at block 0) is listed in ``result.skipped`` with the reason.
         seeds: number of random control cuts (seeds ``0..seeds-1``) or a list of seeds.
-        placement: where the phase cuts sit: ``"adjacent"`` to the transition (default), ``"far"``
-            from it, ``"center"`` of the phase; or a pair ``(silent, decisive)`` of those or of block
-            indices (the first cut block), e.g. ``(3, "adjacent")``.
+        placement: where the phase cuts sit: ``"spread"`` (default): several cuts per phase, ``"adjacent"`` to the
+            transition, the ``"center"`` of the phase and its ``"far"`` end, each distinct one once (a phase with
+            room for fewer starts gets fewer; :attr:`PhaseCuts.placement_notes` says where); or one of those names
+            (one cut per phase; ``"adjacent"`` was the default before 0.4.0), or a pair ``(silent, decisive)`` of
+            names or block indices (the first cut block), e.g. ``(3, "adjacent")``. :meth:`PhaseCuts.effects`
+            needs at least 2 placements per phase.
         calibration: text the operators are fitted on (default: the bundled fit passages).
         heldout: text perplexity is measured on (default: the bundled held-out passages).
         lam: ridge of the least-squares fits (default: a tiny multiple of ``tr(X^T X)/d``).
@@ -399,11 +413,11 @@ def compare_phase_cuts(
             for c, m in plan:
                 u = folder.load(_unit_name(c, m))
                 if isinstance(u, CutResult):
-                    done[(c.key, m)] = u
+                    done[(c.key, c.start, m)] = u
         n_cal = n_tokens(su.base, su.calibration, su.seq_len)
-        todo = [(c, m) for c, m in plan if (c.key, m) not in done]
+        todo = [(c, m) for c, m in plan if (c.key, c.start, m) not in done]
         done.update(_fit_units(su, todo, dense, folder, n_cal))
-    return _assemble(su, tr, dense_ppl, cuts, [done[(c.key, m)] for c, m in plan], skipped, n_cal)
+    return _assemble(su, tr, dense_ppl, cuts, [done[(c.key, c.start, m)] for c, m in plan], skipped, n_cal)
 
 
 def _assemble(su: _Setup, tr: Transition, dense_ppl: float, cuts: list[Cut], units: list[CutResult],

@@ -19,6 +19,8 @@ DEFAULT_METHODS: tuple[str, ...] = tuple(sorted(METHODS.builtin_names(), key=lam
 #: acts on an MLP branch).
 WHOLE_STREAM: tuple[str, ...] = tuple(m for m in DEFAULT_METHODS if get_method(m).acts_on == "span")
 CUT_KINDS: tuple[str, ...] = ("silent", "decisive", "random")
+#: the placements of ``placement="spread"``, in the order the cuts of a phase are listed
+SPREAD: tuple[str, ...] = ("adjacent", "center", "far")
 
 
 @dataclass(frozen=True)
@@ -158,23 +160,84 @@ class PhaseCuts(Result):
     def dense_accuracy(self) -> float:
         return float(self.transition.trace.accuracy[-1])
 
-    def cut(self, kind: str, seed: int | None = None) -> Cut:
-        for c in self.cuts:
-            if c.kind == kind and (kind != "random" or c.seed == seed):
-                return c
-        raise NotFoundError(f"no {kind} cut{'' if seed is None else f' with seed {seed}'}; cuts: {[c.key for c in self.cuts]}")
+    # -- placements -------------------------------------------------------------------------
+    def phase_bounds(self, kind: str) -> tuple[int, int]:
+        """``[lo, hi)``: the blocks of the dense model's ``"silent"`` or ``"decisive"`` phase."""
+        ls = int(self.transition.layer)  # a PhaseCuts exists only when there is a transition
+        return (0, ls) if kind == "silent" else (ls, self.n_blocks)
 
-    def unit(self, kind: str, method: str, seed: int | None = None) -> CutResult:
-        """The result of cut ``kind`` (``seed`` for a random cut) recovered with ``method``."""
+    def placement_of(self, cut: Cut | CutResult) -> str:
+        """Where a phase cut sits in its phase: ``"adjacent"`` (to the transition), ``"far"``, ``"center"`` (the
+        first of these that starts there), else ``"block S"``; ``"seed S"`` for a random cut."""
+        kind, start = (cut.kind, cut.start) if isinstance(cut, Cut) else (cut.cut, cut.blocks[0])
+        if kind == "random":
+            return f"seed {cut.seed}"
+        lo, hi = self.phase_bounds(kind)
+        near, far = (hi - self.n, lo) if kind == "silent" else (lo, hi - self.n)
+        for name, s in (("adjacent", near), ("far", far), ("center", lo + (hi - lo - self.n) // 2)):
+            if s == start:
+                return name
+        return f"block {start}"
+
+    def placements(self, kind: str) -> list[str]:
+        """The placements cut in phase ``kind``, in the order of :attr:`cuts`."""
+        return [self.placement_of(c) for c in self.cuts if c.kind == kind]
+
+    @property
+    def placement_notes(self) -> list[str]:
+        """Where a phase is too short for the placements asked (``"spread"``: 3, at least 2 for the effects)."""
+        spread = self.placement == "spread" or (isinstance(self.placement, (list, tuple, dict)) and "spread" in (
+            list(self.placement.values()) if isinstance(self.placement, dict) else list(self.placement)))
+        notes = []
+        for kind in ("silent", "decisive"):
+            lo, hi = self.phase_bounds(kind)
+            have = self.placements(kind)
+            room = hi - lo - self.n + 1
+            blocks = f"block {lo}" if hi - lo == 1 else f"blocks {lo}-{hi - 1}, {hi - lo} blocks"
+            where = f"the {kind} phase ({blocks}) has room for {room} start{'' if room == 1 else 's'} of a " \
+                    f"{self.n}-block cut"
+            if spread and len(have) < len(SPREAD):
+                gone = [p for p in SPREAD if p not in have]
+                notes.append(f"{where}: {len(have)} distinct placement(s) {have}, {' and '.join(gone)} coincide{'s' if len(gone) == 1 else ''} with another"
+                             + (" (fewer than the 2 the effects need)" if len(have) < 2 else ""))
+            elif not spread and len(have) < 2:
+                notes.append(f"one placement in the {kind} phase ({have[0]}; placement={self.placement!r}): the "
+                             "effects need at least 2 (placement='spread')")
+        return notes
+
+    def find_unit(self, kind: str, method: str, placement: str | None = None, seed: int | None = None) -> CutResult | None:
+        """The unit of the ``kind`` cut at ``placement`` (default: the first, adjacent when cut) with ``method``,
+        or ``None`` (not cut there, or the method refused it)."""
+        for u in self.units:
+            if u.cut == kind and u.method == method and (kind != "random" or u.seed == seed) and (
+                    placement is None or kind == "random" or self.placement_of(u) == placement):
+                return u
+        return None
+
+    def cut(self, kind: str, seed: int | None = None, placement: str | None = None) -> Cut:
+        """The ``kind`` cut (``seed`` for a random one) at ``placement`` (default: the first listed, i.e. the one
+        adjacent to the transition when it was cut)."""
+        for c in self.cuts:
+            if c.kind == kind and (kind != "random" or c.seed == seed) and (
+                    placement is None or kind == "random" or self.placement_of(c) == placement):
+                return c
+        where = "" if placement is None else f" at placement {placement!r} (cut: {self.placements(kind)})"
+        raise NotFoundError(f"no {kind} cut{'' if seed is None else f' with seed {seed}'}{where}; cuts: "
+                            f"{[c.label for c in self.cuts]}")
+
+    def unit(self, kind: str, method: str, seed: int | None = None, placement: str | None = None) -> CutResult:
+        """The result of cut ``kind`` (``seed`` for a random cut; ``placement`` for a phase cut, default the first
+        listed, adjacent) recovered with ``method``."""
         if kind == "random" and seed is None:
             raise NotFoundError(f"random cuts need seed= (one of {self.seeds})")
+        c = self.cut(kind, seed, placement)
         for u in self.units:
-            if u.cut == kind and u.method == method and (kind != "random" or u.seed == seed):
+            if u.cut == kind and u.method == method and u.blocks == c.blocks and (kind != "random" or u.seed == seed):
                 return u
         for s in self.skipped:
-            if s["method"] == method and s["cut"] == (kind if seed is None else f"{kind}-s{seed}"):
-                raise NotFoundError(f"{method} was not fitted for the {kind} cut: {s['reason']}")
-        raise NotFoundError(f"no result for cut {kind!r} (seed {seed}) with method {method!r}")
+            if s["method"] == method and s["cut"] == c.key and s.get("start", c.start) == c.start:
+                raise NotFoundError(f"{method} was not fitted for the {kind} cut (blocks {c.blocks}): {s['reason']}")
+        raise NotFoundError(f"no result for cut {kind!r} (seed {seed}, placement {placement}) with method {method!r}")
 
     def _random_units(self, method: str) -> list[CutResult]:
         return [u for s in self.seeds for u in self.units if u.cut == "random" and u.seed == s and u.method == method]
@@ -229,6 +292,23 @@ class PhaseCuts(Result):
         return {"a": a, "b": b, "method": method, "method_b": method_b or method, "metric": metric,
                 "difference": float(diff.mean()), "lo": float(lo), "hi": float(hi), "n_items": len(diff)}
 
+    # -- effects --------------------------------------------------------------------------
+    def effects(self, methods: Sequence[str] | str | None = None, *, metric: str = "margin", n_boot: int | None = None,
+                boot_seed: int | None = None, level: float = 0.95) -> list:
+        """The headline contrasts as :class:`~phaselens.Effect`: the silent − decisive ``metric`` drop after plain
+        pruning, after each recovered method (default ``"ghosted"`` when run, else every fitted method), and the
+        interaction ``(rec − plain)_decisive − (rec − plain)_silent``.
+
+        Items crossed with placements: items resampled (paired across every cut), the placements (at most 3 per
+        phase, so fewer than 5) held fixed, each placement's own effect in ``Effect.clusters`` beside the pooled
+        estimate; ``l*`` is re-estimated in every replicate (``Effect.undefined``: the share with no transition or
+        no cut left in a phase). ``n_boot``/``boot_seed`` default to the run's. Needs at least 2 placements per
+        phase (``placement="spread"``), else an :class:`~phaselens.errors.EffectError` naming the arm.
+        """
+        from .phase_cut_effects import phase_cut_effects
+
+        return phase_cut_effects(self, methods, metric=metric, n_boot=n_boot, boot_seed=boot_seed, level=level)
+
     # -- tables ---------------------------------------------------------------------------
     def to_pandas(self, aggregate: bool = False):
         """One row per cut x seed x method (a first row for the dense model).
@@ -239,7 +319,7 @@ class PhaseCuts(Result):
         import pandas as pd
 
         tr = self.transition.trace
-        rows = [{"cut": "dense", "seed": None, "blocks": "", "start": None, "end": None, "method": "none",
+        rows = [{"cut": "dense", "seed": None, "placement": None, "blocks": "", "start": None, "end": None, "method": "none",
                  "final_margin": self.dense_margin, "margin_lo": float(tr.margin_ci[0][-1]), "margin_hi": float(tr.margin_ci[1][-1]),
                  "accuracy": self.dense_accuracy, "accuracy_lo": float(tr.accuracy_ci[0][-1]),
                  "accuracy_hi": float(tr.accuracy_ci[1][-1]), "boundary_mse": 0.0, "boundary_relative": 0.0,
@@ -254,7 +334,8 @@ class PhaseCuts(Result):
                 us = self._random_units(u.method)
                 m, a = self.random_summary(u.method, "margin"), self.random_summary(u.method, "accuracy")
                 meas = [x.boundary_measured for x in us]
-                rows.append({"cut": "random", "seed": None, "blocks": f"{len(us)} random spans of {self.n}", "start": None,
+                rows.append({"cut": "random", "seed": None, "placement": None, "blocks": f"{len(us)} random spans of {self.n}",
+                             "start": None,
                              "end": None, "method": u.method, "final_margin": m["mean"], "margin_lo": m["lo"],
                              "margin_hi": m["hi"], "accuracy": a["mean"], "accuracy_lo": a["lo"], "accuracy_hi": a["hi"],
                              "boundary_mse": float(np.mean([x.boundary_mse for x in us])),
@@ -265,7 +346,8 @@ class PhaseCuts(Result):
                 continue
             lo, hi = u.final_margin_ci
             alo, ahi = u.final_accuracy_ci
-            rows.append({"cut": u.cut, "seed": u.seed, "blocks": _fmt(u.blocks), "start": u.blocks[0], "end": u.blocks[-1] + 1,
+            rows.append({"cut": u.cut, "seed": u.seed, "placement": None if u.cut == "random" else self.placement_of(u),
+                         "blocks": _fmt(u.blocks), "start": u.blocks[0], "end": u.blocks[-1] + 1,
                          "method": u.method, "final_margin": u.final_margin, "margin_lo": lo, "margin_hi": hi,
                          "accuracy": u.final_accuracy, "accuracy_lo": alo, "accuracy_hi": ahi, "boundary_mse": u.boundary_mse,
                          "boundary_relative": u.boundary_relative, "boundary_measured": u.boundary_measured,
@@ -278,14 +360,23 @@ class PhaseCuts(Result):
     def summary(self) -> str:
         """What was measured, in words."""
         t = self.transition
-        s, d = self.cut("silent"), self.cut("decisive")
-        skip = "; ".join(f"{x['method']} at {x['cut']} ({x['reason']})" for x in self.skipped)
+
+        def where(kind: str) -> str:
+            cs = [c for c in self.cuts if c.kind == kind]
+            if len(cs) == 1:
+                return _fmt(cs[0].blocks)
+            return "; ".join(f"{self.placement_of(c)} {_fmt(c.blocks)}" for c in cs)
+
+        skip = "; ".join(f"{x['method']} at {x['cut']}" + (f" {x['start']}-{x['start'] + self.n - 1}" if "start" in x
+                                                              else "") + f" ({x['reason']})" for x in self.skipped)
         skip = f" Not fitted: {skip}." if skip else ""
+        notes = self.placement_notes
+        skip += f" Placements: {'; '.join(notes)}." if notes else ""
         return (
             f"{self.model} on {self.task} ({self.format}, {self.n_items} items): the dense model's decisive phase begins "
             f"at block {t.layer} of {self.n_blocks} (final margin {self.dense_margin:.3f}, accuracy {self.dense_accuracy:.3f}, "
             f"held-out perplexity {self.dense_perplexity:.2f}). Cut {self.n} contiguous blocks in the silent phase "
-            f"({_fmt(s.blocks)}), in the decisive phase ({_fmt(d.blocks)}) and at {len(self.seeds)} random positions "
+            f"({where('silent')}), in the decisive phase ({where('decisive')}) and at {len(self.seeds)} random positions "
             f"(seeds {self.seeds}); recovered each cut with {', '.join(self.methods)}, fitted on {self.calibration_tokens} "
             f"calibration tokens ({self.calibration_passages} passages); final-layer margin and accuracy with bootstrap "
             f"95% intervals over items, perplexity on {self.perplexity_passages} held-out passages.{skip}"
@@ -297,6 +388,24 @@ class PhaseCuts(Result):
         from ..plots.phase_cuts import phase_cut_finals
 
         return phase_cut_finals(self, metric=metric, **kw)
+
+    def plot_effects(self, methods: Sequence[str] | str | None = None, *, metric: str = "margin", **kw):
+        """Plotly figure: :meth:`effects`, each pooled effect with its per-placement effects."""
+        from ..plots.phase_cuts import phase_cut_effects
+
+        return phase_cut_effects(self.effects(methods, metric=metric), **kw)
+
+    def figures(self) -> list[tuple[str, Any]]:
+        """The report's figures: final values per cut, and the effects when the run has 2 placements per phase."""
+        from ..errors import EffectError
+
+        out = [("", self.plot())]
+        try:
+            out.append(("Effects: pooled over placements (held fixed) and per placement; items resampled, l* "
+                        "re-estimated in every replicate.", self.plot_effects()))
+        except EffectError:  # one placement per phase (placement_notes says so in the summary)
+            pass
+        return out
 
     def plot_curves(self, methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, **kw):
         """Plotly figure: margin curves on the original block axis, one panel per cut, dense curve in each."""

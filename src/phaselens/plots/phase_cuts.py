@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from ..phase_cuts import PhaseCuts
 
 CUT_COLORS = {"silent": "#d62728", "decisive": "#2ca02c", "random": "#7f7f7f"}
+PLACEMENT_SYMBOLS = {"adjacent": "circle", "center": "square", "far": "triangle-up"}
 METHOD_COLORS = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
 
@@ -27,13 +28,14 @@ def _who(r: "PhaseCuts") -> str:
 
 def phase_cut_finals(result: "PhaseCuts", *, metric: str = "margin", show_seeds: bool = True) -> go.Figure:
     """Final-layer margin (or accuracy) with 95% error bars: x = recovery method, one marker series
-    per cut placement (silent, decisive, random mean over seeds); single random seeds as small
+    per cut (silent and decisive at each of their placements: circle adjacent, square center, triangle far; random
+    mean over seeds); single random seeds as small
     open markers; the dense model as a dotted line with its interval shaded."""
     if metric not in ("margin", "accuracy"):
         raise PlotError(f"metric must be 'margin' or 'accuracy', got {metric!r}")
     methods = list(result.methods)
     xi = {m: i for i, m in enumerate(methods)}
-    off = {"silent": -0.22, "decisive": 0.0, "random": 0.22}
+    off = {"silent": -0.25, "decisive": 0.0, "random": 0.25}
     fig = go.Figure()
     tr = result.transition.trace
     dense = result.dense_margin if metric == "margin" else result.dense_accuracy
@@ -43,20 +45,28 @@ def phase_cut_finals(result: "PhaseCuts", *, metric: str = "margin", show_seeds:
                   annotation_text=f"dense: {dense:.3f}", annotation_position="top left")
     what = "margin" if metric == "margin" else "accuracy"
     for kind in ("silent", "decisive"):
-        us = [u for u in result.units if u.cut == kind]
-        if not us:
-            continue
-        y = np.array([u.final_margin if metric == "margin" else u.final_accuracy for u in us])
-        lo = np.array([(u.final_margin_ci if metric == "margin" else u.final_accuracy_ci)[0] for u in us])
-        hi = np.array([(u.final_margin_ci if metric == "margin" else u.final_accuracy_ci)[1] for u in us])
-        hover = [f"{kind} cut, blocks {_blocks(u.blocks)}<br>{u.method}<br>final {what} {v:.4f} [{a:.4f}, {b:.4f}]"
-                 f"<br>final margin {u.final_margin:.4f}, accuracy {u.final_accuracy:.4f}<br>boundary error (relative) "
-                 f"{u.boundary_relative:.4g}<br>held-out perplexity {u.perplexity:.3f}<br>N={result.n_items}"
-                 for u, v, a, b in zip(us, y, lo, hi)]
-        fig.add_trace(go.Scatter(x=[xi[u.method] + off[kind] for u in us], y=y, mode="markers",
-                                 marker=dict(size=10, color=CUT_COLORS[kind]),
-                                 error_y=dict(type="data", symmetric=False, array=hi - y, arrayminus=y - lo),
-                                 name=f"{kind} cut (blocks {_blocks(us[0].blocks)})", hovertext=hover, hoverinfo="text"))
+        cuts = [c for c in result.cuts if c.kind == kind]
+        width = 0.18 / max(len(cuts), 1)  # the placements of one phase side by side around the phase's offset
+        for j, c in enumerate(cuts):
+            place = result.placement_of(c)
+            us = [u for u in result.units if u.cut == kind and u.blocks == c.blocks]
+            if not us:
+                continue
+            y = np.array([u.final_margin if metric == "margin" else u.final_accuracy for u in us])
+            lo = np.array([(u.final_margin_ci if metric == "margin" else u.final_accuracy_ci)[0] for u in us])
+            hi = np.array([(u.final_margin_ci if metric == "margin" else u.final_accuracy_ci)[1] for u in us])
+            hover = [f"{kind} cut ({place}), blocks {_blocks(u.blocks)}<br>{u.method}<br>final {what} {v:.4f} "
+                     f"[{a:.4f}, {b:.4f}]<br>final margin {u.final_margin:.4f}, accuracy {u.final_accuracy:.4f}<br>"
+                     f"boundary error (relative) {u.boundary_relative:.4g}<br>held-out perplexity {u.perplexity:.3f}"
+                     f"<br>N={result.n_items}" for u, v, a, b in zip(us, y, lo, hi)]
+            shift = off[kind] + (j - (len(cuts) - 1) / 2) * width
+            label = f"{kind} cut (blocks {_blocks(c.blocks)})" if len(cuts) == 1 else \
+                f"{kind} cut, {place} (blocks {_blocks(c.blocks)})"
+            fig.add_trace(go.Scatter(x=[xi[u.method] + shift for u in us], y=y, mode="markers",
+                                     marker=dict(size=10, color=CUT_COLORS[kind],
+                                                 symbol=PLACEMENT_SYMBOLS.get(place, "circle")),
+                                     error_y=dict(type="data", symmetric=False, array=hi - y, arrayminus=y - lo),
+                                     name=label, hovertext=hover, hoverinfo="text"))
     rand_methods = [m for m in methods if result._random_units(m)]
     if rand_methods:
         sums = [result.random_summary(m, metric) for m in rand_methods]
@@ -99,7 +109,9 @@ def phase_cut_curves(result: "PhaseCuts", *, methods: Sequence[str] | None = Non
     panels = [c for c in result.cuts if c.kind != "random"] + [c for s in seeds for c in result.cuts
                                                               if c.kind == "random" and c.seed == s]
     fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, horizontal_spacing=0.03,
-                        subplot_titles=[f"{c.key} cut: blocks {_blocks(c.blocks)}" for c in panels])
+                        subplot_titles=[f"{c.key} cut" + ("" if c.kind == "random" or len(result.placements(c.kind)) == 1
+                                                          else f" ({result.placement_of(c)})") + f": blocks {_blocks(c.blocks)}"
+                                        for c in panels])
     dense = result.transition.trace
     colors = {m: METHOD_COLORS[i % len(METHOD_COLORS)] for i, m in enumerate(result.methods)}
     for j, c in enumerate(panels, start=1):
@@ -110,7 +122,7 @@ def phase_cut_curves(result: "PhaseCuts", *, methods: Sequence[str] | None = Non
                                             for b, m, a in zip(dense.blocks, dense.margins, dense.accuracy)], hoverinfo="text"),
                       row=1, col=j)
         for m in methods:
-            us = [u for u in result.units if u.cut == c.kind and u.seed == c.seed and u.method == m]
+            us = [u for u in result.units if u.cut == c.kind and u.seed == c.seed and u.method == m and u.blocks == c.blocks]
             if not us:
                 continue
             u = us[0]
@@ -130,4 +142,35 @@ def phase_cut_curves(result: "PhaseCuts", *, methods: Sequence[str] | None = Non
     fig.update_layout(title=f"Margin per block after each cut and recovery (shaded: cut blocks; dashed: dense transition "
                             f"at block {result.transition.layer}): {_who(result)}", template="plotly_white",
                       hovermode="closest")
+    return fig
+
+
+def phase_cut_effects(effects: Sequence, *, title: str = "") -> go.Figure:
+    """Forest plot of :meth:`PhaseCuts.effects`: each pooled effect (filled) with its per-placement effects (open)
+    below it, interval bars, zero dotted."""
+    rows: list = []
+    for eff in effects:
+        rows.append((eff, True))
+        rows.extend((c, False) for c in eff.clusters)
+    if not rows:
+        raise PlotError("no effects to plot")
+    names = [e.name for e, _ in rows]
+    fig = go.Figure()
+    for pooled in (True, False):
+        sel = [(i, e) for i, (e, p) in enumerate(rows) if p == pooled]
+        if not sel:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[e.estimate for _, e in sel], y=[names[i] for i, _ in sel], mode="markers",
+            marker=dict(size=11 if pooled else 8, color="black" if pooled else "#1f77b4",
+                        symbol="diamond" if pooled else "circle-open"),
+            error_x=dict(type="data", symmetric=False, array=[e.hi - e.estimate for _, e in sel],
+                         arrayminus=[e.estimate - e.lo for _, e in sel]),
+            name="pooled over placements (placements fixed)" if pooled else "one placement",
+            hovertext=[e.summary().replace("\n", "<br>") for _, e in sel], hoverinfo="text"))
+    fig.add_vline(x=0, line=dict(color="black", dash="dot", width=1))
+    fig.update_layout(title=title or "Phase-cut effects: pooled and per placement (items resampled, l* re-estimated)",
+                      xaxis_title=f"effect ({rows[0][0].level:.0%} percentile interval)",
+                      yaxis=dict(autorange="reversed", categoryorder="array", categoryarray=names),
+                      template="plotly_white", hovermode="closest")
     return fig

@@ -1,0 +1,274 @@
+"""The recovery comparison (Ghosted Layers paper, main table): one contiguous cut recovered by every method, task
+accuracy and held-out perplexity of each, and each method's effect against Ghosted Layers.
+
+:func:`compare_recovery` cuts ``blocks`` (or ``n`` blocks chosen by ``criterion``) from the dense model, fits every
+method on the same calibration tokens, and measures on the same held-out passages and task items:
+
+* per passage, the next-token NLL summed over its predicted tokens and their count (:func:`~phaselens.passage_nll`),
+  so perplexity ``exp(sum NLL / sum tokens)`` can be resampled **paired over passages**;
+* per item, the final-layer margin and correctness, resampled **paired over items**.
+
+:meth:`RecoveryComparison.effects` gives, for every method other than the reference (``"ghosted"``),
+``method − ghosted`` perplexity and ``ghosted − method`` accuracy per task (positive: Ghosted Layers is better).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import checks
+from ..calibration import check_seq_len, heldout_texts, load_calibration
+from ..effects import Effect, hierarchical_effect, paired_effect
+from ..errors import EffectError, NotFoundError, RecoveryError
+from ..perplexity import passage_nll
+from ..pruning import prune, select_blocks
+from ..records import Record
+from ..recovery import METHODS, fit_recovery
+from ..results import Result
+from ..tasks import Task, load_task
+from ..trace import N_BOOT, decision_trace
+from ..types import ModelLike
+from ..view import as_view
+
+#: the method every other is compared against
+REFERENCE = "ghosted"
+
+
+@dataclass
+class RecoveryTask(Record):
+    """One task measured on the dense model and on every recovered model.
+
+    Shapes: ``M`` methods (in :attr:`RecoveryComparison.methods` order), ``N`` items.
+
+    Attributes:
+        margins, correct: ``[M, N]`` final-layer margin and correctness (0/1) per method and item.
+        dense_margins, dense_correct: ``[N]`` the same for the dense model.
+        item_ids: the items' ids (the paired contrasts align on them).
+    """
+
+    task: str
+    format: str
+    item_ids: list
+    margins: np.ndarray
+    correct: np.ndarray
+    dense_margins: np.ndarray
+    dense_correct: np.ndarray
+
+    @property
+    def n_items(self) -> int:
+        return int(self.dense_margins.shape[0])
+
+
+@dataclass
+class RecoveryComparison(Result):
+    """Every recovery method on one contiguous cut of one model: accuracy per task and held-out perplexity.
+
+    Shapes: ``M`` methods, ``P`` held-out passages.
+
+    Attributes:
+        blocks: the cut blocks (original indices); ``criterion`` how they were chosen (``"given"`` when passed).
+        methods: the recovery methods (``"identity"`` = plain pruning).
+        nll, tokens: ``[M, P]`` per-passage summed next-token NLL and ``[P]`` predicted tokens per passage;
+            ``dense_nll [P]`` for the dense model.
+        fit_relative_error: ``[M]`` each operator's relative boundary error on the calibration tokens.
+        tasks: one :class:`RecoveryTask` per task.
+    """
+
+    model: str
+    n_blocks: int
+    blocks: list
+    criterion: str
+    methods: list
+    nll: np.ndarray
+    tokens: np.ndarray
+    dense_nll: np.ndarray
+    fit_relative_error: np.ndarray
+    tasks: list = field(default_factory=list)
+    calibration_passages: int = 0
+    n_boot: int = N_BOOT
+    seed: int = 0
+
+    # -- access ---------------------------------------------------------------------------
+    def _m(self, method: str) -> int:
+        if method not in self.methods:
+            raise NotFoundError(f"method {method!r} was not compared; methods: {self.methods}")
+        return self.methods.index(method)
+
+    def _t(self, task: str | None) -> RecoveryTask:
+        if task is None:
+            return self.tasks[0]
+        for t in self.tasks:
+            if t.task == task:
+                return t
+        raise NotFoundError(f"no task {task!r}; tasks: {[t.task for t in self.tasks]}")
+
+    @property
+    def n_passages(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def dense_perplexity(self) -> float:
+        return float(math.exp(self.dense_nll.sum() / self.tokens.sum()))
+
+    def perplexity(self, method: str) -> float:
+        """Held-out perplexity of ``method``: ``exp(sum NLL / sum tokens)`` over the passages."""
+        return float(math.exp(self.nll[self._m(method)].sum() / self.tokens.sum()))
+
+    def accuracy(self, method: str, task: str | None = None) -> float:
+        """Final-layer accuracy of ``method`` on ``task`` (default the first)."""
+        return float(self._t(task).correct[self._m(method)].mean())
+
+    # -- effects --------------------------------------------------------------------------
+    def effects(self, reference: str = REFERENCE, *, n_boot: int | None = None, boot_seed: int | None = None,
+                level: float = 0.95) -> list[Effect]:
+        """Each method against ``reference``: ``method − reference`` perplexity (paired percentile bootstrap over
+        held-out passages, each passage's NLL and token count resampled together) and, per task,
+        ``reference − method`` accuracy (paired bootstrap over items). Positive means ``reference`` is better;
+        both predict ``"positive"``."""
+        if reference not in self.methods:
+            raise EffectError(f"the reference arm {reference!r} was not compared (methods {self.methods}); pass "
+                              "reference= one of them")
+        n_boot = self.n_boot if n_boot is None else n_boot
+        boot_seed = self.seed if boot_seed is None else boot_seed
+        kw = dict(predicted="positive", level=level, n_boot=n_boot, boot_seed=boot_seed, model=self.model)
+        r = self._m(reference)
+        out = []
+        for m in self.methods:
+            if m == reference:
+                continue
+            k = self._m(m)
+            arms = {m: self.nll[k], reference: self.nll[r], "tokens": self.tokens.astype(float)}
+            out.append(hierarchical_effect(
+                arms, name=f"{m} − {reference} perplexity", dims=("passages",), require=(), task="held-out text",
+                statistic=lambda mm, m=m: np.exp(mm[m] / mm["tokens"]) - np.exp(mm[reference] / mm["tokens"]), **kw))
+            for t in self.tasks:
+                out.append(paired_effect(t.correct[r].astype(float), t.correct[k].astype(float),
+                                         name=f"{reference} − {m} accuracy", arms=(reference, m), task=t.task,
+                                         format=t.format, **kw))
+        return out
+
+    # -- tables and figures ---------------------------------------------------------------
+    def to_pandas(self):
+        """One row per (method, task): accuracy, mean final margin, perplexity, fit error (dense rows first)."""
+        import pandas as pd
+
+        rows = []
+        for t in self.tasks:
+            rows.append({"method": "dense", "task": t.task, "accuracy": float(t.dense_correct.mean()),
+                         "margin": float(t.dense_margins.mean()), "perplexity": self.dense_perplexity,
+                         "fit_relative_error": 0.0, "n_items": t.n_items, "n_passages": self.n_passages})
+            for k, m in enumerate(self.methods):
+                rows.append({"method": m, "task": t.task, "accuracy": float(t.correct[k].mean()),
+                             "margin": float(t.margins[k].mean()), "perplexity": self.perplexity(m),
+                             "fit_relative_error": float(self.fit_relative_error[k]), "n_items": t.n_items,
+                             "n_passages": self.n_passages})
+        df = pd.DataFrame(rows)
+        df["model"], df["cut"] = self.model, _fmt(self.blocks)
+        return df
+
+    def summary(self) -> str:
+        tasks = "; ".join(f"{t.task} ({t.format}, {t.n_items} items): " + ", ".join(
+            f"{m} {t.correct[k].mean():.3f}" for k, m in enumerate(self.methods)) + f" (dense {t.dense_correct.mean():.3f})"
+            for t in self.tasks)
+        ppl = ", ".join(f"{m} {self.perplexity(m):.2f}" for m in self.methods)
+        return (f"{self.model}: cut blocks {_fmt(self.blocks)} ({len(self.blocks)} of {self.n_blocks}, {self.criterion}), "
+                f"recovered with {', '.join(self.methods)} on {self.calibration_passages} calibration passages. "
+                f"Final-layer accuracy: {tasks}. Held-out perplexity on {self.n_passages} passages: {ppl} "
+                f"(dense {self.dense_perplexity:.2f}).")
+
+    def plot(self, **kw: Any):
+        """Plotly figure: accuracy per task and held-out perplexity (log), one bar per method, dense dotted."""
+        from ..plots.recovery import recovery_comparison_figure
+
+        return recovery_comparison_figure(self, **kw)
+
+
+def _fmt(blocks: Sequence[int]) -> str:
+    b = list(blocks)
+    return "" if not b else (f"{b[0]}" if len(b) == 1 else f"{b[0]}-{b[-1]}")
+
+
+def compare_recovery(
+    model: ModelLike,
+    tasks: Any,
+    blocks: Any = None,
+    *,
+    n: int | None = None,
+    criterion: str = "angular",
+    methods: Sequence[str] | None = None,
+    calibration: Any = None,
+    heldout: Any = None,
+    seq_len: int = 256,
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+    n_boot: int = N_BOOT,
+    boot_seed: int = 0,
+) -> RecoveryComparison:
+    """Cut ``blocks`` (or ``n`` blocks chosen by ``criterion`` on the calibration text) from the dense ``model``,
+    recover the cut with every method, and measure each on ``tasks`` and on held-out text.
+
+    Args:
+        tasks: a task (or spec) or a list of them.
+        blocks: the blocks to cut (``checks.block_list`` grammar: ``"3-5"``, ``[3, 4, 5]``); or ``n=``.
+        methods: registered recovery methods (default every built-in; ``"identity"`` is plain pruning).
+        calibration, heldout: fit text and held-out text (default: the bundled passages).
+        n_boot, boot_seed: the effects' bootstrap replicates and seed.
+
+    Returns:
+        a :class:`RecoveryComparison`.
+    """
+    if (blocks is None) == (n is None):
+        raise RecoveryError("pass exactly one of blocks= (e.g. '10-15') and n= (blocks chosen by criterion=)")
+    checks.bootstrap(n_boot, boot_seed, RecoveryError, seed_name="boot_seed")
+    checks.batching(batch_size, max_tokens, RecoveryError)
+    check_seq_len(seq_len)
+    if methods is None:
+        from .phase_cuts_result import DEFAULT_METHODS
+
+        methods = list(DEFAULT_METHODS)
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    methods = list(METHODS.check(methods))
+    if len(set(methods)) != len(methods):
+        raise RecoveryError(f"methods {methods} repeat a method; list each once")
+    view = as_view(model)
+    if view.removed or view.operators or view.branch_operators:
+        raise RecoveryError(f"compare_recovery needs the dense model, got the pruned view {view.name}; pass view.base")
+    base = view.base
+    ts = [t if isinstance(t, Task) else load_task(t) for t in (tasks if isinstance(tasks, (list, tuple)) else [tasks])]
+    if not ts:
+        raise RecoveryError("tasks is empty: pass a task or a list of tasks")
+    cal = load_calibration(calibration)
+    held = heldout_texts() if heldout is None else load_calibration(heldout)
+    if blocks is not None:
+        cut = sorted(set(checks.block_list(blocks, "blocks", RecoveryError)))
+        bad = [b for b in cut if not 0 <= b < base.n_blocks]
+        if bad or not cut:
+            raise RecoveryError(f"blocks {blocks!r}: {bad or 'none'} outside 0..{base.n_blocks - 1}")
+        how = "given"
+    else:
+        checks.integer("n", n, minimum=1, error=RecoveryError, what="blocks to cut")
+        cut, how = select_blocks(base, int(n), criterion, calibration=cal), criterion
+    recs = fit_recovery(prune(base, cut), cal, methods, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
+    texts = dict(seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
+    dense_nll, tokens = passage_nll(base, held, **texts)
+    nll = np.stack([passage_nll(recs[m], held, **texts)[0] for m in methods])
+    out = []
+    for t in ts:
+        tr = [decision_trace(v, t, n_boot=n_boot, boot_seed=boot_seed, max_tokens=max_tokens)
+              for v in [base] + [recs[m] for m in methods]]
+        out.append(RecoveryTask(task=t.name, format=t.format, item_ids=[it.id for it in t.items],
+                                margins=np.stack([x.item_margins[:, -1] for x in tr[1:]]),
+                                correct=np.stack([x.correct[:, -1] for x in tr[1:]]).astype(float),
+                                dense_margins=tr[0].item_margins[:, -1].copy(),
+                                dense_correct=tr[0].correct[:, -1].astype(float)))
+    return RecoveryComparison(model=base.name, n_blocks=base.n_blocks, blocks=list(cut), criterion=how,
+                              methods=methods, nll=nll, tokens=tokens, dense_nll=dense_nll,
+                              fit_relative_error=np.array([float(recs[m].fit_error.relative[0]) for m in methods]),
+                              tasks=out, calibration_passages=len(cal), n_boot=n_boot, seed=boot_seed)
+
+
+__all__ = ["REFERENCE", "RecoveryComparison", "RecoveryTask", "compare_recovery"]

@@ -1,0 +1,37 @@
+"""Figures of the recovery comparison (:class:`~phaselens.experiments.recovery_comparison.RecoveryComparison`).
+No computation of metrics here: the result's accessors give every number."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import plotly.graph_objects as go
+
+if TYPE_CHECKING:
+    from ..experiments.recovery_comparison import RecoveryComparison
+
+
+def recovery_comparison_figure(result: "RecoveryComparison", **layout: Any) -> go.Figure:
+    """Left: final-layer accuracy per task, one bar per method (dense dotted); right: held-out perplexity (log)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("final-layer accuracy", "held-out perplexity (log)"))
+    methods = list(result.methods)
+    for t in result.tasks:
+        acc = [result.accuracy(m, t.task) for m in methods]
+        fig.add_trace(go.Bar(x=methods, y=acc, name=f"{t.task} ({t.n_items} items)",
+                             hovertext=[f"{m} on {t.task}<br>accuracy {a:.3f}<br>N={t.n_items}" for m, a in zip(methods, acc)],
+                             hoverinfo="text"), row=1, col=1)
+        fig.add_hline(y=float(t.dense_correct.mean()), line=dict(dash="dot"), row=1, col=1,
+                      annotation_text=f"dense {t.task} {float(t.dense_correct.mean()):.2f}")
+    ppl = [result.perplexity(m) for m in methods]
+    fig.add_trace(go.Bar(x=methods, y=ppl, name="perplexity", showlegend=False,
+                         hovertext=[f"{m}<br>perplexity {p:.2f}<br>{result.n_passages} passages" for m, p in zip(methods, ppl)],
+                         hoverinfo="text"), row=1, col=2)
+    fig.add_hline(y=result.dense_perplexity, line=dict(dash="dot"), row=1, col=2,
+                  annotation_text=f"dense {result.dense_perplexity:.1f}")
+    fig.update_yaxes(type="log", row=1, col=2)
+    cut = result.blocks
+    fig.update_layout(title=f"Recovery methods after cutting blocks {cut[0]}-{cut[-1]} of {result.n_blocks}: {result.model}",
+                      barmode="group", template="plotly_white", **layout)
+    return fig
