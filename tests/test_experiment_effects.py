@@ -474,3 +474,15 @@ def test_within_model_pair_bootstrap_against_a_hand_loop():
     assert e.fixed == ["models"] and e.estimate == pytest.approx(
         sps.pearsonr(np.concatenate([x[g == k] - x[g == k].mean() for k in "abc"]),
                      np.concatenate([y[g == k] - y[g == k].mean() for k in "abc"]))[0])
+
+
+def test_every_experiment_result_owns_its_effects_and_the_base_has_none():
+    """One Result base with effects(): measurements return [], the six experiments and the recovery comparison
+    override it (their numbers are checked against numpy / scipy in the tests above and in test_phase_cuts)."""
+    from phaselens.results import Result
+
+    assert Result.effects(object.__new__(Result)) == []
+    kinds = [pl.PhaseCuts, pl.NoiseResult, pl.AblationResult, pl.Sweep, pl.CollapseStudy, pl.CKAResult,
+             pl.RecoveryComparison]
+    for k in kinds:
+        assert issubclass(k, Result) and k.effects is not Result.effects, k.__name__

@@ -42,7 +42,7 @@ FORMAT = 2
 
 # ----------------------------------------------------------------------------- results
 class Result(Record):
-    """Base of every result: ``summary()``, ``to_pandas()``, ``plot()``, ``figures()`` and :meth:`save`."""
+    """Base of every result: ``summary()``, ``to_pandas()``, ``plot()``, ``effects()``, ``figures()`` and :meth:`save`."""
 
     def summary(self) -> str:
         """What was measured, in words."""
@@ -55,6 +55,12 @@ class Result(Record):
     def plot(self, **kw: Any):
         """The result's main Plotly figure."""
         raise NotImplementedError
+
+    def effects(self) -> list:
+        """The result's headline contrasts as :class:`~phaselens.Effect` objects (estimate, interval, p, the
+        predicted direction, ``n`` at every sampled level); ``[]`` for a result that is a measurement, not a
+        contrast (a trace's per-layer numbers, a fitted lens)."""
+        return []
 
     def figures(self) -> list[tuple[str, Any]]:
         """``[(caption, figure)]`` the report shows (default: ``plot()`` without a caption)."""
