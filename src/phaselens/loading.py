@@ -354,13 +354,12 @@ def _load_checked(target: Path, m: dict[str, Any], name: str, dev: torch.device 
     if err is not None:
         raise ModelError(f"the cached model {target} matches its manifest but could not be loaded "
                          f"({type(err).__name__}: {str(err)[:200]}); delete the folder to rebuild it") from err
-    model = _prepare(hf, tok, name, dev, dt)
-    model.weights_digest = manifest.weights_digest(m)
-    return model, []
+    return _prepare(hf, tok, name, dev, dt, weights_digest=manifest.weights_digest(m)), []
 
 
 # ----------------------------------------------------------------------------- preparation
-def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
+def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: torch.dtype | None,
+             weights_digest: str | None = None) -> Model:
     if tok is None:
         raise ModelError(f"{name}: no tokenizer")
     blocks, norm, decoder, unembed = find_decoder(hf, name)
@@ -373,7 +372,7 @@ def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: t
         getattr(hf.config, "text_config", None), "final_logit_softcapping", None
     )
     model = Model(hf, tok, name, blocks, norm, decoder, unembed, softcap,
-                  attn_implementation=getattr(hf.config, "_attn_implementation", None))
+                  attn_implementation=getattr(hf.config, "_attn_implementation", None), weights_digest=weights_digest)
     probe = torch.tensor([[tok.eos_token_id or 1, 5, 17, 42, 7]], device=model.input_device) % model.W_U.shape[0]
     model.returns_tuple = block_returns_tuple(blocks, decoder, probe)
     _check_readout(model, probe)
