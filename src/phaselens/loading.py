@@ -208,7 +208,10 @@ def _load_hf(name: str, dev: torch.device | None, dt: torch.dtype | None) -> Mod
 
 def _load_embedded(key: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
     target = cache_dir() / "models" / key
-    return _load_gguf(lambda: embedded_gguf_path(key), key, EMBEDDED[key]["architecture"], dev, dt, save_to=target)
+    m = _load_gguf(lambda: embedded_gguf_path(key), key, EMBEDDED[key]["architecture"], dev, dt, save_to=target)
+    m.provenance = {"model": key, "title": EMBEDDED[key]["title"], "quantization": EMBEDDED[key].get("quantization"),
+                    "gguf": EMBEDDED[key]["file"]}
+    return m
 
 
 def _load_gguf(

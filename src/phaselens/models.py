@@ -77,6 +77,7 @@ class Model:
     _offloaded: dict = field(default_factory=dict, repr=False)
     weights_digest: str | None = field(default=None, repr=False)  # the weight files' content hash (a checked cache)
     _fingerprint: str | None = field(default=None, repr=False)
+    provenance: dict = field(default_factory=dict, repr=False)  # where it came from (an embedded model: its quantization)
 
     @property
     def n_blocks(self) -> int:
