@@ -252,7 +252,10 @@ def _load_gguf(
             logger.info(f"{sp} has changed since {target} was built from it; rebuilding the cache")
             return _build_and_load(sp, name, arch, dev, dt, target)
         m["source"] = new
-        manifest.write_manifest(target, m["files"], new)
+        try:
+            manifest.write_manifest(target, m["files"], new)  # so the next load need not hash it again
+        except OSError:
+            pass  # a read-only cache: it is hashed again next time, nothing else changes
     problems = manifest.size_problems(target, m)
     if problems:
         return _rebuild(find, name, arch, dev, dt, target, "; ".join(problems))
