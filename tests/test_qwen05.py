@@ -129,3 +129,14 @@ def test_mmlu_letters_trace_against_transformers(q05):
             right.append(int(logits[enc.option_ids[i, :k]].argmax()) == int(task.items[i].answer))
     assert tr.accuracy[-1] == pytest.approx(np.mean(right))
     assert tr.accuracy[-1] < 1.0  # a weak answerer (the issue measured 0.36 on 80 items; 0.15 on 20 items here)
+
+
+def test_saved_results_record_the_quantization(monkeypatch, tmp_path):
+    """The CLI's save adds an embedded model's quantization to the provenance (and nothing for other models)."""
+    from phaselens.commands import common
+
+    seen = []
+    monkeypatch.setattr(common, "save_result", lambda result, out, name, **prov: seen.append(prov) or tmp_path / name)
+    common.save(object(), tmp_path, "a", command="transition", model=Q05)
+    common.save(object(), tmp_path, "b", command="transition", model="someone/another-model")
+    assert seen[0]["quantization"] == "Q4_K_M GGUF of an AWQ checkpoint" and "quantization" not in seen[1]
