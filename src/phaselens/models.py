@@ -20,12 +20,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import xxhash
 from torch import nn
 
 
 from .deprecation import renamed_property
 from .errors import ModelError
 from .runner.head import head_rows
+
+
+def _state_digest(module: nn.Module) -> str:
+    """xxHash3-128 of every parameter and buffer of ``module`` (names, dtypes, shapes and bytes; a tensor on the
+    meta device, offloaded by accelerate, by its name, dtype and shape only)."""
+    h = xxhash.xxh3_128()
+    for name, t in sorted(module.state_dict(keep_vars=False).items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        if t.device.type != "meta" and t.numel():
+            flat = t.detach().reshape(-1).contiguous().cpu()
+            h.update(flat.view(torch.uint8).numpy().data)
+    return h.hexdigest()
 
 
 def default_device() -> torch.device:
@@ -62,6 +75,9 @@ class Model:
     attn_implementation: str | None = None  # the attention phaselens measures with (the load's: SDPA)
     _bridge: Any = field(default=None, repr=False)
     _offloaded: dict = field(default_factory=dict, repr=False)
+    weights_digest: str | None = field(default=None, repr=False)  # the weight files' content hash (a checked cache)
+    _fingerprint: str | None = field(default=None, repr=False)
+    provenance: dict = field(default_factory=dict, repr=False)  # where it came from (an embedded model: its quantization)
 
     @property
     def n_blocks(self) -> int:
@@ -133,13 +149,21 @@ class Model:
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of the architecture and a few weights: identifies the model in saved files."""
-        h = hashlib.sha256()
-        h.update(json.dumps([type(self.hf).__name__, self.n_blocks, self.d_model, self.vocab_size]).encode())
-        first = [t for t in self.blocks[0].state_dict().values() if t.device.type != "meta"][:1]  # (not offloaded)
-        for t in (head_rows(self, torch.arange(8))[:, :32], *(t.flatten()[:64] for t in first)):
-            h.update(t.detach().float().cpu().numpy().round(4).tobytes())
-        return h.hexdigest()[:16]
+        """A short hash of the architecture and of every weight loaded: identifies the model in saved files.
+
+        A model read from a checked cache (:mod:`phaselens.manifest`) hashes its weight files' content hashes
+        (:attr:`weights_digest`, free); any other model (a ``transformers`` object, a Hugging Face folder) hashes
+        its parameters and buffers once (xxHash3, one pass over the weights). Computed once per loaded model.
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(json.dumps([type(self.hf).__name__, self.n_blocks, self.d_model, self.vocab_size]).encode())
+            if self.weights_digest is not None:
+                h.update(f"files:{self.weights_digest}".encode())
+            else:
+                h.update(b"params:" + _state_digest(self.hf).encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def readout(self, h: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """Logit lens restricted to some tokens.

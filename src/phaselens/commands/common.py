@@ -17,6 +17,7 @@ from rich.console import Console
 from .. import checks, loading
 from ..calibration import load_calibration
 from ..deprecation import warn_renamed
+from ..embedded import EMBEDDED
 from ..errors import PhaselensError
 from ..lenses.fit import check_lens_arg
 from ..results import save_result, slug
@@ -161,7 +162,11 @@ def progress(as_json: bool) -> bool:
 
 
 def save(result: Any, out: Path, name: str, **prov: Any) -> None:
-    """Save ``result`` in the results folder ``out`` as ``name`` with its provenance."""
+    """Save ``result`` in the results folder ``out`` as ``name`` with its provenance (an embedded model's
+    quantization included)."""
+    info = EMBEDDED.get(str(prov.get("model", "")).lower())
+    if info is not None and "quantization" not in prov:
+        prov["quantization"] = info["quantization"]
     path = save_result(result, out, name, **prov)
     console.print(f"saved {path}")
 

@@ -21,10 +21,10 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="print the li
         print(json.dumps(rows, indent=1))
         return
     table = Table(title="embedded models (pl.load_model(NAME))", title_justify="left")
-    for col in ("name", "model", "blocks", "d", "installed", "cached", "install with"):
+    for col in ("name", "model", "blocks", "d", "quantization", "installed", "cached", "install with"):
         table.add_column(col, justify="right" if col in ("blocks", "d") else "left", overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["title"], str(r["blocks"]), str(r["d_model"]),
+        table.add_row(r["name"], r["title"], str(r["blocks"]), str(r["d_model"]), r["quantization"] or "",
                       "yes" if r["installed"] else f"no ({r['packages']} packages)", "yes" if r["cached"] else "no",
                       r["pip"])
     Console(width=200).print(table)
