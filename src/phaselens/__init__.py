@@ -15,7 +15,7 @@ from .errors import PhaselensError
 from .evaluation import evaluate
 from .experiments import CollapseStudy, PhaseCuts, compare_phase_cuts
 from .export import ExportedView, export_view
-from .heal import Healing, heal
+from .healing import Healing, heal
 from .lenses import Lens, LensKind, fit_lens, lens_kl, load_lens, register_lens
 from .loading import load_model
 from .models import Model
