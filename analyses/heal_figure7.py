@@ -22,10 +22,14 @@ intervals) and Holm-corrected verdicts (``pl.claims``) ask:
 **Sizing the training from measured throughput.** Unless ``--steps`` is given, the script times 2 steps of
 ``pl.heal`` on the moderate cut (after 1 warm-up step) and runs ``floor(--train-minutes x 60 / (seconds per step))``
 steps per heal (capped by ``--max-steps``), printing the measurement with the load average (``os.getloadavg``).
-Measured here (2026-12-03, 2 shared CPU cores, load average ~3-9 from other sessions): SmolLM2-135M with 23 of 30
-blocks, full fine-tuning, 8 ARC-Easy train items of <= 128 tokens per step: about 8-15 s per step; the committed run
-(``analyses/results/heal_figure7/``) used the steps its summary states. Qwen2.5-Coder-1.5B with LoRA (rank 8) costs
-roughly 10x SmolLM2 per step on this CPU; it is not run here.
+Measured here (2026-12-03, `uptime` load average 18 on 2 CPU cores shared by ~9 sessions, so about a tenth of
+one core for this run): SmolLM2-135M cut to 26 of 30 blocks, full fine-tuning, 8 ARC-Easy train items of <= 128
+tokens per step: **119 s per step** (0.008 steps/s), so the 8-minute budget gave **4 steps per heal** (32 training
+items, lr 1e-5): a run at a real but tiny size, committed in ``analyses/results/heal_figure7/``. On a quiet machine
+the same step should take roughly a tenth of that (load / cores), i.e. 50-100 steps in the same budget; a run that
+can decide the claims needs a few hundred steps (``--steps 300``). Qwen2.5-Coder-1.5B with LoRA (rank 8, lettered
+ARC-Easy) runs the 1.5B forward and backward through frozen weights, roughly 10x SmolLM2's cost per step: not run
+here.
 """
 
 from __future__ import annotations
