@@ -191,6 +191,49 @@ def test_killed_run_resumes_to_the_same_weights(method, tiny_llama, tmp_path, mo
     assert json.loads((tmp_path / "b" / "heal.json").read_text())["losses"] == whole.healing.losses
 
 
+KILLED_CHILD = """
+import os, signal, sys
+import phaselens as pl
+import phaselens.healing as H
+saved = H._checkpoint
+def killed(path, params, opt, step, losses):
+    saved(path, params, opt, step, losses)
+    if step == 4:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup: the lock and any temporary stay behind
+H._checkpoint = killed
+pl.heal(pl.prune(pl.load_model(sys.argv[1], device="cpu"), [2]), sys.argv[3:], method="full", steps=6, lr=1e-4,
+        batch_size=2, checkpoint_every=2, out=sys.argv[2], progress=False)
+"""
+
+
+def test_sigkilled_process_resumes_to_the_same_weights(tiny_llama_dir, tmp_path):
+    """A process killed with SIGKILL right after its step-4 checkpoint: the next call takes over its lock, resumes
+    at step 4 and ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import warnings
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", KILLED_CHILD, tiny_llama_dir, str(tmp_path / "b"), *TEXTS], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (tmp_path / "b" / ".phaselens" / "heal" / "lock").exists()  # left behind by the killed process
+    view = pl.prune(pl.load_model(tiny_llama_dir, device="cpu"), [2])
+    kw = dict(method="full", steps=6, lr=1e-4, batch_size=2, checkpoint_every=2, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = pl.heal(view, TEXTS, out=tmp_path / "b", **kw)
+    assert any("taking over the lock" in str(w.message) for w in caught)
+    assert resumed.healing.resumed_from == 4
+    whole = pl.heal(view, TEXTS, out=tmp_path / "a", **kw)
+    assert resumed.healing.losses == whole.healing.losses
+    a, b = whole.hf.state_dict(), resumed.hf.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_task_data_trains_on_the_answer_tokens(tiny_llama, capitals_task, tmp_path, capsys):
     task = pl.load_task(capitals_task, format="letters")
     seqs = H.task_sequences(task, tiny_llama.tokenizer, 256)
