@@ -189,6 +189,10 @@ def test_killed_run_resumes_to_the_same_weights(method, tiny_llama, tmp_path, mo
     for k, v in again.hf.state_dict().items():
         assert torch.equal(v, a[k]), k
     assert json.loads((tmp_path / "b" / "heal.json").read_text())["losses"] == whole.healing.losses
+    # the record of the run is a result: its table, its figure, saved and read back
+    assert whole.healing.to_pandas().loss.tolist() == whole.healing.losses
+    assert list(whole.healing.plot().data[0].y) == whole.healing.losses
+    assert pl.load_result(whole.healing.save(tmp_path / "results")).losses == whole.healing.losses
 
 
 KILLED_CHILD = """

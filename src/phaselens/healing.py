@@ -51,6 +51,7 @@ from .export import CONFIG_KEY, MODELING_FILE, OPERATORS_FILE, ExportedView, exp
 from .files import write_json, write_safetensors, writing, writing_folder
 from .loading import load_model
 from .models import quiet
+from .results import Result
 from .resume import RunFolder, digest
 from .runner import Batch, Runner, pad
 from .tasks import Task
@@ -66,8 +67,9 @@ GB = 1e9
 
 
 @dataclass
-class Healing:
-    """What :func:`heal` did, attached to the model it returns as ``model.healing``.
+class Healing(Result):
+    """What :func:`heal` did, attached to the model it returns as ``model.healing`` (a result: ``to_pandas()`` is
+    the loss of each step, ``plot()`` its curve, ``save(folder)`` writes it).
 
     Attributes:
         method, steps, lr, batch_size, seq_len, seed: the settings.
@@ -99,6 +101,17 @@ class Healing:
         last = self.losses[-1] if self.losses else float("nan")
         return (f"healed by {self.method} fine-tuning: {self.steps} steps of {self.batch_size} sequences at lr "
                 f"{self.lr:g} on {self.data}; loss {first:.4f} -> {last:.4f}; {self.trainable:,} trainable parameters")
+
+    def to_pandas(self):
+        """One row per step: ``step`` (1-based), ``loss``."""
+        import pandas as pd
+
+        return pd.DataFrame({"step": range(1, len(self.losses) + 1), "loss": [float(x) for x in self.losses]})
+
+    def plot(self, **kw: Any):
+        from .plots import healing_loss
+
+        return healing_loss(self)
 
 
 # ----------------------------------------------------------------------------- checks (before any work)
