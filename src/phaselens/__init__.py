@@ -15,6 +15,7 @@ from .errors import PhaselensError
 from .evaluation import evaluate
 from .experiments import CollapseStudy, PhaseCuts, RecoveryComparison, compare_phase_cuts, compare_recovery
 from .export import ExportedView, export_view
+from .healing import Healing, heal
 from .lenses import Lens, LensKind, fit_lens, lens_kl, load_lens, register_lens
 from .loading import load_model
 from .models import Model
@@ -49,8 +50,8 @@ __all__ = [
     "BoundaryErrorResult", "Criterion", "EditedView", "ModelView", "Recovered", "Sweep", "as_view", "boundary_error",
     "fit_recovery", "iterative_prune", "load_recovery", "load_sweep", "passage_nll", "perplexity", "prune", "register_criterion",
     "register_method", "select_blocks",
-    # evaluating and exporting views
-    "ExportedView", "evaluate", "export_view",
+    # evaluating, exporting and healing views
+    "ExportedView", "Healing", "evaluate", "export_view", "heal",
     # controls and experiments
     "AblationResult", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "RecoveryComparison", "ablate", "cka",
     "compare_phase_cuts", "compare_recovery", "inject_noise", "linear_cka", "transition_vs_collapse",

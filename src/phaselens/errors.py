@@ -48,6 +48,11 @@ class ExportError(PhaselensError):
     """A view cannot be exported, or an exported folder cannot be read, as asked."""
 
 
+class HealError(PhaselensError):
+    """A view cannot be healed (fine-tuned) as asked: a bad method, step count, learning rate, data or run folder,
+    or full fine-tuning that does not fit in memory."""
+
+
 class LensError(PhaselensError):
     """A lens cannot be fitted, loaded or applied as asked."""
 
@@ -104,7 +109,7 @@ class ReportWarning(UserWarning):
 
 
 __all__ = [
-    "CKAError", "CalibrationError", "InterventionError", "LensError", "ModelError", "NonFiniteError",
+    "CKAError", "CalibrationError", "HealError", "InterventionError", "LensError", "ModelError", "NonFiniteError",
     "PhaseCutsError", "PhaselensError", "PruningError", "RecoveryError", "ReportWarning", "ResultsError",
     "RunFolderError", "RunnerError", "SingularFitWarning", "StatsError", "StatsWarning", "StudyError", "TaskError",
 ]

@@ -15,7 +15,7 @@ their ``plot()`` methods.
 
 from .core import save_html
 from .lenses import lens_kl_curves
-from .pruning import boundary_error_channels, sweep_accuracy, sweep_margins
+from .pruning import boundary_error_channels, healing_loss, sweep_accuracy, sweep_margins
 from .similarity import cka_heatmap, cka_heatmaps
 from .trace import accuracy_curves, kl_curves, margin_curve, margin_curves, option_frequency
 
@@ -24,6 +24,7 @@ __all__ = [
     "boundary_error_channels",
     "cka_heatmap",
     "cka_heatmaps",
+    "healing_loss",
     "kl_curves",
     "lens_kl_curves",
     "margin_curve",

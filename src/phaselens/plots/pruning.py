@@ -84,3 +84,15 @@ def sweep_accuracy(sweep: Any) -> go.Figure:
 
 
 __all__ = ["block_axis", "boundary_error_channels", "sweep_accuracy", "sweep_margins"]
+
+
+def healing_loss(healing: Any) -> go.Figure:
+    """The training loss of each step of a :func:`phaselens.heal` run (:class:`~phaselens.Healing`)."""
+    steps = list(range(1, len(healing.losses) + 1))
+    fig = go.Figure(go.Scatter(x=steps, y=healing.losses, mode="lines+markers", name="training loss"))
+    if healing.resumed_from:
+        fig.add_vline(x=healing.resumed_from, line=dict(dash="dot"), annotation_text=f"resumed at step {healing.resumed_from}")
+    fig.update_layout(title=f"Healing by {healing.method} fine-tuning: {healing.steps} steps of {healing.batch_size} "
+                            f"sequences at lr {healing.lr:g} on {healing.data}",
+                      xaxis_title="step", yaxis_title="mean cross-entropy of the target tokens")
+    return fig

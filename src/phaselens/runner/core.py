@@ -221,6 +221,16 @@ class Runner:
             self._run(p)
         return self.finish(p)
 
+    def logits(self, batch: Batch, *, edits: Plan | None = None, grad: bool = False) -> torch.Tensor:
+        """The view's own output logits ``[B, T, V]`` of one pass of ``batch`` (its plan and ``edits`` installed; no
+        reads, no prefix cache). ``grad=True`` runs with autograd on and returns logits that keep their graph
+        (:func:`phaselens.heal` trains through the view's operators this way); otherwise under ``inference_mode``."""
+        base = self.base
+        plan = self.plan.merged(edits)
+        with (torch.enable_grad() if grad else torch.inference_mode()), exclusive(base.decoder, base.name):
+            with patched(base.blocks, plan, returns_tuple=base.returns_tuple):
+                return base.hf(**self._inputs(batch), use_cache=False).logits
+
     def prepare(self, batch: Batch, reads: dict[str, Read], *, edits: Plan | None = None,
                 logits: bool = False) -> Pass:
         """Everything one pass of ``batch`` needs before a block runs: the merged plan, the replay point, the
