@@ -47,7 +47,8 @@ except ImportError:  # pragma: no cover - not a POSIX system: writers of one fol
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["temporary", "writing", "writing_folder", "write_bytes", "write_text", "write_json", "write_atomic",
-           "write_safetensors", "folder_lock", "read_regular", "check_regular", "parse_json", "check_safetensors", "looks_like",
+           "write_safetensors", "folder_lock", "read_regular", "check_regular", "parse_json", "check_safetensors",
+           "looks_like",
            "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_SIDE_BYTES", "MAX_TENSOR_FILE_BYTES", "MAX_HEADER_BYTES",
            "LOCK_TIMEOUT"]
 
@@ -349,12 +350,14 @@ def looks_like(head: bytes) -> str:
 
 
 def check_safetensors(path: str | os.PathLike, what: str, error: type[Exception], *,
-                      limit: int | None = None) -> bytes:
-    """Check that ``path`` is a regular file of at most ``limit`` bytes (default :data:`MAX_TENSOR_FILE_BYTES`)
-    whose safetensors header fits the file and :data:`MAX_HEADER_BYTES`; returns its first 16 bytes. Anything
-    else (a FIFO, a device, a crafted header length, a pickle) is refused with ``error`` naming the file."""
+                      limit: int | None = None) -> tuple[bytes, int]:
+    """Check that ``path`` is a regular file of at most ``limit`` bytes (default :data:`MAX_TENSOR_FILE_BYTES`),
+    refusing anything else (a FIFO, a device, a folder) with ``error`` naming the file, before it is read;
+    returns its first 16 bytes and the header length its first 8 declare (-1 for a shorter file). The caller
+    opens it with safetensors (which refuses a header longer than the file or 100 MB itself) and then refuses a
+    header over :data:`MAX_HEADER_BYTES`."""
     path = Path(path)
-    st = check_regular(path, f"{what} file", error, limit=MAX_TENSOR_FILE_BYTES if limit is None else limit)
+    check_regular(path, f"{what} file", error, limit=MAX_TENSOR_FILE_BYTES if limit is None else limit)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
@@ -363,9 +366,4 @@ def check_safetensors(path: str | os.PathLike, what: str, error: type[Exception]
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise error(f"{path} is not a regular file: phaselens reads a {what} file only from a regular file")
         head = f.read(16)
-    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
-    if n < 2 or n > min(MAX_HEADER_BYTES, st.st_size - 8):
-        big = f", more than the {MAX_HEADER_BYTES:,} phaselens reads" if n > MAX_HEADER_BYTES else ""
-        raise error(f"{path} is not a {what} file: it looks like {looks_like(head)} ({st.st_size:,} bytes, whose first "
-                    f"8 bytes declare a safetensors header of {n:,} bytes{big}); nothing was executed")
-    return head
+    return head, int.from_bytes(head[:8], "little") if len(head) >= 8 else -1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import hashlib
 import json
 import os
@@ -36,8 +37,8 @@ import numpy as np
 
 from .errors import ResultsError
 from .deprecation import module_getattr
-from .files import (MAX_HEADER_BYTES, MAX_JSON_BYTES, MAX_SIDE_BYTES, folder_lock, parse_json, read_regular,
-                    write_atomic)
+from . import files as _files
+from .files import folder_lock, parse_json, read_regular, write_atomic
 from .records import KIND_ALIASES, KINDS, Record, decode, encode_record, plain  # noqa: F401  (re-exported)
 from .version import __version__
 
@@ -151,10 +152,22 @@ def write_record(obj: Record, path: Path, header: dict[str, Any]) -> Path:
                 with contextlib.suppress(FileNotFoundError):
                     new.unlink()
             raise
-        if old is not None and old != new and not _referenced(folder, old.name):
+        stale = {p.name for p in _own_side_files(folder, path.stem)} | ({old.name} if old is not None else set())
+        stale -= {new.name} if new is not None else set()
+        for name in stale - _referenced(folder, stale):
             with contextlib.suppress(FileNotFoundError):
-                old.unlink()
+                (folder / name).unlink()
     return path
+
+
+def _own_side_files(folder: Path, stem: str) -> list[Path]:
+    """The regular files in ``folder`` named as phaselens names the side files of result ``stem``."""
+    out = []
+    for p in folder.glob(f"{glob.escape(stem)}.*.safetensors"):
+        m = _SIDE.fullmatch(p.name)
+        if m is not None and m["stem"] == stem and stat.S_ISREG(os.lstat(p).st_mode):
+            out.append(p)
+    return out
 
 
 def _own_side_file(path: Path) -> Path | None:
@@ -162,7 +175,7 @@ def _own_side_file(path: Path) -> Path | None:
     ``<path stem>.<hash>.safetensors``, a regular file in the folder); ``None`` for anything else (no file, not
     ours, a reference elsewhere): only such a file may be deleted when ``path`` is rewritten."""
     try:
-        doc = parse_json(read_regular(path, MAX_JSON_BYTES, "result file", ResultsError), path, ResultsError)
+        doc = parse_json(read_regular(path, _files.MAX_JSON_BYTES, "result file", ResultsError), path, ResultsError)
         ref = doc["arrays"]["file"]
     except (ResultsError, KeyError, TypeError):
         return None
@@ -176,10 +189,13 @@ def _own_side_file(path: Path) -> Path | None:
         return None
 
 
-def _referenced(folder: Path, name: str) -> bool:
-    """Whether any JSON file in ``folder`` names the side file ``name`` (a textual search, erring towards True:
-    a file too large or unreadable to check counts as naming it)."""
-    forms = {json.dumps(name).encode()[1:-1], name.encode("utf-8")}
+def _referenced(folder: Path, names: set[str]) -> set[str]:
+    """Which of the side files ``names`` a JSON file in ``folder`` names (a textual search, erring towards naming:
+    a JSON file too large or unreadable to check counts as naming them all)."""
+    if not names:
+        return set()
+    forms = {n: (json.dumps(n).encode()[1:-1], n.encode("utf-8")) for n in names}
+    found: set[str] = set()
     with os.scandir(folder) as entries:
         for e in entries:
             if not e.name.endswith(".json"):
@@ -187,19 +203,19 @@ def _referenced(folder: Path, name: str) -> bool:
             try:
                 if not e.is_file():  # a folder, a FIFO, a device (or a link to one) names nothing
                     continue
-                raw = read_regular(e.path, MAX_JSON_BYTES, "result file", ResultsError)
+                raw = read_regular(e.path, _files.MAX_JSON_BYTES, "result file", ResultsError)
             except ResultsError:
-                return True
-            if any(f in raw for f in forms):
-                return True
-            if not name.isascii() and b"\\u" in raw:  # escaped differently: parse it
-                try:
-                    doc = parse_json(raw, e.path, ResultsError)
-                    if doc["arrays"]["file"] == name:
-                        return True
-                except (ResultsError, KeyError, TypeError):
-                    continue
-    return False
+                return set(names)
+            for n, fs in forms.items():
+                if any(f in raw for f in fs):
+                    found.add(n)
+                elif not n.isascii() and b"\\u" in raw:  # escaped differently: parse it
+                    try:
+                        if parse_json(raw, e.path, ResultsError)["arrays"]["file"] == n:
+                            found.add(n)
+                    except (ResultsError, KeyError, TypeError):
+                        pass
+    return found
 
 
 def _side_ref(path: Path, arrays: Any) -> tuple[Path, str]:
@@ -223,7 +239,7 @@ def _side_ref(path: Path, arrays: Any) -> tuple[Path, str]:
 
 def _read_doc(path: Path) -> dict[str, Any]:
     """The parsed JSON of the result file ``path`` (a regular file, bounded size and nesting)."""
-    doc = parse_json(read_regular(path, MAX_JSON_BYTES, "result file", ResultsError), path, ResultsError)
+    doc = parse_json(read_regular(path, _files.MAX_JSON_BYTES, "result file", ResultsError), path, ResultsError)
     if not isinstance(doc, dict):
         raise ResultsError(f"{path}: not a phaselens result (it holds a JSON {type(doc).__name__}, not an object)")
     return doc
@@ -259,12 +275,12 @@ def _record(path: Path, doc: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         side, sha = _side_ref(path, doc["arrays"])
         if not os.path.lexists(side):
             raise ResultsError(f"{path}: its array file {side.name} is missing; recompute the result")
-        blob = read_regular(side, MAX_SIDE_BYTES, "result's array file", ResultsError, follow=False)
+        blob = read_regular(side, _files.MAX_SIDE_BYTES, "result's array file", ResultsError, follow=False)
         if hashlib.sha256(blob).hexdigest() != sha:
             raise ResultsError(f"{path}: its array file {side.name} does not match the checksum recorded with it "
                                "(truncated or altered); recompute the result")
         n = int.from_bytes(blob[:8], "little") if len(blob) >= 8 else -1
-        if n < 2 or n > min(MAX_HEADER_BYTES, len(blob) - 8):
+        if n < 2 or n > min(_files.MAX_HEADER_BYTES, len(blob) - 8):
             raise ResultsError(f"{path}: its array file {side.name} declares a safetensors header of {n:,} bytes in a "
                                f"file of {len(blob):,}; it is not an array file phaselens wrote")
         try:
@@ -344,7 +360,7 @@ def read_results(folder: str | os.PathLike, *, skip_corrupt: bool = False) -> li
                 continue
             try:
                 _inside(folder, p)
-                doc = parse_json(read_regular(p, MAX_JSON_BYTES, "result file", ResultsError), p, ResultsError)
+                doc = parse_json(read_regular(p, _files.MAX_JSON_BYTES, "result file", ResultsError), p, ResultsError)
                 if _foreign(doc):
                     foreign.append(p.name)
                     continue

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import files
 from .files import check_safetensors, looks_like, parse_json
 
 _looks_like = looks_like  # the old name
@@ -30,7 +31,7 @@ def read_tensor_file(path: str | Path, what: str, writer: str, required: tuple[s
         raise error(f"{what} file not found: {path}")
     if path.is_dir():
         raise error(f"{what} file not found: {path} (it is a folder)")
-    head = check_safetensors(path, what, error)
+    head, n = check_safetensors(path, what, error)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -38,6 +39,9 @@ def read_tensor_file(path: str | Path, what: str, writer: str, required: tuple[s
     except (SafetensorError, OSError, ValueError) as e:
         raise error(f"{path} is not a {what} file: it looks like {looks_like(head)}, and a {what} is a safetensors "
                     f"file written by {writer} ({type(e).__name__}: {e}); nothing was executed") from e
+    if n > files.MAX_HEADER_BYTES:
+        raise error(f"{path} is not a {what} file: its safetensors header is {n:,} bytes, more than the "
+                    f"{files.MAX_HEADER_BYTES:,} phaselens reads (a {what} written by {writer} has a small header)")
     missing = [k for k in required if k not in meta]
     if missing:
         raise error(f"{path} is a safetensors file but not a phaselens {what}: its metadata lacks {missing}; save it "
