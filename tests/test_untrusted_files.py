@@ -613,3 +613,48 @@ def test_property_lens_widths_and_block_counts(tiny_llama, lens_file, tmp_path_f
                               for k, v in t.items()})
     with pytest.raises(LensError, match=r"bad\.safetensors"):
         pl.load_lens(bad, tiny_llama)
+
+
+@pytest.mark.bad_input
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("damage", ["fifo", "garbage", "other shape"])
+def test_a_damaged_tuned_lens_checkpoint_is_ignored_with_a_warning(tiny_llama, tmp_path, damage):
+    """A checkpoint that is not the one this training wrote (a FIFO, garbage, tensors of another shape) is ignored
+    with a warning naming it, and the lens is trained from step 0: the same translators as a fresh run."""
+    from phaselens.calibration import load_calibration
+
+    kw = dict(steps=4, lr=3e-3, batch_tokens=64, max_train_tokens=300, vocab=128, progress=False)
+    cal = load_calibration()[:4]
+    fresh = pl.fit_lens(tiny_llama, "tuned", cal, seed=0, **kw)
+    pl.fit_lens(tiny_llama, "tuned", cal, seed=0, out=tmp_path, **kw)  # leaves its state folder and checkpoint
+    ckpt = tmp_path / ".phaselens" / "tuned_lens" / "checkpoint.safetensors"
+    assert ckpt.is_file()
+    ckpt.unlink()
+    if damage == "fifo":
+        os.mkfifo(ckpt)
+    elif damage == "garbage":
+        ckpt.write_bytes(b"\x80\x04garbage" * 10)
+    else:
+        save_file({"A": torch.zeros(2, 3, 3), "b": torch.zeros(2, 3)}, ckpt, metadata={"step": "2"})
+    with pytest.warns(UserWarning, match=r"ignoring the tuned-lens checkpoint .*checkpoint\.safetensors"):
+        again = pl.fit_lens(tiny_llama, "tuned", cal, seed=0, out=tmp_path, **kw)
+    for b in fresh.blocks:
+        assert torch.equal(fresh.weights[b], again.weights[b]) and torch.equal(fresh.biases[b], again.biases[b])
+
+
+@pytest.mark.bad_input
+@pytest.mark.timeout(60)
+def test_a_run_unit_that_is_a_fifo_is_recomputed_not_read(tmp_path):
+    from phaselens.resume import RunFolder
+
+    with RunFolder(tmp_path, "sweep", {"x": 1}) as run:
+        run.save("step_000", {"n": 1})
+        assert run.load("step_000") == {"n": 1}
+        unit = run.path / "step_000.json"
+        unit.unlink()
+        os.mkfifo(unit)
+        with pytest.warns(UserWarning, match=r"step_000\.json is a FIFO.*recomputing it"):
+            assert run.load("step_000") is None
+        unit.unlink()
+        run.save("step_000", {"n": 2})  # the unit is written again and reads back
+        assert run.load("step_000") == {"n": 2}
