@@ -319,22 +319,18 @@ def _too_deep(obj: Any, limit: int) -> bool:
 
 def parse_json(data: bytes | str, where: str | os.PathLike, error: type[Exception], *,
                depth: int | None = None) -> Any:
-    """``json.loads(data)``, refusing (``error`` naming ``where``) text that is not UTF-8 JSON, a constant other
-    than JSON's (NaN, Infinity), or nesting deeper than ``depth`` (default :data:`MAX_JSON_DEPTH`)."""
+    """``json.loads(data)``, refusing (``error`` naming ``where``) text that is not UTF-8 JSON or nests deeper than
+    ``depth`` (default :data:`MAX_JSON_DEPTH`) levels of lists and objects (never a ``RecursionError``)."""
     limit = MAX_JSON_DEPTH if depth is None else depth
-
-    def constant(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
-        obj = json.loads(text, parse_constant=constant)
+        obj = json.loads(text)
     except RecursionError:
         raise error(f"{where}: nested deeper than the {limit} levels phaselens reads; it is not a file phaselens "
                     "wrote") from None
     except UnicodeDecodeError as e:
         raise error(f"{where}: not readable JSON (truncated or corrupt: not UTF-8 text, {e})") from e
-    except ValueError as e:  # json.JSONDecodeError, or a NaN/Infinity constant
+    except ValueError as e:  # json.JSONDecodeError
         raise error(f"{where}: not readable JSON (truncated or corrupt: {e})") from e
     if _too_deep(obj, limit):
         raise error(f"{where}: nested deeper than the {limit} levels phaselens reads; it is not a file phaselens "
