@@ -15,7 +15,10 @@ On disk a result is two files in a folder::
 side file; tuples, ranges, non-string dict keys and non-finite floats are tagged so they come back as
 they were. Loading checks the side file's SHA-256, refuses a missing or unknown field, and names the
 file and the field. Both files are written atomically (the JSON last), so a killed run leaves either
-the old result or the new one.
+the old result or the new one. Writers of one folder are serialised (a folder lock), and an old side file is
+deleted only when no JSON in the folder names it. A result file is untrusted when read: regular files only,
+bounded size and nesting, a side-file reference of exactly the form above (in the folder, not a link), and a
+header ``kind`` that matches the data (limits in :mod:`phaselens.files`).
 """
 
 from __future__ import annotations
@@ -120,9 +123,10 @@ def side_name(stem: str, sha256: str) -> str:
 def write_record(obj: Record, path: Path, header: dict[str, Any]) -> Path:
     """Write ``obj`` as ``path`` (JSON) and its arrays beside it (safetensors), atomically; returns ``path``.
 
-    The writers of one folder are serialised (:func:`phaselens.files.folder_lock`). The side file the previous
-    ``path`` named is deleted only when it has the name phaselens gives this result's side files and no JSON
-    in the folder still names it (a copy such as ``a_backup.json`` keeps its arrays)."""
+    The writers of one folder are serialised (:func:`phaselens.files.folder_lock`). Afterwards an older side file
+    of this result (a regular file named ``<path stem>.<hash>.safetensors``, as phaselens names them) is deleted
+    only when no JSON in the folder still names it: a copy such as ``a_backup.json`` keeps its arrays, and a
+    reference crafted to name any other file never deletes it."""
     from safetensors.numpy import save as st_save
 
     path = Path(path)
@@ -140,7 +144,6 @@ def write_record(obj: Record, path: Path, header: dict[str, Any]) -> Path:
     with folder_lock(folder, error=ResultsError):
         if path.is_dir():
             raise ResultsError(f"cannot write the result {path}: it is a folder; choose another name")
-        old = _own_side_file(path)
         new = None if blob is None else folder / doc["arrays"]["file"]
         fresh = new is not None and not os.path.lexists(new)
         if new is not None:
@@ -152,12 +155,21 @@ def write_record(obj: Record, path: Path, header: dict[str, Any]) -> Path:
                 with contextlib.suppress(FileNotFoundError):
                     new.unlink()
             raise
-        stale = {p.name for p in _own_side_files(folder, path.stem)} | ({old.name} if old is not None else set())
-        stale -= {new.name} if new is not None else set()
+        stale = {p.name for p in _own_side_files(folder, path.stem)} - ({new.name} if new is not None else set())
         for name in stale - _referenced(folder, stale):
             with contextlib.suppress(FileNotFoundError):
                 (folder / name).unlink()
     return path
+
+
+def _own_side_files(folder: Path, stem: str) -> list[Path]:
+    """The regular files in ``folder`` named as phaselens names the side files of result ``stem``."""
+    out = []
+    for p in folder.glob(f"{glob.escape(stem)}.*.safetensors"):
+        m = _SIDE.fullmatch(p.name)
+        if m is not None and m["stem"] == stem and stat.S_ISREG(os.lstat(p).st_mode):
+            out.append(p)
+    return out
 
 
 def _own_side_files(folder: Path, stem: str) -> list[Path]:
