@@ -262,6 +262,8 @@ def read_record(path: Path) -> tuple[Any, dict[str, Any]]:
     file when it is truncated, corrupt, from the old format, its side file is missing, altered, a link or
     outside its folder, or its header disagrees with its data."""
     path = Path(path)
+    if not path.parent.is_dir():  # nothing to lock: the error names the file
+        return _record(path, _read_doc(path))
     with folder_lock(path.parent, shared=True, error=ResultsError):
         return _record(path, _read_doc(path))
 
