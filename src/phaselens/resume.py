@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ResultsError, RunFolderError
-from .files import temporary, write_atomic  # noqa: F401  (re-exported for older callers)
+from . import files
+from .files import read_regular, temporary, write_atomic  # noqa: F401  (re-exported for older callers)
 from .results import FORMAT, read_record, write_record
 from .version import __version__
 
@@ -229,7 +230,11 @@ class RunFolder:
         if not file.exists():
             return None
         want = self._manifest().get(unit)
-        have = hashlib.sha256(file.read_bytes()).hexdigest()
+        try:  # a regular file of bounded size only (a FIFO or a device is never read)
+            have = hashlib.sha256(read_regular(file, files.MAX_JSON_BYTES, "unit file", ResultsError)).hexdigest()
+        except ResultsError as e:
+            warnings.warn(f"{e}; recomputing it", stacklevel=2)
+            return None
         if want != have:
             why = "is not recorded as finished" if want is None else "does not match its recorded checksum"
             warnings.warn(f"{file} {why} (truncated, altered or from another run); recomputing it", stacklevel=2)

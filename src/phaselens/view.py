@@ -68,6 +68,8 @@ digest = _digest
 def _check_operator(w: Any, what: str, d: int) -> torch.Tensor:
     if not isinstance(w, torch.Tensor):
         raise RecoveryError(f"{what} must be a torch tensor [d, d], got {type(w).__name__}")
+    if not w.is_floating_point():
+        raise RecoveryError(f"{what} has dtype {w.dtype}; an operator is a floating-point [{d}, {d}] matrix")
     if tuple(w.shape) != (d, d):
         raise RecoveryError(f"{what} has shape {tuple(w.shape)}, but the model's hidden size is {d}: an operator "
                             f"must be [{d}, {d}] (h -> h @ W)")

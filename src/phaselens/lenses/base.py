@@ -182,6 +182,10 @@ class Lens:
                                 f"0..{L - 1} and block {L - 1} (the model's own output) reads through the identity")
             if not isinstance(p, dict) or not all(isinstance(t, torch.Tensor) for t in p.values()):
                 raise LensError(f"the {self.kind} lens's translator of block {b} must be a dict of named tensors")
+            odd = sorted(name for name, t in p.items() if not t.is_floating_point())
+            if odd:
+                raise LensError(f"the {self.kind} lens's translator of block {b} has tensors {odd} of dtype "
+                                f"{p[odd[0]].dtype}; a translator holds floating-point tensors")
             self.lens_kind.check_translator(self, b, p)
             if not all(bool(torch.isfinite(t).all()) for t in p.values()):
                 raise LensError(f"the {self.kind} lens's translator of block {b} holds NaN or Inf; refit the lens "

@@ -6,12 +6,11 @@ A lens file holds its kind's tensors (:meth:`~phaselens.lenses.LensKind.to_tenso
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import LensError
 from ..registry import PLUGINS_ENV
-from ..tensorfile import read_tensor_file
+from ..tensorfile import meta_json, read_tensor_file
 from ..types import ModelLike
 from ..view import as_view
 from .base import LENS_KINDS, Lens
@@ -36,9 +35,13 @@ def read_lens(path: str | Path) -> Lens:
                         "phaselens.plugins entry-point group) so every phaselens process loads it")
     try:
         n_blocks, d = int(meta["n_blocks"]), int(meta["d_model"])
-        info = json.loads(meta["info"])
-    except (ValueError, json.JSONDecodeError) as e:
+    except ValueError as e:
         raise LensError(f"{path}: its metadata is malformed ({e}); refit and save the lens again") from e
+    info = meta_json(path, meta, "info", dict, "lens", LensError)
+    odd = sorted(k for k, t in tensors.items() if not t.is_floating_point())
+    if odd:
+        raise LensError(f"{path}: its tensors {odd[:5]} hold {tensors[odd[0]].dtype} values, not floating-point "
+                        "translators; the lens file was altered or not written by phaselens")
     try:
         params = LENS_KINDS.get(kind).from_tensors(tensors, info)
         return Lens(kind, meta["model"], meta["fingerprint"], n_blocks, d, info=info, params=params)

@@ -24,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..calibration import load_calibration, tokenize
 from ..errors import LensError
 from ..files import write_safetensors
 from ..resume import digest, run_folder
+from ..tensorfile import read_tensor_file
 from ..runner import Read, Runner
 from ..view import ModelView
 from .base import CPU_MAX_TOKENS, AffineLensKind, Lens, register_lens
@@ -106,10 +105,25 @@ def _save_ckpt(path: Path, step: int, A, b, opt) -> None:
     write_safetensors(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, {"step": str(step)})
 
 
-def _load_ckpt(path: Path, A, b, opt) -> int:
-    with safe_open(str(path), framework="pt") as f:
-        step = int((f.metadata() or {})["step"])
-        t = {k: f.get_tensor(k) for k in f.keys()}
+def _load_ckpt(path: Path, A, b, opt, steps: int) -> int:
+    """Restore ``A``, ``b`` and Adam's state from the checkpoint ``path``; the step to resume from. A checkpoint
+    that is not one this training wrote (not a regular safetensors file, other shapes, a bad step) is ignored
+    with a warning, and training starts over."""
+    try:
+        meta, t = read_tensor_file(path, "tuned-lens checkpoint", "fit_tuned", ("step",), LensError)
+        step = int(meta["step"])
+        shapes = {"A": A.shape, "b": b.shape, "mA": A.shape, "vA": A.shape, "mb": b.shape, "vb": b.shape}
+        keys = set(t)
+        if keys not in ({"A", "b"}, set(shapes)) or not 0 <= step <= steps:
+            raise LensError(f"{path} holds {sorted(keys)} at step {step} (of {steps})")
+        bad = [k for k in keys if tuple(t[k].shape) != tuple(shapes[k]) or not t[k].is_floating_point()
+               or not bool(torch.isfinite(t[k]).all())]
+        if bad:
+            raise LensError(f"{path}: its tensors {sorted(bad)} do not fit this model's tuned lens "
+                            f"(A {tuple(A.shape)}, b {tuple(b.shape)}, finite floats)")
+    except (LensError, ValueError) as e:
+        warnings.warn(f"ignoring the tuned-lens checkpoint {path} ({e}); training from step 0", stacklevel=3)
+        return 0
     with torch.no_grad():
         A.copy_(t["A"])
         b.copy_(t["b"])
@@ -175,8 +189,8 @@ def fit_tuned(base: Any, calibration: Any = None, *, seed: int = 0, steps: int =
     start = 0
     with run_folder(out, "tuned_lens", args, "tuned-lens training") as folder:
         ckpt = None if folder is None else folder.path / "checkpoint.safetensors"
-        if ckpt is not None and ckpt.is_file():
-            start = _load_ckpt(ckpt, A, b, opt)
+        if ckpt is not None and (ckpt.exists() or ckpt.is_symlink()):
+            start = _load_ckpt(ckpt, A, b, opt, steps)
         if progress:
             bar = tqdm(total=steps, initial=start, desc=f"tuned lens {base.name}", leave=False)
         step = start

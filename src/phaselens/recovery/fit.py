@@ -7,6 +7,7 @@ Spans are fitted independently, each on dense-model inputs, from the float64 sta
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,9 @@ from .. import checks
 from ..calibration import check_seq_len, load_calibration, n_tokens
 from ..errors import NotFoundError, RecoveryError, SingularFitWarning
 from ..files import write_safetensors
-from ..view import ModelView, as_view
+from ..view import ModelView, as_view, fmt_blocks
 from ..registry import PLUGINS_ENV
-from ..tensorfile import read_tensor_file
+from ..tensorfile import meta_json, read_tensor_file
 from .boundary import BoundaryErrorResult
 from .method import METHODS, RecoveryMethod, fit_operator, get_method
 from .solvers import check_target, choose_lam
@@ -88,14 +89,7 @@ def load_recovery(path: str | Path, model: ModelLike) -> Recovered:
         raise RecoveryError(
             f"{path} was fitted on model {meta['model']!r} (fingerprint {meta['fingerprint']}), not on "
             f"{base.name!r} (fingerprint {base.fingerprint}); load it with the model it was made for")
-    try:
-        removed = tuple(int(b) for b in json.loads(meta["removed"]))
-        lam = {tuple(int(x) for x in k.split(".")): float(v) for k, v in json.loads(meta["lam"]).items()}
-        ops = {(int(k.split(".")[1]), int(k.split(".")[2])): v for k, v in tensors.items() if k.startswith("span.")}
-        br = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("branch.")}
-        n_tok = int(meta["n_tokens"])
-    except (ValueError, TypeError, IndexError, json.JSONDecodeError) as e:
-        raise RecoveryError(f"{path}: its metadata is malformed ({e}); refit and save the recovery again") from e
+    removed, lam, ops, br, n_tok = _parse_saved(path, meta, tensors)
     _check_saved_method(path, meta["method"])
     L = base.n_blocks
     bad = [b for b in removed if not 0 <= b < L] + [b for s in ops for b in s if not 0 <= b <= L]
@@ -103,10 +97,72 @@ def load_recovery(path: str | Path, model: ModelLike) -> Recovered:
         raise RecoveryError(f"{path} cuts blocks {sorted(set(bad))}, outside {base.name}'s 0..{L - 1}: it was made for "
                             "another model")
     try:
-        return Recovered(base, removed, {s: w.to(base.device) for s, w in ops.items()},
-                         {b: w.to(base.device) for b, w in br.items()}, method=meta["method"], lam=lam, n_tokens=n_tok)
+        rec = Recovered(base, removed, {s: w.to(base.device) for s, w in ops.items()},
+                        {b: w.to(base.device) for b, w in br.items()}, method=meta["method"], lam=lam, n_tokens=n_tok)
     except Exception as e:  # a PruningError / RecoveryError from the view's own checks
         raise RecoveryError(f"{path}: {e}") from e
+    _check_complete(path, rec)
+    return rec
+
+
+def _ints(path: Path, key: str, value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(b, int) and not isinstance(b, bool) for b in value):
+        raise RecoveryError(f"{path}: its metadata {key!r} must be a JSON list of block indices (ints), it holds "
+                            f"{value!r:.80}; the recovery file was altered or not written by phaselens")
+    return value
+
+
+def _parse_saved(path: Path, meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> tuple:
+    """``(removed, lam, ops, branch_ops, n_tokens)`` of a recovery file, each checked for its type and form."""
+    removed = tuple(_ints(path, "removed", meta_json(path, meta, "removed", list, "recovery", RecoveryError)))
+    raw_lam = meta_json(path, meta, "lam", dict, "recovery", RecoveryError)
+    lam = {}
+    for k, v in raw_lam.items():
+        parts = k.split(".")
+        if len(parts) != 2 or not all(x.isdigit() for x in parts) or isinstance(v, bool) \
+                or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise RecoveryError(f"{path}: its metadata 'lam' has the entry {k!r}: {v!r}; each entry maps a cut span "
+                                "'<start>.<end>' to a ridge >= 0 (the recovery file was altered)")
+        lam[(int(parts[0]), int(parts[1]))] = float(v)
+    ops, br = {}, {}
+    for key, w in tensors.items():
+        parts = key.split(".")
+        if parts[0] == "span" and len(parts) == 3 and all(x.isdigit() for x in parts[1:]):
+            ops[(int(parts[1]), int(parts[2]))] = w
+        elif parts[0] == "branch" and len(parts) == 2 and parts[1].isdigit():
+            br[int(parts[1])] = w
+        else:
+            raise RecoveryError(f"{path} holds a tensor named {key!r}; a recovery file holds only 'span.<start>.<end>' "
+                                "and 'branch.<block>' operators (the file was altered or not written by phaselens)")
+    try:
+        n_tok = int(meta["n_tokens"])
+    except ValueError:
+        n_tok = -1
+    if n_tok < 0:
+        raise RecoveryError(f"{path}: its metadata 'n_tokens' is {meta['n_tokens']!r:.40}, not a count of tokens")
+    return removed, lam, ops, br, n_tok
+
+
+def _check_complete(path: Path, rec: Recovered) -> None:
+    """The operators and ridges of a loaded recovery match its cut spans: one operator per span where its method
+    places it (none for a method that fits nothing), and a ridge only for a cut span."""
+    spans = set(rec.spans)
+    stray = sorted(set(rec.lam) - spans)
+    if stray:
+        raise RecoveryError(f"{path}: its metadata 'lam' gives ridges for {stray}, which are not cut spans of "
+                            f"-{fmt_blocks(rec.removed)} ({sorted(spans)}); the recovery file was altered")
+    if rec.method in (None, "None") or rec.method not in METHODS:
+        return
+    m = get_method(rec.method)
+    want = {m.place(sp) for sp in rec.spans} if m.fitted else set()
+    have = set(rec.branch_operators if m.acts_on == "branch" else rec.operators)
+    other = rec.operators if m.acts_on == "branch" else rec.branch_operators
+    if have != want or other:
+        raise RecoveryError(
+            f"{path}: a {m.name} recovery of -{fmt_blocks(rec.removed)} has {'branch ' if m.acts_on == 'branch' else ''}"
+            f"operators for {sorted(want)}, but the file holds {sorted(have)}"
+            + (f" and {'span' if m.acts_on == 'branch' else 'branch'} operators for {sorted(other)}" if other else "")
+            + "; the recovery file was altered or cut short: refit it")
 
 
 def _check_saved_method(path: Path, name: str) -> None:
