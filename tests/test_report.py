@@ -121,7 +121,49 @@ def test_report_renders_in_headless_chromium(results_dir, tmp_path):
     check = browser_check(page, tmp_path)
     assert check["errors"] == [], check
     assert check["figures"] == check["expected"] == 16 and check["rendered"] == 16 and check["empty"] == [], check
-    assert check["status"] == "ok"
+    assert check["status"] == "ok" and check["overflow"] == []
+
+
+def _noise_near_the_top() -> pl.NoiseResult:
+    """A noise result whose clean margin is at the top of the axis, in the decisive phase's corner."""
+    rng = np.random.default_rng(0)
+    B, E, S, N = 30, 2, 2, 12
+    im = rng.normal(0, 0.5, (B, E, S, N)) + np.linspace(-2, 3, B)[:, None, None, None]
+    return pl.NoiseResult(model="m", task="t", n_blocks=B, blocks=list(range(B)), eps=[0.5, 2.0], seeds=[0, 1],
+                          item_margins=im, item_correct=(im > 0).astype(float), clean_margins=np.full(N, 4.0),
+                          clean_correct=np.ones(N), transition=20, n_boot=50)
+
+
+def test_noise_figure_no_noise_label_is_not_on_the_phase_label():
+    """The "no noise" label sat on the "decisive phase" label (both at the top right when the clean margin is high):
+    the clean value is now a legend entry, and no other label shares the phase labels' corner."""
+    r = _noise_near_the_top()
+    fig = r.figures()[0][1]
+    texts = [a.text for a in fig.layout.annotations]
+    assert "decisive phase" in texts and "silent phase" in texts
+    assert not any("no noise" in (t or "") for t in texts)  # no label on the line any more
+    (clean,) = [t for t in fig.data if (t.name or "").startswith("no noise")]
+    assert clean.showlegend is not False and list(clean.y) == [4.0, 4.0] and clean.line.dash == "dash"
+    corner = [(a.x, a.y, a.xanchor, a.yanchor, a.xref, a.yref) for a in fig.layout.annotations]
+    assert len(set(corner)) == len(corner)  # no two labels anchored at the same spot
+
+
+def test_wide_provenance_stays_within_the_page(results_dir, tmp_path):
+    """The provenance table ran past the page's width: it now wraps long values and scrolls inside its own box.
+    Checked in the browser: no block of the page is wider than the page (the check fails on one that is)."""
+    entries = read_results(results_dir)
+    for e in entries:
+        e.provenance.update({f"key_{i}": "x" * 30 for i in range(12)})
+        e.provenance["lens"] = "/a/very/long/path/" + "sub-folder/" * 12 + "tuned-lens.safetensors"
+    page = report_html(entries)
+    assert '<div class="provwrap"><table class="prov">' in page and ".provwrap{max-width:100%;overflow-x:auto}" in page
+    p = tmp_path / "wide.html"
+    p.write_text(page)
+    check = browser_check(p, tmp_path)
+    assert check["overflow"] == [] and check["status"] == "ok", check
+    p.write_text(page.replace("<h2 id='provenance'>", "<div style='width:4000px'>too wide</div><h2 id='provenance'>"))
+    check = browser_check(p, tmp_path)
+    assert check["status"] == "failed" and check["overflow"], check  # the check can fail
 
 
 def test_browser_check_catches_errors_and_empty_figures(tmp_path):

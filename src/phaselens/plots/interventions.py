@@ -20,6 +20,7 @@ def _shade_phases(fig: go.Figure, transition: int | None, n_blocks: int, row: in
     if transition is None:
         return
     kw = {} if row is None else {"row": row, "col": col}
+    kw["annotation_bgcolor"] = "rgba(255,255,255,0.75)"  # legible over curves and bands
     fig.add_vrect(x0=-0.5, x1=transition - 0.5, fillcolor=SILENT_COLOR, line_width=0, annotation_text="silent phase",
                   annotation_position="top left", **kw)
     fig.add_vrect(x0=transition - 0.5, x1=n_blocks - 0.5, fillcolor=DECISIVE_COLOR, line_width=0,
@@ -48,7 +49,10 @@ def noise_sensitivity(result: "NoiseResult", *, interval: str = "seed", metric: 
                  for b, ph, v, a, h in zip(x, result.phases, vals[:, e], lo, hi)]
         fig.add_trace(go.Scatter(x=x, y=vals[:, e], mode="lines+markers", name=f"eps = {eps:g}", line=dict(color=c),
                                  hovertext=hover, hoverinfo="text"))
-    fig.add_hline(y=clean, line=dict(color="black", width=1, dash="dash"), annotation_text="no noise")
+    # the clean value is a legend entry, not a label on the line: a label there sat on the phase labels whenever the
+    # clean margin was near the top of the axis
+    fig.add_trace(go.Scatter(x=[-0.5, result.n_blocks - 0.5], y=[clean, clean], mode="lines", name=f"no noise ({clean:.3f})",
+                             line=dict(color="black", width=1, dash="dash"), hoverinfo="name"))
     _shade_phases(fig, result.transition, result.n_blocks)
     where = "seeds (t interval)" if interval == "seed" else "items (bootstrap)"
     fig.update_layout(
