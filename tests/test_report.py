@@ -146,6 +146,10 @@ def test_noise_figure_no_noise_label_is_not_on_the_phase_label():
     assert clean.showlegend is not False and list(clean.y) == [4.0, 4.0] and clean.line.dash == "dash"
     corner = [(a.x, a.y, a.xanchor, a.yanchor, a.xref, a.yref) for a in fig.layout.annotations]
     assert len(set(corner)) == len(corner)  # no two labels anchored at the same spot
+    # interval bands are areas: no markers at their vertices (Plotly adds them to short traces by default)
+    short = synthetic_trace(L=6).transition(n_boot=50).plot()
+    for f in (fig, short):
+        assert all(t.mode == "lines" for t in f.data if getattr(t, "fill", None) == "toself")
 
 
 def test_wide_provenance_stays_within_the_page(results_dir, tmp_path):

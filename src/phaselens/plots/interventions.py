@@ -43,7 +43,7 @@ def noise_sensitivity(result: "NoiseResult", *, interval: str = "seed", metric: 
         lo, hi = ci[0, :, e], ci[1, :, e]
         if np.isfinite(lo).all():
             fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=c.replace("rgb", "rgba").replace(")", ",0.18)"),
-                                     line=dict(width=0), hoverinfo="skip", showlegend=False))
+                                     mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False))
         hover = [f"noise at block {b} ({ph})<br>eps {eps:g}<br>final {metric} {v:.3f} [{a:.3f}, {h:.3f}]"
                  f"<br>clean {clean:.3f}<br>N={result.n_items} items, {len(result.seeds)} seeds"
                  for b, ph, v, a, h in zip(x, result.phases, vals[:, e], lo, hi)]
