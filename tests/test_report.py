@@ -152,6 +152,25 @@ def test_noise_figure_no_noise_label_is_not_on_the_phase_label():
         assert all(t.mode == "lines" for t in f.data if getattr(t, "fill", None) == "toself")
 
 
+def test_study_grid_and_collapse_labels_have_room():
+    """Found in the browser: a grid row's x title sat on the next row's panel titles, and the collapse scatter's point
+    labels were cut at the plot's edges."""
+    from phaselens.experiments.collapse import CollapsePoint
+    from phaselens.plots.study import margin_grid
+
+    curves = {(m, t): [{"label": "seed 0", "blocks": list(range(8)), "margins": list(np.linspace(-2, 2, 8)),
+                        "transition": 5}] for m in ("a", "b", "c") for t in ("x", "y")}
+    fig = margin_grid(curves)
+    titled = [k for k in fig.layout if k.startswith("xaxis") and fig.layout[k].title.text]
+    assert len(titled) == 2  # the bottom row's two panels only
+    pts = [CollapsePoint("m1", "t", "bi", 30, 22, 0.2, 0.9), CollapsePoint("m2", "t", "bi", 18, 14, 0.17, 0.95),
+           CollapsePoint("m3", "t", "bi", 28, 22, 0.25, 0.8)]
+    fig = pl.CollapseStudy(pts, r=-0.5, p=0.6, criterion="bi").plot()
+    lo, hi = fig.layout.xaxis.range
+    xs = [q.fraction for q in pts]
+    assert lo < min(xs) - 0.2 * (max(xs) - min(xs)) and hi > max(xs) + 0.2 * (max(xs) - min(xs))
+
+
 def test_wide_provenance_stays_within_the_page(results_dir, tmp_path):
     """The provenance table ran past the page's width: it now wraps long values and scrolls inside its own box.
     Checked in the browser: no block of the page is wider than the page (the check fails on one that is)."""

@@ -114,6 +114,12 @@ def collapse_scatter(study: "CollapseStudy") -> go.Figure:
         xs = np.linspace(float(study.x.min()), float(study.x.max()), 20)
         fig.add_trace(go.Scatter(x=xs, y=fit[0] * xs + fit[1], mode="lines", line=dict(dash="dash"),
                                  name=f"fit: y = {fit[0]:.2f} x + {fit[1]:.2f}"))
+    if len(used):  # room for the point labels: they were cut at the plot's edges
+        xs_, ys_ = np.asarray(study.x, dtype=float), np.asarray(study.y, dtype=float)
+        px = max(float(np.ptp(xs_)) * 0.25, 0.02)
+        py = max(float(np.ptp(ys_)) * 0.15, 0.02)
+        fig.update_xaxes(range=[float(xs_.min()) - px, float(xs_.max()) + px])
+        fig.update_yaxes(range=[float(ys_.min()) - py, float(ys_.max()) + py])
     rr = "r undefined" if math.isnan(study.r) else f"Pearson r = {study.r:+.2f} (p = {study.p:.2g})"
     left = f"; {len(study.excluded)} pair(s) left out" if study.excluded else ""
     fig.update_layout(title=f"Transition depth vs collapse ratio ({study.criterion}): {rr}, n = {study.n}{left}",
