@@ -29,6 +29,10 @@ def lens_kl_curves(kls: dict[str, Any], blocks: Any = None, *, title: str | None
     return fig
 
 
+#: white to a middle blue: dark text stays legible in every cell
+HEAT_SCALE = [[0.0, "#ffffff"], [0.5, "#c6dbef"], [1.0, "#5b9bd5"]]
+
+
 def _shown(tok: str) -> str:
     """A token as a cell shows it: whitespace made visible (leading space as ``␣``, newlines as ``\\n``)."""
     t = tok.replace("\n", "\\n").replace("\t", "\\t")
@@ -57,8 +61,8 @@ def lens_heatmap(result: "LensHeatmap", *, max_chars: int = 8, title: str | None
     ticks = [f"{t}: {_shown(tok)[:max_chars]}" for t, tok in enumerate(result.tokens)]
     fig = go.Figure(go.Heatmap(
         z=result.top1_probs, x=list(range(T)), y=list(range(R)), text=text, texttemplate="%{text}",
-        textfont=dict(size=10), hovertext=hover, hoverinfo="text", colorscale="Blues", zmin=0, zmax=1,
-        colorbar=dict(title="top-1 p"), xgap=1, ygap=1))
+        textfont=dict(size=10, color="#111"), hovertext=hover, hoverinfo="text", colorscale=HEAT_SCALE, zmin=0, zmax=1,
+        colorbar=dict(title=dict(text="top-1 probability", side="right")), xgap=1, ygap=1))
     fig.update_xaxes(tickmode="array", tickvals=list(range(T)), ticktext=[html.escape(t) for t in ticks],
                      tickangle=-45, title_text="prompt position (input token); each cell predicts the next token")
     fig.update_yaxes(tickmode="array", tickvals=list(range(R)), ticktext=[str(b) for b in result.blocks],
