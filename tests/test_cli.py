@@ -135,6 +135,11 @@ def _bad_option_cases(tmp_path):
         (["lens", "fit", "--lens-file", str(tmp_path / "l.safetensors"), "--vocab", "-5"], "--vocab"),
         (["lens", "kl", "--lens", "no-such.safetensors"], "--lens"),
         (["lens", "kl", "--seq-len", "1"], "--seq-len"),
+        (["heatmap", "--prompt", "  "], "--prompt"),
+        (["heatmap", "--top-k", "0"], "--top-k"),
+        (["heatmap", "--lens", "tunde"], "--lens"),
+        (["heatmap", "--html", nodir], "--html"),
+        (["heatmap", "--out", str(afile)], "--out"),
     ]
 
 
