@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
+import numpy as np
+import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
-from phaselens.cli import app
+from phaselens.cli import app, transition_table
+from phaselens.trace import DecisionTrace
 
 runner = CliRunner()
 
@@ -24,7 +30,56 @@ def test_transition_table_and_html(smol, tmp_path):
     res = runner.invoke(app, ["transition", "-m", "smollm2-135m", "-t", "capitals", "--limit", "8", "--html", str(out)])
     assert res.exit_code == 0, res.output
     assert "decisive" in res.stdout and "OF A" in res.stdout
+    assert max(len(x) for x in res.stdout.splitlines()) <= 80  # not a terminal: 80 columns, one line per block
+    assert sum(bool(re.match(r"^│\s+\d+\s+│", x)) for x in res.stdout.splitlines()) == smol.n_blocks
     assert out.stat().st_size > 100_000  # Plotly's JavaScript is embedded (works offline)
+
+
+def _synthetic_transition(L: int, K: int, scale: float = 10.0):
+    """A trace of L blocks whose margins climb from about -3*scale to +3*scale (wide numbers), N=40 items."""
+    rng = np.random.default_rng(L * 10 + K)
+    N = 40
+    logits = rng.normal(0, scale, (L, N, K))
+    logits[:, :, 0] += np.linspace(-3 * scale, 3 * scale, L)[:, None]
+    return DecisionTrace("m", "t", "cloze", L, np.arange(L), logits, np.zeros(N, int), np.ones((N, K), bool),
+                         np.full((N, K), 5), n_boot=50).transition(n_boot=50)
+
+
+def _rendered(table, width: int) -> list[str]:
+    c = Console(file=io.StringIO(), width=width, color_system=None)
+    c.print(table)
+    return c.file.getvalue().splitlines()
+
+
+# the embedded models' depths (SmolLM2 30, Qwen-1.5B 28, Qwen-0.5B 24, Gemma 18) and option counts
+@pytest.mark.parametrize("L,K,scale", [(30, 4, 10.0), (28, 4, 40.0), (24, 4, 1.0), (18, 4, 10.0), (30, 5, 10.0),
+                                       (30, 2, 10.0), (80, 4, 10.0)])
+def test_transition_table_fits_80_columns_one_line_per_block(L, K, scale):
+    tr = _synthetic_transition(L, K, scale)
+    lines = _rendered(transition_table(tr, 80), 80)
+    assert max(len(x) for x in lines) <= 80, "\n".join(lines)
+    rows = [int(m.group(1)) for x in lines if (m := re.match(r"^│\s+(\d+)\s+│", x))]
+    assert rows == list(range(L))  # every block once
+    body = lines[next(i for i, x in enumerate(lines) if x.startswith("┡")) + 1:]
+    assert sum(x.startswith("│") for x in body) == L  # no row wraps onto a second line
+    ci = np.asarray(tr.trace.margin_ci)
+    first = next(x for x in lines if re.match(r"^│\s+0\s+│", x))
+    m0, lo, hi = tr.trace.margins[0], ci[0, 0], ci[1, 0]
+    folded = f"{m0:+.2f} [{lo:+.1f},{hi:+.1f}]" in first  # the interval folded beside the margin
+    assert folded or (f"{m0:+.3f}" in first and f"[{lo:+.2f}, {hi:+.2f}]" in first), first  # or its own column
+    assert folded == (K > 2)  # two options leave room for the wide layout
+    if K <= 4 and scale <= 10:
+        assert "OF A" in lines[next(i for i, x in enumerate(lines) if x.startswith("┏")) + 1]
+
+
+def test_transition_table_uses_a_wide_terminal():
+    tr = _synthetic_transition(30, 5)
+    lines = _rendered(transition_table(tr, 160), 160)
+    head = lines[next(i for i, x in enumerate(lines) if x.startswith("┏")) + 1]
+    assert "95% CI" in head and "OF E" in head and "accuracy" in head  # the interval in a column of its own
+    assert max(len(x) for x in lines) <= 160
+    narrow = _rendered(transition_table(tr, 80), 80)
+    assert "OF E" not in "\n".join(narrow) and "option frequencies" in "\n".join(narrow)
 
 
 def test_demo_writes_figure(smol, tmp_path):
@@ -80,6 +135,11 @@ def _bad_option_cases(tmp_path):
         (["lens", "fit", "--lens-file", str(tmp_path / "l.safetensors"), "--vocab", "-5"], "--vocab"),
         (["lens", "kl", "--lens", "no-such.safetensors"], "--lens"),
         (["lens", "kl", "--seq-len", "1"], "--seq-len"),
+        (["heatmap", "--prompt", "  "], "--prompt"),
+        (["heatmap", "--top-k", "0"], "--top-k"),
+        (["heatmap", "--lens", "tunde"], "--lens"),
+        (["heatmap", "--html", nodir], "--html"),
+        (["heatmap", "--out", str(afile)], "--out"),
     ]
 
 

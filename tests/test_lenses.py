@@ -157,6 +157,23 @@ def test_interrupted_training_resumes_to_the_same_translators(tiny_llama, cal, t
         assert torch.equal(whole.weights[b], resumed.weights[b]) and torch.equal(whole.biases[b], resumed.biases[b])
 
 
+@pytest.mark.parametrize("extra", [{}, {"vocab": "full"}, {"checkpoint_every": 1}])
+def test_tuned_training_emits_no_warning(tiny_llama, tiny_gemma, cal, tmp_path, extra):
+    """Training (with its progress bar, a checkpointed run and its resumption) warns about nothing: torch's
+    "converting a tensor with requires_grad=True to a scalar" warning came from reading the loss for the bar."""
+    import warnings
+
+    kw = {**TUNED, "steps": 3, "progress": True, **extra}
+    for i, model in enumerate((tiny_llama, tiny_gemma)):
+        if "checkpoint_every" in extra:
+            kw["out"] = tmp_path / str(i)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pl.fit_lens(model, "tuned", cal, seed=0, **kw)
+            if "out" in kw:  # again: resumes from the checkpoint just written
+                pl.fit_lens(model, "tuned", cal, seed=0, **kw)
+
+
 def test_lens_on_the_other_readouts_is_recorded(tiny_llama, linear_llama, capitals_task):
     tr = pl.transition_point(tiny_llama, capitals_task, lens=linear_llama, n_boot=50)
     assert tr.trace.lens == "linear" and "linear lens" in tr.summary()

@@ -121,7 +121,72 @@ def test_report_renders_in_headless_chromium(results_dir, tmp_path):
     check = browser_check(page, tmp_path)
     assert check["errors"] == [], check
     assert check["figures"] == check["expected"] == 16 and check["rendered"] == 16 and check["empty"] == [], check
-    assert check["status"] == "ok"
+    assert check["status"] == "ok" and check["overflow"] == []
+
+
+def _noise_near_the_top() -> pl.NoiseResult:
+    """A noise result whose clean margin is at the top of the axis, in the decisive phase's corner."""
+    rng = np.random.default_rng(0)
+    B, E, S, N = 30, 2, 2, 12
+    im = rng.normal(0, 0.5, (B, E, S, N)) + np.linspace(-2, 3, B)[:, None, None, None]
+    return pl.NoiseResult(model="m", task="t", n_blocks=B, blocks=list(range(B)), eps=[0.5, 2.0], seeds=[0, 1],
+                          item_margins=im, item_correct=(im > 0).astype(float), clean_margins=np.full(N, 4.0),
+                          clean_correct=np.ones(N), transition=20, n_boot=50)
+
+
+def test_noise_figure_no_noise_label_is_not_on_the_phase_label():
+    """The "no noise" label sat on the "decisive phase" label (both at the top right when the clean margin is high):
+    the clean value is now a legend entry, and no other label shares the phase labels' corner."""
+    r = _noise_near_the_top()
+    fig = r.figures()[0][1]
+    texts = [a.text for a in fig.layout.annotations]
+    assert "decisive phase" in texts and "silent phase" in texts
+    assert not any("no noise" in (t or "") for t in texts)  # no label on the line any more
+    (clean,) = [t for t in fig.data if (t.name or "").startswith("no noise")]
+    assert clean.showlegend is not False and list(clean.y) == [4.0, 4.0] and clean.line.dash == "dash"
+    corner = [(a.x, a.y, a.xanchor, a.yanchor, a.xref, a.yref) for a in fig.layout.annotations]
+    assert len(set(corner)) == len(corner)  # no two labels anchored at the same spot
+    # interval bands are areas: no markers at their vertices (Plotly adds them to short traces by default)
+    short = synthetic_trace(L=6).transition(n_boot=50).plot()
+    for f in (fig, short):
+        assert all(t.mode == "lines" for t in f.data if getattr(t, "fill", None) == "toself")
+
+
+def test_study_grid_and_collapse_labels_have_room():
+    """Found in the browser: a grid row's x title sat on the next row's panel titles, and the collapse scatter's point
+    labels were cut at the plot's edges."""
+    from phaselens.experiments.collapse import CollapsePoint
+    from phaselens.plots.study import margin_grid
+
+    curves = {(m, t): [{"label": "seed 0", "blocks": list(range(8)), "margins": list(np.linspace(-2, 2, 8)),
+                        "transition": 5}] for m in ("a", "b", "c") for t in ("x", "y")}
+    fig = margin_grid(curves)
+    titled = [k for k in fig.layout if k.startswith("xaxis") and fig.layout[k].title.text]
+    assert len(titled) == 2  # the bottom row's two panels only
+    pts = [CollapsePoint("m1", "t", "bi", 30, 22, 0.2, 0.9), CollapsePoint("m2", "t", "bi", 18, 14, 0.17, 0.95),
+           CollapsePoint("m3", "t", "bi", 28, 22, 0.25, 0.8)]
+    fig = pl.CollapseStudy(pts, r=-0.5, p=0.6, criterion="bi").plot()
+    lo, hi = fig.layout.xaxis.range
+    xs = [q.fraction for q in pts]
+    assert lo < min(xs) - 0.2 * (max(xs) - min(xs)) and hi > max(xs) + 0.2 * (max(xs) - min(xs))
+
+
+def test_wide_provenance_stays_within_the_page(results_dir, tmp_path):
+    """The provenance table ran past the page's width: it now wraps long values and scrolls inside its own box.
+    Checked in the browser: no block of the page is wider than the page (the check fails on one that is)."""
+    entries = read_results(results_dir)
+    for e in entries:
+        e.provenance.update({f"key_{i}": "x" * 30 for i in range(12)})
+        e.provenance["lens"] = "/a/very/long/path/" + "sub-folder/" * 12 + "tuned-lens.safetensors"
+    page = report_html(entries)
+    assert '<div class="provwrap"><table class="prov">' in page and ".provwrap{max-width:100%;overflow-x:auto}" in page
+    p = tmp_path / "wide.html"
+    p.write_text(page)
+    check = browser_check(p, tmp_path)
+    assert check["overflow"] == [] and check["status"] == "ok", check
+    p.write_text(page.replace("<h2 id='provenance'>", "<div style='width:4000px'>too wide</div><h2 id='provenance'>"))
+    check = browser_check(p, tmp_path)
+    assert check["status"] == "failed" and check["overflow"], check  # the check can fail
 
 
 def test_browser_check_catches_errors_and_empty_figures(tmp_path):

@@ -16,7 +16,7 @@ from .evaluation import evaluate
 from .experiments import CollapseStudy, PhaseCuts, RecoveryComparison, compare_phase_cuts, compare_recovery
 from .export import ExportedView, export_view
 from .healing import Healing, heal
-from .lenses import Lens, LensKind, fit_lens, lens_kl, load_lens, register_lens
+from .lenses import Lens, LensHeatmap, LensKind, fit_lens, lens_heatmap, lens_kl, load_lens, register_lens
 from .loading import load_model
 from .models import Model
 from .noise import NoiseResult, inject_noise
@@ -45,7 +45,7 @@ __all__ = [
     # the decision readout
     "DecisionTrace", "Transition", "decision_trace", "transition_point",
     # lenses
-    "Lens", "LensKind", "fit_lens", "lens_kl", "load_lens", "register_lens",
+    "Lens", "LensHeatmap", "LensKind", "fit_lens", "lens_heatmap", "lens_kl", "load_lens", "register_lens",
     # pruning and recovery
     "BoundaryErrorResult", "Criterion", "EditedView", "ModelView", "Recovered", "Sweep", "as_view", "boundary_error",
     "fit_recovery", "iterative_prune", "load_recovery", "load_sweep", "passage_nll", "perplexity", "prune", "register_criterion",

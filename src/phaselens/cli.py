@@ -6,6 +6,7 @@ the block-list grammar, early checks, output) is :mod:`phaselens.commands.common
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -41,20 +42,50 @@ def main_options(
             fail(f"--plugins: {e}")
 
 
-def transition_table(tr) -> Table:
-    """Per block: phase, margin with its interval, accuracy and option frequencies."""
+def _render_width(table: Table) -> int:
+    """The widest line of ``table`` drawn without a width limit."""
+    buf = Console(file=io.StringIO(), width=10_000, color_system=None, legacy_windows=False)
+    buf.print(table)
+    return max((len(line.rstrip()) for line in buf.file.getvalue().splitlines()), default=0)  # type: ignore[attr-defined]
+
+
+def transition_table(tr, width: int | None = None) -> Table:
+    """Per block: phase, margin with its 95% interval, accuracy and option frequencies, in at most ``width``
+    columns (``None``: the terminal's width, 80 when the output is not a terminal), one line per block.
+
+    The widest layout that fits is used: the interval in a column of its own with every option frequency
+    (``OF A``...), then the interval folded beside the margin (``+1.23 [+0.8,+1.7]``), then without the option
+    frequencies (the caption says where to find them)."""
+    width = Console().width if width is None else int(width)
     trace = tr.trace
-    table = Table(title=tr.summary(), title_justify="left")
-    for col in ("block", "phase", "margin", "95% CI", "accuracy", *[f"OF {s}" for s in trace.slot_labels]):
-        table.add_column(col, justify="right")
-    for j, b in enumerate(trace.blocks):
-        phase = "decisive" if tr.layer is not None and b >= tr.layer else "silent"
-        style = "green" if phase == "decisive" else None
-        table.add_row(
-            str(b), phase, f"{trace.margins[j]:+.3f}", f"[{trace.margin_ci[0][j]:+.2f}, {trace.margin_ci[1][j]:+.2f}]",
-            f"{trace.accuracy[j]:.3f}", *[f"{v:.2f}" for v in trace.option_frequency[j]], style=style,
-        )
-    return table
+    blocks = list(trace.blocks)
+    phases = ["decisive" if tr.layer is not None and b >= tr.layer else "silent" for b in blocks]
+    lo, hi = trace.margin_ci
+    ofs = [f"OF {s}" for s in trace.slot_labels]
+
+    def build(layout: str, title: str | None) -> Table:
+        table = Table(title=title, title_justify="left")
+        folded = layout != "wide"
+        heads = ["block", "phase", *(["margin [95% CI]"] if folded else ["margin", "95% CI"]),
+                 "acc" if folded else "accuracy", *(ofs if layout != "no-of" else [])]
+        for col in heads:
+            table.add_column(col, justify="right", no_wrap=True)
+        for j, b in enumerate(blocks):
+            m = f"{trace.margins[j]:+.3f}" if not folded else f"{trace.margins[j]:+.2f}"
+            ci = f"[{lo[j]:+.2f}, {hi[j]:+.2f}]" if not folded else f"[{lo[j]:+.1f},{hi[j]:+.1f}]"
+            cells = [str(b), phases[j], *([f"{m} {ci}"] if folded else [m, ci]), f"{trace.accuracy[j]:.3f}"]
+            if layout != "no-of":
+                cells += [f"{v:.2f}" for v in trace.option_frequency[j]]
+            table.add_row(*cells, style="green" if phases[j] == "decisive" else None)
+        if layout == "no-of":
+            table.caption = "option frequencies: --json, --out or --html"
+            table.caption_justify = "left"
+        return table
+
+    for layout in ("wide", "folded"):
+        if _render_width(build(layout, None)) <= width:  # the title wraps to the table's width
+            return build(layout, tr.summary())
+    return build("no-of", tr.summary())
 
 
 @app.command()

@@ -30,6 +30,8 @@ from .version import __version__
 
 
 MAX_ROWS = 80
+#: provenance values longer than this many characters wrap (the others stay on one line)
+LONG = 32
 
 
 def _entries(results: Any) -> list[ResultEntry]:
@@ -112,12 +114,13 @@ def _provenance_table(entries: list[ResultEntry]) -> str:
     rows = []
     for e in entries:
         p = e.provenance
-        cells = [f'<a href="#{_anchor(e.name)}">{html.escape(e.name)}</a>', html.escape(e.kind)]
-        cells += [html.escape(_cell(p.get(k))) for k in (*cols, *extra)]
-        cells += [html.escape(e.phaselens or "?"), html.escape(e.created or "?")]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return ('<table class="prov"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+        texts = [e.name, e.kind, *(_cell(p.get(k)) for k in (*cols, *extra)), e.phaselens or "?", e.created or "?"]
+        cells = [f'<a href="#{_anchor(e.name)}">{html.escape(e.name)}</a>', *(html.escape(t) for t in texts[1:])]
+        # short values stay on one line; a long one (a path, a note) wraps inside a column of its own width
+        rows.append("<tr>" + "".join(f"<td class='long'>{c}</td>" if len(t) > LONG else f"<td>{c}</td>"
+                                     for c, t in zip(cells, texts)) + "</tr>")
+    return ('<div class="provwrap"><table class="prov"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table></div>")
 
 
 def _cell(v: Any) -> str:
@@ -148,7 +151,9 @@ h1{font-size:1.6em;margin:.2em 0}h2{margin-top:2em;border-bottom:1px solid #ddd;
 figure{margin:18px 0}figcaption{color:#555;font-size:.9em;margin:2px 0 0 4px}
 table{border-collapse:collapse;font-size:.82em;margin:6px 0}td,th{padding:3px 8px;text-align:right;border-bottom:1px solid #eee}
 th{background:#f3f3f3;position:sticky;top:0}tr:nth-child(even) td{background:#fbfbfb}
-table.prov td,table.prov th{text-align:left}details{margin:8px 0}summary{cursor:pointer;color:#1f77b4}
+table.prov td,table.prov th{text-align:left;white-space:nowrap}
+table.prov td.long{white-space:normal;overflow-wrap:anywhere;min-width:16em}
+.provwrap{max-width:100%;overflow-x:auto}figure{max-width:100%;overflow-x:auto}details{margin:8px 0}summary{cursor:pointer;color:#1f77b4}
 .tablewrap{max-height:460px;overflow:auto;border:1px solid #eee}nav ul{columns:2;font-size:.92em}
 """
 
@@ -160,8 +165,12 @@ CHECK_JS = """(function(){function check(){var plots=document.querySelectorAll('
 plots.forEach(function(p){var svg=p.querySelector('svg.main-svg');var drawn=svg&&svg.getBoundingClientRect().width>0&&
 p.querySelectorAll('.main-svg .trace, .main-svg .hm, .main-svg image, .main-svg .point').length>0;if(drawn){ok++}else{empty.push(p.id)}});
 var el=document.getElementById('phaselens-check');var expected=+el.getAttribute('data-expected');
-var errs=window.__phaselensErrors||[];var res={expected:expected,figures:plots.length,rendered:ok,empty:empty,errors:errs};
-el.textContent=JSON.stringify(res);el.setAttribute('data-status',(ok===expected&&plots.length===expected&&errs.length===0)?'ok':'failed');}
+var errs=window.__phaselensErrors||[];var right=document.querySelector('main').getBoundingClientRect().right;var wide=[];
+document.querySelectorAll('main > *, section > *').forEach(function(x){var r=x.getBoundingClientRect();
+var spill=getComputedStyle(x).overflowX==='visible'&&x.scrollWidth>x.clientWidth+1;
+if(r.width>0&&(r.right>right+1||spill)){wide.push((x.id||x.className||x.tagName.toLowerCase())+':'+Math.round(Math.max(r.right-right,x.scrollWidth-x.clientWidth))+'px')}});
+var res={expected:expected,figures:plots.length,rendered:ok,empty:empty,errors:errs,overflow:wide};
+el.textContent=JSON.stringify(res);el.setAttribute('data-status',(ok===expected&&plots.length===expected&&errs.length===0&&wide.length===0)?'ok':'failed');}
 if(document.readyState==='complete'){setTimeout(check,50)}else{window.addEventListener('load',function(){setTimeout(check,50)})}})();"""
 
 

@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..lenses import fit_lens, lens_kl
-from ..lenses import LENS_KINDS
-from .common import DeviceOpt, HeldOpt, ModelOpt, app, console, early, fail, html_file, open_model, renamed_option, texts
+from ..lenses import LENS_KINDS, fit_lens, lens_heatmap, lens_kl, resolve_lens
+from .common import (DeviceOpt, HeldOpt, HtmlOpt, JsonOpt, LensOpt, ModelOpt, OutOpt, app, console, early, fail, finish,
+                     html_file, open_model, renamed_option, slug, texts)
 
 lens_app = typer.Typer(no_args_is_help=True, help="Lenses beside the logit lens: fit (linear, tuned) and measure them.")
 app.add_typer(lens_app, name="lens")
@@ -82,3 +82,45 @@ def kl_cmd(
     for b in range(m.n_blocks):
         table.add_row(str(b), *[f"{kls[n][b]:.4f}" for n in kls])
     Console().print(table)
+
+
+def heatmap_table(hm, width: int | None = None) -> Table:
+    """Per block, the last position's top tokens and their probabilities (the picture's rightmost column)."""
+    from ..plots.lenses import _shown
+
+    table = Table(title=f"next token after {_shown(hm.tokens[-1])!r}, per block ({hm.lens} lens)", title_justify="left",
+                  width=min(width or Console().width, 80))
+    table.add_column("block", justify="right", no_wrap=True)
+    table.add_column("top token", no_wrap=True, max_width=16, overflow="ellipsis")
+    table.add_column("p", justify="right", no_wrap=True)
+    table.add_column("then", no_wrap=True, overflow="ellipsis")
+    tops, probs = hm.top_tokens, hm.top_probs
+    for r, b in enumerate(hm.blocks):
+        rest = "  ".join(f"{_shown(tops[r, -1, j])} {probs[r, -1, j]:.2f}" for j in range(1, probs.shape[2]))
+        table.add_row(str(b), _shown(tops[r, -1, 0]), f"{probs[r, -1, 0]:.3f}", rest)
+    return table
+
+
+@app.command("heatmap")
+def heatmap_cmd(
+    model: str = ModelOpt,
+    prompt: str = typer.Option("The capital of France is", "--prompt", "-p", help="the text to read"),
+    lens: str = LensOpt,
+    top_k: int = typer.Option(5, "--top-k", help="tokens kept per cell (the hover lists them), 1..50"),
+    device: Optional[str] = DeviceOpt,
+    as_json: bool = JsonOpt,
+    html: Optional[Path] = HtmlOpt,
+    out: Optional[Path] = OutOpt,
+) -> None:
+    """The logit-lens picture of one prompt: the top next token at every position after every block, through a
+    lens, coloured by its probability (--html: the interactive heatmap; the table: the last position)."""
+    if not prompt.strip():
+        fail("--prompt must be some text, got an empty one")
+    if not 1 <= top_k <= 50:
+        fail(f"--top-k must be from 1 to 50 (tokens kept per cell), got {top_k}")
+    early(out=out, html=html, lens=lens)
+    m = open_model(model, device)
+    hm = lens_heatmap(m, prompt, resolve_lens(lens, m), top_k=top_k)
+    finish(hm, as_json=as_json, out=out, html=html, name=slug("heatmap", Path(model).name, hm.lens),
+           table=heatmap_table(hm), summary=hm.summary() + ("" if html else "\n(--html FILE draws the heatmap)"),
+           command="heatmap", model=hm.model, lens=hm.lens)

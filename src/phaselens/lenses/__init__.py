@@ -6,6 +6,8 @@
 * :mod:`~phaselens.lenses.linear`: closed-form least squares to the last block's output (the recovery solver);
 * :mod:`~phaselens.lenses.tuned`: Belrose et al.'s tuned lens (trained affine translators);
 * :mod:`~phaselens.lenses.kl`: :func:`lens_kl`, the faithfulness of a lens on held-out text;
+* :mod:`~phaselens.lenses.heatmap`: :func:`lens_heatmap`, the logit-lens picture of one prompt (top token per
+  position and block);
 * :mod:`~phaselens.lenses.io`: saving and loading (safetensors, checked against the model's fingerprint).
 """
 
@@ -19,6 +21,7 @@ from .tuned import TunedKind
 from .io import load_lens, read_lens, save_lens
 from .fit import check_lens_arg, fit_lens, resolve_lens
 from .kl import lens_kl
+from .heatmap import LensHeatmap, lens_heatmap
 
 
 def __getattr__(name: str) -> Any:
@@ -27,6 +30,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["LENS_KINDS", "AffineLensKind", "Lens", "LensKind", "LinearKind", "LogitKind", "TunedKind",
-           "check_lens_arg", "fit_lens", "lens_kind", "lens_kl", "load_lens", "logit_lens", "read_lens",
+__all__ = ["LENS_KINDS", "AffineLensKind", "Lens", "LensHeatmap", "LensKind", "LinearKind", "LogitKind", "TunedKind",
+           "check_lens_arg", "fit_lens", "lens_heatmap", "lens_kind", "lens_kl", "load_lens", "logit_lens", "read_lens",
            "register_lens", "resolve_lens", "save_lens"]

@@ -207,7 +207,7 @@ def fit_tuned(base: Any, calibration: Any = None, *, seed: int = 0, steps: int =
                     opt.step()
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(kl=f"{loss.item() / (L - 1):.3f}")
+                        bar.set_postfix(kl=f"{float(loss.detach()) / (L - 1):.3f}")  # detached: no grad warning
                     if ckpt is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
                         _save_ckpt(ckpt, step + 1, A, b, opt)
             step = steps

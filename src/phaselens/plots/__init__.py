@@ -9,12 +9,13 @@ their ``plot()`` methods.
   (stacked bars, stacked areas, or a radar with a slider over blocks);
 * :mod:`.similarity`: :func:`cka_heatmap`, :func:`cka_heatmaps` (side by side, one colour scale);
 * :mod:`.pruning`: :func:`sweep_margins`, :func:`sweep_accuracy`, :func:`boundary_error_channels`;
-* :mod:`.lenses`: :func:`lens_kl_curves` (each lens's faithfulness per block);
+* :mod:`.lenses`: :func:`lens_kl_curves` (each lens's faithfulness per block), :func:`lens_heatmap` (the logit-lens
+  picture: top next token per position and block);
 * :mod:`.core`: colours, phase shading, :func:`save_html`.
 """
 
 from .core import save_html
-from .lenses import lens_kl_curves
+from .lenses import lens_heatmap, lens_kl_curves
 from .pruning import boundary_error_channels, healing_loss, sweep_accuracy, sweep_margins
 from .similarity import cka_heatmap, cka_heatmaps
 from .trace import accuracy_curves, kl_curves, margin_curve, margin_curves, option_frequency
@@ -26,6 +27,7 @@ __all__ = [
     "cka_heatmaps",
     "healing_loss",
     "kl_curves",
+    "lens_heatmap",
     "lens_kl_curves",
     "margin_curve",
     "margin_curves",

@@ -20,6 +20,7 @@ def _shade_phases(fig: go.Figure, transition: int | None, n_blocks: int, row: in
     if transition is None:
         return
     kw = {} if row is None else {"row": row, "col": col}
+    kw["annotation_bgcolor"] = "rgba(255,255,255,0.75)"  # legible over curves and bands
     fig.add_vrect(x0=-0.5, x1=transition - 0.5, fillcolor=SILENT_COLOR, line_width=0, annotation_text="silent phase",
                   annotation_position="top left", **kw)
     fig.add_vrect(x0=transition - 0.5, x1=n_blocks - 0.5, fillcolor=DECISIVE_COLOR, line_width=0,
@@ -42,13 +43,16 @@ def noise_sensitivity(result: "NoiseResult", *, interval: str = "seed", metric: 
         lo, hi = ci[0, :, e], ci[1, :, e]
         if np.isfinite(lo).all():
             fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=c.replace("rgb", "rgba").replace(")", ",0.18)"),
-                                     line=dict(width=0), hoverinfo="skip", showlegend=False))
+                                     mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False))
         hover = [f"noise at block {b} ({ph})<br>eps {eps:g}<br>final {metric} {v:.3f} [{a:.3f}, {h:.3f}]"
                  f"<br>clean {clean:.3f}<br>N={result.n_items} items, {len(result.seeds)} seeds"
                  for b, ph, v, a, h in zip(x, result.phases, vals[:, e], lo, hi)]
         fig.add_trace(go.Scatter(x=x, y=vals[:, e], mode="lines+markers", name=f"eps = {eps:g}", line=dict(color=c),
                                  hovertext=hover, hoverinfo="text"))
-    fig.add_hline(y=clean, line=dict(color="black", width=1, dash="dash"), annotation_text="no noise")
+    # the clean value is a legend entry, not a label on the line: a label there sat on the phase labels whenever the
+    # clean margin was near the top of the axis
+    fig.add_trace(go.Scatter(x=[-0.5, result.n_blocks - 0.5], y=[clean, clean], mode="lines", name=f"no noise ({clean:.3f})",
+                             line=dict(color="black", width=1, dash="dash"), hoverinfo="name"))
     _shade_phases(fig, result.transition, result.n_blocks)
     where = "seeds (t interval)" if interval == "seed" else "items (bootstrap)"
     fig.update_layout(
@@ -110,6 +114,12 @@ def collapse_scatter(study: "CollapseStudy") -> go.Figure:
         xs = np.linspace(float(study.x.min()), float(study.x.max()), 20)
         fig.add_trace(go.Scatter(x=xs, y=fit[0] * xs + fit[1], mode="lines", line=dict(dash="dash"),
                                  name=f"fit: y = {fit[0]:.2f} x + {fit[1]:.2f}"))
+    if len(used):  # room for the point labels: they were cut at the plot's edges
+        xs_, ys_ = np.asarray(study.x, dtype=float), np.asarray(study.y, dtype=float)
+        px = max(float(np.ptp(xs_)) * 0.25, 0.02)
+        py = max(float(np.ptp(ys_)) * 0.15, 0.02)
+        fig.update_xaxes(range=[float(xs_.min()) - px, float(xs_.max()) + px])
+        fig.update_yaxes(range=[float(ys_.min()) - py, float(ys_.max()) + py])
     rr = "r undefined" if math.isnan(study.r) else f"Pearson r = {study.r:+.2f} (p = {study.p:.2g})"
     left = f"; {len(study.excluded)} pair(s) left out" if study.excluded else ""
     fig.update_layout(title=f"Transition depth vs collapse ratio ({study.criterion}): {rr}, n = {study.n}{left}",

@@ -23,8 +23,9 @@ def margin_grid(curves: dict[tuple[str, str], list[dict[str, Any]]], *, title: s
 
     models = sorted({m for m, _ in curves})
     tasks = sorted({t for _, t in curves})
+    # room between rows for the panel titles (a row's x title sat on the next row's panel titles)
     fig = make_subplots(rows=len(models), cols=len(tasks), shared_yaxes=False, horizontal_spacing=0.06,
-                        vertical_spacing=0.12 / max(1, len(models) - 1) if len(models) > 1 else 0.1,
+                        vertical_spacing=min(0.3, 0.45 / len(models)) if len(models) > 1 else 0.1,
                         subplot_titles=[f"{m} / {t}" for m in models for t in tasks])
     for i, m in enumerate(models, 1):
         for j, t in enumerate(tasks, 1):
@@ -39,10 +40,10 @@ def margin_grid(curves: dict[tuple[str, str], list[dict[str, Any]]], *, title: s
                 if c["transition"] is not None:
                     fig.add_vline(x=c["transition"] - 0.5, line=dict(color=TRANSITION_COLOR, width=1, dash="dot"), row=i, col=j)
             fig.add_hline(y=0, line=dict(color="black", width=1), row=i, col=j)
-    fig.update_xaxes(title_text="block")
+    fig.update_xaxes(title_text="block", row=len(models))  # the bottom row only
     fig.update_yaxes(title_text="margin", col=1)
     fig.update_layout(title=title or "Dense Decision Margin per block (dotted: the transition), models x tasks",
-                      template=TEMPLATE, height=max(320, 260 * len(models)))
+                      template=TEMPLATE, height=max(340, 300 * len(models) + 80))
     return fig
 
 

@@ -112,7 +112,7 @@ def _common_title(cs: list[Curve], what: str) -> str:
 
 def _band(fig: go.Figure, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, color: str, label: str, group: str, **where: Any) -> None:
     fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", fillcolor=rgba(color, 0.16),
-                             line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=group,
+                             mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=group,
                              name=f"{label} 95% CI"), **where)
 
 
