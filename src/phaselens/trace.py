@@ -187,6 +187,10 @@ class DecisionTrace(TraceFigures, Result):
         if not self.complete:
             raise PhaselensError(f"this trace of {self.model} reads only blocks {self.blocks.tolist()}; a transition needs "
                                  "every surviving block (decision_trace without blocks=)")
+        if n_boot is not None:
+            checks.check_n_boot(n_boot, n_items=self.n_items)
+        if boot_seed is not None:
+            checks.integer("boot_seed", boot_seed)
         return Transition(self, self.n_boot if n_boot is None else n_boot, self.seed if boot_seed is None else boot_seed)
 
     # -- outputs
@@ -303,7 +307,7 @@ def _resolve_task(task: Any) -> Task:
 
 
 def check_boot(n_boot: Any, seed: Any) -> None:
-    """``n_boot`` a positive int, ``seed`` an int: a clear error otherwise."""
+    """``n_boot`` a bootstrap count (:func:`phaselens.checks.check_n_boot`), ``seed`` an int: a clear error otherwise."""
     checks.bootstrap(n_boot, seed)
 
 
@@ -344,6 +348,7 @@ def decision_trace(
     checks.batching(batch_size, max_tokens)
     checks.flag("progress", progress)
     t = _resolve_task(task)  # a bad task, blocks= or lens= fails before a model named by a string loads
+    checks.check_n_boot(n_boot, n_items=len(t.items))  # the [n_boot, items] resamples fit in memory
     check_blocks_arg(blocks)
     check_lens_arg(lens)
     if device is not None and isinstance(model, str):
