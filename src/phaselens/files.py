@@ -128,13 +128,14 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, Any], metad
 
 
 def check_writable(path: str | os.PathLike, kind: str = "folder", *, what: str = "out",
-                   error: type[PhaselensError] | None = None) -> Path:
+                   error: type[PhaselensError] | None = None, parents: bool = False) -> Path:
     """Refuse, before any work, an output location that cannot be written; returns ``Path(path)``.
 
     ``kind="folder"``: a folder phaselens writes into (created later with its missing parents): no existing part of
     the path may be a file, and the folder itself (or, when it does not exist yet, its nearest existing ancestor)
     must take a new file. ``kind="file"``: a file written whole (atomically, beside itself): it must not be a folder
-    or anything but a regular file, and its folder must exist and take a new file. Writability is *probed* (a
+    or anything but a regular file, and its folder must exist and take a new file (``parents=True``: a writer that
+    creates the missing folders; then the nearest existing one must take a new file). Writability is *probed* (a
     temporary ``.phaselens-probe-*`` file is created and removed at once), since permission bits do not stop root
     and say nothing of read-only mounts. Raises ``error`` (default :class:`~phaselens.errors.ResultsError`) naming
     ``what`` and the path."""
@@ -155,6 +156,9 @@ def check_writable(path: str | os.PathLike, kind: str = "folder", *, what: str =
             raise err(f"{what}={str(path)!r} exists and is not a regular file (a device, a pipe or a socket); "
                       "pass the path of a file to write")
         folder = p.absolute().parent
+        if parents:
+            check_writable(folder, "folder", what=what, error=err)
+            return Path(path)
         if not folder.is_dir():
             bad = next((q for q in (folder, *folder.parents) if q.exists()), None)
             why = f"{bad} is a file, not a folder" if bad is not None and not bad.is_dir() else f"the folder {folder} does not exist"
@@ -178,7 +182,8 @@ def _probe(folder: Path, target: Path, what: str, err: type[PhaselensError]) -> 
     try:
         fd, name = tempfile.mkstemp(dir=folder, prefix=".phaselens-probe-")
     except OSError as e:
-        where = "" if folder == target.absolute() else f" (its nearest existing folder {folder} takes no new file)"
+        where = ("" if folder == target.absolute() else f" (its folder {folder} takes no new file)"
+                 if folder == target.absolute().parent else f" (its nearest existing folder {folder} takes no new file)")
         raise err(f"{what}={str(target)!r} is not writable{where}: {e.strerror or e}; pass a folder you can write to") from e
     os.close(fd)
     with contextlib.suppress(OSError):

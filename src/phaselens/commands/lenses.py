@@ -11,7 +11,8 @@ from rich.table import Table
 
 from ..lenses import fit_lens, lens_kl
 from ..lenses import LENS_KINDS
-from .common import DeviceOpt, HeldOpt, ModelOpt, app, console, early, fail, html_file, open_model, renamed_option, texts
+from .common import (DeviceOpt, HeldOpt, ModelOpt, app, console, early, fail, html_file, open_model, out_dir,
+                     renamed_option, texts)
 
 lens_app = typer.Typer(no_args_is_help=True, help="Lenses beside the logit lens: fit (linear, tuned) and measure them.")
 app.add_typer(lens_app, name="lens")
@@ -51,6 +52,7 @@ def fit_cmd(
     if lens_file is None:
         fail("--lens-file FILE is required: the safetensors file to write the lens to")
     html_file(lens_file, "--lens-file")
+    out_dir(resume, "--resume")
     early(steps=(steps, 1))
     v = _vocab(vocab)
     cal = texts(calibration, "--calibration")
