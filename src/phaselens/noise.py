@@ -221,6 +221,8 @@ class NoiseResult(Result):
 
 def eps_list(eps: Any) -> list[float]:
     """``eps`` (one scale or several) as a list of finite floats >= 0; an :class:`InterventionError` otherwise."""
+    if isinstance(eps, (str, bytes, dict)) or not isinstance(eps, (int, float, np.floating, np.integer, Iterable)):
+        raise InterventionError(f"eps must be a number or a list of numbers (noise scales), got {eps!r}")
     vals = [eps] if isinstance(eps, (int, float, np.floating, np.integer)) else list(eps)
     if not vals:
         raise InterventionError("eps: give at least one noise scale")
