@@ -312,9 +312,11 @@ def _calls(m, t):
         ("phase cuts n=0", lambda: pl.compare_phase_cuts(m, t, 0), PhaselensError, r"\bn\b"),
         ("phase cuts placement=bogus", lambda: pl.compare_phase_cuts(m, t, 1, placement="bogus"), PhaselensError,
          "placement"),
+        ("phase cuts placement=(0, bogus)", lambda: pl.compare_phase_cuts(m, t, 1, placement=(0, "bogus")),
+         PhaselensError, "bogus"),
         ("phase cuts methods=[bogus]", lambda: pl.compare_phase_cuts(m, t, 1, methods=["bogus"]), PhaselensError, "bogus"),
         ("phase cuts n_boot=1", lambda: pl.compare_phase_cuts(m, t, 1, n_boot=1), PhaselensError, "n_boot"),
-        ("phase cuts seeds=0", lambda: pl.compare_phase_cuts(m, t, 1, seeds=0), PhaselensError, "seeds"),
+        ("phase cuts seeds=-1", lambda: pl.compare_phase_cuts(m, t, 1, seeds=-1), PhaselensError, "seeds"),
         ("phase cuts lam=-1", lambda: pl.compare_phase_cuts(m, t, 1, lam=-1.0), PhaselensError, "lam"),
         ("phase cuts out under a file", lambda: pl.compare_phase_cuts(m, t, 1, out="/etc/hostname/x"), PhaselensError,
          "/etc/hostname"),
@@ -336,11 +338,23 @@ def _calls(m, t):
         ("lens_kl seq_len=0", lambda: pl.lens_kl(m, cal, seq_len=0), PhaselensError, "seq_len"),
         ("lens_kl lens=bogus", lambda: pl.lens_kl(m, cal, lens="bogus"), PhaselensError, "bogus"),
         ("perplexity seq_len=0", lambda: pl.perplexity(m, cal, seq_len=0), PhaselensError, "seq_len"),
-        ("perplexity texts=5", lambda: pl.perplexity(m, 5), PhaselensError, "5"),
+        ("perplexity texts=5", lambda: pl.perplexity(m, 5), PhaselensError, "not int"),
         ("boundary inputs=bogus", lambda: pl.boundary_error(pruned, cal, inputs="bogus"), PhaselensError, "inputs"),
         ("collapse chunk=0", lambda: pl.transition_vs_collapse(models=[m], tasks=[t], chunk=0), PhaselensError, "chunk"),
         ("collapse criterion=bogus", lambda: pl.transition_vs_collapse(models=[m], tasks=[t], criterion="bogus"),
          PhaselensError, "bogus"),
+        ("collapse tasks=5", lambda: pl.transition_vs_collapse(models=[m], tasks=5), PhaselensError, "tasks"),
+        ("trace cache=5", lambda: pl.decision_trace(m, t, cache=5), PhaselensError, "cache"),
+        ("select transition=5", lambda: pl.select_blocks(m, 1, "silent", task=t, transition=5), PruningError,
+         "transition"),
+        ("phase cuts n=L", lambda: pl.compare_phase_cuts(m, t, L), PhaselensError, rf"1\.\.{L - 1}"),
+        ("lens seed='x'", lambda: pl.fit_lens(m, "linear", cal, seed="x"), PhaselensError, "seed"),
+        ("evaluate tasks=5", lambda: pl.evaluate(m, 5), PhaselensError, "tasks"),
+        ("evaluate tasks=[]", lambda: pl.evaluate(m, []), PhaselensError, "tasks"),
+        ("evaluate max_tokens=0", lambda: pl.evaluate(m, ["x"], max_tokens=0), PhaselensError, "max_tokens"),
+        ("evaluate limit=-1", lambda: pl.evaluate(m, ["x"], limit=-1), PhaselensError, "limit"),
+        ("evaluate an unknown keyword", lambda: pl.evaluate(m, ["x"], bogus=1), PhaselensError, "bogus"),
+        ("evaluate an unknown task", lambda: pl.evaluate(m, ["no_such_task_xyz"]), PhaselensError, "no_such_task_xyz"),
         ("collapse out under a file", lambda: pl.transition_vs_collapse(models=[m], tasks=[t], out="/etc/hostname/x"),
          PhaselensError, "/etc/hostname"),
     ]
@@ -353,13 +367,15 @@ CALL_NAMES = [
     "ablate pairs=[5]", "ablate pairs=[(1, 1)]", "ablate pairs=[(1, 99)]", "ablate pairs=[('a', 'b')]",
     "ablate pruned pair block", "ablate mode=bogus", "ablate window=-1", "ablate n_boot=10**12",
     "select placement=bogus", "select placement=bogus (bi)", "select placement=-1", "select n=L", "select criterion=[bi]",
-    "phase cuts n=0", "phase cuts placement=bogus", "phase cuts methods=[bogus]", "phase cuts n_boot=1",
-    "phase cuts seeds=0", "phase cuts lam=-1", "phase cuts out under a file", "sweep n_boot=1", "sweep criterion=bogus",
+    "phase cuts n=0", "phase cuts placement=bogus", "phase cuts placement=(0, bogus)", "phase cuts methods=[bogus]", "phase cuts n_boot=1",
+    "phase cuts seeds=-1", "phase cuts lam=-1", "phase cuts out under a file", "sweep n_boot=1", "sweep criterion=bogus",
     "sweep steps=0", "sweep recovery=bogus", "sweep out in /proc", "cka n_samples=0", "cka positions=bogus",
     "cka form=bogus", "cka seq_len=0", "recovery method=bogus", "recovery lam=-1", "recovery seq_len=0",
     "recovery calibration=5", "lens kind=bogus", "lens calibration=5", "lens_kl seq_len=0", "lens_kl lens=bogus",
     "perplexity seq_len=0", "perplexity texts=5", "boundary inputs=bogus", "collapse chunk=0", "collapse criterion=bogus",
-    "collapse out under a file",
+    "collapse tasks=5", "trace cache=5", "select transition=5", "phase cuts n=L", "lens seed='x'", "evaluate tasks=5",
+    "evaluate tasks=[]", "evaluate max_tokens=0", "evaluate limit=-1", "evaluate an unknown keyword",
+    "evaluate an unknown task", "collapse out under a file",
 ]
 
 
@@ -492,7 +508,7 @@ def test_python_savers_refuse_unwritable_locations_naming_them(saver, pattern):
 
 @bad_input
 def test_lens_and_recovery_saves_refuse_unwritable_locations(tiny_llama):
-    lens = pl.fit_lens(tiny_llama, "linear", ["The quick brown fox jumps over the lazy dog. " * 4])
+    lens = pl.fit_lens(tiny_llama, "linear", ["The quick brown fox jumps over the lazy dog. " * 30])
     with pytest.raises(pl.errors.LensError, match=r"/proc/x"):
         lens.save("/proc/x/l.safetensors")
     with pytest.raises(pl.errors.LensError, match=r"/etc/hostname"):

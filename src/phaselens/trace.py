@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,10 +27,8 @@ from .stats import N_BOOT  # noqa: F401  (one default; re-exported for older imp
 from .trace_figures import TraceFigures
 from .types import ModelLike, TaskLike
 from .view import as_view
+from .runner import PrefixCache
 from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
-
-if TYPE_CHECKING:
-    from .runner import PrefixCache
 
 SCORINGS = ("sum", "norm")
 
@@ -351,6 +349,8 @@ def decision_trace(
     checks.check_n_boot(n_boot, n_items=len(t.items))  # the [n_boot, items] resamples fit in memory
     check_blocks_arg(blocks)
     check_lens_arg(lens)
+    if cache is not None and not isinstance(cache, PrefixCache):
+        raise PhaselensError(f"cache must be a phaselens.runner.PrefixCache or None, got {type(cache).__name__}")
     if device is not None and isinstance(model, str):
         model = load_model(model, device=device)
     view = as_view(model)

@@ -273,6 +273,10 @@ def selection(model: ModelLike, n: int, criterion: str = "bi", *, calibration: A
     checks.integer("n", n, minimum=1, error=PruningError, what="blocks to cut")
     checks.integer("seed", seed, error=PruningError)
     check_placement_arg(placement)
+    layer = getattr(transition, "layer", "missing")
+    if transition is not None and not (layer is None or isinstance(layer, (int, np.integer))):
+        raise PruningError(f"transition must be a phaselens Transition (transition_point(...)) or None, got "
+                           f"{type(transition).__name__}")
     view = as_view(model)
     kept = view.kept
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n < len(kept):
