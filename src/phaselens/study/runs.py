@@ -21,6 +21,7 @@ from ..experiments.phase_cuts import compare_phase_cuts
 from ..noise import eps_list, inject_noise
 from ..final_readout import phase_of
 from ..pruning import CRITERIA, prune, select_blocks, sweep_criteria
+from ..pruning.criteria import check_placement_arg
 from ..pruning.iterative import iterative_prune
 from ..recovery import METHODS
 from ..registry import Registry
@@ -161,6 +162,15 @@ def _schedule(v: Any, key: str) -> None:
     check_schedule(**{"kind" if key == "schedule" else key: v if v is not None or key != "schedule" else "auto"})
 
 
+def _placement(v: Any) -> None:
+    """A placement: a name or a block index (both phases), a pair [silent, decisive] or a table of the two."""
+    parts = list(v.values()) if isinstance(v, dict) else list(v) if isinstance(v, (list, tuple)) and len(v) == 2 else [v]
+    if isinstance(v, dict) and set(v) != {"silent", "decisive"}:
+        raise StudyError(f"placement as a table takes the keys silent and decisive, got {sorted(v)}")
+    for p in parts:
+        check_placement_arg(p)
+
+
 def _int(name: str, lo: int, optional: bool = False) -> Callable[[Any], None]:
     return lambda v: checks.integer(name, v, minimum=lo, optional=optional, error=StudyError)
 
@@ -178,7 +188,7 @@ COMMON: dict[str, Callable[[Any], Any]] = {
     "seq_len": _int("seq_len", 2), "n_samples": _int("n_samples", 2), "window": _int("window", 0),
     "steps": _int("steps", 1, True), "n": _int("n", 1),
     "lam": lambda v: checks.number("lam", v, minimum=0.0, optional=True, error=StudyError),
-    "blocks": _blocks, "pairs": check_pairs, "eps": eps_list,
+    "blocks": _blocks, "pairs": check_pairs, "eps": eps_list, "placement": _placement,
     "seeds": lambda v: seed_list(v, minimum=1, error=StudyError),
     "schedule": lambda v: _schedule(v, "schedule"), "act_budget": lambda v: _schedule(v, "act_budget"),
     "act_store": lambda v: _schedule(v, "act_store"),
