@@ -664,3 +664,32 @@ def test_non_finite_numbers_anywhere_are_refused_naming_where(x, where):
                      if where == "lam" else {"kind": "noise", where: x}]
     with pytest.raises(StudyError, match=r"is not a finite number"):
         parse_spec(d)
+
+
+@bad_input
+@given(n_boot=st.integers(-(2 ** 70), 2 ** 70) | st.floats(allow_nan=True) | st.booleans() | st.text(max_size=4),
+       level=st.floats(0.5, 0.999))
+@PROPS
+def test_random_bootstrap_counts_are_accepted_exactly_in_range(n_boot, level):
+    ok = (isinstance(n_boot, int) and not isinstance(n_boot, bool)
+          and max(checks.MIN_BOOT, math.ceil(2 / (1 - level) - 1e-9)) <= n_boot <= checks.MAX_BOOT)
+    if ok:
+        assert checks.check_n_boot(n_boot, level=level) == n_boot
+    else:
+        with pytest.raises(PhaselensError, match="n_boot"):
+            checks.check_n_boot(n_boot, level=level)
+
+
+segment = st.text(st.characters(whitelist_categories=("Ll", "Lu", "Nd"), whitelist_characters="._-"), min_size=1,
+                  max_size=8).filter(lambda s: s not in (".", ".."))
+
+
+@bad_input
+@given(parts=st.lists(segment, min_size=1, max_size=4), kind=st.sampled_from(["folder", "file"]),
+       root=st.sampled_from(["/etc/hostname", "/proc/no-such-dir"]))
+@PROPS
+def test_random_paths_under_a_file_or_in_proc_are_refused_naming_the_path(parts, kind, root):
+    path = "/".join([root, *parts])
+    with pytest.raises(ResultsError) as e:
+        check_writable(path, kind)
+    assert root in str(e.value)
