@@ -169,7 +169,8 @@ def check_writable(path: str | os.PathLike, kind: str = "folder", *, what: str =
     for q in (here, *here.parents):
         if q.exists() or q.is_symlink():
             if not q.is_dir():
-                raise err(f"{what}={str(path)!r}: {q} is {'a file' if q.is_file() else 'not a folder'}; pass a folder path")
+                raise err(f"{what}={str(path)!r}: {q} is {'a file, not a folder' if q.is_file() else 'not a folder'}; pass a "
+                          "folder path")
             _probe(q, p, what, err)
             return Path(path)
     raise err(f"{what}={str(path)!r}: no part of the path exists")  # pragma: no cover - '/' always exists
