@@ -87,6 +87,7 @@ SPEC_CASES = [
     ("a key that is not a string", {**_spec(), "resources": {1: 2}}, r"resources.*keys must be strings"),
     ("nested 40 deep", _spec({"kind": "trace", "n_boot": _nested(40)}), r"nested.*16"),
     ("a list of 200,000", _spec(seeds=list(range(200_000))), r"seeds.*200,000 entries"),
+    ("one list shared a million times", _spec(seeds=[list(range(1000))] * 2000), r"more than 1,000,000 values"),
     ("a grid of 10^8 jobs", {**_spec({"kind": "noise", "eps": [[float(i)] for i in range(100)],
                                       "blocks": [[i] for i in range(100)], "seeds": [[i + 1] for i in range(100)]}),
                              "seeds": list(range(100))}, r"100,000,000 jobs.*10,000"),

@@ -50,10 +50,11 @@ TASK_KEYS = ("name", "format", "limit", "sample", "shots", "split", "seed")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "models_per_worker", "workers")
 
 #: the limits of a spec (docs/security.md): its file's size, the nesting of its lists and tables, the entries of
-#: one list or table, the jobs of its grid (models x tasks x seeds x every run's combinations), a resource number
+#: one list or table, the values in all, the jobs of its grid (models x tasks x seeds x every run's combinations), a resource number
 MAX_SPEC_BYTES = 4 << 20
 MAX_DEPTH = 16
 MAX_LIST = 100_000
+MAX_VALUES = 1_000_000
 MAX_JOBS = 10_000
 MAX_RESOURCE = 100_000
 
@@ -229,8 +230,12 @@ def check_values(d: dict[str, Any], where: str = "the spec") -> None:
     a list or table and :data:`MAX_SPEC_BYTES` characters in a string. Walked without recursion, so no nesting
     raises a ``RecursionError``."""
     stack: list[tuple[Any, str, int]] = [(d, "", 0)]
+    seen = 0
     while stack:
         v, path, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:  # a dict spec may share one list many times over: bound the walk too
+            raise StudyError(f"{where} holds more than {MAX_VALUES:,} values; split it into several studies")
         name = path or where
         if depth > MAX_DEPTH:
             raise StudyError(f"{name} is nested {depth} deep, more than the {MAX_DEPTH} levels of lists and tables a "
