@@ -62,7 +62,7 @@ def main() -> None:
     model = pl.load_model(a.model, device="cpu", dtype=torch.float32)
     task = pl.load_task(a.task, limit=a.items, sample=False, format="continuation")
     t_base, ref = timeit(lambda: lm_eval_scores(model, task), a.repeats)
-    t_last, last = timeit(lambda: pl.decision_trace(model, task, blocks="last", n_boot=10), a.repeats)
+    t_last, last = timeit(lambda: pl.decision_trace(model, task, blocks="last", n_boot=100), a.repeats)
     mask = torch.from_numpy(last.mask)
     err = (torch.from_numpy(last.logits[0])[mask] - ref[mask]).abs().max().item()
     print(f"{model.name}, {task.name} continuation, {len(task)} items ({int(mask.sum())} options), "
@@ -71,7 +71,7 @@ def main() -> None:
     print(f"  decision_trace(blocks='last'):                        {t_last:8.3f} s   ratio {t_last / t_base:5.3f}x")
     print(f"  max |score difference|: {err:.2e}; accuracy {last.accuracy[-1]:.3f}, acc_norm {last.acc_norm[-1]:.3f}")
     if not a.no_full:
-        t_full, _ = timeit(lambda: pl.decision_trace(model, task, n_boot=10), 1)
+        t_full, _ = timeit(lambda: pl.decision_trace(model, task, n_boot=100), 1)
         print(f"  decision_trace (every block, full-vocabulary readout each): {t_full:8.3f} s   ratio {t_full / t_base:5.2f}x")
     if err > 1e-3:
         raise SystemExit("the scores differ from lm-eval's computation")

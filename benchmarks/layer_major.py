@@ -116,7 +116,7 @@ def child(args: argparse.Namespace) -> None:
     blocks = [sum(p.numel() * p.element_size() for p in b.state_dict().values()) for b in model.blocks]
     loaded = count_loader()
     io1, t1 = read_bytes(), time.perf_counter()
-    trace = pl.decision_trace(model, task, max_tokens=args.max_tokens, n_boot=10,
+    trace = pl.decision_trace(model, task, max_tokens=args.max_tokens, n_boot=100,
                               schedule="layer" if kind == "layer" else "batch")
     t_trace, io_trace = time.perf_counter() - t1, read_bytes() - io1
     np.save(out.with_suffix(".npy"), trace.margins)

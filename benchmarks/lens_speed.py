@@ -132,7 +132,7 @@ def main() -> None:
             task = pl.load_task(a.task)
             lenses = {"linear": pl.fit_lens(m, "linear", cal),
                       "tuned": pl.fit_lens(m, "tuned", cal, steps=2, progress=False)}  # the cost of reading, not training
-            run = lambda lens: pl.decision_trace(m, task, lens=lens, n_boot=10)  # noqa: E731
+            run = lambda lens: pl.decision_trace(m, task, lens=lens, n_boot=100)  # noqa: E731
             run("logit")
             t_logit = statistics.median(best_of(lambda: run("logit"), 1) for _ in range(a.repeats))
             for k, lens in lenses.items():

@@ -79,7 +79,7 @@ def main() -> None:
     print(f"ray.init (local instance, 2 CPUs): {time.perf_counter() - t0:.2f} s  [{load()}]")
 
     spec = {"models": [tiny], "tasks": [{"name": "capitals", "limit": 4}], "seeds": list(range(a.jobs)),
-            "runs": [{"kind": "trace", "n_boot": 10}]}
+            "runs": [{"kind": "trace", "n_boot": 100}]}
     res = {}
     for ex in ("local", "ray"):
         r = res[ex] = timed(spec, root / f"tiny-{ex}", ex, **({"workers": 2} if ex == "ray" else {}))

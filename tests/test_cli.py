@@ -42,7 +42,7 @@ def _synthetic_transition(L: int, K: int, scale: float = 10.0):
     logits = rng.normal(0, scale, (L, N, K))
     logits[:, :, 0] += np.linspace(-3 * scale, 3 * scale, L)[:, None]
     return DecisionTrace("m", "t", "cloze", L, np.arange(L), logits, np.zeros(N, int), np.ones((N, K), bool),
-                         np.full((N, K), 5), n_boot=50).transition(n_boot=50)
+                         np.full((N, K), 5), n_boot=100).transition(n_boot=100)
 
 
 def _rendered(table, width: int) -> list[str]:

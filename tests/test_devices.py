@@ -53,12 +53,12 @@ def test_offloaded_margins_equal_the_plain_load(which, disk_llama, cpu_offload_g
     hooked = [b for b in off.blocks if "forward" in b.__dict__]
     assert hooked
     for view in (lambda m: m, lambda m: pl.prune(m, [2, 3])):
-        a = pl.decision_trace(view(off), capitals_task, n_boot=10)
-        b = pl.decision_trace(view(plain), capitals_task, n_boot=10)
+        a = pl.decision_trace(view(off), capitals_task, n_boot=100)
+        b = pl.decision_trace(view(plain), capitals_task, n_boot=100)
         np.testing.assert_allclose(a.margins, b.margins, atol=1e-5, rtol=0)
         np.testing.assert_allclose(a.logits, b.logits, atol=1e-4, rtol=1e-5)
     cont = pl.load_task(capitals_task, format="continuation")
-    a, b = (pl.decision_trace(m, cont, n_boot=10) for m in (off, plain))
+    a, b = (pl.decision_trace(m, cont, n_boot=100) for m in (off, plain))
     np.testing.assert_allclose(a.margins, b.margins, atol=1e-5, rtol=0)
     assert all(hk.__dict__.get("forward") is not None for hk in hooked)  # accelerate's wrappers are still there
 
@@ -68,10 +68,10 @@ def test_offloaded_recovery_noise_cka_equal_the_plain_load(disk_llama, tiny_llam
     ra = pl.fit_recovery(pl.prune(disk_llama, [2, 3]), texts, seq_len=96)
     rb = pl.fit_recovery(pl.prune(tiny_llama, [2, 3]), texts, seq_len=96)
     torch.testing.assert_close(ra.operators[(2, 4)], rb.operators[(2, 4)], atol=1e-5, rtol=1e-5)
-    ta, tb = (pl.decision_trace(r, capitals_task, n_boot=10) for r in (ra, rb))
+    ta, tb = (pl.decision_trace(r, capitals_task, n_boot=100) for r in (ra, rb))
     np.testing.assert_allclose(ta.margins, tb.margins, atol=1e-5, rtol=0)
-    na = pl.inject_noise(disk_llama, capitals_task, blocks=[1, 4], eps=0.5, seeds=2, n_boot=10)
-    nb = pl.inject_noise(tiny_llama, capitals_task, blocks=[1, 4], eps=0.5, seeds=2, n_boot=10)
+    na = pl.inject_noise(disk_llama, capitals_task, blocks=[1, 4], eps=0.5, seeds=2, n_boot=100)
+    nb = pl.inject_noise(tiny_llama, capitals_task, blocks=[1, 4], eps=0.5, seeds=2, n_boot=100)
     np.testing.assert_allclose(na.item_margins, nb.item_margins, atol=1e-5, rtol=0)
     ca = pl.cka(disk_llama, pl.prune(disk_llama, [3]), capitals_task)
     cb = pl.cka(tiny_llama, pl.prune(tiny_llama, [3]), capitals_task)
@@ -85,7 +85,7 @@ def test_a_loaded_model_is_dispatched_by_device_map(tiny_llama, capitals_task, t
         warnings.simplefilter("ignore")
         m = pl.load_model(hf, device_map={"": "cpu", "model.layers.4": "disk"}, offload_folder=tmp_path)
     assert m.blocks[4].mlp.up_proj.weight.device.type == "meta"
-    a, b = (pl.decision_trace(x, capitals_task, n_boot=10) for x in (m, tiny_llama))
+    a, b = (pl.decision_trace(x, capitals_task, n_boot=100) for x in (m, tiny_llama))
     np.testing.assert_allclose(a.margins, b.margins, atol=1e-5, rtol=0)
 
 
@@ -97,7 +97,7 @@ def test_embedded_model_with_disk_offload_equals_the_plain_load(smol, capitals_t
         off = pl.load_model("smollm2-135m", device_map=dm, offload_folder=tmp_path)
     assert off.blocks[14].mlp.up_proj.weight.device.type == "meta"
     task = pl.load_task(capitals_task, name="capitals4")
-    a, b = (pl.decision_trace(pl.prune(m, [20, 21]), task, n_boot=10) for m in (off, smol))
+    a, b = (pl.decision_trace(pl.prune(m, [20, 21]), task, n_boot=100) for m in (off, smol))
     np.testing.assert_allclose(a.margins, b.margins, atol=1e-5, rtol=0)
 
 
@@ -127,7 +127,7 @@ def test_fake_out_of_memory_halves_the_batch_and_says_so_once(tiny_llama, capita
     """A pass of more than 2 sequences raises CUDA's OOM: the runner halves until it fits, warning once."""
     import phaselens.runner.core as core
 
-    ref = pl.decision_trace(tiny_llama, capitals_task, n_boot=10)
+    ref = pl.decision_trace(tiny_llama, capitals_task, n_boot=100)
     real = Runner.forward
     sizes = []
 
@@ -140,7 +140,7 @@ def test_fake_out_of_memory_halves_the_batch_and_says_so_once(tiny_llama, capita
     monkeypatch.setattr(Runner, "forward", oom)
     monkeypatch.setattr(core, "_OOM_WARNED", False)
     with pytest.warns(RuntimeWarning, match="out of GPU memory") as rec:
-        got = pl.decision_trace(tiny_llama, capitals_task, n_boot=10, batch_size=6)
+        got = pl.decision_trace(tiny_llama, capitals_task, n_boot=100, batch_size=6)
     assert sum("out of GPU memory" in str(w.message) for w in rec) == 1
     assert sizes[0] == 6 and max(s for s in sizes if s <= 2) == 2
     # other batches pad to other widths: float32 rounding of the (x8-scaled) tiny model differs by up to ~1.5e-6

@@ -132,8 +132,8 @@ def test_load_exported_pruned_traces_like_view(smol, capitals_task, tmp_path):
     folder = view.export(tmp_path / "pruned")
     back = pl.load_model(str(folder), device="cpu")
     assert isinstance(back, pl.Model) and back.n_blocks == len(view.kept)
-    a = pl.decision_trace(view, capitals_task, n_boot=10)
-    b = pl.decision_trace(back, capitals_task, n_boot=10)
+    a = pl.decision_trace(view, capitals_task, n_boot=100)
+    b = pl.decision_trace(back, capitals_task, n_boot=100)
     assert list(a.blocks) == view.kept and list(b.blocks) == list(range(len(view.kept)))  # renumbered 0..n_kept-1
     np.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
     np.testing.assert_array_equal(a.accuracy, b.accuracy)

@@ -74,13 +74,13 @@ def test_item_lists_keep_or_take_a_template_and_a_name():
 
 @needs_data
 def test_the_trace_says_how_its_prompt_differs(tiny_llama):
-    t = pl.decision_trace(tiny_llama, pl.load_task("arc-easy", limit=4, cloze_template="{question}"), n_boot=10)
+    t = pl.decision_trace(tiny_llama, pl.load_task("arc-easy", limit=4, cloze_template="{question}"), n_boot=100)
     assert "not lm-eval's" in t.task_note and "random 4" in t.task_note
     assert t.provenance()["task_note"] == t.task_note and t.task_note in t.summary()
 
 
 def test_per_item_predictions_and_correctness(tiny_llama, capitals_task):
-    tr = pl.decision_trace(tiny_llama, capitals_task, n_boot=10)
+    tr = pl.decision_trace(tiny_llama, capitals_task, n_boot=100)
     z = tr.logits  # [L, N, K], -inf at padded slots
     for i, it in enumerate(capitals_task.items):
         for j in range(tr.n_read):
@@ -94,7 +94,7 @@ def test_per_item_predictions_and_correctness(tiny_llama, capitals_task):
 def test_continuation_acc_norm_is_lm_evals(tiny_llama, capitals_task):
     """acc_norm: the argmax of log-likelihood / len(choice in characters), lm-eval's rule, evaluated by hand."""
     task = capitals_task.with_format("continuation")
-    tr = pl.decision_trace(tiny_llama, task, n_boot=10)
+    tr = pl.decision_trace(tiny_llama, task, n_boot=100)
     for j in range(tr.n_read):
         hits = 0
         for i, it in enumerate(task.items):
@@ -108,12 +108,12 @@ def test_continuation_acc_norm_is_lm_evals(tiny_llama, capitals_task):
 @pytest.mark.parametrize("fmt", ["cloze", "continuation"])
 def test_last_block_only_equals_the_full_trace_last_row(tiny_llama, capitals_task, fmt):
     task = capitals_task.with_format(fmt)
-    full = pl.decision_trace(tiny_llama, task, n_boot=10)
-    last = pl.decision_trace(tiny_llama, task, n_boot=10, blocks="last")
+    full = pl.decision_trace(tiny_llama, task, n_boot=100)
+    last = pl.decision_trace(tiny_llama, task, n_boot=100, blocks="last")
     assert last.blocks.tolist() == [tiny_llama.n_blocks - 1] and not last.complete
     np.testing.assert_allclose(last.logits[0], full.logits[-1], atol=1e-5)
-    some = pl.decision_trace(pl.prune(tiny_llama, [2]), task, n_boot=10, blocks=[0, 3])
-    np.testing.assert_allclose(some.logits, pl.decision_trace(pl.prune(tiny_llama, [2]), task, n_boot=10).logits[[0, 2]],
+    some = pl.decision_trace(pl.prune(tiny_llama, [2]), task, n_boot=100, blocks=[0, 3])
+    np.testing.assert_allclose(some.logits, pl.decision_trace(pl.prune(tiny_llama, [2]), task, n_boot=100).logits[[0, 2]],
                                atol=1e-5)
     with pytest.raises(pl.PhaselensError, match="needs every surviving block"):
         last.transition()
@@ -133,12 +133,12 @@ def test_a_booted_bridge_does_not_change_phaselens_numbers(smol, capitals_task):
     hf = LlamaForCausalLM(cfg).eval()
     m = pl.load_model(hf, tokenizer=smol.tokenizer)
     assert m.attn_implementation == "sdpa"
-    before = pl.decision_trace(m, capitals_task, n_boot=10).logits
+    before = pl.decision_trace(m, capitals_task, n_boot=100).logits
     bridge = m.bridge()
     assert hf.config._attn_implementation == "sdpa"  # phaselens' model is untouched
     assert bridge.original_model.config._attn_implementation == "eager"  # the bridge's twin runs eager
     assert bridge.original_model.model.layers[0].self_attn.q_proj.weight is hf.model.layers[0].self_attn.q_proj.weight
-    after = pl.decision_trace(m, capitals_task, n_boot=10).logits
+    after = pl.decision_trace(m, capitals_task, n_boot=100).logits
     assert np.array_equal(before, after)
     with torch.no_grad():
         ids = torch.tensor([[1, 2, 3]])

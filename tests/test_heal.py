@@ -94,7 +94,7 @@ def test_lora_heal_lowers_loss_and_equals_peft(name, request, tmp_path):
     close(runner_logits(view, ids, mask)[m], hf_logits(AutoModelForCausalLM.from_pretrained(
         tmp_path / "run" / "start", dtype=torch.float32), ids, mask)[m])
     # and the healed model traces like any other
-    tr = pl.decision_trace(healed, pl.load_task("capitals", limit=4), n_boot=10)
+    tr = pl.decision_trace(healed, pl.load_task("capitals", limit=4), n_boot=100)
     assert tr.margins.shape[0] == 4
 
 

@@ -61,7 +61,7 @@ def test_hand_forward_matches_model(tiny_llama, capitals_task):
 # ----------------------------------------------------------------------------- noise
 def test_noise_matches_hand_computation(tiny_llama, capitals_task):
     b, eps, seed = 2, 0.7, 11
-    r = inject_noise(tiny_llama, capitals_task, blocks=[b], eps=eps, seeds=[seed], batch_size=4, n_boot=50)
+    r = inject_noise(tiny_llama, capitals_task, blocks=[b], eps=eps, seeds=[seed], batch_size=4, n_boot=100)
     d = tiny_llama.d_model
 
     def edit(i, blk, h_in, h):
@@ -75,8 +75,8 @@ def test_noise_matches_hand_computation(tiny_llama, capitals_task):
 
 
 def test_noise_eps_zero_is_the_clean_trace(tiny_llama, capitals_task):
-    tr = pl.transition_point(tiny_llama, capitals_task, batch_size=4, n_boot=50)
-    r = inject_noise(tiny_llama, capitals_task, eps=[0.0, 0.5], seeds=2, batch_size=4, transition=tr, n_boot=50)
+    tr = pl.transition_point(tiny_llama, capitals_task, batch_size=4, n_boot=100)
+    r = inject_noise(tiny_llama, capitals_task, eps=[0.0, 0.5], seeds=2, batch_size=4, transition=tr, n_boot=100)
     assert r.item_margins.shape == (6, 2, 2, len(capitals_task.items))
     clean = tr.trace.item_margins[:, -1]
     # the same forward as the lens; only the readout's einsum shape differs ([B, d] vs [L, B, d]): float32 rounding
@@ -88,7 +88,7 @@ def test_noise_eps_zero_is_the_clean_trace(tiny_llama, capitals_task):
 
 
 def test_noise_seeded_and_batch_independent(tiny_llama, capitals_task):
-    kw = dict(blocks=[1, 4], eps=[0.3, 1.0], seeds=[0, 1, 2], n_boot=50)
+    kw = dict(blocks=[1, 4], eps=[0.3, 1.0], seeds=[0, 1, 2], n_boot=100)
     a = inject_noise(tiny_llama, capitals_task, batch_size=4, **kw)
     b = inject_noise(tiny_llama, capitals_task, batch_size=4, **kw)
     np.testing.assert_array_equal(a.item_margins, b.item_margins)
@@ -117,7 +117,7 @@ def test_add_noise_formula():
 
 def test_noise_on_pruned_view_and_result_roundtrip(tiny_llama, capitals_task, tmp_path):
     view = pl.prune(tiny_llama, [1])
-    r = inject_noise(view, capitals_task, eps=0.5, seeds=2, batch_size=4, n_boot=50)
+    r = inject_noise(view, capitals_task, eps=0.5, seeds=2, batch_size=4, n_boot=100)
     assert r.blocks == [0, 2, 3, 4, 5]
     with pytest.raises(InterventionError, match="pruned"):
         inject_noise(view, capitals_task, blocks=[1], eps=0.5)
@@ -166,36 +166,36 @@ def test_noise_input_errors(tiny_llama, capitals_task):
     cont = pl.load_task([{"question": "The capital of France is", "options": ["Paris", "London"], "answer": 0}] * 2,
                         format="continuation")
     with pytest.raises(InterventionError, match="continuation"):
-        inject_noise(tiny_llama, cont, eps=0.1, transition=pl.transition_point(tiny_llama, capitals_task, n_boot=10))
+        inject_noise(tiny_llama, cont, eps=0.1, transition=pl.transition_point(tiny_llama, capitals_task, n_boot=100))
 
 
 # ----------------------------------------------------------------------------- ablation
 def test_skip_ablation_equals_pruning(tiny_llama, capitals_task):
-    r = ablate(tiny_llama, capitals_task, mode="skip", pairs=[(1, 3)], batch_size=4, n_boot=50)
+    r = ablate(tiny_llama, capitals_task, mode="skip", pairs=[(1, 3)], batch_size=4, n_boot=100)
     assert r.singles == list(range(6))
     for i, b in enumerate(r.singles):
-        tr = pl.decision_trace(pl.prune(tiny_llama, [b]), capitals_task, batch_size=4, n_boot=10)
+        tr = pl.decision_trace(pl.prune(tiny_llama, [b]), capitals_task, batch_size=4, n_boot=100)
         np.testing.assert_allclose(r.single_margins[i], tr.item_margins[:, -1], atol=1e-5)
-    tr = pl.decision_trace(pl.prune(tiny_llama, [1, 3]), capitals_task, batch_size=4, n_boot=10)
+    tr = pl.decision_trace(pl.prune(tiny_llama, [1, 3]), capitals_task, batch_size=4, n_boot=100)
     np.testing.assert_allclose(r.pair_margins[0], tr.item_margins[:, -1], atol=1e-5)
-    dense = pl.decision_trace(tiny_llama, capitals_task, batch_size=4, n_boot=10).item_margins[:, -1]
+    dense = pl.decision_trace(tiny_llama, capitals_task, batch_size=4, n_boot=100).item_margins[:, -1]
     assert r.single_drop[2] == pytest.approx((dense - r.single_margins[2]).mean(), abs=1e-6)
 
 
 def test_zero_ablation_by_hand_and_equals_skip(tiny_llama, capitals_task):
-    r = ablate(tiny_llama, capitals_task, blocks=[2, 4], mode="zero", batch_size=4, n_boot=50)
+    r = ablate(tiny_llama, capitals_task, blocks=[2, 4], mode="zero", batch_size=4, n_boot=100)
     assert r.pairs == [(2, 4)]
     z, ans = _hand_logits(tiny_llama, capitals_task, (2, 4), lambda i, b, h_in, h: h_in)  # no write into the stream
     np.testing.assert_allclose(r.pair_margins[0], _m(z, ans), atol=1e-4)
-    s = ablate(tiny_llama, capitals_task, blocks=[2, 4], mode="skip", batch_size=4, n_boot=50)
+    s = ablate(tiny_llama, capitals_task, blocks=[2, 4], mode="skip", batch_size=4, n_boot=100)
     np.testing.assert_allclose(r.single_margins, s.single_margins, atol=1e-5)
     np.testing.assert_allclose(r.pair_margins, s.pair_margins, atol=1e-5)
 
 
 def test_zero_ablation_gemma_branches(tiny_gemma, capitals_task):
     """Gemma: the attention write is post_attention_layernorm's output; zeroing both writes = skipping."""
-    r = ablate(tiny_gemma, capitals_task, blocks=[1], mode="zero", batch_size=4, n_boot=20)
-    s = ablate(tiny_gemma, capitals_task, blocks=[1], mode="skip", batch_size=4, n_boot=20)
+    r = ablate(tiny_gemma, capitals_task, blocks=[1], mode="zero", batch_size=4, n_boot=100)
+    s = ablate(tiny_gemma, capitals_task, blocks=[1], mode="skip", batch_size=4, n_boot=100)
     np.testing.assert_allclose(r.single_margins, s.single_margins, atol=1e-5)
     assert not np.allclose(r.single_margins[0], r.clean_margins, atol=1e-3)
 
@@ -212,10 +212,10 @@ def test_mean_ablation_by_hand(tiny_llama, capitals_task):
             hs = tiny_llama.hf(input_ids=torch.tensor([p]), output_hidden_states=True, use_cache=False).hidden_states
             ups.append((hs[b + 1] - hs[b])[0].double())  # hs[l + 1] = block l's output (l < L - 1)
     mu = torch.cat(ups).mean(0)
-    r = ablate(tiny_llama, capitals_task, blocks=[b], mode="mean", batch_size=4, n_boot=50)
+    r = ablate(tiny_llama, capitals_task, blocks=[b], mode="mean", batch_size=4, n_boot=100)
     z, ans = _hand_logits(tiny_llama, capitals_task, b, lambda i, blk, h_in, h: h_in + mu.float())
     np.testing.assert_allclose(r.single_margins[0], _m(z, ans), atol=1e-4)
-    skip = ablate(tiny_llama, capitals_task, blocks=[b], mode="skip", batch_size=4, n_boot=50)
+    skip = ablate(tiny_llama, capitals_task, blocks=[b], mode="skip", batch_size=4, n_boot=100)
     assert not np.allclose(r.single_margins, skip.single_margins, atol=1e-3)
 
 
@@ -225,7 +225,7 @@ def test_ablation_ci_pairs_and_roundtrip(tiny_llama, capitals_task, tmp_path):
     r = ablate(tiny_llama, capitals_task, mode="skip", window=1, transition=SimpleNamespace(layer=3), batch_size=4, n_boot=300)
     assert r.pairs == [(2, 3), (2, 4), (3, 4)] and r.transition == 3  # every pair within 1 block of the transition
     with pytest.warns(UserWarning, match="no transition"):
-        none = ablate(tiny_llama, capitals_task, blocks=None, pairs=None, transition=SimpleNamespace(layer=None), n_boot=10)
+        none = ablate(tiny_llama, capitals_task, blocks=None, pairs=None, transition=SimpleNamespace(layer=None), n_boot=100)
     assert none.pairs == []
     drops = r.clean_margins[None] - r.single_margins
     idx = metrics.bootstrap_indices(r.n_items, 300, 0)
@@ -256,8 +256,8 @@ def test_edited_view_traces_the_intervention(tiny_llama, capitals_task):
     from phaselens.runner import identity
 
     v = EditedView.of(tiny_llama, Plan(replace={2: identity}))
-    a = pl.decision_trace(v, capitals_task, n_boot=10)
-    b = pl.decision_trace(pl.prune(tiny_llama, [2]), capitals_task, n_boot=10)
+    a = pl.decision_trace(v, capitals_task, n_boot=100)
+    b = pl.decision_trace(pl.prune(tiny_llama, [2]), capitals_task, n_boot=100)
     np.testing.assert_allclose(a.item_margins[:, -1], b.item_margins[:, -1], atol=1e-6)
     assert v.signature() != pl.ModelView(tiny_llama).signature()
 
@@ -265,10 +265,10 @@ def test_edited_view_traces_the_intervention(tiny_llama, capitals_task):
 # ----------------------------------------------------------------------------- embedded model (small)
 def test_smol_noise_and_ablation_smoke(smol, capitals_task):
     task = pl.load_task(capitals_task, limit=4)
-    r = inject_noise(smol, task, blocks=[0, 29], eps=[0.0, 1.0], seeds=2, n_boot=50)
+    r = inject_noise(smol, task, blocks=[0, 29], eps=[0.0, 1.0], seeds=2, n_boot=100)
     np.testing.assert_array_equal(r.item_margins[:, 0, 0], np.broadcast_to(r.clean_margins, (2, 4)))
-    a = ablate(smol, task, blocks=[29], mode="skip", n_boot=50)
-    tr = pl.decision_trace(pl.prune(smol, [29]), task, n_boot=10)
+    a = ablate(smol, task, blocks=[29], mode="skip", n_boot=100)
+    tr = pl.decision_trace(pl.prune(smol, [29]), task, n_boot=100)
     np.testing.assert_allclose(a.single_margins[0], tr.item_margins[:, -1], atol=1e-3)
 
 

@@ -15,7 +15,7 @@ from phaselens.runner import PrefixCache
 
 CAL = load_calibration()[:4]
 PPL = heldout_texts()[:2]
-KW = {"calibration": CAL, "perplexity_texts": PPL, "n_boot": 20}
+KW = {"calibration": CAL, "perplexity_texts": PPL, "n_boot": 100}
 
 
 def _dicts(sweep: Sweep) -> list[dict]:
@@ -39,7 +39,7 @@ def test_prefix_reuse_in_the_continuation_format(tiny_llama, capitals_task):
     a = pl.iterative_prune(tiny_llama, task, criterion="bi", steps=2, **KW)
     b = pl.iterative_prune(tiny_llama, task, criterion="bi", steps=2, reuse_prefix=False, **KW)
     assert _dicts(a) == _dicts(b)
-    ref = pl.decision_trace(pl.prune(tiny_llama, a.steps[2].removed), task, n_boot=20)
+    ref = pl.decision_trace(pl.prune(tiny_llama, a.steps[2].removed), task, n_boot=100)
     assert np.array_equal(a.steps[2].trace.logits, ref.logits)
 
 
@@ -61,10 +61,10 @@ def test_each_step_is_the_current_pruned_model(tiny_llama, capitals_task):
     for k, st in enumerate(sweep.steps):
         assert st.step == k and st.removed == sorted(removed) and st.ratio == len(removed) / tiny_llama.n_blocks
         view = pl.prune(tiny_llama, removed)
-        tr = pl.decision_trace(view, capitals_task, n_boot=20)
+        tr = pl.decision_trace(view, capitals_task, n_boot=100)
         assert np.array_equal(st.trace.logits, tr.logits) and st.trace.blocks.tolist() == view.kept
         assert st.accuracy == tr.accuracy[-1] and st.margin == tr.margins[-1]
-        assert st.transition.layer == tr.transition(n_boot=20).layer
+        assert st.transition.layer == tr.transition(n_boot=100).layer
         assert st.perplexity == pl.perplexity(view, PPL)
         ref = block_influence(view, CAL)
         assert st.scores == pytest.approx(ref, abs=1e-12)
@@ -82,7 +82,7 @@ def test_recovered_sweep_refits_after_every_cut(tiny_llama, capitals_task):
     sweep = pl.iterative_prune(tiny_llama, capitals_task, criterion="bi", recovery="ghosted", steps=2, **KW)
     st = sweep.steps[2]
     rec = pl.fit_recovery(pl.prune(tiny_llama, st.removed), CAL)
-    tr = pl.decision_trace(rec, capitals_task, n_boot=20)
+    tr = pl.decision_trace(rec, capitals_task, n_boot=100)
     assert np.array_equal(st.trace.logits, tr.logits)
     assert st.perplexity == pl.perplexity(rec, PPL)
 
@@ -133,7 +133,7 @@ def test_collapse_ratio_against_its_definition(tiny_llama, capitals_task):
     sweep = pl.iterative_prune(tiny_llama, capitals_task, criterion="random", steps=5, **KW)
     chance = np.mean([1 / len(it.options) for it in capitals_task.items])
     assert sweep.chance == pytest.approx(chance)
-    dense = pl.decision_trace(tiny_llama, capitals_task, n_boot=20).accuracy[-1]
+    dense = pl.decision_trace(tiny_llama, capitals_task, n_boot=100).accuracy[-1]
     assert sweep.dense_accuracy == dense
     thr = chance + 0.5 * (dense - chance)
     assert sweep.threshold == pytest.approx(thr)
@@ -156,7 +156,7 @@ def test_sweep_from_a_pruned_view_keeps_the_dense_reference(tiny_llama, capitals
     view = pl.prune(tiny_llama, [3])
     sweep = pl.iterative_prune(view, capitals_task, criterion="bi", steps=1, out=tmp_path, **KW)
     assert sweep.steps[0].removed == [3] and sweep.steps[0].ratio == 1 / 6
-    assert sweep.dense_accuracy == pl.decision_trace(tiny_llama, capitals_task, n_boot=20).accuracy[-1]
+    assert sweep.dense_accuracy == pl.decision_trace(tiny_llama, capitals_task, n_boot=100).accuracy[-1]
     assert pl.load_sweep(tmp_path).dense_accuracy == sweep.dense_accuracy
     assert Sweep.from_dict(sweep.to_dict()).dense_accuracy == sweep.dense_accuracy
 

@@ -70,7 +70,7 @@ def test_mlp_lens_is_registered_as_a_user_kind(mlp_kind, mlp_smol, smol):
 
 
 def test_mlp_lens_trace_equals_hidden_states_by_hand(smol, mlp_smol, capitals_task):
-    tr = pl.decision_trace(smol, capitals_task, lens=mlp_smol, n_boot=20)
+    tr = pl.decision_trace(smol, capitals_task, lens=mlp_smol, n_boot=100)
     assert tr.lens == "mlp2"
 
     def mlp(b, h):  # the translator written out again, from the fitted tensors
@@ -83,7 +83,7 @@ def test_mlp_lens_trace_equals_hidden_states_by_hand(smol, mlp_smol, capitals_ta
         np.testing.assert_allclose(tr.logits[b], ref[b], rtol=1e-4, atol=2e-3)
         fin = np.isfinite(ref[b])
         assert np.abs(ref[b][fin] - logit[b][fin]).max() > 1e-2, b  # the MLP does move the readout
-    own = pl.decision_trace(smol, capitals_task, n_boot=20).logits[-1]
+    own = pl.decision_trace(smol, capitals_task, n_boot=100).logits[-1]
     np.testing.assert_array_equal(tr.logits[-1], own)  # the last row reads through the identity
 
 
@@ -94,9 +94,9 @@ def test_mlp_lens_save_load_and_trace_again(smol, mlp_smol, capitals_task, tmp_p
     for b in mlp_smol.blocks:
         for name, t in mlp_smol.params[b].items():
             assert torch.equal(back.params[b][name], t)
-    a = pl.decision_trace(smol, capitals_task, lens=mlp_smol, n_boot=20).logits
-    assert np.array_equal(pl.decision_trace(smol, capitals_task, lens=back, n_boot=20).logits, a)
-    assert np.array_equal(pl.decision_trace(smol, capitals_task, lens=str(path), n_boot=20).logits, a)
+    a = pl.decision_trace(smol, capitals_task, lens=mlp_smol, n_boot=100).logits
+    assert np.array_equal(pl.decision_trace(smol, capitals_task, lens=back, n_boot=100).logits, a)
+    assert np.array_equal(pl.decision_trace(smol, capitals_task, lens=str(path), n_boot=100).logits, a)
 
 
 def test_unregistered_kind_in_a_file_names_it_and_how_to_load_it(tiny_llama, tmp_path):
@@ -129,7 +129,7 @@ def test_mlp_lens_file_with_wrong_shapes_is_refused(tiny_llama, mlp_kind, tmp_pa
 
 def test_linear_lens_trace_equals_hidden_states_by_hand(tiny_llama, capitals_task):
     lens = pl.fit_lens(tiny_llama, "linear", load_calibration()[:12])
-    tr = pl.decision_trace(tiny_llama, capitals_task, lens=lens, n_boot=20)
+    tr = pl.decision_trace(tiny_llama, capitals_task, lens=lens, n_boot=100)
     blocks = range(tiny_llama.n_blocks - 1)
     ref = _by_hand(tiny_llama, capitals_task, blocks, lambda b, h: h @ lens.weights[b] + lens.biases[b])
     for b in blocks:

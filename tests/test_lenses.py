@@ -175,14 +175,14 @@ def test_tuned_training_emits_no_warning(tiny_llama, tiny_gemma, cal, tmp_path, 
 
 
 def test_lens_on_the_other_readouts_is_recorded(tiny_llama, linear_llama, capitals_task):
-    tr = pl.transition_point(tiny_llama, capitals_task, lens=linear_llama, n_boot=50)
+    tr = pl.transition_point(tiny_llama, capitals_task, lens=linear_llama, n_boot=100)
     assert tr.trace.lens == "linear" and "linear lens" in tr.summary()
-    sw = pl.iterative_prune(tiny_llama, capitals_task, steps=1, lens=linear_llama, n_boot=20,
+    sw = pl.iterative_prune(tiny_llama, capitals_task, steps=1, lens=linear_llama, n_boot=100,
                             calibration=load_calibration()[:3])
     assert sw.lens == "linear" and all(s.transition.trace.lens == "linear" for s in sw.steps)
-    nz = pl.inject_noise(tiny_llama, capitals_task, blocks=[1], eps=0.5, seeds=1, lens=linear_llama, n_boot=20)
+    nz = pl.inject_noise(tiny_llama, capitals_task, blocks=[1], eps=0.5, seeds=1, lens=linear_llama, n_boot=100)
     assert nz.lens == "linear"
-    ab = pl.ablate(tiny_llama, capitals_task, blocks=[1, 2], pairs=False, lens=linear_llama, n_boot=20)
+    ab = pl.ablate(tiny_llama, capitals_task, blocks=[1, 2], pairs=False, lens=linear_llama, n_boot=100)
     assert ab.lens == "linear"
 
 

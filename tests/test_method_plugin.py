@@ -144,7 +144,7 @@ def test_plugin_in_compare_phase_cuts(plugin, smol):
     res = pl.compare_phase_cuts(smol, pl.load_task("capitals", limit=16), 1, methods=["identity", "ghosted", plugin],
                                 seeds=0, placement="adjacent", calibration=pl.load_calibration()[:12],
                                 heldout=pl.heldout_texts()[:2],
-                                seq_len=128, n_boot=50)
+                                seq_len=128, n_boot=100)
     assert res.methods == ["identity", "ghosted", plugin] and not res.skipped and len(res.units) == 2 * 3
     for kind in ("silent", "decisive"):
         g, i, h = (res.unit(kind, m).boundary_relative for m in ("ghosted", "identity", plugin))
@@ -182,7 +182,7 @@ def test_plugin_in_a_study_run_by_worker_processes(plugin, tiny_llama_dir, tmp_p
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     pred = pl.decision_trace(m, pl.load_task(path)).predictions[:, -1]  # answers = the tiny model's own choices
     path.write_text("".join(json.dumps({**r, "answer": int(p)}) + "\n" for r, p in zip(rows, pred)))
-    run = {"kind": "phase-cuts", "n": 3, "fit_n": True, "methods": ["identity", plugin], "seeds": 1, "n_boot": 50,
+    run = {"kind": "phase-cuts", "n": 3, "fit_n": True, "methods": ["identity", plugin], "seeds": 1, "n_boot": 100,
            "calibration_passages": 2, "heldout_passages": 1}
     df = pl.run_study({"models": [str(tiny_llama_dir)], "tasks": [str(path)], "runs": [run]}, out=tmp_path / "study",
                       executor="processes", workers=1)

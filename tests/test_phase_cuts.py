@@ -328,17 +328,17 @@ def test_every_result_kind_summarises_tabulates_plots_and_round_trips(result, ti
     from phaselens.records import KINDS
     from phaselens.results import Result
 
-    tr = pl.transition_point(tiny_llama, cut_task, n_boot=50)
+    tr = pl.transition_point(tiny_llama, cut_task, n_boot=100)
     view = pl.fit_recovery(pl.prune(tiny_llama, [2, 3]), cal[:4], "ghosted", seq_len=SEQ)
     pts = [CollapsePoint("a", "t", "bi", 6, 3, 0.5, 0.9), CollapsePoint("b", "t", "bi", 6, 4, 0.3, 0.8),
            CollapsePoint("c", "t", "bi", 6, 5, 0.2, 0.7)]
     made = {
         "DecisionTrace": tr.trace, "Transition": tr, "PhaseCuts": result,
         "CKAResult": pl.cka(tiny_llama, pl.prune(tiny_llama, [2]), cut_task, n_samples=16),
-        "NoiseResult": pl.inject_noise(tiny_llama, cut_task, [1, 4], 0.5, seeds=2, n_boot=50, transition=tr),
-        "AblationResult": pl.ablate(tiny_llama, cut_task, [1, 4], pairs=False, n_boot=50, transition=tr),
+        "NoiseResult": pl.inject_noise(tiny_llama, cut_task, [1, 4], 0.5, seeds=2, n_boot=100, transition=tr),
+        "AblationResult": pl.ablate(tiny_llama, cut_task, [1, 4], pairs=False, n_boot=100, transition=tr),
         "Sweep": pl.iterative_prune(tiny_llama, cut_task, steps=1, calibration=cal[:2], perplexity_texts=held[:1],
-                                    n_boot=50),
+                                    n_boot=100),
         "BoundaryErrorResult": pl.boundary_error(view, held[:1], seq_len=SEQ),
         "CollapseStudy": pl.transition_vs_collapse(pts),
         "RecoveryComparison": pl.compare_recovery(tiny_llama, cut_task, "2-3", methods=["identity", "ghosted"],

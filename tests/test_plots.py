@@ -148,7 +148,7 @@ def test_sweep_steps_become_curves():
     steps = []
     for k, kept in enumerate([list(range(L)), [0, 1, 2, 3, 5, 6, 7], [0, 1, 3, 5, 6, 7]]):
         t = synthetic_trace(L=L, kept=kept)
-        tr = t.transition(n_boot=50)
+        tr = t.transition(n_boot=100)
         removed = [b for b in range(L) if b not in kept]
         steps.append(SweepStep(k, removed, len(removed) / L, tr, 10.0, {}, None))
     sweep = Sweep("toy", "toy-task", "bi", None, L, 0.25, steps)
@@ -160,8 +160,8 @@ def test_sweep_steps_become_curves():
 
 
 def test_real_traces_render_to_html(tiny_llama, capitals_task):
-    dense = pl.transition_point(tiny_llama, capitals_task, n_boot=50)
-    pruned = pl.decision_trace(pl.prune(tiny_llama, [2, 3]), capitals_task, n_boot=50)
+    dense = pl.transition_point(tiny_llama, capitals_task, n_boot=100)
+    pruned = pl.decision_trace(pl.prune(tiny_llama, [2, 3]), capitals_task, n_boot=100)
     fig = plots.margin_curves([dense, pruned])
     np.testing.assert_array_equal(_lines(fig)[1].x, [0, 1, 4, 5])
     for f in (fig, dense.plot_accuracy(), dense.plot_kl(), dense.plot_option_frequency(kind="radar")):

@@ -92,8 +92,8 @@ def test_prune_nothing_reproduces_dense_logits_exactly(name, request, capitals_t
         with applied(model.blocks, view.plan(), returns_tuple=model.returns_tuple):
             got = model.hf(input_ids=ids).logits
     assert torch.equal(got, ref)
-    a = pl.decision_trace(model, capitals_task, n_boot=10)
-    b = pl.decision_trace(view, capitals_task, n_boot=10)
+    a = pl.decision_trace(model, capitals_task, n_boot=100)
+    b = pl.decision_trace(view, capitals_task, n_boot=100)
     assert np.array_equal(a.logits, b.logits) and np.array_equal(a.blocks, b.blocks)
 
 
@@ -104,7 +104,7 @@ def test_pruned_trace_equals_hand_forward(name, cut, request, capitals_task):
     view = pl.prune(model, cut)
     kept = [b for b in range(model.n_blocks) if b not in cut]
     assert view.kept == kept and view.n_kept == len(kept)
-    trace = pl.decision_trace(view, capitals_task, n_boot=10, batch_size=3)  # padded batches
+    trace = pl.decision_trace(view, capitals_task, n_boot=100, batch_size=3)  # padded batches
     assert trace.blocks.tolist() == kept  # per-layer results name the original block
     enc = encode(capitals_task, model.tokenizer)
     with torch.no_grad():
@@ -118,11 +118,11 @@ def test_pruned_trace_equals_hand_forward(name, cut, request, capitals_task):
 
 def test_pruned_view_works_everywhere(tiny_llama, smol, capitals_task):
     view = pl.prune(tiny_llama, [2, 3])
-    t = pl.transition_point(view, capitals_task, n_boot=20)
+    t = pl.transition_point(view, capitals_task, n_boot=100)
     assert t.trace.blocks.tolist() == [0, 1, 4, 5]
     assert math.isfinite(pl.perplexity(view, TEXTS))
     # a model that has a transition keeps it on a surviving block of the view (original index)
-    real = pl.transition_point(pl.prune(smol, [2, 3]), pl.load_task("capitals", limit=24), n_boot=50)
+    real = pl.transition_point(pl.prune(smol, [2, 3]), pl.load_task("capitals", limit=24), n_boot=100)
     assert real.layer is not None and real.layer in pl.prune(smol, [2, 3]).kept
     # pruning a pruned view removes more; the view shares the dense weights
     more = pl.prune(view, [0])
@@ -270,7 +270,7 @@ def test_random_is_seeded(tiny_llama):
 @pytest.fixture(scope="module")
 def smol_transition(smol):
     task = pl.load_task("capitals", limit=24, seed=0)
-    return task, pl.transition_point(smol, task, n_boot=50)
+    return task, pl.transition_point(smol, task, n_boot=100)
 
 
 def test_phase_targeted_selection_inside_the_phase(smol, smol_transition):

@@ -262,8 +262,8 @@ def test_identity_operator_reproduces_the_pruned_model(name, request, tiny_cal, 
     fitted = pl.fit_recovery(plain, tiny_cal, "identity")
     assert torch.equal(_final_logits(fitted, ids), _final_logits(plain, ids))
     assert torch.equal(fitted.operator((1, 3)), torch.eye(model.d_model))
-    a = pl.decision_trace(plain, capitals_task, n_boot=10)
-    b = pl.decision_trace(fitted, capitals_task, n_boot=10)
+    a = pl.decision_trace(plain, capitals_task, n_boot=100)
+    b = pl.decision_trace(fitted, capitals_task, n_boot=100)
     assert np.array_equal(a.logits, b.logits)
 
 
@@ -285,7 +285,7 @@ def test_recovered_model_equals_hand_forward(tiny_llama, tiny_cal, capitals_task
         got = _final_logits(rec, torch.tensor([seq]))[0]
         torch.testing.assert_close(got, ref, atol=2e-4, rtol=1e-5)
     assert math.isfinite(pl.perplexity(rec, tiny_cal[:3]))
-    tr = pl.decision_trace(rec, capitals_task, n_boot=10)
+    tr = pl.decision_trace(rec, capitals_task, n_boot=100)
     assert tr.blocks.tolist() == [0, 1, 4, 5]
 
 
@@ -326,8 +326,8 @@ def test_save_load_roundtrip(tiny_llama, tiny_cal, capitals_task, tmp_path):
     assert back.n_tokens == rec.n_tokens and back.lam == rec.lam
     for sp in rec.spans:
         assert torch.equal(back.operator(sp), rec.operator(sp))
-    a = pl.decision_trace(rec, capitals_task, n_boot=10)
-    b = pl.decision_trace(back, capitals_task, n_boot=10)
+    a = pl.decision_trace(rec, capitals_task, n_boot=100)
+    b = pl.decision_trace(back, capitals_task, n_boot=100)
     assert np.array_equal(a.logits, b.logits)
     from safetensors import safe_open
 

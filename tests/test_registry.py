@@ -142,12 +142,12 @@ def test_a_user_criterion_is_used_by_select_blocks(tiny_llama, user_criterion):
 
 def test_a_user_criterion_runs_in_iterative_prune(tiny_llama, capitals_task, user_criterion):
     L = tiny_llama.n_blocks
-    kw = dict(calibration=pl.load_calibration()[:1], heldout=pl.heldout_texts()[:1], n_boot=20)
+    kw = dict(calibration=pl.load_calibration()[:1], heldout=pl.heldout_texts()[:1], n_boot=100)
     sw = pl.iterative_prune(tiny_llama, capitals_task, criterion="last-k", steps=2, **kw)
     assert sw.criterion == "last-k"
     assert [s.removed for s in sw.steps] == [[], [L - 2], [L - 3, L - 2]]  # each step: the block before the final
     assert [s.next_cut for s in sw.steps] == [L - 2, L - 3, L - 4]
-    by_hand = pl.decision_trace(pl.prune(tiny_llama, [L - 3, L - 2]), capitals_task, n_boot=20)
+    by_hand = pl.decision_trace(pl.prune(tiny_llama, [L - 3, L - 2]), capitals_task, n_boot=100)
     assert sw.steps[2].accuracy == float(by_hand.accuracy[-1])
 
 
@@ -169,12 +169,12 @@ def test_sweep_criteria_old_name_warns(user_criterion):
 # ----------------------------------------------------------------------------- a user run kind, in worker processes
 def test_a_user_run_kind_runs_in_worker_processes(tiny_llama_dir, tmp_path, clean_env):
     spec = {"models": [tiny_llama_dir], "tasks": [{"name": "capitals", "limit": 6}], "seeds": [0],
-            "runs": [{"kind": "final-accuracy", "n_boot": 20}]}
+            "runs": [{"kind": "final-accuracy", "n_boot": 100}]}
     df = pl.run_study(spec, out=tmp_path / "s", executor="processes", workers=1, plugins=[str(RUN_PLUGIN)])
     assert (df.status == "done").all(), df.error.tolist()
     row = df.iloc[0]
     assert row.kind == "final-accuracy" and row.executor == "processes" and row.worker != f"{row.host}:{os.getpid()}"
-    ref = pl.decision_trace(pl.load_model(tiny_llama_dir), pl.load_task("capitals", limit=6, seed=0), n_boot=20)
+    ref = pl.decision_trace(pl.load_model(tiny_llama_dir), pl.load_task("capitals", limit=6, seed=0), n_boot=100)
     z = np.where(ref.mask, ref.logits[-1], -np.inf)  # [N, K] the last block's option logits
     correct = int((z.argmax(1) == ref.answers).sum())  # items whose answer leads at the last block, by hand
     assert row.final_accuracy == pytest.approx(correct / ref.n_items) and row.n_correct_final == correct
@@ -199,7 +199,7 @@ def test_registered_lists_builtin_and_user_entries(user_criterion, clean_env):
 
 
 def test_a_spec_names_a_plugins_run_kind_and_refuses_an_unknown_one(tmp_path, clean_env):
-    spec = {"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "final-accuracy", "n_boot": 20, "max_token": 1}]}
+    spec = {"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "final-accuracy", "n_boot": 100, "max_token": 1}]}
     with pytest.raises(pl.errors.StudyError, match=r"unknown key\(s\) \['max_token'\]; allowed: .*'max_tokens'"):
         pl.study.parse_spec({**spec, "plugins": [str(RUN_PLUGIN)]})
     kind = f"k{uuid.uuid4().hex[:8]}"
@@ -239,9 +239,9 @@ def test_heldout_spec_key_gives_the_job_ids_of_its_old_names():
 
 
 def test_iterative_prune_old_keywords_warn_and_give_the_same_sweep(tiny_llama, capitals_task):
-    kw = dict(criterion="random", steps=1, calibration=pl.load_calibration()[:1], n_boot=20)
+    kw = dict(criterion="random", steps=1, calibration=pl.load_calibration()[:1], n_boot=100)
     new = pl.iterative_prune(tiny_llama, capitals_task, boot_seed=3, heldout=pl.heldout_texts()[:1], **kw)
     with pytest.warns(FutureWarning, match="`seed` is deprecated, use `boot_seed`"):
         old = pl.iterative_prune(tiny_llama, capitals_task, seed=3, perplexity_texts=pl.heldout_texts()[:1], **kw)
     assert old.to_json() == new.to_json()
-    assert new.steps[0].transition.trace.seed == 3 and new.steps[0].transition.trace.n_boot == 20
+    assert new.steps[0].transition.trace.seed == 3 and new.steps[0].transition.trace.n_boot == 100

@@ -253,7 +253,7 @@ def test_corrupt_results_are_refused_and_named(tmp_path):
 
     tr = synthetic_trace()
     pl.save_result(tr, tmp_path, "a")
-    pl.save_result(tr.transition(n_boot=20), tmp_path, "b")
+    pl.save_result(tr.transition(n_boot=100), tmp_path, "b")
     doc = (tmp_path / "b.json").read_text()
     (tmp_path / "b.json").write_text(doc[: len(doc) // 2])  # truncated mid-write
     with pytest.raises(pl.errors.ResultsError, match=r"b\.json.*truncated or corrupt"):
@@ -318,7 +318,7 @@ _SWEEP = textwrap.dedent("""
         if n[0] == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # killed between two steps, after a finished write
     it.RunFolder.save = save
-    kw = dict(calibration=pl.load_calibration()[:2], perplexity_texts=pl.heldout_texts()[:1], n_boot=20)
+    kw = dict(calibration=pl.load_calibration()[:2], perplexity_texts=pl.heldout_texts()[:1], n_boot=100)
     pl.iterative_prune("smollm2-135m", pl.load_task("capitals", limit=6), steps=4, out=out, **kw)
     print("finished")
 """)
@@ -338,7 +338,7 @@ def test_a_sweep_killed_between_steps_resumes_bit_for_bit(smol, tmp_path):
     state = tmp_path / "run" / ".phaselens" / "sweep"
     assert sorted(p.name for p in state.glob("step_*.json")) == ["step_000.json", "step_001.json", "step_002.json"]
     assert (state / "lock").exists()  # the killed run's lock is left behind ...
-    kw = dict(calibration=pl.load_calibration()[:2], perplexity_texts=pl.heldout_texts()[:1], n_boot=20)
+    kw = dict(calibration=pl.load_calibration()[:2], perplexity_texts=pl.heldout_texts()[:1], n_boot=100)
     task = pl.load_task("capitals", limit=6)
     with pytest.warns(UserWarning, match="taking over the lock of a run that is gone"):  # ... and taken over
         resumed = pl.iterative_prune(smol, task, steps=4, out=tmp_path / "run", **kw)
@@ -348,7 +348,7 @@ def test_a_sweep_killed_between_steps_resumes_bit_for_bit(smol, tmp_path):
 
 
 def test_truncated_and_foreign_step_files_are_recomputed(smol, tmp_path):
-    kw = dict(calibration=pl.load_calibration()[:2], perplexity_texts=pl.heldout_texts()[:1], n_boot=20)
+    kw = dict(calibration=pl.load_calibration()[:2], perplexity_texts=pl.heldout_texts()[:1], n_boot=100)
     task = pl.load_task("capitals", limit=6)
     full = pl.iterative_prune(smol, task, steps=2, out=tmp_path / "a", **kw)
     pl.iterative_prune(smol, task, steps=2, out=tmp_path / "b", criterion="random", **kw)
@@ -375,7 +375,7 @@ def test_two_runs_on_one_folder_are_refused(smol, tmp_path):
         try:
             lock.write_text(json.dumps({**info, "pid": holder.pid}))
             with pytest.raises(pl.errors.RunFolderError, match=rf"in use by another run .*PID {holder.pid}"):
-                pl.iterative_prune(smol, CAP, steps=1, out=tmp_path, calibration=["a b c d e f"] * 2, n_boot=10)
+                pl.iterative_prune(smol, CAP, steps=1, out=tmp_path, calibration=["a b c d e f"] * 2, n_boot=100)
         finally:
             holder.kill()
             holder.wait()
@@ -509,6 +509,6 @@ def test_noise_that_overflows_is_stopped_and_named_at_its_block(tiny_llama):
     """eps is finite, but eps * sigma overflows float32: the pass stops at the noised block, naming it and the eps,
     instead of reporting a NaN margin."""
     with pytest.raises(pl.errors.NonFiniteError, match=r"block 2 with noise eps=1e\+39"):
-        pl.inject_noise(tiny_llama, CAP, blocks=[2], eps=[1e39], seeds=1, n_boot=10)
-    r = pl.inject_noise(tiny_llama, CAP, blocks=[2], eps=[1.0], seeds=1, n_boot=10)
+        pl.inject_noise(tiny_llama, CAP, blocks=[2], eps=[1e39], seeds=1, n_boot=100)
+    r = pl.inject_noise(tiny_llama, CAP, blocks=[2], eps=[1.0], seeds=1, n_boot=100)
     assert np.isfinite(r.item_margins).all()

@@ -57,18 +57,18 @@ def test_renamed_kwargs_property_and_module_getattr():
 
 # -- API renames: each old name warns and gives the same thing ---------------------------------------------------
 def test_boot_seed_alias_same_trace(tiny_llama, capitals_task):
-    new = pl.decision_trace(tiny_llama, capitals_task, n_boot=50, boot_seed=3)
+    new = pl.decision_trace(tiny_llama, capitals_task, n_boot=100, boot_seed=3)
     with pytest.warns(FutureWarning, match="boot_seed"):
-        old = pl.decision_trace(tiny_llama, capitals_task, n_boot=50, seed=3)
+        old = pl.decision_trace(tiny_llama, capitals_task, n_boot=100, seed=3)
     assert old.to_json() == new.to_json() and new.boot_seed == new.seed == 3
     with pytest.warns(FutureWarning, match="boot_seed"):
-        t_old = pl.transition_point(tiny_llama, capitals_task, n_boot=50, seed=3)
+        t_old = pl.transition_point(tiny_llama, capitals_task, n_boot=100, seed=3)
     assert t_old.to_json() == new.transition().to_json()
     with pytest.warns(FutureWarning, match="boot_seed"):
         assert new.transition(seed=5).to_json() == new.transition(boot_seed=5).to_json()
     # n_read: the rows read; n_blocks: the dense depth; n_layers (the old, overloaded name) warns
     view = pl.prune(tiny_llama, [1, 2])
-    tr = pl.decision_trace(view, capitals_task, n_boot=50)
+    tr = pl.decision_trace(view, capitals_task, n_boot=100)
     assert tr.n_read == len(view.kept) == view.n_kept and tr.n_blocks == tiny_llama.n_blocks == view.n_blocks
     for obj, new_value in ((tr, tr.n_read), (view, view.n_kept), (tiny_llama, tiny_llama.n_blocks)):
         with pytest.warns(FutureWarning, match="n_layers"):

@@ -131,7 +131,7 @@ def _noise_near_the_top() -> pl.NoiseResult:
     im = rng.normal(0, 0.5, (B, E, S, N)) + np.linspace(-2, 3, B)[:, None, None, None]
     return pl.NoiseResult(model="m", task="t", n_blocks=B, blocks=list(range(B)), eps=[0.5, 2.0], seeds=[0, 1],
                           item_margins=im, item_correct=(im > 0).astype(float), clean_margins=np.full(N, 4.0),
-                          clean_correct=np.ones(N), transition=20, n_boot=50)
+                          clean_correct=np.ones(N), transition=20, n_boot=100)
 
 
 def test_noise_figure_no_noise_label_is_not_on_the_phase_label():
@@ -147,7 +147,7 @@ def test_noise_figure_no_noise_label_is_not_on_the_phase_label():
     corner = [(a.x, a.y, a.xanchor, a.yanchor, a.xref, a.yref) for a in fig.layout.annotations]
     assert len(set(corner)) == len(corner)  # no two labels anchored at the same spot
     # interval bands are areas: no markers at their vertices (Plotly adds them to short traces by default)
-    short = synthetic_trace(L=6).transition(n_boot=50).plot()
+    short = synthetic_trace(L=6).transition(n_boot=100).plot()
     for f in (fig, short):
         assert all(t.mode == "lines" for t in f.data if getattr(t, "fill", None) == "toself")
 

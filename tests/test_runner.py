@@ -64,7 +64,7 @@ def test_a_forward_installed_by_another_library_survives(tiny_llama):
     try:
         ids = _ids(tiny_llama)
         view = pl.prune(tiny_llama, [3])
-        pl.decision_trace(view, pl.load_task("capitals", limit=4), n_boot=10)
+        pl.decision_trace(view, pl.load_task("capitals", limit=4), n_boot=100)
         assert blk.__dict__["forward"] is theirs
         with torch.no_grad():
             tiny_llama.hf(input_ids=ids)

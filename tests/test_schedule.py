@@ -59,17 +59,17 @@ def _numbers(model: pl.Model, task: pl.Task, kind: str, batch_size: int | None =
     op = torch.eye(d) + 0.01 * torch.randn(d, d, generator=g)
     out: dict[str, np.ndarray] = {}
     with schedule(kind):
-        out["dense"] = pl.decision_trace(model, task, n_boot=10, batch_size=batch_size).logits
-        out["pruned"] = pl.decision_trace(pl.prune(model, cut), task, n_boot=10, batch_size=batch_size).logits
+        out["dense"] = pl.decision_trace(model, task, n_boot=100, batch_size=batch_size).logits
+        out["pruned"] = pl.decision_trace(pl.prune(model, cut), task, n_boot=100, batch_size=batch_size).logits
         recovered = ModelView(model, removed=frozenset(cut), operators={(cut[0], cut[-1] + 1): op})
-        out["recovered"] = pl.decision_trace(recovered, task, n_boot=10, batch_size=batch_size).logits
-        out["noisy"] = pl.inject_noise(model, task, blocks=[1], eps=0.5, seeds=1, n_boot=10, batch_size=batch_size,
+        out["recovered"] = pl.decision_trace(recovered, task, n_boot=100, batch_size=batch_size).logits
+        out["noisy"] = pl.inject_noise(model, task, blocks=[1], eps=0.5, seeds=1, n_boot=100, batch_size=batch_size,
                                        transition=NO_TRANSITION).item_margins
-        out["ablated"] = pl.ablate(model, task, blocks=[L - 2], mode="zero", pairs=False, n_boot=10, batch_size=batch_size,
+        out["ablated"] = pl.ablate(model, task, blocks=[L - 2], mode="zero", pairs=False, n_boot=100, batch_size=batch_size,
                                    transition=NO_TRANSITION).single_margins
         cont = pl.load_task(task, format="continuation")
         if packed:
-            out["packed"] = pl.decision_trace(model, cont, n_boot=10, batch_size=batch_size).logits
+            out["packed"] = pl.decision_trace(model, cont, n_boot=100, batch_size=batch_size).logits
         # prefix cache: a dense pass records every block input, a pruned view replays up to its first cut
         cache = PrefixCache()
         seqs = [model.tokenizer(it.question)["input_ids"] for it in task.items][:2]
@@ -138,9 +138,9 @@ def _block_reads(counts) -> collections.Counter:
 
 
 def test_each_offloaded_weight_is_read_once_per_wave(all_disk, tiny_llama, capitals_task, reads, tmp_path):
-    plain = pl.decision_trace(tiny_llama, capitals_task, n_boot=10, batch_size=2)  # 3 batches
+    plain = pl.decision_trace(tiny_llama, capitals_task, n_boot=100, batch_size=2)  # 3 batches
     assert pl.runner.is_offloaded(all_disk)
-    pl.decision_trace(all_disk, capitals_task, n_boot=10, batch_size=2, schedule="layer")  # the per-model check, once
+    pl.decision_trace(all_disk, capitals_task, n_boot=100, batch_size=2, schedule="layer")  # the per-model check, once
     n_tensors = len(all_disk.blocks[0].state_dict()) * 6
     from phaselens.encoding import encode
     from phaselens.runner.layered import batch_bytes
@@ -153,7 +153,7 @@ def test_each_offloaded_weight_is_read_once_per_wave(all_disk, tiny_llama, capit
     for kind, budget, store, waves in (("batch", None, None, 3), ("layer", None, None, 1), ("auto", None, None, 1),
                                        ("layer", small, None, 2), ("layer", None, tmp_path / "acts", 1)):
         reads.clear()
-        t = pl.decision_trace(all_disk, capitals_task, n_boot=10, batch_size=2, schedule=kind, act_budget=budget,
+        t = pl.decision_trace(all_disk, capitals_task, n_boot=100, batch_size=2, schedule=kind, act_budget=budget,
                               act_store=store)
         got = _block_reads(reads)
         assert got == collections.Counter({waves: n_tensors}), (kind, budget, got)
@@ -194,7 +194,7 @@ def test_bad_schedule_arguments_are_refused_before_any_weights_load(all_disk, ca
     for kw, match in cases:
         reads.clear()
         with pytest.raises(pl.PhaselensError, match=match):
-            pl.decision_trace(all_disk, capitals_task, n_boot=10, batch_size=2, **kw)
+            pl.decision_trace(all_disk, capitals_task, n_boot=100, batch_size=2, **kw)
         assert not reads, kw
 
 
@@ -219,8 +219,8 @@ def test_a_decoder_feeding_block_arguments_from_earlier_blocks_is_refused(tiny_l
 
     dec.forward = forward
     with pytest.raises(pl.PhaselensError, match=r"schedule='layer' is refused.*block \d+"):
-        pl.decision_trace(m, capitals_task, n_boot=10, schedule="layer")
-    pl.decision_trace(m, capitals_task, n_boot=10, schedule="auto")  # not offloaded: batch schedule, no check
+        pl.decision_trace(m, capitals_task, n_boot=100, schedule="layer")
+    pl.decision_trace(m, capitals_task, n_boot=100, schedule="auto")  # not offloaded: batch schedule, no check
 
 
 def test_nonfinite_under_the_layer_schedule_names_the_block(tiny_llama):
@@ -237,6 +237,6 @@ def test_an_offloaded_head_is_read_by_rows_for_a_readout(tiny_llama_dir, tiny_ll
         m = pl.load_model(tiny_llama_dir, device_map=dm, offload_folder=tmp_path)
     assert m.unembed.weight.device.type == "meta" and not m._offloaded  # the load's check did not keep it
     reads.clear()
-    got = pl.decision_trace(m, capitals_task, n_boot=10)
+    got = pl.decision_trace(m, capitals_task, n_boot=100)
     assert reads["lm_head.weight"] == 0 and not m._offloaded
-    assert np.array_equal(got.logits, pl.decision_trace(tiny_llama, capitals_task, n_boot=10).logits, equal_nan=True)
+    assert np.array_equal(got.logits, pl.decision_trace(tiny_llama, capitals_task, n_boot=100).logits, equal_nan=True)

@@ -217,7 +217,7 @@ def test_lm_eval_scoring_rule_on_smol_arc_easy(smol):
     from plain transformers log-likelihoods, against the shared-prefix trace's final block."""
     task = pl.load_task("arc-easy", limit=6, seed=3)
     enc = encode_task(task, smol.tokenizer)
-    tr = pl.decision_trace(smol, task, n_boot=10)
+    tr = pl.decision_trace(smol, task, n_boot=100)
     ll = _direct_loglik(smol.hf, enc).numpy()
     acc, acc_norm = [], []
     for i, it in enumerate(task.items):

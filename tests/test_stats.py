@@ -30,7 +30,7 @@ def _trace(margins: list[float], name: str, n: int = 5) -> DecisionTrace:
 
 def _sweep(name: str, L: int, layer: int, collapse_step: int | None, task: str = "toy") -> tuple:
     """(Transition with decisive phase from ``layer``, Sweep of L blocks whose accuracy collapses at ``collapse_step``)."""
-    tr = _trace([-1.0] * layer + [1.0] * (L - layer), name).transition(n_boot=20)
+    tr = _trace([-1.0] * layer + [1.0] * (L - layer), name).transition(n_boot=100)
     steps = []
     for k in range(L):
         acc = 0.9 if collapse_step is None or k < collapse_step else 0.2
@@ -38,7 +38,7 @@ def _sweep(name: str, L: int, layer: int, collapse_step: int | None, task: str =
         z[0, :, 0] = np.where(np.arange(10) < round(acc * 10), 1.0, -1.0)  # the first acc * 10 items correct
         step_tr = DecisionTrace(model=name, task=task, format="cloze", n_blocks=L, blocks=np.array([L - 1]), logits=z,
                                 answers=np.zeros(10, int), mask=np.ones((10, 2), bool), option_chars=np.ones((10, 2), int))
-        steps.append(SweepStep(k, list(range(k)), k / L, tr if k == 0 else step_tr.transition(n_boot=20), 10.0, {}, k))
+        steps.append(SweepStep(k, list(range(k)), k / L, tr if k == 0 else step_tr.transition(n_boot=100), 10.0, {}, k))
     steps[0] = SweepStep(0, [], 0.0, tr, 10.0, {}, 0)
     return tr, Sweep(name, task, "bi", None, L, 0.5, steps)
 
@@ -114,7 +114,7 @@ def test_runs_sweeps_itself_and_resumes(tiny_llama, tiny_gemma, capitals_task, t
     cal = ["The committee met on a rainy Tuesday to discuss the budget of the new library.",
            "Water boils at one hundred degrees Celsius at sea level, and freezes at zero."]
     kw = dict(models=[tiny_llama, tiny_gemma], tasks=[capitals_task], criterion="random", out=tmp_path, chunk=2,
-              calibration=cal, perplexity_texts=cal, n_boot=20)
+              calibration=cal, perplexity_texts=cal, n_boot=100)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StatsWarning)
         study = transition_vs_collapse(**kw)

@@ -144,10 +144,10 @@ def test_run_parameters_pass_through_to_the_function_signature():
 # ----------------------------------------------------------------------------- running (local)
 def test_each_job_is_the_public_functions_result(tiny_llama_dir, tmp_path):
     """The study passes its parameters through faithfully: each result equals the direct call's."""
-    runs = [{"kind": "trace", "n_boot": 40},
-            {"kind": "noise", "eps": 0.5, "seeds": 2, "blocks": [1, 3], "n_boot": 40},
-            {"kind": "ablate", "pairs": False, "n_boot": 40},
-            {"kind": "sweep", "steps": 2, "n_boot": 40, "calibration_passages": 1, "heldout_passages": 1},
+    runs = [{"kind": "trace", "n_boot": 100},
+            {"kind": "noise", "eps": 0.5, "seeds": 2, "blocks": [1, 3], "n_boot": 100},
+            {"kind": "ablate", "pairs": False, "n_boot": 100},
+            {"kind": "sweep", "steps": 2, "n_boot": 100, "calibration_passages": 1, "heldout_passages": 1},
             {"kind": "cka", "prune": 2, "calibration_passages": 1, "n_samples": 6}]
     df = pl.run_study(_spec(tiny_llama_dir, runs, seeds=[3]), out=tmp_path / "s")
     assert (df.status == "done").all(), df.error.tolist()
@@ -156,10 +156,10 @@ def test_each_job_is_the_public_functions_result(tiny_llama_dir, tmp_path):
     m = pl.load_model(tiny_llama_dir)
     t = pl.load_task("capitals", limit=6, seed=3)
     cal, ppl = pl.load_calibration()[:1], pl.heldout_texts()[:1]
-    assert got["trace"].to_json() == pl.decision_trace(m, t, seed=3, n_boot=40).transition().to_json()
-    assert got["noise"].to_json() == pl.inject_noise(m, t, [1, 3], 0.5, seeds=2, boot_seed=3, n_boot=40).to_json()
-    assert got["ablate"].to_json() == pl.ablate(m, t, pairs=False, boot_seed=3, n_boot=40).to_json()
-    sw = pl.iterative_prune(m, t, steps=2, seed=3, n_boot=40, calibration=cal, perplexity_texts=ppl)
+    assert got["trace"].to_json() == pl.decision_trace(m, t, seed=3, n_boot=100).transition().to_json()
+    assert got["noise"].to_json() == pl.inject_noise(m, t, [1, 3], 0.5, seeds=2, boot_seed=3, n_boot=100).to_json()
+    assert got["ablate"].to_json() == pl.ablate(m, t, pairs=False, boot_seed=3, n_boot=100).to_json()
+    sw = pl.iterative_prune(m, t, steps=2, seed=3, n_boot=100, calibration=cal, perplexity_texts=ppl)
     assert got["sweep"].to_json() == sw.to_json()
     pruned = pl.prune(m, pl.select_blocks(m, 2, "bi", calibration=cal, seed=3))
     assert got["cka"].to_json() == pl.cka(m, pruned, t, seed=3, n_samples=6).to_json()
@@ -174,7 +174,7 @@ def test_each_job_is_the_public_functions_result(tiny_llama_dir, tmp_path):
 
 
 def test_finished_jobs_are_reused_failed_jobs_retried(tiny_llama_dir, tmp_path):
-    spec = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 20}, {"kind": "phase-cuts", "n": 1, "fit_n": True}])
+    spec = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 100}, {"kind": "phase-cuts", "n": 1, "fit_n": True}])
     df = pl.run_study(spec, out=tmp_path)
     assert df.attrs["ran"] == 2 and df.attrs["failed"] == 2  # the random tiny model has no transition to cut at
     bad = df[df.status == "failed"]
@@ -218,11 +218,11 @@ def test_cli_run_status_and_report(tiny_llama_dir, tmp_path):
         seeds = [0, 1]
         [[runs]]
         kind = "trace"
-        n_boot = 20
+        n_boot = 100
         [[runs]]
         kind = "sweep"
         steps = 2
-        n_boot = 20
+        n_boot = 100
         calibration_passages = 1
         heldout_passages = 1
     """))
@@ -275,8 +275,8 @@ def _rows(out: Path) -> int:
     return len(_finished_rows(out))
 
 
-SWEEPS = [{"kind": "sweep", "steps": 3, "n_boot": 20, "calibration_passages": 1, "heldout_passages": 1},
-          {"kind": "trace", "n_boot": 20}]
+SWEEPS = [{"kind": "sweep", "steps": 3, "n_boot": 100, "calibration_passages": 1, "heldout_passages": 1},
+          {"kind": "trace", "n_boot": 100}]
 
 
 def test_sigkilled_local_study_resumes_to_identical_results(tiny_llama_dir, tmp_path):
@@ -299,7 +299,7 @@ def test_sigkilled_local_study_resumes_to_identical_results(tiny_llama_dir, tmp_
 
 def test_two_studies_sharing_a_folder_never_corrupt_the_index(tiny_llama_dir, tmp_path):
     a = _spec(tiny_llama_dir, SWEEPS, seeds=[0, 1])
-    b = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 20}], seeds=[5, 6])
+    b = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 100}], seeds=[5, 6])
     out = tmp_path / "shared"
     proc = _child(a, out)
     _wait_for(lambda: (out / ".phaselens" / "study" / "lock").exists(), proc)
@@ -316,7 +316,7 @@ def test_two_studies_sharing_a_folder_never_corrupt_the_index(tiny_llama_dir, tm
 def test_transition_vs_collapse_runs_as_a_study(tiny_llama, tmp_path):
     """models= x tasks= run as a study; the points equal those of sweeps run by hand (the same extension rule)."""
     tasks = [pl.load_task("capitals", limit=6), pl.load_task("languages", limit=6)]
-    kw = dict(n_boot=20, calibration=pl.load_calibration()[:1], perplexity_texts=pl.heldout_texts()[:1])
+    kw = dict(n_boot=100, calibration=pl.load_calibration()[:1], perplexity_texts=pl.heldout_texts()[:1])
     study = pl.transition_vs_collapse(models=[tiny_llama], tasks=tasks, chunk=2, max_cut=4, out=tmp_path / "s", **kw)
     by_hand = []
     for t in tasks:
@@ -343,7 +343,7 @@ def test_phase_cuts_job_contrasts_and_report(tiny_llama_dir, tmp_path):
     pred = pl.decision_trace(m, base).predictions[:, -1]
     task = pl.load_task([{"question": it.question, "options": list(it.options), "answer": int(p), "id": it.id}
                          for it, p in zip(base.items, pred)])
-    run = {"kind": "phase-cuts", "n": 3, "fit_n": True, "methods": ["identity", "ghosted"], "seeds": 1, "n_boot": 50,
+    run = {"kind": "phase-cuts", "n": 3, "fit_n": True, "methods": ["identity", "ghosted"], "seeds": 1, "n_boot": 100,
            "calibration_passages": 1, "heldout_passages": 1}
     df = pl.run_study({"models": [tiny_llama_dir], "tasks": [task], "runs": [run]}, out=tmp_path)
     assert (df.status == "done").all(), df.error.tolist()
@@ -351,7 +351,7 @@ def test_phase_cuts_job_contrasts_and_report(tiny_llama_dir, tmp_path):
     got = pl.load_result(tmp_path / f"{row.result}.json")
     tr = pl.transition_point(m, task)
     n = min(3, tr.layer, m.n_blocks - tr.layer)
-    direct = pl.compare_phase_cuts(m, task, n, methods=["identity", "ghosted"], seeds=1, n_boot=50, seed=0,
+    direct = pl.compare_phase_cuts(m, task, n, methods=["identity", "ghosted"], seeds=1, n_boot=100, seed=0,
                                    calibration=pl.load_calibration()[:1], perplexity_texts=pl.heldout_texts()[:1])
     assert got.to_json() == direct.to_json() and row.cut_n == n
     for meth in ("identity", "ghosted"):
@@ -370,7 +370,7 @@ def test_phase_cuts_job_contrasts_and_report(tiny_llama_dir, tmp_path):
 
 
 def test_processes_executor_gives_the_same_study(tiny_llama_dir, tmp_path):
-    spec = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 20}, {"kind": "ablate", "pairs": False, "n_boot": 20}],
+    spec = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 100}, {"kind": "ablate", "pairs": False, "n_boot": 100}],
                  seeds=[0])
     loc = pl.run_study(spec, out=tmp_path / "local")
     far = pl.run_study(spec, out=tmp_path / "pool", executor="processes", workers=2)
@@ -383,7 +383,7 @@ def test_trace_runs_under_each_lens(tiny_llama_dir, tmp_path, monkeypatch):
     """``lens`` in a trace run is a grid like any parameter; each job's result is the direct decision_trace under
     that lens (read through the same fitted lens, cached once per model)."""
     monkeypatch.setenv("PHASELENS_CACHE", str(tmp_path / "cache"))
-    spec = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 20, "lens": ["logit", "linear"]}], seeds=[0])
+    spec = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 100, "lens": ["logit", "linear"]}], seeds=[0])
     df = pl.run_study(spec, out=tmp_path / "out")
     assert (df.status == "done").all() and len(df) == 2
     got = {r.params: pl.load_result(tmp_path / "out" / f"{r.result}.json") for r in df.itertuples()}
@@ -391,7 +391,7 @@ def test_trace_runs_under_each_lens(tiny_llama_dir, tmp_path, monkeypatch):
     assert by_lens["logit"].trace.lens == "logit" and by_lens["linear"].trace.lens == "linear"
     m, t = pl.load_model(tiny_llama_dir), pl.load_task("capitals", limit=6, seed=0)
     for kind, r in by_lens.items():
-        direct = pl.decision_trace(m, t, lens=kind, seed=0, n_boot=20)
+        direct = pl.decision_trace(m, t, lens=kind, seed=0, n_boot=100)
         np.testing.assert_allclose(r.trace.margins, direct.margins, atol=1e-5)
     assert not np.allclose(by_lens["logit"].trace.margins[:-1], by_lens["linear"].trace.margins[:-1])
     with pytest.raises(pl.errors.StudyError, match=r"runs\[0\] \(trace\)\.lens = 'tunde'.*allowed values"):
@@ -404,7 +404,7 @@ def test_a_job_is_named_by_its_config_model_identity_and_items_not_version(monke
     import phaselens
     from phaselens.study.run import job_id
 
-    cfg = {"kind": "trace", "model": "m", "task": {"name": "capitals", "limit": 8}, "seed": 0, "params": {"n_boot": 20}}
+    cfg = {"kind": "trace", "model": "m", "task": {"name": "capitals", "limit": 8}, "seed": 0, "params": {"n_boot": 100}}
     base = job_id(cfg, "fp:cpu:float32", "digest-a")
     assert job_id(json.loads(json.dumps(cfg, sort_keys=True)), "fp:cpu:float32", "digest-a") == base
     assert len({base,
@@ -441,8 +441,8 @@ def test_the_index_has_the_columns_the_issue_names(tiny_llama_dir, tmp_path):
     """job, status, host, wall time, peak memory and the key scalars, with values that say where the job ran."""
     import socket
 
-    df = pl.run_study(_spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 20},
-                                             {"kind": "sweep", "steps": 1, "n_boot": 20, "calibration_passages": 1,
+    df = pl.run_study(_spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 100},
+                                             {"kind": "sweep", "steps": 1, "n_boot": 100, "calibration_passages": 1,
                                               "heldout_passages": 1}]), out=tmp_path)
     need = {"job", "status", "host", "wall_s", "peak_rss_mb", "transition", "transition_lo", "transition_hi",
             "final_accuracy", "collapse_ratio"}

@@ -16,7 +16,7 @@ from test_study import _same_study, _spec, _whole
 
 pytestmark = pytest.mark.timeout(300)
 
-RUNS = [{"kind": "trace", "n_boot": 20}, {"kind": "noise", "eps": 0.5, "seeds": 1, "blocks": [0, 2, 5], "n_boot": 20}]
+RUNS = [{"kind": "trace", "n_boot": 100}, {"kind": "noise", "eps": 0.5, "seeds": 1, "blocks": [0, 2, 5], "n_boot": 100}]
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,8 @@ def test_a_plugins_run_kind_runs_on_ray_actors(local_ray, tiny_llama_dir, tmp_pa
 
     monkeypatch.setenv(PLUGINS_ENV, os.environ.get(PLUGINS_ENV, ""))
     plugin = Path(__file__).parent / "plugins" / "user_run.py"
-    spec = _spec(tiny_llama_dir, [{"kind": "final-accuracy", "n_boot": 20}], seeds=[0])
+    spec = _spec(tiny_llama_dir, [{"kind": "final-accuracy", "n_boot": 100}], seeds=[0])
     df = pl.run_study(spec, out=tmp_path / "ray", executor="ray", plugins=[str(plugin)])
     assert (df.status == "done").all(), df.error.tolist()
-    ref = pl.decision_trace(pl.load_model(tiny_llama_dir), pl.load_task("capitals", limit=6, seed=0), n_boot=20)
+    ref = pl.decision_trace(pl.load_model(tiny_llama_dir), pl.load_task("capitals", limit=6, seed=0), n_boot=100)
     assert df.iloc[0].final_accuracy == float(ref.accuracy[-1]) and df.iloc[0].executor == "ray"

@@ -279,6 +279,28 @@ class AblationResult(Result):
 
         return ablation_drops(self, **kw)
 
+def check_pairs(pairs: Any) -> list[tuple[int, int]] | None:
+    """``pairs`` of :func:`ablate`, checked without a model: ``None``/``True``/``False`` (returns ``None``) or a list of
+    pairs of two different block indices (returned as tuples); an :class:`InterventionError` naming the bad entry."""
+    if pairs is None or isinstance(pairs, bool):
+        return None
+    if not isinstance(pairs, (list, tuple)):
+        raise InterventionError(f"pairs must be None, True, False or a list of (block, block) pairs, got {pairs!r}")
+    out = []
+    for p in pairs:
+        if isinstance(p, (str, bytes)) or not isinstance(p, (list, tuple, np.ndarray)) or len(p) != 2:
+            raise InterventionError(f"pairs must be a list of (block, block) pairs, got {p!r} in pairs={pairs!r}; "
+                                    "e.g. pairs=[(3, 4), (5, 7)]")
+        for b in p:
+            if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer)) or b < 0:
+                raise InterventionError(f"pairs: block indices must be ints >= 0, got {b!r} in the pair {p!r}")
+        a, b = int(p[0]), int(p[1])
+        if a == b:
+            raise InterventionError(f"pairs must be pairs of two different blocks, got {tuple(p)!r}")
+        out.append((a, b))
+    return out
+
+
 def _default_pairs(view: ModelView, layer: int | None, window: int) -> list[tuple[int, int]]:
     if layer is None:
         warnings.warn("the dense model has no transition on this task: no window for pair ablations (pass pairs=...)",
@@ -322,12 +344,14 @@ def ablate(
         raise InterventionError(f"mode must be one of {ABLATION_MODES}, got {mode!r}")
     checks.integer("window", window, minimum=0, error=InterventionError, what="blocks either side of the transition")
     check_run(n_boot, boot_seed, batch_size, max_tokens, reuse_prefix)
-    if not (pairs is None or isinstance(pairs, bool) or isinstance(pairs, (list, tuple))):
-        raise InterventionError(f"pairs must be None, True, False or a list of (block, block) pairs, got {pairs!r}")
+    pair_given = check_pairs(pairs)
     view, t = resolve(model, task)
     given = blocks is not None
     singles = check_blocks(view, blocks, "ablate")
+    for p in pair_given or ():
+        check_blocks(view, p, "ablate pairs")  # a pruned or unknown block fails before any forward pass
     lens_ = resolve_lens(lens, view)  # before any model work
+    checks.check_n_boot(n_boot, n_items=len(t.items), error=InterventionError)
     tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed, lens_)
     if pairs is None:
         pair_l = list(itertools.combinations(sorted(singles), 2)) if given else _default_pairs(view, tr.layer, int(window))
@@ -336,13 +360,7 @@ def ablate(
     elif pairs is True:
         pair_l = list(itertools.combinations(sorted(singles), 2))
     else:
-        pair_l = []
-        for p in pairs:
-            p = tuple(p)
-            if len(p) != 2 or p[0] == p[1]:
-                raise InterventionError(f"pairs must be pairs of two different blocks, got {p!r}")
-            check_blocks(view, p, "ablate pairs")
-            pair_l.append((min(p), max(p)))
+        pair_l = [(min(p), max(p)) for p in pair_given or ()]
     runner = FinalRunner(view, t, batch_size=batch_size, max_tokens=max_tokens, reuse_prefix=reuse_prefix, progress=progress)
     answers = runner.enc.answers
     clean = runner.clean()

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .errors import PhaselensError
+from .files import check_writable
 
 
 def _is_int(v: Any) -> bool:
@@ -71,24 +72,53 @@ def batching(batch_size: Any, max_tokens: Any, error: type[PhaselensError] = Pha
     integer("max_tokens", max_tokens, minimum=1, optional=True, error=error, what="padded tokens per forward pass")
 
 
-def bootstrap(n_boot: Any, seed: Any, error: type[PhaselensError] = PhaselensError, seed_name: str = "seed") -> None:
-    integer("n_boot", n_boot, minimum=1, error=error, what="bootstrap resamples")
+#: fewest bootstrap resamples accepted anywhere (and at least ``2 / (1 - level)``, so each tail holds one)
+MIN_BOOT = 100
+#: most bootstrap resamples accepted anywhere (far beyond what any interval needs)
+MAX_BOOT = 100_000
+#: most memory one bootstrap's resampled index table (``[n_boot, n_items]`` int64) may take
+MAX_BOOT_BYTES = 4 << 30
+
+
+def check_n_boot(value: Any, *, level: Any = 0.95, n_items: int | None = None, name: str = "n_boot",
+           error: type[PhaselensError] = PhaselensError) -> int:
+    """The one check of a bootstrap count: an int in ``[max(MIN_BOOT, ceil(2 / (1 - level))), MAX_BOOT]`` and, when
+    ``n_items`` is known, an index table ``[n_boot, n_items]`` of int64 within :data:`MAX_BOOT_BYTES`."""
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, float, np.integer, np.floating)) \
+            or not 0 < float(level) < 1:
+        raise error(f"level must be between 0 and 1 (e.g. 0.95), got {level!r}")
+    need = max(MIN_BOOT, math.ceil(2 / (1 - float(level)) - 1e-9))
+    if not _is_int(value):
+        raise error(f"{name} must be an int >= {need} (bootstrap resamples), got {value!r} ({type(value).__name__})")
+    v = int(value)
+    if v < need:
+        raise error(f"{name}={v} is too few replicates for a {float(level):.3g} interval: pass {name} >= {need} "
+                    f"(at least {MIN_BOOT}, and 2/(1-level) so each tail holds a replicate)")
+    if v > MAX_BOOT:
+        raise error(f"{name}={v} is more resamples than phaselens takes (at most {MAX_BOOT:,}); intervals settle "
+                    f"long before that: pass {name} <= {MAX_BOOT}")
+    if n_items is not None and v * int(n_items) * 8 > MAX_BOOT_BYTES:
+        raise error(f"{name}={v} over {n_items} items needs {v * int(n_items) * 8 / 2**30:.1f} GiB of resampled "
+                    f"indices, over the limit of {MAX_BOOT_BYTES / 2**30:g} GiB; pass {name} <= "
+                    f"{MAX_BOOT_BYTES // (8 * max(int(n_items), 1))}")
+    return v
+
+
+def bootstrap(n_boot: Any, seed: Any, error: type[PhaselensError] = PhaselensError, seed_name: str = "seed",
+              n_items: int | None = None) -> None:
+    """``n_boot`` (see :func:`check_n_boot`) and its seed ``seed_name`` (an int)."""
+    check_n_boot(n_boot, n_items=n_items, error=error)
     integer(seed_name, seed, error=error)
 
 
 def out_folder(name: str, value: Any, *, error: type[PhaselensError] = PhaselensError) -> Path | None:
-    """A folder to write into (created later): ``None``, or a path none of whose existing parts is a file."""
+    """A folder to write into (created later): ``None``, or a path none of whose existing parts is a file and whose
+    folder (or nearest existing ancestor) takes a new file (:func:`phaselens.files.check_writable`)."""
     if value is None:
         return None
     if not isinstance(value, (str, os.PathLike)):
         raise error(f"{name} must be a folder path, got {value!r} ({type(value).__name__})")
-    p = Path(value)
-    for q in (p, *p.parents):
-        if q.exists():
-            if not q.is_dir():
-                raise error(f"{name}={str(value)!r}: {q} is a file, not a folder; pass a folder path")
-            break
-    return p
+    return check_writable(value, "folder", what=name, error=error)
 
 
 _BLOCK_PART = re.compile(r"^(\d+)(?:-(\d+))?$")

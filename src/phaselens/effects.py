@@ -474,6 +474,7 @@ def correlation_effect(
     if not math.isfinite(r):
         raise EffectError("the correlation is undefined: x or y is constant")
     interval = interval or ("fisher" if groups is None else "bootstrap")
+    check_n_boot(n_boot, level)  # taken, so checked, whichever interval uses it
     n = {"pairs": int(x.size)}
     if groups is not None:
         n["models"] = len(set(map(str, groups)))
@@ -487,7 +488,6 @@ def correlation_effect(
                       method=f"{method} r, Fisher-z interval", **common)
     if interval != "bootstrap":
         raise EffectError(f"interval must be 'fisher' or 'bootstrap', got {interval!r}")
-    check_n_boot(n_boot, level)
     idx = pair_indices(x.size, n_boot, np.random.default_rng(boot_seed), groups, min_clusters)
     reps = corr(x[idx], y[idx], method)
     fixed = ["models"] if groups is not None and n["models"] < min_clusters else []

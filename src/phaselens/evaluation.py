@@ -82,11 +82,43 @@ def evaluate(model: Any, tasks: Any, *, prune: Any = None, recovery: Any = None,
         from .lmeval import PhaselensLM
     except ImportError as e:
         raise PhaselensError(f"evaluate needs lm-evaluation-harness: pip install 'phaselens[lmeval]' ({e})") from e
-    lm = PhaselensLM(view_from_args(model, prune, recovery), max_tokens=max_tokens, batch_size=batch_size)
+    names = check_evaluate_args(tasks, max_tokens, include_path, kw, lm_eval.simple_evaluate)
     if include_path is not None:
         kw["task_manager"] = TaskManager(include_path=str(include_path))
-    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    tm = kw.get("task_manager") or TaskManager()
+    kw["task_manager"] = tm
+    unknown = [n for n in names if isinstance(n, str) and n not in tm.all_tasks]
+    if unknown:  # lm-eval's own refusal is a KeyError deep inside it
+        raise PhaselensError(f"unknown lm-eval task(s) {unknown}; `lm_eval ls tasks` lists them, or pass include_path= "
+                             "for a folder of your own task YAMLs")
+    lm = PhaselensLM(view_from_args(model, prune, recovery), max_tokens=max_tokens, batch_size=batch_size)
     return lm_eval.simple_evaluate(model=lm, tasks=names, **kw)
+
+
+def check_evaluate_args(tasks: Any, max_tokens: Any, include_path: Any, kw: dict[str, Any], simple_evaluate: Any) -> list:
+    """The arguments of :func:`evaluate` that need no model: ``tasks`` a name or a non-empty list, ``max_tokens``,
+    ``include_path`` an existing folder, the ``**kw`` keys ``simple_evaluate`` takes and ``limit`` a positive number."""
+    import inspect
+
+    if isinstance(tasks, str):
+        names = [tasks]
+    elif isinstance(tasks, (list, tuple)) and tasks:
+        names = list(tasks)
+    else:
+        raise PhaselensError(f"tasks must be an lm-eval task name or a non-empty list of them, got {tasks!r}")
+    checks.integer("max_tokens", max_tokens, minimum=1, optional=True, what="padded tokens per forward pass")
+    if include_path is not None and not Path(include_path).is_dir():
+        raise PhaselensError(f"include_path={str(include_path)!r} is not a folder (of lm-eval task YAMLs)")
+    takes = set(inspect.signature(simple_evaluate).parameters) - {"model", "tasks", "model_args"}
+    bad = sorted(set(kw) - takes)
+    if bad:
+        raise PhaselensError(f"evaluate() got {bad}, which lm_eval.simple_evaluate does not take; it takes "
+                             f"{sorted(takes)}")
+    limit = kw.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0
+                              or limit != limit or limit == float("inf")):
+        raise PhaselensError(f"limit must be a positive number (items per task, or a share in (0, 1]), got {limit!r}")
+    return names
 
 
 __all__ = ["evaluate", "parse_blocks", "view_from_args"]

@@ -37,7 +37,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from . import placement
 from .errors import ExportError
-from .files import write_safetensors
+from .files import check_writable, write_safetensors
 from .loading import load_model, parse_dtype, register_folder_loader
 from .models import default_device, default_dtype
 from .parts import mlp_branch
@@ -129,6 +129,7 @@ def check_export(view: Any, folder: str | os.PathLike, overwrite: bool) -> Path:
         raise ExportError(f"cannot export into {path}: it is a file; pass a folder path")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise ExportError(f"{path} is not empty; pass overwrite=True to replace it, or choose another folder")
+    check_writable(path.absolute().parent, "folder", what="folder", error=ExportError)  # the temporary sibling goes there
     meta = [n for n, p in view.base.hf.named_parameters() if p.device.type == "meta"]
     if meta:
         raise ExportError(f"{view.base.name}: parameters such as {meta[0]} are offloaded (meta device); load the model "

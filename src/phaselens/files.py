@@ -50,7 +50,7 @@ __all__ = ["temporary", "writing", "writing_folder", "write_bytes", "write_text"
            "write_safetensors", "folder_lock", "read_regular", "check_regular", "parse_json", "check_safetensors",
            "looks_like",
            "MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_SIDE_BYTES", "MAX_TENSOR_FILE_BYTES", "MAX_HEADER_BYTES",
-           "LOCK_TIMEOUT"]
+           "LOCK_TIMEOUT", "check_writable"]
 
 #: the largest JSON file phaselens reads (a result's JSON holds its fields; its arrays are in the side file)
 MAX_JSON_BYTES = 64 * 2**20
@@ -363,3 +363,67 @@ def check_safetensors(path: str | os.PathLike, what: str, error: type[Exception]
             raise error(f"{path} is not a regular file: phaselens reads a {what} file only from a regular file")
         head = f.read(16)
     return head, int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+
+
+def check_writable(path: str | os.PathLike, kind: str = "folder", *, what: str = "out",
+                   error: type[PhaselensError] | None = None, parents: bool = False) -> Path:
+    """Refuse, before any work, an output location that cannot be written; returns ``Path(path)``.
+
+    ``kind="folder"``: a folder phaselens writes into (created later with its missing parents): no existing part of
+    the path may be a file, and the folder itself (or, when it does not exist yet, its nearest existing ancestor)
+    must take a new file. ``kind="file"``: a file written whole (atomically, beside itself): it must not be a folder
+    or anything but a regular file, and its folder must exist and take a new file (``parents=True``: a writer that
+    creates the missing folders; then the nearest existing one must take a new file). Writability is *probed* (a
+    temporary ``.phaselens-probe-*`` file is created and removed at once), since permission bits do not stop root
+    and say nothing of read-only mounts. Raises ``error`` (default :class:`~phaselens.errors.ResultsError`) naming
+    ``what`` and the path."""
+    from .errors import ResultsError
+
+    err = error or ResultsError
+    if kind not in ("folder", "file"):
+        raise PhaselensError(f"check_writable(kind={kind!r}): use 'folder' or 'file'")
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise err(f"{what} must be a {kind} path, got {path!r} ({type(path).__name__})")
+    p = Path(path).expanduser()
+    if "\x00" in str(p):
+        raise err(f"{what}={str(path)!r}: a path cannot hold a NUL byte")
+    if kind == "file":
+        if p.is_dir():
+            raise err(f"{what}={str(path)!r} is a folder; pass the path of the file to write, e.g. {p / 'out.html'}")
+        if p.exists() and not p.is_file():
+            raise err(f"{what}={str(path)!r} exists and is not a regular file (a device, a pipe or a socket); "
+                      "pass the path of a file to write")
+        folder = p.absolute().parent
+        if parents:
+            check_writable(folder, "folder", what=what, error=err)
+            return Path(path)
+        if not folder.is_dir():
+            bad = next((q for q in (folder, *folder.parents) if q.exists()), None)
+            why = f"{bad} is a file, not a folder" if bad is not None and not bad.is_dir() else f"the folder {folder} does not exist"
+            raise err(f"{what}={str(path)!r}: {why}; create the folder first or pass another path")
+        _probe(folder, p, what, err)
+        return Path(path)
+    here = p.absolute()
+    for q in (here, *here.parents):
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                raise err(f"{what}={str(path)!r}: {q} is {'a file, not a folder' if q.is_file() else 'not a folder'}; pass a "
+                          "folder path")
+            _probe(q, p, what, err)
+            return Path(path)
+    raise err(f"{what}={str(path)!r}: no part of the path exists")  # pragma: no cover - '/' always exists
+
+
+def _probe(folder: Path, target: Path, what: str, err: type[PhaselensError]) -> None:
+    """Create and remove a temporary file in ``folder``; refuse ``target`` naming the path when that fails."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".phaselens-probe-")
+    except OSError as e:
+        where = ("" if folder == target.absolute() else f" (its folder {folder} takes no new file)"
+                 if folder == target.absolute().parent else f" (its nearest existing folder {folder} takes no new file)")
+        raise err(f"{what}={str(target)!r} is not writable{where}: {e.strerror or e}; pass a folder you can write to") from e
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from . import metrics
+from . import checks, metrics
 from .errors import InterventionError
 from .final_readout import FinalRunner, check_run, boot_ci, check_blocks, dense_item_margins, dense_transition, final_correct, final_margins, phase_of, resolve
 from .lenses import resolve_lens
@@ -314,6 +314,8 @@ class NoiseResult(Result):
 
 def eps_list(eps: Any) -> list[float]:
     """``eps`` (one scale or several) as a list of finite floats >= 0; an :class:`InterventionError` otherwise."""
+    if isinstance(eps, (str, bytes, dict)) or not isinstance(eps, (int, float, np.floating, np.integer, Iterable)):
+        raise InterventionError(f"eps must be a number or a list of numbers (noise scales), got {eps!r}")
     vals = [eps] if isinstance(eps, (int, float, np.floating, np.integer)) else list(eps)
     if not vals:
         raise InterventionError("eps: give at least one noise scale")
@@ -361,6 +363,7 @@ def inject_noise(
     view, t = resolve(model, task)
     blocks = check_blocks(view, blocks, "inject_noise")
     lens_ = resolve_lens(lens, view)  # before any model work
+    checks.check_n_boot(n_boot, n_items=len(t.items), error=InterventionError)
     tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed, lens_)
     runner = FinalRunner(view, t, batch_size=batch_size, max_tokens=max_tokens, reuse_prefix=reuse_prefix, progress=progress)
     answers = runner.enc.answers

@@ -168,7 +168,9 @@ class Registry(Generic[T]):
         return self.get(name)
 
     def __contains__(self, name: object) -> bool:
-        if isinstance(name, str) and name not in self._entries:
+        if not isinstance(name, str):  # a list or dict is no name (and unhashable): never a TypeError
+            return False
+        if name not in self._entries:
             load_plugins()
         return name in self._entries
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ReportWarning, ResultsError
-from .files import write_atomic
+from .files import check_writable, write_atomic
 from .page import Section
 from .results import Result, ResultEntry, read_results
 from .study.report import is_study, study_sections
@@ -232,8 +232,9 @@ def build_report(results: Any, path: str | os.PathLike = "report.html", *, title
         path: the HTML file to write (written atomically).
         title: the page title (default: names the models and tasks).
     """
-    page = report_html(results, title=title)
     path = Path(path)
+    check_writable(path, "file", what="path", error=ResultsError, parents=True)  # before the page is built
+    page = report_html(results, title=title)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, page)
     return path

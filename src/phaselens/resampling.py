@@ -19,12 +19,13 @@ from typing import Sequence
 
 import numpy as np
 
+from . import checks
 from .errors import EffectError
 
 from .stats import N_BOOT
 
 #: fewest bootstrap replicates accepted (and at least ``2 / (1 - level)``)
-MIN_BOOT = 100
+MIN_BOOT = checks.MIN_BOOT
 #: fewest items an arm may hold
 MIN_ITEMS = 5
 #: a sampled level with fewer clusters than this is held fixed (reported per cluster, pooled beside them)
@@ -35,15 +36,9 @@ CHUNK_CELLS = 1 << 24
 
 def check_n_boot(n_boot: int, level: float, what: str = "n_boot") -> None:
     """Refuse fewer than :data:`MIN_BOOT` replicates, or fewer than ``2 / (1 - level)`` (the tails of the
-    percentile interval would hold less than one replicate each)."""
-    if not 0 < level < 1:
-        raise EffectError(f"level must be between 0 and 1 (e.g. 0.95), got {level!r}")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)):
-        raise EffectError(f"{what} must be an int, got {n_boot!r}")
-    need = max(MIN_BOOT, math.ceil(2 / (1 - level)))
-    if n_boot < need:
-        raise EffectError(f"{what}={n_boot} is too few replicates for a {level:.3g} interval: pass {what} >= {need} "
-                          f"(at least {MIN_BOOT}, and 2/(1-level) so each tail holds a replicate)")
+    percentile interval would hold less than one replicate each), or more than :data:`~phaselens.checks.MAX_BOOT`
+    (:func:`phaselens.checks.check_n_boot`, the one check of every bootstrap count)."""
+    checks.check_n_boot(n_boot, level=level, name=what, error=EffectError)
 
 
 def count_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:

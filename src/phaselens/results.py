@@ -41,7 +41,7 @@ import numpy as np
 from .errors import ResultsError
 from .deprecation import module_getattr
 from . import files as _files
-from .files import folder_lock, parse_json, read_regular, write_atomic
+from .files import check_writable, folder_lock, parse_json, read_regular, write_atomic
 from .records import KIND_ALIASES, KINDS, Record, decode, encode_record, plain  # noqa: F401  (re-exported)
 from .version import __version__
 
@@ -339,6 +339,7 @@ def save_result(result: Any, folder: str | os.PathLike, name: str | None = None,
         raise ResultsError(f"result name {name!r} must be a plain file stem (no '/', not starting with '.')")
     folder = Path(folder)
     _check_folder(folder)
+    check_writable(folder, "folder", what="folder", error=ResultsError)
     folder.mkdir(parents=True, exist_ok=True)
     header = {"phaselens": __version__, "format": FORMAT, "kind": kind,
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -39,6 +39,29 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: the largest state file (arguments, manifest, lock, plan) a run reads back
+MAX_STATE_BYTES = 64 << 20
+
+
+def read_state(file: Path, kind: type, fix: str) -> Any:
+    """The JSON state file ``file`` of a run, which must hold a ``kind`` (``dict`` or ``list``): a regular file of at
+    most :data:`MAX_STATE_BYTES`; anything else (a pipe, a huge or deeply nested file, ``[]`` where a table belongs,
+    bad UTF-8) is a :class:`RunFolderError` naming the file and saying ``fix``."""
+    how = f"; {fix}" if fix else ""
+    try:
+        if not file.is_file():
+            raise RunFolderError(f"{file} is not a regular file{how}")
+        if file.stat().st_size > MAX_STATE_BYTES:
+            raise RunFolderError(f"{file} is over {MAX_STATE_BYTES >> 20} MiB, too large for a run's state{how}")
+        doc = json.loads(file.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RunFolderError(f"{file} is corrupt ({type(e).__name__}){how}") from None
+    if not isinstance(doc, kind):
+        raise RunFolderError(f"{file} is corrupt: it holds a {type(doc).__name__}, not a JSON "
+                             f"{'object' if kind is dict else 'array'}{how}")
+    return doc
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -120,10 +143,10 @@ class RunFolder:
                 self._create_lock(lock, me)
             except FileExistsError:
                 try:
-                    held = json.loads(lock.read_text())
+                    held = json.loads(lock.read_text()) if lock.stat().st_size <= MAX_STATE_BYTES else None
                 except FileNotFoundError:
                     continue  # released meanwhile: try again
-                except (OSError, ValueError):
+                except (OSError, ValueError, RecursionError):
                     held = None
                 if not isinstance(held, dict):
                     try:
@@ -194,10 +217,7 @@ class RunFolder:
     def _check_args(self) -> None:
         file = self.path / "args.json"
         if file.exists():
-            try:
-                old = json.loads(file.read_text())
-            except (OSError, json.JSONDecodeError):
-                raise RunFolderError(f"{file} is corrupt; delete {self.path} to start the run over") from None
+            old = read_state(file, dict, f"delete {self.path} to start the run over")
             diff = {k: (old.get(k), v) for k, v in self.args.items() if old.get(k) != v}
             diff.update({k: (v, None) for k, v in old.items() if k not in self.args})
             if diff:
@@ -213,8 +233,11 @@ class RunFolder:
         if not file.exists():
             return {}
         try:
-            return dict(json.loads(file.read_text()))
-        except (OSError, json.JSONDecodeError, TypeError, ValueError):
+            man = read_state(file, dict, "")
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in man.items()):
+                raise RunFolderError(f"{file} maps unit names to something other than checksums")
+            return man
+        except RunFolderError:
             warnings.warn(f"{file} is corrupt; every unit of {self.out} will be checked and recomputed", stacklevel=3)
             return {}
 

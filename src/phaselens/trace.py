@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,10 +27,8 @@ from .stats import N_BOOT  # noqa: F401  (one default; re-exported for older imp
 from .trace_figures import TraceFigures
 from .types import ModelLike, TaskLike
 from .view import as_view
+from .runner import PrefixCache
 from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
-
-if TYPE_CHECKING:
-    from .runner import PrefixCache
 
 SCORINGS = ("sum", "norm")
 
@@ -187,6 +185,10 @@ class DecisionTrace(TraceFigures, Result):
         if not self.complete:
             raise PhaselensError(f"this trace of {self.model} reads only blocks {self.blocks.tolist()}; a transition needs "
                                  "every surviving block (decision_trace without blocks=)")
+        if n_boot is not None:
+            checks.check_n_boot(n_boot, n_items=self.n_items)
+        if boot_seed is not None:
+            checks.integer("boot_seed", boot_seed)
         return Transition(self, self.n_boot if n_boot is None else n_boot, self.seed if boot_seed is None else boot_seed)
 
     # -- outputs
@@ -303,7 +305,7 @@ def _resolve_task(task: Any) -> Task:
 
 
 def check_boot(n_boot: Any, seed: Any) -> None:
-    """``n_boot`` a positive int, ``seed`` an int: a clear error otherwise."""
+    """``n_boot`` a bootstrap count (:func:`phaselens.checks.check_n_boot`), ``seed`` an int: a clear error otherwise."""
     checks.bootstrap(n_boot, seed)
 
 
@@ -344,8 +346,11 @@ def decision_trace(
     checks.batching(batch_size, max_tokens)
     checks.flag("progress", progress)
     t = _resolve_task(task)  # a bad task, blocks= or lens= fails before a model named by a string loads
+    checks.check_n_boot(n_boot, n_items=len(t.items))  # the [n_boot, items] resamples fit in memory
     check_blocks_arg(blocks)
     check_lens_arg(lens)
+    if cache is not None and not isinstance(cache, PrefixCache):
+        raise PhaselensError(f"cache must be a phaselens.runner.PrefixCache or None, got {type(cache).__name__}")
     if device is not None and isinstance(model, str):
         model = load_model(model, device=device)
     view = as_view(model)

@@ -19,6 +19,7 @@ from ..calibration import load_calibration
 from ..deprecation import warn_renamed
 from ..embedded import EMBEDDED
 from ..errors import PhaselensError
+from ..files import check_writable
 from ..lenses.fit import check_lens_arg
 from ..results import save_result, slug
 from ..tasks import load_task
@@ -104,13 +105,25 @@ def parse_names(text: str) -> list[str]:
 
 # -- checks before any model loads ------------------------------------------------------------------------------
 def html_file(path: Optional[Path], what: str = "--html") -> None:
-    """An output file to write: its folder must exist, and it must not be a folder itself."""
+    """An output file to write: not a folder, its folder existing and writable (probed), before any work."""
     if path is None:
         return
     if path.is_dir():
         fail(f"{what} {path} is a folder; pass the path of the file to write, e.g. {path / 'figure.html'}")
-    if not path.resolve().parent.is_dir():
-        fail(f"{what} {path}: the folder {path.resolve().parent} does not exist; create it first")
+    out_file(path, what)
+
+
+def out_file(path: Optional[Path], what: str) -> None:
+    """An output file (``--html``, ``--lens-file``): :func:`phaselens.files.check_writable` with ``kind="file"``."""
+    if path is not None:
+        check_writable(path, "file", what=what, error=PhaselensError)
+
+
+def out_dir(path: Optional[Path], what: str = "--out") -> None:
+    """An output folder (``--out``, ``--resume``, ``--sweeps``): :func:`phaselens.files.check_writable` with
+    ``kind="folder"`` (no part of it a file; it, or its nearest existing ancestor, takes a new file)."""
+    if path is not None:
+        check_writable(path, "folder", what=what, error=PhaselensError)
 
 
 def early(*, batch_size: Optional[int] = None, out: Optional[Path] = None, html: Optional[Path] = None,
@@ -119,7 +132,7 @@ def early(*, batch_size: Optional[int] = None, out: Optional[Path] = None, html:
     the ``--out`` results folder (an existing file is refused), the ``--html`` file, ``--lens`` (a kind or an
     existing lens file) and each ``name=(value, minimum)`` count (``None`` allowed)."""
     checks.integer("--batch-size", batch_size, minimum=1, optional=True, what="sequences per forward pass")
-    checks.out_folder("--out", out)
+    out_dir(out, "--out")
     for name, (value, minimum) in counts.items():
         flag = f"-{name}" if len(name) == 1 else f"--{name.replace('_', '-')}"
         checks.integer(flag, value, minimum=minimum, optional=True)
@@ -197,5 +210,5 @@ def finish(result: Any, *, as_json: bool, out: Optional[Path], html: Optional[Pa
 
 __all__ = ["BatchOpt", "BlocksHelp", "CalOpt", "DeviceOpt", "FormatOpt", "HeldOpt", "HtmlOpt", "JsonOpt", "LensOpt",
            "LimitOpt", "ModelOpt", "OutOpt", "SeedOpt", "TaskOpt", "app", "console", "early", "fail", "finish", "guard",
-           "html_file", "load", "open_model", "parse_blocks", "parse_floats", "parse_names", "progress", "renamed_option", "save",
+           "html_file", "load", "open_model", "out_dir", "out_file", "parse_blocks", "parse_floats", "parse_names", "progress", "renamed_option", "save",
            "slug", "texts", "write_html"]

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..lenses import LENS_KINDS, fit_lens, lens_heatmap, lens_kl, resolve_lens
 from .common import (DeviceOpt, HeldOpt, HtmlOpt, JsonOpt, LensOpt, ModelOpt, OutOpt, app, console, early, fail, finish,
-                     html_file, open_model, renamed_option, slug, texts)
+                     html_file, open_model, out_dir, renamed_option, slug, texts)
 
 lens_app = typer.Typer(no_args_is_help=True, help="Lenses beside the logit lens: fit (linear, tuned) and measure them.")
 app.add_typer(lens_app, name="lens")
@@ -51,6 +51,7 @@ def fit_cmd(
     if lens_file is None:
         fail("--lens-file FILE is required: the safetensors file to write the lens to")
     html_file(lens_file, "--lens-file")
+    out_dir(resume, "--resume")
     early(steps=(steps, 1))
     v = _vocab(vocab)
     cal = texts(calibration, "--calibration")

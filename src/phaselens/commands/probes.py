@@ -20,7 +20,7 @@ from ..similarity import POSITIONS, cka
 from ..tasks import load_task
 from .common import (BatchOpt, BlocksHelp, DeviceOpt, FormatOpt, JsonOpt, LensOpt, LimitOpt, ModelOpt, OutOpt,
                      SeedOpt, TaskOpt, app, console, early, fail, finish, load, parse_blocks, parse_floats, parse_names,
-                     open_model, progress, renamed_option, slug, texts)
+                     open_model, out_dir, progress, renamed_option, slug, texts)
 
 
 # ----------------------------------------------------------------------------- cka
@@ -207,6 +207,7 @@ def collapse_cmd(
     if criterion not in sweep_criteria():
         fail(f"unknown sweep criterion {criterion!r}; choose one of {', '.join(sweep_criteria())}")
     early(out=out, html=html, max_cut=(max_cut, 1))
+    out_dir(sweeps, "--sweeps")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", StatsWarning)
         if results:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..study import load_plan, load_study, run_study
-from .common import app, console
+from .common import app, console, out_dir
 
 study_app = typer.Typer(add_completion=False, no_args_is_help=True,
                         help="Studies: a TOML spec of models x tasks x seeds x runs, run locally or on Ray.")
@@ -85,6 +85,7 @@ def run(
         progress.update(bar["id"], advance=1, description=f"{row['kind']} {_cell(row['model'])} {row['task']} seed "
                                                           f"{row['seed']}: {row['status']}")
 
+    out_dir(out, "--out")  # before the spec's models load
     with progress:
         df = run_study(spec, out, executor, address, workers=workers, wait=wait, on_job=on_job, on_plan=on_plan)
     planned = set(df.attrs.get("planned", []))

@@ -37,11 +37,12 @@ import numpy as np
 from .. import checks
 from ..calibration import check_seq_len, heldout_texts, load_calibration, n_tokens
 from ..deprecation import warn_renamed
-from ..errors import PhaseCutsError, RecoveryError
+from ..errors import PhaseCutsError, PruningError, RecoveryError
 from ..lenses import resolve_lens
 from ..perplexity import perplexity
 from ..phases import transition_index
 from ..pruning import select_blocks
+from ..pruning.criteria import check_placement_arg
 from ..recovery import METHODS, fit_recovery, get_method, span_stats
 from ..recovery.method import needs_of
 from ..recovery.boundary import boundary_error
@@ -222,10 +223,17 @@ def _setup(model: ModelLike, task: TaskLike, n: int, methods: Any, seeds: Any, p
     checks.flag("reuse_prefix", reuse_prefix, error=PhaseCutsError)
     checks.number("lam", lam, minimum=0, optional=True, error=PhaseCutsError, what="ridge of the fits")
     checks.out_folder("out", out, error=PhaseCutsError)
+    for where in _placements(placement).values():  # a bad placement fails here, not after the dense trace
+        try:
+            check_placement_arg(where)
+        except PruningError as e:
+            raise PhaseCutsError(f"placement={placement!r}: {e}") from None
     view = as_view(model)
     if view.removed or view.operators or view.branch_operators:
         raise PhaseCutsError(f"compare_phase_cuts needs the dense model, got the pruned view {view.name}; pass view.base")
     base = view.base
+    if n >= base.n_blocks:  # before the dense trace: no cut of n blocks fits in a phase
+        raise PhaseCutsError(f"n must be an int in 1..{base.n_blocks - 1} (the model has {base.n_blocks} blocks), got {n}")
     lens_ = resolve_lens(lens, base)
     t = task if isinstance(task, Task) else load_task(task)
     methods = _check_methods(methods)

@@ -20,7 +20,7 @@ import torch
 
 from ..deprecation import warn_renamed
 from ..errors import LensError
-from ..files import write_safetensors
+from ..files import check_writable, write_safetensors
 from ..registry import Registry
 from ..version import __version__
 
@@ -274,6 +274,7 @@ class Lens:
         path = Path(path)
         if path.parent.exists() and not path.parent.is_dir():
             raise LensError(f"cannot save the lens under {path.parent}: it is a file, not a folder")
+        check_writable(path, "file", what="path", error=LensError, parents=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = self.lens_kind.to_tensors(self)
         meta = {"phaselens_lens": __version__, "kind": self.kind, "model": self.model, "fingerprint": self.fingerprint,

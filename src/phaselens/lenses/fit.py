@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .. import checks
 from ..embedded import cache_dir
 from ..errors import LensError
 from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
@@ -30,6 +31,7 @@ def fit_lens(model: ModelLike, kind: str, calibration: Any = None, *, seed: int 
         seed: seeds a trained kind (the tuned lens); the closed-form kinds are deterministic.
     """
     lk = lens_kind(kind)
+    checks.integer("seed", seed, error=LensError)
     base = as_view(model).base
     lens = lk.fit(base, calibration, seed=seed, **kw)
     if not isinstance(lens, Lens) or lens.kind != kind:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import plotly.graph_objects as go
 
 from ..errors import PlotError
-from ..files import write_text
+from ..files import check_writable, write_text
 
 if TYPE_CHECKING:
     from ..trace import DecisionTrace, Transition
@@ -98,4 +98,5 @@ def finish(fig: go.Figure, title: str, **layout: Any) -> go.Figure:
 
 def save_html(fig: Any, path: str, *, offline: bool = True) -> None:
     """Write a self-contained HTML page (Plotly's JavaScript embedded when ``offline``), atomically."""
+    check_writable(path, "file", what="path", error=PlotError)
     write_text(path, fig.to_html(include_plotlyjs=True if offline else "cdn", full_html=True))

@@ -272,6 +272,11 @@ def selection(model: ModelLike, n: int, criterion: str = "bi", *, calibration: A
                            "(or register your own with phaselens.register_criterion)")
     checks.integer("n", n, minimum=1, error=PruningError, what="blocks to cut")
     checks.integer("seed", seed, error=PruningError)
+    check_placement_arg(placement)
+    layer = getattr(transition, "layer", "missing")
+    if transition is not None and not (layer is None or isinstance(layer, (int, np.integer))):
+        raise PruningError(f"transition must be a phaselens Transition (transition_point(...)) or None, got "
+                           f"{type(transition).__name__}")
     view = as_view(model)
     kept = view.kept
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n < len(kept):
@@ -280,6 +285,17 @@ def selection(model: ModelLike, n: int, criterion: str = "bi", *, calibration: A
     got = crit.select(view, int(n), calibration=calibration, task=task, seed=seed, placement=placement,
                       transition=transition)
     return Selection(list(got.blocks), criterion, dict(got.scores))
+
+
+def check_placement_arg(placement: Any) -> None:
+    """``placement`` of :func:`select_blocks`: one of :data:`PLACEMENTS` or a block index >= 0 (checked before any
+    model work, whatever the criterion)."""
+    if isinstance(placement, (int, np.integer)) and not isinstance(placement, (bool, np.bool_)):
+        if placement < 0:
+            raise PruningError(f"placement {placement}: a block index must be >= 0")
+        return
+    if not isinstance(placement, str) or placement not in PLACEMENTS:
+        raise PruningError(f"placement must be one of {PLACEMENTS} or a block index, got {placement!r}")
 
 
 def _phase_selection(view: ModelView, n: int, phase: str, task: TaskLike, placement: str | int, transition: Any) -> Selection:

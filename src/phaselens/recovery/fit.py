@@ -18,7 +18,7 @@ import torch
 from .. import checks
 from ..calibration import check_seq_len, load_calibration, n_tokens
 from ..errors import NotFoundError, RecoveryError, SingularFitWarning
-from ..files import write_safetensors
+from ..files import check_writable, write_safetensors
 from ..view import ModelView, as_view, fmt_blocks
 from ..registry import PLUGINS_ENV
 from ..tensorfile import meta_json, read_tensor_file
@@ -71,6 +71,7 @@ class Recovered(ModelView):
         path = Path(path)
         if path.parent.exists() and not path.parent.is_dir():
             raise RecoveryError(f"cannot save under {path.parent}: it is a file, not a folder")
+        check_writable(path, "file", what="path", error=RecoveryError, parents=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_safetensors(path, tensors, meta)
         return path

@@ -73,6 +73,9 @@ def transition_vs_collapse(
     if results is not None and (models is not None or tasks is not None):
         raise StatsError("pass either results or models= and tasks=, not both")
     if results is None:
+        for what, v in (("models", models), ("tasks", tasks)):
+            if isinstance(v, (str, bytes, dict)) or not isinstance(v, (list, tuple)):
+                raise StatsError(f"{what}= must be a list (of model names or Models / task names or Tasks), got {v!r}")
         if not models or not tasks:
             raise StatsError("pass results (a list of (Transition, Sweep) pairs, Sweeps or folders), or models=[...] "
                              "and tasks=[...] to run the sweeps")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import checks
 from ..embedded import EMBEDDED, check_gguf
 from ..errors import PhaselensError, StudyError
 from ..registry import load_plugins
@@ -138,6 +139,7 @@ def run_study(
         call, and ``planned``, the job ids of ``spec``.
     """
     _refuse_inside_a_worker()
+    checks.out_folder("out", out, error=StudyError)  # a folder that cannot be written is refused before any work
     load_plugins(plugins)
     s = parse_spec(spec)
     _check_executor(s, executor, address, workers)

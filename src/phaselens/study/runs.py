@@ -12,18 +12,21 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..ablation import ABLATION_MODES, ablate
+from .. import checks
+from ..ablation import ABLATION_MODES, ablate, check_pairs
 from ..calibration import heldout_texts, load_calibration
 from ..cka import FORMS
-from ..errors import PhaseCutsError, StudyError
+from ..errors import PhaselensError, PhaseCutsError, StudyError
 from ..experiments.phase_cuts import compare_phase_cuts
-from ..noise import inject_noise
+from ..noise import eps_list, inject_noise
 from ..final_readout import phase_of
 from ..pruning import CRITERIA, prune, select_blocks, sweep_criteria
+from ..pruning.criteria import check_placement_arg
 from ..pruning.iterative import iterative_prune
 from ..recovery import METHODS
 from ..registry import Registry
-from ..stats import N_BOOT
+from ..runner.layered import check_schedule
+from ..stats import N_BOOT, seed_list
 from ..similarity import POSITIONS, cka
 from ..trace import Transition, decision_trace, transition_point
 
@@ -124,7 +127,11 @@ class RunKind:
         return choices()
 
     def check(self, params: dict[str, Any], where: str) -> None:
-        """Checks of one job's parameters beyond keys, choices and :attr:`study` checks; raise StudyError."""
+        """Checks of one job's parameters beyond keys, choices and :attr:`study` checks, run when the spec is read
+        (before any model loads); raise StudyError (a phaselens error of an argument check is turned into one).
+        This one checks the parameters with one meaning in every kind (:data:`COMMON`); a kind that overrides it
+        calls ``super().check(params, where)``."""
+        check_common(params, where)
 
     def run(self, model: Any, task: Any, seed: int, params: dict[str, Any], scratch: Path) -> Any:
         """Run one job (``model`` loaded, ``task`` a Task, ``seed`` the study's seed, ``scratch`` a folder of this
@@ -137,6 +144,67 @@ class RunKind:
 
     def __repr__(self) -> str:
         return f"<run kind {self.name!r}>"
+
+
+def _blocks(v: Any) -> None:
+    if v is None or v == "last":
+        return
+    got = checks.block_list(v, "blocks", StudyError)
+    if not got or len(set(got)) != len(got):
+        raise StudyError(f"blocks must list distinct block indices, got {v!r}")
+
+
+def _schedule(v: Any, key: str) -> None:
+    if key == "act_store":
+        if v is not None and not isinstance(v, str):
+            raise StudyError(f"act_store must be 'device', 'cpu' or a folder, got {v!r}")
+        return
+    check_schedule(**{"kind" if key == "schedule" else key: v if v is not None or key != "schedule" else "auto"})
+
+
+def _placement(v: Any) -> None:
+    """A placement: a name or a block index (both phases), a pair [silent, decisive] or a table of the two."""
+    parts = list(v.values()) if isinstance(v, dict) else list(v) if isinstance(v, (list, tuple)) and len(v) == 2 else [v]
+    if isinstance(v, dict) and set(v) != {"silent", "decisive"}:
+        raise StudyError(f"placement as a table takes the keys silent and decisive, got {sorted(v)}")
+    for p in parts:
+        check_placement_arg(p)
+
+
+def _int(name: str, lo: int, optional: bool = False) -> Callable[[Any], None]:
+    return lambda v: checks.integer(name, v, minimum=lo, optional=optional, error=StudyError)
+
+
+def _flag(name: str) -> Callable[[Any], None]:
+    return lambda v: checks.flag(name, v, error=StudyError)
+
+
+#: the checks of the run parameters that mean the same in every kind, run by :meth:`RunKind.check` when a spec is
+#: read: each takes the value and raises a phaselens error naming the parameter
+COMMON: dict[str, Callable[[Any], Any]] = {
+    "n_boot": lambda v: checks.check_n_boot(v, error=StudyError),
+    "batch_size": _int("batch_size", 1, True), "max_tokens": _int("max_tokens", 1, True),
+    "reuse_prefix": _flag("reuse_prefix"), "measure_boundary": _flag("measure_boundary"), "debiased": _flag("debiased"),
+    "seq_len": _int("seq_len", 2), "n_samples": _int("n_samples", 2), "window": _int("window", 0),
+    "steps": _int("steps", 1, True), "n": _int("n", 1),
+    "lam": lambda v: checks.number("lam", v, minimum=0.0, optional=True, error=StudyError),
+    "blocks": _blocks, "pairs": check_pairs, "eps": eps_list, "placement": _placement,
+    "seeds": lambda v: seed_list(v, minimum=1, error=StudyError),
+    "schedule": lambda v: _schedule(v, "schedule"), "act_budget": lambda v: _schedule(v, "act_budget"),
+    "act_store": lambda v: _schedule(v, "act_store"),
+}
+
+
+def check_common(params: dict[str, Any], where: str) -> None:
+    """Every parameter of ``params`` that :data:`COMMON` knows, checked; a :class:`StudyError` naming ``where``."""
+    for k, v in params.items():
+        fn = COMMON.get(k)
+        if fn is None:
+            continue
+        try:
+            fn(v)
+        except PhaselensError as e:
+            raise StudyError(f"{where}.{k} = {v!r} is not valid: {e}") from None
 
 
 RUNS: Registry[RunKind] = Registry("run", "study run kind", StudyError)
@@ -181,6 +249,7 @@ class SweepRun(RunKind):
         return iterative_prune
 
     def check(self, params, where):
+        super().check(params, where)
         if "steps" in params and "max_ratio" in params:
             raise StudyError(f"{where}: give steps or max_ratio, not both")
 
@@ -218,6 +287,7 @@ class PhaseCutsRun(RunKind):
         return compare_phase_cuts
 
     def check(self, params, where):
+        super().check(params, where)
         if not int_at_least(1)(params["n"]):
             raise StudyError(f"{where}.n must be an int >= 1 (blocks per cut), got {params['n']!r}")
 
@@ -262,6 +332,7 @@ class NoiseRun(RunKind):
         return inject_noise
 
     def check(self, params, where):
+        super().check(params, where)
         eps = params.get("eps", 0.0)
         if not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in (eps if isinstance(eps, list) else [eps])):
             raise StudyError(f"{where}.eps must be a number or a list of numbers (one job; a list of lists is "
@@ -344,5 +415,5 @@ class CkaRun(RunKind):
                 "n_samples": int(r.n_samples)}
 
 
-__all__ = ["HELDOUT_KEYS", "RUNS", "RunKind", "bundled", "choices", "int_at_least", "is_ratio", "is_texts", "pop_texts",
+__all__ = ["COMMON", "HELDOUT_KEYS", "check_common", "RUNS", "RunKind", "bundled", "choices", "int_at_least", "is_ratio", "is_texts", "pop_texts",
            "register_run", "sweep_cap", "transition_scalars"]

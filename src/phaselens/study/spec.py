@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..deprecation import warn_renamed
-from ..errors import StudyError
+from ..errors import PhaselensError, StudyError
 from ..lenses import LENS_KINDS
 from ..registry import load_plugins
 from ..tasks import FORMATS, Task
@@ -46,6 +48,15 @@ from .runs import HELDOUT_KEYS, RUNS, RunKind, cka_criteria, int_at_least
 TOP_KEYS = ("name", "models", "tasks", "seeds", "runs", "resources", "plugins")
 TASK_KEYS = ("name", "format", "limit", "sample", "shots", "split", "seed")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "models_per_worker", "workers")
+
+#: the limits of a spec (docs/security.md): its file's size, the nesting of its lists and tables, the entries of
+#: one list or table, the values in all, the jobs of its grid (models x tasks x seeds x every run's combinations), a resource number
+MAX_SPEC_BYTES = 4 << 20
+MAX_DEPTH = 16
+MAX_LIST = 100_000
+MAX_VALUES = 1_000_000
+MAX_JOBS = 10_000
+MAX_RESOURCE = 100_000
 
 
 @dataclass
@@ -144,7 +155,9 @@ def expand(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def read_spec(spec: Any) -> dict[str, Any]:
-    """A spec dict from a dict, a TOML file path or TOML text."""
+    """A spec dict from a dict, a TOML (or ``.json``) file path or TOML text: a regular file of at most
+    :data:`MAX_SPEC_BYTES`, UTF-8 text, nested at most :data:`MAX_DEPTH` deep; anything else is a :class:`StudyError`
+    naming the file."""
     if isinstance(spec, StudySpec):
         return spec.source
     if isinstance(spec, dict):
@@ -155,18 +168,139 @@ def read_spec(spec: Any) -> dict[str, Any]:
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib  # type: ignore[no-redef]
 
-        p = Path(spec)
-        if isinstance(spec, str) and ("\n" in spec or ("=" in spec and not p.exists())):
+        if isinstance(spec, str) and ("\n" in spec or ("=" in spec and not _is_file(spec))):
             text, where = spec, "the spec text"
+            if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
+                raise StudyError(f"the spec text is {len(text):,} characters, over the limit of {MAX_SPEC_BYTES:,} bytes")
         else:
-            if not p.is_file():
-                raise StudyError(f"study spec file not found: {p} (pass a TOML file or a dict)")
-            text, where = p.read_text(encoding="utf-8"), str(p)
+            p = Path(spec)
+            text, where = _read_text(p), str(p)
         try:
-            return tomllib.loads(text)
+            if where.endswith(".json"):
+                doc = json.loads(text)
+            else:
+                doc = tomllib.loads(text)
+        except RecursionError:
+            raise StudyError(f"{where} is nested too deeply to read (at most {MAX_DEPTH} levels of lists and "
+                             "tables are allowed)") from None
         except tomllib.TOMLDecodeError as e:
             raise StudyError(f"{where} is not valid TOML: {e}") from e
+        except ValueError as e:  # json.JSONDecodeError
+            raise StudyError(f"{where} is not valid JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise StudyError(f"{where} must hold a table (models, tasks, runs, ...), got {type(doc).__name__}")
+        return doc
     raise StudyError(f"a study spec is a dict or a TOML file path, got {type(spec).__name__}")
+
+
+def _read_text(p: Path) -> str:
+    """The text of spec file ``p``: a regular file (not a pipe or device: they could block or never end) of at most
+    :data:`MAX_SPEC_BYTES`, decoded as UTF-8."""
+    try:
+        st = p.stat()
+    except (OSError, ValueError):
+        raise StudyError(f"study spec file not found: {p} (pass a TOML file or a dict)") from None
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a pipe, a device or a socket)"
+        raise StudyError(f"study spec {p} is {what}; pass a TOML file")
+    if st.st_size > MAX_SPEC_BYTES:
+        raise StudyError(f"study spec {p} is {st.st_size:,} bytes, over the limit of {MAX_SPEC_BYTES:,} bytes; a spec "
+                         "lists models, tasks and runs (put long texts in files)")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as e:
+        raise StudyError(f"study spec {p} cannot be read: {e.strerror or e}") from e
+    if len(data) > MAX_SPEC_BYTES:
+        raise StudyError(f"study spec {p} is over the limit of {MAX_SPEC_BYTES:,} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StudyError(f"study spec {p} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); is it a "
+                         "binary file? Pass a TOML file") from None
+    if "\x00" in text:
+        raise StudyError(f"study spec {p} holds NUL bytes: a binary file, not TOML")
+    return text
+
+
+def check_values(d: dict[str, Any], where: str = "the spec") -> None:
+    """The one check of every value in a spec, before any key is interpreted: tables with string keys, lists,
+    strings, bools, finite numbers, ints within 64 bits and ``None`` only (a dict spec's ``models`` and ``tasks`` may
+    also hold loaded models and tasks); nested at most :data:`MAX_DEPTH` deep, at most :data:`MAX_LIST` entries in
+    a list or table and :data:`MAX_SPEC_BYTES` characters in a string. Walked without recursion, so no nesting
+    raises a ``RecursionError``."""
+    stack: list[tuple[Any, str, int]] = [(d, "", 0)]
+    seen = 0
+    while stack:
+        v, path, depth = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:  # a dict spec may share one list many times over: bound the walk too
+            raise StudyError(f"{where} holds more than {MAX_VALUES:,} values; split it into several studies")
+        name = path or where
+        if depth > MAX_DEPTH:
+            raise StudyError(f"{name} is nested {depth} deep, more than the {MAX_DEPTH} levels of lists and tables a "
+                             "spec may use")
+        if v is None or isinstance(v, bool):
+            continue
+        if isinstance(v, str):
+            if len(v) > MAX_SPEC_BYTES:
+                raise StudyError(f"{name} is a string of {len(v):,} characters, over the limit of {MAX_SPEC_BYTES:,}")
+            continue
+        if isinstance(v, int):
+            if not -(2 ** 63) <= v < 2 ** 63:
+                raise StudyError(f"{name} = {v} does not fit in 64 bits")
+            continue
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                raise StudyError(f"{name} = {v!r} is not a finite number")
+            continue
+        if isinstance(v, dict):
+            if len(v) > MAX_LIST:
+                raise StudyError(f"{name} has {len(v):,} keys, more than the {MAX_LIST:,} a table may hold")
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise StudyError(f"{name}: keys must be strings, got {k!r}")
+                if depth == 0 and k in ("models", "tasks") and isinstance(x, list):
+                    x = [m for m in x if not (hasattr(m, "n_blocks") or isinstance(m, Task))]  # loaded objects
+                stack.append((x, f"{path}.{k}" if path else k, depth + 1))
+            continue
+        if isinstance(v, (list, tuple)):
+            if len(v) > MAX_LIST:
+                raise StudyError(f"{name} has {len(v):,} entries, more than the {MAX_LIST:,} a list may hold")
+            stack.extend((x, f"{name}[{i}]", depth + 1) for i, x in enumerate(v))
+            continue
+        raise StudyError(f"{name} is a {type(v).__name__} ({str(v)[:60]!r}); a spec holds strings, numbers, booleans, "
+                         "lists and tables only")
+
+
+def grid_size(run: dict[str, Any]) -> int:
+    """Jobs of one run for one (model, task, seed): the product of its axes' lengths, as :func:`expand` would
+    make them, computed without making them."""
+    kind = RUNS.get(run["kind"])
+    n = 1
+    for k, v in run.items():
+        if k == "kind":
+            continue
+        if k in kind.listy:
+            n *= len(v) if isinstance(v, list) and v and all(isinstance(x, list) for x in v) else 1
+        else:
+            n *= len(v) if isinstance(v, list) else 1
+    return n
+
+
+def check_grid(n_models: int, n_tasks: int, n_seeds: int, runs: list[dict[str, Any]]) -> int:
+    """The number of jobs of a spec, refused above :data:`MAX_JOBS` (before any grid is made); returns it."""
+    sizes = [grid_size(r) for r in runs]
+    total = n_models * n_tasks * n_seeds * sum(sizes)
+    if total > MAX_JOBS or 0 in sizes:
+        if 0 in sizes:
+            i = sizes.index(0)
+            raise StudyError(f"runs[{i}] has an empty list, so its grid has no jobs; give every parameter a value")
+        worst = max(range(len(runs)), key=lambda i: sizes[i])
+        raise StudyError(f"the study's grid has {total:,} jobs ({n_models} models x {n_tasks} tasks x {n_seeds} seeds x "
+                         f"{sum(sizes):,} run combinations; runs[{worst}] alone has {sizes[worst]:,}), more than the "
+                         f"limit of {MAX_JOBS:,} jobs; split it into several studies or shorten its lists")
+    return total
 
 
 def parse_spec(spec: Any) -> StudySpec:
@@ -174,6 +308,7 @@ def parse_spec(spec: Any) -> StudySpec:
     if isinstance(spec, StudySpec):
         return spec
     d = read_spec(spec)
+    check_values(d)
     bad = sorted(set(d) - set(TOP_KEYS))
     if bad:
         raise StudyError(f"unknown top-level key(s) {bad} in the study spec; allowed: {list(TOP_KEYS)}")
@@ -187,7 +322,11 @@ def parse_spec(spec: Any) -> StudySpec:
     seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
     if not isinstance(seeds, list) or not seeds or not all(int_at_least(0)(s) for s in seeds) or len(set(seeds)) != len(seeds):
         raise StudyError(f"seeds must be a non-empty list of distinct non-negative ints, got {d.get('seeds')!r}")
-    runs = [_run(r, i) for i, r in enumerate(_nonempty_list(d.get("runs"), "runs"))]
+    raw = _nonempty_list(d.get("runs"), "runs")
+    for i, r in enumerate(raw):
+        _run_keys(r, i)
+    check_grid(len(models), len(tasks), len(seeds), raw)  # before any grid is made
+    runs = [_run(r, i) for i, r in enumerate(raw)]
     res = _resources(d.get("resources", {}))
     return StudySpec(name, models, tasks, list(seeds), runs, res, d)
 
@@ -247,7 +386,7 @@ def _task(t: Any, i: int) -> TaskSpec:
     if not isinstance(t.get("name"), str) or not t["name"]:
         raise StudyError(f"tasks[{i}] needs a name (a built-in task, a benchmark or a file), got {t.get('name')!r}")
     fmt = t.get("format")
-    if fmt is not None and fmt not in FORMATS:
+    if fmt is not None and (not isinstance(fmt, str) or fmt not in FORMATS):
         raise StudyError(f"tasks[{i}].format is {fmt!r}; allowed: {list(FORMATS)}")
     for key, lo in (("limit", 1), ("shots", 0), ("seed", 0)):
         if key in t and t[key] is not None and not int_at_least(lo)(t[key]):
@@ -262,8 +401,8 @@ def _task(t: Any, i: int) -> TaskSpec:
                     sample=t.get("sample", True))
 
 
-def _run(r: Any, i: int) -> dict[str, Any]:
-    """One run table, checked against its kind (:data:`RUNS`): keys, choices, the study's own keys, values."""
+def _run_keys(r: Any, i: int) -> None:
+    """One run table's kind and keys (what :func:`grid_size` needs)."""
     if not isinstance(r, dict) or "kind" not in r:
         raise StudyError(f"runs[{i}] must be a table with a kind; allowed kinds: {list(RUNS)}")
     kind = r["kind"]
@@ -277,6 +416,14 @@ def _run(r: Any, i: int) -> dict[str, Any]:
     missing = [k for k in rk.required if k not in r]
     if missing:
         raise StudyError(f"{where} needs {missing}")
+
+
+def _run(r: dict[str, Any], i: int) -> dict[str, Any]:
+    """One run table, checked against its kind (:data:`RUNS`): keys, choices, the study's own keys, every value of
+    every job of its grid (the kind's :meth:`~phaselens.study.runs.RunKind.check`)."""
+    _run_keys(r, i)
+    kind = r["kind"]
+    rk, where = RUNS.get(kind), f"runs[{i}] ({kind})"
     _heldout_keys(r, where)
     for params in expand(r):
         _check_params(rk, params, where)
@@ -309,7 +456,7 @@ def _check_params(rk: RunKind, params: dict[str, Any], where: str) -> None:
             continue
         if k in rk.listy and not isinstance(v, list):
             raise StudyError(f"{where}.{k} must be a list, got {v!r}")
-        wrong = [x for x in (v if k in rk.listy else [v]) if x not in choices[k]]
+        wrong = [x for x in (v if k in rk.listy else [v]) if not _hashable(x) or x not in choices[k]]
         if wrong:
             raise StudyError(f"{where}.{k} = {v!r}: allowed values {list(choices[k])}")
     if "lens" in params:
@@ -322,7 +469,16 @@ def _check_params(rk: RunKind, params: dict[str, Any], where: str) -> None:
                                         and all(isinstance(x, str) for x in params["calibration"])):
         raise StudyError(f"{where}.calibration must be a non-empty list of strings (a list of lists is a grid); use "
                          "calibration_passages = N for the first N bundled passages")
-    rk.check(params, where)
+    try:
+        rk.check(params, where)
+    except StudyError:
+        raise
+    except PhaselensError as e:  # an argument check of the function the job calls
+        raise StudyError(f"{where}: {e}") from None
+
+
+def _hashable(x: Any) -> bool:
+    return x is None or isinstance(x, (str, int, float, bool))
 
 
 #: run parameters that change how a job runs, never its numbers (the runner's schedule, issue 24): no job id hashes
@@ -348,7 +504,7 @@ def _check_lens(v: Any, where: str) -> None:
     """``lens`` in a run: a lens kind (fitted once per model and cached) or the path of a saved lens file."""
     if v is None or (isinstance(v, str) and v in LENS_KINDS):
         return
-    if isinstance(v, str) and Path(v).is_file():
+    if isinstance(v, str) and "\x00" not in v and Path(v).is_file():
         return
     raise StudyError(f"{where} = {v!r}: allowed values {list(LENS_KINDS)} (fitted once per model on the bundled "
                      "calibration text and cached) or the path of an existing lens file written by Lens.save")
@@ -381,15 +537,18 @@ def _resources(v: Any) -> Resources:
     for k in ("num_cpus", "num_gpus"):
         if k in v:
             x = v[k]
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0 or (k == "num_cpus" and x == 0):
-                raise StudyError(f"resources.{k} must be a number {'> 0' if k == 'num_cpus' else '>= 0'}, got {x!r}")
+            ok = not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 \
+                and (k != "num_cpus" or x > 0) and x <= MAX_RESOURCE
+            if not ok:
+                raise StudyError(f"resources.{k} must be a finite number {'> 0' if k == 'num_cpus' else '>= 0'} and "
+                                 f"<= {MAX_RESOURCE}, got {x!r}")
             setattr(r, k, float(x))
     if "models_per_worker" in v:
-        if not int_at_least(1)(v["models_per_worker"]):
-            raise StudyError(f"resources.models_per_worker must be an int >= 1, got {v['models_per_worker']!r}")
+        if not int_at_least(1)(v["models_per_worker"]) or v["models_per_worker"] > MAX_RESOURCE:
+            raise StudyError(f"resources.models_per_worker must be an int in 1..{MAX_RESOURCE}, got {v['models_per_worker']!r}")
         r.models_per_worker = v["models_per_worker"]
     if v.get("workers") is not None:
-        if not int_at_least(1)(v["workers"]):
-            raise StudyError(f"resources.workers must be an int >= 1, got {v['workers']!r}")
+        if not int_at_least(1)(v["workers"]) or v["workers"] > MAX_RESOURCE:
+            raise StudyError(f"resources.workers must be an int in 1..{MAX_RESOURCE}, got {v['workers']!r}")
         r.workers = v["workers"]
     return r

@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import ResultsError, RunFolderError, StudyError
 from ..files import write_atomic, writing
 from ..results import read_record, save_result
-from ..resume import RunFolder
+from ..resume import RunFolder, read_state
 
 INDEX = "index.parquet"
 RUN = "study"
@@ -169,19 +169,21 @@ def load_study(folder: str | os.PathLike):
         df = pd.read_parquet(path)
     except Exception as e:  # noqa: BLE001
         raise StudyError(f"{path} cannot be read ({type(e).__name__}: {e}); rerun the study to rebuild it") from e
-    plan = folder / ".phaselens" / RUN / "plan.json"
-    if plan.is_file():
-        try:
-            df.attrs["planned"] = [j["job"] for j in json.loads(plan.read_text())]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            pass
+    if (folder / ".phaselens" / RUN / "plan.json").exists():
+        df.attrs["planned"] = [j["job"] for j in load_plan(folder)]
     return df
 
 
 def load_plan(folder: str | os.PathLike) -> list[dict[str, Any]]:
     """The jobs of the last spec run in ``folder`` (``[]`` if none)."""
     p = Path(folder) / ".phaselens" / RUN / "plan.json"
-    try:
-        return list(json.loads(p.read_text()))
-    except (OSError, json.JSONDecodeError):
+    if not p.exists():
         return []
+    try:
+        plan = read_state(p, list, "rerun the study to write it again")
+    except RunFolderError as e:
+        raise StudyError(str(e)) from None
+    if not all(isinstance(j, dict) and isinstance(j.get("job"), str) for j in plan):
+        raise StudyError(f"{p} is corrupt: every entry must be a job (a table with a job id); rerun the study to write "
+                         "it again")
+    return plan
