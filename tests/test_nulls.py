@@ -26,6 +26,17 @@ from phaselens.nulls import (
 )
 from phaselens.verdicts import Claim
 
+try:  # one BLAS thread: the simulations are thousands of tiny solves, which threads only slow down
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    from contextlib import nullcontext as threadpool_limits
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    with threadpool_limits(1):
+        yield
+
 #: one-sided 99% binomial bound of a rate whose nominal value is 5%, over n simulated data sets
 def _bound(n: int, rate: float = 0.05) -> float:
     return sps.binom.ppf(0.99, n, rate) / n

@@ -234,8 +234,8 @@ def half_splits(G: int, n_null: int, boot_seed: int = 0) -> np.ndarray:
     """``[n_null, G]`` signs, +1 for the groups of a random half and -1 for the rest (balanced; odd ``G``: one
     group more on the + side, alternating)."""
     rng = np.random.default_rng(boot_seed)
-    base = np.where(np.arange(G) < (G + 1) // 2, 1, -1)
-    out = np.stack([rng.permutation(base) for _ in range(n_null)])
+    ranks = np.argsort(np.argsort(rng.random((n_null, G)), 1), 1)
+    out = np.where(ranks < (G + 1) // 2, 1, -1)
     if G % 2:
         out[1::2] *= -1
     return out
