@@ -6,7 +6,9 @@ seed, item x placement and cell variance. With fewer than 5 placements or seeds 
 the claim is about the placements and seeds measured: the null is "the contrast averages 0 over them" (each
 data set's placement and seed effects on the contrast are centred; they still differ between placements).
 
-* Null: *agree* at most at the nominal rate (5% plus binomial error), and agree + disagree likewise.
+* Null: *agree* at most at the nominal rate (5% plus binomial error); agree + disagree at most at the percentile
+  bootstrap's analytic two-sided rate for the design (5.3% at 200 items, 6.7% at 24: a small sample's plug-in
+  standard error is too small by sqrt((n-1)/n) and its quantile is normal, not t).
 * Known effect: the detection rate equals the power computed analytically for the design: a percentile bootstrap
   of the mean per-item contrast ``d_i`` (iid normal here, variance ``s_u^2 + s_x^2/P + s_e^2/(P S)``) says *agree*
   when ``t = mean / (s / sqrt(n)) > z_{0.975} sqrt((n - 1) / n)`` (the bootstrap's plug-in standard error), so
@@ -81,12 +83,22 @@ def _run(designs, n_per: int, delta_in_se: float, seed: int) -> dict[tuple, list
     return out
 
 
-def _check_null(verdicts: list[str]) -> None:
+def _two_sided_rate(n: int) -> float:
+    """The percentile bootstrap's two-sided rejection rate under the null: ``2 P(T_{n-1} > z sqrt((n-1)/n))``
+    (6.7% at 24 items, 5.3% at 200: the plug-in standard error and the normal quantile of a small sample)."""
+    return float(2 * sps.t.sf(sps.norm.ppf(0.975) * math.sqrt((n - 1) / n), n - 1))
+
+
+def _check_null(verdicts: list[str], designs) -> None:
     m = len(verdicts)
     bound = sps.binom.ppf(0.99, m, 0.05) / m  # one-sided 99% binomial bound of the nominal 5%
     agree, either = verdicts.count("agree") / m, (verdicts.count("agree") + verdicts.count("disagree")) / m
-    print(f"null: agree {agree:.3f}, agree or disagree {either:.3f} over {m} data sets (bound {bound:.3f})")
-    assert agree <= bound and either <= bound, (agree, either, bound)
+    two = float(np.mean([_two_sided_rate(n) for n, _, _ in designs]))
+    bound2 = sps.binom.ppf(0.99, m, two) / m
+    print(f"null: agree {agree:.3f} (bound {bound:.3f}), agree or disagree {either:.3f} (analytic {two:.3f}, bound "
+          f"{bound2:.3f}) over {m} data sets")
+    assert agree <= bound, (agree, bound)  # the claim machinery's promise: agree at most at the nominal rate
+    assert either <= bound2, (either, two, bound2)  # and both verdicts together at the design's analytic rate
 
 
 def _check_power(verdicts: list[str], power: float) -> None:
@@ -100,7 +112,7 @@ def _check_power(verdicts: list[str], power: float) -> None:
 
 def test_null_says_agree_at_most_at_the_nominal_rate():
     v = _run(DESIGNS, N_SETS // len(DESIGNS), 0.0, seed=1)
-    _check_null([x for d in DESIGNS for x in v[d]])
+    _check_null([x for d in DESIGNS for x in v[d]], DESIGNS)
 
 
 def test_detection_rate_matches_the_analytic_power():
@@ -122,7 +134,7 @@ def test_analytic_power_is_the_normal_power_at_large_n():
 @pytest.mark.slow
 @pytest.mark.parametrize("design", DESIGNS, ids=lambda d: "x".join(map(str, d)))
 def test_full_null_per_design(design):
-    _check_null(_run([design], N_SETS, 0.0, seed=10 + sum(design))[design])
+    _check_null(_run([design], N_SETS, 0.0, seed=10 + sum(design))[design], [design])
 
 
 @pytest.mark.slow
