@@ -56,22 +56,24 @@ def main(argv=None) -> None:
             run.note("  - final accuracy / margin / perplexity: " + "; ".join(
                 f"{c} {mth}: {C.fmt(r.accuracy, 2)} / {C.fmt(r.final_margin, 2)} / {C.fmt(r.perplexity, 1)}"
                 for (c, mth), r in agg.iterrows() if c != "dense") + ".")
-            c = pc.contrast("silent", "decisive", method="identity", metric="margin")
-            run.claim(DT, "pruning the silent phase collapses the decision more than pruning the decisive phase", name, t.name,
-                      True if c["hi"] < 0 else (False if c["lo"] > 0 else None),
-                      f"plain pruning, final margin silent cut minus decisive cut {C.fmt(c['difference'])} [95% CI "
-                      f"{C.fmt(c['lo'])}, {C.fmt(c['hi'])}] (agree when the CI is below 0)")
+            v = {(cut, mth): pc._item_values(cut, mth, "margin") for cut in ("silent", "decisive")
+                 for mth in a.methods}  # [N] final margin per item, paired across cuts and methods
+            fmt_kw = dict(boot_seed=a.seed, model=name, task=t.name, format=t.format)
+            e = pl.paired_effect(v[("silent", "identity")], v[("decisive", "identity")], arms=("silent", "decisive"),
+                                 name="final margin, silent cut − decisive cut (plain pruning)", predicted="negative",
+                                 **fmt_kw)
+            run.claim(DT, "pruning the silent phase collapses the decision more than pruning the decisive phase", e,
+                      f"cuts of {n} block(s) at the transition {tr.layer}: one placement per phase (items resampled "
+                      f"only)")
             if "ghosted" in a.methods:
-                cs = pc.contrast("silent", "silent", method="ghosted", method_b="identity", metric="margin")
-                cd = pc.contrast("decisive", "decisive", method="ghosted", method_b="identity", metric="margin")
-                gap = pc.contrast("silent", "decisive", method="ghosted", metric="margin")
-                run.claim(JOINT, "Ghosted Layers recovers the decisive-phase cut but cannot hold the silent-phase cut "
-                          "(after recovery the silent cut still costs more)", name, t.name,
-                          True if gap["hi"] < 0 else (False if gap["lo"] > 0 else None),
-                          f"recovered, final margin silent minus decisive {C.fmt(gap['difference'])} [{C.fmt(gap['lo'])}, "
-                          f"{C.fmt(gap['hi'])}]; ghosted minus identity: silent cut {C.fmt(cs['difference'])} "
-                          f"[{C.fmt(cs['lo'])}, {C.fmt(cs['hi'])}], decisive cut {C.fmt(cd['difference'])} "
-                          f"[{C.fmt(cd['lo'])}, {C.fmt(cd['hi'])}]")
+                gain = {cut: v[(cut, "ghosted")] - v[(cut, "identity")] for cut in ("silent", "decisive")}
+                e = pl.paired_effect(gain["decisive"], gain["silent"], arms=("decisive", "silent"),
+                                     name="(ghosted − plain)_decisive − (ghosted − plain)_silent, final margin",
+                                     predicted="positive", **fmt_kw)
+                run.claim(JOINT, "Ghosted Layers recovers the decisive-phase cut more than the silent-phase cut (the "
+                          "interaction of recovery and phase)", e,
+                          f"ghosted − plain: silent cut {C.fmt(gain['silent'].mean())}, decisive cut "
+                          f"{C.fmt(gain['decisive'].mean())}")
     if tables:
         run.csv(pd.concat(tables, ignore_index=True), "phase_cuts")
     run.finish(
@@ -79,7 +81,9 @@ def main(argv=None) -> None:
         f"(silent phase), from l* on (decisive phase) and at {a.random_cuts} random positions (control), each recovered "
         f"with {', '.join(a.methods)} fitted on {a.calibration_passages} calibration passages. Measured: final margin and "
         f"accuracy with bootstrap 95% intervals over items (paired between cuts), and perplexity on {a.heldout_passages} "
-        f"held-out passages. Verdicts use paired bootstrap intervals; 'undetermined' means the interval spans 0.")
+        f"held-out passages. Claims are paired bootstrap effects over items judged by pl.claims; the joint hypothesis is "
+        f"tested as the interaction (recovered − plain)_decisive − (recovered − plain)_silent, not as 'recovered silent < "
+        f"recovered decisive' (which holds without any recovery).")
 
 
 if __name__ == "__main__":
