@@ -62,9 +62,9 @@ def main(argv=None) -> None:
             else:
                 silent = [b for b in blocks if b < tr.layer]
                 decisive = [b for b in blocks if b >= tr.layer]
-                e = nulls.bias_kl_effect(dense.trace, blocks=silent, boot_seed=a.seed, task=t.name,
+                e = nulls.bias_kl_effect(dense.trace, blocks=silent, boot_seed=a.seed, model=name, task=t.name,
                                          name="silent-phase bias KL − its slot-relabelling null")
-                d = nulls.bias_kl_effect(dense.trace, blocks=decisive, boot_seed=a.seed, task=t.name,
+                d = nulls.bias_kl_effect(dense.trace, blocks=decisive, boot_seed=a.seed, model=name, task=t.name,
                                          name="decisive-phase bias KL − its slot-relabelling null")
                 obs = float(np.mean(np.asarray(dense.trace.bias_kl)[[blocks.index(b) for b in silent]]))
                 run.claim(PAPER, claim, e, f"dense mean bias KL over the {len(silent)} silent blocks {C.fmt(obs, 4)}, "
@@ -76,7 +76,7 @@ def main(argv=None) -> None:
                 run.claim(PAPER, claim, None, f"no collapse up to ratio {C.fmt(last.ratio, 2)} (accuracy "
                           f"{C.fmt(last.accuracy)} vs threshold {C.fmt(sw.threshold)})", model=name, task=t.name)
             else:
-                e = nulls.bias_kl_effect(last.trace, blocks=[int(last.trace.blocks[-1])], boot_seed=a.seed,
+                e = nulls.bias_kl_effect(last.trace, blocks=[int(last.trace.blocks[-1])], boot_seed=a.seed, model=name,
                                          task=t.name, name="final-layer bias KL after collapse − its null")
                 run.claim(PAPER, claim, e, f"final-layer bias KL dense {C.fmt(dense.trace.bias_kl[-1], 4)} -> "
                           f"{C.fmt(last.trace.bias_kl[-1], 4)} at ratio {C.fmt(last.ratio, 2)} (accuracy "
