@@ -101,8 +101,22 @@ def collect(results: Path) -> tuple[list, list[str], list[dict], list[dict]]:
     return claims, sources, runs, untested
 
 
+def scripts() -> list[str]:
+    """One line per analysis script: its name and the first sentence of its docstring (read from the file)."""
+    import ast
+
+    out = []
+    for f in sorted(HERE.glob("*.py")):
+        if f.name.startswith("_"):
+            continue
+        doc = ast.get_docstring(ast.parse(f.read_text(encoding="utf-8"))) or ""
+        first = " ".join(doc.split("\n\n")[0].split())
+        out.append(f"- `{f.name}`: {first}")
+    return out
+
+
 def readme(df, runs: list[dict], untested: list[dict], results: Path) -> str:
-    lines = [INTRO, "## Claims", ""]
+    lines = [INTRO, "## Scripts", "", *scripts(), "", "## Claims", ""]
     if df is None:
         lines += ["No saved run holds a judged claim yet.", ""]
     else:

@@ -234,3 +234,19 @@ def test_calibration_with_resampled_placements_and_seeds():
     bound = sps.binom.ppf(0.99, N_DATASETS, 0.05) / N_DATASETS
     rate = (v.count("agree") + v.count("disagree")) / N_DATASETS
     assert v.count("agree") / N_DATASETS <= bound and rate <= bound, (rate, bound)
+
+
+# ----------------------------------------------------------------------------- the HTML report's claims table
+def test_report_shows_a_claims_table_when_given_claims(tmp_path):
+    effs = [_effect(1.5, 0, predicted="+"), _effect(0.0, 2, predicted="+"), _effect(-1.5, 3, predicted="+")]
+    table = pl.claims([("paper A", f"claim {i}", e) for i, e in enumerate(effs)])
+    page = pl.report.report_html({"one effect": effs[0]}, claims=table)
+    assert "Claims: claims" in page and "claim 0" in page and "claim 2" in page
+    for word in table.verdicts:
+        assert f">{word}<" in page
+    assert table.verdicts == ["agree", "undetermined", "disagree"]
+    # a saved Claims result in a results folder gets the same table
+    table.save(tmp_path, "claims")
+    effs[0].save(tmp_path, "effect")
+    page = pl.report.report_html(tmp_path)
+    assert "Claims: claims" in page and page.count(">disagree<") == 1
