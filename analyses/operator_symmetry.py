@@ -35,6 +35,7 @@ def main(argv=None) -> None:
     p.add_argument("--stride", type=int, default=3, help="start a span every STRIDE blocks")
     p.add_argument("--groups", type=int, default=16, help="groups of calibration passages (the split-half null)")
     p.add_argument("--n-null", type=int, default=1000, help="half-splits of the null")
+    p.add_argument("--spans-per-pass", type=int, default=4, help="spans whose statistics are gathered per pass")
     run = C.start("operator_symmetry", "Symmetric and antisymmetric parts of the Ghosted Layers operator", p, argv)
     a = run.args
     rows, effects = [], {}
@@ -43,22 +44,32 @@ def main(argv=None) -> None:
         L, d = m.n_blocks, m.d_model
         eye = torch.eye(d, dtype=torch.float64)
         spans = [(s, s + n) for n in a.span_sizes for s in range(1, L - n + 1, a.stride)]
-        # one dense pass per group of calibration passages reads every span's boundaries (spans may overlap); the
-        # groups' sums are the statistics of one fit on all passages, their spread the split-half null
-        groups = nulls.group_span_stats(m, spans, run.calibration(), groups=a.groups)
-        for sp in spans:
-            obs, null, info = nulls.antisymmetry_null(groups[sp], n_null=a.n_null, boot_seed=a.seed)
-            W = torch.from_numpy(info["W"])
-            sw, aw = parts(W)
-            sd, ad = parts(W - eye)
-            rows.append({"model": name, "span_start": sp[0], "span_end": sp[1], "n_blocks": sp[1] - sp[0],
-                         "depth": sp[0] / L, "sym_W": sw, "anti_W": aw, "anti_over_sym_W": aw / sw, "sym_W_minus_I": sd,
-                         "anti_W_minus_I": ad, "anti_over_sym_W_minus_I": ad / sd, "n_tokens": info["n"],
-                         "tokens_per_dim": info["tokens_per_dim"], "null_mean": float(null.mean()),
-                         "null_lo": float(np.quantile(null, 0.025)), "null_hi": float(np.quantile(null, 0.975))})
-        effects[name] = nulls.antisymmetry_effect(
-            [groups[sp] for sp in spans], n_null=a.n_null, boot_seed=a.seed, model=name, task="calibration text",
-            name="median antisymmetric share of W − I over spans − its split-half null")
+        # one dense pass per group of calibration passages reads the boundaries of a few spans at a time (their
+        # statistics, spans x groups x 2 [d, d] float64, are the memory); the groups' sums are the statistics of one
+        # fit on all passages, their spread the split-half null (every span shares each replicate's half-split)
+        signs = nulls.half_splits(a.groups, a.n_null, a.seed)
+        obs_all, null_all, tpd = [], [], None
+        for i in range(0, len(spans), a.spans_per_pass):
+            chunk = spans[i:i + a.spans_per_pass]
+            groups = nulls.group_span_stats(m, chunk, run.calibration(), groups=a.groups)
+            for sp in chunk:
+                obs, null, info = nulls.antisymmetry_null(groups[sp], signs=signs)
+                obs_all.append(obs)
+                null_all.append(null)
+                tpd = info["tokens_per_dim"]
+                W = torch.from_numpy(info["W"])
+                sw, aw = parts(W)
+                sd, ad = parts(W - eye)
+                rows.append({"model": name, "span_start": sp[0], "span_end": sp[1], "n_blocks": sp[1] - sp[0],
+                             "depth": sp[0] / L, "sym_W": sw, "anti_W": aw, "anti_over_sym_W": aw / sw,
+                             "sym_W_minus_I": sd, "anti_W_minus_I": ad, "anti_over_sym_W_minus_I": ad / sd,
+                             "n_tokens": info["n"], "tokens_per_dim": tpd, "null_mean": float(null.mean()),
+                             "null_lo": float(np.quantile(null, 0.025)), "null_hi": float(np.quantile(null, 0.975))})
+            del groups
+            run.log(f"{name}: spans {chunk} fitted on {a.groups} passage groups")
+        effects[name] = nulls.antisymmetry_effect_from(
+            obs_all, null_all, groups=a.groups, tokens_per_dim=tpd, boot_seed=a.seed, model=name,
+            task="calibration text", name="median antisymmetric share of W − I over spans − its split-half null")
         run.log(f"{name}: {len(spans)} spans fitted on {a.groups} passage groups")
     df = pd.DataFrame(rows)
     run.csv(df, "operator_symmetry")

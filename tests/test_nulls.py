@@ -261,3 +261,16 @@ def test_antisymmetry_null_refuses_bad_inputs():
         antisymmetry_effect([_groups(X, Y, 4), _groups(X, Y, 5)], n_null=100)
     with pytest.raises(EffectError, match="statistic must be"):
         antisymmetry_effect([_groups(X, Y, 4)], statistic="max", n_null=100)
+
+
+def test_null_shares_are_the_norms_of_the_noise_replicates():
+    """antisymmetry_null reads each replicate's norm from a G x G Gram (no [n_null, d, d] array); the same norms
+    straight from split_half_noise's replicates."""
+    rng = np.random.default_rng(28)
+    X, Y, _ = _fit(rng, 10, 12.5)
+    groups = _groups(X, Y, 8)
+    obs, null, info = antisymmetry_null(groups, n_null=64, boot_seed=9)
+    W, noise, _ = split_half_noise(groups, n_null=64, boot_seed=9)
+    want = np.linalg.norm((noise - noise.transpose(0, 2, 1)) / 2, axis=(1, 2)) / info["sym"]
+    np.testing.assert_allclose(null, want, rtol=1e-10)
+    assert obs == pytest.approx(antisymmetric_share(W))

@@ -201,6 +201,23 @@ def _group_stats(groups: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, int]:
     return np.stack(As), np.stack(Cs), n
 
 
+def _contributions(groups: Sequence[Any], lam: float | None) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """``(W, U [G, d, d], n, c)``: the fit on all groups, each group's contribution to its error, the token count
+    and the rescaling ``c = sqrt(n / (n - d))`` of a split's noise to that of one fit on all ``n`` tokens."""
+    from scipy.linalg import cho_factor, cho_solve  # scipy.linalg costs at import; only this null needs it
+
+    A_g, C_g, n = _group_stats(groups)
+    G, d = A_g.shape[0], A_g.shape[1]
+    A, C = A_g.sum(0), C_g.sum(0)
+    lam = 1e-10 * float(np.trace(A)) / d if lam is None else float(lam)
+    factor = cho_factor(A + lam * np.eye(d))
+    W = np.eye(d) + cho_solve(factor, C - A)
+    R = (C_g - A_g @ W).transpose(1, 0, 2).reshape(d, G * d)  # each group's normal-equation residual, side by side
+    U = cho_solve(factor, R).reshape(d, G, d).transpose(1, 0, 2)  # [G, d, d]: its contribution to the fit's error
+    scale = math.sqrt(n / (n - d)) if n > 2 * d else math.sqrt(2.0)
+    return W, U, n, scale
+
+
 def split_half_noise(groups: Sequence[Any], *, n_null: int = 200, boot_seed: int = 0, lam: float | None = None,
                      signs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """The ridge least-squares fit ``W`` on all groups and ``n_null`` split-half noise replicates of it.
@@ -211,21 +228,12 @@ def split_half_noise(groups: Sequence[Any], *, n_null: int = 200, boot_seed: int
         signs: ``[n_null, G]`` of ±1 (balanced half-splits) to share between spans fitted on the same groups.
 
     Returns:
-        ``(W [d, d], noise [n_null, d, d], n tokens)``.
+        ``(W [d, d], noise [n_null, d, d], n tokens)`` (``n_null * d * d`` floats: for large ``d`` use
+        :func:`antisymmetry_null`, which needs only their norms).
     """
-    A_g, C_g, n = _group_stats(groups)
-    G, d = A_g.shape[0], A_g.shape[1]
-    A, C = A_g.sum(0), C_g.sum(0)
-    lam = 1e-10 * float(np.trace(A)) / d if lam is None else float(lam)
-    from scipy.linalg import cho_factor, cho_solve  # scipy.linalg costs at import; only this null needs it
-
-    factor = cho_factor(A + lam * np.eye(d))
-    W = np.eye(d) + cho_solve(factor, C - A)
-    R = (C_g - A_g @ W).transpose(1, 0, 2).reshape(d, G * d)  # each group's normal-equation residual, side by side
-    U = cho_solve(factor, R).reshape(d, G, d).transpose(1, 0, 2)  # [G, d, d]: its contribution to the fit's error
+    W, U, n, scale = _contributions(groups, lam)
     if signs is None:
-        signs = half_splits(G, n_null, boot_seed)
-    scale = math.sqrt(n / (n - d)) if n > 2 * d else math.sqrt(2.0)
+        signs = half_splits(U.shape[0], n_null, boot_seed)
     noise = scale * np.tensordot(signs.astype(float), U, axes=(1, 0))  # [n_null, d, d]
     return W, noise, n
 
@@ -249,10 +257,15 @@ def antisymmetry_null(groups: Sequence[Any], *, n_null: int = 200, boot_seed: in
     ``N_r`` the split-half noise replicates (:func:`split_half_noise`); ``info`` holds ``n`` (tokens), ``d``,
     ``tokens_per_dim``, ``groups``, ``sym``/``anti`` (the norms of ``D``) and ``W``.
     """
-    W, noise, n = split_half_noise(groups, n_null=n_null, boot_seed=boot_seed, lam=lam, signs=signs)
+    W, U, n, scale = _contributions(groups, lam)
+    if signs is None:
+        signs = half_splits(U.shape[0], n_null, boot_seed)
     d = W.shape[0]
     s, a = parts(W - np.eye(d))
-    anti_noise = np.linalg.norm((noise - noise.transpose(0, 2, 1)) / 2, axis=(1, 2))
+    anti_u = (U - U.transpose(0, 2, 1)) / 2
+    K = np.einsum("gij,hij->gh", anti_u, anti_u)  # Gram of the groups' antisymmetric parts
+    sg = signs.astype(float)
+    anti_noise = scale * np.sqrt(np.maximum(np.einsum("rg,gh,rh->r", sg, K, sg), 0.0))  # ||anti(N_r)||_F
     info = {"n": n, "d": d, "tokens_per_dim": n / d, "groups": len(groups), "sym": s, "anti": a, "W": W}
     return a / s, anti_noise / s, info
 
@@ -280,14 +293,30 @@ def antisymmetry_effect(spans: Sequence[Sequence[Any]] | dict, *, name: str = "a
         obs.append(o)
         nulls.append(nl)
         infos.append(info)
+    return antisymmetry_effect_from(obs, nulls, groups=G, tokens_per_dim=infos[0]["tokens_per_dim"], name=name,
+                                    statistic=statistic, predicted=predicted, boot_seed=boot_seed, level=level,
+                                    model=model, task=task, format=format)
+
+
+def antisymmetry_effect_from(observed: Sequence[float], nulls: Sequence[np.ndarray], *, groups: int,
+                             tokens_per_dim: float, name: str = "antisymmetric share of W − I over its split-half "
+                             "null", statistic: str = "median", predicted: Any = "positive", boot_seed: int = 0,
+                             level: float = 0.95, model: str = "", task: str = "", format: str = "") -> Effect:
+    """:func:`antisymmetry_effect` from per-span results of :func:`antisymmetry_null` computed with the same
+    ``signs=half_splits(groups, n_null, boot_seed)`` (spans fitted a few at a time, to bound memory)."""
+    if statistic not in ("median", "mean"):
+        raise EffectError(f"statistic must be 'median' or 'mean', got {statistic!r}")
+    nl = np.stack([np.asarray(x, dtype=float) for x in nulls])
+    if nl.shape[0] != len(observed):
+        raise EffectError(f"{len(observed)} observed shares but {nl.shape[0]} nulls: one null per span")
     f = np.median if statistic == "median" else np.mean
-    observed, null = float(f(obs)), f(np.stack(nulls), axis=0)
-    tpd = infos[0]["tokens_per_dim"]
-    return _null_effect(name, observed, null, level=level, predicted=predicted,
-                        n={"spans": len(items), "groups": G},
-                        method=f"split-half null of a symmetric operator ({G} token groups, {n_null} half-splits, "
-                               f"{tpd:.1f} tokens per dimension; {statistic} over {len(items)} span(s)); interval: "
-                               "observed − null, percentile",
+    observed_s, null = float(f(np.asarray(observed, dtype=float))), f(nl, axis=0)
+    n_null = nl.shape[1]
+    return _null_effect(name, observed_s, null, level=level, predicted=predicted,
+                        n={"spans": len(observed), "groups": groups},
+                        method=f"split-half null of a symmetric operator ({groups} token groups, {n_null} half-splits, "
+                               f"{tokens_per_dim:.1f} tokens per dimension; {statistic} over {len(observed)} span(s)); "
+                               "interval: observed − null, percentile",
                         n_boot=n_null, boot_seed=boot_seed, model=model, task=task, format=format)
 
 
