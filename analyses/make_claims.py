@@ -73,6 +73,21 @@ def _int(v) -> str:
         return ""
 
 
+#: the papers whose claims form one Holm family each, by their arXiv id (a script's PAPER names a figure too)
+PAPERS = {"2605.07271": "decision-transition (arXiv 2605.07271)", "2605.15491": "Ghosted Layers (arXiv 2605.15491)"}
+
+
+def family(paper: str, claim: str) -> tuple[str, str]:
+    """``(paper, claim)`` with the paper reduced to its Holm family (one per paper) and the figure the script named
+    moved into the claim, e.g. ``"decision-transition (arXiv 2605.07271), Figs. 9, 19"`` ->
+    ``"decision-transition (arXiv 2605.07271)"`` and ``"... (Figs. 9, 19)"``."""
+    for key, name in PAPERS.items():
+        if key in paper:
+            rest = paper.split(")", 1)[1].strip(" ,") if ")" in paper else ""
+            return name, f"{claim} ({rest})" if rest else claim
+    return paper, claim
+
+
 def _rel(path: Path) -> Path:
     """``path`` relative to the repository when inside it (as the README cites it), else as given."""
     try:
@@ -92,11 +107,14 @@ def collect(results: Path) -> tuple[list, list[str], list[dict], list[dict]]:
         rel = _rel(folder)
         runs.append({"folder": str(rel), **doc.get("provenance", {})})
         for u in doc.get("untested", []):
-            untested.append({**u, "source": str(rel / "verdicts.json")})
+            paper, text = family(u["paper"], u["claim"])
+            untested.append({**u, "paper": paper, "claim": text, "source": str(rel / "verdicts.json")})
         cj = folder / "claims.json"
         if cj.is_file():
             table = pl.load_result(cj)
-            claims += list(table.claims)
+            for c in table.claims:
+                paper, text = family(c.paper, c.claim)
+                claims.append(pl.Claim(paper=paper, claim=text, effect=c.effect, predicted=c.predicted))
             sources += [str(rel / "claims.json")] * len(table.claims)
     return claims, sources, runs, untested
 
