@@ -5,10 +5,16 @@ Every script is ``python analyses/NAME.py --out DIR [--models ...] [--tasks ...]
 
 * one self-contained HTML file per figure (Plotly's JavaScript embedded),
 * one or more CSV files with every number the figures and the summary show,
-* ``summary.md``: what was measured, the key numbers (from this run) and, per paper claim,
-  whether our numbers agree, with the provenance of the run (models, tasks, formats, item
-  counts, calibration passages, seeds, phaselens version, date, wall time),
-* ``verdicts.json``: the same claims and verdicts, machine-readable.
+* ``summary.md``: what was measured, the key numbers (from this run) and, per paper claim, its
+  ``pl.Effect`` and the verdict ``pl.claims`` gives it (Holm per paper over this run's claims), with
+  the provenance of the run (models, tasks, formats, item counts, calibration passages, seeds,
+  phaselens version, date, wall time),
+* ``claims.json`` (+ its ``.safetensors``): the ``pl.Claims`` table, every claim with its Effect
+  (bootstrap replicates included), which ``analyses/make_claims.py`` reads back,
+* ``verdicts.json``: the claims, verdicts and untested claims, machine-readable.
+
+No script decides a verdict: each builds an Effect with the library (``pl.paired_effect``,
+``pl.hierarchical_effect``, ``pl.correlation_effect``, ``phaselens.nulls``) and ``pl.claims`` judges it.
 
 Nothing here computes a metric: the scripts call the public ``phaselens`` API.
 """
@@ -88,22 +94,17 @@ def sweep_steps(n_layers: int, max_ratio: float) -> int:
 
 
 @dataclass
-class Claim:
-    """One paper claim, tested on one (model, task): agree / disagree / undetermined, with the numbers."""
+class Untested:
+    """A paper claim this run could not judge (no effect to test it with), and why."""
 
     paper: str
     claim: str
     model: str
     task: str
-    verdict: str  # "agree", "disagree" or "undetermined"
-    evidence: str
+    reason: str
 
     def line(self) -> str:
-        return f"- **{self.verdict}** ({self.model}, {self.task}): {self.claim}. {self.evidence}"
-
-
-def verdict(ok: bool | None) -> str:
-    return "undetermined" if ok is None else ("agree" if ok else "disagree")
+        return f"- **not judged** ({self.model}, {self.task}): {self.claim}. {self.reason}"
 
 
 @dataclass
@@ -116,7 +117,9 @@ class Run:
     started: float = field(default_factory=time.time)
     figures: list[str] = field(default_factory=list)
     tables: list[str] = field(default_factory=list)
-    claims: list[Claim] = field(default_factory=list)
+    claims: list[Any] = field(default_factory=list)  # pl.Claim, each with its Effect
+    evidence: list[str] = field(default_factory=list)  # one line per claim: the numbers behind it
+    untested: list[Untested] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     used_tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     _models: dict[str, Any] = field(default_factory=dict)
@@ -224,11 +227,26 @@ class Run:
         self.tables.append(path.name)
         return path
 
-    def claim(self, paper: str, claim: str, model: str, task: str, ok: bool | None, evidence: str) -> Claim:
-        c = Claim(paper, claim, model, task, verdict(ok), evidence)
+    def claim(self, paper: str, claim: str, effect: Any, evidence: str = "", *, predicted: str | None = None,
+              model: str = "", task: str = "") -> Any:
+        """Test ``claim`` of ``paper`` with ``effect`` (a ``pl.Effect``; its direction, or ``predicted``); with
+        ``effect=None`` the claim is recorded as not judged, ``evidence`` saying why. The verdict comes from
+        ``pl.claims`` (Holm per paper), never from the script."""
+        if effect is None:
+            u = Untested(paper, claim, model, task, evidence)
+            self.untested.append(u)
+            self.log(f"not judged: {model} {task}: {claim}: {evidence}")
+            return u
+        c = pl.Claim(paper=paper, claim=claim, effect=effect, predicted=predicted)
         self.claims.append(c)
-        self.log(f"{c.verdict}: {model} {task}: {evidence}")
+        self.evidence.append(evidence)
+        self.log(f"claim: {effect.model} {effect.task}: {effect.summary().splitlines()[0]}")
         return c
+
+    def table(self) -> Any:
+        """This run's claims judged together (Holm per paper over this run's claims; analyses/make_claims.py judges
+        every run's claims together)."""
+        return pl.claims(self.claims, name=self.name) if self.claims else None
 
     def finish(self, measured: str) -> None:
         """Write summary.md and verdicts.json."""
@@ -253,11 +271,22 @@ class Run:
         lines = [f"# {self.title}", "", measured.strip(), ""]
         if self.notes:
             lines += ["## Results", ""] + [n.rstrip() for n in self.notes] + [""]
-        if self.claims:
-            lines += ["## Paper claims tested", ""] + [c.line() for c in self.claims] + [""]
-            n_agree = sum(c.verdict == "agree" for c in self.claims)
-            n_dis = sum(c.verdict == "disagree" for c in self.claims)
-            lines += [f"{n_agree} agree, {n_dis} disagree, {len(self.claims) - n_agree - n_dis} undetermined.", ""]
+        table = self.table()
+        if table is not None:
+            lines += ["## Paper claims tested", "",
+                      "Verdicts from `pl.claims` (Holm-corrected per paper over this run's claims; `analyses/claims.csv` "
+                      "recomputes them over every run's claims):", ""]
+            for c, r, ev in zip(table.claims, table.rows, self.evidence):
+                lines.append(f"- **{r['verdict']}** ({c.effect.model}, {c.effect.task}): {c.claim} (predicted "
+                             f"{c.predicted}). {c.effect.summary().splitlines()[0]}; Holm-adjusted p = {r['p_adj']:.3g}"
+                             + (f"; smallest detectable effect ±{r['mde']:.3g}" if r["verdict"] == "undetermined" else "")
+                             + (f". {ev}" if ev else ""))
+            v = table.verdicts
+            lines += ["", f"{v.count('agree')} agree, {v.count('disagree')} disagree, {v.count('undetermined')} "
+                          "undetermined.", ""]
+            table.save(self.out, "claims", script=f"analyses/{self.name}.py")
+        if self.untested:
+            lines += ["## Claims not judged", ""] + [u.line() for u in self.untested] + [""]
         lines += ["## Outputs", ""] + [f"- figure: `{f}`" for f in self.figures] + [f"- table: `{t}`" for t in self.tables]
         tasks = "; ".join(f"{k} ({v['format']}, {v['items']} items)" for k, v in self.used_tasks.items())
         lines += ["", "## Provenance", "",
@@ -271,7 +300,12 @@ class Run:
                   f"- phaselens {pl.__version__}, Python {prov['python']}, {prov['cpu_count']} CPU cores",
                   f"- date: {prov['date']}; wall time {wall:.0f} s", ""]
         (self.out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
-        doc = {"provenance": prov, "claims": [c.__dict__ for c in self.claims], "notes": self.notes,
+        claims = [] if table is None else [
+            {**{k: r[k] for k in ("paper", "claim", "model", "task", "format", "n_items", "n_placements", "n_seeds",
+                                  "estimate", "lo", "hi", "p", "p_adj", "verdict", "predicted", "mde", "effect",
+                                  "method")}, "evidence": ev} for r, ev in zip(table.rows, self.evidence)]
+        doc = {"provenance": prov, "claims": claims, "untested": [u.__dict__ for u in self.untested],
+               "notes": self.notes,
                "figures": self.figures, "tables": self.tables}
         (self.out / "verdicts.json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
         self.log(f"done in {wall:.0f} s: {self.out / 'summary.md'}")

@@ -43,18 +43,25 @@ def main(argv=None) -> None:
             fig.update_layout(title=f"Final-margin drop when blocks are {a.mode}-ablated: {name} on {t.name} ({len(t)} items)")
             run.figure(fig, f"ablation_{name}_{t.name}")
             run.note("```\n" + r.summary() + "\n```")
+            claim = "ablating silent-phase blocks hurts the decision more than ablating decisive-phase blocks"
             if layer is None:
-                run.claim(PAPER, "ablating silent-phase blocks hurts the decision more than ablating decisive-phase blocks", name,
-                          t.name, None, "no dense transition on this task")
+                run.claim(PAPER, claim, None, "no dense transition on this task", model=name, task=t.name)
                 continue
             singles = df[df.kind == "single"]
             sil, dec = singles[singles.phase == "silent"], singles[singles.phase == "decisive"]
             near_s = sil[sil.block_a >= layer - a.window]
-            run.claim(PAPER, "ablating silent-phase blocks hurts the decision more than ablating decisive-phase blocks", name, t.name,
-                      None if dec.empty or sil.empty else bool(sil.margin_drop.mean() > dec.margin_drop.mean()),
-                      f"mean final-margin drop: silent blocks {C.fmt(sil.margin_drop.mean())} ({len(sil)} blocks), decisive "
-                      f"blocks {C.fmt(dec.margin_drop.mean())} ({len(dec)} blocks); the {len(near_s)} silent blocks just before "
-                      f"the transition (block {layer}): {C.fmt(near_s.margin_drop.mean())}")
+            sb = np.asarray(r.singles)
+            drop = r.clean_margins[None, :] - r.single_margins  # [S, N]
+            if not (sb < layer).any() or not (sb >= layer).any():
+                run.claim(PAPER, claim, None, "one of the phases has no ablated block", model=name, task=t.name)
+            else:
+                e = pl.paired_effect(drop[sb < layer].mean(0), drop[sb >= layer].mean(0), arms=("silent", "decisive"),
+                                     name="silent − decisive final-margin drop (single-block ablation)",
+                                     predicted="positive", boot_seed=a.seed, model=name, task=t.name, format=t.format)
+                run.claim(PAPER, claim, e, f"mean final-margin drop: silent blocks {C.fmt(sil.margin_drop.mean())} "
+                          f"({len(sil)} blocks), decisive blocks {C.fmt(dec.margin_drop.mean())} ({len(dec)} blocks); "
+                          f"the {len(near_s)} silent blocks just before the transition (block {layer}): "
+                          f"{C.fmt(near_s.margin_drop.mean())}")
             worst = singles.loc[singles.margin_drop.idxmax()]
             pairs = df[df.kind == "pair"]
             inter = pairs.interaction.dropna()

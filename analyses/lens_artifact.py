@@ -64,9 +64,9 @@ def main(argv=None) -> None:
         beats = {k: bool((kls[k][:-1] < kls["logit"][:-1]).all()) for k in ("linear", "tuned")}
         for k in ("linear", "tuned"):
             run.claim(PAPER, f"the {k} lens is more faithful than the logit lens (lower held-out KL at every block but the last)",
-                      name, "held-out text", beats[k],
-                      f"mean KL {kls[k][:-1].mean():.3f} vs logit {kls['logit'][:-1].mean():.3f} nats; lower at "
-                      f"{int((kls[k][:-1] < kls['logit'][:-1]).sum())} of {L - 1} blocks")
+                      None, f"not judged (lens_kl gives one mean per block, no per-passage values); lower at every block: "
+                      f"{beats[k]}. Mean KL {kls[k][:-1].mean():.3f} vs logit {kls['logit'][:-1].mean():.3f} nats; lower at "
+                      f"{int((kls[k][:-1] < kls['logit'][:-1]).sum())} of {L - 1} blocks", model=name, task="held-out text")
         # the traces of every task under every lens: one study job each (kept in --study, reused by a rerun); a saved
         # lens file is a run parameter, named in the job's identity by its content
         files = {"logit": "logit", **{k: str(run.out / "lenses" / f"{name}-{k}.safetensors") for k in ("linear", "tuned")}}
@@ -92,15 +92,17 @@ def main(argv=None) -> None:
             for k in ("linear", "tuned"):
                 tr = trs[k]
                 if lo.layer is None or tr.layer is None:
-                    run.claim(PAPER, f"the transition stays put under the {k} lens", name, task.name, None,
-                              f"no transition under {'the logit lens' if lo.layer is None else f'the {k} lens'}")
+                    run.claim(PAPER, f"the transition stays put under the {k} lens", None,
+                              f"no transition under {'the logit lens' if lo.layer is None else f'the {k} lens'}",
+                              model=name, task=task.name)
                     continue
                 moved = tr.layer - lo.layer
                 inside = lo.ci is not None and lo.ci[0] <= tr.layer <= lo.ci[1]
                 run.claim(PAPER, f"the transition stays put under the {k} lens (inside the logit lens's 95% interval)",
-                          name, task.name, inside,
-                          f"logit {lo.layer} [{lo.ci[0] if lo.ci else '?'}, {lo.ci[1] if lo.ci else '?'}], {k} {tr.layer} "
-                          f"[{tr.ci[0] if tr.ci else '?'}, {tr.ci[1] if tr.ci else '?'}]: moved {moved:+d} blocks")
+                          None, f"not judged (a claim of no difference needs an equivalence margin; inside the logit "
+                          f"lens's interval: {inside}). logit {lo.layer} [{lo.ci[0] if lo.ci else '?'}, {lo.ci[1] if lo.ci else '?'}], {k} {tr.layer} "
+                          f"[{tr.ci[0] if tr.ci else '?'}, {tr.ci[1] if tr.ci else '?'}]: moved {moved:+d} blocks",
+                          model=name, task=task.name)
     df, kdf, fdf = pd.DataFrame(rows), pd.DataFrame(kl_rows), pd.DataFrame(fit_rows)
     run.csv(df, "lens_transitions")
     run.csv(kdf, "lens_kl")

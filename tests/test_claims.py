@@ -87,6 +87,7 @@ def test_claims_csv_and_roundtrip(tmp_path):
     assert table.plot() is not None
 
 
+@pytest.mark.bad_input
 def test_claim_errors():
     e = _effect(0.5, 10)
     with pytest.raises(EffectError, match="has no predicted direction"):
@@ -101,6 +102,65 @@ def test_claim_errors():
     with pytest.warns(StatsWarning, match="raise n_boot"):
         small = paired_effect(np.arange(10.0), np.zeros(10), name="x", n_boot=100, predicted="+")
         pl.claims([("p", f"c{i}", small) for i in range(3)])
+
+
+@pytest.mark.bad_input
+def test_claim_without_a_predicted_direction_names_the_claim():
+    e = _effect(0.5, 10)
+    with pytest.raises(EffectError, match=r"claim 'silent cuts hurt more' \(decision-transition\) has no predicted"):
+        Claim(paper="decision-transition", claim="silent cuts hurt more", effect=e)
+    with pytest.raises(EffectError, match="claim 'test/no-direction': predicted direction ''"):
+        register_claim("test/no-direction", paper="p", claim="c", predicted="")
+
+
+@pytest.mark.bad_input
+def test_claim_with_an_unreadable_direction_names_it():
+    with pytest.raises(EffectError, match="claim 'c' \\(p\\): predicted direction 'bigger'"):
+        Claim(paper="p", claim="c", effect=_effect(0.5, 10), predicted="bigger")
+
+
+@pytest.mark.bad_input
+def test_fewer_than_five_items_in_an_arm_names_the_arm():
+    rng = np.random.default_rng(40)
+    with pytest.raises(EffectError, match="arm 'decisive' holds 4 items; an effect needs at least 5"):
+        paired_effect(rng.normal(size=4), rng.normal(size=4), name="silent − decisive", arms=("decisive", "silent"))
+    with pytest.raises(EffectError, match="arm 'silent' holds 3 items"):
+        hierarchical_effect({"silent": rng.normal(size=(3, 2, 3)), "decisive": rng.normal(size=(3, 2, 3))}, name="x")
+
+
+@pytest.mark.bad_input
+def test_arms_on_different_items_name_the_arm_before_any_resampling():
+    rng = np.random.default_rng(41)
+    ids = [f"item{i}" for i in range(10)]
+    with pytest.raises(EffectError, match="arm 'recovered' was measured on different items than arm 'plain'"):
+        hierarchical_effect({"plain": rng.normal(size=(10, 2, 3)), "recovered": rng.normal(size=(10, 2, 3))},
+                            name="x", items={"plain": ids, "recovered": ids[1:] + ["item99"]})
+    with pytest.raises(EffectError, match="arm 'recovered' has 9 items but arm 'plain' has 10"):
+        hierarchical_effect({"plain": rng.normal(size=(10, 2, 3)), "recovered": rng.normal(size=(9, 2, 3))}, name="x")
+
+
+@pytest.mark.bad_input
+def test_one_placement_where_the_hierarchy_asks_names_the_effect_and_arms():
+    rng = np.random.default_rng(42)
+    arms = {"silent": rng.normal(size=(24, 1, 3)), "decisive": rng.normal(size=(24, 1, 3))}
+    with pytest.raises(EffectError, match=r"effect 'silent − decisive': the hierarchy asks for placements but "
+                                          r"arm\(s\) 'silent', 'decisive' hold 1"):
+        hierarchical_effect(arms, name="silent − decisive")
+    with pytest.raises(EffectError, match="asks for seeds"):
+        hierarchical_effect(arms, name="x", require=("seeds",),
+                            dims=("items", "seeds", "placements"))
+    e = hierarchical_effect(arms, name="silent − decisive", require=(), n_boot=200)  # asked for nothing: fine
+    assert e.n["placements"] == 1
+
+
+@pytest.mark.bad_input
+def test_claims_table_refuses_what_is_not_a_claim():
+    with pytest.raises(EffectError, match="claims must be Claim objects, got \\['str'\\]"):
+        pl.Claims(claims=["transition/fig8-sign"])
+    with pytest.raises(EffectError, match="cannot read a claim from float"):
+        pl.claims([0.5])
+    with pytest.raises(EffectError, match="alpha must be between 0 and 1"):
+        pl.claims([("p", "c", _effect(0.5, 10, predicted="+"))], alpha=5)
 
 
 # ----------------------------------------------------------------------------- calibration and power
@@ -174,3 +234,19 @@ def test_calibration_with_resampled_placements_and_seeds():
     bound = sps.binom.ppf(0.99, N_DATASETS, 0.05) / N_DATASETS
     rate = (v.count("agree") + v.count("disagree")) / N_DATASETS
     assert v.count("agree") / N_DATASETS <= bound and rate <= bound, (rate, bound)
+
+
+# ----------------------------------------------------------------------------- the HTML report's claims table
+def test_report_shows_a_claims_table_when_given_claims(tmp_path):
+    effs = [_effect(1.5, 0, predicted="+"), _effect(0.0, 2, predicted="+"), _effect(-1.5, 3, predicted="+")]
+    table = pl.claims([("paper A", f"claim {i}", e) for i, e in enumerate(effs)])
+    page = pl.report.report_html({"one effect": effs[0]}, claims=table)
+    assert "Claims: claims" in page and "claim 0" in page and "claim 2" in page
+    for word in table.verdicts:
+        assert f">{word}<" in page
+    assert table.verdicts == ["agree", "undetermined", "disagree"]
+    # a saved Claims result in a results folder gets the same table
+    table.save(tmp_path, "claims")
+    effs[0].save(tmp_path, "effect")
+    page = pl.report.report_html(tmp_path)
+    assert "Claims: claims" in page and page.count(">disagree<") == 1

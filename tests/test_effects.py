@@ -234,6 +234,7 @@ def test_effect_saves_and_loads(tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad input
+@pytest.mark.bad_input
 def test_arms_on_different_items_are_refused_naming_the_arm():
     rng = np.random.default_rng(13)
     a, b = rng.normal(size=8), rng.normal(size=8)
@@ -246,6 +247,7 @@ def test_arms_on_different_items_are_refused_naming_the_arm():
         permutation_effect(a, b[:7], name="x")
 
 
+@pytest.mark.bad_input
 def test_bad_designs_and_settings_raise_effect_error():
     rng = np.random.default_rng(14)
     with pytest.raises(EffectError, match="at least 2 placements"):

@@ -237,7 +237,8 @@ def _align_items(arms: dict[str, np.ndarray], items: Any) -> dict[str, np.ndarra
     return out
 
 
-def _check_design(arms: dict[str, np.ndarray], dims: Sequence[str], require: Sequence[str]) -> tuple[int, ...]:
+def _check_design(arms: dict[str, np.ndarray], dims: Sequence[str], require: Sequence[str],
+                  name: str = "") -> tuple[int, ...]:
     """The shared ``[N, P, S]`` of the arms (error naming the arm that differs), at least 5 items, and at least
     2 clusters of every required level."""
     k = len(dims)
@@ -252,10 +253,9 @@ def _check_design(arms: dict[str, np.ndarray], dims: Sequence[str], require: Seq
             raise EffectError(f"arm {a!r} holds {v.shape[0]} items; an effect needs at least {MIN_ITEMS}")
     for d in require:
         if d in dims and shape[list(dims).index(d)] < 2:
-            raise EffectError(f"the hierarchy asks for {d} but arm {ref!r} (like every arm) holds "
-                              f"{shape[list(dims).index(d)]}: one "
-                              f"cut per phase says nothing about where the cut was placed; measure at least 2 {d} "
-                              f"or drop it from require=")
+            raise EffectError(f"effect {name!r}: the hierarchy asks for {d} but arm(s) {', '.join(map(repr, arms))} "
+                              f"hold {shape[list(dims).index(d)]}: one cut per phase says nothing about where the cut "
+                              f"was placed; measure at least 2 {d} or drop it from require=")
     return tuple(shape)
 
 
@@ -320,7 +320,7 @@ def hierarchical_effect(
             (``clusters``) when ``per_cluster``.
     """
     arms = _align_items(_as_arms(arms, len(dims)), items)
-    shape = _check_design(arms, dims, require)
+    shape = _check_design(arms, dims, require, name)
     check_n_boot(n_boot, level)
     if min_clusters < 2:
         raise EffectError(f"min_clusters must be >= 2, got {min_clusters}")

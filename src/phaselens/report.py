@@ -62,6 +62,33 @@ def _result_section(e: ResultEntry) -> Section:
     return sec
 
 
+def _claims_section(table: Any, name: str = "claims") -> Section:
+    """A claims table (:class:`~phaselens.verdicts.Claims`): one row per claim, the verdict first, with the columns
+    of ``analyses/claims.csv`` and the minimum detectable effect of undetermined verdicts."""
+    from .verdicts import COLUMNS, Claims
+
+    if isinstance(table, (str, os.PathLike)):
+        from .results import load_result
+
+        table = load_result(table)
+    if isinstance(table, (list, tuple)):
+        from .verdicts import claims as make_claims
+
+        table = make_claims(table)
+    if not isinstance(table, Claims):
+        raise ResultsError(f"claims= takes a Claims table (pl.claims(...)), a list of Claim, or its saved file; got "
+                           f"{type(table).__name__}")
+    df = table.to_pandas()
+    cols = ["verdict"] + [c for c in COLUMNS if c != "verdict"] + ["predicted", "level", "mde", "effect"]
+    v = table.verdicts
+    sec = Section(f"Claims: {name}", _anchor(f"claims-{name}"))
+    sec.note = (f"{len(v)} claim(s): {v.count('agree')} agree, {v.count('disagree')} disagree, "
+                f"{v.count('undetermined')} undetermined (Holm-corrected per paper at alpha = {table.alpha:g}; the "
+                "interval is at each claim's Holm level; mde: the smallest effect the design detects with 80% power).")
+    sec.tables.append(("claims", df[[c for c in cols if c in df.columns]]))
+    return sec
+
+
 def _err(what: str, e: ResultEntry, ex: Exception) -> str:
     msg = f"could not make the {what} of {e.name} ({e.kind}): {type(ex).__name__}: {ex}"
     warnings.warn(msg, ReportWarning, stacklevel=3)
@@ -174,7 +201,7 @@ el.textContent=JSON.stringify(res);el.setAttribute('data-status',(ok===expected&
 if(document.readyState==='complete'){setTimeout(check,50)}else{window.addEventListener('load',function(){setTimeout(check,50)})}})();"""
 
 
-def report_html(results: Any, *, title: str | None = None) -> str:
+def report_html(results: Any, *, title: str | None = None, claims: Any = None) -> str:
     """The report page as a string (see :func:`build_report`)."""
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
@@ -186,7 +213,10 @@ def report_html(results: Any, *, title: str | None = None) -> str:
     if not entries and not is_study(results):  # a study whose jobs all failed still shows its index and errors
         raise ResultsError(f"no results to report in {results!r}: save some with phaselens.save_result(result, DIR) "
                            "or a command's --out DIR, then run phaselens report DIR")
-    sections = _study_sections(results, entries) + _comparison_sections(entries) + [_result_section(e) for e in entries]
+    claim_secs = [_claims_section(claims)] if claims is not None else []
+    claim_secs += [_claims_section(e.result, e.name) for e in entries if e.kind == "Claims"]
+    sections = (claim_secs + _study_sections(results, entries) + _comparison_sections(entries)
+                + [_result_section(e) for e in entries if e.kind != "Claims"])
     models = sorted({str(e.provenance.get("model")) for e in entries if e.provenance.get("model")})
     tasks = sorted({str(e.provenance.get("task")) for e in entries if e.provenance.get("task")})
     title = title or "phaselens report" + (f": {', '.join(models[:3])}" if models else "") + (f" on {', '.join(tasks[:3])}" if tasks else "")
@@ -223,7 +253,8 @@ def report_html(results: Any, *, title: str | None = None) -> str:
     return "\n".join(parts)
 
 
-def build_report(results: Any, path: str | os.PathLike = "report.html", *, title: str | None = None) -> Path:
+def build_report(results: Any, path: str | os.PathLike = "report.html", *, title: str | None = None,
+                 claims: Any = None) -> Path:
     """Write ONE self-contained HTML page for ``results`` and return its path.
 
     Args:
@@ -231,10 +262,12 @@ def build_report(results: Any, path: str | os.PathLike = "report.html", *, title
             ``{name: result}`` dict, or a list of :class:`~phaselens.results.ResultEntry`.
         path: the HTML file to write (written atomically).
         title: the page title (default: names the models and tasks).
+        claims: a claims table (``pl.claims(...)``, a list of ``pl.Claim``, or a saved Claims file) shown first,
+            one row per claim with its verdict; Claims results inside ``results`` are shown the same way.
     """
     path = Path(path)
     check_writable(path, "file", what="path", error=ResultsError, parents=True)  # before the page is built
-    page = report_html(results, title=title)
+    page = report_html(results, title=title, claims=claims)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, page)
     return path

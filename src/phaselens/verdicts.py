@@ -51,9 +51,17 @@ class ClaimSpec:
 CLAIMS: Registry[ClaimSpec] = Registry("claim", "claim", EffectError)
 
 
+def _direction_of(predicted: Any, what: str) -> str | None:
+    """:func:`~phaselens.effects.direction`, its error naming the claim (``what``)."""
+    try:
+        return direction(predicted)
+    except EffectError as e:
+        raise EffectError(f"{what}: {e}") from None
+
+
 def register_claim(key: str, *, paper: str, claim: str, predicted: Any, replace: bool = False) -> ClaimSpec:
     """Register a claim under ``key``; ``predicted`` is required (``"positive"``/``"negative"``)."""
-    pred = direction(predicted)
+    pred = _direction_of(predicted, f"claim {key!r}")
     if pred is None:
         raise EffectError(f"claim {key!r} has no predicted direction: pass predicted='positive' or 'negative'")
     return CLAIMS.add(key, ClaimSpec(key=key, paper=paper, claim=claim, predicted=pred), replace=replace)
@@ -87,7 +95,7 @@ class Claim(Record):
         if not isinstance(self.effect, Effect):
             raise EffectError(f"claim {self.claim!r}: effect must be a phaselens Effect, got "
                               f"{type(self.effect).__name__}")
-        self.predicted = direction(self.predicted) or self.effect.predicted
+        self.predicted = _direction_of(self.predicted, f"claim {self.claim!r} ({self.paper})") or self.effect.predicted
         if self.predicted is None:
             raise EffectError(f"claim {self.claim!r} ({self.paper}) has no predicted direction: pass "
                               "predicted='positive' or 'negative' (or set it on the effect)")

@@ -45,7 +45,7 @@ SINGULAR_RTOL = 1e-10
 LAM_FALLBACK = 1e-4
 #: What the ridge of ``ghosted`` (and the linear lens) shrinks towards by default: ``"identity"`` or ``"zero"``.
 #: Chosen from held-out boundary error and perplexity at 8 and 32 calibration passages on the embedded
-#: models (analyses/ridge_target.py; the figures are in analyses/README.md).
+#: models (analyses/ridge_target.py; the figures are in analyses/HISTORY.md).
 RIDGE_TARGET = "identity"
 TARGETS = ("identity", "zero")
 
