@@ -42,40 +42,8 @@ def perplexity(
         batch_size, max_tokens: at most this many passages / padded tokens per pass.
         cache: replays identical prefixes of earlier passes (:class:`~phaselens.runner.PrefixCache`).
     """
-    checks.batching(batch_size, max_tokens, CalibrationError)
-    check_seq_len(seq_len)
-    view = as_view(model)
-    base = view.base
-    if texts is None:
-        passages = heldout_texts()
-    elif isinstance(texts, str) and texts == "calibration":
-        passages = load_calibration(None)
-    else:
-        passages = load_calibration(texts)
-    seqs = tokenize(base.tokenizer, passages, seq_len)
-    if not seqs:
-        raise CalibrationError("no tokens to score: every passage is shorter than two tokens")
-    L = base.n_blocks
-
-    def reads(batch: Batch) -> dict[str, Read]:
-        valid = batch.mask[:, 1:].bool() & batch.mask[:, :-1].bool()
-        rows, cols = valid.nonzero(as_tuple=True)
-        tgt = batch.ids[rows, cols + 1]
-
-        def nll(b: int, h: torch.Tensor) -> float:
-            tot, t = 0.0, tgt.to(h.device)
-            for c in range(0, len(h), _CHUNK):
-                z = base.full_logits(h[c : c + _CHUNK])  # on the head's device
-                tot += torch.nn.functional.cross_entropy(z, t[c : c + _CHUNK].to(z.device), reduction="sum").item()
-            return tot
-
-        return {"nll": Read((L - 1,), "out", Positions(rows, cols), fn=nll)}
-
-    total, count = 0.0, 0
-    for batch, out in Runner(view, cache=cache).passes(seqs, reads, max_tokens=max_tokens, batch_size=batch_size):
-        total += out["nll"][L - 1]
-        count += int((batch.mask[:, 1:].bool() & batch.mask[:, :-1].bool()).sum())
-    return math.exp(total / count)
+    nll, tokens = passage_nll(model, texts, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens, cache=cache)
+    return math.exp(float(nll.sum()) / int(tokens.sum()))
 
 
 @torch.inference_mode()

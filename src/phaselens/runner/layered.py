@@ -306,6 +306,23 @@ class Calls:
         return out[0] if isinstance(out, tuple) else out
 
 
+def _decode(base: Any, inputs: dict[str, Any], before: Any = None, after: Any = None) -> None:
+    """The model's own decoder on ``inputs`` with ``before(b)`` / ``after(b)`` (hook factories, with kwargs) on
+    every block ``b``; a hook may end the pass with :class:`StopForward`."""
+    handles = []
+    try:
+        for b, blk in enumerate(base.blocks):
+            if before is not None:
+                handles.append(blk.register_forward_pre_hook(before(b), with_kwargs=True))
+            if after is not None:
+                handles.append(blk.register_forward_hook(after(b), with_kwargs=True))
+        with contextlib.suppress(StopForward):
+            base.decoder(**inputs, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def record(base: Any, inputs: dict[str, Any]) -> Calls:
     """Run the model's own decoder on ``inputs`` with every block replaced by a recorder: what each block gets."""
     L = len(base.blocks)
@@ -319,16 +336,8 @@ def record(base: Any, inputs: dict[str, Any]) -> Calls:
 
         return hook
 
-    handles = [blk.register_forward_pre_hook(recorder(b), with_kwargs=True) for b, blk in enumerate(base.blocks)]
-    try:
-        with patched(base.blocks, Plan({b: skip for b in range(L)}), returns_tuple=base.returns_tuple):
-            try:
-                base.decoder(**inputs, use_cache=False)
-            except StopForward:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+    with patched(base.blocks, Plan({b: skip for b in range(L)}), returns_tuple=base.returns_tuple):
+        _decode(base, inputs, before=recorder)
     if any(c is None for c in calls):
         raise RunnerError(f"{base.name}: the decoder did not call every block once (blocks "
                           f"{[b for b, c in enumerate(calls) if c is None]} were not called); use schedule='batch'")
@@ -473,15 +482,7 @@ def check_model(runner: Any, sched: Schedule) -> str | None:
         try:
             outer.load(0)
             calls = record(base, inputs)
-            handles = [blk.register_forward_pre_hook(before(b), with_kwargs=True) for b, blk in enumerate(base.blocks)]
-            handles += [blk.register_forward_hook(after(b, calls), with_kwargs=True) for b, blk in enumerate(base.blocks)]
-            try:
-                base.decoder(**inputs, use_cache=False)
-            except StopForward:
-                pass
-            finally:
-                for h in handles:
-                    h.remove()
+            _decode(base, inputs, before=before, after=lambda b: after(b, calls))
         finally:
             weights.release_all()
             outer.release_all()
