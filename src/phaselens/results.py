@@ -178,16 +178,6 @@ def _own_side_files(folder: Path, stem: str) -> list[Path]:
     return out
 
 
-def _own_side_files(folder: Path, stem: str) -> list[Path]:
-    """The regular files in ``folder`` named as phaselens names the side files of result ``stem``."""
-    out = []
-    for p in folder.glob(f"{glob.escape(stem)}.*.safetensors"):
-        m = _SIDE.fullmatch(p.name)
-        if m is not None and m["stem"] == stem and stat.S_ISREG(os.lstat(p).st_mode):
-            out.append(p)
-    return out
-
-
 def _own_side_file(path: Path) -> Path | None:
     """The side file the JSON at ``path`` names, when it is one phaselens writes for this result (the name
     ``<path stem>.<hash>.safetensors``, a regular file in the folder); ``None`` for anything else (no file, not
