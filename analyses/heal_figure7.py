@@ -186,15 +186,13 @@ def main(argv=None) -> None:
                                 "ratio): the healed final mean margin stays <= 0", e_heavy),
                 pl.Claim(PAPER, "fine-tuning helps the moderate cut more than the heavy cut", e_did),
             ]
-            table.append(pl.claims(entries, name=f"{name} {task.name}"))
-            for c, r in zip(entries, table[-1].rows):
-                ok = {"agree": True, "disagree": False}.get(r["verdict"])
+            table.append(pl.claims(entries, name=f"{name} {task.name}"))  # this run's own table (heal_claims.csv)
+            for c in entries:  # the verdicts of record: analyses/make_claims.py (Holm over all rows of the paper)
                 premise = "" if c.effect is not e_heavy else (
                     f" Premise: the heavy cut {'lost' if lost else 'did NOT lose'} the transition before healing "
                     f"(pruned final mean margin {ph.mean():+.3f}).")
-                run.claim(PAPER, c.claim, name, f"{task.name} ({task.format}, {len(task)} items)", ok,
-                          f"{c.effect.name}: {r['estimate']:+.3f}, Holm-adjusted {r['level']:.3g} interval "
-                          f"[{r['lo']:+.3f}, {r['hi']:+.3f}], p_adj = {r['p_adj']:.3g}.{premise}")
+                run.claim(PAPER, c.claim, c.effect, f"{c.effect.name}; {task.name} ({task.format}, {len(task)} items)."
+                          f"{premise}")
             run.note(f"- {name}, {task.name} ({task.format}, {len(task)} items; collapse ratio {cr:.3f} = {n_col}/{L} "
                      f"blocks by BI): healing by {method}, {steps} steps of {a.batch_size} ARC-Easy train items "
                      f"(lr {a.lr or pl.healing.DEFAULT_LR[method]:g}). Moderate cut {cuts['moderate']}/{L}: accuracy "
