@@ -13,6 +13,7 @@ from phaselens import embedded
 from phaselens.encoding import encode_task
 
 
+@pytest.mark.bad_input
 def test_item_errors_name_the_item():
     with pytest.raises(pl.errors.TaskError, match=r"item q7: option 1 is empty"):
         pl.Item("Q?", ("a", " "), 0, id="q7")
@@ -41,11 +42,13 @@ def test_letters_reads_label_tokens_with_leading_space(smol, capitals_task):
     assert capitals_task.with_format("letters").prompt(0).endswith("D. Madrid\nAnswer:")
 
 
+@pytest.mark.bad_input
 def test_unknown_format_and_task():
     with pytest.raises(pl.errors.TaskError, match="unknown format"):
         pl.load_task([{"question": "q", "options": ["a", "b"], "answer": 0}], format="essay")
 
 
+@pytest.mark.bad_input
 def test_missing_embedded_package_prints_pip_command(monkeypatch, tmp_path):
     monkeypatch.setenv("PHASELENS_CACHE", str(tmp_path))
     real = importlib.util.find_spec
@@ -54,12 +57,14 @@ def test_missing_embedded_package_prints_pip_command(monkeypatch, tmp_path):
         pl.load_model("smollm2-135m")
 
 
+@pytest.mark.bad_input
 def test_unknown_hub_name_is_an_offline_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(pl.errors.ModelError, match=r"not in the local Hugging Face cache"):
         pl.load_model("nobody/no-such-model-xyz")
 
 
+@pytest.mark.bad_input
 def test_refuses_model_with_readout_transform(smol):
     """OPT-350m-style models project between the final norm and W_U: not a plain logit lens."""
     from transformers import OPTConfig, OPTForCausalLM

@@ -100,6 +100,7 @@ SPEC_CASES = [
 ]
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("name,call,err,pattern", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
 def test_bad_arguments_are_refused_before_loading(no_load, name, call, err, pattern):
     with pytest.raises(err, match=pattern):
@@ -130,6 +131,7 @@ LOAD_CASES = [
 ]
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("name,call,err,pattern", LOAD_CASES, ids=[c[0] for c in LOAD_CASES])
 def test_bad_models_and_devices(tmp_path, name, call, err, pattern):
     if "cuda" in name and torch.cuda.is_available():
@@ -176,6 +178,7 @@ TASK_CASES = [
 ]
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("name,call,pattern", TASK_CASES, ids=[c[0] for c in TASK_CASES])
 def test_bad_tasks(tmp_path, name, call, pattern):
     with pytest.raises(pl.errors.TaskError, match=pattern):
@@ -190,6 +193,7 @@ def test_repeated_options_can_be_dropped_or_read_as_letters():
 
 
 # ----------------------------------------------------------------------------- views, operators, recovery files
+@pytest.mark.bad_input
 def test_bad_views_and_operators(tiny_llama, tmp_path):
     d, L = tiny_llama.d_model, tiny_llama.n_blocks
     cases = [
@@ -221,6 +225,7 @@ def test_bad_views_and_operators(tiny_llama, tmp_path):
             call()
 
 
+@pytest.mark.bad_input
 def test_bad_recovery_files(tiny_llama, smol, tmp_path):
     from safetensors.torch import save_file
 
@@ -248,6 +253,7 @@ def test_bad_recovery_files(tiny_llama, smol, tmp_path):
 
 
 # ----------------------------------------------------------------------------- results: nothing dropped silently
+@pytest.mark.bad_input
 def test_corrupt_results_are_refused_and_named(tmp_path):
     from test_plots import synthetic_trace
 
@@ -284,6 +290,7 @@ def test_corrupt_results_are_refused_and_named(tmp_path):
         pl.load_result(tmp_path / "a.json")
 
 
+@pytest.mark.bad_input
 def test_old_format_results_are_refused_with_how_to_recompute(tmp_path):
     old = {"kind": "Transition", "phaselens": "0.1.0", "created": "2026-11-23T19:00:00+00:00",
            "provenance": {"command": "transition", "model": "smollm2-135m"}, "data": {"layer": 29}}
@@ -292,6 +299,7 @@ def test_old_format_results_are_refused_with_how_to_recompute(tmp_path):
         pl.load_results(tmp_path)
 
 
+@pytest.mark.bad_input
 def test_save_result_under_a_file(tmp_path):
     from test_plots import synthetic_trace
 

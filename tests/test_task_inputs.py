@@ -12,12 +12,14 @@ from phaselens.errors import LensError, TaskError
 from phaselens.tasks import Item, LettersTemplate
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("options", ["AB", {"Paris": 1, "Lyon": 0}, b"AB", 42])
 def test_options_that_are_not_a_list_are_refused(options):
     with pytest.raises(TaskError, match="options must be a list of strings"):
         Item("The capital of France is", options, 0, "x")
 
 
+@pytest.mark.bad_input
 def test_options_in_a_jsonl_given_as_a_string_are_refused(tmp_path):
     p = tmp_path / "t.jsonl"
     p.write_text(json.dumps({"question": "q", "options": "AB", "answer": 0}) + "\n")
@@ -25,6 +27,7 @@ def test_options_in_a_jsonl_given_as_a_string_are_refused(tmp_path):
         pl.load_task(str(p))
 
 
+@pytest.mark.bad_input
 def test_letters_template_without_question_placeholder_is_refused():
     with pytest.raises(TaskError, match=r"LettersTemplate.question.*no \['\{question\}'\]"):
         LettersTemplate(question="Question:\n")
@@ -34,6 +37,7 @@ def test_letters_template_without_question_placeholder_is_refused():
         LettersTemplate(answer="Answer {x}:")
 
 
+@pytest.mark.bad_input
 def test_cloze_template_with_an_unknown_placeholder_is_refused():
     items = [Item("q", ("a", "b"), 0, "i")]
     with pytest.raises(TaskError, match=r"cloze_template.*unknown placeholder.*\{oops\}"):
@@ -56,6 +60,7 @@ def test_a_byte_order_mark_is_not_part_of_the_first_question(tmp_path):
     assert task.items[0].question == "What is 2+2?"
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("answer", ["BC", "AB", "", "E", "b c"])
 def test_an_answer_column_that_is_not_one_letter_is_refused(tmp_path, answer):
     p = tmp_path / "x.csv"
@@ -64,6 +69,7 @@ def test_an_answer_column_that_is_not_one_letter_is_refused(tmp_path, answer):
         pl.load_task(str(p))
 
 
+@pytest.mark.bad_input
 def test_malformed_hellaswag_and_truthfulqa_rows(tmp_path, monkeypatch):
     (tmp_path / "hellaswag").mkdir()
     (tmp_path / "truthfulqa").mkdir()
@@ -80,6 +86,7 @@ def test_malformed_hellaswag_and_truthfulqa_rows(tmp_path, monkeypatch):
         pl.load_task("truthfulqa")
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("fmt", ["letters", "cloze", "continuation"])
 def test_a_prompt_longer_than_the_context_is_refused_before_any_forward_pass(tiny_llama, count_forwards, fmt):
     ctx = tiny_llama.hf.config.max_position_embeddings
@@ -92,6 +99,7 @@ def test_a_prompt_longer_than_the_context_is_refused_before_any_forward_pass(tin
     assert c.n == 0
 
 
+@pytest.mark.bad_input
 def test_noise_and_ablation_check_the_context_before_any_forward_pass(tiny_llama, count_forwards):
     ctx = tiny_llama.hf.config.max_position_embeddings
     task = pl.load_task([{"question": "The capital of France is " * (ctx // 4), "options": ["Paris", "London"],
