@@ -345,6 +345,9 @@ def test_every_result_kind_summarises_tabulates_plots_and_round_trips(result, ti
                                                   calibration=cal[:4], heldout=held[:1], seq_len=SEQ, n_boot=100),
         "Effect": pl.paired_effect(np.arange(8.0), np.zeros(8), name="x", n_boot=100),
         "Claims": pl.claims([("paper", "x > 0", pl.paired_effect(np.arange(8.0), np.zeros(8), name="x", n_boot=100), "+")]),
+        "LensHeatmap": pl.lens_heatmap(tiny_llama, "The capital of France is", lens="logit"),
+        "Healing": pl.Healing(method="full", steps=3, lr=1e-4, batch_size=2, seq_len=SEQ, seed=0,
+                              losses=[2.5, 2.25, 2.0], n_sequences=4, n_target_tokens=40, trainable=1000),
     }
     kinds = {name for name, cls in KINDS.items()  # phaselens' own kinds (other tests register subclasses of their own)
              if issubclass(cls, Result) and cls is not Result and cls.__module__.startswith("phaselens.")}
@@ -518,7 +521,7 @@ def test_hierarchical_effect_with_one_placement_names_the_arm():
     """The same refusal from the generic constructor: arms [items, placements, seeds] with one placement."""
     rng = np.random.default_rng(0)
     arms = {"silent": rng.normal(size=(8, 1, 3)), "decisive": rng.normal(size=(8, 1, 3))}
-    with pytest.raises(pl.errors.EffectError, match=r"asks for placements but arm 'silent' .*holds 1"):
+    with pytest.raises(pl.errors.EffectError, match=r"asks for placements but arm\(s\) 'silent'.* hold 1"):
         pl.hierarchical_effect(arms, name="drop")
 
 
