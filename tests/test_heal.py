@@ -219,7 +219,8 @@ def test_sigkilled_process_resumes_to_the_same_weights(tiny_llama_dir, tmp_path)
     import sys
     import warnings
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # the child computes with the parent's thread count (another test module may have set it): bit-equal sums
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run([sys.executable, "-c", KILLED_CHILD, tiny_llama_dir, str(tmp_path / "b"), *TEXTS], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]

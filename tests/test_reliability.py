@@ -339,7 +339,8 @@ def _dicts(sweep) -> list:
 def test_a_sweep_killed_between_steps_resumes_bit_for_bit(smol, tmp_path):
     script = tmp_path / "sweep.py"
     script.write_text(_SWEEP)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(pl.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(pl.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the parent's thread count: bit-equal sums
     killed = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "3"], env=env, capture_output=True,
                             text=True, timeout=600)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

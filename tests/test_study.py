@@ -42,7 +42,10 @@ def _spec(model: str, runs: list, seeds=(0, 1), limit: int = 6) -> dict:
 
 def _env() -> dict:
     src = str(Path(pl.__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    import torch  # children compute with the parent's thread count, so their sums equal the parent's bit for bit
+
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
 def _same_study(a: Path, b: Path) -> None:
