@@ -192,7 +192,7 @@ def test_registered_lists_builtin_and_user_entries(user_criterion, clean_env):
     got = {(r.kind, r.name): r.builtin for r in df.itertuples()}
     for name in ("bi", "angular", "sleb", "random", "silent", "decisive"):
         assert got[("criterion", name)] is True
-    for name in ("trace", "sweep", "phase-cuts", "noise", "ablate", "cka"):
+    for name in ("trace", "sweep", "phase-cuts", "noise", "ablate", "cka", "recovery"):
         assert got[("run", name)] is True
     assert got[("criterion", "last-k")] is False and got[("run", "final-accuracy")] is False
     assert set(pl.registered("run").kind) == {"run"}

@@ -14,6 +14,7 @@ the jobs in this process, in a pool of processes, or on Ray actors that keep the
 from .executors import EXECUTORS
 from .run import job_id, run_study, task_digest
 from .runs import RUNS, RunKind, register_run
+from . import recovery_run  # noqa: F401  (registers the "recovery" run kind)
 from .spec import StudySpec, parse_spec
 from .store import load_plan, load_study
 

@@ -179,6 +179,11 @@ def _flag(name: str) -> Callable[[Any], None]:
     return lambda v: checks.flag(name, v, error=StudyError)
 
 
+def _passages(kind: str) -> Callable[[Any], None]:
+    """A check: ``N`` (an int) is at most the number of bundled ``kind`` passages (texts given as a list pass)."""
+    return lambda v: bundled(kind, v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+
 #: the checks of the run parameters that mean the same in every kind, run by :meth:`RunKind.check` when a spec is
 #: read: each takes the value and raises a phaselens error naming the parameter
 COMMON: dict[str, Callable[[Any], Any]] = {
@@ -192,6 +197,8 @@ COMMON: dict[str, Callable[[Any], Any]] = {
     "seeds": lambda v: seed_list(v, minimum=1, error=StudyError),
     "schedule": lambda v: _schedule(v, "schedule"), "act_budget": lambda v: _schedule(v, "act_budget"),
     "act_store": lambda v: _schedule(v, "act_store"),
+    "calibration_passages": _passages("calibration"), "heldout": _passages("heldout"),
+    "heldout_passages": _passages("heldout"),
 }
 
 

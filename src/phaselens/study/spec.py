@@ -523,7 +523,7 @@ def _study_help(k: str, rk: RunKind) -> str:
             "chunk": "an int >= 1: cuts added at a time with until = 'collapse'",
             "fit_n": "true or false: lower n to fit the smaller phase",
             "stride": "an int >= 1: perturb every stride-th block plus the transition block and the last block",
-            "prune": "a share of blocks in (0, 1) or a number of blocks >= 1 to prune for the dense-vs-pruned CKA",
+            "prune": "a share of blocks in (0, 1) or a number of blocks >= 1 to prune",
             "criterion": f"allowed: {', '.join(cka_criteria())}", "on": "allowed: 'task' or 'heldout'"}.get(k, "")
 
 

@@ -1,0 +1,160 @@
+"""The ``recovery`` study run kind: a job is the public ``compare_recovery`` call (its numbers, the cut's size as a
+rounded share of the blocks), its accuracy is a hand count from a hand-written forward, its index scalars are the
+result's own numbers recomputed with numpy, and bad parameters are refused when the spec is read."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import phaselens as pl
+from phaselens.encoding import encode_task
+from phaselens.errors import StudyError
+from phaselens.study import parse_spec
+from phaselens.study.recovery_run import cut_size
+
+pytestmark = pytest.mark.timeout(300)
+
+RUN = {"kind": "recovery", "prune": 0.34, "methods": ["identity", "ghosted", "diagonal"], "calibration_passages": 8,
+       "heldout": 6, "seq_len": 64, "n_boot": 200}
+
+
+@pytest.mark.parametrize("share, n_blocks, want", [(0.25, 28, 7), (0.125, 28, 4), (0.375, 28, 11), (0.25, 18, 5),
+                                                   (0.125, 18, 2), (0.125, 30, 4), (0.25, 30, 8), (0.375, 24, 9),
+                                                   (0.01, 24, 1), (3, 28, 3)])
+def test_cut_size_rounds_a_share_to_the_nearest_whole_block(share, n_blocks, want):
+    assert cut_size(share, n_blocks) == want
+    if isinstance(share, float):  # halves up: the nearest whole block, never Python's round-half-to-even
+        assert want == max(1, int(np.floor(share * n_blocks + 0.5)))
+
+
+@pytest.fixture(scope="module")
+def job(tiny_llama_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("recovery-study")
+    spec = {"models": [tiny_llama_dir], "tasks": [{"name": "capitals", "limit": 6}], "seeds": [3], "runs": [RUN]}
+    df = pl.run_study(spec, out=out)
+    assert (df.status == "done").all(), df.error.tolist()
+    row = df.iloc[0]
+    return row, pl.load_result(out / f"{row.result}.json")
+
+
+def test_a_recovery_job_is_the_direct_compare_recovery_call(job, tiny_llama_dir):
+    row, got = job
+    m = pl.load_model(tiny_llama_dir)
+    t = pl.load_task("capitals", limit=6, seed=3)
+    direct = pl.compare_recovery(m, [t], n=2, criterion="angular", methods=["identity", "ghosted", "diagonal"],
+                                 calibration=pl.load_calibration()[:8], heldout=pl.heldout_texts()[:6], seq_len=64,
+                                 n_boot=200, boot_seed=3)
+    assert isinstance(got, pl.RecoveryComparison)
+    assert got.to_json() == direct.to_json()
+    assert got.criterion == "angular" and len(got.blocks) == 2 == row.cut_n  # round(0.34 x 6) = 2; angular by default
+    assert got.n_passages == 6 and got.tasks[0].n_items == 6 and json.loads(row.params)["prune"] == 0.34
+
+
+def test_the_accuracy_is_a_hand_count_from_a_hand_written_forward(job, tiny_llama):
+    """Plain pruning's (identity) and the dense model's accuracy, counted from the logits of the kept HF decoder
+    layers called by hand, read at each prompt's last token over the options' first tokens."""
+    from test_pruning import hand_logits, hand_states  # noqa: PLC0415 (shared hand-written forward)
+
+    _, got = job
+    t = pl.load_task("capitals", limit=6, seed=3)
+    enc = encode_task(t, tiny_llama.tokenizer)
+    kept = [b for b in range(tiny_llama.n_blocks) if b not in got.blocks]
+
+    def count(blocks):
+        right = 0
+        for i, ids in enumerate(enc.prompts):
+            z = hand_logits(tiny_llama, hand_states(tiny_llama, ids, blocks)[-1][-1])
+            k = int(enc.option_mask[i].sum())
+            right += int(torch.argmax(z[enc.option_ids[i, :k]]).item() == int(enc.answers[i]))
+        return right / len(enc.prompts)
+
+    assert got.accuracy("identity") == count(kept)
+    assert float(got.tasks[0].dense_correct.mean()) == count(list(range(tiny_llama.n_blocks)))
+
+
+def test_the_index_scalars_are_the_results_numbers_recomputed(job):
+    row, r = job
+    t = r.tasks[0]
+    ppl = {m: float(np.exp(r.nll[k].sum() / r.tokens.sum())) for k, m in enumerate(r.methods)}
+    acc = {m: float(t.correct[k].mean()) for k, m in enumerate(r.methods)}
+    for m in r.methods:
+        assert row[f"accuracy_{m}"] == pytest.approx(acc[m]) and row[f"perplexity_{m}"] == pytest.approx(ppl[m])
+    assert row.dense_perplexity == pytest.approx(float(np.exp(r.dense_nll.sum() / r.tokens.sum())))
+    assert row.dense_accuracy == pytest.approx(float(t.dense_correct.mean()))
+    assert row.n_items == 6 and row.n_passages == 6 and row.n_blocks == 6
+    b = r.blocks
+    assert row.cut == (f"{b[0]}-{b[-1]}" if b == list(range(b[0], b[-1] + 1)) else ",".join(map(str, b)))
+    rivals = ["identity", "diagonal"]
+    best_acc = max(rivals, key=lambda m: (acc[m], -rivals.index(m)))
+    best_ppl = min(rivals, key=lambda m: (ppl[m], rivals.index(m)))
+    assert (row.rival_accuracy, row.rival_perplexity) == (best_acc, best_ppl)
+    assert row.ghosted_gain_accuracy == pytest.approx(acc["ghosted"] - acc[best_acc])
+    assert row.ghosted_gain_perplexity == pytest.approx(ppl[best_ppl] - ppl["ghosted"])
+    # the intervals: paired percentile bootstraps by hand (items for accuracy; passages, NLL with tokens, for perplexity)
+    g, k = r.methods.index("ghosted"), r.methods.index(best_acc)
+    diff = t.correct[g] - t.correct[k]
+    hand = diff[np.random.default_rng(3).integers(0, 6, size=(200, 6))].mean(1)
+    assert (row.ghosted_gain_accuracy_lo, row.ghosted_gain_accuracy_hi) == pytest.approx(
+        tuple(np.quantile(hand, [0.025, 0.975])), abs=1e-12)
+    k = r.methods.index(best_ppl)
+    idx = np.random.default_rng(3).integers(0, 6, size=(200, 6))
+    tok = r.tokens.astype(float)
+    hand = np.exp(r.nll[k][idx].sum(1) / tok[idx].sum(1)) - np.exp(r.nll[g][idx].sum(1) / tok[idx].sum(1))
+    assert (row.ghosted_gain_perplexity_lo, row.ghosted_gain_perplexity_hi) == pytest.approx(
+        tuple(np.quantile(hand, [0.025, 0.975])), rel=1e-10)
+
+
+def test_a_recovery_run_is_a_grid_over_shares_and_criteria():
+    s = parse_spec({"models": ["m"], "tasks": ["capitals", "languages"], "runs": [
+        {"kind": "recovery", "prune": [0.125, 0.25, 0.375], "criterion": ["bi", "angular", "sleb"],
+         "methods": ["ghosted", "identity"], "heldout": 24}]})
+    jobs = s.jobs()
+    assert len(jobs) == 2 * 9
+    assert {(j.params["prune"], j.params["criterion"]) for j in jobs} == {
+        (p, c) for p in (0.125, 0.25, 0.375) for c in ("bi", "angular", "sleb")}
+    assert all(j.params["methods"] == ["ghosted", "identity"] and j.params["heldout"] == 24 for j in jobs)
+    assert "recovery" in pl.study.RUNS
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("run, words", [
+    ({}, ["give blocks", "or prune", "exactly one"]),
+    ({"prune": 0.25, "blocks": "3-5"}, ["exactly one"]),
+    ({"prune": 1.5}, ["prune = 1.5", "(0, 1)"]),
+    ({"prune": 0}, ["prune = 0"]),
+    ({"prune": True}, ["prune = True"]),
+    ({"prune": 0.25, "criterion": "random"}, ["criterion = 'random'", "'angular'", "'sleb'"]),
+    ({"prune": 0.25, "criterion": "silent"}, ["criterion = 'silent'"]),
+    ({"blocks": "3-5", "criterion": "bi"}, ["criterion chooses the cut of prune"]),
+    ({"blocks": "last"}, ["'last' is not a cut"]),
+    ({"blocks": "x-"}, ["blocks = 'x-'"]),
+    ({"prune": 0.25, "methods": ["ghost"]}, ["methods", "'ghosted'"]),
+    ({"prune": 0.25, "methods": ["ghosted", "ghosted"]}, ["repeats a method"]),
+    ({"prune": 0.25, "methods": "ghosted"}, ["methods must be a list"]),
+    ({"prune": 0.25, "n_boot": 10}, ["n_boot = 10", "100"]),
+    ({"prune": 0.25, "heldout": 25}, ["heldout = 25", "24 bundled"]),
+    ({"prune": 0.25, "calibration_passages": 0}, ["calibration_passages = 0"]),
+    ({"prune": 0.25, "n": 3}, ["unknown key(s) ['n']", "'prune'"]),
+    ({"prune": 0.25, "seq_len": 1}, ["seq_len = 1"]),
+])
+def test_bad_recovery_parameters_are_refused_before_any_model_loads(run, words, tmp_path):
+    """The model ``never-loaded`` does not exist: the refusal comes from reading the spec, before any load."""
+    spec = {"models": ["never-loaded"], "tasks": ["capitals"], "runs": [{"kind": "recovery", **run}]}
+    with pytest.raises(StudyError) as e:
+        pl.run_study(spec, out=tmp_path / "never")
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    assert "never-loaded" not in str(e.value)
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.bad_input
+def test_a_share_that_would_cut_every_block_is_refused():
+    with pytest.raises(StudyError, match="cuts 28 of the model's 28 blocks"):
+        cut_size(0.99, 28)
+    with pytest.raises(StudyError, match="cuts 6 of the model's 6 blocks"):
+        cut_size(6, 6)
