@@ -1,0 +1,318 @@
+"""The at-size runs' claims (issue 23): every finished job of every run under analyses/runs/, judged by pl.claims.
+
+    python analyses/runs/claims.py [--runs analyses/runs] [--specs analyses/runs/specs] [--out analyses/results/runs]
+    python analyses/make_claims.py      # then: analyses/claims.csv and analyses/README.md with these rows
+
+Reads each spec ``SPECS/runN_*.toml`` and its study folder ``RUNS/runN_*/`` (``pl.load_study``, ``pl.load_results``)
+and writes into ``OUT`` what every analysis script writes (analyses/_common.py): ``claims.json`` (+ its
+``.safetensors``: the ``pl.Claims`` table, every claim with its Effect), ``verdicts.json`` (provenance, claims,
+claims not judged, notes) and ``summary.md``. Each claim's Effect is the result's own (``effects()`` of the
+experiment's result); no verdict is decided here. A run whose jobs are not all done is listed as not judged
+("run N not finished: k of J jobs done"), and its finished jobs still give their claims.
+
+* phase cuts (run 2): ``PhaseCuts.effects()``, as analyses/phase_cuts.py names them;
+* noise (run 2): ``NoiseResult.effects()``: silent − decisive and the equal-distance control, per eps;
+* single-block ablation (run 2): ``AblationResult.effects()``: at the transition against the rest of each phase;
+* recovery (runs 3, 6): ``RecoveryComparison.effects()``: every method against Ghosted Layers (perplexity once per
+  cut: the three task jobs of one cut measure the same held-out text);
+* sweeps (runs 2, 5): Figure 8, ``transition_vs_collapse(...).effects()`` over the pairs whose dense accuracy lies
+  above chance (a paired bootstrap of correct minus 1/K over items, interval above 0), per criterion;
+* traces (runs 1, 4) and CKA (run 7) are described in the notes (no paired effect can be built from saved results
+  for run 7's "decision tokens diverge more than hidden states": its two CKAs are on different samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np  # noqa: E402
+
+import phaselens as pl  # noqa: E402
+from phaselens.experiments.recovery_comparison import REFERENCE  # noqa: E402
+from phaselens.study import parse_spec  # noqa: E402
+
+DT = "decision-transition (arXiv 2605.07271)"
+GL = "Ghosted Layers (arXiv 2605.15491), main comparison"
+JOINT = "joint hypothesis (phaselens)"
+FIG8 = "a later transition goes with collapse at a lower pruning ratio (Figure 8: negative correlation)"
+SCRIPT = "analyses/runs/claims.py"
+
+
+class Out:
+    """The claims, evidence, claims not judged and notes gathered from the runs."""
+
+    def __init__(self) -> None:
+        self.claims: list[Any] = []
+        self.evidence: list[str] = []
+        self.untested: list[dict[str, str]] = []
+        self.notes: list[str] = []
+
+    def claim(self, paper: str, text: str, effect: Any, evidence: str) -> None:
+        if effect.predicted is None:  # a description (a collapse ratio, a rank), not a claim
+            return
+        self.claims.append(pl.Claim(paper=paper, claim=text, effect=effect))
+        self.evidence.append(evidence)
+
+    def untested_claim(self, paper: str, text: str, model: str, task: str, reason: str) -> None:
+        self.untested.append({"paper": paper, "claim": text, "model": model, "task": task, "reason": reason})
+
+
+def run_number(spec: Path) -> int:
+    m = re.match(r"run(\d+)_", spec.name)
+    if m is None:
+        raise SystemExit(f"{spec}: a run spec is named runN_<what>.toml")
+    return int(m.group(1))
+
+
+def finished_jobs(spec: Path, folder: Path) -> tuple[list[tuple[Any, Any]], int, int, list[str]]:
+    """``([(index row, result)], done, planned, errors)`` of one run: its done jobs (those of the last spec run there,
+    when the folder keeps its plan), how many of the spec's jobs are done, and the failed jobs' errors."""
+    planned = len(parse_spec(spec).jobs())
+    if not (folder / "index.parquet").is_file():
+        return [], 0, planned, []
+    df = pl.load_study(folder)
+    if df.attrs.get("planned"):
+        df = df[df.job.isin(df.attrs["planned"])]
+        planned = max(planned, len(df.attrs["planned"]))
+    done = df[df.status == "done"]
+    results = pl.load_results(folder)
+    errors = [f"{r.kind} {r.model} {r.task}: {r.error}" for r in df[df.status != "done"].itertuples()]
+    return [(r, results[r.result]) for r in done.itertuples() if r.result in results], len(done), planned, errors
+
+
+# ----------------------------------------------------------------------------- each kind's claims
+def phase_cut_claims(o: Out, row: Any, pc: Any, run: int) -> None:
+    try:
+        effs = pc.effects([m for m in pc.methods if m != "identity"] or None)
+    except pl.errors.EffectError as e:  # a phase too short for 2 placements
+        o.untested_claim(DT, "pruning the silent phase drops the final margin more than pruning the decisive phase",
+                         row.model, row.task, f"run {run}: {e}")
+        return
+    where = f"run {run}: cuts of {pc.n} block(s) around the transition {pc.transition.layer} of {pc.n_blocks}"
+    for e in effs:
+        if e.name.startswith("silent − decisive") and "plain" in e.name:
+            paper, text = DT, "pruning the silent phase drops the final margin more than pruning the decisive phase"
+        elif e.name.startswith("silent − decisive"):
+            paper, text = JOINT, "after recovery the silent-phase cut still costs more than the decisive-phase cut"
+        else:
+            paper, text = JOINT, ("recovery holds the decisive-phase cut better than the silent-phase cut (the "
+                                  "interaction of recovery and phase)")
+        o.claim(paper, text, e, f"{where}; {e.name}; {e.method}")
+
+
+def noise_claims(o: Out, row: Any, r: Any, run: int) -> None:
+    paper = f"{DT}, Figs. 6, 18"
+    if r.transition is None:
+        o.untested_claim(paper, "noise in the silent phase hurts the decision more than noise in the decisive phase",
+                         row.model, row.task, f"run {run}: the dense model has no transition on this task")
+        return
+    for e in r.effects():
+        eps = e.name.rsplit("eps=", 1)[-1].rstrip(")")
+        if e.name.startswith("silent − decisive"):
+            text = f"noise (eps={eps}) in the silent phase hurts the decision more than in the decisive phase"
+        else:
+            text = (f"noise (eps={eps}) just before the transition hurts the decision more than at the same distance "
+                    "after it (blocks l*-k against l*+k-1: depth held equal)")
+        o.claim(paper, text, e, f"run {run}: {len(r.blocks)} perturbed blocks, {len(r.seeds)} noise seed(s); {e.method}")
+
+
+def ablation_claims(o: Out, row: Any, r: Any, run: int) -> None:
+    paper = f"{DT}, Figs. 9, 19"
+    if r.transition is None:
+        o.untested_claim(paper, "ablating the blocks at the transition hurts the decision most", row.model, row.task,
+                         f"run {run}: the dense model has no transition on this task")
+        return
+    for e in r.effects():
+        if "−" not in e.name:
+            continue
+        rest = e.name.split("− ", 1)[1]
+        o.claim(paper, f"ablating the blocks at the transition (l*-1, l*) hurts the decision more than the {rest}", e,
+                f"run {run}: single-block {r.mode} ablation of {len(r.singles)} blocks, transition {r.transition}; "
+                f"{e.method}")
+
+
+def recovery_claims(o: Out, row: Any, rc: Any, run: int, seen: set) -> None:
+    if REFERENCE not in rc.methods:
+        return
+    try:
+        effs = rc.effects()
+    except pl.errors.EffectError as e:
+        o.untested_claim(GL, "Ghosted Layers recovers a cut better than its rivals", row.model, row.task, f"run {run}: {e}")
+        return
+    b = rc.blocks
+    where = (f"run {run}: cut {b[0]}-{b[-1]} ({len(b)} of {rc.n_blocks} blocks, {rc.criterion}), "
+             f"{rc.calibration_passages} calibration passages")
+    key = (row.model, json.dumps({k: v for k, v in json.loads(row.params).items()}, sort_keys=True))
+    for e in effs:
+        if e.name.endswith("perplexity"):
+            if key in seen:  # the same cut, fits and held-out text as another task's job: one claim per cut
+                continue
+            text = f"Ghosted Layers gives lower held-out perplexity than {e.name.split(' − ')[0]}"
+            o.claim(GL, text, e, f"{where}; paired over {rc.n_passages} held-out passages")
+        else:
+            text = f"Ghosted Layers gives higher task accuracy than {e.name.split(' − ')[1].split(' ')[0]}"
+            o.claim(GL, text, e, f"{where}; paired over items")
+    seen.add(key)
+
+
+def above_chance(sw: Any, boot_seed: int = 0) -> Any:
+    """The dense accuracy's excess over chance (correct minus ``1/K`` per item, paired bootstrap over items)."""
+    tr = sw.steps[0].trace
+    correct = np.asarray(tr.correct[:, -1], dtype=float)
+    chance = 1.0 / np.asarray(tr.mask, dtype=bool).sum(1)
+    return pl.paired_effect(correct, chance, name="dense accuracy − chance", arms=("dense", "chance"),
+                            predicted="positive", boot_seed=boot_seed, model=sw.model, task=sw.task)
+
+
+def figure8_claims(o: Out, sweeps: dict[str, list[Any]], unfinished: list[str]) -> None:
+    for crit, found in sweeps.items():
+        keep, left = [], []
+        for sw in found:
+            try:
+                e = above_chance(sw)
+            except pl.errors.EffectError as err:
+                left.append(f"{sw.model}/{sw.task} ({err})")
+                continue
+            (keep if e.lo > 0 else left).append(sw if e.lo > 0 else
+                                                f"{sw.model}/{sw.task} (dense accuracy − chance {e.estimate:+.3f} "
+                                                f"[{e.lo:+.3f}, {e.hi:+.3f}])")
+        text = f"{FIG8} ({crit} selection)"
+        if left:
+            o.notes.append(f"- Figure 8 ({crit}): pairs left out, dense accuracy not above chance: {'; '.join(left)}.")
+        if not keep:
+            o.untested_claim(f"{DT}, Fig. 8", text, "", "", "no finished sweep with dense accuracy above chance"
+                             + (f" ({'; '.join(unfinished)})" if unfinished else ""))
+            continue
+        study = pl.transition_vs_collapse(keep)
+        o.notes.append(f"- Figure 8 ({crit}): {study.summary().splitlines()[0]}")
+        effs = {e.name: e for e in study.effects()}
+        picks = [("all pairs", f"transition fraction vs collapse ratio: pearson r, all pairs (fisher)"),
+                 ("within models", f"transition fraction vs collapse ratio: pearson r, within models (fisher)")]
+        got = False
+        for scope, name in picks:
+            if name in effs:
+                got = True
+                o.claim(f"{DT}, Fig. 8", f"{text}, {scope}", effs[name],
+                        f"{len(study.used)} usable pairs of {len(keep)} above chance; the paper reports r = -0.96"
+                        + (f"; not finished: {'; '.join(unfinished)}" if unfinished else ""))
+        if not got:
+            why = "; ".join(study.skipped_effects()) or f"{len(study.used)} usable pair(s)"
+            o.untested_claim(f"{DT}, Fig. 8", text, ",".join(sorted({s.model for s in keep})),
+                             ",".join(sorted({s.task for s in keep})), f"{why} (a correlation effect needs 5 pairs)")
+
+
+def describe_trace(o: Out, run: int, tr: Any) -> None:
+    line = tr.summary().splitlines()[0] if hasattr(tr, "summary") else repr(tr)
+    o.notes.append(f"- run {run}: {line}")
+
+
+def describe_cka(o: Out, run: int, row: Any, r: Any) -> None:
+    b, v = r.matched()
+    floor = np.nanmean(np.diag(r.floor)) if r.floor is not None and r.floor.size else float("nan")
+    o.notes.append(f"- run {run}: CKA {row.model} dense vs pruned ({len(r.blocks_a) - len(r.blocks_b)} blocks cut) on "
+                   f"{row.task}, {r.positions} positions, {r.n_samples} samples, "
+                   f"{'debiased' if r.debiased else 'plug-in'}: mean matched CKA {np.mean(v):.3f} over {len(v)} blocks "
+                   f"(shuffled-pairing floor {floor:.3f}).")
+
+
+# ----------------------------------------------------------------------------- main
+def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]]]:
+    o = Out()
+    state = []
+    sweeps: dict[str, list[Any]] = {}
+    sweep_runs: dict[int, str] = {}
+    seen: set = set()
+    for spec in sorted(specs.glob("run*_*.toml"), key=lambda p: (run_number(p), p.name)):
+        n = run_number(spec)
+        jobs, done, planned, errors = finished_jobs(spec, runs / spec.stem)
+        state.append({"run": n, "spec": spec.name, "folder": spec.stem, "done": done, "planned": planned})
+        for e in errors:
+            o.notes.append(f"- run {n} ({spec.stem}): failed job {e}")
+        if done < planned:
+            failed = f", {len(errors)} failed (their errors are in the notes; rerun the spec to retry them)" if errors else ""
+            o.untested_claim(f"issue 23, run {n}", f"the claims of {spec.stem}", "", "",
+                             f"run {n} not finished: {done} of {planned} jobs done in {runs.name}/{spec.stem}/{failed}")
+        for row, r in jobs:
+            if row.kind == "phase-cuts":
+                phase_cut_claims(o, row, r, n)
+            elif row.kind == "noise":
+                noise_claims(o, row, r, n)
+            elif row.kind == "ablate":
+                ablation_claims(o, row, r, n)
+            elif row.kind == "recovery":
+                recovery_claims(o, row, r, n, seen)
+            elif row.kind == "sweep":
+                sweeps.setdefault(r.criterion, []).append(r)
+                if done < planned:
+                    sweep_runs[n] = f"run {n} ({spec.stem}): {done} of {planned} jobs"
+                cr = r.collapse_ratio
+                o.notes.append(f"- run {n}: sweep {r.criterion} {r.model} on {r.task}: dense accuracy "
+                               f"{r.dense_accuracy:.3f}, collapse ratio {'none' if cr is None else f'{cr:.3f}'} after "
+                               f"{len(r.steps) - 1} cuts.")
+            elif row.kind == "trace":
+                describe_trace(o, n, r)
+            elif row.kind == "cka":
+                describe_cka(o, n, row, r)
+    if sweeps:
+        figure8_claims(o, sweeps, list(sweep_runs.values()))
+    return o, state
+
+
+def write(o: Out, state: list[dict[str, Any]], out: Path, argv: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    table = pl.claims(o.claims, name="runs") if o.claims else None
+    prov = {"script": SCRIPT, "argv": " ".join(argv), "models": [], "tasks": {}, "runs": state,
+            "phaselens": pl.__version__, "python": platform.python_version(),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    claims = []
+    if table is not None:
+        table.save(out, "claims", script=SCRIPT)
+        prov["models"] = sorted({c.effect.model for c in table.claims if c.effect.model})
+        claims = [{**{k: r[k] for k in ("paper", "claim", "model", "task", "format", "n_items", "n_placements",
+                                         "n_seeds", "estimate", "lo", "hi", "p", "p_adj", "verdict", "predicted", "mde",
+                                         "effect", "method")}, "evidence": ev} for r, ev in zip(table.rows, o.evidence)]
+    else:
+        for stale in ("claims.json", "claims.safetensors"):
+            (out / stale).unlink(missing_ok=True)
+    doc = {"provenance": prov, "claims": claims, "untested": o.untested, "notes": o.notes, "figures": [], "tables": []}
+    (out / "verdicts.json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+    lines = ["# The at-size runs (issue 23): claims from the finished jobs", "",
+             "| run | spec | jobs done |", "|---|---|---|"]
+    lines += [f"| {s['run']} | `{s['spec']}` | {s['done']} of {s['planned']} |" for s in state]
+    lines += ["", "## Claims", ""]
+    if table is not None:
+        for c, r, ev in zip(table.claims, table.rows, o.evidence):
+            lines.append(f"- **{r['verdict']}** ({c.effect.model}, {c.effect.task}): {c.claim}. "
+                         f"{c.effect.summary().splitlines()[0]}; Holm-adjusted p = {r['p_adj']:.3g}. {ev}")
+    else:
+        lines.append("None yet.")
+    lines += ["", "## Not judged", ""] + [f"- {u['paper']}: {u['claim']}: {u['reason']}" for u in o.untested]
+    lines += ["", "## Notes", ""] + o.notes + [""]
+    (out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=Path, default=HERE, help="the folder holding each run's study folder")
+    p.add_argument("--specs", type=Path, default=HERE / "specs", help="the runs' specs (runN_<what>.toml)")
+    p.add_argument("--out", type=Path, default=ROOT / "analyses" / "results" / "runs")
+    a = p.parse_args(argv)
+    o, state = collect(a.runs, a.specs)
+    write(o, state, a.out, list(sys.argv[1:] if argv is None else argv))
+    print(f"{a.out}: {len(o.claims)} claims, {len(o.untested)} not judged "
+          f"({sum(s['done'] for s in state)} of {sum(s['planned'] for s in state)} jobs done)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""analyses/runs/claims.py: the at-size runs' claims from whatever jobs are finished, in the files every analysis
+script writes, so analyses/make_claims.py picks them up. Tested on tiny studies built here (a tiny random model):
+each claim's estimate is recomputed with numpy from the saved arrays, the three-way bookkeeping of a cut measured
+on two tasks gives one perplexity claim, and a run with no finished job is listed as not judged."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import phaselens as pl
+
+pytestmark = pytest.mark.timeout(300)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_llama_dir, tmp_path_factory):
+    """``(specs, runs, out)``: run 3 (recovery, two tasks) and run 5 (a short BI sweep) finished; run 1 never run."""
+    root = tmp_path_factory.mktemp("runs")
+    specs, runs = root / "specs", root / "runs"
+    specs.mkdir()
+    tasks = '[{ name = "capitals", limit = 6, seed = 0 }, { name = "languages", limit = 6, seed = 0 }]'
+    (specs / "run1_tiny_dense.toml").write_text(
+        f'models = ["{tiny_llama_dir}"]\ntasks = {tasks}\n[[runs]]\nkind = "trace"\nn_boot = 100\n')
+    (specs / "run3_tiny_ghosted.toml").write_text(
+        f'models = ["{tiny_llama_dir}"]\ntasks = {tasks}\n[[runs]]\nkind = "recovery"\nprune = 0.34\n'
+        'methods = ["identity", "ghosted", "diagonal"]\ncalibration_passages = 8\nheldout = 6\nseq_len = 64\n'
+        'n_boot = 400\n')
+    (specs / "run5_tiny_bi.toml").write_text(
+        f'models = ["{tiny_llama_dir}"]\ntasks = [{{ name = "capitals", limit = 6, seed = 0 }}]\n[[runs]]\n'
+        'kind = "sweep"\ncriterion = "bi"\nsteps = 2\ncalibration_passages = 1\nheldout = 1\nn_boot = 100\n')
+    for name in ("run3_tiny_ghosted", "run5_tiny_bi"):
+        df = pl.run_study(specs / f"{name}.toml", out=runs / name)
+        assert (df.status == "done").all(), df.error.tolist()
+    out = root / "results" / "runs"
+    _module(ROOT / "analyses" / "runs" / "claims.py", "runs_claims").main(
+        ["--runs", str(runs), "--specs", str(specs), "--out", str(out)])
+    return specs, runs, out
+
+
+def test_recovery_claims_are_the_saved_arrays_contrasts(runs):
+    _, folder, out = runs
+    doc = json.loads((out / "verdicts.json").read_text())
+    table = pl.load_result(out / "claims.json")
+    assert len(table.claims) == len(doc["claims"])
+    res = pl.load_results(folder / "run3_tiny_ghosted")
+    rcs = {r.tasks[0].task: r for r in res.values()}
+    assert sorted(rcs) == ["capitals", "languages"]
+    acc = [c for c in table.claims if "task accuracy" in c.claim]
+    ppl = [c for c in table.claims if "perplexity" in c.claim]
+    assert len(acc) == 2 * 2 and len(ppl) == 2  # 2 rivals x 2 tasks; perplexity once per cut (the same text)
+    for c in acc:
+        r = rcs[c.effect.task]
+        rival = c.claim.rsplit(" ", 1)[-1]
+        t = r.tasks[0]
+        want = t.correct[r.methods.index("ghosted")].mean() - t.correct[r.methods.index(rival)].mean()
+        assert c.effect.estimate == pytest.approx(want) and c.paper.startswith("Ghosted Layers (arXiv 2605.15491)")
+    r = rcs["capitals"]
+    for c in ppl:
+        rival = c.claim.rsplit(" ", 1)[-1]
+        p = {m: np.exp(r.nll[k].sum() / r.tokens.sum()) for k, m in enumerate(r.methods)}
+        assert c.effect.estimate == pytest.approx(p[rival] - p["ghosted"], rel=1e-9)
+    assert np.array_equal(rcs["capitals"].nll, rcs["languages"].nll)  # why one perplexity claim per cut is right
+    for row in doc["claims"]:
+        assert row["verdict"] in ("agree", "disagree", "undetermined") and row["evidence"].startswith("run 3:")
+    assert {s["folder"]: (s["done"], s["planned"]) for s in doc["provenance"]["runs"]} == {
+        "run1_tiny_dense": (0, 2), "run3_tiny_ghosted": (2, 2), "run5_tiny_bi": (1, 1)}
+
+
+def test_unfinished_runs_and_too_few_pairs_are_listed_as_not_judged(runs):
+    specs, folder, out = runs
+    doc = json.loads((out / "verdicts.json").read_text())
+    reasons = [u["reason"] for u in doc["untested"]]
+    assert "run 1 not finished: 0 of 2 jobs done in runs/run1_tiny_dense/" in reasons
+    assert not any("run 3 not finished" in r or "run 5 not finished" in r for r in reasons)
+    fig8 = [u for u in doc["untested"] if "Figure 8" in u["claim"]]
+    assert len(fig8) == 1 and "bi selection" in fig8[0]["claim"]  # one pair: no correlation to judge
+
+
+def test_the_above_chance_filter_is_accuracy_minus_one_over_k(runs):
+    _, folder, _ = runs
+    mod = _module(ROOT / "analyses" / "runs" / "claims.py", "runs_claims2")
+    (sw,) = pl.load_results(folder / "run5_tiny_bi").values()
+    e = mod.above_chance(sw)
+    tr = sw.steps[0].trace
+    k = np.asarray(tr.mask, dtype=bool).sum(1)
+    assert e.estimate == pytest.approx(np.mean(np.asarray(tr.correct[:, -1], float)) - np.mean(1.0 / k))
+    assert e.estimate == pytest.approx(sw.dense_accuracy - sw.chance)
+
+
+def test_make_claims_picks_the_runs_claims_up(runs, tmp_path):
+    _, _, out = runs
+    mc = _module(ROOT / "analyses" / "make_claims.py", "make_claims_for_runs")
+    claims, sources, provs, untested = mc.collect(out.parent)
+    table = pl.load_result(out / "claims.json")
+    assert len(claims) == len(table.claims) and set(sources) == {str(out / "claims.json")}
+    assert {c.paper for c in claims} == {"Ghosted Layers (arXiv 2605.15491)"}
+    assert any("run 1 not finished" in u["reason"] for u in untested)
+    assert provs[0]["script"] == "analyses/runs/claims.py"
+    mc.main(["--results", str(out.parent), "--csv", str(tmp_path / "c.csv"), "--readme", str(tmp_path / "R.md")])
+    assert "run 1 not finished" in (tmp_path / "R.md").read_text()
