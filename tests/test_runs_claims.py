@@ -111,3 +111,76 @@ def test_make_claims_picks_the_runs_claims_up(runs, tmp_path):
     assert provs[0]["script"] == "analyses/runs/claims.py"
     mc.main(["--results", str(out.parent), "--csv", str(tmp_path / "c.csv"), "--readme", str(tmp_path / "R.md")])
     assert "run 1 not finished" in (tmp_path / "R.md").read_text()
+
+
+WORDS = "red blue green cat dog house river stone light music paper glass water fire earth wind north south east west".split()
+
+
+@pytest.fixture(scope="module")
+def run2(tiny_llama, tiny_llama_dir, tmp_path_factory):
+    """Run 2's kinds (phase cuts, noise, ablation) on a task whose answers are the tiny model's own final choices,
+    so it has a transition (a file task, as a TOML spec names it)."""
+    root = tmp_path_factory.mktemp("run2")
+    rng = np.random.default_rng(0)
+    items = [{"question": " ".join(rng.choice(WORDS, 5)), "options": list(rng.choice(WORDS, 4, replace=False)),
+              "answer": 0, "id": f"q{i}"} for i in range(40)]
+    pred = pl.decision_trace(tiny_llama, pl.load_task(items)).predictions[:, -1]
+    path = root / "own.jsonl"
+    path.write_text("".join(json.dumps({**it, "answer": int(p)}) + "\n" for it, p in zip(items, pred)))
+    tr = pl.transition_point(tiny_llama, pl.load_task(str(path)), n_boot=200)
+    assert tr.layer is not None and 1 <= tr.layer <= tiny_llama.n_blocks - 1, tr.summary()  # the test's precondition
+    specs, runs = root / "specs", root / "runs"
+    specs.mkdir()
+    (specs / "run2_tiny_arc.toml").write_text(
+        f'models = ["{tiny_llama_dir}"]\ntasks = [{{ name = "{path}" }}]\n'
+        '[[runs]]\nkind = "phase-cuts"\nn = 1\nfit_n = true\nmethods = ["identity", "ghosted"]\nseeds = 1\n'
+        'calibration_passages = 8\nheldout = 2\nseq_len = 64\nn_boot = 400\n'
+        '[[runs]]\nkind = "noise"\neps = [0.5, 1.0]\nseeds = 1\nn_boot = 400\n'
+        '[[runs]]\nkind = "ablate"\npairs = false\nn_boot = 400\n')
+    df = pl.run_study(specs / "run2_tiny_arc.toml", out=runs / "run2_tiny_arc")
+    assert (df.status == "done").all(), df.error.tolist()
+    out = root / "out"
+    _module(ROOT / "analyses" / "runs" / "claims.py", "runs_claims3").main(
+        ["--runs", str(runs), "--specs", str(specs), "--out", str(out)])
+    res = {r.kind: pl.load_result(runs / "run2_tiny_arc" / f"{r.result}.json") for r in df.itertuples()}
+    return res, pl.load_result(out / "claims.json"), json.loads((out / "verdicts.json").read_text())
+
+
+def test_run2_kinds_give_their_results_own_effects_as_claims(run2):
+    res, table, doc = run2
+    by_text = {}
+    for c in table.claims:
+        by_text.setdefault(c.claim, []).append(c.effect)
+    # ablation: at the transition against the rest of each phase, the estimate by hand from the saved margins
+    ab = res["ablate"]
+    drops = (ab.clean_margins[None] - ab.single_margins).mean(1)  # [S] mean drop per ablated block
+    blocks, t = np.asarray(ab.singles), ab.transition
+    at = drops[(blocks == t - 1) | (blocks == t)].mean()
+    for rest, mask in (("rest of the silent phase (< l*-1)", blocks < t - 1),
+                       ("rest of the decisive phase (> l*)", blocks > t)):
+        text = f"ablating the blocks at the transition (l*-1, l*) hurts the decision more than the {rest}"
+        if mask.any():
+            (e,) = by_text[text]
+            assert e.estimate == pytest.approx(at - drops[mask].mean())
+        else:
+            assert text not in by_text
+    # noise: one silent − decisive claim per eps, equal to the result's own effect
+    nz = res["noise"]
+    effs = {e.name: e for e in nz.effects()}
+    for eps in (0.5, 1):
+        text = f"noise (eps={eps:g}) in the silent phase hurts the decision more than in the decisive phase"
+        (e,) = by_text[text]
+        assert e.estimate == effs[f"silent − decisive margin drop (noise eps={eps:g})"].estimate
+        drop = nz.clean_margins[None] - nz.item_margins[:, nz.eps.index(eps)].mean(1)  # [B, N] over seeds
+        b = np.asarray(nz.blocks)
+        want = drop[b < nz.transition].mean() - drop[b >= nz.transition].mean()
+        assert e.estimate == pytest.approx(want)
+    # phase cuts: the plain-pruning contrast goes to the decision-transition paper, recovery's to the joint hypothesis
+    pc_claims = [c for c in table.claims if "phase" in c.claim and "noise" not in c.claim and "ablating" not in c.claim]
+    assert pc_claims and {c.paper for c in pc_claims} <= {"decision-transition (arXiv 2605.07271)",
+                                                          "joint hypothesis (phaselens)"}
+    pc = res["phase-cuts"].effects(["ghosted"])
+    assert sorted(c.effect.estimate for c in pc_claims) == sorted(e.estimate for e in pc)
+    assert any(c.claim.startswith("pruning the silent phase") for c in pc_claims)
+    assert any("interaction" in c.claim for c in pc_claims)
+    assert len(doc["claims"]) == len(table.claims) and not [u for u in doc["untested"] if "not finished" in u["reason"]]
