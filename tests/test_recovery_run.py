@@ -38,11 +38,11 @@ def job(tiny_llama_dir, tmp_path_factory):
     df = pl.run_study(spec, out=out)
     assert (df.status == "done").all(), df.error.tolist()
     row = df.iloc[0]
-    return row, pl.load_result(out / f"{row.result}.json")
+    return row, pl.load_result(out / f"{row.result}.json"), out
 
 
 def test_a_recovery_job_is_the_direct_compare_recovery_call(job, tiny_llama_dir):
-    row, got = job
+    row, got, _ = job
     m = pl.load_model(tiny_llama_dir)
     t = pl.load_task("capitals", limit=6, seed=3)
     direct = pl.compare_recovery(m, [t], n=2, criterion="angular", methods=["identity", "ghosted", "diagonal"],
@@ -59,7 +59,7 @@ def test_the_accuracy_is_a_hand_count_from_a_hand_written_forward(job, tiny_llam
     layers called by hand, read at each prompt's last token over the options' first tokens."""
     from test_pruning import hand_logits, hand_states  # noqa: PLC0415 (shared hand-written forward)
 
-    _, got = job
+    _, got, _ = job
     t = pl.load_task("capitals", limit=6, seed=3)
     enc = encode_task(t, tiny_llama.tokenizer)
     kept = [b for b in range(tiny_llama.n_blocks) if b not in got.blocks]
@@ -77,7 +77,7 @@ def test_the_accuracy_is_a_hand_count_from_a_hand_written_forward(job, tiny_llam
 
 
 def test_the_index_scalars_are_the_results_numbers_recomputed(job):
-    row, r = job
+    row, r, _ = job
     t = r.tasks[0]
     ppl = {m: float(np.exp(r.nll[k].sum() / r.tokens.sum())) for k, m in enumerate(r.methods)}
     acc = {m: float(t.correct[k].mean()) for k, m in enumerate(r.methods)}
@@ -106,6 +106,13 @@ def test_the_index_scalars_are_the_results_numbers_recomputed(job):
     hand = np.exp(r.nll[k][idx].sum(1) / tok[idx].sum(1)) - np.exp(r.nll[g][idx].sum(1) / tok[idx].sum(1))
     assert (row.ghosted_gain_perplexity_lo, row.ghosted_gain_perplexity_hi) == pytest.approx(
         tuple(np.quantile(hand, [0.025, 0.975])), rel=1e-10)
+
+
+def test_the_report_of_a_recovery_study_shows_the_comparison(job, tmp_path):
+    _, r, folder = job
+    page = pl.build_report(folder, tmp_path / "r.html").read_text()
+    assert "RecoveryComparison" in page or "recovered with" in page
+    assert f"{r.perplexity('ghosted'):.2f}" in page
 
 
 def test_a_recovery_run_is_a_grid_over_shares_and_criteria():

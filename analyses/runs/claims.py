@@ -197,8 +197,8 @@ def figure8_claims(o: Out, sweeps: dict[str, list[Any]], unfinished: list[str]) 
         study = pl.transition_vs_collapse(keep)
         o.notes.append(f"- Figure 8 ({crit}): {study.summary().splitlines()[0]}")
         effs = {e.name: e for e in study.effects()}
-        picks = [("all pairs", f"transition fraction vs collapse ratio: pearson r, all pairs (fisher)"),
-                 ("within models", f"transition fraction vs collapse ratio: pearson r, within models (fisher)")]
+        picks = [("all pairs", "transition fraction vs collapse ratio: pearson r, all pairs (fisher)"),
+                 ("within models", "transition fraction vs collapse ratio: pearson r, within models (fisher)")]
         got = False
         for scope, name in picks:
             if name in effs:

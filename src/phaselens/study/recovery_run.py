@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 from ..errors import EffectError, StudyError
 from ..experiments.recovery_comparison import REFERENCE, RecoveryComparison, compare_recovery
 from ..pruning import CRITERIA
