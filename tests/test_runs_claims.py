@@ -87,6 +87,7 @@ def test_unfinished_runs_and_too_few_pairs_are_listed_as_not_judged(runs):
     assert not any("run 3 not finished" in r or "run 5 not finished" in r for r in reasons)
     fig8 = [u for u in doc["untested"] if "Figure 8" in u["claim"]]
     assert len(fig8) == 1 and "bi selection" in fig8[0]["claim"]  # one pair: no correlation to judge
+    assert any(n.startswith("- run 5: sweep bi") for n in doc["notes"])
 
 
 def test_the_above_chance_filter_is_accuracy_minus_one_over_k(runs):
@@ -98,6 +99,12 @@ def test_the_above_chance_filter_is_accuracy_minus_one_over_k(runs):
     k = np.asarray(tr.mask, dtype=bool).sum(1)
     assert e.estimate == pytest.approx(np.mean(np.asarray(tr.correct[:, -1], float)) - np.mean(1.0 / k))
     assert e.estimate == pytest.approx(sw.dense_accuracy - sw.chance)
+    text = mod.collapse_text(sw)
+    if sw.collapse_ratio is None:
+        assert text == "no collapse"
+    else:
+        (c,) = sw.effects()
+        assert text.startswith(f"collapse ratio {sw.collapse_ratio:.3f} [{c.lo:.3f}, {c.hi:.3f}]")
 
 
 def test_make_claims_picks_the_runs_claims_up(runs, tmp_path):

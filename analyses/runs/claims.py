@@ -212,6 +212,18 @@ def figure8_claims(o: Out, sweeps: dict[str, list[Any]], unfinished: list[str]) 
                              ",".join(sorted({s.task for s in keep})), f"{why} (a correlation effect needs 5 pairs)")
 
 
+def collapse_text(sw: Any) -> str:
+    """The sweep's collapse ratio with its bootstrap interval over items (``Sweep.effects()``), as text."""
+    if sw.collapse_ratio is None:
+        return "no collapse"
+    try:
+        (e,) = sw.effects()
+    except (pl.errors.PhaselensError, ValueError) as err:
+        return f"collapse ratio {sw.collapse_ratio:.3f} (no interval: {err})"
+    return (f"collapse ratio {e.estimate:.3f} [{e.lo:.3f}, {e.hi:.3f}] (items resampled; no collapse in "
+            f"{e.undefined:.1%} of the replicates)")
+
+
 def describe_trace(o: Out, run: int, tr: Any) -> None:
     line = tr.summary().splitlines()[0] if hasattr(tr, "summary") else repr(tr)
     o.notes.append(f"- run {run}: {line}")
@@ -256,10 +268,8 @@ def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]]]:
                 sweeps.setdefault(r.criterion, []).append(r)
                 if done < planned:
                     sweep_runs[n] = f"run {n} ({spec.stem}): {done} of {planned} jobs"
-                cr = r.collapse_ratio
                 o.notes.append(f"- run {n}: sweep {r.criterion} {r.model} on {r.task}: dense accuracy "
-                               f"{r.dense_accuracy:.3f}, collapse ratio {'none' if cr is None else f'{cr:.3f}'} after "
-                               f"{len(r.steps) - 1} cuts.")
+                               f"{r.dense_accuracy:.3f}, {collapse_text(r)} after {len(r.steps) - 1} cuts.")
             elif row.kind == "trace":
                 describe_trace(o, n, r)
             elif row.kind == "cka":
