@@ -165,3 +165,20 @@ def test_a_share_that_would_cut_every_block_is_refused():
         cut_size(0.99, 28)
     with pytest.raises(StudyError, match="cuts 6 of the model's 6 blocks"):
         cut_size(6, 6)
+
+
+def test_cli_status_of_a_recovery_study_and_a_refused_spec(job, tmp_path):
+    from typer.testing import CliRunner
+
+    from phaselens.cli import app
+
+    _, _, folder = job
+    runner = CliRunner(env={"COLUMNS": "200"})
+    res = runner.invoke(app, ["study", "status", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert "1 done, 0 failed, 0 not run yet" in " ".join(res.output.split()) and "recovery" in res.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('models = ["never-loaded"]\ntasks = ["capitals"]\n[[runs]]\nkind = "recovery"\nprune = 0.25\n'
+                   'criterion = "random"\n')
+    res = runner.invoke(app, ["study", "run", str(bad), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "criterion = 'random'" in " ".join(res.output.split()), res.output
