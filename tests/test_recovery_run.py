@@ -147,6 +147,8 @@ def test_a_recovery_run_is_a_grid_over_shares_and_criteria():
     ({"prune": 0.25, "calibration_passages": 0}, ["calibration_passages = 0"]),
     ({"prune": 0.25, "n": 3}, ["unknown key(s) ['n']", "'prune'"]),
     ({"prune": 0.25, "seq_len": 1}, ["seq_len = 1"]),
+    ({"blocks": "0-2", "methods": ["ghosted", "replaceme"]}, ["cannot be recovered by replaceme", "(0, 3)", "block 0"]),
+    ({"blocks": "0-2"}, ["cannot be recovered by replaceme"]),  # the default methods include it
 ])
 def test_bad_recovery_parameters_are_refused_before_any_model_loads(run, words, tmp_path):
     """The model ``never-loaded`` does not exist: the refusal comes from reading the spec, before any load."""
@@ -182,3 +184,37 @@ def test_cli_status_of_a_recovery_study_and_a_refused_spec(job, tmp_path):
                    'criterion = "random"\n')
     res = runner.invoke(app, ["study", "run", str(bad), "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "criterion = 'random'" in " ".join(res.output.split()), res.output
+
+
+@pytest.fixture
+def first_blocks():
+    """A criterion that cuts the first blocks (so the cut starts at block 0), registered for one test."""
+    from phaselens.pruning import CRITERIA, Criterion
+
+    @pl.register_criterion("first-blocks")
+    class First(Criterion):
+        iterative = False
+
+        def scores(self, view, *, calibration=None, seed=0, step=0, cache=None):
+            return {b: float(b) for b in view.kept}
+
+    yield "first-blocks"
+    CRITERIA.remove("first-blocks")
+
+
+def test_a_method_refusing_the_chosen_cut_is_left_out_of_the_job(first_blocks, tiny_llama_dir, tmp_path):
+    """ReplaceMe cannot recover a cut starting at block 0: the job runs the other methods (equal to the direct call
+    without it) instead of failing; a given cut it cannot recover is refused when the spec is read (above)."""
+    run = {**RUN, "prune": 2, "criterion": first_blocks, "methods": ["identity", "ghosted", "replaceme"]}
+    df = pl.run_study({"models": [tiny_llama_dir], "tasks": [{"name": "capitals", "limit": 6}], "runs": [run]},
+                      out=tmp_path / "s")
+    assert (df.status == "done").all(), df.error.tolist()
+    row = df.iloc[0]
+    got = pl.load_result(tmp_path / "s" / f"{row.result}.json")
+    assert got.blocks == [0, 1] and got.methods == ["identity", "ghosted"] and got.criterion == first_blocks
+    m = pl.load_model(tiny_llama_dir)
+    direct = pl.compare_recovery(m, [pl.load_task("capitals", limit=6, seed=0)], n=2, criterion=first_blocks,
+                                 methods=["identity", "ghosted"], calibration=pl.load_calibration()[:8],
+                                 heldout=pl.heldout_texts()[:6], seq_len=64, n_boot=200, boot_seed=0)
+    assert got.to_json() == direct.to_json()
+    assert "accuracy_replaceme" not in df.columns or df.accuracy_replaceme.isna().all()

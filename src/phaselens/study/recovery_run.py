@@ -12,9 +12,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .. import checks
+from ..calibration import load_calibration
 from ..errors import EffectError, StudyError
+from ..experiments import DEFAULT_METHODS
 from ..experiments.recovery_comparison import REFERENCE, RecoveryComparison, compare_recovery
-from ..pruning import CRITERIA
+from ..pruning import CRITERIA, select_blocks
+from ..recovery import get_method
+from ..view import as_view, spans_of
 from .runs import _TEXTS, HELDOUT_KEYS, RunKind, choices, int_at_least, is_ratio, pop_texts, register_run
 
 
@@ -31,6 +36,19 @@ def cut_size(prune: int | float, n_blocks: int) -> int:
         raise StudyError(f"prune = {prune!r} cuts {n} of the model's {n_blocks} blocks; leave at least one (a share "
                          f"below {(n_blocks - 0.5) / n_blocks:.3f} or at most {n_blocks - 1} blocks)")
     return n
+
+
+def refusals(methods: list[str], blocks: list[int]) -> dict[str, str]:
+    """``{method: why}`` for each of ``methods`` that cannot recover the cut ``blocks`` (ReplaceMe at a cut that
+    starts at block 0)."""
+    out = {}
+    for m in methods:
+        for span in spans_of(blocks):
+            why = get_method(m).refuses(span)
+            if why:
+                out[m] = f"span {span}: {why}"
+                break
+    return out
 
 
 def recovery_scalars(r: RecoveryComparison) -> dict[str, Any]:
@@ -99,14 +117,33 @@ class RecoveryRun(RunKind):
             raise StudyError(f"{where}: criterion chooses the cut of prune; with blocks given it has nothing to choose")
         if params.get("methods") is not None and len(set(params["methods"])) != len(params["methods"]):
             raise StudyError(f"{where}.methods = {params['methods']!r} repeats a method; list each once")
+        if "blocks" in params:  # a given cut is known now: a method that cannot recover it is refused before any load
+            cut = sorted(set(checks.block_list(params["blocks"], "blocks", StudyError)))
+            bad = refusals(list(params.get("methods") or DEFAULT_METHODS), cut)
+            if bad:
+                raise StudyError(f"{where}: blocks = {params['blocks']!r} cannot be recovered by "
+                                 + "; ".join(f"{m} ({why})" for m, why in bad.items())
+                                 + "; leave those methods out or cut other blocks")
 
     def run(self, model, task, seed, params, scratch):
+        """The cut is chosen here (as ``compare_recovery(n=, criterion=)`` chooses it) so that a method refusing it
+        (ReplaceMe at a cut that starts at block 0, which BI or SLEB may choose) is left out of this job instead of
+        failing it; the result then equals ``compare_recovery`` with the other methods."""
         p = dict(params)
         cal, held = pop_texts(p)
-        prune = p.pop("prune", None)
-        if prune is not None:
-            p["n"] = cut_size(prune, model.n_blocks)
-        return compare_recovery(model, [task], boot_seed=seed, calibration=cal, heldout=held, **p)
+        share, crit = p.pop("prune", None), p.pop("criterion", "angular")
+        methods = list(p.pop("methods", None) or DEFAULT_METHODS)
+        cal = load_calibration(cal)
+        if share is None:
+            return compare_recovery(model, [task], boot_seed=seed, calibration=cal, heldout=held, methods=methods, **p)
+        base = as_view(model).base
+        cut = select_blocks(base, cut_size(share, base.n_blocks), crit, calibration=cal)
+        keep = [m for m in methods if m not in refusals(methods, list(cut))]
+        if not keep:
+            raise StudyError(f"no method of {methods} can recover the cut {list(cut)} chosen by {crit}")
+        r = compare_recovery(model, [task], list(cut), boot_seed=seed, calibration=cal, heldout=held, methods=keep, **p)
+        r.criterion = crit
+        return r
 
     def scalars(self, r):
         return recovery_scalars(r)
