@@ -82,9 +82,10 @@ def finished_jobs(spec: Path, folder: Path) -> tuple[list[tuple[Any, Any]], int,
     if not (folder / "index.parquet").is_file():
         return [], 0, planned, []
     df = pl.load_study(folder)
-    if df.attrs.get("planned"):
-        df = df[df.job.isin(df.attrs["planned"])]
-        planned = max(planned, len(df.attrs["planned"]))
+    plan = list(df.attrs.get("planned") or [])
+    if plan:
+        df = df[df.job.isin(plan)]
+        planned = max(planned, len(plan))
     done = df[df.status == "done"]
     results = pl.load_results(folder)
     errors = [f"{r.kind} {r.model} {r.task}: {r.error}" for r in df[df.status != "done"].itertuples()]
