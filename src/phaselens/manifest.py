@@ -122,15 +122,24 @@ def _piece_digests(path: Path, threads: int) -> tuple[list[bytes], int]:
     return digests, size
 
 
+def _cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one), at most 8 used for hashing."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
 def hash_file(path: str | os.PathLike, threads: int | None = None) -> str:
     """The piece-tree hash of a file (its pieces hashed in ``threads`` threads, default one per core up to 8)."""
-    digests, size = _piece_digests(Path(path), threads or min(8, os.cpu_count() or 1))
+    digests, size = _piece_digests(Path(path), threads or _cores())
     return _combine(digests, size)
 
 
 def check_threads() -> int:
     """Threads to hash a cache while it loads: one core is left to the load (one thread on two cores)."""
-    return max(1, min(8, os.cpu_count() or 1) - 1)
+    return max(1, _cores() - 1)
 
 
 def file_record(path: str | os.PathLike, digest: str | None = None) -> dict[str, Any]:
