@@ -7,10 +7,10 @@ A cache folder (``$PHASELENS_CACHE/models/<name>``) holds ``manifest.json`` besi
      "source": {"path": ".../x.gguf", "size": ..., "mtime_ns": ..., "ctime_ns": ..., "ino": ..., "hash": "..."}}
 
 ``hash`` is a tree of xxHash3-128 digests (xxhash, PyPI): the file is cut into 64 MiB pieces, each piece is
-hashed, and the file's hash is the xxh3-128 of the piece digests and the size. A file is hashed through a read-only memory map, in
-place in the page cache (no copy), each piece in one call that releases the GIL, so pieces can be hashed in threads
-while the model loads; a writer hashes the bytes as they are written (:class:`HashingWriter`), so a new cache costs
-no second read.
+hashed, and the file's hash is the xxh3-128 of the piece digests and the size. A file is hashed through a read-only
+memory map, in place in the page cache (no copy), each piece in one call that releases the GIL, so pieces can be
+hashed in threads while the model loads; a writer hashes the bytes as they are written (:class:`HashingWriter`), so
+a new cache costs no second read.
 
 A size-and-mtime check alone misses same-size damage (zeroed pages, a flipped bit); the content hash does not.
 The source's size, mtime, ctime and inode are recorded too: when they still match, the source is taken as unchanged
@@ -94,7 +94,9 @@ def _piece_digests(path: Path, threads: int) -> tuple[list[bytes], int]:
 
     The file is memory-mapped and its pages hashed where they lie in the page cache: no copy into a buffer (which
     cost as much as the hash itself), and each piece is one GIL-free ``xxh3_128_digest`` call. A piece is advised
-    ``MADV_WILLNEED`` first, so a file not in the page cache is read ahead in large requests."""
+    ``MADV_WILLNEED`` first, so a file not in the page cache is read ahead in large requests. Like the model's own
+    memory-mapped tensors, this assumes no one truncates the file meanwhile (a cache is replaced by renaming a
+    whole folder, never rewritten in place)."""
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
