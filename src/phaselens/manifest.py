@@ -36,6 +36,7 @@ NAME = "manifest.json"
 FORMAT = 1
 PIECE = 64 << 20  # bytes per hashed piece
 HASH = "xxh3_128/64MiB"
+_WILLNEED = getattr(mmap, "MADV_WILLNEED", None) if hasattr(mmap.mmap, "madvise") else None  # not on Windows
 
 
 def _combine(digests: list[bytes], size: int) -> str:
@@ -92,36 +93,29 @@ class HashingWriter:
 def _piece_digests(path: Path, threads: int) -> tuple[list[bytes], int]:
     """The xxh3-128 digest of each 64 MiB piece of a file, and its size (both from one open file).
 
-    The file is memory-mapped and its pages hashed where they lie in the page cache: no copy into a buffer (which
-    cost as much as the hash itself), and each piece is one GIL-free ``xxh3_128_digest`` call. A piece is advised
+    Each piece is memory-mapped on its own (read-only) and its pages hashed where they lie in the page cache: no copy
+    into a buffer (which cost as much as the hash itself), one GIL-free ``xxh3_128_digest`` call per piece, and at
+    most ``threads`` pieces mapped at a time (a peak-RSS reading grows by at most that). A piece is advised
     ``MADV_WILLNEED`` first, so a file not in the page cache is read ahead in large requests. Like the model's own
     memory-mapped tensors, this assumes no one truncates the file meanwhile (a cache is replaced by renaming a
     whole folder, never rewritten in place)."""
     with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
         if size == 0:
             return [xxhash.xxh3_128().digest()], 0  # mmap cannot map an empty file; an empty piece's digest
-        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
-    advise = getattr(mm, "madvise", None) if hasattr(mmap, "MADV_WILLNEED") else None
-    view = memoryview(mm)
 
-    def piece(start: int) -> bytes:
-        n = min(PIECE, size - start)
-        if advise is not None:
-            advise(mmap.MADV_WILLNEED, start, n)
-        return xxhash.xxh3_128_digest(view[start:start + n])
+        def piece(start: int) -> bytes:
+            with mmap.mmap(fd, min(PIECE, size - start), access=mmap.ACCESS_READ, offset=start) as mm:
+                if _WILLNEED is not None:
+                    mm.madvise(_WILLNEED)
+                return xxhash.xxh3_128_digest(mm)
 
-    try:
         starts = range(0, size, PIECE)
         if threads <= 1 or len(starts) == 1:
-            digests = [piece(s) for s in starts]
-        else:
-            with ThreadPoolExecutor(min(threads, len(starts))) as pool:
-                digests = list(pool.map(piece, starts))
-    finally:
-        view.release()
-        mm.close()
-    return digests, size
+            return [piece(s) for s in starts], size
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            return list(pool.map(piece, starts)), size
 
 
 def _cores() -> int:
