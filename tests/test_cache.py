@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import xxhash
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import phaselens as pl
 from phaselens import embedded, manifest
@@ -161,8 +162,6 @@ def test_damage_that_fails_the_readout_check_is_rebuilt(built, cache, capsys):
     """Every weight byte set to NaN (same size, mtime kept): the model that loads from it is refused by the checks
     of its forward pass (seen here by loading it with plain transformers), but the load, which runs those checks
     while hashing, rebuilds the cache rather than refusing the model."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     weights = cache / "model.safetensors"
     before = weights.read_bytes()
     start = 8 + int.from_bytes(before[:8], "little")  # the data after safetensors' header
