@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 import xxhash
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import phaselens as pl
-from phaselens import embedded
+from phaselens import embedded, manifest
 from gguf_tiny import write_tiny_gguf
 
 IDS = torch.tensor([[1, 17, 42, 99, 250, 7]])
@@ -82,6 +83,27 @@ def _edit_keeping_mtime(path: Path, offset: int, data: bytes) -> None:
 
 
 # ----------------------------------------------------------------------------- the manifest
+@pytest.mark.parametrize("threads", [1, 2])
+def test_hash_file_is_the_piece_tree_of_every_byte(tmp_path, threads):
+    """hash_file (memory-mapped, pieces in threads) against the definition computed here over the bytes: xxh3-128
+    of the 64 MiB pieces' xxh3-128 digests and the size; one byte changed in place anywhere changes it."""
+    piece = 64 << 20
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 4097, piece, piece + 1, 2 * piece + 3):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        p = tmp_path / f"f{size}"
+        p.write_bytes(data)
+        pieces = [data[i:i + piece] for i in range(0, size, piece)] or [b""]
+        want = xxhash.xxh3_128(b"".join(xxhash.xxh3_128(x).digest() for x in pieces)
+                               + size.to_bytes(8, "little")).hexdigest()
+        assert manifest.hash_file(p, threads) == want, size
+        for at in {0, size // 2, size - 1} if size else ():
+            _edit_keeping_mtime(p, at, bytes([data[at] ^ 1]))
+            assert manifest.hash_file(p, threads) != want, (size, at)
+            _edit_keeping_mtime(p, at, data[at:at + 1])
+        p.unlink()
+
+
 def test_first_load_writes_a_manifest_and_no_warning(built):
     """Sizes against os.stat, hashes against xxhash over the raw bytes; the first load says what it does on
     stderr (logging), never as a UserWarning."""
@@ -133,6 +155,25 @@ def test_same_size_damage_with_restored_mtime_is_rebuilt(built, cache, capsys):
     assert weights.read_bytes() == before
     torch.testing.assert_close(_logits(m), built["logits"], rtol=0, atol=0)
     assert m.fingerprint == built["fingerprint"]
+
+
+@pytest.mark.bad_input
+def test_damage_that_fails_the_readout_check_is_rebuilt(built, cache, capsys):
+    """Every weight byte set to NaN (same size, mtime kept): the model that loads from it is refused by the checks
+    of its forward pass (seen here by loading it with plain transformers), but the load, which runs those checks
+    while hashing, rebuilds the cache rather than refusing the model."""
+    weights = cache / "model.safetensors"
+    before = weights.read_bytes()
+    start = 8 + int.from_bytes(before[:8], "little")  # the data after safetensors' header
+    _edit_keeping_mtime(weights, start, b"\xff" * (len(before) - start))
+    damaged = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32)
+    with pytest.raises(pl.errors.NonFiniteError, match="NaN"):
+        pl.load_model(damaged, tokenizer=AutoTokenizer.from_pretrained(cache), device="cpu")
+    del damaged
+    m, err = _reload(built, capsys)
+    assert "model.safetensors" in err and "rebuilding" in err
+    assert weights.read_bytes() == before
+    torch.testing.assert_close(_logits(m), built["logits"], rtol=0, atol=0)
 
 
 @pytest.mark.bad_input

@@ -338,15 +338,20 @@ def _adopt_unlisted(find: Callable[[], Path], arch: str | None, target: Path) ->
 
 def _load_checked(target: Path, m: dict[str, Any], name: str, dev: torch.device | None, dt: torch.dtype | None,
                   *, verify: bool) -> tuple[Model | None, list[str]]:
-    """Load the cached folder; with ``verify``, hash its files against the manifest meanwhile (in threads: the
-    bytes are read once more, from the page cache, while transformers reads them). Returns ``(model, problems)``:
-    a model only when there are no problems."""
+    """Load the cached folder; with ``verify``, hash its files against the manifest meanwhile.
+
+    The hash runs in a background thread (:func:`manifest.check_threads` threads: one core is left to the load) for
+    the whole load, the tokenizer, ``from_pretrained`` and the readout check of :func:`_prepare`, and is waited for
+    only at the end; a hash mismatch wins over whatever the load did with the damaged bytes (an error, a refused
+    readout). Returns ``(model, problems)``: a model only when there are no problems."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = dev or default_device()
     dt = dt or default_dtype(dev)
+    model: Model | None = None
+    refused: Exception | None = None
     with ThreadPoolExecutor(1) as pool:
-        check = pool.submit(manifest.content_problems, target, m) if verify else None
+        check = pool.submit(manifest.content_problems, target, m, manifest.check_threads()) if verify else None
         try:
             with quiet():
                 tok = AutoTokenizer.from_pretrained(target)
@@ -354,13 +359,22 @@ def _load_checked(target: Path, m: dict[str, Any], name: str, dev: torch.device 
             err: Exception | None = None
         except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways; the hashes say which
             err, hf, tok = e, None, None
+        if err is None:
+            try:
+                model = _prepare(hf, tok, name, dev, dt, weights_digest=manifest.weights_digest(m))
+            except Exception as e:  # noqa: BLE001 - damaged weights can fail the readout check: the hashes decide
+                if check is None:
+                    raise
+                refused = e
         problems = check.result() if check is not None else []
     if problems:
         return None, problems
+    if refused is not None:
+        raise refused  # the files match their manifest: the model itself is refused (e.g. its readout)
     if err is not None:
         raise ModelError(f"the cached model {target} matches its manifest but could not be loaded "
                          f"({type(err).__name__}: {str(err)[:200]}); delete the folder to rebuild it") from err
-    return _prepare(hf, tok, name, dev, dt, weights_digest=manifest.weights_digest(m)), []
+    return model, []
 
 
 # ----------------------------------------------------------------------------- preparation

@@ -7,9 +7,10 @@ A cache folder (``$PHASELENS_CACHE/models/<name>``) holds ``manifest.json`` besi
      "source": {"path": ".../x.gguf", "size": ..., "mtime_ns": ..., "ctime_ns": ..., "ino": ..., "hash": "..."}}
 
 ``hash`` is a tree of xxHash3-128 digests (xxhash, PyPI): the file is cut into 64 MiB pieces, each piece is
-hashed, and the file's hash is the xxh3-128 of the piece digests and the size. Pieces are hashed in threads
-(xxhash releases the GIL), so checking the 6 GB cache of the 1.5B model runs at memory speed on several cores;
-a writer hashes the bytes as they are written (:class:`HashingWriter`), so a new cache costs no second read.
+hashed, and the file's hash is the xxh3-128 of the piece digests and the size. A file is hashed through a read-only
+memory map, in place in the page cache (no copy), each piece in one call that releases the GIL, so pieces can be
+hashed in threads while the model loads; a writer hashes the bytes as they are written (:class:`HashingWriter`), so
+a new cache costs no second read.
 
 A size-and-mtime check alone misses same-size damage (zeroed pages, a flipped bit); the content hash does not.
 The source's size, mtime, ctime and inode are recorded too: when they still match, the source is taken as unchanged
@@ -20,6 +21,7 @@ otherwise its content hash decides. Floor 0: imports nothing of phaselens but it
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +36,7 @@ NAME = "manifest.json"
 FORMAT = 1
 PIECE = 64 << 20  # bytes per hashed piece
 HASH = "xxh3_128/64MiB"
-_READ = 8 << 20  # bytes per read inside a piece
+_WILLNEED = getattr(mmap, "MADV_WILLNEED", None) if hasattr(mmap.mmap, "madvise") else None  # not on Windows
 
 
 def _combine(digests: list[bytes], size: int) -> str:
@@ -88,34 +90,52 @@ class HashingWriter:
         return self.hasher.hexdigest()
 
 
-def _hash_piece(path: Path, start: int, length: int) -> bytes:
-    h = xxhash.xxh3_128()
-    buf = bytearray(min(_READ, max(length, 1)))
-    mv = memoryview(buf)
+def _piece_digests(path: Path, threads: int) -> tuple[list[bytes], int]:
+    """The xxh3-128 digest of each 64 MiB piece of a file, and its size (both from one open file).
+
+    Each piece is memory-mapped on its own (read-only) and its pages hashed where they lie in the page cache: no copy
+    into a buffer (which cost as much as the hash itself), one GIL-free ``xxh3_128_digest`` call per piece, and at
+    most ``threads`` pieces mapped at a time (a peak-RSS reading grows by at most that). A piece is advised
+    ``MADV_WILLNEED`` first, so a file not in the page cache is read ahead in large requests. Like the model's own
+    memory-mapped tensors, this assumes no one truncates the file meanwhile (a cache is replaced by renaming a
+    whole folder, never rewritten in place)."""
     with open(path, "rb", buffering=0) as f:
-        f.seek(start)
-        left = length
-        while left > 0:
-            n = f.readinto(mv[:min(len(buf), left)])
-            if not n:
-                break  # shorter than when it was measured: the size check reports it
-            h.update(mv[:n])
-            left -= n
-    return h.digest()
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return [xxhash.xxh3_128().digest()], 0  # mmap cannot map an empty file; an empty piece's digest
+
+        def piece(start: int) -> bytes:
+            with mmap.mmap(fd, min(PIECE, size - start), access=mmap.ACCESS_READ, offset=start) as mm:
+                if _WILLNEED is not None:
+                    mm.madvise(_WILLNEED)
+                return xxhash.xxh3_128_digest(mm)
+
+        starts = range(0, size, PIECE)
+        if threads <= 1 or len(starts) == 1:
+            return [piece(s) for s in starts], size
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            return list(pool.map(piece, starts)), size
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one), at most 8 used for hashing."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
 
 
 def hash_file(path: str | os.PathLike, threads: int | None = None) -> str:
-    """The piece-tree hash of a file (its pieces read and hashed in ``threads`` threads, default up to 8)."""
-    path = Path(path)
-    size = path.stat().st_size
-    starts = list(range(0, size, PIECE)) or [0]
-    threads = threads or min(8, os.cpu_count() or 1, len(starts))
-    if threads <= 1:
-        digests = [_hash_piece(path, s, min(PIECE, size - s)) for s in starts]
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            digests = list(pool.map(lambda s: _hash_piece(path, s, min(PIECE, size - s)), starts))
+    """The piece-tree hash of a file (its pieces hashed in ``threads`` threads, default one per core up to 8)."""
+    digests, size = _piece_digests(Path(path), threads or _cores())
     return _combine(digests, size)
+
+
+def check_threads() -> int:
+    """Threads to hash a cache while it loads: one core is left to the load (one thread on two cores)."""
+    return max(1, _cores() - 1)
 
 
 def file_record(path: str | os.PathLike, digest: str | None = None) -> dict[str, Any]:
@@ -181,11 +201,11 @@ def size_problems(folder: str | os.PathLike, manifest: dict[str, Any]) -> list[s
     return probs
 
 
-def content_problems(folder: str | os.PathLike, manifest: dict[str, Any]) -> list[str]:
-    """Files whose content hash differs from the manifest's (every byte is read)."""
+def content_problems(folder: str | os.PathLike, manifest: dict[str, Any], threads: int | None = None) -> list[str]:
+    """Files whose content hash differs from the manifest's (every byte is hashed, in ``threads`` threads)."""
     folder = Path(folder)
     return [f"{n}'s content differs from what was written" for n, rec in sorted(manifest["files"].items())
-            if (folder / n).is_file() and hash_file(folder / n) != rec["hash"]]
+            if (folder / n).is_file() and hash_file(folder / n, threads) != rec["hash"]]
 
 
 def weights_digest(manifest: dict[str, Any]) -> str:
