@@ -121,6 +121,8 @@ def test_export_logits_equal_view(name, kind, capitals_task, request, tmp_path):
     del got
     back = pl.load_model(str(folder), device="cpu")  # the operators from the safetensors alone, no code run
     assert isinstance(back, ExportedView) == code and back.n_blocks == len(view.kept)
+    if 0 in plan.stream:  # pl.load_model folds it into the embedding: (E W)[ids] rounds unlike E[ids] W, and
+        tol = max(tol, 1e-4 * float(want[real].abs().max()))  # Qwen-0.5B's 24 blocks amplify that to ~2e-4
     assert (view_logits(back, ids, mask)[real] - want[real]).abs().max().item() <= tol
     a = pl.decision_trace(view, capitals_task, n_boot=100)
     b = pl.decision_trace(back, capitals_task, n_boot=100)
