@@ -16,8 +16,15 @@ Measured before the memory-mapped hash (each piece copied into a buffer by ``rea
 2-core CPU, quiet machine, 2026-12-03, ``--repeat 3``): SmolLM2 first load 29.50 s with the check against 25.76 s
 without (1.145x), later loads 4.20 s against 3.70 s (1.136x; all: with [4.59, 4.20, 3.76], without [4.82, 3.70,
 3.33]); Qwen2.5-Coder-1.5B (6,790 MiB cache, 5 files) first load 72.51 s against 71.27 s (1.017x), later loads
-4.57 s against 3.78 s (1.209x, over the issue's 1.10x). The memory-mapped hash (one thread on two cores, running
-through the readout check) is not measured on a quiet machine yet.
+4.57 s against 3.78 s (1.209x, over the issue's 1.10x).
+
+Measured with the memory-mapped hash (one thread on two cores, running through the readout check; 2-core CPU, load
+average 0.0-1.0 from this benchmark alone, 2026-12-03 21:18-21:22 UTC, ``--later-only --repeat 5``):
+Qwen2.5-Coder-1.5B later loads 3.72 s with the check against 3.56 s without (**1.046x**; all: with [3.78, 3.72,
+3.76, 3.70, 3.65], without [3.52, 3.56, 3.62, 3.59, 3.42]); SmolLM2-135M 1.94 s against 1.92 s (**1.010x**; with
+[1.99, 1.94, 1.93, 1.97, 1.94], without [1.92, 1.91, 1.95, 1.95, 1.90]). (A run at load average 3.5, with another
+session's tests beside it, gave 1.195x on the 1.5B: the check needs the second core.) The first load's hashing
+(while writing) did not change.
 """
 
 from __future__ import annotations

@@ -27,6 +27,25 @@ block's weight multiply-adds).
     python benchmarks/compressed_speed.py --quick --models gemma3-270m
 
 Timings on a loaded machine mean little: run it on an idle one (``--threads`` pins torch's thread count).
+
+Measured (2-core CPU, ``--threads 2``, 2026-12-03 19:42-19:53 UTC, load average 1.3-2.9 with other sessions' niced
+tests beside it; throughput in tokens/s, ratio against dense; "ideal" is ``L / (L - k)``):
+
+    model    removed        prefill: pruned / ghosted (ideal)     decode: pruned / ghosted (ideal)
+    SmolLM2  4/30 (12.5%)   1.109 / 1.143 (1.154)                 1.169 / 1.135 (1.154)
+    SmolLM2  8/30 (25%)     1.268 / 1.283 (1.364)                 0.206* / 1.317 (1.364)
+    SmolLM2  11/30 (37.5%)  1.430 / 1.454 (1.579)                 1.471 / 1.503 (1.579)
+    Gemma-3  2/18 (12.5%)   1.050 / 1.031 (1.125)                 1.054 / 1.031 (1.125)
+    Gemma-3  4/18 (25%)     1.077 / 1.107 (1.286)                 1.165 / 1.155 (1.286)
+    Gemma-3  7/18 (37.5%)   1.195 / 1.207 (1.636)                 1.264 / 1.262 (1.636)
+
+    * disturbed (best of 3 still 4.8 tokens/s); rerun alone at load average ~1 (21:00 UTC, ``--models smollm2-135m
+      --ratios 0.25``): prefill 1.565 / 1.567, decode 1.297 / 1.286 (dense 649 / 23.9 tokens/s that run, against
+      745 / 23.2 in the first: dense prefill varies by ~15% between runs, so read ratios to +-0.15).
+
+The ghosted operator (one ``d x d`` matmul per token, 9.4% of a block's weight multiply-adds on SmolLM2, 7.4% on
+Gemma-3) costs between -3% and +3% of the pruned model's time, i.e. within noise of zero, up to ~0.8 blocks' time.
+Gemma-3 gains less than ``L / (L - k)``: its 262k-token embedding and head are a large fixed share of the work.
 """
 
 from __future__ import annotations

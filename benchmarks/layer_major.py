@@ -21,6 +21,8 @@ during the trace), the largest margin difference against the in-memory run; then
     python benchmarks/layer_major.py --model smollm2-135m --items 24   # a quick run
     python benchmarks/layer_major.py --max-tokens 512 --out figures.json
 
+Measured on the 1.5B model (2026-12-03, 2-core CPU): the table in docs/big_models.md ("Measured here").
+
 Run the Qwen variant on a quiet machine: it reads the model's ~6 GB about (batches + 2) times under the batch
 schedule.
 """
