@@ -21,6 +21,9 @@ Measured here (2 CPU cores shared with other jobs, load average ~10, so every ti
 B 437.6 ms, C 168.0 ms as two arms (paired_effect) vs scipy percentile 83.4 ms (BCa 84.5 ms); a later
 run at load average 18: C 182 ms as one contrast array vs scipy 153 ms; SmolLM2 trace of 50 capitals items 46.88 s,
 scaled to 1,000 items 937.5 s: A / trace = 0.0004, B / one trace = 0.0005 (budget 0.10).
+Quiet machine (load average ~2 falling to 1, 2026-12-03 21:00 UTC): B 51.0 ms; C 20.3 ms vs scipy percentile
+16.7 ms (BCa 20.8 ms), 1.22x; SmolLM2 trace of 50 capitals items 0.40 s (cached prefixes), scaled to 1,000 items
+7.9 s: A / trace = 0.0039, B / one trace = 0.0064 (budget 0.10).
 
     PYTHONPATH=src python3 benchmarks/effects_bootstrap.py            # SmolLM2 baseline on the CPU
     PYTHONPATH=src python3 benchmarks/effects_bootstrap.py --no-model # bootstrap and scipy only
