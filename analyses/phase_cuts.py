@@ -16,8 +16,7 @@ import pandas as pd  # noqa: E402
 import _common as C  # noqa: E402
 from _common import pl  # noqa: E402
 
-DT = "decision-transition (arXiv 2605.07271)"
-JOINT = "joint hypothesis (phaselens)"
+from _claim_text import DT, JOINT, phase_cut_claim  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -67,13 +66,7 @@ def main(argv=None) -> None:
             # the verdicts come from pl.claims (Holm per paper), the direction from each effect
             for e in effs:
                 run.note(f"  - {e.summary().replace(chr(10), '; ')}")
-                if e.name.startswith("silent − decisive") and "plain" in e.name:
-                    paper, claim = DT, "pruning the silent phase drops the final margin more than pruning the decisive phase"
-                elif e.name.startswith("silent − decisive"):
-                    paper, claim = JOINT, "after recovery the silent-phase cut still costs more than the decisive-phase cut"
-                else:
-                    paper, claim = JOINT, ("recovery holds the decisive-phase cut better than the silent-phase cut (the "
-                                           "interaction of recovery and phase)")
+                paper, claim = phase_cut_claim(e.name)
                 run.claim(paper, claim, e, f"cuts of {n} block(s) around the transition {tr.layer}; {e.method}")
     if tables:
         run.csv(pd.concat(tables, ignore_index=True), "phase_cuts")

@@ -35,6 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(HERE.parent))
 
 import numpy as np  # noqa: E402
 
@@ -42,9 +43,9 @@ import phaselens as pl  # noqa: E402
 from phaselens.experiments.recovery_comparison import REFERENCE  # noqa: E402
 from phaselens.study import parse_spec  # noqa: E402
 
-DT = "decision-transition (arXiv 2605.07271)"
+from _claim_text import DT, JOINT, phase_cut_claim  # noqa: E402
+
 GL = "Ghosted Layers (arXiv 2605.15491), main comparison"
-JOINT = "joint hypothesis (phaselens)"
 FIG8 = "a later transition goes with collapse at a lower pruning ratio (Figure 8: negative correlation)"
 SCRIPT = "analyses/runs/claims.py"
 
@@ -102,13 +103,7 @@ def phase_cut_claims(o: Out, row: Any, pc: Any, run: int) -> None:
         return
     where = f"run {run}: cuts of {pc.n} block(s) around the transition {pc.transition.layer} of {pc.n_blocks}"
     for e in effs:
-        if e.name.startswith("silent − decisive") and "plain" in e.name:
-            paper, text = DT, "pruning the silent phase drops the final margin more than pruning the decisive phase"
-        elif e.name.startswith("silent − decisive"):
-            paper, text = JOINT, "after recovery the silent-phase cut still costs more than the decisive-phase cut"
-        else:
-            paper, text = JOINT, ("recovery holds the decisive-phase cut better than the silent-phase cut (the "
-                                  "interaction of recovery and phase)")
+        paper, text = phase_cut_claim(e.name)
         o.claim(paper, text, e, f"{where}; {e.name}; {e.method}")
 
 
