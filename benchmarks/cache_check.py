@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,6 +100,14 @@ def main() -> None:
         _one(*a._one)
         return
     work = Path(tempfile.mkdtemp(prefix="cache-check-"))
+    try:
+        measure(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # its private caches: up to twice the model's float32 size
+
+
+def measure(a: argparse.Namespace, work: Path) -> None:
+    """Build the private caches under ``work``, time the loads, print the ratios."""
     spec = a.model
     if a.quick:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
