@@ -55,6 +55,40 @@ def read_bytes() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("read_bytes"))
 
 
+def rss_now() -> int:
+    """This process's resident memory now (``VmRSS``), bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+
+
+def hwm_reset() -> bool:
+    """Reset this process's peak resident memory (``VmHWM``) to its current RSS (``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def hwm() -> int:
+    """This process's peak resident memory since start or the last :func:`hwm_reset` (``VmHWM``), bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+
+def wave_bytes(model, task, max_tokens: int) -> int:
+    """The residual streams of one wave holding every batch (``phaselens.runner.layered.batch_bytes`` summed over
+    the trace's batches: ``B x T x d`` values plus a ``B x T x T`` mask estimate)."""
+    from phaselens.encoding import encode_task
+    from phaselens.runner.batch import token_batches
+    from phaselens.runner.layered import width
+
+    d, item = width(model)
+    lengths = [len(c) for c in encode_task(task, model.tokenizer).prompts]
+    return sum(len(b) * lengths[b[0]] * (d * item + lengths[b[0]]) for b in token_batches(lengths, max_tokens))
+
+
 def drop_cache(paths: list[Path]) -> int:
     """``POSIX_FADV_DONTNEED`` on every file under ``paths``: their pages leave the page cache. Returns bytes covered."""
     total = 0
@@ -99,6 +133,7 @@ def model_folder(key: str) -> Path:
 def child(args: argparse.Namespace) -> None:
     """One run, in this process: load, trace, write the figures and the margins."""
     key, kind, out = KEYS[args.model], args.run, Path(args.result)
+    runtime = rss_now()  # python, torch, transformers and phaselens imported; no model yet
     io0, t0 = read_bytes(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -109,24 +144,31 @@ def child(args: argparse.Namespace) -> None:
 
             n = transformers.AutoConfig.from_pretrained(model_folder(key)).num_hidden_layers
             dm = {"": "cpu", **{f"model.layers.{b}": "disk" for b in range(n)}}
+            if not args.keep_embeddings:  # the embedding and the head too: only the norms stay resident
+                dm.update({"model.embed_tokens": "disk", "lm_head": "disk"})
             model = pl.load_model(key, device_map=dm, offload_folder=args.offload, dtype=torch.float32)
     t_load, io_load = time.perf_counter() - t0, read_bytes() - io0
+    peak_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     # the load may have written the offload folder or left the model's pages cached: the trace reads from disk
     drop_cache([model_folder(key)] + ([Path(args.offload)] if Path(args.offload).exists() else []))
     task = pl.load_task("mmlu", format="letters", limit=args.items, seed=0)
     resident = sum(p.numel() * p.element_size() for p in model.hf.parameters() if p.device.type != "meta")
     blocks = [sum(p.numel() * p.element_size() for p in b.state_dict().values()) for b in model.blocks]
     loaded = count_loader()
+    reset = hwm_reset()
     io1, t1 = read_bytes(), time.perf_counter()
     trace = pl.decision_trace(model, task, max_tokens=args.max_tokens, n_boot=100,
                               schedule="layer" if kind == "layer" else "batch")
     t_trace, io_trace = time.perf_counter() - t1, read_bytes() - io1
+    peak_trace = hwm() if reset else None
     np.save(out.with_suffix(".npy"), trace.margins)
     out.write_text(json.dumps({
-        "run": kind, "load_s": t_load, "trace_s": t_trace, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "run": kind, "load_s": t_load, "trace_s": t_trace, "peak_rss_load_bytes": peak_load, "peak_rss_trace_bytes": peak_trace, "rss_after_load_bytes": rss_now(),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "offload_loader_bytes_trace": loaded["bytes"], "offload_loader_reads_trace": loaded["reads"],
         "read_bytes_load": io_load, "read_bytes_trace": io_trace, "read_bytes_total": read_bytes() - io0,
         "resident_weight_bytes": resident, "max_block_bytes": max(blocks), "n_blocks": len(blocks),
+        "runtime_rss_bytes": runtime, "wave_activation_bytes": wave_bytes(model, task, args.max_tokens),
         "items": task.n_items if hasattr(task, "n_items") else len(task.items), "max_tokens": args.max_tokens,
     }))
 
@@ -146,6 +188,7 @@ def parent(args: argparse.Namespace) -> dict:
                 report["dropped_bytes"] = drop_cache([folder] + ([Path(tmp)] if any(Path(tmp).iterdir()) else []))
                 cmd = [sys.executable, __file__, "--model", args.model, "--items", str(args.items), "--run", kind,
                        "--max-tokens", str(mt), "--result", str(res), "--offload", str(offload)]
+                cmd += ["--keep-embeddings"] if args.keep_embeddings else []
                 subprocess.run(cmd, check=True)
                 runs[kind] = json.loads(res.read_text())
                 runs[kind]["margins"] = np.load(res.with_suffix(".npy"))
@@ -168,6 +211,16 @@ def parent(args: argparse.Namespace) -> dict:
                 "peak_rss_layer_vs_memory": lay["peak_rss_bytes"] / m["peak_rss_bytes"],
                 "peak_rss_batch_vs_memory": b["peak_rss_bytes"] / m["peak_rss_bytes"],
             }
+            allowed = lay["runtime_rss_bytes"] + size // 4 + lay["wave_activation_bytes"]
+            peak = lay["peak_rss_trace_bytes"] or lay["peak_rss_bytes"]
+            runs["memory_target"] = {"peak_rss_trace_layer_bytes": peak, "met_during_trace": peak <= allowed,"runtime_rss_bytes": lay["runtime_rss_bytes"], "weight_budget_bytes": size // 4,
+                                     "wave_activation_bytes": lay["wave_activation_bytes"], "allowed_bytes": allowed,
+                                     "peak_rss_layer_bytes": lay["peak_rss_bytes"], "met": lay["peak_rss_bytes"] <= allowed}
+            print(f"[{mt} tokens] memory: layer peak RSS {lay['peak_rss_bytes'] / 2**30:.2f} GiB (load {lay['peak_rss_load_bytes'] / 2**30:.2f}, "
+                  f"trace {peak / 2**30:.2f}: {'met' if peak <= allowed else 'NOT met'}) against runtime "
+                  f"{lay['runtime_rss_bytes'] / 2**30:.2f} + weight budget {size / 4 / 2**30:.2f} + wave activations "
+                  f"{lay['wave_activation_bytes'] / 2**30:.2f} = {allowed / 2**30:.2f} GiB: "
+                  f"{'met' if runs['memory_target']['met'] else 'NOT met'} for the whole process", flush=True)
             print(f"[{mt} tokens] ratios " + ", ".join(f"{k} {v:.2f}" for k, v in runs["ratios"].items())
                   + f"; max |margin diff| batch {b['max_abs_margin_diff']:.2e} layer {lay['max_abs_margin_diff']:.2e}", flush=True)
             report["runs"][str(mt)] = runs
@@ -181,6 +234,8 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=200)
     ap.add_argument("--max-tokens", type=int, nargs="+", default=[4096, 512])
     ap.add_argument("--out", default=None, help="JSON file for the figures")
+    ap.add_argument("--keep-embeddings", action="store_true",
+                    help="keep the embedding and the head resident (offload the blocks only, as before 0.4.1)")
     ap.add_argument("--run", choices=["memory", "batch", "layer"], help=argparse.SUPPRESS)  # a child run
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--offload", help=argparse.SUPPRESS)
