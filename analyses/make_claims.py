@@ -133,8 +133,54 @@ def scripts() -> list[str]:
     return out
 
 
+FINDINGS = HERE / "findings.md"
+
+
+def counts_line(df, untested: list[dict]) -> dict[str, str]:
+    """Per paper: ``"N claims: a agree, d disagree, u undetermined; k not judged"`` from the table itself."""
+    out: dict[str, str] = {}
+    papers = list(dict.fromkeys([*([] if df is None else df.paper.tolist()), *(u["paper"] for u in untested)]))
+    for paper in papers:
+        g = df[df.paper == paper] if df is not None else None
+        c = {} if g is None else g.verdict.value_counts().to_dict()
+        n = 0 if g is None else len(g)
+        k = sum(u["paper"] == paper for u in untested)
+        out[paper] = (f"{n} claims: {c.get('agree', 0)} agree, {c.get('disagree', 0)} disagree, "
+                      f"{c.get('undetermined', 0)} undetermined; {k} not judged")
+    return out
+
+
+def findings(df, untested: list[dict], path: Path = FINDINGS) -> list[str]:
+    """The hand-written paragraph per paper (``analyses/findings.md``: ``## <paper>`` sections, each opening with a
+    ``<!-- counts: ... -->`` line saying which table it was written against), each under the counts of the table
+    now; a paragraph written against other counts is marked as out of date, so it cannot silently drift."""
+    if not path.is_file():
+        return []
+    now = counts_line(df, untested)
+    lines = ["## What holds, what does not (read this first)", "",
+             "One paragraph per paper, written by hand from the table below (`analyses/findings.md`); the counts "
+             "under each heading are read from the table now.", ""]
+    sections = [s for s in path.read_text(encoding="utf-8").split("\n## ") if s.strip()]
+    for sec in sections:
+        head, _, body = sec.lstrip("# ").partition("\n")
+        paper = head.strip()
+        body = body.strip()
+        wrote = ""
+        if body.startswith("<!-- counts:"):
+            wrote, _, body = body.partition("-->")
+            wrote = wrote.replace("<!-- counts:", "").strip()
+            body = body.strip()
+        cur = now.get(paper, "no claims in the table")
+        lines += [f"### {paper}", "", f"*{cur}.*", ""]
+        if wrote != cur:
+            lines += [f"> **Out of date:** this paragraph was written against \"{wrote or 'unknown counts'}\"; the table "
+                      "has changed since. Read it against the table below.", ""]
+        lines += [body, ""]
+    return lines
+
+
 def readme(df, runs: list[dict], untested: list[dict], results: Path) -> str:
-    lines = [INTRO, "## Scripts", "", *scripts(), "", "## Claims", ""]
+    lines = [INTRO, *findings(df, untested), "## Scripts", "", *scripts(), "", "## Claims", ""]
     if df is None:
         lines += ["No saved run holds a judged claim yet.", ""]
     else:

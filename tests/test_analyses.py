@@ -67,6 +67,31 @@ def test_make_claims_judges_every_runs_claims_together(tmp_path):
         assert r.claim in text
 
 
+def test_findings_paragraphs_carry_the_counts_of_the_table_now(tmp_path):
+    """analyses/findings.md's paragraphs are shown under the counts read from the table (by hand here), and one
+    written against other counts is marked out of date; the committed file matches the committed table."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_claims_findings", ANALYSES / "make_claims.py")
+    mc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mc)
+    df = pd.DataFrame({"paper": ["P", "P", "P", "Q"], "verdict": ["agree", "undetermined", "agree", "disagree"]})
+    untested = [{"paper": "P"}, {"paper": "R"}]
+    assert mc.counts_line(df, untested) == {
+        "P": "3 claims: 2 agree, 0 disagree, 1 undetermined; 1 not judged",
+        "Q": "1 claims: 0 agree, 1 disagree, 0 undetermined; 0 not judged",
+        "R": "0 claims: 0 agree, 0 disagree, 0 undetermined; 1 not judged"}
+    f = tmp_path / "findings.md"
+    f.write_text("## P\n<!-- counts: 3 claims: 2 agree, 0 disagree, 1 undetermined; 1 not judged -->\nP holds.\n\n"
+                 "## Q\n<!-- counts: 1 claims: 1 agree, 0 disagree, 0 undetermined; 0 not judged -->\nQ holds.\n")
+    text = "\n".join(mc.findings(df, untested, f))
+    p_part, q_part = text.split("### Q")
+    assert "P holds." in p_part and "Out of date" not in p_part and "*3 claims: 2 agree" in p_part
+    assert "Q holds." in q_part and "Out of date" in q_part and "*1 claims: 0 agree, 1 disagree" in q_part
+    assert mc.findings(df, untested, tmp_path / "missing.md") == []
+    assert "Out of date" not in (ANALYSES / "README.md").read_text(), "analyses/findings.md is stale: reread it"
+
+
 def test_cka_pruned_end_to_end_matches_direct_call(tmp_path, smol):
     out = tmp_path / "cka"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
