@@ -55,10 +55,11 @@ def read_bytes() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("read_bytes"))
 
 
-def rss_now() -> int:
-    """This process's resident memory now (``VmRSS``), bytes."""
+def status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``VmRSS``: resident now; ``VmHWM``: peak since start or the last
+    :func:`hwm_reset`), bytes."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
 def hwm_reset() -> bool:
@@ -69,12 +70,6 @@ def hwm_reset() -> bool:
         return True
     except OSError:
         return False
-
-
-def hwm() -> int:
-    """This process's peak resident memory since start or the last :func:`hwm_reset` (``VmHWM``), bytes."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
 
 
 def wave_bytes(model, task, max_tokens: int) -> int:
@@ -133,7 +128,7 @@ def model_folder(key: str) -> Path:
 def child(args: argparse.Namespace) -> None:
     """One run, in this process: load, trace, write the figures and the margins."""
     key, kind, out = KEYS[args.model], args.run, Path(args.result)
-    runtime = rss_now()  # python, torch, transformers and phaselens imported; no model yet
+    runtime = status_bytes("VmRSS")  # python, torch, transformers and phaselens imported; no model yet
     io0, t0 = read_bytes(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -160,10 +155,10 @@ def child(args: argparse.Namespace) -> None:
     trace = pl.decision_trace(model, task, max_tokens=args.max_tokens, n_boot=100,
                               schedule="layer" if kind == "layer" else "batch")
     t_trace, io_trace = time.perf_counter() - t1, read_bytes() - io1
-    peak_trace = hwm() if reset else None
+    peak_trace = status_bytes("VmHWM") if reset else None
     np.save(out.with_suffix(".npy"), trace.margins)
     out.write_text(json.dumps({
-        "run": kind, "load_s": t_load, "trace_s": t_trace, "peak_rss_load_bytes": peak_load, "peak_rss_trace_bytes": peak_trace, "rss_after_load_bytes": rss_now(),
+        "run": kind, "load_s": t_load, "trace_s": t_trace, "peak_rss_load_bytes": peak_load, "peak_rss_trace_bytes": peak_trace, "rss_after_load_bytes": status_bytes("VmRSS"),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "offload_loader_bytes_trace": loaded["bytes"], "offload_loader_reads_trace": loaded["reads"],
         "read_bytes_load": io_load, "read_bytes_trace": io_trace, "read_bytes_total": read_bytes() - io0,
@@ -213,7 +208,7 @@ def parent(args: argparse.Namespace) -> dict:
             }
             allowed = lay["runtime_rss_bytes"] + size // 4 + lay["wave_activation_bytes"]
             peak = lay["peak_rss_trace_bytes"] or lay["peak_rss_bytes"]
-            runs["memory_target"] = {"peak_rss_trace_layer_bytes": peak, "met_during_trace": peak <= allowed,"runtime_rss_bytes": lay["runtime_rss_bytes"], "weight_budget_bytes": size // 4,
+            runs["memory_target"] = {"peak_rss_trace_layer_bytes": peak, "met_during_trace": peak <= allowed, "runtime_rss_bytes": lay["runtime_rss_bytes"], "weight_budget_bytes": size // 4,
                                      "wave_activation_bytes": lay["wave_activation_bytes"], "allowed_bytes": allowed,
                                      "peak_rss_layer_bytes": lay["peak_rss_bytes"], "met": lay["peak_rss_bytes"] <= allowed}
             print(f"[{mt} tokens] memory: layer peak RSS {lay['peak_rss_bytes'] / 2**30:.2f} GiB (load {lay['peak_rss_load_bytes'] / 2**30:.2f}, "
