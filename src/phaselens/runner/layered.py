@@ -258,10 +258,16 @@ def default_budget(sched: Schedule, device: torch.device) -> int:
     return int(avail // 4)
 
 
+def residual_bytes(rows: int, tokens: int, d_model: int, itemsize: int) -> int:
+    """What one padded batch of ``rows x tokens`` keeps in a wave: its residual stream ``rows x tokens x d`` values
+    of ``itemsize`` bytes, plus a ``rows x tokens x tokens`` one-byte estimate of its recorded block mask."""
+    return rows * tokens * d_model * itemsize + rows * tokens * tokens
+
+
 def batch_bytes(batch: Batch, d_model: int, itemsize: int) -> int:
-    """Residual stream of ``batch`` in a wave: ``B x T x d`` values (plus a ``B x T x T`` mask estimate)."""
+    """:func:`residual_bytes` of ``batch`` (``ids`` ``[B, T]``)."""
     B, T = batch.ids.shape
-    return B * T * d_model * itemsize + B * T * T
+    return residual_bytes(B, T, d_model, itemsize)
 
 
 def width(base: Any) -> tuple[int, int]:
