@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -203,8 +204,9 @@ def first_blocks():
 
 
 def test_a_method_refusing_the_chosen_cut_is_left_out_of_the_job(first_blocks, tiny_llama_dir, tmp_path):
-    """ReplaceMe cannot recover a cut starting at block 0: the job runs the other methods (equal to the direct call
-    without it) instead of failing; a given cut it cannot recover is refused when the spec is read (above)."""
+    """ReplaceMe cannot recover a cut starting at block 0: the job runs the other methods (equal to the direct call,
+    which skips it too) instead of failing, names it in the result's ``skipped`` and leaves its index columns empty;
+    a given cut it cannot recover is refused when the spec is read (above)."""
     run = {**RUN, "prune": 2, "criterion": first_blocks, "methods": ["identity", "ghosted", "replaceme"]}
     df = pl.run_study({"models": [tiny_llama_dir], "tasks": [{"name": "capitals", "limit": 6}], "runs": [run]},
                       out=tmp_path / "s")
@@ -212,9 +214,13 @@ def test_a_method_refusing_the_chosen_cut_is_left_out_of_the_job(first_blocks, t
     row = df.iloc[0]
     got = pl.load_result(tmp_path / "s" / f"{row.result}.json")
     assert got.blocks == [0, 1] and got.methods == ["identity", "ghosted"] and got.criterion == first_blocks
+    assert got.skipped == {"replaceme": "span (0, 2): ReplaceMe regresses the MLP branch of the block before the cut, "
+                                        "and this cut starts at block 0"}
     m = pl.load_model(tiny_llama_dir)
     direct = pl.compare_recovery(m, [pl.load_task("capitals", limit=6, seed=0)], n=2, criterion=first_blocks,
-                                 methods=["identity", "ghosted"], calibration=pl.load_calibration()[:8],
+                                 methods=["identity", "ghosted", "replaceme"], calibration=pl.load_calibration()[:8],
                                  heldout=pl.heldout_texts()[:6], seq_len=64, n_boot=200, boot_seed=0)
     assert got.to_json() == direct.to_json()
-    assert "accuracy_replaceme" not in df.columns or df.accuracy_replaceme.isna().all()
+    assert pd.isna(row.accuracy_replaceme) and pd.isna(row.perplexity_replaceme)  # NaN (None when no job has it)
+    assert row.accuracy_ghosted == pytest.approx(float(got.tasks[0].correct[1].mean()))
+    assert row.rival_accuracy == "identity" == row.rival_perplexity  # the skipped method is no rival
