@@ -5,6 +5,8 @@ result's own numbers recomputed with numpy, and bad parameters are refused when 
 from __future__ import annotations
 
 import json
+import math
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -15,7 +17,7 @@ import phaselens as pl
 from phaselens.encoding import encode_task
 from phaselens.errors import StudyError
 from phaselens.study import parse_spec
-from phaselens.study.recovery_run import cut_size
+from phaselens.study.runs import cut_size
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -25,11 +27,23 @@ RUN = {"kind": "recovery", "prune": 0.34, "methods": ["identity", "ghosted", "di
 
 @pytest.mark.parametrize("share, n_blocks, want", [(0.25, 28, 7), (0.125, 28, 4), (0.375, 28, 11), (0.25, 18, 5),
                                                    (0.125, 18, 2), (0.125, 30, 4), (0.25, 30, 8), (0.375, 24, 9),
-                                                   (0.01, 24, 1), (3, 28, 3)])
+                                                   (0.01, 24, 1), (3, 28, 3), (0.5, 30, 15), (0.5, 18, 9), (0.5, 24, 12),
+                                                   (0.125, 20, 3), (0.1, 25, 3), (0.45, 10, 5), (0.75, 6, 5),
+                                                   (0.29, 50, 15), (0.58, 25, 15), (0.35, 90, 32)])
 def test_cut_size_rounds_a_share_to_the_nearest_whole_block(share, n_blocks, want):
+    """Hand values; halves up (0.125 x 20 = 2.5 -> 3, where Python's round() gives 2), also where the float product
+    falls just below the half (0.29 x 50 = 14.499999999999998, exactly 14.5)."""
     assert cut_size(share, n_blocks) == want
-    if isinstance(share, float):  # halves up: the nearest whole block, never Python's round-half-to-even
-        assert want == max(1, int(np.floor(share * n_blocks + 0.5)))
+    if isinstance(share, float):  # the nearest whole block of the exact decimal share, halves up
+        exact = Fraction(str(share)) * n_blocks
+        assert want == max(1, math.floor(exact + Fraction(1, 2)))
+
+
+def test_cut_size_is_one_function_for_the_recovery_and_cka_kinds():
+    import phaselens.study.recovery_run as rr
+    import phaselens.study.runs as runs
+
+    assert rr.cut_size is runs.cut_size
 
 
 @pytest.fixture(scope="module")

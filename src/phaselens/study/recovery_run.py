@@ -9,7 +9,6 @@ rival (:func:`recovery_scalars`)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from .. import checks
@@ -19,22 +18,13 @@ from ..experiments import DEFAULT_METHODS
 from ..experiments.recovery_comparison import REFERENCE, RecoveryComparison, compare_recovery, refusals
 from ..pruning import CRITERIA
 from ..view import as_view
-from .runs import _TEXTS, HELDOUT_KEYS, RunKind, choices, int_at_least, is_ratio, pop_texts, register_run
+from .runs import (_TEXTS, HELDOUT_KEYS, RunKind, choices, cut_size, int_at_least, is_ratio, pop_texts,
+                   register_run)
 
 
 def recovery_criteria() -> tuple[str, ...]:
     """The criteria a recovery job may choose its cut by: those that need neither a task nor a seed."""
     return tuple(n for n, c in CRITERIA.items() if not c.needs_task and not c.uses_seed)
-
-
-def cut_size(prune: int | float, n_blocks: int) -> int:
-    """Blocks to cut: ``prune`` itself when an int, else ``prune * n_blocks`` rounded to the nearest whole block
-    (halves up: 0.25 x 18 = 4.5 -> 5), at least 1; a :class:`StudyError` when no block would be left."""
-    n = prune if isinstance(prune, int) else max(1, int(math.floor(prune * n_blocks + 0.5)))
-    if n >= n_blocks:
-        raise StudyError(f"prune = {prune!r} cuts {n} of the model's {n_blocks} blocks; leave at least one (a share "
-                         f"below {(n_blocks - 0.5) / n_blocks:.3f} or at most {n_blocks - 1} blocks)")
-    return n
 
 
 def recovery_scalars(r: RecoveryComparison) -> dict[str, Any]:
