@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 
 import _common as C  # noqa: E402
 from _common import pl, plots  # noqa: E402
+from phaselens.study.runs import cut_size  # noqa: E402
 
 PAPER = "Ghosted Layers (arXiv 2605.15491), Figs. 1, 4"
 
@@ -34,7 +35,7 @@ def main(argv=None) -> None:
     for name in a.models:
         m = run.model(name)
         L = m.n_blocks
-        n = max(1, int(round(a.ratio * L)))
+        n = cut_size(a.ratio, L)  # the study's rounding: nearest whole block, halves up
         blocks = pl.select_blocks(m, n, "angular", calibration=run.calibration())
         view = pl.prune(m, blocks)
         recs = pl.fit_recovery(view, run.calibration(), a.methods)

@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 
 import _common as C  # noqa: E402
 from _common import pl  # noqa: E402
+from phaselens.study.runs import cut_size  # noqa: E402
 
 PAPER = "Ghosted Layers (arXiv 2605.15491), main comparison"
 
@@ -36,7 +37,7 @@ def main(argv=None) -> None:
         L = m.n_blocks
         tasks = [run.task(s) for s in a.tasks]
         for ratio in a.ratios:
-            n = max(1, int(round(ratio * L)))
+            n = cut_size(ratio, L)  # the study's rounding: nearest whole block, halves up
             rc = pl.compare_recovery(m, tasks, n=n, criterion="angular", methods=a.methods, calibration=run.calibration(),
                                      heldout=run.heldout(), n_boot=a.n_boot, boot_seed=a.seed)
             cut = f"{rc.blocks[0]}-{rc.blocks[-1]}"

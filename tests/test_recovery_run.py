@@ -5,8 +5,11 @@ result's own numbers recomputed with numpy, and bad parameters are refused when 
 from __future__ import annotations
 
 import json
+import math
+from fractions import Fraction
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -14,7 +17,7 @@ import phaselens as pl
 from phaselens.encoding import encode_task
 from phaselens.errors import StudyError
 from phaselens.study import parse_spec
-from phaselens.study.recovery_run import cut_size
+from phaselens.study.runs import cut_size
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,11 +27,23 @@ RUN = {"kind": "recovery", "prune": 0.34, "methods": ["identity", "ghosted", "di
 
 @pytest.mark.parametrize("share, n_blocks, want", [(0.25, 28, 7), (0.125, 28, 4), (0.375, 28, 11), (0.25, 18, 5),
                                                    (0.125, 18, 2), (0.125, 30, 4), (0.25, 30, 8), (0.375, 24, 9),
-                                                   (0.01, 24, 1), (3, 28, 3)])
+                                                   (0.01, 24, 1), (3, 28, 3), (0.5, 30, 15), (0.5, 18, 9), (0.5, 24, 12),
+                                                   (0.125, 20, 3), (0.1, 25, 3), (0.45, 10, 5), (0.75, 6, 5),
+                                                   (0.29, 50, 15), (0.58, 25, 15), (0.35, 90, 32)])
 def test_cut_size_rounds_a_share_to_the_nearest_whole_block(share, n_blocks, want):
+    """Hand values; halves up (0.125 x 20 = 2.5 -> 3, where Python's round() gives 2), also where the float product
+    falls just below the half (0.29 x 50 = 14.499999999999998, exactly 14.5)."""
     assert cut_size(share, n_blocks) == want
-    if isinstance(share, float):  # halves up: the nearest whole block, never Python's round-half-to-even
-        assert want == max(1, int(np.floor(share * n_blocks + 0.5)))
+    if isinstance(share, float):  # the nearest whole block of the exact decimal share, halves up
+        exact = Fraction(str(share)) * n_blocks
+        assert want == max(1, math.floor(exact + Fraction(1, 2)))
+
+
+def test_cut_size_is_one_function_for_the_recovery_and_cka_kinds():
+    import phaselens.study.recovery_run as rr
+    import phaselens.study.runs as runs
+
+    assert rr.cut_size is runs.cut_size
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +218,9 @@ def first_blocks():
 
 
 def test_a_method_refusing_the_chosen_cut_is_left_out_of_the_job(first_blocks, tiny_llama_dir, tmp_path):
-    """ReplaceMe cannot recover a cut starting at block 0: the job runs the other methods (equal to the direct call
-    without it) instead of failing; a given cut it cannot recover is refused when the spec is read (above)."""
+    """ReplaceMe cannot recover a cut starting at block 0: the job runs the other methods (equal to the direct call,
+    which skips it too) instead of failing, names it in the result's ``skipped`` and leaves its index columns empty;
+    a given cut it cannot recover is refused when the spec is read (above)."""
     run = {**RUN, "prune": 2, "criterion": first_blocks, "methods": ["identity", "ghosted", "replaceme"]}
     df = pl.run_study({"models": [tiny_llama_dir], "tasks": [{"name": "capitals", "limit": 6}], "runs": [run]},
                       out=tmp_path / "s")
@@ -212,9 +228,13 @@ def test_a_method_refusing_the_chosen_cut_is_left_out_of_the_job(first_blocks, t
     row = df.iloc[0]
     got = pl.load_result(tmp_path / "s" / f"{row.result}.json")
     assert got.blocks == [0, 1] and got.methods == ["identity", "ghosted"] and got.criterion == first_blocks
+    assert got.skipped == {"replaceme": "span (0, 2): ReplaceMe regresses the MLP branch of the block before the cut, "
+                                        "and this cut starts at block 0"}
     m = pl.load_model(tiny_llama_dir)
     direct = pl.compare_recovery(m, [pl.load_task("capitals", limit=6, seed=0)], n=2, criterion=first_blocks,
-                                 methods=["identity", "ghosted"], calibration=pl.load_calibration()[:8],
+                                 methods=["identity", "ghosted", "replaceme"], calibration=pl.load_calibration()[:8],
                                  heldout=pl.heldout_texts()[:6], seq_len=64, n_boot=200, boot_seed=0)
     assert got.to_json() == direct.to_json()
-    assert "accuracy_replaceme" not in df.columns or df.accuracy_replaceme.isna().all()
+    assert pd.isna(row.accuracy_replaceme) and pd.isna(row.perplexity_replaceme)  # NaN (None when no job has it)
+    assert row.accuracy_ghosted == pytest.approx(float(got.tasks[0].correct[1].mean()))
+    assert row.rival_accuracy == "identity" == row.rival_perplexity  # the skipped method is no rival

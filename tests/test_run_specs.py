@@ -11,7 +11,7 @@ import pytest
 
 import phaselens as pl
 from phaselens.study import parse_spec
-from phaselens.study.recovery_run import cut_size
+from phaselens.study.runs import cut_size
 
 RUNS = Path(__file__).resolve().parents[1] / "analyses" / "runs"
 SPECS = sorted((RUNS / "specs").glob("*.toml"))
@@ -86,3 +86,10 @@ def test_run3_cuts_a_quarter_of_qwen15_as_the_issue_counts():
     grid = parse_spec(RUNS / "specs" / "run6_ghosted_grid.toml")
     shares = sorted({j.params["prune"] for j in grid.jobs()})
     assert [cut_size(s, 24) for s in shares] == [3, 6, 9] and [cut_size(s, 30) for s in shares] == [4, 8, 11]
+
+
+def test_run7_cuts_half_of_each_fast_model_as_its_comment_counts():
+    """The cka kind rounds its share as the recovery kind does (one cut_size): 15 of 30, 9 of 18, 12 of 24."""
+    spec = parse_spec(RUNS / "specs" / "run7_cka.toml")
+    (share,) = {j.params["prune"] for j in spec.jobs()}
+    assert [cut_size(share, n) for n in (30, 18, 24)] == [15, 9, 12]  # SmolLM2, Gemma-3-270M, Qwen2.5-Coder-0.5B

@@ -145,6 +145,20 @@ def test_run_parameters_pass_through_to_the_function_signature():
 
 
 # ----------------------------------------------------------------------------- running (local)
+def test_a_cka_job_rounds_its_share_halves_up(tiny_llama_dir, tmp_path):
+    """prune = 0.75 of 6 blocks is 4.5: the cka kind cuts 5 (halves up, as the recovery kind), where Python's round()
+    would give 4."""
+    run = {"kind": "cka", "prune": 0.75, "calibration_passages": 1, "n_samples": 6}
+    df = pl.run_study(_spec(tiny_llama_dir, [run], seeds=[3]), out=tmp_path / "s")
+    assert (df.status == "done").all(), df.error.tolist()
+    row = df.iloc[0]
+    got = pl.load_result(tmp_path / "s" / f"{row.result}.json")
+    assert row.cut_n == 5 and len(got.blocks_a) == 6 and len(got.blocks_b) == 1
+    m = pl.load_model(tiny_llama_dir)
+    pruned = pl.prune(m, pl.select_blocks(m, 5, "bi", calibration=pl.load_calibration()[:1], seed=3))
+    assert got.to_json() == pl.cka(m, pruned, pl.load_task("capitals", limit=6, seed=3), seed=3, n_samples=6).to_json()
+
+
 def test_each_job_is_the_public_functions_result(tiny_llama_dir, tmp_path):
     """The study passes its parameters through faithfully: each result equals the direct call's."""
     runs = [{"kind": "trace", "n_boot": 100},

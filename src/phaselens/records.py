@@ -33,6 +33,13 @@ class Record:
                             "the name is the kind stored in files, so it must be unique")
         KINDS[cls.__name__] = cls
 
+    @classmethod
+    def upgrade(cls, doc: dict[str, Any], version: int) -> dict[str, Any] | None:
+        """The stored fields ``doc`` of format ``version`` (older than :attr:`version`) as the current version
+        stores them, or ``None`` when that version cannot be read (the default: recompute it). A class that bumps
+        its :attr:`version` and can still read the previous one overrides this."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the fields, arrays inline as lists (for ``--json`` output; files use a side file)."""
         return encode_record(self, None)
@@ -160,9 +167,13 @@ def _decode_record(doc: dict, arrays: dict | None) -> Any:
     cls = KINDS.get(kind)  # every result class is registered: importing phaselens.records ran phaselens/__init__
     if cls is None:
         raise ResultsError(f"unknown result kind {kind!r}; known kinds: {sorted(KINDS)}")
-    if doc.get("__v__", 1) != cls.version:
-        raise ResultsError(f"{kind} was stored in version {doc.get('__v__')} of its format; this phaselens reads "
-                           f"version {cls.version}. Recompute it with this version")
+    v = doc.get("__v__", 1)
+    if v != cls.version:
+        up = cls.upgrade(dict(doc), v) if isinstance(v, int) and not isinstance(v, bool) and v < cls.version else None
+        if up is None:
+            raise ResultsError(f"{kind} was stored in version {doc.get('__v__')} of its format; this phaselens reads "
+                               f"version {cls.version}. Recompute it with this version")
+        doc = up
     names = [f.name for f in _fields(cls)]
     missing = [n for n in names if n not in doc]
     if missing:

@@ -10,6 +10,9 @@ method on the same calibration tokens, and measures on the same held-out passage
 
 :meth:`RecoveryComparison.effects` gives, for every method other than the reference (``"ghosted"``),
 ``method − ghosted`` perplexity and ``ghosted − method`` accuracy per task (positive: Ghosted Layers is better).
+
+With ``n=`` a method that cannot recover the chosen cut (ReplaceMe at a cut that starts at block 0) is left out and
+named, with its reason, in :attr:`RecoveryComparison.skipped`; a given ``blocks=`` cut it cannot recover is an error.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ from ..errors import EffectError, NotFoundError, RecoveryError
 from ..perplexity import passage_nll
 from ..pruning import prune, select_blocks
 from ..records import Record
-from ..recovery import METHODS, fit_recovery
+from ..recovery import METHODS, fit_recovery, get_method
 from ..results import Result
 from ..tasks import Task, load_task
 from ..trace import N_BOOT, decision_trace
 from ..types import ModelLike
-from ..view import as_view
+from ..view import as_view, spans_of
 
 #: the method every other is compared against
 REFERENCE = "ghosted"
@@ -76,7 +79,11 @@ class RecoveryComparison(Result):
             ``dense_nll [P]`` for the dense model.
         fit_relative_error: ``[M]`` each operator's relative boundary error on the calibration tokens.
         tasks: one :class:`RecoveryTask` per task.
+        skipped: ``{method: why}`` for each asked-for method left out because it cannot recover the cut chosen by
+            ``criterion`` (ReplaceMe at a cut that starts at block 0); not in :attr:`methods`, no numbers.
     """
+
+    version = 2  # version 1 had no skipped (read as no method skipped)
 
     model: str
     n_blocks: int
@@ -91,9 +98,18 @@ class RecoveryComparison(Result):
     calibration_passages: int = 0
     n_boot: int = N_BOOT
     seed: int = 0
+    skipped: dict = field(default_factory=dict)
+
+    @classmethod
+    def upgrade(cls, doc, version):
+        if version == 1:  # written before methods could be skipped: none was
+            return {**doc, "skipped": {}, "__v__": 2}
+        return None
 
     # -- access ---------------------------------------------------------------------------
     def _m(self, method: str) -> int:
+        if method in self.skipped:
+            raise NotFoundError(f"method {method!r} was skipped: {self.skipped[method]}")
         if method not in self.methods:
             raise NotFoundError(f"method {method!r} was not compared; methods: {self.methods}")
         return self.methods.index(method)
@@ -175,16 +191,30 @@ class RecoveryComparison(Result):
             f"{m} {t.correct[k].mean():.3f}" for k, m in enumerate(self.methods)) + f" (dense {t.dense_correct.mean():.3f})"
             for t in self.tasks)
         ppl = ", ".join(f"{m} {self.perplexity(m):.2f}" for m in self.methods)
+        skipped = "".join(f" Skipped {m}: {why}." for m, why in self.skipped.items())
         return (f"{self.model}: cut blocks {_fmt(self.blocks)} ({len(self.blocks)} of {self.n_blocks}, {self.criterion}), "
                 f"recovered with {', '.join(self.methods)} on {self.calibration_passages} calibration passages. "
                 f"Final-layer accuracy: {tasks}. Held-out perplexity on {self.n_passages} passages: {ppl} "
-                f"(dense {self.dense_perplexity:.2f}).")
+                f"(dense {self.dense_perplexity:.2f}).{skipped}")
 
     def plot(self, **kw: Any):
         """Plotly figure: accuracy per task and held-out perplexity (log), one bar per method, dense dotted."""
         from ..plots.recovery import recovery_comparison_figure
 
         return recovery_comparison_figure(self, **kw)
+
+
+def refusals(methods: Sequence[str], blocks: Sequence[int]) -> dict[str, str]:
+    """``{method: why}`` for each of ``methods`` that cannot recover the cut ``blocks`` (``refuses`` of a span of
+    the cut; ReplaceMe at a cut that starts at block 0)."""
+    out = {}
+    for m in methods:
+        for span in spans_of(list(blocks)):
+            why = get_method(m).refuses(span)
+            if why:
+                out[m] = f"span {span}: {why}"
+                break
+    return out
 
 
 def _fmt(blocks: Sequence[int]) -> str:
@@ -214,7 +244,9 @@ def compare_recovery(
     Args:
         tasks: a task (or spec) or a list of them.
         blocks: the blocks to cut (``checks.block_list`` grammar: ``"3-5"``, ``[3, 4, 5]``); or ``n=``.
-        methods: registered recovery methods (default every built-in; ``"identity"`` is plain pruning).
+        methods: registered recovery methods (default every built-in; ``"identity"`` is plain pruning). With ``n=``,
+            one that cannot recover the chosen cut is left out and named in ``skipped`` (an error when every one is);
+            with ``blocks=``, it is an error.
         calibration, heldout: fit text and held-out text (default: the bundled passages).
         n_boot, boot_seed: the effects' bootstrap replicates and seed.
 
@@ -248,10 +280,15 @@ def compare_recovery(
         bad = [b for b in cut if not 0 <= b < base.n_blocks]
         if bad or not cut:
             raise RecoveryError(f"blocks {blocks!r}: {bad or 'none'} outside 0..{base.n_blocks - 1}")
-        how = "given"
+        how, skipped = "given", {}
     else:
         checks.integer("n", n, minimum=1, error=RecoveryError, what="blocks to cut")
-        cut, how = select_blocks(base, int(n), criterion, calibration=cal), criterion
+        cut, how = list(select_blocks(base, int(n), criterion, calibration=cal)), criterion
+        skipped = refusals(methods, cut)
+        if len(skipped) == len(methods):
+            raise RecoveryError(f"no method of {methods} can recover the cut {cut} chosen by {criterion}: "
+                                + "; ".join(f"{m} ({why})" for m, why in skipped.items()))
+        methods = [m for m in methods if m not in skipped]
     recs = fit_recovery(prune(base, cut), cal, methods, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
     texts = dict(seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
     dense_nll, tokens = passage_nll(base, held, **texts)
@@ -268,7 +305,8 @@ def compare_recovery(
     return RecoveryComparison(model=base.name, n_blocks=base.n_blocks, blocks=list(cut), criterion=how,
                               methods=methods, nll=nll, tokens=tokens, dense_nll=dense_nll,
                               fit_relative_error=np.array([float(recs[m].fit_error.relative[0]) for m in methods]),
-                              tasks=out, calibration_passages=len(cal), n_boot=n_boot, seed=boot_seed)
+                              tasks=out, calibration_passages=len(cal), n_boot=n_boot, seed=boot_seed,
+                              skipped=skipped)
 
 
-__all__ = ["REFERENCE", "RecoveryComparison", "RecoveryTask", "compare_recovery"]
+__all__ = ["REFERENCE", "RecoveryComparison", "RecoveryTask", "compare_recovery", "refusals"]

@@ -9,46 +9,22 @@ rival (:func:`recovery_scalars`)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from .. import checks
 from ..calibration import load_calibration
 from ..errors import EffectError, StudyError
 from ..experiments import DEFAULT_METHODS
-from ..experiments.recovery_comparison import REFERENCE, RecoveryComparison, compare_recovery
-from ..pruning import CRITERIA, select_blocks
-from ..recovery import get_method
-from ..view import as_view, spans_of
-from .runs import _TEXTS, HELDOUT_KEYS, RunKind, choices, int_at_least, is_ratio, pop_texts, register_run
+from ..experiments.recovery_comparison import REFERENCE, RecoveryComparison, compare_recovery, refusals
+from ..pruning import CRITERIA
+from ..view import as_view
+from .runs import (_TEXTS, HELDOUT_KEYS, RunKind, choices, cut_size, int_at_least, is_ratio, pop_texts,
+                   register_run)
 
 
 def recovery_criteria() -> tuple[str, ...]:
     """The criteria a recovery job may choose its cut by: those that need neither a task nor a seed."""
     return tuple(n for n, c in CRITERIA.items() if not c.needs_task and not c.uses_seed)
-
-
-def cut_size(prune: int | float, n_blocks: int) -> int:
-    """Blocks to cut: ``prune`` itself when an int, else ``prune * n_blocks`` rounded to the nearest whole block
-    (halves up: 0.25 x 18 = 4.5 -> 5), at least 1; a :class:`StudyError` when no block would be left."""
-    n = prune if isinstance(prune, int) else max(1, int(math.floor(prune * n_blocks + 0.5)))
-    if n >= n_blocks:
-        raise StudyError(f"prune = {prune!r} cuts {n} of the model's {n_blocks} blocks; leave at least one (a share "
-                         f"below {(n_blocks - 0.5) / n_blocks:.3f} or at most {n_blocks - 1} blocks)")
-    return n
-
-
-def refusals(methods: list[str], blocks: list[int]) -> dict[str, str]:
-    """``{method: why}`` for each of ``methods`` that cannot recover the cut ``blocks`` (ReplaceMe at a cut that
-    starts at block 0)."""
-    out = {}
-    for m in methods:
-        for span in spans_of(blocks):
-            why = get_method(m).refuses(span)
-            if why:
-                out[m] = f"span {span}: {why}"
-                break
-    return out
 
 
 def recovery_scalars(r: RecoveryComparison) -> dict[str, Any]:
@@ -59,7 +35,8 @@ def recovery_scalars(r: RecoveryComparison) -> dict[str, Any]:
     rival accuracy, paired over items) and by perplexity (``rival_perplexity``: lowest perplexity) with
     ``ghosted_gain_perplexity`` (rival − ghosted perplexity, paired over passages), each with ``_lo`` / ``_hi``
     (the effects' bootstrap interval; NaN when an arm is too small for an effect). Positive gains: Ghosted Layers
-    is better."""
+    is better. A method the result skipped (it cannot recover the chosen cut: :attr:`RecoveryComparison.skipped`)
+    has NaN accuracy and perplexity and is no rival."""
     t = r.tasks[0]
     b = list(r.blocks)
     contiguous = b == list(range(b[0], b[-1] + 1))
@@ -70,6 +47,8 @@ def recovery_scalars(r: RecoveryComparison) -> dict[str, Any]:
     for m in r.methods:
         out[f"accuracy_{m}"] = r.accuracy(m, t.task)
         out[f"perplexity_{m}"] = r.perplexity(m)
+    for m in getattr(r, "skipped", {}):
+        out[f"accuracy_{m}"] = out[f"perplexity_{m}"] = float("nan")
     rivals = [m for m in r.methods if m != REFERENCE]
     if REFERENCE not in r.methods or not rivals:
         return out
@@ -126,24 +105,17 @@ class RecoveryRun(RunKind):
                                  + "; leave those methods out or cut other blocks")
 
     def run(self, model, task, seed, params, scratch):
-        """The cut is chosen here (as ``compare_recovery(n=, criterion=)`` chooses it) so that a method refusing it
-        (ReplaceMe at a cut that starts at block 0, which BI or SLEB may choose) is left out of this job instead of
-        failing it; the result then equals ``compare_recovery`` with the other methods."""
+        """``compare_recovery(n=cut_size(prune), criterion=)``: a method refusing the chosen cut (ReplaceMe at a cut
+        that starts at block 0, which BI or SLEB may choose) is left out of this job, and named in the result's
+        ``skipped``, instead of failing it."""
         p = dict(params)
         cal, held = pop_texts(p)
         share, crit = p.pop("prune", None), p.pop("criterion", "angular")
         methods = list(p.pop("methods", None) or DEFAULT_METHODS)
-        cal = load_calibration(cal)
+        kw = dict(boot_seed=seed, calibration=load_calibration(cal), heldout=held, methods=methods, **p)
         if share is None:
-            return compare_recovery(model, [task], boot_seed=seed, calibration=cal, heldout=held, methods=methods, **p)
-        base = as_view(model).base
-        cut = select_blocks(base, cut_size(share, base.n_blocks), crit, calibration=cal)
-        keep = [m for m in methods if m not in refusals(methods, list(cut))]
-        if not keep:
-            raise StudyError(f"no method of {methods} can recover the cut {list(cut)} chosen by {crit}")
-        r = compare_recovery(model, [task], list(cut), boot_seed=seed, calibration=cal, heldout=held, methods=keep, **p)
-        r.criterion = crit
-        return r
+            return compare_recovery(model, [task], **kw)
+        return compare_recovery(model, [task], n=cut_size(share, as_view(model).base.n_blocks), criterion=crit, **kw)
 
     def scalars(self, r):
         return recovery_scalars(r)

@@ -86,6 +86,18 @@ def sweep_cap(n_layers: int, steps: int | None, max_ratio: float | None) -> int:
     return n_layers - 1 if steps is None else min(int(steps), n_layers - 1)
 
 
+def cut_size(prune: int | float, n_blocks: int) -> int:
+    """Blocks to cut (the ``recovery`` and ``cka`` kinds' ``prune``): ``prune`` itself when an int, else
+    ``prune * n_blocks`` rounded to the nearest whole block, halves up (0.25 x 18 = 4.5 -> 5, 0.125 x 20 = 2.5 -> 3:
+    not Python's round(), which rounds halves to even; 0.29 x 50, 14.499999999999998 in floats, is 14.5 -> 15), at
+    least 1; a :class:`StudyError` when no block would be left."""
+    n = prune if isinstance(prune, int) else max(1, int(math.floor(prune * n_blocks + 0.5 + 1e-9)))
+    if n >= n_blocks:
+        raise StudyError(f"prune = {prune!r} cuts {n} of the model's {n_blocks} blocks; leave at least one (a share "
+                         f"below {(n_blocks - 0.5) / n_blocks:.3f} or at most {n_blocks - 1} blocks)")
+    return n
+
+
 def transition_scalars(tr: Any) -> dict[str, Any]:
     """The index numbers of a :class:`~phaselens.Transition`."""
     t = tr.trace
@@ -411,8 +423,7 @@ class CkaRun(RunKind):
         p = dict(params)
         cal, held = pop_texts(p)
         cut, crit, on = p.pop("prune", 0.5), p.pop("criterion", "bi"), p.pop("on", "task")
-        n_cut = cut if isinstance(cut, int) else max(1, int(round(cut * model.n_blocks)))
-        pruned = prune(model, select_blocks(model, n_cut, crit, calibration=cal, seed=seed))
+        pruned = prune(model, select_blocks(model, cut_size(cut, model.n_blocks), crit, calibration=cal, seed=seed))
         inputs = task if on == "task" else (held if held is not None else heldout_texts())
         return cka(model, pruned, inputs, seed=seed, **p)
 
@@ -422,5 +433,5 @@ class CkaRun(RunKind):
                 "n_samples": int(r.n_samples)}
 
 
-__all__ = ["COMMON", "HELDOUT_KEYS", "check_common", "RUNS", "RunKind", "bundled", "choices", "int_at_least", "is_ratio", "is_texts", "pop_texts",
-           "register_run", "sweep_cap", "transition_scalars"]
+__all__ = ["COMMON", "HELDOUT_KEYS", "check_common", "RUNS", "RunKind", "bundled", "choices", "cut_size", "int_at_least",
+           "is_ratio", "is_texts", "pop_texts", "register_run", "sweep_cap", "transition_scalars"]

@@ -1,0 +1,123 @@
+"""``compare_recovery(n=)`` when the criterion chooses a cut a method cannot recover (ReplaceMe at a cut that starts at
+block 0): the method is skipped and named with its reason, the other methods' numbers are those of a hand-written
+forward of the pruned model, and ``skipped`` survives a save / load round trip (a version-1 file, written before
+methods could be skipped, loads with none skipped)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import phaselens as pl
+from phaselens.calibration import tokenize
+from phaselens.encoding import encode_task
+
+pytestmark = pytest.mark.timeout(300)
+
+SEQ = 64
+#: ReplaceMe's own words (phaselens.recovery.method), written out by hand
+WHY = "span (0, 2): ReplaceMe regresses the MLP branch of the block before the cut, and this cut starts at block 0"
+
+
+@pytest.fixture(scope="module")
+def first_blocks():
+    """A criterion that cuts the first blocks (lowest score = cut first: block 0, then 1, ...)."""
+    from phaselens.pruning import CRITERIA, Criterion
+
+    @pl.register_criterion("first-blocks-rc")
+    class First(Criterion):
+        iterative = False
+
+        def scores(self, view, *, calibration=None, seed=0, step=0, cache=None):
+            return {b: float(b) for b in view.kept}
+
+    yield "first-blocks-rc"
+    CRITERIA.remove("first-blocks-rc")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return pl.load_task("capitals", limit=6, seed=0)
+
+
+def kw():
+    return dict(calibration=pl.load_calibration()[:8], heldout=pl.heldout_texts()[:6], seq_len=SEQ, n_boot=200,
+                boot_seed=0)
+
+
+@pytest.fixture(scope="module")
+def skipped(tiny_llama, task, first_blocks):
+    return pl.compare_recovery(tiny_llama, [task], n=2, criterion=first_blocks,
+                               methods=["identity", "replaceme", "ghosted"], **kw())
+
+
+def test_a_method_refusing_the_chosen_cut_is_skipped_with_its_reason(skipped, first_blocks):
+    r = skipped
+    assert r.blocks == [0, 1] and r.criterion == first_blocks
+    assert r.methods == ["identity", "ghosted"]
+    assert r.skipped == {"replaceme": WHY}
+    assert r.nll.shape == (2, 6) and r.tasks[0].correct.shape == (2, 6) and r.fit_relative_error.shape == (2,)
+    assert f"Skipped replaceme: {WHY}." in r.summary()
+    with pytest.raises(pl.errors.NotFoundError, match="'replaceme' was skipped: span \\(0, 2\\)"):
+        r.perplexity("replaceme")
+    assert set(r.to_pandas().method) == {"dense", "identity", "ghosted"}
+    assert [e.name for e in r.effects()] == ["identity − ghosted perplexity", "ghosted − identity accuracy"]
+
+
+def test_the_other_methods_numbers_are_a_hand_written_forward(skipped, tiny_llama, task):
+    """Plain pruning (identity): accuracy counted and per-passage NLL summed from the kept HF decoder layers called by
+    hand; Ghosted Layers: the same numbers as asking for the cut and the methods that can recover it directly."""
+    from test_pruning import hand_logits, hand_states  # noqa: PLC0415 (shared hand-written forward)
+
+    r, kept = skipped, [2, 3, 4, 5]
+    enc = encode_task(task, tiny_llama.tokenizer)
+    right = 0
+    for i, ids in enumerate(enc.prompts):
+        z = hand_logits(tiny_llama, hand_states(tiny_llama, ids, kept)[-1][-1])
+        k = int(enc.option_mask[i].sum())
+        right += int(torch.argmax(z[enc.option_ids[i, :k]]).item() == int(enc.answers[i]))
+    assert r.accuracy("identity") == right / 6
+    for p, ids in enumerate(tokenize(tiny_llama.tokenizer, pl.heldout_texts()[:6], SEQ)):
+        z = hand_logits(tiny_llama, hand_states(tiny_llama, ids, kept)[-1]).double()
+        want = torch.nn.functional.cross_entropy(z[:-1], torch.tensor(ids[1:]), reduction="sum").item()
+        assert r.tokens[p] == len(ids) - 1 and r.nll[0, p] == pytest.approx(want, rel=1e-4)
+    direct = pl.compare_recovery(tiny_llama, [task], "0-1", methods=["identity", "ghosted"], **kw())
+    np.testing.assert_array_equal(r.nll, direct.nll)
+    np.testing.assert_array_equal(r.tasks[0].correct, direct.tasks[0].correct)
+    np.testing.assert_array_equal(r.fit_relative_error, direct.fit_relative_error)
+    assert direct.skipped == {}
+
+
+@pytest.mark.bad_input
+def test_a_given_cut_a_method_refuses_is_still_an_error(tiny_llama, task, first_blocks):
+    with pytest.raises(pl.errors.RecoveryError, match=r"replaceme needs a block before the cut span \(0, 2\)"):
+        pl.compare_recovery(tiny_llama, [task], "0-1", methods=["identity", "replaceme"], **kw())
+    with pytest.raises(pl.errors.RecoveryError, match=r"no method of \['replaceme'\] can recover the cut \[0, 1\] "
+                                                      r"chosen by first-blocks-rc: replaceme \(span \(0, 2\)"):
+        pl.compare_recovery(tiny_llama, [task], n=2, criterion=first_blocks, methods=["replaceme"], **kw())
+
+
+def test_skipped_survives_save_and_load_and_a_version_1_file_loads_with_none_skipped(skipped, tmp_path):
+    path = skipped.save(tmp_path, "rc")
+    back = pl.load_result(path)
+    assert back.skipped == {"replaceme": WHY} and back.methods == ["identity", "ghosted"]
+    assert back.to_json() == skipped.to_json() and back.summary() == skipped.summary()
+    doc = json.loads(path.read_text())
+    assert doc["data"]["__v__"] == 2 and doc["data"]["skipped"] == {"replaceme": WHY}
+    # the file as version 1 wrote it: no skipped field
+    del doc["data"]["skipped"]
+    doc["data"]["__v__"] = 1
+    old = tmp_path / "old.json"  # its side file renamed after it, as phaselens names side files
+    (tmp_path / doc["arrays"]["file"]).replace(tmp_path / doc["arrays"]["file"].replace("rc.", "old.", 1))
+    doc["arrays"]["file"] = doc["arrays"]["file"].replace("rc.", "old.", 1)
+    old.write_text(json.dumps(doc))
+    v1 = pl.load_result(old)
+    assert v1.skipped == {} and v1.methods == ["identity", "ghosted"] and "Skipped" not in v1.summary()
+    np.testing.assert_array_equal(v1.nll, skipped.nll)
+    doc["data"]["__v__"] = 3  # a later format than this phaselens reads
+    old.write_text(json.dumps(doc))
+    with pytest.raises(pl.errors.ResultsError, match="version 3 of its format"):
+        pl.load_result(old)
