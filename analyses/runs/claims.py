@@ -93,10 +93,16 @@ def finished_jobs(spec: Path, folder: Path) -> tuple[list[tuple[Any, Any]], int,
     return [(r, results[r.result]) for r in done.itertuples() if r.result in results], len(done), planned, errors
 
 
+# Replicates of every effect's bootstrap, resampled here from the saved per-item arrays (no model runs): Holm over
+# a paper's rows needs p-values below alpha / rows, and a bootstrap p cannot go below 2 / (n_boot + 1). The jobs'
+# own n_boot (1000) floors p at 0.002, which no row of a 26-row family can pass (0.05 / 26 = 0.0019).
+N_BOOT = 10_000
+
+
 # ----------------------------------------------------------------------------- each kind's claims
 def phase_cut_claims(o: Out, row: Any, pc: Any, run: int) -> None:
     try:
-        effs = pc.effects([m for m in pc.methods if m != "identity"] or None)
+        effs = pc.effects([m for m in pc.methods if m != "identity"] or None, n_boot=N_BOOT)
     except pl.errors.EffectError as e:  # a phase too short for 2 placements
         o.untested_claim(DT, "pruning the silent phase drops the final margin more than pruning the decisive phase",
                          row.model, row.task, f"run {run}: {e}")
@@ -113,7 +119,7 @@ def noise_claims(o: Out, row: Any, r: Any, run: int) -> None:
         o.untested_claim(paper, "noise in the silent phase hurts the decision more than noise in the decisive phase",
                          row.model, row.task, f"run {run}: the dense model has no transition on this task")
         return
-    for e in r.effects():
+    for e in r.effects(n_boot=N_BOOT):
         eps = e.name.rsplit("eps=", 1)[-1].rstrip(")")
         if e.name.startswith("silent − decisive"):
             text = f"noise (eps={eps}) in the silent phase hurts the decision more than in the decisive phase"
@@ -129,7 +135,7 @@ def ablation_claims(o: Out, row: Any, r: Any, run: int) -> None:
         o.untested_claim(paper, "ablating the blocks at the transition hurts the decision most", row.model, row.task,
                          f"run {run}: the dense model has no transition on this task")
         return
-    for e in r.effects():
+    for e in r.effects(n_boot=N_BOOT):
         if "−" not in e.name:
             continue
         rest = e.name.split("− ", 1)[1]
@@ -142,7 +148,7 @@ def recovery_claims(o: Out, row: Any, rc: Any, run: int, seen: set) -> None:
     if REFERENCE not in rc.methods:
         return
     try:
-        effs = rc.effects()
+        effs = rc.effects(n_boot=N_BOOT)
     except pl.errors.EffectError as e:
         o.untested_claim(GL, "Ghosted Layers recovers a cut better than its rivals", row.model, row.task, f"run {run}: {e}")
         return
