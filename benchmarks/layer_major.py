@@ -95,14 +95,14 @@ def wave_bytes(model, task, max_tokens: int) -> int:
     return sum(residual_bytes(len(b), lengths[b[0]], d, item) for b in token_batches(lengths, max_tokens))
 
 
-def batch_work_bytes(model, task, max_tokens: int) -> int | None:
+def batch_work_bytes(model, batch: list[list[int]]) -> int | None:
     """Working memory of one batch, measured on the in-memory model: the rise of the process's peak RSS over its
-    RSS while the decoder (embeddings, blocks, final norm; no head) runs the trace's largest batch once. Any
+    RSS while the decoder (embeddings, blocks, final norm; no head) runs ``batch`` (token ids per row) once. Any
     schedule needs it on top of what it keeps (the layer schedule: resident weights + the wave's residuals).
     None where the peak cannot be reset."""
     from phaselens.runner.batch import pad
 
-    ids, att = pad(largest_batch(model, task, max_tokens), model.tokenizer.pad_token_id or 0, "cpu")
+    ids, att = pad(batch, model.tokenizer.pad_token_id or 0, "cpu")
     if not hwm_reset():
         return None
     before = status_bytes("VmRSS")
@@ -184,8 +184,8 @@ def child(args: argparse.Namespace) -> None:
     t_trace, io_trace = time.perf_counter() - t1, read_bytes() - io1
     peak_trace = status_bytes("VmHWM") if reset else None
     np.save(out.with_suffix(".npy"), trace.margins)
-    work = batch_work_bytes(model, task, args.max_tokens) if kind == "memory" else None
     big = largest_batch(model, task, args.max_tokens)
+    work = batch_work_bytes(model, big) if kind == "memory" else None
     out.write_text(json.dumps({
         "run": kind, "load_s": t_load, "trace_s": t_trace, "peak_rss_load_bytes": peak_load, "peak_rss_trace_bytes": peak_trace, "rss_after_load_bytes": status_bytes("VmRSS"),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,

@@ -47,7 +47,7 @@ def recovery_scalars(r: RecoveryComparison) -> dict[str, Any]:
     for m in r.methods:
         out[f"accuracy_{m}"] = r.accuracy(m, t.task)
         out[f"perplexity_{m}"] = r.perplexity(m)
-    for m in getattr(r, "skipped", {}):
+    for m in r.skipped:
         out[f"accuracy_{m}"] = out[f"perplexity_{m}"] = float("nan")
     rivals = [m for m in r.methods if m != REFERENCE]
     if REFERENCE not in r.methods or not rivals:
