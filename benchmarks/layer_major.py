@@ -30,6 +30,7 @@ schedule.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -72,6 +73,15 @@ def hwm_reset() -> bool:
         return False
 
 
+def trim() -> bool:
+    """Give the C allocator's free pages back to the system (glibc ``malloc_trim(0)``), so that RSS counts only live
+    memory. False where the C library has no ``malloc_trim``."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def largest_batch(model, task, max_tokens: int) -> list[list[int]]:
     """The token ids of the trace's largest padded batch (most ``rows x longest`` tokens)."""
     from phaselens.encoding import encode_task
@@ -103,6 +113,7 @@ def batch_work_bytes(model, batch: list[list[int]]) -> int | None:
     from phaselens.runner.batch import pad
 
     ids, att = pad(batch, model.tokenizer.pad_token_id or 0, "cpu")
+    trim()  # else the pass reuses pages a previous pass freed into the allocator's arenas and the peak does not rise
     if not hwm_reset():
         return None
     before = status_bytes("VmRSS")
