@@ -70,7 +70,7 @@ def main(argv=None) -> None:
         f"pruning), all fitted on the same passages (pl.compare_recovery). Measured: final-layer accuracy and margin on each "
         f"task, and perplexity on {a.heldout_passages} held-out passages. Effects (RecoveryComparison.effects): each method "
         f"against Ghosted Layers, perplexity paired over held-out passages and accuracy paired over items (percentile "
-        f"bootstrap, 1000 replicates); verdicts by pl.claims (Holm across this table's claims).")
+        f"bootstrap, {a.n_boot} replicates); verdicts by pl.claims (Holm across this table's claims).")
 
 
 if __name__ == "__main__":

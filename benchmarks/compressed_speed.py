@@ -62,6 +62,7 @@ from pathlib import Path
 import torch
 
 import phaselens as pl
+from phaselens.study.runs import cut_size
 
 RATIOS = (0.125, 0.25, 0.375)
 
@@ -155,7 +156,7 @@ def run_model(name: str, args, work: Path) -> list[dict]:
     dense = time_model(m.hf, ids, args.decode_tokens, args.repeats)
     rows = []
     for ratio in args.ratios:
-        k = max(1, round(ratio * L))
+        k = cut_size(ratio, L)  # the study's rounding: nearest whole block, halves up
         span = cut_span(L, k)
         view = pl.prune(m, span)
         rec = pl.fit_recovery(view, cal, "ghosted")

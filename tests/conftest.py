@@ -103,3 +103,20 @@ class ForwardCounter:
 def count_forwards():
     """``with count_forwards(model) as c: ...; assert c.n == 0``: refusals must come before any forward pass."""
     return ForwardCounter
+
+
+@pytest.fixture(scope="module")
+def first_blocks():
+    """A criterion that cuts the first blocks (lowest score = cut first: block 0, then 1, ...), so that the cut
+    starts at block 0; registered for one test module."""
+    from phaselens.pruning import CRITERIA, Criterion
+
+    @pl.register_criterion("first-blocks")
+    class First(Criterion):
+        iterative = False
+
+        def scores(self, view, *, calibration=None, seed=0, step=0, cache=None):
+            return {b: float(b) for b in view.kept}
+
+    yield "first-blocks"
+    CRITERIA.remove("first-blocks")

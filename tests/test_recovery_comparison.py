@@ -23,22 +23,6 @@ WHY = "span (0, 2): ReplaceMe regresses the MLP branch of the block before the c
 
 
 @pytest.fixture(scope="module")
-def first_blocks():
-    """A criterion that cuts the first blocks (lowest score = cut first: block 0, then 1, ...)."""
-    from phaselens.pruning import CRITERIA, Criterion
-
-    @pl.register_criterion("first-blocks-rc")
-    class First(Criterion):
-        iterative = False
-
-        def scores(self, view, *, calibration=None, seed=0, step=0, cache=None):
-            return {b: float(b) for b in view.kept}
-
-    yield "first-blocks-rc"
-    CRITERIA.remove("first-blocks-rc")
-
-
-@pytest.fixture(scope="module")
 def task():
     return pl.load_task("capitals", limit=6, seed=0)
 
@@ -96,7 +80,7 @@ def test_a_given_cut_a_method_refuses_is_still_an_error(tiny_llama, task, first_
     with pytest.raises(pl.errors.RecoveryError, match=r"replaceme needs a block before the cut span \(0, 2\)"):
         pl.compare_recovery(tiny_llama, [task], "0-1", methods=["identity", "replaceme"], **kw())
     with pytest.raises(pl.errors.RecoveryError, match=r"no method of \['replaceme'\] can recover the cut \[0, 1\] "
-                                                      r"chosen by first-blocks-rc: replaceme \(span \(0, 2\)"):
+                                                      r"chosen by first-blocks: replaceme \(span \(0, 2\)"):
         pl.compare_recovery(tiny_llama, [task], n=2, criterion=first_blocks, methods=["replaceme"], **kw())
 
 

@@ -201,22 +201,6 @@ def test_cli_status_of_a_recovery_study_and_a_refused_spec(job, tmp_path):
     assert res.exit_code == 2 and "criterion = 'random'" in " ".join(res.output.split()), res.output
 
 
-@pytest.fixture
-def first_blocks():
-    """A criterion that cuts the first blocks (so the cut starts at block 0), registered for one test."""
-    from phaselens.pruning import CRITERIA, Criterion
-
-    @pl.register_criterion("first-blocks")
-    class First(Criterion):
-        iterative = False
-
-        def scores(self, view, *, calibration=None, seed=0, step=0, cache=None):
-            return {b: float(b) for b in view.kept}
-
-    yield "first-blocks"
-    CRITERIA.remove("first-blocks")
-
-
 def test_a_method_refusing_the_chosen_cut_is_left_out_of_the_job(first_blocks, tiny_llama_dir, tmp_path):
     """ReplaceMe cannot recover a cut starting at block 0: the job runs the other methods (equal to the direct call,
     which skips it too) instead of failing, names it in the result's ``skipped`` and leaves its index columns empty;
