@@ -191,3 +191,17 @@ def test_run2_kinds_give_their_results_own_effects_as_claims(run2):
     assert any(c.claim.startswith("pruning the silent phase") for c in pc_claims)
     assert any("interaction" in c.claim for c in pc_claims)
     assert len(doc["claims"]) == len(table.claims) and not [u for u in doc["untested"] if "not finished" in u["reason"]]
+
+
+def test_the_report_holds_every_finished_job_and_the_claims(runs):
+    """``report.html``: one section per finished job of every run (counted from the study indexes) and the claims
+    table; the unrun run 1 has none."""
+    _, folder, out = runs
+    page = (out / "report.html").read_text()
+    jobs = [r.result for name in ("run3_tiny_ghosted", "run5_tiny_bi")
+            for r in pl.load_study(folder / name).itertuples() if r.status == "done"]
+    assert len(jobs) == 3
+    for n, job in [(3, j) for j in jobs[:2]] + [(5, jobs[2])]:
+        assert f">run {n} {job} (" in page, job
+    assert page.count("<h2 id='r-run-") == len(jobs) and "run 1 " not in page.split("<h2")[-1]
+    assert "id='r-claims" in page and "data-status" in page

@@ -6,7 +6,8 @@
 Reads each spec ``SPECS/runN_*.toml`` and its study folder ``RUNS/runN_*/`` (``pl.load_study``, ``pl.load_results``)
 and writes into ``OUT`` what every analysis script writes (analyses/_common.py): ``claims.json`` (+ its
 ``.safetensors``: the ``pl.Claims`` table, every claim with its Effect), ``verdicts.json`` (provenance, claims,
-claims not judged, notes) and ``summary.md``. Each claim's Effect is the result's own (``effects()`` of the
+claims not judged, notes) and ``summary.md``; and ``report.html``, one offline page with the claims table and every
+finished job's summary, figures and table (``pl.report``). Each claim's Effect is the result's own (``effects()`` of the
 experiment's result); no verdict is decided here. A run whose jobs are not all done is listed as not judged
 ("run N not finished: k of J jobs done"), and its finished jobs still give their claims.
 
@@ -41,6 +42,8 @@ import numpy as np  # noqa: E402
 
 import phaselens as pl  # noqa: E402
 from phaselens.experiments.recovery_comparison import REFERENCE  # noqa: E402
+from phaselens.report import build_report  # noqa: E402
+from phaselens.results import ResultEntry  # noqa: E402
 from phaselens.study import parse_spec  # noqa: E402
 
 from _claim_text import DT, JOINT, phase_cut_claim  # noqa: E402
@@ -242,9 +245,11 @@ def describe_cka(o: Out, run: int, row: Any, r: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- main
-def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]]]:
+def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]], list[Any]]:
+    """The claims (``Out``), each run's state and every finished job's result (for the report)."""
     o = Out()
     state = []
+    entries = []
     sweeps: dict[str, list[Any]] = {}
     sweep_runs: dict[int, str] = {}
     seen: set = set()
@@ -259,6 +264,7 @@ def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]]]:
             o.untested_claim(f"issue 23, run {n}", f"the claims of {spec.stem}", "", "",
                              f"run {n} not finished: {done} of {planned} jobs done in {runs.name}/{spec.stem}/{failed}")
         for row, r in jobs:
+            entries.append(ResultEntry(f"run {n} {row.result}", type(r).__name__, r, r.provenance()))
             if row.kind == "phase-cuts":
                 phase_cut_claims(o, row, r, n)
             elif row.kind == "noise":
@@ -279,10 +285,10 @@ def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]]]:
                 describe_cka(o, n, row, r)
     if sweeps:
         figure8_claims(o, sweeps, list(sweep_runs.values()))
-    return o, state
+    return o, state, entries
 
 
-def write(o: Out, state: list[dict[str, Any]], out: Path, argv: list[str]) -> None:
+def write(o: Out, state: list[dict[str, Any]], out: Path, argv: list[str], entries: list[Any] = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     table = pl.claims(o.claims, name="runs") if o.claims else None
     prov = {"script": SCRIPT, "argv": " ".join(argv), "models": [], "tasks": {}, "runs": state,
@@ -313,6 +319,8 @@ def write(o: Out, state: list[dict[str, Any]], out: Path, argv: list[str]) -> No
     lines += ["", "## Not judged", ""] + [f"- {u['paper']}: {u['claim']}: {u['reason']}" for u in o.untested]
     lines += ["", "## Notes", ""] + o.notes + [""]
     (out / "summary.md").write_text("\n".join(lines), encoding="utf-8")
+    if entries:  # one offline page: the claims table, then every finished job's summary, figures and table
+        build_report(list(entries), out / "report.html", title="phaselens: the at-size runs (issue 23)", claims=table)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -321,8 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--specs", type=Path, default=HERE / "specs", help="the runs' specs (runN_<what>.toml)")
     p.add_argument("--out", type=Path, default=ROOT / "analyses" / "results" / "runs")
     a = p.parse_args(argv)
-    o, state = collect(a.runs, a.specs)
-    write(o, state, a.out, list(sys.argv[1:] if argv is None else argv))
+    o, state, entries = collect(a.runs, a.specs)
+    write(o, state, a.out, list(sys.argv[1:] if argv is None else argv), entries)
     print(f"{a.out}: {len(o.claims)} claims, {len(o.untested)} not judged "
           f"({sum(s['done'] for s in state)} of {sum(s['planned'] for s in state)} jobs done)")
 
