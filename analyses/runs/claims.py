@@ -91,8 +91,10 @@ def finished_jobs(spec: Path, folder: Path) -> tuple[list[tuple[Any, Any]], int,
         df = df[df.job.isin(plan)]
         planned = max(planned, len(plan))
     done = df[df.status == "done"]
+    errors = [f"{r.kind} {r.model} {r.task}: {r.error}" for r in df[df.status == "failed"].itertuples()]
+    if done.empty:  # a run just started (its index lists running jobs) or whose jobs all failed: no result files yet
+        return [], 0, planned, errors
     results = pl.load_results(folder)
-    errors = [f"{r.kind} {r.model} {r.task}: {r.error}" for r in df[df.status != "done"].itertuples()]
     return [(r, results[r.result]) for r in done.itertuples() if r.result in results], len(done), planned, errors
 
 
