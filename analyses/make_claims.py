@@ -1,7 +1,10 @@
 """The claims table of every saved analysis run, and analyses/README.md generated from it.
 
     python analyses/make_claims.py [--results analyses/results] [--csv analyses/claims.csv] [--readme analyses/README.md]
+                                   [--runs analyses/runs] [--run-specs analyses/runs/specs]
 
+First the at-size runs' claims are judged again from their study folders (``analyses/runs/claims.py``, into
+``RESULTS/runs``; ``--runs none`` skips it), so this one command turns every saved result into the table.
 Reads ``RESULTS/<script>/claims.json`` (the ``pl.Claims`` table each analysis script saves, every claim with its
 Effect) and ``RESULTS/<script>/verdicts.json`` (provenance, claims not judged), judges all claims together with
 ``pl.claims`` (Holm over all rows of each paper), and writes
@@ -43,7 +46,7 @@ Ghosted Layers, arXiv 2605.15491) with the embedded models, on a CPU:
 python analyses/NAME.py --out analyses/results/NAME [--models smollm2-135m,gemma3-270m] [--tasks capitals,...]
                         [--limit N] [--calibration-passages N] [--heldout-passages N] [--seed S]
                         [--format auto|letters|cloze|continuation] [--study FOLDER]
-python analyses/make_claims.py          # claims.csv and this README from every saved run
+python analyses/make_claims.py          # claims.csv and this README from every saved run (the at-size runs judged again first)
 ```
 
 Every script writes into its `--out` folder one HTML figure per plot (not committed), CSV files with every number
@@ -225,14 +228,35 @@ def readme(df, runs: list[dict], untested: list[dict], results: Path) -> str:
     return "\n".join(lines)
 
 
+def run_claims():
+    """The module ``analyses/runs/claims.py`` (a script beside this one, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("runs_claims", HERE / "runs" / "claims.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--csv", type=Path, default=HERE / "claims.csv")
     p.add_argument("--readme", type=Path, default=HERE / "README.md")
     p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--runs", default=str(HERE / "runs"),
+                   help="the at-size runs' study folders, judged again first (analyses/runs/claims.py); 'none' skips it")
+    p.add_argument("--run-specs", type=Path, default=None, help="the runs' specs [default: RUNS/specs]")
     a = p.parse_args(argv)
     a.results.mkdir(parents=True, exist_ok=True)
+    if a.runs != "none":
+        runs = Path(a.runs)
+        if not runs.is_dir():
+            p.error(f"--runs {a.runs}: no such folder (the at-size runs' study folders; pass --runs none to skip them)")
+        args = ["--runs", str(runs), "--specs", str(a.run_specs or runs / "specs"), "--out", str(a.results / "runs")]
+        default = runs.resolve() == (HERE / "runs").resolve() and a.run_specs is None and \
+            a.results.resolve() == (HERE / "results").resolve()
+        run_claims().main([] if default else args)  # [] records the plain command in the runs' provenance
     claims, sources, runs, untested = collect(a.results)
     df = None
     if claims:

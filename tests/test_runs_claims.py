@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import phaselens as pl
@@ -108,7 +109,7 @@ def test_the_above_chance_filter_is_accuracy_minus_one_over_k(runs):
 
 
 def test_make_claims_picks_the_runs_claims_up(runs, tmp_path):
-    _, _, out = runs
+    specs, folder, out = runs
     mc = _module(ROOT / "analyses" / "make_claims.py", "make_claims_for_runs")
     claims, sources, provs, untested = mc.collect(out.parent)
     table = pl.load_result(out / "claims.json")
@@ -116,8 +117,17 @@ def test_make_claims_picks_the_runs_claims_up(runs, tmp_path):
     assert {c.paper for c in claims} == {"Ghosted Layers (arXiv 2605.15491)"}
     assert any("run 1 not finished" in u["reason"] for u in untested)
     assert provs[0]["script"] == "analyses/runs/claims.py"
-    mc.main(["--results", str(out.parent), "--csv", str(tmp_path / "c.csv"), "--readme", str(tmp_path / "R.md")])
+    mc.main(["--results", str(out.parent), "--csv", str(tmp_path / "c.csv"), "--readme", str(tmp_path / "R.md"),
+             "--runs", "none"])
     assert "run 1 not finished" in (tmp_path / "R.md").read_text()
+    # one command: the runs' claims judged again from the study folders first, then the table
+    results = tmp_path / "results"
+    mc.main(["--results", str(results), "--csv", str(tmp_path / "c2.csv"), "--readme", str(tmp_path / "R2.md"),
+             "--runs", str(folder), "--run-specs", str(specs)])
+    assert json.loads((results / "runs" / "verdicts.json").read_text())["claims"] == \
+        json.loads((out / "verdicts.json").read_text())["claims"]
+    one, two = (pd.read_csv(tmp_path / f).drop(columns="source") for f in ("c.csv", "c2.csv"))
+    pd.testing.assert_frame_equal(one, two)
 
 
 WORDS = "red blue green cat dog house river stone light music paper glass water fire earth wind north south east west".split()
