@@ -46,6 +46,7 @@ import torch
 
 import phaselens as pl
 from phaselens.embedded import cache_dir
+from phaselens.encoding import encode_task
 
 KEYS = {"qwen2.5-coder-1.5b": "qwen2.5-coder-1.5b", "qwen": "qwen2.5-coder-1.5b", "smollm2-135m": "smollm2-135m",
         "gemma3-270m": "gemma3-270m"}
@@ -56,11 +57,16 @@ def read_bytes() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("read_bytes"))
 
 
-def status_bytes(field: str) -> int:
-    """A memory field of ``/proc/self/status`` (``VmRSS``: resident now; ``VmHWM``: peak since start or the last
-    :func:`hwm_reset`), bytes."""
+def status(*fields: str) -> dict[str, int]:
+    """Memory fields of ``/proc/self/status``, read at once, bytes (``VmRSS``: resident now; ``VmHWM``: peak since
+    start or the last :func:`hwm_reset`; ``RssAnon`` / ``RssFile`` / ``RssShmem``: its split)."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+        return {k: int(v.split()[0]) * 1024 for k, _, v in (line.partition(":") for line in f) if k in fields}
+
+
+def status_bytes(field: str) -> int:
+    """One field of :func:`status`, bytes."""
+    return status(field)[field]
 
 
 def hwm_reset() -> bool:
@@ -97,7 +103,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            now = {k: status_bytes(k) for k in self.peak}
+            now = status(*self.peak)
             if sum(now.values()) > sum(self.peak.values()):
                 self.peak = now
             self._stop.wait(self.every)
@@ -111,26 +117,24 @@ class RssSampler:
         self._thread.join()
 
 
-def largest_batch(model, task, max_tokens: int) -> list[list[int]]:
-    """The token ids of the trace's largest padded batch (most ``rows x longest`` tokens)."""
-    from phaselens.encoding import encode_task
+def largest_batch(prompts: list, max_tokens: int) -> list[list[int]]:
+    """The token ids of the trace's largest padded batch (most ``rows x longest`` tokens) of the encoded ``prompts``."""
     from phaselens.runner.batch import token_batches
 
-    prompts = encode_task(task, model.tokenizer).prompts
     lengths = [len(c) for c in prompts]
     big = max(token_batches(lengths, max_tokens), key=lambda b: len(b) * lengths[b[0]])
     return [list(prompts[i]) for i in big]
 
 
-def wave_bytes(model, task, max_tokens: int) -> int:
-    """The residual streams of one wave holding every batch (``phaselens.runner.layered.residual_bytes`` summed over
-    the trace's batches: ``B x T x d`` values plus a ``B x T x T`` mask estimate)."""
-    from phaselens.encoding import encode_task
+def wave_bytes(model, prompts: list, max_tokens: int) -> int:
+    """The residual streams of one wave holding every batch of the encoded ``prompts``
+    (``phaselens.runner.layered.residual_bytes`` summed over the trace's batches: ``B x T x d`` values plus a
+    ``B x T x T`` mask estimate)."""
     from phaselens.runner.batch import token_batches
     from phaselens.runner.layered import residual_bytes, width
 
     d, item = width(model)
-    lengths = [len(c) for c in encode_task(task, model.tokenizer).prompts]
+    lengths = [len(c) for c in prompts]
     return sum(residual_bytes(len(b), lengths[b[0]], d, item) for b in token_batches(lengths, max_tokens))
 
 
@@ -196,7 +200,7 @@ def child(args: argparse.Namespace) -> None:
     """One run, in this process: load, trace, write the figures and the margins."""
     key, kind, out = KEYS[args.model], args.run, Path(args.result)
     runtime = status_bytes("VmRSS")  # python, torch, transformers and phaselens imported; no model yet
-    split = {"runtime": {k: status_bytes(k) for k in ("RssAnon", "RssFile")}}
+    split = {"runtime": status("RssAnon", "RssFile")}
     io0, t0 = read_bytes(), time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -216,7 +220,7 @@ def child(args: argparse.Namespace) -> None:
     drop_cache([model_folder(key)] + ([Path(args.offload)] if Path(args.offload).exists() else []))
     task = pl.load_task("mmlu", format="letters", limit=args.items, seed=0)
     trim()
-    split["after_load"] = {k: status_bytes(k) for k in ("RssAnon", "RssFile")}  # what the load left, freed pages returned
+    split["after_load"] = status("RssAnon", "RssFile")  # what the load left, freed pages returned
     resident = sum(p.numel() * p.element_size() for p in model.hf.parameters() if p.device.type != "meta")
     blocks = [sum(p.numel() * p.element_size() for p in b.state_dict().values()) for b in model.blocks]
     loaded = count_loader()
@@ -228,7 +232,8 @@ def child(args: argparse.Namespace) -> None:
     t_trace, io_trace = time.perf_counter() - t1, read_bytes() - io1
     peak_trace = status_bytes("VmHWM") if reset else None
     np.save(out.with_suffix(".npy"), trace.margins)
-    big = largest_batch(model, task, args.max_tokens)
+    prompts = encode_task(task, model.tokenizer).prompts  # encoded once for the two figures below
+    big = largest_batch(prompts, args.max_tokens)
     work = batch_work_bytes(model, big) if kind == "memory" else None
     out.write_text(json.dumps({
         "run": kind, "load_s": t_load, "trace_s": t_trace, "peak_rss_load_bytes": peak_load, "peak_rss_trace_bytes": peak_trace,
@@ -238,7 +243,7 @@ def child(args: argparse.Namespace) -> None:
         "offload_loader_bytes_trace": loaded["bytes"], "offload_loader_reads_trace": loaded["reads"],
         "read_bytes_load": io_load, "read_bytes_trace": io_trace, "read_bytes_total": read_bytes() - io0,
         "resident_weight_bytes": resident, "max_block_bytes": max(blocks), "n_blocks": len(blocks),
-        "runtime_rss_bytes": runtime, "wave_activation_bytes": wave_bytes(model, task, args.max_tokens),
+        "runtime_rss_bytes": runtime, "wave_activation_bytes": wave_bytes(model, prompts, args.max_tokens),
         "batch_work_bytes": work, "largest_batch": [len(big[0]), len(big)],  # longest tokens, rows
         "items": task.n_items if hasattr(task, "n_items") else len(task.items), "max_tokens": args.max_tokens,
     }))
