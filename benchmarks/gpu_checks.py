@@ -14,6 +14,12 @@
    32 prompts x 256 tokens, 4 batches): ``option_logits`` / ``decision_trace`` against a plain SDPA forward of
    ``hf.model`` and of ``hf`` (target ≤ 1.05x; TransformerLens' logit_lens measured 1.46x). ``--tiny``: a
    ``llama-tiny`` shape, 4 x 32.
+5. **Parity**: one float32 model on the CPU and on the GPU: per-block option logits within 1e-4.
+6. **Offload timing** (issue 24 at a real size): a Llama-3.2-1B-shaped model (random bf16) with all 16 blocks in CPU
+   memory, 8 batches of 8 x 256 tokens, timed under the batch and the layer schedule (``--tiny``: small blocks on disk).
+
+Each check's figures are written as soon as it ends; a check that raises is recorded under ``errors`` and fails the
+run without stopping the others.
 
 Every figure goes to a JSON file (``--out``, default ``$OUT/gpu_checks.json`` or ``./gpu_checks.json``); the exit
 status is 1 if a check fails. No model package and no network are needed (random weights, a two-token tokenizer).
@@ -203,6 +209,84 @@ def check_overhead(device: str, tiny: bool, report: dict, repeats: int) -> None:
         torch.cuda.empty_cache()
 
 
+def check_parity(device: str, tiny: bool, folder: Path, report: dict) -> bool:
+    """The same float32 model on the CPU and on ``device``: per-block option logits within 1e-4 (TF32 off)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ov = _overhead_module()
+    tok = tokenizer()
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=6, num_attention_heads=8,
+                      num_key_value_heads=4, vocab_size=4096, tie_word_embeddings=False)
+    torch.manual_seed(1)
+    LlamaForCausalLM(cfg).save_pretrained(folder / "model")
+    tok.save_pretrained(folder / "model")
+    enc = ov.synthetic_items(16, 48, cfg.vocab_size)
+    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+    cpu = option_logits(pl.load_model(str(folder / "model"), device="cpu", dtype=torch.float32), task, encoded=enc).z
+    dev = option_logits(pl.load_model(str(folder / "model"), device=device, dtype=torch.float32), task, encoded=enc).z
+    d = (cpu - dev.cpu()).abs().max().item()
+    dm = (margins(cpu, enc.answers) - margins(dev.cpu(), enc.answers)).abs().max().item()
+    ok = d <= 1e-4
+    report["parity"] = {"device": device, "max_abs_option_logit_diff": d, "max_abs_margin_diff": dm, "ok": ok}
+    print(f"[parity] CPU vs {device}: max |option logit diff| {d:.2e}, max |margin diff| {dm:.2e}: {'OK' if ok else 'FAIL'}")
+    return ok
+
+
+def check_offload_timing(device: str, tiny: bool, folder: Path, report: dict) -> bool:
+    """A Llama-3.2-1B-shaped model (random bf16; ``--tiny``: 8 small blocks in float32) with every block on the CPU
+    (``--tiny``: disk): 8 batches under the batch and the layer schedule; the layer schedule moves each block once per
+    wave instead of once per batch. Margins of the two schedules agree within 1e-2 (bf16) and the times are reported."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ov = _overhead_module()
+    tok = tokenizer()
+    shape = (dict(hidden_size=256, intermediate_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                  vocab_size=4096) if tiny else
+             dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                  num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0))
+    cfg = LlamaConfig(**shape, tie_word_embeddings=False)
+    dtype = torch.float32 if tiny else torch.bfloat16
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).to(dtype).save_pretrained(folder / "model")
+    tok.save_pretrained(folder / "model")
+    t_save = time.perf_counter() - t0
+    main, off_dev = ("cpu", "disk") if tiny else (0, "cpu")
+    dm = {"model.embed_tokens": main, "model.rotary_emb": main, "model.norm": main, "lm_head": main,
+          **{f"model.layers.{b}": off_dev for b in range(cfg.num_hidden_layers)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        off = pl.load_model(str(folder / "model"), device_map=dm, dtype=dtype, offload_folder=folder / "offload")
+    length, rows = (32, 4) if tiny else (256, 8)
+    enc = ov.synthetic_items(8 * rows, length, min(cfg.vocab_size, 49152))
+    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+    budget = rows * length  # 8 batches of `rows` prompts
+    d, kv = cfg.hidden_size, cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    block_bytes = (2 * d * d + 2 * d * kv + 3 * d * cfg.intermediate_size + 2 * d) * torch.finfo(dtype).bits // 8
+    z, times = {}, {}
+    for kind in ("batch", "layer"):
+        with pl.runner.schedule(kind):
+            option_logits(off, task, encoded=enc, max_tokens=budget)  # warm (and the per-model check)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            z[kind] = option_logits(off, task, encoded=enc, max_tokens=budget).z
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[kind] = time.perf_counter() - t
+    diff = (margins(z["batch"].float(), enc.answers) - margins(z["layer"].float(), enc.answers)).abs().max().item()
+    ok = diff <= 1e-2
+    report["offload_timing"] = {
+        "shape": "llama-tiny" if tiny else "llama3.2-1b", "dtype": str(dtype), "offloaded_to": off_dev, "batches": 8,
+        "batch": [rows, length], "blocks": cfg.num_hidden_layers, "approx_block_bytes": block_bytes, "build_s": t_save,
+        "seconds": times, "batch_vs_layer_time": times["batch"] / times["layer"], "max_abs_margin_diff": diff, "ok": ok,
+    }
+    print(f"[offload timing] {report['offload_timing']['shape']} {dtype}, blocks on {off_dev}, 8 x {rows} x {length}: "
+          f"batch schedule {times['batch']:.2f}s, layer {times['layer']:.2f}s ({times['batch'] / times['layer']:.2f}x); "
+          f"max |margin diff| {diff:.2e}: {'OK' if ok else 'FAIL'}")
+    return ok
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="the CPU, small shapes (checks the script itself)")
@@ -215,20 +299,42 @@ def main() -> int:
         print("no CUDA GPU here; run with --tiny on the CPU", file=sys.stderr)
         return 2
     out = Path(args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(".")) / "gpu_checks.json")
-    report: dict = {"torch": torch.__version__, "tiny": args.tiny, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        ok = check_offload(device, args.tiny, Path(tmp), report)
-        (Path(tmp) / "layer").mkdir()
-        ok = check_layer_schedule(device, args.tiny, Path(tmp) / "layer", report) and ok
-    if not args.skip_overhead:
-        check_overhead(device, args.tiny, report, args.repeats)
-    report["wall_s"] = time.perf_counter() - t0
-    report["ok"] = ok
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"figures written to {out} ({report['wall_s']:.0f}s)")
-    return 0 if ok else 1
+    report: dict = {"torch": torch.__version__, "tiny": args.tiny, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "errors": {}}
+    if device.startswith("cuda"):
+        report["gpu"] = torch.cuda.get_device_name()
+    t0 = time.perf_counter()
+    results: dict[str, bool] = {}
+
+    def run(name: str, fn) -> None:
+        """One check; an exception is recorded (and fails the run) without losing the other checks' figures."""
+        t = time.perf_counter()
+        try:
+            results[name] = bool(fn())
+        except Exception as exc:  # noqa: BLE001 - a one-shot GPU lease: keep going, report everything
+            import traceback
+
+            results[name] = False
+            report["errors"][name] = traceback.format_exc()
+            print(f"[{name}] ERROR {type(exc).__name__}: {exc}", file=sys.stderr)
+        report.setdefault("check_seconds", {})[name] = time.perf_counter() - t
+        report["wall_s"] = time.perf_counter() - t0
+        report["ok"] = all(results.values())
+        out.write_text(json.dumps(report, indent=2))  # after every check: a killed run keeps what finished
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for sub in ("offload", "layer", "parity", "timing"):
+            (Path(tmp) / sub).mkdir()
+        run("offload", lambda: check_offload(device, args.tiny, Path(tmp) / "offload", report))
+        run("layer_schedule", lambda: check_layer_schedule(device, args.tiny, Path(tmp) / "layer", report))
+        run("parity", lambda: check_parity(device, args.tiny, Path(tmp) / "parity", report))
+        if not args.skip_overhead:
+            run("overhead", lambda: check_overhead(device, args.tiny, report, args.repeats) or True)
+        run("offload_timing", lambda: check_offload_timing(device, args.tiny, Path(tmp) / "timing", report))
+    print(f"figures written to {out} ({report['wall_s']:.0f}s); checks: "
+          + ", ".join(f"{k} {'OK' if v else 'FAIL'}" for k, v in results.items()))
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":
