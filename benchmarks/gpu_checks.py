@@ -232,7 +232,15 @@ def check_parity(device: str, tiny: bool, folder: Path, report: dict) -> bool:
     return ok
 
 
-def check_offload_timing(device: str, tiny: bool, folder: Path, report: dict) -> bool:
+TIMING_SHAPES = {
+    "llama3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                        num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
+}
+
+
+def check_offload_timing(device: str, tiny: bool, folder: Path, report: dict, shape_name: str = "llama3.2-1b") -> bool:
     """A Llama-3.2-1B-shaped model (random bf16; ``--tiny``: 8 small blocks in float32) with every block on the CPU
     (``--tiny``: disk): 8 batches under the batch and the layer schedule; the layer schedule moves each block once per
     wave instead of once per batch. Margins of the two schedules agree within 1e-2 (bf16) and the times are reported."""
@@ -241,14 +249,19 @@ def check_offload_timing(device: str, tiny: bool, folder: Path, report: dict) ->
     ov = _overhead_module()
     tok = tokenizer()
     shape = (dict(hidden_size=256, intermediate_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                  vocab_size=4096) if tiny else
-             dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                  num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0))
+                  vocab_size=4096) if tiny else TIMING_SHAPES[shape_name])
     cfg = LlamaConfig(**shape, tie_word_embeddings=False)
     dtype = torch.float32 if tiny else torch.bfloat16
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    LlamaForCausalLM(cfg).to(dtype).save_pretrained(folder / "model")
+    torch.set_default_dtype(dtype)
+    with torch.device(device):  # random init on the GPU is seconds; on the CPU an 8B model takes minutes
+        hf = LlamaForCausalLM(cfg)
+    torch.set_default_dtype(torch.float32)
+    hf.save_pretrained(folder / "model")
+    del hf
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     tok.save_pretrained(folder / "model")
     t_save = time.perf_counter() - t0
     main, off_dev = ("cpu", "disk") if tiny else (0, "cpu")
@@ -277,7 +290,7 @@ def check_offload_timing(device: str, tiny: bool, folder: Path, report: dict) ->
     diff = (margins(z["batch"].float(), enc.answers) - margins(z["layer"].float(), enc.answers)).abs().max().item()
     ok = diff <= 1e-2
     report["offload_timing"] = {
-        "shape": "llama-tiny" if tiny else "llama3.2-1b", "dtype": str(dtype), "offloaded_to": off_dev, "batches": 8,
+        "shape": "llama-tiny" if tiny else shape_name, "dtype": str(dtype), "offloaded_to": off_dev, "batches": 8,
         "batch": [rows, length], "blocks": cfg.num_hidden_layers, "approx_block_bytes": block_bytes, "build_s": t_save,
         "seconds": times, "batch_vs_layer_time": times["batch"] / times["layer"], "max_abs_margin_diff": diff, "ok": ok,
     }
@@ -293,6 +306,10 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="JSON file for the figures")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--only", choices=["offload", "layer_schedule", "parity", "overhead", "offload_timing"], action="append",
+                    help="run only these checks (repeatable)")
+    ap.add_argument("--timing-shape", choices=sorted(TIMING_SHAPES), default="llama3.2-1b",
+                    help="the model shape of the offload timing (default llama3.2-1b; llama3-8b puts 15 GB of blocks in CPU memory)")
     args = ap.parse_args()
     device = "cpu" if args.tiny else "cuda:0"
     if not args.tiny and not torch.cuda.is_available():
@@ -309,6 +326,8 @@ def main() -> int:
 
     def run(name: str, fn) -> None:
         """One check; an exception is recorded (and fails the run) without losing the other checks' figures."""
+        if args.only and name not in args.only:
+            return
         t = time.perf_counter()
         try:
             results[name] = bool(fn())
@@ -331,7 +350,7 @@ def main() -> int:
         run("parity", lambda: check_parity(device, args.tiny, Path(tmp) / "parity", report))
         if not args.skip_overhead:
             run("overhead", lambda: check_overhead(device, args.tiny, report, args.repeats) or True)
-        run("offload_timing", lambda: check_offload_timing(device, args.tiny, Path(tmp) / "timing", report))
+        run("offload_timing", lambda: check_offload_timing(device, args.tiny, Path(tmp) / "timing", report, args.timing_shape))
     print(f"figures written to {out} ({report['wall_s']:.0f}s); checks: "
           + ", ".join(f"{k} {'OK' if v else 'FAIL'}" for k, v in results.items()))
     return 0 if report["ok"] else 1
