@@ -491,3 +491,33 @@ def test_collapse_r_is_over_pairs_not_over_seeds():
     want = stats.pearsonr(hand_x, hand_y)
     assert st.r == pytest.approx(want[0]) and st.n_pairs == 3 and st.n == 6
     assert "over 3 (model, task) pairs (6 sweeps, each pair's seeds averaged)" in st.summary()
+
+
+def test_sweep_require_transition_stops_pairs_without_one(tiny_llama_dir, tmp_path):
+    """``require_transition``: a pair whose dense model has no transition stops after one cut (Figure 8 cannot use
+    it); a pair with one runs exactly the sweep it runs without the flag. Checked against transition_point directly."""
+    m = pl.load_model(tiny_llama_dir)
+    base = pl.load_task("capitals", limit=6)
+    pred = pl.decision_trace(m, base).predictions[:, -1]
+    own = pl.load_task([{"question": it.question, "options": list(it.options), "answer": int(p), "id": it.id}
+                        for it, p in zip(base.items, pred)])
+    assert pl.transition_point(m, base).layer is None and pl.transition_point(m, own).layer is not None
+    sweep = {"kind": "sweep", "until": "collapse", "chunk": 2, "steps": 4, "n_boot": 100, "calibration_passages": 1,
+             "heldout_passages": 1}
+
+    def sweeps(run: dict, out: Path) -> tuple:
+        """(the sweep on base, the sweep on own)."""
+        df = pl.run_study({"models": [tiny_llama_dir], "tasks": [base, own], "seeds": [0], "runs": [run]}, out=out)
+        assert (df.status == "done").all(), df.error.tolist()
+        res = [pl.load_result(out / f"{r.result}.json") for r in df.itertuples()]
+        by_tr = {sw.steps[0].transition.layer is None: sw for sw in res}
+        return by_tr[True], by_tr[False]
+
+    skipped, kept = sweeps({**sweep, "require_transition": True}, tmp_path / "flag")
+    full_no_tr, full_tr = sweeps(sweep, tmp_path / "plain")
+    assert len(skipped.steps) == 2  # the dense step and one cut
+    assert len(full_no_tr.steps) >= 3  # without the flag the first chunk (2 cuts) runs
+    assert kept.to_json() == full_tr.to_json()
+    with pytest.raises(pl.errors.StudyError, match="require_transition"):
+        pl.run_study({"models": [tiny_llama_dir], "tasks": [base], "runs": [{**sweep, "require_transition": "yes"}]},
+                     out=tmp_path / "bad")

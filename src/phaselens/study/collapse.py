@@ -68,7 +68,8 @@ def transition_vs_collapse(
     ``"processes"``, ``"ray"`` at ``address``); each sweep is extended ``chunk`` cuts at a time until accuracy
     collapses (at most ``max_cut`` blocks cut; ``max_steps=`` is its deprecated name); rerunning with the same ``out`` reuses the finished sweeps. Other
     keywords are the sweep jobs' parameters (:func:`~phaselens.iterative_prune`'s: ``n_boot``, ``recovery``,
-    ``calibration``, ``heldout``, ...; ``seed`` is the study's seed).
+    ``calibration``, ``heldout``, ...; ``seed`` is the study's seed; ``require_transition=True`` stops a pair whose
+    dense model has no transition after one cut, since such a point cannot enter r).
     """
     if results is not None and (models is not None or tasks is not None):
         raise StatsError("pass either results or models= and tasks=, not both")

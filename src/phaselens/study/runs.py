@@ -262,7 +262,8 @@ class TraceRun(RunKind):
 class SweepRun(RunKind):
     fixed = ("model", "task", "out", "seed", "boot_seed", "progress")
     listy = ("calibration", *HELDOUT_KEYS)
-    study = {**_TEXTS, "max_ratio": (is_ratio, None), "until": (lambda v: True, "steps"), "chunk": (int_at_least(1), 4)}
+    study = {**_TEXTS, "max_ratio": (is_ratio, None), "until": (lambda v: True, "steps"), "chunk": (int_at_least(1), 4),
+             "require_transition": (lambda v: isinstance(v, bool), False)}
 
     def fn(self):
         return iterative_prune
@@ -276,8 +277,13 @@ class SweepRun(RunKind):
         p = dict(params)
         cal, held = pop_texts(p)
         until, chunk = p.pop("until", "steps"), p.pop("chunk", 4)
+        need = p.pop("require_transition", False)
         cap = sweep_cap(model.n_blocks, p.pop("steps", None), p.pop("max_ratio", None))
         kw = dict(out=scratch, boot_seed=seed, calibration=cal, heldout=held, **p)
+        if need:  # Figure 8 uses only pairs with a dense transition: without one, stop after the first cut
+            sw = iterative_prune(model, task, steps=1, **kw)
+            if sw.steps[0].transition.layer is None:
+                return sw
         if until != "collapse":
             return iterative_prune(model, task, steps=cap, **kw)
         k = 0
