@@ -555,13 +555,22 @@ def test_passage_nll_equals_plain_transformers(tiny_llama):
     assert np.exp(nll.sum() / tok.sum()) == pytest.approx(pl.perplexity(tiny_llama, texts, seq_len=SEQ), rel=1e-6)
 
 
-def test_recovery_comparison_numbers_and_effects_against_numpy(recov, tiny_llama, cut_task):
+def test_recovery_comparison_numbers_and_effects_against_numpy(recov, tiny_llama, cut_task, cal):
     held = pl.heldout_texts()[:6]
     assert recov.blocks == [2, 3] and recov.n_passages == 6
     assert recov.perplexity("identity") == pytest.approx(pl.perplexity(pl.prune(tiny_llama, [2, 3]), held, seq_len=SEQ),
                                                          rel=1e-6)
     tr = pl.decision_trace(pl.prune(tiny_llama, [2, 3]), cut_task, n_boot=100)
     assert recov.accuracy("identity") == pytest.approx(tr.accuracy[-1])
+    # every method's per-item margins and correctness are a full trace's last column of the same fitted view (to
+    # float32 rounding: one readout and a stack of readouts may round differently)
+    fitted = pl.fit_recovery(pl.prune(tiny_llama, [2, 3]), cal, recov.methods, seq_len=SEQ)
+    for k, m in enumerate(recov.methods):
+        full = pl.decision_trace(fitted[m], cut_task, n_boot=100)
+        np.testing.assert_allclose(recov.tasks[0].margins[k], full.item_margins[:, -1], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(recov.tasks[0].correct[k], full.correct[:, -1])
+    dense = pl.decision_trace(tiny_llama, cut_task, n_boot=100)
+    np.testing.assert_allclose(recov.tasks[0].dense_margins, dense.item_margins[:, -1], rtol=0, atol=1e-5)
     effs = recov.effects()
     assert [e.name for e in effs] == ["identity − ghosted perplexity", "ghosted − identity accuracy",
                                       "diagonal − ghosted perplexity", "ghosted − diagonal accuracy"]
