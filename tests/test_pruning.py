@@ -255,6 +255,29 @@ def test_sleb_scores_and_greedy_selection_by_hand(tiny_llama):
     assert pl.select_blocks(tiny_llama, 2, "sleb", calibration=TEXTS) == sorted([first, second])
 
 
+def test_sleb_extends_its_greedy_path(tiny_llama, monkeypatch):
+    """A larger SLEB cut on the same model and text extends the smaller one's path (one scoring per new step) and
+    chooses what a selection from scratch chooses; other text, or another start, scores from scratch."""
+    import phaselens.pruning.criteria as crit
+
+    crit._SLEB_PATHS.clear()
+    fresh3 = pl.select_blocks(tiny_llama, 3, "sleb", calibration=TEXTS)
+    crit._SLEB_PATHS.clear()
+    calls = []
+    real = crit.sleb_scores
+    monkeypatch.setattr(crit, "sleb_scores", lambda v, c: calls.append(tuple(v.removed)) or real(v, c))
+    two = pl.select_blocks(tiny_llama, 2, "sleb", calibration=TEXTS)
+    assert len(calls) == 2 and set(two) < set(fresh3)
+    assert pl.select_blocks(tiny_llama, 3, "sleb", calibration=TEXTS) == fresh3 and len(calls) == 3
+    assert pl.select_blocks(tiny_llama, 1, "sleb", calibration=TEXTS) and len(calls) == 3  # a prefix of the path
+    pl.select_blocks(tiny_llama, 1, "sleb", calibration=TEXTS[::-1])  # other passages: scored again
+    pl.select_blocks(pl.prune(tiny_llama, [0]), 1, "sleb", calibration=TEXTS)  # another start: scored again
+    assert len(calls) == 5
+    sel = pl.pruning.selection(tiny_llama, 2, "sleb", calibration=TEXTS)
+    sel.scores.clear()  # a caller's copy: the stored path keeps its scores
+    assert pl.pruning.selection(tiny_llama, 2, "sleb", calibration=TEXTS).scores
+
+
 def test_random_is_seeded(tiny_llama):
     a = pl.select_blocks(tiny_llama, 3, "random", seed=4)
     assert a == pl.select_blocks(tiny_llama, 3, "random", seed=4)

@@ -11,8 +11,10 @@ the model as given, so on a pruned view they are those of the current pruned mod
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -77,7 +79,10 @@ def angular_distances(model: ModelLike, n: int, calibration: Any = None, *, seq_
     return {b: v / count for b, v in sums.items()}
 
 
-def sleb_scores(model: ModelLike, calibration: Any = None, *, seq_len: int = 128, n_texts: int = 8) -> dict[int, float]:
+SLEB_TEXTS = 8  # calibration passages SLEB scores on (of seq_len 128 tokens)
+
+
+def sleb_scores(model: ModelLike, calibration: Any = None, *, seq_len: int = 128, n_texts: int = SLEB_TEXTS) -> dict[int, float]:
     """Calibration perplexity of the model with each surviving block removed in turn (SLEB's
     score; lower = safer to cut), keyed by original block index.
 
@@ -182,21 +187,39 @@ class Angular(Criterion):
         return Selection(view.kept[i : i + n], self.name, s)
 
 
+# SLEB's greedy path per (model fingerprint, blocks already removed, calibration passages scored): a selection of n
+# blocks after one of m < n on the same model and text extends the stored path instead of recomputing its first m
+# steps (a grid of cut sizes, or one cut size for several tasks, scores each step once per process).
+_SLEB_PATHS: OrderedDict[tuple, list[tuple[int, dict[int, float]]]] = OrderedDict()
+_SLEB_PATHS_KEPT = 32
+
+
+def _sleb_key(view: ModelView, calibration: Any) -> tuple:
+    texts = load_calibration(calibration)[:SLEB_TEXTS]
+    digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+    return (view.base.fingerprint, str(view.base.device), str(view.base.dtype), tuple(sorted(view.removed)), digest)
+
+
 @register_criterion("sleb")
 class Sleb(Criterion):
-    """SLEB: greedily the block whose removal raises calibration perplexity least."""
+    """SLEB: greedily the block whose removal raises calibration perplexity least (the greedy path is kept per
+    model fingerprint, start and calibration text, so a larger cut extends a smaller one's path)."""
 
     def scores(self, view, *, calibration=None, seed=0, step=0, cache=None):
         return sleb_scores(view, calibration)
 
     def select(self, view, n, *, calibration=None, task=None, seed=0, placement="adjacent", transition=None):
-        cut: list[int] = []
-        first_scores: dict[int, float] = {}
-        for _ in range(n):
-            s = sleb_scores(_without(view, cut), calibration)
-            first_scores = first_scores or s
-            cut.append(min(s, key=lambda b: (s[b], b)))
-        return Selection(sorted(cut), self.name, first_scores)
+        key = _sleb_key(view, calibration)
+        path = _SLEB_PATHS.pop(key, [])
+        try:
+            while len(path) < n:
+                s = sleb_scores(_without(view, [b for b, _ in path]), calibration)
+                path.append((min(s, key=lambda b: (s[b], b)), s))
+        finally:
+            _SLEB_PATHS[key] = path  # most recently used last; the oldest paths go first
+            while len(_SLEB_PATHS) > _SLEB_PATHS_KEPT:
+                _SLEB_PATHS.popitem(last=False)
+        return Selection(sorted(b for b, _ in path[:n]), self.name, dict(path[0][1]))
 
 
 @register_criterion("random")
