@@ -105,3 +105,33 @@ def test_skipped_survives_save_and_load_and_a_version_1_file_loads_with_none_ski
     old.write_text(json.dumps(doc))
     with pytest.raises(pl.errors.ResultsError, match="version 3 of its format"):
         pl.load_result(old)
+
+
+def test_one_cut_on_several_tasks_fits_once(tiny_llama, task, monkeypatch):
+    """Separate calls on the same cut (a study's one job per task) fit and score the held-out text once, and give
+    what one call over both tasks gives; another model object, cut or held-out text fits again."""
+    import phaselens.experiments.recovery_comparison as rc
+
+    other = pl.load_task("languages", limit=6, seed=0)
+    rc._FITS.clear()
+    both = pl.compare_recovery(tiny_llama, [task, other], "2-3", methods=["identity", "ghosted"], **kw())
+    rc._FITS.clear()
+    fits, nlls = [], []
+    real_fit, real_nll = rc.fit_recovery, rc.passage_nll
+    monkeypatch.setattr(rc, "fit_recovery", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    monkeypatch.setattr(rc, "passage_nll", lambda *a, **k: nlls.append(1) or real_nll(*a, **k))
+    a = pl.compare_recovery(tiny_llama, [task], "2-3", methods=["identity", "ghosted"], **kw())
+    b = pl.compare_recovery(tiny_llama, [other], "2-3", methods=["identity", "ghosted"], **kw())
+    assert len(fits) == 1 and len(nlls) == 3  # one fit; dense + 2 methods scored once
+    for one, k in ((a, 0), (b, 1)):
+        np.testing.assert_array_equal(one.nll, both.nll)
+        np.testing.assert_array_equal(one.dense_nll, both.dense_nll)
+        np.testing.assert_array_equal(one.tasks[0].margins, both.tasks[k].margins)
+        np.testing.assert_array_equal(one.fit_relative_error, both.fit_relative_error)
+    pl.compare_recovery(tiny_llama, [task], "3-4", methods=["identity", "ghosted"], **kw())  # another cut
+    pl.compare_recovery(tiny_llama, [task], "2-3", methods=["identity", "ghosted"],
+                        **{**kw(), "heldout": pl.heldout_texts()[:5]})  # other held-out text
+    assert len(fits) == 3
+    again = pl.load_model(tiny_llama.hf, tokenizer=tiny_llama.tokenizer)  # another model object: nothing kept of the first
+    pl.compare_recovery(again, [task], "2-3", methods=["identity", "ghosted"], **kw())
+    assert len(fits) == 4 and len(rc._FITS) == 1

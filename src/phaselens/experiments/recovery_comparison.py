@@ -17,7 +17,9 @@ named, with its reason, in :attr:`RecoveryComparison.skipped`; a given ``blocks=
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -222,6 +224,40 @@ def _fmt(blocks: Sequence[int]) -> str:
     return "" if not b else (f"{b[0]}" if len(b) == 1 else f"{b[0]}-{b[-1]}")
 
 
+# The fitted views and held-out NLL of the last few cuts of the current model, keyed by content: one cut compared on
+# several tasks in separate calls (a study's one job per task) fits and scores the held-out text once. Only the
+# current model's entries are kept, so no other model stays in memory through them.
+_FITS: OrderedDict[tuple, tuple[dict, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+_FITS_KEPT = 4
+_FITS_OWNER: list[int] = [0]
+
+
+def _digest(texts: Sequence[str]) -> str:
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+
+
+def _fits(base: Any, cut: list[int], methods: list[str], cal: list[str], held: list[str], **texts: Any
+          ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """``(views {method: fitted view}, dense NLL [P], tokens [P], NLL [M, P])`` of ``cut``, from the kept entries
+    when the model (fingerprint, device, dtype), cut, methods (and their registered objects), calibration text,
+    held-out text and batching are the same."""
+    if _FITS_OWNER[0] != id(base):
+        _FITS.clear()
+        _FITS_OWNER[0] = id(base)
+    key = (base.fingerprint, str(base.device), str(base.dtype), tuple(cut),
+           tuple((m, id(METHODS.get(m))) for m in methods), _digest(cal), _digest(held), tuple(sorted(texts.items())))
+    hit = _FITS.pop(key, None)
+    if hit is None:
+        recs = fit_recovery(prune(base, cut), cal, methods, **texts)
+        dense_nll, tokens = passage_nll(base, held, **texts)
+        hit = (recs, dense_nll, tokens, np.stack([passage_nll(recs[m], held, **texts)[0] for m in methods]))
+    _FITS[key] = hit
+    while len(_FITS) > _FITS_KEPT:
+        _FITS.popitem(last=False)
+    recs, dense_nll, tokens, nll = hit
+    return dict(recs), dense_nll.copy(), tokens.copy(), nll.copy()
+
+
 def compare_recovery(
     model: ModelLike,
     tasks: Any,
@@ -289,10 +325,8 @@ def compare_recovery(
             raise RecoveryError(f"no method of {methods} can recover the cut {cut} chosen by {criterion}: "
                                 + "; ".join(f"{m} ({why})" for m, why in skipped.items()))
         methods = [m for m in methods if m not in skipped]
-    recs = fit_recovery(prune(base, cut), cal, methods, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
-    texts = dict(seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
-    dense_nll, tokens = passage_nll(base, held, **texts)
-    nll = np.stack([passage_nll(recs[m], held, **texts)[0] for m in methods])
+    recs, dense_nll, tokens, nll = _fits(base, cut, methods, cal, held, seq_len=seq_len, batch_size=batch_size,
+                                         max_tokens=max_tokens)
     out = []
     for t in ts:
         # only the model's own answer is compared: one readout per view, not one per block (the same numbers as a
