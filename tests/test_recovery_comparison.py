@@ -135,3 +135,8 @@ def test_one_cut_on_several_tasks_fits_once(tiny_llama, task, monkeypatch):
     again = pl.load_model(tiny_llama.hf, tokenizer=tiny_llama.tokenizer)  # another model object: nothing kept of the first
     pl.compare_recovery(again, [task], "2-3", methods=["identity", "ghosted"], **kw())
     assert len(fits) == 4 and len(rc._FITS) == 1
+    monkeypatch.setattr(rc, "_FITS_BYTES", 1)  # a byte budget below one entry: only the newest stays
+    pl.compare_recovery(again, [task], "3-4", methods=["identity", "ghosted"], **kw())
+    assert len(fits) == 5 and len(rc._FITS) == 1
+    pl.compare_recovery(again, [task], "2-3", methods=["identity", "ghosted"], **kw())  # evicted: fitted again
+    assert len(fits) == 6

@@ -224,12 +224,19 @@ def _fmt(blocks: Sequence[int]) -> str:
     return "" if not b else (f"{b[0]}" if len(b) == 1 else f"{b[0]}-{b[-1]}")
 
 
-# The fitted views and held-out NLL of the last few cuts of the current model, keyed by content: one cut compared on
-# several tasks in separate calls (a study's one job per task) fits and scores the held-out text once. Only the
-# current model's entries are kept, so no other model stays in memory through them.
+# The fitted views and held-out NLL of the latest cuts of the current model, keyed by content: one cut compared on
+# several tasks in separate calls (a study's one job per task, in any order) fits and scores the held-out text once.
+# Only the current model's entries are kept, so no other model stays in memory through them; at most _FITS_KEPT
+# cuts and _FITS_BYTES of operators (the newest entry always stays).
 _FITS: OrderedDict[tuple, tuple[dict, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
-_FITS_KEPT = 4
+_FITS_KEPT = 64
+_FITS_BYTES = 1 << 30
 _FITS_OWNER: list[int] = [0]
+
+
+def _operator_bytes(views: dict) -> int:
+    return sum(w.numel() * w.element_size() for v in views.values()
+               for w in (*v.operators.values(), *v.branch_operators.values()))
 
 
 def _digest(texts: Sequence[str]) -> str:
@@ -252,7 +259,7 @@ def _fits(base: Any, cut: list[int], methods: list[str], cal: list[str], held: l
         dense_nll, tokens = passage_nll(base, held, **texts)
         hit = (recs, dense_nll, tokens, np.stack([passage_nll(recs[m], held, **texts)[0] for m in methods]))
     _FITS[key] = hit
-    while len(_FITS) > _FITS_KEPT:
+    while len(_FITS) > 1 and (len(_FITS) > _FITS_KEPT or sum(_operator_bytes(e[0]) for e in _FITS.values()) > _FITS_BYTES):
         _FITS.popitem(last=False)
     recs, dense_nll, tokens, nll = hit
     return dict(recs), dense_nll.copy(), tokens.copy(), nll.copy()
