@@ -88,17 +88,61 @@ def margins(z: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
     return right - other
 
 
+def placeholder_task(n: int, fmt: str = "letters"):
+    """``n`` four-option items whose prompts come from an :class:`Encoded` of synthetic token ids."""
+    return pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * n, format=fmt)
+
+
+def save_llama(folder: Path, cfg, seed: int, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Path:
+    """A random Llama of ``cfg`` (initialised on ``device`` in ``dtype``) and the tokenizer saved to ``folder/model``."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):  # random init on the GPU is seconds; on the CPU an 8B model takes minutes
+            hf = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    hf.save_pretrained(folder / "model")
+    del hf
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+    tokenizer().save_pretrained(folder / "model")
+    return folder / "model"
+
+
+def all_blocks_offloaded(folder: Path, cfg, tiny: bool, dtype: torch.dtype) -> tuple[pl.Model, str]:
+    """The saved model with every block offloaded (to the CPU, or to disk with ``tiny``), the rest on the main device."""
+    main, off_dev = ("cpu", "disk") if tiny else (0, "cpu")
+    dm = {"model.embed_tokens": main, "model.rotary_emb": main, "model.norm": main, "lm_head": main,
+          **{f"model.layers.{b}": off_dev for b in range(cfg.num_hidden_layers)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pl.load_model(str(folder / "model"), device_map=dm, dtype=dtype, offload_folder=folder / "offload"), off_dev
+
+
+def timed_logits(model, task, enc: Encoded, budget: int, device: str, kind: str, **kw) -> tuple[torch.Tensor, float]:
+    """``(z, seconds)`` of one ``option_logits`` pass under ``schedule(kind, **kw)``, after a warm pass (which also runs
+    the per-model check)."""
+    with pl.runner.schedule(kind, **kw):
+        option_logits(model, task, encoded=enc, max_tokens=budget)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        z = option_logits(model, task, encoded=enc, max_tokens=budget).z
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return z, time.perf_counter() - t
+
+
 def check_offload(device: str, tiny: bool, folder: Path, report: dict) -> bool:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     ov = _overhead_module()
-    tok = tokenizer()
     cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=8, num_attention_heads=8,
                       num_key_value_heads=4, vocab_size=4096, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(folder / "model")
-    tok.save_pretrained(folder / "model")
-    plain = pl.load_model(str(folder / "model"), device=device, dtype=torch.float32)
+    plain = pl.load_model(str(save_llama(folder, cfg, 0)), device=device, dtype=torch.float32)
     off_dev = "disk" if tiny else "cpu"
     dm = {"model.embed_tokens": 0 if not tiny else "cpu", "model.rotary_emb": 0 if not tiny else "cpu",
           "model.norm": 0 if not tiny else "cpu", "lm_head": off_dev}
@@ -110,14 +154,13 @@ def check_offload(device: str, tiny: bool, folder: Path, report: dict) -> bool:
                             offload_folder=folder / "offload")
     hooked = sum("forward" in b.__dict__ for b in off.blocks)
     enc = ov.synthetic_items(16, 48, cfg.vocab_size)
-    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+    task = placeholder_task(enc.n_items)
     za = option_logits(plain, task, encoded=enc).z
     zb = option_logits(off, task, encoded=enc).z
     za_p = option_logits(pl.prune(plain, [3, 4]), task, encoded=enc).z
     zb_p = option_logits(pl.prune(off, [3, 4]), task, encoded=enc).z
     cenc = continuation_items(6, 40, cfg.vocab_size)
-    ctask = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * cenc.n_items,
-                         format="continuation")
+    ctask = placeholder_task(cenc.n_items, "continuation")
     ca = option_logits(plain, ctask, encoded=cenc).z
     cb = option_logits(off, ctask, encoded=cenc).z
     d_margin = max((margins(za, enc.answers) - margins(zb, enc.answers)).abs().max().item(),
@@ -138,39 +181,22 @@ def check_offload(device: str, tiny: bool, folder: Path, report: dict) -> bool:
 
 
 def check_layer_schedule(device: str, tiny: bool, folder: Path, report: dict) -> bool:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     ov = _overhead_module()
-    tok = tokenizer()
     cfg = LlamaConfig(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
                       num_key_value_heads=4, vocab_size=4096, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(folder / "model")
-    tok.save_pretrained(folder / "model")
-    plain = pl.load_model(str(folder / "model"), device=device, dtype=torch.float32)
-    main, off_dev = ("cpu", "disk") if tiny else (0, "cpu")
-    dm = {"model.embed_tokens": main, "model.rotary_emb": main, "model.norm": main, "lm_head": main,
-          **{f"model.layers.{b}": off_dev for b in range(cfg.num_hidden_layers)}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        off = pl.load_model(str(folder / "model"), device_map=dm, dtype=torch.float32, offload_folder=folder / "offload")
+    plain = pl.load_model(str(save_llama(folder, cfg, 0)), device=device, dtype=torch.float32)
+    off, off_dev = all_blocks_offloaded(folder, cfg, tiny, torch.float32)
     enc = ov.synthetic_items(64, 96, cfg.vocab_size)
-    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+    task = placeholder_task(enc.n_items)
     budget = 8 * 96 + 8  # 8 rows of 96 tokens per batch: 8 batches
     ref = margins(option_logits(plain, task, encoded=enc, max_tokens=budget).z, enc.answers)
     out, times = {}, {}
     per_batch = 8 * 96 * cfg.hidden_size * 4 + 8 * 96 * 96
     for name, kind, kw in (("batch", "batch", {}), ("layer", "layer", {}),
                            ("layer_pinned_2_per_wave", "layer", dict(act_store="cpu", act_budget=2 * per_batch))):
-        with pl.runner.schedule(kind, **kw):
-            option_logits(off, task, encoded=enc, max_tokens=budget)  # warm (and the per-model check)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            z = option_logits(off, task, encoded=enc, max_tokens=budget).z
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times[name] = time.perf_counter() - t
+        z, times[name] = timed_logits(off, task, enc, budget, device, kind, **kw)
         out[name] = (margins(z, enc.answers) - ref).abs().max().item()
     ok = max(out.values()) <= 1e-5
     report["layer_schedule"] = {"offloaded_to": off_dev, "main_device": device, "batches": 8, "max_abs_margin_diff": out,
@@ -189,7 +215,7 @@ def check_overhead(device: str, tiny: bool, report: dict, repeats: int) -> None:
     t_build = time.perf_counter() - t0
     enc = ov.synthetic_items(bs * nb, length, min(model.W_U.shape[0], 49152))
     budget = bs * length
-    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+    task = placeholder_task(enc.n_items)
     t = ov.measure(model, task, enc, budget, device, repeats)
     t_dec, t_lm, t_lens, t_trace = t["hf_model"], t["hf_causal_lm"], t["option_logits"], t["decision_trace"]
     groups = range(t["batches"])
@@ -211,17 +237,14 @@ def check_overhead(device: str, tiny: bool, report: dict, repeats: int) -> None:
 
 def check_parity(device: str, tiny: bool, folder: Path, report: dict) -> bool:
     """The same float32 model on the CPU and on ``device``: per-block option logits within 1e-4 (TF32 off)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     ov = _overhead_module()
-    tok = tokenizer()
     cfg = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=6, num_attention_heads=8,
                       num_key_value_heads=4, vocab_size=4096, tie_word_embeddings=False)
-    torch.manual_seed(1)
-    LlamaForCausalLM(cfg).save_pretrained(folder / "model")
-    tok.save_pretrained(folder / "model")
+    save_llama(folder, cfg, 1)
     enc = ov.synthetic_items(16, 48, cfg.vocab_size)
-    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+    task = placeholder_task(enc.n_items)
     cpu = option_logits(pl.load_model(str(folder / "model"), device="cpu", dtype=torch.float32), task, encoded=enc).z
     dev = option_logits(pl.load_model(str(folder / "model"), device=device, dtype=torch.float32), task, encoded=enc).z
     d = (cpu - dev.cpu()).abs().max().item()
@@ -244,49 +267,26 @@ def check_offload_timing(device: str, tiny: bool, folder: Path, report: dict, sh
     """A Llama-3.2-1B-shaped model (random bf16; ``--tiny``: 8 small blocks in float32) with every block on the CPU
     (``--tiny``: disk): 8 batches under the batch and the layer schedule; the layer schedule moves each block once per
     wave instead of once per batch. Margins of the two schedules agree within 1e-2 (bf16) and the times are reported."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     ov = _overhead_module()
-    tok = tokenizer()
     shape = (dict(hidden_size=256, intermediate_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
                   vocab_size=4096) if tiny else TIMING_SHAPES[shape_name])
     cfg = LlamaConfig(**shape, tie_word_embeddings=False)
     dtype = torch.float32 if tiny else torch.bfloat16
     t0 = time.perf_counter()
-    torch.manual_seed(0)
-    torch.set_default_dtype(dtype)
-    with torch.device(device):  # random init on the GPU is seconds; on the CPU an 8B model takes minutes
-        hf = LlamaForCausalLM(cfg)
-    torch.set_default_dtype(torch.float32)
-    hf.save_pretrained(folder / "model")
-    del hf
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    tok.save_pretrained(folder / "model")
+    save_llama(folder, cfg, 0, device=device, dtype=dtype)
     t_save = time.perf_counter() - t0
-    main, off_dev = ("cpu", "disk") if tiny else (0, "cpu")
-    dm = {"model.embed_tokens": main, "model.rotary_emb": main, "model.norm": main, "lm_head": main,
-          **{f"model.layers.{b}": off_dev for b in range(cfg.num_hidden_layers)}}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        off = pl.load_model(str(folder / "model"), device_map=dm, dtype=dtype, offload_folder=folder / "offload")
+    off, off_dev = all_blocks_offloaded(folder, cfg, tiny, dtype)
     length, rows = (32, 4) if tiny else (256, 8)
     enc = ov.synthetic_items(8 * rows, length, min(cfg.vocab_size, 49152))
-    task = pl.load_task([{"question": "q", "options": ["a", "b", "c", "d"], "answer": 0}] * enc.n_items, format="letters")
+    task = placeholder_task(enc.n_items)
     budget = rows * length  # 8 batches of `rows` prompts
     d, kv = cfg.hidden_size, cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
     block_bytes = (2 * d * d + 2 * d * kv + 3 * d * cfg.intermediate_size + 2 * d) * torch.finfo(dtype).bits // 8
     z, times = {}, {}
     for kind in ("batch", "layer"):
-        with pl.runner.schedule(kind):
-            option_logits(off, task, encoded=enc, max_tokens=budget)  # warm (and the per-model check)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            z[kind] = option_logits(off, task, encoded=enc, max_tokens=budget).z
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times[kind] = time.perf_counter() - t
+        z[kind], times[kind] = timed_logits(off, task, enc, budget, device, kind)
     diff = (margins(z["batch"].float(), enc.answers) - margins(z["layer"].float(), enc.answers)).abs().max().item()
     ok = diff <= 1e-2
     report["offload_timing"] = {

@@ -17,7 +17,6 @@ named, with its reason, in :attr:`RecoveryComparison.skipped`; a given ``blocks=
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from ..errors import EffectError, NotFoundError, RecoveryError
 from ..perplexity import passage_nll
 from ..pruning import prune, select_blocks
 from ..records import Record
+from ..resume import digest
 from ..recovery import METHODS, fit_recovery, get_method
 from ..results import Result
 from ..tasks import Task, load_task
@@ -239,10 +239,6 @@ def _operator_bytes(views: dict) -> int:
                for w in (*v.operators.values(), *v.branch_operators.values()))
 
 
-def _digest(texts: Sequence[str]) -> str:
-    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
-
-
 def _fits(base: Any, cut: list[int], methods: list[str], cal: list[str], held: list[str], **texts: Any
           ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """``(views {method: fitted view}, dense NLL [P], tokens [P], NLL [M, P])`` of ``cut``, from the kept entries
@@ -252,7 +248,8 @@ def _fits(base: Any, cut: list[int], methods: list[str], cal: list[str], held: l
         _FITS.clear()
         _FITS_OWNER[0] = id(base)
     key = (base.fingerprint, str(base.device), str(base.dtype), tuple(cut),
-           tuple((m, id(METHODS.get(m))) for m in methods), _digest(cal), _digest(held), tuple(sorted(texts.items())))
+           tuple((m, id(METHODS.get(m))) for m in methods), digest(list(cal)), digest(list(held)),
+           tuple(sorted(texts.items())))
     hit = _FITS.pop(key, None)
     if hit is None:
         recs = fit_recovery(prune(base, cut), cal, methods, **texts)

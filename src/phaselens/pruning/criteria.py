@@ -11,7 +11,6 @@ the model as given, so on a pruned view they are those of the current pruned mod
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections import OrderedDict
@@ -29,6 +28,7 @@ from .. import checks
 from ..errors import PruningError
 from ..runner import PrefixCache
 from ..registry import Registry
+from ..resume import digest
 from ..view import ModelView, as_view
 from ..types import ModelLike, TaskLike
 
@@ -195,9 +195,8 @@ _SLEB_PATHS_KEPT = 32
 
 
 def _sleb_key(view: ModelView, calibration: Any) -> tuple:
-    texts = load_calibration(calibration)[:SLEB_TEXTS]
-    digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
-    return (view.base.fingerprint, str(view.base.device), str(view.base.dtype), tuple(sorted(view.removed)), digest)
+    texts = digest(load_calibration(calibration)[:SLEB_TEXTS])
+    return (view.base.fingerprint, str(view.base.device), str(view.base.dtype), tuple(sorted(view.removed)), texts)
 
 
 @register_criterion("sleb")
