@@ -55,7 +55,8 @@ with its `pl.Effect`, bootstrap or null replicates included) and `verdicts.json`
 each builds an Effect with the library (`pl.paired_effect`, `pl.hierarchical_effect`, `pl.correlation_effect`,
 `phaselens.nulls`) and `pl.claims` judges it (docs/claims.md): *agree* only when the Holm-adjusted interval
 excludes 0 on the predicted side, *disagree* when on the other side, *undetermined* otherwise, with the smallest
-effect the design could detect at 80% power. The Holm family is every claim of one paper in this table.
+effect the design could detect at 80% power. The Holm family is every claim of one paper in this table, except a
+paper's grid cells (the at-size runs' many small cells, issue 23), which form a family of their own.
 """
 
 
@@ -83,10 +84,15 @@ PAPERS = {"2605.07271": "decision-transition (arXiv 2605.07271)", "2605.15491": 
 def family(paper: str, claim: str) -> tuple[str, str]:
     """``(paper, claim)`` with the paper reduced to its Holm family (one per paper) and the figure the script named
     moved into the claim, e.g. ``"decision-transition (arXiv 2605.07271), Figs. 9, 19"`` ->
-    ``"decision-transition (arXiv 2605.07271)"`` and ``"... (Figs. 9, 19)"``."""
+    ``"decision-transition (arXiv 2605.07271)"`` and ``"... (Figs. 9, 19)"``. A paper's grid cells
+    (``"<paper>, grid"``: issue 23's grid runs, fewer items per cell) form a family of their own,
+    ``"<paper>, grid"``, so the headline family does not grow with every cell the budget affords."""
     for key, name in PAPERS.items():
         if key in paper:
             rest = paper.split(")", 1)[1].strip(" ,") if ")" in paper else ""
+            if rest == "grid" or rest.startswith("grid,"):
+                rest = rest[len("grid"):].strip(" ,")
+                return f"{name}, grid", f"{claim} ({rest})" if rest else claim
             return name, f"{claim} ({rest})" if rest else claim
     return paper, claim
 

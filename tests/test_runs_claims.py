@@ -215,3 +215,42 @@ def test_the_report_holds_every_finished_job_and_the_claims(runs):
         assert f">run {n} {job} (" in page, job
     assert page.count("<h2 id='r-run-") == len(jobs) and "run 1 " not in page.split("<h2")[-1]
     assert "id='r-claims" in page and "data-status" in page
+
+
+def test_the_grid_run_pools_its_cuts_into_a_family_of_its_own(tiny_llama_dir, tmp_path):
+    """Run 6's recovery jobs are grid cells: one claim per (rival, measure) pooled over the model's distinct cuts
+    (the estimate by hand from the saved arrays), in the family "<paper>, grid" (make_claims keeps it apart from
+    the headline family), and the grid's table in the paper's layout beside the claims."""
+    specs, runs = tmp_path / "specs", tmp_path / "runs"
+    specs.mkdir()
+    (specs / "run6_tiny_grid.toml").write_text(
+        f'models = ["{tiny_llama_dir}"]\ntasks = [{{ name = "capitals", limit = 6, seed = 0 }}]\n[[runs]]\n'
+        'kind = "recovery"\nprune = [1, 2, 3]\ncriterion = ["bi", "angular"]\nmethods = ["identity", "ghosted"]\n'
+        'calibration_passages = 8\nheldout = 6\nseq_len = 64\nn_boot = 200\n')
+    df = pl.run_study(specs / "run6_tiny_grid.toml", out=runs / "run6_tiny_grid")
+    assert (df.status == "done").all() and len(df) == 6, df.error.tolist()
+    out = tmp_path / "results" / "runs"
+    mod = _module(ROOT / "analyses" / "runs" / "claims.py", "runs_claims_grid")
+    mod.main(["--runs", str(runs), "--specs", str(specs), "--out", str(out)])
+    table = pl.load_result(out / "claims.json")
+    assert {c.paper for c in table.claims} == {mod.GL_GRID}
+    rcs = list(pl.load_results(runs / "run6_tiny_grid").values())
+    cuts = {tuple(r.blocks): r for r in reversed(rcs)}  # one per distinct cut
+    ppl = [c for c in table.claims if "perplexity" in c.claim]
+    acc = [c for c in table.claims if "accuracy" in c.claim]
+    assert len(ppl) == 1 and len(acc) == 1
+    g = sum(r.nll[r.methods.index("ghosted")].sum() for r in cuts.values())
+    i = sum(r.nll[r.methods.index("identity")].sum() for r in cuts.values())
+    tok = sum(r.tokens.sum() for r in cuts.values())
+    assert ppl[0].effect.estimate == pytest.approx((i - g) / tok, rel=1e-9)
+    assert ppl[0].effect.n["placements"] == len(cuts)
+    want = np.mean([r.tasks[0].correct[r.methods.index("ghosted")].mean()
+                    - r.tasks[0].correct[r.methods.index("identity")].mean() for r in cuts.values()])
+    assert acc[0].effect.estimate == pytest.approx(want)
+    grid = pd.read_csv(out / "ghosted_grid.csv")
+    assert len(grid) == 3 * len(cuts) and set(grid.method) == {"dense", "identity", "ghosted"}
+    mc = _module(ROOT / "analyses" / "make_claims.py", "make_claims_grid")
+    claims, *_ = mc.collect(out.parent)
+    assert {c.paper for c in claims} == {"Ghosted Layers (arXiv 2605.15491), grid"}
+    assert mc.family("Ghosted Layers (arXiv 2605.15491), main comparison", "x") == \
+        ("Ghosted Layers (arXiv 2605.15491)", "x (main comparison)")

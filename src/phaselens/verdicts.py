@@ -173,7 +173,7 @@ class Claims(Result):
         v = verdict(e, c.predicted, p_adj, alpha_k, self.alpha)
         n = e.n
         return {"paper": c.paper, "claim": c.claim, "model": e.model, "task": e.task, "format": e.format,
-                "n_items": n.get("items", n.get("pairs")), "n_placements": n.get("placements"),
+                "n_items": n.get("items", n.get("pairs", n.get("passages"))), "n_placements": n.get("placements"),
                 "n_seeds": n.get("seeds"), "estimate": e.estimate, "lo": v["lo"], "hi": v["hi"], "p_adj": p_adj,
                 "verdict": v["verdict"], "predicted": c.predicted, "p": e.p, "level": v["level"], "mde": v["mde"],
                 "effect": e.name, "method": e.method, "undefined": e.undefined}

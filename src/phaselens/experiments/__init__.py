@@ -8,10 +8,12 @@ from .collapse import CollapsePoint, CollapseStudy, collapse_point, collapse_poi
 from .phase_cuts import compare_phase_cuts, random_start
 from .phase_cuts_result import CUT_KINDS, DEFAULT_METHODS, SPREAD, WHOLE_STREAM, Cut, CutResult, PhaseCuts
 from .recovery_comparison import RecoveryComparison, RecoveryTask, compare_recovery
+from .recovery_grid import recovery_grid_effects, recovery_grid_table
 
 __all__ = ["CUT_KINDS", "DEFAULT_METHODS", "SPREAD", "WHOLE_STREAM", "CollapsePoint", "CollapseStudy", "Cut",
            "CutResult", "PhaseCuts", "RecoveryComparison", "RecoveryTask", "collapse_point", "collapse_points",
-           "collapse_study", "compare_phase_cuts", "compare_recovery", "random_start"]
+           "collapse_study", "compare_phase_cuts", "compare_recovery", "random_start", "recovery_grid_effects",
+           "recovery_grid_table"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,139 @@
+"""Recovery across many cuts (the Ghosted Layers table's grid): each method against Ghosted Layers, pooled over cuts.
+
+:meth:`RecoveryComparison.effects` judges one cut, resampling only its passages or items; a grid of cuts (ratios x
+selection criteria) asks whether the advantage holds **across cuts**. :func:`recovery_grid_effects` takes the
+:class:`RecoveryComparison` of every cut of one model and gives, per method and measure, one effect that resamples
+the cuts and the passages (or items) crossed (``pl.hierarchical_effect`` with ``dims=("items", "placements")``):
+
+* held-out text: ``method − reference`` NLL per token (the log of the perplexity ratio, so a 37.5% cut with a
+  perplexity of 10^3 does not outweigh a 12.5% cut), pooled ``(sum NLL_m − sum NLL_ref) / sum tokens`` over the
+  passages and cuts drawn;
+* per task: ``reference − method`` accuracy over the items and cuts drawn.
+
+Positive means the reference is better; every effect predicts ``"positive"``. Two comparisons of the same blocks
+(two criteria that chose the same cut) measure the same thing and count once. A method missing at a cut (ReplaceMe
+at a cut starting at block 0) is compared on the cuts where it ran; the effect's ``n["placements"]`` says how many.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..effects import Effect, hierarchical_effect
+from ..errors import EffectError
+from ..trace import N_BOOT
+from .recovery_comparison import REFERENCE, RecoveryComparison
+
+
+def _cuts(comparisons: Sequence[RecoveryComparison]) -> dict[tuple, list[RecoveryComparison]]:
+    """``{blocks: [comparisons of that cut]}`` (first-seen order) after checking they are one model's."""
+    if not comparisons:
+        raise EffectError("recovery_grid_effects needs at least one RecoveryComparison; got none")
+    bad = [type(c).__name__ for c in comparisons if not isinstance(c, RecoveryComparison)]
+    if bad:
+        raise EffectError(f"recovery_grid_effects takes RecoveryComparison results; got {bad[:3]}")
+    models = sorted({c.model for c in comparisons})
+    if len(models) > 1:
+        raise EffectError(f"recovery_grid_effects pools the cuts of one model; got {models}: call it per model")
+    out: dict[tuple, list[RecoveryComparison]] = {}
+    for c in comparisons:
+        out.setdefault(tuple(int(b) for b in c.blocks), []).append(c)
+    return out
+
+
+def _label(blocks: tuple, rcs: list[RecoveryComparison]) -> str:
+    crit = "/".join(dict.fromkeys(c.criterion for c in rcs))
+    run = blocks == tuple(range(blocks[0], blocks[-1] + 1))
+    return (f"{blocks[0]}-{blocks[-1]}" if run else ",".join(map(str, blocks))) + f" ({crit})"
+
+
+def recovery_grid_effects(comparisons: Sequence[RecoveryComparison], reference: str = REFERENCE, *,
+                          n_boot: int = N_BOOT, boot_seed: int = 0, level: float = 0.95) -> list[Effect]:
+    """Every method against ``reference`` across the cuts of one model (shapes: ``C`` cuts, ``P`` passages,
+    ``N`` items of a task).
+
+    Args:
+        comparisons: one :class:`RecoveryComparison` per (cut, task) job, all of one model; jobs of the same cut
+            share its held-out NLL (counted once) and each adds its tasks.
+        reference: the arm every other method is compared against.
+
+    Returns:
+        Per method (other than ``reference``): ``"<m> − <ref> held-out NLL per token"`` over ``[P, C]`` and, per
+        task, ``"<ref> − <m> accuracy"`` over ``[N, C]``, each resampling passages or items and cuts crossed
+        (cuts held fixed, with per-cut rows in ``clusters``, when fewer than 5). A (method, measure) with fewer
+        than 2 cuts where both arms ran is left out.
+    """
+    cuts = _cuts(comparisons)
+    first = next(iter(cuts.values()))[0]
+    if reference not in first.methods:
+        raise EffectError(f"the reference arm {reference!r} was not compared (methods {first.methods}); pass "
+                          "reference= one of them")
+    for blocks, rcs in cuts.items():
+        for c in rcs:
+            if reference not in c.methods:
+                raise EffectError(f"cut {list(blocks)} has no {reference!r} arm (methods {c.methods})")
+            if not np.array_equal(c.tokens, first.tokens):
+                raise EffectError(f"cut {list(blocks)} was scored on other held-out passages ({c.n_passages}, "
+                                  f"{int(c.tokens.sum())} tokens) than cut {list(first.blocks)} ({first.n_passages}, "
+                                  f"{int(first.tokens.sum())} tokens): pool cuts measured on one held-out set")
+    kw = dict(predicted="positive", level=level, n_boot=n_boot, boot_seed=boot_seed, model=first.model)
+    methods = list(dict.fromkeys(m for rcs in cuts.values() for c in rcs for m in c.methods if m != reference))
+    tasks = list(dict.fromkeys(t.task for rcs in cuts.values() for c in rcs for t in c.tasks))
+    out: list[Effect] = []
+    for m in methods:
+        have = [(b, rcs[0]) for b, rcs in cuts.items() if m in rcs[0].methods]
+        if len(have) >= 2:
+            nll_m = np.stack([c.nll[c.methods.index(m)] for _, c in have], axis=1)
+            nll_r = np.stack([c.nll[c.methods.index(reference)] for _, c in have], axis=1)
+            tok = np.repeat(first.tokens.astype(float)[:, None], len(have), axis=1)
+            out.append(hierarchical_effect(
+                {m: nll_m, reference: nll_r, "tokens": tok}, name=f"{m} − {reference} held-out NLL per token",
+                dims=("items", "placements"), labels={"placements": [_label(b, cuts[b]) for b, _ in have]},
+                statistic=lambda mm, m=m: (mm[m] - mm[reference]) / mm["tokens"], task="held-out text", **kw))
+        for t in tasks:
+            cells = []
+            for b, rcs in cuts.items():
+                job = next((c for c in rcs if m in c.methods and any(x.task == t for x in c.tasks)), None)
+                if job is not None:
+                    cells.append((b, job, next(x for x in job.tasks if x.task == t)))
+            if len(cells) < 2:
+                continue
+            ids = [str(i) for i in cells[0][2].item_ids]
+            cols = {m: [], reference: []}
+            for b, job, rt in cells:
+                mine = [str(i) for i in rt.item_ids]
+                if sorted(mine) != sorted(ids) or len(set(mine)) != len(mine):
+                    raise EffectError(f"task {t!r}: cut {list(b)} was scored on other items than cut "
+                                      f"{list(cells[0][0])}; pool cuts measured on one item list")
+                order = np.argsort([ids.index(i) for i in mine])
+                for arm in cols:
+                    cols[arm].append(np.asarray(rt.correct[job.methods.index(arm)], dtype=float)[order])
+            out.append(hierarchical_effect(
+                {reference: np.stack(cols[reference], axis=1), m: np.stack(cols[m], axis=1)},
+                name=f"{reference} − {m} accuracy", dims=("items", "placements"),
+                labels={"placements": [_label(b, cuts[b]) for b, _, _ in cells]}, task=t, format=cells[0][2].format,
+                **kw))
+    return out
+
+
+def recovery_grid_table(comparisons: Sequence[RecoveryComparison]) -> Any:
+    """The grid in the paper's layout: one row per (cut, method) with its held-out perplexity and accuracy per task
+    (pandas; a column per task; a dense row per cut)."""
+    import pandas as pd
+
+    rows = []
+    for blocks, rcs in _cuts(comparisons).items():
+        c0 = rcs[0]
+        base = {"model": c0.model, "cut": _label(blocks, rcs), "n_cut": len(blocks), "n_blocks": c0.n_blocks,
+                "criterion": "/".join(dict.fromkeys(c.criterion for c in rcs))}
+        dense = {**base, "method": "dense", "perplexity": c0.dense_perplexity}
+        per = {m: {**base, "method": m, "perplexity": c0.perplexity(m)} for m in c0.methods}
+        for c in rcs:
+            for t in c.tasks:
+                dense[f"accuracy_{t.task}"] = float(np.mean(t.dense_correct))
+                for m in c.methods:
+                    per.setdefault(m, {**base, "method": m})[f"accuracy_{t.task}"] = c.accuracy(m, t.task)
+        rows += [dense, *per.values()]
+    return pd.DataFrame(rows)
