@@ -10,7 +10,8 @@ Effect) and ``RESULTS/<script>/verdicts.json`` (provenance, claims not judged), 
 ``pl.claims`` (Holm over all rows of each paper), and writes
 
 * ``claims.csv``: ``paper, claim, model, task, format, n_items, n_placements, n_seeds, estimate, lo, hi, p_adj,
-  verdict`` (then ``predicted, p, level, mde, effect, method, undefined, source``: the file each row comes from);
+  verdict`` (then ``predicted, p, level, mde, effect, method, undefined, source``: the file each row comes from,
+  ``figure``: the figure it rests on, a file of the run's folder or a section of the runs' ``report.html``);
 * ``README.md``: every number in it is read from those files (nothing is typed in by hand).
 
 A script's own ``summary.md`` shows Holm over that run's claims only; this table is the one to cite.
@@ -105,9 +106,21 @@ def _rel(path: Path) -> Path:
         return path
 
 
-def collect(results: Path) -> tuple[list, list[str], list[dict], list[dict]]:
-    """``(claims, source of each, runs' provenance, claims not judged)`` of every saved run under ``results``."""
-    claims, sources, runs, untested = [], [], [], []
+def figure_of(effect, names: list[str]) -> str:
+    """The figure (file name) of a script's run that best matches a claim: the one naming both its model and its task,
+    else its model, else the run's first figure ("" when the run has none)."""
+    for want in ((effect.model, effect.task), (effect.model,)):
+        hit = [f for f in names if all(w and w in f for w in want)]
+        if hit:
+            return hit[0]
+    return names[0] if names else ""
+
+
+def collect(results: Path) -> tuple[list, list[str], list[str], list[dict], list[dict]]:
+    """``(claims, source of each, figure of each, runs' provenance, claims not judged)`` of every saved run under
+    ``results`` (a figure is a file relative to the repository, with its section for the runs' report; "" when the
+    run has none)."""
+    claims, sources, figures, runs, untested = [], [], [], [], []
     for folder in sorted(p for p in results.iterdir() if p.is_dir()):
         vj = folder / "verdicts.json"
         if not vj.is_file():
@@ -121,11 +134,15 @@ def collect(results: Path) -> tuple[list, list[str], list[dict], list[dict]]:
         cj = folder / "claims.json"
         if cj.is_file():
             table = pl.load_result(cj)
-            for c in table.claims:
+            rows = doc.get("claims", [])
+            for i, c in enumerate(table.claims):
                 paper, text = family(c.paper, c.claim)
                 claims.append(pl.Claim(paper=paper, claim=text, effect=c.effect, predicted=c.predicted))
+                own = rows[i].get("figure") if len(rows) == len(table.claims) else None
+                fig = own or figure_of(c.effect, doc.get("figures") or [])
+                figures.append(str(rel / fig) if fig else "")
             sources += [str(rel / "claims.json")] * len(table.claims)
-    return claims, sources, runs, untested
+    return claims, sources, figures, runs, untested
 
 
 def scripts() -> list[str]:
@@ -188,7 +205,18 @@ def findings(df, untested: list[dict], path: Path = FINDINGS) -> list[str]:
     return lines
 
 
-def readme(df, runs: list[dict], untested: list[dict], results: Path) -> str:
+def _link(path: str, base: Path) -> str:
+    """A Markdown link to ``path`` (relative to the repository) from a file in ``base``."""
+    if not path or not isinstance(path, str):
+        return ""
+    import os
+
+    target, _, frag = path.partition("#")
+    rel = os.path.relpath(HERE.parent / target, base).replace(os.sep, "/")
+    return f"[{Path(target).name}{'#…' if frag else ''}]({rel}{'#' + frag if frag else ''})"
+
+
+def readme(df, runs: list[dict], untested: list[dict], results: Path, readme_dir: Path = HERE) -> str:
     lines = [INTRO, *findings(df, untested), "## Scripts", "", *scripts(), "", "## Claims", ""]
     if df is None:
         lines += ["No saved run holds a judged claim yet.", ""]
@@ -201,13 +229,14 @@ def readme(df, runs: list[dict], untested: list[dict], results: Path) -> str:
         for paper, g in df.groupby("paper", sort=False):
             lines += [f"### {paper} ({len(g)} claims, one Holm family)", "",
                       "| verdict | claim | model | task | n (items × placements × seeds) | effect | estimate "
-                      "[interval] | level | p (Holm) | MDE | source |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "[interval] | level | p (Holm) | MDE | source | figure |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in g.itertuples():
                 n = " × ".join(x for x in (_int(r.n_items), _int(r.n_placements), _int(r.n_seeds)) if x)
                 mde = _fmt(r.mde) if r.verdict == "undetermined" else ""
                 lines.append(f"| **{r.verdict}** | {r.claim} | {r.model} | {r.task} | {n} | {r.effect} | "
                              f"{_fmt(r.estimate)} [{_fmt(r.lo)}, {_fmt(r.hi)}] | {r.level:.4g} | {r.p_adj:.3g} | "
-                             f"{mde} | `{r.source}` |")
+                             f"{mde} | `{r.source}` | {_link(r.figure, readme_dir)} |")
             lines.append("")
     lines += ["## Claims not judged", ""]
     if untested:
@@ -263,17 +292,18 @@ def main(argv=None) -> None:
         default = runs.resolve() == (HERE / "runs").resolve() and a.run_specs is None and \
             a.results.resolve() == (HERE / "results").resolve()
         run_claims().main([] if default else args)  # [] records the plain command in the runs' provenance
-    claims, sources, runs, untested = collect(a.results)
+    claims, sources, figures, runs, untested = collect(a.results)
     df = None
     if claims:
         table = pl.claims(claims, alpha=a.alpha, name="analyses")
         df = table.to_pandas()
         df["source"] = sources
+        df["figure"] = figures
         df = df[list(COLUMNS) + [c for c in df.columns if c not in COLUMNS]]
         a.csv.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(a.csv, index=False)
         print(f"{a.csv}: {len(df)} claims ({df.verdict.value_counts().to_dict()})")
-    a.readme.write_text(readme(df, runs, untested, a.results), encoding="utf-8")
+    a.readme.write_text(readme(df, runs, untested, a.results, a.readme.resolve().parent), encoding="utf-8")
     print(f"{a.readme}: {len(runs)} runs, {len(untested)} claims not judged")
 
 

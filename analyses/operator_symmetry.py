@@ -2,6 +2,11 @@
 of the symmetric and antisymmetric parts of W and of W - I, for cut spans across depth.
 
     python analyses/operator_symmetry.py --out /tmp/analyses_out/operator_symmetry
+    python analyses/operator_symmetry.py --spans-from analyses/runs/run6_ghosted_grid --models smollm2-135m \
+        --out analyses/results/operator_symmetry_grid      # the cuts a recovery study chose (issue 23, run 6)
+
+With ``--spans-from`` the spans are the distinct contiguous cuts of a study's ``recovery`` jobs for each model
+(its ``RecoveryComparison.blocks``), and the claim joins that paper's grid family (``"<paper>, grid"``).
 """
 
 from __future__ import annotations
@@ -20,6 +25,28 @@ import _common as C  # noqa: E402
 from phaselens import nulls  # noqa: E402
 
 PAPER = "Ghosted Layers (arXiv 2605.15491), Fig. 3"
+GRID = "Ghosted Layers (arXiv 2605.15491), grid, Fig. 3"
+
+
+def study_spans(folder: Path, model: str) -> list[tuple[int, int]]:
+    """The distinct contiguous cuts ``[(start, end)]`` of the ``recovery`` jobs for ``model`` in a study folder."""
+    import phaselens as pl
+
+    if not (folder / "index.parquet").is_file():
+        raise SystemExit(f"--spans-from {folder}: not a study folder (no index.parquet)")
+    df = pl.load_study(folder)
+    done = df[(df.status == "done") & (df.kind == "recovery") & (df.model == model)]
+    res = pl.load_results(folder)
+    spans = set()
+    for r in done.itertuples():
+        b = [int(x) for x in res[r.result].blocks]
+        if b != list(range(b[0], b[-1] + 1)):
+            raise SystemExit(f"--spans-from {folder}: job {r.job} cut {b}, not one contiguous span")
+        spans.add((b[0], b[-1] + 1))
+    if not spans:
+        raise SystemExit(f"--spans-from {folder}: no finished recovery job of {model!r}; models there: "
+                         f"{sorted(set(df.model))}")
+    return sorted(spans)
 
 
 def parts(W: torch.Tensor) -> tuple[float, float]:
@@ -36,14 +63,18 @@ def main(argv=None) -> None:
     p.add_argument("--groups", type=int, default=16, help="groups of calibration passages (the split-half null)")
     p.add_argument("--n-null", type=int, default=1000, help="half-splits of the null")
     p.add_argument("--spans-per-pass", type=int, default=4, help="spans whose statistics are gathered per pass")
+    p.add_argument("--spans-from", type=Path, default=None,
+                   help="a study folder: fit the distinct cuts of its recovery jobs instead of --span-sizes/--stride")
     run = C.start("operator_symmetry", "Symmetric and antisymmetric parts of the Ghosted Layers operator", p, argv)
     a = run.args
-    rows, effects = [], {}
+    rows, effects, spans_used = [], {}, {}
     for name in a.models:
         m = run.model(name)
         L, d = m.n_blocks, m.d_model
         eye = torch.eye(d, dtype=torch.float64)
-        spans = [(s, s + n) for n in a.span_sizes for s in range(1, L - n + 1, a.stride)]
+        spans = (study_spans(a.spans_from, name) if a.spans_from is not None
+                 else [(s, s + n) for n in a.span_sizes for s in range(1, L - n + 1, a.stride)])
+        spans_used[name] = [f"{s}-{e - 1}" for s, e in spans]
         # one dense pass per group of calibration passages reads the boundaries of a few spans at a time (their
         # statistics, spans x groups x 2 [d, d] float64, are the memory); the groups' sums are the statistics of one
         # fit on all passages, their spread the split-half null (every span shares each replicate's half-split)
@@ -84,7 +115,7 @@ def main(argv=None) -> None:
             hover = [f"{lab}<br>span [{s}, {e})<br>||sym||_F {x:.3f}<br>||anti||_F {y:.3f}<br>ratio {y / x:.3f}<br>{t} tokens"
                      for s, e, x, y, t in zip(g.span_start, g.span_end, g[sx], g[ax], g.n_tokens)]
             fig.add_trace(go.Scatter(x=g[sx], y=g[ax], mode="markers", name=lab, legendgroup=lab, showlegend=col == 1,
-                                     marker=dict(size=9, symbol="circle" if n == min(a.span_sizes) else "diamond"),
+                                     marker=dict(size=9, symbol="circle" if n == df.n_blocks.min() else "diamond"),
                                      hovertext=hover, hoverinfo="text"), row=1, col=col)
     for col, key in ((1, "sym_W"), (2, "sym_W_minus_I")):
         hi = float(df[key].max()) * 1.05
@@ -101,15 +132,17 @@ def main(argv=None) -> None:
         run.note(f"- {name}: {len(g)} spans; median ||anti||/||sym|| of W {C.fmt(r_w)}, of W - I {C.fmt(r_d)} (range "
                  f"{C.fmt(g.anti_over_sym_W_minus_I.min())}-{C.fmt(g.anti_over_sym_W_minus_I.max())}); fitted on "
                  f"{int(g.n_tokens.iloc[0])} tokens.")
-        run.claim(PAPER, "the fitted operator's deviation from identity W - I has an antisymmetric part beyond what "
+        run.claim(GRID if a.spans_from is not None else PAPER, "the fitted operator's deviation from identity W - I has an antisymmetric part beyond what "
                   "estimation noise gives a symmetric operator (which symmetric operator families cannot represent)",
                   effects[name], f"median ||(D - D^T)/2||_F / ||(D + D^T)/2||_F for D = W - I: {C.fmt(r_d)}, its "
                   f"split-half null (a symmetric true operator at the same {g.tokens_per_dim.iloc[0]:.1f} tokens per "
                   f"dimension) {C.fmt(g.null_mean.median())}; for W itself: {C.fmt(r_w)}")
     run.finish(
         f"Ghosted Layers operators W (pl.fit_recovery, method 'ghosted': unconstrained least squares, h -> h W) fitted on "
-        f"{a.calibration_passages} calibration passages for contiguous cut spans of {a.span_sizes} blocks starting every "
-        f"{a.stride} blocks; for each, the Frobenius norms of the symmetric part (W + W^T)/2 and antisymmetric part "
+        f"{a.calibration_passages} calibration passages for "
+        + (f"the distinct cuts of the recovery jobs in {a.spans_from} (per model: {spans_used})" if a.spans_from
+           is not None else f"contiguous cut spans of {a.span_sizes} blocks starting every {a.stride} blocks")
+        + "; for each, the Frobenius norms of the symmetric part (W + W^T)/2 and antisymmetric part "
         f"(W - W^T)/2, and the same for W - I (what the operator changes). No task is involved. The claim's effect is the "
         f"median share minus its split-half null (phaselens.nulls.antisymmetry_effect: the passages in {a.groups} "
         f"groups; each random half-split gives the noise of a fit at the same tokens per dimension, and a symmetric true "

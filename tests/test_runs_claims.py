@@ -111,9 +111,14 @@ def test_the_above_chance_filter_is_accuracy_minus_one_over_k(runs):
 def test_make_claims_picks_the_runs_claims_up(runs, tmp_path):
     specs, folder, out = runs
     mc = _module(ROOT / "analyses" / "make_claims.py", "make_claims_for_runs")
-    claims, sources, provs, untested = mc.collect(out.parent)
+    claims, sources, figures, provs, untested = mc.collect(out.parent)
     table = pl.load_result(out / "claims.json")
     assert len(claims) == len(table.claims) and set(sources) == {str(out / "claims.json")}
+    # each claim links its job's section of the runs' report, and that section is on the page
+    page = (out / "report.html").read_text()
+    for f in figures:
+        path, _, anchor = f.partition("#")
+        assert path == str(out / "report.html") and f"id='{anchor}'" in page, f
     assert {c.paper for c in claims} == {"Ghosted Layers (arXiv 2605.15491)"}
     assert any("run 1 not finished" in u["reason"] for u in untested)
     assert provs[0]["script"] == "analyses/runs/claims.py"
@@ -126,7 +131,7 @@ def test_make_claims_picks_the_runs_claims_up(runs, tmp_path):
              "--runs", str(folder), "--run-specs", str(specs)])
     assert json.loads((results / "runs" / "verdicts.json").read_text())["claims"] == \
         json.loads((out / "verdicts.json").read_text())["claims"]
-    one, two = (pd.read_csv(tmp_path / f).drop(columns="source") for f in ("c.csv", "c2.csv"))
+    one, two = (pd.read_csv(tmp_path / f).drop(columns=["source", "figure"]) for f in ("c.csv", "c2.csv"))
     pd.testing.assert_frame_equal(one, two)
 
 
@@ -249,6 +254,7 @@ def test_the_grid_run_pools_its_cuts_into_a_family_of_its_own(tiny_llama_dir, tm
     assert acc[0].effect.estimate == pytest.approx(want)
     grid = pd.read_csv(out / "ghosted_grid.csv")
     assert len(grid) == 3 * len(cuts) and set(grid.method) == {"dense", "identity", "ghosted"}
+    assert {row["figure"] for row in json.loads((out / "verdicts.json").read_text())["claims"]} == {"ghosted_grid.csv"}
     mc = _module(ROOT / "analyses" / "make_claims.py", "make_claims_grid")
     claims, *_ = mc.collect(out.parent)
     assert {c.paper for c in claims} == {"Ghosted Layers (arXiv 2605.15491), grid"}

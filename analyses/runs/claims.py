@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 import phaselens as pl  # noqa: E402
 from phaselens.experiments.recovery_comparison import REFERENCE  # noqa: E402
-from phaselens.report import build_report  # noqa: E402
+from phaselens.report import build_report, section_anchor  # noqa: E402
 from phaselens.results import ResultEntry  # noqa: E402
 from phaselens.study import parse_spec  # noqa: E402
 
@@ -72,12 +72,15 @@ class Out:
         self.untested: list[dict[str, str]] = []
         self.notes: list[str] = []
         self.tables: list[Any] = []  # the recovery grid in the paper's layout, one frame per model
+        self.figures: list[str] = []  # per claim: where its figure is, relative to OUT
+        self.figure = "report.html"  # the figure of the claims being added now
 
     def claim(self, paper: str, text: str, effect: Any, evidence: str) -> None:
         if effect.predicted is None:  # a description (a collapse ratio, a rank), not a claim
             return
         self.claims.append(pl.Claim(paper=paper, claim=text, effect=effect))
         self.evidence.append(evidence)
+        self.figures.append(self.figure)
 
     def untested_claim(self, paper: str, text: str, model: str, task: str, reason: str) -> None:
         self.untested.append({"paper": paper, "claim": text, "model": model, "task": task, "reason": reason})
@@ -305,6 +308,7 @@ def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]], list[An
                              f"run {n} not finished: {done} of {planned} jobs done in {runs.name}/{spec.stem}/{failed}")
         for row, r in jobs:
             entries.append(ResultEntry(f"run {n} {row.result}", type(r).__name__, r, r.provenance()))
+            o.figure = f"report.html#{section_anchor(f'run {n} {row.result}')}"
             if row.kind == "phase-cuts":
                 phase_cut_claims(o, row, r, n)
             elif row.kind == "noise":
@@ -325,8 +329,10 @@ def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]], list[An
                 describe_trace(o, n, r)
             elif row.kind == "cka":
                 describe_cka(o, n, row, r)
+    o.figure = "report.html"
     if sweeps:
         figure8_claims(o, sweeps, list(sweep_runs.values()))
+    o.figure = "ghosted_grid.csv"
     grid_claims(o, grids, o.tables)
     return o, state, entries
 
@@ -343,7 +349,8 @@ def write(o: Out, state: list[dict[str, Any]], out: Path, argv: list[str], entri
         prov["models"] = sorted({c.effect.model for c in table.claims if c.effect.model})
         claims = [{**{k: r[k] for k in ("paper", "claim", "model", "task", "format", "n_items", "n_placements",
                                          "n_seeds", "estimate", "lo", "hi", "p", "p_adj", "verdict", "predicted", "mde",
-                                         "effect", "method")}, "evidence": ev} for r, ev in zip(table.rows, o.evidence)]
+                                         "effect", "method")}, "evidence": ev, "figure": fig}
+                  for r, ev, fig in zip(table.rows, o.evidence, o.figures)]
     else:
         for stale in ("claims.json", "claims.safetensors"):
             (out / stale).unlink(missing_ok=True)

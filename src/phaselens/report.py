@@ -130,8 +130,12 @@ def _study_sections(results: Any, entries: list[ResultEntry]) -> list[Section]:
 
 
 # ----------------------------------------------------------------------------- HTML
-def _anchor(name: str) -> str:
+def section_anchor(name: str) -> str:
+    """The HTML id of the report section of the result entry named ``name`` (``report.html#<id>`` links to it)."""
     return "r-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+_anchor = section_anchor
 
 
 def _provenance_table(entries: list[ResultEntry]) -> str:
