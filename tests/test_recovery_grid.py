@@ -1,4 +1,4 @@
-"""``recovery_grid_effects``: each method against Ghosted Layers pooled over the cuts of one model.
+"""``recovery_grid(...).effects()``: each method against Ghosted Layers pooled over the cuts of one model.
 
 Checked against a hand-written numpy computation: the estimate is the pooled formula evaluated directly, and the
 interval is that of a crossed bootstrap written here from scratch (cuts and passages / items drawn independently
@@ -33,6 +33,10 @@ def comparison(blocks, rng, *, methods=("ghosted", "identity", "replaceme"), tas
                                  fit_relative_error=np.zeros(len(methods)), tasks=[t])
 
 
+def effects_of(comparisons, reference="ghosted", **kw):
+    return pl.recovery_grid(comparisons, reference=reference).effects(**kw)
+
+
 def by_name(effs):
     return {e.name: e for e in effs}
 
@@ -47,7 +51,7 @@ def hand_bootstrap(stat, shape, n_boot, seed):
 def test_estimates_and_intervals_match_a_hand_written_crossed_bootstrap():
     rng = np.random.default_rng(0)
     rcs = [comparison(range(s, s + 3), rng, gap=0.1 * (1 + s % 4)) for s in range(6)]
-    effs = by_name(pl.recovery_grid_effects(rcs, n_boot=4000, boot_seed=1))
+    effs = by_name(effects_of(rcs, n_boot=4000, boot_seed=1))
     e = effs["identity − ghosted held-out NLL per token"]
     g = np.stack([c.nll[0] for c in rcs], 1)
     i = np.stack([c.nll[1] for c in rcs], 1)
@@ -75,11 +79,14 @@ def test_same_cut_counts_once_and_missing_methods_use_the_cuts_they_ran_on():
     dup = comparison(range(0, 3), rng)  # another criterion chose cut 0-2 again: the same measurement
     dup.criterion = "bi"
     no_rm = [comparison(range(10 + s, 13 + s), rng, methods=("ghosted", "identity")) for s in range(2)]
-    effs = by_name(pl.recovery_grid_effects([*rcs, dup, *no_rm], n_boot=200))
+    effs = by_name(effects_of([*rcs, dup, *no_rm], n_boot=200))
     assert effs["identity − ghosted held-out NLL per token"].n["placements"] == 7
     assert effs["replaceme − ghosted held-out NLL per token"].n["placements"] == 5
     assert effs["ghosted − replaceme accuracy"].n["placements"] == 5
-    table = pl.recovery_grid_table([*rcs, dup, *no_rm])
+    grid = pl.recovery_grid([*rcs, dup, *no_rm])
+    table = grid.to_pandas()
+    assert len(grid.cuts) == 7 and grid.cuts[0] == "0-2 (angular/bi)"
+    assert "identity" in grid.summary() and len(grid.plot().data) == 4 * 2  # 4 arms (dense too) x (perplexity, 1 task)
     assert len(table[table.method == "dense"]) == 7
     assert table.loc[(table.cut == "0-2 (angular/bi)") & (table.method == "identity"), "perplexity"].item() == \
         pytest.approx(np.exp(rcs[0].nll[1].sum() / rcs[0].tokens.sum()))
@@ -89,27 +96,27 @@ def test_items_are_aligned_by_id_and_other_item_lists_refused():
     rng = np.random.default_rng(2)
     rcs = [comparison(range(s, s + 3), rng) for s in range(5)]
     shuffled = comparison(range(7, 10), rng, ids=[f"q{i}" for i in reversed(range(N))])
-    a = by_name(pl.recovery_grid_effects([*rcs, shuffled], n_boot=100))["ghosted − identity accuracy"]
+    a = by_name(effects_of([*rcs, shuffled], n_boot=100))["ghosted − identity accuracy"]
     cg = np.concatenate([*(c.tasks[0].correct[0] for c in rcs), shuffled.tasks[0].correct[0]]).astype(float)
     ci = np.concatenate([*(c.tasks[0].correct[1] for c in rcs), shuffled.tasks[0].correct[1]]).astype(float)
     assert a.estimate == pytest.approx(cg.mean() - ci.mean())  # a mean does not depend on the order...
     other = comparison(range(12, 15), rng, ids=[f"z{i}" for i in range(N)])
     with pytest.raises(EffectError, match="other items"):  # ...but other items cannot be paired
-        pl.recovery_grid_effects([*rcs, other], n_boot=100)
+        effects_of([*rcs, other], n_boot=100)
 
 
 def test_bad_input_is_refused_by_name():
     rng = np.random.default_rng(3)
     a, b = comparison(range(3), rng), comparison(range(3, 6), rng, model="other")
     with pytest.raises(EffectError, match="one model"):
-        pl.recovery_grid_effects([a, b])
+        effects_of([a, b])
     with pytest.raises(EffectError, match="at least one"):
-        pl.recovery_grid_effects([])
+        effects_of([])
     c = comparison(range(3, 6), rng, tokens=np.full(P, 90.0))
     with pytest.raises(EffectError, match="other held-out passages"):
-        pl.recovery_grid_effects([a, c])
-    with pytest.raises(EffectError, match="reference arm"):
-        pl.recovery_grid_effects([a, comparison(range(3, 6), rng)], reference="linearpatch")
+        effects_of([a, c])
+    with pytest.raises(EffectError, match="no 'linearpatch' arm"):
+        effects_of([a, comparison(range(3, 6), rng)], reference="linearpatch")
 
 
 def test_a_noise_grid_is_covered_at_about_the_level():
@@ -122,6 +129,15 @@ def test_a_noise_grid_is_covered_at_about_the_level():
         rcs = []
         for c in range(8):
             rcs.append(comparison(range(c, c + 2), rng, gap=rng.normal(0, 0.2), acc_gap=0.0))
-        e = by_name(pl.recovery_grid_effects(rcs, n_boot=400, boot_seed=s))["identity − ghosted held-out NLL per token"]
+        e = by_name(effects_of(rcs, n_boot=400, boot_seed=s))["identity − ghosted held-out NLL per token"]
         hits += e.lo <= 0 <= e.hi
     assert hits / sims >= 0.8  # nominal 0.95; 8 clusters make percentile intervals a little narrow
+
+
+def test_the_grid_is_a_result_that_saves_and_loads(tmp_path):
+    rng = np.random.default_rng(4)
+    grid = pl.recovery_grid([comparison(range(s, s + 3), rng) for s in range(5)], n_boot=300)
+    back = pl.load_result(pl.save_result(grid, tmp_path, "grid"))
+    assert isinstance(back, pl.RecoveryGrid) and back.cuts == grid.cuts
+    for a, b in zip(grid.effects(), back.effects()):
+        assert (a.name, a.estimate, a.lo, a.hi) == (b.name, b.estimate, b.lo, b.hi)

@@ -16,12 +16,12 @@ experiment's result); no verdict is decided here. A run whose jobs are not all d
 * single-block ablation (run 2): ``AblationResult.effects()``: at the transition against the rest of each phase;
 * recovery (run 3): ``RecoveryComparison.effects()``: every method against Ghosted Layers (perplexity once per
   cut: the three task jobs of one cut measure the same held-out text);
-* the recovery grid (run 6): ``pl.recovery_grid_effects`` per model, every method against Ghosted Layers pooled over
+* the recovery grid (run 6): ``pl.recovery_grid(...).effects()`` per model, every method against Ghosted Layers pooled over
   the model's cuts (ratios x criteria), cuts and passages or items resampled crossed. These rows form their own Holm
   family, "Ghosted Layers (arXiv 2605.15491), grid", declared before the grid's claims were judged: the issue
   calls them grid cells, not headline claims, and the headline family (run 3, the paper's main table) should not
   grow harder to pass with every cell the budget affords. The grid's table in the paper's layout is written to
-  ``OUT/ghosted_grid.csv`` (``pl.recovery_grid_table``);
+  ``OUT/ghosted_grid.csv`` (``RecoveryGrid.to_pandas()``), its figure in the report;
 * sweeps (runs 2, 5): Figure 8, ``transition_vs_collapse(...).effects()`` over the pairs whose dense accuracy lies
   above chance (a paired bootstrap of correct minus 1/K over items, interval above 0), per criterion;
 * traces (runs 1, 4) and CKA (run 7) are described in the notes (no paired effect can be built from saved results
@@ -188,15 +188,18 @@ def recovery_claims(o: Out, row: Any, rc: Any, run: int, seen: set) -> None:
     seen.add(key)
 
 
-def grid_claims(o: Out, grids: dict[str, list[Any]], out_rows: list[Any]) -> None:
-    """Per model, every method against Ghosted Layers pooled over the grid's cuts (``pl.recovery_grid_effects``)."""
+def grid_claims(o: Out, grids: dict[str, list[Any]], entries: list[Any]) -> None:
+    """Per model, every method against Ghosted Layers pooled over the grid's cuts (``pl.recovery_grid``); each
+    model's grid joins the report."""
     for model, rcs in grids.items():
         rcs = [rc for rc in rcs if REFERENCE in rc.methods]
         if not rcs:
             continue
-        out_rows.append(pl.recovery_grid_table(rcs))
+        grid = pl.recovery_grid(rcs, n_boot=N_BOOT)
+        o.tables.append(grid.to_pandas())
+        entries.append(ResultEntry(f"run 6 grid {model}", "RecoveryGrid", grid, {"model": model}))
         try:
-            effs = pl.recovery_grid_effects(rcs, n_boot=N_BOOT)
+            effs = grid.effects()
         except pl.errors.EffectError as e:
             o.untested_claim(GL_GRID, "Ghosted Layers recovers cuts better than its rivals", model, "", f"run 6: {e}")
             continue
@@ -333,7 +336,7 @@ def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]], list[An
     if sweeps:
         figure8_claims(o, sweeps, list(sweep_runs.values()))
     o.figure = "ghosted_grid.csv"
-    grid_claims(o, grids, o.tables)
+    grid_claims(o, grids, entries)
     return o, state, entries
 
 

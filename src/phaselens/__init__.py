@@ -14,7 +14,7 @@ from .deprecation import module_getattr
 from .errors import PhaselensError
 from .evaluation import evaluate
 from .experiments import (CollapseStudy, PhaseCuts, RecoveryComparison, compare_phase_cuts, compare_recovery,
-                          recovery_grid_effects, recovery_grid_table)
+                          RecoveryGrid, recovery_grid)
 from .export import ExportedView, export_view
 from .healing import Healing, heal
 from .lenses import Lens, LensHeatmap, LensKind, fit_lens, lens_heatmap, lens_kl, load_lens, register_lens
@@ -55,8 +55,8 @@ __all__ = [
     "ExportedView", "Healing", "evaluate", "export_view", "heal",
     # controls and experiments
     "AblationResult", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "RecoveryComparison", "ablate", "cka",
-    "compare_phase_cuts", "compare_recovery", "inject_noise", "linear_cka", "recovery_grid_effects",
-    "recovery_grid_table", "transition_vs_collapse",
+    "compare_phase_cuts", "compare_recovery", "inject_noise", "linear_cka", "recovery_grid",
+    "RecoveryGrid", "transition_vs_collapse",
     # results, reports, calibration text
     "Result", "build_report", "heldout_texts", "load_calibration", "load_result", "load_results", "save_result",
     # effects and claims (issue 21)

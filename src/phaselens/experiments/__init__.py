@@ -8,12 +8,11 @@ from .collapse import CollapsePoint, CollapseStudy, collapse_point, collapse_poi
 from .phase_cuts import compare_phase_cuts, random_start
 from .phase_cuts_result import CUT_KINDS, DEFAULT_METHODS, SPREAD, WHOLE_STREAM, Cut, CutResult, PhaseCuts
 from .recovery_comparison import RecoveryComparison, RecoveryTask, compare_recovery
-from .recovery_grid import recovery_grid_effects, recovery_grid_table
+from .recovery_grid import RecoveryGrid, recovery_grid
 
 __all__ = ["CUT_KINDS", "DEFAULT_METHODS", "SPREAD", "WHOLE_STREAM", "CollapsePoint", "CollapseStudy", "Cut",
            "CutResult", "PhaseCuts", "RecoveryComparison", "RecoveryTask", "collapse_point", "collapse_points",
-           "collapse_study", "compare_phase_cuts", "compare_recovery", "random_start", "recovery_grid_effects",
-           "recovery_grid_table"]
+           "collapse_study", "compare_phase_cuts", "compare_recovery", "random_start", "RecoveryGrid", "recovery_grid"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,9 +1,10 @@
 """Recovery across many cuts (the Ghosted Layers table's grid): each method against Ghosted Layers, pooled over cuts.
 
 :meth:`RecoveryComparison.effects` judges one cut, resampling only its passages or items; a grid of cuts (ratios x
-selection criteria) asks whether the advantage holds **across cuts**. :func:`recovery_grid_effects` takes the
-:class:`RecoveryComparison` of every cut of one model and gives, per method and measure, one effect that resamples
-the cuts and the passages (or items) crossed (``pl.hierarchical_effect`` with ``dims=("items", "placements")``):
+selection criteria) asks whether the advantage holds **across cuts**. :func:`recovery_grid` gathers the
+:class:`RecoveryComparison` of every cut of one model into a :class:`RecoveryGrid`, whose :meth:`~RecoveryGrid.effects`
+give, per method and measure, one effect that resamples the cuts and the passages (or items) crossed
+(``pl.hierarchical_effect`` with ``dims=("items", "placements")``):
 
 * held-out text: ``method − reference`` NLL per token (the log of the perplexity ratio, so a 37.5% cut with a
   perplexity of 10^3 does not outweigh a 12.5% cut), pooled ``(sum NLL_m − sum NLL_ref) / sum tokens`` over the
@@ -17,12 +18,14 @@ at a cut starting at block 0) is compared on the cuts where it ran; the effect's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..effects import Effect, hierarchical_effect
 from ..errors import EffectError
+from ..results import Result
 from ..trace import N_BOOT
 from .recovery_comparison import REFERENCE, RecoveryComparison
 
@@ -49,22 +52,9 @@ def _label(blocks: tuple, rcs: list[RecoveryComparison]) -> str:
     return (f"{blocks[0]}-{blocks[-1]}" if run else ",".join(map(str, blocks))) + f" ({crit})"
 
 
-def recovery_grid_effects(comparisons: Sequence[RecoveryComparison], reference: str = REFERENCE, *,
-                          n_boot: int = N_BOOT, boot_seed: int = 0, level: float = 0.95) -> list[Effect]:
-    """Every method against ``reference`` across the cuts of one model (shapes: ``C`` cuts, ``P`` passages,
-    ``N`` items of a task).
-
-    Args:
-        comparisons: one :class:`RecoveryComparison` per (cut, task) job, all of one model; jobs of the same cut
-            share its held-out NLL (counted once) and each adds its tasks.
-        reference: the arm every other method is compared against.
-
-    Returns:
-        Per method (other than ``reference``): ``"<m> − <ref> held-out NLL per token"`` over ``[P, C]`` and, per
-        task, ``"<ref> − <m> accuracy"`` over ``[N, C]``, each resampling passages or items and cuts crossed
-        (cuts held fixed, with per-cut rows in ``clusters``, when fewer than 5). A (method, measure) with fewer
-        than 2 cuts where both arms ran is left out.
-    """
+def _effects(comparisons: Sequence[RecoveryComparison], reference: str, *, n_boot: int, boot_seed: int,
+             level: float) -> list[Effect]:
+    """:meth:`RecoveryGrid.effects` on a list of comparisons."""
     cuts = _cuts(comparisons)
     first = next(iter(cuts.values()))[0]
     if reference not in first.methods:
@@ -118,9 +108,7 @@ def recovery_grid_effects(comparisons: Sequence[RecoveryComparison], reference: 
     return out
 
 
-def recovery_grid_table(comparisons: Sequence[RecoveryComparison]) -> Any:
-    """The grid in the paper's layout: one row per (cut, method) with its held-out perplexity and accuracy per task
-    (pandas; a column per task; a dense row per cut)."""
+def _table(comparisons: Sequence[RecoveryComparison]) -> Any:
     import pandas as pd
 
     rows = []
@@ -137,3 +125,78 @@ def recovery_grid_table(comparisons: Sequence[RecoveryComparison]) -> Any:
                     per.setdefault(m, {**base, "method": m})[f"accuracy_{t.task}"] = c.accuracy(m, t.task)
         rows += [dense, *per.values()]
     return pd.DataFrame(rows)
+
+
+@dataclass
+class RecoveryGrid(Result):
+    """Every recovery method on many cuts of one model (ratios x criteria): the Ghosted Layers table's grid.
+
+    Shapes: ``C`` distinct cuts, ``P`` held-out passages, ``N`` items of a task.
+
+    Attributes:
+        model: the model's name.
+        comparisons: one :class:`RecoveryComparison` per (cut, task) job; jobs of the same blocks are one cut
+            (they share its held-out NLL) and each adds its tasks.
+        reference: the arm :meth:`effects` compares every other method against.
+    """
+
+    model: str
+    comparisons: list
+    reference: str = REFERENCE
+    n_boot: int = N_BOOT
+    boot_seed: int = 0
+
+    def __post_init__(self) -> None:
+        cuts = _cuts(self.comparisons)
+        if {c.model for c in self.comparisons} != {self.model}:
+            raise EffectError(f"RecoveryGrid of {self.model!r} holds comparisons of "
+                              f"{sorted({c.model for c in self.comparisons})}")
+        missing = [list(b) for b, rcs in cuts.items() if any(self.reference not in c.methods for c in rcs)]
+        if missing:
+            raise EffectError(f"cut(s) {missing[:3]} have no {self.reference!r} arm; pass reference= a method every "
+                              "cut was recovered with")
+
+    @property
+    def cuts(self) -> list[str]:
+        """The distinct cuts' labels, ``"start-end (criterion)"``, in first-seen order."""
+        return [_label(b, rcs) for b, rcs in _cuts(self.comparisons).items()]
+
+    def effects(self, *, n_boot: int | None = None, boot_seed: int | None = None, level: float = 0.95) -> list[Effect]:
+        """Per method (other than :attr:`reference`): ``"<m> − <ref> held-out NLL per token"`` over ``[P, C]`` and,
+        per task, ``"<ref> − <m> accuracy"`` over ``[N, C]``, each resampling passages or items and cuts crossed
+        (cuts held fixed, with per-cut rows in ``clusters``, when fewer than 5). Positive: the reference is better
+        (predicted ``"positive"``). A (method, measure) with fewer than 2 cuts where both arms ran is left out."""
+        return _effects(self.comparisons, self.reference, level=level,
+                        n_boot=self.n_boot if n_boot is None else n_boot,
+                        boot_seed=self.boot_seed if boot_seed is None else boot_seed)
+
+    def to_pandas(self):
+        """The grid in the paper's layout: one row per (cut, method), held-out perplexity and an ``accuracy_<task>``
+        column per task; a dense row per cut."""
+        return _table(self.comparisons)
+
+    def summary(self) -> str:
+        df = self.to_pandas()
+        g = df[df.method != "dense"].groupby("method", sort=False).perplexity.median()
+        best = df[df.method != "dense"].loc[lambda d: d.groupby("cut").perplexity.transform("min") == d.perplexity]
+        wins = best.method.value_counts().to_dict()
+        return (f"{self.model}: {len(self.cuts)} cuts ({', '.join(self.cuts)}), each recovered with "
+                f"{', '.join(g.index)}. Median held-out perplexity over cuts: "
+                + ", ".join(f"{m} {v:.1f}" for m, v in g.items())
+                + ". Lowest perplexity at a cut: " + ", ".join(f"{m} {n}x" for m, n in wins.items()) + ".")
+
+    def plot(self, **kw: Any):
+        """Plotly figure: held-out perplexity (log) per cut, one marker per method, and accuracy per task."""
+        from ..plots.recovery import recovery_grid_figure
+
+        return recovery_grid_figure(self, **kw)
+
+
+def recovery_grid(comparisons: Sequence[RecoveryComparison], reference: str = REFERENCE, *, n_boot: int = N_BOOT,
+                  boot_seed: int = 0) -> RecoveryGrid:
+    """The :class:`RecoveryGrid` of one model's :class:`RecoveryComparison` jobs (a grid of cuts: ratios x criteria),
+    e.g. ``pl.recovery_grid(pl.load_results(study_folder).values())`` for a study's ``recovery`` jobs of one model."""
+    comparisons = list(comparisons)
+    _cuts(comparisons)
+    return RecoveryGrid(model=comparisons[0].model, comparisons=comparisons, reference=reference, n_boot=n_boot,
+                        boot_seed=boot_seed)

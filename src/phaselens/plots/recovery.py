@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 
 if TYPE_CHECKING:
     from ..experiments.recovery_comparison import RecoveryComparison
+    from ..experiments.recovery_grid import RecoveryGrid
 
 
 def recovery_comparison_figure(result: "RecoveryComparison", **layout: Any) -> go.Figure:
@@ -34,4 +35,27 @@ def recovery_comparison_figure(result: "RecoveryComparison", **layout: Any) -> g
     cut = result.blocks
     fig.update_layout(title=f"Recovery methods after cutting blocks {cut[0]}-{cut[-1]} of {result.n_blocks}: {result.model}",
                       barmode="group", template="plotly_white", **layout)
+    return fig
+
+
+def recovery_grid_figure(result: "RecoveryGrid", **layout: Any) -> go.Figure:
+    """Top: held-out perplexity (log) per cut, one marker series per method (dense dotted); below: accuracy per task
+    and cut. Cuts ordered by size."""
+    from plotly.subplots import make_subplots
+
+    df = result.to_pandas().sort_values(["n_cut", "cut"], kind="stable")
+    tasks = [c for c in df.columns if c.startswith("accuracy_")]
+    fig = make_subplots(rows=1 + len(tasks), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=["held-out perplexity (log)"] + [f"accuracy, {t[9:]}" for t in tasks])
+    for m, g in df.groupby("method", sort=False):
+        style = dict(line=dict(dash="dot", color="gray")) if m == "dense" else {}
+        for row, col in enumerate(["perplexity", *tasks], start=1):
+            fig.add_trace(go.Scatter(x=g.cut, y=g[col], mode="lines+markers" if m == "dense" else "markers", name=m,
+                                     legendgroup=m, showlegend=row == 1, **style,
+                                     hovertext=[f"{m}, cut {c} ({n} of {b} blocks)<br>{col} {v:.4g}"
+                                                for c, n, b, v in zip(g.cut, g.n_cut, g.n_blocks, g[col])],
+                                     hoverinfo="text"), row=row, col=1)
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_layout(title=f"Recovery across {len(result.cuts)} cuts: {result.model}", template="plotly_white",
+                      height=300 * (1 + len(tasks)), **layout)
     return fig
