@@ -254,7 +254,8 @@ def test_the_grid_run_pools_its_cuts_into_a_family_of_its_own(tiny_llama_dir, tm
     assert acc[0].effect.estimate == pytest.approx(want)
     grid = pd.read_csv(out / "ghosted_grid.csv")
     assert len(grid) == 3 * len(cuts) and set(grid.method) == {"dense", "identity", "ghosted"}
-    assert {row["figure"] for row in json.loads((out / "verdicts.json").read_text())["claims"]} == {"ghosted_grid.csv"}
+    (fig,) = {row["figure"] for row in json.loads((out / "verdicts.json").read_text())["claims"]}
+    assert fig.startswith("report.html#") and f"id='{fig.split('#')[1]}'" in (out / "report.html").read_text()
     mc = _module(ROOT / "analyses" / "make_claims.py", "make_claims_grid")
     claims, *_ = mc.collect(out.parent)
     assert {c.paper for c in claims} == {"Ghosted Layers (arXiv 2605.15491), grid"}

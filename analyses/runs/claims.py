@@ -198,6 +198,7 @@ def grid_claims(o: Out, grids: dict[str, list[Any]], entries: list[Any]) -> None
         grid = pl.recovery_grid(rcs, n_boot=N_BOOT)
         o.tables.append(grid.to_pandas())
         entries.append(ResultEntry(f"run 6 grid {model}", "RecoveryGrid", grid, {"model": model}))
+        o.figure = f"report.html#{section_anchor(f'run 6 grid {model}')}"
         try:
             effs = grid.effects()
         except pl.errors.EffectError as e:
@@ -226,7 +227,8 @@ def above_chance(sw: Any, boot_seed: int = 0) -> Any:
                             predicted="positive", boot_seed=boot_seed, model=sw.model, task=sw.task)
 
 
-def figure8_claims(o: Out, sweeps: dict[str, list[Any]], unfinished: list[str]) -> None:
+def figure8_claims(o: Out, sweeps: dict[str, list[Any]], unfinished: list[str], entries: list[Any]) -> None:
+    """Figure 8 per criterion over the pairs above chance; each criterion's study (its figure) joins the report."""
     for crit, found in sweeps.items():
         keep, left = [], []
         for sw in found:
@@ -246,6 +248,8 @@ def figure8_claims(o: Out, sweeps: dict[str, list[Any]], unfinished: list[str]) 
                              + (f" ({'; '.join(unfinished)})" if unfinished else ""))
             continue
         study = pl.transition_vs_collapse(keep)
+        entries.append(ResultEntry(f"Figure 8 {crit}", "CollapseStudy", study, {"criterion": crit}))
+        o.figure = f"report.html#{section_anchor(f'Figure 8 {crit}')}"
         o.notes.append(f"- Figure 8 ({crit}): {study.summary().splitlines()[0]}")
         effs = {e.name: e for e in study.effects()}
         picks = [("all pairs", "transition fraction vs collapse ratio: pearson r, all pairs (fisher)"),
@@ -334,8 +338,7 @@ def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]], list[An
                 describe_cka(o, n, row, r)
     o.figure = "report.html"
     if sweeps:
-        figure8_claims(o, sweeps, list(sweep_runs.values()))
-    o.figure = "ghosted_grid.csv"
+        figure8_claims(o, sweeps, list(sweep_runs.values()), entries)
     grid_claims(o, grids, entries)
     return o, state, entries
 
