@@ -220,8 +220,15 @@ def refusals(methods: Sequence[str], blocks: Sequence[int]) -> dict[str, str]:
 
 
 def _fmt(blocks: Sequence[int]) -> str:
-    b = list(blocks)
-    return "" if not b else (f"{b[0]}" if len(b) == 1 else f"{b[0]}-{b[-1]}")
+    """Blocks as runs, e.g. ``[3, 12, 13, 14, 25]`` -> ``"3,12-14,25"`` (a criterion's cut need not be contiguous)."""
+    b = sorted(int(x) for x in blocks)
+    runs: list[list[int]] = []
+    for x in b:
+        if runs and x == runs[-1][-1] + 1:
+            runs[-1].append(x)
+        else:
+            runs.append([x])
+    return ",".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 # The fitted views and held-out NLL of the latest cuts of the current model, keyed by content: one cut compared on

@@ -27,7 +27,7 @@ from ..effects import Effect, hierarchical_effect
 from ..errors import EffectError
 from ..results import Result
 from ..trace import N_BOOT
-from .recovery_comparison import REFERENCE, RecoveryComparison
+from .recovery_comparison import REFERENCE, RecoveryComparison, _fmt
 
 
 def _cuts(comparisons: Sequence[RecoveryComparison]) -> dict[tuple, list[RecoveryComparison]]:
@@ -48,8 +48,7 @@ def _cuts(comparisons: Sequence[RecoveryComparison]) -> dict[tuple, list[Recover
 
 def _label(blocks: tuple, rcs: list[RecoveryComparison]) -> str:
     crit = "/".join(dict.fromkeys(c.criterion for c in rcs))
-    run = blocks == tuple(range(blocks[0], blocks[-1] + 1))
-    return (f"{blocks[0]}-{blocks[-1]}" if run else ",".join(map(str, blocks))) + f" ({crit})"
+    return f"{_fmt(blocks)} ({crit})"
 
 
 def _effects(comparisons: Sequence[RecoveryComparison], reference: str, *, n_boot: int, boot_seed: int,

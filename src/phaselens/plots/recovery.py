@@ -32,8 +32,10 @@ def recovery_comparison_figure(result: "RecoveryComparison", **layout: Any) -> g
     fig.add_hline(y=result.dense_perplexity, line=dict(dash="dot"), row=1, col=2,
                   annotation_text=f"dense {result.dense_perplexity:.1f}")
     fig.update_yaxes(type="log", row=1, col=2)
-    cut = result.blocks
-    fig.update_layout(title=f"Recovery methods after cutting blocks {cut[0]}-{cut[-1]} of {result.n_blocks}: {result.model}",
+    from ..experiments.recovery_comparison import _fmt
+
+    fig.update_layout(title=f"Recovery methods after cutting blocks {_fmt(result.blocks)} of {result.n_blocks}: "
+                            f"{result.model}",
                       barmode="group", template="plotly_white", **layout)
     return fig
 
