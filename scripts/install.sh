@@ -21,7 +21,8 @@ done
 # 3. phaselens itself, Gemma-3-270M, the test tools, Ray (the studies' "ray" executor; its tests start a local
 #    Ray instance), lm-evaluation-harness (`lm_eval --model phaselens`, pl.evaluate) and peft (heal). None of them
 #    pins torch, so the CPU build above stays.
-$PIP -e ".[models,test,docs,ray,lmeval,heal]"
+#    The numerical libraries are pinned to the versions CI last passed with (scripts/constraints.txt).
+$PIP -c scripts/constraints.txt -e ".[models,test,docs,ray,lmeval,heal]"
 # 4. headless Chromium for the report's browser test (Debian's package; skipped where apt is not available).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
