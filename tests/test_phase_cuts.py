@@ -332,6 +332,10 @@ def test_every_result_kind_summarises_tabulates_plots_and_round_trips(result, ti
     view = pl.fit_recovery(pl.prune(tiny_llama, [2, 3]), cal[:4], "ghosted", seq_len=SEQ)
     pts = [CollapsePoint("a", "t", "bi", 6, 3, 0.5, 0.9), CollapsePoint("b", "t", "bi", 6, 4, 0.3, 0.8),
            CollapsePoint("c", "t", "bi", 6, 5, 0.2, 0.7)]
+    rc = pl.compare_recovery(tiny_llama, cut_task, "2-3", methods=["identity", "ghosted"], calibration=cal[:4],
+                             heldout=held[:1], seq_len=SEQ, n_boot=100)
+    rc2 = pl.compare_recovery(tiny_llama, cut_task, "1,4", methods=["identity", "ghosted"], calibration=cal[:4],
+                              heldout=held[:1], seq_len=SEQ, n_boot=100)
     made = {
         "DecisionTrace": tr.trace, "Transition": tr, "PhaseCuts": result,
         "CKAResult": pl.cka(tiny_llama, pl.prune(tiny_llama, [2]), cut_task, n_samples=16),
@@ -341,8 +345,8 @@ def test_every_result_kind_summarises_tabulates_plots_and_round_trips(result, ti
                                     n_boot=100),
         "BoundaryErrorResult": pl.boundary_error(view, held[:1], seq_len=SEQ),
         "CollapseStudy": pl.transition_vs_collapse(pts),
-        "RecoveryComparison": pl.compare_recovery(tiny_llama, cut_task, "2-3", methods=["identity", "ghosted"],
-                                                  calibration=cal[:4], heldout=held[:1], seq_len=SEQ, n_boot=100),
+        "RecoveryComparison": rc,
+        "RecoveryGrid": pl.recovery_grid([rc, rc2], n_boot=100),
         "Effect": pl.paired_effect(np.arange(8.0), np.zeros(8), name="x", n_boot=100),
         "Claims": pl.claims([("paper", "x > 0", pl.paired_effect(np.arange(8.0), np.zeros(8), name="x", n_boot=100), "+")]),
         "LensHeatmap": pl.lens_heatmap(tiny_llama, "The capital of France is", lens="logit"),

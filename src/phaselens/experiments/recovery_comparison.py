@@ -125,6 +125,11 @@ class RecoveryComparison(Result):
         raise NotFoundError(f"no task {task!r}; tasks: {[t.task for t in self.tasks]}")
 
     @property
+    def cut(self) -> str:
+        """The cut blocks as runs, e.g. ``"3,12-17,25"`` (a criterion's cut need not be contiguous)."""
+        return _fmt(self.blocks)
+
+    @property
     def n_passages(self) -> int:
         return int(self.tokens.shape[0])
 

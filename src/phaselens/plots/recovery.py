@@ -32,9 +32,7 @@ def recovery_comparison_figure(result: "RecoveryComparison", **layout: Any) -> g
     fig.add_hline(y=result.dense_perplexity, line=dict(dash="dot"), row=1, col=2,
                   annotation_text=f"dense {result.dense_perplexity:.1f}")
     fig.update_yaxes(type="log", row=1, col=2)
-    from ..experiments.recovery_comparison import _fmt
-
-    fig.update_layout(title=f"Recovery methods after cutting blocks {_fmt(result.blocks)} of {result.n_blocks}: "
+    fig.update_layout(title=f"Recovery methods after cutting blocks {result.cut} of {result.n_blocks}: "
                             f"{result.model}",
                       barmode="group", template="plotly_white", **layout)
     return fig
