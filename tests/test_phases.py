@@ -44,3 +44,26 @@ def test_transition_ci_bootstrap():
     assert ci == (5.0, 5.0) and undefined == 0.0
     never = transition_ci(-np.abs(items), idx)
     assert never == (None, 1.0)
+
+
+def test_no_transition_says_whether_the_model_is_above_chance():
+    """A mean final margin <= 0 with accuracy above chance (hits win by 1, misses lose by 5: 60% right, mean margin
+    0.6 - 2.0 < 0) is not "cannot do this task"; the reason says which case it is, with chance = mean 1/K."""
+    from phaselens.trace import DecisionTrace
+
+    L, N, K = 4, 40, 4
+    logits = np.zeros((L, N, K))
+    hits = np.arange(N) < 24  # 60% right
+    logits[:, hits, 0] = 1.0  # the answer (option 0) leads by 1
+    logits[:, ~hits, 1] = 5.0  # option 1 leads the answer by 5
+    def reason(lg):
+        tr = DecisionTrace("m", "t", "cloze", L, np.arange(L), lg, np.zeros(N, int), np.ones((N, K), bool),
+                           np.full((N, K), 5), n_boot=100)
+        return tr.transition(n_boot=100)
+    t = reason(logits)
+    assert t.layer is None and t.trace.accuracy[-1] == pytest.approx(0.6) and t.trace.margins[-1] == pytest.approx(-1.4)
+    assert "above chance (0.25)" in t.reason and "cannot do this task" not in t.reason
+    lose = np.zeros((L, N, K))
+    lose[:, :, 1] = 5.0  # never right
+    t = reason(lose)
+    assert t.layer is None and "cannot do this task" in t.reason and "chance 0.25" in t.reason

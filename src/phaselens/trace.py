@@ -259,10 +259,18 @@ class Transition(TraceFigures, Result):
         self.jump_layer = None if jump is None else int(blocks[jump])
         if pos is None:
             self.layer, self.silent, self.decisive = None, None, None
-            self.reason = (
-                f"the final-layer margin is {tr.margins[-1]:.3f} <= 0 (final accuracy {tr.accuracy[-1]:.2f}): "
-                "the model does not pick the correct option ahead of the others, so it cannot do this task "
-                "in this format and there is no decisive phase.")
+            chance = float(np.mean(1.0 / np.asarray(tr.mask, dtype=bool).sum(1)))
+            if tr.accuracy[-1] > chance:  # right more often than chance, but its misses lose by more than its hits win
+                self.reason = (
+                    f"the mean final-layer margin is {tr.margins[-1]:.3f} <= 0 although final accuracy "
+                    f"{tr.accuracy[-1]:.2f} is above chance ({chance:.2f}): the items it gets wrong lose by more than "
+                    "those it gets right win, so on average the correct option does not lead at the last layer and, "
+                    "by the definition (a mean margin above 0), there is no decisive phase.")
+            else:
+                self.reason = (
+                    f"the final-layer margin is {tr.margins[-1]:.3f} <= 0 (final accuracy {tr.accuracy[-1]:.2f}, "
+                    f"chance {chance:.2f}): the model does not pick the correct option ahead of the others, so it "
+                    "cannot do this task in this format and there is no decisive phase.")
         else:
             self.layer = int(blocks[pos])
             self.reason = ""
