@@ -261,3 +261,33 @@ def test_the_grid_run_pools_its_cuts_into_a_family_of_its_own(tiny_llama_dir, tm
     assert {c.paper for c in claims} == {"Ghosted Layers (arXiv 2605.15491), grid"}
     assert mc.family("Ghosted Layers (arXiv 2605.15491), main comparison", "x") == \
         ("Ghosted Layers (arXiv 2605.15491)", "x (main comparison)")
+
+
+def test_within_family_notes_compare_sizes_on_the_same_task():
+    """Two sizes of one family traced on one task give one note (transition block and depth, accuracy, final margin,
+    collapse ratio where a sweep ran, larger model first); a task traced for one size only, or another family's
+    single model, gives none."""
+    from types import SimpleNamespace
+
+    from phaselens.trace import DecisionTrace
+
+    mod = _module(ROOT / "analyses" / "runs" / "claims.py", "runs_claims_family")
+    rng = np.random.default_rng(0)
+
+    def transition(model, task, L, climb=True):
+        N, K = 40, 4
+        logits = rng.normal(0, 1, (L, N, K))
+        logits[:, :, 0] += np.linspace(-6, 6, L)[:, None] if climb else -6
+        return DecisionTrace(model, task, "letters", L, np.arange(L), logits, np.zeros(N, int), np.ones((N, K), bool),
+                             np.full((N, K), 5), n_boot=100).transition(n_boot=100)
+
+    big, small = transition("fam-1.5b", "mmlu", 28), transition("fam-0.5b", "mmlu", 24, climb=False)
+    alone, other = transition("fam-1.5b", "arc-easy", 28), transition("solo-7b", "mmlu", 28)
+    o = mod.Out()
+    sweeps = [SimpleNamespace(model="fam-1.5b", task="mmlu", criterion="bi", collapse_ratio=0.25)]
+    mod.family_notes(o, [small, big, alone, other], sweeps)
+    (note,) = o.notes
+    assert note.startswith("- within fam, mmlu") and note.index("fam-1.5b") < note.index("fam-0.5b")
+    assert f"transition at block {big.layer} of 28 ({big.layer / 28:.0%} of depth)" in note
+    assert "bi collapse ratio 0.250" in note and "fam-0.5b (letters, 40 items): no transition" in note
+    assert f"accuracy {small.trace.accuracy[-1]:.2f}" in note

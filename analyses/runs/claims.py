@@ -24,7 +24,8 @@ experiment's result); no verdict is decided here. A run whose jobs are not all d
   ``OUT/ghosted_grid.csv`` (``RecoveryGrid.to_pandas()``), its figure in the report;
 * sweeps (runs 2, 5): Figure 8, ``transition_vs_collapse(...).effects()`` over the pairs whose dense accuracy lies
   above chance (a paired bootstrap of correct minus 1/K over items, interval above 0), per criterion;
-* traces (runs 1, 4) and CKA (run 7) are described in the notes (no paired effect can be built from saved results
+* traces (runs 1, 4) and CKA (run 7) are described in the notes, with the within-family comparison (Qwen2.5-Coder
+  1.5B against 0.5B: transition depth, accuracy, margin, collapse ratio per task both were traced on) (no paired effect can be built from saved results
   for run 7's "decision tokens diverge more than hidden states": its two CKAs are on different samples).
 """
 
@@ -284,6 +285,36 @@ def describe_trace(o: Out, run: int, tr: Any) -> None:
     o.notes.append(f"- run {run}: {line}")
 
 
+SIZE = re.compile(r"^(?P<family>.+)-(?P<size>\d+(?:\.\d+)?)b$")
+
+
+def family_notes(o: Out, traces: list[Any], sweeps: list[Any]) -> None:
+    """Within a model family (names ``<family>-<size>b``, e.g. Qwen2.5-Coder 1.5B and 0.5B), per task traced for two
+    sizes or more: where each size's transition sits (block and relative depth), its accuracy and final margin, and
+    its collapse ratio where a sweep ran. A description (the issue's within-family comparison), not a claim: the
+    sizes differ in prompt format and quantisation too."""
+    fams: dict[tuple[str, str], dict[str, Any]] = {}
+    for t in traces:
+        m = SIZE.match(t.trace.model)
+        if m:
+            fams.setdefault((m["family"], t.trace.task), {})[t.trace.model] = t
+    for (fam, task), got in sorted(fams.items()):
+        if len(got) < 2:
+            continue
+        parts = []
+        for model in sorted(got, key=lambda x: float(SIZE.match(x)["size"]), reverse=True):
+            t = got[model]
+            tr = t.trace
+            where = ("no transition" if t.layer is None else
+                     f"transition at block {t.layer} of {tr.n_blocks} ({t.layer / tr.n_blocks:.0%} of depth)")
+            col = [f"{sw.criterion} collapse ratio {sw.collapse_ratio:.3f}" if sw.collapse_ratio is not None
+                   else f"no {sw.criterion} collapse" for sw in sweeps if sw.model == model and sw.task == task]
+            parts.append(f"{model} ({tr.format}, {tr.n_items} items): {where}, accuracy {tr.accuracy[-1]:.2f}, "
+                         f"final margin {tr.margins[-1]:+.2f}" + (f", {', '.join(col)}" if col else ""))
+        o.notes.append(f"- within {fam}, {task} (a description, confounded by format and quantisation): "
+                       + "; ".join(parts) + ".")
+
+
 def describe_cka(o: Out, run: int, row: Any, r: Any) -> None:
     b, v = r.matched()
     floor = np.nanmean(np.diag(r.floor)) if r.floor is not None and r.floor.size else float("nan")
@@ -303,6 +334,7 @@ def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]], list[An
     sweep_runs: dict[int, str] = {}
     seen: set = set()
     grids: dict[str, list[Any]] = {}
+    traces: list[Any] = []
     for spec in sorted(specs.glob("run*_*.toml"), key=lambda p: (run_number(p), p.name)):
         n = run_number(spec)
         jobs, done, planned, errors = finished_jobs(spec, runs / spec.stem)
@@ -334,8 +366,10 @@ def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]], list[An
                                f"{r.dense_accuracy:.3f}, {collapse_text(r)} after {len(r.steps) - 1} cuts.")
             elif row.kind == "trace":
                 describe_trace(o, n, r)
+                traces.append(r)
             elif row.kind == "cka":
                 describe_cka(o, n, row, r)
+    family_notes(o, traces, [sw for found in sweeps.values() for sw in found])
     o.figure = "report.html"
     if sweeps:
         figure8_claims(o, sweeps, list(sweep_runs.values()), entries)
