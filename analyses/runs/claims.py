@@ -24,9 +24,10 @@ experiment's result); no verdict is decided here. A run whose jobs are not all d
   ``OUT/ghosted_grid.csv`` (``RecoveryGrid.to_pandas()``), its figure in the report;
 * sweeps (runs 2, 5): Figure 8, ``transition_vs_collapse(...).effects()`` over the pairs whose dense accuracy lies
   above chance (a paired bootstrap of correct minus 1/K over items, interval above 0), per criterion;
-* traces (runs 1, 4) and CKA (run 7) are described in the notes, with the within-family comparison (Qwen2.5-Coder
-  1.5B against 0.5B: transition depth, accuracy, margin, collapse ratio per task both were traced on) (no paired effect can be built from saved results
-  for run 7's "decision tokens diverge more than hidden states": its two CKAs are on different samples).
+* traces (runs 1, 4) and CKA (run 7) are described in the notes (no paired effect can be built from saved results
+  for run 7's "decision tokens diverge more than hidden states": its two CKAs are on different samples), with the
+  within-family comparison: Qwen2.5-Coder 1.5B against 0.5B, per task both were traced on, the transition's depth,
+  accuracy, margin and collapse ratio.
 """
 
 from __future__ import annotations
@@ -205,9 +206,11 @@ def grid_claims(o: Out, grids: dict[str, list[Any]], entries: list[Any]) -> None
         except pl.errors.EffectError as e:
             o.untested_claim(GL_GRID, "Ghosted Layers recovers cuts better than its rivals", model, "", f"run 6: {e}")
             continue
+        sizes = "/".join(map(str, sorted({len(rc.blocks) for rc in rcs})))
+        crits = "/".join(sorted({rc.criterion for rc in rcs}))
         for e in effs:
             cuts = e.n.get("placements", 0)
-            where = (f"run 6: {cuts} distinct cuts of {rcs[0].n_blocks} blocks (12.5/25/37.5% x BI/angular/SLEB), "
+            where = (f"run 6: {cuts} distinct cuts of {sizes} of {rcs[0].n_blocks} blocks chosen by {crits}, "
                      f"{e.method}")
             if "NLL" in e.name:
                 rival = e.name.split(" − ")[0]
