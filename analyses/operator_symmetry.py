@@ -24,20 +24,10 @@ import torch  # noqa: E402
 import _common as C  # noqa: E402
 
 from phaselens import nulls  # noqa: E402
+from phaselens.view import spans_of  # noqa: E402
 
 PAPER = "Ghosted Layers (arXiv 2605.15491), Fig. 3"
 GRID = "Ghosted Layers (arXiv 2605.15491), grid, Fig. 3"
-
-
-def contiguous_runs(blocks) -> list[tuple[int, int]]:
-    """``[(start, end)]`` (end exclusive) of each run of consecutive blocks, e.g. ``[3, 12, 13]`` -> ``[(3, 4), (12, 14)]``."""
-    out: list[list[int]] = []
-    for b in sorted(int(x) for x in blocks):
-        if out and b == out[-1][1]:
-            out[-1][1] = b + 1
-        else:
-            out.append([b, b + 1])
-    return [(s, e) for s, e in out]
 
 
 def study_spans(folder: Path, model: str) -> list[tuple[int, int]]:
@@ -52,7 +42,7 @@ def study_spans(folder: Path, model: str) -> list[tuple[int, int]]:
     res = pl.load_results(folder)
     spans = set()
     for r in done.itertuples():  # a criterion's cut may be several runs of blocks: one operator per run
-        spans.update(contiguous_runs(res[r.result].blocks))
+        spans.update(spans_of([int(b) for b in res[r.result].blocks]))
     if not spans:
         raise SystemExit(f"--spans-from {folder}: no finished recovery job of {model!r}; models there: "
                          f"{sorted(set(df.model))}")

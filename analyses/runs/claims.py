@@ -173,9 +173,7 @@ def recovery_claims(o: Out, row: Any, rc: Any, run: int, seen: set) -> None:
     except pl.errors.EffectError as e:
         o.untested_claim(GL, "Ghosted Layers recovers a cut better than its rivals", row.model, row.task, f"run {run}: {e}")
         return
-    b = list(rc.blocks)
-    cut = f"{b[0]}-{b[-1]}" if b == list(range(b[0], b[-1] + 1)) else ",".join(map(str, b))
-    where = (f"run {run}: cut {cut} ({len(b)} of {rc.n_blocks} blocks, {rc.criterion}), "
+    where = (f"run {run}: cut {rc.cut} ({len(rc.blocks)} of {rc.n_blocks} blocks, {rc.criterion}), "
              f"{rc.calibration_passages} calibration passages")
     key = (run, row.model, json.dumps(json.loads(row.params), sort_keys=True))
     for e in effs:

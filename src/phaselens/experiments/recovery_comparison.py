@@ -37,7 +37,7 @@ from ..results import Result
 from ..tasks import Task, load_task
 from ..trace import N_BOOT, decision_trace
 from ..types import ModelLike
-from ..view import as_view, spans_of
+from ..view import as_view, fmt_blocks, spans_of
 
 #: the method every other is compared against
 REFERENCE = "ghosted"
@@ -127,7 +127,7 @@ class RecoveryComparison(Result):
     @property
     def cut(self) -> str:
         """The cut blocks as runs, e.g. ``"3,12-17,25"`` (a criterion's cut need not be contiguous)."""
-        return _fmt(self.blocks)
+        return fmt_blocks(self.blocks)
 
     @property
     def n_passages(self) -> int:
@@ -190,7 +190,7 @@ class RecoveryComparison(Result):
                              "fit_relative_error": float(self.fit_relative_error[k]), "n_items": t.n_items,
                              "n_passages": self.n_passages})
         df = pd.DataFrame(rows)
-        df["model"], df["cut"] = self.model, _fmt(self.blocks)
+        df["model"], df["cut"] = self.model, fmt_blocks(self.blocks)
         return df
 
     def summary(self) -> str:
@@ -199,7 +199,7 @@ class RecoveryComparison(Result):
             for t in self.tasks)
         ppl = ", ".join(f"{m} {self.perplexity(m):.2f}" for m in self.methods)
         skipped = "".join(f" Skipped {m}: {why}." for m, why in self.skipped.items())
-        return (f"{self.model}: cut blocks {_fmt(self.blocks)} ({len(self.blocks)} of {self.n_blocks}, {self.criterion}), "
+        return (f"{self.model}: cut blocks {fmt_blocks(self.blocks)} ({len(self.blocks)} of {self.n_blocks}, {self.criterion}), "
                 f"recovered with {', '.join(self.methods)} on {self.calibration_passages} calibration passages. "
                 f"Final-layer accuracy: {tasks}. Held-out perplexity on {self.n_passages} passages: {ppl} "
                 f"(dense {self.dense_perplexity:.2f}).{skipped}")
@@ -222,18 +222,6 @@ def refusals(methods: Sequence[str], blocks: Sequence[int]) -> dict[str, str]:
                 out[m] = f"span {span}: {why}"
                 break
     return out
-
-
-def _fmt(blocks: Sequence[int]) -> str:
-    """Blocks as runs, e.g. ``[3, 12, 13, 14, 25]`` -> ``"3,12-14,25"`` (a criterion's cut need not be contiguous)."""
-    b = sorted(int(x) for x in blocks)
-    runs: list[list[int]] = []
-    for x in b:
-        if runs and x == runs[-1][-1] + 1:
-            runs[-1].append(x)
-        else:
-            runs.append([x])
-    return ",".join(f"{r[0]}" if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 # The fitted views and held-out NLL of the latest cuts of the current model, keyed by content: one cut compared on

@@ -27,7 +27,8 @@ from ..effects import Effect, hierarchical_effect
 from ..errors import EffectError
 from ..results import Result
 from ..trace import N_BOOT
-from .recovery_comparison import REFERENCE, RecoveryComparison, _fmt
+from ..view import fmt_blocks
+from .recovery_comparison import REFERENCE, RecoveryComparison
 
 
 def _cuts(comparisons: Sequence[RecoveryComparison]) -> dict[tuple, list[RecoveryComparison]]:
@@ -48,25 +49,15 @@ def _cuts(comparisons: Sequence[RecoveryComparison]) -> dict[tuple, list[Recover
 
 def _label(blocks: tuple, rcs: list[RecoveryComparison]) -> str:
     crit = "/".join(dict.fromkeys(c.criterion for c in rcs))
-    return f"{_fmt(blocks)} ({crit})"
+    return f"{fmt_blocks(blocks)} ({crit})"
 
 
 def _effects(comparisons: Sequence[RecoveryComparison], reference: str, *, n_boot: int, boot_seed: int,
              level: float) -> list[Effect]:
-    """:meth:`RecoveryGrid.effects` on a list of comparisons."""
+    """:meth:`RecoveryGrid.effects` on comparisons :class:`RecoveryGrid` has checked (one model, one held-out set,
+    ``reference`` at every cut)."""
     cuts = _cuts(comparisons)
     first = next(iter(cuts.values()))[0]
-    if reference not in first.methods:
-        raise EffectError(f"the reference arm {reference!r} was not compared (methods {first.methods}); pass "
-                          "reference= one of them")
-    for blocks, rcs in cuts.items():
-        for c in rcs:
-            if reference not in c.methods:
-                raise EffectError(f"cut {list(blocks)} has no {reference!r} arm (methods {c.methods})")
-            if not np.array_equal(c.tokens, first.tokens):
-                raise EffectError(f"cut {list(blocks)} was scored on other held-out passages ({c.n_passages}, "
-                                  f"{int(c.tokens.sum())} tokens) than cut {list(first.blocks)} ({first.n_passages}, "
-                                  f"{int(first.tokens.sum())} tokens): pool cuts measured on one held-out set")
     kw = dict(predicted="positive", level=level, n_boot=n_boot, boot_seed=boot_seed, model=first.model)
     methods = list(dict.fromkeys(m for rcs in cuts.values() for c in rcs for m in c.methods if m != reference))
     tasks = list(dict.fromkeys(t.task for rcs in cuts.values() for c in rcs for t in c.tasks))
@@ -154,6 +145,12 @@ class RecoveryGrid(Result):
         if missing:
             raise EffectError(f"cut(s) {missing[:3]} have no {self.reference!r} arm; pass reference= a method every "
                               "cut was recovered with")
+        first = self.comparisons[0]
+        for c in self.comparisons:
+            if not np.array_equal(c.tokens, first.tokens):
+                raise EffectError(f"cut {list(c.blocks)} was scored on other held-out passages ({c.n_passages}, "
+                                  f"{int(c.tokens.sum())} tokens) than cut {list(first.blocks)} ({first.n_passages}, "
+                                  f"{int(first.tokens.sum())} tokens): pool cuts measured on one held-out set")
 
     @property
     def cuts(self) -> list[str]:
