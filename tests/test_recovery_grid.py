@@ -29,7 +29,7 @@ def comparison(blocks, rng, *, methods=("ghosted", "identity", "replaceme"), tas
                      margins=rng.normal(0, 1, (len(methods), N)), correct=correct,
                      dense_margins=rng.normal(1, 1, N), dense_correct=rng.random(N) < 0.7)
     return pl.RecoveryComparison(model=model, n_blocks=24, blocks=list(blocks), criterion="angular",
-                                 methods=list(methods), nll=nll, tokens=tok, dense_nll=base * 0.8,
+                                 calibration_passages=32, methods=list(methods), nll=nll, tokens=tok, dense_nll=base * 0.8,
                                  fit_relative_error=np.zeros(len(methods)), tasks=[t])
 
 
@@ -88,6 +88,7 @@ def test_same_cut_counts_once_and_missing_methods_use_the_cuts_they_ran_on():
     assert len(grid.cuts) == 7 and grid.cuts[0] == "0-2 (angular/bi)"
     assert "identity" in grid.summary() and len(grid.plot().data) == 4 * 2  # 4 arms (dense too) x (perplexity, 1 task)
     assert len(table[table.method == "dense"]) == 7
+    assert set(table.calibration_passages) == {rcs[0].calibration_passages}  # what each cut's operators were fit on
     assert table.loc[(table.cut == "0-2 (angular/bi)") & (table.method == "identity"), "perplexity"].item() == \
         pytest.approx(np.exp(rcs[0].nll[1].sum() / rcs[0].tokens.sum()))
 

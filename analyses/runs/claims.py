@@ -205,11 +205,12 @@ def grid_claims(o: Out, grids: dict[str, list[Any]], entries: list[Any]) -> None
             o.untested_claim(GL_GRID, "Ghosted Layers recovers cuts better than its rivals", model, "", f"run 6: {e}")
             continue
         sizes = "/".join(map(str, sorted({len(rc.blocks) for rc in rcs})))
+        cal = "/".join(map(str, sorted({rc.calibration_passages for rc in rcs})))
         crits = "/".join(sorted({rc.criterion for rc in rcs}))
         for e in effs:
             cuts = e.n.get("placements", 0)
             where = (f"run 6: {cuts} distinct cuts of {sizes} of {rcs[0].n_blocks} blocks chosen by {crits}, "
-                     f"{e.method}")
+                     f"fit on {cal} calibration passages, {e.method}")
             if "NLL" in e.name:
                 rival = e.name.split(" − ")[0]
                 o.claim(GL_GRID, f"Ghosted Layers gives lower held-out perplexity than {rival} across cuts "

@@ -105,7 +105,8 @@ def _table(comparisons: Sequence[RecoveryComparison]) -> Any:
     for blocks, rcs in _cuts(comparisons).items():
         c0 = rcs[0]
         base = {"model": c0.model, "cut": _label(blocks, rcs), "n_cut": len(blocks), "n_blocks": c0.n_blocks,
-                "criterion": "/".join(dict.fromkeys(c.criterion for c in rcs))}
+                "criterion": "/".join(dict.fromkeys(c.criterion for c in rcs)),
+                "calibration_passages": c0.calibration_passages}
         dense = {**base, "method": "dense", "perplexity": c0.dense_perplexity}
         per = {m: {**base, "method": m, "perplexity": c0.perplexity(m)} for m in c0.methods}
         for c in rcs:
@@ -168,7 +169,7 @@ class RecoveryGrid(Result):
 
     def to_pandas(self):
         """The grid in the paper's layout: one row per (cut, method), held-out perplexity and an ``accuracy_<task>``
-        column per task; a dense row per cut."""
+        column per task; a dense row per cut. ``calibration_passages``: what the cut's operators were fit on."""
         return _table(self.comparisons)
 
     def summary(self) -> str:
