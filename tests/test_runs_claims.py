@@ -291,3 +291,12 @@ def test_within_family_notes_compare_sizes_on_the_same_task():
     assert f"transition at block {big.layer} of 28 ({big.layer / 28:.0%} of depth)" in note
     assert "bi collapse ratio 0.250" in note and "fam-0.5b (letters, 40 items): no transition" in note
     assert f"accuracy {small.trace.accuracy[-1]:.2f}" in note
+    assert "(a description)" in note  # same format, same 40 items, no registry entry: nothing else differs
+
+    def traced(model, fmt, ids):
+        return SimpleNamespace(trace=SimpleNamespace(model=model, format=fmt, item_ids=ids, n_items=len(ids)))
+
+    qwen = [traced("qwen2.5-coder-1.5b", "letters", ["a", "b"]), traced("qwen2.5-coder-0.5b", "letters", ["a", "b"])]
+    assert mod.confounds(qwen) == ", confounded by quantisation"  # Q4_K_M against a Q4_K_M GGUF of an AWQ checkpoint
+    qwen[1].trace.format, qwen[1].trace.item_ids = "continuation", ["a", "c"]
+    assert mod.confounds(qwen) == ", confounded by format, quantisation and the items read"

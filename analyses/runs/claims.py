@@ -294,7 +294,7 @@ def family_notes(o: Out, traces: list[Any], sweeps: list[Any]) -> None:
     """Within a model family (names ``<family>-<size>b``, e.g. Qwen2.5-Coder 1.5B and 0.5B), per task traced for two
     sizes or more: where each size's transition sits (block and relative depth), its accuracy and final margin, and
     its collapse ratio where a sweep ran. A description (the issue's within-family comparison), not a claim: the
-    sizes differ in prompt format and quantisation too."""
+    note names what else differs between the sizes (prompt format, quantisation, the items read)."""
     fams: dict[tuple[str, str], dict[str, Any]] = {}
     for t in traces:
         m = SIZE.match(t.trace.model)
@@ -313,8 +313,20 @@ def family_notes(o: Out, traces: list[Any], sweeps: list[Any]) -> None:
                    else f"no {sw.criterion} collapse" for sw in sweeps if sw.model == model and sw.task == task]
             parts.append(f"{model} ({tr.format}, {tr.n_items} items): {where}, accuracy {tr.accuracy[-1]:.2f}, "
                          f"final margin {tr.margins[-1]:+.2f}" + (f", {', '.join(col)}" if col else ""))
-        o.notes.append(f"- within {fam}, {task} (a description, confounded by format and quantisation): "
+        o.notes.append(f"- within {fam}, {task} (a description{confounds(list(got.values()))}): "
                        + "; ".join(parts) + ".")
+
+
+def confounds(transitions: list[Any]) -> str:
+    """``", confounded by ..."``: what differs between the traced sizes besides size (format, quantisation as the
+    embedded registry records it, the items read), or ``""``."""
+    trs = [t.trace for t in transitions]
+    quant = {pl.embedded.EMBEDDED.get(tr.model, {}).get("quantization") for tr in trs}
+    items = {tuple(getattr(tr, "item_ids", None) or ()) or tr.n_items for tr in trs}
+    what = [w for w, differs in (("format", len({tr.format for tr in trs}) > 1), ("quantisation", len(quant) > 1),
+                                 ("the items read", len(items) > 1)) if differs]
+    said = ", ".join(what[:-1]) + " and " + what[-1] if len(what) > 1 else "".join(what)
+    return f", confounded by {said}" if what else ""
 
 
 def describe_cka(o: Out, run: int, row: Any, r: Any) -> None:
