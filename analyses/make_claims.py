@@ -58,6 +58,13 @@ each builds an Effect with the library (`pl.paired_effect`, `pl.hierarchical_eff
 excludes 0 on the predicted side, *disagree* when on the other side, *undetermined* otherwise, with the smallest
 effect the design could detect at 80% power. The Holm family is every claim of one paper in this table, except a
 paper's grid cells (the at-size runs' many small cells, issue 23), which form a family of their own.
+
+**What the at-size runs cut to fit the budget** (2 CPU cores; [runs/PLAN.md](runs/PLAN.md) has every run's measured
+time and what is left). No headline claim lost items: each rests on 200 items per arm or the whole benchmark. Cut
+instead: every grid cell reads 100 items per task (Figure 8's sweeps, the Ghosted grid's cuts); SmolLM2's Ghosted grid
+fits its operators on 32 calibration passages (Qwen-0.5B's on 64, decided after 32 was measured to overfit one of
+SmolLM2's cuts); random selection has 3 seeds and noise one noise seed. A run not yet finished is listed under "not
+judged" with how many of its jobs are done, and its finished jobs still give their claims.
 """
 
 
