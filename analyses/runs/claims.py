@@ -322,7 +322,7 @@ def confounds(transitions: list[Any]) -> str:
     embedded registry records it, the items read), or ``""``."""
     trs = [t.trace for t in transitions]
     quant = {pl.embedded.EMBEDDED.get(tr.model, {}).get("quantization") for tr in trs}
-    items = {tuple(getattr(tr, "item_ids", None) or ()) or tr.n_items for tr in trs}
+    items = {tuple(tr.item_ids) or tr.n_items for tr in trs}
     what = [w for w, differs in (("format", len({tr.format for tr in trs}) > 1), ("quantisation", len(quant) > 1),
                                  ("the items read", len(items) > 1)) if differs]
     said = ", ".join(what[:-1]) + " and " + what[-1] if len(what) > 1 else "".join(what)

@@ -190,7 +190,7 @@ class RecoveryComparison(Result):
                              "fit_relative_error": float(self.fit_relative_error[k]), "n_items": t.n_items,
                              "n_passages": self.n_passages})
         df = pd.DataFrame(rows)
-        df["model"], df["cut"] = self.model, fmt_blocks(self.blocks)
+        df["model"], df["cut"] = self.model, self.cut
         return df
 
     def summary(self) -> str:
@@ -199,7 +199,7 @@ class RecoveryComparison(Result):
             for t in self.tasks)
         ppl = ", ".join(f"{m} {self.perplexity(m):.2f}" for m in self.methods)
         skipped = "".join(f" Skipped {m}: {why}." for m, why in self.skipped.items())
-        return (f"{self.model}: cut blocks {fmt_blocks(self.blocks)} ({len(self.blocks)} of {self.n_blocks}, {self.criterion}), "
+        return (f"{self.model}: cut blocks {self.cut} ({len(self.blocks)} of {self.n_blocks}, {self.criterion}), "
                 f"recovered with {', '.join(self.methods)} on {self.calibration_passages} calibration passages. "
                 f"Final-layer accuracy: {tasks}. Held-out perplexity on {self.n_passages} passages: {ppl} "
                 f"(dense {self.dense_perplexity:.2f}).{skipped}")
