@@ -79,7 +79,8 @@ def main(argv=None) -> None:
                       "states do (hidden-state similarity alone does not show the collapse)", None,
                       "not judged: the two CKAs are on different samples (items vs held-out tokens) and the saved "
                       "CKAResult holds no per-sample features to resample (CKAResult.effects(), issue 21, gives the "
-                      "shuffled-pairing floor). Mean matched CKA after the first cut: decision tokens {C.fmt(dec)} vs hidden states {C.fmt(hid)}; "
+                      f"shuffled-pairing floor). Mean matched CKA after the first cut: decision tokens {C.fmt(dec)} vs "
+                      f"hidden states {C.fmt(hid)}; "
                       f"accuracy {C.fmt(dacc)} -> {C.fmt(pacc)}", model=name, task=tname)
     run.csv(pd.concat(long_rows, ignore_index=True), "cka_pairs")
     mdf = pd.DataFrame(matched_rows)

@@ -296,6 +296,15 @@ def test_cli_noise_ablate_cka(smol, tmp_path):
     assert res.exit_code == 0, res.output
     c = json.loads(res.stdout)
     assert len(c["blocks_b"]) == 27 and 11 not in c["blocks_b"] and c["positions"] == "decision"
+    n = {}
+    for flag, first in (([], False), (["--first-token"], True)):
+        res = run.invoke(app, ["cka", "--model-a", "smollm2-135m", "--prune-b", "10,11,12", "-t", "capitals",
+                               "--limit", "6", "--positions", "all", "--n-samples", "4096", "--json", *flag])
+        assert res.exit_code == 0, res.output
+        c = json.loads(res.stdout)
+        assert c["positions"] == "all" and c["first_token"] is first
+        n[first] = c["n_samples"]
+    assert n[True] == n[False] + 6  # 6 prompts: one first token each
     kinds = {type(v).__name__ for v in results.load_results(tmp_path / "r").values()}
     assert kinds == {"NoiseResult", "AblationResult", "CKAResult"}
     bad = run.invoke(app, ["ablate", "-m", "smollm2-135m", "--mode", "resample", "--limit", "4"])

@@ -245,3 +245,31 @@ def test_iterative_prune_old_keywords_warn_and_give_the_same_sweep(tiny_llama, c
         old = pl.iterative_prune(tiny_llama, capitals_task, seed=3, perplexity_texts=pl.heldout_texts()[:1], **kw)
     assert old.to_json() == new.to_json()
     assert new.steps[0].transition.trace.seed == 3 and new.steps[0].transition.trace.n_boot == 100
+
+
+def test_cka_jobs_reading_every_token_are_not_the_jobs_that_read_the_first_token_too():
+    """positions='all' skips each sequence's first token since CKAResult version 3: such a job hashes first_token,
+    so a study never reuses one finished before (it read the first token); decision-position jobs keep their ids
+    (the hash of their spec parameters, recomputed here by hand)."""
+    import hashlib
+    import json
+
+    from phaselens.study.run import job_id
+    from phaselens.study.spec import parse_spec
+
+    def jobs(runs):
+        return parse_spec({"models": ["m"], "tasks": ["capitals"], "runs": runs}).jobs()
+
+    def by_hand(cfg):
+        doc = {**cfg, "fingerprint": "fp:cpu:float32", "items": "items"}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def ids(runs):
+        return [job_id(c.config(), "fp:cpu:float32", "items") for c in jobs(runs)]
+
+    for run in ({"kind": "cka", "positions": "all"}, {"kind": "cka", "on": "heldout"}):
+        (c,) = jobs([run])
+        assert ids([run]) == ids([{**run, "first_token": False}]) != [by_hand(c.config())]
+        assert ids([run]) != ids([{**run, "first_token": True}])
+    (c,) = jobs([{"kind": "cka"}])
+    assert ids([{"kind": "cka"}]) == [by_hand(c.config())]  # decision positions: unchanged

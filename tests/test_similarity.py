@@ -253,14 +253,51 @@ def test_all_positions_texts_against_hf(tiny_llama):
     texts = ["The quick brown fox jumps over the lazy dog.", "Paris is the capital of France, and Berlin that of Germany.",
              "Water boils at one hundred degrees Celsius at sea level."]
     view = ModelView(tiny_llama, removed=(1,))
-    r = cka(tiny_llama, view, texts, n_samples=10_000, batch_size=2)  # every token
     prompts = tiny_llama.tokenizer(texts)["input_ids"]
-    assert r.positions == "all" and r.source == "texts" and r.n_samples == sum(len(p) for p in prompts)
-    dense = _hf_block_outputs(tiny_llama.hf, prompts, lambda n: slice(0, n))
-    pruned = _hf_block_outputs(_pruned_hf(tiny_llama.hf, (1,)), prompts, lambda n: slice(0, n))  # kept 0, 2, 3, 4
-    assert r.value(3, 4) == pytest.approx(linear_cka(dense[3], pruned[3]), abs=1e-5)
-    assert r.value(4, 2) == pytest.approx(linear_cka(dense[4], pruned[1]), abs=1e-5)
-    assert r.value(0, 0) == pytest.approx(1.0, abs=1e-9)
+    for first, start in ((False, 1), (True, 0)):  # by default every token but each sequence's first (the sink)
+        r = cka(tiny_llama, view, texts, n_samples=10_000, batch_size=2, first_token=first)  # every token
+        assert r.positions == "all" and r.source == "texts" and r.first_token is first
+        assert r.n_samples == sum(len(p) - start for p in prompts)
+        dense = _hf_block_outputs(tiny_llama.hf, prompts, lambda n: slice(start, n))
+        pruned = _hf_block_outputs(_pruned_hf(tiny_llama.hf, (1,)), prompts, lambda n: slice(start, n))  # kept 0, 2-4
+        assert r.value(3, 4) == pytest.approx(linear_cka(dense[3], pruned[3]), abs=1e-5)
+        assert r.value(4, 2) == pytest.approx(linear_cka(dense[4], pruned[1]), abs=1e-5)
+        assert r.value(0, 0) == pytest.approx(1.0, abs=1e-9)
+        assert ("first token" in r.summary()) is first and ("but each sequence's first" in r.summary()) is not first
+
+
+def test_a_massive_first_token_decides_cka_unless_skipped():
+    """Why positions='all' skips each sequence's first token: a row with a norm ~100x the others' (the attention
+    sink's massive activation, shared by the dense and pruned models) drives linear CKA to ~1 between unrelated
+    representations; without it CKA reads the other rows (numpy, independent of phaselens' accumulator)."""
+    rng = np.random.default_rng(0)
+    n, d = 400, 32
+    x, y = rng.standard_normal((n, d)), rng.standard_normal((n, d))  # unrelated tokens
+    sink = np.zeros(d)
+    sink[3] = 150.0
+    rows = np.arange(0, n, 20)  # one sequence start in 20 tokens
+    xs, ys = x.copy(), y.copy()
+    xs[rows] += sink
+    ys[rows] += sink
+    assert linear_cka(xs, ys) > 0.9
+    keep = np.setdiff1d(np.arange(n), rows)
+    assert abs(linear_cka(xs[keep], ys[keep], debiased=True)) < 0.05
+
+
+def test_results_saved_before_first_token_existed_read_every_token(tiny_llama, capitals_task):
+    r = cka(tiny_llama, ModelView(tiny_llama, removed=(2,)), ["Some text to read here, long enough."], n_samples=8)
+    doc = r.to_dict()
+    for k in ("__v__", "first_token"):
+        assert k in doc
+    doc["__v__"] = 2
+    del doc["first_token"]
+    assert CKAResult.from_dict(doc).first_token is True  # version 2's "all" read each sequence's first token
+    dec = cka(tiny_llama, tiny_llama, capitals_task).to_dict()
+    dec["__v__"] = 2
+    del dec["first_token"]
+    assert CKAResult.from_dict(dec).first_token is False
+    with pytest.raises(CKAError, match="first_token"):
+        cka(tiny_llama, tiny_llama, ["Some text"], first_token="yes")
 
 
 def test_subsampling_same_tokens_for_both_models(tiny_llama):

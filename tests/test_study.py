@@ -165,7 +165,9 @@ def test_each_job_is_the_public_functions_result(tiny_llama_dir, tmp_path):
             {"kind": "noise", "eps": 0.5, "seeds": 2, "blocks": [1, 3], "n_boot": 100},
             {"kind": "ablate", "pairs": False, "n_boot": 100},
             {"kind": "sweep", "steps": 2, "n_boot": 100, "calibration_passages": 1, "heldout_passages": 1},
-            {"kind": "cka", "prune": 2, "calibration_passages": 1, "n_samples": 6}]
+            {"kind": "cka", "prune": 2, "calibration_passages": 1, "n_samples": 6},
+            {"kind": "cka-contrast", "prune": 2, "criterion": "random", "calibration_passages": 1, "n_tokens": 10,
+             "groups": 5}]
     df = pl.run_study(_spec(tiny_llama_dir, runs, seeds=[3]), out=tmp_path / "s")
     assert (df.status == "done").all(), df.error.tolist()
     res = pl.load_results(tmp_path / "s")
@@ -180,6 +182,10 @@ def test_each_job_is_the_public_functions_result(tiny_llama_dir, tmp_path):
     assert got["sweep"].to_json() == sw.to_json()
     pruned = pl.prune(m, pl.select_blocks(m, 2, "bi", calibration=cal, seed=3))
     assert got["cka"].to_json() == pl.cka(m, pruned, t, seed=3, n_samples=6).to_json()
+    rand = pl.prune(m, pl.select_blocks(m, 2, "random", seed=3))  # blocks 1 and 4
+    assert got["cka-contrast"].to_json() == pl.cka_contrast(m, rand, t, seed=3, n_tokens=10, groups=5).to_json()
+    crow = df[df.kind == "cka-contrast"].iloc[0]
+    assert crow.cka_contrast == pytest.approx(got["cka-contrast"].difference()) and crow.cut_n == 2
     # the index's key scalars are the results' own numbers
     tr = got["trace"]
     row = df[df.kind == "trace"].iloc[0]

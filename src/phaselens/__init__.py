@@ -28,6 +28,7 @@ from .recovery import BoundaryErrorResult, Recovered, boundary_error, fit_recove
 from .report import build_report
 from .results import Result, load_result, load_results, save_result
 from .similarity import CKAResult, cka
+from .cka_contrast import CKAContrast, cka_contrast
 from .registry import load_plugins, registered
 from .study import RunKind, load_study, register_run, run_study
 from .study.collapse import transition_vs_collapse
@@ -54,8 +55,8 @@ __all__ = [
     # evaluating, exporting and healing views
     "ExportedView", "Healing", "evaluate", "export_view", "heal",
     # controls and experiments
-    "AblationResult", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "RecoveryComparison", "ablate", "cka",
-    "compare_phase_cuts", "compare_recovery", "inject_noise", "linear_cka", "recovery_grid",
+    "AblationResult", "CKAContrast", "CKAResult", "CollapseStudy", "NoiseResult", "PhaseCuts", "RecoveryComparison", "ablate", "cka",
+    "cka_contrast", "compare_phase_cuts", "compare_recovery", "inject_noise", "linear_cka", "recovery_grid",
     "RecoveryGrid", "transition_vs_collapse",
     # results, reports, calibration text
     "Result", "build_report", "heldout_texts", "load_calibration", "load_result", "load_results", "save_result",

@@ -90,7 +90,9 @@ class Effect(Result):
         n: clusters per sampled level, e.g. ``{"items": 24, "placements": 3, "seeds": 3}``.
         resampled, fixed: the levels resampled and the levels held fixed (fewer than 5 clusters).
         method: how the interval and p were obtained.
-        ci_method: ``"percentile"`` (bootstrap replicates) or ``"fisher"`` (Fisher z, normal theory).
+        ci_method: ``"percentile"`` (bootstrap replicates), ``"fisher"`` (Fisher z, normal theory) or
+            ``"jackknife"`` (``estimate ± t se`` with ``n_boot - 1`` degrees of freedom; ``replicates`` are the
+            ``n_boot`` leave-one-group-out values).
         se: standard error (bootstrap SD; on the Fisher-z scale for ``ci_method="fisher"``).
         replicates: ``[B]`` bootstrap replicates of the contrast (NaN where the statistic was undefined).
         undefined: share of replicates where the statistic was undefined.
@@ -143,6 +145,11 @@ class Effect(Result):
             q = NORMAL.inv_cdf(0.5 + level / 2)
             z = math.atanh(self.estimate)
             return math.tanh(z - q * self.se), math.tanh(z + q * self.se)
+        if self.ci_method == "jackknife":
+            from scipy import stats
+
+            q = float(stats.t.ppf(0.5 + level / 2, self.n_boot - 1))
+            return self.estimate - q * self.se, self.estimate + q * self.se
         return percentile_interval(self.replicates, level)
 
     def mde(self, alpha: float = 0.05, power: float = 0.8) -> float:

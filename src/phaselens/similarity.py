@@ -41,7 +41,8 @@ class CKAResult(Result):
         blocks_a, blocks_b: original block index of each row / column (a pruned view's
             surviving blocks keep their dense-model indices).
         model_a, model_b: model names.
-        positions: ``"decision"`` (each item's last prompt token) or ``"all"`` (every token).
+        positions: ``"decision"`` (each item's last prompt token) or ``"all"`` (every token; the first of each
+            sequence only when ``first_token``).
         n_samples: representations compared (items or tokens) after subsampling.
         debiased: whether the unbiased HSIC estimator was used (``cka(debiased="auto")``: when ``n_samples`` is
             below the feature dimension).
@@ -54,6 +55,8 @@ class CKAResult(Result):
         null_blocks: ``[M]`` the matched blocks of ``null``'s columns.
         source: the task name, or ``"texts"`` / ``"calibration"``.
         form: ``"gram"`` or ``"feature"``, the accumulator form that computed it.
+        first_token: whether ``positions="all"`` read each sequence's first token too (False for decision
+            positions; results saved before version 3 read it).
     """
 
     matrix: np.ndarray
@@ -71,8 +74,15 @@ class CKAResult(Result):
     floor: np.ndarray | None = None
     null: np.ndarray | None = None
     null_blocks: list[int] | None = None
+    first_token: bool = False
 
-    version = 2  # version 1 had no plugin / floor / null
+    version = 3  # version 1 had no plugin / floor / null; version 2 no first_token (its "all" read the first token)
+
+    @classmethod
+    def upgrade(cls, doc: dict[str, Any], version: int) -> dict[str, Any] | None:
+        if version != 2:
+            return None
+        return {**doc, "first_token": doc.get("positions") == "all"}
 
     def __post_init__(self) -> None:
         self.matrix = np.asarray(self.matrix, dtype=float)
@@ -123,7 +133,8 @@ class CKAResult(Result):
     def summary(self) -> str:
         kind = "debiased linear CKA" if self.debiased else "linear CKA"
         s = (f"{kind} of {self.model_a} ({len(self.blocks_a)} blocks) against {self.model_b} ({len(self.blocks_b)} "
-             f"blocks) on {self.source or 'inputs'}, {self.positions} positions, n={self.n_samples}.")
+             f"blocks) on {self.source or 'inputs'}, {self.positions} positions{self._first_note()}, "
+             f"n={self.n_samples}.")
         b, v = self.matched()
         if len(b):
             parts = [f"matched blocks' mean CKA {np.nanmean(v):.3f}"]
@@ -136,6 +147,11 @@ class CKAResult(Result):
                 parts.append(f"shuffled-pairing floor {np.nanmean([self.floor[i, j] for i, j in idx]):.3f}")
             s += " " + "; ".join(parts) + "."
         return s
+
+    def _first_note(self) -> str:
+        if self.positions != "all":
+            return ""
+        return " (with each sequence's first token)" if self.first_token else " but each sequence's first"
 
     def effects(self, *, level: float = 0.95) -> list[Effect]:
         """Each matched block's CKA against its shuffled-pairing floor: ``estimate = CKA − mean(null)``, ``p`` the
@@ -295,17 +311,20 @@ class _Samples:
     pos_b: list[int]
 
 
-def _draw_samples(seqs_a, seqs_b, positions: str, n_samples: int, seed: int, debiased: bool, source: str) -> _Samples:
-    """At most ``n_samples`` candidates (each sequence's last token, or every token), drawn without replacement by
-    a generator seeded with ``seed``, in candidate order."""
+def _draw_samples(seqs_a, seqs_b, positions: str, n_samples: int, seed: int, debiased: bool, source: str,
+                  first_token: bool = False) -> _Samples:
+    """At most ``n_samples`` candidates (each sequence's last token, or every token: from the second on unless
+    ``first_token``), drawn without replacement by a generator seeded with ``seed``, in candidate order."""
     if positions == "decision":
         cand_seq = torch.arange(len(seqs_a))
         cand_pos_a = torch.tensor([len(s) - 1 for s in seqs_a])
         cand_pos_b = torch.tensor([len(s) - 1 for s in seqs_b])
     else:
-        lens = torch.tensor([len(s) for s in seqs_a])
+        start = 0 if first_token else 1
+        lens = torch.tensor([max(len(s) - start, 0) for s in seqs_a], dtype=torch.long)
         cand_seq = torch.repeat_interleave(torch.arange(len(seqs_a)), lens)
-        cand_pos_a = torch.cat([torch.arange(int(n)) for n in lens]) if len(lens) else torch.zeros(0, dtype=torch.long)
+        cand_pos_a = (torch.cat([torch.arange(start, start + int(n)) for n in lens]) if len(lens)
+                      else torch.zeros(0, dtype=torch.long))
         cand_pos_b = cand_pos_a
     total = len(cand_seq)
     if total > n_samples:
@@ -360,6 +379,7 @@ def cka(
     form: str = "auto",
     seq_len: int = 256,
     n_perm: int | None = None,
+    first_token: bool = False,
     progress: bool = False,
 ) -> CKAResult:
     """Linear CKA between every surviving block of ``model_a`` and every one of ``model_b``: a :class:`CKAResult`
@@ -374,6 +394,10 @@ def cka(
             sample per item; the two models may have different tokenizers. ``"all"``: every
             non-padding token (texts truncated to ``seq_len`` tokens); both models must tokenize
             the inputs identically. Default: ``"decision"`` for a task, ``"all"`` for texts.
+        first_token: whether ``positions="all"`` samples each sequence's first token too. Default: no. The first
+            token is the attention sink: its massive activations (norms ~100x the other tokens' in the middle
+            blocks of SmolLM2, Gemma 3 and Qwen2.5) survive pruning and decide linear CKA on their own, which then
+            reads near 1 whatever the other tokens do.
         n_samples: at most this many samples (items or tokens), drawn without replacement by a
             generator seeded with ``seed``; the same samples for both models.
         debiased: ``True``: the unbiased HSIC estimator (Song et al.); ``False``: the plug-in one; ``"auto"``
@@ -394,6 +418,9 @@ def cka(
     and folded into a :class:`~phaselens.cka.CKAAccumulator` batch by batch.
     """
     _check_args(positions, n_samples, debiased, seed, batch_size, max_tokens, form, seq_len, n_perm)
+    if not isinstance(first_token, (bool, np.bool_)):
+        raise CKAError(f"first_token must be True or False (whether positions='all' reads each sequence's first "
+                       f"token), got {first_token!r}")
     va, vb = as_view(model_a), as_view(model_b)
     tok_a, tok_b = va.base.tokenizer, vb.base.tokenizer
     if _is_texts(task_or_texts):
@@ -401,7 +428,8 @@ def cka(
     else:
         source, positions, seqs_a, seqs_b = _task_inputs(task_or_texts, positions, tok_a, tok_b)
     _check_pairing(va, vb, positions, seqs_a, seqs_b)
-    smp = _draw_samples(seqs_a, seqs_b, positions, n_samples, seed, debiased, source)
+    first_token = bool(first_token) and positions == "all"
+    smp = _draw_samples(seqs_a, seqs_b, positions, n_samples, seed, debiased, source, first_token)
     acc = CKAAccumulator(debiased=debiased, form=form, device=va.base.device)
     _accumulate(va, vb, seqs_a, seqs_b, smp, acc, max_tokens, batch_size, progress)
     matrix = acc.compute()
@@ -414,5 +442,5 @@ def cka(
         matrix=matrix, blocks_a=list(va.kept), blocks_b=list(vb.kept), model_a=va.name, model_b=vb.name,
         positions=positions, n_samples=len(smp.seq), debiased=bool(acc.resolved), source=source, form=acc.form,
         seed=int(seed), plugin=matrix if not acc.resolved else acc.compute(debiased=False), floor=floor,
-        null=null if n_perm else None, null_blocks=common if n_perm else None,
+        null=null if n_perm else None, null_blocks=common if n_perm else None, first_token=first_token,
     )

@@ -51,6 +51,8 @@ def cka_cmd(
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="text file (passages separated by blank "
                                                "lines) for --on-texts; default: the bundled fit passages"),
     positions: Optional[str] = typer.Option(None, "--positions", help="decision | all"),
+    first_token: bool = typer.Option(False, "--first-token", help="--positions all: sample each sequence's first "
+                                     "token too (default: not; the attention sink's massive activations decide CKA)"),
     debiased: Optional[bool] = typer.Option(None, "--debiased/--plugin", help="the unbiased HSIC estimator, or the "
                                             "plug-in one (default: unbiased when samples < feature dimension)"),
     n_samples: int = typer.Option(2048, "--n-samples", help="at most this many samples (items or tokens)"),
@@ -79,7 +81,7 @@ def cka_cmd(
     elif criterion_b:
         vb = prune(vb, select_blocks(vb, n, criterion_b, task=t, seed=seed))  # type: ignore[arg-type]
     r = cka(ma, vb, (cal if on_texts else t), positions=positions, debiased="auto" if debiased is None else debiased,
-            n_samples=n_samples, seed=seed,
+            n_samples=n_samples, seed=seed, first_token=first_token,
             batch_size=batch_size, progress=progress(as_json))
     finish(r, as_json=as_json, out=out, html=html, name=slug("cka", r.model_a, r.model_b, r.source), table=_cka_table(r),
            summary="", command="cka", model=r.model_a, model_b=r.model_b, task=r.source, positions=r.positions,

@@ -1,4 +1,5 @@
-"""CKA heatmaps: one :class:`~phaselens.CKAResult`, or several side by side on one colour scale."""
+"""CKA heatmaps: one :class:`~phaselens.CKAResult`, or several side by side on one colour scale; the decision-token
+against hidden-state contrast per block."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..errors import PlotError
 from .core import TEMPLATE
 
 if TYPE_CHECKING:
+    from ..cka_contrast import CKAContrast
     from ..similarity import CKAResult
 
 
@@ -99,4 +101,26 @@ def cka_heatmaps(results: Any, *, titles: Iterable[str] | None = None, colorscal
                    f"({_where(r0)}, n={r0.n_samples}); one colour scale", x=0.01, xanchor="left"),
         template=TEMPLATE, height=max(420, 360 + 6 * max(len(r.blocks_a) for r in rs)), width=None,
     )
+    return fig
+
+
+def cka_contrast(result: "CKAContrast", *, title: str | None = None) -> go.Figure:
+    """The two CKAs of a :class:`~phaselens.cka_contrast.CKAContrast` per block after the first cut (original
+    block index): decision tokens and hidden states, each block's value with its jackknife standard error."""
+    r = result
+    G = r.jackknife.shape[0]
+    fig = go.Figure()
+    for k, (name, vals, n) in enumerate((("decision tokens", r.decision, f"{r.n_items} items"),
+                                         ("hidden states", r.hidden, f"{r.n_tokens} prompt tokens"))):
+        jk = r.jackknife[:, :, k]
+        se = np.sqrt((G - 1) / G * ((jk - jk.mean(0)) ** 2).sum(0))
+        fig.add_trace(go.Scatter(
+            x=r.blocks, y=vals, mode="lines+markers", name=f"{name} ({n})",
+            error_y=dict(type="data", array=se, visible=True),
+            hovertext=[f"block {b}<br>{name}: CKA {v:.4f} ± {s:.4f} (jackknife SE)" for b, v, s in zip(r.blocks, vals, se)],
+            hoverinfo="text"))
+    fig.update_layout(
+        title=title or (f"debiased linear CKA, {r.model_a} vs {r.model_b} (cut {len(r.removed)} blocks) on {r.source}: "
+                        "each block after the first cut with itself"),
+        xaxis_title="block (original index)", yaxis_title="debiased linear CKA", template=TEMPLATE)
     return fig

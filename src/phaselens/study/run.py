@@ -19,6 +19,7 @@ from ..results import slug
 from ..tasks import load_task
 from .executors import EXECUTORS
 from .jobs import Job, Outcome
+from .runs import RUNS
 from .spec import JobConfig, StudySpec, hash_params, parse_spec
 from .store import StudyFolder, load_study
 from ..version import __version__
@@ -37,7 +38,8 @@ def job_id(config: dict[str, Any], fingerprint: str, items: str) -> str:
     """The content hash that names a job: its config, the model's identity (fingerprint, device type, dtype), the
     task's items; not phaselens' version (a job stays valid across versions; its row records the version)."""
     if isinstance(config.get("params"), dict):  # the spec key heldout hashes as the key it replaced
-        config = {**config, "params": hash_params(config["params"])}
+        params = hash_params(config["params"])
+        config = {**config, "params": RUNS.get(config["kind"]).hashed(params) if config.get("kind") in RUNS else params}
     doc = {**config, "fingerprint": fingerprint, "items": items}
     lens = (config.get("params") or {}).get("lens") if isinstance(config.get("params"), dict) else None
     if isinstance(lens, str) and Path(lens).is_file():  # a saved lens: its content names the job, not its path

@@ -1,5 +1,5 @@
-"""The run kinds of a study (``trace``, ``sweep``, ``phase-cuts``, ``noise``, ``ablate``, ``cka``), one registered
-:class:`RunKind` each: it names the public function its jobs call, the parameters the study sets itself or
+"""The run kinds of a study (``trace``, ``sweep``, ``phase-cuts``, ``noise``, ``ablate``, ``cka``, ``cka-contrast``),
+one registered :class:`RunKind` each: it names the public function its jobs call, the parameters the study sets itself or
 translates, how they are checked, and owns its run (:meth:`RunKind.run`) and its index numbers
 (:meth:`RunKind.scalars`). ``@pl.register_run("name")`` adds one (see docs/architecture.md)."""
 
@@ -16,6 +16,7 @@ from .. import checks
 from ..ablation import ABLATION_MODES, ablate, check_pairs
 from ..calibration import heldout_texts, load_calibration
 from ..cka import FORMS
+from ..cka_contrast import cka_contrast
 from ..errors import PhaselensError, PhaseCutsError, StudyError
 from ..experiments.phase_cuts import compare_phase_cuts
 from ..noise import eps_list, inject_noise
@@ -153,6 +154,11 @@ class RunKind:
     def scalars(self, result: Any) -> dict[str, Any]:
         """The key numbers of one job's result, for the index (None / NaN where a number does not exist)."""
         return {}
+
+    def hashed(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameters as the job id hashes them. A kind whose default changed what a job computes adds that
+        parameter here when the spec leaves it out, so that jobs finished under the old default are not reused."""
+        return params
 
     def __repr__(self) -> str:
         return f"<run kind {self.name!r}>"
@@ -433,10 +439,45 @@ class CkaRun(RunKind):
         inputs = task if on == "task" else (held if held is not None else heldout_texts())
         return cka(model, pruned, inputs, seed=seed, **p)
 
+    def hashed(self, params):
+        # positions = "all" skips each sequence's first token since CKAResult version 3: a job that reads every
+        # token hashes first_token, so one finished before (which read the first token) is not reused
+        reads_all = params.get("positions", "all" if params.get("on") == "heldout" else "decision") == "all"
+        return {**params, "first_token": False} if reads_all and "first_token" not in params else params
+
     def scalars(self, r):
         b, v = r.matched()
         return {"cka_matched": float(np.mean(v)) if len(v) else float("nan"), "cut_n": len(r.blocks_a) - len(r.blocks_b),
                 "n_samples": int(r.n_samples)}
+
+
+@register_run("cka-contrast")
+class CkaContrastRun(RunKind):
+    """Decision-token against hidden-state CKA of the dense model and a pruned one on the same items
+    (:func:`~phaselens.cka_contrast`), the cut chosen as the ``cka`` kind chooses it."""
+
+    fixed = ("model_a", "model_b", "task", "seed")
+    study = {**_TEXTS, "prune": (lambda v: is_ratio(v) or int_at_least(1)(v), 0.5),
+             "criterion": (lambda v: True, "bi")}
+
+    def fn(self):
+        return cka_contrast
+
+    def choices(self):
+        return {**choices(), "criterion": cka_criteria()}
+
+    def run(self, model, task, seed, params, scratch):
+        p = dict(params)
+        cal, _ = pop_texts(p)
+        cut, crit = p.pop("prune", 0.5), p.pop("criterion", "bi")
+        pruned = prune(model, select_blocks(model, cut_size(cut, model.n_blocks), crit, calibration=cal, seed=seed))
+        return cka_contrast(model, pruned, task, seed=seed, **p)
+
+    def scalars(self, r):
+        (e,) = r.effects()
+        return {"cka_decision": float(np.mean(r.decision)), "cka_hidden": float(np.mean(r.hidden)),
+                "cka_contrast": e.estimate, "cka_contrast_lo": e.lo, "cka_contrast_hi": e.hi,
+                "cut_n": len(r.removed), "n_samples": int(r.n_items)}
 
 
 __all__ = ["COMMON", "HELDOUT_KEYS", "check_common", "RUNS", "RunKind", "bundled", "choices", "cut_size", "int_at_least",
