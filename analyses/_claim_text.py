@@ -2,6 +2,12 @@
 
 DT = "decision-transition (arXiv 2605.07271)"
 JOINT = "joint hypothesis (phaselens)"
+#: Figs. 2, 10, 11: what CKA of dense against pruned representations shows
+CKA_DIVERGE = ("after pruning, decision-token representations diverge from the dense model's more than hidden states "
+               "do (hidden-state similarity alone does not show the collapse)")
+#: its control: is the divergence the decision position's own, or that of any position of the prompt's template?
+CKA_CONTROL = ("after pruning, the decision token's representation diverges from the dense model's more than that of "
+               "the template token just before it (the divergence is the decision position's, not any fixed position's)")
 
 
 def phase_cut_claim(effect_name: str) -> tuple[str, str]:

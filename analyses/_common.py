@@ -193,7 +193,7 @@ class Run:
             if r["kind"] in ("sweep", "phase-cuts"):
                 r.setdefault("calibration_passages", a.calibration_passages)
                 r.setdefault("heldout_passages", a.heldout_passages)
-            if r["kind"] == "cka":
+            if r["kind"] in ("cka", "cka-contrast"):
                 r.setdefault("calibration_passages", a.calibration_passages)
                 if r.get("on") == "heldout":
                     r.setdefault("heldout_passages", a.heldout_passages)

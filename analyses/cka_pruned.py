@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 
 import _common as C  # noqa: E402
+from _claim_text import CKA_CONTROL, CKA_DIVERGE, JOINT  # noqa: E402
 from _common import pl, plots  # noqa: E402
 
 PAPER = "decision-transition (arXiv 2605.07271), Figs. 2, 10, 11"
@@ -31,6 +32,10 @@ def main(argv=None) -> None:
     cut = {"kind": "cka", "prune": a.ratio, "criterion": a.criterion}  # the same blocks in every job of a model
     hidden = run.study([{**cut, "on": "heldout", "n_samples": a.tokens}], tasks=a.tasks[:1]) if a.tokens else None
     decision = run.study([{**cut, "on": "task"}])
+    # the paper's contrast on the same items (decision tokens against their prompts' tokens), judged per task
+    groups = min(20, *(len(run.task(s).items) for s in a.tasks))
+    contrast = run.study([{"kind": "cka-contrast", "prune": a.ratio, "criterion": a.criterion, "n_tokens": a.tokens or 1024,
+                           "groups": groups}])
     for name in a.models:
         results = {}
         if hidden is not None:
@@ -72,16 +77,18 @@ def main(argv=None) -> None:
                  f"itself, over the blocks after the first cut: " +
                  "; ".join(f"{k} {C.fmt(v)} (last block {C.fmt(final.get(k))})" for k, v in per_rep.items()) + ". "
                  + "Accuracy dense -> pruned: " + "; ".join(f"{k} {C.fmt(d)} -> {C.fmt(q)}" for k, (d, q) in accs.items()) + ".")
-        hid = per_rep.get("hidden (held-out tokens)")
-        for tname, (dacc, pacc) in accs.items():
-            dec = per_rep.get(f"decision token ({tname})")
-            run.claim(PAPER, "after pruning, decision-token representations diverge from the dense model's more than hidden "
-                      "states do (hidden-state similarity alone does not show the collapse)", None,
-                      "not judged: the two CKAs are on different samples (items vs held-out tokens) and the saved "
-                      "CKAResult holds no per-sample features to resample (CKAResult.effects(), issue 21, gives the "
-                      f"shuffled-pairing floor). Mean matched CKA after the first cut: decision tokens {C.fmt(dec)} vs "
-                      f"hidden states {C.fmt(hid)}; "
-                      f"accuracy {C.fmt(dacc)} -> {C.fmt(pacc)}", model=name, task=tname)
+        for spec in a.tasks:
+            tname = run.task(spec).name
+            ck = C.need(contrast, name, spec, "cka-contrast")
+            dacc, pacc = accs[tname]
+            e, c = ck.effects()
+            why = (f"{ck.n_items} items: decision tokens {C.fmt(float(ck.decision.mean()))}, their prompts' tokens "
+                   f"{C.fmt(float(ck.hidden.mean()))} ({ck.n_tokens}, each prompt's first left out), the template token "
+                   f"before the decision token {C.fmt(float(ck.control.mean()))}, over the {len(ck.blocks)} blocks after "
+                   f"the first cut; accuracy {C.fmt(dacc)} -> {C.fmt(pacc)}; {e.method}")
+            run.claim(PAPER, CKA_DIVERGE, e, why)
+            run.claim(JOINT, CKA_CONTROL, c, why)
+            run.figure(ck.plot(), f"cka_contrast_{name}_{tname}")
     run.csv(pd.concat(long_rows, ignore_index=True), "cka_pairs")
     mdf = pd.DataFrame(matched_rows)
     run.csv(mdf, "cka_matched")
@@ -100,9 +107,12 @@ def main(argv=None) -> None:
         f"Linear CKA (pl.cka) between every block of the dense model and every surviving block of the same model with "
         f"{a.ratio:.0%} of its blocks removed by the {a.criterion} criterion (selected on {a.calibration_passages} "
         f"calibration passages). Two representations: hidden states at {a.tokens} randomly sampled tokens of the held-out "
-        f"passages, and the decision-token representation (each item's last prompt token) of every task item. The "
-        f"paper reports that representation similarity alone does not explain collapse; the test here is whether "
-        f"decision-token CKA falls below hidden-state CKA on the surviving blocks after the first cut.")
+        f"passages (each passage's first token left out: the attention sink's massive activations would decide CKA on "
+        f"their own), and the decision-token representation (each item's last prompt token) of every task item. The "
+        f"paper reports that representation similarity alone does not explain collapse; the test (pl.cka_contrast) "
+        f"reads both on the same items, the decision token and the tokens of the items' own prompts, over the "
+        f"surviving blocks after the first cut, jackknifed over groups of items; beside it, the template token just "
+        f"before the decision token as a control.")
 
 
 if __name__ == "__main__":

@@ -54,19 +54,26 @@ def test_against_hf_hidden_states_and_a_numpy_jackknife(tiny_llama, capitals_tas
     for m_, (blk, row_b) in enumerate([(3, 1), (4, 2)]):  # dense block 3 is the pruned model's block 1, ...
         dec_a = np.stack([s[blk, -1] for s in dense])
         dec_b = np.stack([s[row_b, -1] for s in pruned])
+        ctl_a = np.stack([s[blk, -2] for s in dense])
+        ctl_b = np.stack([s[row_b, -2] for s in pruned])
         hid_a = np.concatenate([s[blk, 1:] for s in dense])
         hid_b = np.concatenate([s[row_b, 1:] for s in pruned])
         tok_item = np.concatenate([np.full(len(p) - 1, i) for i, p in enumerate(prompts)])
         assert r.decision[m_] == pytest.approx(_cka(dec_a, dec_b), abs=1e-6)
         assert r.hidden[m_] == pytest.approx(_cka(hid_a, hid_b), abs=1e-6)
+        assert r.control[m_] == pytest.approx(_cka(ctl_a, ctl_b), abs=1e-6)
         for k in range(6):
             keep_i, keep_t = g != k, g[tok_item] != k
             assert r.jackknife[k, m_, 0] == pytest.approx(_cka(dec_a[keep_i], dec_b[keep_i]), abs=1e-6)
             assert r.jackknife[k, m_, 1] == pytest.approx(_cka(hid_a[keep_t], hid_b[keep_t]), abs=1e-6)
+            assert r.jackknife[k, m_, 2] == pytest.approx(_cka(ctl_a[keep_i], ctl_b[keep_i]), abs=1e-6)
     # the last block (HF normalises it) against pl.cka's accumulator at decision positions
     ref = pl.cka(tiny_llama, view, capitals_task, debiased=True)
     assert r.decision[2] == pytest.approx(ref.value(5, 5), abs=1e-6)
-    (e,) = r.effects()
+    e, c = r.effects()
+    assert c.estimate == pytest.approx(float(np.mean(r.control - r.decision))) and c.predicted == "positive"
+    creps = (r.jackknife[:, :, 2] - r.jackknife[:, :, 0]).mean(1)
+    assert c.se == pytest.approx(np.sqrt(5 / 6 * ((creps - creps.mean()) ** 2).sum()))
     reps = (r.jackknife[:, :, 1] - r.jackknife[:, :, 0]).mean(1)
     se = np.sqrt(5 / 6 * ((reps - reps.mean()) ** 2).sum())
     est = float(np.mean(r.hidden - r.decision))
@@ -86,8 +93,8 @@ def test_result_roundtrip_table_plot_and_summary(tiny_llama, capitals_task, tmp_
     np.testing.assert_allclose(back.jackknife, r.jackknife)
     assert back.item_group == r.item_group and back.effects()[0].estimate == pytest.approx(r.effects()[0].estimate)
     df = r.to_pandas()
-    assert list(df.columns) == ["block", "decision", "hidden", "difference"] and len(df) == 3
-    assert len(r.plot().data) == 2 and "hidden − decision" in r.summary()
+    assert list(df.columns) == ["block", "decision", "hidden", "control", "difference"] and len(df) == 3
+    assert len(r.plot().data) == 3 and "hidden − decision" in r.summary() and "control − decision" in r.summary()
     r2 = pl.cka_contrast(tiny_llama, pl.prune(tiny_llama, [2]), capitals_task, n_tokens=20, groups=5, seed=1)
     assert r2.item_group != r.item_group
 

@@ -158,7 +158,8 @@ def run2(tiny_llama, tiny_llama_dir, tmp_path_factory):
         '[[runs]]\nkind = "phase-cuts"\nn = 1\nfit_n = true\nmethods = ["identity", "ghosted"]\nseeds = 1\n'
         'calibration_passages = 8\nheldout = 2\nseq_len = 64\nn_boot = 400\n'
         '[[runs]]\nkind = "noise"\neps = [0.5, 1.0]\nseeds = 1\nn_boot = 400\n'
-        '[[runs]]\nkind = "ablate"\npairs = false\nn_boot = 400\n')
+        '[[runs]]\nkind = "ablate"\npairs = false\nn_boot = 400\n'
+        '[[runs]]\nkind = "cka-contrast"\nprune = 2\ncriterion = "random"\nn_tokens = 40\ngroups = 5\n')
     df = pl.run_study(specs / "run2_tiny_arc.toml", out=runs / "run2_tiny_arc")
     assert (df.status == "done").all(), df.error.tolist()
     out = root / "out"
@@ -205,6 +206,14 @@ def test_run2_kinds_give_their_results_own_effects_as_claims(run2):
     assert sorted(c.effect.estimate for c in pc_claims) == sorted(e.estimate for e in pc)
     assert any(c.claim.startswith("pruning the silent phase") for c in pc_claims)
     assert any("interaction" in c.claim for c in pc_claims)
+    # CKA on the same items: hidden-state minus decision-token CKA over the blocks after the first cut, predicted > 0
+    ck = res["cka-contrast"]
+    (c,) = [c for c in table.claims if "decision-token representations diverge" in c.claim]
+    assert c.paper == "decision-transition (arXiv 2605.07271), Figs. 2, 10, 11" and c.effect.predicted == "positive"
+    assert c.effect.estimate == pytest.approx(float(np.mean(ck.hidden - ck.decision)))
+    assert c.effect.ci_method == "jackknife" and c.effect.n == {"items": ck.n_items, "tokens": ck.n_tokens}
+    (c,) = [c for c in table.claims if "than that of the template token" in c.claim]
+    assert c.paper == "joint hypothesis (phaselens)" and c.effect.estimate == pytest.approx(float(np.mean(ck.control - ck.decision)))
     assert len(doc["claims"]) == len(table.claims) and not [u for u in doc["untested"] if "not finished" in u["reason"]]
 
 

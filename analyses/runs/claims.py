@@ -24,10 +24,12 @@ experiment's result); no verdict is decided here. A run whose jobs are not all d
   ``OUT/ghosted_grid.csv`` (``RecoveryGrid.to_pandas()``), its figure in the report;
 * sweeps (runs 2, 5): Figure 8, ``transition_vs_collapse(...).effects()`` over the pairs whose dense accuracy lies
   above chance (a paired bootstrap of correct minus 1/K over items, interval above 0), per criterion;
-* traces (runs 1, 4) and CKA (run 7) are described in the notes (no paired effect can be built from saved results
-  for run 7's "decision tokens diverge more than hidden states": its two CKAs are on different samples), with the
-  within-family comparison: Qwen2.5-Coder 1.5B against 0.5B, per task both were traced on, the transition's depth,
-  accuracy, margin and collapse ratio.
+* CKA (run 7): ``CKAContrast.effects()``, hidden-state minus decision-token CKA after the first cut, both on the same
+  items, jackknifed over items (the ``cka-contrast`` jobs), and its control (the template token before the decision
+  token against the decision token: is the divergence the decision's, or any template position's?); the two ``cka`` jobs (every block pair, each against its
+  shuffled-pairing floor) are described in the notes;
+* traces (runs 1, 4) are described in the notes, with the within-family comparison: Qwen2.5-Coder 1.5B against
+  0.5B, per task both were traced on, the transition's depth, accuracy, margin and collapse ratio.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ from phaselens.experiments.recovery_comparison import REFERENCE  # noqa: E402
 from phaselens.report import build_report, section_anchor  # noqa: E402
 from phaselens.results import ResultEntry  # noqa: E402
 from phaselens.study import parse_spec  # noqa: E402
+from phaselens.view import fmt_blocks  # noqa: E402
 
-from _claim_text import DT, JOINT, phase_cut_claim  # noqa: E402
+from _claim_text import CKA_CONTROL, CKA_DIVERGE, DT, JOINT, phase_cut_claim  # noqa: E402
 
 GL = "Ghosted Layers (arXiv 2605.15491), main comparison"
 #: the grid's own Holm family (analyses/make_claims.py keeps a paper's ", grid" rows apart from its headline rows)
@@ -329,13 +332,31 @@ def confounds(transitions: list[Any]) -> str:
     return f", confounded by {said}" if what else ""
 
 
+def _where(r: Any) -> str:
+    if r.positions == "decision":
+        return "decision positions"
+    return "every token" if r.first_token else "every token but each sequence's first (the attention sink)"
+
+
 def describe_cka(o: Out, run: int, row: Any, r: Any) -> None:
     b, v = r.matched()
     floor = np.nanmean(np.diag(r.floor)) if r.floor is not None and r.floor.size else float("nan")
     o.notes.append(f"- run {run}: CKA {row.model} dense vs pruned ({len(r.blocks_a) - len(r.blocks_b)} blocks cut) on "
-                   f"{row.task}, {r.positions} positions, {r.n_samples} samples, "
+                   f"{row.task}, {_where(r)}, {r.n_samples} samples, "
                    f"{'debiased' if r.debiased else 'plug-in'}: mean matched CKA {np.mean(v):.3f} over {len(v)} blocks "
                    f"(shuffled-pairing floor {floor:.3f}).")
+
+
+def cka_contrast_claims(o: Out, run: int, row: Any, r: Any) -> None:
+    """Figs. 2, 10, 11 on the same items: hidden-state minus decision-token CKA after the first cut (predicted > 0)."""
+    e, c = r.effects()
+    setting = (f"run {run}: {len(r.removed)} blocks cut by {json.loads(row.params).get('criterion', 'bi')} "
+               f"({fmt_blocks(r.removed)}); {len(r.blocks)} surviving blocks after the first cut; decision tokens "
+               f"{np.mean(r.decision):.3f} ({r.n_items} items), hidden states {np.mean(r.hidden):.3f} ({r.n_tokens} "
+               f"prompt tokens of the same items, each prompt's first left out), control tokens (the prompt token "
+               f"before the decision token) {np.mean(r.control):.3f}; {e.method}")
+    o.claim(f"{DT}, Figs. 2, 10, 11", CKA_DIVERGE, e, setting)
+    o.claim(JOINT, CKA_CONTROL, c, setting)
 
 
 # ----------------------------------------------------------------------------- main
@@ -383,6 +404,8 @@ def collect(runs: Path, specs: Path) -> tuple[Out, list[dict[str, Any]], list[An
                 traces.append(r)
             elif row.kind == "cka":
                 describe_cka(o, n, row, r)
+            elif row.kind == "cka-contrast":
+                cka_contrast_claims(o, n, row, r)
     family_notes(o, traces, [sw for found in sweeps.values() for sw in found])
     o.figure = "report.html"
     if sweeps:

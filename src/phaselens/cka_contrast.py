@@ -7,6 +7,11 @@ surviving block with itself on the two representations. Both come from the same 
 over items: a delete-a-group jackknife (items split into groups at random; a group's tokens leave with it). The
 bootstrap does not apply: a resample repeats items, and the unbiased HSIC estimator reads a repeated row as a
 perfectly matched pair.
+
+A control beside it: the prompt token just before the decision token (in every format a token of the prompt's template
+too, the same few token types across items, like the decision token). Hidden states mix many token types, whose
+identity the residual stream carries past a cut, so a lower decision-token CKA may say only "one position of a
+template" rather than "the decision": the control position measures that.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from .view import as_view
 
 #: what the paper predicts: hidden-state CKA minus decision-token CKA is positive after the first cut
 NAME = "hidden-state CKA − decision-token CKA"
+#: the control: the template token before the decision token against the decision token
+CONTROL = "control-token CKA − decision-token CKA"
+#: the representations, in the order of :attr:`CKAContrast.jackknife`'s last axis
+REPRESENTATIONS = ("decision", "hidden", "control")
 
 
 @dataclass
@@ -41,7 +50,8 @@ class CKAContrast(Result):
         decision: ``[M]`` debiased linear CKA of each block with itself at the items' decision positions.
         hidden: ``[M]`` the same at the sampled prompt tokens (every token but each prompt's first unless
             ``first_token``).
-        jackknife: ``[G, M, 2]`` the two CKAs (decision, hidden) with each of ``G`` item groups left out.
+        control: ``[M]`` the same at each item's control position, the prompt token before its decision token.
+        jackknife: ``[G, M, 3]`` the three CKAs (decision, hidden, control) with each of ``G`` item groups left out.
         item_group: ``[n_items]`` each item's jackknife group (items in task order).
         removed: the blocks the pruned view cut.
         n_items, n_tokens: decision positions (one per item) and prompt tokens compared.
@@ -50,6 +60,7 @@ class CKAContrast(Result):
     blocks: list[int]
     decision: np.ndarray
     hidden: np.ndarray
+    control: np.ndarray
     jackknife: np.ndarray
     removed: list[int]
     item_group: list[int]
@@ -70,10 +81,11 @@ class CKAContrast(Result):
         self.item_group = [int(g) for g in self.item_group]
         self.decision = np.asarray(self.decision, dtype=float).reshape(-1)
         self.hidden = np.asarray(self.hidden, dtype=float).reshape(-1)
-        self.jackknife = np.asarray(self.jackknife, dtype=float).reshape(-1, len(self.blocks), 2)
-        if not (len(self.decision) == len(self.hidden) == len(self.blocks)):
-            raise CKAError(f"{len(self.blocks)} blocks but {len(self.decision)} decision and {len(self.hidden)} "
-                           "hidden values")
+        self.control = np.asarray(self.control, dtype=float).reshape(-1)
+        self.jackknife = np.asarray(self.jackknife, dtype=float).reshape(-1, len(self.blocks), len(REPRESENTATIONS))
+        if not (len(self.decision) == len(self.hidden) == len(self.control) == len(self.blocks)):
+            raise CKAError(f"{len(self.blocks)} blocks but {len(self.decision)} decision, {len(self.hidden)} hidden and "
+                           f"{len(self.control)} control values")
 
     @property
     def groups(self) -> int:
@@ -84,32 +96,36 @@ class CKAContrast(Result):
         return float(np.mean(self.hidden - self.decision))
 
     def effects(self, *, level: float | None = None) -> list[Effect]:
-        """One effect: :meth:`difference`, its interval from the delete-a-group jackknife over items (Student t with
-        ``G - 1`` degrees of freedom), the two-sided p of the same t; predicted positive (the paper: decision tokens
-        diverge more)."""
+        """Two effects, each a mean over :attr:`blocks` with its interval from the delete-a-group jackknife over items
+        (Student t with ``G - 1`` degrees of freedom) and the two-sided p of the same t, both predicted positive:
+        hidden-state minus decision-token CKA (:meth:`difference`; the paper: decision tokens diverge more), and
+        control-token minus decision-token CKA (the control: the decision token diverges more than the template
+        token before it)."""
         level = self.level if level is None else level
         G = self.groups
-        reps = (self.jackknife[:, :, 1] - self.jackknife[:, :, 0]).mean(1)  # [G] the statistic, one group left out
-        est = self.difference()
-        se = float(np.sqrt((G - 1) / G * np.sum((reps - reps.mean()) ** 2)))
-        q = float(stats.t.ppf(0.5 + level / 2, G - 1))
-        p = float(2 * stats.t.sf(abs(est) / se, G - 1)) if se > 0 else (0.0 if est != 0 else 1.0)
-        return [Effect(
-            name=f"{NAME}, mean over the {len(self.blocks)} blocks after the first cut", estimate=est,
-            lo=est - q * se, hi=est + q * se, p=p, level=level, predicted="positive",
-            n={"items": self.n_items, "tokens": self.n_tokens}, resampled=["items"],
-            method=f"debiased linear CKA; delete-a-group jackknife over {G} random groups of items (a group's "
-                   f"tokens leave with it), t interval with {G - 1} df", ci_method="jackknife", se=se,
-            replicates=reps, n_boot=G, boot_seed=self.seed,
-            model=self.model_a if self.model_a == self.model_b else f"{self.model_a} vs {self.model_b}",
-            task=self.source)]
+        model = self.model_a if self.model_a == self.model_b else f"{self.model_a} vs {self.model_b}"
+        out = []
+        for name, k, n in ((NAME, 1, {"items": self.n_items, "tokens": self.n_tokens}),
+                           (CONTROL, 2, {"items": self.n_items})):
+            reps = (self.jackknife[:, :, k] - self.jackknife[:, :, 0]).mean(1)  # [G] the statistic, a group left out
+            est = float(np.mean((self.hidden if k == 1 else self.control) - self.decision))
+            se = float(np.sqrt((G - 1) / G * np.sum((reps - reps.mean()) ** 2)))
+            q = float(stats.t.ppf(0.5 + level / 2, G - 1))
+            p = float(2 * stats.t.sf(abs(est) / se, G - 1)) if se > 0 else (0.0 if est != 0 else 1.0)
+            out.append(Effect(
+                name=f"{name}, mean over the {len(self.blocks)} blocks after the first cut", estimate=est,
+                lo=est - q * se, hi=est + q * se, p=p, level=level, predicted="positive", n=n, resampled=["items"],
+                method=f"debiased linear CKA; delete-a-group jackknife over {G} random groups of items (a group's "
+                       f"tokens leave with it), t interval with {G - 1} df", ci_method="jackknife", se=se,
+                replicates=reps, n_boot=G, boot_seed=self.seed, model=model, task=self.source))
+        return out
 
     def to_pandas(self):
-        """One row per block: ``block``, ``decision``, ``hidden``, ``difference``."""
+        """One row per block: ``block``, ``decision``, ``hidden``, ``control``, ``difference`` (hidden − decision)."""
         import pandas as pd
 
         return pd.DataFrame({"block": self.blocks, "decision": self.decision, "hidden": self.hidden,
-                             "difference": self.hidden - self.decision})
+                             "control": self.control, "difference": self.hidden - self.decision})
 
     def table(self):
         return self.to_pandas()
@@ -121,12 +137,14 @@ class CKAContrast(Result):
         return draw(self, **kw)
 
     def summary(self) -> str:
-        (e,) = self.effects()
+        e, c = self.effects()
+        left_out = "" if self.first_token else ", each prompt's first token left out"
         return (f"CKA of {self.model_a} against {self.model_b} (cut {len(self.removed)} blocks) on {self.source}, "
                 f"the {len(self.blocks)} blocks after the first cut: decision tokens {np.mean(self.decision):.3f} "
                 f"({self.n_items} items), hidden states {np.mean(self.hidden):.3f} ({self.n_tokens} prompt tokens"
-                f"{'' if self.first_token else ', each prompt first token left out'}); hidden − decision "
-                f"{e.estimate:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}] ({e.method}), p = {e.p:.3g}.")
+                f"{left_out}), control tokens {np.mean(self.control):.3f}; hidden − decision "
+                f"{e.estimate:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}], p = {e.p:.3g}; control − decision "
+                f"{c.estimate:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}], p = {c.p:.3g} ({e.method}).")
 
     def provenance(self) -> dict[str, Any]:
         model = self.model_a if self.model_a == self.model_b else f"{self.model_a} vs {self.model_b}"
@@ -197,7 +215,12 @@ def cka_contrast(
     if groups > n_items:
         raise CKAError(f"groups={groups} is more than the {n_items} items of {source}; pass groups <= {n_items}")
     smp = _draw_samples(seqs_a, seqs_b, "all", n_tokens, seed, True, source, bool(first_token))
-    pos: dict[int, list[int]] = {i: [len(s) - 1] for i, s in enumerate(seqs_a)}  # decision position first
+    short = [i for i, s in enumerate(seqs_a) if len(s) < 2 + (not first_token)]
+    if short:
+        raise CKAError(f"item {short[0]} of {source} has a prompt of {len(seqs_a[short[0]])} token(s); the control "
+                       "position is the token before the decision token (and not the first)")
+    # per item: its decision position, its control position, then its sampled tokens
+    pos: dict[int, list[int]] = {i: [len(s) - 1, len(s) - 2] for i, s in enumerate(seqs_a)}
     for s, p in zip(smp.seq, smp.pos_a):
         pos[s].append(p)
     rows_a = [list(va.kept).index(b) for b in blocks]
@@ -210,26 +233,28 @@ def cka_contrast(
         feats.append(torch.cat(parts, 1))
     # the row of each (item, position) in the collected order: batches list sequences, each its positions in order
     seq_of_row = [s for g in batches for s in g for _ in pos[s]]
-    first_of = {}
+    first_of: dict[int, int] = {}
     for r, s in enumerate(seq_of_row):
         first_of.setdefault(s, r)
     dec_rows = torch.tensor([first_of[i] for i in order])
-    hid_rows = torch.tensor([r for r, s in enumerate(seq_of_row) if r != first_of[s]])
+    ctl_rows = dec_rows + 1
+    hid_rows = torch.tensor([r for r, s in enumerate(seq_of_row) if r - first_of[s] >= 2])
     hid_item = torch.tensor([seq_of_row[int(r)] for r in hid_rows])
     gen = torch.Generator().manual_seed(int(seed))
     group_of = torch.empty(n_items, dtype=torch.long)
     group_of[torch.randperm(n_items, generator=gen)] = torch.arange(n_items) % groups
     M = len(blocks)
-    value = np.zeros((M, 2))
-    jack = np.zeros((groups, M, 2))
+    value = np.zeros((M, 3))
+    jack = np.zeros((groups, M, 3))
+    items = torch.arange(n_items)
     for m in range(M):
-        for k, (rows, owner) in enumerate(((dec_rows, torch.arange(n_items)), (hid_rows, hid_item))):
+        for k, (rows, owner) in enumerate(((dec_rows, items), (hid_rows, hid_item), (ctl_rows, items))):
             K, L = _grams(feats[0][m, rows]), _grams(feats[1][m, rows])
             value[m, k] = _cka_u(K, L)
             for g in range(groups):
                 keep = torch.nonzero(group_of[owner] != g).squeeze(1)
                 jack[g, m, k] = _cka_u(K[keep][:, keep], L[keep][:, keep])
-    return CKAContrast(blocks=blocks, decision=value[:, 0], hidden=value[:, 1], jackknife=jack, removed=removed,
+    return CKAContrast(blocks=blocks, decision=value[:, 0], hidden=value[:, 1], control=value[:, 2], jackknife=jack, removed=removed,
                        item_group=group_of.tolist(), model_a=va.name, model_b=vb.name, source=source, n_items=n_items, n_tokens=len(hid_rows),
                        seed=int(seed), first_token=bool(first_token), level=float(level))
 

@@ -105,13 +105,16 @@ def cka_heatmaps(results: Any, *, titles: Iterable[str] | None = None, colorscal
 
 
 def cka_contrast(result: "CKAContrast", *, title: str | None = None) -> go.Figure:
-    """The two CKAs of a :class:`~phaselens.cka_contrast.CKAContrast` per block after the first cut (original
-    block index): decision tokens and hidden states, each block's value with its jackknife standard error."""
+    """The three CKAs of a :class:`~phaselens.cka_contrast.CKAContrast` per block after the first cut (original
+    block index): decision tokens, hidden states and the control tokens, each value with its jackknife standard
+    error."""
     r = result
     G = r.jackknife.shape[0]
     fig = go.Figure()
     for k, (name, vals, n) in enumerate((("decision tokens", r.decision, f"{r.n_items} items"),
-                                         ("hidden states", r.hidden, f"{r.n_tokens} prompt tokens"))):
+                                         ("hidden states", r.hidden, f"{r.n_tokens} prompt tokens"),
+                                         ("control tokens (before the decision token)", r.control,
+                                          f"{r.n_items} items"))):
         jk = r.jackknife[:, :, k]
         se = np.sqrt((G - 1) / G * ((jk - jk.mean(0)) ** 2).sum(0))
         fig.add_trace(go.Scatter(

@@ -474,9 +474,11 @@ class CkaContrastRun(RunKind):
         return cka_contrast(model, pruned, task, seed=seed, **p)
 
     def scalars(self, r):
-        (e,) = r.effects()
+        e, c = r.effects()
         return {"cka_decision": float(np.mean(r.decision)), "cka_hidden": float(np.mean(r.hidden)),
+                "cka_control": float(np.mean(r.control)),
                 "cka_contrast": e.estimate, "cka_contrast_lo": e.lo, "cka_contrast_hi": e.hi,
+                "cka_control_contrast": c.estimate, "cka_control_lo": c.lo, "cka_control_hi": c.hi,
                 "cut_n": len(r.removed), "n_samples": int(r.n_items)}
 
 
