@@ -418,24 +418,35 @@ def cka_criteria() -> tuple[str, ...]:
     return tuple(n for n, c in CRITERIA.items() if not c.needs_task)
 
 
-@register_run("cka")
-class CkaRun(RunKind):
-    fixed = ("model_a", "model_b", "task_or_texts", "seed", "progress")
-    listy = HELDOUT_KEYS
-    study = {**_TEXTS, "prune": (lambda v: is_ratio(v) or int_at_least(1)(v), 0.5),
-             "criterion": (lambda v: True, "bi"), "on": (lambda v: True, "task")}
+class _DenseVsPruned(RunKind):
+    """A kind comparing the model with itself pruned: ``prune`` (a share, or a number of blocks) chosen by a
+    task-free ``criterion`` on the calibration text."""
 
-    def fn(self):
-        return cka
+    study = {**_TEXTS, "prune": (lambda v: is_ratio(v) or int_at_least(1)(v), 0.5), "criterion": (lambda v: True, "bi")}
 
     def choices(self):
         return {**choices(), "criterion": cka_criteria()}
 
+    def pruned(self, model: Any, p: dict[str, Any], seed: int) -> tuple[Any, list[str] | None]:
+        """``(pruned view, held-out texts or None)``; pops the study's own keys from ``p``."""
+        cal, held = pop_texts(p)
+        cut, crit = p.pop("prune", 0.5), p.pop("criterion", "bi")
+        return prune(model, select_blocks(model, cut_size(cut, model.n_blocks), crit, calibration=cal, seed=seed)), held
+
+
+@register_run("cka")
+class CkaRun(_DenseVsPruned):
+    fixed = ("model_a", "model_b", "task_or_texts", "seed", "progress")
+    listy = HELDOUT_KEYS
+    study = {**_DenseVsPruned.study, "on": (lambda v: True, "task")}
+
+    def fn(self):
+        return cka
+
     def run(self, model, task, seed, params, scratch):
         p = dict(params)
-        cal, held = pop_texts(p)
-        cut, crit, on = p.pop("prune", 0.5), p.pop("criterion", "bi"), p.pop("on", "task")
-        pruned = prune(model, select_blocks(model, cut_size(cut, model.n_blocks), crit, calibration=cal, seed=seed))
+        on = p.pop("on", "task")
+        pruned, held = self.pruned(model, p, seed)
         inputs = task if on == "task" else (held if held is not None else heldout_texts())
         return cka(model, pruned, inputs, seed=seed, **p)
 
@@ -452,25 +463,18 @@ class CkaRun(RunKind):
 
 
 @register_run("cka-contrast")
-class CkaContrastRun(RunKind):
+class CkaContrastRun(_DenseVsPruned):
     """Decision-token against hidden-state CKA of the dense model and a pruned one on the same items
     (:func:`~phaselens.cka_contrast`), the cut chosen as the ``cka`` kind chooses it."""
 
     fixed = ("model_a", "model_b", "task", "seed")
-    study = {**_TEXTS, "prune": (lambda v: is_ratio(v) or int_at_least(1)(v), 0.5),
-             "criterion": (lambda v: True, "bi")}
 
     def fn(self):
         return cka_contrast
 
-    def choices(self):
-        return {**choices(), "criterion": cka_criteria()}
-
     def run(self, model, task, seed, params, scratch):
         p = dict(params)
-        cal, _ = pop_texts(p)
-        cut, crit = p.pop("prune", 0.5), p.pop("criterion", "bi")
-        pruned = prune(model, select_blocks(model, cut_size(cut, model.n_blocks), crit, calibration=cal, seed=seed))
+        pruned, _ = self.pruned(model, p, seed)
         return cka_contrast(model, pruned, task, seed=seed, **p)
 
     def scalars(self, r):
