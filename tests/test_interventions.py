@@ -305,6 +305,20 @@ def test_cli_noise_ablate_cka(smol, tmp_path):
         assert c["positions"] == "all" and c["first_token"] is first
         n[first] = c["n_samples"]
     assert n[True] == n[False] + 6  # 6 prompts: one first token each
+    res = run.invoke(app, ["cka-contrast", "-m", "smollm2-135m", "--prune-b", "10,11,12", "-t", "capitals", "--limit",
+                           "6", "--n-tokens", "20", "--groups", "5", "--json", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    c = json.loads(res.stdout)
+    assert c["removed"] == [10, 11, 12] and c["blocks"][0] == 13 and c["n_items"] == 6 and c["n_tokens"] == 20
+    got = results.load_results(tmp_path / "c")
+    (r,) = got.values()
+    want = pl.cka_contrast(smol, pl.prune(smol, [10, 11, 12]), pl.load_task("capitals", limit=6, seed=0), n_tokens=20,
+                           groups=5)
+    np.testing.assert_allclose(r.jackknife, want.jackknife)
+    bad = run.invoke(app, ["cka-contrast", "--criterion-b", "decisive", "-t", "capitals"])
+    assert bad.exit_code == 2 and "--criterion-b" in bad.output
+    bad = run.invoke(app, ["cka-contrast", "--groups", "2", "-t", "capitals"])
+    assert bad.exit_code == 2 and "--groups" in bad.output
     kinds = {type(v).__name__ for v in results.load_results(tmp_path / "r").values()}
     assert kinds == {"NoiseResult", "AblationResult", "CKAResult"}
     bad = run.invoke(app, ["ablate", "-m", "smollm2-135m", "--mode", "resample", "--limit", "4"])

@@ -1,4 +1,4 @@
-"""``phaselens cka``, ``noise``, ``ablate`` and ``collapse``: representation similarity, the causal
+"""``phaselens cka``, ``cka-contrast``, ``noise``, ``ablate`` and ``collapse``: representation similarity, the causal
 probes of the phases, and the transition-versus-collapse study."""
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from rich.table import Table
 from ..ablation import ABLATION_MODES, ablate
 from ..errors import InterventionError, StatsWarning
 from ..study.collapse import transition_vs_collapse
+from ..study.runs import cka_criteria, cut_size
 from ..noise import eps_list, inject_noise
 from ..pruning import prune, select_blocks
 from ..pruning import sweep_criteria
 from ..similarity import POSITIONS, cka
+from ..cka_contrast import cka_contrast
 from ..tasks import load_task
 from .common import (BatchOpt, BlocksHelp, DeviceOpt, FormatOpt, JsonOpt, LensOpt, LimitOpt, ModelOpt, OutOpt,
                      SeedOpt, TaskOpt, app, console, early, fail, finish, load, parse_blocks, parse_floats, parse_names,
@@ -86,6 +88,48 @@ def cka_cmd(
     finish(r, as_json=as_json, out=out, html=html, name=slug("cka", r.model_a, r.model_b, r.source), table=_cka_table(r),
            summary="", command="cka", model=r.model_a, model_b=r.model_b, task=r.source, positions=r.positions,
            seed=seed, debiased=r.debiased)
+
+
+@app.command("cka-contrast")
+def cka_contrast_cmd(
+    model: str = ModelOpt,
+    prune_b: Optional[str] = typer.Option(None, "--prune-b", help=f"blocks cut from the compared copy: {BlocksHelp}"),
+    criterion_b: str = typer.Option("bi", "--criterion-b", help="select -n blocks to cut: bi, angular, sleb, random"),
+    n: int = typer.Option(0, "-n", help="number of blocks --criterion-b cuts (default: half of them, halves up)"),
+    task: str = TaskOpt,
+    format: Optional[str] = FormatOpt,
+    n_tokens: int = typer.Option(1024, "--n-tokens", help="prompt tokens sampled for the hidden states"),
+    groups: int = typer.Option(20, "--groups", help="item groups of the jackknife (5 or more)"),
+    first_token: bool = typer.Option(False, "--first-token", help="sample each prompt's first token too (default: "
+                                     "not; the attention sink's massive activations decide CKA)"),
+    limit: Optional[int] = LimitOpt,
+    seed: int = typer.Option(0, "--seed", help="seed of the item subset, the sampled tokens and the item groups"),
+    batch_size: Optional[int] = BatchOpt,
+    device: Optional[str] = DeviceOpt,
+    as_json: bool = JsonOpt,
+    out: Optional[Path] = OutOpt,
+    html: Optional[Path] = typer.Option(None, "--html", help="write the per-block figure to this HTML file"),
+) -> None:
+    """Decision-token against hidden-state CKA of a model and itself pruned, on the same items (jackknifed over
+    items), with the template token before the decision token as a control."""
+    if n < 0:
+        fail(f"-n must be >= 0 (0: half the blocks), got {n}")
+    if criterion_b not in cka_criteria():
+        fail(f"--criterion-b must be one of {', '.join(cka_criteria())} (criteria that need no task), got "
+             f"{criterion_b!r}")
+    early(batch_size=batch_size, out=out, html=html, n_tokens=(n_tokens, 4), groups=(groups, 5))
+    cut = parse_blocks(prune_b, "--prune-b") if prune_b else None
+    m, t = load(model, task, format, limit, seed, device=device)
+    blocks = cut if cut is not None else select_blocks(m, n or cut_size(0.5, m.n_blocks), criterion_b, seed=seed)
+    r = cka_contrast(m, prune(m, blocks), t, n_tokens=n_tokens, groups=groups, first_token=first_token, seed=seed,
+                     batch_size=batch_size)
+    table = Table(title=f"CKA {r.model_a} vs {r.model_b} on {r.source}, blocks after the first cut", title_justify="left")
+    for c in ("block", "decision tokens", "hidden states", "control tokens"):
+        table.add_column(c, justify="right")
+    for row in r.to_pandas().itertuples():
+        table.add_row(str(row.block), f"{row.decision:.3f}", f"{row.hidden:.3f}", f"{row.control:.3f}")
+    finish(r, as_json=as_json, out=out, html=html, name=slug("cka-contrast", r.model_a, r.source), table=table,
+           summary=r.summary(), command="cka-contrast", model=r.model_a, task=r.source, seed=seed)
 
 
 # ----------------------------------------------------------------------------- noise
