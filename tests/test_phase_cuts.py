@@ -339,6 +339,7 @@ def test_every_result_kind_summarises_tabulates_plots_and_round_trips(result, ti
     made = {
         "DecisionTrace": tr.trace, "Transition": tr, "PhaseCuts": result,
         "CKAResult": pl.cka(tiny_llama, pl.prune(tiny_llama, [2]), cut_task, n_samples=16),
+        "CKAContrast": pl.cka_contrast(tiny_llama, pl.prune(tiny_llama, [2]), cut_task, n_tokens=16, groups=5),
         "NoiseResult": pl.inject_noise(tiny_llama, cut_task, [1, 4], 0.5, seeds=2, n_boot=100, transition=tr),
         "AblationResult": pl.ablate(tiny_llama, cut_task, [1, 4], pairs=False, n_boot=100, transition=tr),
         "Sweep": pl.iterative_prune(tiny_llama, cut_task, steps=1, calibration=cal[:2], perplexity_texts=held[:1],
