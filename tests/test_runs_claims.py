@@ -294,8 +294,10 @@ def test_within_family_notes_compare_sizes_on_the_same_task():
     alone, other = transition("fam-1.5b", "arc-easy", 28), transition("solo-7b", "mmlu", 28)
     o = mod.Out()
     sweeps = [SimpleNamespace(model="fam-1.5b", task="mmlu", criterion="bi", collapse_ratio=0.25)]
+    sweeps += [SimpleNamespace(model="fam-1.5b", task="mmlu", criterion="random", collapse_ratio=c) for c in (0.1, None)]
     mod.family_notes(o, [small, big, alone, other], sweeps)
     (note,) = o.notes
+    assert "random collapse ratios 0.100, none (2 seeds)" in note
     assert note.startswith("- within fam, mmlu") and note.index("fam-1.5b") < note.index("fam-0.5b")
     assert f"transition at block {big.layer} of 28 ({big.layer / 28:.0%} of depth)" in note
     assert "bi collapse ratio 0.250" in note and "fam-0.5b (letters, 40 items): no transition" in note

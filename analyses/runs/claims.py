@@ -312,8 +312,13 @@ def family_notes(o: Out, traces: list[Any], sweeps: list[Any]) -> None:
             tr = t.trace
             where = ("no transition" if t.layer is None else
                      f"transition at block {t.layer} of {tr.n_blocks} ({t.layer / tr.n_blocks:.0%} of depth)")
-            col = [f"{sw.criterion} collapse ratio {sw.collapse_ratio:.3f}" if sw.collapse_ratio is not None
-                   else f"no {sw.criterion} collapse" for sw in sweeps if sw.model == model and sw.task == task]
+            by_crit: dict[str, list[str]] = {}  # one entry per criterion: its seeds' collapse ratios together
+            for sw in sweeps:
+                if sw.model == model and sw.task == task:
+                    by_crit.setdefault(sw.criterion, []).append(
+                        f"{sw.collapse_ratio:.3f}" if sw.collapse_ratio is not None else "none")
+            col = [f"{c} collapse ratio {v[0]}" if len(v) == 1 else f"{c} collapse ratios {', '.join(v)} ({len(v)} seeds)"
+                   for c, v in by_crit.items()]
             parts.append(f"{model} ({tr.format}, {tr.n_items} items): {where}, accuracy {tr.accuracy[-1]:.2f}, "
                          f"final margin {tr.margins[-1]:+.2f}" + (f", {', '.join(col)}" if col else ""))
         o.notes.append(f"- within {fam}, {task} (a description{confounds(list(got.values()))}): "
