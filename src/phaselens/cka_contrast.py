@@ -225,7 +225,6 @@ def cka_contrast(
         pos[s].append(p)
     rows_a = [list(va.kept).index(b) for b in blocks]
     rows_b = [list(vb.kept).index(b) for b in blocks]
-    order = list(range(n_items))
     batches = token_batches([len(s) for s in seqs_a], max_tokens or default_max_tokens(va.base.device), batch_size)
     feats = []
     for view, rows in ((va, rows_a), (vb, rows_b)):
@@ -236,7 +235,7 @@ def cka_contrast(
     first_of: dict[int, int] = {}
     for r, s in enumerate(seq_of_row):
         first_of.setdefault(s, r)
-    dec_rows = torch.tensor([first_of[i] for i in order])
+    dec_rows = torch.tensor([first_of[i] for i in range(n_items)])
     ctl_rows = dec_rows + 1
     hid_rows = torch.tensor([r for r, s in enumerate(seq_of_row) if r - first_of[s] >= 2])
     hid_item = torch.tensor([seq_of_row[int(r)] for r in hid_rows])
@@ -254,9 +253,10 @@ def cka_contrast(
             for g in range(groups):
                 keep = torch.nonzero(group_of[owner] != g).squeeze(1)
                 jack[g, m, k] = _cka_u(K[keep][:, keep], L[keep][:, keep])
-    return CKAContrast(blocks=blocks, decision=value[:, 0], hidden=value[:, 1], control=value[:, 2], jackknife=jack, removed=removed,
-                       item_group=group_of.tolist(), model_a=va.name, model_b=vb.name, source=source, n_items=n_items, n_tokens=len(hid_rows),
-                       seed=int(seed), first_token=bool(first_token), level=float(level))
+    return CKAContrast(blocks=blocks, decision=value[:, 0], hidden=value[:, 1], control=value[:, 2], jackknife=jack,
+                       removed=removed, item_group=group_of.tolist(), model_a=va.name, model_b=vb.name, source=source,
+                       n_items=n_items, n_tokens=len(hid_rows), seed=int(seed), first_token=bool(first_token),
+                       level=float(level))
 
 
 __all__ = ["CKAContrast", "cka_contrast"]
