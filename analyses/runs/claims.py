@@ -337,17 +337,11 @@ def confounds(transitions: list[Any]) -> str:
     return f", confounded by {said}" if what else ""
 
 
-def _where(r: Any) -> str:
-    if r.positions == "decision":
-        return "decision positions"
-    return "every token" if r.first_token else "every token but each sequence's first (the attention sink)"
-
-
 def describe_cka(o: Out, run: int, row: Any, r: Any) -> None:
     b, v = r.matched()
     floor = np.nanmean(np.diag(r.floor)) if r.floor is not None and r.floor.size else float("nan")
     o.notes.append(f"- run {run}: CKA {row.model} dense vs pruned ({len(r.blocks_a) - len(r.blocks_b)} blocks cut) on "
-                   f"{row.task}, {_where(r)}, {r.n_samples} samples, "
+                   f"{row.task}, {r.where}, {r.n_samples} samples, "
                    f"{'debiased' if r.debiased else 'plug-in'}: mean matched CKA {np.mean(v):.3f} over {len(v)} blocks "
                    f"(shuffled-pairing floor {floor:.3f}).")
 

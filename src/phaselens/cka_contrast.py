@@ -91,6 +91,12 @@ class CKAContrast(Result):
     def groups(self) -> int:
         return int(self.jackknife.shape[0])
 
+    def jackknife_se(self, leave_out: np.ndarray) -> np.ndarray:
+        """The delete-a-group jackknife standard error of a statistic from its ``[G, ...]`` leave-one-group-out
+        values: ``sqrt((G - 1) / G * sum_g (v_g - mean)^2)`` over the first axis."""
+        G = self.groups
+        return np.sqrt((G - 1) / G * ((leave_out - leave_out.mean(0)) ** 2).sum(0))
+
     def difference(self) -> float:
         """Hidden-state minus decision-token CKA, averaged over :attr:`blocks`."""
         return float(np.mean(self.hidden - self.decision))
@@ -109,7 +115,7 @@ class CKAContrast(Result):
                            (CONTROL, 2, {"items": self.n_items})):
             reps = (self.jackknife[:, :, k] - self.jackknife[:, :, 0]).mean(1)  # [G] the statistic, a group left out
             est = float(np.mean((self.hidden if k == 1 else self.control) - self.decision))
-            se = float(np.sqrt((G - 1) / G * np.sum((reps - reps.mean()) ** 2)))
+            se = float(self.jackknife_se(reps))
             q = float(stats.t.ppf(0.5 + level / 2, G - 1))
             p = float(2 * stats.t.sf(abs(est) / se, G - 1)) if se > 0 else (0.0 if est != 0 else 1.0)
             out.append(Effect(
@@ -152,13 +158,11 @@ class CKAContrast(Result):
 
 
 # ----------------------------------------------------------------------------- the estimator
-def _hsic_u(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """Unbiased HSIC (up to the common factor ``1 / (n (n - 3))``) of Gram matrices ``[..., n, n]``."""
-    return (_u_center(K.clone()) * _u_center(L.clone())).sum((-2, -1))
-
-
 def _cka_u(K: torch.Tensor, L: torch.Tensor) -> float:
-    return float(_hsic_u(K, L) / torch.sqrt(_hsic_u(K, K) * _hsic_u(L, L)))
+    """Debiased linear CKA of Gram matrices ``[n, n]``: unbiased HSICs (their common factor ``1 / (n (n - 3))``
+    cancels) from the U-centred Grams, each centred once (on copies: ``K`` and ``L`` are kept)."""
+    uk, ul = _u_center(K.clone()), _u_center(L.clone())
+    return float((uk * ul).sum() / torch.sqrt((uk * uk).sum() * (ul * ul).sum()))
 
 
 def _grams(x: torch.Tensor) -> torch.Tensor:

@@ -133,8 +133,7 @@ class CKAResult(Result):
     def summary(self) -> str:
         kind = "debiased linear CKA" if self.debiased else "linear CKA"
         s = (f"{kind} of {self.model_a} ({len(self.blocks_a)} blocks) against {self.model_b} ({len(self.blocks_b)} "
-             f"blocks) on {self.source or 'inputs'}, {self.positions} positions{self._first_note()}, "
-             f"n={self.n_samples}.")
+             f"blocks) on {self.source or 'inputs'}, {self.where}, n={self.n_samples}.")
         b, v = self.matched()
         if len(b):
             parts = [f"matched blocks' mean CKA {np.nanmean(v):.3f}"]
@@ -148,10 +147,13 @@ class CKAResult(Result):
             s += " " + "; ".join(parts) + "."
         return s
 
-    def _first_note(self) -> str:
-        if self.positions != "all":
-            return ""
-        return " (with each sequence's first token)" if self.first_token else " but each sequence's first"
+    @property
+    def where(self) -> str:
+        """The positions compared, in words (summaries, figures and claims say it the same way)."""
+        if self.positions == "decision":
+            return "decision positions"
+        return "every token, each sequence's first token included" if self.first_token else \
+            "every token but each sequence's first"
 
     def effects(self, *, level: float = 0.95) -> list[Effect]:
         """Each matched block's CKA against its shuffled-pairing floor: ``estimate = CKA − mean(null)``, ``p`` the

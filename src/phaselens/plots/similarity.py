@@ -21,8 +21,6 @@ def _kind(r: "CKAResult") -> str:
     return "debiased linear CKA" if r.debiased else "linear CKA"
 
 
-def _where(r: "CKAResult") -> str:
-    return "decision positions" if r.positions == "decision" else "all token positions"
 
 
 def _zrange(results: list["CKAResult"], zmin: float | None, zmax: float | None) -> tuple[float, float]:
@@ -35,7 +33,7 @@ def _zrange(results: list["CKAResult"], zmin: float | None, zmax: float | None) 
 
 def _hover(r: "CKAResult") -> list[list[str]]:
     return [[f"{r.model_a} block {a}<br>{r.model_b} block {b}<br>{_kind(r)} {v:.4f}<br>"
-             f"on {r.source or 'inputs'}, {_where(r)}, n={r.n_samples}" for b, v in zip(r.blocks_b, row)]
+             f"on {r.source or 'inputs'}, {r.where}, n={r.n_samples}" for b, v in zip(r.blocks_b, row)]
             for a, row in zip(r.blocks_a, np.asarray(r.matrix, float))]
 
 
@@ -57,7 +55,7 @@ def cka_heatmap(result: "CKAResult", *, colorscale: str = "Viridis", zmin: float
     fig = go.Figure(_heat(result, annotate, colorscale=colorscale, zmin=lo, zmax=hi, colorbar=dict(title="CKA")))
     r = result
     fig.update_layout(
-        title=title or f"{_kind(r)}: {r.model_a} vs {r.model_b} on {r.source or 'inputs'} ({_where(r)}, n={r.n_samples})",
+        title=title or f"{_kind(r)}: {r.model_a} vs {r.model_b} on {r.source or 'inputs'} ({r.where}, n={r.n_samples})",
         xaxis=dict(title=f"{r.model_b} block (original index)", type="category"),
         yaxis=dict(title=f"{r.model_a} block (original index)", type="category", autorange="reversed"),
         template=TEMPLATE,
@@ -98,7 +96,7 @@ def cka_heatmaps(results: Any, *, titles: Iterable[str] | None = None, colorscal
     fig.update_layout(
         coloraxis=dict(colorscale=colorscale, cmin=lo, cmax=hi, colorbar=dict(title="CKA")),
         title=dict(text=title or f"{' / '.join(sorted(kinds))} per block pair (original indices) on {r0.source or 'inputs'} "
-                   f"({_where(r0)}, n={r0.n_samples}); one colour scale", x=0.01, xanchor="left"),
+                   f"({r0.where}, n={r0.n_samples}); one colour scale", x=0.01, xanchor="left"),
         template=TEMPLATE, height=max(420, 360 + 6 * max(len(r.blocks_a) for r in rs)), width=None,
     )
     return fig
@@ -109,14 +107,12 @@ def cka_contrast(result: "CKAContrast", *, title: str | None = None) -> go.Figur
     block index): decision tokens, hidden states and the control tokens, each value with its jackknife standard
     error."""
     r = result
-    G = r.jackknife.shape[0]
     fig = go.Figure()
     for k, (name, vals, n) in enumerate((("decision tokens", r.decision, f"{r.n_items} items"),
                                          ("hidden states", r.hidden, f"{r.n_tokens} prompt tokens"),
                                          ("control tokens (before the decision token)", r.control,
                                           f"{r.n_items} items"))):
-        jk = r.jackknife[:, :, k]
-        se = np.sqrt((G - 1) / G * ((jk - jk.mean(0)) ** 2).sum(0))
+        se = r.jackknife_se(r.jackknife[:, :, k])
         fig.add_trace(go.Scatter(
             x=r.blocks, y=vals, mode="lines+markers", name=f"{name} ({n})",
             error_y=dict(type="data", array=se, visible=True),
