@@ -6,6 +6,7 @@ optimum of each constrained family solved in numpy, and the recovered model actu
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -116,6 +117,36 @@ def test_linearpatch_is_the_reference_formula(tiny_llama, tiny_cal):
     ref = H @ np.diag(np.mean(ratios, 0)) @ H.T
     rec = pl.fit_recovery(pl.prune(tiny_llama, list(range(s_, e_))), tiny_cal, "linearpatch", batch_size=3)
     assert _rel(rec.operator((s_, e_)).double().numpy(), ref) < 1e-5
+
+
+def test_fit_without_each_passages_first_token_is_the_numpy_fit_of_the_later_tokens(tiny_llama, tiny_cal, tmp_path):
+    """``first_token=False``: least squares, LinearPatch's per-passage ratios and the fit error over every token but
+    each passage's first (the attention sink), against numpy on plain-HF activations, one passage at a time."""
+    s_, e_ = 2, 4
+    texts = [t for t in tiny_cal if len(tokenize(tiny_llama.tokenizer, [t], 256))]
+    H = hadamard(tiny_llama.d_model).numpy()
+    per = [_block_inputs(tiny_llama, [t], [s_, e_]) for t in texts]
+    X = np.concatenate([a[s_][1:] for a in per])
+    Y = np.concatenate([a[e_][1:] for a in per])
+    ratio = np.mean([np.abs(a[e_][1:] @ H).mean(0) / np.abs(a[s_][1:] @ H).mean(0) for a in per], 0)
+    view = pl.prune(tiny_llama, list(range(s_, e_)))
+    recs = pl.fit_recovery(view, texts, ["ghosted", "linearpatch"], batch_size=3, first_token=False)
+    g = recs["ghosted"]
+    assert g.first_token is False and g.n_tokens == len(X) and g.fit_error.first_token is False
+    assert _rel(g.operator((s_, e_)).double().numpy(), np.linalg.lstsq(X, Y, rcond=None)[0]) < 1e-4
+    assert _rel(recs["linearpatch"].operator((s_, e_)).double().numpy(), H @ np.diag(ratio) @ H.T) < 1e-5
+    W = g.operator((s_, e_)).double().numpy()
+    np.testing.assert_allclose(g.fit_error.per_channel[0], ((X @ W - Y) ** 2).mean(0), rtol=1e-4, atol=1e-9)
+    every = pl.fit_recovery(view, texts, batch_size=3)
+    assert every.first_token is True and every.n_tokens == len(X) + len(per)
+    back = pl.load_recovery(g.save(tmp_path / "g.safetensors"), tiny_llama)
+    assert back.first_token is False and torch.equal(back.operator((s_, e_)), g.operator((s_, e_)).cpu())
+    stats = span_stats(tiny_llama, view.spans, texts, first_token=False)
+    assert pl.fit_recovery(view, stats=stats).first_token is False
+    with pytest.raises(RecoveryError, match="gathered with first_token=False"):
+        pl.fit_recovery(view, stats=stats, first_token=True)
+    with pytest.raises(RecoveryError, match="first_token must be True or False"):
+        pl.fit_recovery(view, texts, first_token=0)
 
 
 # ----------------------------------------------------------------------------- span statistics from real activations
@@ -455,3 +486,40 @@ def test_singularity_check_agrees_with_numpys_smallest_eigenvalue():
     got = [is_singular(torch.from_numpy(A)) for A in cases]
     want = [bool(np.linalg.eigvalsh(A)[0] <= SINGULAR_RTOL * np.trace(A) / d) for A in cases]
     assert got == want == [False, True, True, True, False, False]
+
+
+def test_boundary_error_without_each_passages_first_token_matches_numpy(smol, guarantee_cal, tmp_path):
+    """``first_token=False`` leaves each passage's first token (the attention sink) out of the boundary error:
+    checked against Hugging Face hidden states of the dense model, the fitted ``W`` applied in numpy."""
+    texts, seq_len = guarantee_cal[:4], 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 256 tokens for 576 channels: a ridge fit, which is all this test needs
+        rec = pl.fit_recovery(pl.prune(smol, CUTS["smol"]["middle"]), texts, seq_len=seq_len)
+    (s, e), = rec.spans
+    W = rec.operator((s, e)).double().numpy()
+    xs, ys = [], []
+    for ids in tokenize(smol.tokenizer, texts, seq_len):
+        with torch.no_grad():
+            hs = smol.hf(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+        xs.append(hs[s][0].double().numpy())  # h_{s-1}: the input of block s
+        ys.append(hs[e][0].double().numpy())  # h_{e-1}: what block e receives in the dense model
+    for first, cut in ((True, 0), (False, 1)):
+        X = np.concatenate([x[cut:] for x in xs])
+        Y = np.concatenate([y[cut:] for y in ys])
+        per = ((X @ W - Y) ** 2).mean(0)
+        got = pl.boundary_error(rec, texts, seq_len=seq_len, first_token=first)
+        assert got.n_tokens == len(X) and got.first_token is first
+        np.testing.assert_allclose(got.per_channel[0], per, rtol=2e-3, atol=1e-6 * per.max())
+        np.testing.assert_allclose(got.relative[0], per.mean() / (Y**2).mean(), rtol=2e-3)
+    assert got.n_tokens == pl.boundary_error(rec, texts, seq_len=seq_len).n_tokens - len(xs)
+    back = pl.load_result(pl.save_result(got, tmp_path, "b"))
+    assert back.first_token is False and "first token left out" in back.summary()
+    old = pl.save_result(pl.boundary_error(rec, texts[:1], seq_len=seq_len), tmp_path, "old")
+    doc = json.loads(old.read_text())  # a version-1 file (before first_token) compared every token
+    rec_doc = doc["data"]
+    rec_doc.pop("first_token")
+    rec_doc["__v__"] = 1
+    old.write_text(json.dumps(doc))
+    assert pl.load_result(old).first_token is True
+    with pytest.raises(RecoveryError, match="first_token must be True or False"):
+        pl.boundary_error(rec, texts, first_token="no")

@@ -15,6 +15,7 @@ from ..errors import RecoveryError
 from ..results import Result
 from ..runner import Read, Runner
 from ..view import ModelView, as_view
+from .stats import check_first_token
 from ..types import ModelLike
 
 
@@ -28,6 +29,8 @@ class BoundaryErrorResult(Result):
         relative: ``[S]`` ``mse / mean(Y^2)`` (scale-free).
         per_channel: ``[S, d]`` mean squared error per channel.
         n_tokens: calibration tokens compared.
+        first_token: whether each passage's first token was compared (its residual is the attention sink, often
+            ~100x the norm of the rest, so it can decide ``mse`` alone).
     """
 
     model: str
@@ -37,6 +40,13 @@ class BoundaryErrorResult(Result):
     relative: np.ndarray
     per_channel: np.ndarray
     n_tokens: int
+    first_token: bool = True
+
+    version = 2  # version 1 had no first_token (it compared every token)
+
+    @classmethod
+    def upgrade(cls, doc: dict[str, Any], version: int) -> dict[str, Any] | None:
+        return {**doc, "first_token": True} if version == 1 else None
 
     def __post_init__(self) -> None:
         self.spans = [(int(s), int(e)) for s, e in self.spans]
@@ -49,11 +59,13 @@ class BoundaryErrorResult(Result):
 
         return pd.DataFrame({"model": self.model, "method": self.method or "none", "span_start": [s for s, _ in self.spans],
                              "span_end": [e for _, e in self.spans], "mse": self.mse, "relative": self.relative,
-                             "n_tokens": self.n_tokens})
+                             "n_tokens": self.n_tokens, "first_token": self.first_token})
 
     def summary(self) -> str:
         parts = [f"{s}-{e - 1}: relative {r:.4g} (MSE {m:.4g})" for (s, e), r, m in zip(self.spans, self.relative, self.mse)]
-        return f"boundary error of {self.model} ({self.method or 'no recovery'}) over {self.n_tokens} tokens: " + "; ".join(parts)
+        which = "" if self.first_token else " (each passage's first token left out)"
+        return (f"boundary error of {self.model} ({self.method or 'no recovery'}) over {self.n_tokens} tokens{which}: "
+                + "; ".join(parts))
 
     def plot(self, **kw):
         from ..plots import boundary_error_channels
@@ -70,6 +82,7 @@ def boundary_error(
     seq_len: int = 256,
     batch_size: int | None = None,
     max_tokens: int | None = None,
+    first_token: bool = True,
 ) -> BoundaryErrorResult:
     """Per cut span ``[s, e)`` of ``model`` (a pruned or recovered view): the mean squared error between
     what block ``e`` (the next surviving block) receives and what the dense model gives it, over the
@@ -82,10 +95,15 @@ def boundary_error(
             ``Recovered.fit_error`` on the fit's tokens). ``"pruned"``: the whole pruned model runs, so
             a later span also receives the error left by earlier ones (equal to ``"dense"`` for a
             single span, or for the first span).
+        first_token: whether each passage's first token is compared. Default: yes, as the fit reads it (the
+            operator minimises the error over every token). Its residual is the attention sink, whose norm is
+            often ~100x the others' (SmolLM2 after block 18), so with it ``mse`` can be the sink's error alone;
+            ``False`` measures the ordinary tokens.
     """
     if inputs not in ("dense", "pruned"):
         raise RecoveryError(f"inputs must be 'dense' (each span on the dense model's input) or 'pruned' (the whole "
                             f"pruned model runs), got {inputs!r}")
+    check_first_token(first_token)
     checks.batching(batch_size, max_tokens, RecoveryError)
     check_seq_len(seq_len)
     view = as_view(model)
@@ -123,15 +141,17 @@ def boundary_error(
                     m = got["m"][s - 1]
                     x = x - m + branch[s - 1](m)
                 got["p"][e] = ops[(s, e)](x) if (s, e) in ops else x
+        keep = batch.kept(bool(first_token))
         for i, (_s, e) in enumerate(spans):
-            y = got["y"][e - 1].double().cpu()
-            diff = got["p"][e].double().cpu() - y
+            y = got["y"][e - 1].double().cpu()[keep]
+            diff = got["p"][e].double().cpu()[keep] - y
             sq[i] += (diff**2).sum(0)
             y2[i] += (y**2).mean(1).sum()
-        n += int(batch.mask.sum())
+        n += int(keep.sum())
     per_channel = (sq / n).numpy()
     mse = per_channel.mean(1)
-    return BoundaryErrorResult(view.name, view.method, spans, mse, mse / (y2.numpy() / n), per_channel, n)
+    return BoundaryErrorResult(view.name, view.method, spans, mse, mse / (y2.numpy() / n), per_channel, n,
+                               bool(first_token))
 
 
 __getattr__ = module_getattr(__name__, {"BoundaryError": f"{__name__}:BoundaryErrorResult"})  # the result's old name

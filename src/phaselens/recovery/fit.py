@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from .. import checks
-from ..calibration import check_seq_len, load_calibration, n_tokens
+from ..calibration import check_seq_len, load_calibration, n_tokens, tokenize
 from ..errors import NotFoundError, RecoveryError, SingularFitWarning
 from ..files import check_writable, write_safetensors
 from ..view import ModelView, as_view, fmt_blocks
@@ -25,7 +25,7 @@ from ..tensorfile import meta_json, read_tensor_file
 from .boundary import BoundaryErrorResult
 from .method import METHODS, RecoveryMethod, fit_operator, get_method
 from .solvers import check_target, choose_lam
-from .stats import SpanStats, span_stats
+from .stats import SpanStats, check_first_token, span_stats
 from ..types import ModelLike
 from ..version import __version__
 from ..runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
@@ -47,6 +47,7 @@ class Recovered(ModelView):
 
     lam: dict[tuple[int, int], float] = field(default_factory=dict)
     n_tokens: int = 0
+    first_token: bool = True  # whether the fit read each calibration passage's first token (the attention sink)
     fit_error: Any = field(default=None, repr=False)  # a BoundaryErrorResult on the calibration tokens
 
     def operator(self, span: tuple[int, int]) -> torch.Tensor:
@@ -66,7 +67,7 @@ class Recovered(ModelView):
         meta = {
             "fingerprint": self.base.fingerprint, "model": self.base.name, "method": str(self.method),
             "removed": json.dumps(list(self.removed)), "lam": json.dumps({f"{s}.{e}": v for (s, e), v in self.lam.items()}),
-            "n_tokens": str(self.n_tokens), "phaselens": __version__,
+            "n_tokens": str(self.n_tokens), "first_token": json.dumps(bool(self.first_token)), "phaselens": __version__,
         }
         path = Path(path)
         if path.parent.exists() and not path.parent.is_dir():
@@ -91,6 +92,10 @@ def load_recovery(path: str | Path, model: ModelLike) -> Recovered:
             f"{path} was fitted on model {meta['model']!r} (fingerprint {meta['fingerprint']}), not on "
             f"{base.name!r} (fingerprint {base.fingerprint}); load it with the model it was made for")
     removed, lam, ops, br, n_tok = _parse_saved(path, meta, tensors)
+    first = meta.get("first_token", "true")  # files of 0.3 have none: their fits read every token
+    if first not in ("true", "false"):
+        raise RecoveryError(f"{path}: its metadata 'first_token' is {first!r:.40}, not true or false; the recovery file "
+                            "was altered or not written by phaselens")
     _check_saved_method(path, meta["method"])
     L = base.n_blocks
     bad = [b for b in removed if not 0 <= b < L] + [b for s in ops for b in s if not 0 <= b <= L]
@@ -99,7 +104,8 @@ def load_recovery(path: str | Path, model: ModelLike) -> Recovered:
                             "another model")
     try:
         rec = Recovered(base, removed, {s: w.to(base.device) for s, w in ops.items()},
-                        {b: w.to(base.device) for b, w in br.items()}, method=meta["method"], lam=lam, n_tokens=n_tok)
+                        {b: w.to(base.device) for b, w in br.items()}, method=meta["method"], lam=lam, n_tokens=n_tok,
+                        first_token=first == "true")
     except Exception as e:  # a PruningError / RecoveryError from the view's own checks
         raise RecoveryError(f"{path}: {e}") from e
     _check_complete(path, rec)
@@ -207,6 +213,7 @@ def fit_recovery(
     max_tokens: int | None = None,
     stats: dict[tuple[int, int], SpanStats] | None = None,
     target: str | None = None,
+    first_token: bool | None = None,
 ) -> "Recovered | dict[str, Recovered]":
     """Recover a pruned model: one linear operator per cut span, fitted in closed form.
 
@@ -224,17 +231,24 @@ def fit_recovery(
         target: what the ridge of ``ghosted`` shrinks towards: ``"identity"`` (``W = I + (X^T X + lam I)^-1
             X^T (Y - X)``, the official Ghosted Layers code) or ``"zero"``; default
             :data:`~phaselens.recovery.solvers.RIDGE_TARGET`. Equal up to float error at the default ``lam``.
+        first_token: whether the fit reads each calibration passage's first token. Default: yes (every
+            non-padding token). That token's residual is the attention sink (SmolLM2: ~98% of ``tr(Y^T Y)`` after
+            block 18 from 64 of 16,000 tokens), so with it the operator is fitted mostly to the sink. Given
+            ``stats`` say it themselves (``span_stats(..., first_token=)``); a value that contradicts them is an
+            error.
 
     Returns:
         a :class:`Recovered` for one method, ``{method: Recovered}`` for a list; each has ``fit_error``, the
         per-span boundary error on the calibration tokens computed from the statistics.
     """
     methods = _methods(method)
+    if first_token is not None:
+        check_first_token(first_token)
     view = _check_fit(pruned, methods, lam, target, seq_len, batch_size, max_tokens)
     if stats is None:
-        stats = _gather(view, methods, calibration, seq_len, batch_size, max_tokens)
+        stats = _gather(view, methods, calibration, seq_len, batch_size, max_tokens, first_token is not False)
     else:
-        _check_given_stats(view.spans, methods, stats)
+        _check_given_stats(view.spans, methods, stats, first_token)
     out = {}
     for m in methods:
         out[m] = _fit_method(view, get_method(m), stats, lam, target)
@@ -260,23 +274,30 @@ def _check_fit(pruned: ModelLike, methods: list[str], lam: Any, target: Any, seq
 
 
 def _gather(view: ModelView, methods: list[str], calibration: Any, seq_len: int, batch_size: int | None,
-            max_tokens: int | None) -> dict[tuple[int, int], SpanStats]:
+            max_tokens: int | None, first_token: bool = True) -> dict[tuple[int, int], SpanStats]:
     """One dense pass over the calibration text for the statistics every method needs."""
     texts = load_calibration(calibration)
-    n = n_tokens(view.base, texts, seq_len)
+    n = n_tokens(view.base, texts, seq_len) - (0 if first_token else len(tokenize(view.base.tokenizer, texts, seq_len)))
     if n == 0:
         raise RecoveryError("the calibration text gives no tokens to fit on (every passage is shorter than 2 tokens); "
                             "pass more text, or calibration=None for the bundled corpus")
     if any(get_method(m).fitted for m in methods):
         _warn_few_tokens(view.base, n)
     return span_stats(view, view.spans, texts, methods=methods, seq_len=seq_len, batch_size=batch_size,
-                      max_tokens=max_tokens)
+                      max_tokens=max_tokens, first_token=first_token)
 
 
-def _check_given_stats(spans: list[tuple[int, int]], methods: list[str], stats: dict) -> None:
+def _check_given_stats(spans: list[tuple[int, int]], methods: list[str], stats: dict, first_token: bool | None) -> None:
     missing = [sp for sp in spans if sp not in stats]
     if missing:
         raise RecoveryError(f"stats= has no statistics for the cut span(s) {missing}; pass span_stats over {spans}")
+    read = {bool(stats[sp].first_token) for sp in spans}
+    if len(read) > 1:
+        raise RecoveryError("stats= mixes statistics with and without each passage's first token; gather every span's "
+                            "with one span_stats(..., first_token=) call")
+    if first_token is not None and read != {first_token}:
+        raise RecoveryError(f"first_token={first_token} but the given stats were gathered with "
+                            f"first_token={read.pop()}; drop first_token= or gather the stats again with it")
     for m in methods:
         lacking = sorted({nd for nd in get_method(m).needs for sp in spans if not stats[sp].has(nd)})
         if lacking:
@@ -302,11 +323,12 @@ def _fit_method(view: ModelView, method: RecoveryMethod, stats: dict, lam: float
             (br if method.acts_on == "branch" else ops)[method.place(sp)] = W.to(dev, torch.float32)
         res.append(method.residual(st, W))
         y2.append(st.yy.sum() / st.A.shape[0])
-    rec = Recovered(view.base, view.removed, ops, br, method=method.name, lam=lams, n_tokens=n)
+    first = stats[spans[0]].first_token
+    rec = Recovered(view.base, view.removed, ops, br, method=method.name, lam=lams, n_tokens=n, first_token=first)
     per_channel = (torch.stack(res) / n).cpu().numpy()
     mse = per_channel.mean(1)
     rel = mse / (torch.stack(y2).cpu().numpy() / n)
-    rec.fit_error = BoundaryErrorResult(rec.name, method.name, spans, mse, rel, per_channel, n)
+    rec.fit_error = BoundaryErrorResult(rec.name, method.name, spans, mse, rel, per_channel, n, first)
     return rec
 
 

@@ -2,8 +2,8 @@
 
 For each cut span ``[s, e)``, one pass of the *dense* model over the calibration tokens accumulates
 ``A = X^T X`` and ``C = X^T Y`` in float64, with ``X = h_{s-1}`` (the input of block ``s``) and
-``Y = h_{e-1}`` (the output of block ``e-1``) at every non-padding token: memory ``O(d^2)`` per span,
-whatever the number of tokens. What else is gathered follows the declared ``needs`` of the recovery methods
+``Y = h_{e-1}`` (the output of block ``e-1``) at every non-padding token (``first_token=False``: all but each
+passage's first, the attention sink): memory ``O(d^2)`` per span, whatever the number of tokens. What else is gathered follows the declared ``needs`` of the recovery methods
 asked for (:mod:`phaselens.recovery.method`): ``"branch"`` adds the same products for the MLP branch of block
 ``s-1`` (ReplaceMe), ``"rotated"`` the per-passage magnitude ratios in the Hadamard-rotated basis (LinearPatch).
 """
@@ -40,6 +40,7 @@ class SpanStats:
     yy_branch: torch.Tensor | None = None  # diag of (Y - X + M)^T (Y - X + M)
     ratio_sum: torch.Tensor | None = None  # LinearPatch: sum over passages of mean|YH| / mean|XH| [d]
     passages: int = 0
+    first_token: bool = True  # whether each passage's first token (the attention sink) was accumulated
 
     def residual(self, W: torch.Tensor, branch: bool = False) -> torch.Tensor:
         """Per-channel sum of squared errors ``diag((XW - Y)^T (XW - Y))`` ``[d]``, from the statistics alone."""
@@ -118,11 +119,14 @@ def span_stats(
     seq_len: int = 256,
     batch_size: int | None = None,
     max_tokens: int | None = None,
+    first_token: bool = True,
 ) -> dict[tuple[int, int], SpanStats]:
     """Accumulate ``X^T X`` and ``X^T Y`` ``[d, d]`` (float64) for every span from one pass of the dense base model
     of ``model``, plus what the recovery ``methods`` declare they need (or ``needs``, a subset of
     :data:`~phaselens.recovery.method.NEEDS`; ``branch=True`` / ``linearpatch=True`` are the old spellings of
-    ``needs={"branch"}`` / ``{"rotated"}``)."""
+    ``needs={"branch"}`` / ``{"rotated"}``). ``first_token=False`` leaves each passage's first token out (its
+    residual is the attention sink, often ~100x the others' norm)."""
+    check_first_token(first_token)
     base = as_view(model).base
     L, d = base.n_blocks, base.d_model
     spans = check_spans(spans, L)
@@ -135,7 +139,7 @@ def span_stats(
     acc = base.device if base.device.type == "cuda" else torch.device("cpu")
     z2 = lambda: torch.zeros(d, d, dtype=torch.float64, device=acc)  # noqa: E731
     z1 = lambda: torch.zeros(d, dtype=torch.float64, device=acc)  # noqa: E731
-    stats = {sp: SpanStats(sp, z2(), z2(), yy=z1(), sx=z1(), sy=z1()) for sp in spans}
+    stats = {sp: SpanStats(sp, z2(), z2(), yy=z1(), sx=z1(), sy=z1(), first_token=bool(first_token)) for sp in spans}
     for st in stats.values():
         if branch:
             st.A_branch, st.C_branch, st.yy_branch = z2(), z2(), z1()
@@ -149,17 +153,27 @@ def span_stats(
     if branch:
         reads["m"] = Read(tuple(sorted({s - 1 for s, _ in spans})), "mlp", "tokens")
     for batch, out in Runner(ModelView(base)).passes(seqs, reads, max_tokens=max_tokens, batch_size=batch_size):
-        got = {b: t.to(acc, torch.float64) for b, t in out["x"].items()}
+        keep = batch.kept(bool(first_token))
+        every = bool(keep.all())
+        sel = (lambda t: t) if every else (lambda t: t[keep.to(t.device)])  # noqa: E731
+        got = {b: sel(t).to(acc, torch.float64) for b, t in out["x"].items()}
         if "y" in out:
-            got[L] = out["y"][L - 1].to(acc, torch.float64)
+            got[L] = sel(out["y"][L - 1]).to(acc, torch.float64)
         for (s, e), st in stats.items():
-            _accumulate(st, got[s], got[e], out["m"][s - 1] if branch else None, batch, H)
+            _accumulate(st, got[s], got[e], sel(out["m"][s - 1]) if branch else None, batch, H, keep)
     return stats
 
 
+def check_first_token(first_token: Any) -> None:
+    if not isinstance(first_token, bool):
+        raise RecoveryError(f"first_token must be True or False (whether each passage's first token, the attention "
+                            f"sink, is used), got {first_token!r}")
+
+
 def _accumulate(st: SpanStats, X: torch.Tensor, Y: torch.Tensor, M: torch.Tensor | None, batch: Batch,
-                H: torch.Tensor | None) -> None:
-    """Add one batch's tokens (``X``, ``Y`` ``[n, d]`` float64; ``M`` the branch output) to ``st``."""
+                H: torch.Tensor | None, keep: torch.Tensor | None = None) -> None:
+    """Add one batch's kept tokens (``X``, ``Y`` ``[n, d]`` float64; ``M`` the branch output; ``keep`` ``[N]`` bool
+    over the batch's real tokens, ``n`` of them true) to ``st``."""
     st.A += X.T @ X
     st.C += X.T @ Y
     st.yy += (Y * Y).sum(0)
@@ -173,12 +187,14 @@ def _accumulate(st: SpanStats, X: torch.Tensor, Y: torch.Tensor, M: torch.Tensor
         st.C_branch += M.T @ T
         st.yy_branch += (T * T).sum(0)
     if H is not None:
-        _add_ratios(st, batch, X @ H, Y @ H)
+        _add_ratios(st, batch, X @ H, Y @ H, keep)
 
 
-def _add_ratios(st: SpanStats, batch: Batch, XH: torch.Tensor, YH: torch.Tensor) -> None:
-    """Per passage (row of the batch), ``mean_t |YH| / mean_t |XH|`` per channel, added to ``st.ratio_sum``."""
-    rows = batch.mask.bool().nonzero(as_tuple=True)[0].to(XH.device)
+def _add_ratios(st: SpanStats, batch: Batch, XH: torch.Tensor, YH: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+    """Per passage (row of the batch), ``mean_t |YH| / mean_t |XH|`` per channel over its kept tokens, added to
+    ``st.ratio_sum``."""
+    rows = batch.mask.bool().nonzero(as_tuple=True)[0]
+    rows = (rows if keep is None else rows[keep.to(rows.device)]).to(XH.device)
     B = batch.size
     sx = torch.zeros(B, XH.shape[1], dtype=XH.dtype, device=XH.device).index_add_(0, rows, XH.abs())
     sy = torch.zeros_like(sx).index_add_(0, rows, YH.abs())

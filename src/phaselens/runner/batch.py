@@ -75,6 +75,18 @@ class Batch:
         """``[B]`` position of each row's last real token."""
         return self.mask.sum(1) - 1
 
+    def kept(self, first_token: bool = True) -> torch.Tensor:
+        """``[n]`` bool over the real tokens in the order a ``"tokens"`` read gives them: all (``first_token``),
+        or all but each sequence's first (a packed row holds several; its position ids start each at 0)."""
+        real = self.mask.bool().cpu()
+        if first_token:
+            return torch.ones(int(real.sum()), dtype=torch.bool)
+        if self.positions is not None:
+            return self.positions.cpu()[real] != 0
+        later = real.clone()
+        later[:, 0] = False
+        return later[real]
+
     def last_index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``([B] rows, [B] last positions)`` on ``device``, made once per batch and device (every block reads them)."""
         memo = self.__dict__.setdefault("_last_index", {})
