@@ -121,6 +121,7 @@ def _bad_option_cases(tmp_path):
         (["prune", "--blocks", "3,,x"], "--blocks"),
         (["prune", "--criterion", "bi", "-n", "0"], "-n"),
         (["prune", "--blocks", "3", "--calibration", missing], "calibration"),
+        (["prune", "--blocks", "3", "--no-first-token"], "--no-first-token"),
         (["sweep", "--max-cut", "0"], "--max-cut"),
         (["sweep", "--out", str(afile)], "--out"),
         (["sweep", "--recovery", "ghost"], "recovery"),
@@ -158,3 +159,24 @@ def test_every_command_refuses_a_bad_option_before_loading_a_model(tmp_path, mon
         assert res.exit_code == 2, (argv, res.output, res.exception)
         assert "error" in res.output.lower() and named in res.output, (argv, res.output)
         assert "a model was loaded" not in res.output, argv
+
+
+def test_prune_recovers_without_each_passages_first_token(smol, tmp_path):
+    """`--no-first-token` reaches the fit: the saved pruned transition says so, and its margins differ from the fit on
+    every token (on SmolLM2's blocks 12-17 the sink is most of the boundary)."""
+    cal = tmp_path / "cal.txt"
+    import phaselens as pl
+
+    cal.write_text("\n\n".join(pl.load_calibration()[:24]))
+    got = {}
+    for flag in ("--first-token", "--no-first-token"):
+        out = tmp_path / flag.strip("-")
+        res = runner.invoke(app, ["prune", "-m", "smollm2-135m", "-t", "capitals", "--limit", "8", "--blocks", "12-17",
+                                  "--recovery", "ghosted", flag, "--calibration", str(cal), "--json", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        got[flag] = np.array(json.loads(res.stdout)["pruned"]["trace"]["margins"])
+        files = sorted(out.glob("transition_*pruned*.json"))
+        assert len(files) == 1 and ("no-first-token" in files[0].name) == (flag == "--no-first-token")
+        prov = json.loads(files[0].read_text())["provenance"]
+        assert prov.get("first_token", True) is (flag == "--first-token")
+    assert not np.allclose(got["--first-token"], got["--no-first-token"])

@@ -57,6 +57,8 @@ def prune_cmd(
     criterion: Optional[str] = typer.Option(None, "--criterion", "-c", help="a registered criterion: " + " | ".join(CRITERIA.names()) + " or a plugin's"),
     n: Optional[int] = typer.Option(None, "-n", help="how many blocks the criterion cuts"),
     recovery: Optional[str] = typer.Option(None, "--recovery", "-r", help="fit a recovery after the cut: a registered method (" + ", ".join(METHODS.names()) + ", or a plugin's)"),
+    first_token: bool = typer.Option(True, "--first-token/--no-first-token", help="--recovery: fit on each calibration "
+                                     "passage's first token (the attention sink) too (default), or leave it out"),
     format: Optional[str] = FormatOpt,
     limit: Optional[int] = LimitOpt,
     seed: int = SeedOpt,
@@ -77,6 +79,8 @@ def prune_cmd(
         fail(f"--criterion {criterion} needs -n (how many blocks to cut)")
     if recovery is not None and recovery not in METHODS:
         fail(f"unknown recovery method {recovery!r}; choose one of {', '.join(METHODS)}")
+    if not first_token and recovery in (None, "identity"):
+        fail("--no-first-token changes what a recovery is fitted on; give --recovery METHOD (not identity) with it")
     early(batch_size=batch_size, out=out, html=html, n=(n, 1), lens=lens)
     cut = parse_blocks(blocks, "--blocks") if blocks is not None else None
     cal = texts(calibration, "--calibration")
@@ -87,7 +91,7 @@ def prune_cmd(
         cut = select_blocks(m, n, criterion, calibration=cal, task=t, seed=seed, transition=dense)  # type: ignore[arg-type]
     view = prune(m, cut)
     if recovery is not None and recovery != "identity":
-        view = fit_recovery(view, cal, recovery)
+        view = fit_recovery(view, cal, recovery, first_token=first_token)
     pruned = transition_point(view, t, **read)
     if as_json:
         sys.stdout.write(json.dumps({"removed": sorted(cut), "recovery": recovery, "dense": plain(dense),
@@ -98,9 +102,11 @@ def prune_cmd(
                       (f", recovered with {recovery}" if recovery else "") + f": {pruned.summary()}")
     if out:
         prov = dict(command="prune", model=m.name, task=t.name, format=t.format, seed=seed, limit=limit, removed=sorted(cut),
-                    criterion=criterion, recovery=recovery, **({"lens": lens} if lens != "logit" else {}))
+                    criterion=criterion, recovery=recovery, **({"lens": lens} if lens != "logit" else {}),
+                    **({} if first_token else {"first_token": False}))
         save(dense, out, slug("transition", m.name, t.name, "dense"), **prov)
-        save(pruned, out, slug("transition", m.name, t.name, "pruned", ",".join(map(str, sorted(cut))), recovery), **prov)
+        save(pruned, out, slug("transition", m.name, t.name, "pruned", ",".join(map(str, sorted(cut))), recovery,
+                               None if first_token else "no-first-token"), **prov)
     if html:
         from ..plots import margin_curves  # plotly: imported only when a figure is written
 
