@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from .. import checks
-from ..calibration import check_seq_len, load_calibration, n_tokens, tokenize
+from ..calibration import check_seq_len, load_calibration, tokenize
 from ..errors import NotFoundError, RecoveryError, SingularFitWarning
 from ..files import check_writable, write_safetensors
 from ..view import ModelView, as_view, fmt_blocks
@@ -277,7 +277,7 @@ def _gather(view: ModelView, methods: list[str], calibration: Any, seq_len: int,
             max_tokens: int | None, first_token: bool = True) -> dict[tuple[int, int], SpanStats]:
     """One dense pass over the calibration text for the statistics every method needs."""
     texts = load_calibration(calibration)
-    n = n_tokens(view.base, texts, seq_len) - (0 if first_token else len(tokenize(view.base.tokenizer, texts, seq_len)))
+    n = sum(len(s) - (not first_token) for s in tokenize(view.base.tokenizer, texts, seq_len))  # the tokens fitted on
     if n == 0:
         raise RecoveryError("the calibration text gives no tokens to fit on (every passage is shorter than 2 tokens); "
                             "pass more text, or calibration=None for the bundled corpus")
