@@ -35,6 +35,25 @@ def test_transition_table_and_html(smol, tmp_path):
     assert out.stat().st_size > 100_000  # Plotly's JavaScript is embedded (works offline)
 
 
+def test_transition_resume_folder(smol, tmp_path, monkeypatch):
+    """--resume: the items are read in units saved in the folder; a rerun reads them back (no forward pass) and
+    prints the same numbers; a file given as the folder is refused before the model loads."""
+    import phaselens.trace as trace_mod
+
+    monkeypatch.setattr(trace_mod, "TRACE_CHUNK", 5)
+    args = ["transition", "-m", "smollm2-135m", "-t", "capitals", "--limit", "12", "--json", "--resume", str(tmp_path)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert len(list((tmp_path / ".phaselens" / "trace").glob("items_*.json"))) == 3
+    monkeypatch.setattr(trace_mod, "option_logits", lambda *a, **k: pytest.fail("a finished unit was recomputed"))
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["trace"]["margins"] == json.loads(first.stdout)["trace"]["margins"]
+    (tmp_path / "f").write_text("x")
+    bad = runner.invoke(app, [*args[:-1], str(tmp_path / "f" / "sub")])
+    assert bad.exit_code != 0 and "--resume" in bad.output
+
+
 def _synthetic_transition(L: int, K: int, scale: float = 10.0):
     """A trace of L blocks whose margins climb from about -3*scale to +3*scale (wide numbers), N=40 items."""
     rng = np.random.default_rng(L * 10 + K)

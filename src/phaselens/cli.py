@@ -19,7 +19,7 @@ from rich.table import Table
 from .commands import register_all
 from .commands.common import (BatchOpt, DeviceOpt, FormatOpt, JsonOpt, LensOpt, LimitOpt, ModelOpt, OutOpt,
                               SeedOpt, TaskOpt, app, console, early, fail, guard, html_file, load, parse_names,
-                              renamed_option, save, slug, write_html)
+                              out_dir, renamed_option, save, slug, write_html)
 from .lenses import resolve_lens
 from .registry import load_plugins
 from .tasks import builtin_tasks
@@ -105,14 +105,17 @@ def transition(
     html: Optional[Path] = typer.Option(None, "--html", help="also write the margin figure to this HTML file"),
     out: Optional[Path] = OutOpt,
     lens: str = LensOpt,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="checkpoint folder: the items are read in units "
+                                          "saved there as they finish; a rerun after a kill resumes from them"),
 ) -> None:
     """Per-block margin, accuracy and option frequency, and where the decisive phase begins."""
     early(batch_size=batch_size, out=out, html=html, lens=lens)
+    out_dir(resume, "--resume")
     if first and limit is None:
         fail("--first takes the first --limit N items; give --limit too")
     m, t = load(model, task, format, limit, seed, shots, split, device, sample=not first)
     tr = transition_point(m, t, batch_size=batch_size, boot_seed=seed, progress=not as_json and sys.stderr.isatty(),
-                          lens=resolve_lens(lens, m))
+                          lens=resolve_lens(lens, m), out=resume)
     if as_json:
         sys.stdout.write(tr.to_json() + "\n")
     else:

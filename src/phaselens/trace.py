@@ -7,6 +7,9 @@ is a trace plus where its decisive phase begins.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -22,6 +25,7 @@ from .loading import load_model
 from .phases import jump_index, transition_ci, transition_index
 from .readout import check_blocks_arg, option_logits
 from .results import Result
+from .resume import digest, run_folder
 from .tasks import Task, load_task
 from .stats import N_BOOT  # noqa: F401  (one default; re-exported for older imports)
 from .trace_figures import TraceFigures
@@ -31,6 +35,9 @@ from .runner import PrefixCache
 from .runner.layered import scheduled  # schedule= / act_budget= / act_store= (issue 24)
 
 SCORINGS = ("sum", "norm")
+
+#: items per finished unit of a resumable trace (``decision_trace(out=...)``)
+TRACE_CHUNK = 256
 
 
 @dataclass
@@ -332,6 +339,7 @@ def decision_trace(
     cache: PrefixCache | None = None,
     blocks: Any = None,
     lens: Any = None,
+    out: str | os.PathLike | None = None,
 ) -> DecisionTrace:
     """Option-restricted logit lens of every surviving block of ``model`` on ``task``.
 
@@ -349,6 +357,9 @@ def decision_trace(
         lens: how each block is read: ``None``/``"logit"`` (the logit lens), ``"linear"`` or ``"tuned"`` (fitted on the
             bundled calibration text, or loaded from the cache), a saved lens's path, or a :class:`~phaselens.Lens`
             (:func:`phaselens.fit_lens`). The trace records its kind in ``.lens``.
+        out: a folder that makes the trace resumable: the items are read in units of :data:`TRACE_CHUNK`, each
+            saved in ``out/.phaselens/trace/`` as it finishes, so a killed run reruns only its unfinished unit. The
+            same numbers as without it, up to float rounding of the batches (items are batched within a unit).
     """
     check_boot(n_boot, boot_seed)
     checks.batching(batch_size, max_tokens)
@@ -359,22 +370,90 @@ def decision_trace(
     check_lens_arg(lens)
     if cache is not None and not isinstance(cache, PrefixCache):
         raise PhaselensError(f"cache must be a phaselens.runner.PrefixCache or None, got {type(cache).__name__}")
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise PhaselensError(f"out must be a folder path (str or os.PathLike) or None, got {type(out).__name__}")
     if device is not None and isinstance(model, str):
         model = load_model(model, device=device)
     view = as_view(model)
     lens_ = resolve_lens(lens, view)  # another model's lens fails before any work
-    ol = option_logits(view, t, batch_size=batch_size, max_tokens=max_tokens, progress=progress, cache=cache, blocks=blocks,
-                       lens=lens_)
-    chars = np.zeros(ol.mask.shape, dtype=np.int64)
-    for i, it in enumerate(t.items):
-        chars[i, : len(it.options)] = [len(o) for o in it.options]
-    return DecisionTrace(
-        model=view.name, task=t.name, format=t.format, n_blocks=view.base.n_blocks, blocks=np.asarray(ol.blocks),
-        logits=ol.z.numpy(), answers=ol.answers.numpy(), mask=ol.mask.numpy(), option_chars=chars,
-        item_ids=[it.id for it in t.items], n_boot=n_boot, seed=boot_seed, reformulated=t.reformulated,
-        complete=list(ol.blocks) == list(view.kept), lens=lens_.name,
-        task_note="; ".join(x for x in (t.selection, t.layout_note and f"prompt: {t.layout_note}") if x),
-    )
+
+    def read(part: Task) -> DecisionTrace:
+        ol = option_logits(view, part, batch_size=batch_size, max_tokens=max_tokens, progress=progress, cache=cache,
+                           blocks=blocks, lens=lens_)
+        chars = np.zeros(ol.mask.shape, dtype=np.int64)
+        for i, it in enumerate(part.items):
+            chars[i, : len(it.options)] = [len(o) for o in it.options]
+        return DecisionTrace(
+            model=view.name, task=t.name, format=t.format, n_blocks=view.base.n_blocks, blocks=np.asarray(ol.blocks),
+            logits=ol.z.numpy(), answers=ol.answers.numpy(), mask=ol.mask.numpy(), option_chars=chars,
+            item_ids=[it.id for it in part.items], n_boot=n_boot, seed=boot_seed, reformulated=t.reformulated,
+            complete=list(ol.blocks) == list(view.kept), lens=lens_.name,
+            task_note="; ".join(x for x in (t.selection, t.layout_note and f"prompt: {t.layout_note}") if x),
+        )
+
+    if out is None:
+        return read(t)
+    parts = []
+    with run_folder(out, "trace", _trace_args(view, t, blocks, lens_), "a trace") as folder:
+        for a in range(0, len(t.items), TRACE_CHUNK):
+            unit = f"items_{a:06d}"
+            part = folder.load(unit)
+            if part is None:
+                part = read(_items_of(t, a, a + TRACE_CHUNK))
+                folder.save(unit, part)
+            parts.append(part)
+    return join_items(parts, n_boot=n_boot, seed=boot_seed)
+
+
+def _items_of(t: Task, a: int, b: int) -> Task:
+    """Items ``a:b`` of ``t`` with the prompts they have in the whole task (lm-eval's few-shot sampler draws in
+    item order, so a unit keeps the shots the whole task's sampler gave its items)."""
+    shots = {"sampler": [t.shots_of(i) for i in range(a, min(b, len(t.items)))]} if t.shots and t.fewshot == "sampler" else {}
+    return dataclasses.replace(t, items=t.items[a:b], _shot_cache=shots)
+
+
+def _trace_args(view: Any, t: Task, blocks: Any, lens: Any) -> dict[str, Any]:
+    """The identity of a resumable trace's folder: the model (weights, pruning, recovery operators, where it
+    computes), the items and their prompts, the blocks read, the lens and the unit size."""
+    ops = hashlib.sha256()
+    for key, w in sorted({**{f"{s}-{e}": w for (s, e), w in view.operators.items()},
+                          **{f"branch{b}": w for b, w in view.branch_operators.items()}}.items()):
+        ops.update(key.encode())
+        ops.update(w.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    base = view.base
+    return {"model": base.name, "fingerprint": base.fingerprint, "device": str(base.device), "dtype": str(base.dtype),
+            "removed": list(view.removed), "method": view.method, "operators": ops.hexdigest()[:16],
+            "task": t.name, "format": t.format, "n_items": len(t.items),
+            "prompts": digest([[t.prompt(i), t.decision_strings(i), int(it.answer)] for i, it in enumerate(t.items)]),
+            "blocks": blocks if blocks is None or isinstance(blocks, str) else [int(b) for b in blocks],
+            "lens": lens.name if lens.kind == "logit" else lens.digest, "chunk": TRACE_CHUNK}
+
+
+def join_items(parts: list[DecisionTrace], *, n_boot: int | None = None, seed: int | None = None) -> DecisionTrace:
+    """One trace of the items of ``parts`` (traces of one model and task on disjoint items, read at the same blocks),
+    in their order; option slots are padded to the widest part (``-inf`` logits, masked out)."""
+    if not parts:
+        raise PhaselensError("join_items needs at least one trace")
+    first = parts[0]
+    for p in parts[1:]:
+        if (p.model, p.task, p.format, p.lens, p.scoring) != (first.model, first.task, first.format, first.lens, first.scoring) \
+                or not np.array_equal(p.blocks, first.blocks):
+            raise PhaselensError(f"join_items: {p.model} on {p.task} ({p.lens} lens, blocks {list(p.blocks)}) does not match "
+                                 f"{first.model} on {first.task} ({first.lens} lens, blocks {list(first.blocks)}); join "
+                                 "traces of one model and task read at the same blocks")
+    K = max(p.logits.shape[2] for p in parts)
+
+    def pad(x: np.ndarray, fill: Any, axis: int) -> np.ndarray:
+        w = [(0, 0)] * x.ndim
+        w[axis] = (0, K - x.shape[axis])
+        return np.pad(x, w, constant_values=fill)
+
+    return dataclasses.replace(
+        first, logits=np.concatenate([pad(p.logits, -np.inf, 2) for p in parts], axis=1),
+        answers=np.concatenate([p.answers for p in parts]), mask=np.concatenate([pad(p.mask, False, 1) for p in parts]),
+        option_chars=np.concatenate([pad(p.option_chars, 0, 1) for p in parts]),
+        item_ids=[i for p in parts for i in p.item_ids], n_boot=first.n_boot if n_boot is None else n_boot,
+        seed=first.seed if seed is None else seed, complete=all(p.complete for p in parts))
 
 
 def transition_point(model: ModelLike, task: TaskLike, **kw: Any) -> Transition:

@@ -247,14 +247,14 @@ _TEXTS = {"calibration_passages": (int_at_least(1), None),
 
 @register_run("trace")
 class TraceRun(RunKind):
-    fixed = ("model", "task", "seed", "boot_seed", "progress", "cache", "device")
+    fixed = ("model", "task", "seed", "boot_seed", "progress", "cache", "device", "out")
     listy = ("blocks",)
 
     def fn(self):
         return decision_trace
 
     def run(self, model, task, seed, params, scratch):
-        trace = decision_trace(model, task, boot_seed=seed, **params)
+        trace = decision_trace(model, task, boot_seed=seed, out=scratch, **params)  # resumable in units of items
         return trace.transition() if trace.complete else trace
 
     def scalars(self, r):
