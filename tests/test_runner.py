@@ -10,6 +10,7 @@ import torch
 
 import phaselens as pl
 from phaselens.runner import Batch, Plan, PrefixCache, Read, Runner, identity, patched, token_batches
+from phaselens.runner.masks import pack
 
 
 def _ids(model: pl.Model, n: int = 3, T: int = 7, seed: int = 0) -> torch.Tensor:
@@ -220,3 +221,25 @@ def test_nan_is_stopped_and_named_at_its_block(tiny_llama):
     W[0, 0] = float("inf")
     with pytest.raises(pl.errors.RecoveryError, match="NaN or Inf"):
         pl.ModelView(tiny_llama, (2, 3), {(2, 4): W})
+
+
+def test_kept_leaves_out_each_rows_first_token_padded_and_packed():
+    """``Batch.kept(False)`` over the real tokens in row-major order, against a loop over the rows: a padded batch
+    drops column 0 of each row; a packed row (prompt + continuations, positions restarting after the prompt) drops
+    only its prompt's first token, the one sequence start it holds."""
+    ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    b = Batch(rows=[0, 1], ids=ids, mask=mask)
+    want = [j != 0 for r in range(2) for j in range(int(mask[r].sum()))]
+    assert b.kept(False).tolist() == want and b.kept(True).tolist() == [True] * 5
+
+    rows = [pack([1, 2, 3], [[4, 5], [6]]), pack([7, 8], [[9], [10, 11]])]
+    T = max(len(p.ids) for p in rows)
+    pad = lambda xs, v: [x + [v] * (T - len(x)) for x in xs]  # noqa: E731
+    pb = Batch(rows=[0, 1], ids=torch.tensor(pad([p.ids for p in rows], 0)),
+               mask=torch.tensor(pad([[1] * len(p.ids) for p in rows], 0)),
+               positions=torch.tensor(pad([p.positions for p in rows], 0)),
+               segments=torch.tensor(pad([p.segments for p in rows], -1)))
+    assert pb.packed
+    want = [j != 0 for p in rows for j in range(len(p.ids))]  # the prompt's first token is the row's first
+    assert pb.kept(False).tolist() == want and sum(want) == len(want) - 2
