@@ -70,7 +70,7 @@ def resolve_debiased(debiased: Any, n: int, p: int, q: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- math helpers
-def _u_center(K: torch.Tensor) -> torch.Tensor:
+def u_center(K: torch.Tensor) -> torch.Tensor:
     """U-centre Gram matrices ``[..., n, n]`` in place (Song et al.; Kornblith's ``center_gram(unbiased=True)``)."""
     n = K.shape[-1]
     diag = K.diagonal(dim1=-2, dim2=-1)
@@ -287,7 +287,7 @@ class CKAAccumulator:
             x = x[:, perm]
         x -= x.mean(1, keepdim=True)
         k = torch.bmm(x, x.transpose(1, 2))
-        return _u_center(k) if debiased else k
+        return u_center(k) if debiased else k
 
     def _gram_compute(self, debiased: bool, perm_b: torch.Tensor | None = None) -> np.ndarray:
         la, _p, lb, _q = self.shape  # type: ignore[misc]

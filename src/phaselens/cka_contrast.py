@@ -24,12 +24,12 @@ import torch
 from scipy import stats
 
 from . import checks
-from .cka import _u_center
+from .cka import u_center
 from .effects import Effect
 from .errors import CKAError
 from .results import Result
 from .runner import default_max_tokens, token_batches
-from .similarity import _check_pairing, _collect, _draw_samples, _task_inputs
+from .similarity import check_pairing, collect, draw_samples, task_inputs
 from .types import ModelLike
 from .view import as_view
 
@@ -161,7 +161,7 @@ class CKAContrast(Result):
 def _cka_u(K: torch.Tensor, L: torch.Tensor) -> float:
     """Debiased linear CKA of Gram matrices ``[n, n]``: unbiased HSICs (their common factor ``1 / (n (n - 3))``
     cancels) from the U-centred Grams, each centred once (on copies: ``K`` and ``L`` are kept)."""
-    uk, ul = _u_center(K.clone()), _u_center(L.clone())
+    uk, ul = u_center(K.clone()), u_center(L.clone())
     return float((uk * ul).sum() / torch.sqrt((uk * uk).sum() * (ul * ul).sum()))
 
 
@@ -213,12 +213,12 @@ def cka_contrast(
     blocks = [b for b in vb.kept if b > removed[0]]
     if not blocks:
         raise CKAError(f"{vb.name} keeps no block after its first cut (block {removed[0]}); nothing to compare")
-    source, _, seqs_a, seqs_b = _task_inputs(task, "decision", va.base.tokenizer, vb.base.tokenizer)
-    _check_pairing(va, vb, "all", seqs_a, seqs_b)
+    source, _, seqs_a, seqs_b = task_inputs(task, "decision", va.base.tokenizer, vb.base.tokenizer)
+    check_pairing(va, vb, "all", seqs_a, seqs_b)
     n_items = len(seqs_a)
     if groups > n_items:
         raise CKAError(f"groups={groups} is more than the {n_items} items of {source}; pass groups <= {n_items}")
-    smp = _draw_samples(seqs_a, seqs_b, "all", n_tokens, seed, True, source, bool(first_token))
+    smp = draw_samples(seqs_a, seqs_b, "all", n_tokens, seed, True, source, bool(first_token))
     short = [i for i, s in enumerate(seqs_a) if len(s) < 2 + (not first_token)]
     if short:
         raise CKAError(f"item {short[0]} of {source} has a prompt of {len(seqs_a[short[0]])} token(s); the control "
@@ -232,7 +232,7 @@ def cka_contrast(
     batches = token_batches([len(s) for s in seqs_a], max_tokens or default_max_tokens(va.base.device), batch_size)
     feats = []
     for view, rows in ((va, rows_a), (vb, rows_b)):
-        parts = [h[rows] for h in _collect(view, seqs_a, batches, pos)]  # [M, m, d] per batch, rows in group order
+        parts = [h[rows] for h in collect(view, seqs_a, batches, pos)]  # [M, m, d] per batch, rows in group order
         feats.append(torch.cat(parts, 1))
     # the row of each (item, position) in the collected order: batches list sequences, each its positions in order
     seq_of_row = [s for g in batches for s in g for _ in pos[s]]

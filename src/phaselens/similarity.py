@@ -226,7 +226,7 @@ def _prompt_ids(task, tokenizer) -> list[list[int]]:
     return [list(s) for s in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
 
 
-def _collect(view, seqs: list[list[int]], groups: list[list[int]], pos: dict[int, list[int]]):
+def collect(view, seqs: list[list[int]], groups: list[list[int]], pos: dict[int, list[int]]):
     """Per batch of ``groups``, every surviving block's output ``[L, m, d]`` (float32) at the sampled positions
     ``pos[seq]`` of each sequence, in the order of the group. The last row reads the output of block ``L-1``
     (an operator standing in for a cut reaching the last block is part of it, as in the lens)."""
@@ -277,7 +277,7 @@ def _text_inputs(texts: Any, positions: str | None, tok_a, tok_b, seq_len: int):
     return ("calibration" if texts is None else "texts"), "all", seqs_a, seqs_b
 
 
-def _task_inputs(task: Any, positions: str | None, tok_a, tok_b):
+def task_inputs(task: Any, positions: str | None, tok_a, tok_b):
     """``(source, positions, seqs_a, seqs_b)`` for a task: each item's prompt tokens under each tokenizer."""
     task = task if isinstance(task, Task) else load_task(task)
     seqs_a = _prompt_ids(task, tok_a)
@@ -292,7 +292,7 @@ def _task_inputs(task: Any, positions: str | None, tok_a, tok_b):
     return task.name, positions or "decision", seqs_a, seqs_b
 
 
-def _check_pairing(va, vb, positions: str, seqs_a: list[list[int]], seqs_b: list[list[int]]) -> None:
+def check_pairing(va, vb, positions: str, seqs_a: list[list[int]], seqs_b: list[list[int]]) -> None:
     """``positions='all'`` pairs the models token by token: both must tokenize the inputs identically."""
     if positions == "all" and seqs_a != seqs_b:
         bad = next((i for i, (a, b) in enumerate(zip(seqs_a, seqs_b)) if a != b), min(len(seqs_a), len(seqs_b)))
@@ -313,7 +313,7 @@ class _Samples:
     pos_b: list[int]
 
 
-def _draw_samples(seqs_a, seqs_b, positions: str, n_samples: int, seed: int, debiased: bool, source: str,
+def draw_samples(seqs_a, seqs_b, positions: str, n_samples: int, seed: int, debiased: bool, source: str,
                   first_token: bool = False) -> _Samples:
     """At most ``n_samples`` candidates (each sequence's last token, or every token: from the second on unless
     ``first_token``), drawn without replacement by a generator seeded with ``seed``, in candidate order."""
@@ -355,8 +355,8 @@ def _accumulate(va, vb, seqs_a, seqs_b, smp: _Samples, acc: CKAAccumulator, max_
     pos_a = {k: [smp.pos_a[j] for j in by_seq[s]] for k, s in enumerate(seq_ids)}
     pos_b = {k: [smp.pos_b[j] for j in by_seq[s]] for k, s in enumerate(seq_ids)}
     same = _same_computation(va, vb) and seqs_a == seqs_b
-    side_a = _collect(va, cut_a, groups, pos_a)
-    side_b = None if same else _collect(vb, cut_b, groups, pos_b)
+    side_a = collect(va, cut_a, groups, pos_a)
+    side_b = None if same else collect(vb, cut_b, groups, pos_b)
     it: Any = range(len(groups))
     if progress:
         it = tqdm(it, desc=f"cka {va.name} vs {vb.name}", leave=False)
@@ -428,10 +428,10 @@ def cka(
     if _is_texts(task_or_texts):
         source, positions, seqs_a, seqs_b = _text_inputs(task_or_texts, positions, tok_a, tok_b, seq_len)
     else:
-        source, positions, seqs_a, seqs_b = _task_inputs(task_or_texts, positions, tok_a, tok_b)
-    _check_pairing(va, vb, positions, seqs_a, seqs_b)
+        source, positions, seqs_a, seqs_b = task_inputs(task_or_texts, positions, tok_a, tok_b)
+    check_pairing(va, vb, positions, seqs_a, seqs_b)
     first_token = bool(first_token) and positions == "all"
-    smp = _draw_samples(seqs_a, seqs_b, positions, n_samples, seed, debiased, source, first_token)
+    smp = draw_samples(seqs_a, seqs_b, positions, n_samples, seed, debiased, source, first_token)
     acc = CKAAccumulator(debiased=debiased, form=form, device=va.base.device)
     _accumulate(va, vb, seqs_a, seqs_b, smp, acc, max_tokens, batch_size, progress)
     matrix = acc.compute()
