@@ -243,3 +243,24 @@ def test_kept_leaves_out_each_rows_first_token_padded_and_packed():
     assert pb.packed
     want = [j != 0 for p in rows for j in range(len(p.ids))]  # the prompt's first token is the row's first
     assert pb.kept(False).tolist() == want and sum(want) == len(want) - 2
+
+
+def test_a_bounded_prefix_cache_gives_the_same_numbers(tiny_llama):
+    """max_bytes: past the bound a block input is not stored (one warning), the cache stays within it, and passes
+    that replay what it kept give the numbers of a full pass; a bad bound is refused."""
+    ids = _ids(tiny_llama, seed=4)
+    batch = Batch([0, 1, 2], ids, torch.ones_like(ids))
+    reads = {"h": Read(tuple(range(6)), "out", "last")}
+    one = ids.numel() * tiny_llama.d_model * 4  # one block input of this batch, float32
+    cache = PrefixCache(max_bytes=3 * one + 10)
+    with pytest.warns(UserWarning, match="max_bytes"):
+        Runner(pl.prune(tiny_llama, [4]), cache=cache).forward(batch, reads)
+    assert cache.nbytes == 3 * one and cache.dropped > 0
+    for cut in ([4], [2, 4], [5]):
+        got = Runner(pl.prune(tiny_llama, cut), cache=cache).forward(batch, reads)["h"]
+        ref = Runner(pl.prune(tiny_llama, cut)).forward(batch, reads)["h"]
+        assert all(torch.equal(got[b], ref[b]) for b in ref)
+    assert cache.nbytes <= 3 * one + 10
+    assert PrefixCache().max_bytes > 0
+    with pytest.raises(pl.PhaselensError, match="max_bytes"):
+        PrefixCache(max_bytes=-1)

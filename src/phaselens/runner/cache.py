@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+from ..errors import RunnerError
+
+
+def available_memory() -> int:
+    """Bytes of RAM available now (``MemAvailable`` of ``/proc/meminfo``; 8 GiB where it cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+    except (OSError, StopIteration, ValueError):
+        return 8 << 30
 
 
 class PrefixCache:
@@ -15,13 +28,24 @@ class PrefixCache:
 
     ``recording`` (default True) stores the inputs of the blocks a pass computes (one version per batch
     and block, the latest); set it False to replay without storing (trying candidate cuts). Memory:
-    ``(L + 1) x tokens x d`` values in the model's dtype for a fully recorded pass.
+    ``(L + 1) x tokens x d`` values in the model's dtype for a fully recorded pass, at most ``max_bytes``
+    (default: half the RAM available when the cache is made, or half the GPU's free memory for a GPU cache).
+    A block input that would pass the bound is not stored (once, a warning says so): later passes replay a
+    shallower prefix and compute the rest, so the numbers are the same and only the time saved shrinks.
     """
 
-    def __init__(self, *, device: str | torch.device = "cpu", recording: bool = True) -> None:
+    def __init__(self, *, device: str | torch.device = "cpu", recording: bool = True,
+                 max_bytes: int | None = None) -> None:
         self.device = torch.device(device)
         self.recording = recording
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
+            raise RunnerError(f"max_bytes must be a byte count >= 0 or None (half the available memory), got {max_bytes!r}")
+        if max_bytes is None:
+            max_bytes = (torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else available_memory()) // 2
+        self.max_bytes = int(max_bytes)
         self.store: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
+        self._bytes = 0
+        self.dropped = 0  # block inputs not stored because of max_bytes
 
     def depth(self, key: str, prefix: list[str]) -> int:
         """The deepest ``s`` such that the stored inputs of blocks ``1..s`` all match ``prefix`` (0: none)."""
@@ -40,11 +64,26 @@ class PrefixCache:
         return self.store[key][b][1]
 
     def put(self, key: str, b: int, prefix_hash: str, h: torch.Tensor) -> None:
-        self.store.setdefault(key, {})[b] = (prefix_hash, h.detach().to(self.device, copy=True))
+        slot = self.store.setdefault(key, {})
+        old = slot.pop(b, None)  # the latest version replaces it (or, past the bound, it goes: it is stale)
+        if old is not None:
+            self._bytes -= old[1].numel() * old[1].element_size()
+        size = h.numel() * h.element_size()
+        if self._bytes + size > self.max_bytes:
+            if not self.dropped:
+                warnings.warn(f"the prefix cache holds {self._bytes / 2**30:.2f} GiB and its bound is "
+                              f"{self.max_bytes / 2**30:.2f} GiB (max_bytes): block inputs past it are not stored, "
+                              "so later passes recompute more blocks (same numbers, less time saved)", stacklevel=2)
+            self.dropped += 1
+            return
+        slot[b] = (prefix_hash, h.detach().to(self.device, copy=True))
+        self._bytes += size
 
     def clear(self) -> None:
         self.store.clear()
+        self._bytes = 0
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for slot in self.store.values() for _, t in slot.values())
+        """Bytes of the stored block inputs (at most :attr:`max_bytes`)."""
+        return self._bytes

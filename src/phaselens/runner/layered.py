@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import RunnerError
+from .cache import available_memory
 from .batch import Batch
 from .patches import exclusive, patched
 from .plan import Plan, StopForward, skip
@@ -250,12 +251,7 @@ def default_budget(sched: Schedule, device: torch.device) -> int:
     if sched.act_store == "device" and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free // 2)
-    try:
-        with open("/proc/meminfo") as f:
-            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
-    except (OSError, StopIteration):
-        avail = 8 << 30
-    return int(avail // 4)
+    return int(available_memory() // 4)
 
 
 def residual_bytes(rows: int, tokens: int, d_model: int, itemsize: int) -> int:
