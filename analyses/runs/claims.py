@@ -233,6 +233,12 @@ def above_chance(sw: Any, boot_seed: int = 0) -> Any:
                             predicted="positive", boot_seed=boot_seed, model=sw.model, task=sw.task)
 
 
+def pairs(sweeps: list[Any]) -> str:
+    """"N usable (model, task) pairs (M sweeps)": a random-selection pair has one sweep per seed."""
+    n = len({(s.model, s.task) for s in sweeps})
+    return f"{n} usable pairs" + (f" ({len(sweeps)} sweeps)" if len(sweeps) > n else "")
+
+
 def figure8_claims(o: Out, sweeps: dict[str, list[Any]], unfinished: list[str], entries: list[Any]) -> None:
     """Figure 8 per criterion over the pairs above chance; each criterion's study (its figure) joins the report."""
     for crit, found in sweeps.items():
@@ -247,6 +253,7 @@ def figure8_claims(o: Out, sweeps: dict[str, list[Any]], unfinished: list[str], 
                                                 f"{sw.model}/{sw.task} (dense accuracy − chance {e.estimate:+.3f} "
                                                 f"[{e.lo:+.3f}, {e.hi:+.3f}])")
         text = f"{FIG8} ({crit} selection)"
+        left = list(dict.fromkeys(left))  # a pair's seeds share its dense model and items: name it once
         if left:
             o.notes.append(f"- Figure 8 ({crit}): pairs left out, dense accuracy not above chance: {'; '.join(left)}.")
         if not keep:
@@ -265,7 +272,8 @@ def figure8_claims(o: Out, sweeps: dict[str, list[Any]], unfinished: list[str], 
             if name in effs:
                 got = True
                 o.claim(f"{DT}, Fig. 8", f"{text}, {scope}", effs[name],
-                        f"{len(study.used)} usable pairs of {len(keep)} above chance; the paper reports r = -0.96"
+                        f"{pairs(study.used)} of {len({(s.model, s.task) for s in keep})} pairs above chance; the "
+                        "paper reports r = -0.96"
                         + (f"; not finished: {'; '.join(unfinished)}" if unfinished else ""))
         if not got:
             why = "; ".join(study.skipped_effects()) or f"{len(study.used)} usable pair(s)"

@@ -205,7 +205,8 @@ class CollapseStudy(Result):
              "(the decision-transition paper predicts r < 0: a later transition, an earlier collapse; it reports "
              "-0.96).")
         if self.excluded:
-            s += " Left out: " + "; ".join(f"{q.model}/{q.task}: {q.reason}" for q in self.excluded) + "."
+            out = dict.fromkeys(f"{q.model}/{q.task}: {q.reason}" for q in self.excluded)  # one line per pair, not per seed
+            s += " Left out: " + "; ".join(out) + "."
         return s
 
     def to_pandas(self):
