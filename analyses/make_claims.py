@@ -63,8 +63,9 @@ paper's grid cells (the at-size runs' many small cells, issue 23), which form a 
 time and what is left). No headline claim lost items: each rests on 200 items per arm or the whole benchmark. Cut
 instead: every grid cell reads 100 items per task (Figure 8's sweeps, the Ghosted grid's cuts); SmolLM2's Ghosted grid
 fits its operators on 32 calibration passages (Qwen-0.5B's on 64, decided after 32 was measured to overfit one of
-SmolLM2's cuts); random selection has 3 seeds and noise one noise seed. A run not yet finished is listed under "not
-judged" with how many of its jobs are done, and its finished jobs still give their claims.
+SmolLM2's cuts); random selection has 3 seeds and noise one noise seed, and runs only on the pairs the issue names
+(dense accuracy above chance; Qwen-0.5B's random sweeps were cut to ARC-Easy, its one such pair). A run not yet
+finished is listed under "not judged" with how many of its jobs are done, and its finished jobs still give their claims.
 """
 
 

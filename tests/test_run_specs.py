@@ -68,7 +68,8 @@ def test_plan_lists_every_spec_with_its_job_count():
 
 def test_multi_seed_specs_keep_the_items_of_every_job_seed():
     """A spec with several seeds fixes each task's seed, so the random sweeps of every seed see the items of the
-    single-seed BI spec beside it."""
+    single-seed BI spec beside it (on all of its tasks, or on those of its pairs the issue names: run5_qwen05_random
+    keeps the one pair above chance)."""
     for p in SPECS:
         spec = parse_spec(p)
         if len(spec.seeds) > 1:
@@ -76,7 +77,8 @@ def test_multi_seed_specs_keep_the_items_of_every_job_seed():
             twin = p.with_name(p.name.replace("_random", "_bi" if "run5" in p.name else "_arc"))
             assert twin.exists(), twin
             other = parse_spec(twin)
-            assert [t.config(0) for t in spec.tasks] == [t.config(0) for t in other.tasks]
+            theirs = [t.config(0) for t in other.tasks]
+            assert all(t.config(0) in theirs for t in spec.tasks), p.name
 
 
 def test_run3_cuts_a_quarter_of_qwen15_as_the_issue_counts():
