@@ -527,3 +527,33 @@ def test_sweep_require_transition_stops_pairs_without_one(tiny_llama_dir, tmp_pa
     with pytest.raises(pl.errors.StudyError, match="require_transition"):
         pl.run_study({"models": [tiny_llama_dir], "tasks": [base], "runs": [{**sweep, "require_transition": "yes"}]},
                      out=tmp_path / "bad")
+
+
+def test_a_trace_job_cut_short_resumes_from_its_finished_units(tiny_llama_dir, tmp_path, monkeypatch):
+    """A study's trace job reads its items in units saved in its scratch folder: a job that fails (or is killed)
+    after one unit reruns only the rest, and its result equals a plain trace of the same model and items."""
+    import phaselens.trace as trace_mod
+
+    monkeypatch.setattr(trace_mod, "TRACE_CHUNK", 4)  # the 6 capitals items in units of 4 and 2
+    real, calls = trace_mod.option_logits, []
+
+    def second_unit_fails(view, task, **kw):
+        calls.append(len(task.items))
+        if len(calls) == 2:
+            raise RuntimeError("killed mid-trace")
+        return real(view, task, **kw)
+
+    monkeypatch.setattr(trace_mod, "option_logits", second_unit_fails)
+    spec = _spec(tiny_llama_dir, [{"kind": "trace", "n_boot": 100}], seeds=(0,))
+    first = pl.run_study(spec, out=tmp_path)
+    assert first.attrs["failed"] == 1 and first.error.str.contains("killed mid-trace").all()
+    monkeypatch.setattr(trace_mod, "option_logits", lambda view, task, **kw: calls.append(len(task.items)) or real(view, task, **kw))
+    calls.clear()
+    again = pl.run_study(spec, out=tmp_path)
+    assert again.attrs["ran"] == 1 and again.attrs["failed"] == 0
+    assert calls == [2]  # the first unit's 4 items were read back, not recomputed
+    got = pl.load_results(tmp_path)[again.result.iloc[0]]
+    got = getattr(got, "trace", got)  # a Transition, or the trace when it has none
+    ref = pl.decision_trace(pl.load_model(tiny_llama_dir), pl.load_task("capitals", limit=6), n_boot=100)
+    assert got.item_ids == ref.item_ids
+    np.testing.assert_allclose(got.logits, ref.logits, rtol=1e-5, atol=1e-5)
