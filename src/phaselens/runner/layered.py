@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from ..errors import RunnerError
-from .cache import available_memory
 from .batch import Batch
+from .cache import available_memory
 from .patches import exclusive, patched
 from .plan import Plan, StopForward, skip
 
