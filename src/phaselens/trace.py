@@ -412,6 +412,12 @@ def _items_of(t: Task, a: int, b: int) -> Task:
     return dataclasses.replace(t, items=t.items[a:b], _shot_cache=shots)
 
 
+def prompts_digest(t: Task) -> str:
+    """A short hash of what ``t`` asks the model: every item's prompt, decision strings and answer (a resumable run's
+    folder is refused for another task, item set, layout or few-shot draw)."""
+    return digest([[t.prompt(i), t.decision_strings(i), int(it.answer)] for i, it in enumerate(t.items)])
+
+
 def _trace_args(view: Any, t: Task, blocks: Any, lens: Any) -> dict[str, Any]:
     """The identity of a resumable trace's folder: the model (weights, pruning, recovery operators, where it
     computes), the items and their prompts, the blocks read, the lens and the unit size."""
@@ -424,7 +430,7 @@ def _trace_args(view: Any, t: Task, blocks: Any, lens: Any) -> dict[str, Any]:
     return {"model": base.name, "fingerprint": base.fingerprint, "device": str(base.device), "dtype": str(base.dtype),
             "removed": list(view.removed), "method": view.method, "operators": ops.hexdigest()[:16],
             "task": t.name, "format": t.format, "n_items": len(t.items),
-            "prompts": digest([[t.prompt(i), t.decision_strings(i), int(it.answer)] for i, it in enumerate(t.items)]),
+            "prompts": prompts_digest(t),
             "blocks": blocks if blocks is None or isinstance(blocks, str) else [int(b) for b in blocks],
             "lens": lens.name if lens.kind == "logit" else lens.digest, "chunk": TRACE_CHUNK}
 

@@ -18,6 +18,7 @@ named, with its reason, in :attr:`RecoveryComparison.skipped`; a given ``blocks=
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -31,11 +32,11 @@ from ..errors import EffectError, NotFoundError, RecoveryError
 from ..perplexity import passage_nll
 from ..pruning import prune, select_blocks
 from ..records import Record
-from ..resume import digest
+from ..resume import digest, run_folder
 from ..recovery import METHODS, fit_recovery, get_method
 from ..results import Result
 from ..tasks import Task, load_task
-from ..trace import N_BOOT, decision_trace
+from ..trace import N_BOOT, decision_trace, prompts_digest
 from ..types import ModelLike
 from ..view import as_view, fmt_blocks, spans_of
 
@@ -224,42 +225,101 @@ def refusals(methods: Sequence[str], blocks: Sequence[int]) -> dict[str, str]:
     return out
 
 
+@dataclass
+class CutUnit(Record):
+    """A resumable comparison's cut: the blocks, how they were chosen, the methods left out (and why)."""
+
+    blocks: list
+    criterion: str
+    skipped: dict
+
+
+@dataclass
+class HeldoutUnit(Record):
+    """One model's held-out text: ``nll [P]`` summed next-token NLL per passage, ``tokens [P]`` predicted tokens,
+    ``fit_relative_error`` its operator's relative boundary error on the calibration tokens (0 for the dense model)."""
+
+    nll: np.ndarray
+    tokens: np.ndarray
+    fit_relative_error: float
+
+
+@dataclass
+class AnswersUnit(Record):
+    """One model's answers to one task: ``margins [N]`` final-layer margin and ``correct [N]`` (0/1) per item."""
+
+    margins: np.ndarray
+    correct: np.ndarray
+
+
 # The fitted views and held-out NLL of the latest cuts of the current model, keyed by content: one cut compared on
 # several tasks in separate calls (a study's one job per task, in any order) fits and scores the held-out text once.
+# An entry is filled as its parts are asked for (a resumed comparison asks only for what its folder lacks).
 # Only the current model's entries are kept, so no other model stays in memory through them; at most _FITS_KEPT
 # cuts and _FITS_BYTES of operators (the newest entry always stays).
-_FITS: OrderedDict[tuple, tuple[dict, np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+_FITS: OrderedDict[tuple, dict] = OrderedDict()
 _FITS_KEPT = 64
 _FITS_BYTES = 1 << 30
 _FITS_OWNER: list[int] = [0]
 
 
-def _operator_bytes(views: dict) -> int:
-    return sum(w.numel() * w.element_size() for v in views.values()
+def _operator_bytes(views: dict | None) -> int:
+    return sum(w.numel() * w.element_size() for v in (views or {}).values()
                for w in (*v.operators.values(), *v.branch_operators.values()))
 
 
-def _fits(base: Any, cut: list[int], methods: list[str], cal: list[str], held: list[str], **texts: Any
-          ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """``(views {method: fitted view}, dense NLL [P], tokens [P], NLL [M, P])`` of ``cut``, from the kept entries
-    when the model (fingerprint, device, dtype), cut, methods (and their registered objects), calibration text,
-    held-out text and batching are the same."""
-    if _FITS_OWNER[0] != id(base):
-        _FITS.clear()
-        _FITS_OWNER[0] = id(base)
-    key = (base.fingerprint, str(base.device), str(base.dtype), tuple(cut),
-           tuple((m, id(METHODS.get(m))) for m in methods), digest(list(cal)), digest(list(held)),
-           tuple(sorted(texts.items())))
-    hit = _FITS.pop(key, None)
-    if hit is None:
-        recs = fit_recovery(prune(base, cut), cal, methods, **texts)
-        dense_nll, tokens = passage_nll(base, held, **texts)
-        hit = (recs, dense_nll, tokens, np.stack([passage_nll(recs[m], held, **texts)[0] for m in methods]))
-    _FITS[key] = hit
-    while len(_FITS) > 1 and (len(_FITS) > _FITS_KEPT or sum(_operator_bytes(e[0]) for e in _FITS.values()) > _FITS_BYTES):
-        _FITS.popitem(last=False)
-    recs, dense_nll, tokens, nll = hit
-    return dict(recs), dense_nll.copy(), tokens.copy(), nll.copy()
+class _CutFits:
+    """The fitted views and held-out NLL of one cut, from the kept entry when the model (fingerprint, device,
+    dtype), cut, methods (and their registered objects), calibration text, held-out text and batching are the same;
+    each part is computed the first time it is asked for."""
+
+    def __init__(self, base: Any, cut: list[int], methods: list[str], cal: list[str], held: list[str],
+                 **texts: Any) -> None:
+        if _FITS_OWNER[0] != id(base):
+            _FITS.clear()
+            _FITS_OWNER[0] = id(base)
+        key = (base.fingerprint, str(base.device), str(base.dtype), tuple(cut),
+               tuple((m, id(METHODS.get(m))) for m in methods), digest(list(cal)), digest(list(held)),
+               tuple(sorted(texts.items())))
+        self.entry = _FITS.pop(key, None) or {"views": None, "nll": {}}
+        _FITS[key] = self.entry
+        self.base, self.cut, self.methods, self.cal, self.held, self.texts = base, cut, methods, cal, held, texts
+        self._evict()
+
+    @staticmethod
+    def _evict() -> None:
+        while len(_FITS) > 1 and (len(_FITS) > _FITS_KEPT
+                                  or sum(_operator_bytes(e["views"]) for e in _FITS.values()) > _FITS_BYTES):
+            _FITS.popitem(last=False)
+
+    def view(self, name: str) -> Any:
+        """The dense model (``"dense"``) or the cut recovered by method ``name`` (every method fitted at once)."""
+        if name == "dense":
+            return self.base
+        if self.entry["views"] is None:
+            self.entry["views"] = dict(fit_recovery(prune(self.base, self.cut), self.cal, self.methods, **self.texts))
+            self._evict()
+        return self.entry["views"][name]
+
+    def heldout(self, name: str) -> HeldoutUnit:
+        """``name``'s per-passage held-out NLL, token counts and fit error."""
+        nll = self.entry["nll"]
+        if name not in nll:
+            nll[name] = passage_nll(self.view(name), self.held, **self.texts)
+        fe = 0.0 if name == "dense" else float(self.view(name).fit_error.relative[0])
+        return HeldoutUnit(nll=nll[name][0].copy(), tokens=nll[name][1].copy(), fit_relative_error=fe)
+
+
+def _recovery_args(base: Any, ts: list[Task], blocks: Any, n: int | None, criterion: str, methods: list[str],
+                   cal: list[str], held: list[str], seq_len: int) -> dict[str, Any]:
+    """The identity of a resumable comparison's folder: the model (weights, where it computes), the cut asked for,
+    the methods (and the classes registered under their names), the texts and every task's prompts."""
+    return {"model": base.name, "fingerprint": base.fingerprint, "device": str(base.device), "dtype": str(base.dtype),
+            "blocks": None if blocks is None else sorted(set(checks.block_list(blocks, "blocks", RecoveryError))),
+            "n": None if n is None else int(n), "criterion": None if n is None else criterion,
+            "methods": [[m, f"{type(get_method(m)).__module__}.{type(get_method(m)).__qualname__}"] for m in methods],
+            "calibration": digest(list(cal)), "heldout": digest(list(held)), "seq_len": seq_len,
+            "tasks": [[t.name, t.format, len(t.items), prompts_digest(t)] for t in ts]}
 
 
 def compare_recovery(
@@ -277,6 +337,7 @@ def compare_recovery(
     max_tokens: int | None = None,
     n_boot: int = N_BOOT,
     boot_seed: int = 0,
+    out: str | os.PathLike | None = None,
 ) -> RecoveryComparison:
     """Cut ``blocks`` (or ``n`` blocks chosen by ``criterion`` on the calibration text) from the dense ``model``,
     recover the cut with every method, and measure each on ``tasks`` and on held-out text.
@@ -289,6 +350,9 @@ def compare_recovery(
             with ``blocks=``, it is an error.
         calibration, heldout: fit text and held-out text (default: the bundled passages).
         n_boot, boot_seed: the effects' bootstrap replicates and seed.
+        out: a folder that makes the comparison resumable: the chosen cut, each model's held-out NLL and each
+            (model, task)'s answers are saved in ``out/.phaselens/recovery/`` as they finish, so a killed run redoes
+            only what was unfinished (the operators are fitted again when a recovered model is still to be measured).
 
     Returns:
         a :class:`RecoveryComparison`.
@@ -298,6 +362,8 @@ def compare_recovery(
     checks.bootstrap(n_boot, boot_seed, RecoveryError, seed_name="boot_seed")
     checks.batching(batch_size, max_tokens, RecoveryError)
     check_seq_len(seq_len)
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise RecoveryError(f"out must be a folder path (str or os.PathLike) or None, got {type(out).__name__}")
     if methods is None:
         from .phase_cuts_result import DEFAULT_METHODS
 
@@ -320,33 +386,61 @@ def compare_recovery(
         bad = [b for b in cut if not 0 <= b < base.n_blocks]
         if bad or not cut:
             raise RecoveryError(f"blocks {blocks!r}: {bad or 'none'} outside 0..{base.n_blocks - 1}")
-        how, skipped = "given", {}
     else:
         checks.integer("n", n, minimum=1, error=RecoveryError, what="blocks to cut")
-        cut, how = list(select_blocks(base, int(n), criterion, calibration=cal)), criterion
-        skipped = refusals(methods, cut)
-        if len(skipped) == len(methods):
-            raise RecoveryError(f"no method of {methods} can recover the cut {cut} chosen by {criterion}: "
-                                + "; ".join(f"{m} ({why})" for m, why in skipped.items()))
+    args = _recovery_args(base, ts, blocks, n, criterion, methods, cal, held, seq_len) if out is not None else {}
+    with run_folder(out, "recovery", args, "a recovery comparison") as folder:
+
+        def unit(name: str, compute: Any) -> Any:  # a finished unit of the folder, or computed (and saved)
+            got = folder.load(name) if folder is not None else None
+            if got is None:
+                got = compute()
+                if folder is not None:
+                    folder.save(name, got)
+            return got
+
+        if blocks is not None:
+            chosen = CutUnit(blocks=cut, criterion="given", skipped={})
+        else:
+            chosen = unit("cut", lambda: _choose(base, int(n), criterion, cal, methods))
+        cut, how, skipped = list(chosen.blocks), chosen.criterion, dict(chosen.skipped)
         methods = [m for m in methods if m not in skipped]
-    recs, dense_nll, tokens, nll = _fits(base, cut, methods, cal, held, seq_len=seq_len, batch_size=batch_size,
-                                         max_tokens=max_tokens)
-    out = []
-    for t in ts:
-        # only the model's own answer is compared: one readout per view, not one per block (the same numbers as a
-        # full trace's last column, at a fraction of its cost in the continuation format)
-        tr = [decision_trace(v, t, n_boot=n_boot, boot_seed=boot_seed, max_tokens=max_tokens, blocks="last")
-              for v in [base] + [recs[m] for m in methods]]
-        out.append(RecoveryTask(task=t.name, format=t.format, item_ids=[it.id for it in t.items],
-                                margins=np.stack([x.item_margins[:, -1] for x in tr[1:]]),
-                                correct=np.stack([x.correct[:, -1] for x in tr[1:]]).astype(float),
-                                dense_margins=tr[0].item_margins[:, -1].copy(),
-                                dense_correct=tr[0].correct[:, -1].astype(float)))
-    return RecoveryComparison(model=base.name, n_blocks=base.n_blocks, blocks=list(cut), criterion=how,
-                              methods=methods, nll=nll, tokens=tokens, dense_nll=dense_nll,
-                              fit_relative_error=np.array([float(recs[m].fit_error.relative[0]) for m in methods]),
-                              tasks=out, calibration_passages=len(cal), n_boot=n_boot, seed=boot_seed,
+        fits = _CutFits(base, cut, methods, cal, held, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
+        names = ["dense", *methods]
+        heldout_units = [unit(f"heldout_{v}", lambda v=v: fits.heldout(v)) for v in names]
+        out_tasks = []
+        for i, t in enumerate(ts):
+            # only the model's own answer is compared: one readout per view, not one per block (the same numbers as a
+            # full trace's last column, at a fraction of its cost in the continuation format)
+            ans = [unit(f"task{i}_{v}", lambda v=v, t=t: _answers(fits.view(v), t, n_boot, boot_seed, max_tokens))
+                   for v in names]
+            out_tasks.append(RecoveryTask(task=t.name, format=t.format, item_ids=[it.id for it in t.items],
+                                          margins=np.stack([a.margins for a in ans[1:]]),
+                                          correct=np.stack([a.correct for a in ans[1:]]),
+                                          dense_margins=ans[0].margins.copy(), dense_correct=ans[0].correct.copy()))
+    return RecoveryComparison(model=base.name, n_blocks=base.n_blocks, blocks=cut, criterion=how, methods=methods,
+                              nll=np.stack([u.nll for u in heldout_units[1:]]), tokens=heldout_units[0].tokens.copy(),
+                              dense_nll=heldout_units[0].nll.copy(),
+                              fit_relative_error=np.array([u.fit_relative_error for u in heldout_units[1:]]),
+                              tasks=out_tasks, calibration_passages=len(cal), n_boot=n_boot, seed=boot_seed,
                               skipped=skipped)
 
 
-__all__ = ["REFERENCE", "RecoveryComparison", "RecoveryTask", "compare_recovery", "refusals"]
+def _choose(base: Any, n: int, criterion: str, cal: list[str], methods: list[str]) -> CutUnit:
+    """``n`` blocks chosen by ``criterion`` on ``cal``, and the methods that cannot recover them (an error when none
+    can)."""
+    cut = [int(b) for b in select_blocks(base, n, criterion, calibration=cal)]
+    skipped = refusals(methods, cut)
+    if len(skipped) == len(methods):
+        raise RecoveryError(f"no method of {methods} can recover the cut {cut} chosen by {criterion}: "
+                            + "; ".join(f"{m} ({why})" for m, why in skipped.items()))
+    return CutUnit(blocks=cut, criterion=criterion, skipped=skipped)
+
+
+def _answers(view: Any, t: Task, n_boot: int, boot_seed: int, max_tokens: int | None) -> AnswersUnit:
+    """``view``'s final-layer margin and correctness on every item of ``t``."""
+    tr = decision_trace(view, t, n_boot=n_boot, boot_seed=boot_seed, max_tokens=max_tokens, blocks="last")
+    return AnswersUnit(margins=tr.item_margins[:, -1].copy(), correct=tr.correct[:, -1].astype(float))
+
+
+__all__ = ["AnswersUnit", "CutUnit", "HeldoutUnit", "REFERENCE", "RecoveryComparison", "RecoveryTask", "compare_recovery", "refusals"]

@@ -75,7 +75,7 @@ def recovery_scalars(r: RecoveryComparison) -> dict[str, Any]:
 class RecoveryRun(RunKind):
     """``compare_recovery(model, [task], blocks | n=cut_size(prune), criterion=, methods=, ...)``."""
 
-    fixed = ("model", "tasks", "n", "boot_seed")
+    fixed = ("model", "tasks", "n", "boot_seed", "out")
     listy = ("blocks", "methods", "calibration", *HELDOUT_KEYS)
     study = {**_TEXTS, "prune": (lambda v: is_ratio(v) or int_at_least(1)(v), None)}
 
@@ -107,12 +107,13 @@ class RecoveryRun(RunKind):
     def run(self, model, task, seed, params, scratch):
         """``compare_recovery(n=cut_size(prune), criterion=)``: a method refusing the chosen cut (ReplaceMe at a cut
         that starts at block 0, which BI or SLEB may choose) is left out of this job, and named in the result's
-        ``skipped``, instead of failing it."""
+        ``skipped``, instead of failing it. Resumable: the cut, each model's held-out NLL and answers are saved in
+        the job's scratch folder as they finish."""
         p = dict(params)
         cal, held = pop_texts(p)
         share, crit = p.pop("prune", None), p.pop("criterion", "angular")
         methods = list(p.pop("methods", None) or DEFAULT_METHODS)
-        kw = dict(boot_seed=seed, calibration=load_calibration(cal), heldout=held, methods=methods, **p)
+        kw = dict(boot_seed=seed, calibration=load_calibration(cal), heldout=held, methods=methods, out=scratch, **p)
         if share is None:
             return compare_recovery(model, [task], **kw)
         return compare_recovery(model, [task], n=cut_size(share, as_view(model).base.n_blocks), criterion=crit, **kw)
