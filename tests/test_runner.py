@@ -264,3 +264,41 @@ def test_a_bounded_prefix_cache_gives_the_same_numbers(tiny_llama):
     assert PrefixCache().max_bytes > 0
     with pytest.raises(pl.PhaselensError, match="max_bytes"):
         PrefixCache(max_bytes=-1)
+
+
+def test_default_memory_bounds_take_this_process_share_of_the_machine(monkeypatch):
+    """PHASELENS_MEMORY_SHARE scales the RAM defaults: a CPU prefix cache takes half the available RAM times the
+    share, the layer schedule's RAM wave budget a quarter times it (16 GiB available, written out by hand); a share
+    outside (0, 1] is refused naming the variable."""
+    import phaselens.runner.cache as cache_mod
+    import phaselens.runner.layered as layered
+    from phaselens.runner.layered import Schedule, default_budget
+
+    gib = 1 << 30
+    monkeypatch.setattr(cache_mod, "available_memory", lambda: 16 * gib)
+    monkeypatch.setattr(layered, "available_memory", lambda: 16 * gib)
+    monkeypatch.delenv("PHASELENS_MEMORY_SHARE", raising=False)
+    assert PrefixCache().max_bytes == 8 * gib
+    assert default_budget(Schedule("layer"), torch.device("cpu")) == 4 * gib
+    monkeypatch.setenv("PHASELENS_MEMORY_SHARE", "0.25")
+    assert PrefixCache().max_bytes == 2 * gib
+    assert default_budget(Schedule("layer"), torch.device("cpu")) == gib
+    for bad in ("0", "1.5", "-0.1", "half", "nan"):
+        monkeypatch.setenv("PHASELENS_MEMORY_SHARE", bad)
+        with pytest.raises(pl.PhaselensError, match=f"PHASELENS_MEMORY_SHARE='{bad}'.*in \\(0, 1\\]"):
+            PrefixCache()
+
+
+def test_a_process_pool_worker_takes_its_part_of_the_memory(tmp_path, monkeypatch):
+    """The processes executor's n workers each get 1 / n of this process's share (read inside a worker)."""
+    from types import SimpleNamespace
+
+    from phaselens.runner.cache import memory_share
+    from phaselens.study.executors import ProcessExecutor
+
+    monkeypatch.setenv("PHASELENS_MEMORY_SHARE", "0.5")
+    ex = ProcessExecutor(SimpleNamespace(workers=None, num_cpus=1.0, models_per_worker=1), str(tmp_path), workers=2)
+    try:
+        assert ex.pool.submit(memory_share).result(timeout=120) == 0.25
+    finally:
+        ex.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -18,6 +19,29 @@ def available_memory() -> int:
         return 8 << 30
 
 
+#: the environment variable giving this process's share of the machine's memory (see :func:`memory_share`)
+MEMORY_SHARE_VAR = "PHASELENS_MEMORY_SHARE"
+
+
+def memory_share() -> float:
+    """This process's share of the machine's RAM, in (0, 1], for the default bounds taken from it (a CPU prefix
+    cache's ``max_bytes``, the layer schedule's wave budget in RAM): ``PHASELENS_MEMORY_SHARE``, 1 when unset. A
+    study's worker processes set it to their part of the machine (1 / workers on it; a Ray actor, its share of its
+    node's cores), so that N workers' default bounds add up to one process's, not N times it. GPU bounds are not
+    scaled: they are read from the device's free memory when the cache is made."""
+    v = os.environ.get(MEMORY_SHARE_VAR)
+    if v is None or v == "":
+        return 1.0
+    try:
+        share = float(v)
+    except ValueError:
+        share = float("nan")
+    if not 0 < share <= 1:
+        raise RunnerError(f"{MEMORY_SHARE_VAR}={v!r}: give a fraction of the machine's memory in (0, 1], e.g. 0.5, "
+                          "or unset it")
+    return share
+
+
 class PrefixCache:
     """Block inputs of earlier passes, replayed where a later pass would compute exactly the same.
 
@@ -29,7 +53,8 @@ class PrefixCache:
     ``recording`` (default True) stores the inputs of the blocks a pass computes (one version per batch
     and block, the latest); set it False to replay without storing (trying candidate cuts). Memory:
     ``(L + 1) x tokens x d`` values in the model's dtype for a fully recorded pass, at most ``max_bytes``
-    (default: half the RAM available when the cache is made, or half the GPU's free memory for a GPU cache).
+    (default: half the RAM available when the cache is made times :func:`memory_share`, or half the GPU's free
+    memory for a GPU cache).
     A block input that would pass the bound is not stored (once, a warning says so): later passes replay a
     shallower prefix and compute the rest, so the numbers are the same and only the time saved shrinks.
     """
@@ -41,7 +66,10 @@ class PrefixCache:
         if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0):
             raise RunnerError(f"max_bytes must be a byte count >= 0 or None (half the available memory), got {max_bytes!r}")
         if max_bytes is None:
-            max_bytes = (torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else available_memory()) // 2
+            if self.device.type == "cuda":
+                max_bytes = torch.cuda.mem_get_info(self.device)[0] // 2
+            else:
+                max_bytes = int(available_memory() // 2 * memory_share())
         self.max_bytes = int(max_bytes)
         self.store: dict[str, dict[int, tuple[str, torch.Tensor]]] = {}
         self._bytes = 0

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from ..embedded import cache_dir
 from ..errors import StudyError
 from ..registry import PLUGINS_ENV, load_plugins
+from ..runner.cache import MEMORY_SHARE_VAR, memory_share
 from .jobs import Job, ModelCache, Outcome, execute, fingerprint
 
 
@@ -86,6 +87,7 @@ class ProcessExecutor:
 
         n = workers or resources.workers or max(1, int((os.cpu_count() or 1) // max(1.0, resources.num_cpus)))
         env = {k: v for k, v in os.environ.items() if k.startswith(("PHASELENS_", "HF_", "OMP_", "TOKENIZERS_"))}
+        env[MEMORY_SHARE_VAR] = repr(memory_share() / n)  # n workers' default memory bounds add up to one process's
         self.n = n
         self.pool = ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                         initargs=(resources.models_per_worker, scratch, resources.num_cpus, env))
@@ -129,6 +131,9 @@ class StudyWorker:
         # the driver's scratch folder when this actor shares its machine, else this node's phaselens cache
         self.scratch = scratch if socket.gethostname() == driver_host else str(cache_dir() / "study-scratch")
         _threads(num_cpus)
+        # this actor's part of its node's RAM (its cores' share), so the default memory bounds of the actors on one
+        # node add up to one process's
+        os.environ[MEMORY_SHARE_VAR] = repr(min(1.0, max(1e-3, float(num_cpus)) / (os.cpu_count() or 1)) * memory_share())
 
     def fingerprint(self, key: str, spec: Any) -> dict[str, Any]:
         return fingerprint(self.cache, key, spec)
