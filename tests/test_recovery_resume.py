@@ -28,8 +28,14 @@ def tasks():
 
 @pytest.fixture(scope="module")
 def plain(tiny_llama, tasks):
-    rc._FITS.clear()
+    forget()
     return pl.compare_recovery(tiny_llama, tasks, n=2, criterion="angular", **kw())
+
+
+def forget():
+    """What a new process would hold: no kept cuts, fits or held-out numbers."""
+    rc._FITS.clear()
+    rc._CUTS.clear()
 
 
 def same(a, b):
@@ -65,13 +71,13 @@ class Counts:
 
 
 def test_a_folder_gives_the_plain_numbers_and_a_rerun_reads_them_back(tiny_llama, tasks, plain, tmp_path, monkeypatch):
-    rc._FITS.clear()
+    forget()
     first = pl.compare_recovery(tiny_llama, tasks, n=2, criterion="angular", out=tmp_path, **kw())
     same(first, plain)
     units = sorted(p.stem for p in (tmp_path / ".phaselens" / "recovery").glob("*.json") if p.stem not in ("args", "manifest"))
     views = ["dense", *METHODS]
     assert units == sorted(["cut", *(f"heldout_{v}" for v in views), *(f"task{i}_{v}" for i in (0, 1) for v in views)])
-    rc._FITS.clear()
+    forget()
     c = Counts(monkeypatch)
     again = pl.compare_recovery(tiny_llama, tasks, n=2, criterion="angular", out=tmp_path, **kw())
     assert (c.select, c.fit, c.nll, c.trace) == ([], [], [], [])  # nothing is computed again
@@ -81,12 +87,12 @@ def test_a_folder_gives_the_plain_numbers_and_a_rerun_reads_them_back(tiny_llama
 def test_a_killed_comparison_redoes_only_its_unfinished_units(tiny_llama, tasks, plain, tmp_path, monkeypatch):
     """Killed at the second task's ghosted trace (the 7th of 8): the rerun selects nothing, fits once (a recovered
     model is still to be measured), scores no held-out text again and runs only the two traces left."""
-    rc._FITS.clear()
+    forget()
     c = Counts(monkeypatch, fail_at=7)
     with pytest.raises(RuntimeError, match="killed mid-comparison"):
         pl.compare_recovery(tiny_llama, tasks, n=2, criterion="angular", out=tmp_path, **kw())
     assert len(c.select) == 1 and len(c.fit) == 1 and len(c.nll) == 4
-    rc._FITS.clear()  # a new process keeps nothing in memory
+    forget()  # a new process keeps nothing in memory
     c = Counts(monkeypatch)
     again = pl.compare_recovery(tiny_llama, tasks, n=2, criterion="angular", out=tmp_path, **kw())
     assert (len(c.select), len(c.fit), len(c.nll)) == (0, 1, 0)
@@ -96,7 +102,7 @@ def test_a_killed_comparison_redoes_only_its_unfinished_units(tiny_llama, tasks,
 
 
 def test_an_altered_unit_is_recomputed_with_a_warning(tiny_llama, tasks, plain, tmp_path, monkeypatch):
-    rc._FITS.clear()
+    forget()
     pl.compare_recovery(tiny_llama, tasks, n=2, criterion="angular", out=tmp_path, **kw())
     f = tmp_path / ".phaselens" / "recovery" / "task0_ghosted.json"
     f.write_text(f.read_text().replace("0", "1", 1))
@@ -112,7 +118,7 @@ def test_an_altered_unit_is_recomputed_with_a_warning(tiny_llama, tasks, plain, 
     dict(calibration=pl.load_calibration()[:7]), dict(seq_len=48), dict(tasks="one"), dict(blocks="2-3"),
 ])
 def test_another_comparison_in_the_folder_is_refused_before_any_forward(tiny_llama, tasks, tmp_path, monkeypatch, change):
-    rc._FITS.clear()
+    forget()
     pl.compare_recovery(tiny_llama, tasks, n=2, criterion="angular", out=tmp_path, **kw())
     args = {**kw(), "n": 2, "criterion": "angular"}
     ts = tasks
@@ -138,19 +144,36 @@ def test_a_study_recovery_job_cut_short_resumes_from_its_finished_units(tiny_lla
     run = {"kind": "recovery", "prune": 0.34, "methods": METHODS, "calibration_passages": 8, "heldout": 6,
            "seq_len": 64, "n_boot": 200}
     spec = {"models": [tiny_llama_dir], "tasks": [{"name": "capitals", "limit": 6}], "seeds": [0], "runs": [run]}
-    rc._FITS.clear()
+    forget()
     c = Counts(monkeypatch, fail_at=3)
     first = pl.run_study(spec, out=tmp_path)
     assert first.attrs["failed"] == 1 and first.error.str.contains("killed mid-comparison").all()
-    rc._FITS.clear()
+    forget()
     c = Counts(monkeypatch)
     again = pl.run_study(spec, out=tmp_path)
     assert again.attrs["ran"] == 1 and again.attrs["failed"] == 0
     assert len(c.select) == 0 and len(c.nll) == 0 and len(c.trace) == 2  # the dense and identity answers were kept
     got = pl.load_results(tmp_path)[again.result.iloc[0]]
     model = pl.load_model(tiny_llama_dir)
-    rc._FITS.clear()
+    forget()
     ref = pl.compare_recovery(model, [pl.load_task("capitals", limit=6, seed=0)], n=2, criterion="angular",
                               methods=METHODS, calibration=pl.load_calibration()[:8], heldout=pl.heldout_texts()[:6],
                               seq_len=64, n_boot=200, boot_seed=0)
     assert got.to_json() == ref.to_json()
+
+
+def test_a_cuts_other_task_in_another_folder_reuses_what_is_in_memory(tiny_llama, tasks, plain, tmp_path, monkeypatch):
+    """A study's next job on the same cut (another task, its own folder), in the process that resumed the first one
+    from its folder: the cut is not selected again and the held-out text is not scored again (read back from the
+    first folder into memory), only the recovered models are fitted and the new task traced."""
+    forget()
+    pl.compare_recovery(tiny_llama, tasks[:1], n=2, criterion="angular", out=tmp_path / "a", **kw())
+    forget()  # a new process: it resumes the first job from its folder, then runs the second
+    c = Counts(monkeypatch)
+    pl.compare_recovery(tiny_llama, tasks[:1], n=2, criterion="angular", out=tmp_path / "a", **kw())
+    second = pl.compare_recovery(tiny_llama, tasks[1:], n=2, criterion="angular", out=tmp_path / "b", **kw())
+    assert (len(c.select), len(c.fit), len(c.nll)) == (0, 1, 0)
+    assert [t for _, t in c.trace] == [tasks[1].name] * 4
+    np.testing.assert_array_equal(second.nll, plain.nll)
+    np.testing.assert_array_equal(second.fit_relative_error, plain.fit_relative_error)
+    np.testing.assert_array_equal(second.tasks[0].margins, plain.tasks[1].margins)

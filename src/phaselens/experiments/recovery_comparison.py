@@ -30,7 +30,7 @@ from ..calibration import check_seq_len, heldout_texts, load_calibration
 from ..effects import Effect, hierarchical_effect, paired_effect
 from ..errors import EffectError, NotFoundError, RecoveryError
 from ..perplexity import passage_nll
-from ..pruning import prune, select_blocks
+from ..pruning import CRITERIA, prune, select_blocks
 from ..records import Record
 from ..resume import digest, run_folder
 from ..recovery import METHODS, fit_recovery, get_method
@@ -281,7 +281,7 @@ class _CutFits:
         key = (base.fingerprint, str(base.device), str(base.dtype), tuple(cut),
                tuple((m, id(METHODS.get(m))) for m in methods), digest(list(cal)), digest(list(held)),
                tuple(sorted(texts.items())))
-        self.entry = _FITS.pop(key, None) or {"views": None, "nll": {}}
+        self.entry = _FITS.pop(key, None) or {"views": None, "held": {}}
         _FITS[key] = self.entry
         self.base, self.cut, self.methods, self.cal, self.held, self.texts = base, cut, methods, cal, held, texts
         self._evict()
@@ -303,11 +303,17 @@ class _CutFits:
 
     def heldout(self, name: str) -> HeldoutUnit:
         """``name``'s per-passage held-out NLL, token counts and fit error."""
-        nll = self.entry["nll"]
-        if name not in nll:
-            nll[name] = passage_nll(self.view(name), self.held, **self.texts)
-        fe = 0.0 if name == "dense" else float(self.view(name).fit_error.relative[0])
-        return HeldoutUnit(nll=nll[name][0].copy(), tokens=nll[name][1].copy(), fit_relative_error=fe)
+        held = self.entry["held"]
+        if name not in held:
+            nll, tokens = passage_nll(self.view(name), self.held, **self.texts)
+            fe = 0.0 if name == "dense" else float(self.view(name).fit_error.relative[0])
+            held[name] = HeldoutUnit(nll=nll, tokens=tokens, fit_relative_error=fe)
+        u = held[name]
+        return HeldoutUnit(nll=u.nll.copy(), tokens=u.tokens.copy(), fit_relative_error=u.fit_relative_error)
+
+    def remember(self, name: str, unit: HeldoutUnit) -> None:
+        """Keep ``name``'s held-out numbers read back from a folder, for this cut's other comparisons."""
+        self.entry["held"].setdefault(name, unit)
 
 
 def _recovery_args(base: Any, ts: list[Task], blocks: Any, n: int | None, criterion: str, methods: list[str],
@@ -403,11 +409,14 @@ def compare_recovery(
             chosen = CutUnit(blocks=cut, criterion="given", skipped={})
         else:
             chosen = unit("cut", lambda: _choose(base, int(n), criterion, cal, methods))
+            _CUTS[_cut_key(base, int(n), criterion, cal, methods)] = chosen
         cut, how, skipped = list(chosen.blocks), chosen.criterion, dict(chosen.skipped)
         methods = [m for m in methods if m not in skipped]
         fits = _CutFits(base, cut, methods, cal, held, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
         names = ["dense", *methods]
         heldout_units = [unit(f"heldout_{v}", lambda v=v: fits.heldout(v)) for v in names]
+        for v, u in zip(names, heldout_units):
+            fits.remember(v, u)
         out_tasks = []
         for i, t in enumerate(ts):
             # only the model's own answer is compared: one readout per view, not one per block (the same numbers as a
@@ -426,15 +435,34 @@ def compare_recovery(
                               skipped=skipped)
 
 
+# The latest cuts chosen by a criterion, keyed by content (model fingerprint, n, criterion and its registered object,
+# calibration text, methods): a cut's other task jobs in a study do not select it again (BI and angular distance
+# read every calibration passage; SLEB keeps its own path).
+_CUTS: OrderedDict[tuple, CutUnit] = OrderedDict()
+_CUTS_KEPT = 256
+
+
+def _cut_key(base: Any, n: int, criterion: str, cal: list[str], methods: list[str]) -> tuple:
+    return (base.fingerprint, str(base.device), str(base.dtype), n, criterion, id(CRITERIA.get(criterion)),
+            digest(list(cal)), tuple(methods))
+
+
 def _choose(base: Any, n: int, criterion: str, cal: list[str], methods: list[str]) -> CutUnit:
     """``n`` blocks chosen by ``criterion`` on ``cal``, and the methods that cannot recover them (an error when none
-    can)."""
-    cut = [int(b) for b in select_blocks(base, n, criterion, calibration=cal)]
-    skipped = refusals(methods, cut)
-    if len(skipped) == len(methods):
-        raise RecoveryError(f"no method of {methods} can recover the cut {cut} chosen by {criterion}: "
-                            + "; ".join(f"{m} ({why})" for m, why in skipped.items()))
-    return CutUnit(blocks=cut, criterion=criterion, skipped=skipped)
+    can); a choice made before on the same model and text is reused."""
+    key = _cut_key(base, n, criterion, cal, methods)
+    hit = _CUTS.pop(key, None)
+    if hit is None:
+        cut = [int(b) for b in select_blocks(base, n, criterion, calibration=cal)]
+        skipped = refusals(methods, cut)
+        if len(skipped) == len(methods):
+            raise RecoveryError(f"no method of {methods} can recover the cut {cut} chosen by {criterion}: "
+                                + "; ".join(f"{m} ({why})" for m, why in skipped.items()))
+        hit = CutUnit(blocks=cut, criterion=criterion, skipped=skipped)
+    _CUTS[key] = hit
+    while len(_CUTS) > _CUTS_KEPT:
+        _CUTS.popitem(last=False)
+    return CutUnit(blocks=list(hit.blocks), criterion=hit.criterion, skipped=dict(hit.skipped))
 
 
 def _answers(view: Any, t: Task, n_boot: int, boot_seed: int, max_tokens: int | None) -> AnswersUnit:
