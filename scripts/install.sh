@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install phaselens with everything it needs on a fresh machine (CPU), including the three embedded models.
+# Install phaselens with everything it needs on a fresh machine (CPU), including the four embedded models.
 #   bash scripts/install.sh           # the library, the embedded models, the test and docs tools, chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
