@@ -222,17 +222,3 @@ def test_a_method_refusing_the_chosen_cut_is_left_out_of_the_job(first_blocks, t
     assert pd.isna(row.accuracy_replaceme) and pd.isna(row.perplexity_replaceme)  # NaN (None when no job has it)
     assert row.accuracy_ghosted == pytest.approx(float(got.tasks[0].correct[1].mean()))
     assert row.rival_accuracy == "identity" == row.rival_perplexity  # the skipped method is no rival
-
-
-def test_one_cuts_task_jobs_run_one_after_another(tiny_llama_dir, tmp_path):
-    """A recovery grid runs each cut's jobs on every task one after another (they share the cut's fits in memory),
-    at the place of the cut's first job; a kind without tasks_together (trace) keeps the plan's task-major order."""
-    run = {**RUN, "prune": [1, 2], "methods": ["identity", "ghosted"]}
-    spec = {"models": [tiny_llama_dir], "tasks": [{"name": "capitals", "limit": 4}, {"name": "languages", "limit": 4}],
-            "seeds": [0], "runs": [{"kind": "trace", "n_boot": 100}, run]}
-    seen = []
-    df = pl.run_study(spec, out=tmp_path, on_job=lambda row: seen.append(
-        (row["kind"], row["task"], json.loads(row["params"]).get("prune"))))
-    assert (df.status == "done").all(), df.error.tolist()
-    assert seen == [("trace", "capitals", None), ("recovery", "capitals", 1), ("recovery", "languages", 1),
-                    ("recovery", "capitals", 2), ("recovery", "languages", 2), ("trace", "languages", None)]

@@ -76,7 +76,6 @@ class RecoveryRun(RunKind):
     """``compare_recovery(model, [task], blocks | n=cut_size(prune), criterion=, methods=, ...)``."""
 
     fixed = ("model", "tasks", "n", "boot_seed", "out")
-    tasks_together = True  # one cut's task jobs share its selection, fits and held-out NLL (kept in memory)
     listy = ("blocks", "methods", "calibration", *HELDOUT_KEYS)
     study = {**_TEXTS, "prune": (lambda v: is_ratio(v) or int_at_least(1)(v), None)}
 

@@ -215,28 +215,11 @@ def _plan_jobs(configs: list[JobConfig], tasks: dict[str, tuple[Any, str]], mode
     return list(out.values())
 
 
-def run_order(todo: list[PlannedJob]) -> list[PlannedJob]:
-    """The order jobs run in: one model after another (workers keep their models loaded), in plan order, except that
-    a kind with ``tasks_together`` runs one parameter set's jobs on every task one after another (at the place of the
-    first of them)."""
-    first: dict[tuple, int] = {}
-    place = {}
-    for p in sorted(todo, key=lambda p: p.order):
-        c = p.config
-        kind = RUNS.get(c.kind) if c.kind in RUNS else None
-        if kind is not None and kind.tasks_together:
-            key = (c.model_index, c.kind, c.seed, json.dumps(c.params, sort_keys=True, default=str))
-            place[p.job.id] = first.setdefault(key, p.order)
-        else:
-            place[p.job.id] = p.order
-    return sorted(todo, key=lambda p: (p.config.model_index, place[p.job.id], p.order))
-
-
 def _run_jobs(ex: Any, folder: StudyFolder, rows: dict[str, Any], todo: list[PlannedJob], *, executor: str,
               counts: dict[str, int], on_job: Callable[[dict[str, Any]], None] | None) -> None:
     """Run ``todo`` one model after another (workers keep their models loaded); record each outcome at once."""
     by_id = {p.job.id: p for p in todo}
-    todo = run_order(todo)
+    todo = sorted(todo, key=lambda p: (p.config.model_index, p.order))
     for job, outcome in ex.run([p.job for p in todo]):
         p = by_id[job.id]
         attempts = int((rows.get(job.id) or {}).get("attempts") or 0) + 1

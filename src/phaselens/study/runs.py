@@ -155,10 +155,6 @@ class RunKind:
         """The key numbers of one job's result, for the index (None / NaN where a number does not exist)."""
         return {}
 
-    #: jobs of one parameter set on every task run one after another (a model's runs, in plan order otherwise), so
-    #: that what this kind keeps in memory per parameter set (a recovery's fitted operators) serves each task
-    tasks_together: bool = False
-
     def hashed(self, params: dict[str, Any]) -> dict[str, Any]:
         """The parameters as the job id hashes them. A kind whose default changed what a job computes adds that
         parameter here when the spec leaves it out, so that jobs finished under the old default are not reused."""
