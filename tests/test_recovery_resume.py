@@ -10,6 +10,8 @@ import pytest
 import phaselens as pl
 import phaselens.experiments.recovery_comparison as rc
 from phaselens.errors import RunFolderError
+from phaselens.resume import RunFolder
+from phaselens.trace import prompts_digest
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -76,7 +78,8 @@ def test_a_folder_gives_the_plain_numbers_and_a_rerun_reads_them_back(tiny_llama
     same(first, plain)
     units = sorted(p.stem for p in (tmp_path / ".phaselens" / "recovery").glob("*.json") if p.stem not in ("args", "manifest"))
     views = ["dense", *METHODS]
-    assert units == sorted(["cut", *(f"heldout_{v}" for v in views), *(f"task{i}_{v}" for i in (0, 1) for v in views)])
+    tids = [prompts_digest(t) for t in tasks]
+    assert units == sorted(["cut", *(f"heldout_{v}" for v in views), *(f"task_{i}_{v}" for i in tids for v in views)])
     forget()
     c = Counts(monkeypatch)
     again = pl.compare_recovery(tiny_llama, tasks, n=2, criterion="angular", out=tmp_path, **kw())
@@ -104,10 +107,11 @@ def test_a_killed_comparison_redoes_only_its_unfinished_units(tiny_llama, tasks,
 def test_an_altered_unit_is_recomputed_with_a_warning(tiny_llama, tasks, plain, tmp_path, monkeypatch):
     forget()
     pl.compare_recovery(tiny_llama, tasks, n=2, criterion="angular", out=tmp_path, **kw())
-    f = tmp_path / ".phaselens" / "recovery" / "task0_ghosted.json"
+    name = f"task_{prompts_digest(tasks[0])}_ghosted.json"
+    f = tmp_path / ".phaselens" / "recovery" / name
     f.write_text(f.read_text().replace("0", "1", 1))
     c = Counts(monkeypatch)
-    with pytest.warns(UserWarning, match="task0_ghosted.json does not match its recorded checksum"):
+    with pytest.warns(UserWarning, match=f"{name} does not match its recorded checksum"):
         again = pl.compare_recovery(tiny_llama, tasks, n=2, criterion="angular", out=tmp_path, **kw())
     assert len(c.trace) == 1 and c.trace[0][1] == tasks[0].name
     same(again, plain)
@@ -115,15 +119,13 @@ def test_an_altered_unit_is_recomputed_with_a_warning(tiny_llama, tasks, plain, 
 
 @pytest.mark.parametrize("change", [
     dict(n=3), dict(criterion="bi"), dict(methods=["identity", "ghosted"]), dict(heldout=pl.heldout_texts()[:5]),
-    dict(calibration=pl.load_calibration()[:7]), dict(seq_len=48), dict(tasks="one"), dict(blocks="2-3"),
+    dict(calibration=pl.load_calibration()[:7]), dict(seq_len=48), dict(blocks="2-3"),
 ])
 def test_another_comparison_in_the_folder_is_refused_before_any_forward(tiny_llama, tasks, tmp_path, monkeypatch, change):
     forget()
     pl.compare_recovery(tiny_llama, tasks, n=2, criterion="angular", out=tmp_path, **kw())
     args = {**kw(), "n": 2, "criterion": "angular"}
     ts = tasks
-    if change.pop("tasks", None):
-        ts = tasks[:1]
     if "blocks" in change:
         args.pop("n"), args.pop("criterion")
     args.update(change)
@@ -162,18 +164,62 @@ def test_a_study_recovery_job_cut_short_resumes_from_its_finished_units(tiny_lla
     assert got.to_json() == ref.to_json()
 
 
-def test_a_cuts_other_task_in_another_folder_reuses_what_is_in_memory(tiny_llama, tasks, plain, tmp_path, monkeypatch):
-    """A study's next job on the same cut (another task, its own folder), in the process that resumed the first one
-    from its folder: the cut is not selected again and the held-out text is not scored again (read back from the
-    first folder into memory), only the recovered models are fitted and the new task traced."""
+def test_the_same_cut_on_another_task_in_the_folder_reads_the_cut_and_heldout_back(tiny_llama, tasks, plain, tmp_path,
+                                                                                    monkeypatch):
+    """A folder is one cut's: a comparison on another task (a new process) reads the chosen cut and the held-out
+    numbers back, fits once and traces only its task; its numbers are the plain call's."""
     forget()
-    pl.compare_recovery(tiny_llama, tasks[:1], n=2, criterion="angular", out=tmp_path / "a", **kw())
-    forget()  # a new process: it resumes the first job from its folder, then runs the second
+    pl.compare_recovery(tiny_llama, tasks[:1], n=2, criterion="angular", out=tmp_path, **kw())
+    forget()
     c = Counts(monkeypatch)
-    pl.compare_recovery(tiny_llama, tasks[:1], n=2, criterion="angular", out=tmp_path / "a", **kw())
-    second = pl.compare_recovery(tiny_llama, tasks[1:], n=2, criterion="angular", out=tmp_path / "b", **kw())
+    second = pl.compare_recovery(tiny_llama, tasks[1:], n=2, criterion="angular", out=tmp_path, **kw())
     assert (len(c.select), len(c.fit), len(c.nll)) == (0, 1, 0)
     assert [t for _, t in c.trace] == [tasks[1].name] * 4
     np.testing.assert_array_equal(second.nll, plain.nll)
+    np.testing.assert_array_equal(second.dense_nll, plain.dense_nll)
     np.testing.assert_array_equal(second.fit_relative_error, plain.fit_relative_error)
     np.testing.assert_array_equal(second.tasks[0].margins, plain.tasks[1].margins)
+    np.testing.assert_array_equal(second.tasks[0].correct, plain.tasks[1].correct)
+
+
+STUDY_RUN = {"kind": "recovery", "prune": 0.34, "methods": METHODS, "calibration_passages": 8, "heldout": 6,
+             "seq_len": 64, "n_boot": 200}
+
+
+def test_a_cuts_task_jobs_in_a_study_share_one_folder(tiny_llama_dir, tmp_path, monkeypatch):
+    """A study whose process ended after one cut's first task job: the next process runs the cut's job on the other
+    task without selecting the cut or scoring the held-out text again (one fit, its task's traces)."""
+    one = {"models": [tiny_llama_dir], "tasks": [{"name": "capitals", "limit": 6}], "seeds": [0], "runs": [STUDY_RUN]}
+    both = {**one, "tasks": [{"name": "capitals", "limit": 6}, {"name": "languages", "limit": 5}]}
+    forget()
+    assert (pl.run_study(one, out=tmp_path).status == "done").all()
+    forget()
+    c = Counts(monkeypatch)
+    df = pl.run_study(both, out=tmp_path)
+    assert df.attrs["ran"] == 1 and df.attrs["reused"] == 1 and (df.status == "done").all()
+    assert (len(c.select), len(c.fit), len(c.nll)) == (0, 1, 0) and len(c.trace) == 4
+    got = pl.load_results(tmp_path)[df.set_index("task").result["languages"]]
+    forget()
+    ref = pl.compare_recovery(pl.load_model(tiny_llama_dir), [pl.load_task("languages", limit=5, seed=0)], n=2,
+                              criterion="angular", methods=METHODS, calibration=pl.load_calibration()[:8],
+                              heldout=pl.heldout_texts()[:6], seq_len=64, n_boot=200, boot_seed=0)
+    assert got.to_json() == ref.to_json()
+
+
+def test_a_study_job_whose_cut_folder_is_held_runs_in_its_own(tiny_llama_dir, tmp_path, monkeypatch):
+    """While another run holds the cut's folder (here: this process, as a job of the same cut on another task would),
+    the job computes in its own scratch folder and gives the same result."""
+    spec = {"models": [tiny_llama_dir], "tasks": [{"name": "capitals", "limit": 6}], "seeds": [0], "runs": [STUDY_RUN]}
+    forget()
+    ref = pl.run_study(spec, out=tmp_path / "free")
+    shared = next((tmp_path / "free" / ".phaselens" / "study" / "scratch" / "recovery").iterdir())
+    held = tmp_path / "held" / ".phaselens" / "study" / "scratch" / "recovery" / shared.name
+    forget()
+    with RunFolder(held, "recovery", {}, "another job"):
+        df = pl.run_study(spec, out=tmp_path / "held")
+    assert (df.status == "done").all(), df.error.tolist()
+    own = tmp_path / "held" / ".phaselens" / "study" / "scratch" / df.job.iloc[0] / ".phaselens" / "recovery"
+    assert (own / "cut.json").is_file()
+    a = pl.load_results(tmp_path / "free")[ref.result.iloc[0]]
+    b = pl.load_results(tmp_path / "held")[df.result.iloc[0]]
+    assert a.to_json() == b.to_json()

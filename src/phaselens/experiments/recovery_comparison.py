@@ -316,16 +316,16 @@ class _CutFits:
         self.entry["held"].setdefault(name, unit)
 
 
-def _recovery_args(base: Any, ts: list[Task], blocks: Any, n: int | None, criterion: str, methods: list[str],
-                   cal: list[str], held: list[str], seq_len: int) -> dict[str, Any]:
+def _recovery_args(base: Any, blocks: Any, n: int | None, criterion: str, methods: list[str], cal: list[str],
+                   held: list[str], seq_len: int) -> dict[str, Any]:
     """The identity of a resumable comparison's folder: the model (weights, where it computes), the cut asked for,
-    the methods (and the classes registered under their names), the texts and every task's prompts."""
+    the methods (and the classes registered under their names) and the texts. Not the tasks: each task's units are
+    named by its prompts, so comparisons of one cut on other tasks share the folder (its cut and held-out units)."""
     return {"model": base.name, "fingerprint": base.fingerprint, "device": str(base.device), "dtype": str(base.dtype),
             "blocks": None if blocks is None else sorted(set(checks.block_list(blocks, "blocks", RecoveryError))),
             "n": None if n is None else int(n), "criterion": None if n is None else criterion,
             "methods": [[m, f"{type(get_method(m)).__module__}.{type(get_method(m)).__qualname__}"] for m in methods],
-            "calibration": digest(list(cal)), "heldout": digest(list(held)), "seq_len": seq_len,
-            "tasks": [[t.name, t.format, len(t.items), prompts_digest(t)] for t in ts]}
+            "calibration": digest(list(cal)), "heldout": digest(list(held)), "seq_len": seq_len}
 
 
 def compare_recovery(
@@ -359,6 +359,8 @@ def compare_recovery(
         out: a folder that makes the comparison resumable: the chosen cut, each model's held-out NLL and each
             (model, task)'s answers are saved in ``out/.phaselens/recovery/`` as they finish, so a killed run redoes
             only what was unfinished (the operators are fitted again when a recovered model is still to be measured).
+            A comparison of the same cut on other tasks may use the same folder: it reads the cut and the held-out
+            numbers back and adds its tasks' answers.
 
     Returns:
         a :class:`RecoveryComparison`.
@@ -394,7 +396,7 @@ def compare_recovery(
             raise RecoveryError(f"blocks {blocks!r}: {bad or 'none'} outside 0..{base.n_blocks - 1}")
     else:
         checks.integer("n", n, minimum=1, error=RecoveryError, what="blocks to cut")
-    args = _recovery_args(base, ts, blocks, n, criterion, methods, cal, held, seq_len) if out is not None else {}
+    args = _recovery_args(base, blocks, n, criterion, methods, cal, held, seq_len) if out is not None else {}
     with run_folder(out, "recovery", args, "a recovery comparison") as folder:
 
         def unit(name: str, compute: Any) -> Any:  # a finished unit of the folder, or computed (and saved)
@@ -418,10 +420,11 @@ def compare_recovery(
         for v, u in zip(names, heldout_units):
             fits.remember(v, u)
         out_tasks = []
-        for i, t in enumerate(ts):
+        for t in ts:
             # only the model's own answer is compared: one readout per view, not one per block (the same numbers as a
             # full trace's last column, at a fraction of its cost in the continuation format)
-            ans = [unit(f"task{i}_{v}", lambda v=v, t=t: _answers(fits.view(v), t, n_boot, boot_seed, max_tokens))
+            tid = prompts_digest(t)
+            ans = [unit(f"task_{tid}_{v}", lambda v=v, t=t: _answers(fits.view(v), t, n_boot, boot_seed, max_tokens))
                    for v in names]
             out_tasks.append(RecoveryTask(task=t.name, format=t.format, item_ids=[it.id for it in t.items],
                                           margins=np.stack([a.margins for a in ans[1:]]),

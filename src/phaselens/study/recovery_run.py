@@ -9,14 +9,16 @@ rival (:func:`recovery_scalars`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .. import checks
 from ..calibration import load_calibration
-from ..errors import EffectError, StudyError
+from ..errors import EffectError, RunFolderError, StudyError
 from ..experiments import DEFAULT_METHODS
 from ..experiments.recovery_comparison import REFERENCE, RecoveryComparison, compare_recovery, refusals
 from ..pruning import CRITERIA
+from ..resume import digest
 from ..view import as_view
 from .runs import (_TEXTS, HELDOUT_KEYS, RunKind, choices, cut_size, int_at_least, is_ratio, pop_texts,
                    register_run)
@@ -107,16 +109,24 @@ class RecoveryRun(RunKind):
     def run(self, model, task, seed, params, scratch):
         """``compare_recovery(n=cut_size(prune), criterion=)``: a method refusing the chosen cut (ReplaceMe at a cut
         that starts at block 0, which BI or SLEB may choose) is left out of this job, and named in the result's
-        ``skipped``, instead of failing it. Resumable: the cut, each model's held-out NLL and answers are saved in
-        the job's scratch folder as they finish."""
+        ``skipped``, instead of failing it. Resumable: the cut, each model's held-out NLL and answers are saved as
+        they finish in a folder of the cut's own (its task jobs share it), or the job's scratch folder when a job of
+        the same cut on another task holds that one."""
         p = dict(params)
         cal, held = pop_texts(p)
         share, crit = p.pop("prune", None), p.pop("criterion", "angular")
         methods = list(p.pop("methods", None) or DEFAULT_METHODS)
-        kw = dict(boot_seed=seed, calibration=load_calibration(cal), heldout=held, methods=methods, out=scratch, **p)
-        if share is None:
-            return compare_recovery(model, [task], **kw)
-        return compare_recovery(model, [task], n=cut_size(share, as_view(model).base.n_blocks), criterion=crit, **kw)
+        base = as_view(model).base
+        kw = dict(boot_seed=seed, calibration=load_calibration(cal), heldout=held, methods=methods, **p)
+        if share is not None:
+            kw.update(n=cut_size(share, base.n_blocks), criterion=crit)
+        # one folder per cut, shared by its jobs on every task (beside the jobs' own folders in the study's scratch
+        # root): a cut's later task jobs read its selection and held-out numbers back, in any process, in any order
+        shared = Path(scratch).parent / "recovery" / digest([base.fingerprint, str(base.device), str(base.dtype), params])
+        try:
+            return compare_recovery(model, [task], out=shared, **kw)
+        except RunFolderError:  # held by this cut's job on another task running beside this one: a folder of its own
+            return compare_recovery(model, [task], out=scratch, **kw)
 
     def scalars(self, r):
         return recovery_scalars(r)
