@@ -272,6 +272,29 @@ def test_the_grid_run_pools_its_cuts_into_a_family_of_its_own(tiny_llama_dir, tm
         ("Ghosted Layers (arXiv 2605.15491)", "x (main comparison)")
 
 
+def test_an_unfinished_grid_run_is_tabled_but_not_judged(tiny_llama_dir, tmp_path):
+    """A grid run with jobs still to do gives its cells (ghosted_grid.csv, the report) but no grid claim: the grid
+    pools all its cuts, and the cuts done first are not that design. The run is listed as not finished."""
+    specs, runs = tmp_path / "specs", tmp_path / "runs"
+    specs.mkdir()
+    spec = specs / "run6_tiny_grid.toml"
+    text = (f'models = ["{tiny_llama_dir}"]\ntasks = [{{ name = "capitals", limit = 6, seed = 0 }}]\n[[runs]]\n'
+            'kind = "recovery"\nprune = PRUNE\ncriterion = "bi"\nmethods = ["identity", "ghosted"]\n'
+            'calibration_passages = 8\nheldout = 6\nseq_len = 64\nn_boot = 200\n')
+    spec.write_text(text.replace("PRUNE", "[1, 2]"))
+    assert (pl.run_study(spec, out=runs / "run6_tiny_grid").status == "done").all()
+    spec.write_text(text.replace("PRUNE", "[1, 2, 3]"))  # a third cut still to run
+    out = tmp_path / "results" / "runs"
+    mod = _module(ROOT / "analyses" / "runs" / "claims.py", "runs_claims_open_grid")
+    mod.main(["--runs", str(runs), "--specs", str(specs), "--out", str(out)])
+    doc = json.loads((out / "verdicts.json").read_text())
+    assert not (out / "claims.json").exists() and not [r for r in doc["claims"] if r.get("paper") == mod.GL_GRID]
+    assert [r["reason"] for r in doc["untested"]] == ["run 6 not finished: 2 of 3 jobs done in runs/run6_tiny_grid/"]
+    grid = pd.read_csv(out / "ghosted_grid.csv")
+    assert len(grid) == 3 * 2  # dense, identity and ghosted rows of the two cuts done
+    assert "judged when the run is done" in (out / "summary.md").read_text()
+
+
 def test_within_family_notes_compare_sizes_on_the_same_task():
     """Two sizes of one family traced on one task give one note (transition block and depth, accuracy, final margin,
     collapse ratio where a sweep ran, larger model first); a task traced for one size only, or another family's
