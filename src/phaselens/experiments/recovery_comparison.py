@@ -305,8 +305,9 @@ class _CutFits:
         """``name``'s per-passage held-out NLL, token counts and fit error."""
         held = self.entry["held"]
         if name not in held:
-            nll, tokens = passage_nll(self.view(name), self.held, **self.texts)
-            fe = 0.0 if name == "dense" else float(self.view(name).fit_error.relative[0])
+            view = self.view(name)
+            nll, tokens = passage_nll(view, self.held, **self.texts)
+            fe = 0.0 if name == "dense" else float(view.fit_error.relative[0])
             held[name] = HeldoutUnit(nll=nll, tokens=tokens, fit_relative_error=fe)
         u = held[name]
         return HeldoutUnit(nll=u.nll.copy(), tokens=u.tokens.copy(), fit_relative_error=u.fit_relative_error)
@@ -316,13 +317,13 @@ class _CutFits:
         self.entry["held"].setdefault(name, unit)
 
 
-def _recovery_args(base: Any, blocks: Any, n: int | None, criterion: str, methods: list[str], cal: list[str],
-                   held: list[str], seq_len: int) -> dict[str, Any]:
+def _recovery_args(base: Any, given: list[int] | None, n: int | None, criterion: str, methods: list[str],
+                   cal: list[str], held: list[str], seq_len: int) -> dict[str, Any]:
     """The identity of a resumable comparison's folder: the model (weights, where it computes), the cut asked for,
     the methods (and the classes registered under their names) and the texts. Not the tasks: each task's units are
     named by its prompts, so comparisons of one cut on other tasks share the folder (its cut and held-out units)."""
     return {"model": base.name, "fingerprint": base.fingerprint, "device": str(base.device), "dtype": str(base.dtype),
-            "blocks": None if blocks is None else sorted(set(checks.block_list(blocks, "blocks", RecoveryError))),
+            "blocks": given,
             "n": None if n is None else int(n), "criterion": None if n is None else criterion,
             "methods": [[m, f"{type(get_method(m)).__module__}.{type(get_method(m)).__qualname__}"] for m in methods],
             "calibration": digest(list(cal)), "heldout": digest(list(held)), "seq_len": seq_len}
@@ -389,14 +390,15 @@ def compare_recovery(
         raise RecoveryError("tasks is empty: pass a task or a list of tasks")
     cal = load_calibration(calibration)
     held = heldout_texts() if heldout is None else load_calibration(heldout)
+    given = None
     if blocks is not None:
-        cut = sorted(set(checks.block_list(blocks, "blocks", RecoveryError)))
-        bad = [b for b in cut if not 0 <= b < base.n_blocks]
-        if bad or not cut:
+        given = sorted(set(checks.block_list(blocks, "blocks", RecoveryError)))
+        bad = [b for b in given if not 0 <= b < base.n_blocks]
+        if bad or not given:
             raise RecoveryError(f"blocks {blocks!r}: {bad or 'none'} outside 0..{base.n_blocks - 1}")
     else:
         checks.integer("n", n, minimum=1, error=RecoveryError, what="blocks to cut")
-    args = _recovery_args(base, blocks, n, criterion, methods, cal, held, seq_len) if out is not None else {}
+    args = _recovery_args(base, given, n, criterion, methods, cal, held, seq_len) if out is not None else {}
     with run_folder(out, "recovery", args, "a recovery comparison") as folder:
 
         def unit(name: str, compute: Any) -> Any:  # a finished unit of the folder, or computed (and saved)
@@ -407,11 +409,11 @@ def compare_recovery(
                     folder.save(name, got)
             return got
 
-        if blocks is not None:
-            chosen = CutUnit(blocks=cut, criterion="given", skipped={})
+        if given is not None:
+            chosen = CutUnit(blocks=given, criterion="given", skipped={})
         else:
-            chosen = unit("cut", lambda: _choose(base, int(n), criterion, cal, methods))
-            _CUTS[_cut_key(base, int(n), criterion, cal, methods)] = chosen
+            key = _cut_key(base, int(n), criterion, cal, methods)
+            chosen = _keep_cut(key, unit("cut", lambda: _choose(key, base, int(n), criterion, cal, methods)))
         cut, how, skipped = list(chosen.blocks), chosen.criterion, dict(chosen.skipped)
         methods = [m for m in methods if m not in skipped]
         fits = _CutFits(base, cut, methods, cal, held, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
@@ -450,22 +452,27 @@ def _cut_key(base: Any, n: int, criterion: str, cal: list[str], methods: list[st
             digest(list(cal)), tuple(methods))
 
 
-def _choose(base: Any, n: int, criterion: str, cal: list[str], methods: list[str]) -> CutUnit:
-    """``n`` blocks chosen by ``criterion`` on ``cal``, and the methods that cannot recover them (an error when none
-    can); a choice made before on the same model and text is reused."""
-    key = _cut_key(base, n, criterion, cal, methods)
-    hit = _CUTS.pop(key, None)
-    if hit is None:
-        cut = [int(b) for b in select_blocks(base, n, criterion, calibration=cal)]
-        skipped = refusals(methods, cut)
-        if len(skipped) == len(methods):
-            raise RecoveryError(f"no method of {methods} can recover the cut {cut} chosen by {criterion}: "
-                                + "; ".join(f"{m} ({why})" for m, why in skipped.items()))
-        hit = CutUnit(blocks=cut, criterion=criterion, skipped=skipped)
-    _CUTS[key] = hit
+def _keep_cut(key: tuple, chosen: CutUnit) -> CutUnit:
+    """Keep ``chosen`` as the newest kept cut (at most ``_CUTS_KEPT``); it is returned."""
+    _CUTS.pop(key, None)
+    _CUTS[key] = chosen
     while len(_CUTS) > _CUTS_KEPT:
         _CUTS.popitem(last=False)
-    return CutUnit(blocks=list(hit.blocks), criterion=hit.criterion, skipped=dict(hit.skipped))
+    return chosen
+
+
+def _choose(key: tuple, base: Any, n: int, criterion: str, cal: list[str], methods: list[str]) -> CutUnit:
+    """``n`` blocks chosen by ``criterion`` on ``cal``, and the methods that cannot recover them (an error when none
+    can); the cut kept under ``key`` when there is one."""
+    hit = _CUTS.get(key)
+    if hit is not None:
+        return CutUnit(blocks=list(hit.blocks), criterion=hit.criterion, skipped=dict(hit.skipped))
+    cut = [int(b) for b in select_blocks(base, n, criterion, calibration=cal)]
+    skipped = refusals(methods, cut)
+    if len(skipped) == len(methods):
+        raise RecoveryError(f"no method of {methods} can recover the cut {cut} chosen by {criterion}: "
+                            + "; ".join(f"{m} ({why})" for m, why in skipped.items()))
+    return CutUnit(blocks=cut, criterion=criterion, skipped=skipped)
 
 
 def _answers(view: Any, t: Task, n_boot: int, boot_seed: int, max_tokens: int | None) -> AnswersUnit:
