@@ -93,6 +93,20 @@ def test_same_cut_counts_once_and_missing_methods_use_the_cuts_they_ran_on():
         pytest.approx(np.exp(rcs[0].nll[1].sum() / rcs[0].tokens.sum()))
 
 
+def test_a_method_on_fewer_than_two_cuts_is_named_in_a_warning_not_dropped_in_silence():
+    rng = np.random.default_rng(5)
+    rcs = [comparison(range(s, s + 3), rng, methods=("ghosted", "identity")) for s in range(3)]
+    one = comparison(range(9, 12), rng, methods=("ghosted", "identity", "replaceme"))  # replaceme ran at one cut only
+    with pytest.warns(UserWarning, match=r"no effect for replaceme held-out text \(1 cut\), replaceme on arc-easy"):
+        effs = by_name(effects_of([*rcs, one], n_boot=100))
+    assert not any("replaceme" in k for k in effs) and "identity − ghosted held-out NLL per token" in effs
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a grid where every method ran at 2+ cuts warns about nothing
+        effects_of(rcs, n_boot=100)
+
+
 def test_items_are_aligned_by_id_and_other_item_lists_refused():
     rng = np.random.default_rng(2)
     rcs = [comparison(range(s, s + 3), rng) for s in range(5)]

@@ -289,16 +289,45 @@ def test_default_memory_bounds_take_this_process_share_of_the_machine(monkeypatc
             PrefixCache()
 
 
+def test_default_gpu_bounds_take_this_process_share_of_the_gpu(monkeypatch):
+    """PHASELENS_GPU_SHARE scales the GPU defaults: a GPU prefix cache takes half the free GPU memory times the share,
+    the layer schedule's device wave budget half times it (12 GiB free, written out by hand; no GPU needed: the free
+    memory is read through torch.cuda.mem_get_info, replaced here)."""
+    from phaselens.runner.layered import Schedule, default_budget
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (12 * gib, 80 * gib))
+    monkeypatch.delenv("PHASELENS_GPU_SHARE", raising=False)
+    assert PrefixCache(device="cuda:0").max_bytes == 6 * gib
+    assert default_budget(Schedule("layer", act_store="device"), torch.device("cuda:0")) == 6 * gib
+    monkeypatch.setenv("PHASELENS_GPU_SHARE", "0.25")
+    assert PrefixCache(device="cuda:0").max_bytes == int(1.5 * gib)
+    assert default_budget(Schedule("layer", act_store="device"), torch.device("cuda:0")) == int(1.5 * gib)
+    monkeypatch.setenv("PHASELENS_MEMORY_SHARE", "0.5")  # the RAM share leaves GPU bounds alone
+    assert PrefixCache(device="cuda:0").max_bytes == int(1.5 * gib)
+    for bad in ("0", "2", "x"):
+        monkeypatch.setenv("PHASELENS_GPU_SHARE", bad)
+        with pytest.raises(pl.PhaselensError, match=f"PHASELENS_GPU_SHARE='{bad}'.*in \\(0, 1\\]"):
+            PrefixCache(device="cuda:0")
+
+
+def _shares():
+    from phaselens.runner.cache import gpu_share, memory_share
+
+    return memory_share(), gpu_share()
+
+
 def test_a_process_pool_worker_takes_its_part_of_the_memory(tmp_path, monkeypatch):
-    """The processes executor's n workers each get 1 / n of this process's share (read inside a worker)."""
+    """The processes executor's n workers each get 1 / n of this process's RAM and GPU shares (read inside a
+    worker)."""
     from types import SimpleNamespace
 
-    from phaselens.runner.cache import memory_share
     from phaselens.study.executors import ProcessExecutor
 
     monkeypatch.setenv("PHASELENS_MEMORY_SHARE", "0.5")
+    monkeypatch.delenv("PHASELENS_GPU_SHARE", raising=False)
     ex = ProcessExecutor(SimpleNamespace(workers=None, num_cpus=1.0, models_per_worker=1), str(tmp_path), workers=2)
     try:
-        assert ex.pool.submit(memory_share).result(timeout=120) == 0.25
+        assert ex.pool.submit(_shares).result(timeout=120) == (0.25, 0.5)
     finally:
         ex.close()

@@ -21,6 +21,7 @@ recovered view keeps its cuts), with the clean prefix before the first ablated b
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -30,7 +31,8 @@ import torch
 
 from . import checks, metrics
 from .errors import InterventionError
-from .final_readout import FinalRunner, check_run, boot_ci, check_blocks, dense_item_margins, dense_transition, final_correct, final_margins, phase_of, resolve
+from .final_readout import (FinalRunner, boot_ci, check_blocks, check_run, dense_item_margins, dense_transition,
+                            final_answers, final_folder, phase_of, resolve)
 from .lenses import resolve_lens
 from .effects import Effect, hierarchical_effect, no_transition_share, phase_group_means, rank_effect, transition_positions
 from .results import Result
@@ -327,6 +329,7 @@ def ablate(
     boot_seed: int = 0,
     progress: bool = False,
     lens: Any = None,
+    out: str | os.PathLike | None = None,
 ) -> AblationResult:
     """Ablate single blocks and pairs of blocks; the drop of the final Decision Margin of each.
 
@@ -339,6 +342,9 @@ def ablate(
         transition: the dense :class:`~phaselens.Transition` (default: computed, read through ``lens``).
         lens: the lens the default transition is read with (``"logit"``, ``"linear"``, ``"tuned"`` or a
             :class:`~phaselens.Lens`); the final readout is the model's own (every lens's last row).
+        out: a folder that makes the run resumable: the clean answers, the dense trace and each ablation's answers
+            are saved in ``out/.phaselens/`` as they finish, and a rerun (killed, or with more blocks or pairs)
+            computes only what is missing. Refused for another model or task (see :class:`~phaselens.resume.RunFolder`).
     """
     if mode not in ABLATION_MODES:
         raise InterventionError(f"mode must be one of {ABLATION_MODES}, got {mode!r}")
@@ -352,37 +358,46 @@ def ablate(
         check_blocks(view, p, "ablate pairs")  # a pruned or unknown block fails before any forward pass
     lens_ = resolve_lens(lens, view)  # before any model work
     checks.check_n_boot(n_boot, n_items=len(t.items), error=InterventionError)
-    tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed, lens_)
-    if pairs is None:
-        pair_l = list(itertools.combinations(sorted(singles), 2)) if given else _default_pairs(view, tr.layer, int(window))
-    elif pairs is False:
-        pair_l = []
-    elif pairs is True:
-        pair_l = list(itertools.combinations(sorted(singles), 2))
-    else:
-        pair_l = [(min(p), max(p)) for p in pair_given or ()]
-    runner = FinalRunner(view, t, batch_size=batch_size, max_tokens=max_tokens, reuse_prefix=reuse_prefix, progress=progress)
-    answers = runner.enc.answers
-    clean = runner.clean()
-    means = runner.mean_updates(sorted({b for b in singles} | {b for p in pair_l for b in p})) if mode == "mean" else {}
-    units: list[tuple[int, ...]] = [(b,) for b in singles] + [tuple(p) for p in pair_l]
-    res_m, res_c = [], []
-    it: Iterable = units
-    if progress:
-        from tqdm.auto import tqdm
+    with final_folder(out, "ablation", view, t, "an ablation run") as folder:  # refused here, before any pass
+        tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed, lens_, out)
+        if pairs is None:
+            pair_l = (list(itertools.combinations(sorted(singles), 2)) if given
+                      else _default_pairs(view, tr.layer, int(window)))
+        elif pairs is False:
+            pair_l = []
+        elif pairs is True:
+            pair_l = list(itertools.combinations(sorted(singles), 2))
+        else:
+            pair_l = [(min(p), max(p)) for p in pair_given or ()]
+        runner = FinalRunner(view, t, batch_size=batch_size, max_tokens=max_tokens, reuse_prefix=reuse_prefix,
+                             progress=progress)
+        answers, n = runner.enc.answers, runner.n_items
+        means: dict[int, torch.Tensor] = {}
+        units: list[tuple[int, ...]] = [(b,) for b in singles] + [tuple(p) for p in pair_l]
+        res_m, res_c = [], []
+        it: Iterable = units
+        if progress:
+            from tqdm.auto import tqdm
 
-        it = tqdm(units, desc=f"ablate {view.name}", leave=False)
-    for u in it:
-        plan = _ablation_edits(mode, u, means)
-        z = runner.run(lambda batch, _p=plan: _p)
-        res_m.append(final_margins(z, answers))
-        res_c.append(final_correct(z, answers))
-    n = runner.n_items
+            it = tqdm(units, desc=f"ablate {view.name}", leave=False)
+
+        def ablated(u: tuple[int, ...]) -> torch.Tensor:
+            if mode == "mean" and not means:  # the mean updates, once, and only when an ablation is still to be run
+                means.update(runner.mean_updates(sorted({b for x in units for b in x})))
+            plan = _ablation_edits(mode, u, means)
+            return runner.run(lambda batch, _p=plan: _p)
+
+        clean_m, clean_c = final_answers(folder, "clean", n, runner.clean, answers)
+        for u in it:
+            unit = f"{mode}_{'-'.join(str(b) for b in u)}"
+            m_, c_ = final_answers(folder, unit, n, lambda _u=u: ablated(_u), answers)
+            res_m.append(m_)
+            res_c.append(c_)
     S = len(singles)
     m = np.asarray(res_m).reshape(len(units), n)
     c = np.asarray(res_c, dtype=float).reshape(len(units), n)
     lm, lb = dense_item_margins(tr, n, [it.id for it in t.items])
     return AblationResult(view.name, t.name, mode, view.base.n_blocks, singles, pair_l, m[:S], c[:S], m[S:], c[S:],
-                          final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed,
+                          clean_m, clean_c, tr.layer, n_boot, boot_seed,
                           lens_.name if transition is None else getattr(getattr(transition, "trace", None), "lens", "logit"),
                           lm, lb)

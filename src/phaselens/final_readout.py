@@ -1,9 +1,11 @@
 """What noise injection and ablation share: running a task's prompts with per-pass edits and reading the
-final option logits, over a clean pass recorded once (its prefix is replayed before each edited block).
+final option logits, over a clean pass recorded once (its prefix is replayed before each edited block), and the
+resumable folder (``out=``) that keeps each edited pass's answers as one unit.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -13,13 +15,23 @@ from . import checks, metrics
 from .encoding import encode_task
 from .errors import InterventionError
 from .readout import check_context
+from .records import Record
+from .resume import RunFolder, run_folder
 from .runner import Batch, Plan, PrefixCache, Read, Runner
 from .stats import N_BOOT  # noqa: F401  (one default; re-exported for older imports)
 from .tasks import Task, load_task
-from .trace import transition_point
+from .trace import transition_point, view_identity
 from .types import ModelLike, TaskLike
 from .view import ModelView, as_view
 
+
+
+@dataclass
+class AnswersUnit(Record):
+    """One model's answers to one task: ``margins [N]`` final-layer margin and ``correct [N]`` (0/1) per item."""
+
+    margins: np.ndarray
+    correct: np.ndarray
 
 
 class FinalRunner:
@@ -86,6 +98,27 @@ class FinalRunner:
         return {b: s / n_tok for b, s in sums.items()}
 
 
+def final_folder(out: Any, run: str, view: ModelView, task: Task, what: str):
+    """The resumable folder ``out/.phaselens/<run>/`` of an intervention (``None``: a no-op context). Its identity is
+    the model and the task's prompts (:func:`~phaselens.trace.view_identity`); each unit is named by the edit it
+    holds, so a rerun with more blocks, seeds or scales reuses the units it shares with a finished run."""
+    return run_folder(out, run, view_identity(view, task), what)
+
+
+def final_answers(folder: RunFolder | None, unit: str, n_items: int, compute: Callable[[], torch.Tensor],
+                  answers: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``(margins [N], correct [N])`` of one edited pass: read back from ``folder`` when it holds ``unit`` (for the
+    same ``N`` items), else ``compute()``'s ``[N, K]`` final option logits, saved as ``unit``."""
+    got = folder.load(unit) if folder is not None else None
+    if isinstance(got, AnswersUnit) and got.margins.shape == (n_items,) and got.correct.shape == (n_items,):
+        return np.asarray(got.margins, dtype=float), np.asarray(got.correct, dtype=float)
+    z = compute()
+    m, c = final_margins(z, answers), final_correct(z, answers).astype(float)
+    if folder is not None:
+        folder.save(unit, AnswersUnit(margins=m, correct=c))
+    return m, c
+
+
 def check_run(n_boot: Any, boot_seed: Any, batch_size: Any, max_tokens: Any, reuse_prefix: Any) -> None:
     """The arguments noise injection and ablation share, checked before any model work."""
     checks.bootstrap(n_boot, boot_seed, InterventionError, "boot_seed")
@@ -133,15 +166,16 @@ def check_blocks(view: ModelView, blocks: Iterable[int] | int | None, what: str)
 
 
 def dense_transition(view: ModelView, task: Task, transition: Any, batch_size: int | None, n_boot: int, seed: int,
-                     lens: Any = None):
-    """The given transition, or the view's own on ``task`` read through ``lens`` (a :class:`~phaselens.Lens` or kind)."""
+                     lens: Any = None, out: Any = None):
+    """The given transition, or the view's own on ``task`` read through ``lens`` (a :class:`~phaselens.Lens` or kind),
+    its trace resumable in ``out`` when given."""
     if transition is not None:
         layer = getattr(transition, "layer", "missing")
         if not (layer is None or isinstance(layer, (int, np.integer))):
             raise InterventionError(f"transition must be a phaselens Transition (transition_point(...)) or have an int "
                                     f".layer, got {type(transition).__name__}")
         return transition
-    return transition_point(view, task, batch_size=batch_size, n_boot=n_boot, boot_seed=seed, lens=lens)
+    return transition_point(view, task, batch_size=batch_size, n_boot=n_boot, boot_seed=seed, lens=lens, out=out)
 
 
 def dense_item_margins(transition: Any, n_items: int, item_ids: Sequence[str]) -> tuple[np.ndarray | None, list[int] | None]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -28,7 +29,8 @@ import torch
 
 from . import checks, metrics
 from .errors import InterventionError
-from .final_readout import FinalRunner, check_run, boot_ci, check_blocks, dense_item_margins, dense_transition, final_correct, final_margins, phase_of, resolve
+from .final_readout import (FinalRunner, boot_ci, check_blocks, check_run, dense_item_margins, dense_transition,
+                            final_answers, final_folder, phase_of, resolve)
 from .lenses import resolve_lens
 from .effects import (Effect, bootstrap_effect, equal_distance_means, hierarchical_effect, no_transition_share,
                       phase_split_means, transition_positions)
@@ -329,6 +331,11 @@ def eps_list(eps: Any) -> list[float]:
     return out
 
 
+def noise_unit(block: int, eps: float, seed: int) -> str:
+    """The name of one (block, eps, seed)'s answers in a resumable noise run (``eps`` as its shortest exact repr)."""
+    return f"noise_b{int(block)}_e{float(eps)!r}_s{int(seed)}"
+
+
 @scheduled
 def inject_noise(
     model: ModelLike,
@@ -345,6 +352,7 @@ def inject_noise(
     boot_seed: int = 0,
     progress: bool = False,
     lens: Any = None,
+    out: str | os.PathLike | None = None,
 ) -> NoiseResult:
     """Noise at the output of one block at a time; the final margin and accuracy downstream.
 
@@ -357,6 +365,10 @@ def inject_noise(
             (block, item) (see :func:`noise_draw`).
         transition: the dense :class:`~phaselens.Transition` for the phases (default: computed).
         reuse_prefix: replay the clean prefix before the perturbed block (same numbers, faster).
+        out: a folder that makes the run resumable: the clean answers, the dense trace and each (block, eps, seed)'s
+            answers are saved in ``out/.phaselens/`` as they finish, and a rerun (killed, or with more blocks, scales
+            or seeds) computes only what is missing. Refused for another model or task (see
+            :class:`~phaselens.resume.RunFolder`).
     """
     eps_l, seed_l = eps_list(eps), seed_list(seeds, minimum=1, error=InterventionError)
     check_run(n_boot, boot_seed, batch_size, max_tokens, reuse_prefix)
@@ -364,41 +376,42 @@ def inject_noise(
     blocks = check_blocks(view, blocks, "inject_noise")
     lens_ = resolve_lens(lens, view)  # before any model work
     checks.check_n_boot(n_boot, n_items=len(t.items), error=InterventionError)
-    tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed, lens_)
-    runner = FinalRunner(view, t, batch_size=batch_size, max_tokens=max_tokens, reuse_prefix=reuse_prefix, progress=progress)
-    answers = runner.enc.answers
-    clean = runner.clean()
-    d = view.base.d_model
-    out_m = np.empty((len(blocks), len(eps_l), len(seed_l), runner.n_items))
-    out_c = np.empty_like(out_m)
-    lengths = runner.lengths
-    todo = list(itertools.product(enumerate(blocks), enumerate(seed_l)))
-    if progress:
-        from tqdm.auto import tqdm
+    with final_folder(out, "noise", view, t, "a noise-injection run") as folder:  # refused here, before any pass
+        tr = dense_transition(view, t, transition, batch_size, n_boot, boot_seed, lens_, out)
+        runner = FinalRunner(view, t, batch_size=batch_size, max_tokens=max_tokens, reuse_prefix=reuse_prefix,
+                             progress=progress)
+        answers, n = runner.enc.answers, runner.n_items
+        d = view.base.d_model
+        out_m = np.empty((len(blocks), len(eps_l), len(seed_l), n))
+        out_c = np.empty_like(out_m)
+        lengths = runner.lengths
+        todo = list(itertools.product(enumerate(blocks), enumerate(seed_l)))
+        if progress:
+            from tqdm.auto import tqdm
 
-        todo = tqdm(todo, desc=f"noise {view.name}", leave=False)
-    for (i, b), (s, seed) in todo:
-        draws: dict[int, torch.Tensor] = {}
+            todo = tqdm(todo, desc=f"noise {view.name}", leave=False)
+        clean_m, clean_c = final_answers(folder, "clean", n, runner.clean, answers)
+        for (i, b), (s, seed) in todo:
+            draws: dict[int, torch.Tensor] = {}
 
-        def draw(item: int, _b=b, _seed=seed) -> torch.Tensor:
-            if item not in draws:
-                draws[item] = noise_draw(_seed, _b, item, lengths[item], d)
-            return draws[item]
+            def draw(item: int, _b=b, _seed=seed) -> torch.Tensor:
+                if item not in draws:
+                    draws[item] = noise_draw(_seed, _b, item, lengths[item], d)
+                return draws[item]
 
-        for e, eps_v in enumerate(eps_l):
-            def edits(batch: Batch, _b=b, _eps=eps_v) -> Plan:
-                noise = torch.zeros(batch.size, batch.ids.shape[1], d)
-                for r, j in enumerate(batch.rows):
-                    noise[r, : lengths[j]] = draw(j)
-                return Plan(after={_b: lambda h, _n=noise: add_noise(h, _eps, _n)},
-                            names={_b: f"block {_b} with noise eps={_eps:g} on its output"})
+            for e, eps_v in enumerate(eps_l):
+                def edits(batch: Batch, _b=b, _eps=eps_v) -> Plan:
+                    noise = torch.zeros(batch.size, batch.ids.shape[1], d)
+                    for r, j in enumerate(batch.rows):
+                        noise[r, : lengths[j]] = draw(j)
+                    return Plan(after={_b: lambda h, _n=noise: add_noise(h, _eps, _n)},
+                                names={_b: f"block {_b} with noise eps={_eps:g} on its output"})
 
-            z = runner.run(edits)
-            out_m[i, e, s] = final_margins(z, answers)
-            out_c[i, e, s] = final_correct(z, answers)
-    lm, lb = dense_item_margins(tr, runner.n_items, [it.id for it in t.items])
+                out_m[i, e, s], out_c[i, e, s] = final_answers(folder, noise_unit(b, eps_v, seed), n,
+                                                               lambda _f=edits: runner.run(_f), answers)
+    lm, lb = dense_item_margins(tr, n, [it.id for it in t.items])
     return NoiseResult(view.name, t.name, view.base.n_blocks, blocks, eps_l, seed_l, out_m, out_c,
-                       final_margins(clean, answers), final_correct(clean, answers), tr.layer, n_boot, boot_seed,
+                       clean_m, clean_c, tr.layer, n_boot, boot_seed,
                        lens_.name if transition is None else getattr(getattr(transition, "trace", None), "lens", "logit"),
                        lm, lb)
 

@@ -418,9 +418,9 @@ def prompts_digest(t: Task) -> str:
     return digest([[t.prompt(i), t.decision_strings(i), int(it.answer)] for i, it in enumerate(t.items)])
 
 
-def _trace_args(view: Any, t: Task, blocks: Any, lens: Any) -> dict[str, Any]:
-    """The identity of a resumable trace's folder: the model (weights, pruning, recovery operators, where it
-    computes), the items and their prompts, the blocks read, the lens and the unit size."""
+def view_identity(view: Any, t: Task) -> dict[str, Any]:
+    """What a resumable run's folder is made with: the model (weights, pruning, recovery operators, where it
+    computes) and the task (its items and their prompts). Shared by traces, noise injection and ablation."""
     ops = hashlib.sha256()
     for key, w in sorted({**{f"{s}-{e}": w for (s, e), w in view.operators.items()},
                           **{f"branch{b}": w for b, w in view.branch_operators.items()}}.items()):
@@ -429,8 +429,13 @@ def _trace_args(view: Any, t: Task, blocks: Any, lens: Any) -> dict[str, Any]:
     base = view.base
     return {"model": base.name, "fingerprint": base.fingerprint, "device": str(base.device), "dtype": str(base.dtype),
             "removed": list(view.removed), "method": view.method, "operators": ops.hexdigest()[:16],
-            "task": t.name, "format": t.format, "n_items": len(t.items),
-            "prompts": prompts_digest(t),
+            "task": t.name, "format": t.format, "n_items": len(t.items), "prompts": prompts_digest(t)}
+
+
+def _trace_args(view: Any, t: Task, blocks: Any, lens: Any) -> dict[str, Any]:
+    """The identity of a resumable trace's folder: :func:`view_identity`, the blocks read, the lens and the unit
+    size."""
+    return {**view_identity(view, t),
             "blocks": blocks if blocks is None or isinstance(blocks, str) else [int(b) for b in blocks],
             "lens": lens.name if lens.kind == "logit" else lens.digest, "chunk": TRACE_CHUNK}
 

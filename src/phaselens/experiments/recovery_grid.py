@@ -18,6 +18,7 @@ at a cut starting at block 0) is compared on the cuts where it ran; the effect's
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -62,9 +63,12 @@ def _effects(comparisons: Sequence[RecoveryComparison], reference: str, *, n_boo
     methods = list(dict.fromkeys(m for rcs in cuts.values() for c in rcs for m in c.methods if m != reference))
     tasks = list(dict.fromkeys(t.task for rcs in cuts.values() for c in rcs for t in c.tasks))
     out: list[Effect] = []
+    left: list[str] = []  # (method, measure)s with fewer than 2 cuts: said in one warning, not dropped in silence
     for m in methods:
         have = [(b, rcs[0]) for b, rcs in cuts.items() if m in rcs[0].methods]
-        if len(have) >= 2:
+        if len(have) < 2:
+            left.append(f"{m} held-out text ({len(have)} cut)")
+        else:
             nll_m = np.stack([c.nll[c.methods.index(m)] for _, c in have], axis=1)
             nll_r = np.stack([c.nll[c.methods.index(reference)] for _, c in have], axis=1)
             tok = np.repeat(first.tokens.astype(float)[:, None], len(have), axis=1)
@@ -79,6 +83,7 @@ def _effects(comparisons: Sequence[RecoveryComparison], reference: str, *, n_boo
                 if job is not None:
                     cells.append((b, job, next(x for x in job.tasks if x.task == t)))
             if len(cells) < 2:
+                left.append(f"{m} on {t} ({len(cells)} cut)")
                 continue
             ids = [str(i) for i in cells[0][2].item_ids]
             cols = {m: [], reference: []}
@@ -95,6 +100,10 @@ def _effects(comparisons: Sequence[RecoveryComparison], reference: str, *, n_boo
                 name=f"{reference} − {m} accuracy", dims=("items", "placements"),
                 labels={"placements": [_label(b, cuts[b]) for b, _, _ in cells]}, task=t, format=cells[0][2].format,
                 **kw))
+    if left:
+        warnings.warn(f"{first.model}: the grid has no effect for {', '.join(left)}: pooling over cuts needs at least "
+                      "2 cuts where both the method and the reference ran; add cuts, or read that cut's own "
+                      "RecoveryComparison.effects()", stacklevel=3)
     return out
 
 
@@ -162,7 +171,8 @@ class RecoveryGrid(Result):
         """Per method (other than :attr:`reference`): ``"<m> − <ref> held-out NLL per token"`` over ``[P, C]`` and,
         per task, ``"<ref> − <m> accuracy"`` over ``[N, C]``, each resampling passages or items and cuts crossed
         (cuts held fixed, with per-cut rows in ``clusters``, when fewer than 5). Positive: the reference is better
-        (predicted ``"positive"``). A (method, measure) with fewer than 2 cuts where both arms ran is left out."""
+        (predicted ``"positive"``). A (method, measure) with fewer than 2 cuts where both arms ran is left out, and one
+        warning names each such (method, measure)."""
         return _effects(self.comparisons, self.reference, level=level,
                         n_boot=self.n_boot if n_boot is None else n_boot,
                         boot_seed=self.boot_seed if boot_seed is None else boot_seed)

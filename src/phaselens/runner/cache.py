@@ -21,15 +21,12 @@ def available_memory() -> int:
 
 #: the environment variable giving this process's share of the machine's memory (see :func:`memory_share`)
 MEMORY_SHARE_VAR = "PHASELENS_MEMORY_SHARE"
+#: the environment variable giving this process's share of its GPU's free memory (see :func:`gpu_share`)
+GPU_SHARE_VAR = "PHASELENS_GPU_SHARE"
 
 
-def memory_share() -> float:
-    """This process's share of the machine's RAM, in (0, 1], for the default bounds taken from it (a CPU prefix
-    cache's ``max_bytes``, the layer schedule's wave budget in RAM): ``PHASELENS_MEMORY_SHARE``, 1 when unset. A
-    study's worker processes set it to their part of the machine (1 / workers on it; a Ray actor, its share of its
-    node's cores), so that N workers' default bounds add up to one process's, not N times it. GPU bounds are not
-    scaled: they are read from the device's free memory when the cache is made."""
-    v = os.environ.get(MEMORY_SHARE_VAR)
+def _share(var: str, what: str) -> float:
+    v = os.environ.get(var)
     if v is None or v == "":
         return 1.0
     try:
@@ -37,9 +34,25 @@ def memory_share() -> float:
     except ValueError:
         share = float("nan")
     if not 0 < share <= 1:
-        raise RunnerError(f"{MEMORY_SHARE_VAR}={v!r}: give a fraction of the machine's memory in (0, 1], e.g. 0.5, "
-                          "or unset it")
+        raise RunnerError(f"{var}={v!r}: give a fraction of {what} in (0, 1], e.g. 0.5, or unset it")
     return share
+
+
+def memory_share() -> float:
+    """This process's share of the machine's RAM, in (0, 1], for the default bounds taken from it (a CPU prefix
+    cache's ``max_bytes``, the layer schedule's wave budget in RAM): ``PHASELENS_MEMORY_SHARE``, 1 when unset. A
+    study's worker processes set it to their part of the machine (1 / workers on it; a Ray actor, its share of its
+    node's cores), so that N workers' default bounds add up to one process's, not N times it."""
+    return _share(MEMORY_SHARE_VAR, "the machine's memory")
+
+
+def gpu_share() -> float:
+    """This process's share, in (0, 1], of the free GPU memory its default GPU bounds take (a GPU prefix cache's
+    ``max_bytes``, the layer schedule's wave budget on the device): ``PHASELENS_GPU_SHARE``, 1 when unset. The
+    ``processes`` executor sets 1 / workers (its workers share the machine's GPU: each reads the free memory when its
+    cache is made, before the others have filled theirs); a Ray actor its ``num_gpus`` when under 1 (a fraction of
+    one GPU)."""
+    return _share(GPU_SHARE_VAR, "the GPU's free memory")
 
 
 class PrefixCache:
@@ -53,8 +66,8 @@ class PrefixCache:
     ``recording`` (default True) stores the inputs of the blocks a pass computes (one version per batch
     and block, the latest); set it False to replay without storing (trying candidate cuts). Memory:
     ``(L + 1) x tokens x d`` values in the model's dtype for a fully recorded pass, at most ``max_bytes``
-    (default: half the RAM available when the cache is made times :func:`memory_share`, or half the GPU's free
-    memory for a GPU cache).
+    (default: half the RAM available when the cache is made times :func:`memory_share`, or for a GPU cache half the
+    GPU's free memory times :func:`gpu_share`).
     A block input that would pass the bound is not stored (once, a warning says so): later passes replay a
     shallower prefix and compute the rest, so the numbers are the same and only the time saved shrinks.
     """
@@ -67,7 +80,7 @@ class PrefixCache:
             raise RunnerError(f"max_bytes must be a byte count >= 0 or None (half the available memory), got {max_bytes!r}")
         if max_bytes is None:
             if self.device.type == "cuda":
-                max_bytes = torch.cuda.mem_get_info(self.device)[0] // 2
+                max_bytes = int(torch.cuda.mem_get_info(self.device)[0] // 2 * gpu_share())
             else:
                 max_bytes = int(available_memory() // 2 * memory_share())
         self.max_bytes = int(max_bytes)

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..errors import RunnerError
 from .batch import Batch
-from .cache import available_memory, memory_share
+from .cache import available_memory, gpu_share, memory_share
 from .patches import exclusive, patched
 from .plan import Plan, StopForward, skip
 
@@ -245,13 +245,14 @@ class Residuals:
 
 
 def default_budget(sched: Schedule, device: torch.device) -> int:
-    """The wave budget when none was given: half the free memory of the GPU, else a quarter of the available RAM
-    times :func:`~phaselens.runner.cache.memory_share` (a study worker's part of the machine)."""
+    """The wave budget when none was given: half the free memory of the GPU times
+    :func:`~phaselens.runner.cache.gpu_share`, else a quarter of the available RAM times
+    :func:`~phaselens.runner.cache.memory_share` (a study worker's part of the machine)."""
     if sched.act_budget is not None:
         return sched.act_budget
     if sched.act_store == "device" and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free // 2)
+        return int(free // 2 * gpu_share())
     return int(available_memory() // 4 * memory_share())
 
 

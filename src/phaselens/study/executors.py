@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from ..embedded import cache_dir
 from ..errors import StudyError
 from ..registry import PLUGINS_ENV, load_plugins
-from ..runner.cache import MEMORY_SHARE_VAR, memory_share
+from ..runner.cache import GPU_SHARE_VAR, MEMORY_SHARE_VAR, gpu_share, memory_share
 from .jobs import Job, ModelCache, Outcome, execute, fingerprint
 
 
@@ -88,6 +88,7 @@ class ProcessExecutor:
         n = workers or resources.workers or max(1, int((os.cpu_count() or 1) // max(1.0, resources.num_cpus)))
         env = {k: v for k, v in os.environ.items() if k.startswith(("PHASELENS_", "HF_", "OMP_", "TOKENIZERS_"))}
         env[MEMORY_SHARE_VAR] = repr(memory_share() / n)  # n workers' default memory bounds add up to one process's
+        env[GPU_SHARE_VAR] = repr(gpu_share() / n)  # and their GPU bounds, on the one GPU they share
         self.n = n
         self.pool = ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                         initargs=(resources.models_per_worker, scratch, resources.num_cpus, env))
@@ -124,7 +125,7 @@ class StudyWorker:
     """A Ray actor: one worker process holding its models across the jobs sent to it."""
 
     def __init__(self, capacity: int, driver_host: str, scratch: str, num_cpus: float,
-                 plugins: list[str] | None = None) -> None:
+                 plugins: list[str] | None = None, num_gpus: float = 0.0) -> None:
 
         load_plugins(plugins)  # the driver's plugins: module names, or .py paths that exist on this node
         self.cache = ModelCache(capacity)
@@ -134,6 +135,9 @@ class StudyWorker:
         # this actor's part of its node's RAM (its cores' share), so the default memory bounds of the actors on one
         # node add up to one process's
         os.environ[MEMORY_SHARE_VAR] = repr(min(1.0, max(1e-3, float(num_cpus)) / (os.cpu_count() or 1)) * memory_share())
+        # and its part of its GPU: Ray gives an actor with num_gpus < 1 a fraction of one GPU that others share
+        if 0 < num_gpus < 1:
+            os.environ[GPU_SHARE_VAR] = repr(float(num_gpus) * gpu_share())
 
     def fingerprint(self, key: str, spec: Any) -> dict[str, Any]:
         return fingerprint(self.cache, key, spec)
@@ -173,7 +177,8 @@ class RayExecutor:
         self.n = max(1, min(workers or resources.workers or fit, max(1, n_jobs)))
         self.cls = ray.remote(StudyWorker)
         plugins = [p for p in os.environ.get(PLUGINS_ENV, "").split(",") if p]
-        self.args = (resources.models_per_worker, socket.gethostname(), scratch, resources.num_cpus, plugins)
+        self.args = (resources.models_per_worker, socket.gethostname(), scratch, resources.num_cpus, plugins,
+                     resources.num_gpus)
         self.actors = [self._actor() for _ in range(self.n)]
         self.loaded: dict[Any, OrderedDict] = {a: OrderedDict() for a in self.actors}
 

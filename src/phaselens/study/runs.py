@@ -355,7 +355,7 @@ def _clean(r: Any) -> dict[str, Any]:
 
 @register_run("noise")
 class NoiseRun(RunKind):
-    fixed = ("model", "task", "boot_seed", "progress", "transition")
+    fixed = ("model", "task", "boot_seed", "progress", "transition", "out")
     listy = ("blocks", "seeds", "eps")
     study = {"stride": (int_at_least(1), None)}
 
@@ -374,10 +374,10 @@ class NoiseRun(RunKind):
         stride = p.pop("stride", None)
         if stride is not None:
             L = model.n_blocks
-            tr = transition_point(model, task, boot_seed=seed, n_boot=p.get("n_boot", N_BOOT))
+            tr = transition_point(model, task, boot_seed=seed, n_boot=p.get("n_boot", N_BOOT), out=scratch)
             p["blocks"] = sorted(set(range(0, L, stride)) | ({tr.layer} if tr.layer is not None else set()) | {L - 1})
             p["transition"] = tr
-        return inject_noise(model, task, boot_seed=seed, **p)
+        return inject_noise(model, task, boot_seed=seed, out=scratch, **p)
 
     def scalars(self, r):
         out = _clean(r)
@@ -392,7 +392,7 @@ class NoiseRun(RunKind):
 
 @register_run("ablate")
 class AblateRun(RunKind):
-    fixed = ("model", "task", "boot_seed", "progress", "transition")
+    fixed = ("model", "task", "boot_seed", "progress", "transition", "out")
     listy = ("blocks", "pairs")
 
     def fn(self):
@@ -402,7 +402,7 @@ class AblateRun(RunKind):
         p = dict(params)
         if isinstance(p.get("pairs"), list):
             p["pairs"] = [tuple(x) for x in p["pairs"]]
-        return ablate(model, task, boot_seed=seed, **p)
+        return ablate(model, task, boot_seed=seed, out=scratch, **p)
 
     def scalars(self, r):
         out = _clean(r)
