@@ -140,3 +140,52 @@ def test_one_cut_on_several_tasks_fits_once(tiny_llama, task, monkeypatch):
     assert len(fits) == 5 and len(rc._FITS) == 1
     pl.compare_recovery(again, [task], "2-3", methods=["identity", "ghosted"], **kw())  # evicted: fitted again
     assert len(fits) == 6
+
+
+class LayerCalls:
+    """Counts the blocks each decoder layer computes: a hook on each HF layer's MLP (this test's own instrument, not
+    phaselens'). The layer's own call is no measure: a replayed or skipped block is still called, its work replaced."""
+
+    def __init__(self, model):
+        self.layers, self.n, self.handles = model.hf.model.layers, [], []
+
+    def __enter__(self):
+        self.n = [0] * len(self.layers)
+        for i, layer in enumerate(self.layers):
+            self.handles.append(layer.mlp.register_forward_hook(lambda *_, i=i: self.n.__setitem__(i, self.n[i] + 1)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("fmt", ["cloze", "continuation"])
+def test_recovered_models_replay_the_dense_prefix_with_the_same_numbers(tiny_llama, fmt):
+    """``reuse_prefix`` (default): each recovered model starts from the dense model's stored input of the cut's first
+    block: the same answers as computing every block (compared to 1e-6), and the blocks before the cut run once per
+    batch (the dense model's pass), not once per model."""
+    import phaselens.experiments.recovery_comparison as rc
+
+    t = pl.load_task("capitals", limit=6, seed=0, format=fmt)
+    methods = ["identity", "ghosted", "replaceme"]
+    rc._FITS.clear()  # each call fits and scores the held-out text itself, so only the task passes differ
+    with LayerCalls(tiny_llama) as full:
+        plain = pl.compare_recovery(tiny_llama, [t], blocks="3-4", methods=methods, reuse_prefix=False, **kw())
+    rc._FITS.clear()
+    with LayerCalls(tiny_llama) as fast:
+        got = pl.compare_recovery(tiny_llama, [t], blocks="3-4", methods=methods, **kw())
+    a, b = plain.tasks[0], got.tasks[0]
+    np.testing.assert_allclose(b.margins, a.margins, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(b.correct, a.correct)
+    np.testing.assert_allclose(b.dense_margins, a.dense_margins, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got.nll, plain.nll, rtol=1e-6)
+    # blocks 0-1 (before the cut): on the task (one batch), the reuse runs them for the dense model only, so once per
+    # recovered model fewer than the plain run; block 2 once per model fewer but ReplaceMe's (it regresses block 2's
+    # MLP branch, so its model differs from block 2 on); blocks 3-4 are cut from the recovered models either way
+    assert [full.n[b] - fast.n[b] for b in range(3)] == [3, 3, 2], (full.n, fast.n)
+    for b in range(3, 6):
+        assert full.n[b] == fast.n[b]
+    assert fast.n[3] == fast.n[4]  # blocks 3-4 ran for the dense model only, in both runs
+    with pytest.raises(pl.PhaselensError, match="reuse_prefix"):
+        pl.compare_recovery(tiny_llama, [t], blocks="3-4", reuse_prefix="yes", **kw())

@@ -29,12 +29,14 @@ from .. import checks
 from ..calibration import check_seq_len, heldout_texts, load_calibration
 from ..effects import Effect, hierarchical_effect, paired_effect
 from ..errors import EffectError, NotFoundError, RecoveryError
+from ..final_readout import AnswersUnit
 from ..perplexity import passage_nll
 from ..pruning import CRITERIA, prune, select_blocks
 from ..records import Record
 from ..resume import digest, run_folder
 from ..recovery import METHODS, fit_recovery, get_method
 from ..results import Result
+from ..runner import PrefixCache
 from ..tasks import Task, load_task
 from ..trace import N_BOOT, decision_trace, prompts_digest
 from ..types import ModelLike
@@ -244,14 +246,6 @@ class HeldoutUnit(Record):
     fit_relative_error: float
 
 
-@dataclass
-class AnswersUnit(Record):
-    """One model's answers to one task: ``margins [N]`` final-layer margin and ``correct [N]`` (0/1) per item."""
-
-    margins: np.ndarray
-    correct: np.ndarray
-
-
 # The fitted views and held-out NLL of the latest cuts of the current model, keyed by content: one cut compared on
 # several tasks in separate calls (a study's one job per task, in any order) fits and scores the held-out text once.
 # An entry is filled as its parts are asked for (a resumed comparison asks only for what its folder lacks).
@@ -345,6 +339,7 @@ def compare_recovery(
     n_boot: int = N_BOOT,
     boot_seed: int = 0,
     out: str | os.PathLike | None = None,
+    reuse_prefix: bool = True,
 ) -> RecoveryComparison:
     """Cut ``blocks`` (or ``n`` blocks chosen by ``criterion`` on the calibration text) from the dense ``model``,
     recover the cut with every method, and measure each on ``tasks`` and on held-out text.
@@ -362,6 +357,8 @@ def compare_recovery(
             only what was unfinished (the operators are fitted again when a recovered model is still to be measured).
             A comparison of the same cut on other tasks may use the same folder: it reads the cut and the held-out
             numbers back and adds its tasks' answers.
+        reuse_prefix: on each task, the recovered models replay the dense model's block inputs before the cut's first
+            block (a :class:`~phaselens.runner.PrefixCache`; the same numbers, a shorter forward per model).
 
     Returns:
         a :class:`RecoveryComparison`.
@@ -370,6 +367,7 @@ def compare_recovery(
         raise RecoveryError("pass exactly one of blocks= (e.g. '10-15') and n= (blocks chosen by criterion=)")
     checks.bootstrap(n_boot, boot_seed, RecoveryError, seed_name="boot_seed")
     checks.batching(batch_size, max_tokens, RecoveryError)
+    checks.flag("reuse_prefix", reuse_prefix, error=RecoveryError)
     check_seq_len(seq_len)
     if out is not None and not isinstance(out, (str, os.PathLike)):
         raise RecoveryError(f"out must be a folder path (str or os.PathLike) or None, got {type(out).__name__}")
@@ -426,7 +424,9 @@ def compare_recovery(
             # only the model's own answer is compared: one readout per view, not one per block (the same numbers as a
             # full trace's last column, at a fraction of its cost in the continuation format)
             tid = prompts_digest(t)
-            ans = [unit(f"task_{tid}_{v}", lambda v=v, t=t: _answers(fits.view(v), t, n_boot, boot_seed, max_tokens))
+            cache = _DenseFirst() if reuse_prefix else None
+            ans = [unit(f"task_{tid}_{v}", lambda v=v, t=t: _answers(fits.view(v), t, n_boot, boot_seed, max_tokens,
+                                                                      cache))
                    for v in names]
             out_tasks.append(RecoveryTask(task=t.name, format=t.format, item_ids=[it.id for it in t.items],
                                           margins=np.stack([a.margins for a in ans[1:]]),
@@ -475,9 +475,23 @@ def _choose(key: tuple, base: Any, n: int, criterion: str, cal: list[str], metho
     return CutUnit(blocks=cut, criterion=criterion, skipped=skipped)
 
 
-def _answers(view: Any, t: Task, n_boot: int, boot_seed: int, max_tokens: int | None) -> AnswersUnit:
+class _DenseFirst(PrefixCache):
+    """The prefix cache of one task's answers: the first pass that runs (the dense model's, or the first model still
+    to be measured when a resumed comparison read the dense answers back) records every block's input, and every
+    later model of the cut replays the inputs of the blocks before the cut (the views differ from there on, so
+    recording theirs would only churn the store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = False
+
+
+def _answers(view: Any, t: Task, n_boot: int, boot_seed: int, max_tokens: int | None,
+             cache: _DenseFirst | None = None) -> AnswersUnit:
     """``view``'s final-layer margin and correctness on every item of ``t``."""
-    tr = decision_trace(view, t, n_boot=n_boot, boot_seed=boot_seed, max_tokens=max_tokens, blocks="last")
+    if cache is not None:
+        cache.recording, cache.used = not cache.used, True
+    tr = decision_trace(view, t, n_boot=n_boot, boot_seed=boot_seed, max_tokens=max_tokens, blocks="last", cache=cache)
     return AnswersUnit(margins=tr.item_margins[:, -1].copy(), correct=tr.correct[:, -1].astype(float))
 
 
