@@ -37,6 +37,20 @@ def passes(monkeypatch):
     return seen
 
 
+def killed_at(monkeypatch, k):
+    """Make the ``k``-th edited pass from now raise KeyboardInterrupt (the run is killed there); returns the undo."""
+    real, calls = final_readout.FinalRunner.run, []
+
+    def dies(self, edits):
+        calls.append(1)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+        return real(self, edits)
+
+    monkeypatch.setattr(final_readout.FinalRunner, "run", dies)
+    return lambda: monkeypatch.setattr(final_readout.FinalRunner, "run", real)
+
+
 def _state(out, run):
     return out / ".phaselens" / run
 
@@ -78,19 +92,10 @@ def test_a_finished_noise_run_makes_no_forward_pass(tiny_llama, capitals_task, t
 def test_a_killed_noise_run_reruns_only_what_is_missing(tiny_llama, capitals_task, tmp_path, passes, monkeypatch):
     kw = dict(blocks=[0, 1, 2], eps=[0.5], seeds=2, n_boot=200)
     plain = inject_noise(tiny_llama, capitals_task, **kw)
-    real = final_readout.FinalRunner.run
-    calls = []
-
-    def dies_on_fourth(self, edits):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt  # killed during the 4th of 6 edited passes
-        return real(self, edits)
-
-    monkeypatch.setattr(final_readout.FinalRunner, "run", dies_on_fourth)
+    undo = killed_at(monkeypatch, 4)  # killed during the 4th of 6 edited passes
     with pytest.raises(KeyboardInterrupt):
         inject_noise(tiny_llama, capitals_task, out=tmp_path, **kw)
-    monkeypatch.setattr(final_readout.FinalRunner, "run", real)
+    undo()
     assert not (_state(tmp_path, "noise") / "lock").exists()
     passes.clear()
     got = inject_noise(tiny_llama, capitals_task, out=tmp_path, **kw)
@@ -138,19 +143,10 @@ def test_ablation_units_resume_and_give_the_plain_numbers(tiny_llama, capitals_t
                                                           mode):
     kw = dict(blocks=[0, 1, 2], mode=mode, pairs=[(0, 2)], n_boot=200)
     plain = ablate(tiny_llama, capitals_task, **kw)
-    real = final_readout.FinalRunner.run
-    calls = []
-
-    def dies_on_third(self, edits):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self, edits)
-
-    monkeypatch.setattr(final_readout.FinalRunner, "run", dies_on_third)
+    undo = killed_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         ablate(tiny_llama, capitals_task, out=tmp_path, **kw)
-    monkeypatch.setattr(final_readout.FinalRunner, "run", real)
+    undo()
     passes.clear()
     got = ablate(tiny_llama, capitals_task, out=tmp_path, **kw)
     assert passes.count("edit") == 2  # 2 of the 4 ablations (3 singles, 1 pair) were done before the kill
