@@ -186,6 +186,20 @@ def test_lens_on_the_other_readouts_is_recorded(tiny_llama, linear_llama, capita
     assert ab.lens == "linear"
 
 
+def test_a_noise_study_job_with_stride_reads_its_phases_through_its_lens(tiny_llama, linear_llama, capitals_task,
+                                                                         tmp_path):
+    """The study's noise kind finds the transition itself when given ``stride``: through the job's lens, as
+    ``inject_noise`` does (it used the logit lens whatever the job's lens was)."""
+    from phaselens.study.runs import RUNS
+
+    r = RUNS["noise"].run(tiny_llama, capitals_task, 0, {"stride": 2, "eps": [0.5], "seeds": 1, "n_boot": 100,
+                                                         "lens": linear_llama}, tmp_path)
+    want = pl.transition_point(tiny_llama, capitals_task, lens=linear_llama, n_boot=100)
+    assert r.lens == "linear" and r.transition == want.layer
+    assert set(r.blocks) == set(range(0, tiny_llama.n_blocks, 2)) | {tiny_llama.n_blocks - 1} | (
+        {want.layer} if want.layer is not None else set())
+
+
 def test_bad_lens_input(tiny_llama, tiny_gemma, capitals_task, cal):
     with pytest.raises(pl.errors.LensError, match="unknown lens kind 'bogus'"):
         pl.fit_lens(tiny_llama, "bogus")

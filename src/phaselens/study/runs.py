@@ -374,7 +374,8 @@ class NoiseRun(RunKind):
         stride = p.pop("stride", None)
         if stride is not None:
             L = model.n_blocks
-            tr = transition_point(model, task, boot_seed=seed, n_boot=p.get("n_boot", N_BOOT), out=scratch)
+            tr = transition_point(model, task, boot_seed=seed, n_boot=p.get("n_boot", N_BOOT), lens=p.get("lens"),
+                                  out=scratch)  # the phases read through the job's lens, as inject_noise would
             p["blocks"] = sorted(set(range(0, L, stride)) | ({tr.layer} if tr.layer is not None else set()) | {L - 1})
             p["transition"] = tr
         return inject_noise(model, task, boot_seed=seed, out=scratch, **p)
