@@ -43,7 +43,7 @@ def main() -> None:
     first = pl.compare_recovery(model, [task], reuse_prefix=False, **kw)  # the cut, the fits, the held-out text
     print(f"{model.name} (L={model.n_blocks}), {a.task} ({a.format}) x {len(task)} items, cut {first.blocks} "
           f"(angular, {a.n} blocks), {len(first.methods)} methods + dense; {torch.get_num_threads()} threads; "
-          f"load {os.getloadavg()[0]:.2f}; setup {time.perf_counter() - t0:.0f} s")
+          f"load {os.getloadavg()[0]:.2f}; setup {time.perf_counter() - t0:.0f} s", flush=True)
     times: dict[bool, list[float]] = {False: [], True: []}
     got: dict[bool, pl.RecoveryComparison] = {}
     for _ in range(a.repeats):
@@ -51,6 +51,7 @@ def main() -> None:
             t = time.perf_counter()
             got[reuse] = pl.compare_recovery(model, [task], reuse_prefix=reuse, **kw)
             times[reuse].append(time.perf_counter() - t)
+            print(f"  reuse_prefix={reuse}: {times[reuse][-1]:.1f} s (load {os.getloadavg()[0]:.2f})", flush=True)
     fast, base = got[True].tasks[0], got[False].tasks[0]
     diff = max(float(np.abs(fast.margins - base.margins).max()), float(np.abs(fast.dense_margins - base.dense_margins).max()))
     same = diff <= 1e-5 and (fast.correct == base.correct).all()
