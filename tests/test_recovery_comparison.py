@@ -163,8 +163,8 @@ class LayerCalls:
 @pytest.mark.parametrize("fmt", ["cloze", "continuation"])
 def test_recovered_models_replay_the_dense_prefix_with_the_same_numbers(tiny_llama, fmt):
     """``reuse_prefix`` (default): each recovered model starts from the dense model's stored input of the cut's first
-    block: the same answers as computing every block (compared to 1e-6), and the blocks before the cut run once per
-    batch (the dense model's pass), not once per model."""
+    block, on the task and on the held-out text: the same answers and NLL as computing every block (compared to 1e-6),
+    and the blocks before the cut run once per batch (the dense model's pass), not once per model."""
     import phaselens.experiments.recovery_comparison as rc
 
     t = pl.load_task("capitals", limit=6, seed=0, format=fmt)
@@ -180,10 +180,11 @@ def test_recovered_models_replay_the_dense_prefix_with_the_same_numbers(tiny_lla
     np.testing.assert_array_equal(b.correct, a.correct)
     np.testing.assert_allclose(b.dense_margins, a.dense_margins, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got.nll, plain.nll, rtol=1e-6)
-    # blocks 0-1 (before the cut): on the task (one batch), the reuse runs them for the dense model only, so once per
-    # recovered model fewer than the plain run; block 2 once per model fewer but ReplaceMe's (it regresses block 2's
-    # MLP branch, so its model differs from block 2 on); blocks 3-4 are cut from the recovered models either way
-    assert [full.n[b] - fast.n[b] for b in range(3)] == [3, 3, 2], (full.n, fast.n)
+    # blocks 0-1 (before the cut): on the task and on the held-out text (one batch each), the reuse runs them for the
+    # dense model only, so once per recovered model and text fewer than the plain run; block 2 once per model and
+    # text fewer but ReplaceMe's (it regresses block 2's MLP branch, so its model differs from block 2 on); blocks
+    # 3-4 are cut from the recovered models either way
+    assert [full.n[b] - fast.n[b] for b in range(3)] == [6, 6, 4], (full.n, fast.n)
     for b in range(3, 6):
         assert full.n[b] == fast.n[b]
     assert fast.n[3] == fast.n[4]  # blocks 3-4 ran for the dense model only, in both runs

@@ -262,13 +262,29 @@ def _operator_bytes(views: dict | None) -> int:
                for w in (*v.operators.values(), *v.branch_operators.values()))
 
 
+class _DenseFirst(PrefixCache):
+    """The prefix cache of one cut's models on one text (a task's prompts, the held-out passages): the first model
+    that runs (the dense one, or the first still to be measured when a resumed comparison read the dense numbers back)
+    records every block's input, and every later model of the cut replays the inputs of the blocks before the cut
+    (the views differ from there on, so recording theirs would only churn the store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = False
+
+    def next_model(self) -> "_DenseFirst":
+        """Set the cache for the next model's passes: recording for the first, replaying after."""
+        self.recording, self.used = not self.used, True
+        return self
+
+
 class _CutFits:
     """The fitted views and held-out NLL of one cut, from the kept entry when the model (fingerprint, device,
     dtype), cut, methods (and their registered objects), calibration text, held-out text and batching are the same;
     each part is computed the first time it is asked for."""
 
     def __init__(self, base: Any, cut: list[int], methods: list[str], cal: list[str], held: list[str],
-                 **texts: Any) -> None:
+                 reuse_prefix: bool = True, **texts: Any) -> None:
         if _FITS_OWNER[0] != id(base):
             _FITS.clear()
             _FITS_OWNER[0] = id(base)
@@ -278,6 +294,7 @@ class _CutFits:
         self.entry = _FITS.pop(key, None) or {"views": None, "held": {}}
         _FITS[key] = self.entry
         self.base, self.cut, self.methods, self.cal, self.held, self.texts = base, cut, methods, cal, held, texts
+        self.held_cache = _DenseFirst() if reuse_prefix else None  # this comparison's only: not kept in the memo
         self._evict()
 
     @staticmethod
@@ -300,7 +317,8 @@ class _CutFits:
         held = self.entry["held"]
         if name not in held:
             view = self.view(name)
-            nll, tokens = passage_nll(view, self.held, **self.texts)
+            cache = self.held_cache.next_model() if self.held_cache is not None else None
+            nll, tokens = passage_nll(view, self.held, cache=cache, **self.texts)
             fe = 0.0 if name == "dense" else float(view.fit_error.relative[0])
             held[name] = HeldoutUnit(nll=nll, tokens=tokens, fit_relative_error=fe)
         u = held[name]
@@ -357,8 +375,9 @@ def compare_recovery(
             only what was unfinished (the operators are fitted again when a recovered model is still to be measured).
             A comparison of the same cut on other tasks may use the same folder: it reads the cut and the held-out
             numbers back and adds its tasks' answers.
-        reuse_prefix: on each task, the recovered models replay the dense model's block inputs before the cut's first
-            block (a :class:`~phaselens.runner.PrefixCache`; the same numbers, a shorter forward per model).
+        reuse_prefix: on each task and on the held-out text, the recovered models replay the dense model's block
+            inputs before the cut's first block (a :class:`~phaselens.runner.PrefixCache`; the same numbers, a shorter
+            forward per model).
 
     Returns:
         a :class:`RecoveryComparison`.
@@ -414,7 +433,8 @@ def compare_recovery(
             chosen = _keep_cut(key, unit("cut", lambda: _choose(key, base, int(n), criterion, cal, methods)))
         cut, how, skipped = list(chosen.blocks), chosen.criterion, dict(chosen.skipped)
         methods = [m for m in methods if m not in skipped]
-        fits = _CutFits(base, cut, methods, cal, held, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
+        fits = _CutFits(base, cut, methods, cal, held, reuse_prefix, seq_len=seq_len, batch_size=batch_size,
+                        max_tokens=max_tokens)
         names = ["dense", *methods]
         heldout_units = [unit(f"heldout_{v}", lambda v=v: fits.heldout(v)) for v in names]
         for v, u in zip(names, heldout_units):
@@ -475,22 +495,11 @@ def _choose(key: tuple, base: Any, n: int, criterion: str, cal: list[str], metho
     return CutUnit(blocks=cut, criterion=criterion, skipped=skipped)
 
 
-class _DenseFirst(PrefixCache):
-    """The prefix cache of one task's answers: the first pass that runs (the dense model's, or the first model still
-    to be measured when a resumed comparison read the dense answers back) records every block's input, and every
-    later model of the cut replays the inputs of the blocks before the cut (the views differ from there on, so
-    recording theirs would only churn the store)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.used = False
-
-
 def _answers(view: Any, t: Task, n_boot: int, boot_seed: int, max_tokens: int | None,
              cache: _DenseFirst | None = None) -> AnswersUnit:
     """``view``'s final-layer margin and correctness on every item of ``t``."""
     if cache is not None:
-        cache.recording, cache.used = not cache.used, True
+        cache.next_model()
     tr = decision_trace(view, t, n_boot=n_boot, boot_seed=boot_seed, max_tokens=max_tokens, blocks="last", cache=cache)
     return AnswersUnit(margins=tr.item_margins[:, -1].copy(), correct=tr.correct[:, -1].astype(float))
 
