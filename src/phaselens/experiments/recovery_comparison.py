@@ -437,6 +437,7 @@ def compare_recovery(
                         max_tokens=max_tokens)
         names = ["dense", *methods]
         heldout_units = [unit(f"heldout_{v}", lambda v=v: fits.heldout(v)) for v in names]
+        fits.held_cache = None  # freed before the tasks' caches fill (each may take up to its memory bound)
         for v, u in zip(names, heldout_units):
             fits.remember(v, u)
         out_tasks = []
