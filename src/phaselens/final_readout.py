@@ -16,7 +16,7 @@ from .encoding import encode_task
 from .errors import InterventionError
 from .readout import check_context
 from .records import Record
-from .resume import RunFolder, run_folder
+from .resume import RunFolder, load_or_compute, run_folder
 from .runner import Batch, Plan, PrefixCache, Read, Runner
 from .stats import N_BOOT  # noqa: F401  (one default; re-exported for older imports)
 from .tasks import Task, load_task
@@ -109,14 +109,13 @@ def final_answers(folder: RunFolder | None, unit: str, n_items: int, compute: Ca
                   answers: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """``(margins [N], correct [N])`` of one edited pass: read back from ``folder`` when it holds ``unit`` (for the
     same ``N`` items), else ``compute()``'s ``[N, K]`` final option logits, saved as ``unit``."""
-    got = folder.load(unit) if folder is not None else None
-    if isinstance(got, AnswersUnit) and got.margins.shape == (n_items,) and got.correct.shape == (n_items,):
-        return np.asarray(got.margins, dtype=float), np.asarray(got.correct, dtype=float)
-    z = compute()
-    m, c = final_margins(z, answers), final_correct(z, answers).astype(float)
-    if folder is not None:
-        folder.save(unit, AnswersUnit(margins=m, correct=c))
-    return m, c
+    def answered() -> AnswersUnit:
+        z = compute()
+        return AnswersUnit(margins=final_margins(z, answers), correct=final_correct(z, answers).astype(float))
+
+    got = load_or_compute(folder, unit, answered, lambda u: isinstance(u, AnswersUnit)
+                          and u.margins.shape == (n_items,) and u.correct.shape == (n_items,))
+    return np.asarray(got.margins, dtype=float), np.asarray(got.correct, dtype=float)
 
 
 def check_run(n_boot: Any, boot_seed: Any, batch_size: Any, max_tokens: Any, reuse_prefix: Any) -> None:

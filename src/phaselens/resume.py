@@ -23,7 +23,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ResultsError, RunFolderError
 from . import files
@@ -282,6 +282,19 @@ class RunFolder:
     def units(self) -> list[str]:
         """Names of the units recorded as finished."""
         return sorted(self._manifest())
+
+
+def load_or_compute(folder: RunFolder | None, unit: str, compute: Callable[[], Any],
+                    valid: Callable[[Any], bool] = lambda obj: True) -> Any:
+    """The finished ``unit`` of ``folder`` when it holds one that ``valid`` accepts, else ``compute()``, saved as
+    ``unit`` (``folder`` None: always computed, nothing saved)."""
+    got = folder.load(unit) if folder is not None else None
+    if got is not None and valid(got):
+        return got
+    got = compute()
+    if folder is not None:
+        folder.save(unit, got)
+    return got
 
 
 def run_folder(out: str | os.PathLike | None, run: str, args: dict[str, Any], what: str) -> contextlib.AbstractContextManager:

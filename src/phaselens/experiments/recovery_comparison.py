@@ -33,7 +33,7 @@ from ..final_readout import AnswersUnit
 from ..perplexity import passage_nll
 from ..pruning import CRITERIA, prune, select_blocks
 from ..records import Record
-from ..resume import digest, run_folder
+from ..resume import digest, load_or_compute, run_folder
 from ..recovery import METHODS, fit_recovery, get_method
 from ..results import Result
 from ..runner import PrefixCache
@@ -284,7 +284,7 @@ class _CutFits:
     each part is computed the first time it is asked for."""
 
     def __init__(self, base: Any, cut: list[int], methods: list[str], cal: list[str], held: list[str],
-                 reuse_prefix: bool = True, **texts: Any) -> None:
+                 **texts: Any) -> None:
         if _FITS_OWNER[0] != id(base):
             _FITS.clear()
             _FITS_OWNER[0] = id(base)
@@ -294,7 +294,6 @@ class _CutFits:
         self.entry = _FITS.pop(key, None) or {"views": None, "held": {}}
         _FITS[key] = self.entry
         self.base, self.cut, self.methods, self.cal, self.held, self.texts = base, cut, methods, cal, held, texts
-        self.held_cache = _DenseFirst() if reuse_prefix else None  # this comparison's only: not kept in the memo
         self._evict()
 
     @staticmethod
@@ -312,13 +311,14 @@ class _CutFits:
             self._evict()
         return self.entry["views"][name]
 
-    def heldout(self, name: str) -> HeldoutUnit:
-        """``name``'s per-passage held-out NLL, token counts and fit error."""
+    def heldout(self, name: str, cache: _DenseFirst | None = None) -> HeldoutUnit:
+        """``name``'s per-passage held-out NLL, token counts and fit error (``cache``: the cut's models' prefix cache
+        on the held-out text, when its passes may replay the dense prefix)."""
         held = self.entry["held"]
         if name not in held:
             view = self.view(name)
-            cache = self.held_cache.next_model() if self.held_cache is not None else None
-            nll, tokens = passage_nll(view, self.held, cache=cache, **self.texts)
+            nll, tokens = passage_nll(view, self.held, cache=cache.next_model() if cache is not None else None,
+                                      **self.texts)
             fe = 0.0 if name == "dense" else float(view.fit_error.relative[0])
             held[name] = HeldoutUnit(nll=nll, tokens=tokens, fit_relative_error=fe)
         u = held[name]
@@ -419,12 +419,7 @@ def compare_recovery(
     with run_folder(out, "recovery", args, "a recovery comparison") as folder:
 
         def unit(name: str, compute: Any) -> Any:  # a finished unit of the folder, or computed (and saved)
-            got = folder.load(name) if folder is not None else None
-            if got is None:
-                got = compute()
-                if folder is not None:
-                    folder.save(name, got)
-            return got
+            return load_or_compute(folder, name, compute)
 
         if given is not None:
             chosen = CutUnit(blocks=given, criterion="given", skipped={})
@@ -433,11 +428,11 @@ def compare_recovery(
             chosen = _keep_cut(key, unit("cut", lambda: _choose(key, base, int(n), criterion, cal, methods)))
         cut, how, skipped = list(chosen.blocks), chosen.criterion, dict(chosen.skipped)
         methods = [m for m in methods if m not in skipped]
-        fits = _CutFits(base, cut, methods, cal, held, reuse_prefix, seq_len=seq_len, batch_size=batch_size,
-                        max_tokens=max_tokens)
+        fits = _CutFits(base, cut, methods, cal, held, seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
         names = ["dense", *methods]
-        heldout_units = [unit(f"heldout_{v}", lambda v=v: fits.heldout(v)) for v in names]
-        fits.held_cache = None  # freed before the tasks' caches fill (each may take up to its memory bound)
+        held_cache = _DenseFirst() if reuse_prefix else None
+        heldout_units = [unit(f"heldout_{v}", lambda v=v: fits.heldout(v, held_cache)) for v in names]
+        del held_cache  # freed before the tasks' caches fill (each may take up to its memory bound)
         for v, u in zip(names, heldout_units):
             fits.remember(v, u)
         out_tasks = []
