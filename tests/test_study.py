@@ -92,6 +92,51 @@ def test_lists_are_grids_except_list_valued_parameters():
         json.dumps({"methods": m, "n": n}, sort_keys=True) for n in (1, 2) for m in (["identity"], ["identity", "ghosted"])}
 
 
+def test_a_task_can_run_on_some_of_the_models_only():
+    """A task's ``models`` drops the other models' jobs of that task and changes no kept job's config (its id)."""
+    full = parse_spec({"models": ["a", "b"], "tasks": ["capitals", {"name": "languages", "limit": 4}],
+                       "runs": [{"kind": "trace"}]})
+    cut = parse_spec({"models": ["a", "b"], "tasks": ["capitals", {"name": "languages", "limit": 4, "models": ["b"]},
+                                                      {"name": "languages", "limit": 2, "models": ["a"]}],
+                      "runs": [{"kind": "trace"}]})
+    pairs = [(j.model, j.task["name"], j.task["limit"]) for j in cut.jobs()]
+    assert pairs == [("a", "capitals", None), ("a", "languages", 2), ("b", "capitals", None), ("b", "languages", 4)]
+    same = [j.config() for j in full.jobs() if (j.model, j.task["name"], j.task["limit"]) in pairs]
+    assert same == [j.config() for j in cut.jobs() if j.task["limit"] != 2]  # the kept jobs keep their ids
+    assert "models" not in cut.jobs()[0].task
+
+
+def test_a_spec_task_can_drop_items_whose_options_repeat(tiny_llama_dir, tmp_path):
+    """``duplicates = "drop"`` reaches load_task (the job reads the other items); without it the study is refused,
+    naming the item, before any job runs."""
+    rows = [{"question": "q1", "options": ["a", "a", "b"], "answer": 2},
+            {"question": "q2", "options": ["c", "d"], "answer": 0}, {"question": "q3", "options": ["e", "f"], "answer": 1}]
+    f = tmp_path / "items.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"models": [tiny_llama_dir], "tasks": [{"name": str(f), "format": "cloze"}], "runs": [{"kind": "trace"}]}
+    with pytest.raises(pl.errors.StudyError, match="repeat an option text"):
+        pl.run_study(spec, out=tmp_path / "refused")
+    spec["tasks"][0]["duplicates"] = "drop"
+    df = pl.run_study(spec, out=tmp_path / "s")
+    assert list(df.status) == ["done"]
+    trace = pl.load_results(tmp_path / "s")[df.result[0]]
+    assert len(trace.trace.item_ids) == 2  # q1 left out
+
+
+@pytest.mark.parametrize("tasks, words", [
+    ([{"name": "capitals", "models": ["c"]}], ["tasks[0].models names ['c']", "['a', 'b']"]),
+    ([{"name": "capitals", "models": ["a"]}], ["models ['b'] have no task"]),
+    ([{"name": "capitals", "models": []}], ["tasks[0].models must be a non-empty list"]),
+    ([{"name": "capitals", "models": "a"}], ["tasks[0].models must be a non-empty list"]),
+    ([{"name": "capitals", "duplicates": "keep"}], ["tasks[0].duplicates", '"drop"']),
+])
+def test_a_tasks_models_and_duplicates_are_checked(tasks, words):
+    with pytest.raises(pl.errors.StudyError) as e:
+        parse_spec({"models": ["a", "b"], "tasks": tasks, "runs": [{"kind": "trace"}]})
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
 @pytest.mark.parametrize("spec, words", [
     ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "sweeps"}]}, ["runs[0].kind", "'sweep'", "'phase-cuts'"]),
     ({"models": ["m"], "tasks": ["capitals"], "runs": [{"kind": "sweep", "criterion": "bogus"}]},

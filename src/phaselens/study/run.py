@@ -58,7 +58,8 @@ def _load_tasks(spec: StudySpec, jobs: list[JobConfig]) -> dict[str, tuple[Any, 
         c = j.task
         try:
             t = load_task(ts.obj if ts.obj is not None else c["name"], format=c["format"], limit=c["limit"],
-                          seed=c["seed"], shots=c["shots"], split=c["split"], sample=c.get("sample", True))
+                          seed=c["seed"], shots=c["shots"], split=c["split"], sample=c.get("sample", True),
+                          duplicates=c.get("duplicates", "error"))
         except PhaselensError as e:
             raise StudyError(f"tasks[{j.task_index}] ({c['name']}): {e}") from e
         out[key] = (t, task_digest(t))

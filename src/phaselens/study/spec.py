@@ -13,9 +13,12 @@ A spec is a TOML file or the equal dict::
 
 Top-level keys: ``models`` (names, HF folders or ``.gguf`` paths; in a dict also loaded
 :class:`~phaselens.Model` objects, for the ``"local"`` executor), ``tasks`` (a name, or a table with
-``name``, ``format``, ``limit``, ``sample``, ``shots``, ``split``, ``seed``; in a dict also :class:`~phaselens.Task`
-objects), ``seeds`` (default ``[0]``), ``runs`` (each a table with ``kind`` and its parameters),
+``name``, ``format``, ``limit``, ``sample``, ``shots``, ``split``, ``seed``, ``duplicates``, ``models``; in a dict also
+:class:`~phaselens.Task` objects), ``seeds`` (default ``[0]``), ``runs`` (each a table with ``kind`` and its parameters),
 ``resources`` (``num_cpus``, ``num_gpus``, ``models_per_worker``, ``workers``), ``plugins`` and ``name``.
+
+A task's ``models`` (names from the spec's ``models``) runs that task on those models only, so one spec can hold a grid
+that is not a full product (a task cut to fewer items for one model); it never enters a job's id.
 
 A run's parameters are the keyword arguments of its function (:data:`RUNS`), validated against the
 function's signature, plus a few the study translates (``calibration_passages``, ``max_ratio``, ...).
@@ -46,7 +49,7 @@ from ..tasks import FORMATS, Task
 from .runs import HELDOUT_KEYS, RUNS, RunKind, cka_criteria, int_at_least
 
 TOP_KEYS = ("name", "models", "tasks", "seeds", "runs", "resources", "plugins")
-TASK_KEYS = ("name", "format", "limit", "sample", "shots", "split", "seed")
+TASK_KEYS = ("name", "format", "limit", "sample", "shots", "split", "seed", "duplicates", "models")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "models_per_worker", "workers")
 
 #: the limits of a spec (docs/security.md): its file's size, the nesting of its lists and tables, the entries of
@@ -72,6 +75,8 @@ class TaskSpec:
     seed: int | None = None  # None: the job's seed
     obj: Any = None  # an in-memory Task (dict specs only)
     sample: bool | str = True
+    models: tuple[str, ...] | None = None  # run on these of the spec's models only (None: all); not in the job's id
+    duplicates: str = "error"  # load_task's: "drop" leaves out items whose options repeat a text
 
     def config(self, seed: int) -> dict[str, Any]:
         d = {"name": self.name, "format": self.format, "limit": self.limit, "shots": self.shots, "split": self.split,
@@ -80,6 +85,8 @@ class TaskSpec:
             d["in_memory"] = True
         if self.sample is not True:  # only when set, so the identity of every other job stays what it was
             d["sample"] = self.sample
+        if self.duplicates != "error":  # likewise
+            d["duplicates"] = self.duplicates
         return d
 
 
@@ -133,6 +140,8 @@ class StudySpec:
         out = []
         for mi, mname in enumerate(self.model_names):
             for ti, t in enumerate(self.tasks):
+                if t.models is not None and mname not in t.models:
+                    continue
                 for s in self.seeds:
                     for run in self.runs:
                         for params in expand(run):
@@ -325,7 +334,8 @@ def parse_spec(spec: Any) -> StudySpec:
     raw = _nonempty_list(d.get("runs"), "runs")
     for i, r in enumerate(raw):
         _run_keys(r, i)
-    check_grid(len(models), len(tasks), len(seeds), raw)  # before any grid is made
+    _task_models(tasks, models)
+    check_grid(len(models), len(tasks), len(seeds), raw)  # before any grid is made (a bound: tasks may skip models)
     runs = [_run(r, i) for i, r in enumerate(raw)]
     res = _resources(d.get("resources", {}))
     return StudySpec(name, models, tasks, list(seeds), runs, res, d)
@@ -397,8 +407,31 @@ def _task(t: Any, i: int) -> TaskSpec:
         raise StudyError(f"tasks[{i}].sample must be true (a seeded random subset of limit items), false (the first "
                          f"limit items in file order) or \"stratified\" (spread evenly over MMLU's subjects), got "
                          f"{t['sample']!r}")
+    if t.get("duplicates", "error") not in ("error", "drop"):
+        raise StudyError(f"tasks[{i}].duplicates must be \"error\" (refuse items whose options repeat a text, in the "
+                         f"cloze and continuation formats) or \"drop\" (leave them out), got {t['duplicates']!r}")
+    chosen = t.get("models")
+    if chosen is not None and (not isinstance(chosen, list) or not chosen
+                               or not all(isinstance(m, str) and m for m in chosen) or len(set(chosen)) != len(chosen)):
+        raise StudyError(f"tasks[{i}].models must be a non-empty list of distinct model names from the spec's models "
+                         f"(the task runs on those only), got {chosen!r}")
     return TaskSpec(t["name"], fmt, t.get("limit"), t.get("shots", 0) or 0, t.get("split"), t.get("seed"),
-                    sample=t.get("sample", True))
+                    sample=t.get("sample", True), models=None if chosen is None else tuple(chosen),
+                    duplicates=t.get("duplicates", "error"))
+
+
+def _task_models(tasks: list[TaskSpec], models: list[Any]) -> None:
+    """Each task's ``models`` names models of the spec (its string entries), and every model has a task."""
+    names = [m for m in models if isinstance(m, str)]
+    for i, t in enumerate(tasks):
+        unknown = [m for m in t.models or () if m not in names]
+        if unknown:
+            raise StudyError(f"tasks[{i}].models names {unknown}, which the spec's models do not list ({names}); "
+                             "spell them as in models")
+    idle = [m for m in names if all(t.models is not None and m not in t.models for t in tasks)]
+    if idle:
+        raise StudyError(f"models {idle} have no task: every task's models leaves them out; drop them from models or "
+                         "add them to a task's models")
 
 
 def _run_keys(r: Any, i: int) -> None:
