@@ -25,7 +25,7 @@ from .loading import load_model
 from .phases import jump_index, transition_ci, transition_index
 from .readout import check_blocks_arg, option_logits
 from .results import Result
-from .resume import digest, run_folder
+from .resume import digest, load_or_compute, run_folder
 from .tasks import Task, load_task
 from .stats import N_BOOT  # noqa: F401  (one default; re-exported for older imports)
 from .trace_figures import TraceFigures
@@ -396,12 +396,7 @@ def decision_trace(
     parts = []
     with run_folder(out, "trace", _trace_args(view, t, blocks, lens_), "a trace") as folder:
         for a in range(0, len(t.items), TRACE_CHUNK):
-            unit = f"items_{a:06d}"
-            part = folder.load(unit)
-            if part is None:
-                part = read(_items_of(t, a, a + TRACE_CHUNK))
-                folder.save(unit, part)
-            parts.append(part)
+            parts.append(load_or_compute(folder, f"items_{a:06d}", lambda: read(_items_of(t, a, a + TRACE_CHUNK))))
     return join_items(parts, n_boot=n_boot, seed=boot_seed)
 
 

@@ -49,7 +49,7 @@ from ..recovery.boundary import boundary_error
 from ..recovery.fit import MIN_TOKENS_PER_DIM
 from ..recovery.stats import SpanStats, feasible_needs
 from ..results import Record
-from ..resume import digest, run_folder
+from ..resume import digest, load_or_compute, run_folder
 from ..runner import PrefixCache
 from ..stats import seed_list
 from ..tasks import Task, load_task
@@ -270,13 +270,12 @@ class _Dense:
         return tr, ppl
 
     def load_or_record(self, folder: Any) -> tuple[Transition, float]:
-        dense = folder.load("dense") if folder is not None else None
-        if isinstance(dense, PhaseCutsDense):
-            return dense.transition, dense.perplexity
-        tr, ppl = self.record(True)
-        if folder is not None:
-            folder.save("dense", PhaseCutsDense(transition=tr, perplexity=ppl))
-        return tr, ppl
+        def compute() -> PhaseCutsDense:
+            tr, ppl = self.record(True)
+            return PhaseCutsDense(transition=tr, perplexity=ppl)
+
+        dense = load_or_compute(folder, "dense", compute, lambda got: isinstance(got, PhaseCutsDense))
+        return dense.transition, dense.perplexity
 
 
 def _plan(cuts: list[Cut], methods: list[str]) -> tuple[list[tuple[Cut, str]], list[dict[str, Any]]]:

@@ -29,7 +29,7 @@ from ..lenses import resolve_lens
 from ..perplexity import perplexity
 from ..recovery import METHODS, fit_recovery, get_method
 from ..results import Record, Result, load_result
-from ..resume import RunFolder, digest, run_folder
+from ..resume import RunFolder, digest, load_or_compute, run_folder
 from ..runner import PrefixCache
 from ..tasks import Task, load_task
 from ..trace import DecisionTrace, Transition, check_boot, decision_trace
@@ -357,14 +357,11 @@ class SweepDense(Record):
 
 
 def _dense_accuracy(plan: SweepPlan, folder: RunFolder | None) -> float:
-    got = folder.load("dense") if folder is not None else None
-    if isinstance(got, SweepDense):
-        return got.accuracy
-    acc = float(decision_trace(plan.base, plan.task, n_boot=plan.n_boot, max_tokens=plan.max_tokens,
-                               boot_seed=plan.boot_seed).accuracy[-1])
-    if folder is not None:
-        folder.save("dense", SweepDense(acc))
-    return acc
+    def compute() -> SweepDense:
+        return SweepDense(float(decision_trace(plan.base, plan.task, n_boot=plan.n_boot, max_tokens=plan.max_tokens,
+                                               boot_seed=plan.boot_seed).accuracy[-1]))
+
+    return load_or_compute(folder, "dense", compute, lambda got: isinstance(got, SweepDense)).accuracy
 
 
 def _load_steps(folder: RunFolder) -> list[SweepStep]:
