@@ -148,6 +148,11 @@ def _bad_option_cases(tmp_path):
         (["phase-cuts", "-n", "0"], "-n"),
         (["phase-cuts", "-n", "2", "--methods", "ghosted,magic"], "--methods"),
         (["phase-cuts", "-n", "2", "--calibration", missing], "calibration"),
+        (["recovery", "--blocks", "3", "-n", "2"], "-n N"),
+        (["recovery", "-n", "2", "--criterion", "taylor-like"], "--criterion"),
+        (["recovery", "--blocks", "3", "--methods", "ghosted,magic"], "--methods"),
+        (["recovery", "--blocks", "3", "--task", " , "], "--task"),
+        (["recovery", "--blocks", "3", "--heldout", missing], "--heldout"),
         (["collapse", "--criterion", "magic"], "criterion"),
         (["collapse", "--max-cut", "0"], "--max-cut"),
         (["lens", "fit", "--kind", "tunned", "--lens-file", str(tmp_path / "l.safetensors")], "--kind"),
@@ -199,3 +204,34 @@ def test_prune_recovers_without_each_passages_first_token(smol, tmp_path):
         prov = json.loads(files[0].read_text())["provenance"]
         assert prov.get("first_token", True) is (flag == "--first-token")
     assert not np.allclose(got["--first-token"], got["--no-first-token"])
+
+
+def test_recovery_command_gives_the_independently_computed_numbers(tiny_llama_dir, tmp_path):
+    """`phaselens recovery`: plain pruning's accuracy is the pruned model's own transition (prune + transition_point),
+    Ghosted Layers' perplexity is fit_recovery + perplexity on the same texts; a rerun on --out resumes to the same
+    result, and the table names every method."""
+    import phaselens as pl
+
+    cal, held = tmp_path / "cal.txt", tmp_path / "held.txt"
+    cal.write_text("\n\n".join(pl.load_calibration()[:6]))
+    held.write_text("\n\n".join(pl.heldout_texts()[:5]))
+    args = ["recovery", "-m", tiny_llama_dir, "-t", "capitals", "--limit", "10", "--blocks", "2-3", "--methods",
+            "identity,ghosted", "--calibration", str(cal), "--heldout", str(held), "--out", str(tmp_path / "r")]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout)
+    m = pl.load_model(tiny_llama_dir)
+    task = pl.load_task("capitals", limit=10, seed=0)
+    pruned = pl.prune(m, [2, 3])
+    acc = pl.transition_point(pruned, task).trace.accuracy[-1]
+    ghosted = pl.fit_recovery(pruned, pl.load_calibration()[:6], "ghosted")
+    ppl = pl.perplexity(ghosted, pl.heldout_texts()[:5])
+    rc = pl.load_results(tmp_path / "r")
+    (r,) = rc.values()
+    assert r.accuracy("identity") == pytest.approx(acc, abs=1e-12)
+    assert r.perplexity("ghosted") == pytest.approx(float(ppl), rel=1e-4)
+    assert got["blocks"] == [2, 3] and got["methods"] == ["identity", "ghosted"]
+    again = runner.invoke(app, args)  # resumed from the folder: the same numbers, printed as the table
+    assert again.exit_code == 0, again.output
+    assert "identity" in again.output and "ghosted" in again.output and "Paired effects" in again.output
+    assert f"{r.perplexity('ghosted'):.2f}" in again.output

@@ -1,4 +1,4 @@
-"""Pruning commands: ``phaselens prune``, ``phaselens sweep`` and ``phaselens phase-cuts``."""
+"""Pruning commands: ``phaselens prune``, ``phaselens sweep``, ``phaselens phase-cuts`` and ``phaselens recovery``."""
 
 from __future__ import annotations
 
@@ -12,14 +12,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..experiments import DEFAULT_METHODS, compare_phase_cuts
+from ..experiments import DEFAULT_METHODS, compare_phase_cuts, compare_recovery
 from ..pruning import CRITERIA, prune, select_blocks, sweep_criteria
 from ..pruning.iterative import iterative_prune
 from ..recovery import METHODS, fit_recovery
 from ..results import plain
+from ..tasks import load_task
 from ..trace import transition_point
 from .common import (BatchOpt, BlocksHelp, CalOpt, DeviceOpt, FormatOpt, HeldOpt, HtmlOpt, JsonOpt, LensOpt, LimitOpt,
-                     ModelOpt, SeedOpt, TaskOpt, app, console, early, fail, load, parse_blocks, parse_names, progress,
+                     ModelOpt, SeedOpt, TaskOpt, app, console, early, fail, load, open_model, parse_blocks, parse_names,
+                     progress,
                      renamed_option, save, slug, texts, write_html)
 
 
@@ -254,3 +256,109 @@ def _placement(placement: str) -> Any:
     if len(parts) not in (1, 2):
         fail(f"--placement takes one name for both phases or 'SILENT,DECISIVE' (e.g. 3,adjacent), got {placement!r}")
     return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+# -- recovery ---------------------------------------------------------------------------------
+
+
+def recovery_table(result) -> Table:
+    """One row per (task, method): final-layer accuracy, mean final margin, held-out perplexity and the operator's
+    relative fit error (dense first)."""
+    df = result.to_pandas()
+    table = Table(title=f"Recovery of {result.model} with blocks {result.cut} cut ({len(result.blocks)} of "
+                        f"{result.n_blocks}, {result.criterion}); perplexity on {result.n_passages} held-out passages",
+                  title_justify="left")
+    for col in ("task", "method"):
+        table.add_column(col, no_wrap=True)
+    for col in ("accuracy", "margin", "perplexity", "fit error"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in df.itertuples():
+        table.add_row(r.task, r.method, f"{r.accuracy:.3f}", f"{r.margin:+.3f}", f"{r.perplexity:.2f}",
+                      "-" if r.method == "dense" else f"{r.fit_relative_error:.3g}",
+                      style="bold" if r.method == "dense" else None)
+    return table
+
+
+def effects_table(result) -> Table | None:
+    """Ghosted Layers against each rival (when both were compared): paired effects with their intervals."""
+    from ..errors import EffectError
+    from ..experiments.recovery_comparison import REFERENCE
+
+    if REFERENCE not in result.methods or len(result.methods) < 2:
+        return None
+    try:
+        effects = result.effects()
+    except EffectError as e:  # too few items or passages for an interval
+        console.print(f"[yellow]no intervals:[/yellow] {e}")
+        return None
+    table = Table(title="Paired effects (positive: ghosted is better; bootstrap over items / passages)",
+                  title_justify="left")
+    for col in ("effect", "task"):
+        table.add_column(col, no_wrap=True)
+    for col in ("estimate [95% CI]", "p"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for e in effects:
+        table.add_row(e.name, e.task, f"{e.estimate:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]", f"{e.p:.3g}")
+    return table
+
+
+@app.command("recovery")
+def recovery_cmd(
+    model: str = ModelOpt,
+    task: str = typer.Option("capitals", "--task", "-t", help="task(s) to measure accuracy on, comma-separated "
+                             "(built-in, benchmark name or file)"),
+    blocks: Optional[str] = typer.Option(None, "--blocks", help=f"blocks to cut, {BlocksHelp}"),
+    n: Optional[int] = typer.Option(None, "-n", help="how many blocks --criterion cuts (chosen on the calibration text)"),
+    criterion: str = typer.Option("angular", "--criterion", "-c", help="with -n: a criterion that needs no task "
+                                  "(angular, as LLM-Streamline; bi; ...)"),
+    methods: Optional[str] = typer.Option(None, "--methods", help="comma-separated registered recovery methods "
+                                          "(default: the built-ins: " + ", ".join(DEFAULT_METHODS) + ")"),
+    format: Optional[str] = FormatOpt,
+    limit: Optional[int] = LimitOpt,
+    seed: int = SeedOpt,
+    calibration: Optional[Path] = CalOpt,
+    heldout: Optional[Path] = HeldOpt,
+    batch_size: Optional[int] = BatchOpt,
+    device: Optional[str] = DeviceOpt,
+    as_json: bool = JsonOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="results folder: finished units are written there and a "
+                                       "rerun resumes"),
+    html: Optional[Path] = HtmlOpt,
+) -> None:
+    """Cut blocks (listed, or n chosen by a criterion) and recover the cut with every method: accuracy on the tasks
+    and held-out perplexity, Ghosted Layers against each rival with paired intervals (the Ghosted Layers table)."""
+    if (blocks is None) == (n is None):
+        fail("give either --blocks 20-26 or -n N (blocks chosen by --criterion)")
+    if n is not None:
+        c = CRITERIA.get(criterion) if criterion in CRITERIA else None
+        if c is None or c.needs_task or c.uses_seed:
+            ok = [k for k, v in CRITERIA.items() if not v.needs_task and not v.uses_seed]
+            fail(f"--criterion {criterion!r}: choose one that needs neither a task nor a seed: {', '.join(ok)}")
+    meths = DEFAULT_METHODS if methods is None else tuple(parse_names(methods))
+    unknown = [x for x in meths if x not in METHODS]
+    if unknown:
+        fail(f"--methods: unknown recovery method(s) {unknown}; choose from {', '.join(METHODS)}")
+    names = parse_names(task)
+    if not names:
+        fail("--task names no task; give one or more, comma-separated (e.g. arc-easy,arc-challenge)")
+    early(batch_size=batch_size, out=out, html=html, n=(n, 1))
+    cut = parse_blocks(blocks, "--blocks") if blocks is not None else None
+    cal, held = texts(calibration, "--calibration"), texts(heldout, "--heldout")
+    ts = [load_task(x, format=format, limit=limit, seed=seed) for x in names]  # type: ignore[arg-type]
+    m = open_model(model, device)
+    res = compare_recovery(m, ts, cut, n=n, criterion=criterion, methods=meths, calibration=cal, heldout=held,
+                           batch_size=batch_size, boot_seed=seed, out=out)
+    if as_json:
+        sys.stdout.write(res.to_json() + "\n")
+    else:
+        Console().print(recovery_table(res))
+        eff = effects_table(res)
+        if eff is not None:
+            Console().print(eff)
+        console.print(res.summary())
+    if out:
+        save(res, out, slug("recovery", m.name, "+".join(t.name for t in ts), res.cut), command="recovery",
+             model=m.name, tasks=[t.name for t in ts], format=format, seed=seed, limit=limit, blocks=list(res.blocks),
+             criterion=res.criterion, methods=list(meths))
+    if html:
+        write_html(res.plot(), html)
