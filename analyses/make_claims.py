@@ -64,7 +64,11 @@ time and what is left). No headline claim lost items: each rests on 200 items pe
 instead: every grid cell reads 100 items per task (Figure 8's sweeps, the Ghosted grid's cuts); SmolLM2's Ghosted grid
 fits its operators on 32 calibration passages (Qwen-0.5B's on 64, decided after 32 was measured to overfit one of
 SmolLM2's cuts); random selection has 3 seeds and noise one noise seed, and runs only on the pairs the issue names
-(dense accuracy above chance; Qwen-0.5B's random sweeps were cut to ARC-Easy, its one such pair). A run not yet
+(dense accuracy above chance; Qwen-0.5B's random sweeps were cut to ARC-Easy, its one such pair). Run 4's dense
+traces read every item where they ran first (SmolLM2 on all five benchmarks, Gemma-3 on both ARC tests, Qwen-0.5B on
+MMLU's stratified 1,140), then were cut before the rest ran: Gemma-3's HellaSwag and TruthfulQA and Qwen-0.5B's four
+continuation tasks read a seeded random 200 items, Gemma-3's MMLU a stratified 228 (4 per subject, without the items
+whose options repeat a text). A run not yet
 finished is listed under "not judged" with how many of its jobs are done, and its finished jobs still give their claims.
 """
 
