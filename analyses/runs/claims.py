@@ -301,7 +301,9 @@ def collapse_text(sw: Any) -> str:
 
 def describe_trace(o: Out, run: int, tr: Any) -> None:
     line = tr.summary().splitlines()[0] if hasattr(tr, "summary") else repr(tr)
-    o.notes.append(f"- run {run}: {line}")
+    t = getattr(tr, "trace", None)
+    items = f" (items: {t.task_note or f'{t.n_items}'})" if t is not None else ""
+    o.notes.append(f"- run {run}: {line}{items}")
 
 
 SIZE = re.compile(r"^(?P<family>.+)-(?P<size>\d+(?:\.\d+)?)b$")
