@@ -104,6 +104,13 @@ def test_a_task_can_run_on_some_of_the_models_only():
     same = [j.config() for j in full.jobs() if (j.model, j.task["name"], j.task["limit"]) in pairs]
     assert same == [j.config() for j in cut.jobs() if j.task["limit"] != 2]  # the kept jobs keep their ids
     assert "models" not in cut.jobs()[0].task
+    from phaselens.study.spec import MAX_JOBS
+
+    many = {"models": ["a", "b"], "tasks": [{"name": "capitals", "models": ["a"]}, {"name": "languages", "models": ["b"]}],
+            "seeds": list(range(MAX_JOBS // 2)), "runs": [{"kind": "trace"}]}
+    assert len(parse_spec(many).jobs()) == MAX_JOBS  # 2 pairs, not the 4 of the full product, are counted
+    with pytest.raises(pl.errors.StudyError, match=r"10,002 jobs \(2 \(model, task\) pairs x 5001 seeds"):
+        parse_spec({**many, "seeds": list(range(MAX_JOBS // 2 + 1))})
 
 
 def test_a_spec_task_can_drop_items_whose_options_repeat(tiny_llama_dir, tmp_path):

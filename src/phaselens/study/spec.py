@@ -297,16 +297,19 @@ def grid_size(run: dict[str, Any]) -> int:
     return n
 
 
-def check_grid(n_models: int, n_tasks: int, n_seeds: int, runs: list[dict[str, Any]]) -> int:
-    """The number of jobs of a spec, refused above :data:`MAX_JOBS` (before any grid is made); returns it."""
+def check_grid(n_models: int, n_tasks: int, n_seeds: int, runs: list[dict[str, Any]], pairs: int | None = None) -> int:
+    """The number of jobs of a spec, refused above :data:`MAX_JOBS` (before any grid is made); returns it.
+    ``pairs``: the (model, task) pairs when tasks name their models (default ``n_models * n_tasks``)."""
     sizes = [grid_size(r) for r in runs]
-    total = n_models * n_tasks * n_seeds * sum(sizes)
+    pairs = n_models * n_tasks if pairs is None else pairs
+    total = pairs * n_seeds * sum(sizes)
     if total > MAX_JOBS or 0 in sizes:
         if 0 in sizes:
             i = sizes.index(0)
             raise StudyError(f"runs[{i}] has an empty list, so its grid has no jobs; give every parameter a value")
         worst = max(range(len(runs)), key=lambda i: sizes[i])
-        raise StudyError(f"the study's grid has {total:,} jobs ({n_models} models x {n_tasks} tasks x {n_seeds} seeds x "
+        grid = f"{n_models} models x {n_tasks} tasks" if pairs == n_models * n_tasks else f"{pairs} (model, task) pairs"
+        raise StudyError(f"the study's grid has {total:,} jobs ({grid} x {n_seeds} seeds x "
                          f"{sum(sizes):,} run combinations; runs[{worst}] alone has {sizes[worst]:,}), more than the "
                          f"limit of {MAX_JOBS:,} jobs; split it into several studies or shorten its lists")
     return total
@@ -335,7 +338,8 @@ def parse_spec(spec: Any) -> StudySpec:
     for i, r in enumerate(raw):
         _run_keys(r, i)
     _task_models(tasks, models)
-    check_grid(len(models), len(tasks), len(seeds), raw)  # before any grid is made (a bound: tasks may skip models)
+    pairs = sum(len(models) if t.models is None else len(t.models) for t in tasks)
+    check_grid(len(models), len(tasks), len(seeds), raw, pairs)  # before any grid is made
     runs = [_run(r, i) for i, r in enumerate(raw)]
     res = _resources(d.get("resources", {}))
     return StudySpec(name, models, tasks, list(seeds), runs, res, d)
