@@ -12,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import EffectError
 from ..experiments import DEFAULT_METHODS, compare_phase_cuts, compare_recovery
+from ..experiments.recovery_comparison import REFERENCE, recovery_criteria
 from ..pruning import CRITERIA, prune, select_blocks, sweep_criteria
 from ..pruning.iterative import iterative_prune
 from ..recovery import METHODS, fit_recovery
@@ -21,8 +23,7 @@ from ..tasks import load_task
 from ..trace import transition_point
 from .common import (BatchOpt, BlocksHelp, CalOpt, DeviceOpt, FormatOpt, HeldOpt, HtmlOpt, JsonOpt, LensOpt, LimitOpt,
                      ModelOpt, SeedOpt, TaskOpt, app, console, early, fail, load, open_model, parse_blocks, parse_names,
-                     progress,
-                     renamed_option, save, slug, texts, write_html)
+                     progress, renamed_option, save, slug, texts, write_html)
 
 
 # -- prune ------------------------------------------------------------------------------------
@@ -220,11 +221,8 @@ def phase_cuts_cmd(
     lens: str = LensOpt,
 ) -> None:
     """Cut n blocks inside the silent phase, inside the decisive phase and at random; recover each cut with each method."""
-    meths = DEFAULT_METHODS if methods is None else tuple(parse_names(methods))
+    meths = _methods(methods)
     place = _placement(placement)
-    unknown = [x for x in meths if x not in METHODS]
-    if unknown:
-        fail(f"--methods: unknown recovery method(s) {unknown}; choose from {', '.join(METHODS)}")
     early(out=out, html=html, n=(n, 1), seeds=(seeds, 0), lens=lens)
     cal, held = texts(calibration, "--calibration"), texts(heldout, "--heldout")
     m, t = load(model, task, format, limit, seed, device=device)
@@ -248,6 +246,15 @@ def phase_cuts_cmd(
     if html:
         write_html(res.plot(), html)
         write_html(res.plot_curves(), html.with_name(html.stem + "-curves" + html.suffix))
+
+
+def _methods(methods: Optional[str]) -> tuple[str, ...]:
+    """``--methods``: comma-separated registered recovery methods (default: the built-ins), each checked."""
+    meths = DEFAULT_METHODS if methods is None else tuple(parse_names(methods))
+    unknown = [x for x in meths if x not in METHODS]
+    if unknown:
+        fail(f"--methods: unknown recovery method(s) {unknown}; choose from {', '.join(METHODS)}")
+    return meths
 
 
 def _placement(placement: str) -> Any:
@@ -281,9 +288,6 @@ def recovery_table(result) -> Table:
 
 def effects_table(result) -> Table | None:
     """Ghosted Layers against each rival (when both were compared): paired effects with their intervals."""
-    from ..errors import EffectError
-    from ..experiments.recovery_comparison import REFERENCE
-
     if REFERENCE not in result.methods or len(result.methods) < 2:
         return None
     try:
@@ -329,15 +333,10 @@ def recovery_cmd(
     and held-out perplexity, Ghosted Layers against each rival with paired intervals (the Ghosted Layers table)."""
     if (blocks is None) == (n is None):
         fail("give either --blocks 20-26 or -n N (blocks chosen by --criterion)")
-    if n is not None:
-        c = CRITERIA.get(criterion) if criterion in CRITERIA else None
-        if c is None or c.needs_task or c.uses_seed:
-            ok = [k for k, v in CRITERIA.items() if not v.needs_task and not v.uses_seed]
-            fail(f"--criterion {criterion!r}: choose one that needs neither a task nor a seed: {', '.join(ok)}")
-    meths = DEFAULT_METHODS if methods is None else tuple(parse_names(methods))
-    unknown = [x for x in meths if x not in METHODS]
-    if unknown:
-        fail(f"--methods: unknown recovery method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if n is not None and criterion not in recovery_criteria():
+        fail(f"--criterion {criterion!r}: choose one that needs neither a task nor a seed: "
+             f"{', '.join(recovery_criteria())}")
+    meths = _methods(methods)
     names = parse_names(task)
     if not names:
         fail("--task names no task; give one or more, comma-separated (e.g. arc-easy,arc-challenge)")

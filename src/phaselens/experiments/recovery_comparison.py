@@ -477,6 +477,11 @@ def _keep_cut(key: tuple, chosen: CutUnit) -> CutUnit:
     return chosen
 
 
+def recovery_criteria() -> tuple[str, ...]:
+    """The criteria a recovery comparison may choose its cut by (``n=``): those that need neither a task nor a seed."""
+    return tuple(n for n, c in CRITERIA.items() if not c.needs_task and not c.uses_seed)
+
+
 def _choose(key: tuple, base: Any, n: int, criterion: str, cal: list[str], methods: list[str]) -> CutUnit:
     """``n`` blocks chosen by ``criterion`` on ``cal``, and the methods that cannot recover them (an error when none
     can); the cut kept under ``key`` when there is one."""
@@ -500,4 +505,4 @@ def _answers(view: Any, t: Task, n_boot: int, boot_seed: int, max_tokens: int | 
     return AnswersUnit(margins=tr.item_margins[:, -1].copy(), correct=tr.correct[:, -1].astype(float))
 
 
-__all__ = ["AnswersUnit", "CutUnit", "HeldoutUnit", "REFERENCE", "RecoveryComparison", "RecoveryTask", "compare_recovery", "refusals"]
+__all__ = ["AnswersUnit", "CutUnit", "HeldoutUnit", "REFERENCE", "RecoveryComparison", "RecoveryTask", "compare_recovery", "recovery_criteria", "refusals"]

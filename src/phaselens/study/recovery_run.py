@@ -16,17 +16,12 @@ from .. import checks
 from ..calibration import load_calibration
 from ..errors import EffectError, RunFolderError, StudyError
 from ..experiments import DEFAULT_METHODS
-from ..experiments.recovery_comparison import REFERENCE, RecoveryComparison, compare_recovery, refusals
-from ..pruning import CRITERIA
+from ..experiments.recovery_comparison import (REFERENCE, RecoveryComparison, compare_recovery, recovery_criteria,
+                                               refusals)
 from ..resume import digest
 from ..view import as_view
 from .runs import (_TEXTS, HELDOUT_KEYS, RunKind, choices, cut_size, int_at_least, is_ratio, pop_texts,
                    register_run)
-
-
-def recovery_criteria() -> tuple[str, ...]:
-    """The criteria a recovery job may choose its cut by: those that need neither a task nor a seed."""
-    return tuple(n for n, c in CRITERIA.items() if not c.needs_task and not c.uses_seed)
 
 
 def recovery_scalars(r: RecoveryComparison) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from ..deprecation import warn_renamed
 from ..errors import PhaselensError, StudyError
 from ..lenses import LENS_KINDS
 from ..registry import load_plugins
-from ..tasks import FORMATS, Task
+from ..tasks import DUPLICATES, FORMATS, Task
 from .runs import HELDOUT_KEYS, RUNS, RunKind, cka_criteria, int_at_least
 
 TOP_KEYS = ("name", "models", "tasks", "seeds", "runs", "resources", "plugins")
@@ -411,7 +411,7 @@ def _task(t: Any, i: int) -> TaskSpec:
         raise StudyError(f"tasks[{i}].sample must be true (a seeded random subset of limit items), false (the first "
                          f"limit items in file order) or \"stratified\" (spread evenly over MMLU's subjects), got "
                          f"{t['sample']!r}")
-    if t.get("duplicates", "error") not in ("error", "drop"):
+    if t.get("duplicates", "error") not in DUPLICATES:
         raise StudyError(f"tasks[{i}].duplicates must be \"error\" (refuse items whose options repeat a text, in the "
                          f"cloze and continuation formats) or \"drop\" (leave them out), got {t['duplicates']!r}")
     chosen = t.get("models")

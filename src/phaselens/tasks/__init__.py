@@ -15,7 +15,10 @@ from typing import Any, Iterable
 from .base import FORMATS, Format, Item, LettersTemplate, Task, TaskError, stratified, subset
 from .loaders import BUILTIN_DIR, builtin_tasks, load_items
 
-__all__ = ["FORMATS", "Format", "Item", "LettersTemplate", "Task", "TaskError", "builtin_tasks", "load_task"]
+#: load_task's ``duplicates``: refuse items whose options repeat a text (cloze, continuation), or leave them out
+DUPLICATES = ("error", "drop")
+
+__all__ = ["DUPLICATES", "FORMATS", "Format", "Item", "LettersTemplate", "Task", "TaskError", "builtin_tasks", "load_task"]
 
 
 def load_task(
@@ -66,7 +69,7 @@ def load_task(
     if not (isinstance(sample, bool) or sample == "stratified"):
         raise TaskError(f"sample must be True (a seeded random subset of limit items), False (the first limit items) "
                         f"or 'stratified' (spread evenly over the items' groups, e.g. MMLU's subjects), got {sample!r}")
-    if duplicates not in ("error", "drop"):
+    if duplicates not in DUPLICATES:
         raise TaskError(f"duplicates must be 'error' or 'drop', got {duplicates!r}")
     drop = duplicates == "drop"
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
